@@ -1,0 +1,196 @@
+"""`anonengine` command line. Every user error is one line on stderr and a non-zero exit."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from anonengine.errors import AnonError, ConfigError
+
+log = logging.getLogger("anonengine")
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (no usage dump)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def add_run_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--video-source", required=True, help="video file, webcam index (0) or stream URL")
+    p.add_argument("--output-video", help="anonymized MP4 to write (default: <source>_anonymized.mp4)")
+    p.add_argument("--method", choices=["bbox", "seg"], default="bbox", help="bbox: dilated boxes; seg: outlines")
+    p.add_argument("--pose-model", default=None, help="YOLO pose model (default yolo11n-pose.pt)")
+    p.add_argument("--seg-model", default=None, help="YOLO segmentation model for --method seg")
+    p.add_argument("--bbox-model", default=None, help="optional YOLO detection model for --method bbox")
+    p.add_argument("--alpha", type=float, default=None, help="background learning rate, 0..1")
+    p.add_argument("--pose-conf-threshold", type=float, default=None, help="keypoint confidence to draw, 0..1")
+    p.add_argument("--person-conf", type=float, default=None, help="person score to mask, 0..1 (lower hides more)")
+    p.add_argument("--imgsz", type=int, default=None, help="detector input size (multiple of 32)")
+    p.add_argument("--device", default=None, help="auto, cpu or cuda:N")
+    p.add_argument("--fill", choices=["inpaint", "solid"], default=None, help="fill for never-seen background")
+    p.add_argument("--on-detector-error", choices=["stop", "obscure"], default=None)
+    p.add_argument("--crf", type=int, default=None, help="H.264 quality (lower is better)")
+    p.add_argument("--preset", default=None, help="H.264 speed preset")
+    p.add_argument("--metadata", default=None, help="write per-frame persons as JSON lines to this file")
+    p.add_argument("--camera", default="cam0", help="camera name in metadata and logs")
+    p.add_argument("--inline", action="store_true", help="run every stage in this one process (reference path)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def config_from_run_flags(args: argparse.Namespace):
+    from anonengine.config import EngineConfig
+
+    output = args.output_video or default_output(args.video_source)
+    anonymizer = {
+        "method": args.method,
+        "detector": _drop_none(
+            pose_model=args.pose_model,
+            seg_model=args.seg_model,
+            bbox_model=args.bbox_model,
+            imgsz=args.imgsz,
+            device=args.device,
+            person_conf=args.person_conf,
+        ),
+        "background": _drop_none(alpha=args.alpha, fill=args.fill),
+        "pose": _drop_none(keypoint_conf=args.pose_conf_threshold),
+        **_drop_none(on_detector_error=args.on_detector_error),
+    }
+    raw = {
+        "anonymizer": anonymizer,
+        "encoder": _drop_none(crf=args.crf, preset=args.preset),
+        "cameras": [{"name": args.camera, "source": args.video_source, "output": output, "metadata": args.metadata}],
+    }
+    try:
+        return EngineConfig.model_validate(raw)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        raise ConfigError(f"invalid {'.'.join(map(str, err['loc']))}: {err['msg']}") from None
+
+
+def default_output(source: str) -> str:
+    stem = Path(source).stem if not source.isdigit() and "://" not in source else f"camera{source}"
+    return f"{stem or 'stream'}_anonymized.mp4"
+
+
+def _drop_none(**kwargs) -> dict:
+    return {k: v for k, v in kwargs.items() if v is not None}
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from anonengine.inline import run_inline
+
+    cfg = config_from_run_flags(args)
+    results = run_inline(cfg, progress=not args.quiet)
+    for r in results:
+        cam = cfg.cameras[0]
+        log.info("%s: %d frames anonymized (%d obscured) -> %s", r.camera, r.frames, r.obscured, cam.output)
+    return 0
+
+
+def cmd_models_pull(args: argparse.Namespace) -> int:
+    from anonengine import models
+
+    for name in args.names:
+        path = models.pull(name, Path(args.dir) if args.dir else None)
+        print(f"{name}: {path}")
+    return 0
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    from anonengine.sample import make_sample
+
+    clip = make_sample(Path(args.out), args.width, args.height, args.frames, args.fps)
+    print(f"sample clip: {clip.video} (truth: {clip.truth}, background: {clip.background})")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Pull the model, make the sample clip, anonymize it, and write a contact sheet to look at."""
+    from anonengine import models
+    from anonengine.config import CameraConfig, EngineConfig
+    from anonengine.contact_sheet import write_contact_sheet
+    from anonengine.inline import run_inline
+    from anonengine.sample import make_sample
+
+    out = Path(args.out)
+    print(f"model: {models.pull('yolo11n-pose.pt')}")
+    clip = make_sample(out, width=args.width, height=args.height, frames=args.frames)
+    print(f"sample clip: {clip.video}")
+    anonymized = out / "anonymized.mp4"
+    camera = CameraConfig(
+        name="demo", source=str(clip.video), output=str(anonymized), metadata=str(out / "anonymized.jsonl")
+    )
+    cfg = EngineConfig(cameras=[camera])
+    cfg.anonymizer.method = args.method
+    (result,) = run_inline(cfg, progress=not args.quiet)
+    sheet = write_contact_sheet(clip.video, anonymized, out / "contact_sheet.png")
+    print(f"anonymized: {anonymized} ({result.frames} frames, {result.persons} person detections)")
+    print(f"contact sheet: {sheet}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = OneLineParser(prog="anonengine", description="Remove persons from video, keep the scene and motion.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
+
+    run = sub.add_parser("run", help="anonymize a video file, webcam or stream")
+    add_run_flags(run)
+    run.set_defaults(func=cmd_run)
+
+    models_cmd = sub.add_parser("models", help="model weights")
+    models_sub = models_cmd.add_subparsers(dest="models_command", required=True, parser_class=OneLineParser)
+    pull = models_sub.add_parser("pull", help="put official weights into models/")
+    pull.add_argument("names", nargs="*", default=["yolo11n-pose.pt"])
+    pull.add_argument("--dir", default=None, help="folder (default: models/ or $ANONENGINE_MODELS)")
+    pull.set_defaults(func=cmd_models_pull)
+
+    sample = sub.add_parser("sample", help="generate the sample clip with ground truth")
+    sample.add_argument("--out", default="out/sample")
+    sample.add_argument("--width", type=int, default=640)
+    sample.add_argument("--height", type=int, default=360)
+    sample.add_argument("--frames", type=int, default=48)
+    sample.add_argument("--fps", type=int, default=25)
+    sample.set_defaults(func=cmd_sample)
+
+    demo = sub.add_parser("demo", help="pull the model, generate the sample clip and anonymize it")
+    demo.add_argument("--out", default="out/demo")
+    demo.add_argument("--method", choices=["bbox", "seg"], default="bbox")
+    demo.add_argument("--width", type=int, default=640)
+    demo.add_argument("--height", type=int, default=360)
+    demo.add_argument("--frames", type=int, default=48)
+    demo.add_argument("--quiet", action="store_true")
+    demo.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(name)s: %(message)s", stream=sys.stderr
+    )
+    try:
+        return args.func(args)
+    except AnonError as exc:
+        print(f"anonengine: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("anonengine: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - one line for the user; the traceback on request
+        if os.environ.get("ANONENGINE_DEBUG"):
+            raise
+        print(f"anonengine: internal error: {type(exc).__name__}: {exc} (ANONENGINE_DEBUG=1 shows where)", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

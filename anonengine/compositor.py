@@ -1,0 +1,75 @@
+"""Replaces persons by the reconstructed background and draws their skeletons.
+
+`Compositor` holds one camera's state (its background model) and turns (frame, detections) into the
+anonymized frame. It does not care which process it runs in: the inline runner and the engine's
+composite stage use the same class, so their outputs are the same.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from anonengine.background import BackgroundModel
+from anonengine.config import AnonymizerConfig
+from anonengine.detections import COCO_SKELETON, Detections
+from anonengine.masks import frame_diagonal, person_mask, soft_alpha
+
+LIMB_COLOR = (255, 170, 0)  # BGR
+JOINT_COLOR = (0, 220, 255)
+OBSCURED_GREY = 128
+
+
+class Compositor:
+    def __init__(self, cfg: AnonymizerConfig) -> None:
+        self.cfg = cfg
+        self.background = BackgroundModel(cfg.background)
+
+    def process(self, frame: np.ndarray, detections: Detections) -> np.ndarray:
+        """The anonymized copy of `frame` (uint8 BGR); updates the background model."""
+        if detections.frame_shape != frame.shape[:2]:
+            raise ValueError(f"detections for a {detections.frame_shape} frame given a {frame.shape[:2]} frame")
+        mask = person_mask(detections, self.cfg.method, self.cfg.mask)
+        self.background.update(frame, mask)
+        out = frame.copy()
+        if mask.any():
+            alpha = soft_alpha(mask, self.cfg.mask)
+            blend_into(out, self.background.render(need=alpha), alpha)
+            if self.cfg.pose.enabled:
+                draw_skeletons(out, detections, self.cfg.pose.keypoint_conf, self.cfg.pose.thickness)
+        return out
+
+
+def blend_into(out: np.ndarray, background: np.ndarray, alpha: np.ndarray) -> None:
+    """out = out*(1-a) + background*a inside the alpha's bounding box, exact where alpha is 255."""
+    x, y, w, h = cv2.boundingRect(alpha)
+    if w == 0:
+        return
+    a = alpha[y : y + h, x : x + w, None].astype(np.uint16)
+    fg = out[y : y + h, x : x + w].astype(np.uint16)
+    bg = background[y : y + h, x : x + w].astype(np.uint16)
+    # Rounded integer blend: a=255 gives exactly bg, a=0 exactly fg.
+    out[y : y + h, x : x + w] = ((fg * (255 - a) + bg * a + 127) // 255).astype(np.uint8)
+
+
+def draw_skeletons(out: np.ndarray, detections: Detections, min_conf: float, thickness: float) -> None:
+    """COCO-17 limbs and joints of every person, keypoints below `min_conf` left out."""
+    diag = frame_diagonal(out.shape[:2])
+    line = max(1, round(thickness * diag))
+    radius = max(2, round(1.4 * thickness * diag))
+    for kps in detections.keypoints:
+        visible = kps[:, 2] >= min_conf
+        pts = np.round(kps[:, :2]).astype(np.int32)
+        for a, b in COCO_SKELETON:
+            if visible[a] and visible[b]:
+                cv2.line(out, tuple(map(int, pts[a])), tuple(map(int, pts[b])), LIMB_COLOR, line, cv2.LINE_AA)
+        for i in np.flatnonzero(visible):
+            cv2.circle(out, tuple(map(int, pts[i])), radius, JOINT_COLOR, -1, cv2.LINE_AA)
+
+
+def obscured_frame(shape: tuple[int, ...]) -> np.ndarray:
+    """What is emitted for a frame that cannot be anonymized: nothing of it at all."""
+    return np.full(shape, OBSCURED_GREY, np.uint8)
+
+
+__all__ = ["Compositor", "blend_into", "draw_skeletons", "obscured_frame"]

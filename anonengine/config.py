@@ -1,0 +1,157 @@
+"""One validated schema for everything the engine can be told.
+
+Every field has a default, a description and bounds, and unknown keys are rejected, so a typo in a
+YAML file is an error that names the key instead of a silently ignored setting.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from anonengine.errors import ConfigError
+
+DEFAULT_POSE_MODEL = "yolo11n-pose.pt"
+DEFAULT_SEG_MODEL = "yolo11n-seg.pt"
+
+
+class StrictModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DetectorConfig(StrictModel):
+    pose_model: str = Field(DEFAULT_POSE_MODEL, description="YOLO pose model: keypoints, and person boxes for `bbox`.")
+    seg_model: str = Field(DEFAULT_SEG_MODEL, description="YOLO segmentation model, used by the `seg` method.")
+    bbox_model: str | None = Field(
+        None, description="Optional separate YOLO detection model for `bbox`; by default the pose model's boxes serve."
+    )
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?|\d+)$", description="auto, cpu or cuda:N.")
+    imgsz: int = Field(640, ge=32, le=4096, multiple_of=32, description="Detector input size in pixels.")
+    person_conf: float = Field(
+        0.25, ge=0.0, le=1.0, description="Minimum score for a person to be masked (lower hides more)."
+    )
+    iou: float = Field(0.6, gt=0.0, le=1.0, description="Non-maximum suppression IoU threshold.")
+    half: bool = Field(True, description="Half precision where the device supports it (CUDA).")
+    threads: int = Field(0, ge=0, le=256, description="CPU inference threads; 0 = every core this process may use.")
+
+
+class MaskConfig(StrictModel):
+    box_margin: float = Field(
+        0.08, ge=0.0, le=1.0, description="Box dilation, as a share of the box's size, on each side."
+    )
+    seg_inflate: float = Field(
+        0.012, ge=0.0, le=0.2, description="Segmentation mask inflation radius, as a share of the frame diagonal."
+    )
+    min_margin_px: int = Field(4, ge=0, le=256, description="Smallest dilation or inflation in pixels.")
+    feather: float = Field(
+        0.01, ge=0.0, le=0.2, description="Width of the soft edge outside the mask, as a share of the frame diagonal."
+    )
+
+
+class BackgroundConfig(StrictModel):
+    alpha: float = Field(
+        0.05, ge=0.0, le=1.0, description="Learning rate of the running-average background (seed's --alpha)."
+    )
+    fill: Literal["inpaint", "solid"] = Field(
+        "inpaint",
+        description="How background never seen free of persons is filled: inpainted from the seen background "
+        "around it, or a flat grey. Never the person's own pixels.",
+    )
+    fill_scale: int = Field(
+        320, ge=32, le=4096, description="Width in pixels at which unseen areas are inpainted (speed)."
+    )
+
+
+class PoseDrawConfig(StrictModel):
+    enabled: bool = Field(True, description="Draw the COCO-17 skeleton over anonymized persons.")
+    keypoint_conf: float = Field(
+        0.5, ge=0.0, le=1.0, description="Minimum keypoint confidence to draw it (seed's --pose-conf-threshold)."
+    )
+    thickness: float = Field(0.004, gt=0.0, le=0.05, description="Line width as a share of the frame diagonal.")
+
+
+class AnonymizerConfig(StrictModel):
+    method: Literal["bbox", "seg"] = Field("bbox", description="bbox: dilated boxes (fast); seg: inflated outlines.")
+    detector: DetectorConfig = Field(default_factory=DetectorConfig)
+    mask: MaskConfig = Field(default_factory=MaskConfig)
+    background: BackgroundConfig = Field(default_factory=BackgroundConfig)
+    pose: PoseDrawConfig = Field(default_factory=PoseDrawConfig)
+    on_detector_error: Literal["stop", "obscure"] = Field(
+        "stop",
+        description="A frame whose detection failed: stop the run, or emit it fully obscured. Never raw.",
+    )
+
+
+class EncoderConfig(StrictModel):
+    codec: str = Field("libx264", description="PyAV/FFmpeg video encoder.")
+    preset: str = Field("veryfast", description="Encoder speed preset.")
+    crf: int = Field(18, ge=0, le=51, description="Constant rate factor (lower is better quality).")
+
+
+class CameraConfig(StrictModel):
+    name: str = Field("cam0", pattern=r"^[A-Za-z0-9_-]{1,32}$", description="Camera name, unique in the engine.")
+    source: str = Field(..., min_length=1, description="Video file, webcam index (0) or stream URL.")
+    output: str | None = Field(None, description="Anonymized video file to write (MP4); none = tap only.")
+    metadata: str | None = Field(None, description="Per-frame JSON-lines metadata file to write.")
+
+
+class EngineConfig(StrictModel):
+    anonymizer: AnonymizerConfig = Field(default_factory=AnonymizerConfig)
+    encoder: EncoderConfig = Field(default_factory=EncoderConfig)
+    cameras: list[CameraConfig] = Field(default_factory=list, description="Cameras to anonymize.")
+
+
+def load_yaml(path: Path, model: type[BaseModel]) -> BaseModel:
+    """Loads and validates a YAML file; errors name the key and its line."""
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise ConfigError(f"cannot read config {path}: {exc.strerror}") from None
+    try:
+        data = yaml.compose(text)
+        raw = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: invalid YAML: {exc}".replace("\n", " ")) from None
+    try:
+        return model.model_validate(raw)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = [str(p) for p in err["loc"]]
+        line = _line_of(data, err["loc"])
+        where = f"line {line}: " if line else ""
+        raise ConfigError(f"{path}: {where}{'.'.join(loc) or '(top)'}: {err['msg']}") from None
+
+
+def _line_of(node, loc) -> int | None:
+    """Line (1-based) of the YAML node at a pydantic error location, or of its closest parent."""
+    line = None
+    for key in loc:
+        if isinstance(node, yaml.MappingNode):
+            match = [(k, v) for k, v in node.value if k.value == str(key)]
+            if not match:
+                return line
+            k, node = match[0]
+            line = k.start_mark.line + 1
+        elif isinstance(node, yaml.SequenceNode) and isinstance(key, int) and key < len(node.value):
+            node = node.value[key]
+            line = node.start_mark.line + 1
+        else:
+            return line
+    return line
+
+
+__all__ = [
+    "AnonymizerConfig",
+    "CameraConfig",
+    "EngineConfig",
+    "BackgroundConfig",
+    "DetectorConfig",
+    "EncoderConfig",
+    "MaskConfig",
+    "PoseDrawConfig",
+    "StrictModel",
+    "load_yaml",
+]

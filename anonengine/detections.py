@@ -1,0 +1,137 @@
+"""Persons found in one frame: the one type every stage passes on.
+
+Ultralytics results enter the library only through `Detections.from_ultralytics`, so the rest of the
+code never depends on the shape of Ultralytics' result objects.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+NUM_KEYPOINTS = 17
+
+# COCO-17 keypoint pairs (0-based) that form the skeleton, as in Ultralytics' plotting.
+COCO_SKELETON = (
+    (15, 13), (13, 11), (16, 14), (14, 12), (11, 12), (5, 11), (6, 12), (5, 6), (5, 7), (6, 8),
+    (7, 9), (8, 10), (1, 2), (0, 1), (0, 2), (1, 3), (2, 4), (3, 5), (4, 6),
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Detections:
+    """Persons in one frame, in that frame's pixel coordinates.
+
+    boxes: (N, 4) float32 xyxy; scores: (N,) float32; keypoints: (N, 17, 3) float32 (x, y, conf);
+    masks: (N, H, W) bool at frame size, or None when the method has no outlines.
+    """
+
+    frame_shape: tuple[int, int]
+    boxes: np.ndarray
+    scores: np.ndarray
+    keypoints: np.ndarray
+    masks: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        n = len(self.boxes)
+        h, w = self.frame_shape
+        _expect(self.boxes, "boxes", (n, 4), np.float32)
+        _expect(self.scores, "scores", (n,), np.float32)
+        _expect(self.keypoints, "keypoints", (n, NUM_KEYPOINTS, 3), np.float32)
+        if self.masks is not None:
+            _expect(self.masks, "masks", (n, h, w), np.bool_)
+
+    def __len__(self) -> int:
+        return len(self.boxes)
+
+    @classmethod
+    def empty(cls, frame_shape: tuple[int, int], with_masks: bool = False) -> Detections:
+        h, w = frame_shape
+        return cls(
+            frame_shape=(h, w),
+            boxes=np.zeros((0, 4), np.float32),
+            scores=np.zeros((0,), np.float32),
+            keypoints=np.zeros((0, NUM_KEYPOINTS, 3), np.float32),
+            masks=np.zeros((0, h, w), bool) if with_masks else None,
+        )
+
+    @classmethod
+    def from_ultralytics(cls, result, keypoints_from=None) -> Detections:
+        """Builds Detections from one Ultralytics `Results` (person class only).
+
+        `keypoints_from`, another frame's `Detections` from a pose model, gives keypoints to a
+        segmentation or detection result by box overlap; unmatched persons get zero-confidence
+        keypoints (nothing drawn, still masked).
+        """
+        h, w = (int(v) for v in result.orig_shape)
+        boxes_obj = result.boxes
+        if boxes_obj is None or len(boxes_obj) == 0:
+            return cls.empty((h, w), with_masks=result.masks is not None)
+        cls_ids = boxes_obj.cls.cpu().numpy().astype(int)
+        keep = cls_ids == 0
+        boxes = boxes_obj.xyxy.cpu().numpy().astype(np.float32)[keep]
+        scores = boxes_obj.conf.cpu().numpy().astype(np.float32)[keep]
+        boxes[:, [0, 2]] = boxes[:, [0, 2]].clip(0, w)
+        boxes[:, [1, 3]] = boxes[:, [1, 3]].clip(0, h)
+        if result.keypoints is not None and result.keypoints.data.shape[-1] == 3:
+            keypoints = result.keypoints.data.cpu().numpy().astype(np.float32)[keep]
+        elif keypoints_from is not None:
+            keypoints = keypoints_from.keypoints_for(boxes)
+        else:
+            keypoints = np.zeros((len(boxes), NUM_KEYPOINTS, 3), np.float32)
+        masks = None
+        if result.masks is not None:
+            masks = _masks_at_frame_size(result.masks.data.cpu().numpy()[keep], (h, w))
+        return cls((h, w), boxes, scores, keypoints, masks)
+
+    def keypoints_for(self, boxes: np.ndarray, min_iou: float = 0.3) -> np.ndarray:
+        """Keypoints of this frame's persons that best overlap `boxes` (zeros where none does)."""
+        out = np.zeros((len(boxes), NUM_KEYPOINTS, 3), np.float32)
+        if len(boxes) == 0 or len(self) == 0:
+            return out
+        iou = box_iou(boxes, self.boxes)
+        best = iou.argmax(axis=1)
+        for i, j in enumerate(best):
+            if iou[i, j] >= min_iou:
+                out[i] = self.keypoints[j]
+        return out
+
+    def to_meta(self) -> list[dict]:
+        """Per-person metadata as plain lists (JSON and msgpack friendly)."""
+        return [
+            {
+                "box": [round(float(v), 1) for v in box],
+                "score": round(float(score), 4),
+                "keypoints": [[round(float(x), 1), round(float(y), 1), round(float(c), 3)] for x, y, c in kps],
+            }
+            for box, score, kps in zip(self.boxes, self.scores, self.keypoints)
+        ]
+
+
+def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Pairwise IoU of xyxy boxes, shape (len(a), len(b))."""
+    tl = np.maximum(a[:, None, :2], b[None, :, :2])
+    br = np.minimum(a[:, None, 2:], b[None, :, 2:])
+    inter = np.prod(np.clip(br - tl, 0, None), axis=2)
+    area_a = np.prod(a[:, 2:] - a[:, :2], axis=1)
+    area_b = np.prod(b[:, 2:] - b[:, :2], axis=1)
+    return inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-9)
+
+
+def _masks_at_frame_size(masks: np.ndarray, frame_shape: tuple[int, int]) -> np.ndarray:
+    """Resizes (N, h, w) masks to the frame; callers ask Ultralytics for retina masks, so this is rare."""
+    import cv2
+
+    h, w = frame_shape
+    if masks.shape[1:] == (h, w):
+        return masks > 0.5
+    return np.stack([cv2.resize(m.astype(np.float32), (w, h)) > 0.5 for m in masks]) if len(masks) else (
+        np.zeros((0, h, w), bool)
+    )
+
+
+def _expect(arr, name: str, shape: tuple, dtype) -> None:
+    if not isinstance(arr, np.ndarray) or arr.shape != shape or arr.dtype != dtype:
+        got = f"{type(arr).__name__} {getattr(arr, 'shape', '')} {getattr(arr, 'dtype', '')}"
+        raise ValueError(f"Detections.{name}: expected ndarray {shape} {np.dtype(dtype)}, got {got}")

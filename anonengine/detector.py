@@ -1,0 +1,126 @@
+"""Person detection and pose behind one interface: frames in, `Detections` out.
+
+`bbox` needs one pass of the pose model: its boxes are person detections. `seg` adds a segmentation
+model for outlines; persons the pose model finds but the segmentation model misses are kept as
+box-only persons, so one model's miss is not a leak.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+from anonengine import models
+from anonengine.config import AnonymizerConfig
+from anonengine.detections import NUM_KEYPOINTS, Detections, box_iou
+from anonengine.errors import ModelError
+
+log = logging.getLogger(__name__)
+
+MATCH_IOU = 0.3
+
+
+def select_device(spec: str) -> str:
+    import torch
+
+    if spec == "auto":
+        return "cuda:0" if torch.cuda.is_available() else "cpu"
+    if spec.isdigit():
+        spec = f"cuda:{spec}"
+    if spec.startswith("cuda") and not torch.cuda.is_available():
+        raise ModelError(f"device {spec} requested but CUDA is not available")
+    return spec
+
+
+def load_yolo(spec: str, task: str):
+    """An Ultralytics YOLO model of the given task, or a one-line ModelError."""
+    from ultralytics import YOLO
+
+    path = models.resolve(spec)
+    try:
+        model = YOLO(path, task=task)
+    except Exception as exc:  # noqa: BLE001 - Ultralytics raises many types for a bad file
+        raise ModelError(f"cannot load model {spec}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
+    if model.task != task:
+        raise ModelError(f"model {spec} is a {model.task} model, a {task} model is needed")
+    return model
+
+
+class PersonDetector:
+    """Runs the configured models on batches of BGR frames."""
+
+    def __init__(self, cfg: AnonymizerConfig) -> None:
+        self.cfg = cfg
+        det = cfg.detector
+        self.device = select_device(det.device)
+        self.half = det.half and self.device.startswith("cuda")
+        self.pose = load_yolo(det.pose_model, "pose")
+        self.outline = None
+        if cfg.method == "seg":
+            self.outline = load_yolo(det.seg_model, "segment")
+        elif det.bbox_model:
+            self.outline = load_yolo(det.bbox_model, "detect")
+        self._warm_up()
+
+    def _warm_up(self) -> None:
+        # The first predict builds the predictor, and on CPU Ultralytics then pins torch to
+        # cpu_count - 1 threads (1 on a 2-core machine); set the thread count after it.
+        blank = np.zeros((self.cfg.detector.imgsz, self.cfg.detector.imgsz, 3), np.uint8)
+        self.detect([blank])
+        if self.device == "cpu":
+            _set_torch_threads(self.cfg.detector.threads)
+
+    def _predict(self, model, frames: list[np.ndarray]):
+        det = self.cfg.detector
+        return model.predict(
+            frames,
+            imgsz=det.imgsz,
+            conf=det.person_conf,
+            iou=det.iou,
+            classes=[0],
+            device=self.device,
+            quantize=16 if self.half else None,
+            retina_masks=True,
+            verbose=False,
+        )
+
+    def detect(self, frames: list[np.ndarray]) -> list[Detections]:
+        if not frames:
+            return []
+        poses = [Detections.from_ultralytics(r) for r in self._predict(self.pose, frames)]
+        if self.outline is None:
+            return poses
+        outlines = self._predict(self.outline, frames)
+        return [merge(Detections.from_ultralytics(r, keypoints_from=p), p) for r, p in zip(outlines, poses)]
+
+
+def merge(primary: Detections, pose: Detections) -> Detections:
+    """`primary` persons, plus the pose persons no primary box overlaps (as box-only persons)."""
+    if len(pose) == 0:
+        return primary
+    if len(primary):
+        unmatched = box_iou(pose.boxes, primary.boxes).max(axis=1) < MATCH_IOU
+    else:
+        unmatched = np.ones(len(pose), bool)
+    if not unmatched.any():
+        return primary
+    extra = int(unmatched.sum())
+    masks = primary.masks
+    if masks is not None:
+        masks = np.concatenate([masks, np.zeros((extra, *primary.frame_shape), bool)])
+    return Detections(
+        frame_shape=primary.frame_shape,
+        boxes=np.concatenate([primary.boxes, pose.boxes[unmatched]]),
+        scores=np.concatenate([primary.scores, pose.scores[unmatched]]),
+        keypoints=np.concatenate([primary.keypoints, pose.keypoints[unmatched]]).reshape(-1, NUM_KEYPOINTS, 3),
+        masks=masks,
+    )
+
+
+def _set_torch_threads(threads: int) -> None:
+    import os
+
+    import torch
+
+    torch.set_num_threads(threads or max(1, len(os.sched_getaffinity(0))))

@@ -1,0 +1,27 @@
+"""Errors a user can act on. The CLI prints each as one line and exits non-zero."""
+
+
+class AnonError(Exception):
+    """Base of every error that is reported to the user as one line."""
+
+    exit_code = 2
+
+
+class ConfigError(AnonError):
+    """The configuration or a command-line value is invalid."""
+
+
+class InputError(AnonError):
+    """The video source is missing, unreadable, undecodable or empty."""
+
+
+class OutputError(AnonError):
+    """The output cannot be written."""
+
+
+class ModelError(AnonError):
+    """A model file is missing, corrupt or of the wrong kind."""
+
+
+class DetectionError(AnonError):
+    """The detector failed on a frame; the frame must not be emitted raw."""

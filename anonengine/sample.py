@@ -1,0 +1,133 @@
+"""A sample clip with ground truth, made from images that ship with Ultralytics.
+
+Real persons cut from `bus.jpg` and `zidane.jpg` move over a generated static scene; one stands still
+from the first frame (the case the seed gets wrong). Since the scene is known, tests and benchmarks can
+check both that persons are gone and that what replaced them is the true background.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from anonengine.config import EncoderConfig
+from anonengine.video import VideoWriter
+
+# Tight person boxes (x0, y0, x1, y1) in the Ultralytics assets, found once with yolo11n-pose.
+PERSON_SPRITES = {
+    "bus_left": ("bus.jpg", (48, 400, 224, 906)),
+    "bus_right": ("bus.jpg", (669, 388, 810, 878)),
+    "zidane": ("zidane.jpg", (744, 37, 1142, 710)),
+}
+
+# Each actor: sprite, height as a share of the frame, start and end centre (shares of width/height).
+ACTORS = (
+    ("bus_right", 0.55, (0.80, 0.58), (0.80, 0.58)),  # stands still from frame 0
+    ("bus_left", 0.60, (0.15, 0.55), (0.58, 0.55)),  # walks right
+    ("zidane", 0.45, (0.55, 0.38), (0.22, 0.42)),  # walks left
+)
+
+TIME_BASE = Fraction(1, 12800)
+
+
+@dataclass(frozen=True)
+class SampleClip:
+    video: Path
+    background: Path
+    truth: Path
+
+    def boxes(self) -> list[list[dict]]:
+        """Per frame: the persons in view, each {"actor", "box": [x0, y0, x1, y1], "still"}."""
+        return json.loads(self.truth.read_text())["frames"]
+
+    def true_background(self) -> np.ndarray:
+        return cv2.imread(str(self.background))
+
+
+def assets_dir() -> Path:
+    import ultralytics
+
+    return Path(ultralytics.__file__).parent / "assets"
+
+
+def make_scene(width: int, height: int, seed: int = 0) -> np.ndarray:
+    """A static, textured scene with no person in it: wall, floor, tiles, objects, fine noise."""
+    rng = np.random.default_rng(seed)
+    scene = np.zeros((height, width, 3), np.uint8)
+    horizon = int(height * 0.45)
+    wall = np.linspace((170, 190, 205), (120, 140, 160), horizon).astype(np.uint8)
+    scene[:horizon] = wall[:, None, :]
+    floor = np.linspace((90, 110, 120), (50, 70, 80), height - horizon).astype(np.uint8)
+    scene[horizon:] = floor[:, None, :]
+    tile = max(8, width // 24)
+    for x in range(0, width, tile):
+        cv2.line(scene, (x, horizon), (int(width / 2 + (x - width / 2) * 1.8), height), (40, 55, 60), 1)
+    for i in range(1, 6):
+        y = horizon + int((height - horizon) * (i / 6) ** 1.6)
+        cv2.line(scene, (0, y), (width, y), (40, 55, 60), 1)
+    for _ in range(7):  # windows and posters on the wall
+        x0 = int(rng.uniform(0, width * 0.9))
+        y0 = int(rng.uniform(horizon * 0.1, horizon * 0.6))
+        w, h = int(rng.uniform(0.05, 0.14) * width), int(rng.uniform(0.12, 0.3) * horizon)
+        color = tuple(int(c) for c in rng.integers(30, 230, 3))
+        cv2.rectangle(scene, (x0, y0), (x0 + w, y0 + h), color, -1)
+        cv2.rectangle(scene, (x0, y0), (x0 + w, y0 + h), (30, 30, 30), 2)
+    noise = rng.normal(0, 4, scene.shape)
+    return np.clip(scene + noise, 0, 255).astype(np.uint8)
+
+
+def _load_sprite(name: str, height: int) -> np.ndarray:
+    file, (x0, y0, x1, y1) = PERSON_SPRITES[name]
+    image = cv2.imread(str(assets_dir() / file))
+    if image is None:
+        raise FileNotFoundError(f"Ultralytics asset {file} not found in {assets_dir()}")
+    crop = image[y0:y1, x0:x1]
+    width = max(2, round(crop.shape[1] * height / crop.shape[0]))
+    return cv2.resize(crop, (width, height), interpolation=cv2.INTER_AREA)
+
+
+def render_frames(width: int, height: int, frames: int, seed: int = 0):
+    """Yields (image, persons) for each frame; the scene is the same in all."""
+    scene = make_scene(width, height, seed)
+    sprites = [(name, _load_sprite(name, round(hf * height)), start, end) for name, hf, start, end in ACTORS]
+    for i in range(frames):
+        t = i / max(1, frames - 1)
+        image = scene.copy()
+        persons = []
+        for name, sprite, start, end in sprites:
+            sh, sw = sprite.shape[:2]
+            cx = (start[0] + (end[0] - start[0]) * t) * width
+            cy = (start[1] + (end[1] - start[1]) * t) * height
+            x0 = int(np.clip(round(cx - sw / 2), 0, width - sw))
+            y0 = int(np.clip(round(cy - sh / 2), 0, height - sh))
+            image[y0 : y0 + sh, x0 : x0 + sw] = sprite
+            persons.append({"actor": name, "box": [x0, y0, x0 + sw, y0 + sh], "still": start == end})
+        yield image, scene, persons
+
+
+def make_sample(
+    out_dir: Path, width: int = 640, height: int = 360, frames: int = 48, fps: int = 25, seed: int = 0
+) -> SampleClip:
+    """Writes sample.mp4 (near-lossless H.264), background.png and truth.json into `out_dir`."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    clip = SampleClip(out_dir / "sample.mp4", out_dir / "background.png", out_dir / "truth.json")
+    writer = VideoWriter(clip.video, width, height, Fraction(fps), TIME_BASE, EncoderConfig(preset="medium", crf=8))
+    truth = []
+    ticks = int(1 / (fps * TIME_BASE))
+    try:
+        for i, (image, scene, persons) in enumerate(render_frames(width, height, frames, seed)):
+            writer.write(image, i * ticks)
+            truth.append(persons)
+    except BaseException:
+        writer.abort()
+        raise
+    writer.close()
+    cv2.imwrite(str(clip.background), scene)
+    clip.truth.write_text(json.dumps({"width": width, "height": height, "fps": fps, "frames": truth}))
+    return clip

@@ -1,0 +1,169 @@
+"""The four stages of anonymization, each a small class with one lifecycle: setup, process, close.
+
+They do not know which process they run in: `anonengine.inline` chains them in one process (the
+reference), the engine's services run each in its own process and move frames between them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from anonengine.compositor import Compositor, obscured_frame
+from anonengine.config import AnonymizerConfig, EncoderConfig
+from anonengine.detections import Detections
+from anonengine.errors import DetectionError, OutputError
+from anonengine.video import Frame, StreamInfo, VideoReader, VideoWriter
+
+log = logging.getLogger(__name__)
+
+
+class Stage:
+    """Lifecycle shared by every stage; `close` must be safe to call after a failed `setup`."""
+
+    def setup(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self):
+        self.setup()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class CaptureStage(Stage):
+    """Decodes one camera's source into `Frame`s."""
+
+    def __init__(self, source: str, camera: str = "cam0") -> None:
+        self.source, self.camera = source, camera
+        self.reader: VideoReader | None = None
+
+    def setup(self) -> None:
+        self.reader = VideoReader(self.source, self.camera)
+
+    @property
+    def info(self) -> StreamInfo:
+        return self.reader.info
+
+    def frames(self) -> Iterator[Frame]:
+        return iter(self.reader)
+
+    def close(self) -> None:
+        if self.reader is not None:
+            self.reader.close()
+
+
+class DetectStage(Stage):
+    """Finds persons in a batch of frames. A failure yields `None` per frame (obscure) or raises (stop)."""
+
+    def __init__(self, cfg: AnonymizerConfig) -> None:
+        self.cfg = cfg
+        self.detector = None
+
+    def setup(self) -> None:
+        from anonengine.detector import PersonDetector
+
+        self.detector = PersonDetector(self.cfg)
+
+    def process(self, images: list[np.ndarray]) -> list[Detections | None]:
+        try:
+            return self.detector.detect(images)
+        except Exception as exc:  # noqa: BLE001 - whatever broke, the frame must not go out raw
+            if self.cfg.on_detector_error == "stop":
+                raise DetectionError(f"detection failed: {type(exc).__name__}: {exc}") from exc
+            log.warning("detection failed, obscuring %d frame(s): %s", len(images), exc)
+            return [None] * len(images)
+
+
+class CompositeStage(Stage):
+    """Anonymizes frames; keeps one background model per camera."""
+
+    def __init__(self, cfg: AnonymizerConfig) -> None:
+        self.cfg = cfg
+        self.compositors: dict[str, Compositor] = {}
+
+    def process(self, frame: Frame, detections: Detections | None) -> np.ndarray:
+        """The anonymized image; without detections the whole frame is obscured (fail closed)."""
+        if detections is None:
+            return obscured_frame(frame.image.shape)
+        compositor = self.compositors.get(frame.camera)
+        if compositor is None:
+            compositor = self.compositors[frame.camera] = Compositor(self.cfg)
+        return compositor.process(frame.image, detections)
+
+    def forget(self, camera: str) -> None:
+        self.compositors.pop(camera, None)
+
+
+class EncodeStage(Stage):
+    """Writes one camera's anonymized frames, and optionally per-frame metadata as JSON lines.
+
+    Both files keep a `.partial` name until `close()`; `abort()` removes them.
+    """
+
+    def __init__(
+        self, output: str, info: StreamInfo, cfg: EncoderConfig, metadata: str | None = None
+    ) -> None:
+        self.output, self.info, self.cfg, self.metadata = output, info, cfg, metadata
+        self.writer: VideoWriter | None = None
+        self._meta_file = None
+        self._meta_partial: Path | None = None
+
+    def setup(self) -> None:
+        self.writer = VideoWriter(
+            self.output, self.info.width, self.info.height, self.info.rate, self.info.time_base, self.cfg
+        )
+        if self.metadata:
+            path = Path(self.metadata)
+            self._meta_partial = path.with_name(path.name + ".partial")
+            try:
+                self._meta_file = open(self._meta_partial, "w")
+            except OSError as exc:
+                self.abort()
+                raise OutputError(f"cannot write metadata {path}: {exc.strerror}") from None
+
+    @property
+    def frames(self) -> int:
+        return self.writer.frames if self.writer else 0
+
+    def process(self, frame: Frame, image: np.ndarray, detections: Detections | None) -> None:
+        self.writer.write(image, frame.pts)
+        if self._meta_file is not None:
+            record = {
+                "camera": frame.camera,
+                "index": frame.seq,
+                "pts": frame.pts,
+                "time": round(frame.time, 6),
+                "obscured": detections is None,
+                "persons": detections.to_meta() if detections is not None else [],
+            }
+            self._meta_file.write(json.dumps(record) + "\n")
+
+    def close(self) -> None:
+        """Finalises the output; call only after every frame was written."""
+        if self.writer is None:
+            return
+        self.writer.close()
+        self.writer = None
+        if self._meta_file is not None:
+            self._meta_file.close()
+            os.replace(self._meta_partial, self.metadata)
+            self._meta_file = None
+
+    def abort(self) -> None:
+        if self.writer is not None:
+            self.writer.abort()
+            self.writer = None
+        if self._meta_file is not None:
+            self._meta_file.close()
+            self._meta_partial.unlink(missing_ok=True)
+            self._meta_file = None
