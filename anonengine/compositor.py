@@ -36,8 +36,19 @@ class Compositor:
             alpha = soft_alpha(mask, self.cfg.mask)
             blend_into(out, self.background.render(need=alpha), alpha)
             if self.cfg.pose.enabled:
-                draw_skeletons(out, detections, self.cfg.pose.keypoint_conf, self.cfg.pose.thickness)
+                self._draw_pose(out, detections, alpha)
         return out
+
+    def _draw_pose(self, out: np.ndarray, detections: Detections, alpha: np.ndarray) -> None:
+        # Skeletons stay on the anonymized area: a stray keypoint must not paint over the open scene.
+        x, y, w, h = cv2.boundingRect(alpha)
+        roi = out[y : y + h, x : x + w]
+        layer = roi.copy()
+        shifted = detections.keypoints.copy()
+        shifted[:, :, 0] -= x
+        shifted[:, :, 1] -= y
+        draw_skeletons(layer, shifted, self.cfg.pose.keypoint_conf, self.cfg.pose.thickness, out.shape[:2])
+        np.copyto(roi, layer, where=alpha[y : y + h, x : x + w, None] > 0)
 
 
 def blend_into(out: np.ndarray, background: np.ndarray, alpha: np.ndarray) -> None:
@@ -52,12 +63,14 @@ def blend_into(out: np.ndarray, background: np.ndarray, alpha: np.ndarray) -> No
     out[y : y + h, x : x + w] = ((fg * (255 - a) + bg * a + 127) // 255).astype(np.uint8)
 
 
-def draw_skeletons(out: np.ndarray, detections: Detections, min_conf: float, thickness: float) -> None:
-    """COCO-17 limbs and joints of every person, keypoints below `min_conf` left out."""
-    diag = frame_diagonal(out.shape[:2])
+def draw_skeletons(
+    out: np.ndarray, keypoints: np.ndarray, min_conf: float, thickness: float, frame_shape: tuple[int, int]
+) -> None:
+    """COCO-17 limbs and joints of every person, keypoints below `min_conf` left out; sizes follow the frame."""
+    diag = frame_diagonal(frame_shape)
     line = max(1, round(thickness * diag))
     radius = max(2, round(1.4 * thickness * diag))
-    for kps in detections.keypoints:
+    for kps in keypoints:
         visible = kps[:, 2] >= min_conf
         pts = np.round(kps[:, :2]).astype(np.int32)
         for a, b in COCO_SKELETON:

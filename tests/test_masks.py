@@ -1,0 +1,68 @@
+"""Masks decide what is hidden: their growth must be round, proportional, and never soft inside."""
+
+import cv2
+import numpy as np
+import pytest
+
+from anonengine.config import MaskConfig
+from anonengine.detections import Detections
+from anonengine.masks import box_mask, dilated_boxes, inflate, person_mask, soft_alpha
+
+
+def disc(shape, center, radius):
+    m = np.zeros(shape, np.uint8)
+    cv2.circle(m, center, radius, 255, -1)
+    return m
+
+
+@pytest.mark.parametrize("radius,grow", [(20, 5), (40, 12), (10, 30)])
+def test_distance_transform_inflation_grows_a_disc_by_the_radius(radius, grow):
+    """Inflating a disc by d gives the disc of radius r+d: round growth, not the square of a dilation."""
+    shape = (200, 200)
+    inflated = inflate(disc(shape, (100, 100), radius), grow)
+    expected = disc(shape, (100, 100), radius + grow)
+    differing = np.count_nonzero(inflated != expected)
+    assert differing <= 2 * np.pi * (radius + grow) * 1.5  # only a one-pixel rim may differ
+    assert np.all(inflated[disc(shape, (100, 100), radius) > 0] == 255)
+
+
+def test_inflation_of_two_synthetic_person_masks_covers_both_and_the_gap_between_close_ones():
+    shape = (120, 200)
+    masks = np.zeros((2, *shape), bool)
+    masks[0, 20:100, 30:60] = True
+    masks[1, 20:100, 66:96] = True  # 6 px gap
+    det = Detections(shape, np.array([[30, 20, 60, 100], [66, 20, 96, 100]], np.float32),
+                     np.array([0.9, 0.8], np.float32), np.zeros((2, 17, 3), np.float32), masks)
+    cfg = MaskConfig(seg_inflate=0.02, min_margin_px=0)  # radius = 0.02 * diag(233) = 4.7 px
+    mask = person_mask(det, "seg", cfg)
+    assert np.all(mask[masks.any(axis=0)] == 255)
+    assert np.all(mask[50, 60:66] == 255)  # the gap closes from both sides
+    assert mask[50, 100] == 0 and mask[50, 10] == 0  # growth stays bounded
+
+
+def test_seg_method_hides_a_person_without_an_outline_by_its_box():
+    """A person found by the pose model but missed by the segmentation model is still hidden."""
+    shape = (100, 100)
+    det = Detections(shape, np.array([[10, 10, 40, 90]], np.float32), np.array([0.9], np.float32),
+                     np.zeros((1, 17, 3), np.float32), np.zeros((1, *shape), bool))
+    mask = person_mask(det, "seg", MaskConfig())
+    assert np.all(mask[10:90, 10:40] == 255)
+
+
+def test_box_dilation_scales_with_box_size_and_clips_to_frame():
+    cfg = MaskConfig(box_margin=0.1, min_margin_px=2)
+    boxes = np.array([[100, 100, 200, 300], [0, 0, 10, 10]], np.float32)
+    grown = dilated_boxes(boxes, (400, 400), cfg)
+    assert grown[0].tolist() == [90, 80, 210, 320]
+    assert grown[1].tolist() == [0, 0, 12, 12]
+    assert box_mask(boxes, (400, 400), cfg)[80:320, 90:210].all()
+
+
+def test_feather_is_outside_the_hard_mask():
+    """Alpha is exactly 255 on every hidden pixel: feathering never lets a person's edge show."""
+    hard = np.zeros((240, 320), np.uint8)
+    hard[60:180, 100:200] = 255
+    alpha = soft_alpha(hard, MaskConfig(feather=0.02))
+    assert np.all(alpha[hard > 0] == 255)
+    assert alpha[120, 205] > 0  # soft edge outside
+    assert alpha[120, 300] == 0
