@@ -41,6 +41,7 @@ def add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--metadata", default=None, help="write per-frame persons as JSON lines to this file")
     p.add_argument("--camera", default="cam0", help="camera name in metadata and logs")
     p.add_argument("--inline", action="store_true", help="run every stage in this one process (reference path)")
+    p.add_argument("--tap", default=None, help="also publish anonymized frames on this ZeroMQ endpoint")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -84,13 +85,15 @@ def _drop_none(**kwargs) -> dict:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    cfg = config_from_run_flags(args)
+    if not args.inline:
+        from anonengine.engine.commands import run_engine
+
+        return run_engine(cfg, progress=not args.quiet, tap=args.tap)
     from anonengine.inline import run_inline
 
-    cfg = config_from_run_flags(args)
-    results = run_inline(cfg, progress=not args.quiet)
-    for r in results:
-        cam = cfg.cameras[0]
-        log.info("%s: %d frames anonymized (%d obscured) -> %s", r.camera, r.frames, r.obscured, cam.output)
+    for r in run_inline(cfg, progress=not args.quiet):
+        log.info("%s: %d frames anonymized (%d obscured) -> %s", r.camera, r.frames, r.obscured, cfg.cameras[0].output)
     return 0
 
 
@@ -168,6 +171,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--frames", type=int, default=48)
     demo.add_argument("--quiet", action="store_true")
     demo.set_defaults(func=cmd_demo)
+
+    from anonengine.engine.commands import register
+
+    register(sub)
     return parser
 
 

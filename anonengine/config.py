@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from anonengine.errors import ConfigError
 
@@ -98,10 +98,44 @@ class CameraConfig(StrictModel):
     metadata: str | None = Field(None, description="Per-frame JSON-lines metadata file to write.")
 
 
+class TapConfig(StrictModel):
+    endpoint: str = Field("tcp://127.0.0.1:5599", description="ZeroMQ PUB endpoint of anonymized frames; '' = off.")
+    format: Literal["raw", "jpeg"] = Field("jpeg", description="Frame payload: raw BGR bytes or JPEG.")
+    jpeg_quality: int = Field(85, ge=1, le=100, description="JPEG quality of tapped frames.")
+    hwm: int = Field(8, ge=1, le=10000, description="Frames queued per subscriber before it misses frames.")
+
+
+class RuntimeConfig(StrictModel):
+    run_dir: str = Field("/tmp/anonengine", description="Folder of the engine's local sockets, one per instance.")
+    instance: str = Field(
+        "", pattern=r"^[A-Za-z0-9]{0,24}$", description="Engine instance id; '' = chosen by the launcher."
+    )
+    ring_slots: int = Field(12, ge=2, le=256, description="Shared-memory frame slots per camera and stage.")
+    detect_workers: int = Field(1, ge=1, le=64, description="Detector processes sharing the load.")
+    max_batch: int = Field(4, ge=1, le=64, description="Most frames the detector runs at once, across cameras.")
+    max_wait_ms: float = Field(5, ge=0, le=1000, description="Longest wait for a batch to fill.")
+    redeliver_after_s: float = Field(
+        20, gt=0, le=3600, description="A frame not done after this long is sent to the detectors again."
+    )
+    restart_limit: int = Field(5, ge=0, le=1000, description="Restarts of one stage within a minute before giving up.")
+    stop_timeout_s: float = Field(20, gt=0, le=600, description="Grace period for a stage to drain on stop.")
+    exit_when_done: bool = Field(False, description="Stop the engine once every camera's stream has ended.")
+    stats_interval_s: float = Field(2, gt=0, le=3600, description="How often stages report their counters.")
+
+
 class EngineConfig(StrictModel):
     anonymizer: AnonymizerConfig = Field(default_factory=AnonymizerConfig)
     encoder: EncoderConfig = Field(default_factory=EncoderConfig)
+    engine: RuntimeConfig = Field(default_factory=RuntimeConfig)
+    tap: TapConfig = Field(default_factory=TapConfig)
     cameras: list[CameraConfig] = Field(default_factory=list, description="Cameras to anonymize.")
+
+    @model_validator(mode="after")
+    def _unique_camera_names(self):
+        names = [c.name for c in self.cameras]
+        if len(set(names)) != len(names):
+            raise ValueError(f"camera names must be unique, got {names}")
+        return self
 
 
 def load_yaml(path: Path, model: type[BaseModel]) -> BaseModel:
@@ -152,6 +186,8 @@ __all__ = [
     "EncoderConfig",
     "MaskConfig",
     "PoseDrawConfig",
+    "RuntimeConfig",
     "StrictModel",
+    "TapConfig",
     "load_yaml",
 ]

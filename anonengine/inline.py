@@ -22,8 +22,13 @@ class CameraResult:
 
 def run_inline(cfg: EngineConfig, progress: bool = False) -> list[CameraResult]:
     """Anonymizes each camera of `cfg` in turn; raises AnonError on bad input, leaving no output."""
-    with DetectStage(cfg.anonymizer) as detect:
+    # The detector is set up by the first camera once its source and output are open: loading the
+    # model takes seconds, and a missing or broken file should be reported before that.
+    detect = DetectStage(cfg.anonymizer)
+    try:
         return [_run_camera(cam, cfg, detect, progress) for cam in cfg.cameras]
+    finally:
+        detect.close()
 
 
 def _run_camera(cam: CameraConfig, cfg: EngineConfig, detect: DetectStage, progress: bool) -> CameraResult:
@@ -34,9 +39,12 @@ def _run_camera(cam: CameraConfig, cfg: EngineConfig, detect: DetectStage, progr
         encode.setup()
         bar = _progress_bar(capture.info.frames, cam.name, progress)
         try:
+            if detect.detector is None:
+                detect.setup()
             for frame in capture.frames():
                 (detections,) = detect.process([frame.image])
-                encode.process(frame, composite.process(frame, detections), detections)
+                persons = detections.to_meta() if detections is not None else None
+                encode.process(frame, composite.process(frame, detections), persons)
                 result.frames += 1
                 result.obscured += detections is None
                 result.persons += len(detections) if detections is not None else 0

@@ -124,6 +124,9 @@ class EncodeStage(Stage):
         )
         if self.metadata:
             path = Path(self.metadata)
+            if path.is_dir():  # else only the final rename in close() would fail, after the video is done
+                self.abort()
+                raise OutputError(f"cannot write metadata {path}: it is a folder")
             self._meta_partial = path.with_name(path.name + ".partial")
             try:
                 self._meta_file = open(self._meta_partial, "w")
@@ -135,7 +138,8 @@ class EncodeStage(Stage):
     def frames(self) -> int:
         return self.writer.frames if self.writer else 0
 
-    def process(self, frame: Frame, image: np.ndarray, detections: Detections | None) -> None:
+    def process(self, frame: Frame, image: np.ndarray, persons: list[dict] | None) -> None:
+        """Writes `image` at the frame's time; `persons` is None for an obscured frame."""
         self.writer.write(image, frame.pts)
         if self._meta_file is not None:
             record = {
@@ -143,8 +147,8 @@ class EncodeStage(Stage):
                 "index": frame.seq,
                 "pts": frame.pts,
                 "time": round(frame.time, 6),
-                "obscured": detections is None,
-                "persons": detections.to_meta() if detections is not None else [],
+                "obscured": persons is None,
+                "persons": persons or [],
             }
             self._meta_file.write(json.dumps(record) + "\n")
 

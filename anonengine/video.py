@@ -94,13 +94,19 @@ class VideoReader:
         frame_ticks = max(1, round(1 / (self.info.rate * self.info.time_base)))
         last_pts = None
         try:
-            for av_frame in self.container.decode(self.stream):
-                pts = av_frame.pts
-                if pts is None:  # some streams carry no timestamps: count frames at the nominal rate
-                    pts = 0 if last_pts is None else last_pts + frame_ticks
-                last_pts = pts
-                yield Frame(self.camera, seq, int(pts), self.info.time_base, to_bgr(av_frame))
-                seq += 1
+            for packet in self.container.demux(self.stream):
+                # FFmpeg flags a packet cut short by the end of the file as corrupt and decodes what is
+                # there without an error. A fragmented MP4 declares no frame count, so for a file this
+                # flag is the only sign that it was truncated. Live sources lose packets and go on.
+                if packet.is_corrupt and not self.info.live:
+                    raise InputError(f"{self.source} is truncated or corrupt at frame {seq}")
+                for av_frame in packet.decode():
+                    pts = av_frame.pts
+                    if pts is None:  # some streams carry no timestamps: count frames at the nominal rate
+                        pts = 0 if last_pts is None else last_pts + frame_ticks
+                    last_pts = pts
+                    yield Frame(self.camera, seq, int(pts), self.info.time_base, to_bgr(av_frame))
+                    seq += 1
         except av.FFmpegError as exc:
             raise InputError(f"cannot decode {self.source} at frame {seq}: {_ffmpeg_reason(exc)}") from None
         if seq == 0:
@@ -145,9 +151,18 @@ class VideoWriter:
             raise OutputError(f"cannot encode {width}x{height}: H.264 4:2:0 needs even width and height")
         if not self.path.parent.is_dir():
             raise OutputError(f"cannot write {self.path}: folder {self.path.parent} does not exist")
+        if self.path.is_dir():  # else only the final rename in close() would fail, after all the work
+            raise OutputError(f"cannot write {self.path}: it is a folder")
+        try:
+            # FFmpeg opens the file only when the first packet is muxed, possibly after the whole clip
+            # was decoded and detected; creating it now reports an unwritable path before any work.
+            open(self.partial, "wb").close()
+        except OSError as exc:
+            raise OutputError(f"cannot write {self.path}: {exc.strerror}") from None
         try:
             self.container = av.open(str(self.partial), mode="w", format=_format_for(self.path))
         except (av.FFmpegError, OSError) as exc:
+            self.partial.unlink(missing_ok=True)
             raise OutputError(f"cannot write {self.path}: {_ffmpeg_reason(exc)}") from None
         try:
             self.stream = self.container.add_stream(cfg.codec, rate=rate)
@@ -156,6 +171,9 @@ class VideoWriter:
             raise OutputError(f"encoder {cfg.codec!r} unavailable: {_ffmpeg_reason(exc)}") from None
         self.stream.width, self.stream.height = width, height
         self.stream.pix_fmt = "yuv420p"
+        # Pts given to `write` count in this time base. The muxer may change the stream's time base
+        # when it writes the header (MP4 raises 1/1000 to 1/16000), so frames must not take theirs from it.
+        self.time_base = time_base
         self.stream.time_base = time_base
         self.stream.codec_context.time_base = time_base
         if cfg.codec.startswith("libx26"):
@@ -165,7 +183,7 @@ class VideoWriter:
     def write(self, image: np.ndarray, pts: int) -> None:
         frame = av.VideoFrame.from_numpy_buffer(cv2.cvtColor(image, cv2.COLOR_BGR2YUV_I420), format="yuv420p")
         frame.pts = pts
-        frame.time_base = self.stream.time_base
+        frame.time_base = self.time_base
         try:
             self.container.mux(self.stream.encode(frame))
         except (av.FFmpegError, OSError) as exc:

@@ -1,6 +1,5 @@
 """Detection with the real pose model, and the seg path on the real segmentation architecture."""
 
-from pathlib import Path
 
 import cv2
 import numpy as np

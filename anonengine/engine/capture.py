@@ -1,0 +1,162 @@
+"""Capture: decodes one camera into its own shared-memory ring and offers the frames to the detectors.
+
+A slot is reused only after the compositor released it, which it does once the frame is encoded.
+Files are paced by those releases (nothing dropped). Live sources never wait: when every slot is
+taken, the new frame is dropped and counted. A frame not released within `redeliver_after_s` (its
+detector died, say) is offered again; downstream drops the duplicates by seq.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+
+import zmq
+
+from anonengine import messages
+from anonengine.engine.runtime import POLL_MS, Service, send
+from anonengine.errors import AnonError
+from anonengine.shm import FrameRing, segment_name
+from anonengine.video import VideoReader
+
+
+@dataclass
+class InFlight:
+    ref: messages.FrameRef
+    sent_at: float
+
+
+class CaptureService(Service):
+    stage = "capture"
+
+    def __init__(self, cfg, instance: str, camera, source: str | None = None) -> None:
+        super().__init__(cfg, instance, camera.name)
+        self.camera_cfg = camera
+        self.source = source or camera.source
+        self.reader: VideoReader | None = None
+        self.ring: FrameRing | None = None
+        self.inflight: dict[int, InFlight] = {}
+        self.free_slots: list[int] = []
+        self.seq = 0
+        self.ended = False
+
+    def setup(self) -> None:
+        self.reader = VideoReader(self.source, self.camera)
+        info = self.reader.info
+        slots = self.cfg.engine.ring_slots
+        # The pid in the name: a restarted capture never shares a segment with readers of the old one.
+        name = segment_name(self.instance, f"{self.camera}x{os.getpid()}")
+        self.ring = FrameRing.create(name, slots, info.height, info.width)
+        self.free_slots = list(range(slots))
+        self.frames_out = self.socket(zmq.PUSH, self.endpoints.frames(self.camera), bind=True, hwm=slots)
+        self.releases = self.socket(zmq.PULL, self.endpoints.capture(self.camera), bind=True)
+        self.downstream = self.socket(zmq.PUSH, self.endpoints.composite)
+        self.frames_iter = iter(self.reader)
+        self._announce()
+        self.log.info("%s: %dx%d @ %s fps, %s", self.source, info.width, info.height, float(info.rate),
+                      "live" if info.live else f"{info.frames} frames")
+
+    def _announce(self) -> None:
+        info = self.reader.info
+        next_seq = min(self.inflight, default=self.seq)
+        send(self.downstream, messages.StreamInfoMsg(
+            camera=self.camera, width=info.width, height=info.height,
+            rate=(info.rate.numerator, info.rate.denominator),
+            time_base=(info.time_base.numerator, info.time_base.denominator),
+            live=info.live, frames=info.frames, ring=self.ring.name, slots=self.ring.slots,
+            output=self.camera_cfg.output, metadata=self.camera_cfg.metadata, next_seq=next_seq,
+        ))  # fmt: skip
+
+    def step(self) -> bool:
+        self._take_releases(timeout_ms=0 if self.free_slots and not self.ended else POLL_MS)
+        self._redeliver_late()
+        if not self.ended and (self.stopping or not self._capture_one()):
+            self.ended = True
+            send(self.downstream, messages.StreamEnd(self.camera, self.seq))
+            self.log.info("end of stream after %d frames; waiting for %d in flight", self.seq, len(self.inflight))
+        return not (self.ended and not self.inflight)
+
+    def _capture_one(self) -> bool:
+        """Decodes and offers one frame; False at the end of the source."""
+        if not self.free_slots:
+            if self.reader.info.live:
+                next(self.frames_iter, None)  # keep the camera read; drop what cannot be stored
+                self.count("dropped_no_slot")
+            return True
+        try:
+            frame = next(self.frames_iter)
+        except StopIteration:
+            return False
+        except AnonError as exc:
+            send(self.downstream, messages.StreamEnd(self.camera, self.seq, error=str(exc)))
+            raise
+        slot = self.free_slots.pop()
+        self.ring.write(slot, self.seq, frame.image)
+        ref = messages.FrameRef(self.camera, self.seq, frame.pts, self.ring.name, slot, self.ring.slots,
+                                self.ring.height, self.ring.width)
+        self._offer(ref)
+        self.inflight[self.seq] = InFlight(ref, time.monotonic())
+        self.seq += 1
+        self.count("frames")
+        return True
+
+    def _offer(self, ref: messages.FrameRef) -> None:
+        # Waits while no detector is connected or all are full; releases keep flowing meanwhile.
+        while not send(self.frames_out, ref, block=False):
+            self._take_releases(timeout_ms=POLL_MS)
+            if self.stopping and self.reader.info.live:
+                return
+
+    def _take_releases(self, timeout_ms: int) -> None:
+        if not self.releases.poll(timeout_ms):
+            return
+        while True:
+            try:
+                release = messages.decode(self.releases.recv(zmq.NOBLOCK))
+            except zmq.Again:
+                return
+            done = self.inflight.pop(release.seq, None)
+            if done is not None:
+                self.free_slots.append(done.ref.slot)
+
+    def _redeliver_late(self) -> None:
+        now = time.monotonic()
+        late = [f for f in self.inflight.values() if now - f.sent_at > self.cfg.engine.redeliver_after_s]
+        if not late:
+            return
+        self._announce()  # a restarted compositor learns the stream again
+        for f in sorted(late, key=lambda f: f.ref.seq):
+            if send(self.frames_out, f.ref, block=False):
+                f.sent_at = now
+                self.count("redelivered")
+        self.log.warning("offered %d late frame(s) again (from seq %d)", len(late), late[0].ref.seq)
+
+    def close(self) -> None:
+        if self.reader is not None:
+            self.reader.close()
+        if self.ring is not None:
+            self.ring.close()
+
+
+def main(argv=None) -> int:
+    from anonengine.config import CameraConfig
+    from anonengine.engine.runtime import run_service
+
+    def extra(parser):
+        parser.add_argument("--camera", required=True, help="camera name (from the config, or new with --source)")
+        parser.add_argument("--source", help="video source, for a camera not in the config")
+        parser.add_argument("--output", help="output video, for a camera not in the config")
+        parser.add_argument("--metadata", help="metadata file, for a camera not in the config")
+
+    def factory(cfg, args):
+        known = {c.name: c for c in cfg.cameras}
+        if args.source:
+            camera = CameraConfig(name=args.camera, source=args.source, output=args.output, metadata=args.metadata)
+        elif args.camera in known:
+            camera = known[args.camera]
+        else:
+            raise SystemExit(f"anonengine: error: camera {args.camera!r} is not in the config and has no --source")
+        return CaptureService(cfg, args.instance, camera)
+
+    return run_service(factory, argv, extra)

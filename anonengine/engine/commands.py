@@ -1,0 +1,183 @@
+"""Command-line verbs of the engine: launch, tap, attach, detach, status; and `run` through the engine."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+import zmq
+
+from anonengine.config import EngineConfig, load_yaml
+from anonengine.errors import ConfigError, InputError
+
+CONTROL_TIMEOUT_MS = 5000
+
+
+def register(sub) -> None:
+    launch = sub.add_parser("launch", help="start and supervise every stage of the engine")
+    launch.add_argument("config", help="engine YAML (see config/engine.yaml)")
+    launch.add_argument("--validate-config", action="store_true", help="check the file and exit")
+    launch.set_defaults(func=cmd_launch)
+
+    tap = sub.add_parser("tap", help="subscribe to the engine's anonymized output")
+    tap.add_argument("endpoint", nargs="?", default="tcp://127.0.0.1:5599")
+    tap.add_argument("--camera", action="append", default=[], help="only these cameras")
+    tap.add_argument("--record", help="write the received frames of one camera to this MP4")
+    tap.add_argument("--frames", type=int, default=0, help="stop after this many frames (0 = never)")
+    tap.add_argument("--timeout", type=float, default=None, help="stop after this many seconds without a frame")
+    tap.set_defaults(func=cmd_tap)
+
+    for verb, helptext in (("attach", "add a camera to a running engine"),
+                           ("detach", "remove a camera from a running engine"),
+                           ("status", "cameras and counters of a running engine")):
+        p = sub.add_parser(verb, help=helptext)
+        p.add_argument("--run-dir", default="/tmp/anonengine", help="the engine's run_dir")
+        p.add_argument("--instance", default=None, help="engine instance (default: the only one running)")
+        if verb != "status":
+            p.add_argument("--camera", required=True)
+        if verb == "attach":
+            p.add_argument("--source", required=True)
+            p.add_argument("--output", default=None)
+            p.add_argument("--metadata", default=None)
+        p.set_defaults(func=cmd_control)
+
+
+def cmd_launch(args: argparse.Namespace) -> int:
+    from anonengine.engine.launcher import launch
+
+    cfg = load_yaml(Path(args.config), EngineConfig)
+    if args.validate_config:
+        print(f"{args.config}: valid ({len(cfg.cameras)} camera(s))")
+        return 0
+    resolve_models(cfg)
+    return launch(cfg).run()
+
+
+def run_engine(cfg: EngineConfig, progress: bool, tap: str | None) -> int:
+    """`anonengine run` through the engine: one camera, exits when its output is complete."""
+    from anonengine.engine.launcher import launch
+    from anonengine.video import VideoReader
+
+    cam = cfg.cameras[0]
+    preflight(cfg)
+    resolve_models(cfg)
+    info = VideoReader(cam.source).info
+    cfg.engine.exit_when_done = True
+    cfg.tap.endpoint = tap or ""
+    if not os.environ.get("ANONENGINE_LOG_LEVEL"):
+        os.environ["ANONENGINE_LOG_LEVEL"] = "ERROR"  # a job prints its result, not the stages' chatter
+        logging.getLogger("anonengine.launcher").setLevel(logging.WARNING)
+    launcher = launch(cfg)
+    bar = None
+    if progress and sys.stderr.isatty():
+        from tqdm import tqdm
+
+        bar = tqdm(total=info.frames or None, desc=cam.name, unit="frame", dynamic_ncols=True)
+        launcher.on_stats = lambda stats: bar.update(stats.get(("encode", "-"), {}).get("frames", 0) - bar.n)
+    try:
+        return launcher.run()
+    except BaseException:
+        discard_outputs(cfg)
+        raise
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+def resolve_models(cfg: EngineConfig) -> None:
+    """Fetches or finds every model once here, so detector processes neither race nor fail late."""
+    from anonengine import models
+
+    det = cfg.anonymizer.detector
+    specs = [det.pose_model, det.seg_model if cfg.anonymizer.method == "seg" else None, det.bbox_model]
+    for spec in filter(None, specs):
+        models.resolve(spec)
+
+
+def preflight(cfg: EngineConfig) -> None:
+    """Opens the source and the outputs as the stages will, reporting bad ones before any process starts."""
+    from anonengine.stages import CaptureStage, EncodeStage
+
+    cam = cfg.cameras[0]
+    with CaptureStage(cam.source, cam.name) as capture:
+        if cam.output:
+            encode = EncodeStage(cam.output, capture.info, cfg.encoder, cam.metadata)
+            encode.setup()
+            encode.abort()
+
+
+def discard_outputs(cfg: EngineConfig) -> None:
+    """A failed job leaves nothing that could pass for a complete output."""
+    for cam in cfg.cameras:
+        for path in filter(None, (cam.output, cam.metadata)):
+            Path(path).unlink(missing_ok=True)
+
+
+def cmd_tap(args: argparse.Namespace) -> int:
+    from anonengine.tap import SeqGaps, subscribe
+
+    gaps, writer, count = SeqGaps(), None, 0
+    try:
+        for meta, image in subscribe(args.endpoint, tuple(args.camera), timeout_s=args.timeout):
+            gap = gaps.see(meta)
+            print(f"{meta['camera']} seq={meta['seq']} t={meta['time']:.3f} persons={len(meta['persons'])}"
+                  f"{' obscured' if meta['obscured'] else ''}{f' missed={gap}' if gap else ''}", flush=True)
+            if args.record:
+                writer = writer or _tap_writer(args.record, image)
+                writer.write(image, meta["pts"])
+            count += 1
+            if args.frames and count >= args.frames:
+                break
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if writer is not None:
+            writer.close()
+    return 0
+
+
+def _tap_writer(path: str, image):
+    from fractions import Fraction
+
+    from anonengine.video import VideoWriter
+
+    # pts from the tap are in the source's time base, unknown here; a fine base keeps them exact for most.
+    return VideoWriter(path, image.shape[1], image.shape[0], Fraction(25), Fraction(1, 90000))
+
+
+def cmd_control(args: argparse.Namespace) -> int:
+    from anonengine.engine.runtime import Endpoints
+
+    instance = args.instance or _only_instance(Path(args.run_dir))
+    request: dict = {"op": args.command}
+    if args.command == "attach":
+        request["camera"] = {"name": args.camera, "source": args.source, "output": args.output,
+                             "metadata": args.metadata}
+    elif args.command == "detach":
+        request["camera"] = args.camera
+    ctx = zmq.Context.instance()
+    sock = ctx.socket(zmq.REQ)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(Endpoints(args.run_dir, instance).control)
+    sock.send_json(request)
+    if not sock.poll(CONTROL_TIMEOUT_MS):
+        raise ConfigError(f"engine {instance} in {args.run_dir} does not answer")
+    answer = sock.recv_json()
+    if not answer.get("ok"):
+        raise ConfigError(answer.get("error") or f"{args.command} refused")
+    print(json.dumps(answer, indent=1) if args.command == "status" else f"{args.command}: ok")
+    return 0
+
+
+def _only_instance(run_dir: Path) -> str:
+    found = sorted(p.parent.name for p in run_dir.glob("*/control.sock")) if run_dir.is_dir() else []
+    if len(found) != 1:
+        raise InputError(f"{len(found)} engines found in {run_dir}: name one with --instance")
+    return found[0]
+
+
+__all__ = ["register", "run_engine"]

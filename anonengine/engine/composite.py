@@ -1,0 +1,185 @@
+"""Composite: owns each camera's background, puts frames back in order, writes anonymized frames.
+
+Detector workers finish out of order; results wait here until their camera's next seq is complete.
+A frame whose detection failed is emitted fully obscured, never raw. The input slot goes back to the
+capture only once the encoder has released the output slot: until a frame is written, the capture
+still holds it and offers it again if this process or a detector died.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+import zmq
+
+from anonengine import messages
+from anonengine.compositor import obscured_frame
+from anonengine.engine.runtime import POLL_MS, Service, send
+from anonengine.shm import FrameRing, RingCache, StaleSlot, segment_name
+from anonengine.stages import CompositeStage
+from anonengine.video import Frame
+
+
+@dataclass
+class CameraState:
+    info: messages.StreamInfoMsg
+    ring: FrameRing
+    release: zmq.Socket
+    next_seq: int
+    free_slots: list[int]
+    pending: dict[int, messages.Detected] = field(default_factory=dict)
+    held: dict[int, int] = field(default_factory=dict)  # out seq -> input slot, until encoded
+    end: int | None = None
+    end_sent: bool = False
+
+
+class CompositeService(Service):
+    stage = "composite"
+
+    def __init__(self, cfg, instance: str) -> None:
+        super().__init__(cfg, instance)
+        self.compositing = CompositeStage(cfg.anonymizer)
+        self.inputs = RingCache()
+        self.cameras: dict[str, CameraState] = {}
+        self.orphans: dict[str, dict[int, messages.Detected]] = {}
+
+    def setup(self) -> None:
+        self.inbox = self.socket(zmq.PULL, self.endpoints.composite, bind=True)
+        self.encoder = self.socket(zmq.PUSH, self.endpoints.encode)
+        self.log.info("ready (pid %d)", os.getpid())
+
+    def step(self) -> bool:
+        if self.inbox.poll(POLL_MS):
+            while True:
+                try:
+                    message = messages.decode(self.inbox.recv(zmq.NOBLOCK))
+                except zmq.Again:
+                    break
+                self._handle(message)
+        # Stopped last but one: captures and detectors are gone, nothing more can complete a frame.
+        return not self.stopping
+
+    def _handle(self, message) -> None:
+        if isinstance(message, messages.Detected):
+            self._on_detected(message)
+        elif isinstance(message, messages.StreamInfoMsg):
+            self._on_stream(message)
+        elif isinstance(message, messages.StreamEnd):
+            self._on_end(message)
+        elif isinstance(message, messages.Release):
+            self._on_encoded(message)
+        else:
+            self.log.warning("unexpected %s", type(message).__name__)
+
+    def _on_stream(self, info: messages.StreamInfoMsg) -> None:
+        state = self.cameras.get(info.camera)
+        if state is not None:
+            if state.info.ring != info.ring:  # the capture restarted: a new ring, same stream
+                state.info = info
+            return
+        slots = self.cfg.engine.ring_slots
+        ring = FrameRing.create(
+            segment_name(self.instance, f"{info.camera}x{os.getpid()}out"), slots, info.height, info.width
+        )
+        release = self.socket(zmq.PUSH, self.endpoints.capture(info.camera))
+        state = self.cameras[info.camera] = CameraState(info, ring, release, info.next_seq, list(range(slots)))
+        state.pending.update(self.orphans.pop(info.camera, {}))
+        out_info = messages.StreamInfoMsg(**{**info.__dict__, "ring": ring.name, "slots": slots})
+        send(self.encoder, out_info)
+        self._drain(state)
+
+    def _on_detected(self, result: messages.Detected) -> None:
+        camera, seq = result.frame.camera, result.frame.seq
+        state = self.cameras.get(camera)
+        if state is None:  # the stream's announcement is still on its way
+            self.orphans.setdefault(camera, {})[seq] = result
+            return
+        if seq < state.next_seq:
+            self.count("duplicates")
+            return
+        if result.status == "stale":
+            self.count("stale")  # the capture offers the frame again if it is still due
+            return
+        state.pending[seq] = result
+        self._drain(state)
+
+    def _on_end(self, end: messages.StreamEnd) -> None:
+        state = self.cameras.get(end.camera)
+        if state is None:
+            send(self.encoder, end)
+            return
+        state.end = end.frames
+        if end.error:
+            state.pending.clear()
+            state.end = state.next_seq
+            send(self.encoder, end)
+            state.end_sent = True
+        self._drain(state)
+
+    def _drain(self, state: CameraState) -> None:
+        while state.next_seq in state.pending and state.free_slots:
+            self._emit(state, state.pending.pop(state.next_seq))
+        if state.end is not None and state.next_seq >= state.end and not state.end_sent:
+            send(self.encoder, messages.StreamEnd(state.info.camera, state.end))
+            state.end_sent = True
+        self._forget_if_done(state)
+
+    def _emit(self, state: CameraState, result: messages.Detected) -> None:
+        ref = result.frame
+        try:
+            source = self.inputs.get(ref.ring, ref.slots, ref.height, ref.width)
+            view, slot_state = source.view(ref.slot, ref.seq)
+        except (StaleSlot, FileNotFoundError):
+            self.count("stale")
+            return
+        frame = Frame(ref.camera, ref.seq, ref.pts, state.info.time_base_fraction, view)
+        detections = messages.unpack_detections(result.persons) if result.status == "ok" else None
+        image = self.compositing.process(frame, detections)
+        try:
+            source.check(ref.slot, ref.seq, slot_state)
+        except StaleSlot:
+            self.count("stale")
+            return
+        out_slot = state.free_slots.pop()
+        state.ring.write(out_slot, ref.seq, image if detections is not None else obscured_frame(view.shape))
+        send(self.encoder, messages.OutFrame(
+            camera=ref.camera, seq=ref.seq, pts=ref.pts, ring=state.ring.name, slot=out_slot,
+            slots=state.ring.slots, height=state.ring.height, width=state.ring.width,
+            obscured=detections is None, persons=detections.to_meta() if detections is not None else [],
+        ))  # fmt: skip
+        state.held[ref.seq] = ref.slot
+        state.next_seq += 1
+        self.count("frames")
+        self.count("obscured", detections is None)
+
+    def _on_encoded(self, release: messages.Release) -> None:
+        state = self.cameras.get(release.camera)
+        if state is None:
+            return
+        state.free_slots.append(release.slot)
+        in_slot = state.held.pop(release.seq, None)
+        if in_slot is not None:
+            send(state.release, messages.Release(release.camera, release.seq, in_slot), block=False)
+        self._drain(state)
+
+    def _forget_if_done(self, state: CameraState) -> None:
+        if state.end_sent and not state.held:
+            camera = state.info.camera
+            self.inputs.drop(state.info.ring)
+            state.ring.close()
+            state.release.close(linger=1000)
+            self.compositing.forget(camera)
+            del self.cameras[camera]
+            self.log.info("%s finished at %d frames", camera, state.next_seq)
+
+    def close(self) -> None:
+        for state in self.cameras.values():
+            state.ring.close()
+        self.inputs.close()
+
+
+def main(argv=None) -> int:
+    from anonengine.engine.runtime import run_service
+
+    return run_service(lambda cfg, args: CompositeService(cfg, args.instance), argv)

@@ -1,0 +1,187 @@
+"""Encode: writes each camera's anonymized frames to its output and to the tap; frees the slots.
+
+Outputs are finalised at the end of their stream and on SIGTERM, so a stopped engine leaves playable
+files. The tap is an XPUB socket: frames are only encoded for it while someone subscribes, and its
+high-water mark drops frames for a slow subscriber instead of slowing the engine.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+
+import cv2
+import msgpack
+import zmq
+
+from anonengine import messages
+from anonengine.engine.runtime import POLL_MS, Service, send
+from anonengine.errors import AnonError
+from anonengine.shm import RingCache, StaleSlot
+from anonengine.stages import EncodeStage
+from anonengine.video import Frame, StreamInfo
+
+
+TAP_SOCKET_BUFFER = 256 * 1024
+
+
+@dataclass
+class Output:
+    info: messages.StreamInfoMsg
+    writer: EncodeStage | None
+    next_seq: int
+
+
+class EncodeService(Service):
+    stage = "encode"
+
+    def __init__(self, cfg, instance: str) -> None:
+        super().__init__(cfg, instance)
+        self.rings = RingCache()
+        self.outputs: dict[str, Output] = {}
+        self.subscribers = 0
+
+    def setup(self) -> None:
+        self.inbox = self.socket(zmq.PULL, self.endpoints.encode, bind=True)
+        self.releases = self.socket(zmq.PUSH, self.endpoints.composite)
+        self.events = self.socket(zmq.PUSH, self.endpoints.events)
+        self.tap = None
+        if self.cfg.tap.endpoint:
+            self.tap = self.socket(zmq.XPUB, self.cfg.tap.endpoint, bind=True, hwm=self.cfg.tap.hwm)
+            self.tap.setsockopt(zmq.XPUB_VERBOSER, 1)  # see every (un)subscribe, to count subscribers
+            # The high-water mark bounds a slow subscriber's backlog only if the kernel's does too.
+            self.tap.setsockopt(zmq.SNDBUF, TAP_SOCKET_BUFFER)
+        self.poller = zmq.Poller()
+        self.poller.register(self.inbox, zmq.POLLIN)
+        if self.tap is not None:
+            self.poller.register(self.tap, zmq.POLLIN)
+        self.log.info("ready (pid %d), tap %s", os.getpid(), self.cfg.tap.endpoint or "off")
+
+    def step(self) -> bool:
+        # Stopped last: what the compositor sent before it went is still written.
+        events = dict(self.poller.poll(0 if self.stopping else POLL_MS))
+        if self.tap is not None and self.tap in events:
+            self._count_subscribers()
+        if self.inbox in events:
+            while True:
+                try:
+                    message = messages.decode(self.inbox.recv(zmq.NOBLOCK))
+                except zmq.Again:
+                    break
+                self._handle(message)
+        return not (self.stopping and self.inbox not in events)
+
+    def _count_subscribers(self) -> None:
+        while True:
+            try:
+                event = self.tap.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            if event:
+                self.subscribers += 1 if event[0] == 1 else -1
+
+    def _handle(self, message) -> None:
+        if isinstance(message, messages.StreamInfoMsg):
+            self._on_stream(message)
+        elif isinstance(message, messages.OutFrame):
+            self._on_frame(message)
+        elif isinstance(message, messages.StreamEnd):
+            self._on_end(message)
+
+    def _on_stream(self, info: messages.StreamInfoMsg) -> None:
+        output = self.outputs.get(info.camera)
+        if output is not None:  # the compositor restarted: same stream, new ring
+            output.info = info
+            return
+        writer = None
+        if info.output:
+            stream = StreamInfo(info.width, info.height, info.rate_fraction, info.time_base_fraction,
+                                info.frames, info.live)
+            writer = EncodeStage(info.output, stream, self.cfg.encoder, info.metadata)
+            writer.setup()
+        self.outputs[info.camera] = Output(info, writer, info.next_seq)
+
+    def _on_frame(self, frame: messages.OutFrame) -> None:
+        output = self.outputs.get(frame.camera)
+        if output is None or frame.seq < output.next_seq:
+            self._release(frame)
+            self.count("duplicates")
+            return
+        try:
+            ring = self.rings.get(frame.ring, frame.slots, frame.height, frame.width)
+            view, state = ring.view(frame.slot, frame.seq)
+            image = view.copy()
+            ring.check(frame.slot, frame.seq, state)
+        except (StaleSlot, FileNotFoundError):
+            self.count("stale")  # the capture still holds the frame and offers it again
+            return
+        self._release(frame)
+        if output.writer is not None:
+            persons = None if frame.obscured else frame.persons
+            as_frame = Frame(frame.camera, frame.seq, frame.pts, output.info.time_base_fraction, image)
+            output.writer.process(as_frame, image, persons)
+        self._publish(frame, output, image)
+        output.next_seq = frame.seq + 1
+        self.count("frames")
+
+    def _release(self, frame: messages.OutFrame) -> None:
+        send(self.releases, messages.Release(frame.camera, frame.seq, frame.slot))
+
+    def _publish(self, frame: messages.OutFrame, output: Output, image) -> None:
+        if self.tap is None or self.subscribers <= 0:
+            return
+        tap = self.cfg.tap
+        if tap.format == "jpeg":
+            payload = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, tap.jpeg_quality])[1].tobytes()
+        else:
+            payload = image.tobytes()
+        header = {
+            "camera": frame.camera, "seq": frame.seq, "pts": frame.pts,
+            "time": float(frame.pts * output.info.time_base_fraction), "width": image.shape[1],
+            "height": image.shape[0], "format": tap.format, "obscured": frame.obscured, "persons": frame.persons,
+        }  # fmt: skip
+        try:
+            self.tap.send_multipart([frame.camera.encode(), msgpack.packb(header), payload], zmq.NOBLOCK, copy=False)
+        except zmq.Again:
+            self.count("tap_dropped")
+
+    def _on_end(self, end: messages.StreamEnd) -> None:
+        output = self.outputs.pop(end.camera, None)
+        if output is None:
+            return
+        self.rings.drop(output.info.ring)
+        if end.error:
+            if output.writer is not None:
+                output.writer.abort()
+            self.log.warning("%s failed, output discarded: %s", end.camera, end.error)
+        else:
+            self._finish(end.camera, output)
+
+    def _finish(self, camera: str, output: Output) -> None:
+        path = None
+        if output.writer is not None:
+            try:
+                output.writer.close()
+                path = output.info.output
+            except AnonError as exc:
+                self.log.error("%s: %s", camera, exc)
+        send(self.events, messages.CameraDone(camera, output.next_seq, path), block=False)
+        self.log.info("%s: %d frames written to %s", camera, output.next_seq, path or "(tap only)")
+
+    def close(self) -> None:
+        # On SIGTERM: every output as far as it got, finalised and playable.
+        for camera, output in list(self.outputs.items()):
+            if output.writer is not None and output.writer.frames == 0:
+                output.writer.abort()
+                continue
+            self._finish(camera, output)
+        self.outputs.clear()
+        self.rings.close()
+        time.sleep(0.05)  # let the last CameraDone leave before the context goes
+
+
+def main(argv=None) -> int:
+    from anonengine.engine.runtime import run_service
+
+    return run_service(lambda cfg, args: EncodeService(cfg, args.instance), argv)

@@ -1,0 +1,256 @@
+"""The launcher starts every stage, restarts the ones that die, and stops them all in order.
+
+Consumers start before producers (encode, composite, detect, then one capture per camera) and stop
+after them: captures stop reading and finish what is in flight, the chain drains, then detectors,
+compositor and encoder go, then sockets, then shared memory. A stage that exits 2 met a user error
+(bad input): the engine reports it and stops. Any other death is restarted, up to `restart_limit`
+times a minute. The process factory and the clock are attributes so tests can swap in fakes.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+import zmq
+
+from anonengine import messages
+from anonengine.config import CameraConfig, EngineConfig
+from anonengine.engine.runtime import Endpoints
+from anonengine.errors import AnonError
+from anonengine.shm import instance_segments, remove_stale_segments, unlink
+
+log = logging.getLogger("anonengine.launcher")
+
+USER_ERROR = 2
+STOP_ORDER = ("capture", "detect", "composite", "encode")
+FAILED_GRACE_S = 3.0
+
+
+@dataclass
+class Child:
+    name: str
+    stage: str
+    argv: list[str]
+    camera: str | None = None
+    process: subprocess.Popen | None = None
+    restarts: list[float] = field(default_factory=list)
+
+
+class EngineFailed(AnonError):
+    """A stage could not be kept running, or met a user error."""
+
+
+def instance_alive(instance: str) -> bool:
+    """Instances named `p<pid>` belong to a launcher process; others cannot be judged (kept)."""
+    if not (instance.startswith("p") and instance[1:].isdigit()):
+        return True
+    try:
+        os.kill(int(instance[1:]), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class Launcher:
+    def __init__(self, cfg: EngineConfig) -> None:
+        self.cfg = cfg.model_copy(deep=True)
+        self.instance = cfg.engine.instance or f"p{os.getpid()}"
+        self.endpoints = Endpoints(cfg.engine.run_dir, self.instance)
+        self.children: dict[str, Child] = {}
+        self.done: dict[str, messages.CameraDone] = {}
+        self.stats: dict[tuple[str, str], dict] = {}
+        self.failure: str | None = None
+        self.stop_requested = False
+        self.spawn = subprocess.Popen  # swapped in tests
+        self.clock = time.monotonic
+        self.on_stats = None  # called with `stats` whenever counters arrive (progress bars)
+        self.context = zmq.Context()
+
+    # --- lifecycle -----------------------------------------------------------------------------
+    def start(self) -> None:
+        removed = remove_stale_segments(instance_alive)
+        if removed:
+            log.info("removed %d stale shared-memory segment(s) of dead engines", len(removed))
+        self._remove_stale_run_dirs()
+        self.endpoints.dir.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.endpoints.dir, 0o700)
+        self.config_path = self.endpoints.dir / "engine.yaml"
+        self.config_path.write_text(yaml.safe_dump(self.cfg.model_dump(mode="json")))
+        self.events = self.context.socket(zmq.PULL)
+        self.events.bind(self.endpoints.events)
+        self.control = self.context.socket(zmq.REP)
+        self.control.bind(self.endpoints.control)
+        self._add("encode", "encode")
+        self._add("composite", "composite")
+        for w in range(self.cfg.engine.detect_workers):
+            self._add(f"detect{w}", "detect", ["--worker", str(w)])
+        for camera in self.cfg.cameras:
+            self.attach(camera)
+
+    def _remove_stale_run_dirs(self) -> None:
+        root = Path(self.cfg.engine.run_dir)
+        if root.is_dir():
+            for folder in root.iterdir():
+                if folder.is_dir() and not instance_alive(folder.name):
+                    shutil.rmtree(folder, ignore_errors=True)
+
+    def _add(self, name: str, stage: str, extra: list[str] | None = None, camera: str | None = None) -> None:
+        argv = [sys.executable, "-m", f"services.{stage}", "--config", str(self.config_path),
+                "--instance", self.instance, *(extra or [])]  # fmt: skip
+        child = self.children[name] = Child(name, stage, argv, camera)
+        self._spawn(child)
+
+    def _spawn(self, child: Child) -> None:
+        env = {**os.environ, "ANONENGINE_INSTANCE": self.instance, "PYTHONUNBUFFERED": "1",
+               "ANONENGINE_ERROR_FILE": str(self._error_file(child))}
+        child.process = self.spawn(child.argv, env=env, cwd=_project_root(), stdin=subprocess.DEVNULL)
+        log.debug("started %s (pid %d)", child.name, child.process.pid)
+
+    def _error_file(self, child: Child) -> Path:
+        return self.endpoints.dir / f"{child.name}.error"
+
+    def attach(self, camera: CameraConfig) -> None:
+        name = f"capture-{camera.name}"
+        if name in self.children:
+            raise EngineFailed(f"camera {camera.name} is already attached")
+        extra = ["--camera", camera.name, "--source", camera.source]
+        for flag, value in (("--output", camera.output), ("--metadata", camera.metadata)):
+            if value:
+                extra += [flag, value]
+        self._add(name, "capture", extra, camera=camera.name)
+        if camera.name not in {c.name for c in self.cfg.cameras}:
+            self.cfg.cameras.append(camera)
+
+    def detach(self, camera: str) -> bool:
+        child = self.children.get(f"capture-{camera}")
+        if child is None or child.process.poll() is not None:
+            return False
+        child.process.send_signal(signal.SIGTERM)  # the capture drains, its stream ends normally
+        return True
+
+    def run(self) -> int:
+        """Supervises until stopped (or, with exit_when_done, until every camera is done)."""
+        try:
+            while not self.stop_requested:
+                self._pump(timeout_ms=100)
+                self._supervise()
+                if self.failure:
+                    break
+                if self.cfg.engine.exit_when_done and self._all_cameras_done():
+                    break
+        finally:
+            # After a failure the chain is broken and nothing can drain: short grace.
+            self.stop(grace_s=FAILED_GRACE_S if self.failure else None)
+        if self.failure:
+            raise EngineFailed(self.failure)
+        return 0
+
+    def _all_cameras_done(self) -> bool:
+        cameras = {c.name for c in self.cfg.cameras}
+        captures_running = any(
+            c.stage == "capture" and c.process.poll() is None for c in self.children.values()
+        )
+        return cameras <= self.done.keys() and not captures_running
+
+    def _pump(self, timeout_ms: int) -> None:
+        poller = zmq.Poller()
+        poller.register(self.events, zmq.POLLIN)
+        poller.register(self.control, zmq.POLLIN)
+        ready = dict(poller.poll(timeout_ms))
+        while self.events in ready:
+            try:
+                message = messages.decode(self.events.recv(zmq.NOBLOCK))
+            except zmq.Again:
+                break
+            if isinstance(message, messages.CameraDone):
+                self.done[message.camera] = message
+            elif isinstance(message, messages.Stats):
+                self.stats[(message.stage, message.name)] = message.counters
+                if self.on_stats is not None:
+                    self.on_stats(self.stats)
+        if self.control in ready:
+            self.control.send_json(self._on_control(self.control.recv_json()))
+
+    def _on_control(self, request: dict) -> dict:
+        try:
+            if request.get("op") == "attach":
+                self.attach(CameraConfig.model_validate(request["camera"]))
+                return {"ok": True}
+            if request.get("op") == "detach":
+                return {"ok": self.detach(request["camera"])}
+            if request.get("op") == "status":
+                return {"ok": True, "cameras": [c.name for c in self.cfg.cameras], "done": sorted(self.done),
+                        "stats": {f"{k[0]}[{k[1]}]": v for k, v in self.stats.items()}}
+            return {"ok": False, "error": f"unknown op {request.get('op')!r}"}
+        except Exception as exc:  # noqa: BLE001 - the answer carries the error to the client
+            return {"ok": False, "error": str(exc).splitlines()[0]}
+
+    def _supervise(self) -> None:
+        for child in list(self.children.values()):
+            code = child.process.poll()
+            if code is None:
+                continue
+            if child.stage == "capture" and code == 0:
+                continue  # its stream ended
+            if code == USER_ERROR:
+                error = self._error_file(child)
+                self.failure = error.read_text() if error.is_file() else f"{child.name} stopped on an error"
+                return
+            now = self.clock()
+            child.restarts = [t for t in child.restarts if now - t < 60] + [now]
+            if len(child.restarts) > self.cfg.engine.restart_limit:
+                self.failure = f"{child.name} died {len(child.restarts)} times within a minute (exit {code})"
+                return
+            log.warning("%s exited with %s; restarting", child.name, code)
+            self._spawn(child)
+
+    def stop(self, grace_s: float | None = None) -> None:
+        """Stops every stage in order, then removes sockets and the instance's shared memory."""
+        grace_s = grace_s or self.cfg.engine.stop_timeout_s
+        for stage in STOP_ORDER:
+            group = [c for c in self.children.values() if c.stage == stage and c.process.poll() is None]
+            for child in group:
+                child.process.send_signal(signal.SIGTERM)
+            deadline = self.clock() + grace_s
+            for child in group:
+                while child.process.poll() is None and self.clock() < deadline:
+                    self._pump(timeout_ms=50)
+                if child.process.poll() is None:
+                    # After a failure, killing what cannot drain is expected, not worth a warning.
+                    level = logging.INFO if self.failure else logging.WARNING
+                    log.log(level, "%s did not stop in %.0f s; killing it", child.name, grace_s)
+                    child.process.kill()
+                    child.process.wait()
+        self._pump(timeout_ms=0)
+        self.context.destroy(linger=0)
+        for name in instance_segments(self.instance):
+            unlink(name)
+        shutil.rmtree(self.endpoints.dir, ignore_errors=True)
+
+    def request_stop(self) -> None:
+        self.stop_requested = True
+
+
+def _project_root() -> str:
+    """Folder from which `python -m services.X` imports (services/ is a top-level package)."""
+    return str(Path(__file__).resolve().parents[2])
+
+
+def launch(cfg: EngineConfig) -> Launcher:
+    """Starts an engine with SIGINT/SIGTERM wired to an orderly stop; call `.run()` on the result."""
+    launcher = Launcher(cfg)
+    signal.signal(signal.SIGTERM, lambda *_: launcher.request_stop())
+    signal.signal(signal.SIGINT, lambda *_: launcher.request_stop())
+    launcher.start()
+    return launcher

@@ -1,0 +1,202 @@
+"""What every engine process shares: its endpoints, its start-up, its loop and its shutdown.
+
+A service is a small class with `setup`, `step` and `close`. `run_service` gives each the same life:
+process title, faulthandler, logging that names stage and camera, SIGTERM/SIGINT asking it to drain,
+and `close` in `finally`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import faulthandler
+import logging
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+import zmq
+
+from anonengine import messages
+from anonengine.config import EngineConfig, load_yaml
+from anonengine.errors import AnonError
+
+POLL_MS = 100
+
+
+class Endpoints:
+    """Local (ipc) endpoints of one engine instance; the binding side is named in each comment."""
+
+    def __init__(self, run_dir: str, instance: str) -> None:
+        self.dir = Path(run_dir) / instance
+
+    def _ipc(self, name: str) -> str:
+        return f"ipc://{self.dir / name}.sock"
+
+    def frames(self, camera: str) -> str:  # capture binds PUSH of FrameRef; detectors connect PULL
+        return self._ipc(f"frames-{camera}")
+
+    def capture(self, camera: str) -> str:  # capture binds PULL of Release
+        return self._ipc(f"capture-{camera}")
+
+    @property
+    def composite(self) -> str:  # compositor binds PULL of StreamInfoMsg, StreamEnd, Detected, Release
+        return self._ipc("composite")
+
+    @property
+    def encode(self) -> str:  # encoder binds PULL of StreamInfoMsg, OutFrame, StreamEnd
+        return self._ipc("encode")
+
+    @property
+    def events(self) -> str:  # launcher binds PULL of CameraDone, Stats
+        return self._ipc("events")
+
+    @property
+    def control(self) -> str:  # launcher binds REP for attach/detach
+        return self._ipc("control")
+
+    def frame_cameras(self) -> list[str]:
+        """Cameras whose capture has bound its frames endpoint."""
+        return sorted(p.name[len("frames-") : -len(".sock")] for p in self.dir.glob("frames-*.sock"))
+
+
+class Service:
+    """Base of the engine's processes. Subclasses set `stage` and implement setup/step/close."""
+
+    stage = "service"
+
+    def __init__(self, cfg: EngineConfig, instance: str, camera: str = "-") -> None:
+        self.cfg, self.instance, self.camera = cfg, instance, camera
+        self.endpoints = Endpoints(cfg.engine.run_dir, instance)
+        self.context = zmq.Context()
+        self.stopping = False
+        self.log = logging.getLogger(f"anonengine.{self.stage}")
+        self.counters: dict[str, int] = {}
+        self._events: zmq.Socket | None = None
+        self._last_stats = time.monotonic()
+
+    def request_stop(self) -> None:
+        """SIGTERM: stop taking new work, finish what is in hand, then `step` returns False."""
+        self.stopping = True
+
+    def setup(self) -> None:
+        pass
+
+    def step(self) -> bool:
+        """One round of work; False when the service is done."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+    def socket(self, kind: int, endpoint: str, bind: bool = False, hwm: int | None = None) -> zmq.Socket:
+        sock = self.context.socket(kind)
+        sock.setsockopt(zmq.LINGER, 2000)
+        if hwm is not None:
+            sock.setsockopt(zmq.SNDHWM, hwm)
+            sock.setsockopt(zmq.RCVHWM, hwm)
+        (sock.bind if bind else sock.connect)(endpoint)
+        return sock
+
+    def count(self, name: str, n: int = 1) -> None:
+        self.counters[name] = self.counters.get(name, 0) + n
+
+    def report(self, force: bool = False) -> None:
+        """Sends counters to the launcher every `stats_interval_s` (never blocks)."""
+        now = time.monotonic()
+        if not force and now - self._last_stats < self.cfg.engine.stats_interval_s:
+            return
+        self._last_stats = now
+        if self._events is None:
+            self._events = self.socket(zmq.PUSH, self.endpoints.events, hwm=100)
+        send(self._events, messages.Stats(self.stage, self.camera, dict(self.counters)), block=False)
+
+    def shutdown(self) -> None:
+        try:
+            self.report(force=True)
+        finally:
+            self.context.destroy(linger=1000)
+
+
+def send(sock: zmq.Socket, message, block: bool = True) -> bool:
+    """Sends one message; without `block`, returns False instead of waiting on a full peer."""
+    try:
+        sock.send(messages.encode(message), 0 if block else zmq.NOBLOCK)
+        return True
+    except zmq.Again:
+        return False
+
+
+def receive(sock: zmq.Socket):
+    return messages.decode(sock.recv())
+
+
+def configure_logging(stage: str, camera: str) -> None:
+    logging.basicConfig(
+        level=os.environ.get("ANONENGINE_LOG_LEVEL", "INFO"),
+        format=f"%(asctime)s {stage}[{camera}] %(levelname)s %(message)s",
+        stream=sys.stderr,
+        force=True,
+    )
+    logging.getLogger("ultralytics").setLevel(logging.WARNING)
+
+
+def service_args(argv: list[str] | None, extra=None) -> argparse.Namespace:
+    from anonengine.cli import OneLineParser
+
+    parser = OneLineParser(description="anonengine stage process")
+    parser.add_argument("--config", required=True, help="engine YAML config")
+    parser.add_argument("--instance", default=os.environ.get("ANONENGINE_INSTANCE", "default"))
+    if extra:
+        extra(parser)
+    return parser.parse_args(argv)
+
+
+def report_user_error(message: str) -> None:
+    """Under the launcher, the error goes to a file it reads and reports as its own one line."""
+    path = os.environ.get("ANONENGINE_ERROR_FILE")
+    if path:
+        Path(path).write_text(message)
+    else:
+        print(f"anonengine: error: {message}", file=sys.stderr)
+
+
+def run_service(factory, argv: list[str] | None = None, extra_args=None) -> int:
+    """Runs one service to completion; the exit code tells the launcher what happened.
+
+    0: done; 2: a user error (bad input or config), not worth a restart; other: crashed, restart.
+    """
+    args = service_args(argv, extra_args)
+    try:
+        cfg = load_yaml(Path(args.config), EngineConfig)
+    except AnonError as exc:
+        report_user_error(str(exc))
+        return 2
+    service = factory(cfg, args)
+    configure_logging(service.stage, service.camera)
+    faulthandler.enable()
+    try:
+        import setproctitle
+
+        setproctitle.setproctitle(f"anonengine-{service.stage}[{service.camera}] {args.instance}")
+    except ImportError:
+        pass
+    signal.signal(signal.SIGTERM, lambda *_: service.request_stop())
+    signal.signal(signal.SIGINT, lambda *_: service.request_stop())
+    try:
+        service.setup()
+        while service.step():
+            service.report()
+        return 0
+    except AnonError as exc:
+        report_user_error(f"{service.stage}[{service.camera}]: {exc}")
+        return 2
+    except Exception:
+        service.log.exception("crashed")
+        return 1
+    finally:
+        try:
+            service.close()
+        finally:
+            service.shutdown()

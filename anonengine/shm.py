@@ -1,0 +1,166 @@
+"""Rings of frame slots in POSIX shared memory; only (segment, slot, seq) references travel on sockets.
+
+One segment per ring, created (mode 0600) and unlinked by its owner only. Each slot starts with a
+header that works as a seqlock: the writer marks the slot busy, writes the pixels, then publishes the
+frame's seq. A reader checks the seq before and after it used the pixels; if the slot was reused in
+between, the read is rejected, so a stale or torn frame is never passed on as if it were the one asked
+for.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from multiprocessing import resource_tracker, shared_memory
+from pathlib import Path
+
+import numpy as np
+
+SHM_DIR = Path("/dev/shm")
+PREFIX = "anonengine"
+HEADER = struct.Struct("<qqiii4x")  # state (odd while writing), seq, height, width, channels
+HEADER_SIZE = 64
+NO_FRAME = -1
+
+
+class StaleSlot(Exception):
+    """The slot no longer holds the frame a reference pointed to."""
+
+
+def segment_name(instance: str, owner: str) -> str:
+    return f"{PREFIX}-{instance}-{owner}"
+
+
+class FrameRing:
+    """`slots` frame buffers of up to `height` x `width` x 3 bytes in one shared-memory segment."""
+
+    def __init__(self, shm: shared_memory.SharedMemory, slots: int, height: int, width: int, owner: bool) -> None:
+        self.shm, self.slots, self.height, self.width, self.owner = shm, slots, height, width, owner
+        self.slot_bytes = HEADER_SIZE + height * width * 3
+
+    @property
+    def name(self) -> str:
+        return self.shm.name
+
+    @classmethod
+    def create(cls, name: str, slots: int, height: int, width: int) -> FrameRing:
+        size = slots * (HEADER_SIZE + height * width * 3)
+        try:
+            shm = shared_memory.SharedMemory(name=name, create=True, size=size)
+        except FileExistsError:  # a stale segment of a dead run with this very name
+            unlink(name)
+            shm = shared_memory.SharedMemory(name=name, create=True, size=size)
+        # Cleanup is the engine's own (owner's close, launcher's stop and stale sweep): the resource
+        # tracker would only warn about segments a killed process could not close.
+        resource_tracker.unregister(shm._name, "shared_memory")  # noqa: SLF001
+        ring = cls(shm, slots, height, width, owner=True)
+        for slot in range(slots):
+            HEADER.pack_into(shm.buf, slot * ring.slot_bytes, 0, NO_FRAME, 0, 0, 0)
+        return ring
+
+    @classmethod
+    def attach(cls, name: str, slots: int, height: int, width: int) -> FrameRing:
+        shm = shared_memory.SharedMemory(name=name, create=False)
+        # Python's resource tracker would unlink the segment when this (non-owning) process exits.
+        resource_tracker.unregister(shm._name, "shared_memory")  # noqa: SLF001 - no public API before 3.13
+        return cls(shm, slots, height, width, owner=False)
+
+    def _pixels(self, slot: int, shape: tuple[int, int, int]) -> np.ndarray:
+        start = slot * self.slot_bytes + HEADER_SIZE
+        return np.ndarray(shape, np.uint8, self.shm.buf, start)
+
+    def header(self, slot: int) -> tuple[int, int, int, int, int]:
+        return HEADER.unpack_from(self.shm.buf, slot * self.slot_bytes)
+
+    def write(self, slot: int, seq: int, image: np.ndarray) -> None:
+        """Copies `image` into `slot` and publishes it as frame `seq`."""
+        view = self.begin_write(slot, image.shape)
+        np.copyto(view, image)
+        self.end_write(slot, seq, image.shape)
+
+    def begin_write(self, slot: int, shape: tuple[int, ...]) -> np.ndarray:
+        """Marks `slot` busy and returns a writable view, for writers that render in place."""
+        h, w, c = shape
+        if h > self.height or w > self.width or c != 3:
+            raise ValueError(f"frame {shape} does not fit ring slots of {self.height}x{self.width}x3")
+        state = self.header(slot)[0]
+        HEADER.pack_into(self.shm.buf, slot * self.slot_bytes, state | 1, NO_FRAME, h, w, c)
+        return self._pixels(slot, shape)
+
+    def end_write(self, slot: int, seq: int, shape: tuple[int, ...]) -> None:
+        state = self.header(slot)[0]
+        HEADER.pack_into(self.shm.buf, slot * self.slot_bytes, state + 1, seq, *shape)
+
+    def view(self, slot: int, seq: int) -> tuple[np.ndarray, int]:
+        """A read-only view of frame `seq` and the slot state to `check` once done with it."""
+        state, have, h, w, c = self.header(slot)
+        if state & 1 or have != seq:
+            raise StaleSlot(f"{self.name} slot {slot}: frame {seq} asked, slot holds {have}")
+        image = self._pixels(slot, (h, w, c))
+        image.flags.writeable = False
+        return image, state
+
+    def check(self, slot: int, seq: int, state: int) -> None:
+        """Raises StaleSlot if the slot changed since `view` returned `state`."""
+        now, have, *_ = self.header(slot)
+        if now != state or have != seq:
+            raise StaleSlot(f"{self.name} slot {slot}: frame {seq} was overwritten while in use")
+
+    def read(self, slot: int, seq: int) -> np.ndarray:
+        """A private copy of frame `seq`, checked after the copy."""
+        view, state = self.view(slot, seq)
+        image = view.copy()
+        self.check(slot, seq, state)
+        return image
+
+    def close(self) -> None:
+        self.shm.close()
+        if self.owner:
+            unlink(self.name)
+
+
+def unlink(name: str) -> None:
+    try:
+        os.unlink(SHM_DIR / name)
+    except FileNotFoundError:
+        pass
+
+
+def instance_segments(instance: str | None = None) -> list[str]:
+    """Names of the engine's segments in /dev/shm, of one instance or of all."""
+    pattern = f"{PREFIX}-{instance}-*" if instance else f"{PREFIX}-*"
+    return sorted(p.name for p in SHM_DIR.glob(pattern))
+
+
+def remove_stale_segments(alive) -> list[str]:
+    """Unlinks the segments of instances for which `alive(instance)` is False; returns their names."""
+    removed = []
+    for name in instance_segments():
+        instance = name[len(PREFIX) + 1 :].split("-", 1)[0]
+        if not alive(instance):
+            unlink(name)
+            removed.append(name)
+    return removed
+
+
+class RingCache:
+    """Attached rings by name, for readers of many cameras' rings."""
+
+    def __init__(self) -> None:
+        self._rings: dict[str, FrameRing] = {}
+
+    def get(self, name: str, slots: int, height: int, width: int) -> FrameRing:
+        ring = self._rings.get(name)
+        if ring is None:
+            ring = self._rings[name] = FrameRing.attach(name, slots, height, width)
+        return ring
+
+    def drop(self, name: str) -> None:
+        ring = self._rings.pop(name, None)
+        if ring is not None:
+            ring.close()
+
+    def close(self) -> None:
+        for ring in self._rings.values():
+            ring.close()
+        self._rings.clear()

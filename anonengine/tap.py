@@ -1,0 +1,67 @@
+"""Client of the engine's output tap: anonymized frames and their metadata, never original frames.
+
+    for header, image in subscribe("tcp://127.0.0.1:5599"):
+        print(header["camera"], header["seq"], len(header["persons"]))
+
+Each message is (camera topic, msgpack header, payload). A subscriber that falls behind misses frames
+(the engine never waits for it); the gaps show in the per-camera `seq`.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import cv2
+import msgpack
+import numpy as np
+import zmq
+
+
+def subscribe(endpoint: str, cameras: tuple[str, ...] = (), timeout_s: float | None = None,
+              hwm: int = 1000, context: zmq.Context | None = None) -> Iterator[tuple[dict, np.ndarray]]:
+    """Yields (header, BGR image) for each frame received; stops after `timeout_s` without one.
+
+    `hwm` frames wait here at most; a subscriber that wants the latest frames, not all, sets it low.
+    """
+    ctx = context or zmq.Context.instance()
+    sock = ctx.socket(zmq.SUB)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.RCVHWM, hwm)
+    if hwm < 10:  # and keep the kernel from queueing megabytes of frames behind the high-water mark
+        sock.setsockopt(zmq.RCVBUF, 128 * 1024)
+    for camera in cameras or ("",):
+        sock.setsockopt(zmq.SUBSCRIBE, camera.encode())
+    sock.connect(endpoint)
+    try:
+        while True:
+            if not sock.poll(None if timeout_s is None else int(timeout_s * 1000)):
+                return
+            _topic, header, payload = sock.recv_multipart()
+            meta = msgpack.unpackb(header)
+            yield meta, decode_payload(meta, payload)
+    finally:
+        sock.close()
+
+
+def decode_payload(meta: dict, payload: bytes) -> np.ndarray:
+    if meta["format"] == "jpeg":
+        image = cv2.imdecode(np.frombuffer(payload, np.uint8), cv2.IMREAD_COLOR)
+        if image is None:
+            raise ValueError(f"undecodable JPEG for {meta['camera']} seq {meta['seq']}")
+        return image
+    return np.frombuffer(payload, np.uint8).reshape(meta["height"], meta["width"], 3)
+
+
+class SeqGaps:
+    """Counts frames a subscriber missed, from the per-camera seq numbers."""
+
+    def __init__(self) -> None:
+        self.last: dict[str, int] = {}
+        self.missed = 0
+
+    def see(self, meta: dict) -> int:
+        last = self.last.get(meta["camera"])
+        gap = 0 if last is None else max(0, meta["seq"] - last - 1)
+        self.last[meta["camera"]] = meta["seq"]
+        self.missed += gap
+        return gap

@@ -1,0 +1,247 @@
+"""The multiprocess engine on real processes, sockets and shared memory, against the inline reference."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from anonengine.config import CameraConfig, EngineConfig
+from anonengine.engine.launcher import Launcher
+from anonengine.sample import make_sample
+from anonengine.shm import instance_segments
+from anonengine.stages import CompositeStage, DetectStage
+from anonengine.tap import SeqGaps, subscribe
+from anonengine.video import VideoReader
+
+WIDTH, HEIGHT, FRAMES = 320, 192, 24
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory):
+    return make_sample(tmp_path_factory.mktemp("engine_clip"), width=WIDTH, height=HEIGHT, frames=FRAMES)
+
+
+def engine_config(tmp_path: Path, models_dir: Path, sources: dict[str, Path], **engine) -> EngineConfig:
+    cfg = EngineConfig(
+        cameras=[
+            CameraConfig(name=name, source=str(src), output=str(tmp_path / f"{name}.mp4"),
+                         metadata=str(tmp_path / f"{name}.jsonl"))
+            for name, src in sources.items()
+        ]
+    )
+    cfg.anonymizer.detector.pose_model = str(models_dir / "yolo11n-pose.pt")
+    cfg.anonymizer.detector.device = "cpu"
+    cfg.engine.run_dir = str(tmp_path / "run")
+    cfg.engine.exit_when_done = True
+    cfg.engine.stats_interval_s = 0.2
+    cfg.tap.endpoint = ""
+    for key, value in engine.items():
+        setattr(cfg.engine, key, value)
+    return cfg
+
+
+def free_tcp_endpoint() -> str:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"tcp://127.0.0.1:{s.getsockname()[1]}"
+
+
+def reference_frames(clip_path: Path, cfg: EngineConfig) -> list[np.ndarray]:
+    """The inline path's anonymized frames (before encoding), from the same stage classes."""
+    out = []
+    with DetectStage(cfg.anonymizer) as detect:
+        composite = CompositeStage(cfg.anonymizer)
+        for frame in VideoReader(str(clip_path)):
+            (det,) = detect.process([frame.image])
+            out.append(composite.process(frame, det))
+    return out
+
+
+def collect_tap(endpoint: str, sink: list, stop: threading.Event, delay_s: float = 0.0) -> None:
+    for meta, image in subscribe(endpoint, timeout_s=1.0, hwm=1 if delay_s else 1000):
+        sink.append((meta, image.copy()))
+        if delay_s:
+            time.sleep(delay_s)
+
+
+def run_with_tap(cfg: EngineConfig, delay_s: float = 0.0) -> tuple[Launcher, list]:
+    received: list = []
+    stop = threading.Event()
+    launcher = Launcher(cfg)
+    launcher.start()
+
+    def subscriber():
+        while not stop.is_set():  # reconnects until the engine ends; timeouts between frames are fine
+            collect_tap(cfg.tap.endpoint, received, stop, delay_s)
+
+    thread = threading.Thread(target=subscriber, daemon=True)
+    thread.start()
+    try:
+        launcher.run()
+    finally:
+        stop.set()
+        thread.join(30)  # the subscriber reads what is still queued, then times out
+    return launcher, received
+
+
+def test_engine_frames_equal_the_inline_reference(clip, models_dir, tmp_path):
+    """Raw frames from the tap are the inline path's frames: same stage code, same order.
+
+    Tolerance: the detector runs batches of up to 4 frames in the engine and single frames inline;
+    batched CPU convolutions can change scores and boxes in the last float bits, which can move a
+    mask edge by a pixel. So: at most 0.1% of pixels of a frame may differ, and 99% of frames exact.
+    """
+    cfg = engine_config(tmp_path, models_dir, {"cam": clip.video})
+    cfg.tap.endpoint = free_tcp_endpoint()
+    cfg.tap.format = "raw"
+    launcher, received = run_with_tap(cfg)
+    reference = reference_frames(clip.video, cfg)
+    seqs = [meta["seq"] for meta, _ in received]
+    assert seqs == list(range(FRAMES)), "tap lost or reordered frames"
+    assert all(len(meta["persons"]) >= 2 and not meta["obscured"] for meta, _ in received)
+    differing = [np.count_nonzero((img != ref).any(axis=2)) / img[..., 0].size
+                 for (_, img), ref in zip(received, reference)]
+    assert max(differing) <= 0.001, differing
+    assert sum(d == 0 for d in differing) >= 0.99 * FRAMES - 1
+    assert launcher.done["cam"].frames == FRAMES
+
+
+def test_three_cameras_batched_across_cameras(clip, models_dir, tmp_path):
+    sources = {f"cam{i}": clip.video for i in range(3)}
+    cfg = engine_config(tmp_path, models_dir, sources, max_batch=4, max_wait_ms=50)
+    launcher = Launcher(cfg)
+    launcher.start()
+    launcher.run()
+    source_times = [f.time for f in VideoReader(str(clip.video))]
+    for name in sources:
+        frames = list(VideoReader(str(tmp_path / f"{name}.mp4")))
+        assert [f.seq for f in frames] == list(range(FRAMES))
+        assert [f.time for f in frames] == pytest.approx(source_times, abs=1e-3)
+    detect_stats = launcher.stats[("detect", "w0")]
+    batch_sizes = {int(k.rsplit("_", 1)[1]): v for k, v in detect_stats.items() if k.startswith("batch_size_")}
+    assert max(batch_sizes) > 1, batch_sizes
+    assert detect_stats["frames_ok"] >= 3 * FRAMES
+    assert not list(Path(cfg.engine.run_dir).glob("*/*.sock"))
+
+
+def test_detector_killed_mid_run_is_restarted_and_no_frame_is_lost_or_raw(clip, models_dir, tmp_path):
+    cfg = engine_config(tmp_path, models_dir, {"cam": clip.video}, redeliver_after_s=2.0, max_batch=1)
+    launcher = Launcher(cfg)
+    launcher.start()
+    killed = threading.Event()
+
+    def killer():
+        detect = launcher.children["detect0"]
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if launcher.stats.get(("detect", "w0"), {}).get("frames_ok", 0) >= 5:
+                os.kill(detect.process.pid, signal.SIGKILL)
+                killed.set()
+                return
+            time.sleep(0.05)
+
+    threading.Thread(target=killer, daemon=True).start()
+    launcher.run()
+    assert killed.is_set()
+    assert len(launcher.children["detect0"].restarts) == 1
+    frames = list(VideoReader(str(tmp_path / "cam.mp4")))
+    assert [f.seq for f in frames] == list(range(FRAMES))
+    # Every output frame hides every person: nothing of the sprite is left inside its box.
+    bg = clip.true_background().astype(int)
+    for frame, truth, source in zip(frames, clip.boxes(), VideoReader(str(clip.video))):
+        for p in truth:
+            x0, y0, x1, y1 = p["box"]
+            box = (slice(y0, y1), slice(x0, x1))
+            person = np.abs(source.image[box].astype(int) - bg[box]).max(axis=2) > 40
+            same = np.abs(frame.image[box].astype(int) - source.image[box].astype(int)).max(axis=2) < 12
+            assert (person & same).sum() <= 0.01 * max(1, person.sum()), f"frame {frame.seq} shows {p['actor']}"
+
+
+def launch_subprocess(cfg: EngineConfig, tmp_path: Path) -> subprocess.Popen:
+    path = tmp_path / "engine.yaml"
+    path.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
+    return subprocess.Popen([sys.executable, "-m", "anonengine.cli", "launch", str(path)],
+                            stdin=subprocess.DEVNULL, start_new_session=True)
+
+
+def engine_pids(launcher_pid: int) -> list[int]:
+    """Stage processes of the engine whose launcher had this pid (its instance is p<pid>)."""
+    out = subprocess.run(["pgrep", "-f", "--", f"--instance p{launcher_pid}"], capture_output=True, text=True)
+    return [int(p) for p in out.stdout.split()]
+
+
+def wait_for(predicate, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.1)
+    return False
+
+
+STOP_TIMEOUT_S = 30  # the stated bound for SIGTERM to a running engine: every process gone
+
+
+def test_sigterm_mid_run_stops_everything_and_leaves_playable_files_and_clean_shm(models_dir, tmp_path):
+    long_clip = make_sample(tmp_path / "long", width=WIDTH, height=HEIGHT, frames=200)
+    shm_before = set(instance_segments())
+    cfg = engine_config(tmp_path, models_dir, {"a": long_clip.video, "b": long_clip.video})
+    cfg.engine.exit_when_done = False
+    proc = launch_subprocess(cfg, tmp_path)
+    assert wait_for(lambda: (tmp_path / "a.jsonl.partial").exists()
+                    and (tmp_path / "a.jsonl.partial").stat().st_size > 0, 120)
+    started = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(STOP_TIMEOUT_S)
+    assert wait_for(lambda: not engine_pids(proc.pid), 5), "stage processes outlived the launcher"
+    assert time.monotonic() - started < STOP_TIMEOUT_S
+    assert proc.returncode == 0
+    for name in ("a", "b"):
+        frames = list(VideoReader(str(tmp_path / f"{name}.mp4")))
+        assert 0 < len(frames) < 200  # stopped mid-run, finalised, playable
+    assert set(instance_segments()) == shm_before
+
+
+def test_after_kill_9_of_the_whole_tree_the_next_start_cleans_shm(clip, models_dir, tmp_path):
+    shm_before = set(instance_segments())
+    cfg = engine_config(tmp_path, models_dir, {"a": clip.video})
+    cfg.engine.exit_when_done = False
+    proc = launch_subprocess(cfg, tmp_path)
+    assert wait_for(lambda: len(set(instance_segments()) - shm_before) >= 2, 120)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert wait_for(lambda: not engine_pids(proc.pid), 10)
+    assert set(instance_segments()) - shm_before, "the kill should have left segments behind"
+    cfg.engine.exit_when_done = True
+    launcher = Launcher(cfg)
+    launcher.start()
+    launcher.run()
+    assert set(instance_segments()) == shm_before
+
+
+def test_tap_delivers_every_frame_in_order_and_a_slow_subscriber_sees_gaps(clip, models_dir, tmp_path):
+    cfg = engine_config(tmp_path, models_dir, {"cam": clip.video})
+    # Over ipc and with raw frames, the kernel's socket buffers hold only a few frames beyond the
+    # high-water marks (loopback TCP can buffer megabytes, and would hide the drops until the end).
+    cfg.tap.endpoint = f"ipc://{tmp_path}/tap.sock"
+    cfg.tap.format = "raw"
+    cfg.tap.hwm = 1
+    _, slow = run_with_tap(cfg, delay_s=1.0)
+    gaps = SeqGaps()
+    for meta, _ in slow:
+        gaps.see(meta)
+    seqs = [meta["seq"] for meta, _ in slow]
+    assert seqs == sorted(seqs)
+    assert gaps.missed > 0 and len(slow) < FRAMES, (len(seqs), seqs)
+    assert len(list(VideoReader(str(tmp_path / "cam.mp4")))) == FRAMES  # the engine did not wait for it
