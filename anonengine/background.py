@@ -15,6 +15,8 @@ import numpy as np
 from anonengine.config import BackgroundConfig
 
 SOLID_GREY = 128
+CUT_SAMPLE_STEP = 4
+CUT_PIXEL_CHANGE = 40  # grey levels
 
 
 class BackgroundModel:
@@ -31,17 +33,35 @@ class BackgroundModel:
         self._mean = None
         self._seen = None
 
-    def update(self, frame: np.ndarray, person_mask: np.ndarray) -> None:
-        """Learns from the pixels of `frame` outside `person_mask` (uint8, 255 = person)."""
+    def update(self, frame: np.ndarray, person_mask: np.ndarray) -> bool:
+        """Learns from the pixels of `frame` outside `person_mask` (uint8, 255 = person).
+
+        Returns True when the frame was a scene cut: the model was reset and learns the new scene.
+        """
+        cut = False
         if self._mean is None or self._mean.shape != frame.shape:
             self._mean = np.zeros(frame.shape, np.float32)
             self._seen = np.zeros(frame.shape[:2], np.uint8)
+        elif self.cfg.cut_threshold > 0 and self._is_cut(frame, person_mask):
+            self._seen[:] = 0  # what was learnt shows another scene: nothing of it may fill this one
+            cut = True
         free = cv2.bitwise_not(person_mask)
         first_seen = cv2.bitwise_and(free, cv2.bitwise_not(self._seen))
         cv2.accumulateWeighted(frame, self._mean, self.cfg.alpha, mask=cv2.bitwise_and(free, self._seen))
         if first_seen.any():
             np.copyto(self._mean, frame, where=first_seen[..., None].astype(bool))
             cv2.bitwise_or(self._seen, first_seen, dst=self._seen)
+        return cut
+
+    def _is_cut(self, frame: np.ndarray, person_mask: np.ndarray) -> bool:
+        """Most of the seen, person-free background changed at once (sampled on a grid, for speed)."""
+        step = CUT_SAMPLE_STEP
+        usable = (self._seen[::step, ::step] > 0) & (person_mask[::step, ::step] == 0)
+        if usable.sum() < 100:
+            return False
+        diff = np.abs(frame[::step, ::step].astype(np.int16) - self._mean[::step, ::step].astype(np.int16))
+        changed = diff.max(axis=2)[usable] > CUT_PIXEL_CHANGE
+        return changed.mean() > self.cfg.cut_threshold
 
     def render(self, need: np.ndarray | None = None) -> np.ndarray:
         """The background as uint8 BGR; `need` (uint8 mask) limits where unseen pixels must be filled."""

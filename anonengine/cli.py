@@ -139,6 +139,21 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_audit(args: argparse.Namespace) -> int:
+    """Exit 0 when no frame shows a person to the adversary, 1 when some do."""
+    from anonengine.audit import audit, write_report, write_worst_frames
+
+    report = audit(args.original, args.anonymized, args.pose_model, args.conf, args.imgsz, args.device,
+                   augment=not args.no_augment)
+    json_path = Path(args.json or f"{args.anonymized}.audit.json")
+    write_report(report, json_path)
+    sheet = write_worst_frames(report, Path(args.sheet or f"{args.anonymized}.audit.png"))
+    print(f"{len(report.flagged)} of {report.frames} frames show a person as filmed (leak rate "
+          f"{report.leak_rate:.1%}); {report.skeleton_only} more with finds over anonymized areas only "
+          f"(skeletons); report: {json_path}" + (f", worst frames: {sheet}" if sheet else ""))
+    return 1 if report.flagged else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="anonengine", description="Remove persons from video, keep the scene and motion.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -171,6 +186,18 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--frames", type=int, default=48)
     demo.add_argument("--quiet", action="store_true")
     demo.set_defaults(func=cmd_demo)
+
+    audit = sub.add_parser("audit", help="look for persons left in an anonymized video")
+    audit.add_argument("original")
+    audit.add_argument("anonymized")
+    audit.add_argument("--json", default=None, help="report file (default: <anonymized>.audit.json)")
+    audit.add_argument("--sheet", default=None, help="worst frames PNG (default: <anonymized>.audit.png)")
+    audit.add_argument("--conf", type=float, default=0.2, help="adversary's person threshold")
+    audit.add_argument("--imgsz", type=int, default=960, help="adversary's input size")
+    audit.add_argument("--no-augment", action="store_true", help="skip test-time augmentation (faster)")
+    audit.add_argument("--pose-model", default="yolo11n-pose.pt")
+    audit.add_argument("--device", default="auto")
+    audit.set_defaults(func=cmd_audit)
 
     from anonengine.engine.commands import register
 

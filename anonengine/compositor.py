@@ -13,7 +13,8 @@ import numpy as np
 from anonengine.background import BackgroundModel
 from anonengine.config import AnonymizerConfig
 from anonengine.detections import COCO_SKELETON, Detections
-from anonengine.masks import frame_diagonal, person_mask, soft_alpha
+from anonengine.masks import frame_diagonal, person_mask, soft_alpha, zones_mask
+from anonengine.tracking import MaskHold
 
 LIMB_COLOR = (255, 170, 0)  # BGR
 JOINT_COLOR = (0, 220, 255)
@@ -21,16 +22,27 @@ OBSCURED_GREY = 128
 
 
 class Compositor:
-    def __init__(self, cfg: AnonymizerConfig) -> None:
+    """One camera's anonymizer: mask hold, background model, privacy zones."""
+
+    def __init__(self, cfg: AnonymizerConfig, privacy_zones: list | None = None) -> None:
         self.cfg = cfg
         self.background = BackgroundModel(cfg.background)
+        self.hold = MaskHold(cfg.hold) if cfg.hold.enabled and cfg.hold.hold_frames > 0 else None
+        self.privacy_zones = privacy_zones or []
+        self._zones_mask: np.ndarray | None = None
 
     def process(self, frame: np.ndarray, detections: Detections) -> np.ndarray:
         """The anonymized copy of `frame` (uint8 BGR); updates the background model."""
         if detections.frame_shape != frame.shape[:2]:
             raise ValueError(f"detections for a {detections.frame_shape} frame given a {frame.shape[:2]} frame")
+        if self.hold is not None:
+            detections = self.hold.update(detections)
         mask = person_mask(detections, self.cfg.method, self.cfg.mask)
-        self.background.update(frame, mask)
+        zones = self._zones(frame.shape[:2])
+        if zones is not None:
+            cv2.bitwise_or(mask, zones, dst=mask)
+        if self.background.update(frame, mask) and self.hold is not None:
+            self.hold.reset()  # a scene cut: old tracks point at persons of another scene
         out = frame.copy()
         if mask.any():
             alpha = soft_alpha(mask, self.cfg.mask)
@@ -39,12 +51,18 @@ class Compositor:
                 self._draw_pose(out, detections, alpha)
         return out
 
+    def _zones(self, shape: tuple[int, int]) -> np.ndarray | None:
+        if self.privacy_zones and (self._zones_mask is None or self._zones_mask.shape != shape):
+            self._zones_mask = zones_mask(self.privacy_zones, shape)
+        return self._zones_mask
+
     def _draw_pose(self, out: np.ndarray, detections: Detections, alpha: np.ndarray) -> None:
         # Skeletons stay on the anonymized area: a stray keypoint must not paint over the open scene.
         x, y, w, h = cv2.boundingRect(alpha)
         roi = out[y : y + h, x : x + w]
         layer = roi.copy()
-        shifted = detections.keypoints.copy()
+        # Only confident persons get a skeleton; weaker ones (and held tracks) are hidden, not drawn.
+        shifted = detections.keypoints[detections.scores >= self.cfg.pose.person_conf].copy()
         shifted[:, :, 0] -= x
         shifted[:, :, 1] -= y
         draw_skeletons(layer, shifted, self.cfg.pose.keypoint_conf, self.cfg.pose.thickness, out.shape[:2])

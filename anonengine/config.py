@@ -31,7 +31,7 @@ class DetectorConfig(StrictModel):
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?|\d+)$", description="auto, cpu or cuda:N.")
     imgsz: int = Field(640, ge=32, le=4096, multiple_of=32, description="Detector input size in pixels.")
     person_conf: float = Field(
-        0.25, ge=0.0, le=1.0, description="Minimum score for a person to be masked (lower hides more)."
+        0.15, ge=0.0, le=1.0, description="Minimum score for a person to be masked (lower hides more)."
     )
     iou: float = Field(0.6, gt=0.0, le=1.0, description="Non-maximum suppression IoU threshold.")
     half: bool = Field(True, description="Half precision where the device supports it (CUDA).")
@@ -46,6 +46,11 @@ class MaskConfig(StrictModel):
         0.012, ge=0.0, le=0.2, description="Segmentation mask inflation radius, as a share of the frame diagonal."
     )
     min_margin_px: int = Field(4, ge=0, le=256, description="Smallest dilation or inflation in pixels.")
+    edge_snap: float = Field(
+        0.03, ge=0.0, le=0.5,
+        description="A box this close to a frame edge (share of the frame size) is extended to the edge: the "
+        "part of a person entering or leaving that the detector cannot see is hidden too.",
+    )
     feather: float = Field(
         0.01, ge=0.0, le=0.2, description="Width of the soft edge outside the mask, as a share of the frame diagonal."
     )
@@ -60,6 +65,11 @@ class BackgroundConfig(StrictModel):
         description="How background never seen free of persons is filled: inpainted from the seen background "
         "around it, or a flat grey. Never the person's own pixels.",
     )
+    cut_threshold: float = Field(
+        0.5, ge=0.0, le=1.0,
+        description="Share of the seen background that must change at once to count as a scene cut, which "
+        "resets the model (0 = never).",
+    )
     fill_scale: int = Field(
         320, ge=32, le=4096, description="Width in pixels at which unseen areas are inpainted (speed)."
     )
@@ -71,6 +81,18 @@ class PoseDrawConfig(StrictModel):
         0.5, ge=0.0, le=1.0, description="Minimum keypoint confidence to draw it (seed's --pose-conf-threshold)."
     )
     thickness: float = Field(0.004, gt=0.0, le=0.05, description="Line width as a share of the frame diagonal.")
+    person_conf: float = Field(
+        0.4, ge=0.0, le=1.0, description="Minimum person score to draw a skeleton (higher than the mask's)."
+    )
+
+
+class HoldConfig(StrictModel):
+    enabled: bool = Field(True, description="Keep hiding tracked persons the detector lost for a few frames.")
+    hold_frames: int = Field(15, ge=0, le=1000, description="Frames a lost person stays hidden.")
+    grow_per_frame: float = Field(
+        0.06, ge=0.0, le=1.0, description="Growth of a held box per lost frame, as a share of its size."
+    )
+    track_thresh: float = Field(0.25, ge=0.0, le=1.0, description="Score that starts or continues a track.")
 
 
 class AnonymizerConfig(StrictModel):
@@ -79,6 +101,7 @@ class AnonymizerConfig(StrictModel):
     mask: MaskConfig = Field(default_factory=MaskConfig)
     background: BackgroundConfig = Field(default_factory=BackgroundConfig)
     pose: PoseDrawConfig = Field(default_factory=PoseDrawConfig)
+    hold: HoldConfig = Field(default_factory=HoldConfig)
     on_detector_error: Literal["stop", "obscure"] = Field(
         "stop",
         description="A frame whose detection failed: stop the run, or emit it fully obscured. Never raw.",
@@ -96,6 +119,10 @@ class CameraConfig(StrictModel):
     source: str = Field(..., min_length=1, description="Video file, webcam index (0) or stream URL.")
     output: str | None = Field(None, description="Anonymized video file to write (MP4); none = tap only.")
     metadata: str | None = Field(None, description="Per-frame JSON-lines metadata file to write.")
+    privacy_zones: list[list[tuple[float, float]]] = Field(
+        default_factory=list,
+        description="Polygons always hidden, as [x, y] points in shares of the frame width and height (0..1).",
+    )
 
 
 class TapConfig(StrictModel):
@@ -116,6 +143,15 @@ class RuntimeConfig(StrictModel):
     max_wait_ms: float = Field(5, ge=0, le=1000, description="Longest wait for a batch to fill.")
     redeliver_after_s: float = Field(
         20, gt=0, le=3600, description="A frame not done after this long is sent to the detectors again."
+    )
+    deadline_s: float = Field(
+        60, gt=0, le=3600,
+        description="A file frame whose detections are this late is emitted as `late_frames` says (covers a "
+        "detector restart: keep it above redeliver_after_s plus a model load).",
+    )
+    live_deadline_s: float = Field(2, gt=0, le=3600, description="The same deadline for live sources.")
+    late_frames: Literal["obscure", "drop"] = Field(
+        "obscure", description="A frame past its deadline is fully obscured or dropped; never emitted raw."
     )
     restart_limit: int = Field(5, ge=0, le=1000, description="Restarts of one stage within a minute before giving up.")
     stop_timeout_s: float = Field(20, gt=0, le=600, description="Grace period for a stage to drain on stop.")
@@ -152,7 +188,8 @@ def load_yaml(path: Path, model: type[BaseModel]) -> BaseModel:
     try:
         return model.model_validate(raw)
     except ValidationError as exc:
-        err = exc.errors()[0]
+        # A misspelt key also makes its right spelling "missing": name the unknown key, the actual mistake.
+        err = sorted(exc.errors(), key=lambda e: e["type"] != "extra_forbidden")[0]
         loc = [str(p) for p in err["loc"]]
         line = _line_of(data, err["loc"])
         where = f"line {line}: " if line else ""
@@ -181,6 +218,7 @@ __all__ = [
     "AnonymizerConfig",
     "CameraConfig",
     "EngineConfig",
+    "HoldConfig",
     "BackgroundConfig",
     "DetectorConfig",
     "EncoderConfig",

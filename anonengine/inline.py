@@ -32,7 +32,7 @@ def run_inline(cfg: EngineConfig, progress: bool = False) -> list[CameraResult]:
 
 
 def _run_camera(cam: CameraConfig, cfg: EngineConfig, detect: DetectStage, progress: bool) -> CameraResult:
-    composite = CompositeStage(cfg.anonymizer)
+    composite = CompositeStage(cfg.anonymizer, {cam.name: cam.privacy_zones})
     result = CameraResult(cam.name, 0, 0, 0)
     with CaptureStage(cam.source, cam.name) as capture:
         encode = EncodeStage(cam.output, capture.info, cfg.encoder, cam.metadata)

@@ -28,6 +28,11 @@ def dilated_boxes(boxes: np.ndarray, shape: tuple[int, int], cfg: MaskConfig) ->
     size = boxes[:, 2:] - boxes[:, :2]
     pad = np.maximum(size * cfg.box_margin, cfg.min_margin_px)
     grown = np.concatenate([boxes[:, :2] - pad, boxes[:, 2:] + pad], axis=1)
+    snap_x, snap_y = cfg.edge_snap * w, cfg.edge_snap * h
+    grown[grown[:, 0] <= snap_x, 0] = 0
+    grown[grown[:, 1] <= snap_y, 1] = 0
+    grown[grown[:, 2] >= w - snap_x, 2] = w
+    grown[grown[:, 3] >= h - snap_y, 3] = h
     grown = np.round(grown).astype(np.int32)
     grown[:, [0, 2]] = grown[:, [0, 2]].clip(0, w)
     grown[:, [1, 3]] = grown[:, [1, 3]].clip(0, h)
@@ -85,3 +90,14 @@ def soft_alpha(mask: np.ndarray, cfg: MaskConfig) -> np.ndarray:
     grown = cv2.dilate(mask, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k)))
     soft = cv2.GaussianBlur(grown, (0, 0), sigmaX=width / 2.5)
     return np.maximum(soft, mask)
+
+
+def zones_mask(zones: list, shape: tuple[int, int]) -> np.ndarray | None:
+    """uint8 mask of privacy-zone polygons given in shares of the frame size; None without zones."""
+    if not zones:
+        return None
+    h, w = shape
+    mask = np.zeros(shape, np.uint8)
+    polygons = [np.round(np.array(z, np.float64) * (w, h)).astype(np.int32) for z in zones]
+    cv2.fillPoly(mask, polygons, 255)
+    return mask

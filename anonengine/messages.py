@@ -33,6 +33,7 @@ class StreamInfoMsg:
     output: str | None = None
     metadata: str | None = None
     next_seq: int = 0  # first frame not yet done: where a restarted consumer resumes
+    privacy_zones: list = field(default_factory=list)
 
     @property
     def rate_fraction(self) -> Fraction:

@@ -87,8 +87,9 @@ class DetectStage(Stage):
 class CompositeStage(Stage):
     """Anonymizes frames; keeps one background model per camera."""
 
-    def __init__(self, cfg: AnonymizerConfig) -> None:
+    def __init__(self, cfg: AnonymizerConfig, privacy_zones: dict[str, list] | None = None) -> None:
         self.cfg = cfg
+        self.privacy_zones = dict(privacy_zones or {})
         self.compositors: dict[str, Compositor] = {}
 
     def process(self, frame: Frame, detections: Detections | None) -> np.ndarray:
@@ -97,7 +98,7 @@ class CompositeStage(Stage):
             return obscured_frame(frame.image.shape)
         compositor = self.compositors.get(frame.camera)
         if compositor is None:
-            compositor = self.compositors[frame.camera] = Compositor(self.cfg)
+            compositor = self.compositors[frame.camera] = Compositor(self.cfg, self.privacy_zones.get(frame.camera))
         return compositor.process(frame.image, detections)
 
     def forget(self, camera: str) -> None:

@@ -74,12 +74,12 @@ def main() -> None:
         inline = inline_fps(config(clip, out, 1, args.imgsz), args.frames)
         one = engine_fps(config(clip, out, 1, args.imgsz), args.frames)
         four = engine_fps(config(clip, out, 4, args.imgsz), args.frames)
-        tap = "tcp://127.0.0.1:5611"
+        tap = f"ipc://{out}/tap.sock"  # loopback TCP would buffer megabytes before the subscriber misses any
         gaps = SeqGaps()
         stop = threading.Event()
 
         def sleepy():
-            for meta, _ in subscribe(tap, timeout_s=30):
+            for meta, _ in subscribe(tap, timeout_s=30, hwm=1):
                 gaps.see(meta)
                 time.sleep(0.25)
                 if stop.is_set():
@@ -87,7 +87,9 @@ def main() -> None:
 
         thread = threading.Thread(target=sleepy, daemon=True)
         thread.start()
-        tapped = engine_fps(config(clip, out, 1, args.imgsz, tap=tap), args.frames)
+        tapped_cfg = config(clip, out, 1, args.imgsz, tap=tap)
+        tapped_cfg.tap.format, tapped_cfg.tap.hwm = "raw", 2
+        tapped = engine_fps(tapped_cfg, args.frames)
         stop.set()
     print(f"clip {args.width}x{args.height}, {args.frames} frames, detector imgsz {args.imgsz}, bbox method")
     print(f"{'path':34s} {'frames/s':>9s} {'vs inline':>9s}")

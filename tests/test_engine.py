@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -13,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from helpers import stage_pids
 
 from anonengine.config import CameraConfig, EngineConfig
 from anonengine.engine.launcher import Launcher
@@ -175,12 +177,6 @@ def launch_subprocess(cfg: EngineConfig, tmp_path: Path) -> subprocess.Popen:
                             stdin=subprocess.DEVNULL, start_new_session=True)
 
 
-def engine_pids(launcher_pid: int) -> list[int]:
-    """Stage processes of the engine whose launcher had this pid (its instance is p<pid>)."""
-    out = subprocess.run(["pgrep", "-f", "--", f"--instance p{launcher_pid}"], capture_output=True, text=True)
-    return [int(p) for p in out.stdout.split()]
-
-
 def wait_for(predicate, timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -195,7 +191,6 @@ STOP_TIMEOUT_S = 30  # the stated bound for SIGTERM to a running engine: every p
 
 def test_sigterm_mid_run_stops_everything_and_leaves_playable_files_and_clean_shm(models_dir, tmp_path):
     long_clip = make_sample(tmp_path / "long", width=WIDTH, height=HEIGHT, frames=200)
-    shm_before = set(instance_segments())
     cfg = engine_config(tmp_path, models_dir, {"a": long_clip.video, "b": long_clip.video})
     cfg.engine.exit_when_done = False
     proc = launch_subprocess(cfg, tmp_path)
@@ -204,44 +199,88 @@ def test_sigterm_mid_run_stops_everything_and_leaves_playable_files_and_clean_sh
     started = time.monotonic()
     proc.send_signal(signal.SIGTERM)
     proc.wait(STOP_TIMEOUT_S)
-    assert wait_for(lambda: not engine_pids(proc.pid), 5), "stage processes outlived the launcher"
+    assert wait_for(lambda: not stage_pids(f"p{proc.pid}"), 5), "stage processes outlived the launcher"
     assert time.monotonic() - started < STOP_TIMEOUT_S
     assert proc.returncode == 0
     for name in ("a", "b"):
         frames = list(VideoReader(str(tmp_path / f"{name}.mp4")))
         assert 0 < len(frames) < 200  # stopped mid-run, finalised, playable
-    assert set(instance_segments()) == shm_before
+    assert instance_segments(f"p{proc.pid}") == []
 
 
 def test_after_kill_9_of_the_whole_tree_the_next_start_cleans_shm(clip, models_dir, tmp_path):
-    shm_before = set(instance_segments())
     cfg = engine_config(tmp_path, models_dir, {"a": clip.video})
     cfg.engine.exit_when_done = False
     proc = launch_subprocess(cfg, tmp_path)
-    assert wait_for(lambda: len(set(instance_segments()) - shm_before) >= 2, 120)
+    killed_instance = f"p{proc.pid}"
+    assert wait_for(lambda: len(instance_segments(killed_instance)) >= 2, 120)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    assert wait_for(lambda: not engine_pids(proc.pid), 10)
-    assert set(instance_segments()) - shm_before, "the kill should have left segments behind"
+    assert wait_for(lambda: not stage_pids(f"p{proc.pid}"), 10)
+    assert instance_segments(killed_instance), "the kill should have left segments behind"
     cfg.engine.exit_when_done = True
     launcher = Launcher(cfg)
     launcher.start()
+    assert instance_segments(killed_instance) == []  # swept at start: its launcher is dead
+    assert not (Path(cfg.engine.run_dir) / killed_instance).exists()
     launcher.run()
-    assert set(instance_segments()) == shm_before
+    assert instance_segments(launcher.instance) == []
 
 
-def test_tap_delivers_every_frame_in_order_and_a_slow_subscriber_sees_gaps(clip, models_dir, tmp_path):
+def test_tap_delivers_every_frame_in_order_and_a_slow_subscriber_sees_gaps(models_dir, tmp_path):
+    """A subscriber reading 5 frames/s from an engine making several times that: it misses frames
+    mid-stream (and sees the gaps), and the engine still writes every frame."""
+    frames = 80
+    clip = make_sample(tmp_path / "clip", width=WIDTH, height=HEIGHT, frames=frames)
     cfg = engine_config(tmp_path, models_dir, {"cam": clip.video})
     # Over ipc and with raw frames, the kernel's socket buffers hold only a few frames beyond the
     # high-water marks (loopback TCP can buffer megabytes, and would hide the drops until the end).
     cfg.tap.endpoint = f"ipc://{tmp_path}/tap.sock"
     cfg.tap.format = "raw"
     cfg.tap.hwm = 1
-    _, slow = run_with_tap(cfg, delay_s=1.0)
+    _, slow = run_with_tap(cfg, delay_s=0.2)
     gaps = SeqGaps()
     for meta, _ in slow:
         gaps.see(meta)
     seqs = [meta["seq"] for meta, _ in slow]
     assert seqs == sorted(seqs)
-    assert gaps.missed > 0 and len(slow) < FRAMES, (len(seqs), seqs)
-    assert len(list(VideoReader(str(tmp_path / "cam.mp4")))) == FRAMES  # the engine did not wait for it
+    assert gaps.missed > 0 and len(slow) < frames, (len(seqs), seqs)
+    assert len(list(VideoReader(str(tmp_path / "cam.mp4")))) == frames  # the engine did not wait for it
+
+
+def test_a_stalled_detector_leads_to_obscured_frames_never_raw_ones(models_dir, tmp_path):
+    """The detector is frozen (SIGSTOP, like a hung GPU) past the deadline: frames go out fully
+    obscured and are counted; when it wakes, its late answers are ignored. No frame is raw."""
+    long_clip = make_sample(tmp_path / "clip", width=WIDTH, height=HEIGHT, frames=60)
+    cfg = engine_config(tmp_path, models_dir, {"cam": long_clip.video}, deadline_s=1.5, redeliver_after_s=60)
+    launcher = Launcher(cfg)
+    launcher.start()
+    resumed = threading.Event()
+
+    def stall():
+        detect = launcher.children["detect0"].process
+        wait_for(lambda: launcher.stats.get(("detect", "w0"), {}).get("frames_ok", 0) >= 5, 120)
+        os.kill(detect.pid, signal.SIGSTOP)
+        time.sleep(4)
+        os.kill(detect.pid, signal.SIGCONT)
+        resumed.set()
+
+    threading.Thread(target=stall, daemon=True).start()
+    launcher.run()
+    assert resumed.is_set()
+    records = [json.loads(line) for line in (tmp_path / "cam.jsonl").read_text().splitlines()]
+    frames = list(VideoReader(str(tmp_path / "cam.mp4")))
+    assert [f.seq for f in frames] == list(range(60)) == [r["index"] for r in records]
+    obscured = [r["index"] for r in records if r["obscured"]]
+    assert obscured and launcher.stats[("composite", "-")]["late"] == len(obscured)
+    bg = long_clip.true_background().astype(int)
+    for frame, record, truth, source in zip(frames, records, long_clip.boxes(), VideoReader(str(long_clip.video))):
+        if record["obscured"]:
+            assert np.abs(frame.image.astype(int) - 128).max() <= 3  # nothing of the picture
+            continue
+        for p in truth:
+            x0, y0, x1, y1 = p["box"]
+            box = (slice(y0, y1), slice(x0, x1))
+            person = np.abs(source.image[box].astype(int) - bg[box]).max(axis=2) > 40
+            same = np.abs(frame.image[box].astype(int) - source.image[box].astype(int)).max(axis=2) < 12
+            assert (person & same).sum() <= 0.01 * max(1, person.sum()), f"frame {frame.seq} shows {p['actor']}"

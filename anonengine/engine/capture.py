@@ -66,6 +66,7 @@ class CaptureService(Service):
             time_base=(info.time_base.numerator, info.time_base.denominator),
             live=info.live, frames=info.frames, ring=self.ring.name, slots=self.ring.slots,
             output=self.camera_cfg.output, metadata=self.camera_cfg.metadata, next_seq=next_seq,
+            privacy_zones=[[list(p) for p in zone] for zone in self.camera_cfg.privacy_zones],
         ))  # fmt: skip
 
     def step(self) -> bool:
@@ -95,15 +96,17 @@ class CaptureService(Service):
         self.ring.write(slot, self.seq, frame.image)
         ref = messages.FrameRef(self.camera, self.seq, frame.pts, self.ring.name, slot, self.ring.slots,
                                 self.ring.height, self.ring.width)
-        self._offer(ref)
+        # In flight before it is announced: its release can come back before the offer returns.
         self.inflight[self.seq] = InFlight(ref, time.monotonic())
         self.seq += 1
+        send(self.downstream, ref)  # the compositor's clock for this frame's deadline starts now
+        self._offer(ref)
         self.count("frames")
         return True
 
     def _offer(self, ref: messages.FrameRef) -> None:
         # Waits while no detector is connected or all are full; releases keep flowing meanwhile.
-        while not send(self.frames_out, ref, block=False):
+        while ref.seq in self.inflight and not send(self.frames_out, ref, block=False):
             self._take_releases(timeout_ms=POLL_MS)
             if self.stopping and self.reader.info.live:
                 return
@@ -145,13 +148,16 @@ def main(argv=None) -> int:
 
     def extra(parser):
         parser.add_argument("--camera", required=True, help="camera name (from the config, or new with --source)")
+        parser.add_argument("--camera-json", help="the camera's whole config as JSON (attached cameras)")
         parser.add_argument("--source", help="video source, for a camera not in the config")
         parser.add_argument("--output", help="output video, for a camera not in the config")
         parser.add_argument("--metadata", help="metadata file, for a camera not in the config")
 
     def factory(cfg, args):
         known = {c.name: c for c in cfg.cameras}
-        if args.source:
+        if args.camera_json:
+            camera = CameraConfig.model_validate_json(args.camera_json)
+        elif args.source:
             camera = CameraConfig(name=args.camera, source=args.source, output=args.output, metadata=args.metadata)
         elif args.camera in known:
             camera = known[args.camera]

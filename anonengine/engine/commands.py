@@ -155,8 +155,9 @@ def cmd_control(args: argparse.Namespace) -> int:
     instance = args.instance or _only_instance(Path(args.run_dir))
     request: dict = {"op": args.command}
     if args.command == "attach":
-        request["camera"] = {"name": args.camera, "source": args.source, "output": args.output,
-                             "metadata": args.metadata}
+        # The engine runs in another folder than this command: relative paths are made absolute here.
+        request["camera"] = {"name": args.camera, "source": _absolute_source(args.source),
+                             "output": _absolute(args.output), "metadata": _absolute(args.metadata)}
     elif args.command == "detach":
         request["camera"] = args.camera
     ctx = zmq.Context.instance()
@@ -171,6 +172,15 @@ def cmd_control(args: argparse.Namespace) -> int:
         raise ConfigError(answer.get("error") or f"{args.command} refused")
     print(json.dumps(answer, indent=1) if args.command == "status" else f"{args.command}: ok")
     return 0
+
+
+def _absolute(path: str | None) -> str | None:
+    return os.path.abspath(path) if path else path
+
+
+def _absolute_source(source: str) -> str:
+    """A file path made absolute; a webcam index or a stream URL as it is."""
+    return source if source.isdigit() or "://" in source else os.path.abspath(source)
 
 
 def _only_instance(run_dir: Path) -> str:

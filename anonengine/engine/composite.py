@@ -9,6 +9,7 @@ still holds it and offers it again if this process or a detector died.
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass, field
 
 import zmq
@@ -29,6 +30,7 @@ class CameraState:
     next_seq: int
     free_slots: list[int]
     pending: dict[int, messages.Detected] = field(default_factory=dict)
+    expected: dict[int, tuple[messages.FrameRef, float]] = field(default_factory=dict)  # seq -> (ref, captured at)
     held: dict[int, int] = field(default_factory=dict)  # out seq -> input slot, until encoded
     end: int | None = None
     end_sent: bool = False
@@ -43,6 +45,8 @@ class CompositeService(Service):
         self.inputs = RingCache()
         self.cameras: dict[str, CameraState] = {}
         self.orphans: dict[str, dict[int, messages.Detected]] = {}
+        self.orphan_refs: dict[str, dict[int, tuple[messages.FrameRef, float]]] = {}
+        self.finished_rings: set[str] = set()  # captures whose stream ended here: never started again
 
     def setup(self) -> None:
         self.inbox = self.socket(zmq.PULL, self.endpoints.composite, bind=True)
@@ -57,12 +61,15 @@ class CompositeService(Service):
                 except zmq.Again:
                     break
                 self._handle(message)
+        self._enforce_deadlines()
         # Stopped last but one: captures and detectors are gone, nothing more can complete a frame.
         return not self.stopping
 
     def _handle(self, message) -> None:
         if isinstance(message, messages.Detected):
             self._on_detected(message)
+        elif isinstance(message, messages.FrameRef):
+            self._on_captured(message)
         elif isinstance(message, messages.StreamInfoMsg):
             self._on_stream(message)
         elif isinstance(message, messages.StreamEnd):
@@ -73,11 +80,14 @@ class CompositeService(Service):
             self.log.warning("unexpected %s", type(message).__name__)
 
     def _on_stream(self, info: messages.StreamInfoMsg) -> None:
+        if info.ring in self.finished_rings:
+            return  # a late re-announcement: restarting would overwrite the finished output
         state = self.cameras.get(info.camera)
         if state is not None:
             if state.info.ring != info.ring:  # the capture restarted: a new ring, same stream
                 state.info = info
             return
+        self.compositing.privacy_zones[info.camera] = info.privacy_zones
         slots = self.cfg.engine.ring_slots
         ring = FrameRing.create(
             segment_name(self.instance, f"{info.camera}x{os.getpid()}out"), slots, info.height, info.width
@@ -85,13 +95,54 @@ class CompositeService(Service):
         release = self.socket(zmq.PUSH, self.endpoints.capture(info.camera))
         state = self.cameras[info.camera] = CameraState(info, ring, release, info.next_seq, list(range(slots)))
         state.pending.update(self.orphans.pop(info.camera, {}))
+        state.expected.update(self.orphan_refs.pop(info.camera, {}))
         out_info = messages.StreamInfoMsg(**{**info.__dict__, "ring": ring.name, "slots": slots})
         send(self.encoder, out_info)
         self._drain(state)
 
+    def _on_captured(self, ref: messages.FrameRef) -> None:
+        if ref.ring in self.finished_rings:
+            return
+        state = self.cameras.get(ref.camera)
+        entry = (ref, time.monotonic())
+        if state is None:
+            self.orphan_refs.setdefault(ref.camera, {})[ref.seq] = entry
+        elif ref.seq >= state.next_seq:
+            state.expected.setdefault(ref.seq, entry)
+
+    def _enforce_deadlines(self) -> None:
+        """Frames whose detections are overdue go out obscured (or are dropped): never raw, never waited for."""
+        now = time.monotonic()
+        for state in list(self.cameras.values()):
+            deadline = self.cfg.engine.live_deadline_s if state.info.live else self.cfg.engine.deadline_s
+            while state.free_slots and state.next_seq not in state.pending:
+                entry = state.expected.get(state.next_seq)
+                if entry is None or now - entry[1] < deadline:
+                    break
+                self.count("late")
+                before = state.next_seq
+                if self.cfg.engine.late_frames == "drop":
+                    self._skip(state, entry[0])
+                else:
+                    self._emit(state, messages.Detected(entry[0], "late"))
+                if state.next_seq == before:  # its slot was reused: the capture offers it again
+                    state.expected.pop(before, None)
+                    break
+                self._drain(state)
+                if state.info.camera not in self.cameras:
+                    break
+
+    def _skip(self, state: CameraState, ref: messages.FrameRef) -> None:
+        """Drops a frame: the capture gets its slot back, the encoder never sees it."""
+        state.expected.pop(ref.seq, None)
+        state.next_seq += 1
+        send(state.release, messages.Release(ref.camera, ref.seq, ref.slot), block=False)
+
     def _on_detected(self, result: messages.Detected) -> None:
         camera, seq = result.frame.camera, result.frame.seq
         state = self.cameras.get(camera)
+        if result.frame.ring in self.finished_rings:
+            return
         if state is None:  # the stream's announcement is still on its way
             self.orphans.setdefault(camera, {})[seq] = result
             return
@@ -149,6 +200,7 @@ class CompositeService(Service):
             obscured=detections is None, persons=detections.to_meta() if detections is not None else [],
         ))  # fmt: skip
         state.held[ref.seq] = ref.slot
+        state.expected.pop(ref.seq, None)
         state.next_seq += 1
         self.count("frames")
         self.count("obscured", detections is None)
@@ -166,6 +218,7 @@ class CompositeService(Service):
     def _forget_if_done(self, state: CameraState) -> None:
         if state.end_sent and not state.held:
             camera = state.info.camera
+            self.finished_rings.add(state.info.ring)
             self.inputs.drop(state.info.ring)
             state.ring.close()
             state.release.close(linger=1000)

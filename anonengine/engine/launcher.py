@@ -71,6 +71,7 @@ class Launcher:
         self.done: dict[str, messages.CameraDone] = {}
         self.stats: dict[tuple[str, str], dict] = {}
         self.failure: str | None = None
+        self.failed_cameras: dict[str, str] = {}
         self.stop_requested = False
         self.spawn = subprocess.Popen  # swapped in tests
         self.clock = time.monotonic
@@ -112,9 +113,13 @@ class Launcher:
         self._spawn(child)
 
     def _spawn(self, child: Child) -> None:
+        # Stages run in the launcher's folder, so relative paths (sources, outputs, run_dir, models) mean
+        # what they mean to the user; services/ is found through PYTHONPATH, not a same-named local folder.
+        pythonpath = os.pathsep.join(filter(None, (_project_root(), os.environ.get("PYTHONPATH"))))
         env = {**os.environ, "ANONENGINE_INSTANCE": self.instance, "PYTHONUNBUFFERED": "1",
-               "ANONENGINE_ERROR_FILE": str(self._error_file(child))}
-        child.process = self.spawn(child.argv, env=env, cwd=_project_root(), stdin=subprocess.DEVNULL)
+               "ANONENGINE_ERROR_FILE": str(self._error_file(child)), "PYTHONPATH": pythonpath,
+               "PYTHONSAFEPATH": "1"}  # fmt: skip
+        child.process = self.spawn(child.argv, env=env, cwd=os.getcwd(), stdin=subprocess.DEVNULL)
         log.debug("started %s (pid %d)", child.name, child.process.pid)
 
     def _error_file(self, child: Child) -> Path:
@@ -122,12 +127,10 @@ class Launcher:
 
     def attach(self, camera: CameraConfig) -> None:
         name = f"capture-{camera.name}"
-        if name in self.children:
+        if name in self.children and self.children[name].process.poll() is None:
             raise EngineFailed(f"camera {camera.name} is already attached")
-        extra = ["--camera", camera.name, "--source", camera.source]
-        for flag, value in (("--output", camera.output), ("--metadata", camera.metadata)):
-            if value:
-                extra += [flag, value]
+        self.done.pop(camera.name, None)  # a camera detached or ended before comes back as a new stream
+        extra = ["--camera", camera.name, "--camera-json", camera.model_dump_json()]
         self._add(name, "capture", extra, camera=camera.name)
         if camera.name not in {c.name for c in self.cfg.cameras}:
             self.cfg.cameras.append(camera)
@@ -191,6 +194,7 @@ class Launcher:
                 return {"ok": self.detach(request["camera"])}
             if request.get("op") == "status":
                 return {"ok": True, "cameras": [c.name for c in self.cfg.cameras], "done": sorted(self.done),
+                        "failed": self.failed_cameras,
                         "stats": {f"{k[0]}[{k[1]}]": v for k, v in self.stats.items()}}
             return {"ok": False, "error": f"unknown op {request.get('op')!r}"}
         except Exception as exc:  # noqa: BLE001 - the answer carries the error to the client
@@ -205,7 +209,14 @@ class Launcher:
                 continue  # its stream ended
             if code == USER_ERROR:
                 error = self._error_file(child)
-                self.failure = error.read_text() if error.is_file() else f"{child.name} stopped on an error"
+                message = error.read_text() if error.is_file() else f"{child.name} stopped on an error"
+                if child.stage == "capture" and not self.cfg.engine.exit_when_done:
+                    # One bad camera of a running engine: the others go on; the camera is reported.
+                    log.error("camera %s stopped: %s", child.camera, message)
+                    self.failed_cameras[child.camera] = message
+                    del self.children[child.name]
+                    continue
+                self.failure = message
                 return
             now = self.clock()
             child.restarts = [t for t in child.restarts if now - t < 60] + [now]

@@ -20,7 +20,7 @@ import zmq
 
 from anonengine import messages
 from anonengine.config import EngineConfig, load_yaml
-from anonengine.errors import AnonError
+from anonengine.errors import AnonError, ConfigError
 
 POLL_MS = 100
 
@@ -162,6 +162,14 @@ def report_user_error(message: str) -> None:
         print(f"anonengine: error: {message}", file=sys.stderr)
 
 
+def make_endpoints_dir(endpoints: Endpoints) -> None:
+    """Under the launcher the folder exists; stages started on their own (honcho) make it (mode 0700)."""
+    try:
+        endpoints.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"cannot create the run folder {endpoints.dir}: {exc.strerror}") from None
+
+
 def run_service(factory, argv: list[str] | None = None, extra_args=None) -> int:
     """Runs one service to completion; the exit code tells the launcher what happened.
 
@@ -185,6 +193,7 @@ def run_service(factory, argv: list[str] | None = None, extra_args=None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: service.request_stop())
     signal.signal(signal.SIGINT, lambda *_: service.request_stop())
     try:
+        make_endpoints_dir(service.endpoints)
         service.setup()
         while service.step():
             service.report()

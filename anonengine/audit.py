@@ -1,0 +1,123 @@
+"""An independent adversary over anonymized video: does a detector still find anyone?
+
+It runs the pose model harder than the engine does (low threshold, larger input, test-time
+augmentation) on every anonymized frame. A find whose pixels are still the original's
+(`UNCHANGED_SHARE` of its box within `UNCHANGED_LEVELS` grey levels) is a leak: a person shown as
+filmed. A find over replaced pixels is the drawn skeleton or the fill (a stick figure is meant to
+read as a person) and is reported apart. Output: JSON, and a contact sheet of the worst frames
+(original | anonymized, finds boxed: red for leaks, yellow for the rest).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from anonengine import models
+from anonengine.contact_sheet import _panel
+from anonengine.detector import select_device
+from anonengine.video import VideoReader
+
+UNCHANGED_SHARE = 0.6
+UNCHANGED_LEVELS = 12  # grey levels: what two encodes of the same picture differ by
+
+
+@dataclass
+class AuditFrame:
+    index: int
+    time: float
+    persons: list[dict] = field(default_factory=list)
+
+    @property
+    def worst(self) -> float:
+        return max((p["score"] for p in self.persons), default=0.0)
+
+
+@dataclass
+class AuditReport:
+    original: str
+    anonymized: str
+    frames: int
+    conf: float
+    imgsz: int
+    flagged: list[AuditFrame]  # frames with at least one leak
+    drawn: list[AuditFrame] = field(default_factory=list)  # frames with finds over replaced pixels only
+
+    @property
+    def skeleton_only(self) -> int:
+        return len(self.drawn)
+
+    @property
+    def leak_rate(self) -> float:
+        return len(self.flagged) / max(1, self.frames)
+
+    @property
+    def found(self) -> int:
+        """Frames where the adversary found anything, leak or skeleton."""
+        return len(self.flagged) + self.skeleton_only
+
+    def to_json(self) -> dict:
+        return {**{k: v for k, v in asdict(self).items() if k not in ("flagged", "drawn")},
+                "leak_rate": self.leak_rate, "flagged": [asdict(f) for f in self.flagged],
+                "skeleton_finds": [asdict(f) for f in self.drawn]}
+
+
+def audit(original: str, anonymized: str, pose_model: str = "yolo11n-pose.pt", conf: float = 0.2,
+          imgsz: int = 960, device: str = "auto", augment: bool = True) -> AuditReport:
+    from ultralytics import YOLO
+
+    model = YOLO(models.resolve(pose_model), task="pose")
+    device = select_device(device)
+    flagged, drawn, count = [], [], 0
+    for source, frame in zip(VideoReader(original), VideoReader(anonymized)):
+        result = model.predict(frame.image, imgsz=imgsz, conf=conf, augment=augment, device=device, verbose=False)[0]
+        count += 1
+        leaks, others = [], []
+        for box, score in zip(result.boxes.xyxy.cpu().numpy(), result.boxes.conf.cpu().numpy()):
+            find = {"box": [round(float(v), 1) for v in box], "score": round(float(score), 3)}
+            (leaks if unchanged_share(source.image, frame.image, box) >= UNCHANGED_SHARE else others).append(find)
+        if leaks:
+            flagged.append(AuditFrame(frame.seq, round(frame.time, 6), leaks))
+        elif others:
+            drawn.append(AuditFrame(frame.seq, round(frame.time, 6), others))
+    return AuditReport(original, anonymized, count, conf, imgsz, flagged, drawn)
+
+
+def unchanged_share(original: np.ndarray, anonymized: np.ndarray, box: np.ndarray) -> float:
+    """Share of the box's pixels that the anonymizer left as they were."""
+    x0, y0, x1, y1 = (int(round(v)) for v in box)
+    a, b = original[y0:y1, x0:x1].astype(np.int16), anonymized[y0:y1, x0:x1].astype(np.int16)
+    if a.size == 0:
+        return 0.0
+    return float((np.abs(a - b).max(axis=2) <= UNCHANGED_LEVELS).mean())
+
+
+def write_worst_frames(report: AuditReport, path: Path, rows: int = 6) -> Path | None:
+    """Contact sheet of the frames with the most confident finds; None when nothing was found."""
+    worst = sorted(report.flagged, key=lambda f: -f.worst)[:rows]
+    if not worst:
+        return None
+    wanted = {f.index: f for f in worst}
+    originals = {f.seq: f.image for f in VideoReader(report.original) if f.seq in wanted}
+    lines = []
+    for frame in VideoReader(report.anonymized):
+        if frame.seq not in wanted:
+            continue
+        shown = frame.image.copy()
+        for p in wanted[frame.seq].persons:
+            x0, y0, x1, y1 = map(int, p["box"])
+            cv2.rectangle(shown, (x0, y0), (x1, y1), (0, 0, 255), 2)
+            cv2.putText(shown, f"{p['score']:.2f}", (x0, max(12, y0 - 4)), cv2.FONT_HERSHEY_SIMPLEX, 0.5,
+                        (0, 0, 255), 1, cv2.LINE_AA)
+        original = originals.get(frame.seq, np.zeros_like(shown))
+        lines.append(np.hstack([_panel(original, f"original #{frame.seq}"), _panel(shown, f"found #{frame.seq}")]))
+    cv2.imwrite(str(path), np.vstack(lines))
+    return path
+
+
+def write_report(report: AuditReport, path: Path) -> None:
+    path.write_text(json.dumps(report.to_json(), indent=1))

@@ -1,0 +1,75 @@
+"""Mask hold: a person the detector loses for a few frames stays hidden where the tracker predicts them.
+
+Per-frame anonymizers let a face "slip into 1 or 2 frames" whenever the detector misses. Here each
+camera's persons are tracked with Ultralytics' ByteTrack; while a track is lost (up to `hold_frames`),
+its Kalman-predicted box is added to the frame's persons as a box-only person, grown by
+`grow_per_frame` of its size for every frame it has been lost, since the prediction gets less sure.
+It is hidden like any detection (for `bbox` and `seg` alike) but gets no skeleton.
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+
+from anonengine.config import HoldConfig
+from anonengine.detections import NUM_KEYPOINTS, Detections
+
+
+class MaskHold:
+    def __init__(self, cfg: HoldConfig) -> None:
+        from ultralytics.trackers.byte_tracker import BYTETracker
+
+        self.cfg = cfg
+        self.tracker = BYTETracker(SimpleNamespace(
+            track_high_thresh=cfg.track_thresh, track_low_thresh=0.01, new_track_thresh=cfg.track_thresh,
+            track_buffer=cfg.hold_frames, match_thresh=0.8, fuse_score=True,
+        ))  # fmt: skip
+
+    def update(self, detections: Detections) -> Detections:
+        """`detections` plus the predicted boxes of persons lost within the hold window."""
+        from ultralytics.engine.results import Boxes
+
+        n = len(detections)
+        data = np.concatenate([detections.boxes, detections.scores[:, None], np.zeros((n, 1), np.float32)], axis=1)
+        self.tracker.update(Boxes(data, detections.frame_shape).numpy())
+        held = self.held_boxes(detections.frame_shape)
+        if not len(held):
+            return detections
+        return with_extra_boxes(detections, held)
+
+    def held_boxes(self, shape: tuple[int, int]) -> np.ndarray:
+        h, w = shape
+        boxes = []
+        for track in self.tracker.lost_stracks:
+            lost = self.tracker.frame_id - track.end_frame
+            if not 0 < lost <= self.cfg.hold_frames:
+                continue
+            x0, y0, x1, y1 = track.xyxy
+            grow = self.cfg.grow_per_frame * lost
+            gx, gy = (x1 - x0) * grow, (y1 - y0) * grow
+            box = np.array([x0 - gx, y0 - gy, x1 + gx, y1 + gy], np.float32)
+            box[[0, 2]] = box[[0, 2]].clip(0, w)
+            box[[1, 3]] = box[[1, 3]].clip(0, h)
+            if box[2] > box[0] and box[3] > box[1]:
+                boxes.append(box)
+        return np.array(boxes, np.float32).reshape(-1, 4)
+
+    def reset(self) -> None:
+        self.tracker.reset()
+
+
+def with_extra_boxes(detections: Detections, boxes: np.ndarray) -> Detections:
+    """Adds box-only persons with score 0 (hidden, never drawn)."""
+    k = len(boxes)
+    masks = detections.masks
+    if masks is not None:
+        masks = np.concatenate([masks, np.zeros((k, *detections.frame_shape), bool)])
+    return Detections(
+        frame_shape=detections.frame_shape,
+        boxes=np.concatenate([detections.boxes, boxes.astype(np.float32)]),
+        scores=np.concatenate([detections.scores, np.zeros(k, np.float32)]),
+        keypoints=np.concatenate([detections.keypoints, np.zeros((k, NUM_KEYPOINTS, 3), np.float32)]),
+        masks=masks,
+    )

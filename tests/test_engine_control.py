@@ -1,0 +1,417 @@
+"""Controlling the engine: attach/detach/status on a running engine, config validation, the launcher's
+crash-loop limit (fake processes and clock, real Launcher code), and the stages under honcho.
+
+Everything but the crash-loop tests runs on real processes, sockets and shared memory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import signal
+import stat
+import subprocess
+import sys
+from itertools import count
+from pathlib import Path
+
+import pytest
+import yaml
+from helpers import stage_pids
+from test_engine import engine_config, wait_for
+
+from anonengine.config import CameraConfig, EngineConfig
+from anonengine.engine.launcher import EngineFailed, Launcher
+from anonengine.sample import make_sample
+from anonengine.shm import instance_segments
+from anonengine.video import VideoReader
+
+REPO = Path(__file__).resolve().parents[1]
+WIDTH, HEIGHT = 320, 192
+CLI_TIMEOUT_S = 30
+
+
+def cli(*args, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """`python -m anonengine.cli ARGS...`, one-line errors (no ANONENGINE_DEBUG)."""
+    env = {k: v for k, v in os.environ.items() if k != "ANONENGINE_DEBUG"}
+    return subprocess.run([sys.executable, "-m", "anonengine.cli", *map(str, args)], cwd=cwd, env=env,
+                          stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=CLI_TIMEOUT_S, check=False)
+
+
+def has_lines(path: Path) -> bool:
+    return path.exists() and path.stat().st_size > 0
+
+
+def jsonl_count(path: Path) -> int:
+    return len(path.read_text().splitlines())
+
+
+def seqs(path: Path) -> list[int]:
+    return [f.seq for f in VideoReader(str(path))]
+
+
+def small_and_fast(cfg: EngineConfig) -> EngineConfig:
+    """What these tests check does not depend on detection quality: a smaller detector input is faster."""
+    cfg.anonymizer.detector.imgsz = 320
+    return cfg
+
+
+# --- attach / detach / status on a running engine ---------------------------------------------------
+
+LONG_FRAMES, SHORT_FRAMES = 300, 12
+
+
+def launch_in(folder: Path, cfg: EngineConfig) -> subprocess.Popen:
+    """`anonengine launch engine.yaml` run in `folder` (test_engine.launch_subprocess runs in the current one)."""
+    (folder / "engine.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
+    return subprocess.Popen([sys.executable, "-m", "anonengine.cli", "launch", "engine.yaml"], cwd=folder,
+                            stdin=subprocess.DEVNULL, start_new_session=True)
+
+
+def test_attach_detach_and_status_on_a_running_engine(models_dir, tmp_path):
+    make_sample(tmp_path / "long", width=WIDTH, height=HEIGHT, frames=LONG_FRAMES)
+    make_sample(tmp_path / "short", width=WIDTH, height=HEIGHT, frames=SHORT_FRAMES)
+    cfg = small_and_fast(engine_config(tmp_path, models_dir, {"a": Path("long/sample.mp4")}))
+    cfg.engine.exit_when_done = False
+    # Paths relative to the folder the engine is launched in: the stages must see them the same way.
+    cfg.cameras[0].output, cfg.cameras[0].metadata, cfg.engine.run_dir = "a.mp4", "a.jsonl", "run"
+    run_dir = tmp_path / "run"
+    a_out, b_out = tmp_path / "a.mp4", tmp_path / "b.mp4"
+    proc = launch_in(tmp_path, cfg)
+
+    def status() -> dict:
+        result = cli("status", "--run-dir", run_dir)
+        assert result.returncode == 0, result.stderr
+        return json.loads(result.stdout)
+
+    try:
+        assert wait_for(lambda: has_lines(tmp_path / "a.jsonl.partial") or proc.poll() is not None, 120)
+        assert proc.poll() is None, "the engine stopped before camera a got going"
+        assert has_lines(tmp_path / "a.jsonl.partial"), "camera a never got going"
+
+        # Relative paths given to `attach` are relative to where it runs, not to the engine's folder.
+        (tmp_path / "elsewhere").mkdir()
+        attached = cli("attach", "--run-dir", "../run", "--camera", "b", "--source", "../short/sample.mp4",
+                       "--output", "../b.mp4", "--metadata", "../b.jsonl", cwd=tmp_path / "elsewhere")
+        assert (attached.returncode, attached.stdout.strip()) == (0, "attach: ok"), attached.stderr
+        assert wait_for(lambda: b_out.exists() or proc.poll() is not None, 60)
+        assert proc.poll() is None, "the engine stopped after the attach"
+        assert b_out.exists(), "b's output never got its final name"
+        assert seqs(b_out) == list(range(SHORT_FRAMES))
+        assert jsonl_count(tmp_path / "b.jsonl") == SHORT_FRAMES
+        assert not a_out.exists(), "camera a ended before it could be detached: make its clip longer"
+
+        assert wait_for(lambda: "b" in status()["done"], 10)
+        now = status()
+        assert now["cameras"] == ["a", "b"] and now["done"] == ["b"]
+        assert now["stats"]["capture[a]"]["frames"] > 0
+        # encode, composite, detect0 and a's capture (b's exited at the end of its stream).
+        assert wait_for(lambda: len(stage_pids(f"p{proc.pid}")) == 4, 10), stage_pids(f"p{proc.pid}")
+
+        detached = cli("detach", "--run-dir", run_dir, "--camera", "a")
+        assert (detached.returncode, detached.stdout.strip()) == (0, "detach: ok"), detached.stderr
+        assert wait_for(a_out.exists, 30), "a's output was not finalised after detach"
+        written = len(seqs(a_out))
+        assert 0 < written < LONG_FRAMES
+        assert seqs(a_out) == list(range(written))
+        assert wait_for(lambda: (tmp_path / "a.jsonl").exists(), 5)
+        assert jsonl_count(tmp_path / "a.jsonl") == written
+
+        # The engine keeps running without cameras: encoder, compositor and detector; b untouched.
+        assert wait_for(lambda: len(stage_pids(f"p{proc.pid}")) == 3, 15), stage_pids(f"p{proc.pid}")
+        assert proc.poll() is None
+        assert wait_for(lambda: status()["done"] == ["a", "b"], 10)
+        assert seqs(b_out) == list(range(SHORT_FRAMES))
+        # A second detach of a camera that is gone is refused, with one line.
+        again = cli("detach", "--run-dir", run_dir, "--camera", "a")
+        assert again.returncode != 0 and len(again.stderr.strip().splitlines()) == 1, again.stderr
+        # A detached camera can come back under its name, as a new stream.
+        a2_out = tmp_path / "a2.mp4"
+        back = cli("attach", "--run-dir", run_dir, "--camera", "a", "--source", tmp_path / "short/sample.mp4",
+                   "--output", a2_out)
+        assert (back.returncode, back.stdout.strip()) == (0, "attach: ok"), back.stderr
+        assert wait_for(lambda: a2_out.exists() or proc.poll() is not None, 60)
+        assert seqs(a2_out) == list(range(SHORT_FRAMES))
+        assert len(seqs(a_out)) == written
+
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+        assert wait_for(lambda: not stage_pids(f"p{proc.pid}"), 5), "stage processes outlived the launcher"
+        assert not instance_segments(f"p{proc.pid}")
+        assert not (run_dir / f"p{proc.pid}").exists()
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+# --- launch --validate-config ------------------------------------------------------------------------
+
+
+def test_validate_config_accepts_valid_files_and_starts_nothing(models_dir, tmp_path):
+    shipped = cli("launch", "--validate-config", "config/engine.yaml", cwd=REPO)
+    assert shipped.returncode == 0, shipped.stderr
+    assert shipped.stdout.strip() == "config/engine.yaml: valid (2 camera(s))"
+
+    cfg = engine_config(tmp_path, models_dir, {"a": tmp_path / "none.mp4", "b": tmp_path / "none.mp4"})
+    path = tmp_path / "engine.yaml"
+    path.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
+    result = cli("launch", "--validate-config", path)
+    assert (result.returncode, result.stderr) == (0, ""), result.stderr
+    assert "valid (2 camera(s))" in result.stdout
+    assert not Path(cfg.engine.run_dir).exists(), "validation must not start anything"
+
+
+BAD_CONFIGS = {
+    # name: (YAML, the key path and line the one error line must name)
+    "nested_unknown_key": ("anonymizer:\n  method: bbox\nengine:\n  run_dir: /tmp/x\n  ring_slot: 3\n",
+                           "engine.ring_slot", 5),
+    "bad_value_block": ("# comment\n\nengine:\n  ring_slots: 4\n\n  max_batch: 0\n", "engine.max_batch", 6),
+    "bad_value_flow": ("tap:\n  format: raw\nengine: {max_batch: 0}\n", "engine.max_batch", 3),
+    "deep_bad_value": ("anonymizer:\n  detector:\n    device: cpu\n    imgsz: 100\n",
+                       "anonymizer.detector.imgsz", 4),
+    "camera_unknown_key": ("cameras:\n  - {name: a, source: a}\n  - name: b\n    source: b\n    outptu: b.mp4\n",
+                           "cameras.1.outptu", 5),
+}
+
+
+@pytest.mark.parametrize("case", BAD_CONFIGS, ids=str)
+def test_validate_config_names_the_bad_key_and_its_line(case, tmp_path):
+    text, key, line = BAD_CONFIGS[case]
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    result = cli("launch", "--validate-config", path)
+    assert result.returncode != 0
+    assert result.stdout == ""
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    assert key in lines[0] and f"line {line}:" in lines[0], lines[0]
+
+
+# --- the launcher's supervision, with fake processes and a fake clock -------------------------------
+
+
+class FakeProcess:
+    """Popen-like. `code` None: runs until signalled; else it has already exited with that code."""
+
+    pids = count(4_000_000)
+
+    def __init__(self, name: str, code: int | None, signals: list) -> None:
+        self.name, self.returncode, self.signals = name, code, signals
+        self.pid = next(self.pids)
+
+    def poll(self) -> int | None:
+        return self.returncode
+
+    def send_signal(self, sig: int) -> None:
+        self.signals.append((self.name, sig))
+        if self.returncode is None:
+            self.returncode = -sig
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+    def wait(self, timeout: float | None = None) -> int | None:
+        return self.returncode
+
+
+class FakeSpawn:
+    """Process factory: `fate(name)` gives each new process's exit code (None: keeps running), and
+    `error(name)` the text a process that exits 2 leaves in its error file (None: no file)."""
+
+    def __init__(self, fate, error=lambda name: None) -> None:
+        self.fate, self.error = fate, error
+        self.started: list[str] = []
+        self.signals: list[tuple[str, int]] = []
+
+    def __call__(self, argv, env, cwd, stdin):
+        name = child_name(argv)
+        self.started.append(name)
+        code = self.fate(name)
+        text = self.error(name)
+        if code is not None and text is not None:
+            Path(env["ANONENGINE_ERROR_FILE"]).write_text(text)
+        return FakeProcess(name, code, self.signals)
+
+    def count(self, name: str) -> int:
+        return self.started.count(name)
+
+
+def child_name(argv: list[str]) -> str:
+    stage = argv[argv.index("-m") + 1].removeprefix("services.")
+    if stage == "detect":
+        return f"detect{argv[argv.index('--worker') + 1]}"
+    if stage == "capture":
+        return f"capture-{argv[argv.index('--camera') + 1]}"
+    return stage
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def fake_launcher(tmp_path: Path, spawn: FakeSpawn, restart_limit: int = 3, job: bool = False) -> Launcher:
+    cfg = EngineConfig(cameras=[CameraConfig(name="cam", source=str(tmp_path / "never-opened.mp4"))])
+    cfg.engine.run_dir = str(tmp_path / "run")
+    cfg.engine.exit_when_done = job
+    cfg.engine.restart_limit = restart_limit
+    cfg.tap.endpoint = ""
+    launcher = Launcher(cfg)
+    launcher.spawn, launcher.clock = spawn, FakeClock()
+    launcher.start()  # binds the launcher's own sockets in tmp_path; every stage is a FakeProcess
+    return launcher
+
+
+@pytest.fixture
+def launchers():
+    made: list[Launcher] = []
+    yield made
+    for launcher in made:
+        if not launcher.context.closed:
+            launcher.stop(grace_s=1)
+
+
+def test_stages_start_consumers_first_and_a_crash_loop_stops_at_restart_limit(tmp_path, launchers):
+    spawn = FakeSpawn(lambda name: 1 if name == "detect0" else None)  # the detector dies at once, always
+    launcher = fake_launcher(tmp_path, spawn, restart_limit=3)
+    launchers.append(launcher)
+    assert spawn.started == ["encode", "composite", "detect0", "capture-cam"]
+
+    for round_ in range(3):  # deaths 1..3 within the minute: restarted
+        launcher.clock.now += 5
+        launcher._supervise()
+        assert launcher.failure is None
+        assert spawn.count("detect0") == 2 + round_
+    launcher.clock.now += 5
+    launcher._supervise()  # the 4th death within a minute: given up
+    assert launcher.failure is not None and "detect0" in launcher.failure and "4 times" in launcher.failure
+    assert spawn.count("detect0") == 4
+    assert all(spawn.count(name) == 1 for name in ("encode", "composite", "capture-cam"))
+
+
+def test_deaths_spread_over_more_than_a_minute_are_restarted_without_end(tmp_path, launchers):
+    spawn = FakeSpawn(lambda name: -9 if name == "composite" else None)
+    launcher = fake_launcher(tmp_path, spawn, restart_limit=2)
+    launchers.append(launcher)
+    for _ in range(10):
+        launcher.clock.now += 31  # two deaths a minute at most: within the limit
+        launcher._supervise()
+    assert launcher.failure is None
+    assert spawn.count("composite") == 11
+
+
+def test_restart_limit_zero_gives_up_on_the_first_death(tmp_path, launchers):
+    spawn = FakeSpawn(lambda name: 1 if name == "encode" else None)
+    launcher = fake_launcher(tmp_path, spawn, restart_limit=0)
+    launchers.append(launcher)
+    launcher._supervise()
+    assert launcher.failure and "encode" in launcher.failure
+    assert spawn.count("encode") == 1
+
+
+def test_user_error_in_a_job_is_not_restarted_and_its_message_is_the_failure(tmp_path, launchers):
+    message = "capture[cam]: video source not found: never-opened.mp4"
+    spawn = FakeSpawn(lambda name: 2 if name == "capture-cam" else None,
+                      error=lambda name: message if name == "capture-cam" else None)
+    launcher = fake_launcher(tmp_path, spawn, job=True)
+    launchers.append(launcher)
+    launcher._supervise()
+    assert launcher.failure == message
+    assert spawn.count("capture-cam") == 1
+
+
+def test_a_bad_camera_of_a_running_engine_stops_alone(tmp_path, launchers):
+    """`anonengine attach` of a bad source must not take the other cameras down."""
+    message = "capture[cam]: video source not found: never-opened.mp4"
+    spawn = FakeSpawn(lambda name: 2 if name == "capture-cam" else None,
+                      error=lambda name: message if name == "capture-cam" else None)
+    launcher = fake_launcher(tmp_path, spawn, job=False)
+    launchers.append(launcher)
+    launcher._supervise()
+    assert launcher.failure is None
+    assert launcher.failed_cameras == {"cam": message}
+    assert spawn.count("capture-cam") == 1 and "capture-cam" not in launcher.children
+
+
+def test_user_error_without_a_message_still_names_the_stage(tmp_path, launchers):
+    spawn = FakeSpawn(lambda name: 2 if name == "detect0" else None)
+    launcher = fake_launcher(tmp_path, spawn)
+    launchers.append(launcher)
+    launcher._supervise()
+    assert launcher.failure and "detect0" in launcher.failure
+    assert spawn.count("detect0") == 1
+
+
+def test_a_capture_whose_stream_ended_is_neither_restarted_nor_a_failure(tmp_path, launchers):
+    spawn = FakeSpawn(lambda name: 0 if name == "capture-cam" else None)
+    launcher = fake_launcher(tmp_path, spawn)
+    launchers.append(launcher)
+    for _ in range(3):
+        launcher.clock.now += 1
+        launcher._supervise()
+    assert launcher.failure is None
+    assert spawn.count("capture-cam") == 1
+
+
+def test_run_gives_up_on_a_crash_loop_and_stops_the_rest_in_order(tmp_path):
+    spawn = FakeSpawn(lambda name: 1 if name == "detect0" else None)
+    launcher = fake_launcher(tmp_path, spawn, restart_limit=2)
+    with pytest.raises(EngineFailed, match="detect0 died 3 times"):
+        launcher.run()
+    # Captures first, then (the dead detector is skipped) compositor, then encoder.
+    assert spawn.signals == [("capture-cam", signal.SIGTERM), ("composite", signal.SIGTERM),
+                             ("encode", signal.SIGTERM)]
+    assert not Path(launcher.endpoints.dir).exists()
+
+
+# --- honcho ------------------------------------------------------------------------------------------
+
+HONCHO_FRAMES = 10
+HONCHO_TIMEOUT_S = 120
+HONCHO_INSTANCE = f"hc{os.getpid()}"  # the Procfile's own instance id, unique to this test run
+
+
+def test_honcho_runs_the_stages_from_a_procfile(models_dir, tmp_path):
+    clip = make_sample(tmp_path / "clip", width=WIDTH, height=HEIGHT, frames=HONCHO_FRAMES)
+    cfg = small_and_fast(engine_config(tmp_path, models_dir, {"hc": clip.video}))  # tap off, tmp run_dir
+    config = tmp_path / "engine.yaml"
+    config.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
+    run_dir = Path(cfg.engine.run_dir)
+    assert not run_dir.exists()  # the stages make it themselves
+    python = shlex.quote(sys.executable)
+    common = f"--config {shlex.quote(str(config))} --instance {HONCHO_INSTANCE}"
+    procfile = tmp_path / "Procfile"
+    procfile.write_text(
+        f"encode: {python} -m services.encode {common}\n"
+        f"composite: {python} -m services.composite {common}\n"
+        f"detect: {python} -m services.detect {common} --worker 0\n"
+        f"capture: {python} -m services.capture {common} --camera hc\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-m", "honcho", "-f", str(procfile), "start"], cwd=REPO,
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, start_new_session=True)
+    try:
+        output, _ = proc.communicate(timeout=HONCHO_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        output, _ = proc.communicate()
+        pytest.fail(f"honcho did not finish in {HONCHO_TIMEOUT_S} s:\n{output}")
+    finally:
+        leftover = stage_pids(HONCHO_INSTANCE)  # honcho starts each stage in a session of its own
+        for pid in leftover:
+            os.kill(pid, signal.SIGKILL)
+
+    # The capture exits 0 once its stream is encoded; honcho then stops the rest, and the encoder
+    # finalises on SIGTERM (or had already, at the end of the stream).
+    assert proc.returncode == 0, output
+    assert not leftover, f"stages outlived honcho:\n{output}"
+    assert seqs(tmp_path / "hc.mp4") == list(range(HONCHO_FRAMES)), output
+    assert jsonl_count(tmp_path / "hc.jsonl") == HONCHO_FRAMES
+    assert stat.S_IMODE((run_dir / HONCHO_INSTANCE).stat().st_mode) == 0o700
+    assert not instance_segments(HONCHO_INSTANCE)

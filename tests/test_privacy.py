@@ -1,0 +1,144 @@
+"""No person leaks: mask hold over missed detections, edges, zones, scene cuts, two thresholds."""
+
+import numpy as np
+import pytest
+
+from anonengine.background import BackgroundModel
+from anonengine.compositor import JOINT_COLOR, LIMB_COLOR, Compositor
+from anonengine.config import AnonymizerConfig, BackgroundConfig, CameraConfig, EngineConfig, MaskConfig
+from anonengine.detections import Detections
+from anonengine.detector import PersonDetector
+from anonengine.inline import run_inline
+from anonengine.masks import dilated_boxes
+from anonengine.sample import make_sample
+from anonengine.video import VideoReader
+
+MISSED = range(20, 26)  # the detector sees nothing in these frames, persons in view
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory):
+    return make_sample(tmp_path_factory.mktemp("privacy_clip"), width=640, height=360, frames=32)
+
+
+def leaks(clip, out_path, frames):
+    """(frame, actor, share) for each person whose distinctive pixels still show in the output."""
+    bg = clip.true_background().astype(int)
+    found = []
+    for src, dst, persons in zip(VideoReader(str(clip.video)), VideoReader(str(out_path)), clip.boxes()):
+        if src.seq not in frames:
+            continue
+        for p in persons:
+            x0, y0, x1, y1 = p["box"]
+            box = (slice(y0, y1), slice(x0, x1))
+            person = np.abs(src.image[box].astype(int) - bg[box]).max(axis=2) > 40
+            same = np.abs(dst.image[box].astype(int) - src.image[box].astype(int)).max(axis=2) < 12
+            share = (person & same).sum() / max(1, person.sum())
+            if share > 0.01:
+                found.append((src.seq, p["actor"], round(float(share), 3)))
+    return found
+
+
+def run_blind(clip, tmp_path, models_dir, monkeypatch, hold: bool, zones=None):
+    """Anonymizes the clip with a detector that returns nothing on the MISSED frames."""
+    real_detect = PersonDetector.detect
+    calls = {"n": 0}
+
+    def blind_detect(self, frames):
+        found = real_detect(self, frames)
+        index = calls["n"] - 1  # the first call is the warm-up on a blank image
+        calls["n"] += 1
+        return [Detections.empty(d.frame_shape) if index in MISSED else d for d in found]
+
+    monkeypatch.setattr(PersonDetector, "detect", blind_detect)
+    cfg = EngineConfig(cameras=[CameraConfig(name="c", source=str(clip.video), output=str(tmp_path / "out.mp4"),
+                                             privacy_zones=zones or [])])
+    cfg.anonymizer.detector.pose_model = str(models_dir / "yolo11n-pose.pt")
+    cfg.anonymizer.detector.device = "cpu"
+    cfg.anonymizer.hold.enabled = hold
+    run_inline(cfg)
+    return tmp_path / "out.mp4"
+
+
+def test_detector_blind_for_six_frames_leaks_nothing_with_mask_hold(clip, tmp_path, models_dir, monkeypatch):
+    out = run_blind(clip, tmp_path, models_dir, monkeypatch, hold=True)
+    assert leaks(clip, out, range(32)) == []
+
+
+def test_without_mask_hold_the_same_blind_frames_do_leak(clip, tmp_path, models_dir, monkeypatch):
+    """The control: proves the case above is a real miss that only the hold covers. (Later frames leak
+    too: while blind, the background model learnt the persons, and then pastes them back.)"""
+    out = run_blind(clip, tmp_path, models_dir, monkeypatch, hold=False)
+    assert set(MISSED) <= {frame for frame, _, _ in leaks(clip, out, range(32))}
+
+
+def test_privacy_zone_is_hidden_in_every_frame():
+    """A zone is never learnt as background, so whatever is in it never shows, from the first frame on."""
+    cfg = AnonymizerConfig()
+    zone = [[(0.5, 0.5), (0.9, 0.5), (0.9, 0.9), (0.5, 0.9)]]
+    compositor = Compositor(cfg, zone)
+    for i in range(10):
+        frame = np.full((200, 300, 3), 90, np.uint8)
+        frame[110:170, 160:260] = (20 * i, 250, 30)  # something private in the zone, changing
+        out = compositor.process(frame, Detections.empty((200, 300)))
+        assert (np.abs(out[100:180, 150:270].astype(int) - 90).max(axis=2) < 12).all(), f"frame {i}"
+        assert (out[:90] == 90).all()  # the rest untouched
+
+
+def test_weak_person_is_hidden_but_gets_no_skeleton():
+    """Two thresholds: what scores above the mask threshold is hidden; only confident persons are drawn."""
+    cfg = AnonymizerConfig()
+    cfg.hold.enabled = False
+    cfg.pose.thickness = 0.02
+    frame = np.full((200, 300, 3), 90, np.uint8)
+    frame[50:150, 100:160] = 250
+    kps = np.zeros((1, 17, 3), np.float32)
+    kps[0, :, :2] = np.stack([np.linspace(110, 150, 17), np.linspace(60, 140, 17)], axis=1)
+    kps[0, :, 2] = 0.99
+    for score, drawn in ((0.2, False), (0.9, True)):
+        det = Detections((200, 300), np.array([[100, 50, 160, 150]], np.float32), np.array([score], np.float32), kps)
+        out = Compositor(cfg).process(frame, det)
+        assert (out[50:150, 100:160] == 250).all(axis=2).mean() < 0.01
+        limb = sum((np.abs(out.astype(int) - color).max(axis=2) < 40).sum() for color in (LIMB_COLOR, JOINT_COLOR))
+        assert (limb > 20) == drawn, (score, limb)
+
+
+def test_box_at_the_frame_edge_is_extended_to_the_edge():
+    cfg = MaskConfig(box_margin=0.0, min_margin_px=0, edge_snap=0.05)
+    boxes = np.array([[8, 100, 60, 200], [300, 10, 390, 290]], np.float32)
+    grown = dilated_boxes(boxes, (300, 400), cfg)
+    assert grown[0].tolist() == [0, 100, 60, 200]  # a shoulder cut by the left edge
+    assert grown[1].tolist() == [300, 0, 400, 300]
+
+
+def test_scene_cut_resets_the_background():
+    model = BackgroundModel(BackgroundConfig(alpha=0.05, fill="solid"))
+    first = np.full((120, 160, 3), 40, np.uint8)
+    empty = np.zeros((120, 160), np.uint8)
+    model.update(first, empty)
+    assert model.update(first, empty) is False
+    second = np.full((120, 160, 3), 200, np.uint8)
+    person = empty.copy()
+    person[30:90, 40:80] = 255
+    assert model.update(second, person) is True
+    image = model.render(need=person)
+    assert (image[30:90, 40:80] == 128).all()  # never seen in the new scene: filled, not the old scene
+    assert (image[0:20, 0:20] == 200).all()
+
+
+def test_audit_finds_persons_in_the_original_and_none_in_the_anonymized(small_sample_clip, models_dir, tmp_path):
+    from anonengine.audit import audit, write_worst_frames
+
+    cfg = EngineConfig(cameras=[CameraConfig(name="c", source=str(small_sample_clip.video),
+                                             output=str(tmp_path / "out.mp4"))])
+    cfg.anonymizer.detector.pose_model = str(models_dir / "yolo11n-pose.pt")
+    cfg.anonymizer.detector.device = "cpu"
+    run_inline(cfg)
+    model = str(models_dir / "yolo11n-pose.pt")
+    clean = audit(str(small_sample_clip.video), str(tmp_path / "out.mp4"), model, imgsz=640, device="cpu")
+    assert clean.frames == 8 and clean.flagged == [] and clean.leak_rate == 0
+    raw = audit(str(small_sample_clip.video), str(small_sample_clip.video), model, imgsz=640, device="cpu",
+                augment=False)
+    assert raw.leak_rate == 1.0
+    sheet = write_worst_frames(raw, tmp_path / "worst.png")
+    assert sheet is not None and sheet.stat().st_size > 10_000
