@@ -14,7 +14,7 @@ from anonengine.background import BackgroundModel
 from anonengine.config import AnonymizerConfig
 from anonengine.detections import COCO_SKELETON, Detections
 from anonengine.masks import frame_diagonal, person_mask, soft_alpha, zones_mask
-from anonengine.tracking import MaskHold
+from anonengine.tracking import MaskHold, lookahead_boxes, with_extra_boxes
 
 LIMB_COLOR = (255, 170, 0)  # BGR
 JOINT_COLOR = (0, 220, 255)
@@ -31,12 +31,19 @@ class Compositor:
         self.privacy_zones = privacy_zones or []
         self._zones_mask: np.ndarray | None = None
 
-    def process(self, frame: np.ndarray, detections: Detections) -> np.ndarray:
-        """The anonymized copy of `frame` (uint8 BGR); updates the background model."""
+    def process(self, frame: np.ndarray, detections: Detections, future: list[Detections] = ()) -> np.ndarray:
+        """The anonymized copy of `frame` (uint8 BGR); updates the background model.
+
+        `future`: the detections of the next frames, when the caller holds them (look-ahead).
+        """
         if detections.frame_shape != frame.shape[:2]:
             raise ValueError(f"detections for a {detections.frame_shape} frame given a {frame.shape[:2]} frame")
         if self.hold is not None:
             detections = self.hold.update(detections)
+        if future:
+            ahead = lookahead_boxes(detections, list(future))
+            if len(ahead):
+                detections = with_extra_boxes(detections, ahead)
         mask = person_mask(detections, self.cfg.method, self.cfg.mask)
         zones = self._zones(frame.shape[:2])
         if zones is not None:

@@ -93,6 +93,11 @@ class HoldConfig(StrictModel):
         0.06, ge=0.0, le=1.0, description="Growth of a held box per lost frame, as a share of its size."
     )
     track_thresh: float = Field(0.25, ge=0.0, le=1.0, description="Score that starts or continues a track.")
+    lookahead_frames: int = Field(
+        8, ge=0, le=250,
+        description="Delay output by this many frames so a person is also hidden in the frames just before "
+        "the detector first finds them (entering, late detection). Adds this much latency.",
+    )
 
 
 class AnonymizerConfig(StrictModel):
@@ -165,6 +170,15 @@ class EngineConfig(StrictModel):
     engine: RuntimeConfig = Field(default_factory=RuntimeConfig)
     tap: TapConfig = Field(default_factory=TapConfig)
     cameras: list[CameraConfig] = Field(default_factory=list, description="Cameras to anonymize.")
+
+    @model_validator(mode="after")
+    def _lookahead_fits_the_rings(self):
+        if self.anonymizer.hold.lookahead_frames > self.engine.ring_slots - 2:
+            raise ValueError(
+                f"anonymizer.hold.lookahead_frames ({self.anonymizer.hold.lookahead_frames}) needs "
+                f"engine.ring_slots of at least lookahead + 2 ({self.engine.ring_slots} set)"
+            )
+        return self
 
     @model_validator(mode="after")
     def _unique_camera_names(self):

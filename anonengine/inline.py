@@ -6,6 +6,7 @@ The engine's output is compared against this path; it is also the simplest way t
 from __future__ import annotations
 
 import sys
+from collections import deque
 from dataclasses import dataclass
 
 from anonengine.config import CameraConfig, EngineConfig
@@ -41,13 +42,16 @@ def _run_camera(cam: CameraConfig, cfg: EngineConfig, detect: DetectStage, progr
         try:
             if detect.detector is None:
                 detect.setup()
+            # With look-ahead, a frame is composited once the detections of the next N frames are known.
+            window: deque = deque()
+            lookahead = cfg.anonymizer.hold.lookahead_frames
             for frame in capture.frames():
-                (detections,) = detect.process([frame.image])
-                persons = detections.to_meta() if detections is not None else None
-                encode.process(frame, composite.process(frame, detections), persons)
-                result.frames += 1
-                result.obscured += detections is None
-                result.persons += len(detections) if detections is not None else 0
+                window.append((frame, *detect.process([frame.image])))
+                if len(window) > lookahead:
+                    _emit(window, composite, encode, result)
+                    bar.update()
+            while window:
+                _emit(window, composite, encode, result)
                 bar.update()
         except BaseException:
             encode.abort()
@@ -56,6 +60,16 @@ def _run_camera(cam: CameraConfig, cfg: EngineConfig, detect: DetectStage, progr
             bar.close()
         encode.close()
     return result
+
+
+def _emit(window: deque, composite: CompositeStage, encode: EncodeStage, result: CameraResult) -> None:
+    frame, detections = window.popleft()
+    future = [d for _, d in window]
+    persons = detections.to_meta() if detections is not None else None
+    encode.process(frame, composite.process(frame, detections, future), persons)
+    result.frames += 1
+    result.obscured += detections is None
+    result.persons += len(detections) if detections is not None else 0
 
 
 def _progress_bar(total: int, camera: str, enabled: bool):

@@ -91,22 +91,36 @@ def _load_sprite(name: str, height: int) -> np.ndarray:
     return cv2.resize(crop, (width, height), interpolation=cv2.INTER_AREA)
 
 
-def render_frames(width: int, height: int, frames: int, seed: int = 0):
-    """Yields (image, persons) for each frame; the scene is the same in all."""
-    scene = make_scene(width, height, seed)
-    sprites = [(name, _load_sprite(name, round(hf * height)), start, end) for name, hf, start, end in ACTORS]
+def render_frames(width: int, height: int, frames: int, seed: int = 0, actors=ACTORS, pan: float = 0.0,
+                  cut_at: int | None = None):
+    """Yields (image, true background, persons) for each frame.
+
+    `actors`: (sprite, height share, start centre, end centre), centres in shares of the frame; a centre
+    outside 0..1 puts the person partly or wholly out of the picture (entering, leaving). `pan`: the
+    camera turns over the clip by this share of the frame width. `cut_at`: from that frame on, another
+    scene. Persons' boxes are clipped to the frame; persons out of the picture are not listed.
+    """
+    canvas_width = width + round(pan * width)
+    scenes = [make_scene(canvas_width, height, seed)]
+    if cut_at is not None:
+        scenes.append(make_scene(canvas_width, height, seed + 1))
+    sprites = [(name, _load_sprite(name, round(hf * height)), start, end) for name, hf, start, end in actors]
     for i in range(frames):
         t = i / max(1, frames - 1)
+        offset = round(pan * width * t)
+        canvas = scenes[1 if cut_at is not None and i >= cut_at else 0]
+        scene = np.ascontiguousarray(canvas[:, offset : offset + width])
         image = scene.copy()
         persons = []
         for name, sprite, start, end in sprites:
             sh, sw = sprite.shape[:2]
-            cx = (start[0] + (end[0] - start[0]) * t) * width
-            cy = (start[1] + (end[1] - start[1]) * t) * height
-            x0 = int(np.clip(round(cx - sw / 2), 0, width - sw))
-            y0 = int(np.clip(round(cy - sh / 2), 0, height - sh))
-            image[y0 : y0 + sh, x0 : x0 + sw] = sprite
-            persons.append({"actor": name, "box": [x0, y0, x0 + sw, y0 + sh], "still": start == end})
+            x0 = round((start[0] + (end[0] - start[0]) * t) * width - sw / 2)
+            y0 = round((start[1] + (end[1] - start[1]) * t) * height - sh / 2)
+            vx0, vy0, vx1, vy1 = max(0, x0), max(0, y0), min(width, x0 + sw), min(height, y0 + sh)
+            if vx1 <= vx0 or vy1 <= vy0:
+                continue
+            image[vy0:vy1, vx0:vx1] = sprite[vy0 - y0 : vy1 - y0, vx0 - x0 : vx1 - x0]
+            persons.append({"actor": name, "box": [vx0, vy0, vx1, vy1], "still": start == end})
         yield image, scene, persons
 
 

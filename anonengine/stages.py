@@ -92,14 +92,17 @@ class CompositeStage(Stage):
         self.privacy_zones = dict(privacy_zones or {})
         self.compositors: dict[str, Compositor] = {}
 
-    def process(self, frame: Frame, detections: Detections | None) -> np.ndarray:
-        """The anonymized image; without detections the whole frame is obscured (fail closed)."""
+    def process(self, frame: Frame, detections: Detections | None, future: list[Detections | None] = ()) -> np.ndarray:
+        """The anonymized image; without detections the whole frame is obscured (fail closed).
+
+        `future`: detections of the next `hold.lookahead_frames` frames (fewer at the end of a stream).
+        """
         if detections is None:
             return obscured_frame(frame.image.shape)
         compositor = self.compositors.get(frame.camera)
         if compositor is None:
             compositor = self.compositors[frame.camera] = Compositor(self.cfg, self.privacy_zones.get(frame.camera))
-        return compositor.process(frame.image, detections)
+        return compositor.process(frame.image, detections, [f for f in future if f is not None])
 
     def forget(self, camera: str) -> None:
         self.compositors.pop(camera, None)

@@ -14,7 +14,9 @@ from types import SimpleNamespace
 import numpy as np
 
 from anonengine.config import HoldConfig
-from anonengine.detections import NUM_KEYPOINTS, Detections
+from anonengine.detections import NUM_KEYPOINTS, Detections, box_iou
+
+LOOKAHEAD_MIN_IOU = 0.2
 
 
 class MaskHold:
@@ -73,3 +75,21 @@ def with_extra_boxes(detections: Detections, boxes: np.ndarray) -> Detections:
         keypoints=np.concatenate([detections.keypoints, np.zeros((k, NUM_KEYPOINTS, 3), np.float32)]),
         masks=masks,
     )
+
+
+def lookahead_boxes(current: Detections, future: list[Detections]) -> np.ndarray:
+    """Boxes where a person appears in the next frames: found there but not in the frame before.
+
+    With a look-ahead of N frames, a person is hidden from up to N frames before the detector first
+    sees them: the frames of a foot or a shoulder entering the picture, or of a detector that
+    re-acquires someone late. A person already found moves on with their own boxes; their path ahead
+    is not smeared over this frame.
+    """
+    new = []
+    before = current.boxes
+    for frame in future:
+        if len(frame):
+            fresh = frame.boxes if not len(before) else frame.boxes[box_iou(frame.boxes, before).max(axis=1) < LOOKAHEAD_MIN_IOU]
+            new.append(fresh)
+        before = frame.boxes
+    return np.concatenate(new).astype(np.float32) if new else np.zeros((0, 4), np.float32)

@@ -60,14 +60,14 @@ def free_tcp_endpoint() -> str:
 
 
 def reference_frames(clip_path: Path, cfg: EngineConfig) -> list[np.ndarray]:
-    """The inline path's anonymized frames (before encoding), from the same stage classes."""
-    out = []
+    """The inline path's anonymized frames (before encoding), from the same stage classes, with the
+    same look-ahead window of future detections."""
     with DetectStage(cfg.anonymizer) as detect:
-        composite = CompositeStage(cfg.anonymizer)
-        for frame in VideoReader(str(clip_path)):
-            (det,) = detect.process([frame.image])
-            out.append(composite.process(frame, det))
-    return out
+        frames = list(VideoReader(str(clip_path)))
+        found = [detect.process([frame.image])[0] for frame in frames]
+    composite = CompositeStage(cfg.anonymizer)
+    n = cfg.anonymizer.hold.lookahead_frames
+    return [composite.process(frame, det, found[i + 1 : i + 1 + n]) for i, (frame, det) in enumerate(zip(frames, found))]
 
 
 def collect_tap(endpoint: str, sink: list, stop: threading.Event, delay_s: float = 0.0) -> None:

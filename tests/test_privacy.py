@@ -56,6 +56,7 @@ def run_blind(clip, tmp_path, models_dir, monkeypatch, hold: bool, zones=None):
     cfg.anonymizer.detector.pose_model = str(models_dir / "yolo11n-pose.pt")
     cfg.anonymizer.detector.device = "cpu"
     cfg.anonymizer.hold.enabled = hold
+    cfg.anonymizer.hold.lookahead_frames = 0  # the hold alone is under test
     run_inline(cfg)
     return tmp_path / "out.mp4"
 
@@ -142,3 +143,37 @@ def test_audit_finds_persons_in_the_original_and_none_in_the_anonymized(small_sa
     assert raw.leak_rate == 1.0
     sheet = write_worst_frames(raw, tmp_path / "worst.png")
     assert sheet is not None and sheet.stat().st_size > 10_000
+
+
+@pytest.mark.parametrize("lookahead", [0, 8])
+def test_persons_entering_at_the_edges_are_hidden_with_lookahead(tmp_path, models_dir, lookahead):
+    """Walking in from both edges: the frames before the detector finds them leak without look-ahead,
+    and none with it (the inline path, the engine's reference)."""
+    from fractions import Fraction
+
+    from anonengine.config import EncoderConfig
+    from anonengine.sample import render_frames
+    from anonengine.video import VideoWriter
+
+    actors = (("bus_left", 0.60, (-0.10, 0.55), (0.45, 0.55)), ("zidane", 0.45, (1.10, 0.40), (0.62, 0.40)))
+    rendered = list(render_frames(640, 360, 48, actors=actors))
+    source = tmp_path / "entering.mp4"
+    writer = VideoWriter(source, 640, 360, Fraction(25), Fraction(1, 25), EncoderConfig(preset="medium", crf=8))
+    for i, (image, _, _) in enumerate(rendered):
+        writer.write(image, i)
+    writer.close()
+    cfg = EngineConfig(cameras=[CameraConfig(name="c", source=str(source), output=str(tmp_path / "out.mp4"))])
+    cfg.anonymizer.detector.pose_model = str(models_dir / "yolo11n-pose.pt")
+    cfg.anonymizer.detector.device = "cpu"
+    cfg.anonymizer.hold.lookahead_frames = lookahead
+    run_inline(cfg)
+    leaked = set()
+    for (image, scene, persons), out in zip(rendered, VideoReader(str(tmp_path / "out.mp4"))):
+        for p in persons:
+            x0, y0, x1, y1 = p["box"]
+            box = (slice(y0, y1), slice(x0, x1))
+            person = np.abs(image[box].astype(int) - scene[box].astype(int)).max(axis=2) > 40
+            same = np.abs(out.image[box].astype(int) - image[box].astype(int)).max(axis=2) < 12
+            if person.sum() >= 50 and (person & same).sum() > 0.01 * person.sum():
+                leaked.add(out.seq)
+    assert (leaked == set()) if lookahead else leaked, sorted(leaked)

@@ -114,7 +114,10 @@ class CompositeService(Service):
         """Frames whose detections are overdue go out obscured (or are dropped): never raw, never waited for."""
         now = time.monotonic()
         for state in list(self.cameras.values()):
-            deadline = self.cfg.engine.live_deadline_s if state.info.live else self.cfg.engine.deadline_s
+            deadline = self._deadline(state)
+            self._drain(state)  # frames held back by a late look-ahead frame may be due now
+            if state.info.camera not in self.cameras:
+                continue
             while state.free_slots and state.next_seq not in state.pending:
                 entry = state.expected.get(state.next_seq)
                 if entry is None or now - entry[1] < deadline:
@@ -168,8 +171,31 @@ class CompositeService(Service):
             state.end_sent = True
         self._drain(state)
 
+    def _deadline(self, state: CameraState) -> float:
+        return self.cfg.engine.live_deadline_s if state.info.live else self.cfg.engine.deadline_s
+
+    def _ready(self, state: CameraState) -> bool:
+        """The next frame has its detections and, with look-ahead, those of the frames after it
+        (except frames past their deadline, which must not hold the others back)."""
+        if state.next_seq not in state.pending:
+            return False
+        now = time.monotonic()
+        for seq in range(state.next_seq + 1, state.next_seq + 1 + self.cfg.anonymizer.hold.lookahead_frames):
+            if state.end is not None and seq >= state.end:
+                break
+            if seq not in state.pending:
+                entry = state.expected.get(seq)
+                if entry is None or now - entry[1] < self._deadline(state):
+                    return False
+        return True
+
+    def _future(self, state: CameraState, seq: int) -> list:
+        ahead = range(seq + 1, seq + 1 + self.cfg.anonymizer.hold.lookahead_frames)
+        results = [state.pending.get(s) for s in ahead]
+        return [messages.unpack_detections(r.persons) for r in results if r is not None and r.status == "ok"]
+
     def _drain(self, state: CameraState) -> None:
-        while state.next_seq in state.pending and state.free_slots:
+        while state.free_slots and self._ready(state):
             self._emit(state, state.pending.pop(state.next_seq))
         if state.end is not None and state.next_seq >= state.end and not state.end_sent:
             send(self.encoder, messages.StreamEnd(state.info.camera, state.end))
@@ -186,7 +212,7 @@ class CompositeService(Service):
             return
         frame = Frame(ref.camera, ref.seq, ref.pts, state.info.time_base_fraction, view)
         detections = messages.unpack_detections(result.persons) if result.status == "ok" else None
-        image = self.compositing.process(frame, detections)
+        image = self.compositing.process(frame, detections, self._future(state, ref.seq))
         try:
             source.check(ref.slot, ref.seq, slot_state)
         except StaleSlot:
