@@ -30,6 +30,11 @@ class DetectorConfig(StrictModel):
     )
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?|\d+)$", description="auto, cpu or cuda:N.")
     imgsz: int = Field(640, ge=32, le=4096, multiple_of=32, description="Detector input size in pixels.")
+    backend: Literal["auto", "torch", "onnx", "openvino", "tensorrt"] = Field(
+        "auto",
+        description="Inference backend; exported models are cached next to the weights. auto: TensorRT (else "
+        "half-precision torch) on CUDA, OpenVINO (else torch) on CPU.",
+    )
     person_conf: float = Field(
         0.15, ge=0.0, le=1.0, description="Minimum score for a person to be masked (lower hides more)."
     )

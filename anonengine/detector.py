@@ -12,6 +12,7 @@ import logging
 import numpy as np
 
 from anonengine import models
+from anonengine.backends import ExportedModels, choose_backend
 from anonengine.config import AnonymizerConfig
 from anonengine.detections import NUM_KEYPOINTS, Detections, box_iou
 from anonengine.errors import ModelError
@@ -55,13 +56,26 @@ class PersonDetector:
         det = cfg.detector
         self.device = select_device(det.device)
         self.half = det.half and self.device.startswith("cuda")
-        self.pose = load_yolo(det.pose_model, "pose")
+        # Importing Ultralytics sets its logger to INFO: its per-load chatter is not the user's business.
+        import ultralytics  # noqa: F401
+
+        logging.getLogger("ultralytics").setLevel(max(logging.WARNING, logging.getLogger().level))
+        self.backend = choose_backend(det.backend, self.device)
+        self.pose = self._load(det.pose_model, "pose")
         self.outline = None
         if cfg.method == "seg":
-            self.outline = load_yolo(det.seg_model, "segment")
+            self.outline = self._load(det.seg_model, "segment")
         elif det.bbox_model:
-            self.outline = load_yolo(det.bbox_model, "detect")
-        self._warm_up()
+            self.outline = self._load(det.bbox_model, "detect")
+        if self.backend == "torch":
+            self._warm_up()
+
+    def _load(self, spec: str, task: str):
+        """A torch YOLO model, or for another backend the per-shape exports of one (checked as torch first)."""
+        model = load_yolo(spec, task)
+        if self.backend == "torch" or models.is_architecture(spec):
+            return model
+        return ExportedModels(models.resolve(spec), task, self.backend, self.cfg.detector.imgsz, self.half)
 
     def _warm_up(self) -> None:
         # The first predict builds the predictor, and on CPU Ultralytics then pins torch to
@@ -72,15 +86,25 @@ class PersonDetector:
             _set_torch_threads(self.cfg.detector.threads)
 
     def _predict(self, model, frames: list[np.ndarray]):
+        if isinstance(model, ExportedModels):
+            # Exported models take one frame of their own shape at a time (batching gains little on a CPU).
+            results = []
+            for frame in frames:
+                exported, shape = model.model_for(frame.shape[:2])
+                results += self._predict_with(exported, [frame], list(shape))
+            return results
+        return self._predict_with(model, frames, self.cfg.detector.imgsz)
+
+    def _predict_with(self, model, frames: list[np.ndarray], imgsz):
         det = self.cfg.detector
         return model.predict(
             frames,
-            imgsz=det.imgsz,
+            imgsz=imgsz,
             conf=det.person_conf,
             iou=det.iou,
             classes=[0],
             device=self.device,
-            quantize=16 if self.half else None,
+            quantize=16 if self.half and self.backend == "torch" else None,
             retina_masks=True,
             verbose=False,
         )

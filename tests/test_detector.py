@@ -7,7 +7,7 @@ import pytest
 
 from anonengine import models
 from anonengine.config import AnonymizerConfig
-from anonengine.detections import Detections
+from anonengine.detections import Detections, box_iou
 from anonengine.detector import PersonDetector, merge
 from anonengine.sample import assets_dir
 
@@ -78,3 +78,24 @@ def test_merge_keeps_pose_persons_the_outline_model_missed():
 def test_detections_reject_malformed_fields_with_a_clear_message():
     with pytest.raises(ValueError, match=r"Detections.keypoints: expected ndarray \(1, 17, 3\)"):
         Detections((10, 10), np.zeros((1, 4), np.float32), np.zeros(1, np.float32), np.zeros((1, 5, 3), np.float32))
+
+
+@pytest.mark.parametrize("backend", ["openvino", "onnx"])
+def test_backends_agree_with_torch_on_real_images(models_dir, backend):
+    """Same persons found, boxes IoU >= 0.9, on the real-image tests; exported once per input shape."""
+    import importlib.util
+
+    if backend == "onnx" and importlib.util.find_spec("onnxruntime") is None:
+        pytest.skip("onnxruntime is not installed (optional backend)")
+    results = {}
+    for name in ("torch", backend):
+        cfg = AnonymizerConfig()
+        cfg.detector.pose_model = str(models_dir / "yolo11n-pose.pt")
+        cfg.detector.device = "cpu"
+        cfg.detector.backend = name
+        detector = PersonDetector(cfg)
+        results[name] = [detector.detect([cv2.imread(str(assets_dir() / n))])[0] for n in ("bus.jpg", "zidane.jpg")]
+    for ref, other in zip(results["torch"], results[backend]):
+        assert len(ref) == len(other)
+        assert box_iou(ref.boxes, other.boxes).max(axis=1).min() >= 0.9
+    assert list((models_dir / ".exports").glob(f"yolo11n-pose-*-640x480-b1-fp32*"))  # bus.jpg's own shape

@@ -1,0 +1,116 @@
+"""Inference backends: PyTorch as loaded, or the same model exported to OpenVINO, ONNX or TensorRT.
+
+An exported model has a fixed input shape. Each camera's frames letterbox to one shape at a given
+`imgsz` (640x384 for 16:9 at 640), so a model is exported per shape on first use, through
+Ultralytics, and cached next to the weights under a key of (weights hash, shape, batch, precision).
+A square export would spend two fifths of its work on padding for 16:9 video.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import math
+import shutil
+import warnings
+from pathlib import Path
+
+from anonengine import models
+from anonengine.errors import ModelError
+
+log = logging.getLogger(__name__)
+
+SUFFIX = {"openvino": "_openvino_model", "onnx": ".onnx", "tensorrt": ".engine"}
+EXPORT_DIR = ".exports"
+STRIDE = 32
+
+
+def choose_backend(backend: str, device: str) -> str:
+    """`auto`: TensorRT, else half-precision torch, on CUDA; OpenVINO on CPU where installed, else torch."""
+    if backend != "auto":
+        return backend
+    if device.startswith("cuda"):
+        return "tensorrt" if _importable("tensorrt") else "torch"
+    return "openvino" if _importable("openvino") else "torch"
+
+
+def letterbox_shape(frame_shape: tuple[int, int], imgsz: int) -> tuple[int, int]:
+    """The detector's input (h, w) for a frame: long side to `imgsz`, sides up to a stride multiple."""
+    h, w = frame_shape
+    r = imgsz / max(h, w)
+    return (math.ceil(round(h * r) / STRIDE) * STRIDE, math.ceil(round(w * r) / STRIDE) * STRIDE)
+
+
+class ExportedModels:
+    """One exported model per input shape, exported on first use and cached on disk."""
+
+    def __init__(self, weights: str, task: str, backend: str, imgsz: int, half: bool) -> None:
+        if models.is_architecture(weights):
+            raise ModelError(f"backend {backend} needs trained weights, not an architecture ({weights})")
+        self.weights, self.task, self.backend, self.imgsz, self.half = Path(weights), task, backend, imgsz, half
+        self._models: dict[tuple[int, int], object] = {}
+
+    def model_for(self, frame_shape: tuple[int, int]):
+        shape = letterbox_shape(frame_shape, self.imgsz)
+        model = self._models.get(shape)
+        if model is None:
+            from ultralytics import YOLO
+
+            model = self._models[shape] = YOLO(str(self.export(shape)), task=self.task)
+        return model, shape
+
+    def cache_path(self, shape: tuple[int, int]) -> Path:
+        digest = models.sha256(self.weights)[:12]
+        precision = "fp16" if self.half else "fp32"
+        key = f"{self.weights.stem}-{digest}-{shape[0]}x{shape[1]}-b1-{precision}"
+        return self.weights.parent / EXPORT_DIR / f"{key}{SUFFIX[self.backend]}"
+
+    def export(self, shape: tuple[int, int]) -> Path:
+        target = self.cache_path(shape)
+        if target.exists():
+            return target
+        target.parent.mkdir(parents=True, exist_ok=True)
+        # Several detector processes may start at once: one exports, the others wait and reuse it.
+        with open(target.parent / f"{target.name}.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if not target.exists():
+                self._export_to(target, shape)
+        return target
+
+    def _export_to(self, target: Path, shape: tuple[int, int]) -> None:
+        from ultralytics import YOLO
+
+        work = target.parent / f"{target.name}.work"
+        shutil.rmtree(work, ignore_errors=True)
+        work.mkdir()
+        try:
+            staged = work / self.weights.name
+            shutil.copy2(self.weights, staged)
+            log.info("exporting %s to %s at %dx%d (once; cached in %s)", self.weights.name, self.backend,
+                     shape[1], shape[0], target.parent)
+            fmt = {"openvino": "openvino", "onnx": "onnx", "tensorrt": "engine"}[self.backend]
+            ultralytics_log = logging.getLogger("ultralytics")
+            level = ultralytics_log.level
+            ultralytics_log.setLevel(logging.WARNING)  # the exporter's pages of progress are not ours to show
+            try:
+                with warnings.catch_warnings():  # tracing warnings about Ultralytics' own code
+                    warnings.simplefilter("ignore")
+                    produced = YOLO(str(staged), task=self.task).export(
+                        format=fmt, imgsz=list(shape), quantize=16 if self.half else None, batch=1, verbose=False
+                    )
+            finally:
+                ultralytics_log.setLevel(level)
+            Path(produced).rename(target)
+        except ModelError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - exporters raise many types; the user needs one line
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise ModelError(f"cannot export {self.weights.name} to {self.backend}: {reason}") from None
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def _importable(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
