@@ -34,6 +34,8 @@ def add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--person-conf", type=float, default=None, help="person score to mask, 0..1 (lower hides more)")
     p.add_argument("--imgsz", type=int, default=None, help="detector input size (multiple of 32)")
     p.add_argument("--device", default=None, help="auto, cpu or cuda:N")
+    p.add_argument("--backend", choices=["auto", "torch", "onnx", "openvino", "tensorrt"], default=None,
+                   help="inference backend (auto: OpenVINO on CPU, TensorRT or torch fp16 on CUDA)")
     p.add_argument("--fill", choices=["inpaint", "solid"], default=None, help="fill for never-seen background")
     p.add_argument("--on-detector-error", choices=["stop", "obscure"], default=None)
     p.add_argument("--crf", type=int, default=None, help="H.264 quality (lower is better)")
@@ -57,6 +59,7 @@ def config_from_run_flags(args: argparse.Namespace):
             bbox_model=args.bbox_model,
             imgsz=args.imgsz,
             device=args.device,
+            backend=args.backend,
             person_conf=args.person_conf,
         ),
         "background": _drop_none(alpha=args.alpha, fill=args.fill),
@@ -222,7 +225,8 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # noqa: BLE001 - one line for the user; the traceback on request
         if os.environ.get("ANONENGINE_DEBUG"):
             raise
-        print(f"anonengine: internal error: {type(exc).__name__}: {exc} (ANONENGINE_DEBUG=1 shows where)", file=sys.stderr)
+        reason = f"{type(exc).__name__}: {exc}".splitlines()[0]
+        print(f"anonengine: internal error: {reason} (ANONENGINE_DEBUG=1 shows where)", file=sys.stderr)
         return 1
 
 

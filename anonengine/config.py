@@ -129,6 +129,11 @@ class CameraConfig(StrictModel):
     source: str = Field(..., min_length=1, description="Video file, webcam index (0) or stream URL.")
     output: str | None = Field(None, description="Anonymized video file to write (MP4); none = tap only.")
     metadata: str | None = Field(None, description="Per-frame JSON-lines metadata file to write.")
+    live: bool | None = Field(
+        None,
+        description="Treat the source as a live camera (never wait, drop the oldest frame when full); a file "
+        "is then read at its own frame rate. None: cameras and stream URLs are live, files are not.",
+    )
     privacy_zones: list[list[tuple[float, float]]] = Field(
         default_factory=list,
         description="Polygons always hidden, as [x, y] points in shares of the frame width and height (0..1).",

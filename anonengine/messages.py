@@ -79,6 +79,14 @@ class StreamEnd:
 
 
 @dataclass(frozen=True)
+class Dropped:
+    """A live capture reused the slot of frame `seq` before it was done: skip it."""
+
+    camera: str
+    seq: int
+
+
+@dataclass(frozen=True)
 class Release:
     """The slot of frame `seq` may be reused by its owner."""
 
@@ -121,7 +129,7 @@ class Stats:
     counters: dict
 
 
-MESSAGE_TYPES = {cls.__name__: cls for cls in (StreamInfoMsg, FrameRef, Detected, StreamEnd, Release, OutFrame,
+MESSAGE_TYPES = {cls.__name__: cls for cls in (StreamInfoMsg, FrameRef, Detected, StreamEnd, Dropped, Release, OutFrame,
                                                 CameraDone, Stats)}
 
 

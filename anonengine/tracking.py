@@ -89,7 +89,9 @@ def lookahead_boxes(current: Detections, future: list[Detections]) -> np.ndarray
     before = current.boxes
     for frame in future:
         if len(frame):
-            fresh = frame.boxes if not len(before) else frame.boxes[box_iou(frame.boxes, before).max(axis=1) < LOOKAHEAD_MIN_IOU]
+            fresh = frame.boxes
+            if len(before):
+                fresh = fresh[box_iou(fresh, before).max(axis=1) < LOOKAHEAD_MIN_IOU]
             new.append(fresh)
         before = frame.boxes
     return np.concatenate(new).astype(np.float32) if new else np.zeros((0, 4), np.float32)

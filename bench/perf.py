@@ -22,12 +22,10 @@ import cv2
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from engine import config, engine_fps  # noqa: E402 - bench/engine.py, beside this file
+from engine import config, engine_fps, inline_fps  # noqa: E402 - bench/engine.py, beside this file
 
 from anonengine import models  # noqa: E402
 from anonengine.config import AnonymizerConfig  # noqa: E402
-from anonengine.detector import PersonDetector  # noqa: E402
-from anonengine.inline import run_inline  # noqa: E402
 from anonengine.sample import make_sample  # noqa: E402
 from anonengine.video import VideoReader, VideoWriter  # noqa: E402
 
@@ -64,15 +62,6 @@ def seed_fps(clip, out: Path, imgsz: int) -> float:
     return (n - 1) / (time.perf_counter() - start)
 
 
-def inline_fps(clip, out: Path, backend: str, imgsz: int) -> float:
-    cfg = config(clip, out, 1, imgsz)
-    cfg.anonymizer.detector.backend = backend
-    PersonDetector(cfg.anonymizer).detect([VideoReader(str(clip.video)).__iter__().__next__().image])  # export
-    start = time.perf_counter()
-    (result,) = run_inline(cfg)
-    return result.frames / (time.perf_counter() - start)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--frames", type=int, default=96)
@@ -87,7 +76,9 @@ def main() -> None:
         rows.append(("seed algorithm (torch x2, float32)", 640, seed))
         for backend in ("torch", "openvino"):
             for imgsz in (640, 320):
-                rows.append((f"--inline, {backend}", imgsz, inline_fps(clip, out, backend, imgsz)))
+                cfg = config(clip, out, 1, imgsz)
+                cfg.anonymizer.detector.backend = backend
+                rows.append((f"--inline, {backend}", imgsz, inline_fps(cfg, args.frames)))
         for imgsz in (640, 320):
             cfg = config(clip, out, 1, imgsz)
             rows.append(("engine, openvino, 1 camera", imgsz, engine_fps(cfg, args.frames)))

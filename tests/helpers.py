@@ -23,3 +23,20 @@ def stage_pids(instance: str) -> list[int]:
         if title.fullmatch(" ".join(words)) or ("--instance", instance) in pairwise(words):
             found.append(int(entry.name))
     return found
+
+
+PERSON_LEVELS = 40  # a pixel shows the person where it differs from the true background by more
+SAME_LEVELS = 12  # and the output still shows it where it is this close to the input
+LEAK_SHARE = 0.01  # a person is shown when more than this share of their pixels comes out as filmed
+
+
+def shown_share(source, output, background, box) -> float:
+    """Share of the person's distinctive pixels in `box` (x0, y0, x1, y1) that the output shows as filmed."""
+    import numpy as np
+
+    x0, y0, x1, y1 = box
+    region = (slice(y0, y1), slice(x0, x1))
+    src = source[region].astype(int)
+    person = np.abs(src - background[region].astype(int)).max(axis=2) > PERSON_LEVELS
+    same = np.abs(output[region].astype(int) - src).max(axis=2) < SAME_LEVELS
+    return float((person & same).sum() / max(1, person.sum()))

@@ -98,4 +98,4 @@ def test_backends_agree_with_torch_on_real_images(models_dir, backend):
     for ref, other in zip(results["torch"], results[backend]):
         assert len(ref) == len(other)
         assert box_iou(ref.boxes, other.boxes).max(axis=1).min() >= 0.9
-    assert list((models_dir / ".exports").glob(f"yolo11n-pose-*-640x480-b1-fp32*"))  # bus.jpg's own shape
+    assert list((models_dir / ".exports").glob("yolo11n-pose-*-640x480-b1-fp32*"))  # bus.jpg's own shape

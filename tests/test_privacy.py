@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+from helpers import LEAK_SHARE, shown_share
 
 from anonengine.background import BackgroundModel
 from anonengine.compositor import JOINT_COLOR, LIMB_COLOR, Compositor
@@ -29,13 +30,9 @@ def leaks(clip, out_path, frames):
         if src.seq not in frames:
             continue
         for p in persons:
-            x0, y0, x1, y1 = p["box"]
-            box = (slice(y0, y1), slice(x0, x1))
-            person = np.abs(src.image[box].astype(int) - bg[box]).max(axis=2) > 40
-            same = np.abs(dst.image[box].astype(int) - src.image[box].astype(int)).max(axis=2) < 12
-            share = (person & same).sum() / max(1, person.sum())
-            if share > 0.01:
-                found.append((src.seq, p["actor"], round(float(share), 3)))
+            share = shown_share(src.image, dst.image, bg, p["box"])
+            if share > LEAK_SHARE:
+                found.append((src.seq, p["actor"], round(share, 3)))
     return found
 
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import zmq
 
 from anonengine import messages
-from anonengine.engine.runtime import POLL_MS, Service, send
+from anonengine.engine.runtime import POLL_MS, Service, receive_waiting, send
 from anonengine.errors import AnonError
 from anonengine.shm import FrameRing, segment_name
 from anonengine.video import VideoReader
@@ -49,6 +49,10 @@ class CaptureService(Service):
         name = segment_name(self.instance, f"{self.camera}x{os.getpid()}")
         self.ring = FrameRing.create(name, slots, info.height, info.width)
         self.free_slots = list(range(slots))
+        # A camera, or a file replayed as one (`live: true`): never waits for downstream, drops instead.
+        self.live = info.live if self.camera_cfg.live is None else self.camera_cfg.live
+        self.paced = self.live and not info.live
+        self._clock_start: tuple[float, float] | None = None
         self.frames_out = self.socket(zmq.PUSH, self.endpoints.frames(self.camera), bind=True, hwm=slots)
         self.releases = self.socket(zmq.PULL, self.endpoints.capture(self.camera), bind=True)
         self.downstream = self.socket(zmq.PUSH, self.endpoints.composite)
@@ -64,7 +68,7 @@ class CaptureService(Service):
             camera=self.camera, width=info.width, height=info.height,
             rate=(info.rate.numerator, info.rate.denominator),
             time_base=(info.time_base.numerator, info.time_base.denominator),
-            live=info.live, frames=info.frames, ring=self.ring.name, slots=self.ring.slots,
+            live=self.live, frames=info.frames, ring=self.ring.name, slots=self.ring.slots,
             output=self.camera_cfg.output, metadata=self.camera_cfg.metadata, next_seq=next_seq,
             privacy_zones=[[list(p) for p in zone] for zone in self.camera_cfg.privacy_zones],
         ))  # fmt: skip
@@ -80,11 +84,8 @@ class CaptureService(Service):
 
     def _capture_one(self) -> bool:
         """Decodes and offers one frame; False at the end of the source."""
-        if not self.free_slots:
-            if self.reader.info.live:
-                next(self.frames_iter, None)  # keep the camera read; drop what cannot be stored
-                self.count("dropped_no_slot")
-            return True
+        if not self.free_slots and not self.live:
+            return True  # a file waits for a slot: nothing is dropped
         try:
             frame = next(self.frames_iter)
         except StopIteration:
@@ -92,6 +93,10 @@ class CaptureService(Service):
         except AnonError as exc:
             send(self.downstream, messages.StreamEnd(self.camera, self.seq, error=str(exc)))
             raise
+        if self.paced:
+            self._wait_until_due(frame.time)
+        if not self.free_slots:
+            self._drop_oldest()  # a live camera is never kept waiting
         slot = self.free_slots.pop()
         self.ring.write(slot, self.seq, frame.image)
         ref = messages.FrameRef(self.camera, self.seq, frame.pts, self.ring.name, slot, self.ring.slots,
@@ -104,21 +109,32 @@ class CaptureService(Service):
         self.count("frames")
         return True
 
+    def _drop_oldest(self) -> None:
+        """Frees the slot of the oldest frame in flight; downstream skips it if it is not done yet."""
+        oldest = self.inflight.pop(min(self.inflight))
+        self.free_slots.append(oldest.ref.slot)
+        send(self.downstream, messages.Dropped(self.camera, oldest.ref.seq))
+        self.count("dropped_oldest")
+
+    def _wait_until_due(self, frame_time: float) -> None:
+        """A file replayed as a live camera: each frame is read at its own time, releases flowing meanwhile."""
+        if self._clock_start is None:
+            self._clock_start = (time.monotonic(), frame_time)
+        due = self._clock_start[0] + frame_time - self._clock_start[1]
+        while (wait := due - time.monotonic()) > 0:
+            self._take_releases(timeout_ms=max(1, int(wait * 1000)))
+
     def _offer(self, ref: messages.FrameRef) -> None:
         # Waits while no detector is connected or all are full; releases keep flowing meanwhile.
         while ref.seq in self.inflight and not send(self.frames_out, ref, block=False):
             self._take_releases(timeout_ms=POLL_MS)
-            if self.stopping and self.reader.info.live:
+            if self.stopping and self.live:
                 return
 
     def _take_releases(self, timeout_ms: int) -> None:
         if not self.releases.poll(timeout_ms):
             return
-        while True:
-            try:
-                release = messages.decode(self.releases.recv(zmq.NOBLOCK))
-            except zmq.Again:
-                return
+        for release in receive_waiting(self.releases):
             done = self.inflight.pop(release.seq, None)
             if done is not None:
                 self.free_slots.append(done.ref.slot)

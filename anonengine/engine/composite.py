@@ -15,8 +15,7 @@ from dataclasses import dataclass, field
 import zmq
 
 from anonengine import messages
-from anonengine.compositor import obscured_frame
-from anonengine.engine.runtime import POLL_MS, Service, send
+from anonengine.engine.runtime import POLL_MS, Service, receive_waiting, send
 from anonengine.shm import FrameRing, RingCache, StaleSlot, segment_name
 from anonengine.stages import CompositeStage
 from anonengine.video import Frame
@@ -32,6 +31,7 @@ class CameraState:
     pending: dict[int, messages.Detected] = field(default_factory=dict)
     expected: dict[int, tuple[messages.FrameRef, float]] = field(default_factory=dict)  # seq -> (ref, captured at)
     held: dict[int, int] = field(default_factory=dict)  # out seq -> input slot, until encoded
+    dropped: set[int] = field(default_factory=set)  # seqs a live capture took back before they were done
     end: int | None = None
     end_sent: bool = False
 
@@ -55,11 +55,7 @@ class CompositeService(Service):
 
     def step(self) -> bool:
         if self.inbox.poll(POLL_MS):
-            while True:
-                try:
-                    message = messages.decode(self.inbox.recv(zmq.NOBLOCK))
-                except zmq.Again:
-                    break
+            for message in receive_waiting(self.inbox):
                 self._handle(message)
         self._enforce_deadlines()
         # Stopped last but one: captures and detectors are gone, nothing more can complete a frame.
@@ -70,6 +66,8 @@ class CompositeService(Service):
             self._on_detected(message)
         elif isinstance(message, messages.FrameRef):
             self._on_captured(message)
+        elif isinstance(message, messages.Dropped):
+            self._on_dropped(message)
         elif isinstance(message, messages.StreamInfoMsg):
             self._on_stream(message)
         elif isinstance(message, messages.StreamEnd):
@@ -109,6 +107,16 @@ class CompositeService(Service):
             self.orphan_refs.setdefault(ref.camera, {})[ref.seq] = entry
         elif ref.seq >= state.next_seq:
             state.expected.setdefault(ref.seq, entry)
+
+    def _on_dropped(self, dropped: messages.Dropped) -> None:
+        state = self.cameras.get(dropped.camera)
+        if state is None or dropped.seq < state.next_seq:
+            return  # already out: the capture only took back a slot it no longer needed
+        state.dropped.add(dropped.seq)
+        state.pending.pop(dropped.seq, None)
+        state.expected.pop(dropped.seq, None)
+        self.count("dropped")
+        self._drain(state)
 
     def _enforce_deadlines(self) -> None:
         """Frames whose detections are overdue go out obscured (or are dropped): never raw, never waited for."""
@@ -183,7 +191,7 @@ class CompositeService(Service):
         for seq in range(state.next_seq + 1, state.next_seq + 1 + self.cfg.anonymizer.hold.lookahead_frames):
             if state.end is not None and seq >= state.end:
                 break
-            if seq not in state.pending:
+            if seq not in state.pending and seq not in state.dropped:
                 entry = state.expected.get(seq)
                 if entry is None or now - entry[1] < self._deadline(state):
                     return False
@@ -195,7 +203,12 @@ class CompositeService(Service):
         return [messages.unpack_detections(r.persons) for r in results if r is not None and r.status == "ok"]
 
     def _drain(self, state: CameraState) -> None:
-        while state.free_slots and self._ready(state):
+        while True:
+            while state.next_seq in state.dropped:
+                state.dropped.discard(state.next_seq)
+                state.next_seq += 1
+            if not (state.free_slots and self._ready(state)):
+                break
             self._emit(state, state.pending.pop(state.next_seq))
         if state.end is not None and state.next_seq >= state.end and not state.end_sent:
             send(self.encoder, messages.StreamEnd(state.info.camera, state.end))
@@ -205,21 +218,17 @@ class CompositeService(Service):
     def _emit(self, state: CameraState, result: messages.Detected) -> None:
         ref = result.frame
         try:
-            source = self.inputs.get(ref.ring, ref.slots, ref.height, ref.width)
-            view, slot_state = source.view(ref.slot, ref.seq)
+            # A checked private copy, before anything learns from it: a torn frame (its slot reused by a
+            # live capture meanwhile) must not reach the background model, even if its output is dropped.
+            image_in = self.inputs.get(ref.ring, ref.slots, ref.height, ref.width).read(ref.slot, ref.seq)
         except (StaleSlot, FileNotFoundError):
             self.count("stale")
             return
-        frame = Frame(ref.camera, ref.seq, ref.pts, state.info.time_base_fraction, view)
+        frame = Frame(ref.camera, ref.seq, ref.pts, state.info.time_base_fraction, image_in)
         detections = messages.unpack_detections(result.persons) if result.status == "ok" else None
         image = self.compositing.process(frame, detections, self._future(state, ref.seq))
-        try:
-            source.check(ref.slot, ref.seq, slot_state)
-        except StaleSlot:
-            self.count("stale")
-            return
         out_slot = state.free_slots.pop()
-        state.ring.write(out_slot, ref.seq, image if detections is not None else obscured_frame(view.shape))
+        state.ring.write(out_slot, ref.seq, image)
         send(self.encoder, messages.OutFrame(
             camera=ref.camera, seq=ref.seq, pts=ref.pts, ring=state.ring.name, slot=out_slot,
             slots=state.ring.slots, height=state.ring.height, width=state.ring.width,

@@ -16,7 +16,7 @@ import msgpack
 import zmq
 
 from anonengine import messages
-from anonengine.engine.runtime import POLL_MS, Service, send
+from anonengine.engine.runtime import POLL_MS, Service, receive_waiting, send
 from anonengine.errors import AnonError
 from anonengine.shm import RingCache, StaleSlot
 from anonengine.stages import EncodeStage
@@ -31,6 +31,7 @@ class Output:
     info: messages.StreamInfoMsg
     writer: EncodeStage | None
     next_seq: int
+    written: int = 0  # fewer than next_seq when a live camera dropped frames
 
 
 class EncodeService(Service):
@@ -64,11 +65,7 @@ class EncodeService(Service):
         if self.tap is not None and self.tap in events:
             self._count_subscribers()
         if self.inbox in events:
-            while True:
-                try:
-                    message = messages.decode(self.inbox.recv(zmq.NOBLOCK))
-                except zmq.Again:
-                    break
+            for message in receive_waiting(self.inbox):
                 self._handle(message)
         return not (self.stopping and self.inbox not in events)
 
@@ -123,6 +120,7 @@ class EncodeService(Service):
             output.writer.process(as_frame, image, persons)
         self._publish(frame, output, image)
         output.next_seq = frame.seq + 1
+        output.written += 1
         self.count("frames")
 
     def _release(self, frame: messages.OutFrame) -> None:
@@ -166,8 +164,8 @@ class EncodeService(Service):
                 path = output.info.output
             except AnonError as exc:
                 self.log.error("%s: %s", camera, exc)
-        send(self.events, messages.CameraDone(camera, output.next_seq, path), block=False)
-        self.log.info("%s: %d frames written to %s", camera, output.next_seq, path or "(tap only)")
+        send(self.events, messages.CameraDone(camera, output.written, path), block=False)
+        self.log.info("%s: %d frames written to %s", camera, output.written, path or "(tap only)")
 
     def close(self) -> None:
         # On SIGTERM: every output as far as it got, finalised and playable.

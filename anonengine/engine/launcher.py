@@ -24,7 +24,7 @@ import zmq
 
 from anonengine import messages
 from anonengine.config import CameraConfig, EngineConfig
-from anonengine.engine.runtime import Endpoints
+from anonengine.engine.runtime import Endpoints, receive_waiting
 from anonengine.errors import AnonError
 from anonengine.shm import instance_segments, remove_stale_segments, unlink
 
@@ -171,11 +171,7 @@ class Launcher:
         poller.register(self.events, zmq.POLLIN)
         poller.register(self.control, zmq.POLLIN)
         ready = dict(poller.poll(timeout_ms))
-        while self.events in ready:
-            try:
-                message = messages.decode(self.events.recv(zmq.NOBLOCK))
-            except zmq.Again:
-                break
+        for message in receive_waiting(self.events) if self.events in ready else ():
             if isinstance(message, messages.CameraDone):
                 self.done[message.camera] = message
             elif isinstance(message, messages.Stats):

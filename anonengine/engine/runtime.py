@@ -132,6 +132,16 @@ def receive(sock: zmq.Socket):
     return messages.decode(sock.recv())
 
 
+def receive_waiting(sock: zmq.Socket):
+    """Yields every message already waiting on `sock`, without blocking."""
+    while True:
+        try:
+            data = sock.recv(zmq.NOBLOCK)
+        except zmq.Again:
+            return
+        yield messages.decode(data)
+
+
 def configure_logging(stage: str, camera: str) -> None:
     logging.basicConfig(
         level=os.environ.get("ANONENGINE_LOG_LEVEL", "INFO"),
