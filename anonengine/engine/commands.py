@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import sys
+from fractions import Fraction
 from pathlib import Path
 
 import zmq
@@ -15,6 +16,7 @@ from anonengine.config import EngineConfig, load_yaml
 from anonengine.errors import ConfigError, InputError
 
 CONTROL_TIMEOUT_MS = 5000
+TAP_TIME_BASE = Fraction(1, 90000)
 
 
 def register(sub) -> None:
@@ -128,7 +130,7 @@ def cmd_tap(args: argparse.Namespace) -> int:
                   f"{' obscured' if meta['obscured'] else ''}{f' missed={gap}' if gap else ''}", flush=True)
             if args.record:
                 writer = writer or _tap_writer(args.record, image)
-                writer.write(image, meta["pts"])
+                writer.write(image, round(meta["time"] * TAP_TIME_BASE.denominator))
             count += 1
             if args.frames and count >= args.frames:
                 break
@@ -141,12 +143,10 @@ def cmd_tap(args: argparse.Namespace) -> int:
 
 
 def _tap_writer(path: str, image):
-    from fractions import Fraction
-
     from anonengine.video import VideoWriter
 
-    # pts from the tap are in the source's time base, unknown here; a fine base keeps them exact for most.
-    return VideoWriter(path, image.shape[1], image.shape[0], Fraction(25), Fraction(1, 90000))
+    # Frames carry their time in seconds; a 90 kHz base keeps common frame rates exact.
+    return VideoWriter(path, image.shape[1], image.shape[0], Fraction(25), TAP_TIME_BASE)
 
 
 def cmd_control(args: argparse.Namespace) -> int:
