@@ -97,16 +97,9 @@ class Release:
 
 @dataclass(frozen=True)
 class OutFrame:
-    """Anonymized frame `seq` of `camera` in the compositor's ring, with what was found in it."""
+    """An anonymized frame, in a slot of the compositor's ring, with what was found in it."""
 
-    camera: str
-    seq: int
-    pts: int
-    ring: str
-    slot: int
-    slots: int
-    height: int
-    width: int
+    frame: FrameRef
     obscured: bool
     persons: list = field(default_factory=list)
 
@@ -165,7 +158,7 @@ def _from_plain(cls, fields: dict):
                 if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING}
     if not required <= fields.keys() or not fields.keys() <= names:
         raise ValueError(f"{cls.__name__}: expected fields {sorted(names)}, got {sorted(fields)}")
-    if cls is Detected:
+    if isinstance(fields.get("frame"), dict):  # Detected and OutFrame carry a FrameRef
         fields = {**fields, "frame": _from_plain(FrameRef, fields["frame"])}
     for key in ("rate", "time_base"):
         if key in fields and isinstance(fields[key], list):

@@ -229,11 +229,10 @@ class CompositeService(Service):
         image = self.compositing.process(frame, detections, self._future(state, ref.seq))
         out_slot = state.free_slots.pop()
         state.ring.write(out_slot, ref.seq, image)
-        send(self.encoder, messages.OutFrame(
-            camera=ref.camera, seq=ref.seq, pts=ref.pts, ring=state.ring.name, slot=out_slot,
-            slots=state.ring.slots, height=state.ring.height, width=state.ring.width,
-            obscured=detections is None, persons=detections.to_meta() if detections is not None else [],
-        ))  # fmt: skip
+        out_ref = messages.FrameRef(ref.camera, ref.seq, ref.pts, state.ring.name, out_slot, state.ring.slots,
+                                    state.ring.height, state.ring.width)
+        persons = detections.to_meta() if detections is not None else []
+        send(self.encoder, messages.OutFrame(out_ref, obscured=detections is None, persons=persons))
         state.held[ref.seq] = ref.slot
         state.expected.pop(ref.seq, None)
         state.next_seq += 1

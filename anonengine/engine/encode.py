@@ -99,48 +99,45 @@ class EncodeService(Service):
             writer.setup()
         self.outputs[info.camera] = Output(info, writer, info.next_seq)
 
-    def _on_frame(self, frame: messages.OutFrame) -> None:
-        output = self.outputs.get(frame.camera)
-        if output is None or frame.seq < output.next_seq:
-            self._release(frame)
+    def _on_frame(self, out: messages.OutFrame) -> None:
+        ref = out.frame
+        output = self.outputs.get(ref.camera)
+        if output is None or ref.seq < output.next_seq:
+            self._release(ref)
             self.count("duplicates")
             return
         try:
-            ring = self.rings.get(frame.ring, frame.slots, frame.height, frame.width)
-            view, state = ring.view(frame.slot, frame.seq)
-            image = view.copy()
-            ring.check(frame.slot, frame.seq, state)
+            image = self.rings.get(ref.ring, ref.slots, ref.height, ref.width).read(ref.slot, ref.seq)
         except (StaleSlot, FileNotFoundError):
             self.count("stale")  # the capture still holds the frame and offers it again
             return
-        self._release(frame)
+        self._release(ref)
         if output.writer is not None:
-            persons = None if frame.obscured else frame.persons
-            as_frame = Frame(frame.camera, frame.seq, frame.pts, output.info.time_base_fraction, image)
-            output.writer.process(as_frame, image, persons)
-        self._publish(frame, output, image)
-        output.next_seq = frame.seq + 1
+            frame = Frame(ref.camera, ref.seq, ref.pts, output.info.time_base_fraction, image)
+            output.writer.process(frame, image, None if out.obscured else out.persons)
+        self._publish(out, output, image)
+        output.next_seq = ref.seq + 1
         output.written += 1
         self.count("frames")
 
-    def _release(self, frame: messages.OutFrame) -> None:
-        send(self.releases, messages.Release(frame.camera, frame.seq, frame.slot))
+    def _release(self, ref: messages.FrameRef) -> None:
+        send(self.releases, messages.Release(ref.camera, ref.seq, ref.slot))
 
-    def _publish(self, frame: messages.OutFrame, output: Output, image) -> None:
+    def _publish(self, out: messages.OutFrame, output: Output, image) -> None:
         if self.tap is None or self.subscribers <= 0:
             return
-        tap = self.cfg.tap
+        tap, ref = self.cfg.tap, out.frame
         if tap.format == "jpeg":
             payload = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, tap.jpeg_quality])[1].tobytes()
         else:
             payload = image.tobytes()
         header = {
-            "camera": frame.camera, "seq": frame.seq, "pts": frame.pts,
-            "time": float(frame.pts * output.info.time_base_fraction), "width": image.shape[1],
-            "height": image.shape[0], "format": tap.format, "obscured": frame.obscured, "persons": frame.persons,
+            "camera": ref.camera, "seq": ref.seq, "pts": ref.pts,
+            "time": float(ref.pts * output.info.time_base_fraction), "width": image.shape[1],
+            "height": image.shape[0], "format": tap.format, "obscured": out.obscured, "persons": out.persons,
         }  # fmt: skip
         try:
-            self.tap.send_multipart([frame.camera.encode(), msgpack.packb(header), payload], zmq.NOBLOCK, copy=False)
+            self.tap.send_multipart([ref.camera.encode(), msgpack.packb(header), payload], zmq.NOBLOCK, copy=False)
         except zmq.Again:
             self.count("tap_dropped")
 
