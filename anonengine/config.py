@@ -41,6 +41,11 @@ class DetectorConfig(StrictModel):
     iou: float = Field(0.6, gt=0.0, le=1.0, description="Non-maximum suppression IoU threshold.")
     half: bool = Field(True, description="Half precision where the device supports it (CUDA).")
     threads: int = Field(0, ge=0, le=256, description="CPU inference threads; 0 = every core this process may use.")
+    stride: int = Field(
+        1, ge=1, le=30,
+        description="Detect on every Nth frame only; the tracker's held boxes hide persons on the frames "
+        "between (needs hold.enabled with hold_frames >= stride).",
+    )
 
 
 class MaskConfig(StrictModel):
@@ -106,6 +111,8 @@ class HoldConfig(StrictModel):
 
 
 class AnonymizerConfig(StrictModel):
+    """What happens to each frame (the engine's and the inline path's common settings)."""
+
     method: Literal["bbox", "seg"] = Field("bbox", description="bbox: dilated boxes (fast); seg: inflated outlines.")
     detector: DetectorConfig = Field(default_factory=DetectorConfig)
     mask: MaskConfig = Field(default_factory=MaskConfig)
@@ -116,6 +123,15 @@ class AnonymizerConfig(StrictModel):
         "stop",
         description="A frame whose detection failed: stop the run, or emit it fully obscured. Never raw.",
     )
+
+    @model_validator(mode="after")
+    def _stride_needs_the_hold(self):
+        if self.detector.stride > 1 and not (self.hold.enabled and self.hold.hold_frames >= self.detector.stride):
+            raise ValueError(
+                f"detector.stride {self.detector.stride} needs hold.enabled with hold.hold_frames >= "
+                f"{self.detector.stride}: the frames between detections are hidden by the held boxes"
+            )
+        return self
 
 
 class EncoderConfig(StrictModel):

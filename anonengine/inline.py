@@ -10,6 +10,7 @@ from collections import deque
 from dataclasses import dataclass
 
 from anonengine.config import CameraConfig, EngineConfig
+from anonengine.detections import Detections
 from anonengine.stages import CaptureStage, CompositeStage, DetectStage, EncodeStage
 
 
@@ -46,7 +47,10 @@ def _run_camera(cam: CameraConfig, cfg: EngineConfig, detect: DetectStage, progr
             window: deque = deque()
             lookahead = cfg.anonymizer.hold.lookahead_frames
             for frame in capture.frames():
-                window.append((frame, *detect.process([frame.image])))
+                if detect.skips(frame.seq):
+                    window.append((frame, Detections.empty(frame.image.shape[:2]), False))
+                else:
+                    window.append((frame, *detect.process([frame.image]), True))
                 if len(window) > lookahead:
                     _emit(window, composite, encode, result)
                     bar.update()
@@ -63,8 +67,8 @@ def _run_camera(cam: CameraConfig, cfg: EngineConfig, detect: DetectStage, progr
 
 
 def _emit(window: deque, composite: CompositeStage, encode: EncodeStage, result: CameraResult) -> None:
-    frame, detections = window.popleft()
-    future = [d for _, d in window]
+    frame, detections, _ = window.popleft()
+    future = [d for _, d, detected in window if detected]  # frames between detections tell nothing
     persons = detections.to_meta() if detections is not None else None
     encode.process(frame, composite.process(frame, detections, future), persons)
     result.frames += 1

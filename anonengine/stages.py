@@ -74,6 +74,10 @@ class DetectStage(Stage):
 
         self.detector = PersonDetector(self.cfg)
 
+    def skips(self, seq: int) -> bool:
+        """Frames between detections (`detector.stride`): hidden by the tracker's held boxes instead."""
+        return seq % self.cfg.detector.stride != 0
+
     def process(self, images: list[np.ndarray]) -> list[Detections | None]:
         try:
             return self.detector.detect(images)

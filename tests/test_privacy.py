@@ -176,3 +176,19 @@ def test_persons_entering_at_the_edges_are_hidden_with_lookahead(tmp_path, model
             if person.sum() >= 50 and (person & same).sum() > 0.01 * person.sum():
                 leaked.add(out.seq)
     assert (leaked == set()) if lookahead else leaked, sorted(leaked)
+
+
+def test_detecting_every_other_frame_leaks_nothing(clip, tmp_path, models_dir):
+    """detector.stride 2: the frames between detections are hidden by the tracker's held boxes."""
+    cfg = EngineConfig(cameras=[CameraConfig(name="c", source=str(clip.video), output=str(tmp_path / "out.mp4"))])
+    cfg.anonymizer.detector.pose_model = str(models_dir / "yolo11n-pose.pt")
+    cfg.anonymizer.detector.device = "cpu"
+    cfg.anonymizer.detector.stride = 2
+    (result,) = run_inline(cfg)
+    assert result.frames == 32
+    assert leaks(clip, tmp_path / "out.mp4", range(32)) == []
+
+
+def test_a_stride_without_the_hold_is_refused():
+    with pytest.raises(ValueError, match="detector.stride 3 needs hold.enabled"):
+        AnonymizerConfig.model_validate({"detector": {"stride": 3}, "hold": {"enabled": False}})

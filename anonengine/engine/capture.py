@@ -105,7 +105,7 @@ class CaptureService(Service):
         self.inflight[self.seq] = InFlight(ref, time.monotonic())
         self.seq += 1
         send(self.downstream, ref)  # the compositor's clock for this frame's deadline starts now
-        self._offer(ref)
+        self._dispatch(ref)
         self.count("frames")
         return True
 
@@ -123,6 +123,13 @@ class CaptureService(Service):
         due = self._clock_start[0] + frame_time - self._clock_start[1]
         while (wait := due - time.monotonic()) > 0:
             self._take_releases(timeout_ms=max(1, int(wait * 1000)))
+
+    def _dispatch(self, ref: messages.FrameRef) -> None:
+        """To the detectors; a frame between detections (`detector.stride`) goes straight on, undetected."""
+        if ref.seq % self.cfg.anonymizer.detector.stride:
+            send(self.downstream, messages.Detected(ref, "skipped"))
+        else:
+            self._offer(ref)
 
     def _offer(self, ref: messages.FrameRef) -> None:
         # Waits while no detector is connected or all are full; releases keep flowing meanwhile.
@@ -146,9 +153,12 @@ class CaptureService(Service):
             return
         self._announce()  # a restarted compositor learns the stream again
         for f in sorted(late, key=lambda f: f.ref.seq):
-            if send(self.frames_out, f.ref, block=False):
-                f.sent_at = now
-                self.count("redelivered")
+            if f.ref.seq % self.cfg.anonymizer.detector.stride:
+                send(self.downstream, messages.Detected(f.ref, "skipped"))
+            elif not send(self.frames_out, f.ref, block=False):
+                continue
+            f.sent_at = now
+            self.count("redelivered")
         self.log.warning("offered %d late frame(s) again (from seq %d)", len(late), late[0].ref.seq)
 
     def close(self) -> None:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import zmq
 
 from anonengine import messages
+from anonengine.detections import Detections
 from anonengine.engine.runtime import POLL_MS, Service, receive_waiting, send
 from anonengine.shm import FrameRing, RingCache, StaleSlot, segment_name
 from anonengine.stages import CompositeStage
@@ -202,6 +203,7 @@ class CompositeService(Service):
         results = [state.pending.get(s) for s in ahead]
         return [messages.unpack_detections(r.persons) for r in results if r is not None and r.status == "ok"]
 
+
     def _drain(self, state: CameraState) -> None:
         while True:
             while state.next_seq in state.dropped:
@@ -225,7 +227,7 @@ class CompositeService(Service):
             self.count("stale")
             return
         frame = Frame(ref.camera, ref.seq, ref.pts, state.info.time_base_fraction, image_in)
-        detections = messages.unpack_detections(result.persons) if result.status == "ok" else None
+        detections = _detections_of(result, image_in.shape[:2])
         image = self.compositing.process(frame, detections, self._future(state, ref.seq))
         out_slot = state.free_slots.pop()
         state.ring.write(out_slot, ref.seq, image)
@@ -264,6 +266,14 @@ class CompositeService(Service):
         for state in self.cameras.values():
             state.ring.close()
         self.inputs.close()
+
+def _detections_of(result: messages.Detected, shape: tuple[int, int]) -> Detections | None:
+    """What was found; empty between detections (the hold hides them); None (obscure) on failure."""
+    if result.status == "ok":
+        return messages.unpack_detections(result.persons)
+    if result.status == "skipped":
+        return Detections.empty(shape)
+    return None
 
 
 def main(argv=None) -> int:
