@@ -79,6 +79,9 @@ def main() -> None:
                 cfg = config(clip, out, 1, imgsz)
                 cfg.anonymizer.detector.backend = backend
                 rows.append((f"--inline, {backend}", imgsz, inline_fps(cfg, args.frames)))
+        cfg = config(clip, out, 1, 640)
+        cfg.anonymizer.detector.stride = 2
+        rows.append(("--inline, openvino, stride 2", 640, inline_fps(cfg, args.frames)))
         for imgsz in (640, 320):
             cfg = config(clip, out, 1, imgsz)
             rows.append(("engine, openvino, 1 camera", imgsz, engine_fps(cfg, args.frames)))
