@@ -252,6 +252,22 @@ def test_tap_delivers_every_frame_in_order_and_a_slow_subscriber_sees_gaps(model
     assert len(list(VideoReader(str(tmp_path / "cam.mp4")))) == frames  # the engine did not wait for it
 
 
+def stall_detector(launcher: Launcher, seconds: float) -> threading.Event:
+    """Once the detector has done 5 frames, freezes it (SIGSTOP, like a hung GPU) for `seconds`."""
+    resumed = threading.Event()
+
+    def stall():
+        detect = launcher.children["detect0"].process
+        wait_for(lambda: launcher.stats.get(("detect", "w0"), {}).get("frames_ok", 0) >= 5, 120)
+        os.kill(detect.pid, signal.SIGSTOP)
+        time.sleep(seconds)
+        os.kill(detect.pid, signal.SIGCONT)
+        resumed.set()
+
+    threading.Thread(target=stall, daemon=True).start()
+    return resumed
+
+
 def test_a_stalled_detector_leads_to_obscured_frames_never_raw_ones(models_dir, tmp_path):
     """The detector is frozen (SIGSTOP, like a hung GPU) past the deadline: frames go out fully
     obscured and are counted; when it wakes, its late answers are ignored. No frame is raw."""
@@ -259,17 +275,7 @@ def test_a_stalled_detector_leads_to_obscured_frames_never_raw_ones(models_dir, 
     cfg = engine_config(tmp_path, models_dir, {"cam": long_clip.video}, deadline_s=1.5, redeliver_after_s=60)
     launcher = Launcher(cfg)
     launcher.start()
-    resumed = threading.Event()
-
-    def stall():
-        detect = launcher.children["detect0"].process
-        wait_for(lambda: launcher.stats.get(("detect", "w0"), {}).get("frames_ok", 0) >= 5, 120)
-        os.kill(detect.pid, signal.SIGSTOP)
-        time.sleep(4)
-        os.kill(detect.pid, signal.SIGCONT)
-        resumed.set()
-
-    threading.Thread(target=stall, daemon=True).start()
+    resumed = stall_detector(launcher, seconds=4)
     launcher.run()
     assert resumed.is_set()
     records = [json.loads(line) for line in (tmp_path / "cam.jsonl").read_text().splitlines()]
@@ -297,15 +303,7 @@ def test_a_live_camera_never_waits_it_drops_the_oldest_frames_and_nothing_goes_o
     cfg.anonymizer.hold.lookahead_frames = 2
     launcher = Launcher(cfg)
     launcher.start()
-
-    def stall():
-        detect = launcher.children["detect0"].process
-        wait_for(lambda: launcher.stats.get(("detect", "w0"), {}).get("frames_ok", 0) >= 5, 120)
-        os.kill(detect.pid, signal.SIGSTOP)
-        time.sleep(1.5)
-        os.kill(detect.pid, signal.SIGCONT)
-
-    threading.Thread(target=stall, daemon=True).start()
+    stall_detector(launcher, seconds=1.5)
     started = time.monotonic()
     launcher.run()
     assert launcher.stats[("capture", "cam")]["dropped_oldest"] > 0
