@@ -29,6 +29,7 @@ class Compositor:
         self.background = BackgroundModel(cfg.background)
         self.hold = MaskHold(cfg.hold) if cfg.hold.enabled and cfg.hold.hold_frames > 0 else None
         self.privacy_zones = privacy_zones or []
+        self._last_detected = np.zeros((0, 4), np.float32)
         self._zones_mask: np.ndarray | None = None
 
     def process(self, frame: np.ndarray, detections: Detections, future: list[Detections] = ()) -> np.ndarray:
@@ -38,6 +39,13 @@ class Compositor:
         """
         if detections.frame_shape != frame.shape[:2]:
             raise ValueError(f"detections for a {detections.frame_shape} frame given a {frame.shape[:2]} frame")
+        if detections.detected:
+            self._last_detected = detections.boxes
+        else:
+            # Between two detections (detector.stride) a person is between where they were and where
+            # they will be: hide both places (with look-ahead), not only the tracker's guess.
+            bracket = [self._last_detected] + [future[0].boxes] if future else [self._last_detected]
+            detections = with_extra_boxes(detections, np.concatenate(bracket).reshape(-1, 4))
         if self.hold is not None:
             detections = self.hold.update(detections)
         if future:

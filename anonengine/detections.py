@@ -32,6 +32,7 @@ class Detections:
     scores: np.ndarray
     keypoints: np.ndarray
     masks: np.ndarray | None = None
+    detected: bool = True  # False for a frame the detector did not look at (detector.stride)
 
     def __post_init__(self) -> None:
         n = len(self.boxes)
@@ -46,7 +47,7 @@ class Detections:
         return len(self.boxes)
 
     @classmethod
-    def empty(cls, frame_shape: tuple[int, int], with_masks: bool = False) -> Detections:
+    def empty(cls, frame_shape: tuple[int, int], with_masks: bool = False, detected: bool = True) -> Detections:
         h, w = frame_shape
         return cls(
             frame_shape=(h, w),
@@ -54,7 +55,13 @@ class Detections:
             scores=np.zeros((0,), np.float32),
             keypoints=np.zeros((0, NUM_KEYPOINTS, 3), np.float32),
             masks=np.zeros((0, h, w), bool) if with_masks else None,
+            detected=detected,
         )
+
+    @classmethod
+    def undetected(cls, frame_shape: tuple[int, int]) -> Detections:
+        """A frame between detections: nothing is known of it, which is not the same as nobody there."""
+        return cls.empty(frame_shape, detected=False)
 
     @classmethod
     def from_ultralytics(cls, result, keypoints_from=None) -> Detections:

@@ -48,7 +48,7 @@ def _run_camera(cam: CameraConfig, cfg: EngineConfig, detect: DetectStage, progr
             lookahead = cfg.anonymizer.hold.lookahead_frames
             for frame in capture.frames():
                 if detect.skips(frame.seq):
-                    window.append((frame, Detections.empty(frame.image.shape[:2]), False))
+                    window.append((frame, Detections.undetected(frame.image.shape[:2]), False))
                 else:
                     window.append((frame, *detect.process([frame.image]), True))
                 if len(window) > lookahead:

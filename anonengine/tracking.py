@@ -28,10 +28,20 @@ class MaskHold:
             track_high_thresh=cfg.track_thresh, track_low_thresh=0.01, new_track_thresh=cfg.track_thresh,
             track_buffer=cfg.hold_frames, match_thresh=0.8, fuse_score=True,
         ))  # fmt: skip
+        self.coasted = 0  # frames since the last detection (detector.stride)
 
     def update(self, detections: Detections) -> Detections:
-        """`detections` plus the predicted boxes of persons lost within the hold window."""
+        """`detections` plus the predicted boxes of persons lost within the hold window.
+
+        A frame the detector did not look at (`detected` False) leaves the tracker as it is: every
+        track, new ones too, is hidden at its last box, grown for the frames since it was seen.
+        """
         from ultralytics.engine.results import Boxes
+
+        if not detections.detected:
+            self.coasted += 1
+            return with_extra_boxes(detections, self.coasting_boxes(detections.frame_shape))
+        self.coasted = 0
 
         n = len(detections)
         data = np.concatenate([detections.boxes, detections.scores[:, None], np.zeros((n, 1), np.float32)], axis=1)
@@ -42,14 +52,21 @@ class MaskHold:
         return with_extra_boxes(detections, held)
 
     def held_boxes(self, shape: tuple[int, int]) -> np.ndarray:
+        lost = [(t, self.tracker.frame_id - t.end_frame) for t in self.tracker.lost_stracks]
+        return self._grown([(t.xyxy, n) for t, n in lost if 0 < n <= self.cfg.hold_frames], shape)
+
+    def coasting_boxes(self, shape: tuple[int, int]) -> np.ndarray:
+        tracks = [(t, self.tracker.frame_id - t.end_frame) for t in self.tracker.tracked_stracks]
+        tracks += [(t, self.tracker.frame_id - t.end_frame) for t in self.tracker.lost_stracks]
+        return self._grown([(t.xyxy, n + self.coasted) for t, n in tracks if n + self.coasted <= self.cfg.hold_frames],
+                           shape)
+
+    def _grown(self, boxes_and_age: list, shape: tuple[int, int]) -> np.ndarray:
+        """Boxes grown by `grow_per_frame` of their size per frame of age, clipped to the frame."""
         h, w = shape
         boxes = []
-        for track in self.tracker.lost_stracks:
-            lost = self.tracker.frame_id - track.end_frame
-            if not 0 < lost <= self.cfg.hold_frames:
-                continue
-            x0, y0, x1, y1 = track.xyxy
-            grow = self.cfg.grow_per_frame * lost
+        for (x0, y0, x1, y1), age in boxes_and_age:
+            grow = self.cfg.grow_per_frame * age
             gx, gy = (x1 - x0) * grow, (y1 - y0) * grow
             box = np.array([x0 - gx, y0 - gy, x1 + gx, y1 + gy], np.float32)
             box[[0, 2]] = box[[0, 2]].clip(0, w)
@@ -60,6 +77,7 @@ class MaskHold:
 
     def reset(self) -> None:
         self.tracker.reset()
+        self.coasted = 0
 
 
 def with_extra_boxes(detections: Detections, boxes: np.ndarray) -> Detections:
@@ -74,6 +92,7 @@ def with_extra_boxes(detections: Detections, boxes: np.ndarray) -> Detections:
         scores=np.concatenate([detections.scores, np.zeros(k, np.float32)]),
         keypoints=np.concatenate([detections.keypoints, np.zeros((k, NUM_KEYPOINTS, 3), np.float32)]),
         masks=masks,
+        detected=detections.detected,
     )
 
 

@@ -147,7 +147,7 @@ def main() -> None:
             detections = [detector.detect([image])[0] for image in images]
             for i in case.get("missed", ()):
                 detections[i] = Detections.empty(detections[i].frame_shape)
-            strided = [d if i % STRIDE == 0 else Detections.empty(d.frame_shape) for i, d in enumerate(detections)]
+            strided = [d if i % STRIDE == 0 else Detections.undetected(d.frame_shape) for i, d in enumerate(detections)]
             for method, outputs in (("seed", seed_algorithm(images, detections)),
                                     ("no lookahead", anonengine_algorithm(images, detections, cfg)),
                                     ("anonengine", anonengine_algorithm(images, detections, ahead)),

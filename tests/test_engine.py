@@ -65,7 +65,7 @@ def reference_frames(clip_path: Path, cfg: EngineConfig) -> list[np.ndarray]:
     same look-ahead window of future detections."""
     with DetectStage(cfg.anonymizer) as detect:
         frames = list(VideoReader(str(clip_path)))
-        found = [Detections.empty(frame.image.shape[:2]) if detect.skips(frame.seq)
+        found = [Detections.undetected(frame.image.shape[:2]) if detect.skips(frame.seq)
                  else detect.process([frame.image])[0] for frame in frames]
     composite = CompositeStage(cfg.anonymizer)
     n = cfg.anonymizer.hold.lookahead_frames

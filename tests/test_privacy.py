@@ -144,10 +144,10 @@ def test_audit_finds_persons_in_the_original_and_none_in_the_anonymized(small_sa
     assert sheet is not None and sheet.stat().st_size > 10_000
 
 
-@pytest.mark.parametrize("lookahead", [0, 8])
-def test_persons_entering_at_the_edges_are_hidden_with_lookahead(tmp_path, models_dir, lookahead):
+@pytest.mark.parametrize(("lookahead", "stride"), [(0, 1), (8, 1), (8, 2)])
+def test_persons_entering_at_the_edges_are_hidden_with_lookahead(tmp_path, models_dir, lookahead, stride):
     """Walking in from both edges: the frames before the detector finds them leak without look-ahead,
-    and none with it (the inline path, the engine's reference)."""
+    and none with it (the inline path, the engine's reference), also when detecting every 2nd frame."""
     from fractions import Fraction
 
     from anonengine.config import EncoderConfig
@@ -165,6 +165,7 @@ def test_persons_entering_at_the_edges_are_hidden_with_lookahead(tmp_path, model
     cfg.anonymizer.detector.pose_model = str(models_dir / "yolo11n-pose.pt")
     cfg.anonymizer.detector.device = "cpu"
     cfg.anonymizer.hold.lookahead_frames = lookahead
+    cfg.anonymizer.detector.stride = stride
     run_inline(cfg)
     leaked = set()
     for (image, scene, persons), out in zip(rendered, VideoReader(str(tmp_path / "out.mp4"))):

@@ -272,7 +272,7 @@ def _detections_of(result: messages.Detected, shape: tuple[int, int]) -> Detecti
     if result.status == "ok":
         return messages.unpack_detections(result.persons)
     if result.status == "skipped":
-        return Detections.empty(shape)
+        return Detections.undetected(shape)
     return None
 
 
