@@ -30,6 +30,7 @@ class CameraState:
     next_seq: int
     free_slots: list[int]
     pending: dict[int, messages.Detected] = field(default_factory=dict)
+    decoded: dict[int, Detections] = field(default_factory=dict)  # pending results unpacked, once each
     expected: dict[int, tuple[messages.FrameRef, float]] = field(default_factory=dict)  # seq -> (ref, captured at)
     held: dict[int, int] = field(default_factory=dict)  # out seq -> input slot, until encoded
     dropped: set[int] = field(default_factory=set)  # seqs a live capture took back before they were done
@@ -115,6 +116,7 @@ class CompositeService(Service):
             return  # already out: the capture only took back a slot it no longer needed
         state.dropped.add(dropped.seq)
         state.pending.pop(dropped.seq, None)
+        state.decoded.pop(dropped.seq, None)
         state.expected.pop(dropped.seq, None)
         self.count("dropped")
         self._drain(state)
@@ -175,6 +177,7 @@ class CompositeService(Service):
         state.end = end.frames
         if end.error:
             state.pending.clear()
+            state.decoded.clear()
             state.end = state.next_seq
             send(self.encoder, end)
             state.end_sent = True
@@ -201,8 +204,23 @@ class CompositeService(Service):
     def _future(self, state: CameraState, seq: int) -> list:
         ahead = range(seq + 1, seq + 1 + self.cfg.anonymizer.hold.lookahead_frames)
         results = [state.pending.get(s) for s in ahead]
-        return [messages.unpack_detections(r.persons) for r in results if r is not None and r.status == "ok"]
+        return [self._found(state, r) for r in results if r is not None and r.status == "ok"]
 
+    def _found(self, state: CameraState, result: messages.Detected) -> Detections:
+        """A pending result's detections: with look-ahead each is needed up to N+1 times, unpacked once."""
+        seq = result.frame.seq
+        if seq not in state.decoded:
+            state.decoded[seq] = messages.unpack_detections(result.persons)
+        return state.decoded[seq]
+
+
+    def _detections_of(self, state: CameraState, result: messages.Detected, shape) -> Detections | None:
+        """What was found; empty between detections (the hold hides them); None (obscure) on failure."""
+        if result.status == "ok":
+            return self._found(state, result)
+        if result.status == "skipped":
+            return Detections.undetected(shape)
+        return None
 
     def _drain(self, state: CameraState) -> None:
         while True:
@@ -227,7 +245,8 @@ class CompositeService(Service):
             self.count("stale")
             return
         frame = Frame(ref.camera, ref.seq, ref.pts, state.info.time_base_fraction, image_in)
-        detections = _detections_of(result, image_in.shape[:2])
+        detections = self._detections_of(state, result, image_in.shape[:2])
+        state.decoded.pop(ref.seq, None)
         image = self.compositing.process(frame, detections, self._future(state, ref.seq))
         out_slot = state.free_slots.pop()
         state.ring.write(out_slot, ref.seq, image)
@@ -266,15 +285,6 @@ class CompositeService(Service):
         for state in self.cameras.values():
             state.ring.close()
         self.inputs.close()
-
-def _detections_of(result: messages.Detected, shape: tuple[int, int]) -> Detections | None:
-    """What was found; empty between detections (the hold hides them); None (obscure) on failure."""
-    if result.status == "ok":
-        return messages.unpack_detections(result.persons)
-    if result.status == "skipped":
-        return Detections.undetected(shape)
-    return None
-
 
 def main(argv=None) -> int:
     from anonengine.engine.runtime import run_service
