@@ -92,6 +92,21 @@ class Detections:
             masks = _masks_at_frame_size(result.masks.data.cpu().numpy()[keep], (h, w))
         return cls((h, w), boxes, scores, keypoints, masks)
 
+    def with_persons(self, boxes: np.ndarray, scores: np.ndarray, keypoints: np.ndarray) -> Detections:
+        """These persons and the given ones; the added ones have no outline (hidden by their box)."""
+        k = len(boxes)
+        masks = self.masks
+        if masks is not None:
+            masks = np.concatenate([masks, np.zeros((k, *self.frame_shape), bool)])
+        return Detections(
+            frame_shape=self.frame_shape,
+            boxes=np.concatenate([self.boxes, boxes.astype(np.float32)]),
+            scores=np.concatenate([self.scores, scores.astype(np.float32)]),
+            keypoints=np.concatenate([self.keypoints, keypoints.astype(np.float32)]).reshape(-1, NUM_KEYPOINTS, 3),
+            masks=masks,
+            detected=self.detected,
+        )
+
     def keypoints_for(self, boxes: np.ndarray, min_iou: float = 0.3) -> np.ndarray:
         """Keypoints of this frame's persons that best overlap `boxes` (zeros where none does)."""
         out = np.zeros((len(boxes), NUM_KEYPOINTS, 3), np.float32)

@@ -14,7 +14,7 @@ import numpy as np
 from anonengine import models
 from anonengine.backends import ExportedModels, choose_backend
 from anonengine.config import AnonymizerConfig
-from anonengine.detections import NUM_KEYPOINTS, Detections, box_iou
+from anonengine.detections import Detections, box_iou
 from anonengine.errors import ModelError
 
 log = logging.getLogger(__name__)
@@ -129,17 +129,7 @@ def merge(primary: Detections, pose: Detections) -> Detections:
         unmatched = np.ones(len(pose), bool)
     if not unmatched.any():
         return primary
-    extra = int(unmatched.sum())
-    masks = primary.masks
-    if masks is not None:
-        masks = np.concatenate([masks, np.zeros((extra, *primary.frame_shape), bool)])
-    return Detections(
-        frame_shape=primary.frame_shape,
-        boxes=np.concatenate([primary.boxes, pose.boxes[unmatched]]),
-        scores=np.concatenate([primary.scores, pose.scores[unmatched]]),
-        keypoints=np.concatenate([primary.keypoints, pose.keypoints[unmatched]]).reshape(-1, NUM_KEYPOINTS, 3),
-        masks=masks,
-    )
+    return primary.with_persons(pose.boxes[unmatched], pose.scores[unmatched], pose.keypoints[unmatched])
 
 
 def _set_torch_threads(threads: int) -> None:

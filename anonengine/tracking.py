@@ -83,17 +83,7 @@ class MaskHold:
 def with_extra_boxes(detections: Detections, boxes: np.ndarray) -> Detections:
     """Adds box-only persons with score 0 (hidden, never drawn)."""
     k = len(boxes)
-    masks = detections.masks
-    if masks is not None:
-        masks = np.concatenate([masks, np.zeros((k, *detections.frame_shape), bool)])
-    return Detections(
-        frame_shape=detections.frame_shape,
-        boxes=np.concatenate([detections.boxes, boxes.astype(np.float32)]),
-        scores=np.concatenate([detections.scores, np.zeros(k, np.float32)]),
-        keypoints=np.concatenate([detections.keypoints, np.zeros((k, NUM_KEYPOINTS, 3), np.float32)]),
-        masks=masks,
-        detected=detections.detected,
-    )
+    return detections.with_persons(boxes, np.zeros(k, np.float32), np.zeros((k, NUM_KEYPOINTS, 3), np.float32))
 
 
 def lookahead_boxes(current: Detections, future: list[Detections]) -> np.ndarray:
