@@ -40,6 +40,11 @@ class DetectorConfig(StrictModel):
     )
     iou: float = Field(0.6, gt=0.0, le=1.0, description="Non-maximum suppression IoU threshold.")
     half: bool = Field(True, description="Half precision where the device supports it (CUDA).")
+    int8: bool = Field(
+        False,
+        description="OpenVINO on CPU: INT8 model quantized with NNCF, calibrated once on generated frames and "
+        "cached like any export (faster; its detections are checked against FP32 in the tests).",
+    )
     threads: int = Field(0, ge=0, le=256, description="CPU inference threads; 0 = every core this process may use.")
     stride: int = Field(
         1, ge=1, le=30,
