@@ -17,6 +17,7 @@ from anonengine.config import BackgroundConfig
 SOLID_GREY = 128
 CUT_SAMPLE_STEP = 4
 CUT_PIXEL_CHANGE = 40  # grey levels
+FILL_REFRESH_FRAMES = 25
 
 
 class BackgroundModel:
@@ -24,6 +25,9 @@ class BackgroundModel:
         self.cfg = cfg
         self._mean: np.ndarray | None = None  # float32 HxWx3
         self._seen: np.ndarray | None = None  # uint8 HxW, 255 = seen free of persons at least once
+        self._fill: np.ndarray | None = None  # uint8 HxWx3, valid on every pixel still unseen
+        self._frames = 0
+        self._fill_frame = 0
 
     @property
     def seen(self) -> np.ndarray | None:
@@ -32,6 +36,7 @@ class BackgroundModel:
     def reset(self) -> None:
         self._mean = None
         self._seen = None
+        self._fill = None
 
     def update(self, frame: np.ndarray, person_mask: np.ndarray) -> bool:
         """Learns from the pixels of `frame` outside `person_mask` (uint8, 255 = person).
@@ -39,54 +44,72 @@ class BackgroundModel:
         Returns True when the frame was a scene cut: the model was reset and learns the new scene.
         """
         cut = False
+        self._frames += 1
         if self._mean is None or self._mean.shape != frame.shape:
             self._mean = np.zeros(frame.shape, np.float32)
             self._seen = np.zeros(frame.shape[:2], np.uint8)
+            self._fill = None
         elif self.cfg.cut_threshold > 0 and self._is_cut(frame, person_mask):
             self._seen[:] = 0  # what was learnt shows another scene: nothing of it may fill this one
+            self._fill = None
             cut = True
         free = cv2.bitwise_not(person_mask)
-        first_seen = cv2.bitwise_and(free, cv2.bitwise_not(self._seen))
         cv2.accumulateWeighted(frame, self._mean, self.cfg.alpha, mask=cv2.bitwise_and(free, self._seen))
-        if first_seen.any():
-            np.copyto(self._mean, frame, where=first_seen[..., None].astype(bool))
-            cv2.bitwise_or(self._seen, first_seen, dst=self._seen)
+        first_seen = cv2.bitwise_and(free, cv2.bitwise_not(self._seen))
+        x, y, w, h = cv2.boundingRect(first_seen)  # newly uncovered pixels lie around persons: work there
+        if w:
+            roi = slice(y, y + h), slice(x, x + w)
+            cv2.accumulateWeighted(frame[roi], self._mean[roi], 1.0, mask=first_seen[roi])  # weight 1: a copy
+            cv2.bitwise_or(self._seen[roi], first_seen[roi], dst=self._seen[roi])
         return cut
 
     def _is_cut(self, frame: np.ndarray, person_mask: np.ndarray) -> bool:
         """Most of the seen, person-free background changed at once (sampled on a grid, for speed)."""
         step = CUT_SAMPLE_STEP
-        usable = (self._seen[::step, ::step] > 0) & (person_mask[::step, ::step] == 0)
-        if usable.sum() < 100:
+        usable = cv2.bitwise_and(self._seen[::step, ::step], cv2.bitwise_not(person_mask[::step, ::step]))
+        samples = cv2.countNonZero(usable)
+        if samples < 100:
             return False
-        diff = np.abs(frame[::step, ::step].astype(np.int16) - self._mean[::step, ::step].astype(np.int16))
-        changed = diff.max(axis=2)[usable] > CUT_PIXEL_CHANGE
-        return changed.mean() > self.cfg.cut_threshold
+        diff = cv2.absdiff(frame[::step, ::step], cv2.convertScaleAbs(self._mean[::step, ::step]))
+        channels = cv2.split(diff)
+        largest = channels[0]
+        for channel in channels[1:]:
+            largest = cv2.max(largest, channel)
+        changed = cv2.compare(largest, CUT_PIXEL_CHANGE, cv2.CMP_GT)
+        return cv2.countNonZero(cv2.bitwise_and(changed, usable)) > self.cfg.cut_threshold * samples
 
-    def render(self, need: np.ndarray | None = None) -> np.ndarray:
-        """The background as uint8 BGR; `need` (uint8 mask) limits where unseen pixels must be filled."""
+    def render(self, box: tuple[int, int, int, int] | None = None) -> np.ndarray:
+        """The background (uint8 BGR) in `box` (x0, y0, x1, y1; default the whole frame).
+
+        Pixels never seen free of persons come from the fill, never from a frame.
+        """
         if self._mean is None:
             raise RuntimeError("BackgroundModel.render() before the first update()")
-        image = cv2.convertScaleAbs(self._mean)
-        unseen = cv2.bitwise_not(self._seen)
-        if need is not None:
-            unseen = cv2.bitwise_and(unseen, need)
-        if unseen.any():
-            self._fill(image, unseen)
+        x0, y0, x1, y1 = box or (0, 0, self._mean.shape[1], self._mean.shape[0])
+        image = cv2.convertScaleAbs(self._mean[y0:y1, x0:x1])
+        unseen = cv2.compare(self._seen[y0:y1, x0:x1], 0, cv2.CMP_EQ)
+        if cv2.countNonZero(unseen):
+            cv2.copyTo(self._current_fill()[y0:y1, x0:x1], unseen, image)
         return image
 
-    def _fill(self, image: np.ndarray, unseen: np.ndarray) -> None:
-        if self.cfg.fill == "solid" or not self._seen.any():
-            image[unseen > 0] = SOLID_GREY
-            return
+    def _current_fill(self) -> np.ndarray:
+        # Unseen pixels only ever become seen (until a reset), so a fill stays valid where it is used;
+        # it is redone now and then to follow what was learnt around the holes since.
+        if self._fill is None or self._frames - self._fill_frame >= FILL_REFRESH_FRAMES:
+            self._fill = self._make_fill()
+            self._fill_frame = self._frames
+        return self._fill
+
+    def _make_fill(self) -> np.ndarray:
+        if self.cfg.fill == "solid" or not cv2.countNonZero(self._seen):
+            return np.full(self._mean.shape, SOLID_GREY, np.uint8)
         # Inpainting is costly at full size and the fill is smooth anyway: do it small, then upscale.
-        h, w = unseen.shape
+        h, w = self._seen.shape
         scale = min(1.0, self.cfg.fill_scale / w)
         size = (max(1, round(w * scale)), max(1, round(h * scale)))
-        small = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+        small = cv2.resize(cv2.convertScaleAbs(self._mean), size, interpolation=cv2.INTER_AREA)
         small_hole = cv2.resize(cv2.bitwise_not(self._seen), size, interpolation=cv2.INTER_NEAREST)
-        # The hole is every unseen pixel (not only the needed ones): unseen pixels hold no data.
+        # The hole is every unseen pixel: unseen pixels hold no data, whatever the frame showed there.
         small_hole = cv2.dilate(small_hole, np.ones((3, 3), np.uint8))
         filled = cv2.inpaint(small, small_hole, 3, cv2.INPAINT_TELEA)
-        filled = cv2.resize(filled, (w, h), interpolation=cv2.INTER_LINEAR)
-        np.copyto(image, filled, where=unseen[..., None].astype(bool))
+        return cv2.resize(filled, (w, h), interpolation=cv2.INTER_LINEAR)

@@ -13,7 +13,7 @@ import numpy as np
 from anonengine.background import BackgroundModel
 from anonengine.config import AnonymizerConfig
 from anonengine.detections import COCO_SKELETON, Detections
-from anonengine.masks import frame_diagonal, person_mask, soft_alpha, zones_mask
+from anonengine.masks import Region, frame_diagonal, person_mask, soft_regions, zones_mask
 from anonengine.tracking import MaskHold, lookahead_boxes, with_extra_boxes
 
 LIMB_COLOR = (255, 170, 0)  # BGR
@@ -59,11 +59,16 @@ class Compositor:
         if self.background.update(frame, mask) and self.hold is not None:
             self.hold.reset()  # a scene cut: old tracks point at persons of another scene
         out = frame.copy()
-        if mask.any():
-            alpha = soft_alpha(mask, self.cfg.mask)
-            blend_into(out, self.background.render(need=alpha), alpha)
-            if self.cfg.pose.enabled:
-                self._draw_pose(out, detections, alpha)
+        # Only confident persons get a skeleton; weaker ones (and held tracks) are hidden, not drawn.
+        posed = detections.scores >= self.cfg.pose.person_conf if self.cfg.pose.enabled else []
+        boxes, keypoints = detections.boxes[posed], detections.keypoints[posed]
+        for region in soft_regions(mask, self.cfg.mask):
+            roi = out[region.slices]
+            blend_into(roi, self.background.render(region.box), region.alpha)
+            inside = ((boxes[:, 0] < region.x1) & (boxes[:, 2] > region.x0)
+                      & (boxes[:, 1] < region.y1) & (boxes[:, 3] > region.y0))
+            if inside.any():
+                self._draw_pose(roi, region, keypoints[inside], frame.shape[:2])
         return out
 
     def _zones(self, shape: tuple[int, int]) -> np.ndarray | None:
@@ -71,29 +76,21 @@ class Compositor:
             self._zones_mask = zones_mask(self.privacy_zones, shape)
         return self._zones_mask
 
-    def _draw_pose(self, out: np.ndarray, detections: Detections, alpha: np.ndarray) -> None:
+    def _draw_pose(self, roi: np.ndarray, region: Region, keypoints: np.ndarray, frame_shape) -> None:
         # Skeletons stay on the anonymized area: a stray keypoint must not paint over the open scene.
-        x, y, w, h = cv2.boundingRect(alpha)
-        roi = out[y : y + h, x : x + w]
         layer = roi.copy()
-        # Only confident persons get a skeleton; weaker ones (and held tracks) are hidden, not drawn.
-        shifted = detections.keypoints[detections.scores >= self.cfg.pose.person_conf].copy()
-        shifted[:, :, 0] -= x
-        shifted[:, :, 1] -= y
-        draw_skeletons(layer, shifted, self.cfg.pose.keypoint_conf, self.cfg.pose.thickness, out.shape[:2])
-        np.copyto(roi, layer, where=alpha[y : y + h, x : x + w, None] > 0)
+        shifted = keypoints.copy()
+        shifted[:, :, 0] -= region.x0
+        shifted[:, :, 1] -= region.y0
+        draw_skeletons(layer, shifted, self.cfg.pose.keypoint_conf, self.cfg.pose.thickness, frame_shape)
+        cv2.copyTo(layer, region.alpha, roi)
 
 
 def blend_into(out: np.ndarray, background: np.ndarray, alpha: np.ndarray) -> None:
-    """out = out*(1-a) + background*a inside the alpha's bounding box, exact where alpha is 255."""
-    x, y, w, h = cv2.boundingRect(alpha)
-    if w == 0:
-        return
-    a = alpha[y : y + h, x : x + w, None].astype(np.uint16)
-    fg = out[y : y + h, x : x + w].astype(np.uint16)
-    bg = background[y : y + h, x : x + w].astype(np.uint16)
-    # Rounded integer blend: a=255 gives exactly bg, a=0 exactly fg.
-    out[y : y + h, x : x + w] = ((fg * (255 - a) + bg * a + 127) // 255).astype(np.uint8)
+    """out = out*(1-a) + background*a, in place; exactly the background where alpha is 255."""
+    weight = alpha.astype(np.float32)
+    weight *= 1 / 255
+    cv2.blendLinear(background, out, weight, 1 - weight, dst=out)
 
 
 def draw_skeletons(

@@ -8,12 +8,15 @@ let a person's pixels show through at the border, as a blur of the hard mask wou
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
 
 from anonengine.config import MaskConfig
 from anonengine.detections import Detections
+
+FEATHER_MAX_DOWNSCALE = 4
 
 
 def frame_diagonal(shape: tuple[int, int]) -> float:
@@ -81,24 +84,92 @@ def person_mask(detections: Detections, method: str, cfg: MaskConfig) -> np.ndar
     return mask
 
 
-def soft_alpha(mask: np.ndarray, cfg: MaskConfig) -> np.ndarray:
-    """uint8 alpha: 255 on the hard mask, falling smoothly to 0 over `feather` outside it."""
+@dataclass
+class Region:
+    """A rectangle of the frame to anonymize and its soft alpha (uint8, 255 = fully hidden)."""
+
+    x0: int
+    y0: int
+    x1: int
+    y1: int
+    alpha: np.ndarray
+
+    @property
+    def box(self) -> tuple[int, int, int, int]:
+        return self.x0, self.y0, self.x1, self.y1
+
+    @property
+    def slices(self) -> tuple[slice, slice]:
+        return slice(self.y0, self.y1), slice(self.x0, self.x1)
+
+
+def soft_regions(mask: np.ndarray, cfg: MaskConfig) -> list[Region]:
+    """Disjoint rectangles covering every hidden pixel and its soft edge, each with its alpha.
+
+    Alpha is 255 on the hard mask and falls smoothly to 0 over `feather` outside it. The soft edge is
+    smooth, so it is computed at reduced resolution (the hard mask is kept exact), and only these
+    rectangles are ever touched: persons spread over a frame cost their own area, not the frame's.
+    """
+    if not cv2.countNonZero(mask):
+        return []
+    h, w = mask.shape
     width = cfg.feather * frame_diagonal(mask.shape)
-    if width < 1 or not mask.any():
-        return mask.copy()
-    k = 2 * int(math.ceil(width / 2)) + 1
-    sigma = width / 2.5
-    # Only around the mask: the dilation and blur reach k/2 + 4 sigma at most, so the result equals
-    # the full-frame computation at a fraction of its cost.
-    pad = k // 2 + int(math.ceil(4 * sigma)) + 1
-    x, y, w, h = cv2.boundingRect(mask)
-    x0, y0 = max(0, x - pad), max(0, y - pad)
-    x1, y1 = min(mask.shape[1], x + w + pad), min(mask.shape[0], y + h + pad)
-    roi = mask[y0:y1, x0:x1]
-    grown = cv2.dilate(roi, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k)))
-    soft = np.zeros_like(mask)
-    soft[y0:y1, x0:x1] = np.maximum(cv2.GaussianBlur(grown, (0, 0), sigmaX=sigma), roi)
-    return soft
+    # Work at 1/scale of the size, keeping at least ~3 px of soft edge there.
+    scale = max(1, min(FEATHER_MAX_DOWNSCALE, int(width // 3)))
+    small_size = (math.ceil(w / scale), math.ceil(h / scale))
+    padded = mask
+    if small_size[0] * scale != w or small_size[1] * scale != h:
+        padded = cv2.copyMakeBorder(mask, 0, small_size[1] * scale - h, 0, small_size[0] * scale - w,
+                                    cv2.BORDER_CONSTANT, value=0)
+    # A block holding any hidden pixel stays > 0 (area averaging), so every hidden pixel is in a region.
+    coverage = cv2.resize(padded, small_size, interpolation=cv2.INTER_AREA) if scale > 1 else padded
+    soft = coverage
+    if width >= 1:
+        small_width = width / scale
+        k = 2 * int(math.ceil(small_width / 2)) + 1
+        grown = cv2.dilate(coverage, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k)))
+        soft = cv2.max(cv2.GaussianBlur(grown, (0, 0), sigmaX=small_width / 2.5), coverage)
+    count, _, stats, _ = cv2.connectedComponentsWithStats(soft, connectivity=8)
+    # One small pixel more on each side, so the upsampled edge ends at ~0 inside the rectangle.
+    rects = [(sx - 1, sy - 1, sx + sw + 1, sy + sh + 1) for sx, sy, sw, sh, _ in stats[1:count]]
+    regions = []
+    for sx0, sy0, sx1, sy1 in merge_overlapping(rects):
+        sx0, sy0 = max(0, sx0), max(0, sy0)
+        sx1, sy1 = min(small_size[0], sx1), min(small_size[1], sy1)
+        x0, y0, x1, y1 = sx0 * scale, sy0 * scale, min(w, sx1 * scale), min(h, sy1 * scale)
+        alpha = soft[sy0:sy1, sx0:sx1]
+        if scale > 1:
+            alpha = cv2.resize(alpha, ((sx1 - sx0) * scale, (sy1 - sy0) * scale), interpolation=cv2.INTER_LINEAR)
+        alpha = cv2.max(alpha[: y1 - y0, : x1 - x0], mask[y0:y1, x0:x1])  # exactly 255 on the hard mask
+        regions.append(Region(x0, y0, x1, y1, alpha))
+    return regions
+
+
+def merge_overlapping(rects: list[tuple[int, int, int, int]]) -> list[tuple[int, int, int, int]]:
+    """Unions of the (x0, y0, x1, y1) rectangles that overlap, until none do (so no pixel is blended twice)."""
+    merged = list(rects)
+    changed = True
+    while changed:
+        changed = False
+        for i in range(len(merged)):
+            for j in range(i + 1, len(merged)):
+                a, b = merged[i], merged[j]
+                if a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]:
+                    merged[i] = (min(a[0], b[0]), min(a[1], b[1]), max(a[2], b[2]), max(a[3], b[3]))
+                    del merged[j]
+                    changed = True
+                    break
+            if changed:
+                break
+    return merged
+
+
+def soft_alpha(mask: np.ndarray, cfg: MaskConfig) -> np.ndarray:
+    """The regions' alpha as one full-frame uint8 image (for inspection and tests)."""
+    alpha = np.zeros_like(mask)
+    for region in soft_regions(mask, cfg):
+        alpha[region.slices] = region.alpha
+    return alpha
 
 
 def zones_mask(zones: list, shape: tuple[int, int]) -> np.ndarray | None:

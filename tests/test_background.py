@@ -19,7 +19,7 @@ def test_person_in_view_from_first_frame_is_never_pasted_back():
     mask[18:42, 28:52] = 255
     for _ in range(5):
         bg.update(frame, mask)
-        image = bg.render(need=mask)
+        image = bg.render()
         red = (image[..., 2] > 200) & (image[..., 0] < 50) & (image[..., 1] < 50)
         assert not red[18:42, 28:52].any()
     assert not bg.seen[18:42, 28:52].any()
@@ -31,7 +31,7 @@ def test_solid_fill_for_never_seen_pixels():
     mask = np.zeros(frame.shape[:2], np.uint8)
     mask[10:20, 10:20] = 255
     bg.update(frame, mask)
-    assert np.all(bg.render(need=mask)[10:20, 10:20] == 128)
+    assert np.all(bg.render()[10:20, 10:20] == 128)
 
 
 def test_background_is_learnt_where_seen_and_frozen_under_the_mask():

@@ -6,7 +6,7 @@ import pytest
 
 from anonengine.config import MaskConfig
 from anonengine.detections import Detections
-from anonengine.masks import box_mask, dilated_boxes, inflate, person_mask, soft_alpha
+from anonengine.masks import box_mask, dilated_boxes, inflate, person_mask, soft_alpha, soft_regions
 
 
 def disc(shape, center, radius):
@@ -66,3 +66,35 @@ def test_feather_is_outside_the_hard_mask():
     assert np.all(alpha[hard > 0] == 255)
     assert alpha[120, 205] > 0  # soft edge outside
     assert alpha[120, 300] == 0
+
+
+def test_regions_cover_every_hidden_pixel_without_overlap_and_skip_the_space_between_persons():
+    """Two persons at opposite corners: two small regions, not their union box (most of the frame)."""
+    hard = np.zeros((720, 1283), np.uint8)  # width not a multiple of the feather's downscale
+    hard[40:300, 30:160] = 255
+    hard[450:719, 1100:1283] = 255  # touches the right and bottom edges
+    regions = soft_regions(hard, MaskConfig(feather=0.01))
+    assert len(regions) == 2
+    covered = np.zeros(hard.shape, np.uint8)
+    for region in regions:
+        assert region.alpha.shape == (region.y1 - region.y0, region.x1 - region.x0)
+        covered[region.slices] += 1
+        assert np.all(region.alpha[hard[region.slices] > 0] == 255)
+    assert covered.max() == 1  # disjoint: no pixel is blended twice
+    assert covered[hard > 0].all()
+    assert covered.sum() < 0.2 * hard.size
+    alpha = soft_alpha(hard, MaskConfig(feather=0.01))
+    assert 0 < alpha[170, 170] < 255  # soft edge just right of the first person
+    assert alpha[170, 260] == 0
+
+
+def test_regions_never_overlap():
+    hard = np.zeros((240, 320), np.uint8)
+    hard[20:100, 20:120] = 255
+    hard[90:200, 110:300] = 255  # overlaps the first: one connected part
+    hard[210:230, 10:30] = 255  # apart
+    regions = soft_regions(hard, MaskConfig(feather=0.02))
+    boxes = sorted(r.box for r in regions)
+    for i, a in enumerate(boxes):
+        for b in boxes[i + 1:]:
+            assert not (a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3])

@@ -121,7 +121,7 @@ def test_scene_cut_resets_the_background():
     person = empty.copy()
     person[30:90, 40:80] = 255
     assert model.update(second, person) is True
-    image = model.render(need=person)
+    image = model.render()
     assert (image[30:90, 40:80] == 128).all()  # never seen in the new scene: filled, not the old scene
     assert (image[0:20, 0:20] == 200).all()
 
