@@ -3,7 +3,9 @@
 An exported model has a fixed input shape. Each camera's frames letterbox to one shape at a given
 `imgsz` (640x384 for 16:9 at 640), so a model is exported per shape on first use, through
 Ultralytics, and cached next to the weights under a key of (weights hash, shape, batch, precision).
-A square export would spend two fifths of its work on padding for 16:9 video.
+A square export would spend two fifths of its work on padding for 16:9 video. With `int8` (OpenVINO
+only), the FP32 export of a shape is quantized with NNCF, calibrated on generated frames
+(`anonengine.calibration`), and cached as precision `int8`.
 """
 
 from __future__ import annotations
@@ -34,6 +36,18 @@ def choose_backend(backend: str, device: str) -> str:
     return "openvino" if _importable("openvino") else "torch"
 
 
+def check_int8(backend: str) -> None:
+    """A one-line ModelError unless INT8 can be had: the OpenVINO backend (resolved), with NNCF installed."""
+    if backend != "openvino":
+        raise ModelError(
+            f"detector.int8 needs the openvino backend (CPU), not {backend}: set detector.backend to openvino "
+            "(or auto on a CPU), or turn detector.int8 off"
+        )
+    from anonengine.calibration import require_nncf
+
+    require_nncf()
+
+
 def letterbox_shape(frame_shape: tuple[int, int], imgsz: int) -> tuple[int, int]:
     """The detector's input (h, w) for a frame: long side to `imgsz`, sides up to a stride multiple."""
     h, w = frame_shape
@@ -44,10 +58,13 @@ def letterbox_shape(frame_shape: tuple[int, int], imgsz: int) -> tuple[int, int]
 class ExportedModels:
     """One exported model per input shape, exported on first use and cached on disk."""
 
-    def __init__(self, weights: str, task: str, backend: str, imgsz: int, half: bool) -> None:
+    def __init__(self, weights: str, task: str, backend: str, imgsz: int, half: bool, int8: bool = False) -> None:
         if models.is_architecture(weights):
             raise ModelError(f"backend {backend} needs trained weights, not an architecture ({weights})")
+        if int8:
+            check_int8(backend)
         self.weights, self.task, self.backend, self.imgsz, self.half = Path(weights), task, backend, imgsz, half
+        self.int8 = int8
         self._models: dict[tuple[int, int], object] = {}
 
     def model_for(self, frame_shape: tuple[int, int]):
@@ -61,7 +78,7 @@ class ExportedModels:
 
     def cache_path(self, shape: tuple[int, int]) -> Path:
         digest = models.sha256(self.weights)[:12]
-        precision = "fp16" if self.half else "fp32"
+        precision = "int8" if self.int8 else "fp16" if self.half else "fp32"
         key = f"{self.weights.stem}-{digest}-{shape[0]}x{shape[1]}-b1-{precision}"
         return self.weights.parent / EXPORT_DIR / f"{key}{SUFFIX[self.backend]}"
 
@@ -78,6 +95,9 @@ class ExportedModels:
         return target
 
     def _export_to(self, target: Path, shape: tuple[int, int]) -> None:
+        if self.int8:
+            self._quantize_to(target, shape)
+            return
         from ultralytics import YOLO
 
         work = target.parent / f"{target.name}.work"
@@ -106,6 +126,26 @@ class ExportedModels:
         except Exception as exc:  # noqa: BLE001 - exporters raise many types; the user needs one line
             reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise ModelError(f"cannot export {self.weights.name} to {self.backend}: {reason}") from None
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+
+    def _quantize_to(self, target: Path, shape: tuple[int, int]) -> None:
+        """INT8 from the FP32 export of the same shape (exported first, and cached, if need be)."""
+        from anonengine.calibration import quantize_openvino
+
+        fp32 = ExportedModels(str(self.weights), self.task, self.backend, self.imgsz, half=False).export(shape)
+        work = target.parent / f"{target.name}.work"
+        shutil.rmtree(work, ignore_errors=True)
+        try:
+            log.info("quantizing %s to INT8 at %dx%d on generated frames (once; cached in %s)", self.weights.name,
+                     shape[1], shape[0], target.parent)
+            quantize_openvino(fp32, work, shape)
+            work.rename(target)
+        except ModelError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - NNCF and OpenVINO raise many types; the user needs one line
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise ModelError(f"cannot quantize {self.weights.name} to INT8: {reason}") from None
         finally:
             shutil.rmtree(work, ignore_errors=True)
 

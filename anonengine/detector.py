@@ -12,7 +12,7 @@ import logging
 import numpy as np
 
 from anonengine import models
-from anonengine.backends import ExportedModels, choose_backend
+from anonengine.backends import ExportedModels, check_int8, choose_backend
 from anonengine.config import AnonymizerConfig
 from anonengine.detections import Detections, box_iou
 from anonengine.errors import ModelError
@@ -61,6 +61,8 @@ class PersonDetector:
 
         logging.getLogger("ultralytics").setLevel(max(logging.WARNING, logging.getLogger().level))
         self.backend = choose_backend(det.backend, self.device)
+        if det.int8:
+            check_int8(self.backend)
         self.pose = self._load(det.pose_model, "pose")
         self.outline = None
         if cfg.method == "seg":
@@ -75,7 +77,8 @@ class PersonDetector:
         model = load_yolo(spec, task)
         if self.backend == "torch" or models.is_architecture(spec):
             return model
-        return ExportedModels(models.resolve(spec), task, self.backend, self.cfg.detector.imgsz, self.half)
+        det = self.cfg.detector
+        return ExportedModels(models.resolve(spec), task, self.backend, det.imgsz, self.half, det.int8)
 
     def _warm_up(self) -> None:
         # The first predict builds the predictor, and on CPU Ultralytics then pins torch to

@@ -126,7 +126,7 @@ def soft_regions(mask: np.ndarray, cfg: MaskConfig) -> list[Region]:
     soft = coverage
     if width >= 1:
         small_width = width / scale
-        k = 2 * int(math.ceil(small_width / 2)) + 1
+        k = 2 * math.ceil(small_width / 2) + 1
         grown = cv2.dilate(coverage, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k)))
         soft = cv2.max(cv2.GaussianBlur(grown, (0, 0), sigmaX=small_width / 2.5), coverage)
     count, _, stats, _ = cv2.connectedComponentsWithStats(soft, connectivity=8)

@@ -35,21 +35,73 @@ def config(clip, out: Path, cameras: int, imgsz: int, tap: str = "") -> EngineCo
 
 def engine_fps(cfg: EngineConfig, frames: int) -> float:
     """Frames/s from the first frame written to the last (model loading excluded, as for inline)."""
+    run = engine_run(cfg)
+    assert run["done"] == frames * len(cfg.cameras), f"engine wrote {run['done']} frames"
+    return run["fps"]
+
+
+def engine_run(cfg: EngineConfig, timeout_s: float | None = None, on_start=None) -> dict:
+    """Runs the engine once over `cfg.cameras` and returns what it did.
+
+    fps: frames written from the first written frame to the engine's exit, per second (engine_fps);
+    fps_steady: the same up to the last frame written (the engine's stop and the stages' exit left out);
+    done: frames the encoder reported written (CameraDone); stats: the stages' last counters, keyed
+    (stage, name); t_start, t_first, t_last, t_end: perf_counter times of the start, the first and last
+    frame written and the return; stopped: True when `timeout_s` ran out and the engine was stopped.
+    `on_start(launcher)` is called once the stages are spawned (to sample their processes).
+    """
+    cfg.engine.stats_interval_s = 0.1  # before the launcher copies the config
     launcher = Launcher(cfg)
-    first = {}
+    seen = {}
 
     def on_stats(stats):
-        if stats.get(("encode", "-"), {}).get("frames", 0) > 0 and "t" not in first:
-            first["t"], first["n"] = time.perf_counter(), stats[("encode", "-")]["frames"]
+        written = stats.get(("encode", "-"), {}).get("frames", 0)
+        now = time.perf_counter()
+        if written > 0 and "t" not in seen:
+            seen["t"], seen["n"] = now, written
+        if written > seen.get("last_n", 0):
+            seen["last_t"], seen["last_n"] = now, written
 
     launcher.on_stats = on_stats
-    cfg.engine.stats_interval_s = 0.1
-    launcher.start()
-    launcher.run()
+    stop = launcher.stop
+
+    def stop_and_note(*args, **kwargs):  # the run loop is over: every camera done, or stopped
+        seen.setdefault("stop_t", time.perf_counter())
+        return stop(*args, **kwargs)
+
+    launcher.stop = stop_and_note
+    t_start = time.perf_counter()
+    timer = None
+    if timeout_s is not None:
+        timer = threading.Timer(timeout_s, launcher.request_stop)
+        timer.daemon = True
+        timer.start()
+    try:
+        launcher.start()
+        if on_start is not None:
+            on_start(launcher)
+        launcher.run()
+    finally:
+        if timer is not None:
+            timer.cancel()
     end = time.perf_counter()
     done = sum(d.frames for d in launcher.done.values())
-    assert done == frames * len(cfg.cameras), f"engine wrote {done} frames"
-    return (done - first["n"]) / (end - first["t"])
+    t_first, n_first = seen.get("t", end), seen.get("n", 0)
+    t_stop = seen.get("stop_t", end)
+    # The last written frame: when the encoder's count reached the total, unless that count only came in
+    # while the engine stopped; then when the run loop saw every camera done (within its 0.1 s poll).
+    t_last = seen["last_t"] if seen.get("last_n") == done and seen.get("last_t", end) <= t_stop else t_stop
+    return {
+        "fps": (done - n_first) / (end - t_first) if end > t_first else 0.0,
+        "fps_steady": (done - n_first) / (t_last - t_first) if t_last > t_first else 0.0,
+        "done": done,
+        "stats": dict(launcher.stats),
+        "t_start": t_start,
+        "t_first": t_first,
+        "t_last": t_last,
+        "t_end": end,
+        "stopped": launcher.stop_requested,
+    }
 
 
 def inline_fps(cfg: EngineConfig, frames: int) -> float:
