@@ -176,8 +176,18 @@ class VideoWriter:
         self.time_base = time_base
         self.stream.time_base = time_base
         self.stream.codec_context.time_base = time_base
-        if cfg.codec.startswith("libx26"):
-            self.stream.options = {"preset": cfg.preset, "crf": str(cfg.crf)}
+        self.stream.options = encoder_options(cfg)
+        if cfg.keyframe_interval:
+            self.stream.codec_context.gop_size = cfg.keyframe_interval
+        if cfg.threads:
+            self.stream.codec_context.thread_count = cfg.threads
+        try:
+            # FFmpeg opens an encoder at the first frame; opening it now reports a missing GPU or a bad
+            # option before any frame was decoded and detected.
+            self.stream.codec_context.open()
+        except (av.FFmpegError, OSError, ValueError) as exc:
+            self.abort()
+            raise OutputError(f"encoder {cfg.codec!r} cannot start: {_ffmpeg_reason(exc)}") from None
         self.frames = 0
 
     def write(self, image: np.ndarray, pts: int) -> None:
@@ -208,6 +218,22 @@ class VideoWriter:
         except Exception:  # noqa: BLE001 - the file is deleted next; its state no longer matters
             pass
         self.partial.unlink(missing_ok=True)
+
+
+def encoder_options(cfg: EncoderConfig) -> dict[str, str]:
+    """FFmpeg options for constant quality, capped by `max_bitrate_kbps` when set."""
+    if cfg.is_nvenc:
+        options = {"preset": cfg.speed_preset, "rc": "vbr", "cq": str(cfg.crf), "b": "0"}
+    elif cfg.codec.startswith("libx26"):
+        options = {"preset": cfg.speed_preset, "crf": str(cfg.crf)}
+        if cfg.codec == "libx265":
+            options["x265-params"] = "log-level=error"  # else x265 prints its settings for every file
+    else:
+        return {}
+    if cfg.max_bitrate_kbps:
+        options["maxrate"] = f"{cfg.max_bitrate_kbps}k"
+        options["bufsize"] = f"{2 * cfg.max_bitrate_kbps}k"
+    return options
 
 
 def _format_for(path: Path) -> str:
