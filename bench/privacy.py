@@ -41,7 +41,7 @@ from anonengine.sample import ACTORS, render_frames
 from anonengine.video import VideoWriter
 
 LOOKAHEAD = HoldConfig().lookahead_frames  # the default
-STRIDE = 2  # `detector.stride`: detections on every 2nd frame only, the hold covers the others
+STRIDES = (2, 3)  # `detector.stride`: detections on every Nth frame only, the hold covers the others
 ENTERING = (
     ("bus_left", 0.60, (-0.10, 0.55), (0.45, 0.55)),  # walks in from the left edge
     ("zidane", 0.45, (1.10, 0.40), (0.62, 0.40)),  # and in from the right
@@ -128,6 +128,7 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=640)
     parser.add_argument("--height", type=int, default=360)
     parser.add_argument("--audit", action="store_true", help="also run the adversary (slow on a CPU)")
+    parser.add_argument("--strides", type=int, nargs="*", default=list(STRIDES))
     args = parser.parse_args()
     cfg = AnonymizerConfig()
     cfg.detector.pose_model = str(models.pull("yolo11n-pose.pt"))
@@ -147,11 +148,16 @@ def main() -> None:
             detections = [detector.detect([image])[0] for image in images]
             for i in case.get("missed", ()):
                 detections[i] = Detections.empty(detections[i].frame_shape)
-            strided = [d if i % STRIDE == 0 else Detections.undetected(d.frame_shape) for i, d in enumerate(detections)]
-            for method, outputs in (("seed", seed_algorithm(images, detections)),
-                                    ("no lookahead", anonengine_algorithm(images, detections, cfg)),
-                                    ("anonengine", anonengine_algorithm(images, detections, ahead)),
-                                    (f"stride {STRIDE}", anonengine_algorithm(images, strided, ahead, STRIDE))):
+            runs = [("seed", seed_algorithm(images, detections)),
+                    ("no lookahead", anonengine_algorithm(images, detections, cfg)),
+                    ("anonengine", anonengine_algorithm(images, detections, ahead))]
+            for stride in args.strides:
+                strided = [d if i % stride == 0 else Detections.undetected(d.frame_shape)
+                           for i, d in enumerate(detections)]
+                strided_cfg = ahead.model_copy(deep=True)
+                strided_cfg.detector.stride = stride
+                runs.append((f"stride {stride}", anonengine_algorithm(images, strided, strided_cfg, stride)))
+            for method, outputs in runs:
                 leak, error, pairs = leak_and_error(images, outputs, scenes, truth)
                 audited = audit_rate(images, outputs, truth, Path(tmp), 25) if args.audit else math.nan
                 rows.append((name, method, leak, audited, error, pairs))
