@@ -58,13 +58,15 @@ def letterbox_shape(frame_shape: tuple[int, int], imgsz: int) -> tuple[int, int]
 class ExportedModels:
     """One exported model per input shape, exported on first use and cached on disk."""
 
-    def __init__(self, weights: str, task: str, backend: str, imgsz: int, half: bool, int8: bool = False) -> None:
+    def __init__(
+        self, weights: str, task: str, backend: str, imgsz: int, half: bool, int8: bool = False, threads: int = 0
+    ) -> None:
         if models.is_architecture(weights):
             raise ModelError(f"backend {backend} needs trained weights, not an architecture ({weights})")
         if int8:
             check_int8(backend)
         self.weights, self.task, self.backend, self.imgsz, self.half = Path(weights), task, backend, imgsz, half
-        self.int8 = int8
+        self.int8, self.threads = int8, threads
         self._models: dict[tuple[int, int], object] = {}
 
     def model_for(self, frame_shape: tuple[int, int]):
@@ -75,6 +77,11 @@ class ExportedModels:
 
             model = self._models[shape] = YOLO(str(self.export(shape)), task=self.task)
         return model, shape
+
+    def after_predict(self, model, shape: tuple[int, int]) -> None:
+        """Applies `threads` once Ultralytics has built (or rebuilt) the model's predictor."""
+        if self.backend == "openvino" and self.threads:
+            use_openvino_threads(model, self.cache_path(shape), self.threads)
 
     def cache_path(self, shape: tuple[int, int]) -> Path:
         digest = models.sha256(self.weights)[:12]
@@ -148,6 +155,25 @@ class ExportedModels:
             raise ModelError(f"cannot quantize {self.weights.name} to INT8: {reason}") from None
         finally:
             shutil.rmtree(work, ignore_errors=True)
+
+
+def use_openvino_threads(model, path: Path, threads: int) -> None:
+    """Recompiles a loaded OpenVINO YOLO model for `threads` inference threads, unless it has them.
+
+    Ultralytics compiles for every core. Beside the engine's other stages on a small CPU that loses:
+    a parallel step waits for whichever of its threads was preempted.
+    """
+    backend = getattr(getattr(model.predictor, "model", None), "backend", None)
+    compiled = getattr(backend, "ov_compiled_model", None)
+    if compiled is None:
+        raise ModelError("cannot set detector.threads for OpenVINO with this Ultralytics version: set it to 0")
+    if compiled.get_property("INFERENCE_NUM_THREADS") == threads:
+        return
+    import openvino as ov
+
+    core = ov.Core()
+    config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": threads}
+    backend.ov_compiled_model = core.compile_model(core.read_model(next(path.glob("*.xml"))), "CPU", config)
 
 
 def _importable(module: str) -> bool:

@@ -78,7 +78,7 @@ class PersonDetector:
         if self.backend == "torch" or models.is_architecture(spec):
             return model
         det = self.cfg.detector
-        return ExportedModels(models.resolve(spec), task, self.backend, det.imgsz, self.half, det.int8)
+        return ExportedModels(models.resolve(spec), task, self.backend, det.imgsz, self.half, det.int8, det.threads)
 
     def _warm_up(self) -> None:
         # The first predict builds the predictor, and on CPU Ultralytics then pins torch to
@@ -95,6 +95,7 @@ class PersonDetector:
             for frame in frames:
                 exported, shape = model.model_for(frame.shape[:2])
                 results += self._predict_with(exported, [frame], list(shape))
+                model.after_predict(exported, shape)
             return results
         return self._predict_with(model, frames, self.cfg.detector.imgsz)
 

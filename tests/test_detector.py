@@ -99,3 +99,17 @@ def test_backends_agree_with_torch_on_real_images(models_dir, backend):
         assert len(ref) == len(other)
         assert box_iou(ref.boxes, other.boxes).max(axis=1).min() >= 0.9
     assert list((models_dir / ".exports").glob("yolo11n-pose-*-640x480-b1-fp32*"))  # bus.jpg's own shape
+
+
+def test_openvino_runs_on_the_configured_number_of_threads(models_dir):
+    """On a small CPU the detector must leave cores to the other stages: detector.threads holds."""
+    cfg = AnonymizerConfig()
+    cfg.detector.pose_model = str(models_dir / "yolo11n-pose.pt")
+    cfg.detector.device = "cpu"
+    cfg.detector.backend = "openvino"
+    cfg.detector.threads = 1
+    detector = PersonDetector(cfg)
+    (det,) = detector.detect([cv2.imread(str(assets_dir() / "bus.jpg"))])
+    assert len(det) == 4
+    model, _ = detector.pose.model_for((1080, 810))
+    assert model.predictor.model.backend.ov_compiled_model.get_property("INFERENCE_NUM_THREADS") == 1
