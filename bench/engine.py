@@ -48,15 +48,21 @@ def engine_run(cfg: EngineConfig, timeout_s: float | None = None, on_start=None)
     done: frames the encoder reported written (CameraDone); stats: the stages' last counters, keyed
     (stage, name); t_start, t_first, t_last, t_end: perf_counter times of the start, the first and last
     frame written and the return; stopped: True when `timeout_s` ran out and the engine was stopped.
+    progress: (time, frames written) as the encoder reported them, every 0.1 s or so.
     `on_start(launcher)` is called once the stages are spawned (to sample their processes).
     """
     cfg.engine.stats_interval_s = 0.1  # before the launcher copies the config
     launcher = Launcher(cfg)
     seen = {}
+    progress = []
 
     def on_stats(stats):
+        if "stop_t" in seen:
+            return  # the stages' last counters, sent as they exit: no time to measure by
         written = stats.get(("encode", "-"), {}).get("frames", 0)
         now = time.perf_counter()
+        if written and (not progress or written > progress[-1][1]):
+            progress.append((now, written))
         if written > 0 and "t" not in seen:
             seen["t"], seen["n"] = now, written
         if written > seen.get("last_n", 0):
@@ -86,7 +92,8 @@ def engine_run(cfg: EngineConfig, timeout_s: float | None = None, on_start=None)
             timer.cancel()
     end = time.perf_counter()
     done = sum(d.frames for d in launcher.done.values())
-    t_first, n_first = seen.get("t", end), seen.get("n", 0)
+    # A run too short for the encoder to report twice before the end is measured from the engine's start.
+    t_first, n_first = (seen["t"], seen["n"]) if seen.get("n", done) < done else (t_start, 0)
     t_stop = seen.get("stop_t", end)
     # The last written frame: when the encoder's count reached the total, unless that count only came in
     # while the engine stopped; then when the run loop saw every camera done (within its 0.1 s poll).
@@ -101,6 +108,7 @@ def engine_run(cfg: EngineConfig, timeout_s: float | None = None, on_start=None)
         "t_last": t_last,
         "t_end": end,
         "stopped": launcher.stop_requested,
+        "progress": progress,
     }
 
 

@@ -1,72 +1,542 @@
 """GPU check: N generated 1080p streams through the engine; aggregate frames/s, GPU use, streams sustained.
 
-    bash bench/gpu.sh   (a machine with one NVIDIA GPU; about 10 minutes at most)
+    bash bench/gpu.sh                       (a machine with one NVIDIA GPU; about 7 minutes at most)
+    python bench/gpu.py --device cpu --size 640x360 --streams 1 2 --frames 20     (a dry run, no GPU)
 
-For each N in --streams (doubling), the engine anonymizes N copies of a generated 1080p clip at once
-(backend auto: TensorRT where installed, else half-precision torch; several detector workers batch
-across cameras) and reports frames/s in total, per stream, and the GPU's mean utilisation sampled by
-nvidia-smi. The most 1080p25 streams sustained is the largest N whose per-stream rate is >= 25.
+One generated clip (persons walking over a scene, H.264 at about 4 Mbit/s) is anonymized N times at once
+by one engine (anonengine.engine.launcher.Launcher, as `anonengine launch` runs it) for each N in
+--streams, then, time allowing, for the counts between the largest N that kept up and the smallest that
+did not. Each row: frames/s of all streams together and per stream, counted from when --skip (a fifth) of
+the frames were written to the last one (engine start, model loading and the rings' first fill left
+out), the GPU's mean utilisation and largest memory use over that window, the CPU cores each stage's
+processes used (a stage at about 1.0 per process is one saturated Python thread: the bottleneck), the
+detector's mean batch, and what the engine dropped or obscured, which for file sources must be nothing.
+A count is sustained when every frame came out anonymized, none dropped, late or obscured, at >= 25
+frames/s per stream. The most 1080p25 streams sustained is the largest such N.
+
+--codec auto (default) encodes with h264_nvenc when PyAV has it and a trial encode works, else libx264.
+Runs stop being started once --budget-s is spent or the next one is predicted to overrun it, and a run
+still going --grace-s after the budget is stopped (reported as incomplete).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+from fractions import Fraction
 from pathlib import Path
+from types import SimpleNamespace
+
+os.environ.setdefault("ANONENGINE_LOG_LEVEL", "WARNING")  # the stages' INFO lines: 5 per camera per run
+os.environ.setdefault("YOLO_OFFLINE", "1")  # Ultralytics: no online check, no update check, no auto-install
+os.environ.setdefault("YOLO_AUTOINSTALL", "false")
 
 sys.path.insert(0, str(Path(__file__).parent))
-from engine import config, engine_fps  # noqa: E402
+from engine import config, engine_run  # noqa: E402 - bench/engine.py, beside this file
 
-from anonengine.sample import make_sample  # noqa: E402
+RATE = 25
 
 
-def gpu_utilisation(samples: list, stop: threading.Event) -> None:
-    while not stop.is_set():
-        out = subprocess.run(["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits"],
-                             capture_output=True, text=True, check=False)
-        if out.returncode == 0 and out.stdout.strip():
-            samples.append(float(out.stdout.split()[0]))
-        time.sleep(0.5)
+def make_clip(out_dir: Path, width: int, height: int, frames: int):
+    """The sample scene's frames (anonengine.sample) as a camera would send them: H.264 at CRF 23.
+
+    make_sample writes near-lossless video (CRF 8, preset medium): about 4 times slower to make at
+    1080p (0.28 s a frame on 2 cores) and about 100 kB a frame to decode, where a 1080p25 camera sends
+    20 to 40; this clip has about 20.
+    """
+    from anonengine.config import EncoderConfig
+    from anonengine.sample import TIME_BASE, render_frames
+    from anonengine.video import VideoWriter
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    video = out_dir / "clip.mp4"
+    writer = VideoWriter(
+        video, width, height, Fraction(RATE), TIME_BASE, EncoderConfig(codec="libx264", preset="veryfast", crf=23)
+    )
+    ticks = int(1 / (RATE * TIME_BASE))
+    for i, (image, _, _) in enumerate(render_frames(width, height, frames)):
+        writer.write(image, i * ticks)
+    writer.close()
+    return SimpleNamespace(video=video)
+
+
+TRIAL = """
+import sys
+from fractions import Fraction
+import numpy as np
+from anonengine.config import EncoderConfig
+from anonengine.video import VideoWriter
+w, h = int(sys.argv[3]), int(sys.argv[4])
+writer = VideoWriter(sys.argv[2], w, h, Fraction(25), Fraction(1, 12800), EncoderConfig(codec=sys.argv[1]))
+for i in range(10):
+    writer.write(np.full((h, w, 3), 16 * i, np.uint8), i * 512)
+writer.close()
+print("ok")
+"""
+
+
+def trial_encode(codec: str, width: int, height: int, tmp: Path) -> str | None:
+    """None when `codec` encodes a few frames through anonengine's VideoWriter, else why not (one line)."""
+    try:
+        out = subprocess.run(
+            [sys.executable, "-c", TRIAL, codec, str(tmp / f"trial-{codec}.mp4"), str(width), str(height)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        return "trial encode timed out"
+    if out.returncode == 0 and out.stdout.strip().endswith("ok"):
+        return None
+    lines = [line for line in (out.stderr or out.stdout).strip().splitlines() if line.strip()]
+    return lines[-1] if lines else f"exit {out.returncode}"
+
+
+def pick_codec(requested: str, width: int, height: int, tmp: Path) -> str:
+    import av
+
+    if requested != "auto":
+        print(f"codec: {requested} (as asked)")
+        return requested
+    if "h264_nvenc" not in av.codecs_available:
+        print("codec: libx264 (this PyAV has no h264_nvenc)")
+        return "libx264"
+    why = trial_encode("h264_nvenc", width, height, tmp)
+    if why is None:
+        print("codec: h264_nvenc (trial encode worked)")
+        return "h264_nvenc"
+    print(f"codec: libx264 (h264_nvenc trial encode failed: {why})")
+    return "libx264"
+
+
+class Monitor:
+    """Samples the GPU (utilisation, memory) and the CPU time of each engine process every `interval` s."""
+
+    def __init__(self, gpu: bool, interval: float = 0.25) -> None:
+        self.interval = interval
+        self.samples: list[tuple[float, float, float]] = []  # (t, GPU %, GPU MiB used)
+        self.cpu: dict[str, list[tuple[float, float]]] = {}  # child name -> [(t, CPU seconds)]
+        self.stages: dict[str, str] = {}  # child name -> stage
+        self.launcher = None
+        self.stop = threading.Event()
+        self._gpu = self._gpu_reader() if gpu else None
+        self.thread = threading.Thread(target=self._loop, daemon=True)
+
+    @staticmethod
+    def _gpu_reader():
+        try:
+            import pynvml
+
+            pynvml.nvmlInit()
+            handle = pynvml.nvmlDeviceGetHandleByIndex(0)
+
+            def read():
+                util = pynvml.nvmlDeviceGetUtilizationRates(handle).gpu
+                return float(util), pynvml.nvmlDeviceGetMemoryInfo(handle).used / 2**20
+
+            read()
+            return read
+        except Exception:  # noqa: BLE001 - no NVML: nvidia-smi, slower
+
+            def read():
+                out = subprocess.run(
+                    [
+                        "nvidia-smi",
+                        "-i",
+                        "0",
+                        "--query-gpu=utilization.gpu,memory.used",
+                        "--format=csv,noheader,nounits",
+                    ],
+                    capture_output=True,
+                    text=True,
+                    check=False,
+                )
+                util, mem = out.stdout.strip().split(",")[:2]
+                return float(util), float(mem)
+
+            return read
+
+    def attach(self, launcher) -> None:
+        self.launcher = launcher
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def _loop(self) -> None:
+        import psutil
+
+        procs: dict[int, psutil.Process] = {}
+        while not self.stop.is_set():
+            now = time.perf_counter()
+            if self._gpu is not None:
+                try:
+                    util, mem = self._gpu()
+                    self.samples.append((now, util, mem))
+                except Exception:  # noqa: BLE001, S110 - a missed sample is no reason to stop measuring
+                    pass
+            launcher = self.launcher
+            for child in list(launcher.children.values()) if launcher is not None else ():
+                process = child.process
+                if process is None:
+                    continue
+                try:
+                    proc = procs.get(process.pid)
+                    if proc is None:
+                        proc = procs[process.pid] = psutil.Process(process.pid)
+                    times = proc.cpu_times()
+                except (psutil.Error, OSError):
+                    continue
+                key = f"{child.name}#{process.pid}"  # a restarted stage is another process
+                self.stages[key] = child.stage
+                self.cpu.setdefault(key, []).append((now, times.user + times.system))
+            self.stop.wait(self.interval)
+
+    def finish(self) -> None:
+        self.stop.set()
+        self.thread.join()
+
+    def gpu_in(self, t0: float, t1: float) -> tuple[float, float]:
+        """Mean GPU utilisation and most memory used over t0..t1 (the nearest sample if none falls inside)."""
+        inside = [(u, m) for t, u, m in self.samples if t0 <= t <= t1]
+        if not inside and self.samples:
+            inside = [min(self.samples, key=lambda s: abs(s[0] - (t0 + t1) / 2))[1:]]
+        if not inside:
+            return float("nan"), float("nan")
+        return sum(u for u, _ in inside) / len(inside), max(m for _, m in inside)
+
+    def cores_in(self, t0: float, t1: float) -> dict[str, tuple[float, float, int]]:
+        """Per stage: (cores used by all its processes, most by one process, processes) over about t0..t1.
+
+        Each process's CPU time is read at the samples that bracket the window (the last one before t0, the
+        first one after t1), so a window shorter than the sampling interval still gets a figure.
+        """
+        per_stage: dict[str, list[float]] = {}
+        for key, series in self.cpu.items():
+            before = [s for s in series if s[0] <= t0]
+            after = [s for s in series if s[0] >= t1]
+            (ta, ca) = before[-1] if before else series[0]
+            (tb, cb) = after[0] if after else series[-1]
+            if tb - ta < self.interval / 2:
+                continue
+            per_stage.setdefault(self.stages[key], []).append((cb - ca) / (tb - ta))
+        return {stage: (sum(v), max(v), len(v)) for stage, v in per_stage.items()}
+
+
+def shm_free() -> float:
+    """Bytes free in /dev/shm, where the engine's frame rings live."""
+    stat = os.statvfs("/dev/shm")
+    return stat.f_bavail * stat.f_frsize
+
+
+def counters_summary(stats: dict) -> dict:
+    """The counters that tell what the engine lost or hid, added up over each stage's processes."""
+    total: dict[str, int] = {}
+    for (stage, _), counters in stats.items():
+        for name, value in counters.items():
+            total[f"{stage}.{name}"] = total.get(f"{stage}.{name}", 0) + int(value)
+    batches = total.get("detect.batches", 0)
+    batched = sum(int(k.rsplit("_", 1)[1]) * v for k, v in total.items() if k.startswith("detect.batch_size_"))
+    lost = {
+        k: total.get(k, 0)
+        for k in (
+            "capture.dropped_oldest",
+            "capture.redelivered",
+            "composite.obscured",
+            "composite.late",
+            "composite.dropped",
+            "detect.frames_failed",
+            "detect.frames_stale",
+            "composite.stale",
+            "encode.stale",
+        )
+    }
+    return {"mean_batch": batched / batches if batches else float("nan"), "lost": lost, "all": total}
+
+
+def steady_window(run: dict, expected: int, skip: float) -> tuple[float, int, float]:
+    """(start time, frames written by then, end time) of the measured window: from when `skip` of all frames
+    were written (the rings filled before the first frame came out are behind by then) to the last one.
+    Falls back to the first frame written when that leaves less than a second."""
+    t1 = run["t_last"]
+    for t, written in run["progress"]:
+        if written >= skip * expected and t <= t1 - 1.0:
+            return t, written, t1
+        if written >= skip * expected:
+            break
+    first = [(t, w) for t, w in run["progress"] if t >= run["t_first"]]
+    t0, n0 = first[0] if first else (run["t_first"], 0)
+    return t0, n0, t1
+
+
+def measure(args, clip, out: Path, n: int, codec: str, timeout_s: float, gpu: bool) -> dict:
+    cfg = config(clip, out / f"n{n}", n, args.imgsz)
+    (out / f"n{n}").mkdir(exist_ok=True)
+    cfg.anonymizer.detector.device = args.device
+    cfg.anonymizer.detector.backend = args.backend
+    cfg.encoder.codec = codec
+    cfg.engine.detect_workers = args.workers
+    cfg.engine.max_batch = args.max_batch
+    cfg.engine.ring_slots = args.ring_slots
+    cfg.engine.stop_timeout_s = 10
+    cfg.engine.run_dir = str(out / "run")
+    monitor = Monitor(gpu)
+    monitor.start()
+    error = None
+    try:
+        run = engine_run(cfg, timeout_s=timeout_s, on_start=monitor.attach)
+    except Exception as exc:  # noqa: BLE001 - a failed count is a row of the report, not the end of it
+        error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        run = None
+    finally:
+        monitor.finish()
+    if run is None:
+        return {"streams": n, "error": error}
+    counters = counters_summary(run["stats"])
+    expected = args.frames * n
+    t0, n0, t1 = steady_window(run, expected, args.skip)
+    util, mem = monitor.gpu_in(t0, t1)
+    fps = (run["done"] - n0) / (t1 - t0) if t1 > t0 else 0.0
+    clean = (
+        run["done"] == expected
+        and not run["stopped"]
+        and not any(
+            counters["lost"][k]
+            for k in (
+                "capture.dropped_oldest",
+                "composite.obscured",
+                "composite.late",
+                "composite.dropped",
+                "detect.frames_failed",
+            )
+        )
+    )
+    return {
+        "streams": n,
+        "fps": fps,
+        "per_stream": fps / n,
+        "fps_with_stop": run["fps"],
+        "gpu_util": util,
+        "gpu_mem_mib": mem,
+        "done": run["done"],
+        "expected": expected,
+        "stopped": run["stopped"],
+        "clean": clean,
+        "startup_s": run["t_first"] - run["t_start"],
+        "window_s": t1 - t0,
+        "wall_s": run["t_end"] - run["t_start"],
+        "cores": monitor.cores_in(t0, t1),
+        "mean_batch": counters["mean_batch"],
+        "lost": counters["lost"],
+        "counters": counters["all"],
+    }
+
+
+def print_row(r: dict, gpu: bool) -> None:
+    if "error" in r:
+        print(f"{r['streams']:7d}  failed: {r['error']}", flush=True)
+        return
+    gpu_cols = f"{r['gpu_util']:6.0f} {r['gpu_mem_mib']:7.0f}" if gpu else f"{'-':>6s} {'-':>7s}"
+    cores = r["cores"]
+    stage_cols = " ".join(
+        f"{cores[s][0]:5.2f}" if s in cores else f"{'-':>5s}" for s in ("capture", "detect", "composite", "encode")
+    )
+    lost = r["lost"]
+    bad = sum(
+        lost[k]
+        for k in (
+            "capture.dropped_oldest",
+            "composite.obscured",
+            "composite.late",
+            "composite.dropped",
+            "detect.frames_failed",
+        )
+    )
+    status = (
+        "ok"
+        if r["clean"]
+        else (f"INCOMPLETE {r['done']}/{r['expected']}" if r["done"] != r["expected"] or r["stopped"] else "LOST")
+    )
+    print(
+        f"{r['streams']:7d} {r['fps']:9.1f} {r['per_stream']:10.1f} {gpu_cols} {stage_cols} "
+        f"{r['mean_batch']:5.1f} {bad:5d} {r['startup_s']:6.1f} {r['window_s']:6.1f}  {status}",
+        flush=True,
+    )
+
+
+HEADER = (
+    f"{'streams':>7s} {'total fps':>9s} {'per stream':>10s} {'GPU %':>6s} {'GPU MiB':>7s} "
+    f"{'cap':>5s} {'det':>5s} {'comp':>5s} {'enc':>5s} {'batch':>5s} {'lost':>5s} {'start':>6s} "
+    f"{'window':>6s}  status"
+)
+LEGEND = (
+    "cap/det/comp/enc: CPU cores used by the capture (all cameras), detect (all workers), composite "
+    "and encode processes over the measured window; lost: frames dropped, late, obscured or failed "
+    "(must be 0); start: s from engine start to the first frame written; window: s measured, from when "
+    "--skip of the frames were written to the last"
+)
+
+
+def next_counts(results: dict, target: float) -> int | None:
+    """Between the largest count that kept up and the smallest above it that did not, the middle one."""
+    good = [n for n, r in results.items() if r.get("clean") and r["per_stream"] >= target]
+    bad = [
+        n for n, r in results.items() if n > max(good, default=0) and not (r.get("clean") and r["per_stream"] >= target)
+    ]
+    if not good or not bad:
+        return None
+    lo, hi = max(good), min(bad)
+    return (lo + hi) // 2 if hi - lo > 1 else None
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--frames", type=int, default=150)
-    parser.add_argument("--streams", type=int, nargs="+", default=[1, 2, 4, 8, 16])
-    parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--budget-s", type=float, default=480, help="stop starting larger runs after this")
+    parser.add_argument("--frames", type=int, default=150, help="frames per stream (the clip's length)")
+    parser.add_argument(
+        "--streams",
+        type=int,
+        nargs="+",
+        default=[1, 2, 4, 8, 16],
+        help="stream counts to run in order; stops early once more streams add no throughput",
+    )
+    parser.add_argument("--size", default="1920x1080", help="frame size WxH")
+    parser.add_argument("--device", default="cuda:0", help="detector device (cpu for a dry run)")
+    parser.add_argument("--backend", default="auto", help="detector backend (auto: TensorRT, else torch fp16)")
+    parser.add_argument("--imgsz", type=int, default=640)
+    parser.add_argument("--codec", default="auto", help="encoder; auto: h264_nvenc if a trial works, else libx264")
+    parser.add_argument("--workers", type=int, default=2, help="engine.detect_workers")
+    parser.add_argument("--max-batch", type=int, default=16, help="engine.max_batch")
+    parser.add_argument("--ring-slots", type=int, default=24, help="engine.ring_slots")
+    parser.add_argument("--skip", type=float, default=0.2, help="share of the frames written before measuring")
+    parser.add_argument("--budget-s", type=float, default=300, help="start no run that would end after this")
+    parser.add_argument("--grace-s", type=float, default=30, help="stop a run this long after the budget")
+    parser.add_argument("--max-streams", type=int, default=64, help="doubling past --streams stops here")
+    parser.add_argument("--no-refine", action="store_true", help="skip the counts between kept up and not")
+    parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args()
-    started = time.monotonic()
-    sustained = 0
-    with tempfile.TemporaryDirectory() as tmp:
+    started = time.perf_counter()
+    width, height = (int(v) for v in args.size.lower().split("x"))
+    gpu = args.device.startswith("cuda") or args.device.isdigit()
+    label = f"{height}p{RATE}"
+
+    with tempfile.TemporaryDirectory(prefix="gpubench-") as tmp:
         out = Path(tmp)
-        clip = make_sample(out / "clip", 1920, 1080, args.frames)
-        print(f"{'streams':>7s} {'total fps':>9s} {'per stream':>10s} {'GPU %':>6s}", flush=True)
-        for n in args.streams:
-            if time.monotonic() - started > args.budget_s:
-                print(f"stopping: {args.budget_s:.0f} s budget spent")
+        t = time.perf_counter()
+        clip = make_clip(out / "clip", width, height, args.frames)
+        print(
+            f"clip: {width}x{height}, {args.frames} frames, {clip.video.stat().st_size / args.frames / 1e3:.0f} kB "
+            f"a frame, made in {time.perf_counter() - t:.1f} s",
+            flush=True,
+        )
+        codec = pick_codec(args.codec, width, height, out)
+        print(
+            f"engine: detector {args.device} backend {args.backend} imgsz {args.imgsz}, {args.workers} detect "
+            f"worker(s), max_batch {args.max_batch}, ring_slots {args.ring_slots}, encoder {codec}, one "
+            f"composite and one encode process for all streams; {os.cpu_count()} CPUs",
+            flush=True,
+        )
+        print(HEADER, flush=True)
+        ring_bytes = 2 * args.ring_slots * (width * height * 3 + 64)  # a stream's capture and composite rings
+        results: dict[int, dict] = {}
+        skipped: set[int] = set()  # for time or /dev/shm: never asked for again
+        queue = list(args.streams)
+        refining = False
+        while True:
+            if not queue and not refining and results:
+                top = max(results)
+                kept_up = results[top].get("clean") and results[top].get("per_stream", 0) >= RATE
+                if kept_up and top * 2 <= args.max_streams and top * 2 not in skipped:
+                    queue = [top * 2]  # every count kept up: go on doubling
+            if not queue:
+                n = None if args.no_refine else next_counts(results, RATE)
+                if n is None or n in results or n in skipped:
+                    break
+                refining = True
+                queue = [n]
+            n = queue.pop(0)
+            if n in results or n in skipped:
+                continue
+            if n * ring_bytes > 0.8 * shm_free():
+                print(
+                    f"skipping {n} streams: their frame rings need {n * ring_bytes / 2**30:.1f} GiB of /dev/shm, "
+                    f"{shm_free() / 2**30:.1f} free",
+                    flush=True,
+                )
+                skipped.add(n)
+                if refining:
+                    break
+                continue
+            left = args.budget_s - (time.perf_counter() - started)
+            done_runs = [r for r in results.values() if "fps" in r and r["fps"] > 0]
+            if done_runs:
+                last = done_runs[-1]
+                best = max(r["fps"] for r in done_runs)
+                predicted = last["wall_s"] - last["window_s"] + n * args.frames / best  # start, stop, frames
+                if predicted > left:
+                    print(
+                        f"skipping {n} streams: about {predicted:.0f} s needed, {left:.0f} s of the budget left",
+                        flush=True,
+                    )
+                    skipped.add(n)
+                    if refining:
+                        break
+                    continue
+            if left <= 0:
+                print(f"stopping: the {args.budget_s:.0f} s budget is spent", flush=True)
                 break
-            cfg = config(clip, out, n, 640)
-            cfg.anonymizer.detector.device = "cuda:0"
-            cfg.engine.detect_workers = args.workers
-            cfg.engine.max_batch = 16
-            cfg.engine.ring_slots = 24
-            samples: list = []
-            stop = threading.Event()
-            sampler = threading.Thread(target=gpu_utilisation, args=(samples, stop), daemon=True)
-            sampler.start()
-            fps = engine_fps(cfg, args.frames)
-            stop.set()
-            sampler.join()
-            util = sum(samples) / len(samples) if samples else float("nan")
-            print(f"{n:7d} {fps:9.1f} {fps / n:10.1f} {util:6.0f}", flush=True)
-            if fps / n >= 25:
-                sustained = n
-    print(f"most 1080p25 streams sustained: {sustained}")
+            r = measure(args, clip, out, n, codec, timeout_s=max(10.0, left + args.grace_s), gpu=gpu)
+            results[n] = r
+            print_row(r, gpu)
+            if "error" in r:
+                break
+            if not refining and "fps" in r:
+                # More streams that add no throughput and already fall short: larger counts would too.
+                prev = [results[m] for m in results if m < n and "fps" in results[m]]
+                if prev and r["per_stream"] < RATE and r["fps"] < 1.1 * max(p["fps"] for p in prev):
+                    print(
+                        f"stopping the doubling: {n} streams add no throughput and fall short of {RATE} fps", flush=True
+                    )
+                    queue = []
+
+        rows = [results[n] for n in sorted(results)]
+        print()
+        print(f"summary ({width}x{height}, {args.frames} frames a stream, encoder {codec}, device {args.device}):")
+        print(HEADER)
+        for r in rows:
+            print_row(r, gpu)
+        print(LEGEND)
+        for r in rows:
+            if "counters" in r:
+                lost = {k: v for k, v in r["lost"].items() if v}
+                cores = {s: f"{c[0]:.2f} ({c[2]} procs, most {c[1]:.2f})" for s, c in sorted(r["cores"].items())}
+                print(
+                    f"  {r['streams']} streams: wall {r['wall_s']:.1f} s, with stop {r['fps_with_stop']:.1f} fps; "
+                    f"cores {cores}; nonzero loss counters {lost or 'none'}"
+                )
+        sustained = max((n for n, r in results.items() if r.get("clean") and r["per_stream"] >= RATE), default=0)
+        note = " (the most tried)" if sustained and sustained == max(results) else ""
+        print(f"most {label} streams sustained: {sustained}{note}  (total {time.perf_counter() - started:.0f} s)")
+        if args.json:
+            Path(args.json).write_text(
+                json.dumps(
+                    {
+                        "size": [width, height],
+                        "frames": args.frames,
+                        "codec": codec,
+                        "device": args.device,
+                        "sustained": sustained,
+                        "rows": rows,
+                    },
+                    indent=1,
+                    default=str,
+                )
+            )
 
 
 if __name__ == "__main__":
