@@ -214,6 +214,10 @@ class RuntimeConfig(StrictModel):
     )
     ring_slots: int = Field(12, ge=2, le=256, description="Shared-memory frame slots per camera and stage.")
     detect_workers: int = Field(1, ge=1, le=64, description="Detector processes sharing the load.")
+    composite_workers: int = Field(
+        1, ge=1, le=64,
+        description="Compositor processes; each camera belongs to one (its background model lives there).",
+    )
     max_batch: int = Field(4, ge=1, le=64, description="Most frames the detector runs at once, across cameras.")
     max_wait_ms: float = Field(5, ge=0, le=1000, description="Longest wait for a batch to fill.")
     redeliver_after_s: float = Field(

@@ -48,10 +48,21 @@ def load_yolo(spec: str, task: str):
     return model
 
 
-class PersonDetector:
-    """Runs the configured models on batches of BGR frames."""
+def batch_sizes(max_batch: int) -> list[int]:
+    """The sizes batches are padded to on CUDA: powers of two, and `max_batch` itself."""
+    sizes = [1 << i for i in range(max_batch.bit_length()) if 1 << i < max_batch]
+    return [*sizes, max_batch]
 
-    def __init__(self, cfg: AnonymizerConfig) -> None:
+
+class PersonDetector:
+    """Runs the configured models on batches of BGR frames.
+
+    On CUDA, each input shape first seen costs seconds of cuDNN planning, and batches that mix cameras
+    come in every size up to `max_batch`. So batches are padded to a few sizes (`batch_sizes`), and each
+    is run once when a frame size is first seen, not on frames that have deadlines.
+    """
+
+    def __init__(self, cfg: AnonymizerConfig, max_batch: int = 1) -> None:
         self.cfg = cfg
         det = cfg.detector
         self.device = select_device(det.device)
@@ -69,6 +80,8 @@ class PersonDetector:
             self.outline = self._load(det.seg_model, "segment")
         elif det.bbox_model:
             self.outline = self._load(det.bbox_model, "detect")
+        self.padded_sizes = batch_sizes(max_batch) if self.backend == "torch" and self.device != "cpu" else None
+        self._warm_shapes: set[tuple[int, ...]] = set()
         if self.backend == "torch":
             self._warm_up()
 
@@ -116,6 +129,17 @@ class PersonDetector:
     def detect(self, frames: list[np.ndarray]) -> list[Detections]:
         if not frames:
             return []
+        count = len(frames)
+        if self.padded_sizes:
+            for shape in {frame.shape for frame in frames} - self._warm_shapes:
+                self._warm_shapes.add(shape)
+                for size in self.padded_sizes:
+                    self._detect([np.zeros(shape, np.uint8)] * size)
+            size = next(s for s in self.padded_sizes if s >= count) if count <= self.padded_sizes[-1] else count
+            frames = frames + [frames[-1]] * (size - count)
+        return self._detect(frames)[:count]
+
+    def _detect(self, frames: list[np.ndarray]) -> list[Detections]:
         poses = [Detections.from_ultralytics(r) for r in self._predict(self.pose, frames)]
         if self.outline is None:
             return poses

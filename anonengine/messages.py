@@ -46,7 +46,10 @@ class StreamInfoMsg:
 
 @dataclass(frozen=True)
 class FrameRef:
-    """Frame `seq` of `camera`, in slot `slot` of shared-memory ring `ring`."""
+    """Frame `seq` of `camera`, in slot `slot` of shared-memory ring `ring`.
+
+    `composite`: the composite worker that owns the camera, where answers about the frame go.
+    """
 
     camera: str
     seq: int
@@ -56,6 +59,7 @@ class FrameRef:
     slots: int
     height: int
     width: int
+    composite: int = 0
 
 
 @dataclass(frozen=True)

@@ -65,14 +65,14 @@ class CaptureStage(Stage):
 class DetectStage(Stage):
     """Finds persons in a batch of frames. A failure yields `None` per frame (obscure) or raises (stop)."""
 
-    def __init__(self, cfg: AnonymizerConfig) -> None:
-        self.cfg = cfg
+    def __init__(self, cfg: AnonymizerConfig, max_batch: int = 1) -> None:
+        self.cfg, self.max_batch = cfg, max_batch
         self.detector = None
 
     def setup(self) -> None:
         from anonengine.detector import PersonDetector
 
-        self.detector = PersonDetector(self.cfg)
+        self.detector = PersonDetector(self.cfg, self.max_batch)
 
     def skips(self, seq: int) -> bool:
         """Frames between detections (`detector.stride`): hidden by the tracker's held boxes instead."""

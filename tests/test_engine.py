@@ -126,9 +126,9 @@ def test_engine_frames_equal_the_inline_reference(clip, models_dir, tmp_path, st
     assert launcher.done["cam"].frames == FRAMES
 
 
-def test_three_cameras_batched_across_cameras(clip, models_dir, tmp_path):
+def test_three_cameras_batched_across_cameras_and_shared_out_to_two_compositors(clip, models_dir, tmp_path):
     sources = {f"cam{i}": clip.video for i in range(3)}
-    cfg = engine_config(tmp_path, models_dir, sources, max_batch=4, max_wait_ms=50)
+    cfg = engine_config(tmp_path, models_dir, sources, max_batch=4, max_wait_ms=50, composite_workers=2)
     launcher = Launcher(cfg)
     launcher.start()
     launcher.run()
@@ -141,6 +141,8 @@ def test_three_cameras_batched_across_cameras(clip, models_dir, tmp_path):
     batch_sizes = {int(k.rsplit("_", 1)[1]): v for k, v in detect_stats.items() if k.startswith("batch_size_")}
     assert max(batch_sizes) > 1, batch_sizes
     assert detect_stats["frames_ok"] >= 3 * FRAMES
+    composited = {name: stats["frames"] for (stage, name), stats in launcher.stats.items() if stage == "composite"}
+    assert sorted(composited.values()) == [FRAMES, 2 * FRAMES]  # each camera on one worker, both used
     assert not list(Path(cfg.engine.run_dir).glob("*/*.sock"))
 
 
@@ -282,7 +284,7 @@ def test_a_stalled_detector_leads_to_obscured_frames_never_raw_ones(models_dir, 
     frames = list(VideoReader(str(tmp_path / "cam.mp4")))
     assert [f.seq for f in frames] == list(range(60)) == [r["index"] for r in records]
     obscured = [r["index"] for r in records if r["obscured"]]
-    assert obscured and launcher.stats[("composite", "-")]["late"] == len(obscured)
+    assert obscured and launcher.stats[("composite", "w0")]["late"] == len(obscured)
     bg = long_clip.true_background().astype(int)
     for frame, record, truth, source in zip(frames, records, long_clip.boxes(), VideoReader(str(long_clip.video))):
         if record["obscured"]:

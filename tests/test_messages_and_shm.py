@@ -33,7 +33,7 @@ def test_every_message_type_survives_the_codec(message):
 
 
 def test_malformed_messages_are_errors_that_say_what_was_expected():
-    with pytest.raises(ValueError, match=r"FrameRef: expected fields \['camera', 'height'"):
+    with pytest.raises(ValueError, match=r"FrameRef: expected fields \['camera', 'composite', 'height'"):
         messages.decode(msgpack.packb(["FrameRef", {"camera": "c"}]))
     with pytest.raises(ValueError, match="unknown message type 'Pickle'"):
         messages.decode(msgpack.packb(["Pickle", {}]))

@@ -16,7 +16,7 @@ import zmq
 
 from anonengine import messages
 from anonengine.engine.runtime import POLL_MS, Service, receive_waiting, send
-from anonengine.errors import AnonError
+from anonengine.errors import AnonError, ConfigError
 from anonengine.shm import FrameRing, segment_name
 from anonengine.video import VideoReader
 
@@ -30,8 +30,12 @@ class InFlight:
 class CaptureService(Service):
     stage = "capture"
 
-    def __init__(self, cfg, instance: str, camera, source: str | None = None) -> None:
+    def __init__(self, cfg, instance: str, camera, source: str | None = None, composite_worker: int = 0) -> None:
         super().__init__(cfg, instance, camera.name)
+        if not 0 <= composite_worker < cfg.engine.composite_workers:
+            raise ConfigError(f"composite worker {composite_worker} does not exist "
+                              f"(engine.composite_workers is {cfg.engine.composite_workers})")
+        self.composite_worker = composite_worker
         self.camera_cfg = camera
         self.source = source or camera.source
         self.reader: VideoReader | None = None
@@ -55,7 +59,7 @@ class CaptureService(Service):
         self._clock_start: tuple[float, float] | None = None
         self.frames_out = self.socket(zmq.PUSH, self.endpoints.frames(self.camera), bind=True, hwm=slots)
         self.releases = self.socket(zmq.PULL, self.endpoints.capture(self.camera), bind=True)
-        self.downstream = self.socket(zmq.PUSH, self.endpoints.composite)
+        self.downstream = self.socket(zmq.PUSH, self.endpoints.composite(self.composite_worker))
         self.frames_iter = iter(self.reader)
         self._announce()
         self.log.info("%s: %dx%d @ %s fps, %s", self.source, info.width, info.height, float(info.rate),
@@ -100,7 +104,7 @@ class CaptureService(Service):
         slot = self.free_slots.pop()
         self.ring.write(slot, self.seq, frame.image)
         ref = messages.FrameRef(self.camera, self.seq, frame.pts, self.ring.name, slot, self.ring.slots,
-                                self.ring.height, self.ring.width)
+                                self.ring.height, self.ring.width, self.composite_worker)
         # In flight before it is announced: its release can come back before the offer returns.
         self.inflight[self.seq] = InFlight(ref, time.monotonic())
         self.seq += 1
@@ -178,6 +182,7 @@ def main(argv=None) -> int:
         parser.add_argument("--source", help="video source, for a camera not in the config")
         parser.add_argument("--output", help="output video, for a camera not in the config")
         parser.add_argument("--metadata", help="metadata file, for a camera not in the config")
+        parser.add_argument("--composite-worker", type=int, default=0, help="the composite worker of this camera")
 
     def factory(cfg, args):
         known = {c.name: c for c in cfg.cameras}
@@ -189,6 +194,6 @@ def main(argv=None) -> int:
             camera = known[args.camera]
         else:
             raise SystemExit(f"anonengine: error: camera {args.camera!r} is not in the config and has no --source")
-        return CaptureService(cfg, args.instance, camera)
+        return CaptureService(cfg, args.instance, camera, composite_worker=args.composite_worker)
 
     return run_service(factory, argv, extra)

@@ -41,8 +41,9 @@ class CameraState:
 class CompositeService(Service):
     stage = "composite"
 
-    def __init__(self, cfg, instance: str) -> None:
-        super().__init__(cfg, instance)
+    def __init__(self, cfg, instance: str, worker: int = 0) -> None:
+        super().__init__(cfg, instance, f"w{worker}")
+        self.worker = worker
         self.compositing = CompositeStage(cfg.anonymizer)
         self.inputs = RingCache()
         self.cameras: dict[str, CameraState] = {}
@@ -51,7 +52,7 @@ class CompositeService(Service):
         self.finished_rings: set[str] = set()  # captures whose stream ended here: never started again
 
     def setup(self) -> None:
-        self.inbox = self.socket(zmq.PULL, self.endpoints.composite, bind=True)
+        self.inbox = self.socket(zmq.PULL, self.endpoints.composite(self.worker), bind=True)
         self.encoder = self.socket(zmq.PUSH, self.endpoints.encode)
         self.log.info("ready (pid %d)", os.getpid())
 
@@ -213,7 +214,6 @@ class CompositeService(Service):
             state.decoded[seq] = messages.unpack_detections(result.persons)
         return state.decoded[seq]
 
-
     def _detections_of(self, state: CameraState, result: messages.Detected, shape) -> Detections | None:
         """What was found; empty between detections (the hold hides them); None (obscure) on failure."""
         if result.status == "ok":
@@ -251,7 +251,7 @@ class CompositeService(Service):
         out_slot = state.free_slots.pop()
         state.ring.write(out_slot, ref.seq, image)
         out_ref = messages.FrameRef(ref.camera, ref.seq, ref.pts, state.ring.name, out_slot, state.ring.slots,
-                                    state.ring.height, state.ring.width)
+                                    state.ring.height, state.ring.width, self.worker)
         persons = detections.to_meta() if detections is not None else []
         send(self.encoder, messages.OutFrame(out_ref, obscured=detections is None, persons=persons))
         state.held[ref.seq] = ref.slot
@@ -286,7 +286,11 @@ class CompositeService(Service):
             state.ring.close()
         self.inputs.close()
 
+
 def main(argv=None) -> int:
     from anonengine.engine.runtime import run_service
 
-    return run_service(lambda cfg, args: CompositeService(cfg, args.instance), argv)
+    def extra(parser):
+        parser.add_argument("--worker", type=int, default=0, help="composite worker number (cameras are shared out)")
+
+    return run_service(lambda cfg, args: CompositeService(cfg, args.instance, args.worker), argv, extra)

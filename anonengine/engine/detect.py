@@ -14,7 +14,7 @@ import time
 import zmq
 
 from anonengine import messages
-from anonengine.engine.runtime import POLL_MS, Service, send
+from anonengine.engine.runtime import POLL_MS, Service, ToCompositors
 from anonengine.shm import RingCache, StaleSlot
 from anonengine.stages import DetectStage
 
@@ -26,7 +26,7 @@ class DetectService(Service):
 
     def __init__(self, cfg, instance: str, worker: str) -> None:
         super().__init__(cfg, instance, worker)
-        self.detector = DetectStage(cfg.anonymizer)
+        self.detector = DetectStage(cfg.anonymizer, cfg.engine.max_batch)
         self.rings = RingCache()
         self.connected: set[str] = set()
         self._last_scan = 0.0
@@ -36,7 +36,7 @@ class DetectService(Service):
         self.frames_in = self.context.socket(zmq.PULL)
         self.frames_in.setsockopt(zmq.RCVHWM, self.cfg.engine.max_batch)
         self.frames_in.setsockopt(zmq.LINGER, 0)
-        self.results = self.socket(zmq.PUSH, self.endpoints.composite)
+        self.results = ToCompositors(self)
         self._connect_cameras()
         self.log.info("ready (pid %d, device %s)", os.getpid(), self.detector.detector.device)
 
@@ -103,7 +103,7 @@ class DetectService(Service):
                 self._answer(ref, "ok", messages.pack_detections(det), len(readable))
 
     def _answer(self, ref, status: str, persons, batch: int) -> None:
-        send(self.results, messages.Detected(ref, status, persons, worker=self.camera, batch=batch))
+        self.results.send(ref.composite, messages.Detected(ref, status, persons, worker=self.camera, batch=batch))
         self.count(f"frames_{status}")
 
     def close(self) -> None:

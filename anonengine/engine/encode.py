@@ -16,7 +16,7 @@ import msgpack
 import zmq
 
 from anonengine import messages
-from anonengine.engine.runtime import POLL_MS, Service, receive_waiting, send
+from anonengine.engine.runtime import POLL_MS, Service, ToCompositors, receive_waiting, send
 from anonengine.errors import AnonError
 from anonengine.shm import RingCache, StaleSlot
 from anonengine.stages import EncodeStage
@@ -45,7 +45,7 @@ class EncodeService(Service):
 
     def setup(self) -> None:
         self.inbox = self.socket(zmq.PULL, self.endpoints.encode, bind=True)
-        self.releases = self.socket(zmq.PUSH, self.endpoints.composite)
+        self.releases = ToCompositors(self)
         self.events = self.socket(zmq.PUSH, self.endpoints.events)
         self.tap = None
         if self.cfg.tap.endpoint:
@@ -121,7 +121,7 @@ class EncodeService(Service):
         self.count("frames")
 
     def _release(self, ref: messages.FrameRef) -> None:
-        send(self.releases, messages.Release(ref.camera, ref.seq, ref.slot))
+        self.releases.send(ref.composite, messages.Release(ref.camera, ref.seq, ref.slot))
 
     def _publish(self, out: messages.OutFrame, output: Output, image) -> None:
         if self.tap is None or self.subscribers <= 0:

@@ -66,7 +66,7 @@ class Launcher:
     def __init__(self, cfg: EngineConfig) -> None:
         self.cfg = cfg.model_copy(deep=True)
         self.instance = cfg.engine.instance or f"p{os.getpid()}"
-        self.endpoints = Endpoints(cfg.engine.run_dir, self.instance)
+        self.endpoints = Endpoints(cfg.engine.run_dir, self.instance, cfg.engine.composite_workers)
         self.children: dict[str, Child] = {}
         self.done: dict[str, messages.CameraDone] = {}
         self.stats: dict[tuple[str, str], dict] = {}
@@ -93,7 +93,8 @@ class Launcher:
         self.control = self.context.socket(zmq.REP)
         self.control.bind(self.endpoints.control)
         self._add("encode", "encode")
-        self._add("composite", "composite")
+        for w in range(self.cfg.engine.composite_workers):
+            self._add(f"composite{w}", "composite", ["--worker", str(w)])
         for w in range(self.cfg.engine.detect_workers):
             self._add(f"detect{w}", "detect", ["--worker", str(w)])
         for camera in self.cfg.cameras:
@@ -130,10 +131,19 @@ class Launcher:
         if name in self.children and self.children[name].process.poll() is None:
             raise EngineFailed(f"camera {camera.name} is already attached")
         self.done.pop(camera.name, None)  # a camera detached or ended before comes back as a new stream
-        extra = ["--camera", camera.name, "--camera-json", camera.model_dump_json()]
+        extra = ["--camera", camera.name, "--camera-json", camera.model_dump_json(),
+                 "--composite-worker", str(self._least_busy_compositor())]
         self._add(name, "capture", extra, camera=camera.name)
         if camera.name not in {c.name for c in self.cfg.cameras}:
             self.cfg.cameras.append(camera)
+
+    def _least_busy_compositor(self) -> int:
+        """The composite worker with the fewest running cameras (each camera stays on its worker)."""
+        load = [0] * self.cfg.engine.composite_workers
+        for child in self.children.values():
+            if child.stage == "capture" and child.process.poll() is None:
+                load[int(child.argv[child.argv.index("--composite-worker") + 1])] += 1
+        return load.index(min(load))
 
     def detach(self, camera: str) -> bool:
         child = self.children.get(f"capture-{camera}")

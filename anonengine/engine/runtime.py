@@ -28,8 +28,9 @@ POLL_MS = 100
 class Endpoints:
     """Local (ipc) endpoints of one engine instance; the binding side is named in each comment."""
 
-    def __init__(self, run_dir: str, instance: str) -> None:
+    def __init__(self, run_dir: str, instance: str, composite_workers: int = 1) -> None:
         self.dir = Path(run_dir) / instance
+        self.composite_workers = composite_workers
 
     def _ipc(self, name: str) -> str:
         return f"ipc://{self.dir / name}.sock"
@@ -40,9 +41,8 @@ class Endpoints:
     def capture(self, camera: str) -> str:  # capture binds PULL of Release
         return self._ipc(f"capture-{camera}")
 
-    @property
-    def composite(self) -> str:  # compositor binds PULL of StreamInfoMsg, StreamEnd, Detected, Release
-        return self._ipc("composite")
+    def composite(self, worker: int) -> str:  # compositor binds PULL of StreamInfoMsg, StreamEnd, Detected, Release
+        return self._ipc(f"composite-{worker}")
 
     @property
     def encode(self) -> str:  # encoder binds PULL of StreamInfoMsg, OutFrame, StreamEnd
@@ -61,6 +61,17 @@ class Endpoints:
         return sorted(p.name[len("frames-") : -len(".sock")] for p in self.dir.glob("frames-*.sock"))
 
 
+class ToCompositors:
+    """A PUSH socket to every composite worker: a frame's messages go to the worker its `FrameRef` names."""
+
+    def __init__(self, service: Service) -> None:
+        endpoints = service.endpoints
+        self.sockets = [service.socket(zmq.PUSH, endpoints.composite(w)) for w in range(endpoints.composite_workers)]
+
+    def send(self, worker: int, message, block: bool = True) -> bool:
+        return send(self.sockets[worker], message, block)
+
+
 class Service:
     """Base of the engine's processes. Subclasses set `stage` and implement setup/step/close."""
 
@@ -68,7 +79,7 @@ class Service:
 
     def __init__(self, cfg: EngineConfig, instance: str, camera: str = "-") -> None:
         self.cfg, self.instance, self.camera = cfg, instance, camera
-        self.endpoints = Endpoints(cfg.engine.run_dir, instance)
+        self.endpoints = Endpoints(cfg.engine.run_dir, instance, cfg.engine.composite_workers)
         self.context = zmq.Context()
         self.stopping = False
         self.log = logging.getLogger(f"anonengine.{self.stage}")
