@@ -275,13 +275,22 @@ def steady_window(run: dict, expected: int, skip: float) -> tuple[float, int, fl
     return t0, n0, t1
 
 
+def composite_workers(args, streams: int) -> int:
+    """--composite-workers, or by default one per stream up to half the cores (a 1080p stream needs most of one)."""
+    return args.composite_workers or max(1, min(streams, (os.cpu_count() or 2) // 2))
+
+
 def measure(args, clip, out: Path, n: int, codec: str, timeout_s: float, gpu: bool) -> dict:
     cfg = config(clip, out / f"n{n}", n, args.imgsz)
     (out / f"n{n}").mkdir(exist_ok=True)
     cfg.anonymizer.detector.device = args.device
     cfg.anonymizer.detector.backend = args.backend
     cfg.encoder.codec = codec
+    if args.preset:
+        # The fastest preset on either kind of encoder: NVENC names its presets p1 (fastest) to p7.
+        cfg.encoder.preset = "p1" if codec.endswith("_nvenc") and args.preset == "ultrafast" else args.preset
     cfg.engine.detect_workers = args.workers
+    cfg.engine.composite_workers = composite_workers(args, n)
     cfg.engine.max_batch = args.max_batch
     cfg.engine.ring_slots = args.ring_slots
     cfg.engine.stop_timeout_s = 10
@@ -411,6 +420,9 @@ def main() -> None:
     parser.add_argument("--imgsz", type=int, default=640)
     parser.add_argument("--codec", default="auto", help="encoder; auto: h264_nvenc if a trial works, else libx264")
     parser.add_argument("--workers", type=int, default=2, help="engine.detect_workers")
+    parser.add_argument("--composite-workers", type=int, default=0,
+                        help="engine.composite_workers; 0: one per stream, up to half the cores")
+    parser.add_argument("--preset", default="ultrafast", help="encoder preset ('' for the codec's default)")
     parser.add_argument("--max-batch", type=int, default=16, help="engine.max_batch")
     parser.add_argument("--ring-slots", type=int, default=24, help="engine.ring_slots")
     parser.add_argument("--skip", type=float, default=0.2, help="share of the frames written before measuring")
@@ -437,8 +449,9 @@ def main() -> None:
         codec = pick_codec(args.codec, width, height, out)
         print(
             f"engine: detector {args.device} backend {args.backend} imgsz {args.imgsz}, {args.workers} detect "
-            f"worker(s), max_batch {args.max_batch}, ring_slots {args.ring_slots}, encoder {codec}, one "
-            f"composite and one encode process for all streams; {os.cpu_count()} CPUs",
+            f"worker(s), max_batch {args.max_batch}, ring_slots {args.ring_slots}, encoder {codec} "
+            f"{args.preset or ''}, composite workers {args.composite_workers or 'one per stream up to cores/2'}, "
+            f"one encode process for all streams; {os.cpu_count()} CPUs",
             flush=True,
         )
         print(HEADER, flush=True)
