@@ -36,6 +36,10 @@ def add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None, help="auto, cpu or cuda:N")
     p.add_argument("--backend", choices=["auto", "torch", "onnx", "openvino", "tensorrt"], default=None,
                    help="inference backend (auto: OpenVINO on CPU, TensorRT or torch fp16 on CUDA)")
+    p.add_argument("--int8", action="store_true", default=None,
+                   help="OpenVINO INT8 model (quantized once with NNCF; pip install 'anonengine[int8]')")
+    p.add_argument("--stride", type=int, default=None,
+                   help="detect on every Nth frame, the tracker hides persons between (privacy-checked up to 3)")
     p.add_argument("--fill", choices=["inpaint", "solid"], default=None, help="fill for never-seen background")
     p.add_argument("--on-detector-error", choices=["stop", "obscure"], default=None)
     p.add_argument("--crf", type=int, default=None, help="H.264 quality (lower is better)")
@@ -61,6 +65,8 @@ def config_from_run_flags(args: argparse.Namespace):
             device=args.device,
             backend=args.backend,
             person_conf=args.person_conf,
+            int8=args.int8,
+            stride=args.stride,
         ),
         "background": _drop_none(alpha=args.alpha, fill=args.fill),
         "pose": _drop_none(keypoint_conf=args.pose_conf_threshold),

@@ -34,10 +34,10 @@ def config(clip, out: Path, cameras: int, imgsz: int, tap: str = "") -> EngineCo
 
 
 def engine_fps(cfg: EngineConfig, frames: int) -> float:
-    """Frames/s from the first frame written to the last (model loading excluded, as for inline)."""
+    """Frames/s from the first frame written to the last (model loading and the stages' exit excluded)."""
     run = engine_run(cfg)
     assert run["done"] == frames * len(cfg.cameras), f"engine wrote {run['done']} frames"
-    return run["fps"]
+    return run["fps_steady"]
 
 
 def engine_run(cfg: EngineConfig, timeout_s: float | None = None, on_start=None) -> dict:
