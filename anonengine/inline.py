@@ -22,15 +22,20 @@ class CameraResult:
     persons: int
 
 
-def run_inline(cfg: EngineConfig, progress: bool = False) -> list[CameraResult]:
-    """Anonymizes each camera of `cfg` in turn; raises AnonError on bad input, leaving no output."""
+def run_inline(cfg: EngineConfig, progress: bool = False, detect: DetectStage | None = None) -> list[CameraResult]:
+    """Anonymizes each camera of `cfg` in turn; raises AnonError on bad input, leaving no output.
+
+    `detect`: a set-up detect stage to reuse (several runs, one model load); else one is made.
+    """
     # The detector is set up by the first camera once its source and output are open: loading the
     # model takes seconds, and a missing or broken file should be reported before that.
-    detect = DetectStage(cfg.anonymizer)
+    owned = detect is None
+    detect = detect or DetectStage(cfg.anonymizer)
     try:
         return [_run_camera(cam, cfg, detect, progress) for cam in cfg.cameras]
     finally:
-        detect.close()
+        if owned:
+            detect.close()
 
 
 def _run_camera(cam: CameraConfig, cfg: EngineConfig, detect: DetectStage, progress: bool) -> CameraResult:

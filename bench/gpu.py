@@ -27,7 +27,6 @@ import os
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from fractions import Fraction
 from pathlib import Path
@@ -38,7 +37,7 @@ os.environ.setdefault("YOLO_OFFLINE", "1")  # Ultralytics: no online check, no u
 os.environ.setdefault("YOLO_AUTOINSTALL", "false")
 
 sys.path.insert(0, str(Path(__file__).parent))
-from engine import config, engine_run  # noqa: E402 - bench/engine.py, beside this file
+from engine import Monitor, config, counters_summary, engine_run  # noqa: E402 - bench/engine.py, beside this file
 
 RATE = 25
 
@@ -116,148 +115,10 @@ def pick_codec(requested: str, width: int, height: int, tmp: Path) -> str:
     return "libx264"
 
 
-class Monitor:
-    """Samples the GPU (utilisation, memory) and the CPU time of each engine process every `interval` s."""
-
-    def __init__(self, gpu: bool, interval: float = 0.25) -> None:
-        self.interval = interval
-        self.samples: list[tuple[float, float, float]] = []  # (t, GPU %, GPU MiB used)
-        self.cpu: dict[str, list[tuple[float, float]]] = {}  # child name -> [(t, CPU seconds)]
-        self.stages: dict[str, str] = {}  # child name -> stage
-        self.launcher = None
-        self.stop = threading.Event()
-        self._gpu = self._gpu_reader() if gpu else None
-        self.thread = threading.Thread(target=self._loop, daemon=True)
-
-    @staticmethod
-    def _gpu_reader():
-        try:
-            import pynvml
-
-            pynvml.nvmlInit()
-            handle = pynvml.nvmlDeviceGetHandleByIndex(0)
-
-            def read():
-                util = pynvml.nvmlDeviceGetUtilizationRates(handle).gpu
-                return float(util), pynvml.nvmlDeviceGetMemoryInfo(handle).used / 2**20
-
-            read()
-            return read
-        except Exception:  # noqa: BLE001 - no NVML: nvidia-smi, slower
-
-            def read():
-                out = subprocess.run(
-                    [
-                        "nvidia-smi",
-                        "-i",
-                        "0",
-                        "--query-gpu=utilization.gpu,memory.used",
-                        "--format=csv,noheader,nounits",
-                    ],
-                    capture_output=True,
-                    text=True,
-                    check=False,
-                )
-                util, mem = out.stdout.strip().split(",")[:2]
-                return float(util), float(mem)
-
-            return read
-
-    def attach(self, launcher) -> None:
-        self.launcher = launcher
-
-    def start(self) -> None:
-        self.thread.start()
-
-    def _loop(self) -> None:
-        import psutil
-
-        procs: dict[int, psutil.Process] = {}
-        while not self.stop.is_set():
-            now = time.perf_counter()
-            if self._gpu is not None:
-                try:
-                    util, mem = self._gpu()
-                    self.samples.append((now, util, mem))
-                except Exception:  # noqa: BLE001, S110 - a missed sample is no reason to stop measuring
-                    pass
-            launcher = self.launcher
-            for child in list(launcher.children.values()) if launcher is not None else ():
-                process = child.process
-                if process is None:
-                    continue
-                try:
-                    proc = procs.get(process.pid)
-                    if proc is None:
-                        proc = procs[process.pid] = psutil.Process(process.pid)
-                    times = proc.cpu_times()
-                except (psutil.Error, OSError):
-                    continue
-                key = f"{child.name}#{process.pid}"  # a restarted stage is another process
-                self.stages[key] = child.stage
-                self.cpu.setdefault(key, []).append((now, times.user + times.system))
-            self.stop.wait(self.interval)
-
-    def finish(self) -> None:
-        self.stop.set()
-        self.thread.join()
-
-    def gpu_in(self, t0: float, t1: float) -> tuple[float, float]:
-        """Mean GPU utilisation and most memory used over t0..t1 (the nearest sample if none falls inside)."""
-        inside = [(u, m) for t, u, m in self.samples if t0 <= t <= t1]
-        if not inside and self.samples:
-            inside = [min(self.samples, key=lambda s: abs(s[0] - (t0 + t1) / 2))[1:]]
-        if not inside:
-            return float("nan"), float("nan")
-        return sum(u for u, _ in inside) / len(inside), max(m for _, m in inside)
-
-    def cores_in(self, t0: float, t1: float) -> dict[str, tuple[float, float, int]]:
-        """Per stage: (cores used by all its processes, most by one process, processes) over about t0..t1.
-
-        Each process's CPU time is read at the samples that bracket the window (the last one before t0, the
-        first one after t1), so a window shorter than the sampling interval still gets a figure.
-        """
-        per_stage: dict[str, list[float]] = {}
-        for key, series in self.cpu.items():
-            before = [s for s in series if s[0] <= t0]
-            after = [s for s in series if s[0] >= t1]
-            (ta, ca) = before[-1] if before else series[0]
-            (tb, cb) = after[0] if after else series[-1]
-            if tb - ta < self.interval / 2:
-                continue
-            per_stage.setdefault(self.stages[key], []).append((cb - ca) / (tb - ta))
-        return {stage: (sum(v), max(v), len(v)) for stage, v in per_stage.items()}
-
-
 def shm_free() -> float:
     """Bytes free in /dev/shm, where the engine's frame rings live."""
     stat = os.statvfs("/dev/shm")
     return stat.f_bavail * stat.f_frsize
-
-
-def counters_summary(stats: dict) -> dict:
-    """The counters that tell what the engine lost or hid, added up over each stage's processes."""
-    total: dict[str, int] = {}
-    for (stage, _), counters in stats.items():
-        for name, value in counters.items():
-            total[f"{stage}.{name}"] = total.get(f"{stage}.{name}", 0) + int(value)
-    batches = total.get("detect.batches", 0)
-    batched = sum(int(k.rsplit("_", 1)[1]) * v for k, v in total.items() if k.startswith("detect.batch_size_"))
-    lost = {
-        k: total.get(k, 0)
-        for k in (
-            "capture.dropped_oldest",
-            "capture.redelivered",
-            "composite.obscured",
-            "composite.late",
-            "composite.dropped",
-            "detect.frames_failed",
-            "detect.frames_stale",
-            "composite.stale",
-            "encode.stale",
-        )
-    }
-    return {"mean_batch": batched / batches if batches else float("nan"), "lost": lost, "all": total}
 
 
 def steady_window(run: dict, expected: int, skip: float) -> tuple[float, int, float]:

@@ -1,12 +1,19 @@
-"""End-to-end speed on a 720p generated clip, in one run: the seed's algorithm, --inline and the engine,
-per backend and detector input size, with ratios against the seed.
+"""End-to-end speed on a 720p generated clip, in one run: the seed's algorithm, --inline and the engine, per
+backend and detector input size; the 720p25 cameras the engine sustains; memory per camera.
 
-    python bench/perf.py [--frames 96] [--width 1280 --height 720]
+    python bench/perf.py [--frames 200] [--width 1280 --height 720] [--quick]
 
 The seed's algorithm: two PyTorch models per frame (a detection model for boxes and the pose model),
 float32 compositing at full resolution, one process. Offline, no plain detection weights can be had,
-so the pose model stands in for the detection model (same size class: yolo11n). frames/s count from
-the first frame to the last, model loading (and a backend's one-time export) excluded.
+so the pose model stands in for the detection model (same size class: yolo11n).
+
+frames/s count from the first frame to the last written, model loading (and a backend's one-time export
+or INT8 calibration) excluded. CPU ms/frame: CPU time of every thread (inline) or every engine process
+(engine) over the same span, per frame. Every row uses the bbox method, the default 8-frame look-ahead,
+and the x264 preset `veryfast` unless the row says `ultrafast`. Sustained cameras: N copies of the clip
+replayed as live 25 fps cameras (`live: true`); a count is sustained when no frame is dropped, late or
+obscured. Memory: the engine's processes' proportional set size (PSS: shared memory counted once), at
+its peak, for 1 camera and for the most cameras run.
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ import argparse
 import resource
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -22,15 +30,16 @@ import cv2
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from engine import config, engine_fps, inline_fps  # noqa: E402 - bench/engine.py, beside this file
+from engine import Monitor, config, counters_summary, engine_run, inline_fps  # noqa: E402 - bench/engine.py
 
 from anonengine import models  # noqa: E402
-from anonengine.config import AnonymizerConfig  # noqa: E402
 from anonengine.sample import make_sample  # noqa: E402
 from anonengine.video import VideoReader, VideoWriter  # noqa: E402
 
+LIVE_FPS = 25
 
-def seed_fps(clip, out: Path, imgsz: int) -> float:
+
+def seed_fps(clip, out: Path, imgsz: int) -> tuple[float, float]:
     """The seed: per frame, a box model and a pose model in PyTorch, float32 blend, one process."""
     from ultralytics import YOLO
 
@@ -40,13 +49,12 @@ def seed_fps(clip, out: Path, imgsz: int) -> float:
     info = reader.info
     writer = VideoWriter(out / "seed.mp4", info.width, info.height, info.rate, info.time_base)
     background = None
-    start, n = None, 0
+    start = cpu0 = None
+    n = 0
     for frame in reader:
         image = frame.image
         boxes = box_model.predict(image, imgsz=imgsz, classes=[0], verbose=False)[0].boxes.xyxy.numpy()
         pose_model.predict(image, imgsz=imgsz, verbose=False)
-        if start is None:
-            start = time.perf_counter()  # after the first frame: models loaded
         mask = np.zeros(image.shape[:2], np.float32)
         for x0, y0, x1, y1 in boxes.astype(int):
             mask[y0:y1, x0:x1] = 1
@@ -57,43 +65,166 @@ def seed_fps(clip, out: Path, imgsz: int) -> float:
         background = background * (1 - 0.05 * free) + frame32 * 0.05 * free
         soft = cv2.GaussianBlur(mask, (21, 21), 0)[..., None]
         writer.write((frame32 * (1 - soft) + background * soft).astype(np.uint8), frame.pts)
-        n += 1
+        if start is None:  # after the first frame: models loaded
+            start, cpu0 = time.perf_counter(), process_cpu()
+        else:
+            n += 1
     writer.close()
-    return (n - 1) / (time.perf_counter() - start)
+    return n / (time.perf_counter() - start), (process_cpu() - cpu0) / n * 1000
+
+
+def process_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def inline_row(cfg, frames: int) -> tuple[float, float]:
+    cpu = []
+    fps = inline_fps(cfg, frames, on_clock=lambda: cpu.append(process_cpu()))
+    return fps, (cpu[1] - cpu[0]) / frames * 1000
+
+
+def engine_row(cfg, frames: int, live: bool = False) -> tuple[float, float, dict]:
+    """frames/s, CPU ms/frame and {lost, pss_mb}. Live cameras: frames lost once the first was written
+    (a live camera drops what comes while the detector loads its model: that is start-up, not load)."""
+    monitor = Monitor(gpu=False)
+    memory = PeakMemory()
+    monitor.start()
+    memory.start()
+    try:
+        run = engine_run(cfg, on_start=lambda launcher: (monitor.attach(launcher), memory.attach(launcher)))
+    finally:
+        monitor.finish()
+        memory.finish()
+    expected = frames * len(cfg.cameras)
+    assert live or run["done"] == expected, f"engine wrote {run['done']} of {expected} frames"
+    cores = sum(c for c, _, _ in monitor.cores_in(run["t_first"], run["t_last"]).values())
+    fps = run["fps_steady"]
+    lost = lost_frames(run["stats"]) - (lost_frames(run["stats_at_first"]) if live else 0)
+    return fps, cores * 1000 / fps if fps else float("nan"), {"lost": lost, "pss_mb": memory.peak_mb}
+
+
+def lost_frames(stats: dict) -> int:
+    """Frames dropped, late, obscured or failed (a redelivered frame is not lost)."""
+    return sum(v for k, v in counters_summary(stats)["lost"].items() if k != "capture.redelivered")
+
+
+class PeakMemory:
+    """Largest sum of the engine processes' PSS, sampled every 0.5 s."""
+
+    def __init__(self) -> None:
+        self.peak_mb = 0.0
+        self.launcher = None
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._loop, daemon=True)
+
+    def attach(self, launcher) -> None:
+        self.launcher = launcher
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def finish(self) -> None:
+        self.stop.set()
+        self.thread.join()
+
+    def _loop(self) -> None:
+        import psutil
+
+        while not self.stop.wait(0.5):
+            if self.launcher is None:
+                continue
+            total = 0
+            for child in list(self.launcher.children.values()):
+                try:
+                    total += psutil.Process(child.process.pid).memory_full_info().pss
+                except (psutil.Error, OSError, AttributeError):
+                    continue
+            self.peak_mb = max(self.peak_mb, total / 2**20)
+
+
+def fast(cfg, imgsz: int, int8: bool = True, stride: int = 1):
+    """The CPU real-time settings: OpenVINO INT8, x264 ultrafast."""
+    cfg.anonymizer.detector.imgsz = imgsz
+    cfg.anonymizer.detector.int8 = int8
+    cfg.anonymizer.detector.stride = stride
+    cfg.encoder.preset = "ultrafast"
+    return cfg
+
+
+def sustained(clip, out: Path, frames: int, imgsz: int, most: int) -> tuple[int, list]:
+    """The most live 720p25 cameras (N copies of the clip) run with nothing dropped, late or obscured."""
+    best, tried = 0, []
+    for n in range(1, most + 1):
+        cfg = fast(config(clip, out, n, imgsz), imgsz)
+        for camera in cfg.cameras:
+            camera.live = True
+        fps, _, extra = engine_row(cfg, frames, live=True)
+        tried.append((n, fps, extra))
+        if extra["lost"]:
+            break
+        best = n
+    return best, tried
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--frames", type=int, default=96)
+    parser.add_argument("--frames", type=int, default=200)
     parser.add_argument("--width", type=int, default=1280)
     parser.add_argument("--height", type=int, default=720)
+    parser.add_argument("--quick", action="store_true", help="skip the torch and FP32 rows")
+    parser.add_argument("--most-cameras", type=int, default=4, help="sustained cameras: try up to this many")
     args = parser.parse_args()
     rows = []
+
+    def row(name, imgsz, fps, cpu_ms):
+        rows.append((name, imgsz, fps, cpu_ms))
+        print(f"  {name}, imgsz {imgsz}: {fps:.1f} frames/s, {cpu_ms:.0f} CPU ms/frame", flush=True)
+
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)
         clip = make_sample(out / "clip", args.width, args.height, args.frames)
-        seed = seed_fps(clip, out, 640)
-        rows.append(("seed algorithm (torch x2, float32)", 640, seed))
-        for backend in ("torch", "openvino"):
+        seed, seed_cpu = seed_fps(clip, out, 640)
+        row("seed algorithm (torch x2, float32)", 640, seed, seed_cpu)
+        backends = [("openvino", False), ("openvino", True)] if args.quick else [
+            ("torch", False), ("openvino", False), ("openvino", True)]
+        for backend, int8 in backends:
             for imgsz in (640, 320):
                 cfg = config(clip, out, 1, imgsz)
                 cfg.anonymizer.detector.backend = backend
-                rows.append((f"--inline, {backend}", imgsz, inline_fps(cfg, args.frames)))
-        cfg = config(clip, out, 1, 640)
-        cfg.anonymizer.detector.stride = 2
-        rows.append(("--inline, openvino, stride 2", 640, inline_fps(cfg, args.frames)))
+                cfg.anonymizer.detector.int8 = int8
+                label = f"{backend}{' INT8' if int8 else ''}"
+                row(f"--inline, {label}", imgsz, *inline_row(cfg, args.frames))
+                if backend != "torch":
+                    row(f"engine, {label}", imgsz, *engine_row(cfg, args.frames)[:2])
+        singles = {}
         for imgsz in (640, 320):
-            cfg = config(clip, out, 1, imgsz)
-            rows.append(("engine, openvino, 1 camera", imgsz, engine_fps(cfg, args.frames)))
-        cfg = config(clip, out, 3, 320)
-        rows.append(("engine, openvino, 3 cameras (total)", 320, engine_fps(cfg, args.frames)))
-    peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-    print(f"{args.width}x{args.height}, {args.frames} frames, bbox method, {AnonymizerConfig().hold.lookahead_frames}"
-          f"-frame look-ahead, 2 CPU cores")
-    print(f"{'path':38s} {'imgsz':>5s} {'frames/s':>9s} {'vs seed':>8s}")
-    for name, imgsz, fps in rows:
-        print(f"{name:38s} {imgsz:5d} {fps:9.1f} {fps / seed:8.2f}")
-    print(f"largest stage process: {peak_mb:.0f} MB resident")
+            row("--inline, openvino INT8, ultrafast", imgsz, *inline_row(fast(config(clip, out, 1, imgsz), imgsz),
+                                                                          args.frames))
+            fps, cpu_ms, _ = engine_row(fast(config(clip, out, 1, imgsz), imgsz), args.frames)
+            singles[imgsz] = fps
+            row("engine, openvino INT8, ultrafast", imgsz, fps, cpu_ms)
+            row("engine, openvino INT8, ultrafast, stride 2", imgsz,
+                *engine_row(fast(config(clip, out, 1, imgsz), imgsz, stride=2), args.frames)[:2])
+        three, three_cpu, _ = engine_row(fast(config(clip, out, 3, 320), 320), args.frames)
+        row("engine, openvino INT8, ultrafast, 3 cameras (total)", 320, three, three_cpu)
+        live = {imgsz: sustained(clip, out, args.frames, imgsz, args.most_cameras) for imgsz in (640, 320)}
+
+    print()
+    print(f"{args.width}x{args.height}, {args.frames} frames, bbox method, 8-frame look-ahead, "
+          f"{len(__import__('os').sched_getaffinity(0))} CPU cores")
+    print(f"{'path':52s} {'imgsz':>5s} {'frames/s':>9s} {'CPU ms/frame':>12s} {'vs seed':>8s}")
+    for name, imgsz, fps, cpu_ms in rows:
+        print(f"{name:52s} {imgsz:5d} {fps:9.1f} {cpu_ms:12.0f} {fps / seed:8.2f}")
+    print(f"3 cameras at 320 against 1 camera at 320 (engine, total frames/s): {three / singles[320]:.2f}x")
+    for imgsz, (best, tried) in live.items():
+        runs = ", ".join(f"{n}: {fps:.1f} frames/s, {extra['lost']} lost, {extra['pss_mb']:.0f} MB"
+                         for n, fps, extra in tried)
+        print(f"live 720p25 cameras sustained, INT8 ultrafast, imgsz {imgsz}: {best}  ({runs})")
+    (_, _, one), (n_most, _, most) = live[320][1][0], live[320][1][-1]
+    per_camera = (most["pss_mb"] - one["pss_mb"]) / (n_most - 1) if n_most > 1 else float("nan")
+    print(f"memory (PSS of all engine processes): {one['pss_mb']:.0f} MB with 1 camera; "
+          f"{per_camera:.0f} MB per camera added")
 
 
 if __name__ == "__main__":

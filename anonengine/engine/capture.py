@@ -121,8 +121,14 @@ class CaptureService(Service):
         self.count("dropped_oldest")
 
     def _wait_until_due(self, frame_time: float) -> None:
-        """A file replayed as a live camera: each frame is read at its own time, releases flowing meanwhile."""
+        """A file replayed as a live camera: each frame is read at its own time, releases flowing meanwhile.
+
+        The replay starts once a detector is connected (its model loaded): it stands for a camera of an
+        engine already running, so its first seconds are not lost to the engine's start-up.
+        """
         if self._clock_start is None:
+            while not self.stopping and not self.frames_out.poll(POLL_MS, zmq.POLLOUT):
+                pass
             self._clock_start = (time.monotonic(), frame_time)
         due = self._clock_start[0] + frame_time - self._clock_start[1]
         while (wait := due - time.monotonic()) > 0:
