@@ -212,7 +212,12 @@ class RuntimeConfig(StrictModel):
     instance: str = Field(
         "", pattern=r"^[A-Za-z0-9]{0,24}$", description="Engine instance id; '' = chosen by the launcher."
     )
-    ring_slots: int = Field(12, ge=2, le=256, description="Shared-memory frame slots per camera and stage.")
+    ring_slots: int = Field(
+        24, ge=2, le=256,
+        description="Shared-memory frame slots per camera and stage: the frames a camera may have in flight. "
+        "The look-ahead holds lookahead_frames of them; the rest absorb the stages' jitter (a live camera "
+        "drops frames when none is free). 720p: 2.8 MB a slot, two rings per camera.",
+    )
     detect_workers: int = Field(1, ge=1, le=64, description="Detector processes sharing the load.")
     composite_workers: int = Field(
         1, ge=1, le=64,

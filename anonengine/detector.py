@@ -12,7 +12,7 @@ import logging
 import numpy as np
 
 from anonengine import models
-from anonengine.backends import ExportedModels, check_int8, choose_backend
+from anonengine.backends import ExportedModels, check_int8, choose_backend, letterbox_shape
 from anonengine.config import AnonymizerConfig
 from anonengine.detections import Detections, box_iou
 from anonengine.errors import ModelError
@@ -20,6 +20,7 @@ from anonengine.errors import ModelError
 log = logging.getLogger(__name__)
 
 MATCH_IOU = 0.3
+WIDE_FRAME = (720, 1280)  # 16:9, the shape of most cameras
 
 
 def select_device(spec: str) -> str:
@@ -81,9 +82,8 @@ class PersonDetector:
         elif det.bbox_model:
             self.outline = self._load(det.bbox_model, "detect")
         self.padded_sizes = batch_sizes(max_batch) if self.backend == "torch" and self.device != "cpu" else None
-        self._warm_shapes: set[tuple[int, ...]] = set()
-        if self.backend == "torch":
-            self._warm_up()
+        self._warm_shapes: set[tuple[int, int]] = set()
+        self._warm_up()
 
     def _load(self, spec: str, task: str):
         """A torch YOLO model, or for another backend the per-shape exports of one (checked as torch first)."""
@@ -94,12 +94,21 @@ class PersonDetector:
         return ExportedModels(models.resolve(spec), task, self.backend, det.imgsz, self.half, det.int8, det.threads)
 
     def _warm_up(self) -> None:
-        # The first predict builds the predictor, and on CPU Ultralytics then pins torch to
-        # cpu_count - 1 threads (1 on a 2-core machine); set the thread count after it.
-        blank = np.zeros((self.cfg.detector.imgsz, self.cfg.detector.imgsz, 3), np.uint8)
-        self.detect([blank])
-        if self.device == "cpu":
+        """Runs the model before any frame with a deadline: the first predict builds Ultralytics' predictor,
+        loads (or exports) the model for an input shape and, on CUDA, sets up every padded batch size."""
+        # Exported models have one input shape each: only the 16:9 of most cameras. Torch also takes the
+        # square of batches that mix frame sizes.
+        shapes = ((self.cfg.detector.imgsz,) * 2, WIDE_FRAME) if self.backend == "torch" else (WIDE_FRAME,)
+        for shape in shapes:
+            self.detect([np.zeros((*shape, 3), np.uint8)])
+        if self.backend == "torch" and self.device == "cpu":
+            # Ultralytics pinned torch to cpu_count - 1 threads (1 on a 2-core machine) at the first predict.
             _set_torch_threads(self.cfg.detector.threads)
+
+    @property
+    def batches(self) -> bool:
+        """Whether a batch of frames runs as one (torch); exported models take one frame at a time."""
+        return self.backend == "torch"
 
     def _predict(self, model, frames: list[np.ndarray]):
         if isinstance(model, ExportedModels):
@@ -131,10 +140,13 @@ class PersonDetector:
             return []
         count = len(frames)
         if self.padded_sizes:
-            for shape in {frame.shape for frame in frames} - self._warm_shapes:
-                self._warm_shapes.add(shape)
-                for size in self.padded_sizes:
-                    self._detect([np.zeros(shape, np.uint8)] * size)
+            # cuDNN plans belong to the detector's input shape: a 720p and a 1080p camera share one.
+            inputs = {letterbox_shape(f.shape[:2], self.cfg.detector.imgsz): f.shape for f in frames}
+            for input_shape, frame_shape in inputs.items():
+                if input_shape not in self._warm_shapes:
+                    self._warm_shapes.add(input_shape)
+                    for size in self.padded_sizes:
+                        self._detect([np.zeros(frame_shape, np.uint8)] * size)
             size = next(s for s in self.padded_sizes if s >= count) if count <= self.padded_sizes[-1] else count
             frames = frames + [frames[-1]] * (size - count)
         return self._detect(frames)[:count]

@@ -96,6 +96,11 @@ class CompositeStage(Stage):
         self.privacy_zones = dict(privacy_zones or {})
         self.compositors: dict[str, Compositor] = {}
 
+    def setup(self) -> None:
+        # A camera's first compositor imports the tracker (Ultralytics, torch: seconds). Done now, before a
+        # live camera's frames wait on it.
+        Compositor(self.cfg)
+
     def process(self, frame: Frame, detections: Detections | None, future: list[Detections | None] = ()) -> np.ndarray:
         """The anonymized image; without detections the whole frame is obscured (fail closed).
 

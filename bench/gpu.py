@@ -136,6 +136,34 @@ def steady_window(run: dict, expected: int, skip: float) -> tuple[float, int, fl
     return t0, n0, t1
 
 
+def detector_timing(args, width: int, height: int) -> None:
+    """The detector alone, in this process: set-up time, then per padded batch size its first and later calls."""
+    from anonengine.config import AnonymizerConfig
+    from anonengine.detector import PersonDetector
+    from anonengine.models import pull
+
+    cfg = AnonymizerConfig()
+    cfg.detector.pose_model = str(pull("yolo11n-pose.pt"))
+    cfg.detector.device, cfg.detector.backend, cfg.detector.imgsz = args.device, args.backend, args.imgsz
+    t = time.perf_counter()
+    detector = PersonDetector(cfg, max_batch=args.max_batch)
+    print(f"detector: set up (load and warm-up) in {time.perf_counter() - t:.1f} s; backend {detector.backend}, "
+          f"half {detector.half}, padded batch sizes {detector.padded_sizes}", flush=True)
+    from anonengine.sample import render_frames
+
+    frame = next(iter(render_frames(width, height, 1)))[0]
+    for size in detector.padded_sizes or [1]:
+        times = []
+        for _ in range(6):
+            t = time.perf_counter()
+            detector.detect([frame] * size)
+            times.append(time.perf_counter() - t)
+        steady = sorted(times[1:])[len(times[1:]) // 2]
+        print(f"detector: batch {size:2d} of {width}x{height}: first call {times[0] * 1000:.0f} ms, then "
+              f"{steady * 1000:.1f} ms ({steady / size * 1000:.2f} ms a frame, {size / steady:.0f} frames/s)",
+              flush=True)
+
+
 def composite_workers(args, streams: int) -> int:
     """--composite-workers, or by default one per stream up to half the cores (a 1080p stream needs most of one)."""
     return args.composite_workers or max(1, min(streams, (os.cpu_count() or 2) // 2))
@@ -292,6 +320,8 @@ def main() -> None:
     parser.add_argument("--max-streams", type=int, default=64, help="doubling past --streams stops here")
     parser.add_argument("--no-refine", action="store_true", help="skip the counts between kept up and not")
     parser.add_argument("--json", help="also write the results here")
+    parser.add_argument("--no-detector-timing", dest="detector_timing", action="store_false",
+                        help="skip timing the detector alone before the engine runs")
     args = parser.parse_args()
     started = time.perf_counter()
     width, height = (int(v) for v in args.size.lower().split("x"))
@@ -307,6 +337,8 @@ def main() -> None:
             f"a frame, made in {time.perf_counter() - t:.1f} s",
             flush=True,
         )
+        if args.detector_timing:
+            detector_timing(args, width, height)
         codec = pick_codec(args.codec, width, height, out)
         print(
             f"engine: detector {args.device} backend {args.backend} imgsz {args.imgsz}, {args.workers} detect "

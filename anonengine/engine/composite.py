@@ -52,6 +52,7 @@ class CompositeService(Service):
         self.finished_rings: set[str] = set()  # captures whose stream ended here: never started again
 
     def setup(self) -> None:
+        self.compositing.setup()
         self.inbox = self.socket(zmq.PULL, self.endpoints.composite(self.worker), bind=True)
         self.encoder = self.socket(zmq.PUSH, self.endpoints.encode)
         self.log.info("ready (pid %d)", os.getpid())

@@ -64,7 +64,9 @@ class DetectService(Service):
         if not self.frames_in.poll(POLL_MS):
             return []
         batch = [messages.decode(self.frames_in.recv())]
-        deadline = time.monotonic() + self.cfg.engine.max_wait_ms / 1000
+        # A backend that runs frames one at a time gains nothing from a fuller batch: take what is there.
+        wait_ms = self.cfg.engine.max_wait_ms if self.detector.detector.batches else 0
+        deadline = time.monotonic() + wait_ms / 1000
         while len(batch) < self.cfg.engine.max_batch:
             left = deadline - time.monotonic()
             if left <= 0 and not self.frames_in.poll(0):
