@@ -223,6 +223,11 @@ class RuntimeConfig(StrictModel):
         1, ge=1, le=64,
         description="Compositor processes; each camera belongs to one (its background model lives there).",
     )
+    encode_workers: int = Field(
+        1, ge=1, le=64,
+        description="Encoder processes; compositor N's cameras go to encoder N mod encode_workers. With more "
+        "than one, the tap is relayed through the launcher.",
+    )
     max_batch: int = Field(4, ge=1, le=64, description="Most frames the detector runs at once, across cameras.")
     max_wait_ms: float = Field(5, ge=0, le=1000, description="Longest wait for a batch to fill.")
     redeliver_after_s: float = Field(

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from anonengine import models
 from anonengine.config import CameraConfig, EngineConfig
-from anonengine.engine.launcher import Launcher
+from anonengine.engine.launcher import Launcher, stage_total
 from anonengine.inline import run_inline
 from anonengine.sample import make_sample
 from anonengine.tap import SeqGaps, subscribe
@@ -60,7 +60,7 @@ def engine_run(cfg: EngineConfig, timeout_s: float | None = None, on_start=None)
     def on_stats(stats):
         if "stop_t" in seen:
             return  # the stages' last counters, sent as they exit: no time to measure by
-        written = stats.get(("encode", "-"), {}).get("frames", 0)
+        written = stage_total(stats, "encode", "frames")
         now = time.perf_counter()
         if written and (not progress or written > progress[-1][1]):
             progress.append((now, written))

@@ -126,12 +126,18 @@ def test_engine_frames_equal_the_inline_reference(clip, models_dir, tmp_path, st
     assert launcher.done["cam"].frames == FRAMES
 
 
-def test_three_cameras_batched_across_cameras_and_shared_out_to_two_compositors(clip, models_dir, tmp_path):
+def test_three_cameras_batched_and_shared_out_to_two_compositors_and_two_encoders_behind_one_tap(
+    clip, models_dir, tmp_path
+):
     sources = {f"cam{i}": clip.video for i in range(3)}
-    cfg = engine_config(tmp_path, models_dir, sources, max_batch=4, max_wait_ms=50, composite_workers=2)
-    launcher = Launcher(cfg)
-    launcher.start()
-    launcher.run()
+    cfg = engine_config(tmp_path, models_dir, sources, max_batch=4, max_wait_ms=50, composite_workers=2,
+                        encode_workers=2)
+    cfg.tap.endpoint = f"ipc://{tmp_path}/tap.sock"
+    launcher, received = run_with_tap(cfg)
+    for name in sources:
+        assert [meta["seq"] for meta, _ in received if meta["camera"] == name] == list(range(FRAMES))
+    written = {name: stats["frames"] for (stage, name), stats in launcher.stats.items() if stage == "encode"}
+    assert sorted(written.values()) == [FRAMES, 2 * FRAMES]  # compositor N's cameras go to encoder N
     source_times = [f.time for f in VideoReader(str(clip.video))]
     for name in sources:
         frames = list(VideoReader(str(tmp_path / f"{name}.mp4")))

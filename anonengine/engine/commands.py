@@ -61,7 +61,7 @@ def cmd_launch(args: argparse.Namespace) -> int:
 
 def run_engine(cfg: EngineConfig, progress: bool, tap: str | None) -> int:
     """`anonengine run` through the engine: one camera, exits when its output is complete."""
-    from anonengine.engine.launcher import launch
+    from anonengine.engine.launcher import launch, stage_total
     from anonengine.video import VideoReader
 
     cam = cfg.cameras[0]
@@ -79,7 +79,7 @@ def run_engine(cfg: EngineConfig, progress: bool, tap: str | None) -> int:
         from tqdm import tqdm
 
         bar = tqdm(total=info.frames or None, desc=cam.name, unit="frame", dynamic_ncols=True)
-        launcher.on_stats = lambda stats: bar.update(stats.get(("encode", "-"), {}).get("frames", 0) - bar.n)
+        launcher.on_stats = lambda stats: bar.update(stage_total(stats, "encode", "frames") - bar.n)
     try:
         return launcher.run()
     except BaseException:

@@ -54,7 +54,7 @@ class CompositeService(Service):
     def setup(self) -> None:
         self.compositing.setup()
         self.inbox = self.socket(zmq.PULL, self.endpoints.composite(self.worker), bind=True)
-        self.encoder = self.socket(zmq.PUSH, self.endpoints.encode)
+        self.encoder = self.socket(zmq.PUSH, self.endpoints.encode(self.worker % self.cfg.engine.encode_workers))
         self.log.info("ready (pid %d)", os.getpid())
 
     def step(self) -> bool:

@@ -16,14 +16,11 @@ import msgpack
 import zmq
 
 from anonengine import messages
-from anonengine.engine.runtime import POLL_MS, Service, ToCompositors, receive_waiting, send
+from anonengine.engine.runtime import POLL_MS, TAP_SOCKET_BUFFER, Service, ToCompositors, receive_waiting, send
 from anonengine.errors import AnonError
 from anonengine.shm import RingCache, StaleSlot
 from anonengine.stages import EncodeStage
 from anonengine.video import Frame, StreamInfo
-
-
-TAP_SOCKET_BUFFER = 256 * 1024
 
 
 @dataclass
@@ -37,22 +34,28 @@ class Output:
 class EncodeService(Service):
     stage = "encode"
 
-    def __init__(self, cfg, instance: str) -> None:
-        super().__init__(cfg, instance)
+    def __init__(self, cfg, instance: str, worker: int = 0) -> None:
+        super().__init__(cfg, instance, f"w{worker}")
+        self.worker = worker
         self.rings = RingCache()
         self.outputs: dict[str, Output] = {}
         self.subscribers = 0
 
     def setup(self) -> None:
-        self.inbox = self.socket(zmq.PULL, self.endpoints.encode, bind=True)
+        self.inbox = self.socket(zmq.PULL, self.endpoints.encode(self.worker), bind=True)
         self.releases = ToCompositors(self)
         self.events = self.socket(zmq.PUSH, self.endpoints.events)
         self.tap = None
-        if self.cfg.tap.endpoint:
+        if self.cfg.tap.endpoint and self.cfg.engine.encode_workers == 1:
             self.tap = self.socket(zmq.XPUB, self.cfg.tap.endpoint, bind=True, hwm=self.cfg.tap.hwm)
             self.tap.setsockopt(zmq.XPUB_VERBOSER, 1)  # see every (un)subscribe, to count subscribers
             # The high-water mark bounds a slow subscriber's backlog only if the kernel's does too.
             self.tap.setsockopt(zmq.SNDBUF, TAP_SOCKET_BUFFER)
+        elif self.cfg.tap.endpoint:
+            # The launcher's relay forwards a topic's first subscription and last unsubscription (and
+            # every topic to an encoder that connects later), so the count is of topics: still > 0 while
+            # anyone subscribes.
+            self.tap = self.socket(zmq.XPUB, self.endpoints.tap_relay, hwm=self.cfg.tap.hwm)
         self.poller = zmq.Poller()
         self.poller.register(self.inbox, zmq.POLLIN)
         if self.tap is not None:
@@ -179,4 +182,7 @@ class EncodeService(Service):
 def main(argv=None) -> int:
     from anonengine.engine.runtime import run_service
 
-    return run_service(lambda cfg, args: EncodeService(cfg, args.instance), argv)
+    def extra(parser):
+        parser.add_argument("--worker", type=int, default=0, help="encode worker number")
+
+    return run_service(lambda cfg, args: EncodeService(cfg, args.instance, args.worker), argv, extra)

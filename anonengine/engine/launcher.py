@@ -15,6 +15,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +25,7 @@ import zmq
 
 from anonengine import messages
 from anonengine.config import CameraConfig, EngineConfig
-from anonengine.engine.runtime import Endpoints, receive_waiting
+from anonengine.engine.runtime import TAP_SOCKET_BUFFER, Endpoints, receive_waiting
 from anonengine.errors import AnonError
 from anonengine.shm import instance_segments, remove_stale_segments, unlink
 
@@ -76,6 +77,7 @@ class Launcher:
         self.spawn = subprocess.Popen  # swapped in tests
         self.clock = time.monotonic
         self.on_stats = None  # called with `stats` whenever counters arrive (progress bars)
+        self.tap_relay: TapRelay | None = None
         self.context = zmq.Context()
 
     # --- lifecycle -----------------------------------------------------------------------------
@@ -92,7 +94,10 @@ class Launcher:
         self.events.bind(self.endpoints.events)
         self.control = self.context.socket(zmq.REP)
         self.control.bind(self.endpoints.control)
-        self._add("encode", "encode")
+        if self.cfg.tap.endpoint and self.cfg.engine.encode_workers > 1:
+            self.tap_relay = TapRelay(self.context, self.endpoints.tap_relay, self.cfg.tap)
+        for w in range(self.cfg.engine.encode_workers):
+            self._add(f"encode{w}", "encode", ["--worker", str(w)])
         for w in range(self.cfg.engine.composite_workers):
             self._add(f"composite{w}", "composite", ["--worker", str(w)])
         for w in range(self.cfg.engine.detect_workers):
@@ -250,6 +255,8 @@ class Launcher:
                     child.process.kill()
                     child.process.wait()
         self._pump(timeout_ms=0)
+        if self.tap_relay is not None:
+            self.tap_relay.close()
         self.context.destroy(linger=0)
         for name in instance_segments(self.instance):
             unlink(name)
@@ -257,6 +264,52 @@ class Launcher:
 
     def request_stop(self) -> None:
         self.stop_requested = True
+
+
+def stage_total(stats: dict[tuple[str, str], dict], stage: str, counter: str) -> int:
+    """A counter added up over a stage's processes (e.g. frames written by every encoder)."""
+    return sum(counters.get(counter, 0) for (name, _), counters in stats.items() if name == stage)
+
+
+class TapRelay:
+    """One tap endpoint for several encoders: XSUB (encoders connect) to XPUB (subscribers), in a thread.
+
+    Subscriptions flow back to the encoders, so they still encode tap frames only while someone listens;
+    the XPUB's high-water mark drops frames for a slow subscriber, as the single encoder's own would.
+    """
+
+    def __init__(self, context: zmq.Context, relay: str, tap) -> None:
+        self.inbound = context.socket(zmq.XSUB)
+        self.inbound.bind(relay)
+        self.outbound = context.socket(zmq.XPUB)
+        self.outbound.setsockopt(zmq.SNDHWM, tap.hwm)
+        self.outbound.setsockopt(zmq.SNDBUF, TAP_SOCKET_BUFFER)
+        try:
+            self.outbound.bind(tap.endpoint)
+        except zmq.ZMQError as exc:
+            self.inbound.close(linger=0)
+            self.outbound.close(linger=0)
+            raise EngineFailed(f"cannot open the tap at {tap.endpoint}: {exc.strerror}") from None
+        self.control = context.socket(zmq.PAIR)
+        self.control.bind(f"inproc://tap-relay-{id(self)}")
+        control = context.socket(zmq.PAIR)
+        control.connect(f"inproc://tap-relay-{id(self)}")
+        self.thread = threading.Thread(target=self._run, args=(control,), name="tap-relay", daemon=True)
+        self.thread.start()
+
+    def _run(self, control: zmq.Socket) -> None:
+        try:
+            zmq.proxy_steerable(self.inbound, self.outbound, None, control)
+        except zmq.ContextTerminated:
+            pass
+        finally:
+            for sock in (self.inbound, self.outbound, control):
+                sock.close(linger=0)
+
+    def close(self) -> None:
+        self.control.send(b"TERMINATE")
+        self.thread.join(5)
+        self.control.close(linger=0)
 
 
 def _project_root() -> str:

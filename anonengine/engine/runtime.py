@@ -23,6 +23,7 @@ from anonengine.config import EngineConfig, load_yaml
 from anonengine.errors import AnonError, ConfigError
 
 POLL_MS = 100
+TAP_SOCKET_BUFFER = 256 * 1024  # a tap's kernel buffer: small, so the high-water mark is what bounds a backlog
 
 
 class Endpoints:
@@ -44,9 +45,12 @@ class Endpoints:
     def composite(self, worker: int) -> str:  # compositor binds PULL of StreamInfoMsg, StreamEnd, Detected, Release
         return self._ipc(f"composite-{worker}")
 
+    def encode(self, worker: int) -> str:  # encoder binds PULL of StreamInfoMsg, OutFrame, StreamEnd
+        return self._ipc(f"encode-{worker}")
+
     @property
-    def encode(self) -> str:  # encoder binds PULL of StreamInfoMsg, OutFrame, StreamEnd
-        return self._ipc("encode")
+    def tap_relay(self) -> str:  # launcher binds XSUB, when several encoders publish to one tap
+        return self._ipc("tap-relay")
 
     @property
     def events(self) -> str:  # launcher binds PULL of CameraDone, Stats
