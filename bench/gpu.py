@@ -180,6 +180,7 @@ def measure(args, clip, out: Path, n: int, codec: str, timeout_s: float, gpu: bo
         cfg.encoder.preset = "p1" if codec.endswith("_nvenc") and args.preset == "ultrafast" else args.preset
     cfg.engine.detect_workers = args.workers
     cfg.engine.composite_workers = composite_workers(args, n)
+    cfg.engine.encode_workers = args.encode_workers or cfg.engine.composite_workers
     cfg.engine.max_batch = args.max_batch
     cfg.engine.ring_slots = args.ring_slots
     cfg.engine.stop_timeout_s = 10
@@ -311,6 +312,8 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2, help="engine.detect_workers")
     parser.add_argument("--composite-workers", type=int, default=0,
                         help="engine.composite_workers; 0: one per stream, up to half the cores")
+    parser.add_argument("--encode-workers", type=int, default=0,
+                        help="engine.encode_workers; 0: as many as composite workers")
     parser.add_argument("--preset", default="ultrafast", help="encoder preset ('' for the codec's default)")
     parser.add_argument("--max-batch", type=int, default=16, help="engine.max_batch")
     parser.add_argument("--ring-slots", type=int, default=24, help="engine.ring_slots")
@@ -344,7 +347,7 @@ def main() -> None:
             f"engine: detector {args.device} backend {args.backend} imgsz {args.imgsz}, {args.workers} detect "
             f"worker(s), max_batch {args.max_batch}, ring_slots {args.ring_slots}, encoder {codec} "
             f"{args.preset or ''}, composite workers {args.composite_workers or 'one per stream up to cores/2'}, "
-            f"one encode process for all streams; {os.cpu_count()} CPUs",
+            f"encode workers {args.encode_workers or 'as many'}; {os.cpu_count()} CPUs",
             flush=True,
         )
         print(HEADER, flush=True)
