@@ -203,7 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
     audit.add_argument("--sheet", default=None, help="worst frames PNG (default: <anonymized>.audit.png)")
     audit.add_argument("--conf", type=float, default=0.2, help="adversary's person threshold")
     audit.add_argument("--imgsz", type=int, default=960, help="adversary's input size")
-    audit.add_argument("--no-augment", action="store_true", help="skip test-time augmentation (faster)")
+    audit.add_argument("--no-augment", action="store_true", help="skip the mirror-image pass (twice as fast)")
     audit.add_argument("--pose-model", default="yolo11n-pose.pt")
     audit.add_argument("--device", default="auto")
     audit.set_defaults(func=cmd_audit)

@@ -60,7 +60,7 @@ class Compositor:
             self.hold.reset()  # a scene cut: old tracks point at persons of another scene
         out = frame.copy()
         # Only confident persons get a skeleton; weaker ones (and held tracks) are hidden, not drawn.
-        posed = detections.scores >= self.cfg.pose.person_conf if self.cfg.pose.enabled else []
+        posed = (detections.scores >= self.cfg.pose.person_conf) & self.cfg.pose.enabled
         boxes, keypoints = detections.boxes[posed], detections.keypoints[posed]
         for region in soft_regions(mask, self.cfg.mask):
             roi = out[region.slices]

@@ -98,3 +98,15 @@ def test_regions_never_overlap():
     for i, a in enumerate(boxes):
         for b in boxes[i + 1:]:
             assert not (a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3])
+
+
+def test_blend_is_exactly_the_background_where_hidden_and_the_frame_where_not():
+    from anonengine.compositor import blend_into
+
+    values = np.arange(256, dtype=np.uint8)
+    frame = np.dstack([np.tile(values, (256, 1))] * 3)  # every value against every other
+    background = np.ascontiguousarray(frame.transpose(1, 0, 2))
+    for a, expected in ((255, background), (0, frame)):
+        out = frame.copy()
+        blend_into(out, background, np.full((256, 256), a, np.uint8))
+        np.testing.assert_array_equal(out, expected)

@@ -42,6 +42,7 @@ class Child:
     stage: str
     argv: list[str]
     camera: str | None = None
+    worker: int = 0  # its number among its stage's processes; a capture's: its camera's compositor
     process: subprocess.Popen | None = None
     restarts: list[float] = field(default_factory=list)
 
@@ -97,11 +98,11 @@ class Launcher:
         if self.cfg.tap.endpoint and self.cfg.engine.encode_workers > 1:
             self.tap_relay = TapRelay(self.context, self.endpoints.tap_relay, self.cfg.tap)
         for w in range(self.cfg.engine.encode_workers):
-            self._add(f"encode{w}", "encode", ["--worker", str(w)])
+            self._add(f"encode{w}", "encode", w, extra=["--worker", str(w)])
         for w in range(self.cfg.engine.composite_workers):
-            self._add(f"composite{w}", "composite", ["--worker", str(w)])
+            self._add(f"composite{w}", "composite", w, extra=["--worker", str(w)])
         for w in range(self.cfg.engine.detect_workers):
-            self._add(f"detect{w}", "detect", ["--worker", str(w)])
+            self._add(f"detect{w}", "detect", w, extra=["--worker", str(w)])
         for camera in self.cfg.cameras:
             self.attach(camera)
 
@@ -112,10 +113,11 @@ class Launcher:
                 if folder.is_dir() and not instance_alive(folder.name):
                     shutil.rmtree(folder, ignore_errors=True)
 
-    def _add(self, name: str, stage: str, extra: list[str] | None = None, camera: str | None = None) -> None:
+    def _add(self, name: str, stage: str, worker: int = 0, camera: str | None = None,
+             extra: list[str] | None = None) -> None:
         argv = [sys.executable, "-m", f"services.{stage}", "--config", str(self.config_path),
                 "--instance", self.instance, *(extra or [])]  # fmt: skip
-        child = self.children[name] = Child(name, stage, argv, camera)
+        child = self.children[name] = Child(name, stage, argv, camera, worker)
         self._spawn(child)
 
     def _spawn(self, child: Child) -> None:
@@ -136,9 +138,10 @@ class Launcher:
         if name in self.children and self.children[name].process.poll() is None:
             raise EngineFailed(f"camera {camera.name} is already attached")
         self.done.pop(camera.name, None)  # a camera detached or ended before comes back as a new stream
+        compositor = self._least_busy_compositor()
         extra = ["--camera", camera.name, "--camera-json", camera.model_dump_json(),
-                 "--composite-worker", str(self._least_busy_compositor())]
-        self._add(name, "capture", extra, camera=camera.name)
+                 "--composite-worker", str(compositor)]
+        self._add(name, "capture", compositor, camera.name, extra)
         if camera.name not in {c.name for c in self.cfg.cameras}:
             self.cfg.cameras.append(camera)
 
@@ -147,7 +150,7 @@ class Launcher:
         load = [0] * self.cfg.engine.composite_workers
         for child in self.children.values():
             if child.stage == "capture" and child.process.poll() is None:
-                load[int(child.argv[child.argv.index("--composite-worker") + 1])] += 1
+                load[child.worker] += 1
         return load.index(min(load))
 
     def detach(self, camera: str) -> bool:
