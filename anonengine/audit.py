@@ -19,11 +19,13 @@ import numpy as np
 
 from anonengine import models
 from anonengine.contact_sheet import _panel
+from anonengine.detections import box_iou
 from anonengine.detector import select_device
 from anonengine.video import VideoReader
 
 UNCHANGED_SHARE = 0.6
 UNCHANGED_LEVELS = 12  # grey levels: what two encodes of the same picture differ by
+SAME_FIND_IOU = 0.5  # a find in the mirror image this close to a direct find is the same person
 
 
 @dataclass
@@ -92,14 +94,16 @@ def adversary_finds(model, image: np.ndarray, imgsz: int, conf: float, device: s
     Ultralytics' own test-time augmentation does not run for pose models, so the mirror is done here:
     a person a detector misses one way round is often found the other.
     """
-    finds = []
-    views = [(image, False), (np.ascontiguousarray(image[:, ::-1]), True)] if mirrored else [(image, False)]
-    for view, flipped in views:
-        result = model.predict(view, imgsz=imgsz, conf=conf, device=device, verbose=False)[0]
-        for box, score in zip(result.boxes.xyxy.cpu().numpy(), result.boxes.conf.cpu().numpy()):
-            if flipped:
-                box = np.array([image.shape[1] - box[2], box[1], image.shape[1] - box[0], box[3]])
-            finds.append((box, score))
+    views = [image, np.ascontiguousarray(image[:, ::-1])] if mirrored else [image]
+    results = model.predict(views, imgsz=imgsz, conf=conf, device=device, verbose=False)
+    boxes, scores = results[0].boxes.xyxy.cpu().numpy(), results[0].boxes.conf.cpu().numpy()
+    finds = list(zip(boxes, scores))
+    if mirrored:
+        width = image.shape[1]
+        for box, score in zip(results[1].boxes.xyxy.cpu().numpy(), results[1].boxes.conf.cpu().numpy()):
+            box = np.array([width - box[2], box[1], width - box[0], box[3]], np.float32)
+            if not len(boxes) or box_iou(box[None], boxes).max() < SAME_FIND_IOU:  # else found both ways
+                finds.append((box, score))
     return finds
 
 

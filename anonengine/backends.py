@@ -11,6 +11,7 @@ only), the FP32 export of a shape is quantized with NNCF, calibrated on generate
 from __future__ import annotations
 
 import fcntl
+import functools
 import logging
 import math
 import shutil
@@ -68,6 +69,7 @@ class ExportedModels:
         self.weights, self.task, self.backend, self.imgsz, self.half = Path(weights), task, backend, imgsz, half
         self.int8, self.threads = int8, threads
         self._models: dict[tuple[int, int], object] = {}
+        self._threaded: dict[tuple[int, int], object] = {}  # shape -> the predictor given `threads`
 
     def model_for(self, frame_shape: tuple[int, int]):
         shape = letterbox_shape(frame_shape, self.imgsz)
@@ -79,12 +81,17 @@ class ExportedModels:
         return model, shape
 
     def after_predict(self, model, shape: tuple[int, int]) -> None:
-        """Applies `threads` once Ultralytics has built (or rebuilt) the model's predictor."""
-        if self.backend == "openvino" and self.threads:
+        """Applies `threads` to the predictor Ultralytics built at the first predict (or rebuilt since)."""
+        if self.backend == "openvino" and self.threads and self._threaded.get(shape) is not model.predictor:
             use_openvino_threads(model, self.cache_path(shape), self.threads)
+            self._threaded[shape] = model.predictor
+
+    @functools.cached_property
+    def _digest(self) -> str:
+        return models.sha256(self.weights)[:12]
 
     def cache_path(self, shape: tuple[int, int]) -> Path:
-        digest = models.sha256(self.weights)[:12]
+        digest = self._digest
         precision = "int8" if self.int8 else "fp16" if self.half else "fp32"
         key = f"{self.weights.stem}-{digest}-{shape[0]}x{shape[1]}-b1-{precision}"
         return self.weights.parent / EXPORT_DIR / f"{key}{SUFFIX[self.backend]}"
@@ -163,17 +170,20 @@ def use_openvino_threads(model, path: Path, threads: int) -> None:
     Ultralytics compiles for every core. Beside the engine's other stages on a small CPU that loses:
     a parallel step waits for whichever of its threads was preempted.
     """
-    backend = getattr(getattr(model.predictor, "model", None), "backend", None)
-    compiled = getattr(backend, "ov_compiled_model", None)
-    if compiled is None:
+    auto = getattr(model.predictor, "model", None)
+    backend = getattr(auto, "backend", auto)  # Ultralytics 8.4 keeps it in AutoBackend.backend, 8.3 in AutoBackend
+    compile_model = getattr(backend, "compile_model", None)
+    if not isinstance(compile_model, functools.partial) or getattr(backend, "ov_compiled_model", None) is None:
         raise ModelError("cannot set detector.threads for OpenVINO with this Ultralytics version: set it to 0")
-    if compiled.get_property("INFERENCE_NUM_THREADS") == threads:
+    if backend.ov_compiled_model.get_property("INFERENCE_NUM_THREADS") == threads:
         return
     import openvino as ov
 
-    core = ov.Core()
-    config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": threads}
-    backend.ov_compiled_model = core.compile_model(core.read_model(next(path.glob("*.xml"))), "CPU", config)
+    # Ultralytics' own device and settings (precision hints on ARM, say), plus the thread count; kept
+    # for its later recompiles too.
+    config = {**compile_model.keywords.get("config", {}), "INFERENCE_NUM_THREADS": threads}
+    backend.compile_model = functools.partial(compile_model, config=config)
+    backend.ov_compiled_model = backend.compile_model(ov.Core().read_model(next(path.glob("*.xml"))))
 
 
 def _importable(module: str) -> bool:

@@ -97,7 +97,8 @@ class BackgroundModel:
         # it is redone now and then to follow what was learnt around the holes since.
         if self._fill is None or self._frames - self._fill_frame >= FILL_REFRESH_FRAMES:
             self._fill = self._make_fill()
-            self._fill_frame = self._frames
+            # Grey for want of anything seen is redone next frame, not kept for the refresh period.
+            self._fill_frame = self._frames if cv2.countNonZero(self._seen) else self._frames - FILL_REFRESH_FRAMES
         return self._fill
 
     def _make_fill(self) -> np.ndarray:

@@ -42,8 +42,9 @@ class DetectorConfig(StrictModel):
     half: bool = Field(True, description="Half precision where the device supports it (CUDA).")
     int8: bool = Field(
         False,
-        description="OpenVINO on CPU: INT8 model quantized with NNCF, calibrated once on generated frames and "
-        "cached like any export (faster; its detections are checked against FP32 in the tests).",
+        description="OpenVINO on CPU: the pose model in INT8, quantized with NNCF, calibrated once on generated "
+        "frames and cached like any export (faster; its detections are checked against FP32 in the tests). "
+        "A segmentation or detection model stays FP32.",
     )
     threads: int = Field(0, ge=0, le=256, description="CPU inference threads; 0 = every core this process may use.")
     stride: int = Field(
@@ -225,8 +226,9 @@ class RuntimeConfig(StrictModel):
     )
     encode_workers: int = Field(
         1, ge=1, le=64,
-        description="Encoder processes; compositor N's cameras go to encoder N mod encode_workers. With more "
-        "than one, the tap is relayed through the launcher.",
+        description="Encoder processes, at most composite_workers: compositor N's cameras go to encoder N mod "
+        "encode_workers. With more than one, the tap is relayed by the launcher (`anonengine launch`/`run`; "
+        "stages started one by one, as under honcho, then have no tap).",
     )
     max_batch: int = Field(4, ge=1, le=64, description="Most frames the detector runs at once, across cameras.")
     max_wait_ms: float = Field(5, ge=0, le=1000, description="Longest wait for a batch to fill.")
@@ -261,6 +263,15 @@ class EngineConfig(StrictModel):
             raise ValueError(
                 f"anonymizer.hold.lookahead_frames ({self.anonymizer.hold.lookahead_frames}) needs "
                 f"engine.ring_slots of at least lookahead + 2 ({self.engine.ring_slots} set)"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _every_encoder_gets_cameras(self):
+        if self.engine.encode_workers > self.engine.composite_workers:
+            raise ValueError(
+                f"engine.encode_workers ({self.engine.encode_workers}) above engine.composite_workers "
+                f"({self.engine.composite_workers}): encoders get their cameras from compositors, some would idle"
             )
         return self
 

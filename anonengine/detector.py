@@ -58,9 +58,9 @@ def batch_sizes(max_batch: int) -> list[int]:
 class PersonDetector:
     """Runs the configured models on batches of BGR frames.
 
-    On CUDA, each input shape first seen costs seconds of cuDNN planning, and batches that mix cameras
-    come in every size up to `max_batch`. So batches are padded to a few sizes (`batch_sizes`), and each
-    is run once when a frame size is first seen, not on frames that have deadlines.
+    On CUDA, each input shape first seen costs PyTorch and cuDNN set-up, and batches that mix cameras
+    come in every size up to `max_batch`. So batches are padded to a few sizes (`batch_sizes`), each run
+    at start for 16:9 frames and for mixed batches, and for another input shape at its first batch.
     """
 
     def __init__(self, cfg: AnonymizerConfig, max_batch: int = 1) -> None:
@@ -91,7 +91,8 @@ class PersonDetector:
         if self.backend == "torch" or models.is_architecture(spec):
             return model
         det = self.cfg.detector
-        return ExportedModels(models.resolve(spec), task, self.backend, det.imgsz, self.half, det.int8, det.threads)
+        int8 = det.int8 and task == "pose"  # the INT8 accuracy checks are the pose model's
+        return ExportedModels(models.resolve(spec), task, self.backend, det.imgsz, self.half, int8, det.threads)
 
     def _warm_up(self) -> None:
         """Runs the model before any frame with a deadline: the first predict builds Ultralytics' predictor,

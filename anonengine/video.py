@@ -182,8 +182,8 @@ class VideoWriter:
         if cfg.threads:
             self.stream.codec_context.thread_count = cfg.threads
         try:
-            # FFmpeg opens an encoder at the first frame; opening it now reports a missing GPU or a bad
-            # option before any frame was decoded and detected.
+            # FFmpeg opens an encoder at the first frame; opening it now reports a missing GPU or an
+            # option value the encoder refuses before any frame was decoded and detected.
             self.stream.codec_context.open()
         except (av.FFmpegError, OSError, ValueError) as exc:
             self.abort()

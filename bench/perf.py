@@ -33,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from engine import Monitor, config, counters_summary, engine_run, inline_fps  # noqa: E402 - bench/engine.py
 
 from anonengine import models  # noqa: E402
+from anonengine.config import AnonymizerConfig  # noqa: E402
 from anonengine.sample import make_sample  # noqa: E402
 from anonengine.video import VideoReader, VideoWriter  # noqa: E402
 
@@ -215,7 +216,8 @@ def main() -> None:
         live = {imgsz: sustained(clip, out, args.frames, imgsz, args.most_cameras) for imgsz in (640, 320)}
 
     print()
-    print(f"{args.width}x{args.height}, {args.frames} frames, bbox method, 8-frame look-ahead, "
+    print(f"{args.width}x{args.height}, {args.frames} frames, bbox method, "
+          f"{AnonymizerConfig().hold.lookahead_frames}-frame look-ahead, "
           f"{len(__import__('os').sched_getaffinity(0))} CPU cores")
     print(f"{'path':52s} {'imgsz':>5s} {'frames/s':>9s} {'CPU ms/frame':>12s} {'vs seed':>8s}")
     for name, imgsz, fps, cpu_ms in rows:

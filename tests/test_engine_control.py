@@ -415,3 +415,18 @@ def test_honcho_runs_the_stages_from_a_procfile(models_dir, tmp_path):
     assert jsonl_count(tmp_path / "hc.jsonl") == HONCHO_FRAMES
     assert stat.S_IMODE((run_dir / HONCHO_INSTANCE).stat().st_mode) == 0o700
     assert not instance_segments(HONCHO_INSTANCE)
+
+
+def test_cameras_are_shared_out_to_the_least_busy_compositor_and_keep_it_when_attached_again(tmp_path, launchers):
+    spawn = FakeSpawn(lambda name: None)
+    launcher = fake_launcher(tmp_path, spawn)
+    launchers.append(launcher)
+    launcher.cfg.engine.composite_workers = 2
+    launcher.compositor_of.clear()
+    for name in ("a", "b", "c"):
+        launcher.attach(CameraConfig(name=name, source=str(tmp_path / "never-opened.mp4")))
+    assert [launcher.compositor_of[n] for n in ("a", "b", "c")] == [0, 1, 0]
+    assert launcher.children["capture-b"].argv[-1] == "1"  # --composite-worker 1
+    launcher.children["capture-b"].process.kill()  # detached, or ended
+    launcher.attach(CameraConfig(name="b", source=str(tmp_path / "never-opened.mp4")))
+    assert launcher.compositor_of["b"] == 1  # its encoder may still be finishing its file

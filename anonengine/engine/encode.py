@@ -1,7 +1,8 @@
 """Encode: writes each camera's anonymized frames to its output and to the tap; frees the slots.
 
 Outputs are finalised at the end of their stream and on SIGTERM, so a stopped engine leaves playable
-files. The tap is an XPUB socket: frames are only encoded for it while someone subscribes, and its
+files. The tap is an XPUB socket, bound at `tap.endpoint` by the one encoder, or with several
+connected to the launcher's relay: frames are only encoded for it while someone subscribes, and a
 high-water mark drops frames for a slow subscriber instead of slowing the engine.
 """
 

@@ -70,6 +70,7 @@ class Launcher:
         self.instance = cfg.engine.instance or f"p{os.getpid()}"
         self.endpoints = Endpoints(cfg.engine.run_dir, self.instance, cfg.engine.composite_workers)
         self.children: dict[str, Child] = {}
+        self.compositor_of: dict[str, int] = {}  # camera -> its composite worker, kept across re-attaches
         self.done: dict[str, messages.CameraDone] = {}
         self.stats: dict[tuple[str, str], dict] = {}
         self.failure: str | None = None
@@ -138,7 +139,9 @@ class Launcher:
         if name in self.children and self.children[name].process.poll() is None:
             raise EngineFailed(f"camera {camera.name} is already attached")
         self.done.pop(camera.name, None)  # a camera detached or ended before comes back as a new stream
-        compositor = self._least_busy_compositor()
+        # A camera attached again keeps its compositor (and so its encoder, which may still be finishing
+        # the same output file).
+        compositor = self.compositor_of.setdefault(camera.name, self._least_busy_compositor())
         extra = ["--camera", camera.name, "--camera-json", camera.model_dump_json(),
                  "--composite-worker", str(compositor)]
         self._add(name, "capture", compositor, camera.name, extra)
@@ -146,11 +149,10 @@ class Launcher:
             self.cfg.cameras.append(camera)
 
     def _least_busy_compositor(self) -> int:
-        """The composite worker with the fewest running cameras (each camera stays on its worker)."""
+        """The composite worker with the fewest cameras (each camera stays on its worker)."""
         load = [0] * self.cfg.engine.composite_workers
-        for child in self.children.values():
-            if child.stage == "capture" and child.process.poll() is None:
-                load[child.worker] += 1
+        for worker in self.compositor_of.values():
+            load[worker] += 1
         return load.index(min(load))
 
     def detach(self, camera: str) -> bool:
@@ -310,8 +312,9 @@ class TapRelay:
                 sock.close(linger=0)
 
     def close(self) -> None:
-        self.control.send(b"TERMINATE")
-        self.thread.join(5)
+        if self.thread.is_alive():
+            self.control.send(b"TERMINATE", zmq.NOBLOCK)
+            self.thread.join(5)
         self.control.close(linger=0)
 
 
