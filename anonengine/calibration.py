@@ -90,6 +90,8 @@ def head_scope(ov_model):
 def quantize_openvino(fp32_dir: Path, out_dir: Path, shape: tuple[int, int]) -> None:
     """Writes into `out_dir` the INT8 version of the FP32 OpenVINO export in `fp32_dir` (input `shape`)."""
     require_nncf()
+    # NNCF imports torch's extension builder, which warns about a CUDA_HOME without CUDA: not ours to show.
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     import nncf
     import openvino as ov
 
