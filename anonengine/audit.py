@@ -77,6 +77,8 @@ def audit(original: str, anonymized: str, pose_model: str = "yolo11n-pose.pt", c
     flagged, drawn, count = [], [], 0
     for source, frame in zip(VideoReader(original), VideoReader(anonymized)):
         count += 1
+        # An odd-sized original is encoded one pixel larger (its edge repeated): compare the same pixels.
+        frame.image = frame.image[: source.image.shape[0], : source.image.shape[1]]
         leaks, others = [], []
         for box, score in adversary_finds(model, frame.image, imgsz, conf, device, augment):
             find = {"box": [round(float(v), 1) for v in box], "score": round(float(score), 3)}
@@ -127,13 +129,15 @@ def write_worst_frames(report: AuditReport, path: Path, rows: int = 6) -> Path |
     for frame in VideoReader(report.anonymized):
         if frame.seq not in wanted:
             continue
-        shown = frame.image.copy()
+        original = originals.get(frame.seq)
+        height, width = original.shape[:2] if original is not None else frame.image.shape[:2]
+        shown = frame.image[:height, :width].copy()  # an odd-sized original was encoded a pixel larger
         for p in wanted[frame.seq].persons:
             x0, y0, x1, y1 = map(int, p["box"])
             cv2.rectangle(shown, (x0, y0), (x1, y1), (0, 0, 255), 2)
             cv2.putText(shown, f"{p['score']:.2f}", (x0, max(12, y0 - 4)), cv2.FONT_HERSHEY_SIMPLEX, 0.5,
                         (0, 0, 255), 1, cv2.LINE_AA)
-        original = originals.get(frame.seq, np.zeros_like(shown))
+        original = original if original is not None else np.zeros_like(shown)
         lines.append(np.hstack([_panel(original, f"original #{frame.seq}"), _panel(shown, f"found #{frame.seq}")]))
     cv2.imwrite(str(path), np.vstack(lines))
     return path

@@ -11,6 +11,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from anonengine.errors import AnonError, ConfigError
+from anonengine.interrupts import INTERRUPTS, Interrupted, interrupted_line
 
 log = logging.getLogger("anonengine")
 
@@ -46,6 +47,9 @@ def add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", default=None, help="H.264 speed preset")
     p.add_argument("--metadata", default=None, help="write per-frame persons as JSON lines to this file")
     p.add_argument("--camera", default="cam0", help="camera name in metadata and logs")
+    p.add_argument("--live", action="store_true", default=None,
+                   help="treat the source as a live camera (streams and webcams are): a stop signal is its "
+                        "normal end; a file is read at its frame rate")
     p.add_argument("--inline", action="store_true", help="run every stage in this one process (reference path)")
     p.add_argument("--tap", default=None, help="also publish anonymized frames on this ZeroMQ endpoint")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -75,7 +79,8 @@ def config_from_run_flags(args: argparse.Namespace):
     raw = {
         "anonymizer": anonymizer,
         "encoder": _drop_none(crf=args.crf, preset=args.preset),
-        "cameras": [{"name": args.camera, "source": args.video_source, "output": output, "metadata": args.metadata}],
+        "cameras": [{"name": args.camera, "source": args.video_source, "output": output, "metadata": args.metadata,
+                     **_drop_none(live=args.live)}],
     }
     try:
         return EngineConfig.model_validate(raw)
@@ -102,7 +107,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     from anonengine.inline import run_inline
 
     for r in run_inline(cfg, progress=not args.quiet):
-        log.info("%s: %d frames anonymized (%d obscured) -> %s", r.camera, r.frames, r.obscured, cfg.cameras[0].output)
+        if r.interrupted_by is not None:
+            print(interrupted_line(r.interrupted_by, r.frames, r.total, r.output), file=sys.stderr)
+            return 128 + r.interrupted_by
+        log.info("%s: %d frames anonymized (%d obscured) -> %s", r.camera, r.frames, r.obscured, r.output)
     return 0
 
 
@@ -220,14 +228,15 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(name)s: %(message)s", stream=sys.stderr
     )
+    INTERRUPTS.install()
     try:
         return args.func(args)
     except AnonError as exc:
         print(f"anonengine: error: {exc}", file=sys.stderr)
         return exc.exit_code
-    except KeyboardInterrupt:
-        print("anonengine: interrupted", file=sys.stderr)
-        return 130
+    except Interrupted as stop:
+        print(f"anonengine: interrupted by {stop.name}", file=sys.stderr)
+        return stop.exit_code
     except Exception as exc:  # noqa: BLE001 - one line for the user; the traceback on request
         if os.environ.get("ANONENGINE_DEBUG"):
             raise

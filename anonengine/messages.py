@@ -75,11 +75,16 @@ class Detected:
 
 @dataclass(frozen=True)
 class StreamEnd:
-    """No frame of `camera` has seq >= `frames`. With `error`, the stream failed: discard its output."""
+    """No frame of `camera` has seq >= `frames`. With `error`, the stream failed: discard its output.
+
+    `interrupted`: a file stopped before its end (detached, or the engine stopped): its output is kept,
+    playable, under its `.partial` name, never the final one.
+    """
 
     camera: str
     frames: int
     error: str | None = None
+    interrupted: bool = False
 
 
 @dataclass(frozen=True)
@@ -115,6 +120,7 @@ class CameraDone:
     camera: str
     frames: int
     output: str | None
+    complete: bool = True  # False: the stream was interrupted and `output` is the `.partial` file
 
 
 @dataclass(frozen=True)

@@ -165,16 +165,22 @@ class EncodeStage(Stage):
             }
             self._meta_file.write(json.dumps(record) + "\n")
 
-    def close(self) -> None:
-        """Finalises the output; call only after every frame was written."""
+    def close(self, complete: bool = True) -> Path | None:
+        """Finalises the output, playable; returns where it is.
+
+        `complete`: every frame of the source was written, and the files take their final names. Else
+        (interrupted) they keep their `.partial` names, so they cannot pass for the whole video.
+        """
         if self.writer is None:
-            return
-        self.writer.close()
+            return None
+        path = self.writer.close(complete)
         self.writer = None
         if self._meta_file is not None:
             self._meta_file.close()
-            os.replace(self._meta_partial, self.metadata)
+            if complete:
+                os.replace(self._meta_partial, self.metadata)
             self._meta_file = None
+        return path
 
     def abort(self) -> None:
         if self.writer is not None:

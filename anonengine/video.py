@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
+import struct
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -12,9 +14,11 @@ from typing import Iterator
 import av
 import cv2
 import numpy as np
+from av.sidedata.sidedata import Type as SideDataType
 
 from anonengine.config import EncoderConfig
 from anonengine.errors import InputError, OutputError
+from anonengine.locks import FileLock, LockBusy, output_lock_path
 
 URL_PATTERN = re.compile(r"^(rtsp|rtsps|rtmp|http|https|udp|tcp|srt)://", re.IGNORECASE)
 
@@ -63,54 +67,80 @@ def open_source(source: str) -> tuple[av.container.InputContainer, bool]:
 
 
 class VideoReader:
-    """Decodes the first video stream of a source into BGR frames with their presentation timestamps."""
+    """Decodes the first video stream of a source into upright BGR frames with their presentation timestamps.
+
+    Frames are turned as the container's display matrix says (a phone filming in portrait stores its
+    frames landscape, tagged "rotate 90"): the detector must see people upright, and the output is
+    written upright with no tag. The first frame is decoded on opening, so `info` has the size of the
+    frames as they come out, whatever the container declares.
+    """
 
     def __init__(self, source: str, camera: str = "cam0") -> None:
         self.source = source
         self.camera = camera
         self.container, live = open_source(source)
-        if not self.container.streams.video:
+        try:
+            self.info = self._open(live)
+        except BaseException:
             self.container.close()
-            raise InputError(f"no video stream in {source}")
+            raise
+
+    def _open(self, live: bool) -> StreamInfo:
+        if not self.container.streams.video:
+            raise InputError(f"no video stream in {self.source}")
         self.stream = self.container.streams.video[0]
         # AUTO adds frame threading to FFmpeg's default slice threading: much faster decode.
         self.stream.thread_type = "AUTO"
-        ctx = self.stream.codec_context
+        self.live = live
+        self._decoded = self._decode()
+        self._first = next(self._decoded, None)
+        if self._first is None:
+            raise InputError(f"no decodable video frames in {self.source}")
+        height, width = self._first.image.shape[:2]
         rate = self.stream.average_rate or self.stream.guessed_rate or Fraction(25)
-        if not ctx.width or not ctx.height:
-            self.container.close()
-            raise InputError(f"cannot decode {source}: video stream has no frame size")
-        self.info = StreamInfo(
-            width=ctx.width,
-            height=ctx.height,
+        return StreamInfo(
+            width=width,
+            height=height,
             rate=Fraction(rate),
             time_base=Fraction(self.stream.time_base or Fraction(1, 90000)),
             frames=int(self.stream.frames or 0),
             live=live,
         )
 
-    def __iter__(self) -> Iterator[Frame]:
-        seq = 0
-        frame_ticks = max(1, round(1 / (self.info.rate * self.info.time_base)))
-        last_pts = None
+    def _decode(self) -> Iterator[DecodedImage]:
+        decoded = 0
         try:
             for packet in self.container.demux(self.stream):
                 # FFmpeg flags a packet cut short by the end of the file as corrupt and decodes what is
                 # there without an error. A fragmented MP4 declares no frame count, so for a file this
                 # flag is the only sign that it was truncated. Live sources lose packets and go on.
-                if packet.is_corrupt and not self.info.live:
-                    raise InputError(f"{self.source} is truncated or corrupt at frame {seq}")
+                if packet.is_corrupt and not self.live:
+                    raise InputError(f"{self.source} is truncated or corrupt at frame {decoded}")
                 for av_frame in packet.decode():
-                    pts = av_frame.pts
-                    if pts is None:  # some streams carry no timestamps: count frames at the nominal rate
-                        pts = 0 if last_pts is None else last_pts + frame_ticks
-                    last_pts = pts
-                    yield Frame(self.camera, seq, int(pts), self.info.time_base, to_bgr(av_frame))
-                    seq += 1
+                    yield DecodedImage(av_frame.pts, upright(to_bgr(av_frame), display_matrix(av_frame)))
+                    decoded += 1
         except av.FFmpegError as exc:
-            raise InputError(f"cannot decode {self.source} at frame {seq}: {_ffmpeg_reason(exc)}") from None
-        if seq == 0:
-            raise InputError(f"no decodable video frames in {self.source}")
+            raise InputError(f"cannot decode {self.source} at frame {decoded}: {_ffmpeg_reason(exc)}") from None
+
+    def __iter__(self) -> Iterator[Frame]:
+        seq = 0
+        frame_ticks = max(1, round(1 / (self.info.rate * self.info.time_base)))
+        last_pts = None
+        size = (self.info.width, self.info.height)
+        decoded = self._decoded if self._first is None else itertools.chain([self._first], self._decoded)
+        self._first = None
+        for item in decoded:
+            pts = item.pts
+            if pts is None:  # some streams carry no timestamps: count frames at the nominal rate
+                pts = 0 if last_pts is None else last_pts + frame_ticks
+            last_pts = pts
+            image = item.image
+            if image.shape[1::-1] != size:
+                # A stream that changes resolution midway (a camera reconfigured): every stage was set up
+                # for the first size, so later frames are scaled to it rather than refused.
+                image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+            yield Frame(self.camera, seq, int(pts), self.info.time_base, image)
+            seq += 1
         if not self.info.live and self.info.frames and seq < self.info.frames:
             raise InputError(
                 f"{self.source} is truncated: {seq} of {self.info.frames} frames could be decoded"
@@ -118,6 +148,12 @@ class VideoReader:
 
     def close(self) -> None:
         self.container.close()
+
+
+@dataclass
+class DecodedImage:
+    pts: int | None
+    image: np.ndarray
 
 
 def to_bgr(av_frame: av.VideoFrame) -> np.ndarray:
@@ -128,11 +164,57 @@ def to_bgr(av_frame: av.VideoFrame) -> np.ndarray:
     return av_frame.to_ndarray(format="bgr24")
 
 
+Orientation = tuple[int, int, int, int]
+
+
+def display_matrix(av_frame: av.VideoFrame) -> Orientation | None:
+    """The linear part (a, b, c, d) of the frame's display matrix, each -1, 0 or 1; None when untagged.
+
+    FFmpeg's convention (libavutil/display.h): a pixel at (x, y) is shown at (a*x + c*y, b*x + d*y),
+    moved back into the picture.
+    """
+    for side_data in av_frame.side_data:
+        if side_data.type == SideDataType.DISPLAYMATRIX:
+            a, b, _, c, d, *_ = struct.unpack("<9i", bytes(side_data))
+            # Cameras write right angles and mirrors only; any other angle is taken to the nearest one.
+            if abs(a) + abs(d) >= abs(b) + abs(c):
+                return (_sign(a), 0, 0, _sign(d))
+            return (0, _sign(b), _sign(c), 0)
+    return None
+
+
+def _sign(value: int) -> int:
+    return 1 if value >= 0 else -1
+
+
+# cv2.flip codes: 1 mirrors left-right, 0 top-bottom, -1 both (a half turn).
+_FLIP_CODE = {(1, 1): None, (-1, 1): 1, (1, -1): 0, (-1, -1): -1}
+
+
+def upright(image: np.ndarray, orientation: Orientation | None) -> np.ndarray:
+    """`image` as a player shows it, given the linear part of its display matrix."""
+    if orientation is None:
+        return image
+    a, b, c, d = orientation
+    if b == 0:  # no quarter turn: shown at x' = a*x, y' = d*y
+        turned, flip = image, _FLIP_CODE[(a, d)]
+    else:  # a quarter turn: shown at x' = c*y, y' = b*x, the transpose mirrored where c or b is negative
+        turned, flip = cv2.transpose(image), _FLIP_CODE[(c, b)]
+    return turned if flip is None else cv2.flip(turned, flip)
+
+
+def partial_path(output: str | os.PathLike) -> Path:
+    """Where an output is written until it is complete: `NAME.partial.SUFFIX`."""
+    path = Path(output)
+    return path.with_name(f"{path.stem}.partial{path.suffix or '.mp4'}")
+
+
 class VideoWriter:
     """Encodes BGR frames to a video file at the given timestamps.
 
     Frames go to `<name>.partial<suffix>` and the file takes its final name only in `close()`, so a
-    failed or interrupted run never leaves an output that looks complete.
+    failed or interrupted run never leaves an output that looks complete. One writer at a time: the
+    output's lock (`.NAME.lock` beside it) is held from the start until `close` or `abort`.
     """
 
     def __init__(
@@ -146,13 +228,30 @@ class VideoWriter:
     ) -> None:
         cfg = cfg or EncoderConfig()
         self.path = Path(path)
-        self.partial = self.path.with_name(f"{self.path.stem}.partial{self.path.suffix or '.mp4'}")
-        if width % 2 or height % 2:
-            raise OutputError(f"cannot encode {width}x{height}: H.264 4:2:0 needs even width and height")
+        self.partial = partial_path(self.path)
         if not self.path.parent.is_dir():
             raise OutputError(f"cannot write {self.path}: folder {self.path.parent} does not exist")
         if self.path.is_dir():  # else only the final rename in close() would fail, after all the work
             raise OutputError(f"cannot write {self.path}: it is a folder")
+        self.width, self.height = width, height
+        self.lock = FileLock(output_lock_path(self.path))
+        try:
+            self.lock.acquire()
+        except LockBusy as busy:
+            owner = f" (pid {busy.pid})" if busy.pid else ""
+            raise OutputError(f"cannot write {self.path}: another anonengine is writing it{owner}") from None
+        except OSError as exc:
+            raise OutputError(f"cannot write {self.path}: {exc.strerror}") from None
+        try:
+            self._open(rate, time_base, cfg)
+        except BaseException:  # an error, or a stop signal while the encoder starts
+            self.partial.unlink(missing_ok=True)
+            self.lock.release()
+            raise
+        self.frames = 0
+
+    def _open(self, rate: Fraction, time_base: Fraction, cfg: EncoderConfig) -> None:
+        width, height = self.width, self.height
         try:
             # FFmpeg opens the file only when the first packet is muxed, possibly after the whole clip
             # was decoded and detected; creating it now reports an unwritable path before any work.
@@ -169,7 +268,9 @@ class VideoWriter:
         except (av.FFmpegError, ValueError) as exc:
             self.abort()
             raise OutputError(f"encoder {cfg.codec!r} unavailable: {_ffmpeg_reason(exc)}") from None
-        self.stream.width, self.stream.height = width, height
+        # 4:2:0 chroma covers 2x2 pixels, so encoders need even sizes: an odd width or height is padded by
+        # repeating the last column or row (one pixel more in the output), never refused.
+        self.stream.width, self.stream.height = width + width % 2, height + height % 2
         self.stream.pix_fmt = "yuv420p"
         # Pts given to `write` count in this time base. The muxer may change the stream's time base
         # when it writes the header (MP4 raises 1/1000 to 1/16000), so frames must not take theirs from it.
@@ -191,7 +292,7 @@ class VideoWriter:
         self.frames = 0
 
     def write(self, image: np.ndarray, pts: int) -> None:
-        frame = av.VideoFrame.from_numpy_buffer(cv2.cvtColor(image, cv2.COLOR_BGR2YUV_I420), format="yuv420p")
+        frame = to_yuv420p(image, self.stream.width, self.stream.height)
         frame.pts = pts
         frame.time_base = self.time_base
         try:
@@ -200,16 +301,25 @@ class VideoWriter:
             raise OutputError(f"cannot write {self.path}: {_ffmpeg_reason(exc)}") from None
         self.frames += 1
 
-    def close(self) -> Path:
-        """Flushes the encoder, finalises the container and gives the file its final name."""
+    def close(self, complete: bool = True) -> Path:
+        """Flushes the encoder and finalises the container, which is then playable.
+
+        `complete`: the file takes its final name. Otherwise (a run stopped before the end of its source)
+        it keeps its `.partial` name, so it cannot pass for the whole video. Returns where it is.
+        """
         try:
             self.container.mux(self.stream.encode(None))
             self.container.close()
         except (av.FFmpegError, OSError) as exc:
             self.abort()
             raise OutputError(f"cannot finish {self.path}: {_ffmpeg_reason(exc)}") from None
-        os.replace(self.partial, self.path)
-        return self.path
+        try:
+            if not complete:
+                return self.partial
+            os.replace(self.partial, self.path)
+            return self.path
+        finally:
+            self.lock.release()
 
     def abort(self) -> None:
         """Closes without finalising and removes the partial file."""
@@ -218,6 +328,26 @@ class VideoWriter:
         except Exception:  # noqa: BLE001 - the file is deleted next; its state no longer matters
             pass
         self.partial.unlink(missing_ok=True)
+        self.lock.release()
+
+
+def to_yuv420p(image: np.ndarray, width: int, height: int) -> av.VideoFrame:
+    """A yuv420p frame of the (even) encoder size from a BGR image, odd edges repeated to fill it."""
+    pad_y, pad_x = height - image.shape[0], width - image.shape[1]
+    if pad_x or pad_y:
+        image = cv2.copyMakeBorder(image, 0, pad_y, 0, pad_x, cv2.BORDER_REPLICATE)
+    # OpenCV's I420 holds each chroma plane as (h/2) x (w/2) bytes back to back. Copied plane by plane
+    # into FFmpeg's buffers, whose rows have their own stride: read as one (h*3/2, w) block, the chroma
+    # of a height that is 2 modulo 4 starts mid-row and the picture's colours shear.
+    i420 = cv2.cvtColor(image, cv2.COLOR_BGR2YUV_I420).reshape(-1)
+    frame = av.VideoFrame(width, height, "yuv420p")
+    start = 0
+    for plane in frame.planes:
+        size = plane.width * plane.height
+        rows = np.frombuffer(plane, np.uint8).reshape(plane.height, plane.line_size)
+        rows[:, : plane.width] = i420[start : start + size].reshape(plane.height, plane.width)
+        start += size
+    return frame
 
 
 def encoder_options(cfg: EncoderConfig) -> dict[str, str]:

@@ -215,8 +215,11 @@ def test_sigterm_mid_run_stops_everything_and_leaves_playable_files_and_clean_sh
     assert time.monotonic() - started < STOP_TIMEOUT_S
     assert proc.returncode == 0
     for name in ("a", "b"):
-        frames = list(VideoReader(str(tmp_path / f"{name}.mp4")))
-        assert 0 < len(frames) < 200  # stopped mid-run, finalised, playable
+        # Stopped mid-file: finalised and playable, but under the partial name, never the final one.
+        assert not (tmp_path / f"{name}.mp4").exists()
+        frames = list(VideoReader(str(tmp_path / f"{name}.partial.mp4")))
+        assert 0 < len(frames) < 200
+        assert [f.seq for f in frames] == list(range(len(frames)))
     assert instance_segments(f"p{proc.pid}") == []
 
 
@@ -226,7 +229,10 @@ def test_after_kill_9_of_the_whole_tree_the_next_start_cleans_shm(clip, models_d
     proc = launch_subprocess(cfg, tmp_path)
     killed_instance = f"p{proc.pid}"
     assert wait_for(lambda: len(instance_segments(killed_instance)) >= 2, 120)
-    os.killpg(proc.pid, signal.SIGKILL)
+    # Every process at once (stages run in sessions of their own, and would clean up after a launcher
+    # killed alone): nothing gets to remove its segments.
+    for pid in [proc.pid, *stage_pids(killed_instance)]:
+        os.kill(pid, signal.SIGKILL)
     proc.wait()
     assert wait_for(lambda: not stage_pids(f"p{proc.pid}"), 10)
     assert instance_segments(killed_instance), "the kill should have left segments behind"

@@ -74,6 +74,8 @@ def test_attach_detach_and_status_on_a_running_engine(models_dir, tmp_path):
     make_sample(tmp_path / "short", width=WIDTH, height=HEIGHT, frames=SHORT_FRAMES)
     cfg = small_and_fast(engine_config(tmp_path, models_dir, {"a": Path("long/sample.mp4")}))
     cfg.engine.exit_when_done = False
+    # Camera a stands for a live camera (read at its frame rate: 12 s), whose detach is its normal end.
+    cfg.cameras[0].live = True
     # Paths relative to the folder the engine is launched in: the stages must see them the same way.
     cfg.cameras[0].output, cfg.cameras[0].metadata, cfg.engine.run_dir = "a.mp4", "a.jsonl", "run"
     run_dir = tmp_path / "run"
@@ -226,7 +228,7 @@ class FakeSpawn:
         self.started: list[str] = []
         self.signals: list[tuple[str, int]] = []
 
-    def __call__(self, argv, env, cwd, stdin):
+    def __call__(self, argv, env, cwd, stdin, start_new_session=False):
         name = child_name(argv)
         self.started.append(name)
         code = self.fate(name)
@@ -257,6 +259,7 @@ class FakeClock:
 
 
 def fake_launcher(tmp_path: Path, spawn: FakeSpawn, restart_limit: int = 3, job: bool = False) -> Launcher:
+    (tmp_path / "never-opened.mp4").touch()  # the launcher checks that a file source exists; none is read
     cfg = EngineConfig(cameras=[CameraConfig(name="cam", source=str(tmp_path / "never-opened.mp4"))])
     cfg.engine.run_dir = str(tmp_path / "run")
     cfg.engine.exit_when_done = job

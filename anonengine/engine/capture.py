@@ -82,7 +82,13 @@ class CaptureService(Service):
         self._redeliver_late()
         if not self.ended and (self.stopping or not self._capture_one()):
             self.ended = True
-            send(self.downstream, messages.StreamEnd(self.camera, self.seq))
+            # Stopped before the end of a file: what is done is kept as a partial output, and nothing in
+            # flight is waited for. A live camera's stop is its normal end: the frames in flight go out.
+            interrupted = self.stopping and not self.live
+            send(self.downstream, messages.StreamEnd(self.camera, self.seq, interrupted=interrupted))
+            if interrupted:
+                self.log.info("stopped at frame %d, before the end of the file", self.seq)
+                return False
             self.log.info("end of stream after %d frames; waiting for %d in flight", self.seq, len(self.inflight))
         return not (self.ended and not self.inflight)
 
@@ -145,7 +151,7 @@ class CaptureService(Service):
         # Waits while no detector is connected or all are full; releases keep flowing meanwhile.
         while ref.seq in self.inflight and not send(self.frames_out, ref, block=False):
             self._take_releases(timeout_ms=POLL_MS)
-            if self.stopping and self.live:
+            if self.stopping:
                 return
 
     def _take_releases(self, timeout_ms: int) -> None:

@@ -13,7 +13,9 @@ from pathlib import Path
 import zmq
 
 from anonengine.config import EngineConfig, load_yaml
+from anonengine.engine.launcher import EngineFailed
 from anonengine.errors import ConfigError, InputError
+from anonengine.interrupts import Interrupted, interrupted_line
 
 CONTROL_TIMEOUT_MS = 5000
 TAP_TIME_BASE = Fraction(1, 90000)
@@ -60,14 +62,16 @@ def cmd_launch(args: argparse.Namespace) -> int:
 
 
 def run_engine(cfg: EngineConfig, progress: bool, tap: str | None) -> int:
-    """`anonengine run` through the engine: one camera, exits when its output is complete."""
+    """`anonengine run` through the engine: one camera, exits when its output is complete.
+
+    A stop signal ends a live source as its end would (exit 0); a file keeps the frames done so far,
+    playable, under the `.partial` name, and the exit code says which signal stopped it (128 + signal).
+    """
     from anonengine.engine.launcher import launch, stage_total
-    from anonengine.video import VideoReader
 
     cam = cfg.cameras[0]
-    preflight(cfg)
+    info = preflight(cfg)
     resolve_models(cfg)
-    info = VideoReader(cam.source).info
     cfg.engine.exit_when_done = True
     cfg.tap.endpoint = tap or ""
     if not os.environ.get("ANONENGINE_LOG_LEVEL"):
@@ -81,13 +85,22 @@ def run_engine(cfg: EngineConfig, progress: bool, tap: str | None) -> int:
         bar = tqdm(total=info.frames or None, desc=cam.name, unit="frame", dynamic_ncols=True)
         launcher.on_stats = lambda stats: bar.update(stage_total(stats, "encode", "frames") - bar.n)
     try:
-        return launcher.run()
+        launcher.run()
     except BaseException:
         discard_outputs(cfg)
         raise
     finally:
         if bar is not None:
             bar.close()
+    done = launcher.done.get(cam.name)
+    if done is not None and done.complete:
+        return 0
+    if launcher.stop_signal is None:  # cannot happen: the launcher raises when a camera fails
+        raise EngineFailed(f"{cam.name} ended without finishing its output")
+    frames = done.frames if done is not None else 0
+    print(interrupted_line(launcher.stop_signal, frames, info.frames, done.output if done else None),
+          file=sys.stderr)
+    return 128 + launcher.stop_signal
 
 
 def resolve_models(cfg: EngineConfig) -> None:
@@ -100,8 +113,11 @@ def resolve_models(cfg: EngineConfig) -> None:
         models.resolve(spec)
 
 
-def preflight(cfg: EngineConfig) -> None:
-    """Opens the source and the outputs as the stages will, reporting bad ones before any process starts."""
+def preflight(cfg: EngineConfig):
+    """Opens the source and the outputs as the stages will, reporting bad ones before any process starts.
+
+    Returns the source's StreamInfo.
+    """
     from anonengine.stages import CaptureStage, EncodeStage
 
     cam = cfg.cameras[0]
@@ -110,13 +126,19 @@ def preflight(cfg: EngineConfig) -> None:
             encode = EncodeStage(cam.output, capture.info, cfg.encoder, cam.metadata)
             encode.setup()
             encode.abort()
+        return capture.info
 
 
 def discard_outputs(cfg: EngineConfig) -> None:
-    """A failed job leaves nothing that could pass for a complete output."""
+    """A failed job leaves nothing that could pass for a complete output, and removes only what it made:
+    its `.partial` files (a file already at the final name was there before and is not this run's)."""
+    from anonengine.video import partial_path
+
     for cam in cfg.cameras:
-        for path in filter(None, (cam.output, cam.metadata)):
-            Path(path).unlink(missing_ok=True)
+        if cam.output:
+            partial_path(cam.output).unlink(missing_ok=True)
+        if cam.metadata:
+            Path(f"{cam.metadata}.partial").unlink(missing_ok=True)
 
 
 def cmd_tap(args: argparse.Namespace) -> int:
@@ -134,7 +156,7 @@ def cmd_tap(args: argparse.Namespace) -> int:
             count += 1
             if args.frames and count >= args.frames:
                 break
-    except KeyboardInterrupt:
+    except Interrupted:
         pass
     finally:
         if writer is not None:

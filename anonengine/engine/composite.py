@@ -177,7 +177,7 @@ class CompositeService(Service):
             send(self.encoder, end)
             return
         state.end = end.frames
-        if end.error:
+        if end.error or end.interrupted:  # nothing more of this stream is composited
             state.pending.clear()
             state.decoded.clear()
             state.end = state.next_seq

@@ -18,7 +18,7 @@ import zmq
 
 from anonengine import messages
 from anonengine.engine.runtime import POLL_MS, TAP_SOCKET_BUFFER, Service, ToCompositors, receive_waiting, send
-from anonengine.errors import AnonError
+from anonengine.errors import AnonError, OutputError
 from anonengine.shm import RingCache, StaleSlot
 from anonengine.stages import EncodeStage
 from anonengine.video import Frame, StreamInfo
@@ -48,7 +48,10 @@ class EncodeService(Service):
         self.events = self.socket(zmq.PUSH, self.endpoints.events)
         self.tap = None
         if self.cfg.tap.endpoint and self.cfg.engine.encode_workers == 1:
-            self.tap = self.socket(zmq.XPUB, self.cfg.tap.endpoint, bind=True, hwm=self.cfg.tap.hwm)
+            try:
+                self.tap = self.socket(zmq.XPUB, self.cfg.tap.endpoint, bind=True, hwm=self.cfg.tap.hwm)
+            except zmq.ZMQError as exc:  # the user's address to fix: one line, no restart loop
+                raise OutputError(f"cannot open the tap at {self.cfg.tap.endpoint}: {zmq.strerror(exc.errno)}") from None
             self.tap.setsockopt(zmq.XPUB_VERBOSER, 1)  # see every (un)subscribe, to count subscribers
             # The high-water mark bounds a slow subscriber's backlog only if the kernel's does too.
             self.tap.setsockopt(zmq.SNDBUF, TAP_SOCKET_BUFFER)
@@ -155,26 +158,28 @@ class EncodeService(Service):
                 output.writer.abort()
             self.log.warning("%s failed, output discarded: %s", end.camera, end.error)
         else:
-            self._finish(end.camera, output)
+            self._finish(end.camera, output, complete=not end.interrupted)
 
-    def _finish(self, camera: str, output: Output) -> None:
+    def _finish(self, camera: str, output: Output, complete: bool) -> None:
+        """Finalises the output, playable: under its final name only when `complete`."""
         path = None
         if output.writer is not None:
             try:
-                output.writer.close()
-                path = output.info.output
+                if output.writer.frames == 0:
+                    output.writer.abort()  # nothing written: no file at all
+                else:
+                    path = output.writer.close(complete)
             except AnonError as exc:
                 self.log.error("%s: %s", camera, exc)
-        send(self.events, messages.CameraDone(camera, output.written, path), block=False)
+        send(self.events, messages.CameraDone(camera, output.written, str(path) if path else None, complete),
+             block=False)
         self.log.info("%s: %d frames written to %s", camera, output.written, path or "(tap only)")
 
     def close(self) -> None:
-        # On SIGTERM: every output as far as it got, finalised and playable.
+        # On SIGTERM with streams still open: a live camera's stop is its end (final name); a file not
+        # seen to its end keeps its frames so far as a partial output.
         for camera, output in list(self.outputs.items()):
-            if output.writer is not None and output.writer.frames == 0:
-                output.writer.abort()
-                continue
-            self._finish(camera, output)
+            self._finish(camera, output, complete=output.info.live)
         self.outputs.clear()
         self.rings.close()
         time.sleep(0.05)  # let the last CameraDone leave before the context goes

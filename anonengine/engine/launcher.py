@@ -26,8 +26,11 @@ import zmq
 from anonengine import messages
 from anonengine.config import CameraConfig, EngineConfig
 from anonengine.engine.runtime import TAP_SOCKET_BUFFER, Endpoints, receive_waiting
-from anonengine.errors import AnonError
+from anonengine.errors import AnonError, InputError, OutputError
+from anonengine.interrupts import STOP_SIGNALS
+from anonengine.locks import FileLock, LockBusy, is_locked, output_lock_path
 from anonengine.shm import instance_segments, remove_stale_segments, unlink
+from anonengine.video import URL_PATTERN
 
 log = logging.getLogger("anonengine.launcher")
 
@@ -51,8 +54,18 @@ class EngineFailed(AnonError):
     """A stage could not be kept running, or met a user error."""
 
 
-def instance_alive(instance: str) -> bool:
-    """Instances named `p<pid>` belong to a launcher process; others cannot be judged (kept)."""
+def instance_lock_path(run_dir: str | Path, instance: str) -> Path:
+    """Held by an instance's launcher for as long as it runs: one owner per run dir."""
+    return Path(run_dir) / f"{instance}.lock"
+
+
+def instance_alive(instance: str, run_dir: str | Path | None = None) -> bool:
+    """Whether an instance's launcher still runs: its lock is held, or for `p<pid>` names, that process lives.
+
+    An instance that can be judged neither way (stages started by honcho, say) is taken to be alive.
+    """
+    if run_dir is not None and instance_lock_path(run_dir, instance).exists():
+        return is_locked(instance_lock_path(run_dir, instance))
     if not (instance.startswith("p") and instance[1:].isdigit()):
         return True
     try:
@@ -76,6 +89,7 @@ class Launcher:
         self.failure: str | None = None
         self.failed_cameras: dict[str, str] = {}
         self.stop_requested = False
+        self.stop_signal: int | None = None  # the signal that asked for the stop, if one did
         self.spawn = subprocess.Popen  # swapped in tests
         self.clock = time.monotonic
         self.on_stats = None  # called with `stats` whenever counters arrive (progress bars)
@@ -84,7 +98,69 @@ class Launcher:
 
     # --- lifecycle -----------------------------------------------------------------------------
     def start(self) -> None:
-        removed = remove_stale_segments(instance_alive)
+        """Takes the instance, checks what can be checked, then starts every stage.
+
+        Everything that can fail on the user's input fails here, with one line, before any stage runs.
+        """
+        self._take_instance()
+        try:
+            self._check_tap_endpoint()
+            for camera in self.cfg.cameras:
+                self._check_camera(camera)
+            self._start()
+        except BaseException:
+            self.instance_lock.release()
+            raise
+
+    def _take_instance(self) -> None:
+        run_dir = Path(self.cfg.engine.run_dir)
+        try:
+            run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            self.instance_lock = FileLock(instance_lock_path(run_dir, self.instance)).acquire()
+        except LockBusy as busy:
+            owner = f" (pid {busy.pid})" if busy.pid else ""
+            raise EngineFailed(f"engine instance {self.instance} is already running in {run_dir}{owner}") from None
+        except OSError as exc:
+            raise EngineFailed(f"cannot use the run folder {run_dir}: {exc.strerror}") from None
+
+    def _check_tap_endpoint(self) -> None:
+        """A busy or unusable tap address is the user's to fix: one line now, not a crash loop later."""
+        if not self.cfg.tap.endpoint or self.cfg.engine.encode_workers > 1:
+            return  # several encoders: the relay binds the tap itself, in _start, before any stage runs
+        probe = self.context.socket(zmq.XPUB)
+        try:
+            probe.bind(self.cfg.tap.endpoint)
+        except zmq.ZMQError as exc:
+            raise EngineFailed(f"cannot open the tap at {self.cfg.tap.endpoint}: {zmq.strerror(exc.errno)}") from None
+        finally:
+            probe.close(linger=0)
+
+    def _check_camera(self, camera: CameraConfig) -> None:
+        """What can be known of a camera before its capture starts: a file source exists, its output can
+        be written and is nobody else's."""
+        if not camera.source.isdigit() and not URL_PATTERN.match(camera.source):
+            source = Path(camera.source)
+            if not source.exists():
+                raise InputError(f"camera {camera.name}: video source not found: {camera.source}")
+            if not source.is_file():
+                raise InputError(f"camera {camera.name}: video source is not a file: {camera.source}")
+        if not camera.output:
+            return
+        output = Path(camera.output)
+        if not output.parent.is_dir():
+            raise OutputError(f"camera {camera.name}: cannot write {output}: folder {output.parent} does not exist")
+        if output.is_dir():
+            raise OutputError(f"camera {camera.name}: cannot write {output}: it is a folder")
+        for other in self.cfg.cameras:
+            running = self.children.get(f"capture-{other.name}")
+            if (other.name != camera.name and other.output and running is not None
+                    and running.process.poll() is None and Path(other.output).resolve() == output.resolve()):
+                raise OutputError(f"camera {camera.name}: {output} is already the output of camera {other.name}")
+        if is_locked(output_lock_path(output)):
+            raise OutputError(f"camera {camera.name}: cannot write {output}: another anonengine is writing it")
+
+    def _start(self) -> None:
+        removed = remove_stale_segments(lambda instance: instance_alive(instance, self.cfg.engine.run_dir))
         if removed:
             log.info("removed %d stale shared-memory segment(s) of dead engines", len(removed))
         self._remove_stale_run_dirs()
@@ -111,8 +187,9 @@ class Launcher:
         root = Path(self.cfg.engine.run_dir)
         if root.is_dir():
             for folder in root.iterdir():
-                if folder.is_dir() and not instance_alive(folder.name):
+                if folder.is_dir() and not instance_alive(folder.name, root):
                     shutil.rmtree(folder, ignore_errors=True)
+                    instance_lock_path(root, folder.name).unlink(missing_ok=True)
 
     def _add(self, name: str, stage: str, worker: int = 0, camera: str | None = None,
              extra: list[str] | None = None) -> None:
@@ -128,7 +205,10 @@ class Launcher:
         env = {**os.environ, "ANONENGINE_INSTANCE": self.instance, "PYTHONUNBUFFERED": "1",
                "ANONENGINE_ERROR_FILE": str(self._error_file(child)), "PYTHONPATH": pythonpath,
                "PYTHONSAFEPATH": "1"}  # fmt: skip
-        child.process = self.spawn(child.argv, env=env, cwd=os.getcwd(), stdin=subprocess.DEVNULL)
+        # A session of its own: Ctrl-C in a terminal reaches the launcher alone, which stops the stages in
+        # order; each stage ends itself if the launcher dies (runtime.follow_parent).
+        child.process = self.spawn(child.argv, env=env, cwd=os.getcwd(), stdin=subprocess.DEVNULL,
+                                   start_new_session=True)
         log.debug("started %s (pid %d)", child.name, child.process.pid)
 
     def _error_file(self, child: Child) -> Path:
@@ -138,6 +218,8 @@ class Launcher:
         name = f"capture-{camera.name}"
         if name in self.children and self.children[name].process.poll() is None:
             raise EngineFailed(f"camera {camera.name} is already attached")
+        self._check_camera(camera)
+        self.failed_cameras.pop(camera.name, None)
         self.done.pop(camera.name, None)  # a camera detached or ended before comes back as a new stream
         # A camera attached again keeps its compositor (and so its encoder, which may still be finishing
         # the same output file).
@@ -194,6 +276,9 @@ class Launcher:
         for message in receive_waiting(self.events) if self.events in ready else ():
             if isinstance(message, messages.CameraDone):
                 self.done[message.camera] = message
+                if not message.complete:
+                    log.info("camera %s stopped after %d frames; its partial output: %s", message.camera,
+                             message.frames, message.output or "(none)")
             elif isinstance(message, messages.Stats):
                 self.stats[(message.stage, message.name)] = message.counters
                 if self.on_stats is not None:
@@ -266,9 +351,12 @@ class Launcher:
         for name in instance_segments(self.instance):
             unlink(name)
         shutil.rmtree(self.endpoints.dir, ignore_errors=True)
+        self.instance_lock.release()
 
-    def request_stop(self) -> None:
+    def request_stop(self, signum: int | None = None) -> None:
         self.stop_requested = True
+        if self.stop_signal is None:
+            self.stop_signal = signum
 
 
 def stage_total(stats: dict[tuple[str, str], dict], stage: str, counter: str) -> int:
@@ -294,7 +382,7 @@ class TapRelay:
         except zmq.ZMQError as exc:
             self.inbound.close(linger=0)
             self.outbound.close(linger=0)
-            raise EngineFailed(f"cannot open the tap at {tap.endpoint}: {exc.strerror}") from None
+            raise EngineFailed(f"cannot open the tap at {tap.endpoint}: {zmq.strerror(exc.errno)}") from None
         self.control = context.socket(zmq.PAIR)
         self.control.bind(f"inproc://tap-relay-{id(self)}")
         control = context.socket(zmq.PAIR)
@@ -326,7 +414,7 @@ def _project_root() -> str:
 def launch(cfg: EngineConfig) -> Launcher:
     """Starts an engine with SIGINT/SIGTERM wired to an orderly stop; call `.run()` on the result."""
     launcher = Launcher(cfg)
-    signal.signal(signal.SIGTERM, lambda *_: launcher.request_stop())
-    signal.signal(signal.SIGINT, lambda *_: launcher.request_stop())
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, lambda signum, _frame: launcher.request_stop(signum))
     launcher.start()
     return launcher

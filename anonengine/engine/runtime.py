@@ -21,8 +21,10 @@ import zmq
 from anonengine import messages
 from anonengine.config import EngineConfig, load_yaml
 from anonengine.errors import AnonError, ConfigError
+from anonengine.interrupts import INTERRUPTS, STOP_SIGNALS, Interrupted
 
 POLL_MS = 100
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 TAP_SOCKET_BUFFER = 256 * 1024  # a tap's kernel buffer: small, so the high-water mark is what bounds a backlog
 
 
@@ -195,6 +197,22 @@ def make_endpoints_dir(endpoints: Endpoints) -> None:
         raise ConfigError(f"cannot create the run folder {endpoints.dir}: {exc.strerror}") from None
 
 
+def follow_parent() -> int:
+    """Asks the kernel to send SIGTERM when the parent (the launcher) dies, so no stage outlives it even
+    when it is killed with -9; returns the parent's pid, which the loop also checks."""
+    parent = os.getppid()
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    except (OSError, AttributeError):  # not Linux: the getppid() check in the loop still holds
+        pass
+    if os.getppid() != parent:  # died before the request took effect
+        os.kill(os.getpid(), signal.SIGTERM)
+    return parent
+
+
 def run_service(factory, argv: list[str] | None = None, extra_args=None) -> int:
     """Runs one service to completion; the exit code tells the launcher what happened.
 
@@ -215,13 +233,22 @@ def run_service(factory, argv: list[str] | None = None, extra_args=None) -> int:
         setproctitle.setproctitle(f"anonengine-{service.stage}[{service.camera}] {args.instance}")
     except ImportError:
         pass
-    signal.signal(signal.SIGTERM, lambda *_: service.request_stop())
-    signal.signal(signal.SIGINT, lambda *_: service.request_stop())
+    parent = follow_parent()
+    # Until set up, a stop signal ends the process at once (a model load takes seconds, and nothing is in
+    # hand yet); from then on it asks the service to finish what it holds.
+    INTERRUPTS.install()
     try:
         make_endpoints_dir(service.endpoints)
         service.setup()
+        for sig in STOP_SIGNALS:
+            signal.signal(sig, lambda *_: service.request_stop())
         while service.step():
             service.report()
+            if os.getppid() != parent:  # the launcher is gone (and PR_SET_PDEATHSIG was not available)
+                service.log.warning("the launcher is gone; stopping")
+                service.request_stop()
+        return 0
+    except Interrupted:
         return 0
     except AnonError as exc:
         report_user_error(f"{service.stage}[{service.camera}]: {exc}")

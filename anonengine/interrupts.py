@@ -1,0 +1,68 @@
+"""SIGINT, SIGTERM and SIGHUP as one request to stop, for the processes a user runs (`anonengine run`).
+
+Outside a frame loop a signal stops the process at once (`Interrupted`, like KeyboardInterrupt but for
+every stop signal). Inside `deferred()` it is only noted: the loop looks at `requested` between frames,
+so a frame is never left half written, and a live source can end its output cleanly.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from contextlib import contextmanager
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+class Interrupted(BaseException):
+    """The process was asked to stop by `signum`; exits with 128 + signum, as a shell reports it."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
+
+    @property
+    def name(self) -> str:
+        return signal.Signals(self.signum).name
+
+
+class Interrupts:
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._deferring = 0
+
+    def install(self) -> None:
+        for sig in STOP_SIGNALS:
+            signal.signal(sig, self._on_signal)
+
+    def _on_signal(self, signum: int, _frame) -> None:
+        if self._deferring and self.signum is None:
+            self.signum = signum
+            return
+        raise Interrupted(signum)  # outside a frame loop, or a second signal: stop now
+
+    @property
+    def requested(self) -> bool:
+        return self.signum is not None
+
+    @contextmanager
+    def deferred(self):
+        self._deferring += 1
+        try:
+            yield self
+        finally:
+            self._deferring -= 1
+
+
+INTERRUPTS = Interrupts()
+
+
+def interrupted_line(signum: int, frames: int, total: int, partial: str | os.PathLike | None) -> str:
+    """The one line of a job stopped by a signal before the end of its file: how far it got, and where."""
+    of = f" of {total}" if total else ""
+    kept = f"; they are in {partial} (playable; the full output was not written)" if partial and frames else ""
+    return f"anonengine: interrupted by {signal.Signals(signum).name} after {frames}{of} frames{kept}"
