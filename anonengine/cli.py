@@ -10,17 +10,11 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from anonengine.argparsing import OneLineParser
 from anonengine.errors import AnonError, ConfigError
 from anonengine.interrupts import INTERRUPTS, Interrupted, interrupted_line
 
 log = logging.getLogger("anonengine")
-
-
-class OneLineParser(argparse.ArgumentParser):
-    """argparse, but a usage error is one line (no usage dump)."""
-
-    def error(self, message: str):
-        self.exit(2, f"{self.prog}: error: {message}\n")
 
 
 def add_run_flags(p: argparse.ArgumentParser) -> None:

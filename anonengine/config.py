@@ -195,9 +195,28 @@ class CameraConfig(StrictModel):
         description="Treat the source as a live camera (never wait, drop the oldest frame when full); a file "
         "is then read at its own frame rate. None: cameras and stream URLs are live, files are not.",
     )
+    rtsp_transport: Literal["tcp", "udp"] = Field(
+        "tcp", description="RTSP over TCP (through firewalls and NAT, no loss) or UDP (lower latency, may lose)."
+    )
     privacy_zones: list[list[tuple[float, float]]] = Field(
         default_factory=list,
         description="Polygons always hidden, as [x, y] points in shares of the frame width and height (0..1).",
+    )
+
+
+class SourcesConfig(StrictModel):
+    """How live sources (cameras, stream URLs) are opened and kept: they reconnect for ever."""
+
+    connect_timeout_s: float = Field(
+        10, gt=0, le=600, description="Longest wait to open a live source (`anonengine run` on a URL gives up then)."
+    )
+    stall_s: float = Field(
+        20, gt=0, le=3600, description="A live source that sends no frame for this long is reconnected (Frigate: 20 s)."
+    )
+    reconnect_initial_s: float = Field(1, gt=0, le=3600, description="First wait before reconnecting.")
+    reconnect_max_s: float = Field(30, gt=0, le=86400, description="The wait doubles up to this.")
+    reconnect_jitter: float = Field(
+        0.25, ge=0, le=1, description="Each wait is stretched by up to this share at random (no lockstep)."
     )
 
 
@@ -245,6 +264,11 @@ class RuntimeConfig(StrictModel):
         "obscure", description="A frame past its deadline is fully obscured or dropped; never emitted raw."
     )
     restart_limit: int = Field(5, ge=0, le=1000, description="Restarts of one stage within a minute before giving up.")
+    stall_s: float = Field(
+        10, gt=0, le=3600,
+        description="A stage that sends no heartbeat for this long (hung: a stuck driver, a deadlock) is killed "
+        "and restarted (Frigate: 10 s for detectors). Heartbeats start once a stage is set up.",
+    )
     stop_timeout_s: float = Field(20, gt=0, le=600, description="Grace period for a stage to drain on stop.")
     exit_when_done: bool = Field(False, description="Stop the engine once every camera's stream has ended.")
     stats_interval_s: float = Field(2, gt=0, le=3600, description="How often stages report their counters.")
@@ -254,6 +278,7 @@ class EngineConfig(StrictModel):
     anonymizer: AnonymizerConfig = Field(default_factory=AnonymizerConfig)
     encoder: EncoderConfig = Field(default_factory=EncoderConfig)
     engine: RuntimeConfig = Field(default_factory=RuntimeConfig)
+    sources: SourcesConfig = Field(default_factory=SourcesConfig)
     tap: TapConfig = Field(default_factory=TapConfig)
     cameras: list[CameraConfig] = Field(default_factory=list, description="Cameras to anonymize.")
 

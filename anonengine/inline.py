@@ -6,14 +6,18 @@ The engine's output is compared against this path; it is also the simplest way t
 from __future__ import annotations
 
 import sys
-from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Iterable, Iterator
+
+import numpy as np
 
 from anonengine.config import CameraConfig, EngineConfig
 from anonengine.detections import Detections
 from anonengine.interrupts import INTERRUPTS
 from anonengine.stages import CaptureStage, CompositeStage, DetectStage, EncodeStage
+from anonengine.timeline import Timeline
+from anonengine.video import Frame
 
 
 @dataclass
@@ -54,7 +58,7 @@ def run_inline(cfg: EngineConfig, progress: bool = False, detect: DetectStage | 
 def _run_camera(cam: CameraConfig, cfg: EngineConfig, detect: DetectStage, progress: bool) -> CameraResult:
     composite = CompositeStage(cfg.anonymizer, {cam.name: cam.privacy_zones})
     result = CameraResult(cam.name, 0, 0, 0)
-    with CaptureStage(cam.source, cam.name) as capture:
+    with CaptureStage(cam.source, cam.name, cfg.sources, cam.rtsp_transport) as capture:
         live = capture.info.live if cam.live is None else cam.live
         result.total = capture.info.frames
         encode = EncodeStage(cam.output, capture.info, cfg.encoder, cam.metadata)
@@ -63,26 +67,20 @@ def _run_camera(cam: CameraConfig, cfg: EngineConfig, detect: DetectStage, progr
         try:
             if detect.detector is None:
                 detect.setup()
-            # With look-ahead, a frame is composited once the detections of the next N frames are known.
-            window: deque = deque()
-            lookahead = cfg.anonymizer.hold.lookahead_frames
             with INTERRUPTS.deferred():
-                for frame in capture.frames():
-                    if INTERRUPTS.requested:
-                        break
-                    if detect.skips(frame.seq):
-                        window.append((frame, Detections.undetected(frame.image.shape[:2]), False))
-                    else:
-                        window.append((frame, *detect.process([frame.image]), True))
-                    if len(window) > lookahead:
-                        _emit(window, composite, encode, result)
-                        bar.update()
-                stopped = INTERRUPTS.signum
+                stop = lambda: INTERRUPTS.requested  # noqa: E731
+                frames = capture.frames(should_stop=stop)
                 # A live source's stop is its end; a file's frames still waiting for their look-ahead are
                 # not done, and stay out of the partial output.
-                while window and (stopped is None or live):
-                    _emit(window, composite, encode, result)
+                for frame, image, detections in anonymize_frames(frames, detect, composite,
+                                                                  cfg.anonymizer.hold.lookahead_frames,
+                                                                  stop=stop, flush_on_stop=live):
+                    encode.process(frame, image, detections.to_meta() if detections is not None else None)
+                    result.frames += 1
+                    result.obscured += detections is None
+                    result.persons += len(detections) if detections is not None else 0
                     bar.update()
+                stopped = INTERRUPTS.signum
         except BaseException:
             encode.abort()
             raise
@@ -97,14 +95,41 @@ def _run_camera(cam: CameraConfig, cfg: EngineConfig, detect: DetectStage, progr
     return result
 
 
-def _emit(window: deque, composite: CompositeStage, encode: EncodeStage, result: CameraResult) -> None:
-    frame, detections, _ = window.popleft()
-    future = [d for _, d, detected in window if detected]  # frames between detections tell nothing
-    persons = detections.to_meta() if detections is not None else None
-    encode.process(frame, composite.process(frame, detections, future), persons)
-    result.frames += 1
-    result.obscured += detections is None
-    result.persons += len(detections) if detections is not None else 0
+def anonymize_frames(frames: Iterable[Frame], detect: DetectStage, composite: CompositeStage, lookahead: int,
+                     stop: Callable[[], bool] = lambda: False, flush_on_stop: bool = True,
+                     ) -> Iterator[tuple[Frame, np.ndarray, Detections | None]]:
+    """(frame, anonymized image, detections or None when obscured) for each frame, in order.
+
+    The same timeline as the engine's compositor: a frame goes out once the detections of the next
+    `lookahead` frames are known (here, right after they are detected). Once `stop()` is true, the
+    frames still waiting go out only with `flush_on_stop` (a live source's stop is its end).
+    """
+    timeline: Timeline[Frame, tuple[Detections | None, bool]] = Timeline(lookahead)
+    frames_seen = 0
+    for frame in frames:
+        if stop():
+            break
+        if detect.skips(frame.seq):  # frames between detections tell nothing: the hold hides persons
+            found = (Detections.undetected(frame.image.shape[:2]), False)
+        else:
+            found = (detect.process([frame.image])[0], True)
+        timeline.offer(frame.seq, frame)
+        timeline.answer(frame.seq, found)
+        frames_seen = frame.seq + 1
+        yield from _turns(timeline, composite)
+    if stop() and not flush_on_stop:
+        return
+    timeline.end_at(frames_seen)
+    yield from _turns(timeline, composite)
+
+
+def _turns(timeline: Timeline, composite: CompositeStage):
+    while (turn := timeline.next()) is not None:
+        detections, _ = turn.result
+        future = [d for d, detected in timeline.future(turn.seq) if detected]
+        image = composite.process(turn.item, detections, future)
+        timeline.done(turn.seq)
+        yield turn.item, image, detections
 
 
 def _progress_bar(total: int, camera: str, enabled: bool):

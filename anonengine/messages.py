@@ -1,24 +1,61 @@
-"""Messages between stages: typed dataclasses with one msgpack codec.
+"""Messages between processes: typed structs with one schema and one codec (msgspec, MessagePack).
 
-Frames never travel here, only references to shared-memory slots. Every message names its type, and
-decoding checks that the fields are the expected ones, so a malformed message is an error that says
-what was expected rather than a KeyError three functions later. Nothing is ever unpickled.
+Frames never travel here, only references to shared-memory slots. Every message carries its type
+tag, and decoding validates every field against its declared type (enums for statuses, nothing
+unknown, nothing missing), so garbage on a socket is a `MessageError` that says what was wrong, to be
+logged, counted and dropped by the receiver, never a crash three functions later. Nothing is ever
+unpickled. The same schema covers the data path, the control socket and the tap's headers.
 """
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass, field
+import enum
 from fractions import Fraction
+from typing import Union
 
-import msgpack
+import msgspec
 import numpy as np
 
 from anonengine.detections import NUM_KEYPOINTS, Detections
 
+# Every engine socket refuses larger messages (ZMQ_MAXMSGSIZE): references and detections are small.
+MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 
-@dataclass(frozen=True)
-class StreamInfoMsg:
+
+class MessageError(ValueError):
+    """Bytes that are not a message of the expected schema."""
+
+
+class Message(msgspec.Struct, frozen=True, tag=True, forbid_unknown_fields=True):
+    """Base of every message; the tag is the class name."""
+
+
+class DetectStatus(str, enum.Enum):
+    OK = "ok"
+    FAILED = "failed"  # the detector raised: the frame is obscured, never shown
+    STALE = "stale"  # the slot was reused before or during detection: the capture offers the frame again
+    SKIPPED = "skipped"  # between detections (detector.stride): the tracker's held boxes hide persons
+    LATE = "late"  # past its deadline: obscured (or dropped)
+
+
+class SourceState(str, enum.Enum):
+    CONNECTING = "connecting"  # never connected yet
+    RUNNING = "running"
+    RECONNECTING = "reconnecting"  # connected before, lost, trying again
+    STOPPED = "stopped"
+
+
+class PackedDetections(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Detections as compact bytes (float32 arrays; per-person masks as packed bits)."""
+
+    shape: tuple[int, int]
+    boxes: bytes
+    scores: bytes
+    keypoints: bytes
+    masks: bytes | None = None
+
+
+class StreamInfoMsg(Message):
     """A camera starts: what downstream stages need to read its frames and write its output."""
 
     camera: str
@@ -33,7 +70,7 @@ class StreamInfoMsg:
     output: str | None = None
     metadata: str | None = None
     next_seq: int = 0  # first frame not yet done: where a restarted consumer resumes
-    privacy_zones: list = field(default_factory=list)
+    privacy_zones: list[list[tuple[float, float]]] = msgspec.field(default_factory=list)
 
     @property
     def rate_fraction(self) -> Fraction:
@@ -44,8 +81,7 @@ class StreamInfoMsg:
         return Fraction(*self.time_base)
 
 
-@dataclass(frozen=True)
-class FrameRef:
+class FrameRef(Message):
     """Frame `seq` of `camera`, in slot `slot` of shared-memory ring `ring`.
 
     `composite`: the composite worker that owns the camera, where answers about the frame go.
@@ -62,19 +98,17 @@ class FrameRef:
     composite: int = 0
 
 
-@dataclass(frozen=True)
-class Detected:
+class Detected(Message):
     """A detector's answer for one frame. `persons` is None when detection failed or the slot was stale."""
 
     frame: FrameRef
-    status: str  # "ok" | "failed" | "stale"
-    persons: dict | None = None
+    status: DetectStatus
+    persons: PackedDetections | None = None
     worker: str = ""
     batch: int = 1
 
 
-@dataclass(frozen=True)
-class StreamEnd:
+class StreamEnd(Message):
     """No frame of `camera` has seq >= `frames`. With `error`, the stream failed: discard its output.
 
     `interrupted`: a file stopped before its end (detached, or the engine stopped): its output is kept,
@@ -87,16 +121,27 @@ class StreamEnd:
     interrupted: bool = False
 
 
-@dataclass(frozen=True)
-class Dropped:
+class Dropped(Message):
     """A live capture reused the slot of frame `seq` before it was done: skip it."""
 
     camera: str
     seq: int
 
 
-@dataclass(frozen=True)
-class Release:
+class Progress(Message):
+    """The encoder has written every frame of `camera` before `next_seq` (sent to the launcher): where a
+    restarted capture of that camera resumes."""
+
+    camera: str
+    next_seq: int
+
+
+class Redeliver(Message):
+    """From the launcher to a capture: a stage downstream restarted; announce the stream again and offer
+    every frame in flight now, rather than after `redeliver_after_s`."""
+
+
+class Release(Message):
     """The slot of frame `seq` may be reused by its owner."""
 
     camera: str
@@ -104,104 +149,120 @@ class Release:
     slot: int
 
 
-@dataclass(frozen=True)
-class OutFrame:
+class OutFrame(Message):
     """An anonymized frame, in a slot of the compositor's ring, with what was found in it."""
 
     frame: FrameRef
     obscured: bool
-    persons: list = field(default_factory=list)
+    persons: list[dict] = msgspec.field(default_factory=list)
 
 
-@dataclass(frozen=True)
-class CameraDone:
+class CameraDone(Message):
     """The encoder finished `camera`'s output (sent to the launcher)."""
 
     camera: str
     frames: int
     output: str | None
     complete: bool = True  # False: the stream was interrupted and `output` is the `.partial` file
+    lost_before: int = 0  # frames before this were lost with an encoder that died (not in `output`)
 
 
-@dataclass(frozen=True)
-class Stats:
+class SourceStatus(Message):
+    """A live source's state (connecting, running, reconnecting, stopped), sent to the launcher on change."""
+
+    camera: str
+    state: SourceState
+    error: str | None
+    reconnects: int
+
+
+class Stats(Message):
     """A stage's counters, sent to the launcher now and then."""
 
     stage: str
     name: str
-    counters: dict
+    counters: dict[str, int]
+    pid: int = 0  # also the stage's heartbeat: the launcher kills a stage silent for engine.stall_s
 
 
-MESSAGE_TYPES = {cls.__name__: cls for cls in (StreamInfoMsg, FrameRef, Detected, StreamEnd, Dropped, Release, OutFrame,
-                                                CameraDone, Stats)}
+class Attach(Message):
+    """Control: add a camera (`camera` is a CameraConfig's fields, validated by the launcher)."""
+
+    camera: dict
 
 
-def encode(message) -> bytes:
-    kind = type(message).__name__
-    if kind not in MESSAGE_TYPES:
-        raise TypeError(f"not a message type: {kind}")
-    return msgpack.packb([kind, _to_plain(message)], use_bin_type=True)
+class Detach(Message):
+    camera: str
 
 
-def decode(data: bytes):
+class StatusRequest(Message):
+    pass
+
+
+class Reply(Message):
+    """The launcher's answer to a control request."""
+
+    ok: bool
+    error: str | None = None
+    status: dict | None = None
+
+
+class TapHeader(Message):
+    """What the tap sends with each anonymized frame."""
+
+    camera: str
+    seq: int
+    pts: int
+    time: float
+    width: int
+    height: int
+    format: str
+    obscured: bool
+    persons: list[dict] = msgspec.field(default_factory=list)
+
+
+AnyMessage = Union[StreamInfoMsg, FrameRef, Detected, StreamEnd, Dropped, Release, Progress, Redeliver, OutFrame,
+                   CameraDone,
+                   SourceStatus, Stats, Attach, Detach, StatusRequest, Reply, TapHeader]
+MESSAGE_TYPES = {cls.__name__: cls for cls in AnyMessage.__args__}
+
+_encoder = msgspec.msgpack.Encoder()
+_decoder = msgspec.msgpack.Decoder(AnyMessage)
+
+
+def encode(message: Message) -> bytes:
+    if not isinstance(message, Message):
+        raise TypeError(f"not a message type: {type(message).__name__}")
+    return _encoder.encode(message)
+
+
+def decode(data: bytes) -> Message:
     try:
-        kind, fields = msgpack.unpackb(data, raw=False, strict_map_key=False)
-    except (ValueError, msgpack.UnpackException, TypeError) as exc:
-        raise ValueError(f"malformed message: expected msgpack [type, fields]: {exc}") from None
-    cls = MESSAGE_TYPES.get(kind)
-    if cls is None or not isinstance(fields, dict):
-        raise ValueError(f"unknown message type {kind!r}: expected one of {sorted(MESSAGE_TYPES)}")
-    return _from_plain(cls, fields)
+        return _decoder.decode(data)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise MessageError(f"malformed message: {exc}") from None
 
 
-def _to_plain(message) -> dict:
-    out = {}
-    for f in dataclasses.fields(message):
-        value = getattr(message, f.name)
-        out[f.name] = _to_plain(value) if dataclasses.is_dataclass(value) else value
-    return out
-
-
-def _from_plain(cls, fields: dict):
-    names = {f.name for f in dataclasses.fields(cls)}
-    required = {f.name for f in dataclasses.fields(cls)
-                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING}
-    if not required <= fields.keys() or not fields.keys() <= names:
-        raise ValueError(f"{cls.__name__}: expected fields {sorted(names)}, got {sorted(fields)}")
-    if isinstance(fields.get("frame"), dict):  # Detected and OutFrame carry a FrameRef
-        fields = {**fields, "frame": _from_plain(FrameRef, fields["frame"])}
-    for key in ("rate", "time_base"):
-        if key in fields and isinstance(fields[key], list):
-            fields[key] = tuple(fields[key])
-    return cls(**fields)
-
-
-def pack_detections(det: Detections) -> dict:
-    """Detections as compact bytes; per-person masks as packed bits."""
-    packed = {
-        "shape": list(det.frame_shape),
-        "boxes": det.boxes.tobytes(),
-        "scores": det.scores.tobytes(),
-        "keypoints": det.keypoints.tobytes(),
-        "masks": None,
-    }
+def pack_detections(det: Detections) -> PackedDetections:
+    masks = None
     if det.masks is not None:
-        packed["masks"] = np.packbits(det.masks.reshape(len(det), -1), axis=1).tobytes()
-    return packed
+        masks = np.packbits(det.masks.reshape(len(det), -1), axis=1).tobytes()
+    return PackedDetections(tuple(det.frame_shape), det.boxes.tobytes(), det.scores.tobytes(),
+                            det.keypoints.tobytes(), masks)
 
 
-def unpack_detections(packed: dict) -> Detections:
-    h, w = packed["shape"]
-    boxes = np.frombuffer(packed["boxes"], np.float32).reshape(-1, 4).copy()
+def unpack_detections(packed: PackedDetections) -> Detections:
+    h, w = packed.shape
+    boxes = np.frombuffer(packed.boxes, np.float32).reshape(-1, 4).copy()
     n = len(boxes)
     masks = None
-    if packed["masks"] is not None:
-        bits = np.frombuffer(packed["masks"], np.uint8).reshape(n, -1)
+    if packed.masks is not None:
+        bits = np.frombuffer(packed.masks, np.uint8).reshape(n, -1)
         masks = np.unpackbits(bits, axis=1, count=h * w).reshape(n, h, w).astype(bool)
     return Detections(
         frame_shape=(h, w),
         boxes=boxes,
-        scores=np.frombuffer(packed["scores"], np.float32).copy(),
-        keypoints=np.frombuffer(packed["keypoints"], np.float32).reshape(n, NUM_KEYPOINTS, 3).copy(),
+        scores=np.frombuffer(packed.scores, np.float32).copy(),
+        keypoints=np.frombuffer(packed.keypoints, np.float32).reshape(n, NUM_KEYPOINTS, 3).copy(),
         masks=masks,
     )

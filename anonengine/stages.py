@@ -15,9 +15,10 @@ from typing import Iterator
 import numpy as np
 
 from anonengine.compositor import Compositor, obscured_frame
-from anonengine.config import AnonymizerConfig, EncoderConfig
+from anonengine.config import AnonymizerConfig, EncoderConfig, SourcesConfig
 from anonengine.detections import Detections
-from anonengine.errors import DetectionError, OutputError
+from anonengine.errors import DetectionError, InputError, OutputError
+from anonengine.sources import LiveFeed, classify
 from anonengine.video import Frame, StreamInfo, VideoReader, VideoWriter
 
 log = logging.getLogger(__name__)
@@ -41,27 +42,53 @@ class Stage:
 
 
 class CaptureStage(Stage):
-    """Decodes one camera's source into `Frame`s."""
+    """Decodes one camera's source into `Frame`s: a file to its end, a live source for ever (reconnecting).
 
-    def __init__(self, source: str, camera: str = "cam0") -> None:
+    `setup` fails (InputError) when a file cannot be read, or a live source cannot be reached within
+    `connect_timeout_s`; once it was, a live source that drops is reconnected rather than ended.
+    """
+
+    def __init__(self, source: str, camera: str = "cam0", cfg: SourcesConfig | None = None,
+                 rtsp_transport: str = "tcp") -> None:
         self.source, self.camera = source, camera
+        self.cfg = cfg or SourcesConfig()
+        self.rtsp_transport = rtsp_transport
         self.reader: VideoReader | None = None
+        self.feed: LiveFeed | None = None
 
     def setup(self) -> None:
-        self.reader = VideoReader(self.source, self.camera)
+        kind = classify(self.source, self.rtsp_transport)
+        if not kind.live:
+            self.reader = VideoReader(self.source, self.camera, kind=kind, sources_cfg=self.cfg)
+            return
+        self.feed = LiveFeed(kind, self.camera, self.cfg).start()
+        if not self.feed.wait_connected(self.cfg.connect_timeout_s):
+            self.feed.stop()
+            reason = self.feed.status.last_error or f"no answer in {self.cfg.connect_timeout_s:g} s"
+            raise InputError(reason if reason.startswith("cannot") else f"cannot open video {self.source}: {reason}")
 
     @property
     def info(self) -> StreamInfo:
-        return self.reader.info
+        return self.reader.info if self.reader is not None else self.feed.info
 
-    def frames(self) -> Iterator[Frame]:
-        return iter(self.reader)
+    def frames(self, should_stop=lambda: False) -> Iterator[Frame]:
+        """The frames; for a live source, until `should_stop()` (checked at least every 0.2 s)."""
+        if self.reader is not None:
+            yield from self.reader
+            return
+        seq = 0
+        while not should_stop():
+            frame = self.feed.get(timeout=0.2)
+            if frame is not None:
+                frame.seq = seq
+                seq += 1
+                yield frame
 
     def close(self) -> None:
         if self.reader is not None:
             self.reader.close()
-
-
+        if self.feed is not None:
+            self.feed.stop()
 class DetectStage(Stage):
     """Finds persons in a batch of frames. A failure yields `None` per frame (obscure) or raises (stop)."""
 
@@ -124,16 +151,18 @@ class EncodeStage(Stage):
     """
 
     def __init__(
-        self, output: str, info: StreamInfo, cfg: EncoderConfig, metadata: str | None = None
+        self, output: str, info: StreamInfo, cfg: EncoderConfig, metadata: str | None = None, lock: bool = True
     ) -> None:
         self.output, self.info, self.cfg, self.metadata = output, info, cfg, metadata
+        self.lock = lock  # False: the caller holds the output's lock (see VideoWriter)
         self.writer: VideoWriter | None = None
         self._meta_file = None
         self._meta_partial: Path | None = None
 
     def setup(self) -> None:
         self.writer = VideoWriter(
-            self.output, self.info.width, self.info.height, self.info.rate, self.info.time_base, self.cfg
+            self.output, self.info.width, self.info.height, self.info.rate, self.info.time_base, self.cfg,
+            lock=self.lock,
         )
         if self.metadata:
             path = Path(self.metadata)

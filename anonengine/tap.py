@@ -3,18 +3,25 @@
     for header, image in subscribe("tcp://127.0.0.1:5599"):
         print(header["camera"], header["seq"], len(header["persons"]))
 
-Each message is (camera topic, msgpack header, payload). A subscriber that falls behind misses frames
+Each message is (camera topic, header, payload); the header is a `messages.TapHeader`. A subscriber that falls behind misses frames
 (the engine never waits for it); the gaps show in the per-camera `seq`.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Iterator
 
 import cv2
-import msgpack
+import msgspec
 import numpy as np
 import zmq
+
+from anonengine import messages
+
+log = logging.getLogger("anonengine.tap")
+# A tap message carries a whole frame: a raw 8K frame is about 100 MB; anything larger is refused.
+MAX_TAP_MESSAGE_BYTES = 128 * 1024 * 1024
 
 
 def subscribe(endpoint: str, cameras: tuple[str, ...] = (), timeout_s: float | None = None,
@@ -27,6 +34,7 @@ def subscribe(endpoint: str, cameras: tuple[str, ...] = (), timeout_s: float | N
     sock = ctx.socket(zmq.SUB)
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.RCVHWM, hwm)
+    sock.setsockopt(zmq.MAXMSGSIZE, MAX_TAP_MESSAGE_BYTES)
     if hwm < 10:  # and keep the kernel from queueing megabytes of frames behind the high-water mark
         sock.setsockopt(zmq.RCVBUF, 128 * 1024)
     for camera in cameras or ("",):
@@ -36,9 +44,18 @@ def subscribe(endpoint: str, cameras: tuple[str, ...] = (), timeout_s: float | N
         while True:
             if not sock.poll(None if timeout_s is None else int(timeout_s * 1000)):
                 return
-            _topic, header, payload = sock.recv_multipart()
-            meta = msgpack.unpackb(header)
-            yield meta, decode_payload(meta, payload)
+            parts = sock.recv_multipart()
+            try:
+                _topic, header, payload = parts
+                tapped = messages.decode(header)
+                if not isinstance(tapped, messages.TapHeader):
+                    raise messages.MessageError(f"a {type(tapped).__name__}, not a tap header")
+                meta = msgspec.structs.asdict(tapped)
+                image = decode_payload(meta, payload)
+            except (ValueError, messages.MessageError) as exc:  # not a frame of ours: dropped, never fatal
+                log.warning("dropped a malformed tap message: %s", exc)
+                continue
+            yield meta, image
     finally:
         sock.close()
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import itertools
 import os
-import re
 import struct
 from dataclasses import dataclass
 from fractions import Fraction
@@ -16,12 +15,10 @@ import cv2
 import numpy as np
 from av.sidedata.sidedata import Type as SideDataType
 
-from anonengine.config import EncoderConfig
+from anonengine.config import EncoderConfig, SourcesConfig
 from anonengine.errors import InputError, OutputError
 from anonengine.locks import FileLock, LockBusy, output_lock_path
-
-URL_PATTERN = re.compile(r"^(rtsp|rtsps|rtmp|http|https|udp|tcp|srt)://", re.IGNORECASE)
-
+from anonengine.sources import Source, classify
 
 @dataclass
 class Frame:
@@ -32,6 +29,7 @@ class Frame:
     pts: int
     time_base: Fraction
     image: np.ndarray
+    pts_guessed: bool = False  # the stream gave no timestamp: counted at the nominal rate
 
     @property
     def time(self) -> float:
@@ -48,22 +46,13 @@ class StreamInfo:
     live: bool
 
 
-def open_source(source: str) -> tuple[av.container.InputContainer, bool]:
-    """Opens a file path, a webcam index (`0` = first V4L2 device) or a stream URL; returns (container, live)."""
+def open_source(source: Source, cfg: SourcesConfig) -> av.container.InputContainer:
+    """Opens a classified source (file, webcam, stream URL) with the timeouts a live source needs."""
+    url, fmt, options, timeout = source.open_arguments(cfg)
     try:
-        if source.isdigit():
-            return av.open(f"/dev/video{source}", format="v4l2"), True
-        if URL_PATTERN.match(source):
-            options = {"rtsp_transport": "tcp", "timeout": "5000000"} if source.lower().startswith("rtsp") else {}
-            return av.open(source, options=options, timeout=10.0), True
-        path = Path(source)
-        if not path.exists():
-            raise InputError(f"video source not found: {source}")
-        if not path.is_file():
-            raise InputError(f"video source is not a file: {source}")
-        return av.open(str(path)), False
+        return av.open(url, format=fmt, options=options, timeout=timeout)
     except av.FFmpegError as exc:
-        raise InputError(f"cannot open video {source}: {_ffmpeg_reason(exc)}") from None
+        raise InputError(f"cannot open video {source.spec}: {_ffmpeg_reason(exc)}") from None
 
 
 class VideoReader:
@@ -75,12 +64,14 @@ class VideoReader:
     frames as they come out, whatever the container declares.
     """
 
-    def __init__(self, source: str, camera: str = "cam0") -> None:
+    def __init__(self, source: str, camera: str = "cam0", *, kind: Source | None = None,
+                 sources_cfg: SourcesConfig | None = None) -> None:
         self.source = source
         self.camera = camera
-        self.container, live = open_source(source)
+        kind = kind or classify(source)
+        self.container = open_source(kind, sources_cfg or SourcesConfig())
         try:
-            self.info = self._open(live)
+            self.info = self._open(kind.live)
         except BaseException:
             self.container.close()
             raise
@@ -130,8 +121,8 @@ class VideoReader:
         decoded = self._decoded if self._first is None else itertools.chain([self._first], self._decoded)
         self._first = None
         for item in decoded:
-            pts = item.pts
-            if pts is None:  # some streams carry no timestamps: count frames at the nominal rate
+            pts, guessed = item.pts, item.pts is None
+            if guessed:  # some streams carry no timestamps: count frames at the nominal rate
                 pts = 0 if last_pts is None else last_pts + frame_ticks
             last_pts = pts
             image = item.image
@@ -139,7 +130,7 @@ class VideoReader:
                 # A stream that changes resolution midway (a camera reconfigured): every stage was set up
                 # for the first size, so later frames are scaled to it rather than refused.
                 image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
-            yield Frame(self.camera, seq, int(pts), self.info.time_base, image)
+            yield Frame(self.camera, seq, int(pts), self.info.time_base, image, guessed)
             seq += 1
         if not self.info.live and self.info.frames and seq < self.info.frames:
             raise InputError(
@@ -203,6 +194,16 @@ def upright(image: np.ndarray, orientation: Orientation | None) -> np.ndarray:
     return turned if flip is None else cv2.flip(turned, flip)
 
 
+class HeldElsewhere:
+    """The lock of an output whose owner (the launcher) took it for this writer."""
+
+    def acquire(self) -> HeldElsewhere:
+        return self
+
+    def release(self) -> None:
+        pass
+
+
 def partial_path(output: str | os.PathLike) -> Path:
     """Where an output is written until it is complete: `NAME.partial.SUFFIX`."""
     path = Path(output)
@@ -214,7 +215,8 @@ class VideoWriter:
 
     Frames go to `<name>.partial<suffix>` and the file takes its final name only in `close()`, so a
     failed or interrupted run never leaves an output that looks complete. One writer at a time: the
-    output's lock (`.NAME.lock` beside it) is held from the start until `close` or `abort`.
+    output's lock (`.NAME.lock` beside it) is held from the start until `close` or `abort`; with
+    `lock=False` the caller holds it (the engine's launcher, for its encoders).
     """
 
     def __init__(
@@ -225,6 +227,7 @@ class VideoWriter:
         rate: Fraction,
         time_base: Fraction,
         cfg: EncoderConfig | None = None,
+        lock: bool = True,
     ) -> None:
         cfg = cfg or EncoderConfig()
         self.path = Path(path)
@@ -234,7 +237,7 @@ class VideoWriter:
         if self.path.is_dir():  # else only the final rename in close() would fail, after all the work
             raise OutputError(f"cannot write {self.path}: it is a folder")
         self.width, self.height = width, height
-        self.lock = FileLock(output_lock_path(self.path))
+        self.lock = FileLock(output_lock_path(self.path)) if lock else HeldElsewhere()
         try:
             self.lock.acquire()
         except LockBusy as busy:

@@ -1,8 +1,281 @@
-"""The capture stage as its own process: `python -m services.capture --config CONFIG [--instance ID]`."""
+"""Capture: decodes one camera into its own shared-memory ring and offers the frames to the detectors.
 
+A slot is reused only after the compositor released it, which it does once the frame is encoded.
+Files are paced by those releases (nothing dropped). Live sources never wait: when every slot is
+taken, the new frame is dropped and counted. A frame not released within `redeliver_after_s` (its
+detector died, say) is offered again; downstream drops the duplicates by seq.
+"""
+
+from __future__ import annotations
+
+import os
 import sys
+import time
+from dataclasses import dataclass
 
-from anonengine.engine.capture import main
+import zmq
+
+from anonengine import messages
+from anonengine.engine.runtime import POLL_MS, Service, receive_waiting, send
+from anonengine.errors import AnonError, ConfigError
+from anonengine.shm import FrameRing, segment_name
+from anonengine.sources import LiveFeed, classify
+from anonengine.video import StreamInfo, VideoReader
+
+
+@dataclass
+class InFlight:
+    ref: messages.FrameRef
+    sent_at: float
+
+
+class CaptureService(Service):
+    stage = "capture"
+
+    def __init__(self, cfg, instance: str, camera, source: str | None = None, composite_worker: int = 0,
+                 resume_from: int = 0) -> None:
+        super().__init__(cfg, instance, camera.name)
+        if not 0 <= composite_worker < cfg.engine.composite_workers:
+            raise ConfigError(f"composite worker {composite_worker} does not exist "
+                              f"(engine.composite_workers is {cfg.engine.composite_workers})")
+        self.composite_worker = composite_worker
+        self.camera_cfg = camera
+        self.source = source or camera.source
+        self.reader: VideoReader | None = None
+        self.feed: LiveFeed | None = None
+        self._source_reported: tuple | None = None
+        self.ring: FrameRing | None = None
+        self.inflight: dict[int, InFlight] = {}
+        self.free_slots: list[int] = []
+        self.seq = 0
+        self.resume_from = resume_from  # a restarted capture of a file: frames before it are encoded already
+        self.ended = False
+
+    def setup(self) -> None:
+        kind = classify(self.source, self.camera_cfg.rtsp_transport)
+        slots = self.cfg.engine.ring_slots
+        self.frames_out = self.socket(zmq.PUSH, self.endpoints.frames(self.camera), bind=True, hwm=slots)
+        self.releases = self.socket(zmq.PULL, self.endpoints.capture(self.camera), bind=True)
+        self.downstream = self.socket(zmq.PUSH, self.endpoints.composite(self.composite_worker))
+        self._clock_start: tuple[float, float] | None = None
+        if kind.live:
+            # A camera or stream: read for ever, reconnected when it drops; its ring is made once the
+            # first frame tells its size. Down at start, it is "connecting" until it answers.
+            self.live, self.paced = True, False
+            self.feed = LiveFeed(kind, self.camera, self.cfg.sources).start()
+            self.log.info("%s: connecting", self.source)
+            return
+        self.reader = VideoReader(self.source, self.camera, kind=kind)
+        # A file replayed as a live camera (`live: true`): never waits for downstream, drops instead.
+        self.live = bool(self.camera_cfg.live)
+        self.paced = self.live
+        self.frames_iter = iter(self.reader)
+        if self.resume_from:
+            # Decoded again and skipped: exact whatever the file's keyframes (seeking lands on those).
+            for _ in range(self.resume_from):
+                if next(self.frames_iter, None) is None:
+                    break
+            self.seq = self.resume_from
+            self.log.info("restarted: resuming at frame %d", self.seq)
+        self._start_ring(self.reader.info)
+
+    def _start_ring(self, info: StreamInfo) -> None:
+        self.info = info
+        slots = self.cfg.engine.ring_slots
+        # The pid in the name: a restarted capture never shares a segment with readers of the old one.
+        name = segment_name(self.instance, f"{self.camera}x{os.getpid()}")
+        self.ring = FrameRing.create(name, slots, info.height, info.width)
+        self.free_slots = list(range(slots))
+        self._announce()
+        self.log.info("%s: %dx%d @ %s fps, %s", self.source, info.width, info.height, float(info.rate),
+                      "live" if info.live else f"{info.frames} frames")
+
+    def _announce(self) -> None:
+        info = self.info
+        next_seq = min(self.inflight, default=self.seq)
+        send(self.downstream, messages.StreamInfoMsg(
+            camera=self.camera, width=info.width, height=info.height,
+            rate=(info.rate.numerator, info.rate.denominator),
+            time_base=(info.time_base.numerator, info.time_base.denominator),
+            live=self.live, frames=info.frames, ring=self.ring.name, slots=self.ring.slots,
+            output=self.camera_cfg.output, metadata=self.camera_cfg.metadata, next_seq=next_seq,
+            privacy_zones=[[list(p) for p in zone] for zone in self.camera_cfg.privacy_zones],
+        ))  # fmt: skip
+
+    def step(self) -> bool:
+        self._take_releases(timeout_ms=0 if self.free_slots and not self.ended else POLL_MS)
+        self._redeliver_late()
+        if not self.ended and (self.stopping or not self._capture_one()):
+            self.ended = True
+            # Stopped before the end of a file: what is done is kept as a partial output, and nothing in
+            # flight is waited for. A live camera's stop is its normal end: the frames in flight go out.
+            interrupted = self.stopping and not self.live
+            send(self.downstream, messages.StreamEnd(self.camera, self.seq, interrupted=interrupted))
+            if interrupted:
+                self.log.info("stopped at frame %d, before the end of the file", self.seq)
+                return False
+            self.log.info("end of stream after %d frames; waiting for %d in flight", self.seq, len(self.inflight))
+        return not (self.ended and not self.inflight)
+
+    def _next_frame(self):
+        """The next frame; None while a live source has none; StopIteration at the end of a file."""
+        if self.feed is not None:
+            return self.feed.get(timeout=POLL_MS / 1000)
+        return next(self.frames_iter)
+
+    def _capture_one(self) -> bool:
+        """Decodes and offers one frame; False at the end of the source."""
+        if self.ring is not None and not self.free_slots and not self.live:
+            return True  # a file waits for a slot: nothing is dropped
+        try:
+            frame = self._next_frame()
+        except StopIteration:
+            return False
+        except AnonError as exc:
+            send(self.downstream, messages.StreamEnd(self.camera, self.seq, error=str(exc)))
+            raise
+        if frame is None:
+            return True
+        if self.ring is None:
+            self._start_ring(self.feed.info)
+        if self.paced:
+            self._wait_until_due(frame.time)
+        if not self.free_slots:
+            self._drop_oldest()  # a live camera is never kept waiting
+        slot = self.free_slots.pop()
+        self.ring.write(slot, self.seq, frame.image)
+        ref = messages.FrameRef(self.camera, self.seq, frame.pts, self.ring.name, slot, self.ring.slots,
+                                self.ring.height, self.ring.width, self.composite_worker)
+        # In flight before it is announced: its release can come back before the offer returns.
+        self.inflight[self.seq] = InFlight(ref, time.monotonic())
+        self.seq += 1
+        send(self.downstream, ref)  # the compositor's clock for this frame's deadline starts now
+        self._dispatch(ref)
+        self.count("frames")
+        return True
+
+    def _drop_oldest(self) -> None:
+        """Frees the slot of the oldest frame in flight; downstream skips it if it is not done yet."""
+        oldest = self.inflight.pop(min(self.inflight))
+        self.free_slots.append(oldest.ref.slot)
+        send(self.downstream, messages.Dropped(self.camera, oldest.ref.seq))
+        self.count("dropped_oldest")
+
+    def _wait_until_due(self, frame_time: float) -> None:
+        """A file replayed as a live camera: each frame is read at its own time, releases flowing meanwhile.
+
+        The replay starts once a detector is connected (its model loaded): it stands for a camera of an
+        engine already running, so its first seconds are not lost to the engine's start-up.
+        """
+        if self._clock_start is None:
+            while not self.stopping and not self.frames_out.poll(POLL_MS, zmq.POLLOUT):
+                pass
+            self._clock_start = (time.monotonic(), frame_time)
+        due = self._clock_start[0] + frame_time - self._clock_start[1]
+        while (wait := due - time.monotonic()) > 0:
+            self._take_releases(timeout_ms=max(1, min(POLL_MS, int(wait * 1000))))
+            self.report()
+
+    def _dispatch(self, ref: messages.FrameRef) -> None:
+        """To the detectors; a frame between detections (`detector.stride`) goes straight on, undetected."""
+        if ref.seq % self.cfg.anonymizer.detector.stride:
+            send(self.downstream, messages.Detected(ref, "skipped"))
+        else:
+            self._offer(ref)
+
+    def _offer(self, ref: messages.FrameRef) -> None:
+        # Waits while no detector is connected or all are full; releases keep flowing meanwhile.
+        while ref.seq in self.inflight and not send(self.frames_out, ref, block=False):
+            self._take_releases(timeout_ms=POLL_MS)
+            self.report()  # a detector restarting can take a while: keep the heartbeat going
+            if self.stopping:
+                return
+
+    def _take_releases(self, timeout_ms: int) -> None:
+        if not self.releases.poll(timeout_ms):
+            return
+        for release in receive_waiting(self.releases, self.malformed):
+            if isinstance(release, messages.Redeliver):
+                self._redeliver_late(everything=True)
+                continue
+            if not isinstance(release, messages.Release):
+                self.malformed(messages.MessageError(f"unexpected {type(release).__name__} on the release socket"))
+                continue
+            done = self.inflight.pop(release.seq, None)
+            if done is not None:
+                self.free_slots.append(done.ref.slot)
+
+    def _redeliver_late(self, everything: bool = False) -> None:
+        """Offers again the frames in flight for longer than `redeliver_after_s` (or all of them, when a stage
+        downstream restarted), after announcing the stream again for a restarted compositor."""
+        now = time.monotonic()
+        late = [f for f in self.inflight.values()
+                if everything or now - f.sent_at > self.cfg.engine.redeliver_after_s]
+        if self.ring is None or not (late or everything):
+            return
+        self._announce()  # a restarted compositor learns the stream again
+        if not late:
+            return
+        for f in sorted(late, key=lambda f: f.ref.seq):
+            send(self.downstream, f.ref)  # and each frame's deadline
+            if f.ref.seq % self.cfg.anonymizer.detector.stride:
+                send(self.downstream, messages.Detected(f.ref, "skipped"))
+            elif not send(self.frames_out, f.ref, block=False):
+                continue
+            f.sent_at = now
+            self.count("redelivered")
+        self.log.warning("offered %d late frame(s) again (from seq %d)", len(late), late[0].ref.seq)
+
+    def report(self, force: bool = False) -> None:
+        if self.feed is not None:
+            status = self.feed.status
+            now = (status.state.value, status.last_error, status.reconnects)
+            if now != self._source_reported or force:
+                self._source_reported = now
+                self.counters["reconnects"] = status.reconnects
+                self.counters["dropped_at_source"] = self.feed.dropped
+                if self._events is None:
+                    self._events = self.socket(zmq.PUSH, self.endpoints.events, hwm=100)
+                send(self._events, messages.SourceStatus(self.camera, *now), block=False)
+        super().report(force)
+
+    def close(self) -> None:
+        if self.feed is not None:
+            self.feed.stop()
+        if self.reader is not None:
+            self.reader.close()
+        if self.ring is not None:
+            self.ring.close()
+
+
+def main(argv=None) -> int:
+    from anonengine.config import CameraConfig
+    from anonengine.engine.runtime import run_service
+
+    def extra(parser):
+        parser.add_argument("--camera", required=True, help="camera name (from the config, or new with --source)")
+        parser.add_argument("--camera-json", help="the camera's whole config as JSON (attached cameras)")
+        parser.add_argument("--source", help="video source, for a camera not in the config")
+        parser.add_argument("--output", help="output video, for a camera not in the config")
+        parser.add_argument("--metadata", help="metadata file, for a camera not in the config")
+        parser.add_argument("--composite-worker", type=int, default=0, help="the composite worker of this camera")
+        parser.add_argument("--resume-from", type=int, default=0, help="first frame to read (a restarted capture)")
+
+    def factory(cfg, args):
+        known = {c.name: c for c in cfg.cameras}
+        if args.camera_json:
+            camera = CameraConfig.model_validate_json(args.camera_json)
+        elif args.source:
+            camera = CameraConfig(name=args.camera, source=args.source, output=args.output, metadata=args.metadata)
+        elif args.camera in known:
+            camera = known[args.camera]
+        else:
+            raise SystemExit(f"anonengine: error: camera {args.camera!r} is not in the config and has no --source")
+        return CaptureService(cfg, args.instance, camera, composite_worker=args.composite_worker,
+                              resume_from=args.resume_from)
+
+    return run_service(factory, argv, extra)
+
 
 if __name__ == "__main__":
     sys.exit(main())

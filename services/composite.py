@@ -1,8 +1,286 @@
-"""The composite stage as its own process: `python -m services.composite --config CONFIG [--instance ID]`."""
+"""Composite: owns each camera's background, puts frames back in order, writes anonymized frames.
 
+Detector workers finish out of order; results wait here until their camera's next seq is complete.
+A frame whose detection failed is emitted fully obscured, never raw. The input slot goes back to the
+capture only once the encoder has released the output slot: until a frame is written, the capture
+still holds it and offers it again if this process or a detector died.
+"""
+
+from __future__ import annotations
+
+import os
 import sys
+from dataclasses import dataclass, field
 
-from anonengine.engine.composite import main
+import msgspec
+import zmq
+
+from anonengine import messages
+from anonengine.detections import Detections
+from anonengine.engine.runtime import POLL_MS, Service, receive_waiting, send
+from anonengine.shm import FrameRing, RingCache, StaleSlot, segment_name
+from anonengine.stages import CompositeStage
+from anonengine.timeline import Timeline
+from anonengine.video import Frame
+
+
+@dataclass
+class CameraState:
+    info: messages.StreamInfoMsg
+    ring: FrameRing
+    release: zmq.Socket
+    timeline: Timeline[messages.FrameRef, messages.Detected]  # order, look-ahead, deadlines, duplicates
+    free_slots: list[int]
+    decoded: dict[int, Detections] = field(default_factory=dict)  # pending results unpacked, once each
+    held: dict[int, int] = field(default_factory=dict)  # out seq -> input slot, until encoded
+    sent: dict[int, messages.OutFrame] = field(default_factory=dict)  # what the encoder has of held frames
+    end_sent: bool = False
+
+class CompositeService(Service):
+    stage = "composite"
+
+    def __init__(self, cfg, instance: str, worker: int = 0) -> None:
+        super().__init__(cfg, instance, f"w{worker}")
+        self.worker = worker
+        self.compositing = CompositeStage(cfg.anonymizer)
+        self.inputs = RingCache()
+        self.cameras: dict[str, CameraState] = {}
+        self.orphans: dict[str, dict[int, messages.Detected]] = {}
+        self.orphan_refs: dict[str, list[messages.FrameRef]] = {}
+        self.finished_rings: set[str] = set()  # captures whose stream ended here: never started again
+
+    def setup(self) -> None:
+        self.compositing.setup()
+        self.inbox = self.socket(zmq.PULL, self.endpoints.composite(self.worker), bind=True)
+        self.encoder = self.socket(zmq.PUSH, self.endpoints.encode(self.worker % self.cfg.engine.encode_workers))
+        self.log.info("ready (pid %d)", os.getpid())
+
+    def step(self) -> bool:
+        if self.inbox.poll(POLL_MS):
+            for message in receive_waiting(self.inbox, self.malformed):
+                self._handle(message)
+        self._enforce_deadlines()
+        # Stopped last but one: captures and detectors are gone, nothing more can complete a frame.
+        return not self.stopping
+
+    def _handle(self, message) -> None:
+        if isinstance(message, messages.Detected):
+            self._on_detected(message)
+        elif isinstance(message, messages.FrameRef):
+            self._on_captured(message)
+        elif isinstance(message, messages.Dropped):
+            self._on_dropped(message)
+        elif isinstance(message, messages.StreamInfoMsg):
+            self._on_stream(message)
+        elif isinstance(message, messages.StreamEnd):
+            self._on_end(message)
+        elif isinstance(message, messages.Release):
+            self._on_encoded(message)
+        elif isinstance(message, messages.Redeliver):
+            for state in list(self.cameras.values()):
+                self._reannounce(state)
+        else:
+            self.log.warning("unexpected %s", type(message).__name__)
+
+    def _on_stream(self, info: messages.StreamInfoMsg) -> None:
+        if info.ring in self.finished_rings:
+            return  # a late re-announcement: restarting would overwrite the finished output
+        state = self.cameras.get(info.camera)
+        if state is not None:
+            if state.info.ring != info.ring:  # the capture restarted: a new ring, same stream
+                state.info = info
+            self._reannounce(state)
+            return
+        self.compositing.privacy_zones[info.camera] = info.privacy_zones
+        slots = self.cfg.engine.ring_slots
+        ring = FrameRing.create(
+            segment_name(self.instance, f"{info.camera}x{os.getpid()}out"), slots, info.height, info.width
+        )
+        release = self.socket(zmq.PUSH, self.endpoints.capture(info.camera))
+        deadline = self.cfg.engine.live_deadline_s if info.live else self.cfg.engine.deadline_s
+        timeline = Timeline(self.cfg.anonymizer.hold.lookahead_frames, deadline, info.next_seq)
+        state = self.cameras[info.camera] = CameraState(info, ring, release, timeline, list(range(slots)))
+        for ref in self.orphan_refs.pop(info.camera, []):
+            timeline.offer(ref.seq, ref)
+        for result in self.orphans.pop(info.camera, {}).values():
+            timeline.answer(result.frame.seq, result)
+        self._announce_out(state, next_seq=info.next_seq)
+        self._drain(state)
+
+    def _reannounce(self, state: CameraState) -> None:
+        """A stage restarted: a restarted encoder learns the stream, from the first frame it has not
+        written, gets again the frames it held, and the stream's end if it came."""
+        self._announce_out(state, next_seq=min(state.held, default=state.timeline.next_seq))
+        for seq in sorted(state.held):
+            send(self.encoder, state.sent[seq])
+        if state.end_sent:
+            send(self.encoder, messages.StreamEnd(state.info.camera, state.timeline.end))
+
+    def _announce_out(self, state: CameraState, next_seq: int) -> None:
+        send(self.encoder, msgspec.structs.replace(state.info, ring=state.ring.name, slots=state.ring.slots,
+                                                   next_seq=next_seq))
+
+    def _on_captured(self, ref: messages.FrameRef) -> None:
+        if ref.ring in self.finished_rings:
+            return
+        state = self.cameras.get(ref.camera)
+        if state is None:
+            self.orphan_refs.setdefault(ref.camera, []).append(ref)
+        else:
+            state.timeline.offer(ref.seq, ref)
+
+    def _on_dropped(self, dropped: messages.Dropped) -> None:
+        state = self.cameras.get(dropped.camera)
+        if state is None or not state.timeline.drop(dropped.seq):
+            return  # already out: the capture only took back a slot it no longer needed
+        state.decoded.pop(dropped.seq, None)
+        self.count("dropped")
+        self._drain(state)
+
+    def _enforce_deadlines(self) -> None:
+        """Frames whose detections are overdue go out obscured (or are dropped): never raw, never waited for."""
+        for state in list(self.cameras.values()):
+            self._drain(state)
+
+    def _on_detected(self, result: messages.Detected) -> None:
+        camera, seq = result.frame.camera, result.frame.seq
+        state = self.cameras.get(camera)
+        if result.frame.ring in self.finished_rings:
+            return
+        if state is None:  # the stream's announcement is still on its way
+            self.orphans.setdefault(camera, {})[seq] = result
+            return
+        if result.status == "stale":
+            self.count("stale")  # the capture offers the frame again if it is still due
+            return
+        if not state.timeline.answer(seq, result):
+            # Done already (a frame offered again after a restart): its capture slot is free again.
+            self.count("duplicates")
+            send(state.release, messages.Release(camera, seq, result.frame.slot), block=False)
+            return
+        self._drain(state)
+
+    def _on_end(self, end: messages.StreamEnd) -> None:
+        state = self.cameras.get(end.camera)
+        if state is None:
+            send(self.encoder, end)
+            return
+        state.timeline.end_at(end.frames)
+        if end.error or end.interrupted:  # nothing more of this stream is composited
+            state.timeline.stop()
+            state.decoded.clear()
+            send(self.encoder, end)
+            state.end_sent = True
+        self._drain(state)
+
+    def _future(self, state: CameraState, seq: int) -> list:
+        return [self._found(state, r) for r in state.timeline.future(seq) if r.status == "ok"]
+
+    def _found(self, state: CameraState, result: messages.Detected) -> Detections:
+        """A pending result's detections: with look-ahead each is needed up to N+1 times, unpacked once."""
+        seq = result.frame.seq
+        if seq not in state.decoded:
+            state.decoded[seq] = messages.unpack_detections(result.persons)
+        return state.decoded[seq]
+
+    def _detections_of(self, state: CameraState, result: messages.Detected, shape) -> Detections | None:
+        """What was found; empty between detections (the hold hides them); None (obscure) on failure."""
+        if result.status == "ok":
+            return self._found(state, result)
+        if result.status == "skipped":
+            return Detections.undetected(shape)
+        return None
+
+    def _drain(self, state: CameraState) -> None:
+        """Sends out every frame whose turn it is, while the output ring has room."""
+        timeline = state.timeline
+        while state.free_slots and (turn := timeline.next()) is not None:
+            if turn.late:
+                self.count("late")
+                if self.cfg.engine.late_frames == "drop":
+                    self._skip(state, turn.item)
+                    continue
+                result = messages.Detected(turn.item, messages.DetectStatus.LATE)
+            else:
+                result = turn.result
+            if not self._emit(state, result):
+                timeline.retry(turn.seq)  # its slot was reused: the capture offers it again
+                break
+        if timeline.finished and not state.end_sent:
+            send(self.encoder, messages.StreamEnd(state.info.camera, timeline.end))
+            state.end_sent = True
+        self._forget_if_done(state)
+
+    def _skip(self, state: CameraState, ref: messages.FrameRef) -> None:
+        """Drops a late frame: the capture gets its slot back, the encoder never sees it."""
+        state.timeline.done(ref.seq)
+        send(state.release, messages.Release(ref.camera, ref.seq, ref.slot), block=False)
+
+    def _emit(self, state: CameraState, result: messages.Detected) -> bool:
+        """Composites the frame and hands it to the encoder; False if its slot no longer holds it."""
+        ref = result.frame
+        try:
+            # A checked private copy, before anything learns from it: a torn frame (its slot reused by a
+            # live capture meanwhile) must not reach the background model, even if its output is dropped.
+            image_in = self.inputs.get(ref.ring, ref.slots, ref.height, ref.width).read(ref.slot, ref.seq)
+        except (StaleSlot, FileNotFoundError):
+            self.count("stale")
+            return False
+        frame = Frame(ref.camera, ref.seq, ref.pts, state.info.time_base_fraction, image_in)
+        detections = self._detections_of(state, result, image_in.shape[:2])
+        state.decoded.pop(ref.seq, None)
+        image = self.compositing.process(frame, detections, self._future(state, ref.seq))
+        out_slot = state.free_slots.pop()
+        state.ring.write(out_slot, ref.seq, image)
+        out_ref = messages.FrameRef(ref.camera, ref.seq, ref.pts, state.ring.name, out_slot, state.ring.slots,
+                                    state.ring.height, state.ring.width, self.worker)
+        persons = detections.to_meta() if detections is not None else []
+        out = messages.OutFrame(out_ref, obscured=detections is None, persons=persons)
+        send(self.encoder, out)
+        state.held[ref.seq] = ref.slot
+        state.sent[ref.seq] = out
+        state.timeline.done(ref.seq)
+        self.count("frames")
+        self.count("obscured", detections is None)
+        return True
+
+    def _on_encoded(self, release: messages.Release) -> None:
+        state = self.cameras.get(release.camera)
+        if state is None:
+            return
+        in_slot = state.held.pop(release.seq, None)
+        if in_slot is None:
+            return  # released before: a frame sent again to a restarted encoder, which had it already
+        state.free_slots.append(release.slot)
+        state.sent.pop(release.seq, None)
+        send(state.release, messages.Release(release.camera, release.seq, in_slot), block=False)
+        self._drain(state)
+
+    def _forget_if_done(self, state: CameraState) -> None:
+        if state.end_sent and not state.held:
+            camera = state.info.camera
+            self.finished_rings.add(state.info.ring)
+            self.inputs.drop(state.info.ring)
+            state.ring.close()
+            state.release.close(linger=1000)
+            self.compositing.forget(camera)
+            del self.cameras[camera]
+            self.log.info("%s finished at %d frames", camera, state.timeline.next_seq)
+
+    def close(self) -> None:
+        for state in self.cameras.values():
+            state.ring.close()
+        self.inputs.close()
+
+
+def main(argv=None) -> int:
+    from anonengine.engine.runtime import run_service
+
+    def extra(parser):
+        parser.add_argument("--worker", type=int, default=0, help="composite worker number (cameras are shared out)")
+
+    return run_service(lambda cfg, args: CompositeService(cfg, args.instance, args.worker), argv, extra)
+
 
 if __name__ == "__main__":
     sys.exit(main())

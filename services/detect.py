@@ -1,8 +1,138 @@
-"""The detect stage as its own process: `python -m services.detect --config CONFIG [--instance ID]`."""
+"""Detect: one of N workers that take frames from every camera, in batches, and find the persons.
 
+A worker connects to each capture's frames endpoint (new cameras are found as they appear), so
+batches mix cameras and several workers share the load. Frames are read in place from the capture's
+ring; the slot is checked again after inference, and a frame whose slot was reused meanwhile is
+reported stale instead of with detections that belong to another picture.
+"""
+
+from __future__ import annotations
+
+import os
 import sys
+import time
 
-from anonengine.engine.detect import main
+import zmq
+
+from anonengine import messages
+from anonengine.engine.runtime import POLL_MS, Service, ToCompositors
+from anonengine.shm import RingCache, StaleSlot
+from anonengine.stages import DetectStage
+
+RESCAN_S = 0.5
+
+
+class DetectService(Service):
+    stage = "detect"
+
+    def __init__(self, cfg, instance: str, worker: str) -> None:
+        super().__init__(cfg, instance, worker)
+        self.detector = DetectStage(cfg.anonymizer, cfg.engine.max_batch)
+        self.rings = RingCache()
+        self.connected: set[str] = set()
+        self._last_scan = 0.0
+
+    def setup(self) -> None:
+        self.detector.setup()
+        self.frames_in = self.context.socket(zmq.PULL)
+        self.frames_in.setsockopt(zmq.RCVHWM, self.cfg.engine.max_batch)
+        self.frames_in.setsockopt(zmq.LINGER, 0)
+        self.frames_in.setsockopt(zmq.MAXMSGSIZE, messages.MAX_MESSAGE_BYTES)
+        self.results = ToCompositors(self)
+        self._connect_cameras()
+        self.log.info("ready (pid %d, device %s)", os.getpid(), self.detector.detector.device)
+
+    def _connect_cameras(self) -> None:
+        now = time.monotonic()
+        if now - self._last_scan < RESCAN_S:
+            return
+        self._last_scan = now
+        for camera in self.endpoints.frame_cameras():
+            if camera not in self.connected:
+                self.frames_in.connect(self.endpoints.frames(camera))
+                self.connected.add(camera)
+
+    def step(self) -> bool:
+        if self.stopping:
+            return False
+        self._connect_cameras()
+        batch = self._gather()
+        if batch:
+            self._detect(batch)
+        return True
+
+    def _gather(self) -> list[messages.FrameRef]:
+        """Up to max_batch frames: waits for the first, then at most max_wait_ms for the rest."""
+        if not self.frames_in.poll(POLL_MS):
+            return []
+        batch = list(self._decoded(self.frames_in.recv()))
+        # A backend that runs frames one at a time gains nothing from a fuller batch: take what is there.
+        wait_ms = self.cfg.engine.max_wait_ms if self.detector.detector.batches else 0
+        deadline = time.monotonic() + wait_ms / 1000
+        while len(batch) < self.cfg.engine.max_batch:
+            left = deadline - time.monotonic()
+            if left <= 0 and not self.frames_in.poll(0):
+                break
+            if not self.frames_in.poll(max(0, int(left * 1000))):
+                break
+            batch.extend(self._decoded(self.frames_in.recv()))
+        return batch
+
+    def _decoded(self, data: bytes) -> list[messages.FrameRef]:
+        try:
+            message = messages.decode(data)
+        except messages.MessageError as exc:
+            self.malformed(exc)
+            return []
+        if not isinstance(message, messages.FrameRef):
+            self.malformed(messages.MessageError(f"unexpected {type(message).__name__} on the frames socket"))
+            return []
+        return [message]
+
+    def _detect(self, batch: list[messages.FrameRef]) -> None:
+        views, states, readable = [], [], []
+        for ref in batch:
+            try:
+                ring = self.rings.get(ref.ring, ref.slots, ref.height, ref.width)
+                view, state = ring.view(ref.slot, ref.seq)
+            except (StaleSlot, FileNotFoundError):
+                self._answer(ref, "stale", None, len(batch))
+                continue
+            views.append(view)
+            states.append(state)
+            readable.append(ref)
+        if not readable:
+            return
+        found = self.detector.process(views)
+        self.count("batches")
+        self.count(f"batch_size_{len(readable)}")
+        for ref, state, det in zip(readable, states, found):
+            try:
+                self.rings.get(ref.ring, ref.slots, ref.height, ref.width).check(ref.slot, ref.seq, state)
+            except StaleSlot:
+                self._answer(ref, "stale", None, len(readable))
+                continue
+            if det is None:
+                self._answer(ref, "failed", None, len(readable))
+            else:
+                self._answer(ref, "ok", messages.pack_detections(det), len(readable))
+
+    def _answer(self, ref, status: str, persons, batch: int) -> None:
+        self.results.send(ref.composite, messages.Detected(ref, status, persons, worker=self.camera, batch=batch))
+        self.count(f"frames_{status}")
+
+    def close(self) -> None:
+        self.rings.close()
+
+
+def main(argv=None) -> int:
+    from anonengine.engine.runtime import run_service
+
+    def extra(parser):
+        parser.add_argument("--worker", default="0", help="worker name, for logs and stats")
+
+    return run_service(lambda cfg, args: DetectService(cfg, args.instance, f"w{args.worker}"), argv, extra)
+
 
 if __name__ == "__main__":
     sys.exit(main())

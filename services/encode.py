@@ -1,8 +1,226 @@
-"""The encode stage as its own process: `python -m services.encode --config CONFIG [--instance ID]`."""
+"""Encode: writes each camera's anonymized frames to its output and to the tap; frees the slots.
 
+Outputs are finalised at the end of their stream and on SIGTERM, so a stopped engine leaves playable
+files. The tap is an XPUB socket, bound at `tap.endpoint` by the one encoder, or with several
+connected to the launcher's relay: frames are only encoded for it while someone subscribes, and a
+high-water mark drops frames for a slow subscriber instead of slowing the engine.
+"""
+
+from __future__ import annotations
+
+import os
 import sys
+import time
+from dataclasses import dataclass
 
-from anonengine.engine.encode import main
+import cv2
+import zmq
+
+from anonengine import messages
+from anonengine.engine.runtime import POLL_MS, TAP_SOCKET_BUFFER, Service, ToCompositors, receive_waiting, send
+from anonengine.errors import AnonError, OutputError
+from anonengine.shm import RingCache, StaleSlot
+from anonengine.stages import EncodeStage
+from anonengine.video import Frame, StreamInfo
+
+
+@dataclass
+class Output:
+    info: messages.StreamInfoMsg
+    writer: EncodeStage | None
+    next_seq: int
+    written: int = 0  # fewer than next_seq when a live camera dropped frames
+    first_seq: int = 0  # where this encoder's output begins
+
+    @property
+    def lost_before(self) -> int:
+        """A file output begun past frame 0 (this encoder replaced one that died): the frames before are
+        not in it. The output is then never complete."""
+        return 0 if self.info.live else self.first_seq
+
+
+class EncodeService(Service):
+    stage = "encode"
+
+    def __init__(self, cfg, instance: str, worker: int = 0) -> None:
+        super().__init__(cfg, instance, f"w{worker}")
+        self.worker = worker
+        self.rings = RingCache()
+        self.outputs: dict[str, Output] = {}
+        self.subscribers = 0
+        self._last_progress = 0.0
+
+    def setup(self) -> None:
+        self.inbox = self.socket(zmq.PULL, self.endpoints.encode(self.worker), bind=True)
+        self.releases = ToCompositors(self)
+        self.events = self.socket(zmq.PUSH, self.endpoints.events)
+        self.tap = None
+        if self.cfg.tap.endpoint and self.cfg.engine.encode_workers == 1:
+            try:
+                self.tap = self.socket(zmq.XPUB, self.cfg.tap.endpoint, bind=True, hwm=self.cfg.tap.hwm)
+            except zmq.ZMQError as exc:  # the user's address to fix: one line, no restart loop
+                raise OutputError(f"cannot open the tap at {self.cfg.tap.endpoint}: {zmq.strerror(exc.errno)}") from None
+            self.tap.setsockopt(zmq.XPUB_VERBOSER, 1)  # see every (un)subscribe, to count subscribers
+            # The high-water mark bounds a slow subscriber's backlog only if the kernel's does too.
+            self.tap.setsockopt(zmq.SNDBUF, TAP_SOCKET_BUFFER)
+        elif self.cfg.tap.endpoint:
+            # The launcher's relay forwards a topic's first subscription and last unsubscription (and
+            # every topic to an encoder that connects later), so the count is of topics: still > 0 while
+            # anyone subscribes.
+            self.tap = self.socket(zmq.XPUB, self.endpoints.tap_relay, hwm=self.cfg.tap.hwm)
+        self.poller = zmq.Poller()
+        self.poller.register(self.inbox, zmq.POLLIN)
+        if self.tap is not None:
+            self.poller.register(self.tap, zmq.POLLIN)
+        self.log.info("ready (pid %d), tap %s", os.getpid(), self.cfg.tap.endpoint or "off")
+
+    def step(self) -> bool:
+        # Stopped last: what the compositor sent before it went is still written.
+        events = dict(self.poller.poll(0 if self.stopping else POLL_MS))
+        if self.tap is not None and self.tap in events:
+            self._count_subscribers()
+        if self.inbox in events:
+            for message in receive_waiting(self.inbox, self.malformed):
+                self._handle(message)
+        return not (self.stopping and self.inbox not in events)
+
+    def _count_subscribers(self) -> None:
+        while True:
+            try:
+                event = self.tap.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            if event:
+                self.subscribers += 1 if event[0] == 1 else -1
+
+    def _handle(self, message) -> None:
+        if isinstance(message, messages.StreamInfoMsg):
+            self._on_stream(message)
+        elif isinstance(message, messages.OutFrame):
+            self._on_frame(message)
+        elif isinstance(message, messages.StreamEnd):
+            self._on_end(message)
+
+    def _on_stream(self, info: messages.StreamInfoMsg) -> None:
+        output = self.outputs.get(info.camera)
+        if output is not None:  # the compositor restarted: same stream, new ring
+            output.info = info
+            return
+        writer = None
+        if info.output:
+            stream = StreamInfo(info.width, info.height, info.rate_fraction, info.time_base_fraction,
+                                info.frames, info.live)
+            # Under a launcher, the launcher holds the output's lock for as long as the camera runs.
+            writer = EncodeStage(info.output, stream, self.cfg.encoder, info.metadata,
+                                 lock=not os.environ.get("ANONENGINE_OUTPUTS_LOCKED"))
+            writer.setup()
+        self.outputs[info.camera] = Output(info, writer, info.next_seq, first_seq=info.next_seq)
+
+    def _on_frame(self, out: messages.OutFrame) -> None:
+        ref = out.frame
+        output = self.outputs.get(ref.camera)
+        if output is None:
+            # A stream this encoder was not told of (it restarted): not written, so not released; the
+            # compositor announces the stream again and sends its frames once more.
+            self.count("unannounced")
+            return
+        if ref.seq < output.next_seq:
+            self._release(ref)
+            self.count("duplicates")
+            return
+        try:
+            image = self.rings.get(ref.ring, ref.slots, ref.height, ref.width).read(ref.slot, ref.seq)
+        except (StaleSlot, FileNotFoundError):
+            self.count("stale")  # the capture still holds the frame and offers it again
+            return
+        self._release(ref)
+        if output.writer is not None:
+            frame = Frame(ref.camera, ref.seq, ref.pts, output.info.time_base_fraction, image)
+            output.writer.process(frame, image, None if out.obscured else out.persons)
+        self._publish(out, output, image)
+        output.next_seq = ref.seq + 1
+        output.written += 1
+        self.count("frames")
+
+    def _release(self, ref: messages.FrameRef) -> None:
+        self.releases.send(ref.composite, messages.Release(ref.camera, ref.seq, ref.slot))
+
+    def _publish(self, out: messages.OutFrame, output: Output, image) -> None:
+        if self.tap is None or self.subscribers <= 0:
+            return
+        tap, ref = self.cfg.tap, out.frame
+        if tap.format == "jpeg":
+            payload = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, tap.jpeg_quality])[1].tobytes()
+        else:
+            payload = image.tobytes()
+        header = messages.TapHeader(
+            camera=ref.camera, seq=ref.seq, pts=ref.pts, time=float(ref.pts * output.info.time_base_fraction),
+            width=image.shape[1], height=image.shape[0], format=tap.format, obscured=out.obscured,
+            persons=out.persons,
+        )  # fmt: skip
+        try:
+            self.tap.send_multipart([ref.camera.encode(), messages.encode(header), payload], zmq.NOBLOCK, copy=False)
+        except zmq.Again:
+            self.count("tap_dropped")
+
+    def report(self, force: bool = False) -> None:
+        """Also tells the launcher how far each camera's output got (where a restarted capture resumes)."""
+        now = time.monotonic()
+        if self.outputs and (force or now - self._last_progress >= self.cfg.engine.stats_interval_s):
+            self._last_progress = now
+            for camera, output in self.outputs.items():
+                send(self.events, messages.Progress(camera, output.next_seq), block=False)
+        super().report(force)
+
+    def _on_end(self, end: messages.StreamEnd) -> None:
+        output = self.outputs.pop(end.camera, None)
+        if output is None:
+            return
+        self.rings.drop(output.info.ring)
+        if end.error:
+            if output.writer is not None:
+                output.writer.abort()
+            self.log.warning("%s failed, output discarded: %s", end.camera, end.error)
+        else:
+            self._finish(end.camera, output, complete=not end.interrupted)
+
+    def _finish(self, camera: str, output: Output, complete: bool) -> None:
+        """Finalises the output, playable: under its final name only when `complete`."""
+        if output.lost_before:
+            complete = False
+            self.log.error("%s: frames before %d were written by an encoder that died and are lost",
+                           camera, output.lost_before)
+        path = None
+        if output.writer is not None:
+            try:
+                if output.writer.frames == 0:
+                    output.writer.abort()  # nothing written: no file at all
+                else:
+                    path = output.writer.close(complete)
+            except AnonError as exc:
+                self.log.error("%s: %s", camera, exc)
+        send(self.events, messages.CameraDone(camera, output.written, str(path) if path else None, complete,
+                                              output.lost_before), block=False)
+        self.log.info("%s: %d frames written to %s", camera, output.written, path or "(tap only)")
+
+    def close(self) -> None:
+        # On SIGTERM with streams still open: a live camera's stop is its end (final name); a file not
+        # seen to its end keeps its frames so far as a partial output.
+        for camera, output in list(self.outputs.items()):
+            self._finish(camera, output, complete=output.info.live)
+        self.outputs.clear()
+        self.rings.close()
+        time.sleep(0.05)  # let the last CameraDone leave before the context goes
+
+
+def main(argv=None) -> int:
+    from anonengine.engine.runtime import run_service
+
+    def extra(parser):
+        parser.add_argument("--worker", type=int, default=0, help="encode worker number")
+
+    return run_service(lambda cfg, args: EncodeService(cfg, args.instance, args.worker), argv, extra)
+
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -17,8 +17,8 @@ import yaml
 from helpers import LEAK_SHARE, shown_share, stage_pids
 
 from anonengine.config import CameraConfig, EngineConfig
-from anonengine.detections import Detections
 from anonengine.engine.launcher import Launcher
+from anonengine.inline import anonymize_frames
 from anonengine.sample import make_sample
 from anonengine.shm import instance_segments
 from anonengine.stages import CompositeStage, DetectStage
@@ -61,17 +61,12 @@ def free_tcp_endpoint() -> str:
 
 
 def reference_frames(clip_path: Path, cfg: EngineConfig) -> list[np.ndarray]:
-    """The inline path's anonymized frames (before encoding), from the same stage classes, with the
-    same look-ahead window of future detections."""
+    """The inline path's anonymized frames (before encoding): the same stages and the same timeline."""
     with DetectStage(cfg.anonymizer) as detect:
-        frames = list(VideoReader(str(clip_path)))
-        found = [Detections.undetected(frame.image.shape[:2]) if detect.skips(frame.seq)
-                 else detect.process([frame.image])[0] for frame in frames]
-    composite = CompositeStage(cfg.anonymizer)
-    n = cfg.anonymizer.hold.lookahead_frames
-    detected = [not detect.skips(frame.seq) for frame in frames]
-    return [composite.process(frame, det, [d for d, ok in zip(found[i + 1 : i + 1 + n], detected[i + 1 :]) if ok])
-            for i, (frame, det) in enumerate(zip(frames, found))]
+        frames = VideoReader(str(clip_path))
+        composite = CompositeStage(cfg.anonymizer)
+        return [image for _, image, _ in anonymize_frames(frames, detect, composite,
+                                                         cfg.anonymizer.hold.lookahead_frames)]
 
 
 def collect_tap(endpoint: str, sink: list, stop: threading.Event, delay_s: float = 0.0) -> None:

@@ -13,6 +13,7 @@ import signal
 import stat
 import subprocess
 import sys
+import time
 from itertools import count
 from pathlib import Path
 
@@ -286,10 +287,14 @@ def test_stages_start_consumers_first_and_a_crash_loop_stops_at_restart_limit(tm
     launchers.append(launcher)
     assert spawn.started == ["encode", "composite", "detect0", "capture-cam"]
 
-    for round_ in range(3):  # deaths 1..3 within the minute: restarted
+    for round_ in range(3):  # deaths 1..3 within the minute: restarted, the 2nd and 3rd after a backoff
         launcher.clock.now += 5
         launcher._supervise()
         assert launcher.failure is None
+        if round_:
+            assert spawn.count("detect0") == 1 + round_  # not yet: waiting
+            launcher.clock.now += 0.5 * 2 ** (round_ - 1)
+            launcher._supervise()
         assert spawn.count("detect0") == 2 + round_
     launcher.clock.now += 5
     launcher._supervise()  # the 4th death within a minute: given up
@@ -306,7 +311,28 @@ def test_deaths_spread_over_more_than_a_minute_are_restarted_without_end(tmp_pat
         launcher.clock.now += 31  # two deaths a minute at most: within the limit
         launcher._supervise()
     assert launcher.failure is None
-    assert spawn.count("composite") == 11
+    # Deaths 1, 2, 4, 5, 7, 8, 10; the second of each minute waits out its backoff until the next round.
+    assert spawn.count("composite") == 8
+
+
+def test_a_hung_stage_is_killed_after_stall_s_without_heartbeat_and_restarted(tmp_path, launchers):
+    spawn = FakeSpawn(lambda name: None)  # every stage keeps running
+    launcher = fake_launcher(tmp_path, spawn)
+    launchers.append(launcher)
+    detect = launcher.children["detect0"]
+    launcher.clock.now += 100
+    launcher._supervise()  # no heartbeat yet (still setting up): left alone however long it takes
+    assert spawn.count("detect0") == 1
+    launcher._on_heartbeat(detect.process.pid)
+    launcher.clock.now += launcher.cfg.engine.stall_s - 1
+    launcher._supervise()
+    assert spawn.count("detect0") == 1 and ("detect0", signal.SIGKILL) not in spawn.signals
+    launcher.clock.now += 2  # silent for longer than stall_s: hung
+    launcher._supervise()
+    assert ("detect0", signal.SIGKILL) in spawn.signals
+    launcher._supervise()  # seen dead: restarted at once (its first death this minute)
+    assert spawn.count("detect0") == 2 and launcher.failure is None
+    assert launcher.children["detect0"].last_beat is None  # the new one gets its set-up time again
 
 
 def test_restart_limit_zero_gives_up_on_the_first_death(tmp_path, launchers):
@@ -365,6 +391,7 @@ def test_a_capture_whose_stream_ended_is_neither_restarted_nor_a_failure(tmp_pat
 def test_run_gives_up_on_a_crash_loop_and_stops_the_rest_in_order(tmp_path):
     spawn = FakeSpawn(lambda name: 1 if name == "detect0" else None)
     launcher = fake_launcher(tmp_path, spawn, restart_limit=2)
+    launcher.clock = time.monotonic  # the restart backoff (0.5 s before the 2nd restart) must pass
     with pytest.raises(EngineFailed, match="detect0 died 3 times"):
         launcher.run()
     # Captures first, then (the dead detector is skipped) compositor, then encoder.

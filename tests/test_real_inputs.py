@@ -297,17 +297,24 @@ def test_a_stopped_live_source_ends_normally_under_its_final_name(path, long_cli
 # --- 4. one owner per output and per instance ------------------------------------------------------------
 
 
-def test_a_second_run_on_the_same_output_fails_at_once_and_the_first_goes_on(long_clip, models_dir, tmp_path):
+@pytest.mark.parametrize("second_after", ["frames", "1s"])
+def test_a_second_run_on_the_same_output_fails_at_once_and_the_first_goes_on(
+        second_after, long_clip, models_dir, tmp_path):
+    """The second run comes while the first writes frames, or 1 s after it started (its stages still
+    starting): either way it is refused before it touches anything, and the first finishes every frame."""
     output, metadata = tmp_path / "same.mp4", tmp_path / "same.jsonl"
     args = ["--video-source", long_clip.video, "--output-video", output, "--metadata", metadata]
     first = start_run(models_dir, *args)
     try:
-        wait_for_frames(tmp_path / "same.jsonl.partial", first)
+        if second_after == "frames":
+            wait_for_frames(tmp_path / "same.jsonl.partial", first)
+        else:
+            time.sleep(1)
         started = time.monotonic()
         second = start_run(models_dir, *args)
         _, stderr = second.communicate(timeout=30)
         assert second.returncode == 2
-        assert time.monotonic() - started < 10
+        assert time.monotonic() - started < 5  # before any stage of its own started
         assert len(stderr.strip().splitlines()) == 1 and "another anonengine is writing it" in stderr, stderr
         _, stderr = first.communicate(timeout=120)
         assert first.returncode == 0, stderr

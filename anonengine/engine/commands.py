@@ -12,9 +12,10 @@ from pathlib import Path
 
 import zmq
 
+from anonengine import messages
 from anonengine.config import EngineConfig, load_yaml
 from anonengine.engine.launcher import EngineFailed
-from anonengine.errors import ConfigError, InputError
+from anonengine.errors import ConfigError, InputError, RecordingIncomplete
 from anonengine.interrupts import Interrupted, interrupted_line
 
 CONTROL_TIMEOUT_MS = 5000
@@ -85,17 +86,19 @@ def run_engine(cfg: EngineConfig, progress: bool, tap: str | None) -> int:
         bar = tqdm(total=info.frames or None, desc=cam.name, unit="frame", dynamic_ncols=True)
         launcher.on_stats = lambda stats: bar.update(stage_total(stats, "encode", "frames") - bar.n)
     try:
-        launcher.run()
-    except BaseException:
-        discard_outputs(cfg)
-        raise
+        launcher.run()  # a failed job's partial outputs are removed by the launcher, which owns them
     finally:
         if bar is not None:
             bar.close()
     done = launcher.done.get(cam.name)
     if done is not None and done.complete:
+        logging.getLogger("anonengine").info("%s: %d frames anonymized -> %s", cam.name, done.frames, done.output)
         return 0
-    if launcher.stop_signal is None:  # cannot happen: the launcher raises when a camera fails
+    if launcher.stop_signal is None:
+        if done is not None and done.lost_before:
+            raise RecordingIncomplete(
+                f"{cam.name}: its encoder died and frames 0 to {done.lost_before - 1} were lost with it; the "
+                f"{done.frames} frames after are in {done.output}")
         raise EngineFailed(f"{cam.name} ended without finishing its output")
     frames = done.frames if done is not None else 0
     print(interrupted_line(launcher.stop_signal, frames, info.frames, done.output if done else None),
@@ -121,24 +124,12 @@ def preflight(cfg: EngineConfig):
     from anonengine.stages import CaptureStage, EncodeStage
 
     cam = cfg.cameras[0]
-    with CaptureStage(cam.source, cam.name) as capture:
+    with CaptureStage(cam.source, cam.name, cfg.sources, cam.rtsp_transport) as capture:
         if cam.output:
             encode = EncodeStage(cam.output, capture.info, cfg.encoder, cam.metadata)
             encode.setup()
             encode.abort()
         return capture.info
-
-
-def discard_outputs(cfg: EngineConfig) -> None:
-    """A failed job leaves nothing that could pass for a complete output, and removes only what it made:
-    its `.partial` files (a file already at the final name was there before and is not this run's)."""
-    from anonengine.video import partial_path
-
-    for cam in cfg.cameras:
-        if cam.output:
-            partial_path(cam.output).unlink(missing_ok=True)
-        if cam.metadata:
-            Path(f"{cam.metadata}.partial").unlink(missing_ok=True)
 
 
 def cmd_tap(args: argparse.Namespace) -> int:
@@ -175,24 +166,31 @@ def cmd_control(args: argparse.Namespace) -> int:
     from anonengine.engine.runtime import Endpoints
 
     instance = args.instance or _only_instance(Path(args.run_dir))
-    request: dict = {"op": args.command}
     if args.command == "attach":
         # The engine runs in another folder than this command: relative paths are made absolute here.
-        request["camera"] = {"name": args.camera, "source": _absolute_source(args.source),
-                             "output": _absolute(args.output), "metadata": _absolute(args.metadata)}
+        request = messages.Attach({"name": args.camera, "source": _absolute_source(args.source),
+                                   "output": _absolute(args.output), "metadata": _absolute(args.metadata)})
     elif args.command == "detach":
-        request["camera"] = args.camera
+        request = messages.Detach(args.camera)
+    else:
+        request = messages.StatusRequest()
     ctx = zmq.Context.instance()
     sock = ctx.socket(zmq.REQ)
     sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.MAXMSGSIZE, messages.MAX_MESSAGE_BYTES)
     sock.connect(Endpoints(args.run_dir, instance).control)
-    sock.send_json(request)
+    sock.send(messages.encode(request))
     if not sock.poll(CONTROL_TIMEOUT_MS):
         raise ConfigError(f"engine {instance} in {args.run_dir} does not answer")
-    answer = sock.recv_json()
-    if not answer.get("ok"):
-        raise ConfigError(answer.get("error") or f"{args.command} refused")
-    print(json.dumps(answer, indent=1) if args.command == "status" else f"{args.command}: ok")
+    try:
+        answer = messages.decode(sock.recv())
+    except messages.MessageError as exc:
+        raise ConfigError(f"engine {instance} answered garbage: {exc}") from None
+    if not isinstance(answer, messages.Reply):
+        raise ConfigError(f"engine {instance} answered a {type(answer).__name__}")
+    if not answer.ok:
+        raise ConfigError(answer.error or f"{args.command} refused")
+    print(json.dumps(answer.status, indent=1) if args.command == "status" else f"{args.command}: ok")
     return 0
 
 

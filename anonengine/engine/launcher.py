@@ -22,6 +22,7 @@ from pathlib import Path
 
 import yaml
 import zmq
+from pydantic import ValidationError
 
 from anonengine import messages
 from anonengine.config import CameraConfig, EngineConfig
@@ -29,14 +30,16 @@ from anonengine.engine.runtime import TAP_SOCKET_BUFFER, Endpoints, receive_wait
 from anonengine.errors import AnonError, InputError, OutputError
 from anonengine.interrupts import STOP_SIGNALS
 from anonengine.locks import FileLock, LockBusy, is_locked, output_lock_path
+from anonengine.video import partial_path
 from anonengine.shm import instance_segments, remove_stale_segments, unlink
-from anonengine.video import URL_PATTERN
+from anonengine.sources import classify
 
 log = logging.getLogger("anonengine.launcher")
 
 USER_ERROR = 2
 STOP_ORDER = ("capture", "detect", "composite", "encode")
 FAILED_GRACE_S = 3.0
+RESTART_BACKOFF_MAX_S = 10.0
 
 
 @dataclass
@@ -48,6 +51,8 @@ class Child:
     worker: int = 0  # its number among its stage's processes; a capture's: its camera's compositor
     process: subprocess.Popen | None = None
     restarts: list[float] = field(default_factory=list)
+    restart_at: float | None = None  # dead, to be started again at this time (backoff)
+    last_beat: float | None = None  # its last heartbeat; None until its first (set-up may take long)
 
 
 class EngineFailed(AnonError):
@@ -83,9 +88,13 @@ class Launcher:
         self.instance = cfg.engine.instance or f"p{os.getpid()}"
         self.endpoints = Endpoints(cfg.engine.run_dir, self.instance, cfg.engine.composite_workers)
         self.children: dict[str, Child] = {}
+        self.output_locks: dict[str, FileLock] = {}  # camera -> its output's lock, until the camera is done
         self.compositor_of: dict[str, int] = {}  # camera -> its composite worker, kept across re-attaches
         self.done: dict[str, messages.CameraDone] = {}
         self.stats: dict[tuple[str, str], dict] = {}
+        self.sources: dict[str, messages.SourceStatus] = {}  # live sources' states, by camera
+        self.malformed = 0  # messages dropped as garbage, on the events and control sockets
+        self.progress: dict[str, int] = {}  # camera -> frames its encoder has written: where a capture resumes
         self.failure: str | None = None
         self.failed_cameras: dict[str, str] = {}
         self.stop_requested = False
@@ -106,9 +115,17 @@ class Launcher:
         try:
             self._check_tap_endpoint()
             for camera in self.cfg.cameras:
-                self._check_camera(camera)
+                self._claim_camera(camera)
             self._start()
         except BaseException:
+            for child in self.children.values():  # started before the failure: they go with it
+                if child.process is not None and child.process.poll() is None:
+                    child.process.kill()
+                    child.process.wait()
+            for name in instance_segments(self.instance):
+                unlink(name)
+            shutil.rmtree(self.endpoints.dir, ignore_errors=True)
+            self._release_outputs()
             self.instance_lock.release()
             raise
 
@@ -135,15 +152,14 @@ class Launcher:
         finally:
             probe.close(linger=0)
 
-    def _check_camera(self, camera: CameraConfig) -> None:
-        """What can be known of a camera before its capture starts: a file source exists, its output can
-        be written and is nobody else's."""
-        if not camera.source.isdigit() and not URL_PATTERN.match(camera.source):
-            source = Path(camera.source)
-            if not source.exists():
-                raise InputError(f"camera {camera.name}: video source not found: {camera.source}")
-            if not source.is_file():
-                raise InputError(f"camera {camera.name}: video source is not a file: {camera.source}")
+    def _claim_camera(self, camera: CameraConfig) -> None:
+        """Checks what can be known of a camera before its capture starts (a file source exists, its output
+        can be written) and takes its output's lock, held until the camera is done: the encoder writes
+        under it, and a second engine or run on the same output is refused at once."""
+        try:
+            classify(camera.source)  # a file source must exist; a live one may be down now and come later
+        except InputError as exc:
+            raise InputError(f"camera {camera.name}: {exc}") from None
         if not camera.output:
             return
         output = Path(camera.output)
@@ -156,8 +172,32 @@ class Launcher:
             if (other.name != camera.name and other.output and running is not None
                     and running.process.poll() is None and Path(other.output).resolve() == output.resolve()):
                 raise OutputError(f"camera {camera.name}: {output} is already the output of camera {other.name}")
-        if is_locked(output_lock_path(output)):
-            raise OutputError(f"camera {camera.name}: cannot write {output}: another anonengine is writing it")
+        lock = FileLock(output_lock_path(output))
+        try:
+            lock.acquire()
+        except LockBusy as busy:
+            owner = f" (pid {busy.pid})" if busy.pid else ""
+            raise OutputError(f"camera {camera.name}: cannot write {output}: another anonengine is writing it"
+                              f"{owner}") from None
+        except OSError as exc:
+            raise OutputError(f"camera {camera.name}: cannot write {output}: {exc.strerror}") from None
+        self.output_locks[camera.name] = lock
+
+    def _release_output(self, camera: str) -> None:
+        lock = self.output_locks.pop(camera, None)
+        if lock is not None:
+            lock.release()
+
+    def _release_outputs(self, discard: bool = False) -> None:
+        """Lets go of every output; with `discard` (a failed job), first removes their partial files, which
+        are this engine's own since it holds their locks."""
+        for camera in self.cfg.cameras:
+            if discard and camera.name in self.output_locks:
+                partial_path(camera.output).unlink(missing_ok=True)
+                if camera.metadata:
+                    Path(f"{camera.metadata}.partial").unlink(missing_ok=True)
+        for name in list(self.output_locks):
+            self._release_output(name)
 
     def _start(self) -> None:
         removed = remove_stale_segments(lambda instance: instance_alive(instance, self.cfg.engine.run_dir))
@@ -169,9 +209,10 @@ class Launcher:
         self.config_path = self.endpoints.dir / "engine.yaml"
         self.config_path.write_text(yaml.safe_dump(self.cfg.model_dump(mode="json")))
         self.events = self.context.socket(zmq.PULL)
-        self.events.bind(self.endpoints.events)
         self.control = self.context.socket(zmq.REP)
-        self.control.bind(self.endpoints.control)
+        for sock, endpoint in ((self.events, self.endpoints.events), (self.control, self.endpoints.control)):
+            sock.setsockopt(zmq.MAXMSGSIZE, messages.MAX_MESSAGE_BYTES)
+            sock.bind(endpoint)
         if self.cfg.tap.endpoint and self.cfg.engine.encode_workers > 1:
             self.tap_relay = TapRelay(self.context, self.endpoints.tap_relay, self.cfg.tap)
         for w in range(self.cfg.engine.encode_workers):
@@ -204,11 +245,14 @@ class Launcher:
         pythonpath = os.pathsep.join(filter(None, (_project_root(), os.environ.get("PYTHONPATH"))))
         env = {**os.environ, "ANONENGINE_INSTANCE": self.instance, "PYTHONUNBUFFERED": "1",
                "ANONENGINE_ERROR_FILE": str(self._error_file(child)), "PYTHONPATH": pythonpath,
+               "ANONENGINE_OUTPUTS_LOCKED": "1",  # the launcher holds every output's lock for its encoders
+               "ANONENGINE_LAUNCHER_PID": str(os.getpid()),
                "PYTHONSAFEPATH": "1"}  # fmt: skip
         # A session of its own: Ctrl-C in a terminal reaches the launcher alone, which stops the stages in
         # order; each stage ends itself if the launcher dies (runtime.follow_parent).
         child.process = self.spawn(child.argv, env=env, cwd=os.getcwd(), stdin=subprocess.DEVNULL,
                                    start_new_session=True)
+        child.last_beat = None
         log.debug("started %s (pid %d)", child.name, child.process.pid)
 
     def _error_file(self, child: Child) -> Path:
@@ -218,7 +262,8 @@ class Launcher:
         name = f"capture-{camera.name}"
         if name in self.children and self.children[name].process.poll() is None:
             raise EngineFailed(f"camera {camera.name} is already attached")
-        self._check_camera(camera)
+        if camera.name not in self.output_locks:  # the cameras of the config were claimed at start
+            self._claim_camera(camera)
         self.failed_cameras.pop(camera.name, None)
         self.done.pop(camera.name, None)  # a camera detached or ended before comes back as a new stream
         # A camera attached again keeps its compositor (and so its encoder, which may still be finishing
@@ -245,7 +290,12 @@ class Launcher:
         return True
 
     def run(self) -> int:
-        """Supervises until stopped (or, with exit_when_done, until every camera is done)."""
+        """Supervises until stopped (or, with exit_when_done, until every camera is done).
+
+        A job (exit_when_done) that fails leaves nothing that could pass for a complete output: its partial
+        files are removed (only this engine's, whose locks it holds).
+        """
+        failed = True
         try:
             while not self.stop_requested:
                 self._pump(timeout_ms=100)
@@ -254,9 +304,11 @@ class Launcher:
                     break
                 if self.cfg.engine.exit_when_done and self._all_cameras_done():
                     break
+            failed = self.failure is not None
         finally:
             # After a failure the chain is broken and nothing can drain: short grace.
-            self.stop(grace_s=FAILED_GRACE_S if self.failure else None)
+            self.stop(grace_s=FAILED_GRACE_S if self.failure else None,
+                      discard=failed and self.cfg.engine.exit_when_done)
         if self.failure:
             raise EngineFailed(self.failure)
         return 0
@@ -273,38 +325,99 @@ class Launcher:
         poller.register(self.events, zmq.POLLIN)
         poller.register(self.control, zmq.POLLIN)
         ready = dict(poller.poll(timeout_ms))
-        for message in receive_waiting(self.events) if self.events in ready else ():
+        for message in receive_waiting(self.events, self._malformed) if self.events in ready else ():
             if isinstance(message, messages.CameraDone):
                 self.done[message.camera] = message
+                self._release_output(message.camera)
                 if not message.complete:
                     log.info("camera %s stopped after %d frames; its partial output: %s", message.camera,
                              message.frames, message.output or "(none)")
+            elif isinstance(message, messages.Progress):
+                self.progress[message.camera] = max(self.progress.get(message.camera, 0), message.next_seq)
+            elif isinstance(message, messages.SourceStatus):
+                self._on_source_status(message)
             elif isinstance(message, messages.Stats):
+                self._on_heartbeat(message.pid)
                 self.stats[(message.stage, message.name)] = message.counters
                 if self.on_stats is not None:
                     self.on_stats(self.stats)
         if self.control in ready:
-            self.control.send_json(self._on_control(self.control.recv_json()))
+            # A REP socket must answer every request, garbage included, or it takes no other.
+            try:
+                reply = self._on_control(messages.decode(self.control.recv()))
+            except messages.MessageError as exc:
+                self._malformed(exc)
+                reply = messages.Reply(False, f"not a control request: {str(exc).splitlines()[0]}")
+            self.control.send(messages.encode(reply))
 
-    def _on_control(self, request: dict) -> dict:
+    def _malformed(self, error: Exception) -> None:
+        self.malformed += 1
+        if self.malformed <= 5 or self.malformed % 1000 == 0:
+            log.warning("dropped a malformed message (%d so far): %s", self.malformed, error)
+
+    def _on_source_status(self, status: messages.SourceStatus) -> None:
+        before = self.sources.get(status.camera)
+        self.sources[status.camera] = status
+        if status.state == "reconnecting" and (before is None or before.state != "reconnecting"):
+            log.warning("camera %s: source lost (%s); reconnecting", status.camera, status.error)
+        elif status.state == "running" and before is not None and before.state != "running":
+            log.warning("camera %s: source %s", status.camera,
+                        "back" if before.state == "reconnecting" else "connected")
+        elif status.state == "connecting" and (before is None or before.error != status.error):
+            log.warning("camera %s: cannot connect yet (%s); trying again", status.camera, status.error)
+
+    def _on_control(self, request: messages.Message) -> messages.Reply:
         try:
-            if request.get("op") == "attach":
-                self.attach(CameraConfig.model_validate(request["camera"]))
-                return {"ok": True}
-            if request.get("op") == "detach":
-                return {"ok": self.detach(request["camera"])}
-            if request.get("op") == "status":
-                return {"ok": True, "cameras": [c.name for c in self.cfg.cameras], "done": sorted(self.done),
-                        "failed": self.failed_cameras,
-                        "stats": {f"{k[0]}[{k[1]}]": v for k, v in self.stats.items()}}
-            return {"ok": False, "error": f"unknown op {request.get('op')!r}"}
+            if isinstance(request, messages.Attach):
+                self.attach(CameraConfig.model_validate(request.camera))
+                return messages.Reply(True)
+            if isinstance(request, messages.Detach):
+                if self.detach(request.camera):
+                    return messages.Reply(True)
+                return messages.Reply(False, f"camera {request.camera} is not attached")
+            if isinstance(request, messages.StatusRequest):
+                return messages.Reply(True, status=self.status())
+            return messages.Reply(False, f"not a control request: {type(request).__name__}")
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            return messages.Reply(False, f"invalid camera {'.'.join(map(str, err['loc']))}: {err['msg']}")
         except Exception as exc:  # noqa: BLE001 - the answer carries the error to the client
-            return {"ok": False, "error": str(exc).splitlines()[0]}
+            return messages.Reply(False, str(exc).splitlines()[0])
+
+    def status(self) -> dict:
+        return {"cameras": [c.name for c in self.cfg.cameras], "done": sorted(self.done),
+                "failed": self.failed_cameras,
+                "sources": {name: {"state": s.state.value, "error": s.error, "reconnects": s.reconnects}
+                            for name, s in self.sources.items()},
+                "malformed": self.malformed,
+                "stats": {f"{k[0]}[{k[1]}]": v for k, v in self.stats.items()}}
+
+    def _on_heartbeat(self, pid: int) -> None:
+        for child in self.children.values():
+            if child.process is not None and child.process.pid == pid:
+                first = child.last_beat is None
+                child.last_beat = self.clock()
+                if first and child.restarts and child.stage != "capture":
+                    # A restarted stage is ready: what its predecessor held is offered again now, not
+                    # `redeliver_after_s` later (captures), and a restarted encoder learns the streams
+                    # and gets the frames it held (compositors).
+                    for other in self.children.values():
+                        if other.stage == "capture" and other.process is not None and other.process.poll() is None:
+                            self._tell(self.endpoints.capture(other.camera), messages.Redeliver())
+                    for worker in range(self.cfg.engine.composite_workers):
+                        self._tell(self.endpoints.composite(worker), messages.Redeliver())
+                return
 
     def _supervise(self) -> None:
         for child in list(self.children.values()):
+            if child.restart_at is not None:
+                if self.clock() >= child.restart_at:
+                    child.restart_at = None
+                    self._restart(child)
+                continue
             code = child.process.poll()
             if code is None:
+                self._watch(child)
                 continue
             if child.stage == "capture" and code == 0:
                 continue  # its stream ended
@@ -315,6 +428,7 @@ class Launcher:
                     # One bad camera of a running engine: the others go on; the camera is reported.
                     log.error("camera %s stopped: %s", child.camera, message)
                     self.failed_cameras[child.camera] = message
+                    self._release_output(child.camera)
                     del self.children[child.name]
                     continue
                 self.failure = message
@@ -324,14 +438,59 @@ class Launcher:
             if len(child.restarts) > self.cfg.engine.restart_limit:
                 self.failure = f"{child.name} died {len(child.restarts)} times within a minute (exit {code})"
                 return
-            log.warning("%s exited with %s; restarting", child.name, code)
-            self._spawn(child)
+            # The first restart is at once; deaths that follow in the minute wait 0.5 s, 1 s, 2 s... (at
+            # most 10 s), so a stage that cannot start does not spin.
+            delay = 0.0 if len(child.restarts) == 1 else min(RESTART_BACKOFF_MAX_S, 0.5 * 2 ** (len(child.restarts) - 2))
+            log.warning("%s exited with %s; restarting%s", child.name, code, f" in {delay:g} s" if delay else "")
+            child.restart_at = now + delay
+            if delay == 0:
+                child.restart_at = None
+                self._restart(child)
 
-    def stop(self, grace_s: float | None = None) -> None:
-        """Stops every stage in order, then removes sockets and the instance's shared memory."""
+    def _restart(self, child: Child) -> None:
+        """Starts a dead stage again where the engine stands: a capture of a file after the last frame
+        written; any other gets every capture's frames in flight again once it is ready (_on_heartbeat)."""
+        if child.stage == "capture":
+            resume = ["--resume-from", str(self.progress.get(child.camera, 0))]
+            if "--resume-from" in child.argv:
+                child.argv[child.argv.index("--resume-from"):child.argv.index("--resume-from") + 2] = resume
+            else:
+                child.argv += resume
+        self._spawn(child)
+
+    def _tell(self, endpoint: str, message: messages.Message) -> None:
+        """One message to a stage's inbox, without waiting: a stage that is gone too is restarted anyway."""
+        sock = self.context.socket(zmq.PUSH)
+        sock.setsockopt(zmq.LINGER, 1000)
+        try:
+            sock.connect(endpoint)
+            sock.send(messages.encode(message), zmq.NOBLOCK)
+        except zmq.ZMQError:
+            pass
+        finally:
+            sock.close()
+
+    def _watch(self, child: Child) -> None:
+        """A stage silent for `engine.stall_s` is hung (a stuck driver, a deadlock): killed, then restarted."""
+        if child.last_beat is None or self.clock() - child.last_beat <= self.cfg.engine.stall_s:
+            return
+        log.warning("%s sent no heartbeat for %.0f s; killing it (it is restarted)", child.name,
+                    self.clock() - child.last_beat)
+        child.process.kill()
+        child.process.wait()
+
+    def stop(self, grace_s: float | None = None, discard: bool = False) -> None:
+        """Stops every stage in order, then removes sockets and the instance's shared memory.
+
+        A live camera's frames in flight still go out, so stages stop one after the other. Files stopped
+        by a signal keep only what is encoded: everything but the encoders stops at once (seconds saved).
+        """
         grace_s = grace_s or self.cfg.engine.stop_timeout_s
-        for stage in STOP_ORDER:
-            group = [c for c in self.children.values() if c.stage == stage and c.process.poll() is None]
+        order = [(stage,) for stage in STOP_ORDER]
+        if self.stop_signal is not None and not any(self._is_live(c) for c in self.cfg.cameras):
+            order = [STOP_ORDER[:-1], STOP_ORDER[-1:]]
+        for stages in order:
+            group = [c for c in self.children.values() if c.stage in stages and c.process.poll() is None]
             for child in group:
                 child.process.send_signal(signal.SIGTERM)
             deadline = self.clock() + grace_s
@@ -351,7 +510,15 @@ class Launcher:
         for name in instance_segments(self.instance):
             unlink(name)
         shutil.rmtree(self.endpoints.dir, ignore_errors=True)
+        self._release_outputs(discard)
         self.instance_lock.release()
+
+    @staticmethod
+    def _is_live(camera: CameraConfig) -> bool:
+        try:
+            return bool(camera.live) or classify(camera.source).live
+        except AnonError:
+            return False
 
     def request_stop(self, signum: int | None = None) -> None:
         self.stop_requested = True

@@ -19,6 +19,7 @@ from pathlib import Path
 import zmq
 
 from anonengine import messages
+from anonengine.argparsing import OneLineParser
 from anonengine.config import EngineConfig, load_yaml
 from anonengine.errors import AnonError, ConfigError
 from anonengine.interrupts import INTERRUPTS, STOP_SIGNALS, Interrupted
@@ -110,24 +111,33 @@ class Service:
     def socket(self, kind: int, endpoint: str, bind: bool = False, hwm: int | None = None) -> zmq.Socket:
         sock = self.context.socket(kind)
         sock.setsockopt(zmq.LINGER, 2000)
+        sock.setsockopt(zmq.MAXMSGSIZE, messages.MAX_MESSAGE_BYTES)  # a peer cannot make us buffer gigabytes
         if hwm is not None:
             sock.setsockopt(zmq.SNDHWM, hwm)
             sock.setsockopt(zmq.RCVHWM, hwm)
         (sock.bind if bind else sock.connect)(endpoint)
         return sock
 
+    def malformed(self, error: Exception) -> None:
+        """Garbage on a socket (a stray client, a version mismatch): logged, counted, dropped; never fatal."""
+        self.count("malformed")
+        if self.counters["malformed"] <= 5 or self.counters["malformed"] % 1000 == 0:
+            self.log.warning("dropped a malformed message (%d so far): %s", self.counters["malformed"], error)
+
     def count(self, name: str, n: int = 1) -> None:
         self.counters[name] = self.counters.get(name, 0) + n
 
     def report(self, force: bool = False) -> None:
-        """Sends counters to the launcher every `stats_interval_s` (never blocks)."""
+        """Sends counters to the launcher every `stats_interval_s`, which are also the stage's heartbeat:
+        at least four a `stall_s` (never blocks)."""
         now = time.monotonic()
-        if not force and now - self._last_stats < self.cfg.engine.stats_interval_s:
+        interval = min(self.cfg.engine.stats_interval_s, self.cfg.engine.stall_s / 4)
+        if not force and now - self._last_stats < interval:
             return
         self._last_stats = now
         if self._events is None:
             self._events = self.socket(zmq.PUSH, self.endpoints.events, hwm=100)
-        send(self._events, messages.Stats(self.stage, self.camera, dict(self.counters)), block=False)
+        send(self._events, messages.Stats(self.stage, self.camera, dict(self.counters), os.getpid()), block=False)
 
     def shutdown(self) -> None:
         try:
@@ -145,18 +155,20 @@ def send(sock: zmq.Socket, message, block: bool = True) -> bool:
         return False
 
 
-def receive(sock: zmq.Socket):
-    return messages.decode(sock.recv())
-
-
-def receive_waiting(sock: zmq.Socket):
-    """Yields every message already waiting on `sock`, without blocking."""
+def receive_waiting(sock: zmq.Socket, on_malformed):
+    """Yields every message already waiting on `sock`, without blocking; `on_malformed(error)` is told of
+    anything that is not a message, which is dropped."""
     while True:
         try:
             data = sock.recv(zmq.NOBLOCK)
         except zmq.Again:
             return
-        yield messages.decode(data)
+        try:
+            message = messages.decode(data)
+        except messages.MessageError as exc:
+            on_malformed(exc)
+            continue
+        yield message
 
 
 def configure_logging(stage: str, camera: str) -> None:
@@ -170,8 +182,6 @@ def configure_logging(stage: str, camera: str) -> None:
 
 
 def service_args(argv: list[str] | None, extra=None) -> argparse.Namespace:
-    from anonengine.cli import OneLineParser
-
     parser = OneLineParser(description="anonengine stage process")
     parser.add_argument("--config", required=True, help="engine YAML config")
     parser.add_argument("--instance", default=os.environ.get("ANONENGINE_INSTANCE", "default"))
@@ -199,8 +209,11 @@ def make_endpoints_dir(endpoints: Endpoints) -> None:
 
 def follow_parent() -> int:
     """Asks the kernel to send SIGTERM when the parent (the launcher) dies, so no stage outlives it even
-    when it is killed with -9; returns the parent's pid, which the loop also checks."""
-    parent = os.getppid()
+    when it is killed with -9; returns the parent's pid, which the loop also checks.
+
+    The launcher names itself (ANONENGINE_LAUNCHER_PID): a stage whose launcher died before this ran
+    already has another parent, and stops at once."""
+    parent = int(os.environ.get("ANONENGINE_LAUNCHER_PID") or os.getppid())
     try:
         import ctypes
 

@@ -1,0 +1,251 @@
+"""Video sources: the one place that tells files, RTSP, HTTP/HLS, V4L2 and other streams apart, and the
+feed that keeps a live source coming for ever.
+
+A live source drops, stalls and comes back; an engine left running for months must follow. `LiveFeed`
+reads a live source in a thread of its own, reconnects with exponential backoff and jitter when it
+fails, ends or stalls (no frame for `stall_s`), and hands out frames with timestamps that keep
+increasing across reconnects (an outage shows as a gap in time; no frame is invented for it).
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import queue
+import random
+import re
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+import cv2
+
+from anonengine.config import SourcesConfig
+from anonengine.errors import InputError
+from anonengine.messages import SourceState
+
+log = logging.getLogger("anonengine.sources")
+
+URL_SCHEME = re.compile(r"^([a-z][a-z0-9+.-]*)://", re.IGNORECASE)
+
+
+class SourceKind(str, enum.Enum):
+    FILE = "file"
+    RTSP = "rtsp"  # rtsp://, rtsps://
+    HTTP = "http"  # http(s)://: progressive video or HLS playlists
+    V4L2 = "v4l2"  # a webcam: its index (0 = /dev/video0) or a /dev/videoN path
+    STREAM = "stream"  # any other URL FFmpeg reads (rtmp, srt, udp, tcp)
+
+
+@dataclass(frozen=True)
+class Source:
+    spec: str
+    kind: SourceKind
+    rtsp_transport: str = "tcp"
+
+    @property
+    def live(self) -> bool:
+        return self.kind is not SourceKind.FILE
+
+    @property
+    def url(self) -> str:
+        if self.kind is SourceKind.V4L2 and self.spec.isdigit():
+            return f"/dev/video{self.spec}"
+        return self.spec
+
+    def open_arguments(self, cfg: SourcesConfig) -> tuple[str, str | None, dict[str, str], tuple[float, float] | None]:
+        """(url, format, FFmpeg options, (connect, read) timeouts in seconds) for av.open."""
+        if self.kind is SourceKind.FILE:
+            return self.url, None, {}, None
+        timeouts = (cfg.connect_timeout_s, cfg.stall_s)
+        if self.kind is SourceKind.V4L2:
+            return self.url, "v4l2", {}, timeouts
+        options: dict[str, str] = {}
+        if self.kind is SourceKind.RTSP:
+            # FFmpeg's RTSP socket timeout (microseconds): a server that stops sending is noticed.
+            options = {"rtsp_transport": self.rtsp_transport, "timeout": str(int(cfg.stall_s * 1e6))}
+        elif self.kind is SourceKind.HTTP:
+            options = {"rw_timeout": str(int(cfg.stall_s * 1e6))}
+        return self.url, None, options, timeouts
+
+
+def classify(spec: str, rtsp_transport: str = "tcp") -> Source:
+    """What kind of source `spec` names; a file path is checked to exist."""
+    match = URL_SCHEME.match(spec)
+    if match:
+        scheme = match.group(1).lower()
+        kind = {"rtsp": SourceKind.RTSP, "rtsps": SourceKind.RTSP, "http": SourceKind.HTTP,
+                "https": SourceKind.HTTP, "file": SourceKind.FILE}.get(scheme, SourceKind.STREAM)
+        if kind is SourceKind.FILE:
+            return classify(spec[len("file://"):], rtsp_transport)
+        return Source(spec, kind, rtsp_transport)
+    if spec.isdigit() or spec.startswith("/dev/video"):
+        return Source(spec, SourceKind.V4L2)
+    path = Path(spec)
+    if not path.exists():
+        raise InputError(f"video source not found: {spec}")
+    if not path.is_file():
+        raise InputError(f"video source is not a file: {spec}")
+    return Source(spec, SourceKind.FILE)
+
+
+@dataclass
+class FeedStatus:
+    state: SourceState = SourceState.CONNECTING
+    last_error: str | None = None
+    reconnects: int = 0  # connections lost (and so retried) since the start
+    connected_at: float | None = None
+    attempts: list[float] = field(default_factory=list)  # monotonic times of the recent connect attempts
+
+
+def backoff_delays(cfg: SourcesConfig, rng: random.Random | None = None) -> Iterator[float]:
+    """Waits between connect attempts: `reconnect_initial_s` doubling up to `reconnect_max_s`, each
+    stretched by up to `reconnect_jitter` of itself at random, so cameras that dropped together do not
+    come back in lockstep."""
+    rng = rng or random.Random()
+    delay = cfg.reconnect_initial_s
+    while True:
+        yield delay * (1 + cfg.reconnect_jitter * rng.random())
+        delay = min(cfg.reconnect_max_s, delay * 2)
+
+
+class LiveFeed:
+    """Frames of a live source for ever (until `stop`), read in a thread that reconnects as needed.
+
+    `opener(source)` returns a VideoReader; it is a parameter so tests can give flaky sources.
+    Frames come out as `Frame`s of the first connection's size and time base, with pts that only
+    increase: each connection's first frame follows the last one after the wall-clock time between them.
+    """
+
+    def __init__(self, source: Source, camera: str, cfg: SourcesConfig, opener: Callable | None = None,
+                 clock: Callable[[], float] = time.monotonic, queue_size: int = 4) -> None:
+        self.source, self.camera, self.cfg = source, camera, cfg
+        self.opener = opener or self._open
+        self.clock = clock
+        self.status = FeedStatus()
+        self.frames: queue.Queue = queue.Queue(maxsize=queue_size)
+        self.info = None  # StreamInfo of the first connection: size and time base of every frame out
+        self.dropped = 0  # frames dropped here because the consumer was behind (live: never wait)
+        self._stop = threading.Event()
+        self._connected = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"feed-{camera}", daemon=True)
+        self._last_time: float | None = None  # seconds, of the last frame handed out
+        self._last_wall: float | None = None
+
+    def start(self) -> LiveFeed:
+        self._thread.start()
+        return self
+
+    def wait_connected(self, timeout: float) -> bool:
+        return self._connected.wait(timeout)
+
+    def get(self, timeout: float):
+        """The next frame, or None if none came within `timeout` seconds."""
+        try:
+            return self.frames.get(timeout=timeout)
+        except queue.Empty:
+            return None
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.status.state = SourceState.STOPPED
+
+    def join(self, timeout: float) -> None:
+        self._thread.join(timeout)
+
+    # --- the reading thread ------------------------------------------------------------------------
+    def _open(self, source: Source):
+        from anonengine.video import VideoReader
+
+        return VideoReader(source.spec, self.camera, kind=source, sources_cfg=self.cfg)
+
+    def _run(self) -> None:
+        delays = backoff_delays(self.cfg)
+        while not self._stop.is_set():
+            self.status.attempts = [t for t in self.status.attempts if self.clock() - t < 600][-20:]
+            self.status.attempts.append(self.clock())
+            try:
+                reader = self.opener(self.source)
+            except InputError as exc:
+                self._failed(str(exc))
+                self._stop.wait(next(delays))
+                continue
+            except Exception as exc:  # noqa: BLE001 - any failure of a live source is retried
+                self._failed(f"{type(exc).__name__}: {exc}")
+                self._stop.wait(next(delays))
+                continue
+            delays = backoff_delays(self.cfg)  # a connection that worked starts the backoff afresh
+            error = self._read(reader)
+            if self._stop.is_set():
+                break
+            self.status.reconnects += 1
+            self._failed(error)
+            log.warning("%s: source lost (%s); reconnecting", self.camera, error)
+            self._stop.wait(next(delays))
+
+    def _failed(self, error: str) -> None:
+        self.status.last_error = error
+        self.status.state = SourceState.RECONNECTING if self.info is not None else SourceState.CONNECTING
+
+    def _read(self, reader) -> str:
+        """Hands out the frames of one connection; returns why it ended."""
+        if self.info is None:
+            self.info = reader.info
+        self.status.state = SourceState.RUNNING
+        self.status.connected_at = self.clock()
+        self._connected.set()
+        session_start: float | None = None
+        offset = 0.0
+        try:
+            for frame in reader:
+                if self._stop.is_set():
+                    return "stopped"
+                if session_start is None and frame.pts_guessed:
+                    # RTSP's first frame often comes before the first timestamp: its time is unknown, and
+                    # a guess would shift every frame after it. A live source loses nothing by skipping it.
+                    continue
+                now = self.clock()
+                if session_start is None:
+                    session_start = frame.time
+                    # Continue the timeline: after the last frame, by the wall-clock time since it.
+                    offset = 0.0 if self._last_time is None else self._last_time + max(
+                        now - self._last_wall, float(1 / self.info.rate)) - session_start
+                self._put(self._conform(frame, offset + frame.time - session_start), now)
+            return "the stream ended"
+        except InputError as exc:
+            return str(exc)
+        except Exception as exc:  # noqa: BLE001 - a broken connection, whatever FFmpeg calls it
+            return f"{type(exc).__name__}: {exc}"
+        finally:
+            try:
+                reader.close()
+            except Exception:  # noqa: BLE001 - the connection is being dropped anyway
+                pass
+
+    def _conform(self, frame, seconds: float):
+        """The frame at the first connection's size, at `seconds` in its time base, after the last one."""
+        info = self.info
+        tick = float(info.time_base)
+        if self._last_time is not None and seconds <= self._last_time:
+            seconds = self._last_time + tick
+        self._last_time = seconds
+        frame.pts = round(seconds / tick)
+        frame.time_base = info.time_base
+        if frame.image.shape[1::-1] != (info.width, info.height):
+            frame.image = cv2.resize(frame.image, (info.width, info.height), interpolation=cv2.INTER_AREA)
+        return frame
+
+    def _put(self, frame, now: float) -> None:
+        self._last_wall = now
+        while True:
+            try:
+                self.frames.put_nowait(frame)
+                return
+            except queue.Full:
+                try:
+                    self.frames.get_nowait()  # a live source never waits: the oldest goes
+                    self.dropped += 1
+                except queue.Empty:
+                    pass
