@@ -100,7 +100,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         return run_engine(cfg, progress=not args.quiet, tap=args.tap)
     from anonengine.inline import run_inline
 
-    for r in run_inline(cfg, progress=not args.quiet):
+    try:
+        results = run_inline(cfg, progress=not args.quiet)
+    except Interrupted as stop:  # before the first frame (opening the source, loading the model)
+        print(interrupted_line(stop.signum, 0, 0, None), file=sys.stderr)
+        return stop.exit_code
+    for r in results:
         if r.interrupted_by is not None:
             print(interrupted_line(r.interrupted_by, r.frames, r.total, r.output), file=sys.stderr)
             return 128 + r.interrupted_by

@@ -138,6 +138,10 @@ class VideoReader:
             )
 
     def close(self) -> None:
+        # The decoding generator refers to this reader (a cycle): closed here, its frames and FFmpeg's
+        # buffers go now, not at some later garbage collection (a camera reconnects for months).
+        self._decoded.close()
+        self._first = None
         self.container.close()
 
 

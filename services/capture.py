@@ -140,6 +140,8 @@ class CaptureService(Service):
             self._start_ring(self.feed.info)
         if self.paced:
             self._wait_until_due(frame.time)
+        if self.stopping:
+            return False  # stopped while this frame was on its way (waiting for its time): it never was
         if not self.free_slots:
             self._drop_oldest()  # a live camera is never kept waiting
         slot = self.free_slots.pop()

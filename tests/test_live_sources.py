@@ -207,6 +207,21 @@ def test_a_camera_down_at_start_keeps_trying_and_runs_once_it_answers(server, lo
     assert max(still_person_shown(long_clip, tmp_path / "door.mp4")) <= LEAK_SHARE
 
 
+def test_rtsp_over_udp_where_asked(server):
+    """`rtsp_transport: udp`: the same camera, its frames over RTP/UDP (on loopback, nothing is lost)."""
+    server.start()
+    feed = LiveFeed(classify(server.url, "udp"), "udp", SourcesConfig()).start()
+    try:
+        assert feed.wait_connected(15), feed.status.last_error
+        frames = [feed.get(5) for _ in range(20)]
+    finally:
+        feed.stop()
+    assert all(f is not None for f in frames)
+    assert (frames[0].image.shape[1], frames[0].image.shape[0]) == (WIDTH, HEIGHT)
+    pts = [f.pts for f in frames]
+    assert all(b > a for a, b in zip(pts, pts[1:]))
+
+
 def test_run_on_a_url_that_never_answers_is_one_line_after_the_connect_timeout(anonengine_cli, tmp_path):
     url = f"rtsp://127.0.0.1:{free_port()}/cam"
     started = time.monotonic()

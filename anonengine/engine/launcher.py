@@ -483,12 +483,13 @@ class Launcher:
         """Stops every stage in order, then removes sockets and the instance's shared memory.
 
         A live camera's frames in flight still go out, so stages stop one after the other. Files stopped
-        by a signal keep only what is encoded: everything but the encoders stops at once (seconds saved).
+        by a signal keep what is encoded by then: every stage stops at once (seconds saved; an encoder
+        finalises what it has written while the others exit).
         """
         grace_s = grace_s or self.cfg.engine.stop_timeout_s
         order = [(stage,) for stage in STOP_ORDER]
         if self.stop_signal is not None and not any(self._is_live(c) for c in self.cfg.cameras):
-            order = [STOP_ORDER[:-1], STOP_ORDER[-1:]]
+            order = [STOP_ORDER]
         for stages in order:
             group = [c for c in self.children.values() if c.stage in stages and c.process.poll() is None]
             for child in group:
