@@ -18,6 +18,11 @@ class LockBusy(Exception):
         super().__init__(f"{path} is held by pid {pid}" if pid else f"{path} is held")
         self.path, self.pid = path, pid
 
+    @property
+    def owner(self) -> str:
+        """" (pid N)" when the holder is known, for one-line errors."""
+        return f" (pid {self.pid})" if self.pid else ""
+
 
 class FileLock:
     """An exclusive, non-blocking lock on `path` (created 0600); released by `release` or the process's end."""

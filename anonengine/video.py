@@ -245,8 +245,7 @@ class VideoWriter:
         try:
             self.lock.acquire()
         except LockBusy as busy:
-            owner = f" (pid {busy.pid})" if busy.pid else ""
-            raise OutputError(f"cannot write {self.path}: another anonengine is writing it{owner}") from None
+            raise OutputError(f"cannot write {self.path}: another anonengine is writing it{busy.owner}") from None
         except OSError as exc:
             raise OutputError(f"cannot write {self.path}: {exc.strerror}") from None
         try:

@@ -36,6 +36,7 @@ class CameraState:
     sent: dict[int, messages.OutFrame] = field(default_factory=dict)  # what the encoder has of held frames
     end_sent: bool = False
 
+
 class CompositeService(Service):
     stage = "composite"
 

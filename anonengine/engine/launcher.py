@@ -26,7 +26,7 @@ from pydantic import ValidationError
 
 from anonengine import messages
 from anonengine.config import CameraConfig, EngineConfig
-from anonengine.engine.runtime import TAP_SOCKET_BUFFER, Endpoints, receive_waiting
+from anonengine.engine.runtime import TAP_SOCKET_BUFFER, Endpoints, log_malformed, receive_waiting
 from anonengine.errors import AnonError, InputError, OutputError
 from anonengine.interrupts import STOP_SIGNALS
 from anonengine.locks import FileLock, LockBusy, is_locked, output_lock_path
@@ -122,11 +122,7 @@ class Launcher:
                 if child.process is not None and child.process.poll() is None:
                     child.process.kill()
                     child.process.wait()
-            for name in instance_segments(self.instance):
-                unlink(name)
-            shutil.rmtree(self.endpoints.dir, ignore_errors=True)
-            self._release_outputs()
-            self.instance_lock.release()
+            self._remove_instance()
             raise
 
     def _take_instance(self) -> None:
@@ -135,8 +131,7 @@ class Launcher:
             run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
             self.instance_lock = FileLock(instance_lock_path(run_dir, self.instance)).acquire()
         except LockBusy as busy:
-            owner = f" (pid {busy.pid})" if busy.pid else ""
-            raise EngineFailed(f"engine instance {self.instance} is already running in {run_dir}{owner}") from None
+            raise EngineFailed(f"engine instance {self.instance} is already running in {run_dir}{busy.owner}") from None
         except OSError as exc:
             raise EngineFailed(f"cannot use the run folder {run_dir}: {exc.strerror}") from None
 
@@ -176,9 +171,8 @@ class Launcher:
         try:
             lock.acquire()
         except LockBusy as busy:
-            owner = f" (pid {busy.pid})" if busy.pid else ""
             raise OutputError(f"camera {camera.name}: cannot write {output}: another anonengine is writing it"
-                              f"{owner}") from None
+                              f"{busy.owner}") from None
         except OSError as exc:
             raise OutputError(f"camera {camera.name}: cannot write {output}: {exc.strerror}") from None
         self.output_locks[camera.name] = lock
@@ -352,8 +346,7 @@ class Launcher:
 
     def _malformed(self, error: Exception) -> None:
         self.malformed += 1
-        if self.malformed <= 5 or self.malformed % 1000 == 0:
-            log.warning("dropped a malformed message (%d so far): %s", self.malformed, error)
+        log_malformed(log, self.malformed, error)
 
     def _on_source_status(self, status: messages.SourceStatus) -> None:
         before = self.sources.get(status.camera)
@@ -442,9 +435,9 @@ class Launcher:
             # most 10 s), so a stage that cannot start does not spin.
             delay = 0.0 if len(child.restarts) == 1 else min(RESTART_BACKOFF_MAX_S, 0.5 * 2 ** (len(child.restarts) - 2))
             log.warning("%s exited with %s; restarting%s", child.name, code, f" in {delay:g} s" if delay else "")
-            child.restart_at = now + delay
-            if delay == 0:
-                child.restart_at = None
+            if delay:
+                child.restart_at = now + delay
+            else:
                 self._restart(child)
 
     def _restart(self, child: Child) -> None:
@@ -508,6 +501,10 @@ class Launcher:
         if self.tap_relay is not None:
             self.tap_relay.close()
         self.context.destroy(linger=0)
+        self._remove_instance(discard)
+
+    def _remove_instance(self, discard: bool = False) -> None:
+        """Once no stage runs: the instance's shared memory and sockets go, then its locks."""
         for name in instance_segments(self.instance):
             unlink(name)
         shutil.rmtree(self.endpoints.dir, ignore_errors=True)

@@ -121,8 +121,7 @@ class Service:
     def malformed(self, error: Exception) -> None:
         """Garbage on a socket (a stray client, a version mismatch): logged, counted, dropped; never fatal."""
         self.count("malformed")
-        if self.counters["malformed"] <= 5 or self.counters["malformed"] % 1000 == 0:
-            self.log.warning("dropped a malformed message (%d so far): %s", self.counters["malformed"], error)
+        log_malformed(self.log, self.counters["malformed"], error)
 
     def count(self, name: str, n: int = 1) -> None:
         self.counters[name] = self.counters.get(name, 0) + n
@@ -153,6 +152,12 @@ def send(sock: zmq.Socket, message, block: bool = True) -> bool:
         return True
     except zmq.Again:
         return False
+
+
+def log_malformed(logger: logging.Logger, count: int, error: Exception) -> None:
+    """The first few malformed messages, then one in a thousand: a flood must not flood the log too."""
+    if count <= 5 or count % 1000 == 0:
+        logger.warning("dropped a malformed message (%d so far): %s", count, error)
 
 
 def receive_waiting(sock: zmq.Socket, on_malformed):
