@@ -166,6 +166,22 @@ class EncoderConfig(StrictModel):
         0, ge=0, le=10_000, description="Frames between keyframes (seeking, joining a stream); 0 = encoder default."
     )
     threads: int = Field(0, ge=0, le=256, description="Encoder threads; 0 = the encoder chooses.")
+    segment_s: float = Field(
+        60, gt=0, le=86400,
+        description="The engine records each camera in fragmented-MP4 segments of about this length: every frame "
+        "is on disk (and playable) as soon as it leaves the encoder, so a stage's death loses nothing.",
+    )
+    keep_segments: bool = Field(
+        False,
+        description="Keep the segments as the recording, in the folder named after the output without its "
+        "suffix (an NVR: `rec/cam1.mp4` -> `rec/cam1/`). False: joined into the output at the end (remuxed).",
+    )
+    retain_hours: float | None = Field(
+        None, gt=0, description="With keep_segments: segments older than this are deleted, oldest first."
+    )
+    retain_gb: float | None = Field(
+        None, gt=0, description="With keep_segments: the oldest segments are deleted while a camera's exceed this."
+    )
 
     @property
     def is_nvenc(self) -> bool:
@@ -174,6 +190,12 @@ class EncoderConfig(StrictModel):
     @property
     def speed_preset(self) -> str:
         return self.preset or ("p4" if self.is_nvenc else "veryfast")
+
+    @model_validator(mode="after")
+    def _retention_needs_kept_segments(self):
+        if (self.retain_hours or self.retain_gb) and not self.keep_segments:
+            raise ValueError("retain_hours and retain_gb apply to kept segments: set keep_segments: true")
+        return self
 
     @model_validator(mode="after")
     def _preset_fits_the_codec(self):
@@ -193,7 +215,7 @@ class CameraConfig(StrictModel):
     live: bool | None = Field(
         None,
         description="Treat the source as a live camera (never wait, drop the oldest frame when full); a file "
-        "is then read at its own frame rate. None: cameras and stream URLs are live, files are not.",
+        "is then read at its own frame rate. None: files are not; cameras and stream URLs always are.",
     )
     rtsp_transport: Literal["tcp", "udp"] = Field(
         "tcp", description="RTSP over TCP (through firewalls and NAT, no loss) or UDP (lower latency, may lose)."

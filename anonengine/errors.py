@@ -23,11 +23,5 @@ class ModelError(AnonError):
     """A model file is missing, corrupt or of the wrong kind."""
 
 
-class RecordingIncomplete(AnonError):
-    """Part of an output was lost with a stage that died: not the user's doing, and not a success."""
-
-    exit_code = 1
-
-
 class DetectionError(AnonError):
     """The detector failed on a frame; the frame must not be emitted raw."""

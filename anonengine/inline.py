@@ -15,6 +15,7 @@ import numpy as np
 from anonengine.config import CameraConfig, EngineConfig
 from anonengine.detections import Detections
 from anonengine.interrupts import INTERRUPTS
+from anonengine.sources import is_live
 from anonengine.stages import CaptureStage, CompositeStage, DetectStage, EncodeStage
 from anonengine.timeline import Timeline
 from anonengine.video import Frame
@@ -59,7 +60,7 @@ def _run_camera(cam: CameraConfig, cfg: EngineConfig, detect: DetectStage, progr
     composite = CompositeStage(cfg.anonymizer, {cam.name: cam.privacy_zones})
     result = CameraResult(cam.name, 0, 0, 0)
     with CaptureStage(cam.source, cam.name, cfg.sources, cam.rtsp_transport) as capture:
-        live = capture.info.live if cam.live is None else cam.live
+        live = is_live(cam.source, cam.live)
         result.total = capture.info.frames
         encode = EncodeStage(cam.output, capture.info, cfg.encoder, cam.metadata)
         encode.setup()

@@ -149,6 +149,14 @@ class Release(Message):
     slot: int
 
 
+class Received(Message):
+    """The encoder has frame `seq` (copied out of its slot, not yet on disk): the compositor lets the
+    capture's slot go, and keeps its own until the frame is on disk (`Release`)."""
+
+    camera: str
+    seq: int
+
+
 class OutFrame(Message):
     """An anonymized frame, in a slot of the compositor's ring, with what was found in it."""
 
@@ -164,7 +172,6 @@ class CameraDone(Message):
     frames: int
     output: str | None
     complete: bool = True  # False: the stream was interrupted and `output` is the `.partial` file
-    lost_before: int = 0  # frames before this were lost with an encoder that died (not in `output`)
 
 
 class SourceStatus(Message):
@@ -221,9 +228,8 @@ class TapHeader(Message):
     persons: list[dict] = msgspec.field(default_factory=list)
 
 
-AnyMessage = Union[StreamInfoMsg, FrameRef, Detected, StreamEnd, Dropped, Release, Progress, Redeliver, OutFrame,
-                   CameraDone,
-                   SourceStatus, Stats, Attach, Detach, StatusRequest, Reply, TapHeader]
+AnyMessage = Union[StreamInfoMsg, FrameRef, Detected, StreamEnd, Dropped, Release, Received, Progress, Redeliver,
+                   OutFrame, CameraDone, SourceStatus, Stats, Attach, Detach, StatusRequest, Reply, TapHeader]
 MESSAGE_TYPES = {cls.__name__: cls for cls in AnyMessage.__args__}
 
 _encoder = msgspec.msgpack.Encoder()

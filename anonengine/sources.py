@@ -72,6 +72,12 @@ class Source:
         return self.url, None, options, timeouts
 
 
+def is_live(spec: str, live: bool | None) -> bool:
+    """Whether a camera runs live (never waits, its stop is its end): a stream or device always, whatever
+    `live` says (it cannot be waited for), and a file replayed as a camera (`live: true`)."""
+    return bool(live) or classify(spec).live
+
+
 def classify(spec: str, rtsp_transport: str = "tcp") -> Source:
     """What kind of source `spec` names; a file path is checked to exist."""
     match = URL_SCHEME.match(spec)

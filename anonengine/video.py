@@ -232,8 +232,13 @@ class VideoWriter:
         time_base: Fraction,
         cfg: EncoderConfig | None = None,
         lock: bool = True,
+        muxer_options: dict[str, str] | None = None,
+        codec_options: dict[str, str] | None = None,
+        comment: str | None = None,
     ) -> None:
         cfg = cfg or EncoderConfig()
+        self.muxer_options, self.comment = muxer_options or {}, comment
+        self.codec_options = codec_options if codec_options is not None else encoder_options(cfg)
         self.path = Path(path)
         self.partial = partial_path(self.path)
         if not self.path.parent.is_dir():
@@ -265,10 +270,13 @@ class VideoWriter:
         except OSError as exc:
             raise OutputError(f"cannot write {self.path}: {exc.strerror}") from None
         try:
-            self.container = av.open(str(self.partial), mode="w", format=_format_for(self.path))
+            self.container = av.open(str(self.partial), mode="w", format=_format_for(self.path),
+                                     options=self.muxer_options)
         except (av.FFmpegError, OSError) as exc:
             self.partial.unlink(missing_ok=True)
             raise OutputError(f"cannot write {self.path}: {_ffmpeg_reason(exc)}") from None
+        if self.comment:
+            self.container.metadata["comment"] = self.comment
         try:
             self.stream = self.container.add_stream(cfg.codec, rate=rate)
         except (av.FFmpegError, ValueError) as exc:
@@ -283,7 +291,7 @@ class VideoWriter:
         self.time_base = time_base
         self.stream.time_base = time_base
         self.stream.codec_context.time_base = time_base
-        self.stream.options = encoder_options(cfg)
+        self.stream.options = self.codec_options
         if cfg.keyframe_interval:
             self.stream.codec_context.gop_size = cfg.keyframe_interval
         if cfg.threads:
@@ -297,15 +305,21 @@ class VideoWriter:
             raise OutputError(f"encoder {cfg.codec!r} cannot start: {_ffmpeg_reason(exc)}") from None
         self.frames = 0
 
-    def write(self, image: np.ndarray, pts: int) -> None:
+    def write(self, image: np.ndarray, pts: int) -> list[int]:
+        """Encodes a frame; returns the pts of the frames the encoder let out (and muxed) meanwhile."""
         frame = to_yuv420p(image, self.stream.width, self.stream.height)
         frame.pts = pts
         frame.time_base = self.time_base
+        self.frames += 1
+        return self._mux(self.stream.encode(frame))
+
+    def _mux(self, packets: list[av.Packet]) -> list[int]:
+        muxed = [packet.pts for packet in packets]  # read before muxing, which rescales them
         try:
-            self.container.mux(self.stream.encode(frame))
+            self.container.mux(packets)
         except (av.FFmpegError, OSError) as exc:
             raise OutputError(f"cannot write {self.path}: {_ffmpeg_reason(exc)}") from None
-        self.frames += 1
+        return muxed
 
     def close(self, complete: bool = True) -> Path:
         """Flushes the encoder and finalises the container, which is then playable.

@@ -19,7 +19,7 @@ from anonengine import messages
 from anonengine.engine.runtime import POLL_MS, Service, receive_waiting, send
 from anonengine.errors import AnonError, ConfigError
 from anonengine.shm import FrameRing, segment_name
-from anonengine.sources import LiveFeed, classify
+from anonengine.sources import LiveFeed, classify, is_live
 from anonengine.video import StreamInfo, VideoReader
 
 
@@ -67,8 +67,7 @@ class CaptureService(Service):
             return
         self.reader = VideoReader(self.source, self.camera, kind=kind)
         # A file replayed as a live camera (`live: true`): never waits for downstream, drops instead.
-        self.live = bool(self.camera_cfg.live)
-        self.paced = self.live
+        self.live = self.paced = is_live(self.source, self.camera_cfg.live)
         self.frames_iter = iter(self.reader)
         if self.resume_from:
             # Decoded again and skipped: exact whatever the file's keyframes (seeking lands on those).
@@ -178,20 +177,18 @@ class CaptureService(Service):
             self._take_releases(timeout_ms=max(1, min(POLL_MS, int(wait * 1000))))
             self.report()
 
-    def _dispatch(self, ref: messages.FrameRef) -> None:
-        """To the detectors; a frame between detections (`detector.stride`) goes straight on, undetected."""
+    def _dispatch(self, ref: messages.FrameRef, wait: bool = True) -> bool:
+        """To the detectors; a frame between detections (`detector.stride`) goes straight on, undetected.
+        With `wait`, waits while no detector is connected or all are full (releases keep flowing); else
+        returns False when none takes it now."""
         if ref.seq % self.cfg.anonymizer.detector.stride:
-            send(self.downstream, messages.Detected(ref, "skipped"))
-        else:
-            self._offer(ref)
-
-    def _offer(self, ref: messages.FrameRef) -> None:
-        # Waits while no detector is connected or all are full; releases keep flowing meanwhile.
-        while ref.seq in self.inflight and not send(self.frames_out, ref, block=False):
+            return send(self.downstream, messages.Detected(ref, "skipped"))
+        while not send(self.frames_out, ref, block=False):
+            if not wait or self.stopping or ref.seq not in self.inflight:
+                return False
             self._take_releases(timeout_ms=POLL_MS)
             self.report()  # a detector restarting can take a while: keep the heartbeat going
-            if self.stopping:
-                return
+        return True
 
     def _take_releases(self, timeout_ms: int) -> None:
         if not self.releases.poll(timeout_ms):
@@ -220,26 +217,24 @@ class CaptureService(Service):
             return
         for f in sorted(late, key=lambda f: f.ref.seq):
             send(self.downstream, f.ref)  # and each frame's deadline
-            if f.ref.seq % self.cfg.anonymizer.detector.stride:
-                send(self.downstream, messages.Detected(f.ref, "skipped"))
-            elif not send(self.frames_out, f.ref, block=False):
+            if not self._dispatch(f.ref, wait=False):
                 continue
             f.sent_at = now
             self.count("redelivered")
         self.log.warning("offered %d late frame(s) again (from seq %d)", len(late), late[0].ref.seq)
 
-    def report(self, force: bool = False) -> None:
-        if self.feed is not None:
-            status = self.feed.status
-            now = (status.state.value, status.last_error, status.reconnects)
-            if now != self._source_reported or force:
-                self._source_reported = now
-                self.counters["reconnects"] = status.reconnects
-                self.counters["dropped_at_source"] = self.feed.dropped
-                if self._events is None:
-                    self._events = self.socket(zmq.PUSH, self.endpoints.events, hwm=100)
-                send(self._events, messages.SourceStatus(self.camera, *now), block=False)
-        super().report(force)
+    def reports(self, force: bool) -> list:
+        """A live source's state, when it changed."""
+        if self.feed is None:
+            return []
+        status = self.feed.status
+        self.counters["reconnects"] = status.reconnects
+        self.counters["dropped_at_source"] = self.feed.dropped
+        now = (status.state.value, status.last_error, status.reconnects)
+        if now == self._source_reported and not force:
+            return []
+        self._source_reported = now
+        return [messages.SourceStatus(self.camera, *now)]
 
     def close(self) -> None:
         if self.feed is not None:

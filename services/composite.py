@@ -2,12 +2,14 @@
 
 Detector workers finish out of order; results wait here until their camera's next seq is complete.
 A frame whose detection failed is emitted fully obscured, never raw. The input slot goes back to the
-capture only once the encoder has released the output slot: until a frame is written, the capture
-still holds it and offers it again if this process or a detector died.
+capture once the encoder has the frame (`Received`): until then the capture offers it again if this
+process or a detector died. The output slot is held until the frame is on disk (`Release`), and sent
+again to an encoder that restarted before.
 """
 
 from __future__ import annotations
 
+import itertools
 import os
 import sys
 from dataclasses import dataclass, field
@@ -32,8 +34,8 @@ class CameraState:
     timeline: Timeline[messages.FrameRef, messages.Detected]  # order, look-ahead, deadlines, duplicates
     free_slots: list[int]
     decoded: dict[int, Detections] = field(default_factory=dict)  # pending results unpacked, once each
-    held: dict[int, int] = field(default_factory=dict)  # out seq -> input slot, until encoded
-    sent: dict[int, messages.OutFrame] = field(default_factory=dict)  # what the encoder has of held frames
+    inputs_held: dict[int, int] = field(default_factory=dict)  # seq -> capture slot, until the encoder has it
+    sent: dict[int, messages.OutFrame] = field(default_factory=dict)  # out slots held until on disk
     end_sent: bool = False
 
 
@@ -49,6 +51,7 @@ class CompositeService(Service):
         self.orphans: dict[str, dict[int, messages.Detected]] = {}
         self.orphan_refs: dict[str, list[messages.FrameRef]] = {}
         self.finished_rings: set[str] = set()  # captures whose stream ended here: never started again
+        self.streams = itertools.count()
 
     def setup(self) -> None:
         self.compositing.setup()
@@ -75,6 +78,8 @@ class CompositeService(Service):
             self._on_stream(message)
         elif isinstance(message, messages.StreamEnd):
             self._on_end(message)
+        elif isinstance(message, messages.Received):
+            self._on_received(message)
         elif isinstance(message, messages.Release):
             self._on_encoded(message)
         elif isinstance(message, messages.Redeliver):
@@ -95,8 +100,9 @@ class CompositeService(Service):
         self.compositing.privacy_zones[info.camera] = info.privacy_zones
         slots = self.cfg.engine.ring_slots
         ring = FrameRing.create(
-            segment_name(self.instance, f"{info.camera}x{os.getpid()}out"), slots, info.height, info.width
-        )
+            segment_name(self.instance, f"{info.camera}x{os.getpid()}o{next(self.streams)}"), slots, info.height,
+            info.width,
+        )  # one name a stream: the encoder never takes a camera attached again for one that finished
         release = self.socket(zmq.PUSH, self.endpoints.capture(info.camera))
         deadline = self.cfg.engine.live_deadline_s if info.live else self.cfg.engine.deadline_s
         timeline = Timeline(self.cfg.anonymizer.hold.lookahead_frames, deadline, info.next_seq)
@@ -111,8 +117,8 @@ class CompositeService(Service):
     def _reannounce(self, state: CameraState) -> None:
         """A stage restarted: a restarted encoder learns the stream, from the first frame it has not
         written, gets again the frames it held, and the stream's end if it came."""
-        self._announce_out(state, next_seq=min(state.held, default=state.timeline.next_seq))
-        for seq in sorted(state.held):
+        self._announce_out(state, next_seq=min(state.sent, default=state.timeline.next_seq))
+        for seq in sorted(state.sent):
             send(self.encoder, state.sent[seq])
         if state.end_sent:
             send(self.encoder, messages.StreamEnd(state.info.camera, state.timeline.end))
@@ -238,27 +244,35 @@ class CompositeService(Service):
         persons = detections.to_meta() if detections is not None else []
         out = messages.OutFrame(out_ref, obscured=detections is None, persons=persons)
         send(self.encoder, out)
-        state.held[ref.seq] = ref.slot
+        state.inputs_held[ref.seq] = ref.slot
         state.sent[ref.seq] = out
         state.timeline.done(ref.seq)
         self.count("frames")
         self.count("obscured", detections is None)
         return True
 
+    def _on_received(self, received: messages.Received) -> None:
+        """Composited again from the capture's slot only if this process dies before the encoder has it."""
+        state = self.cameras.get(received.camera)
+        if state is not None:
+            self._release_input(state, received.seq)
+
     def _on_encoded(self, release: messages.Release) -> None:
+        """On disk: the output slot is free (the capture's went when the encoder received the frame)."""
         state = self.cameras.get(release.camera)
-        if state is None:
-            return
-        in_slot = state.held.pop(release.seq, None)
-        if in_slot is None:
+        if state is None or state.sent.pop(release.seq, None) is None:
             return  # released before: a frame sent again to a restarted encoder, which had it already
+        self._release_input(state, release.seq)
         state.free_slots.append(release.slot)
-        state.sent.pop(release.seq, None)
-        send(state.release, messages.Release(release.camera, release.seq, in_slot), block=False)
         self._drain(state)
 
+    def _release_input(self, state: CameraState, seq: int) -> None:
+        in_slot = state.inputs_held.pop(seq, None)
+        if in_slot is not None:
+            send(state.release, messages.Release(state.info.camera, seq, in_slot), block=False)
+
     def _forget_if_done(self, state: CameraState) -> None:
-        if state.end_sent and not state.held:
+        if state.end_sent and not state.sent:
             camera = state.info.camera
             self.finished_rings.add(state.info.ring)
             self.inputs.drop(state.info.ring)

@@ -1,7 +1,8 @@
 """Encode: writes each camera's anonymized frames to its output and to the tap; frees the slots.
 
-Outputs are finalised at the end of their stream and on SIGTERM, so a stopped engine leaves playable
-files. The tap is an XPUB socket, bound at `tap.endpoint` by the one encoder, or with several
+Each camera is recorded in segments (`anonengine.recording`): a frame's slots go back only once it is on
+disk, so a restarted encoder gets again what its predecessor had not written and loses nothing. Outputs
+are finalised at the end of their stream and on SIGTERM, so a stopped engine leaves playable files. The tap is an XPUB socket, bound at `tap.endpoint` by the one encoder, or with several
 connected to the launcher's relay: frames are only encoded for it while someone subscribes, and a
 high-water mark drops frames for a slow subscriber instead of slowing the engine.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+import uuid
 from dataclasses import dataclass
 
 import cv2
@@ -19,24 +21,16 @@ import zmq
 from anonengine import messages
 from anonengine.engine.runtime import POLL_MS, TAP_SOCKET_BUFFER, Service, ToCompositors, receive_waiting, send
 from anonengine.errors import AnonError, OutputError
+from anonengine.recording import SegmentedRecording
 from anonengine.shm import RingCache, StaleSlot
-from anonengine.stages import EncodeStage
-from anonengine.video import Frame, StreamInfo
+from anonengine.video import StreamInfo
 
 
 @dataclass
 class Output:
     info: messages.StreamInfoMsg
-    writer: EncodeStage | None
+    recording: SegmentedRecording | None
     next_seq: int
-    written: int = 0  # fewer than next_seq when a live camera dropped frames
-    first_seq: int = 0  # where this encoder's output begins
-
-    @property
-    def lost_before(self) -> int:
-        """A file output begun past frame 0 (this encoder replaced one that died): the frames before are
-        not in it. The output is then never complete."""
-        return 0 if self.info.live else self.first_seq
 
 
 class EncodeService(Service):
@@ -48,7 +42,12 @@ class EncodeService(Service):
         self.rings = RingCache()
         self.outputs: dict[str, Output] = {}
         self.subscribers = 0
-        self._last_progress = 0.0
+        self.finished_rings: set[str] = set()  # streams whose output is final: never begun again
+        # Which segments are this run's: a restarted encoder resumes them (see anonengine.recording).
+        self.run = os.environ.get("ANONENGINE_RUN_ID") or uuid.uuid4().hex
+        # The frames a camera may have in this encoder before they are on disk: the compositor's output
+        # ring, less one on its way here and one spare (the capture's slots went when they arrived).
+        self.max_pending = cfg.engine.ring_slots - 2
 
     def setup(self) -> None:
         self.inbox = self.socket(zmq.PULL, self.endpoints.encode(self.worker), bind=True)
@@ -102,23 +101,29 @@ class EncodeService(Service):
             self._on_end(message)
 
     def _on_stream(self, info: messages.StreamInfoMsg) -> None:
+        if info.ring in self.finished_rings:
+            return  # a late re-announcement: beginning again would overwrite the finished output
         output = self.outputs.get(info.camera)
         if output is not None:  # the compositor restarted: same stream, new ring
             output.info = info
             return
-        writer = None
+        recording = None
         if info.output:
             stream = StreamInfo(info.width, info.height, info.rate_fraction, info.time_base_fraction,
                                 info.frames, info.live)
             # Under a launcher, the launcher holds the output's lock for as long as the camera runs.
-            writer = EncodeStage(info.output, stream, self.cfg.encoder, info.metadata,
-                                 lock=not os.environ.get("ANONENGINE_OUTPUTS_LOCKED"))
-            writer.setup()
-        self.outputs[info.camera] = Output(info, writer, info.next_seq, first_seq=info.next_seq)
+            recording = SegmentedRecording(info.output, stream, self.cfg.encoder, info.camera, self.run,
+                                           info.metadata, self.max_pending,
+                                           lock=not os.environ.get("ANONENGINE_OUTPUTS_LOCKED"))
+            recording.setup()
+        self.outputs[info.camera] = Output(info, recording, info.next_seq)
 
     def _on_frame(self, out: messages.OutFrame) -> None:
         ref = out.frame
         output = self.outputs.get(ref.camera)
+        if ref.ring in self.finished_rings:
+            self._release(ref)
+            return
         if output is None:
             # A stream this encoder was not told of (it restarted): not written, so not released; the
             # compositor announces the stream again and sends its frames once more.
@@ -133,13 +138,17 @@ class EncodeService(Service):
         except (StaleSlot, FileNotFoundError):
             self.count("stale")  # the capture still holds the frame and offers it again
             return
-        self._release(ref)
-        if output.writer is not None:
-            frame = Frame(ref.camera, ref.seq, ref.pts, output.info.time_base_fraction, image)
-            output.writer.process(frame, image, None if out.obscured else out.persons)
+        if output.recording is None:
+            self._release(ref)
+        else:
+            self.releases.send(ref.composite, messages.Received(ref.camera, ref.seq))
+            record = {"camera": ref.camera, "index": ref.seq, "pts": ref.pts,
+                      "time": round(float(ref.pts * output.info.time_base_fraction), 6),
+                      "obscured": out.obscured, "persons": [] if out.obscured else out.persons}
+            for durable in output.recording.add(ref, ref.seq, ref.pts, image, record if output.info.metadata else None):
+                self._release(durable)  # on disk: the slots can go
         self._publish(out, output, image)
         output.next_seq = ref.seq + 1
-        output.written += 1
         self.count("frames")
 
     def _release(self, ref: messages.FrameRef) -> None:
@@ -163,45 +172,36 @@ class EncodeService(Service):
         except zmq.Again:
             self.count("tap_dropped")
 
-    def report(self, force: bool = False) -> None:
-        """Also tells the launcher how far each camera's output got (where a restarted capture resumes)."""
-        now = time.monotonic()
-        if self.outputs and (force or now - self._last_progress >= self.cfg.engine.stats_interval_s):
-            self._last_progress = now
-            for camera, output in self.outputs.items():
-                send(self.events, messages.Progress(camera, output.next_seq), block=False)
-        super().report(force)
+    def reports(self, force: bool) -> list:
+        """How far each camera's output got: where a restarted capture resumes."""
+        return [messages.Progress(camera, output.next_seq) for camera, output in self.outputs.items()]
 
     def _on_end(self, end: messages.StreamEnd) -> None:
         output = self.outputs.pop(end.camera, None)
         if output is None:
             return
         self.rings.drop(output.info.ring)
+        self.finished_rings.add(output.info.ring)
         if end.error:
-            if output.writer is not None:
-                output.writer.abort()
+            if output.recording is not None:
+                output.recording.abort()
             self.log.warning("%s failed, output discarded: %s", end.camera, end.error)
         else:
             self._finish(end.camera, output, complete=not end.interrupted)
 
     def _finish(self, camera: str, output: Output, complete: bool) -> None:
         """Finalises the output, playable: under its final name only when `complete`."""
-        if output.lost_before:
-            complete = False
-            self.log.error("%s: frames before %d were written by an encoder that died and are lost",
-                           camera, output.lost_before)
-        path = None
-        if output.writer is not None:
+        path, frames = None, 0
+        if output.recording is not None:
             try:
-                if output.writer.frames == 0:
-                    output.writer.abort()  # nothing written: no file at all
-                else:
-                    path = output.writer.close(complete)
+                for ref in output.recording.cut():  # every frame on disk: the compositor can let go
+                    self._release(ref)
+                path = output.recording.close(complete)  # None: nothing written, no file at all
+                frames = output.recording.frames
             except AnonError as exc:
                 self.log.error("%s: %s", camera, exc)
-        send(self.events, messages.CameraDone(camera, output.written, str(path) if path else None, complete,
-                                              output.lost_before), block=False)
-        self.log.info("%s: %d frames written to %s", camera, output.written, path or "(tap only)")
+        send(self.events, messages.CameraDone(camera, frames, str(path) if path else None, complete), block=False)
+        self.log.info("%s: %d frames written to %s", camera, frames, path or "(tap only)")
 
     def close(self) -> None:
         # On SIGTERM with streams still open: a live camera's stop is its end (final name); a file not

@@ -40,3 +40,17 @@ def shown_share(source, output, background, box) -> float:
     person = np.abs(src - background[region].astype(int)).max(axis=2) > PERSON_LEVELS
     same = np.abs(output[region].astype(int) - src).max(axis=2) < SAME_LEVELS
     return float((person & same).sum() / max(1, person.sum()))
+
+
+def records_so_far(video: Path) -> int:
+    """The frames written so far to an output video, by their metadata records (`NAME.jsonl` beside it):
+    in the engine's working segments, or in `--inline`'s `NAME.jsonl.partial`."""
+    from anonengine.recording import segments_folder
+
+    total = 0
+    for path in [video.with_suffix(".jsonl.partial"), *segments_folder(video, keep=False).glob("*.jsonl")]:
+        try:
+            total += len(path.read_text().splitlines())
+        except OSError:  # not there (yet), or a segment's joined meanwhile
+            pass
+    return total

@@ -14,11 +14,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from helpers import LEAK_SHARE, shown_share, stage_pids
+from helpers import LEAK_SHARE, records_so_far, shown_share, stage_pids
 
 from anonengine.config import CameraConfig, EngineConfig
 from anonengine.engine.launcher import Launcher
 from anonengine.inline import anonymize_frames
+from anonengine.recording import list_segments
 from anonengine.sample import make_sample
 from anonengine.shm import instance_segments
 from anonengine.stages import CompositeStage, DetectStage
@@ -201,8 +202,7 @@ def test_sigterm_mid_run_stops_everything_and_leaves_playable_files_and_clean_sh
     cfg = engine_config(tmp_path, models_dir, {"a": long_clip.video, "b": long_clip.video})
     cfg.engine.exit_when_done = False
     proc = launch_subprocess(cfg, tmp_path)
-    assert wait_for(lambda: (tmp_path / "a.jsonl.partial").exists()
-                    and (tmp_path / "a.jsonl.partial").stat().st_size > 0, 120)
+    assert wait_for(lambda: records_so_far(tmp_path / "a.mp4") > 0, 120)
     started = time.monotonic()
     proc.send_signal(signal.SIGTERM)
     proc.wait(STOP_TIMEOUT_S)
@@ -216,6 +216,44 @@ def test_sigterm_mid_run_stops_everything_and_leaves_playable_files_and_clean_sh
         assert 0 < len(frames) < 200
         assert [f.seq for f in frames] == list(range(len(frames)))
     assert instance_segments(f"p{proc.pid}") == []
+
+
+def test_a_live_camera_with_kept_segments_records_like_an_nvr(models_dir, tmp_path):
+    """`keep_segments`: the camera's recording is its folder of segments, each playable on its own while
+    the engine runs, frames in order across them, the oldest pruned past `retain_gb`, nobody shown."""
+    long_clip = make_sample(tmp_path / "long", width=WIDTH, height=HEIGHT, frames=200)
+    cfg = engine_config(tmp_path, models_dir, {"door": long_clip.video})
+    cfg.cameras[0].live = True  # a file replayed as a camera, at its frame rate (8 s), then it ends
+    cfg.encoder.segment_s, cfg.encoder.keep_segments, cfg.encoder.retain_gb = 1.0, True, 0.0003  # 300 kB
+    proc = launch_subprocess(cfg, tmp_path)
+    folder = tmp_path / "door"
+    try:
+        assert wait_for(lambda: [p for p in folder.glob("*.mp4") if ".partial" not in p.name], 120)
+        first = next(p for p in folder.glob("*.mp4") if ".partial" not in p.name)
+        assert len(list(VideoReader(str(first)))) >= 20  # playable while the engine runs
+        proc.wait(120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0 and not (tmp_path / "door.mp4").exists()
+    segments = list_segments(folder)
+    assert not list(folder.glob("*.partial.mp4")) and len(segments) >= 2
+    assert sum(s.path.stat().st_size for s in segments) <= 300_000 + max(s.path.stat().st_size for s in segments)
+    seqs = []
+    for segment in segments:
+        records = [json.loads(line) for line in segment.metadata.read_text().splitlines()]
+        assert len(list(VideoReader(str(segment.path)))) == len(records)
+        seqs += [r["index"] for r in records]
+    assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
+    assert segments[0].first_seq > 0  # the oldest were pruned
+    background = long_clip.true_background()
+    sources = [f.image for f in VideoReader(str(long_clip.video))]
+    truth = long_clip.boxes()
+    for segment in segments:
+        for frame, record in zip(VideoReader(str(segment.path)),
+                                 (json.loads(line) for line in segment.metadata.read_text().splitlines())):
+            for person in truth[record["index"]]:
+                assert shown_share(sources[record["index"]], frame.image, background, person["box"]) <= LEAK_SHARE
 
 
 def test_after_kill_9_of_the_whole_tree_the_next_start_cleans_shm(clip, models_dir, tmp_path):

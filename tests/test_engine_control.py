@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers import stage_pids
+from helpers import records_so_far, stage_pids
 from test_engine import engine_config, wait_for
 
 from anonengine.config import CameraConfig, EngineConfig
@@ -38,10 +38,6 @@ def cli(*args, cwd: Path | None = None) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k != "ANONENGINE_DEBUG"}
     return subprocess.run([sys.executable, "-m", "anonengine.cli", *map(str, args)], cwd=cwd, env=env,
                           stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=CLI_TIMEOUT_S, check=False)
-
-
-def has_lines(path: Path) -> bool:
-    return path.exists() and path.stat().st_size > 0
 
 
 def jsonl_count(path: Path) -> int:
@@ -89,9 +85,9 @@ def test_attach_detach_and_status_on_a_running_engine(models_dir, tmp_path):
         return json.loads(result.stdout)
 
     try:
-        assert wait_for(lambda: has_lines(tmp_path / "a.jsonl.partial") or proc.poll() is not None, 120)
+        assert wait_for(lambda: records_so_far(tmp_path / "a.mp4") or proc.poll() is not None, 120)
         assert proc.poll() is None, "the engine stopped before camera a got going"
-        assert has_lines(tmp_path / "a.jsonl.partial"), "camera a never got going"
+        assert records_so_far(tmp_path / "a.mp4"), "camera a never got going"
 
         # Relative paths given to `attach` are relative to where it runs, not to the engine's folder.
         (tmp_path / "elsewhere").mkdir()

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from helpers import LEAK_SHARE, shown_share
+from helpers import LEAK_SHARE, records_so_far, shown_share
 
 from anonengine.config import CameraConfig, EngineConfig, SourcesConfig
 from anonengine.errors import InputError
@@ -126,10 +126,6 @@ def source_state(run_dir: Path) -> dict:
     return status(run_dir).get("sources", {}).get("door", {})
 
 
-def lines(path: Path) -> int:
-    return len(path.read_text().splitlines()) if path.exists() else 0
-
-
 def wait_for(predicate, timeout: float, proc: subprocess.Popen | None = None) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -158,9 +154,8 @@ def stop(proc: subprocess.Popen) -> str:
 def test_a_camera_that_drops_for_10_s_comes_back_and_nothing_goes_out_raw(server, long_clip, models_dir, tmp_path):
     server.start()
     proc, run_dir = launch(tmp_path, models_dir, server.url)
-    metadata = tmp_path / "door.jsonl.partial"
     try:
-        assert wait_for(lambda: lines(metadata) >= 25, 90, proc), "no frame came from the camera"
+        assert wait_for(lambda: records_so_far(tmp_path / "door.mp4") >= 25, 90, proc), "no frame came from the camera"
         assert source_state(run_dir)["state"] == "running"
         server.stop()
         lost_at = time.monotonic()
@@ -168,10 +163,10 @@ def test_a_camera_that_drops_for_10_s_comes_back_and_nothing_goes_out_raw(server
         during = source_state(run_dir)
         assert during["error"] and during["reconnects"] >= 1
         time.sleep(max(0.0, OUTAGE_S - (time.monotonic() - lost_at)))
-        before = lines(metadata)
+        before = records_so_far(tmp_path / "door.mp4")
         server.start()
         assert wait_for(lambda: source_state(run_dir).get("state") == "running", 30, proc), source_state(run_dir)
-        assert wait_for(lambda: lines(metadata) >= before + 50, 60, proc), "no frame after the reconnection"
+        assert wait_for(lambda: records_so_far(tmp_path / "door.mp4") >= before + 50, 60, proc), "no frame after the reconnection"
         assert proc.poll() is None, "the engine stopped with its camera"
     finally:
         stderr = stop(proc)
@@ -198,7 +193,7 @@ def test_a_camera_down_at_start_keeps_trying_and_runs_once_it_answers(server, lo
         time.sleep(3)
         assert proc.poll() is None and "door" not in status(run_dir)["failed"]
         server.start()
-        assert wait_for(lambda: lines(tmp_path / "door.jsonl.partial") >= 25, 60, proc)
+        assert wait_for(lambda: records_so_far(tmp_path / "door.mp4") >= 25, 60, proc)
         assert source_state(run_dir)["state"] == "running"
     finally:
         stderr = stop(proc)

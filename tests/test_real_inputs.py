@@ -21,7 +21,7 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
-from helpers import LEAK_SHARE, shown_share, stage_pids
+from helpers import LEAK_SHARE, records_so_far, shown_share, stage_pids
 
 from anonengine.audit import audit
 from anonengine.config import CameraConfig, EngineConfig
@@ -224,10 +224,10 @@ def start_run(models_dir: Path, *args) -> subprocess.Popen:
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
 
 
-def wait_for_frames(metadata_partial: Path, proc: subprocess.Popen, timeout: float = 90) -> None:
+def wait_for_frames(video: Path, proc: subprocess.Popen, timeout: float = 90) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and proc.poll() is None:
-        if metadata_partial.exists() and metadata_partial.stat().st_size > 0:
+        if records_so_far(video) > 0:
             return
         time.sleep(0.05)
     raise AssertionError(f"no frame written (exit {proc.poll()}): {proc.stderr.read() if proc.poll() else ''}")
@@ -262,7 +262,7 @@ def test_a_stopped_file_run_keeps_a_playable_partial_and_says_how_far_it_got(
     output, metadata = tmp_path / "out.mp4", tmp_path / "out.jsonl"
     proc = start_run(models_dir, "--video-source", long_clip.video, "--output-video", output,
                      "--metadata", metadata, *(["--inline"] if path == "inline" else []))
-    wait_for_frames(tmp_path / "out.jsonl.partial", proc)
+    wait_for_frames(tmp_path / "out.mp4", proc)
     code, stderr, took = stop_and_wait(proc, sig, group)
     assert code == 128 + sig, stderr
     assert took < STOP_WITHIN_S, f"took {took:.1f} s to stop"
@@ -283,7 +283,7 @@ def test_a_stopped_live_source_ends_normally_under_its_final_name(path, long_cli
     output = tmp_path / "live.mp4"
     proc = start_run(models_dir, "--video-source", long_clip.video, "--output-video", output, "--live",
                      "--metadata", tmp_path / "live.jsonl", *(["--inline"] if path == "inline" else []))
-    wait_for_frames(tmp_path / "live.jsonl.partial", proc)
+    wait_for_frames(tmp_path / "live.mp4", proc)
     code, stderr, took = stop_and_wait(proc, signal.SIGINT, group=True)
     assert code == 0, stderr
     assert took < STOP_WITHIN_S, f"took {took:.1f} s to stop"
@@ -307,7 +307,7 @@ def test_a_second_run_on_the_same_output_fails_at_once_and_the_first_goes_on(
     first = start_run(models_dir, *args)
     try:
         if second_after == "frames":
-            wait_for_frames(tmp_path / "same.jsonl.partial", first)
+            wait_for_frames(tmp_path / "same.mp4", first)
         else:
             time.sleep(1)
         started = time.monotonic()

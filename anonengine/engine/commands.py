@@ -15,7 +15,7 @@ import zmq
 from anonengine import messages
 from anonengine.config import EngineConfig, load_yaml
 from anonengine.engine.launcher import EngineFailed
-from anonengine.errors import ConfigError, InputError, RecordingIncomplete
+from anonengine.errors import ConfigError, InputError
 from anonengine.interrupts import Interrupted, interrupted_line
 
 CONTROL_TIMEOUT_MS = 5000
@@ -95,10 +95,6 @@ def run_engine(cfg: EngineConfig, progress: bool, tap: str | None) -> int:
         logging.getLogger("anonengine").info("%s: %d frames anonymized -> %s", cam.name, done.frames, done.output)
         return 0
     if launcher.stop_signal is None:
-        if done is not None and done.lost_before:
-            raise RecordingIncomplete(
-                f"{cam.name}: its encoder died and frames 0 to {done.lost_before - 1} were lost with it; the "
-                f"{done.frames} frames after are in {done.output}")
         raise EngineFailed(f"{cam.name} ended without finishing its output")
     frames = done.frames if done is not None else 0
     print(interrupted_line(launcher.stop_signal, frames, info.frames, done.output if done else None),

@@ -17,6 +17,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,9 +31,10 @@ from anonengine.engine.runtime import TAP_SOCKET_BUFFER, Endpoints, log_malforme
 from anonengine.errors import AnonError, InputError, OutputError
 from anonengine.interrupts import STOP_SIGNALS
 from anonengine.locks import FileLock, LockBusy, is_locked, output_lock_path
-from anonengine.video import partial_path
+from anonengine.recording import segments_folder
 from anonengine.shm import instance_segments, remove_stale_segments, unlink
-from anonengine.sources import classify
+from anonengine.sources import classify, is_live
+from anonengine.video import partial_path
 
 log = logging.getLogger("anonengine.launcher")
 
@@ -86,6 +88,7 @@ class Launcher:
     def __init__(self, cfg: EngineConfig) -> None:
         self.cfg = cfg.model_copy(deep=True)
         self.instance = cfg.engine.instance or f"p{os.getpid()}"
+        self.run_id = uuid.uuid4().hex  # this run's recording segments, resumed by a restarted encoder
         self.endpoints = Endpoints(cfg.engine.run_dir, self.instance, cfg.engine.composite_workers)
         self.children: dict[str, Child] = {}
         self.output_locks: dict[str, FileLock] = {}  # camera -> its output's lock, until the camera is done
@@ -188,6 +191,8 @@ class Launcher:
         for camera in self.cfg.cameras:
             if discard and camera.name in self.output_locks:
                 partial_path(camera.output).unlink(missing_ok=True)
+                if not self.cfg.encoder.keep_segments:  # an encoder that died left its working segments
+                    shutil.rmtree(segments_folder(Path(camera.output), keep=False), ignore_errors=True)
                 if camera.metadata:
                     Path(f"{camera.metadata}.partial").unlink(missing_ok=True)
         for name in list(self.output_locks):
@@ -241,6 +246,7 @@ class Launcher:
                "ANONENGINE_ERROR_FILE": str(self._error_file(child)), "PYTHONPATH": pythonpath,
                "ANONENGINE_OUTPUTS_LOCKED": "1",  # the launcher holds every output's lock for its encoders
                "ANONENGINE_LAUNCHER_PID": str(os.getpid()),
+               "ANONENGINE_RUN_ID": self.run_id,
                "PYTHONSAFEPATH": "1"}  # fmt: skip
         # A session of its own: Ctrl-C in a terminal reaches the launcher alone, which stops the stages in
         # order; each stage ends itself if the launcher dies (runtime.follow_parent).
@@ -514,7 +520,7 @@ class Launcher:
     @staticmethod
     def _is_live(camera: CameraConfig) -> bool:
         try:
-            return bool(camera.live) or classify(camera.source).live
+            return is_live(camera.source, camera.live)
         except AnonError:
             return False
 

@@ -136,7 +136,13 @@ class Service:
         self._last_stats = now
         if self._events is None:
             self._events = self.socket(zmq.PUSH, self.endpoints.events, hwm=100)
+        for message in self.reports(force):
+            send(self._events, message, block=False)
         send(self._events, messages.Stats(self.stage, self.camera, dict(self.counters), os.getpid()), block=False)
+
+    def reports(self, force: bool) -> list:
+        """What a stage tells the launcher beside its counters, with each heartbeat; `force`: all of it."""
+        return []
 
     def shutdown(self) -> None:
         try:
