@@ -33,8 +33,7 @@ import numpy as np
 
 from anonengine.config import EncoderConfig
 from anonengine.errors import OutputError
-from anonengine.locks import FileLock, LockBusy, output_lock_path
-from anonengine.video import HeldElsewhere, StreamInfo, VideoWriter, encoder_options, partial_path
+from anonengine.video import HeldElsewhere, StreamInfo, VideoWriter, claim_output, encoder_options, partial_path
 
 log = logging.getLogger(__name__)
 
@@ -214,7 +213,8 @@ class SegmentedRecording:
         self.camera, self.run, self.metadata = camera, run, Path(metadata) if metadata else None
         self.max_pending = max(2, max_pending)
         self.folder = segments_folder(self.output, cfg.keep_segments)
-        self.lock = FileLock(output_lock_path(self.output)) if lock else HeldElsewhere()
+        self.hold_lock = lock  # False: the caller holds the output's lock (see VideoWriter)
+        self.lock = HeldElsewhere()  # until setup takes it
         self.codec_options = segment_codec_options(cfg, self.max_pending)
         self.writer: VideoWriter | None = None
         self.segment_first_pts = 0
@@ -223,23 +223,15 @@ class SegmentedRecording:
         self.muxed_last: int | None = None  # muxed, not on disk until the next packet is muxed
         self.on_disk: set[int] = set()
         self.durable_pts: int | None = None  # every frame up to here is in a segment of this run
-        self.recorded_seqs: set[int] = set()  # frames near the end whose metadata is written
+        # Records are written in frame order, once a frame is on disk: up to here they are all there.
+        self.recorded_through = -1
         self.frames = 0
         self.counter = 0
         self._cut_warned = False
 
     # --- lifecycle -----------------------------------------------------------------------------
     def setup(self) -> None:
-        if not self.output.parent.is_dir():
-            raise OutputError(f"cannot write {self.output}: folder {self.output.parent} does not exist")
-        if self.output.is_dir():
-            raise OutputError(f"cannot write {self.output}: it is a folder")
-        try:
-            self.lock.acquire()
-        except LockBusy as busy:
-            raise OutputError(f"cannot write {self.output}: another anonengine is writing it{busy.owner}") from None
-        except OSError as exc:
-            raise OutputError(f"cannot write {self.output}: {exc.strerror}") from None
+        self.lock = claim_output(self.output, self.hold_lock)
         try:
             self.folder.mkdir(exist_ok=True)
             self._recover()
@@ -265,7 +257,8 @@ class SegmentedRecording:
         if ours:
             self.durable_pts = max(pts for _, pts, _ in ours[-1].packets())
             for segment in ours[-2:]:
-                self.recorded_seqs.update(json.loads(line)["index"] for line in _lines(segment.metadata))
+                for line in _lines(segment.metadata):
+                    self.recorded_through = max(self.recorded_through, json.loads(line)["index"])
             log.info("%s: resuming the recording after %d frames on disk", self.camera, self.frames)
 
     def _repair(self, segment: Segment) -> None:
@@ -294,7 +287,7 @@ class SegmentedRecording:
         """Encodes a frame (unless this run already has it on disk); returns the tokens of the frames
         that are now durable, in order."""
         if self.durable_pts is not None and pts <= self.durable_pts:
-            if record is not None and seq not in self.recorded_seqs:
+            if record is not None and seq > self.recorded_through:
                 self._record(record)  # the video had it; its metadata died with the encoder
             return [token]
         if self.writer is not None and (pts - self.segment_first_pts) * self.stream.time_base >= self.cfg.segment_s:
@@ -354,7 +347,7 @@ class SegmentedRecording:
         meta.flush()
         if meta is not self.segment_meta:
             meta.close()
-        self.recorded_seqs.add(record["index"])
+        self.recorded_through = max(self.recorded_through, record["index"])
 
     def _close_segment(self) -> list:
         """Flushes the encoder and closes the open segment: every frame in it is durable."""

@@ -208,6 +208,22 @@ class HeldElsewhere:
         pass
 
 
+def claim_output(path: Path, lock: bool = True) -> FileLock | HeldElsewhere:
+    """Checks that `path` can be written and takes its lock (`lock=False`: the caller holds it);
+    OutputError, one line, if not."""
+    if not path.parent.is_dir():
+        raise OutputError(f"cannot write {path}: folder {path.parent} does not exist")
+    if path.is_dir():  # else only the final rename would fail, after all the work
+        raise OutputError(f"cannot write {path}: it is a folder")
+    claimed = FileLock(output_lock_path(path)) if lock else HeldElsewhere()
+    try:
+        return claimed.acquire()
+    except LockBusy as busy:
+        raise OutputError(f"cannot write {path}: another anonengine is writing it{busy.owner}") from None
+    except OSError as exc:
+        raise OutputError(f"cannot write {path}: {exc.strerror}") from None
+
+
 def partial_path(output: str | os.PathLike) -> Path:
     """Where an output is written until it is complete: `NAME.partial.SUFFIX`."""
     path = Path(output)
@@ -241,18 +257,8 @@ class VideoWriter:
         self.codec_options = codec_options if codec_options is not None else encoder_options(cfg)
         self.path = Path(path)
         self.partial = partial_path(self.path)
-        if not self.path.parent.is_dir():
-            raise OutputError(f"cannot write {self.path}: folder {self.path.parent} does not exist")
-        if self.path.is_dir():  # else only the final rename in close() would fail, after all the work
-            raise OutputError(f"cannot write {self.path}: it is a folder")
         self.width, self.height = width, height
-        self.lock = FileLock(output_lock_path(self.path)) if lock else HeldElsewhere()
-        try:
-            self.lock.acquire()
-        except LockBusy as busy:
-            raise OutputError(f"cannot write {self.path}: another anonengine is writing it{busy.owner}") from None
-        except OSError as exc:
-            raise OutputError(f"cannot write {self.path}: {exc.strerror}") from None
+        self.lock = claim_output(self.path, lock)
         try:
             self._open(rate, time_base, cfg)
         except BaseException:  # an error, or a stop signal while the encoder starts

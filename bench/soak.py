@@ -36,6 +36,17 @@ from anonengine.sample import make_sample  # noqa: E402
 from anonengine.shm import instance_segments  # noqa: E402
 
 
+def recordings_mb(work: Path) -> float:
+    """What the cameras' segments take on disk: kept (cam0/) or joined at the end (.cam0.mp4.segments/)."""
+    total = 0
+    for path in [*work.glob("cam*/*"), *work.glob(".cam*.segments/*")]:
+        try:
+            total += path.stat().st_size
+        except FileNotFoundError:  # removed by retention meanwhile
+            pass
+    return round(total / 1e6, 1)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -60,6 +71,8 @@ def main() -> int:
     parser.add_argument("--minutes", type=float, default=30)
     parser.add_argument("--cameras", type=int, default=2)
     parser.add_argument("--imgsz", type=int, default=320)
+    parser.add_argument("--keep-segments", action="store_true",
+                        help="record as an NVR: 20 s segments kept, at most 20 MB a camera (retention)")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="anonengine-soak-"))
     clip = make_sample(work / "clip", width=640, height=360, frames=1500)
@@ -76,6 +89,8 @@ def main() -> int:
     cfg.anonymizer.detector.imgsz = args.imgsz
     cfg.anonymizer.detector.pose_model = str(models.pull("yolo11n-pose.pt"))
     cfg.engine.run_dir, cfg.tap.endpoint = str(work / "run"), ""
+    if args.keep_segments:
+        cfg.encoder.segment_s, cfg.encoder.keep_segments, cfg.encoder.retain_gb = 20, True, 0.02
     config = work / "engine.yaml"
     config.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
     engine = subprocess.Popen([sys.executable, "-m", "anonengine.cli", "launch", str(config)],
@@ -92,7 +107,8 @@ def main() -> int:
             stats = json.loads(status.stdout)["stats"] if status.returncode == 0 else {}
             now = {**sample(pids, instance), "minute": round((time.monotonic() - started) / 60, 1),
                    "frames_out": sum(v.get("frames", 0) for k, v in stats.items() if k.startswith("encode")),
-                   "reconnects": sum(v.get("reconnects", 0) for k, v in stats.items() if k.startswith("capture"))}
+                   "reconnects": sum(v.get("reconnects", 0) for k, v in stats.items() if k.startswith("capture")),
+                   "recordings_mb": recordings_mb(work)}
             samples.append(now)
             print(json.dumps(now), flush=True)
     finally:
@@ -105,7 +121,7 @@ def main() -> int:
         print("too short to judge: at least 3 minutes")
         return 1
     first, last = samples[1], samples[-1]
-    growth = {k: round(last[k] - first[k], 1) for k in ("rss_mb", "fds", "shm_mb", "processes")}
+    growth = {k: round(last[k] - first[k], 1) for k in ("rss_mb", "fds", "shm_mb", "processes", "recordings_mb")}
     print(f"growth from minute {first['minute']} to {last['minute']} (machine: {os.cpu_count()} cores, "
           f"{args.cameras} RTSP cameras 640x360 at 25 fps, imgsz {args.imgsz}): {json.dumps(growth)}")
     print(f"engine log: {work / 'engine.log'}")

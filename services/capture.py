@@ -9,7 +9,6 @@ detector died, say) is offered again; downstream drops the duplicates by seq.
 from __future__ import annotations
 
 import os
-import sys
 import time
 from dataclasses import dataclass
 
@@ -275,4 +274,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from anonengine.engine.runtime import exit_process
+
+    exit_process(main())

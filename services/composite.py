@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import itertools
 import os
-import sys
 from dataclasses import dataclass, field
 
 import msgspec
@@ -298,4 +297,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from anonengine.engine.runtime import exit_process
+
+    exit_process(main())

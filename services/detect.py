@@ -9,7 +9,6 @@ reported stale instead of with detections that belong to another picture.
 from __future__ import annotations
 
 import os
-import sys
 import time
 
 import zmq
@@ -135,4 +134,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from anonengine.engine.runtime import exit_process
+
+    exit_process(main())

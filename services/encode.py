@@ -10,7 +10,6 @@ high-water mark drops frames for a slow subscriber instead of slowing the engine
 from __future__ import annotations
 
 import os
-import sys
 import time
 import uuid
 from dataclasses import dataclass
@@ -195,7 +194,8 @@ class EncodeService(Service):
         if output.recording is not None:
             try:
                 for ref in output.recording.cut():  # every frame on disk: the compositor can let go
-                    self._release(ref)
+                    if not self.stopping:  # else it is gone already: a message to it would hold our exit
+                        self._release(ref)
                 path = output.recording.close(complete)  # None: nothing written, no file at all
                 frames = output.recording.frames
             except AnonError as exc:
@@ -223,4 +223,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from anonengine.engine.runtime import exit_process
+
+    exit_process(main())
