@@ -90,6 +90,11 @@ class BackgroundConfig(StrictModel):
     fill_scale: int = Field(
         320, ge=32, le=4096, description="Width in pixels at which unseen areas are inpainted (speed)."
     )
+    follow_camera: bool = Field(
+        True,
+        description="Follow the camera's motion (pan, tilt, zoom, shake), estimated from person-free pixels, so "
+        "the background neither smears nor ghosts when the camera moves; a still camera costs about 1 ms a frame.",
+    )
 
 
 class PoseDrawConfig(StrictModel):

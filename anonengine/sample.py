@@ -92,14 +92,16 @@ def _load_sprite(name: str, height: int) -> np.ndarray:
 
 
 def render_frames(width: int, height: int, frames: int, seed: int = 0, actors=ACTORS, pan: float = 0.0,
-                  cut_at: int | None = None):
+                  cut_at: int | None = None, shake: float = 0.0):
     """Yields (image, true background, persons) for each frame.
 
     `actors`: (sprite, height share, start centre, end centre), centres in shares of the frame; a centre
     outside 0..1 puts the person partly or wholly out of the picture (entering, leaving). `pan`: the
     camera turns over the clip by this share of the frame width. `cut_at`: from that frame on, another
-    scene. Persons' boxes are clipped to the frame; persons out of the picture are not listed.
+    scene. `shake`: a hand-held camera, each frame shifted by up to this many pixels (sub-pixel, at
+    random). Persons' boxes are clipped to the frame; persons out of the picture are not listed.
     """
+    jitter = np.random.default_rng(seed + 1000).uniform(-shake, shake, (frames, 2)) if shake else np.zeros((frames, 2))
     canvas_width = width + round(pan * width)
     scenes = [make_scene(canvas_width, height, seed)]
     if cut_at is not None:
@@ -112,10 +114,15 @@ def render_frames(width: int, height: int, frames: int, seed: int = 0, actors=AC
         scene = np.ascontiguousarray(canvas[:, offset : offset + width])
         image = scene.copy()
         persons = []
+        dx, dy = jitter[i]
+        if shake:  # the whole view moves: the scene, and the persons in it
+            shift = np.float32([[1, 0, dx], [0, 1, dy]])
+            scene = cv2.warpAffine(scene, shift, (width, height), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
+            image = scene.copy()
         for name, sprite, start, end in sprites:
             sh, sw = sprite.shape[:2]
-            x0 = round((start[0] + (end[0] - start[0]) * t) * width - sw / 2)
-            y0 = round((start[1] + (end[1] - start[1]) * t) * height - sh / 2)
+            x0 = round((start[0] + (end[0] - start[0]) * t) * width - sw / 2 + dx)
+            y0 = round((start[1] + (end[1] - start[1]) * t) * height - sh / 2 + dy)
             vx0, vy0, vx1, vy1 = max(0, x0), max(0, y0), min(width, x0 + sw), min(height, y0 + sh)
             if vx1 <= vx0 or vy1 <= vy0:
                 continue

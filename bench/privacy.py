@@ -7,9 +7,10 @@ background of every frame). Both methods get the same detections from the real p
 same detector faults injected, so the difference is what each does with them:
 - seed: background initialised from frame 0, running average outside per-frame dilated boxes,
   Gaussian-blurred mask, alpha blend (the algorithm of ../shared/SEED.md);
-- anonengine: the `bbox` compositor (seen-pixel background with fill, mask hold, edges, cut reset),
-  as configured by default (look-ahead of LOOKAHEAD frames), without look-ahead, and detecting on
-  every STRIDE-th frame only (`detector.stride`). Skeletons are off for all, so that bg err measures
+- anonengine: the `bbox` compositor (seen-pixel background with fill, mask hold, edges, cut reset,
+  camera motion followed), as configured by default (look-ahead of LOOKAHEAD frames), without
+  look-ahead, with the camera's motion not followed ("fixed camera", as before issue 11), and
+  detecting on every STRIDE-th frame only (`detector.stride`). Skeletons are off for all, so that bg err measures
   the reconstruction alone.
 
 Per case and method it prints:
@@ -55,6 +56,8 @@ def cases(frames: int) -> dict[str, dict]:
         f"detector misses {k} frames": {"actors": ACTORS, "missed": range(frames // 2, frames // 2 + k)},
         "entering at the edges": {"actors": ENTERING},
         "slow pan": {"actors": ACTORS, "pan": 0.25},
+        "fast pan": {"actors": ACTORS, "pan": 1.0},
+        "hand-held shake": {"actors": ACTORS, "shake": 3.0},
         "scene cut": {"actors": ACTORS, "cut_at": frames // 2},
     }
 
@@ -141,15 +144,19 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for name, case in cases(args.frames).items():
             rendered = list(render_frames(args.width, args.height, args.frames, actors=case["actors"],
-                                          pan=case.get("pan", 0.0), cut_at=case.get("cut_at")))
+                                          pan=case.get("pan", 0.0), cut_at=case.get("cut_at"),
+                                          shake=case.get("shake", 0.0)))
             images = [r[0] for r in rendered]
             scenes = [r[1] for r in rendered]
             truth = [r[2] for r in rendered]
             detections = [detector.detect([image])[0] for image in images]
             for i in case.get("missed", ()):
                 detections[i] = Detections.empty(detections[i].frame_shape)
+            fixed = ahead.model_copy(deep=True)
+            fixed.background.follow_camera = False
             runs = [("seed", seed_algorithm(images, detections)),
                     ("no lookahead", anonengine_algorithm(images, detections, cfg)),
+                    ("fixed camera", anonengine_algorithm(images, detections, fixed)),
                     ("anonengine", anonengine_algorithm(images, detections, ahead))]
             for stride in args.strides:
                 strided = [d if i % stride == 0 else Detections.undetected(d.frame_shape)
