@@ -19,7 +19,10 @@ Per case and method it prints:
   neighbourhood, so that a smooth fill that merely has the colour of a coat is not counted);
 - audit: share of person frames where the independent adversary (`anonengine audit`: pose model,
   low threshold, imgsz 960, frame and mirror image) finds a person over unchanged pixels (--audit);
-- bg err: mean absolute error against the true background inside the persons' boxes (grey levels).
+- bg err: mean absolute error against the true background inside the persons' boxes (grey levels);
+- flicker: mean change between consecutive output frames inside the boxes of persons who stand still
+  in the frame (grey levels): what hides them should hold still (a pan moves the scene, and persons
+  cut in by it, so there it is not flicker alone).
 """
 
 from __future__ import annotations
@@ -108,6 +111,18 @@ def leak_and_error(images, outputs, scenes, truth) -> tuple[float, float, int]:
     return leaked / max(1, pairs), float(np.mean(errors)) if errors else math.nan, pairs
 
 
+def flicker(outputs, truth) -> float:
+    """Mean change between consecutive output frames over persons who stand still (in the frame): what
+    replaces them should hold still too. NaN when nobody stands still."""
+    changes = []
+    for before, after, persons in zip(outputs, outputs[1:], truth[1:]):
+        for p in persons:
+            if p["still"]:
+                x0, y0, x1, y1 = p["box"]
+                changes.append(np.abs(after[y0:y1, x0:x1].astype(int) - before[y0:y1, x0:x1]).mean())
+    return float(np.mean(changes)) if changes else math.nan
+
+
 def audit_rate(images, outputs, truth, tmp: Path, fps: int) -> float:
     from anonengine.audit import audit
 
@@ -167,11 +182,11 @@ def main() -> None:
             for method, outputs in runs:
                 leak, error, pairs = leak_and_error(images, outputs, scenes, truth)
                 audited = audit_rate(images, outputs, truth, Path(tmp), 25) if args.audit else math.nan
-                rows.append((name, method, leak, audited, error, pairs))
+                rows.append((name, method, leak, audited, error, flicker(outputs, truth), pairs))
     print(f"clips {args.width}x{args.height}, {args.frames} frames, yolo11n-pose at imgsz {cfg.detector.imgsz}")
-    print(f"{'case':28s} {'method':13s} {'leak':>6s} {'audit':>6s} {'bg err':>7s} {'pairs':>6s}")
-    for name, method, leak, audited, error, pairs in rows:
-        print(f"{name:28s} {method:13s} {leak:6.1%} {audited:6.1%} {error:7.1f} {pairs:6d}")
+    print(f"{'case':28s} {'method':13s} {'leak':>6s} {'audit':>6s} {'bg err':>7s} {'flicker':>7s} {'pairs':>6s}")
+    for name, method, leak, audited, error, flickers, pairs in rows:
+        print(f"{name:28s} {method:13s} {leak:6.1%} {audited:6.1%} {error:7.1f} {flickers:7.2f} {pairs:6d}")
 
 
 if __name__ == "__main__":
