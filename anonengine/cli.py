@@ -2,10 +2,25 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import sys
+
+
+def _interrupted_while_starting(signum: int, _frame) -> None:
+    # Until main() installs the real handlers, imports (PyTorch, pydantic) run for a second or two: a
+    # Ctrl-C then ends the command with its one line, not a KeyboardInterrupt traceback.
+    sys.stderr.write(f"anonengine: interrupted by {signal.Signals(signum).name}\n")
+    os._exit(128 + signum)
+
+
+if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not inside a host that has its own
+    for _sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(_sig, _interrupted_while_starting)
+
+# The rest is imported after the handlers, which must come first.
 import argparse
 import logging
-import os
-import sys
 from pathlib import Path
 
 from pydantic import ValidationError

@@ -388,6 +388,8 @@ def test_run_gives_up_on_a_crash_loop_and_stops_the_rest_in_order(tmp_path):
     spawn = FakeSpawn(lambda name: 1 if name == "detect0" else None)
     launcher = fake_launcher(tmp_path, spawn, restart_limit=2)
     launcher.clock = time.monotonic  # the restart backoff (0.5 s before the 2nd restart) must pass
+    for child in launcher.children.values():
+        child.last_beat = launcher.clock()  # set up: stopped in order (a stage still starting is killed)
     with pytest.raises(EngineFailed, match="detect0 died 3 times"):
         launcher.run()
     # Captures first, then (the dead detector is skipped) compositor, then encoder.

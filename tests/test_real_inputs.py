@@ -278,6 +278,22 @@ def test_a_stopped_file_run_keeps_a_playable_partial_and_says_how_far_it_got(
         assert_nothing_left(f"p{proc.pid}")
 
 
+@pytest.mark.parametrize("after_s", [0.3, 2.5])
+def test_ctrl_c_during_start_up_ends_the_run_at_once_with_one_line(after_s, long_clip, models_dir, tmp_path):
+    """While Python imports (0.3 s) and while the stages load the model (2.5 s): no traceback, no wait for
+    a load to finish (it took up to 10 s), nothing left behind."""
+    proc = start_run(models_dir, "--video-source", long_clip.video, "--output-video", tmp_path / "out.mp4", "--live")
+    time.sleep(after_s)
+    code, stderr, took = stop_and_wait(proc, signal.SIGINT, group=True)
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in stderr, stderr
+    # Before any frame: interrupted (130) or, once the engine runs, a live camera's stop (0).
+    assert (code, "interrupted by SIGINT" in lines[0] or "stopped before its first frame" in lines[0]) in (
+        (130, True), (0, True)) or (code == 0 and "frames anonymized" in lines[0]), (code, stderr)
+    assert took < STOP_WITHIN_S, f"took {took:.1f} s to stop"
+    assert_nothing_left(f"p{proc.pid}")
+
+
 @pytest.mark.parametrize("path", ["engine", "inline"])
 def test_a_stopped_live_source_ends_normally_under_its_final_name(path, long_clip, models_dir, tmp_path):
     output = tmp_path / "live.mp4"

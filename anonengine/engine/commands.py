@@ -92,7 +92,10 @@ def run_engine(cfg: EngineConfig, progress: bool, tap: str | None) -> int:
             bar.close()
     done = launcher.done.get(cam.name)
     if done is not None and done.complete:
-        logging.getLogger("anonengine").info("%s: %d frames anonymized -> %s", cam.name, done.frames, done.output)
+        if done.output is None and cam.output:  # a live camera stopped before its first frame
+            logging.getLogger("anonengine").info("%s: stopped before its first frame; nothing written", cam.name)
+        else:
+            logging.getLogger("anonengine").info("%s: %d frames anonymized -> %s", cam.name, done.frames, done.output)
         return 0
     if launcher.stop_signal is None:
         raise EngineFailed(f"{cam.name} ended without finishing its output")

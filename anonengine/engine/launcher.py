@@ -489,6 +489,12 @@ class Launcher:
         order = [(stage,) for stage in STOP_ORDER]
         if self.stop_signal is not None and not any(self._is_live(c) for c in self.cfg.cameras):
             order = [STOP_ORDER]
+        for child in self.children.values():
+            if child.last_beat is None and child.process.poll() is None:
+                # Still starting (a model load, a C call that would hold a signal for seconds): it holds
+                # no frame yet, and what it made is removed with the instance below.
+                child.process.kill()
+                child.process.wait()
         for stages in order:
             group = [c for c in self.children.values() if c.stage in stages and c.process.poll() is None]
             for child in group:
