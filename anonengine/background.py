@@ -190,21 +190,25 @@ class BackgroundModel:
         offset = self._placement()
         if offset is not None:
             return (offset[0], offset[1], offset[0] + w, offset[1] + h), None
-        corners = cv2.transform(np.float64([[[0, 0], [w, 0], [0, h], [w, h]]]), self._to_canvas[:2])[0]
+        (left, top), (right, bottom) = self._extent()
         ch, cw = self._seen.shape
-        x0, y0 = np.clip(np.floor(corners.min(axis=0)).astype(int), 0, [cw, ch])
-        x1, y1 = np.clip(np.ceil(corners.max(axis=0)).astype(int) + 1, 0, [cw, ch])
+        x0, y0 = np.clip(np.floor([left, top]).astype(int), 0, [cw, ch])
+        x1, y1 = np.clip(np.ceil([right, bottom]).astype(int) + 1, 0, [cw, ch])
         to_box = self._to_canvas[:2].copy()
         to_box[:, 2] -= (x0, y0)
         return (int(x0), int(y0), int(max(x1, x0 + 1)), int(max(y1, y0 + 1))), to_box
 
+    def _extent(self) -> tuple[np.ndarray, np.ndarray]:
+        """The (x, y) least and greatest of the frame's corners on the canvas."""
+        h, w = self._frame_shape[:2]
+        corners = cv2.transform(np.float64([[[0, 0], [w, 0], [0, h], [w, h]]]), self._to_canvas[:2])[0]
+        return corners.min(axis=0), corners.max(axis=0)
+
     def _keep_on_canvas(self) -> None:
         """After a long pan the frame nears the canvas' edge: the canvas moves with it, by whole pixels,
         forgetting the scene farthest behind."""
-        h, w = self._frame_shape[:2]
         ch, cw = self._seen.shape
-        corners = cv2.transform(np.float64([[[0, 0], [w, 0], [0, h], [w, h]]]), self._to_canvas[:2])[0]
-        (x0, y0), (x1, y1) = corners.min(axis=0), corners.max(axis=0)
+        (x0, y0), (x1, y1) = self._extent()
         if x0 >= 0 and y0 >= 0 and x1 <= cw and y1 <= ch:
             return
         # Centre the frame's footprint again.

@@ -251,15 +251,21 @@ class SegmentedRecording:
             for stale in [s for s in segments if s.run != self.run or s.camera != self.camera]:
                 self._remove(stale)
         self.counter = 1 + max((segment_counter(p) for p in self.folder.glob("*.mp4")), default=0)
-        ours = [s for s in list_segments(self.folder) if s.run == self.run and s.camera == self.camera]
-        for segment in ours:
+        ours = self._run_segments()
+        for segment in ours[:-1]:
             self.frames += sum(1 for _ in segment.packets())
         if ours:
-            self.durable_pts = max(pts for _, pts, _ in ours[-1].packets())
+            last = [pts for _, pts, _ in ours[-1].packets()]  # read once: counted, and where it ends
+            self.frames += len(last)
+            self.durable_pts = max(last, default=None)
             for segment in ours[-2:]:
                 for line in _lines(segment.metadata):
                     self.recorded_through = max(self.recorded_through, json.loads(line)["index"])
             log.info("%s: resuming the recording after %d frames on disk", self.camera, self.frames)
+
+    def _run_segments(self) -> list[Segment]:
+        """This run's segments of this camera, oldest first."""
+        return [s for s in list_segments(self.folder) if s.run == self.run and s.camera == self.camera]
 
     def _repair(self, segment: Segment) -> None:
         """Rewrites a segment cut short by a kill with the frames that reached the disk whole."""
@@ -291,7 +297,7 @@ class SegmentedRecording:
                 self._record(record)  # the video had it; its metadata died with the encoder
             return [token]
         if self.writer is not None and (pts - self.segment_first_pts) * self.stream.time_base >= self.cfg.segment_s:
-            durable = self._close_segment()
+            durable = self.cut()
         else:
             durable = []
         if self.writer is None:
@@ -304,7 +310,7 @@ class SegmentedRecording:
                 self._cut_warned = True
                 log.warning("%s: the encoder holds %d frames, more than the rings leave it: segments are cut "
                             "short (raise engine.ring_slots)", self.camera, len(self.pending))
-            durable += self._close_segment()
+            durable += self.cut()
         return durable
 
     def _open_segment(self, seq: int, pts: int) -> None:
@@ -341,7 +347,7 @@ class SegmentedRecording:
     def _record(self, record: dict) -> None:
         meta = self.segment_meta
         if meta is None:  # a frame of the segment before a restart: its record joins the next segment's
-            segments = [s for s in list_segments(self.folder) if s.run == self.run]
+            segments = self._run_segments()
             meta = open(segments[-1].metadata if segments else self.folder / "orphans.jsonl", "a")
         meta.write(json.dumps(record) + "\n")
         meta.flush()
@@ -349,7 +355,7 @@ class SegmentedRecording:
             meta.close()
         self.recorded_through = max(self.recorded_through, record["index"])
 
-    def _close_segment(self) -> list:
+    def cut(self) -> list:
         """Flushes the encoder and closes the open segment: every frame in it is durable."""
         writer, self.writer = self.writer, None
         if writer is None:
@@ -368,18 +374,15 @@ class SegmentedRecording:
             self._prune(keep=path)
         return durable
 
-    def cut(self) -> list:
-        return self._close_segment()
-
     # --- the end -------------------------------------------------------------------------------
     def close(self, complete: bool = True) -> Path | None:
         """Closes the open segment; joins the run's segments into the output (its `.partial` name when not
         `complete`) unless they are kept. Returns the recording, or None when it holds no frame."""
         try:
-            self._close_segment()
+            self.cut()
             if self.cfg.keep_segments:
                 return self.folder if self.frames else None
-            ours = [s for s in list_segments(self.folder) if s.run == self.run]
+            ours = self._run_segments()
             if not self.frames:
                 return None
             target = self.output if complete else partial_path(self.output)
@@ -400,8 +403,10 @@ class SegmentedRecording:
     def abort(self) -> None:
         """A failed stream: its frames are not an output. Kept segments stay (they are recordings)."""
         writer, self.writer = self.writer, None
-        if writer is not None:
-            writer.close() if self.cfg.keep_segments else writer.abort()
+        if writer is not None and self.cfg.keep_segments:
+            writer.close()
+        elif writer is not None:
+            writer.abort()
         if self.segment_meta is not None:
             self.segment_meta.close()
             self.segment_meta = None

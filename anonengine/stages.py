@@ -144,6 +144,18 @@ class CompositeStage(Stage):
         self.compositors.pop(camera, None)
 
 
+def frame_record(frame: Frame, persons: list[dict] | None) -> dict:
+    """A frame's metadata line; `persons` is None for an obscured frame."""
+    return {
+        "camera": frame.camera,
+        "index": frame.seq,
+        "pts": frame.pts,
+        "time": round(frame.time, 6),
+        "obscured": persons is None,
+        "persons": persons or [],
+    }
+
+
 class EncodeStage(Stage):
     """Writes one camera's anonymized frames, and optionally per-frame metadata as JSON lines.
 
@@ -184,15 +196,7 @@ class EncodeStage(Stage):
         """Writes `image` at the frame's time; `persons` is None for an obscured frame."""
         self.writer.write(image, frame.pts)
         if self._meta_file is not None:
-            record = {
-                "camera": frame.camera,
-                "index": frame.seq,
-                "pts": frame.pts,
-                "time": round(frame.time, 6),
-                "obscured": persons is None,
-                "persons": persons or [],
-            }
-            self._meta_file.write(json.dumps(record) + "\n")
+            self._meta_file.write(json.dumps(frame_record(frame, persons)) + "\n")
 
     def close(self, complete: bool = True) -> Path | None:
         """Finalises the output, playable; returns where it is.

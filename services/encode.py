@@ -22,7 +22,8 @@ from anonengine.engine.runtime import POLL_MS, TAP_SOCKET_BUFFER, Service, ToCom
 from anonengine.errors import AnonError, OutputError
 from anonengine.recording import SegmentedRecording
 from anonengine.shm import RingCache, StaleSlot
-from anonengine.video import StreamInfo
+from anonengine.stages import frame_record
+from anonengine.video import Frame, StreamInfo
 
 
 @dataclass
@@ -141,9 +142,8 @@ class EncodeService(Service):
             self._release(ref)
         else:
             self.releases.send(ref.composite, messages.Received(ref.camera, ref.seq))
-            record = {"camera": ref.camera, "index": ref.seq, "pts": ref.pts,
-                      "time": round(float(ref.pts * output.info.time_base_fraction), 6),
-                      "obscured": out.obscured, "persons": [] if out.obscured else out.persons}
+            frame = Frame(ref.camera, ref.seq, ref.pts, output.info.time_base_fraction, image)
+            record = frame_record(frame, None if out.obscured else out.persons)
             for durable in output.recording.add(ref, ref.seq, ref.pts, image, record if output.info.metadata else None):
                 self._release(durable)  # on disk: the slots can go
         self._publish(out, output, image)
