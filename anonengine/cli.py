@@ -259,5 +259,12 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
+def entry_point(argv: list[str] | None = None) -> None:
+    """The `anonengine` program: `main`, then an exit that skips the interpreter's teardown."""
+    from anonengine.interrupts import exit_process
+
+    exit_process(main(argv))
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry_point()

@@ -7,8 +7,10 @@ so a frame is never left half written, and a live source can end its output clea
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
+import sys
 from contextlib import contextmanager
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
@@ -66,3 +68,13 @@ def interrupted_line(signum: int, frames: int, total: int, partial: str | os.Pat
     of = f" of {total}" if total else ""
     kept = f"; they are in {partial} (playable; the full output was not written)" if partial and frames else ""
     return f"anonengine: interrupted by {signal.Signals(signum).name} after {frames}{of} frames{kept}"
+
+
+def exit_process(code: int) -> None:
+    """Ends the process once its work returned: everything it held is closed by then, and skipping the
+    interpreter's teardown (PyTorch, OpenVINO: a second or two, five on a loaded machine) lets a stop end
+    sooner."""
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

@@ -2,7 +2,7 @@
 
 import sys
 
-from anonengine.cli import main
+from anonengine.cli import entry_point
 
 if __name__ == "__main__":
-    sys.exit(main(["run", "--method", "bbox", *sys.argv[1:]]))
+    entry_point(["run", "--method", "bbox", *sys.argv[1:]])

@@ -274,6 +274,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    from anonengine.engine.runtime import exit_process
+    from anonengine.interrupts import exit_process
 
     exit_process(main())

@@ -237,15 +237,6 @@ def follow_parent() -> int:
     return parent
 
 
-def exit_process(code: int) -> None:
-    """Ends a stage process once `run_service` returned: everything it held is closed by then, and
-    skipping the interpreter's teardown (PyTorch, OpenVINO: a second or two) lets a stop end sooner."""
-    logging.shutdown()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
-
-
 def run_service(factory, argv: list[str] | None = None, extra_args=None) -> int:
     """Runs one service to completion; the exit code tells the launcher what happened.
 
