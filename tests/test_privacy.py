@@ -103,6 +103,23 @@ def test_weak_person_is_hidden_but_gets_no_skeleton():
         assert (limb > 20) == drawn, (score, limb)
 
 
+def test_a_tracked_persons_box_never_shrinks_faster_than_they_move():
+    """Where two persons overlap the detector's box for the one behind can shrink at once (5 px of a
+    40-px-wide person in the engine's live test): they are still hidden where they were a frame ago."""
+    from anonengine.config import HoldConfig
+    from anonengine.tracking import MaskHold
+
+    hold = MaskHold(HoldConfig())
+    kps = np.zeros((1, 17, 3), np.float32)
+    wide = np.array([[100, 50, 140, 160]], np.float32)
+    for _ in range(3):
+        hold.update(Detections((200, 300), wide, np.array([0.9], np.float32), kps))
+    narrow = np.array([[100, 50, 123, 160]], np.float32)
+    held = hold.update(Detections((200, 300), narrow, np.array([0.9], np.float32), kps))
+    assert held.boxes[:, 2].max() >= 139  # the last frame's right edge is hidden too
+    assert (held.scores[1:] == 0).all()  # as a box-only person: hidden, never drawn
+
+
 def test_box_at_the_frame_edge_is_extended_to_the_edge():
     cfg = MaskConfig(box_margin=0.0, min_margin_px=0, edge_snap=0.05)
     boxes = np.array([[8, 100, 60, 200], [300, 10, 390, 290]], np.float32)
