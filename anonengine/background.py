@@ -4,7 +4,8 @@ The seed started the background from frame 0, so a person in view then was paste
 "background" for as long as they stood there. Here every pixel also records whether it has ever
 been seen free of persons. A pixel is learnt the first time it is seen free (copied), then follows
 lighting and slow change with learning rate `alpha`. Pixels never seen free are filled from the seen
-background around them (inpainting) or a flat grey: never from the frame, which holds the person.
+background beside them (mirrored into the hole, `mirror_fill`; or inpainted; or a flat grey): never
+from the frame, which holds the person.
 
 The model lives in scene coordinates: a canvas a quarter of the frame larger on each side, onto which
 each frame is placed by the camera's motion since the first (`CameraMotion`: pan, tilt, zoom, roll,
@@ -14,6 +15,10 @@ offsets, so nothing is resampled: the model is exactly the plain running average
 """
 
 from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+from math import ceil
 
 import cv2
 import numpy as np
@@ -25,7 +30,14 @@ CUT_SAMPLE_STEP = 4
 CUT_PIXEL_CHANGE = 40  # grey levels
 FILL_REFRESH_FRAMES = 25
 CANVAS_MARGIN = 0.25  # of the frame's size, on each side
-MOTION_WIDTH = 320  # motion is estimated on a grey copy this wide
+MIRROR_SEAM_PX = 4.0  # where a hole's two mirror images meet, they cross-fade over this width
+# A moving camera's frames are resampled onto the canvas, then the canvas back onto frames: twice
+# bilinear blurs fine texture (cobbles: 3.1 grey levels off under a 3-px shake, 2.4 with bicubic for the
+# second, which touches only the persons' regions; bicubic for the first, every whole frame, costs 14 ms
+# at 720p for 0.2 more).
+RENDER_RESAMPLE = cv2.INTER_CUBIC
+MAX_CANVAS = 3  # frames a side: how far a canvas grows to keep a recording's waiting frames on it
+MOTION_WIDTH = 640  # motion is estimated on a grey copy this wide (320: 0.7 grey levels worse under shake)
 MOTION_FEATURES = 200
 MIN_TRACKS = 12  # fewer inlier tracks than this: the motion is not known (taken as none)
 STILL_PX = 0.2  # motion smaller than this, anywhere in the frame, is noise: the camera stands still
@@ -104,49 +116,83 @@ class CameraMotion:
         return matrix
 
 
+@dataclass(eq=False)
+class Scene:
+    """What is learnt of one scene (until a cut), on a canvas larger than the frame."""
+
+    mean: np.ndarray  # float32 HxWx3
+    seen: np.ndarray  # uint8, 255 = seen free of persons at least once
+    origin: np.ndarray  # 3x3, scene coordinates -> canvas pixels: the canvas moves over a long pan
+    fill: np.ndarray | None = None  # uint8 HxWx3 like mean, valid on every pixel still unseen
+    fill_frame: int = 0
+
+
+@dataclass(frozen=True, eq=False)
+class View:
+    """Where one frame lies in its scene. Rendering a view after later frames were learnt is how a
+    recording's frame is filled from what the camera saw after it (`background.future_frames`)."""
+
+    scene: Scene
+    to_scene: np.ndarray  # 3x3, frame pixel -> scene coordinates
+    shape: tuple[int, ...]
+
+    @property
+    def to_canvas(self) -> np.ndarray:
+        return self.scene.origin @ self.to_scene
+
+
 class BackgroundModel:
-    def __init__(self, cfg: BackgroundConfig) -> None:
+    """`keep_frames`: views this many frames old may still be rendered (a recording's frames waiting for
+    their future): their part of the scene stays on the canvas, and the fill covers it."""
+
+    def __init__(self, cfg: BackgroundConfig, keep_frames: int = 0) -> None:
         self.cfg = cfg
         self.motion = CameraMotion() if cfg.follow_camera else None
-        self._mean: np.ndarray | None = None  # float32, canvas-sized HxWx3, scene coordinates
-        self._seen: np.ndarray | None = None  # uint8, 255 = seen free of persons at least once
-        self._fill: np.ndarray | None = None  # uint8 HxWx3 like _mean, valid on every pixel still unseen
-        self._frame_shape: tuple[int, ...] | None = None
-        self._to_canvas = np.eye(3)  # frame pixel -> canvas pixel
+        self.scene: Scene | None = None
+        self._recent: deque[View] = deque(maxlen=keep_frames + 1)  # the last is the current frame's
         self._frames = 0
-        self._fill_frame = 0
+
+    @property
+    def view(self) -> View | None:
+        """The latest frame's view."""
+        return self._recent[-1] if self._recent else None
 
     @property
     def seen(self) -> np.ndarray | None:
         """Which of the current frame's pixels have been seen free of persons (255)."""
-        return None if self._seen is None else self._to_frame(self._seen, cv2.INTER_NEAREST)
+        return None if self.scene is None else self._to_frame(self.scene.seen, cv2.INTER_NEAREST)
 
     def reset(self) -> None:
-        self._mean = None
-        self._seen = None
-        self._fill = None
+        self.scene = None
+        self._recent.clear()
         if self.motion is not None:
             self.motion.reset()
 
     def update(self, frame: np.ndarray, person_mask: np.ndarray) -> bool:
         """Learns from the pixels of `frame` outside `person_mask` (uint8, 255 = person).
 
-        Returns True when the frame was a scene cut: the model was reset and learns the new scene.
+        Returns True when the frame was a scene cut: the frame starts a new scene (frames of the old one
+        still waiting keep theirs).
         """
         cut = False
         self._frames += 1
         moved = self.motion.estimate(frame, person_mask) if self.motion is not None else None
-        if self._mean is None or self._frame_shape != frame.shape:
+        view = self.view
+        if view is None or view.shape != frame.shape:
             self._start(frame.shape)
         else:
+            to_scene = view.to_scene
             if moved is not None:
-                self._to_canvas = self._to_canvas @ np.linalg.inv(np.vstack([moved, [0, 0, 1]]))
+                to_scene = to_scene @ np.linalg.inv(np.vstack([moved, [0, 0, 1]]))
+            self._recent.append(View(self.scene, to_scene, frame.shape))
+            if moved is not None:
                 self._keep_on_canvas()
             if self.cfg.cut_threshold > 0 and self._is_cut(frame, person_mask):
-                self._seen[:] = 0  # what was learnt shows another scene: nothing of it may fill this one
-                self._fill = None
+                # What was learnt shows another scene: nothing of it may fill this one.
+                self._start(frame.shape, to_scene=to_scene, origin=self.scene.origin)
                 cut = True
-        box, to_box = self._footprint()
+        scene = self.scene
+        box, to_box = self._footprint(self.view)
         roi = slice(box[1], box[3]), slice(box[0], box[2])
         free = cv2.bitwise_not(person_mask)
         if to_box is None:  # whole-pixel placement: the frame's own pixels, resampled not at all
@@ -157,7 +203,7 @@ class BackgroundModel:
             # Outside the frame counts as not seen now, and the border blends with nothing: shrink by one.
             free = cv2.warpAffine(free, to_box, size, flags=cv2.INTER_NEAREST, borderValue=0)
             free = cv2.erode(free, np.ones((3, 3), np.uint8))
-        mean, seen = self._mean[roi], self._seen[roi]
+        mean, seen = scene.mean[roi], scene.seen[roi]
         cv2.accumulateWeighted(image, mean, self.cfg.alpha, mask=cv2.bitwise_and(free, seen))
         first_seen = cv2.bitwise_and(free, cv2.bitwise_not(seen))
         x, y, w, h = cv2.boundingRect(first_seen)  # newly uncovered pixels lie around persons: work there
@@ -167,70 +213,102 @@ class BackgroundModel:
             cv2.bitwise_or(seen[part], first_seen[part], dst=seen[part])
         return cut
 
-    def _start(self, shape: tuple[int, ...]) -> None:
+    def _start(self, shape: tuple[int, ...], to_scene: np.ndarray | None = None,
+               origin: np.ndarray | None = None) -> None:
+        """A new scene: at the first frame, a new size, or a cut (where the frame keeps its place)."""
         h, w = shape[:2]
-        margin_x, margin_y = (round(w * CANVAS_MARGIN), round(h * CANVAS_MARGIN)) if self.motion else (0, 0)
-        self._mean = np.zeros((h + 2 * margin_y, w + 2 * margin_x, 3), np.float32)
-        self._seen = np.zeros(self._mean.shape[:2], np.uint8)
-        self._fill = None
-        self._frame_shape = shape
-        self._to_canvas = np.array([[1.0, 0, margin_x], [0, 1.0, margin_y], [0, 0, 1]])
+        if origin is None:
+            margin_x, margin_y = (round(w * CANVAS_MARGIN), round(h * CANVAS_MARGIN)) if self.motion else (0, 0)
+            canvas = (h + 2 * margin_y, w + 2 * margin_x)
+            origin = np.array([[1.0, 0, margin_x], [0, 1.0, margin_y], [0, 0, 1]])
+        else:
+            canvas = self.scene.seen.shape
+        self.scene = Scene(np.zeros((*canvas, 3), np.float32), np.zeros(canvas, np.uint8), origin.copy())
+        if to_scene is None:
+            to_scene = np.eye(3)
+            self._recent.clear()
+        else:
+            self._recent.pop()
+        self._recent.append(View(self.scene, to_scene, shape))
 
-    def _placement(self) -> tuple[int, int] | None:
+    @staticmethod
+    def _placement(view: View) -> tuple[int, int] | None:
         """The frame's offset on the canvas when it sits there at whole pixels, unscaled; else None."""
-        m = self._to_canvas
+        m = view.to_canvas
         if np.allclose(m[:2, :2], np.eye(2), atol=1e-9) and np.allclose(m[:2, 2], np.round(m[:2, 2]), atol=1e-6):
             return round(float(m[0, 2])), round(float(m[1, 2]))
         return None
 
-    def _footprint(self) -> tuple[tuple[int, int, int, int], np.ndarray | None]:
+    def _footprint(self, view: View) -> tuple[tuple[int, int, int, int], np.ndarray | None]:
         """The canvas box (x0, y0, x1, y1) the frame covers, and the 2x3 matrix from the frame to it
         (None: a whole-pixel offset, where the box is the frame's own size)."""
-        h, w = self._frame_shape[:2]
-        offset = self._placement()
+        h, w = view.shape[:2]
+        offset = self._placement(view)
         if offset is not None:
             return (offset[0], offset[1], offset[0] + w, offset[1] + h), None
-        (left, top), (right, bottom) = self._extent()
-        ch, cw = self._seen.shape
+        (left, top), (right, bottom) = _extent(view)
+        ch, cw = view.scene.seen.shape
         x0, y0 = np.clip(np.floor([left, top]).astype(int), 0, [cw, ch])
         x1, y1 = np.clip(np.ceil([right, bottom]).astype(int) + 1, 0, [cw, ch])
-        to_box = self._to_canvas[:2].copy()
+        to_box = view.to_canvas[:2].copy()
         to_box[:, 2] -= (x0, y0)
         return (int(x0), int(y0), int(max(x1, x0 + 1)), int(max(y1, y0 + 1))), to_box
 
-    def _extent(self) -> tuple[np.ndarray, np.ndarray]:
-        """The (x, y) least and greatest of the frame's corners on the canvas."""
-        h, w = self._frame_shape[:2]
-        corners = cv2.transform(np.float64([[[0, 0], [w, 0], [0, h], [w, h]]]), self._to_canvas[:2])[0]
-        return corners.min(axis=0), corners.max(axis=0)
+    def _kept(self) -> list[View]:
+        """The views of the current scene that may still be rendered, oldest first."""
+        return [v for v in self._recent if v.scene is self.scene]
 
     def _keep_on_canvas(self) -> None:
         """After a long pan the frame nears the canvas' edge: the canvas moves with it, by whole pixels,
-        forgetting the scene farthest behind."""
-        ch, cw = self._seen.shape
-        (x0, y0), (x1, y1) = self._extent()
-        if x0 >= 0 and y0 >= 0 and x1 <= cw and y1 <= ch:
+        forgetting the scene farthest behind. Frames still waiting stay on it too, the canvas growing
+        for them up to MAX_CANVAS frames a side; past that the current frame wins."""
+        scene = self.scene
+        ch, cw = scene.seen.shape
+        if all(_on(v, cw, ch) for v in self._kept()):
             return
-        # Centre the frame's footprint again.
-        dx, dy = round((cw - (x1 - x0)) / 2 - x0), round((ch - (y1 - y0)) / 2 - y0)
+        (x0, y0), (x1, y1) = _extent(self.view)
+        corners = np.array([_extent(v) for v in self._kept()])
+        (ux0, uy0), (ux1, uy1) = corners[:, 0].min(axis=0), corners[:, 1].max(axis=0)
+        h, w = self.view.shape[:2]
+        if ux1 - ux0 > cw or uy1 - uy0 > ch:  # the waiting frames need a larger canvas
+            size = (min(max(cw, ceil(ux1 - ux0) + 2), round(MAX_CANVAS * w)),
+                    min(max(ch, ceil(uy1 - uy0) + 2), round(MAX_CANVAS * h)))
+            if size != (cw, ch):
+                self._resize_canvas(size)
+                cw, ch = size
+        if ux1 - ux0 > cw or uy1 - uy0 > ch:
+            (ux0, uy0), (ux1, uy1) = (x0, y0), (x1, y1)
+        # Centre the footprints again.
+        dx, dy = round((cw - (ux1 - ux0)) / 2 - ux0), round((ch - (uy1 - uy0)) / 2 - uy0)
         shift = np.float32([[1, 0, dx], [0, 1, dy]])
-        self._mean = cv2.warpAffine(self._mean, shift, (cw, ch), flags=cv2.INTER_NEAREST)
-        self._seen = cv2.warpAffine(self._seen, shift, (cw, ch), flags=cv2.INTER_NEAREST, borderValue=0)
-        if self._fill is not None:
-            self._fill = cv2.warpAffine(self._fill, shift, (cw, ch), flags=cv2.INTER_NEAREST)
-        self._to_canvas = np.array([[1.0, 0, dx], [0, 1.0, dy], [0, 0, 1]]) @ self._to_canvas
+        scene.mean = cv2.warpAffine(scene.mean, shift, (cw, ch), flags=cv2.INTER_NEAREST)
+        scene.seen = cv2.warpAffine(scene.seen, shift, (cw, ch), flags=cv2.INTER_NEAREST, borderValue=0)
+        if scene.fill is not None:
+            scene.fill = cv2.warpAffine(scene.fill, shift, (cw, ch), flags=cv2.INTER_NEAREST)
+        scene.origin = np.array([[1.0, 0, dx], [0, 1.0, dy], [0, 0, 1]]) @ scene.origin
 
-    def _to_frame(self, canvas_image: np.ndarray, interpolation: int, box=None, step: int = 1) -> np.ndarray:
+    def _resize_canvas(self, size: tuple[int, int]) -> None:
+        """A larger canvas (w, h), the old one at its top left (the re-centring that follows moves it)."""
+        scene = self.scene
+        ch, cw = scene.seen.shape
+        mean = np.zeros((size[1], size[0], 3), np.float32)
+        seen = np.zeros((size[1], size[0]), np.uint8)
+        mean[:ch, :cw], seen[:ch, :cw] = scene.mean, scene.seen
+        scene.mean, scene.seen, scene.fill = mean, seen, None
+
+    def _to_frame(self, canvas_image: np.ndarray, interpolation: int, box=None, step: int = 1,
+                  view: View | None = None) -> np.ndarray:
         """The part of a canvas-sized image under the frame's `box` (x0, y0, x1, y1; default all of it),
-        every `step`-th pixel."""
-        h, w = self._frame_shape[:2]
+        every `step`-th pixel; the frame is `view`'s (default the latest)."""
+        view = view or self.view
+        h, w = view.shape[:2]
         x0, y0, x1, y1 = box or (0, 0, w, h)
-        offset = self._placement()
+        offset = self._placement(view)
         if offset is not None:
             ox, oy = offset
             return canvas_image[oy + y0 : oy + y1 : step, ox + x0 : ox + x1 : step]
         # Canvas position of each output pixel (x, y): to_canvas @ (x0 + x * step, y0 + y * step).
-        m = self._to_canvas[:2].copy()
+        m = view.to_canvas[:2].copy()
         m[:, 2] += m[:, :2] @ (x0, y0)
         m[:, :2] *= step
         size = (len(range(x0, x1, step)), len(range(y0, y1, step)))
@@ -240,12 +318,12 @@ class BackgroundModel:
     def _is_cut(self, frame: np.ndarray, person_mask: np.ndarray) -> bool:
         """Most of the seen, person-free background changed at once (sampled on a grid, for speed)."""
         step = CUT_SAMPLE_STEP
-        seen = self._to_frame(self._seen, cv2.INTER_NEAREST, step=step)
+        seen = self._to_frame(self.scene.seen, cv2.INTER_NEAREST, step=step)
         usable = cv2.bitwise_and(seen, cv2.bitwise_not(person_mask[::step, ::step]))
         samples = cv2.countNonZero(usable)
         if samples < 100:
             return False
-        mean = self._to_frame(self._mean, cv2.INTER_NEAREST, step=step)
+        mean = self._to_frame(self.scene.mean, cv2.INTER_NEAREST, step=step)
         diff = cv2.absdiff(np.ascontiguousarray(frame[::step, ::step]), cv2.convertScaleAbs(mean))
         channels = cv2.split(diff)
         largest = channels[0]
@@ -254,36 +332,54 @@ class BackgroundModel:
         changed = cv2.compare(largest, CUT_PIXEL_CHANGE, cv2.CMP_GT)
         return cv2.countNonZero(cv2.bitwise_and(changed, usable)) > self.cfg.cut_threshold * samples
 
-    def render(self, box: tuple[int, int, int, int] | None = None) -> np.ndarray:
-        """The background (uint8 BGR) in `box` (x0, y0, x1, y1; default the whole frame).
+    def render(self, box: tuple[int, int, int, int] | None = None, view: View | None = None) -> np.ndarray:
+        """The background (uint8 BGR) in `box` (x0, y0, x1, y1; default the whole frame) of `view`'s frame
+        (default the latest), with all that is learnt by now.
 
         Pixels never seen free of persons come from the fill, never from a frame.
         """
-        if self._mean is None:
+        if self.scene is None:
             raise RuntimeError("BackgroundModel.render() before the first update()")
-        image = cv2.convertScaleAbs(self._to_frame(self._mean, cv2.INTER_LINEAR, box))
-        unseen = cv2.compare(self._to_frame(self._seen, cv2.INTER_NEAREST, box), 0, cv2.CMP_EQ)
+        view = view or self.view
+        scene = view.scene
+        image = cv2.convertScaleAbs(self._to_frame(scene.mean, RENDER_RESAMPLE, box, view=view))
+        unseen = cv2.compare(self._to_frame(scene.seen, cv2.INTER_NEAREST, box, view=view), 0, cv2.CMP_EQ)
         if cv2.countNonZero(unseen):
-            cv2.copyTo(self._to_frame(self._current_fill(), cv2.INTER_LINEAR, box), unseen, image)
+            cv2.copyTo(self._to_frame(self._current_fill(scene), cv2.INTER_LINEAR, box, view=view), unseen, image)
         return image
 
-    def _current_fill(self) -> np.ndarray:
-        # Unseen pixels only ever become seen (until a reset), so a fill stays valid where it is used;
-        # it is redone now and then to follow what was learnt around the holes since.
-        if self._fill is None or self._frames - self._fill_frame >= FILL_REFRESH_FRAMES:
-            self._fill = self._make_fill()
+    def _current_fill(self, scene: Scene) -> np.ndarray:
+        # Unseen pixels only ever become seen (until a cut), so a fill stays valid where it is used; it
+        # is redone now and then to follow what was learnt around the holes since (an old scene's, whose
+        # frames are still waiting after a cut, is kept).
+        if scene.fill is None or (scene is self.scene and self._frames - scene.fill_frame >= FILL_REFRESH_FRAMES):
+            scene.fill = self._make_fill(scene)
             # Grey for want of anything seen is redone next frame, not kept for the refresh period.
-            self._fill_frame = self._frames if cv2.countNonZero(self._seen) else self._frames - FILL_REFRESH_FRAMES
-        return self._fill
+            scene.fill_frame = self._frames if cv2.countNonZero(scene.seen) else self._frames - FILL_REFRESH_FRAMES
+        return scene.fill
 
-    def _make_fill(self) -> np.ndarray:
-        """A canvas-sized fill, made where the frame is now (the rest of the canvas is not shown)."""
-        fill = np.full(self._mean.shape, SOLID_GREY, np.uint8)
-        if self.cfg.fill == "solid" or not cv2.countNonZero(self._seen):
+    def _make_fill(self, scene: Scene) -> np.ndarray:
+        """A canvas-sized fill, made where the frames that may still be rendered are (the rest of the
+        canvas is not shown)."""
+        fill = np.full(scene.mean.shape, SOLID_GREY, np.uint8)
+        if self.cfg.fill == "solid" or not cv2.countNonZero(scene.seen):
             return fill
-        (x0, y0, x1, y1), _ = self._footprint()
-        mean, seen = cv2.convertScaleAbs(self._mean[y0:y1, x0:x1]), self._seen[y0:y1, x0:x1]
-        # Inpainting is costly at full size and the fill is smooth anyway: do it small, then upscale.
+        boxes = np.array([self._footprint(v)[0] for v in self._recent if v.scene is scene]
+                         or [(0, 0, scene.seen.shape[1], scene.seen.shape[0])])
+        x0, y0 = boxes[:, :2].min(axis=0)
+        x1, y1 = boxes[:, 2:].max(axis=0)
+        mean, seen = cv2.convertScaleAbs(scene.mean[y0:y1, x0:x1]), scene.seen[y0:y1, x0:x1]
+        missing = seen == 0
+        if self.cfg.fill == "mirror":
+            mirrored, missing = mirror_fill(mean, missing)
+            fill[y0:y1, x0:x1] = mirrored
+        if missing.any():
+            fill[y0:y1, x0:x1][missing] = self._inpainted(mean, seen)[missing]
+        return fill
+
+    def _inpainted(self, mean: np.ndarray, seen: np.ndarray) -> np.ndarray:
+        """Telea inpainting of the unseen pixels: costly at full size, and smooth anyway, so done small
+        (`fill_scale` wide) and upscaled."""
         h, w = seen.shape
         scale = min(1.0, self.cfg.fill_scale / w)
         size = (max(1, round(w * scale)), max(1, round(h * scale)))
@@ -292,5 +388,51 @@ class BackgroundModel:
         # The hole is every unseen pixel: unseen pixels hold no data, whatever the frame showed there.
         small_hole = cv2.dilate(small_hole, np.ones((3, 3), np.uint8))
         filled = cv2.inpaint(small, small_hole, 3, cv2.INPAINT_TELEA)
-        fill[y0:y1, x0:x1] = cv2.resize(filled, (w, h), interpolation=cv2.INTER_LINEAR)
-        return fill
+        return cv2.resize(filled, (w, h), interpolation=cv2.INTER_LINEAR)
+
+
+def mirror_fill(image: np.ndarray, hole: np.ndarray, seam_px: float = MIRROR_SEAM_PX) -> tuple[np.ndarray, np.ndarray]:
+    """Fills each run of `hole` pixels (bool) in a row with the row's seen pixels mirrored across the
+    run's two ends, the two mirror images meeting mid-run in a cross-fade `seam_px` wide. Persons are
+    upright, so their holes are tall and narrow: the texture on either side (brick, cobbles, a bus)
+    goes on into them, where inpainting draws streaks that a detector can read as a person.
+
+    Returns the filled image and the hole pixels neither mirror could fill (the run reaches the
+    image's edge and its mirror lands in another hole, or beyond): the caller's fallback.
+    """
+    h, w = hole.shape
+    columns = np.broadcast_to(np.arange(w), (h, w))
+    left = np.maximum.accumulate(np.where(hole, -1, columns), axis=1)  # the last seen pixel at or left of x
+    right = np.minimum.accumulate(np.where(hole, w, columns)[:, ::-1], axis=1)[:, ::-1]  # first at or right
+    ys, xs = np.nonzero(hole)
+    lefts, rights = left[ys, xs], right[ys, xs]
+    from_left, from_right = 2 * lefts - xs + 1, 2 * rights - xs - 1  # x = left + 1 takes left, and so on
+    usable_left = (lefts >= 0) & (from_left >= 0)
+    usable_right = (rights < w) & (from_right < w)
+    usable_left[usable_left] = ~hole[ys[usable_left], from_left[usable_left]]
+    usable_right[usable_right] = ~hole[ys[usable_right], from_right[usable_right]]
+    to_left = np.where(usable_left, xs - lefts, 2 * w)  # 2w: no mirror that way
+    to_right = np.where(usable_right, rights - xs, 2 * w)
+    # Weight of the left mirror: 1 nearer the left end, 0 nearer the right, a ramp over the seam.
+    weight = np.clip(0.5 + (to_right - to_left) / (2 * seam_px), 0, 1)
+    weight = np.where(usable_right, np.where(usable_left, weight, 0.0), 1.0)[:, None].astype(np.float32)
+    filled_ok = usable_left | usable_right
+    values = (image[ys, np.clip(from_left, 0, w - 1)] * weight
+              + image[ys, np.clip(from_right, 0, w - 1)] * (1 - weight))
+    out = image.copy()
+    out[ys[filled_ok], xs[filled_ok]] = np.round(values[filled_ok]).astype(np.uint8)
+    missing = np.zeros_like(hole)
+    missing[ys[~filled_ok], xs[~filled_ok]] = True
+    return out, missing
+
+
+def _extent(view: View) -> tuple[np.ndarray, np.ndarray]:
+    """The (x, y) least and greatest of the frame's corners on its canvas."""
+    h, w = view.shape[:2]
+    corners = cv2.transform(np.float64([[[0, 0], [w, 0], [0, h], [w, h]]]), view.to_canvas[:2])[0]
+    return corners.min(axis=0), corners.max(axis=0)
+
+
+def _on(view: View, width: int, height: int) -> bool:
+    (x0, y0), (x1, y1) = _extent(view)
+    return x0 >= 0 and y0 >= 0 and x1 <= width and y1 <= height

@@ -50,7 +50,9 @@ def add_run_flags(p: argparse.ArgumentParser) -> None:
                    help="OpenVINO INT8 model (quantized once with NNCF; pip install 'anonengine[int8]')")
     p.add_argument("--stride", type=int, default=None,
                    help="detect on every Nth frame, the tracker hides persons between (privacy-checked up to 3)")
-    p.add_argument("--fill", choices=["inpaint", "solid"], default=None, help="fill for never-seen background")
+    p.add_argument("--fill", choices=["mirror", "inpaint", "solid"], default=None, help="fill for never-seen background")
+    p.add_argument("--future-frames", type=int, default=None,
+                   help="a file's frames are also filled from what the next N frames show (default 50; 0: off)")
     p.add_argument("--on-detector-error", choices=["stop", "obscure"], default=None)
     p.add_argument("--crf", type=int, default=None, help="H.264 quality (lower is better)")
     p.add_argument("--preset", default=None, help="H.264 speed preset")
@@ -81,7 +83,7 @@ def config_from_run_flags(args: argparse.Namespace):
             int8=args.int8,
             stride=args.stride,
         ),
-        "background": _drop_none(alpha=args.alpha, fill=args.fill),
+        "background": _drop_none(alpha=args.alpha, fill=args.fill, future_frames=args.future_frames),
         "pose": _drop_none(keypoint_conf=args.pose_conf_threshold),
         **_drop_none(on_detector_error=args.on_detector_error),
     }

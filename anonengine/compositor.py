@@ -7,10 +7,12 @@ composite stage use the same class, so their outputs are the same.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import cv2
 import numpy as np
 
-from anonengine.background import BackgroundModel
+from anonengine.background import BackgroundModel, View
 from anonengine.config import AnonymizerConfig
 from anonengine.detections import COCO_SKELETON, Detections
 from anonengine.masks import Region, frame_diagonal, person_mask, soft_regions, zones_mask
@@ -21,12 +23,27 @@ JOINT_COLOR = (0, 220, 255)
 OBSCURED_GREY = 128
 
 
-class Compositor:
-    """One camera's anonymizer: mask hold, background model, privacy zones."""
+@dataclass(frozen=True)
+class Learnt:
+    """A frame learnt from, to be drawn: its mask's soft regions, who gets a skeleton, its place in the
+    background."""
 
-    def __init__(self, cfg: AnonymizerConfig, privacy_zones: list | None = None) -> None:
+    regions: list[Region]
+    boxes: np.ndarray
+    keypoints: np.ndarray
+    view: View
+
+
+class Compositor:
+    """One camera's anonymizer: mask hold, background model, privacy zones.
+
+    `future_frames`: frames a learnt frame may wait before `render` (a recording's, see
+    `BackgroundConfig.future_frames`); 0 when each is drawn as soon as learnt.
+    """
+
+    def __init__(self, cfg: AnonymizerConfig, privacy_zones: list | None = None, future_frames: int = 0) -> None:
         self.cfg = cfg
-        self.background = BackgroundModel(cfg.background)
+        self.background = BackgroundModel(cfg.background, keep_frames=future_frames)
         self.hold = MaskHold(cfg.hold) if cfg.hold.enabled and cfg.hold.hold_frames > 0 else None
         self.privacy_zones = privacy_zones or []
         self._last_detected = np.zeros((0, 4), np.float32)
@@ -37,6 +54,11 @@ class Compositor:
 
         `future`: the detections of the next frames, when the caller holds them (look-ahead).
         """
+        return self.render(frame, self.learn(frame, detections, future))
+
+    def learn(self, frame: np.ndarray, detections: Detections, future: list[Detections] = ()) -> Learnt:
+        """Hides `frame`'s persons and learns the background from the rest; `render` draws it, now or,
+        for a recording, once the frames after it were learnt too."""
         if detections.frame_shape != frame.shape[:2]:
             raise ValueError(f"detections for a {detections.frame_shape} frame given a {frame.shape[:2]} frame")
         if detections.detected:
@@ -58,13 +80,18 @@ class Compositor:
             cv2.bitwise_or(mask, zones, dst=mask)
         if self.background.update(frame, mask) and self.hold is not None:
             self.hold.reset()  # a scene cut: old tracks point at persons of another scene
-        out = frame.copy()
         # Only confident persons get a skeleton; weaker ones (and held tracks) are hidden, not drawn.
         posed = (detections.scores >= self.cfg.pose.person_conf) & self.cfg.pose.enabled
-        boxes, keypoints = detections.boxes[posed], detections.keypoints[posed]
-        for region in soft_regions(mask, self.cfg.mask):
+        return Learnt(soft_regions(mask, self.cfg.mask), detections.boxes[posed], detections.keypoints[posed],
+                      self.background.view)
+
+    def render(self, frame: np.ndarray, learnt: Learnt) -> np.ndarray:
+        """The anonymized copy of a learnt frame, with the background as known now."""
+        out = frame.copy()
+        boxes, keypoints = learnt.boxes, learnt.keypoints
+        for region in learnt.regions:
             roi = out[region.slices]
-            blend_into(roi, self.background.render(region.box), region.alpha)
+            blend_into(roi, self.background.render(region.box, learnt.view), region.alpha)
             inside = ((boxes[:, 0] < region.x1) & (boxes[:, 2] > region.x0)
                       & (boxes[:, 1] < region.y1) & (boxes[:, 3] > region.y0))
             if inside.any():
@@ -115,4 +142,4 @@ def obscured_frame(shape: tuple[int, ...]) -> np.ndarray:
     return np.full(shape, OBSCURED_GREY, np.uint8)
 
 
-__all__ = ["Compositor", "blend_into", "draw_skeletons", "obscured_frame"]
+__all__ = ["Compositor", "Learnt", "blend_into", "draw_skeletons", "obscured_frame"]

@@ -77,10 +77,11 @@ class BackgroundConfig(StrictModel):
     alpha: float = Field(
         0.05, ge=0.0, le=1.0, description="Learning rate of the running-average background (seed's --alpha)."
     )
-    fill: Literal["inpaint", "solid"] = Field(
-        "inpaint",
-        description="How background never seen free of persons is filled: inpainted from the seen background "
-        "around it, or a flat grey. Never the person's own pixels.",
+    fill: Literal["mirror", "inpaint", "solid"] = Field(
+        "mirror",
+        description="How background never seen free of persons is filled: the seen background on either side "
+        "mirrored into it (its texture goes on), inpainted from its edges (smooth, streaky), or a flat grey. "
+        "Never the person's own pixels.",
     )
     cut_threshold: float = Field(
         0.5, ge=0.0, le=1.0,
@@ -95,6 +96,23 @@ class BackgroundConfig(StrictModel):
         description="Follow the camera's motion (pan, tilt, zoom, shake), estimated from person-free pixels, so "
         "the background neither smears nor ghosts when the camera moves; a still camera costs about 1 ms a frame.",
     )
+    future_frames: int = Field(
+        50, ge=0, le=1000,
+        description="A recording (a file, not live) is also filled from what the camera sees after each frame: "
+        "a frame goes out once this many frames after it were learnt, so a person standing where nothing was "
+        "seen yet is replaced by what was behind them once they left. 0 = off. Live sources never wait.",
+    )
+    future_memory_mb: int = Field(
+        256, ge=1, le=65536,
+        description="Most memory the frames waiting for their future may take per camera (fewer frames wait "
+        "when they are large: 4K waits 10); the capture's shared memory holds as much again.",
+    )
+
+    def frames_ahead(self, live: bool, width: int, height: int) -> int:
+        """How many later frames a frame of this stream waits for before it is drawn."""
+        if live:
+            return 0
+        return min(self.future_frames, self.future_memory_mb * 2**20 // (width * height * 3))
 
 
 class PoseDrawConfig(StrictModel):

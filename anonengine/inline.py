@@ -6,12 +6,14 @@ The engine's output is compared against this path; it is also the simplest way t
 from __future__ import annotations
 
 import sys
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
+from anonengine.compositor import Learnt
 from anonengine.config import CameraConfig, EngineConfig
 from anonengine.detections import Detections
 from anonengine.interrupts import INTERRUPTS
@@ -62,6 +64,7 @@ def _run_camera(cam: CameraConfig, cfg: EngineConfig, detect: DetectStage, progr
     with CaptureStage(cam.source, cam.name, cfg.sources, cam.rtsp_transport) as capture:
         live = is_live(cam.source, cam.live)
         result.total = capture.info.frames
+        ahead = composite.start(cam.name, live, capture.info.width, capture.info.height)
         encode = EncodeStage(cam.output, capture.info, cfg.encoder, cam.metadata)
         encode.setup()
         bar = _progress_bar(capture.info.frames, cam.name, progress)
@@ -75,7 +78,7 @@ def _run_camera(cam: CameraConfig, cfg: EngineConfig, detect: DetectStage, progr
                 # not done, and stay out of the partial output.
                 for frame, image, detections in anonymize_frames(frames, detect, composite,
                                                                   cfg.anonymizer.hold.lookahead_frames,
-                                                                  stop=stop, flush_on_stop=live):
+                                                                  stop=stop, flush_on_stop=live, ahead=ahead):
                     encode.process(frame, image, detections.to_meta() if detections is not None else None)
                     result.frames += 1
                     result.obscured += detections is None
@@ -97,15 +100,17 @@ def _run_camera(cam: CameraConfig, cfg: EngineConfig, detect: DetectStage, progr
 
 
 def anonymize_frames(frames: Iterable[Frame], detect: DetectStage, composite: CompositeStage, lookahead: int,
-                     stop: Callable[[], bool] = lambda: False, flush_on_stop: bool = True,
+                     stop: Callable[[], bool] = lambda: False, flush_on_stop: bool = True, ahead: int = 0,
                      ) -> Iterator[tuple[Frame, np.ndarray, Detections | None]]:
     """(frame, anonymized image, detections or None when obscured) for each frame, in order.
 
-    The same timeline as the engine's compositor: a frame goes out once the detections of the next
-    `lookahead` frames are known (here, right after they are detected). Once `stop()` is true, the
-    frames still waiting go out only with `flush_on_stop` (a live source's stop is its end).
+    The same timeline as the engine's compositor: a frame is learnt once the detections of the next
+    `lookahead` frames are known (here, right after they are detected), and rendered once `ahead` more
+    frames were learnt (a recording's future, `CompositeStage.start`). Once `stop()` is true, the frames
+    still waiting go out only with `flush_on_stop` (a live source's stop is its end).
     """
     timeline: Timeline[Frame, tuple[Detections | None, bool]] = Timeline(lookahead)
+    waiting: deque[tuple[Frame, Learnt | None, Detections | None]] = deque()
     frames_seen = 0
     for frame in frames:
         if stop():
@@ -117,20 +122,27 @@ def anonymize_frames(frames: Iterable[Frame], detect: DetectStage, composite: Co
         timeline.offer(frame.seq, frame)
         timeline.answer(frame.seq, found)
         frames_seen = frame.seq + 1
-        yield from _turns(timeline, composite)
+        _learn_turns(timeline, composite, waiting)
+        while len(waiting) > ahead:
+            yield _rendered(composite, *waiting.popleft())
     if stop() and not flush_on_stop:
         return
     timeline.end_at(frames_seen)
-    yield from _turns(timeline, composite)
+    _learn_turns(timeline, composite, waiting)
+    while waiting:
+        yield _rendered(composite, *waiting.popleft())
 
 
-def _turns(timeline: Timeline, composite: CompositeStage):
+def _learn_turns(timeline: Timeline, composite: CompositeStage, waiting: deque) -> None:
     while (turn := timeline.next()) is not None:
         detections, _ = turn.result
         future = [d for d, detected in timeline.future(turn.seq) if detected]
-        image = composite.process(turn.item, detections, future)
+        waiting.append((turn.item, composite.learn(turn.item, detections, future), detections))
         timeline.done(turn.seq)
-        yield turn.item, image, detections
+
+
+def _rendered(composite: CompositeStage, frame: Frame, learnt: Learnt | None, detections: Detections | None):
+    return frame, composite.render(frame, learnt), detections
 
 
 def _progress_bar(total: int, camera: str, enabled: bool):

@@ -81,6 +81,28 @@ def make_scene(width: int, height: int, seed: int = 0) -> np.ndarray:
     return np.clip(scene + noise, 0, 255).astype(np.uint8)
 
 
+# Person-free parts of bus.jpg (x0, y0, x1, y1), stacked into a street: facade, bus side, pavement.
+STREET_BANDS = ((0, 0, 810, 225, 0.38), (350, 232, 660, 700, 0.34), (80, 912, 810, 1080, 0.28))
+
+
+def make_street(width: int, height: int) -> np.ndarray:
+    """A static street with real textures (brick, windows, a bus, cobbles) cut from `bus.jpg` where
+    nobody stands; bands mirrored side by side to any width."""
+    image = cv2.imread(str(assets_dir() / "bus.jpg"))
+    if image is None:
+        raise FileNotFoundError(f"Ultralytics asset bus.jpg not found in {assets_dir()}")
+    rows = []
+    heights = [round(share * height) for *_, share in STREET_BANDS]
+    heights[-1] = height - sum(heights[:-1])
+    for (x0, y0, x1, y1, _), band_height in zip(STREET_BANDS, heights):
+        crop = image[y0:y1, x0:x1]
+        band = cv2.resize(crop, (max(1, round(crop.shape[1] * band_height / crop.shape[0])), band_height),
+                          interpolation=cv2.INTER_AREA)
+        tiles = [band if i % 2 == 0 else band[:, ::-1] for i in range(width // band.shape[1] + 1)]
+        rows.append(np.hstack(tiles)[:, :width])
+    return np.ascontiguousarray(np.vstack(rows))
+
+
 def _load_sprite(name: str, height: int) -> np.ndarray:
     file, (x0, y0, x1, y1) = PERSON_SPRITES[name]
     image = cv2.imread(str(assets_dir() / file))
@@ -91,48 +113,83 @@ def _load_sprite(name: str, height: int) -> np.ndarray:
     return cv2.resize(crop, (width, height), interpolation=cv2.INTER_AREA)
 
 
-def render_frames(width: int, height: int, frames: int, seed: int = 0, actors=ACTORS, pan: float = 0.0,
-                  cut_at: int | None = None, shake: float = 0.0):
-    """Yields (image, true background, persons) for each frame.
-
-    `actors`: (sprite, height share, start centre, end centre), centres in shares of the frame; a centre
-    outside 0..1 puts the person partly or wholly out of the picture (entering, leaving). `pan`: the
-    camera turns over the clip by this share of the frame width. `cut_at`: from that frame on, another
-    scene. `shake`: a hand-held camera, each frame shifted by up to this many pixels (sub-pixel, at
-    random). Persons' boxes are clipped to the frame; persons out of the picture are not listed.
-    """
+def camera_path(width: int, height: int, frames: int, seed: int = 0, pan: float = 0.0, shake: float = 0.0,
+                zoom: float = 1.0) -> list[np.ndarray]:
+    """Per frame, the 2x3 matrix from a frame pixel to the scene's (see `render_frames`)."""
     jitter = np.random.default_rng(seed + 1000).uniform(-shake, shake, (frames, 2)) if shake else np.zeros((frames, 2))
-    canvas_width = width + round(pan * width)
-    scenes = [make_scene(canvas_width, height, seed)]
-    if cut_at is not None:
-        scenes.append(make_scene(canvas_width, height, seed + 1))
-    sprites = [(name, _load_sprite(name, round(hf * height)), start, end) for name, hf, start, end in actors]
+    centre = np.float64([width / 2, height / 2])
+    path = []
     for i in range(frames):
         t = i / max(1, frames - 1)
-        offset = round(pan * width * t)
+        scale = 1 + (zoom - 1) * t
+        shift = centre - centre / scale - jitter[i] / scale + (round(pan * width * t), 0)
+        path.append(np.float64([[1 / scale, 0, shift[0]], [0, 1 / scale, shift[1]]]))
+    return path
+
+
+def render_frames(width: int, height: int, frames: int, seed: int = 0, actors=ACTORS, pan: float = 0.0,
+                  cut_at: int | None = None, shake: float = 0.0, zoom: float = 1.0, scene: str = "studio"):
+    """Yields (image, true background, persons) for each frame.
+
+    `actors`: (sprite, height share, start centre, end centre[, (t0, t1)]), centres in shares of the
+    frame; the person stands at the start until t0, walks to the end by t1 (shares of the clip, default
+    0 and 1) and stays there. A centre outside 0..1 puts the person partly or wholly out of the picture
+    (entering, leaving). `pan`: the camera turns over the clip by this share of the frame width.
+    `cut_at`: from that frame on, the other scene. `shake`: a hand-held camera, each frame shifted by up
+    to this many pixels (sub-pixel, at random). `zoom`: the camera zooms in to this factor by the end.
+    `scene`: "studio" (generated) or "street" (real textures, `make_street`). Persons' boxes are
+    clipped to the frame; persons out of the picture are not listed.
+    """
+    path = camera_path(width, height, frames, seed, pan, shake, zoom)
+    canvas_width = width + round(pan * width)
+    scenes = [make_scene(canvas_width, height, seed), make_street(canvas_width, height)]
+    if scene == "street":
+        scenes.reverse()
+    if cut_at is None:
+        scenes.pop()
+    sprites = [(name, _load_sprite(name, round(hf * height)), start, end, (timing or [(0.0, 1.0)])[0])
+               for name, hf, start, end, *timing in actors]
+    for i in range(frames):
+        t = i / max(1, frames - 1)
         canvas = scenes[1 if cut_at is not None and i >= cut_at else 0]
-        scene = np.ascontiguousarray(canvas[:, offset : offset + width])
-        image = scene.copy()
+        to_scene = path[i]
+        if np.allclose(to_scene[:, :2], np.eye(2)) and np.allclose(to_scene[:, 2], np.round(to_scene[:, 2])):
+            x, y = np.round(to_scene[:, 2]).astype(int)
+            view = np.ascontiguousarray(canvas[y : y + height, x : x + width])
+        else:
+            view = cv2.warpAffine(canvas, to_scene, (width, height), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                                  borderMode=cv2.BORDER_REFLECT)
+        image = view.copy()
         persons = []
-        dx, dy = jitter[i]
-        if shake:  # the whole view moves: the scene, and the persons in it
-            shift = np.float32([[1, 0, dx], [0, 1, dy]])
-            scene = cv2.warpAffine(scene, shift, (width, height), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
-            image = scene.copy()
-        for name, sprite, start, end in sprites:
+        scale = 1 / to_scene[0, 0]
+        centre = np.float64([width / 2, height / 2])
+        jitter = centre - centre / scale + (round(pan * width * t), 0) - to_scene[:, 2]  # the shake, x scale
+        for name, sprite, start, end, (t0, t1) in sprites:
+            if scale != 1:
+                sprite = cv2.resize(sprite, (max(2, round(sprite.shape[1] * scale)), max(2, round(sprite.shape[0] * scale))),
+                                    interpolation=cv2.INTER_AREA)
             sh, sw = sprite.shape[:2]
-            x0 = round((start[0] + (end[0] - start[0]) * t) * width - sw / 2 + dx)
-            y0 = round((start[1] + (end[1] - start[1]) * t) * height - sh / 2 + dy)
+            walked = _walked(t, t0, t1)
+            at = (np.float64(start) + (np.float64(end) - start) * walked) * (width, height)
+            at = (at - centre) * scale + centre + jitter
+            x0, y0 = round(at[0] - sw / 2), round(at[1] - sh / 2)
             vx0, vy0, vx1, vy1 = max(0, x0), max(0, y0), min(width, x0 + sw), min(height, y0 + sh)
             if vx1 <= vx0 or vy1 <= vy0:
                 continue
             image[vy0:vy1, vx0:vx1] = sprite[vy0 - y0 : vy1 - y0, vx0 - x0 : vx1 - x0]
-            persons.append({"actor": name, "box": [vx0, vy0, vx1, vy1], "still": start == end})
-        yield image, scene, persons
+            # Still: where they were the frame before (in the scene: a shaking camera moves everybody).
+            still = start == end or (i > 0 and walked == _walked((i - 1) / max(1, frames - 1), t0, t1))
+            persons.append({"actor": name, "box": [vx0, vy0, vx1, vy1], "still": still})
+        yield image, view, persons
+
+
+def _walked(t: float, t0: float, t1: float) -> float:
+    return min(1.0, max(0.0, (t - t0) / max(1e-9, t1 - t0)))
 
 
 def make_sample(
-    out_dir: Path, width: int = 640, height: int = 360, frames: int = 48, fps: int = 25, seed: int = 0
+    out_dir: Path, width: int = 640, height: int = 360, frames: int = 48, fps: int = 25, seed: int = 0,
+    actors=ACTORS, scene: str = "studio",
 ) -> SampleClip:
     """Writes sample.mp4 (near-lossless H.264), background.png and truth.json into `out_dir`."""
     out_dir = Path(out_dir)
@@ -142,13 +199,14 @@ def make_sample(
     truth = []
     ticks = int(1 / (fps * TIME_BASE))
     try:
-        for i, (image, scene, persons) in enumerate(render_frames(width, height, frames, seed)):
+        for i, (image, background, persons) in enumerate(render_frames(width, height, frames, seed, actors,
+                                                                         scene=scene)):
             writer.write(image, i * ticks)
             truth.append(persons)
     except BaseException:
         writer.abort()
         raise
     writer.close()
-    cv2.imwrite(str(clip.background), scene)
+    cv2.imwrite(str(clip.background), background)
     clip.truth.write_text(json.dumps({"width": width, "height": height, "fps": fps, "frames": truth}))
     return clip

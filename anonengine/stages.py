@@ -14,7 +14,7 @@ from typing import Iterator
 
 import numpy as np
 
-from anonengine.compositor import Compositor, obscured_frame
+from anonengine.compositor import Compositor, Learnt, obscured_frame
 from anonengine.config import AnonymizerConfig, EncoderConfig, SourcesConfig
 from anonengine.detections import Detections
 from anonengine.errors import DetectionError, InputError, OutputError
@@ -116,32 +116,59 @@ class DetectStage(Stage):
 
 
 class CompositeStage(Stage):
-    """Anonymizes frames; keeps one background model per camera."""
+    """Anonymizes frames; keeps one background model per camera.
+
+    A frame is learnt (its persons hidden, the background updated) and then rendered: at once for a live
+    source; for a recording once `frames_ahead` frames after it were learnt too, so that what the camera
+    sees later fills what it has not seen yet (`BackgroundConfig.future_frames`).
+    """
 
     def __init__(self, cfg: AnonymizerConfig, privacy_zones: dict[str, list] | None = None) -> None:
         self.cfg = cfg
         self.privacy_zones = dict(privacy_zones or {})
         self.compositors: dict[str, Compositor] = {}
+        self.ahead: dict[str, int] = {}
 
     def setup(self) -> None:
         # A camera's first compositor imports the tracker (Ultralytics, torch: seconds). Done now, before a
         # live camera's frames wait on it.
         Compositor(self.cfg)
 
-    def process(self, frame: Frame, detections: Detections | None, future: list[Detections | None] = ()) -> np.ndarray:
-        """The anonymized image; without detections the whole frame is obscured (fail closed).
+    def start(self, camera: str, live: bool, width: int, height: int) -> int:
+        """A camera's stream begins (again: its model starts afresh); returns how many frames after a
+        frame must be learnt before it is rendered."""
+        self.forget(camera)
+        self.ahead[camera] = self.cfg.background.frames_ahead(live, width, height)
+        return self.ahead[camera]
+
+    def learn(self, frame: Frame, detections: Detections | None, future: list[Detections | None] = ()
+              ) -> Learnt | None:
+        """Hides the frame's persons and learns its background; None when it is to be obscured whole
+        (no detections: fail closed).
 
         `future`: detections of the next `hold.lookahead_frames` frames (fewer at the end of a stream).
         """
         if detections is None:
-            return obscured_frame(frame.image.shape)
+            return None
         compositor = self.compositors.get(frame.camera)
         if compositor is None:
-            compositor = self.compositors[frame.camera] = Compositor(self.cfg, self.privacy_zones.get(frame.camera))
-        return compositor.process(frame.image, detections, [f for f in future if f is not None])
+            compositor = self.compositors[frame.camera] = Compositor(
+                self.cfg, self.privacy_zones.get(frame.camera), self.ahead.get(frame.camera, 0))
+        return compositor.learn(frame.image, detections, [f for f in future if f is not None])
+
+    def render(self, frame: Frame, learnt: Learnt | None) -> np.ndarray:
+        """The anonymized image of a learnt frame."""
+        if learnt is None:
+            return obscured_frame(frame.image.shape)
+        return self.compositors[frame.camera].render(frame.image, learnt)
+
+    def process(self, frame: Frame, detections: Detections | None, future: list[Detections | None] = ()) -> np.ndarray:
+        """Learnt and rendered at once (what a live source gets)."""
+        return self.render(frame, self.learn(frame, detections, future))
 
     def forget(self, camera: str) -> None:
         self.compositors.pop(camera, None)
+        self.ahead.pop(camera, None)
 
 
 def frame_record(frame: Frame, persons: list[dict] | None) -> dict:

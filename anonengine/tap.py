@@ -10,6 +10,7 @@ Each message is (camera topic, header, payload); the header is a `messages.TapHe
 from __future__ import annotations
 
 import logging
+import threading
 from typing import Iterator
 
 import cv2
@@ -22,11 +23,15 @@ from anonengine import messages
 log = logging.getLogger("anonengine.tap")
 # A tap message carries a whole frame: a raw 8K frame is about 100 MB; anything larger is refused.
 MAX_TAP_MESSAGE_BYTES = 128 * 1024 * 1024
+UNTIL_POLL_MS = 100  # how often a subscription with `until` looks at it
 
 
 def subscribe(endpoint: str, cameras: tuple[str, ...] = (), timeout_s: float | None = None,
-              hwm: int = 1000, context: zmq.Context | None = None) -> Iterator[tuple[dict, np.ndarray]]:
-    """Yields (header, BGR image) for each frame received; stops after `timeout_s` without one.
+              hwm: int = 1000, context: zmq.Context | None = None,
+              until: threading.Event | None = None) -> Iterator[tuple[dict, np.ndarray]]:
+    """Yields (header, BGR image) for each frame received; stops after `timeout_s` without one, or,
+    once `until` is set, as soon as none is waiting (a consumer thread ending with its program: a
+    subscription ended and made again loses what is published in between).
 
     `hwm` frames wait here at most; a subscriber that wants the latest frames, not all, sets it low.
     """
@@ -41,9 +46,17 @@ def subscribe(endpoint: str, cameras: tuple[str, ...] = (), timeout_s: float | N
         sock.setsockopt(zmq.SUBSCRIBE, camera.encode())
     sock.connect(endpoint)
     try:
+        quiet_s = 0.0
         while True:
-            if not sock.poll(None if timeout_s is None else int(timeout_s * 1000)):
-                return
+            if until is None:
+                if not sock.poll(None if timeout_s is None else int(timeout_s * 1000)):
+                    return
+            elif not sock.poll(UNTIL_POLL_MS):
+                quiet_s += UNTIL_POLL_MS / 1000
+                if until.is_set() or (timeout_s is not None and quiet_s >= timeout_s):
+                    return
+                continue
+            quiet_s = 0.0
             parts = sock.recv_multipart()
             try:
                 _topic, header, payload = parts

@@ -1,17 +1,24 @@
-"""Privacy benchmark: leak rate and background error per case, anonengine against the seed's algorithm.
+"""Privacy benchmark: leak rate, background error and flicker per case, anonengine against the seed.
 
-    python bench/privacy.py [--frames 48] [--width 640 --height 360] [--audit]
+    python bench/privacy.py [--frames 96] [--width 640 --height 360] [--audit] [--strides 2 3]
+                            [--cases NAME ...] [--methods seed live file ...]
 
-Each case is a clip generated from real person images with known truth (persons' boxes and the true
-background of every frame). Both methods get the same detections from the real pose model, with the
-same detector faults injected, so the difference is what each does with them:
+Each case is a clip generated from real person images with known truth (persons' boxes, the true
+background of every frame and the camera's path). Scenes are "studio" (generated) or "street" (real
+brick, windows, a bus and cobbles cut from Ultralytics' bus.jpg where nobody stands); persons large and
+small stand, cross, enter, or stand and then leave; the camera pans, shakes or zooms. Every method gets
+the same detections from the real pose model, with the same detector faults injected, so the
+difference is what each does with them:
 - seed: background initialised from frame 0, running average outside per-frame dilated boxes,
   Gaussian-blurred mask, alpha blend (the algorithm of ../shared/SEED.md);
-- anonengine: the `bbox` compositor (seen-pixel background with fill, mask hold, edges, cut reset,
-  camera motion followed), as configured by default (look-ahead of LOOKAHEAD frames), without
-  look-ahead, with the camera's motion not followed ("fixed camera", as before issue 11), and
-  detecting on every STRIDE-th frame only (`detector.stride`). Skeletons are off for all, so that bg err measures
-  the reconstruction alone.
+- before: anonengine before issue 11 (the camera's motion not followed, no future, Telea fill);
+- live: the `bbox` compositor as a live camera gets it (camera motion followed, look-ahead of
+  LOOKAHEAD frames, nothing from later frames);
+- file: as a recording gets it: each frame also filled from what the next `future_frames` frames
+  show (`background.future_frames`, the default);
+- perfect: the true background under the file mode's masks: what a perfect reconstruction scores;
+- stride N: file mode detecting on every Nth frame only (`detector.stride`; with --strides).
+Skeletons are off for all, so that bg err measures the reconstruction alone.
 
 Per case and method it prints:
 - leak: share of (frame, person) pairs where >1% of the person's distinctive pixels (those that
@@ -20,9 +27,12 @@ Per case and method it prints:
 - audit: share of person frames where the independent adversary (`anonengine audit`: pose model,
   low threshold, imgsz 960, frame and mirror image) finds a person over unchanged pixels (--audit);
 - bg err: mean absolute error against the true background inside the persons' boxes (grey levels);
+- seen err: the same, only on the pixels whose point of the scene is in view free of persons in some
+  frame of the clip (what a recording can know); "-" when there are none;
 - flicker: mean change between consecutive output frames inside the boxes of persons who stand still
   in the frame (grey levels): what hides them should hold still (a pan moves the scene, and persons
-  cut in by it, so there it is not flicker alone).
+  cut in by it, so there it is not flicker alone);
+- ms: compositing time per frame (detection excluded: the same for all), on this machine.
 """
 
 from __future__ import annotations
@@ -30,25 +40,37 @@ from __future__ import annotations
 import argparse
 import math
 import tempfile
+import time
+from collections import deque
 from fractions import Fraction
+from functools import partial
 from pathlib import Path
 
 import cv2
 import numpy as np
 
 from anonengine import models
-from anonengine.compositor import Compositor
+from anonengine.compositor import Compositor, blend_into
 from anonengine.config import AnonymizerConfig, EncoderConfig, HoldConfig
 from anonengine.detections import Detections
 from anonengine.detector import PersonDetector
-from anonengine.sample import ACTORS, render_frames
+from anonengine.sample import ACTORS, camera_path, render_frames
 from anonengine.video import VideoWriter
 
 LOOKAHEAD = HoldConfig().lookahead_frames  # the default
-STRIDES = (2, 3)  # `detector.stride`: detections on every Nth frame only, the hold covers the others
 ENTERING = (
     ("bus_left", 0.60, (-0.10, 0.55), (0.45, 0.55)),  # walks in from the left edge
     ("zidane", 0.45, (1.10, 0.40), (0.62, 0.40)),  # and in from the right
+)
+STAND_THEN_LEAVE = (  # at walking pace (5 to 10 px a frame at 640x360, 96 frames)
+    ("bus_right", 0.55, (0.55, 0.58), (-0.30, 0.58), (0.35, 0.95)),  # stands from frame 0, then walks out
+    ("zidane", 0.40, (0.25, 0.40), (1.30, 0.40), (0.20, 0.75)),  # likewise, to the other side, sooner
+)
+CROSSING = (
+    ("bus_left", 0.60, (0.10, 0.58), (0.85, 0.58)),
+    ("zidane", 0.45, (0.90, 0.40), (0.20, 0.42)),
+    ("bus_left", 0.22, (0.30, 0.50), (0.75, 0.52)),  # small: far away (a whole body; bus_right, half cut
+    ("zidane", 0.14, (0.80, 0.45), (0.35, 0.45)),  # off in its photo, is missed at this size: see README)
 )
 
 
@@ -62,6 +84,13 @@ def cases(frames: int) -> dict[str, dict]:
         "fast pan": {"actors": ACTORS, "pan": 1.0},
         "hand-held shake": {"actors": ACTORS, "shake": 3.0},
         "scene cut": {"actors": ACTORS, "cut_at": frames // 2},
+        "street: in view all along": {"actors": ACTORS, "scene": "street"},
+        "street: stand, then leave": {"actors": STAND_THEN_LEAVE, "scene": "street"},
+        "street: crossing, far/near": {"actors": CROSSING, "scene": "street"},
+        "street: slow pan": {"actors": CROSSING, "scene": "street", "pan": 0.25},
+        "street: fast pan": {"actors": CROSSING, "scene": "street", "pan": 1.0},
+        "street: shake": {"actors": CROSSING, "scene": "street", "shake": 3.0},
+        "street: zoom in 1.4x": {"actors": STAND_THEN_LEAVE, "scene": "street", "zoom": 1.4},
     }
 
 
@@ -81,19 +110,51 @@ def seed_algorithm(images: list[np.ndarray], detections: list[Detections], alpha
 
 
 def anonengine_algorithm(images: list[np.ndarray], detections: list[Detections], cfg: AnonymizerConfig,
-                         stride: int = 1):
-    """The compositor as the inline path runs it: look-ahead over the detected frames only."""
-    compositor = Compositor(cfg)
+                         stride: int = 1, ahead: int = 0, backgrounds: list[np.ndarray] | None = None):
+    """The compositor as the inline path runs it: look-ahead over the detected frames only; each frame
+    rendered once the `ahead` frames after it were learnt (a recording). With `backgrounds`, those are
+    blended in instead of the model's (a perfect reconstruction, same masks)."""
+    compositor = Compositor(cfg, future_frames=ahead)
     n = cfg.hold.lookahead_frames
-    ahead = [[d for j, d in enumerate(detections[i + 1 : i + 1 + n], i + 1) if j % stride == 0]
-             for i in range(len(detections))]
-    return [compositor.process(image, det, ahead[i]) for i, (image, det) in enumerate(zip(images, detections))]
+    waiting: deque = deque()
+    out = []
+
+    def render(i: int, learnt) -> np.ndarray:
+        if backgrounds is None:
+            return compositor.render(images[i], learnt)
+        image = images[i].copy()
+        for region in learnt.regions:
+            blend_into(image[region.slices], np.ascontiguousarray(backgrounds[i][region.slices]), region.alpha)
+        return image
+
+    for i, (image, det) in enumerate(zip(images, detections)):
+        ahead_dets = [d for j, d in enumerate(detections[i + 1 : i + 1 + n], i + 1) if j % stride == 0]
+        waiting.append((i, compositor.learn(image, det, ahead_dets)))
+        if len(waiting) > ahead:
+            out.append(render(*waiting.popleft()))
+    out.extend(render(*w) for w in waiting)
+    return out
 
 
-def leak_and_error(images, outputs, scenes, truth) -> tuple[float, float, int]:
+def seen_somewhen(truth, path, shape, scene_of, canvas_size) -> list[np.ndarray]:
+    """Per frame, the pixels (bool) whose point of the scene is in view free of persons in some frame."""
+    h, w = shape
+    seen = {}
+    for persons, to_scene, k in zip(truth, path, scene_of):
+        free = np.full((h, w), 255, np.uint8)
+        for p in persons:
+            x0, y0, x1, y1 = p["box"]
+            free[y0:y1, x0:x1] = 0
+        warped = cv2.warpAffine(free, to_scene, canvas_size, flags=cv2.INTER_NEAREST, borderValue=0)
+        seen[k] = np.maximum(seen.get(k, 0), warped)
+    return [cv2.warpAffine(seen[k], to_scene, (w, h), flags=cv2.INTER_NEAREST | cv2.WARP_INVERSE_MAP) > 0
+            for to_scene, k in zip(path, scene_of)]
+
+
+def leak_and_error(images, outputs, scenes, truth, seen) -> tuple[float, float, float, int]:
     pairs = leaked = 0
-    errors = []
-    for image, out, scene, persons in zip(images, outputs, scenes, truth):
+    errors, seen_errors = [], []
+    for image, out, scene, persons, known in zip(images, outputs, scenes, truth, seen):
         for p in persons:
             x0, y0, x1, y1 = p["box"]
             box = (slice(y0, y1), slice(x0, x1))
@@ -107,8 +168,12 @@ def leak_and_error(images, outputs, scenes, truth) -> tuple[float, float, int]:
             # have the colour of a coat. Only matches whose 3x3 neighbourhood matches too count.
             shown = cv2.erode(shown, np.ones((3, 3), np.uint8))
             leaked += shown.sum() > 0.01 * distinctive.sum()
-            errors.append(np.abs(b - bg).mean())
-    return leaked / max(1, pairs), float(np.mean(errors)) if errors else math.nan, pairs
+            error = np.abs(b - bg).mean(axis=2)
+            errors.append(error.mean())
+            if known[box].any():
+                seen_errors.append(error[known[box]])
+    seen_error = float(np.concatenate(seen_errors).mean()) if seen_errors else math.nan
+    return leaked / max(1, pairs), float(np.mean(errors)) if errors else math.nan, seen_error, pairs
 
 
 def flicker(outputs, truth) -> float:
@@ -142,51 +207,70 @@ def audit_rate(images, outputs, truth, tmp: Path, fps: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--frames", type=int, default=48)
+    parser.add_argument("--frames", type=int, default=96)
     parser.add_argument("--width", type=int, default=640)
     parser.add_argument("--height", type=int, default=360)
     parser.add_argument("--audit", action="store_true", help="also run the adversary (slow on a CPU)")
-    parser.add_argument("--strides", type=int, nargs="*", default=list(STRIDES))
+    parser.add_argument("--strides", type=int, nargs="*", default=[])
+    parser.add_argument("--cases", nargs="*", help="only the cases whose names contain one of these")
+    parser.add_argument("--methods", nargs="*", help="only these methods (seed, before, live, file, perfect, "
+                        "stride N)")
     args = parser.parse_args()
-    cfg = AnonymizerConfig()
-    cfg.detector.pose_model = str(models.pull("yolo11n-pose.pt"))
-    cfg.pose.enabled = False  # the seed's algorithm here draws none either: bg err measures reconstruction
-    ahead = cfg.model_copy(deep=True)
-    ahead.hold.lookahead_frames = LOOKAHEAD
-    cfg.hold.lookahead_frames = 0
-    detector = PersonDetector(cfg)
+    live = AnonymizerConfig()
+    live.detector.pose_model = str(models.pull("yolo11n-pose.pt"))
+    live.pose.enabled = False  # the seed's algorithm here draws none either: bg err measures reconstruction
+    before = live.model_copy(deep=True)
+    before.background.follow_camera = False
+    before.background.fill = "inpaint"
+    ahead = live.background.frames_ahead(False, args.width, args.height)
+    detector = PersonDetector(live)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for name, case in cases(args.frames).items():
+            if args.cases and not any(c in name for c in args.cases):
+                continue
+            camera = {k: case.get(k, d) for k, d in (("pan", 0.0), ("shake", 0.0), ("zoom", 1.0))}
             rendered = list(render_frames(args.width, args.height, args.frames, actors=case["actors"],
-                                          pan=case.get("pan", 0.0), cut_at=case.get("cut_at"),
-                                          shake=case.get("shake", 0.0)))
+                                          cut_at=case.get("cut_at"), scene=case.get("scene", "studio"), **camera))
             images = [r[0] for r in rendered]
             scenes = [r[1] for r in rendered]
             truth = [r[2] for r in rendered]
+            path = camera_path(args.width, args.height, args.frames, **camera)
+            scene_of = [int(case.get("cut_at") is not None and i >= case["cut_at"]) for i in range(args.frames)]
+            canvas = (args.width + round(camera["pan"] * args.width), args.height)
+            seen = seen_somewhen(truth, path, (args.height, args.width), scene_of, canvas)
             detections = [detector.detect([image])[0] for image in images]
             for i in case.get("missed", ()):
                 detections[i] = Detections.empty(detections[i].frame_shape)
-            fixed = ahead.model_copy(deep=True)
-            fixed.background.follow_camera = False
-            runs = [("seed", seed_algorithm(images, detections)),
-                    ("no lookahead", anonengine_algorithm(images, detections, cfg)),
-                    ("fixed camera", anonengine_algorithm(images, detections, fixed)),
-                    ("anonengine", anonengine_algorithm(images, detections, ahead))]
+            runs = [("seed", partial(seed_algorithm, images, detections)),
+                    ("before", partial(anonengine_algorithm, images, detections, before)),
+                    ("live", partial(anonengine_algorithm, images, detections, live)),
+                    ("file", partial(anonengine_algorithm, images, detections, live, ahead=ahead)),
+                    ("perfect", partial(anonengine_algorithm, images, detections, live, ahead=ahead,
+                                        backgrounds=scenes))]
             for stride in args.strides:
                 strided = [d if i % stride == 0 else Detections.undetected(d.frame_shape)
                            for i, d in enumerate(detections)]
-                strided_cfg = ahead.model_copy(deep=True)
+                strided_cfg = live.model_copy(deep=True)
                 strided_cfg.detector.stride = stride
-                runs.append((f"stride {stride}", anonengine_algorithm(images, strided, strided_cfg, stride)))
-            for method, outputs in runs:
-                leak, error, pairs = leak_and_error(images, outputs, scenes, truth)
+                runs.append((f"stride {stride}", partial(anonengine_algorithm, images, strided, strided_cfg, stride,
+                                                         ahead=ahead)))
+            for method, run in runs:
+                if args.methods and method not in args.methods:
+                    continue
+                started = time.perf_counter()
+                outputs = run()
+                ms = (time.perf_counter() - started) / len(images) * 1000
+                leak, error, seen_error, pairs = leak_and_error(images, outputs, scenes, truth, seen)
                 audited = audit_rate(images, outputs, truth, Path(tmp), 25) if args.audit else math.nan
-                rows.append((name, method, leak, audited, error, flicker(outputs, truth), pairs))
-    print(f"clips {args.width}x{args.height}, {args.frames} frames, yolo11n-pose at imgsz {cfg.detector.imgsz}")
-    print(f"{'case':28s} {'method':13s} {'leak':>6s} {'audit':>6s} {'bg err':>7s} {'flicker':>7s} {'pairs':>6s}")
-    for name, method, leak, audited, error, flickers, pairs in rows:
-        print(f"{name:28s} {method:13s} {leak:6.1%} {audited:6.1%} {error:7.1f} {flickers:7.2f} {pairs:6d}")
+                rows.append((name, method, leak, audited, error, seen_error, flicker(outputs, truth), ms, pairs))
+    print(f"clips {args.width}x{args.height}, {args.frames} frames, yolo11n-pose at imgsz {live.detector.imgsz}, "
+          f"look-ahead {LOOKAHEAD}, file mode waits {ahead} frames")
+    print(f"{'case':28s} {'method':9s} {'leak':>6s} {'audit':>6s} {'bg err':>7s} {'seen err':>8s} {'flicker':>7s} "
+          f"{'ms':>5s} {'pairs':>5s}")
+    for name, method, leak, audited, error, seen_error, flickers, ms, pairs in rows:
+        print(f"{name:28s} {method:9s} {leak:6.1%} {audited:6.1%} {error:7.1f} {seen_error:8.1f} {flickers:7.2f} "
+              f"{ms:5.1f} {pairs:5d}")
 
 
 if __name__ == "__main__":

@@ -79,7 +79,9 @@ class CaptureService(Service):
 
     def _start_ring(self, info: StreamInfo) -> None:
         self.info = info
-        slots = self.cfg.engine.ring_slots
+        # A recording's frames also wait in the compositor for the frames after them (its future fill).
+        slots = self.cfg.engine.ring_slots + self.cfg.anonymizer.background.frames_ahead(
+            self.live, info.width, info.height)
         # The pid in the name: a restarted capture never shares a segment with readers of the old one.
         name = segment_name(self.instance, f"{self.camera}x{os.getpid()}")
         self.ring = FrameRing.create(name, slots, info.height, info.width)

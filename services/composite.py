@@ -11,18 +11,30 @@ from __future__ import annotations
 
 import itertools
 import os
+from collections import deque
 from dataclasses import dataclass, field
 
 import msgspec
 import zmq
 
 from anonengine import messages
+from anonengine.compositor import Learnt
 from anonengine.detections import Detections
 from anonengine.engine.runtime import POLL_MS, Service, receive_waiting, send
 from anonengine.shm import FrameRing, RingCache, StaleSlot, segment_name
 from anonengine.stages import CompositeStage
 from anonengine.timeline import Timeline
 from anonengine.video import Frame
+
+
+@dataclass
+class Waiting:
+    """A frame learnt from, waiting for the frames after it to be learnt before it is rendered."""
+
+    ref: messages.FrameRef
+    frame: Frame  # the private copy learnt from
+    learnt: Learnt | None  # None: obscured whole
+    persons: list  # the metadata record's
 
 
 @dataclass
@@ -35,6 +47,8 @@ class CameraState:
     decoded: dict[int, Detections] = field(default_factory=dict)  # pending results unpacked, once each
     inputs_held: dict[int, int] = field(default_factory=dict)  # seq -> capture slot, until the encoder has it
     sent: dict[int, messages.OutFrame] = field(default_factory=dict)  # out slots held until on disk
+    ahead: int = 0  # frames learnt after a frame before it is rendered (a recording's future)
+    waiting: deque[Waiting] = field(default_factory=deque)  # learnt, not rendered yet, in order
     end_sent: bool = False
 
 
@@ -106,6 +120,7 @@ class CompositeService(Service):
         deadline = self.cfg.engine.live_deadline_s if info.live else self.cfg.engine.deadline_s
         timeline = Timeline(self.cfg.anonymizer.hold.lookahead_frames, deadline, info.next_seq)
         state = self.cameras[info.camera] = CameraState(info, ring, release, timeline, list(range(slots)))
+        state.ahead = self.compositing.start(info.camera, info.live, info.width, info.height)
         for ref in self.orphan_refs.pop(info.camera, []):
             timeline.offer(ref.seq, ref)
         for result in self.orphans.pop(info.camera, {}).values():
@@ -116,7 +131,8 @@ class CompositeService(Service):
     def _reannounce(self, state: CameraState) -> None:
         """A stage restarted: a restarted encoder learns the stream, from the first frame it has not
         written, gets again the frames it held, and the stream's end if it came."""
-        self._announce_out(state, next_seq=min(state.sent, default=state.timeline.next_seq))
+        unwritten = [*state.sent, *(w.ref.seq for w in state.waiting)]
+        self._announce_out(state, next_seq=min(unwritten, default=state.timeline.next_seq))
         for seq in sorted(state.sent):
             send(self.encoder, state.sent[seq])
         if state.end_sent:
@@ -175,6 +191,7 @@ class CompositeService(Service):
         if end.error or end.interrupted:  # nothing more of this stream is composited
             state.timeline.stop()
             state.decoded.clear()
+            state.waiting.clear()
             send(self.encoder, end)
             state.end_sent = True
         self._drain(state)
@@ -198,9 +215,10 @@ class CompositeService(Service):
         return None
 
     def _drain(self, state: CameraState) -> None:
-        """Sends out every frame whose turn it is, while the output ring has room."""
+        """Learns from every frame whose turn it is, and sends out those whose wait is over, while the
+        output ring has room."""
         timeline = state.timeline
-        while state.free_slots and (turn := timeline.next()) is not None:
+        while len(state.waiting) <= state.ahead and (turn := timeline.next()) is not None:
             if turn.late:
                 self.count("late")
                 if self.cfg.engine.late_frames == "drop":
@@ -209,10 +227,12 @@ class CompositeService(Service):
                 result = messages.Detected(turn.item, messages.DetectStatus.LATE)
             else:
                 result = turn.result
-            if not self._emit(state, result):
+            if not self._learn(state, result):
                 timeline.retry(turn.seq)  # its slot was reused: the capture offers it again
                 break
-        if timeline.finished and not state.end_sent:
+            self._send_waited(state)
+        self._send_waited(state)
+        if timeline.finished and not state.waiting and not state.end_sent:
             send(self.encoder, messages.StreamEnd(state.info.camera, timeline.end))
             state.end_sent = True
         self._forget_if_done(state)
@@ -222,8 +242,8 @@ class CompositeService(Service):
         state.timeline.done(ref.seq)
         send(state.release, messages.Release(ref.camera, ref.seq, ref.slot), block=False)
 
-    def _emit(self, state: CameraState, result: messages.Detected) -> bool:
-        """Composites the frame and hands it to the encoder; False if its slot no longer holds it."""
+    def _learn(self, state: CameraState, result: messages.Detected) -> bool:
+        """Learns from the frame, which then waits for its render; False if its slot no longer holds it."""
         ref = result.frame
         try:
             # A checked private copy, before anything learns from it: a torn frame (its slot reused by a
@@ -235,20 +255,28 @@ class CompositeService(Service):
         frame = Frame(ref.camera, ref.seq, ref.pts, state.info.time_base_fraction, image_in)
         detections = self._detections_of(state, result, image_in.shape[:2])
         state.decoded.pop(ref.seq, None)
-        image = self.compositing.process(frame, detections, self._future(state, ref.seq))
-        out_slot = state.free_slots.pop()
-        state.ring.write(out_slot, ref.seq, image)
-        out_ref = messages.FrameRef(ref.camera, ref.seq, ref.pts, state.ring.name, out_slot, state.ring.slots,
-                                    state.ring.height, state.ring.width, self.worker)
+        learnt = self.compositing.learn(frame, detections, self._future(state, ref.seq))
         persons = detections.to_meta() if detections is not None else []
-        out = messages.OutFrame(out_ref, obscured=detections is None, persons=persons)
-        send(self.encoder, out)
+        state.waiting.append(Waiting(ref, frame, learnt, persons))
         state.inputs_held[ref.seq] = ref.slot
-        state.sent[ref.seq] = out
         state.timeline.done(ref.seq)
-        self.count("frames")
-        self.count("obscured", detections is None)
         return True
+
+    def _send_waited(self, state: CameraState) -> None:
+        """Renders and hands to the encoder the frames whose wait is over (all of them at the end)."""
+        while state.waiting and state.free_slots and (len(state.waiting) > state.ahead or state.timeline.finished):
+            waited = state.waiting.popleft()
+            ref = waited.ref
+            image = self.compositing.render(waited.frame, waited.learnt)
+            out_slot = state.free_slots.pop()
+            state.ring.write(out_slot, ref.seq, image)
+            out_ref = messages.FrameRef(ref.camera, ref.seq, ref.pts, state.ring.name, out_slot, state.ring.slots,
+                                        state.ring.height, state.ring.width, self.worker)
+            out = messages.OutFrame(out_ref, obscured=waited.learnt is None, persons=waited.persons)
+            send(self.encoder, out)
+            state.sent[ref.seq] = out
+            self.count("frames")
+            self.count("obscured", waited.learnt is None)
 
     def _on_received(self, received: messages.Received) -> None:
         """Composited again from the capture's slot only if this process dies before the encoder has it."""

@@ -64,28 +64,34 @@ def free_tcp_endpoint() -> str:
 def reference_frames(clip_path: Path, cfg: EngineConfig) -> list[np.ndarray]:
     """The inline path's anonymized frames (before encoding): the same stages and the same timeline."""
     with DetectStage(cfg.anonymizer) as detect:
-        frames = VideoReader(str(clip_path))
+        frames = VideoReader(str(clip_path), "cam")
         composite = CompositeStage(cfg.anonymizer)
+        ahead = composite.start("cam", False, frames.info.width, frames.info.height)  # a file: its future helps
         return [image for _, image, _ in anonymize_frames(frames, detect, composite,
-                                                         cfg.anonymizer.hold.lookahead_frames)]
+                                                         cfg.anonymizer.hold.lookahead_frames, ahead=ahead)]
 
 
 def collect_tap(endpoint: str, sink: list, stop: threading.Event, delay_s: float = 0.0) -> None:
-    for meta, image in subscribe(endpoint, timeout_s=1.0, hwm=1 if delay_s else 1000):
+    """One subscription for the whole run (one ended and made again would lose frames in between)."""
+    for meta, image in subscribe(endpoint, hwm=1 if delay_s else 1000, until=stop):
         sink.append((meta, image.copy()))
         if delay_s:
             time.sleep(delay_s)
 
 
 def run_with_tap(cfg: EngineConfig, delay_s: float = 0.0) -> tuple[Launcher, list]:
+    """Runs the engine with one subscriber on its tap. Unless `delay_s` makes it slow on purpose, the
+    tap queues every frame for it: a recording's last frames go out in a burst (the future fill's
+    wait ends at once), faster than a subscriber reads them, and a live tap drops what it cannot queue."""
+    if not delay_s:
+        cfg.tap.hwm = 10000
     received: list = []
     stop = threading.Event()
     launcher = Launcher(cfg)
     launcher.start()
 
     def subscriber():
-        while not stop.is_set():  # reconnects until the engine ends; timeouts between frames are fine
-            collect_tap(cfg.tap.endpoint, received, stop, delay_s)
+        collect_tap(cfg.tap.endpoint, received, stop, delay_s)
 
     thread = threading.Thread(target=subscriber, daemon=True)
     thread.start()
@@ -93,7 +99,7 @@ def run_with_tap(cfg: EngineConfig, delay_s: float = 0.0) -> tuple[Launcher, lis
         launcher.run()
     finally:
         stop.set()
-        thread.join(30)  # the subscriber reads what is still queued, then times out
+        thread.join(30)  # the subscriber reads what is still queued, then ends
     return launcher, received
 
 
