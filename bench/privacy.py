@@ -28,7 +28,8 @@ Per case and method it prints:
   low threshold, imgsz 960, frame and mirror image) finds a person over unchanged pixels (--audit);
 - bg err: mean absolute error against the true background inside the persons' boxes (grey levels);
 - seen err: the same, only on the pixels whose point of the scene is in view free of persons in some
-  frame of the clip (what a recording can know); "-" when there are none;
+  frame of the clip; known err: only on those seen free by the frame itself (seed, before, live) or
+  by the last frame it waits for (file, perfect, strides): what the method can know;
 - flicker: mean change between consecutive output frames inside the boxes of persons who stand still
   in the frame (grey levels): what hides them should hold still (a pan moves the scene, and persons
   cut in by it, so there it is not flicker alone);
@@ -136,25 +137,35 @@ def anonengine_algorithm(images: list[np.ndarray], detections: list[Detections],
     return out
 
 
-def seen_somewhen(truth, path, shape, scene_of, canvas_size) -> list[np.ndarray]:
-    """Per frame, the pixels (bool) whose point of the scene is in view free of persons in some frame."""
+def seen_by(truth, path, shape, scene_of, canvas_size, horizon: int | None) -> list[np.ndarray]:
+    """Per frame t, the pixels (bool) whose point of the scene is in view free of persons in some frame
+    up to t + `horizon` of the same scene (None: any frame of the clip)."""
     h, w = shape
-    seen = {}
-    for persons, to_scene, k in zip(truth, path, scene_of):
+    frees = []
+    for persons, to_scene in zip(truth, path):
         free = np.full((h, w), 255, np.uint8)
         for p in persons:
             x0, y0, x1, y1 = p["box"]
             free[y0:y1, x0:x1] = 0
-        warped = cv2.warpAffine(free, to_scene, canvas_size, flags=cv2.INTER_NEAREST, borderValue=0)
-        seen[k] = np.maximum(seen.get(k, 0), warped)
-    return [cv2.warpAffine(seen[k], to_scene, (w, h), flags=cv2.INTER_NEAREST | cv2.WARP_INVERSE_MAP) > 0
-            for to_scene, k in zip(path, scene_of)]
+        frees.append(cv2.warpAffine(free, to_scene, canvas_size, flags=cv2.INTER_NEAREST, borderValue=0))
+    prefix, union = [], {}
+    for free, k in zip(frees, scene_of):
+        union[k] = np.maximum(union.get(k, 0), free)
+        prefix.append(union[k])
+    last = len(frees) - 1
+    masks = []
+    for t, (to_scene, k) in enumerate(zip(path, scene_of)):
+        u = last if horizon is None else min(last, t + horizon)
+        while scene_of[u] != k:  # not into the next scene
+            u -= 1
+        masks.append(cv2.warpAffine(prefix[u], to_scene, (w, h), flags=cv2.INTER_NEAREST | cv2.WARP_INVERSE_MAP) > 0)
+    return masks
 
 
-def leak_and_error(images, outputs, scenes, truth, seen) -> tuple[float, float, float, int]:
+def leak_and_error(images, outputs, scenes, truth, seen, known) -> tuple[float, float, float, float, int]:
     pairs = leaked = 0
-    errors, seen_errors = [], []
-    for image, out, scene, persons, known in zip(images, outputs, scenes, truth, seen):
+    errors, seen_errors, known_errors = [], [], []
+    for image, out, scene, persons, seen_ever, knowable in zip(images, outputs, scenes, truth, seen, known):
         for p in persons:
             x0, y0, x1, y1 = p["box"]
             box = (slice(y0, y1), slice(x0, x1))
@@ -170,10 +181,11 @@ def leak_and_error(images, outputs, scenes, truth, seen) -> tuple[float, float, 
             leaked += shown.sum() > 0.01 * distinctive.sum()
             error = np.abs(b - bg).mean(axis=2)
             errors.append(error.mean())
-            if known[box].any():
-                seen_errors.append(error[known[box]])
+            seen_errors.append(error[seen_ever[box]])
+            known_errors.append(error[knowable[box]])
     seen_error = float(np.concatenate(seen_errors).mean()) if seen_errors else math.nan
-    return leaked / max(1, pairs), float(np.mean(errors)) if errors else math.nan, seen_error, pairs
+    known_error = float(np.concatenate(known_errors).mean()) if known_errors else math.nan
+    return leaked / max(1, pairs), float(np.mean(errors)) if errors else math.nan, seen_error, known_error, pairs
 
 
 def flicker(outputs, truth) -> float:
@@ -238,7 +250,10 @@ def main() -> None:
             path = camera_path(args.width, args.height, args.frames, **camera)
             scene_of = [int(case.get("cut_at") is not None and i >= case["cut_at"]) for i in range(args.frames)]
             canvas = (args.width + round(camera["pan"] * args.width), args.height)
-            seen = seen_somewhen(truth, path, (args.height, args.width), scene_of, canvas)
+            shape = (args.height, args.width)
+            seen = seen_by(truth, path, shape, scene_of, canvas, None)
+            known_live = seen_by(truth, path, shape, scene_of, canvas, 0)
+            known_file = seen_by(truth, path, shape, scene_of, canvas, ahead)
             detections = [detector.detect([image])[0] for image in images]
             for i in case.get("missed", ()):
                 detections[i] = Detections.empty(detections[i].frame_shape)
@@ -261,15 +276,19 @@ def main() -> None:
                 started = time.perf_counter()
                 outputs = run()
                 ms = (time.perf_counter() - started) / len(images) * 1000
-                leak, error, seen_error, pairs = leak_and_error(images, outputs, scenes, truth, seen)
+                known = known_live if method in ("seed", "before", "live") else known_file
+                leak, error, seen_error, known_error, pairs = leak_and_error(images, outputs, scenes, truth, seen, known)
                 audited = audit_rate(images, outputs, truth, Path(tmp), 25) if args.audit else math.nan
-                rows.append((name, method, leak, audited, error, seen_error, flicker(outputs, truth), ms, pairs))
+                rows.append((name, method, leak, audited, error, seen_error, known_error, flicker(outputs, truth), ms,
+                             pairs))
     print(f"clips {args.width}x{args.height}, {args.frames} frames, yolo11n-pose at imgsz {live.detector.imgsz}, "
           f"look-ahead {LOOKAHEAD}, file mode waits {ahead} frames")
-    print(f"{'case':28s} {'method':9s} {'leak':>6s} {'audit':>6s} {'bg err':>7s} {'seen err':>8s} {'flicker':>7s} "
+    print(f"{'case':28s} {'method':9s} {'leak':>6s} {'audit':>6s} {'bg err':>7s} {'seen err':>8s} {'known err':>9s} "
+          f"{'flicker':>7s} "
           f"{'ms':>5s} {'pairs':>5s}")
-    for name, method, leak, audited, error, seen_error, flickers, ms, pairs in rows:
-        print(f"{name:28s} {method:9s} {leak:6.1%} {audited:6.1%} {error:7.1f} {seen_error:8.1f} {flickers:7.2f} "
+    for name, method, leak, audited, error, seen_error, known_error, flickers, ms, pairs in rows:
+        print(f"{name:28s} {method:9s} {leak:6.1%} {audited:6.1%} {error:7.1f} {seen_error:8.1f} {known_error:9.1f} "
+              f"{flickers:7.2f} "
               f"{ms:5.1f} {pairs:5d}")
 
 
