@@ -189,9 +189,10 @@ def _walked(t: float, t0: float, t1: float) -> float:
 
 def make_sample(
     out_dir: Path, width: int = 640, height: int = 360, frames: int = 48, fps: int = 25, seed: int = 0,
-    actors=ACTORS, scene: str = "studio",
+    actors=ACTORS, scene: str = "studio", **camera,
 ) -> SampleClip:
-    """Writes sample.mp4 (near-lossless H.264), background.png and truth.json into `out_dir`."""
+    """Writes sample.mp4 (near-lossless H.264), background.png and truth.json into `out_dir`;
+    `camera`: pan, shake, zoom as `render_frames` takes them (background.png is then the last frame's)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     clip = SampleClip(out_dir / "sample.mp4", out_dir / "background.png", out_dir / "truth.json")
@@ -200,7 +201,7 @@ def make_sample(
     ticks = int(1 / (fps * TIME_BASE))
     try:
         for i, (image, background, persons) in enumerate(render_frames(width, height, frames, seed, actors,
-                                                                         scene=scene)):
+                                                                         scene=scene, **camera)):
             writer.write(image, i * ticks)
             truth.append(persons)
     except BaseException:

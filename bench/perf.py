@@ -1,7 +1,19 @@
 """End-to-end speed on a 720p generated clip, in one run: the seed's algorithm, --inline and the engine, per
 backend and detector input size; the 720p25 cameras the engine sustains; memory per camera.
 
-    python bench/perf.py [--frames 200] [--width 1280 --height 720] [--quick]
+    python bench/perf.py [--frames 200] [--width 1280 --height 720] [--quick] [--clip street|studio]
+    python bench/perf.py --wall [--frames 200]    # as a user times it: whole commands, start-up included
+
+The clip (`--clip street`, the default): a street with real textures (brick, windows, a bus, cobbles
+from bus.jpg), five persons at once: one filling the frame (95% of its height), two walking, two small
+ones far away (20% and 14% of the height), one standing; the camera pans slowly (15% of the width over
+the clip) and shakes by up to 1.5 px a frame. `studio` is the older, generated scene, persons only.
+
+--wall: each command (`anonengine run`, with its flags) timed as a user would, from launch to exit,
+with warm caches (the model's exports made by an untimed run first): frames/s = frames / wall time,
+first frame = launch to the first frame on disk (its metadata record; a file's frames wait for the 50
+after them, `--future-frames 0` shows the start-up alone); the seed's algorithm likewise, from its
+start (models loaded inside) to its last frame written.
 
 The seed's algorithm: two PyTorch models per frame (a detection model for boxes and the pose model),
 float32 compositing at full resolution, one process. Offline, no plain detection weights can be had,
@@ -19,6 +31,7 @@ its peak, for 1 camera and for the most cameras run.
 from __future__ import annotations
 
 import argparse
+import math
 import resource
 import sys
 import tempfile
@@ -38,6 +51,69 @@ from anonengine.sample import make_sample  # noqa: E402
 from anonengine.video import VideoReader, VideoWriter  # noqa: E402
 
 LIVE_FPS = 25
+STREET_ACTORS = (
+    ("zidane", 0.95, (0.30, 0.50), (0.42, 0.50)),  # fills the frame
+    ("bus_left", 0.60, (0.05, 0.55), (0.85, 0.55)),
+    ("bus_right", 0.50, (0.72, 0.58), (0.72, 0.58)),  # stands
+    ("bus_left", 0.20, (0.95, 0.45), (0.45, 0.45)),  # far away
+    ("zidane", 0.14, (0.60, 0.42), (0.15, 0.42)),
+)
+
+
+def make_clip(out: Path, width: int, height: int, frames: int, kind: str):
+    if kind == "studio":
+        return make_sample(out, width, height, frames)
+    return make_sample(out, width, height, frames, actors=STREET_ACTORS, scene="street", pan=0.15, shake=1.5)
+
+
+def wall_run(clip, out: Path, name: str, *flags: str) -> tuple[float, float]:
+    """(wall seconds, seconds to the first frame on disk) of `anonengine run` on the clip."""
+    import os
+    import subprocess
+
+    from anonengine.recording import segments_folder
+
+    video, metadata = out / f"{name}.mp4", out / f"{name}.jsonl"
+    env = dict(os.environ, ANONENGINE_MODELS=str(models.pull("yolo11n-pose.pt").parent))
+    started = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-m", "anonengine.cli", "run", "--video-source", str(clip.video),
+                             "--output-video", str(video), "--metadata", str(metadata), "--quiet", *flags],
+                            env=env, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    first = None
+    while proc.poll() is None:
+        if first is None:
+            partial = [metadata.with_suffix(".jsonl.partial"), *segments_folder(video, keep=False).glob("*.jsonl")]
+            if any(p.exists() and p.stat().st_size for p in partial):
+                first = time.perf_counter() - started
+        time.sleep(0.02)
+    wall = time.perf_counter() - started
+    if proc.returncode != 0:
+        raise RuntimeError(f"{name}: exit {proc.returncode}: {proc.stderr.read()}")
+    return wall, first if first is not None else wall
+
+
+def wall_table(clip, out: Path, frames: int) -> None:
+    # Warm caches, as a user's second run has them: the OpenVINO export and the INT8 model of this
+    # input shape are made once (tens of seconds) and kept beside the weights.
+    info = VideoReader(str(clip.video)).info
+    warm = make_sample(out / "warm", info.width, info.height, 3)
+    for flags in ((), ("--int8",)):
+        wall_run(warm, out, "warm", *flags)
+    started = time.perf_counter()
+    seed_fps(clip, out, 640)
+    seed_wall = time.perf_counter() - started
+    rows = [("seed algorithm (torch x2, float32)", seed_wall, math.nan)]
+    for name, flags in (("anonengine run (defaults)", ()), ("anonengine run --inline", ("--inline",)),
+                        ("anonengine run --future-frames 0", ("--future-frames", "0")),
+                        ("anonengine run --stride 2", ("--stride", "2")),
+                        ("anonengine run --int8 --preset ultrafast", ("--int8", "--preset", "ultrafast")),
+                        ("anonengine run --int8 --preset ultrafast --stride 2",
+                         ("--int8", "--preset", "ultrafast", "--stride", "2"))):
+        wall, first = wall_run(clip, out, f"run{len(rows)}", *flags)
+        rows.append((name, wall, first))
+    print(f"{'command':56s} {'wall s':>7s} {'frames/s':>9s} {'vs seed':>8s} {'first frame s':>13s}")
+    for name, wall, first in rows:
+        print(f"{name:56s} {wall:7.1f} {frames / wall:9.1f} {seed_wall / wall:8.2f} {first:13.1f}")
 
 
 def seed_fps(clip, out: Path, imgsz: int) -> tuple[float, float]:
@@ -179,7 +255,16 @@ def main() -> None:
     parser.add_argument("--height", type=int, default=720)
     parser.add_argument("--quick", action="store_true", help="skip the torch and FP32 rows")
     parser.add_argument("--most-cameras", type=int, default=4, help="sustained cameras: try up to this many")
+    parser.add_argument("--clip", choices=["street", "studio"], default="street")
+    parser.add_argument("--wall", action="store_true", help="only whole commands timed as a user would")
     args = parser.parse_args()
+    if args.wall:
+        with tempfile.TemporaryDirectory() as tmp:
+            clip = make_clip(Path(tmp) / "clip", args.width, args.height, args.frames, args.clip)
+            print(f"{args.clip} clip {args.width}x{args.height}, {args.frames} frames, "
+                  f"{len(__import__('os').sched_getaffinity(0))} CPU cores")
+            wall_table(clip, Path(tmp), args.frames)
+        return
     rows = []
 
     def row(name, imgsz, fps, cpu_ms):
@@ -188,7 +273,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)
-        clip = make_sample(out / "clip", args.width, args.height, args.frames)
+        clip = make_clip(out / "clip", args.width, args.height, args.frames, args.clip)
         seed, seed_cpu = seed_fps(clip, out, 640)
         row("seed algorithm (torch x2, float32)", 640, seed, seed_cpu)
         backends = [("openvino", False), ("openvino", True)] if args.quick else [
@@ -216,7 +301,7 @@ def main() -> None:
         live = {imgsz: sustained(clip, out, args.frames, imgsz, args.most_cameras) for imgsz in (640, 320)}
 
     print()
-    print(f"{args.width}x{args.height}, {args.frames} frames, bbox method, "
+    print(f"{args.clip} clip {args.width}x{args.height}, {args.frames} frames, bbox method, "
           f"{AnonymizerConfig().hold.lookahead_frames}-frame look-ahead, "
           f"{len(__import__('os').sched_getaffinity(0))} CPU cores")
     print(f"{'path':52s} {'imgsz':>5s} {'frames/s':>9s} {'CPU ms/frame':>12s} {'vs seed':>8s}")
