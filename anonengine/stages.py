@@ -19,7 +19,7 @@ from anonengine.config import AnonymizerConfig, EncoderConfig, SourcesConfig
 from anonengine.detections import Detections
 from anonengine.errors import DetectionError, InputError, OutputError
 from anonengine.sources import LiveFeed, classify
-from anonengine.video import Frame, StreamInfo, VideoReader, VideoWriter
+from anonengine.video import Frame, StreamInfo, VideoReader, VideoWriter, set_aside
 
 log = logging.getLogger(__name__)
 
@@ -210,6 +210,8 @@ class EncodeStage(Stage):
                 raise OutputError(f"cannot write metadata {path}: it is a folder")
             self._meta_partial = path.with_name(path.name + ".partial")
             try:
+                if self.lock:
+                    set_aside(self._meta_partial)
                 self._meta_file = open(self._meta_partial, "w")
             except OSError as exc:
                 self.abort()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import logging
 import os
 import struct
 from dataclasses import dataclass
@@ -19,6 +20,9 @@ from anonengine.config import EncoderConfig, SourcesConfig
 from anonengine.errors import InputError, OutputError
 from anonengine.locks import FileLock, LockBusy, output_lock_path
 from anonengine.sources import Source, classify
+
+log = logging.getLogger("anonengine")
+
 
 @dataclass
 class Frame:
@@ -230,6 +234,20 @@ def partial_path(output: str | os.PathLike) -> Path:
     return path.with_name(f"{path.stem}.partial{path.suffix or '.mp4'}")
 
 
+def set_aside(path: Path) -> Path | None:
+    """Moves an earlier run's file at `path` (an interrupted run's playable partial, which the user was
+    told to find there) to the first free `STEM.N.SUFFIX`, so this run, which writes `path` and removes
+    it if it fails, cannot destroy it. Call with the output's lock held. Returns where it went."""
+    if not path.exists():
+        return None
+    n = 1
+    while (kept := path.with_name(f"{path.stem}.{n}{path.suffix}")).exists():
+        n += 1
+    os.replace(path, kept)
+    log.warning("an earlier run's %s is kept as %s", path.name, kept)
+    return kept
+
+
 class VideoWriter:
     """Encodes BGR frames to a video file at the given timestamps.
 
@@ -259,6 +277,13 @@ class VideoWriter:
         self.partial = partial_path(self.path)
         self.width, self.height = width, height
         self.lock = claim_output(self.path, lock)
+        if lock:  # the writer owns the output (else its owner, the engine's launcher, did this)
+            try:
+                set_aside(self.partial)
+            except OSError as exc:
+                self.lock.release()
+                raise OutputError(f"cannot write {self.path}: cannot keep an earlier {self.partial.name}: "
+                                  f"{exc.strerror}") from None
         try:
             self._open(rate, time_base, cfg)
         except BaseException:  # an error, or a stop signal while the encoder starts

@@ -278,6 +278,25 @@ def test_a_stopped_file_run_keeps_a_playable_partial_and_says_how_far_it_got(
         assert_nothing_left(f"p{proc.pid}")
 
 
+@pytest.mark.parametrize("path", ["engine", "inline"])
+def test_a_stopped_run_keeps_an_earlier_runs_partial_output(path, long_clip, models_dir, tmp_path):
+    """The partial output an interrupted run leaves (and names) is the user's: a second run on the same
+    output, stopped too, sets it aside instead of overwriting it, or deleting it along with its own."""
+    output, metadata = tmp_path / "out.mp4", tmp_path / "out.jsonl"
+    # (the metadata empty: `wait_for_frames` counts the records of this run's)
+    earlier = {tmp_path / "out.partial.mp4": b"an earlier run's frames", tmp_path / "out.jsonl.partial": b""}
+    for file, content in earlier.items():
+        file.write_bytes(content)
+    proc = start_run(models_dir, "--video-source", long_clip.video, "--output-video", output, "--metadata", metadata,
+                     *(["--inline"] if path == "inline" else []))
+    wait_for_frames(output, proc)
+    code, stderr, _ = stop_and_wait(proc, signal.SIGINT, group=True)
+    assert code == 130, stderr
+    assert (tmp_path / "out.partial.1.mp4").read_bytes() == earlier[tmp_path / "out.partial.mp4"]
+    assert (tmp_path / "out.jsonl.1.partial").read_bytes() == earlier[tmp_path / "out.jsonl.partial"]
+    assert "kept as" in stderr and len([f.seq for f in VideoReader(str(tmp_path / "out.partial.mp4"))]) > 0
+
+
 @pytest.mark.parametrize("after_s", [0.3, 2.5])
 def test_ctrl_c_during_start_up_ends_the_run_at_once_with_one_line(after_s, long_clip, models_dir, tmp_path):
     """While Python imports (0.3 s) and while the stages load the model (2.5 s): no traceback, no wait for

@@ -34,7 +34,7 @@ from anonengine.locks import FileLock, LockBusy, is_locked, output_lock_path
 from anonengine.recording import segments_folder
 from anonengine.shm import instance_segments, remove_stale_segments, unlink
 from anonengine.sources import classify, is_live
-from anonengine.video import partial_path
+from anonengine.video import partial_path, set_aside
 
 log = logging.getLogger("anonengine.launcher")
 
@@ -179,6 +179,13 @@ class Launcher:
         except OSError as exc:
             raise OutputError(f"camera {camera.name}: cannot write {output}: {exc.strerror}") from None
         self.output_locks[camera.name] = lock
+        # A failed run removes its partial files: an earlier run's, there before it, must not go with them.
+        try:
+            set_aside(partial_path(output))
+            if camera.metadata:
+                set_aside(Path(f"{camera.metadata}.partial"))
+        except OSError as exc:
+            raise OutputError(f"camera {camera.name}: cannot keep an earlier partial output: {exc.strerror}") from None
 
     def _release_output(self, camera: str) -> None:
         lock = self.output_locks.pop(camera, None)
