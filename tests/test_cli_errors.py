@@ -135,6 +135,26 @@ def missing_model(tmp: Path, clip) -> tuple[list, str]:
     return ["--video-source", clip.video, "--pose-model", "/nonexistent/x.pt"], "model file not found"
 
 
+class _OpensAFile:
+    """Unpickled, it creates a file: weights that run code when loaded."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return open, (str(self.path), "w")
+
+
+def look_alike_weights(tmp: Path, clip) -> tuple[list, str]:
+    """A file named like the official weights that is not them is refused before anything loads it (had
+    it been unpickled, it would have left a file in tmp, which the test would find)."""
+    import torch
+
+    (tmp / "weights").mkdir()
+    torch.save({"model": _OpensAFile(tmp / "unpickled")}, tmp / "weights" / "yolo11n-pose.pt")
+    return ["--video-source", clip.video, "--pose-model", tmp / "weights" / "yolo11n-pose.pt"], "not the official"
+
+
 def output_in_missing_folder(tmp: Path, clip) -> tuple[list, str]:
     return ["--video-source", clip.video, "--output-video", tmp / "no_such_dir" / "out.mp4"], "does not exist"
 
@@ -194,6 +214,7 @@ BAD_RUNS = [
     zero_frame_video,
     unknown_method,
     missing_model,
+    look_alike_weights,
     output_in_missing_folder,
     output_under_proc,
     output_under_a_file,
