@@ -8,11 +8,12 @@ box-only persons, so one model's miss is not a leak.
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import numpy as np
 
 from anonengine import models
-from anonengine.backends import ExportedModels, check_int8, choose_backend, letterbox_shape
+from anonengine.backends import ExportedModels, OpenVinoPose, check_int8, choose_backend, letterbox_shape
 from anonengine.config import AnonymizerConfig
 from anonengine.detections import Detections, box_iou
 from anonengine.errors import ModelError
@@ -21,9 +22,12 @@ log = logging.getLogger(__name__)
 
 MATCH_IOU = 0.3
 WIDE_FRAME = (720, 1280)  # 16:9, the shape of most cameras
+NVIDIA_DRIVER = "/proc/driver/nvidia/version"  # there whenever a CUDA device can be
 
 
 def select_device(spec: str) -> str:
+    if spec == "cpu" or (spec == "auto" and not Path(NVIDIA_DRIVER).exists()):
+        return "cpu"  # without importing PyTorch (a second of start-up) where no GPU can be
     import torch
 
     if spec == "auto":
@@ -38,6 +42,9 @@ def select_device(spec: str) -> str:
 def load_yolo(spec: str, task: str):
     """An Ultralytics YOLO model of the given task, or a one-line ModelError."""
     from ultralytics import YOLO
+
+    # Importing Ultralytics sets its logger to INFO: its per-load chatter is not the user's business.
+    logging.getLogger("ultralytics").setLevel(max(logging.WARNING, logging.getLogger().level))
 
     path = models.resolve(spec)
     try:
@@ -68,10 +75,6 @@ class PersonDetector:
         det = cfg.detector
         self.device = select_device(det.device)
         self.half = det.half and self.device.startswith("cuda")
-        # Importing Ultralytics sets its logger to INFO: its per-load chatter is not the user's business.
-        import ultralytics  # noqa: F401
-
-        logging.getLogger("ultralytics").setLevel(max(logging.WARNING, logging.getLogger().level))
         self.backend = choose_backend(det.backend, self.device)
         if det.int8:
             check_int8(self.backend)
@@ -86,13 +89,16 @@ class PersonDetector:
         self._warm_up()
 
     def _load(self, spec: str, task: str):
-        """A torch YOLO model, or for another backend the per-shape exports of one (checked as torch first)."""
-        model = load_yolo(spec, task)
+        """A torch YOLO model, or for another backend the per-shape exports of one (checked as torch first,
+        unless the export this file's 16:9 frames need is cached: then PyTorch is not even imported)."""
         if self.backend == "torch" or models.is_architecture(spec):
-            return model
+            return load_yolo(spec, task)
         det = self.cfg.detector
         int8 = det.int8 and task == "pose"  # the INT8 accuracy checks are the pose model's
-        return ExportedModels(models.resolve(spec), task, self.backend, det.imgsz, self.half, int8, det.threads)
+        exported = ExportedModels(models.resolve(spec), task, self.backend, det.imgsz, self.half, int8, det.threads)
+        if not exported.runs_directly(WIDE_FRAME):
+            load_yolo(spec, task)
+        return exported
 
     def _warm_up(self) -> None:
         """Runs the model before any frame with a deadline: the first predict builds Ultralytics' predictor,
@@ -112,11 +118,16 @@ class PersonDetector:
         return self.backend == "torch"
 
     def _predict(self, model, frames: list[np.ndarray]):
+        """Ultralytics' results, or `Detections` where the model gives them directly (`OpenVinoPose`)."""
         if isinstance(model, ExportedModels):
             # Exported models take one frame of their own shape at a time (batching gains little on a CPU).
+            det = self.cfg.detector
             results = []
             for frame in frames:
                 exported, shape = model.model_for(frame.shape[:2])
+                if isinstance(exported, OpenVinoPose):
+                    results.append(exported.detect(frame, det.person_conf, det.iou))
+                    continue
                 results += self._predict_with(exported, [frame], list(shape))
                 model.after_predict(exported, shape)
             return results
@@ -153,7 +164,8 @@ class PersonDetector:
         return self._detect(frames)[:count]
 
     def _detect(self, frames: list[np.ndarray]) -> list[Detections]:
-        poses = [Detections.from_ultralytics(r) for r in self._predict(self.pose, frames)]
+        poses = [r if isinstance(r, Detections) else Detections.from_ultralytics(r)
+                 for r in self._predict(self.pose, frames)]
         if self.outline is None:
             return poses
         outlines = self._predict(self.outline, frames)

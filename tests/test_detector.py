@@ -112,4 +112,31 @@ def test_openvino_runs_on_the_configured_number_of_threads(models_dir):
     (det,) = detector.detect([cv2.imread(str(assets_dir() / "bus.jpg"))])
     assert len(det) == 4
     model, _ = detector.pose.model_for((1080, 810))
-    assert model.predictor.model.backend.ov_compiled_model.get_property("INFERENCE_NUM_THREADS") == 1
+    assert model.compiled.get_property("INFERENCE_NUM_THREADS") == 1
+
+
+def test_openvino_pose_run_directly_equals_ultralytics_own_predictor(models_dir):
+    """The detector runs OpenVINO pose exports itself (no Ultralytics predictor per frame): the same
+    persons, boxes, scores and keypoints as Ultralytics gives from the same export, on real images and
+    generated street frames of three sizes."""
+    from ultralytics import YOLO
+
+    from anonengine.backends import ExportedModels, OpenVinoPose
+    from anonengine.sample import render_frames
+
+    cfg = AnonymizerConfig().detector
+    exported = ExportedModels(str(models_dir / "yolo11n-pose.pt"), "pose", "openvino", cfg.imgsz, half=False)
+    images = [cv2.imread(str(assets_dir() / n)) for n in ("bus.jpg", "zidane.jpg")]
+    images += [frame for frame, _, _ in render_frames(1280, 720, 2, scene="street")]
+    images += [frame for frame, _, _ in render_frames(333, 250, 1)]  # odd sizes pad unevenly
+    for image in images:
+        direct, shape = exported.model_for(image.shape[:2])
+        assert isinstance(direct, OpenVinoPose)
+        (reference,) = YOLO(str(exported.export(shape)), task="pose").predict(
+            image, imgsz=list(shape), conf=cfg.person_conf, iou=cfg.iou, classes=[0], verbose=False)
+        ours, theirs = direct.detect(image, cfg.person_conf, cfg.iou), Detections.from_ultralytics(reference)
+        assert len(ours) == len(theirs) > 0
+        order, their_order = np.argsort(-ours.scores), np.argsort(-theirs.scores)
+        np.testing.assert_allclose(ours.scores[order], theirs.scores[their_order], atol=1e-6)
+        np.testing.assert_allclose(ours.boxes[order], theirs.boxes[their_order], atol=1e-3)
+        np.testing.assert_allclose(ours.keypoints[order], theirs.keypoints[their_order], atol=1e-3)
