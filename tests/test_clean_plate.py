@@ -56,11 +56,7 @@ def test_a_recording_shows_what_was_behind_a_standing_person_once_they_left(stre
 def test_frames_waiting_across_a_scene_cut_keep_their_own_scene():
     """Frames learnt before a cut but drawn after it must be filled from their scene, not the next."""
     frames = list(render_frames(320, 180, 30, actors=ACTORS, cut_at=15))
-    model = BackgroundModel(BackgroundConfig(), keep_frames=10)
-    views = []
-    for image, _, persons in frames[:20]:
-        model.update(image, _mask(image, persons))
-        views.append(model.view)
+    model, views = _learn_with_views(frames[:20], keep_frames=10)
     before_cut, after_cut = frames[10][1].astype(int), frames[16][1].astype(int)
     rendered = model.render(view=views[10]).astype(int)
     seen = np.abs(before_cut - after_cut).max(axis=2) > 40  # where the two scenes differ
@@ -72,11 +68,7 @@ def test_a_waiting_frame_stays_on_the_canvas_through_a_fast_pan():
     """40 frames of a fast pan (6.7 px a frame) move the view farther than the canvas' margin: it grows,
     and the old frame is drawn from what was learnt of its part of the scene."""
     frames = list(render_frames(640, 360, 96, actors=ACTORS, pan=1.0))
-    model = BackgroundModel(BackgroundConfig(), keep_frames=40)
-    views = []
-    for image, _, persons in frames[:80]:
-        model.update(image, _mask(image, persons))
-        views.append(model.view)
+    model, views = _learn_with_views(frames[:80], keep_frames=40)
     old = views[40]
     truth = frames[40][1].astype(int)
     seen = model._to_frame(old.scene.seen, 0, view=old) > 0
@@ -106,6 +98,16 @@ def test_mirror_fill_goes_on_with_the_texture_and_never_reads_the_hole():
     filled, missing = mirror_fill(image, edge)
     assert missing[10].all() and not missing[:10].any()
     np.testing.assert_array_equal(filled[0, :30], image[0, 59:29:-1])
+
+
+def _learn_with_views(frames, keep_frames: int):
+    """A model that learnt `frames` (persons masked) and each frame's view, to render it later."""
+    model = BackgroundModel(BackgroundConfig(), keep_frames=keep_frames)
+    views = []
+    for image, _, persons in frames:
+        model.update(image, _mask(image, persons))
+        views.append(model.view)
+    return model, views
 
 
 def _mask(image, persons, margin=8):
