@@ -266,6 +266,9 @@ def run_service(factory, argv: list[str] | None = None, extra_args=None) -> int:
         service.setup()
         for sig in STOP_SIGNALS:
             signal.signal(sig, lambda *_: service.request_stop())
+        # The first heartbeat at once: until the launcher has one, it takes the stage for one still
+        # starting, which a stop kills rather than waits for (an encoder killed so loses its frames).
+        service.report(force=True)
         while service.step():
             service.report()
             if os.getppid() != parent:  # the launcher is gone (and PR_SET_PDEATHSIG was not available)
