@@ -9,6 +9,7 @@ detector died, say) is offered again; downstream drops the duplicates by seq.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 import time
 from dataclasses import dataclass
 
@@ -166,11 +167,13 @@ class CaptureService(Service):
     def _wait_until_due(self, frame_time: float) -> None:
         """A file replayed as a live camera: each frame is read at its own time, releases flowing meanwhile.
 
-        The replay starts once a detector is connected (its model loaded): it stands for a camera of an
-        engine already running, so its first seconds are not lost to the engine's start-up.
+        The replay starts once a detector and the compositor are connected (each set up: the model
+        loaded, the tracker imported): it stands for a camera of an engine already running, so its first
+        seconds are not lost to the engine's start-up, whichever stage is slowest to start.
         """
         if self._clock_start is None:
-            while not self.stopping and not self.frames_out.poll(POLL_MS, zmq.POLLOUT):
+            compositor = self.endpoints.composite(self.composite_worker)
+            while not self.stopping and not (self.frames_out.poll(POLL_MS, zmq.POLLOUT) and _bound(compositor)):
                 pass
             self._clock_start = (time.monotonic(), frame_time)
         due = self._clock_start[0] + frame_time - self._clock_start[1]
@@ -244,6 +247,12 @@ class CaptureService(Service):
             self.reader.close()
         if self.ring is not None:
             self.ring.close()
+
+
+def _bound(endpoint: str) -> bool:
+    """Whether a stage listens at `endpoint` (a connecting PUSH queues before its peer exists, so
+    POLLOUT cannot tell): an ipc endpoint's socket file is made by its bind."""
+    return not endpoint.startswith("ipc://") or Path(endpoint.removeprefix("ipc://")).exists()
 
 
 def main(argv=None) -> int:

@@ -75,4 +75,4 @@ def test_garbage_on_any_socket_is_dropped_and_the_engine_goes_on(models_dir, tmp
         proc.send_signal(signal.SIGTERM)
         proc.wait(30)
     assert proc.returncode == 0
-    assert seqs(tmp_path / "a.mp4") == list(range(FRAMES))
+    assert seqs(tmp_path / "a.mp4") == list(range(FRAMES)), now["stats"]
