@@ -133,12 +133,18 @@ def instance_segments(instance: str | None = None) -> list[str]:
 
 
 def remove_stale_segments(alive) -> list[str]:
-    """Unlinks the segments of instances for which `alive(instance)` is False; returns their names."""
+    """Unlinks the segments of instances for which `alive(instance)` is False; returns their names.
+
+    A segment this user may not remove (another user's engine, whose run folder is not ours to see)
+    is left alone: it is not this engine's to clean, and must not stop it from starting."""
     removed = []
     for name in instance_segments():
         instance = name[len(PREFIX) + 1 :].split("-", 1)[0]
         if not alive(instance):
-            unlink(name)
+            try:
+                unlink(name)
+            except PermissionError:
+                continue
             removed.append(name)
     return removed
 

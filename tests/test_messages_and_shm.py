@@ -102,3 +102,21 @@ def test_stale_segments_of_dead_instances_are_removed(ring):
     instance = ring.name.split("-")[1]
     assert remove_stale_segments(lambda i: i != instance) == [ring.name]
     assert instance_segments(instance) == []
+
+
+def test_a_segment_this_user_may_not_remove_is_left_and_the_sweep_goes_on(ring, monkeypatch):
+    """Another user's dead engine's segments (in /dev/shm, sticky: not ours to unlink) must not stop this
+    engine's start: they are skipped. Root may unlink anything, so the refusal is simulated."""
+    import anonengine.shm as shm
+
+    instance = ring.name.split("-")[1]
+    real_unlink = shm.os.unlink
+
+    def refuse(path, *args, **kwargs):
+        if str(path).endswith(ring.name):
+            raise PermissionError(1, "Operation not permitted", str(path))
+        return real_unlink(path, *args, **kwargs)
+
+    monkeypatch.setattr(shm.os, "unlink", refuse)
+    assert remove_stale_segments(lambda i: i != instance) == []
+    assert (SHM_DIR / ring.name).exists()
