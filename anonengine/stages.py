@@ -162,10 +162,6 @@ class CompositeStage(Stage):
             return obscured_frame(frame.image.shape)
         return self.compositors[frame.camera].render(frame.image, learnt)
 
-    def process(self, frame: Frame, detections: Detections | None, future: list[Detections | None] = ()) -> np.ndarray:
-        """Learnt and rendered at once (what a live source gets)."""
-        return self.render(frame, self.learn(frame, detections, future))
-
     def forget(self, camera: str) -> None:
         self.compositors.pop(camera, None)
         self.ahead.pop(camera, None)

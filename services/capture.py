@@ -9,9 +9,9 @@ detector died, say) is offered again; downstream drops the duplicates by seq.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import zmq
 
