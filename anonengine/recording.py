@@ -33,7 +33,15 @@ import numpy as np
 
 from anonengine.config import EncoderConfig
 from anonengine.errors import OutputError
-from anonengine.video import HeldElsewhere, StreamInfo, VideoWriter, claim_output, encoder_options, partial_path
+from anonengine.video import (
+    HeldElsewhere,
+    StreamInfo,
+    VideoWriter,
+    claim_output,
+    encoder_options,
+    partial_metadata_path,
+    partial_path,
+)
 
 log = logging.getLogger(__name__)
 
@@ -231,7 +239,8 @@ class SegmentedRecording:
 
     # --- lifecycle -----------------------------------------------------------------------------
     def setup(self) -> None:
-        self.lock = claim_output(self.output, self.hold_lock)
+        partials = (partial_metadata_path(self.metadata),) if self.metadata else ()
+        self.lock = claim_output(self.output, self.hold_lock, partials)
         try:
             self.folder.mkdir(exist_ok=True)
             self._recover()
@@ -390,7 +399,7 @@ class SegmentedRecording:
             join_segments(ours, staged)
             os.replace(staged, target)
             if self.metadata is not None:
-                meta_target = self.metadata if complete else self.metadata.with_name(self.metadata.name + ".partial")
+                meta_target = self.metadata if complete else partial_metadata_path(self.metadata)
                 join_metadata(ours, meta_target)
             return target
         except (av.FFmpegError, OSError) as exc:

@@ -19,7 +19,7 @@ from anonengine.config import AnonymizerConfig, EncoderConfig, SourcesConfig
 from anonengine.detections import Detections
 from anonengine.errors import DetectionError, InputError, OutputError
 from anonengine.sources import LiveFeed, classify
-from anonengine.video import Frame, StreamInfo, VideoReader, VideoWriter, set_aside
+from anonengine.video import Frame, StreamInfo, VideoReader, VideoWriter, partial_metadata_path
 
 log = logging.getLogger(__name__)
 
@@ -195,19 +195,18 @@ class EncodeStage(Stage):
         self._meta_partial: Path | None = None
 
     def setup(self) -> None:
+        meta_partial = partial_metadata_path(self.metadata) if self.metadata else None
         self.writer = VideoWriter(
             self.output, self.info.width, self.info.height, self.info.rate, self.info.time_base, self.cfg,
-            lock=self.lock,
+            lock=self.lock, partials=(meta_partial,) if meta_partial else (),
         )
         if self.metadata:
             path = Path(self.metadata)
             if path.is_dir():  # else only the final rename in close() would fail, after the video is done
                 self.abort()
                 raise OutputError(f"cannot write metadata {path}: it is a folder")
-            self._meta_partial = path.with_name(path.name + ".partial")
+            self._meta_partial = meta_partial
             try:
-                if self.lock:
-                    set_aside(self._meta_partial)
                 self._meta_file = open(self._meta_partial, "w")
             except OSError as exc:
                 self.abort()

@@ -212,26 +212,42 @@ class HeldElsewhere:
         pass
 
 
-def claim_output(path: Path, lock: bool = True) -> FileLock | HeldElsewhere:
+def claim_output(path: Path, lock: bool = True, partials: tuple[Path, ...] = ()) -> FileLock | HeldElsewhere:
     """Checks that `path` can be written and takes its lock (`lock=False`: the caller holds it);
-    OutputError, one line, if not."""
+    OutputError, one line, if not. Taking the lock, it also sets aside an earlier run's partial files
+    (`set_aside`): the video's, and the `partials` given (its metadata's)."""
     if not path.parent.is_dir():
         raise OutputError(f"cannot write {path}: folder {path.parent} does not exist")
     if path.is_dir():  # else only the final rename would fail, after all the work
         raise OutputError(f"cannot write {path}: it is a folder")
-    claimed = FileLock(output_lock_path(path)) if lock else HeldElsewhere()
+    if not lock:
+        return HeldElsewhere()
+    claimed = FileLock(output_lock_path(path))
     try:
-        return claimed.acquire()
+        claimed.acquire()
     except LockBusy as busy:
         raise OutputError(f"cannot write {path}: another anonengine is writing it{busy.owner}") from None
     except OSError as exc:
         raise OutputError(f"cannot write {path}: {exc.strerror}") from None
+    for partial in (partial_path(path), *partials):
+        try:
+            set_aside(partial)
+        except OSError as exc:
+            claimed.release()
+            raise OutputError(f"cannot write {path}: cannot keep an earlier {partial.name}: {exc.strerror}") from None
+    return claimed
 
 
 def partial_path(output: str | os.PathLike) -> Path:
     """Where an output is written until it is complete: `NAME.partial.SUFFIX`."""
     path = Path(output)
     return path.with_name(f"{path.stem}.partial{path.suffix or '.mp4'}")
+
+
+def partial_metadata_path(metadata: str | os.PathLike) -> Path:
+    """Where metadata lines are written until the video is complete: `NAME.partial`."""
+    path = Path(metadata)
+    return path.with_name(path.name + ".partial")
 
 
 def set_aside(path: Path) -> Path | None:
@@ -254,7 +270,8 @@ class VideoWriter:
     Frames go to `<name>.partial<suffix>` and the file takes its final name only in `close()`, so a
     failed or interrupted run never leaves an output that looks complete. One writer at a time: the
     output's lock (`.NAME.lock` beside it) is held from the start until `close` or `abort`; with
-    `lock=False` the caller holds it (the engine's launcher, for its encoders).
+    `lock=False` the caller holds it (the engine's launcher, for its encoders). `partials`: files written
+    beside it (its metadata's partial), whose earlier run's copies are set aside with its own.
     """
 
     def __init__(
@@ -269,6 +286,7 @@ class VideoWriter:
         muxer_options: dict[str, str] | None = None,
         codec_options: dict[str, str] | None = None,
         comment: str | None = None,
+        partials: tuple[Path, ...] = (),
     ) -> None:
         cfg = cfg or EncoderConfig()
         self.muxer_options, self.comment = muxer_options or {}, comment
@@ -276,14 +294,7 @@ class VideoWriter:
         self.path = Path(path)
         self.partial = partial_path(self.path)
         self.width, self.height = width, height
-        self.lock = claim_output(self.path, lock)
-        if lock:  # the writer owns the output (else its owner, the engine's launcher, did this)
-            try:
-                set_aside(self.partial)
-            except OSError as exc:
-                self.lock.release()
-                raise OutputError(f"cannot write {self.path}: cannot keep an earlier {self.partial.name}: "
-                                  f"{exc.strerror}") from None
+        self.lock = claim_output(self.path, lock, partials)
         try:
             self._open(rate, time_base, cfg)
         except BaseException:  # an error, or a stop signal while the encoder starts

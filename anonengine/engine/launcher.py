@@ -30,11 +30,11 @@ from anonengine.config import CameraConfig, EngineConfig
 from anonengine.engine.runtime import TAP_SOCKET_BUFFER, Endpoints, log_malformed, receive_waiting
 from anonengine.errors import AnonError, InputError, OutputError
 from anonengine.interrupts import STOP_SIGNALS
-from anonengine.locks import FileLock, LockBusy, is_locked, output_lock_path
+from anonengine.locks import FileLock, LockBusy, is_locked
 from anonengine.recording import segments_folder
 from anonengine.shm import instance_segments, remove_stale_segments, unlink
 from anonengine.sources import classify, is_live
-from anonengine.video import partial_path, set_aside
+from anonengine.video import claim_output, partial_metadata_path, partial_path
 
 log = logging.getLogger("anonengine.launcher")
 
@@ -161,31 +161,17 @@ class Launcher:
         if not camera.output:
             return
         output = Path(camera.output)
-        if not output.parent.is_dir():
-            raise OutputError(f"camera {camera.name}: cannot write {output}: folder {output.parent} does not exist")
-        if output.is_dir():
-            raise OutputError(f"camera {camera.name}: cannot write {output}: it is a folder")
         for other in self.cfg.cameras:
             running = self.children.get(f"capture-{other.name}")
             if (other.name != camera.name and other.output and running is not None
                     and running.process.poll() is None and Path(other.output).resolve() == output.resolve()):
                 raise OutputError(f"camera {camera.name}: {output} is already the output of camera {other.name}")
-        lock = FileLock(output_lock_path(output))
+        # A failed run removes its partial files: an earlier run's, there before it, are set aside first.
+        partials = (partial_metadata_path(camera.metadata),) if camera.metadata else ()
         try:
-            lock.acquire()
-        except LockBusy as busy:
-            raise OutputError(f"camera {camera.name}: cannot write {output}: another anonengine is writing it"
-                              f"{busy.owner}") from None
-        except OSError as exc:
-            raise OutputError(f"camera {camera.name}: cannot write {output}: {exc.strerror}") from None
-        self.output_locks[camera.name] = lock
-        # A failed run removes its partial files: an earlier run's, there before it, must not go with them.
-        try:
-            set_aside(partial_path(output))
-            if camera.metadata:
-                set_aside(Path(f"{camera.metadata}.partial"))
-        except OSError as exc:
-            raise OutputError(f"camera {camera.name}: cannot keep an earlier partial output: {exc.strerror}") from None
+            self.output_locks[camera.name] = claim_output(output, partials=partials)
+        except OutputError as exc:
+            raise OutputError(f"camera {camera.name}: {exc}") from None
 
     def _release_output(self, camera: str) -> None:
         lock = self.output_locks.pop(camera, None)
@@ -201,7 +187,7 @@ class Launcher:
                 if not self.cfg.encoder.keep_segments:  # an encoder that died left its working segments
                     shutil.rmtree(segments_folder(Path(camera.output), keep=False), ignore_errors=True)
                 if camera.metadata:
-                    Path(f"{camera.metadata}.partial").unlink(missing_ok=True)
+                    partial_metadata_path(camera.metadata).unlink(missing_ok=True)
         for name in list(self.output_locks):
             self._release_output(name)
 
