@@ -264,11 +264,11 @@ class BackgroundModel:
         for them up to MAX_CANVAS frames a side; past that the current frame wins."""
         scene = self.scene
         ch, cw = scene.seen.shape
-        if all(_on(v, cw, ch) for v in self._kept()):
+        extents = np.array([_extent(v) for v in self._kept()])  # (least, greatest) corners; the current last
+        (x0, y0), (x1, y1) = extents[-1]
+        (ux0, uy0), (ux1, uy1) = extents[:, 0].min(axis=0), extents[:, 1].max(axis=0)
+        if ux0 >= 0 and uy0 >= 0 and ux1 <= cw and uy1 <= ch:
             return
-        (x0, y0), (x1, y1) = _extent(self.view)
-        corners = np.array([_extent(v) for v in self._kept()])
-        (ux0, uy0), (ux1, uy1) = corners[:, 0].min(axis=0), corners[:, 1].max(axis=0)
         h, w = self.view.shape[:2]
         if ux1 - ux0 > cw or uy1 - uy0 > ch:  # the waiting frames need a larger canvas
             size = (min(max(cw, ceil(ux1 - ux0) + 2), round(MAX_CANVAS * w)),
@@ -431,8 +431,3 @@ def _extent(view: View) -> tuple[np.ndarray, np.ndarray]:
     h, w = view.shape[:2]
     corners = cv2.transform(np.float64([[[0, 0], [w, 0], [0, h], [w, h]]]), view.to_canvas[:2])[0]
     return corners.min(axis=0), corners.max(axis=0)
-
-
-def _on(view: View, width: int, height: int) -> bool:
-    (x0, y0), (x1, y1) = _extent(view)
-    return x0 >= 0 and y0 >= 0 and x1 <= width and y1 <= height
