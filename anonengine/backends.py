@@ -196,20 +196,21 @@ class OpenVinoPose:
         self.compiled = core.compile_model(core.read_model(next(Path(folder).glob("*.xml"))), "CPU", config)
         self.shape = shape  # the export's input (h, w)
 
-    def _letterbox(self, image: np.ndarray) -> np.ndarray:
-        h, w = image.shape[:2]
-        new_h, new_w = self.shape
-        r = min(new_h / h, new_w / w)
+    def _fit(self, h: int, w: int) -> tuple[tuple[int, int], tuple[int, int, int, int]]:
+        """Ultralytics' letterbox of an h x w frame into the input: its resized (w, h) and the padding
+        (left, top, right, bottom); each side rounded on its own, as Ultralytics does."""
+        input_h, input_w = self.shape
+        r = min(input_h / h, input_w / w)
         size = (max(round(w * r), 1), max(round(h * r), 1))
-        if (w, h) != size:
-            image = cv2.resize(image, size, interpolation=cv2.INTER_LINEAR)
-        dw, dh = (new_w - size[0]) / 2, (new_h - size[1]) / 2
-        top, bottom, left, right = round(dh - 0.1), round(dh + 0.1), round(dw - 0.1), round(dw + 0.1)
-        return cv2.copyMakeBorder(image, top, bottom, left, right, cv2.BORDER_CONSTANT, value=(114, 114, 114))
+        dw, dh = (input_w - size[0]) / 2, (input_h - size[1]) / 2
+        return size, (round(dw - 0.1), round(dh - 0.1), round(dw + 0.1), round(dh + 0.1))
 
     def detect(self, image: np.ndarray, conf: float, iou: float, max_det: int = 300) -> Detections:
         h, w = image.shape[:2]
-        blob = cv2.dnn.blobFromImage(self._letterbox(image), 1 / 255, swapRB=True)  # 1x3xHxW RGB float32
+        size, (left, top, right, bottom) = self._fit(h, w)
+        fitted = image if size == (w, h) else cv2.resize(image, size, interpolation=cv2.INTER_LINEAR)
+        fitted = cv2.copyMakeBorder(fitted, top, bottom, left, right, cv2.BORDER_CONSTANT, value=(114, 114, 114))
+        blob = cv2.dnn.blobFromImage(fitted, 1 / 255, swapRB=True)  # 1x3xHxW RGB float32
         rows = self.compiled(blob)[0][0].T  # anchors x (cx, cy, w, h, person score, 17 x (x, y, conf))
         rows = rows[rows[:, 4] > conf]
         if not len(rows):
@@ -221,12 +222,8 @@ class OpenVinoPose:
         boxes = np.column_stack([rows[:, :2] - rows[:, 2:4] / 2, rows[:, :2] + rows[:, 2:4] / 2])
         keypoints = rows[:, 5:].reshape(-1, NUM_KEYPOINTS, 3).copy()
         # Back to the frame: each side's own gain, from the letterbox's rounded size (as Ultralytics does).
-        input_h, input_w = self.shape
-        r = min(input_h / h, input_w / w)
-        resized = np.float32([max(round(w * r), 1), max(round(h * r), 1)])
-        gain = resized / np.float32([w, h])
-        pad = np.float32([round((input_w - resized[0]) / 2 - 0.1), round((input_h - resized[1]) / 2 - 0.1)])
         limit = np.float32([w, h])
+        gain, pad = np.float32(size) / limit, np.float32([left, top])
         boxes = ((boxes.reshape(-1, 2, 2) - pad) / gain).clip(0, limit).reshape(-1, 4)
         keypoints[..., :2] = ((keypoints[..., :2] - pad) / gain).clip(0, limit)
         return Detections((h, w), boxes.astype(np.float32), rows[:, 4].astype(np.float32),
