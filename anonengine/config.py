@@ -11,6 +11,7 @@ from typing import Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic_core import PydanticCustomError
 
 from anonengine.errors import ConfigError
 
@@ -95,6 +96,12 @@ class BackgroundConfig(StrictModel):
         True,
         description="Follow the camera's motion (pan, tilt, zoom, shake), estimated from person-free pixels, so "
         "the background neither smears nor ghosts when the camera moves; a still camera costs about 1 ms a frame.",
+    )
+    resample: Literal["linear", "cubic", "lanczos"] = Field(
+        "linear",
+        description="How a moving camera's frames are resampled into the background: linear is fastest; cubic "
+        "and lanczos keep fine texture sharper on shaking or zooming cameras (about 4x and 15x the cost of that "
+        "step: 5, 20 and 79 ms a 720p frame on 2 cores); a still camera is never resampled.",
     )
     future_frames: int = Field(
         50, ge=0, le=1000,
@@ -265,15 +272,88 @@ class SourcesConfig(StrictModel):
     )
 
 
+AUTO_TAP = "ipc"  # the tap's socket in the instance's own folder of the run folder
+
+
 class TapConfig(StrictModel):
-    endpoint: str = Field("tcp://127.0.0.1:5599", description="ZeroMQ PUB endpoint of anonymized frames; '' = off.")
+    endpoint: str = Field(
+        AUTO_TAP,
+        description="ZeroMQ PUB endpoint of anonymized frames: ipc = a socket in the instance's folder, which "
+        "only the run folder's owner can enter; ipc://PATH; tcp://HOST:PORT, which needs CURVE keys "
+        "(curve_server_key, curve_clients); '' = off.",
+    )
+    curve_server_key: str | None = Field(
+        None, description="The tap's CURVE key pair: the server's .key_secret file (`anonengine keys`)."
+    )
+    curve_clients: str | None = Field(
+        None, description="Folder of the public .key files of the clients allowed to subscribe (CURVE)."
+    )
     format: Literal["raw", "jpeg"] = Field("jpeg", description="Frame payload: raw BGR bytes or JPEG.")
     jpeg_quality: int = Field(85, ge=1, le=100, description="JPEG quality of tapped frames.")
     hwm: int = Field(8, ge=1, le=10000, description="Frames queued per subscriber before it misses frames.")
 
+    @property
+    def curve(self) -> bool:
+        return bool(self.curve_server_key)
+
+    @model_validator(mode="after")
+    def _tcp_needs_curve(self):
+        # The tap's headers carry every person's box and keypoints: off this host, only to listed clients.
+        endpoint = self.endpoint
+        if endpoint not in ("", AUTO_TAP) and not endpoint.startswith(("ipc://", "tcp://")):
+            raise PydanticCustomError("tap_endpoint", "tap.endpoint '{endpoint}' is not ipc, ipc://PATH, "
+                                      "tcp://HOST:PORT or '' (off)", {"endpoint": endpoint})
+        if bool(self.curve_server_key) != bool(self.curve_clients):
+            raise PydanticCustomError("tap_curve", "tap.curve_server_key and tap.curve_clients go together "
+                                      "(make key pairs with `anonengine keys DIR --name NAME`)")
+        if endpoint.startswith("tcp://") and not self.curve:
+            raise PydanticCustomError(
+                "tap_curve", "a tcp:// tap needs tap.curve_server_key and tap.curve_clients (make key pairs "
+                "with `anonengine keys DIR --name NAME`), or use the ipc tap (endpoint: ipc)")
+        return self
+
+
+LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
+
+
+def split_listen(listen: str) -> tuple[str, int]:
+    """'HOST:PORT' (IPv6 as '[::1]:8080') -> (host, port); ValueError says what is expected."""
+    host, sep, port = listen.rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"expected HOST:PORT (e.g. 127.0.0.1:8080) or 'off', got {listen!r}")
+    return host, int(port)
+
+
+class HttpConfig(StrictModel):
+    listen: str = Field(
+        "127.0.0.1:8080",
+        description="HOST:PORT of the metrics (/metrics), health (/healthz, /readyz) and preview page (/); 'off' = none.",
+    )
+    token_file: str | None = Field(
+        None, description="File holding the token every request but /healthz and /readyz must carry (Authorization: "
+        "Bearer, or ?token= once in a browser); required when listen is not on 127.0.0.1, ::1 or localhost.",
+    )
+    preview_fps: float = Field(4, gt=0, le=30, description="Frames a second each preview tile shows, at most.")
+    preview_width: int = Field(640, ge=64, le=3840, description="Preview images are scaled down to this width.")
+
+    @model_validator(mode="after")
+    def _listen_is_an_address(self):
+        if self.listen != "off":
+            host, _ = split_listen(self.listen)
+            if host not in LOOPBACK_HOSTS and not self.token_file:
+                raise ValueError(f"http.listen {self.listen} is reachable from other hosts: set http.token_file "
+                                 "(a file holding a long random token) or listen on 127.0.0.1")
+        return self
+
 
 class RuntimeConfig(StrictModel):
-    run_dir: str = Field("/tmp/anonengine", description="Folder of the engine's local sockets, one per instance.")
+    run_dir: str = Field(
+        "",
+        description="Folder of the engine's local sockets, one folder per instance, made mode 0700 and refused "
+        "if others may enter it; '' = $XDG_RUNTIME_DIR/anonengine, /run/anonengine for root, else "
+        "/tmp/anonengine-<uid>.",
+    )
     instance: str = Field(
         "", pattern=r"^[A-Za-z0-9]{0,24}$", description="Engine instance id; '' = chosen by the launcher."
     )
@@ -325,6 +405,7 @@ class EngineConfig(StrictModel):
     engine: RuntimeConfig = Field(default_factory=RuntimeConfig)
     sources: SourcesConfig = Field(default_factory=SourcesConfig)
     tap: TapConfig = Field(default_factory=TapConfig)
+    http: HttpConfig = Field(default_factory=HttpConfig)
     cameras: list[CameraConfig] = Field(default_factory=list, description="Cameras to anonymize.")
 
     @model_validator(mode="after")

@@ -9,6 +9,7 @@ unpickled. The same schema covers the data path, the control socket and the tap'
 
 from __future__ import annotations
 
+import bisect
 import enum
 from fractions import Fraction
 from typing import Union
@@ -183,13 +184,33 @@ class SourceStatus(Message):
     reconnects: int
 
 
+class Histogram(msgspec.Struct, forbid_unknown_fields=True):
+    """Observations counted into buckets, as Prometheus keeps them: `counts[i]` of them were at most
+    `bounds[i]` and more than the bound before (the last count: above every bound)."""
+
+    bounds: tuple[float, ...]
+    counts: list[int]
+    total: float = 0.0  # the sum of every observation
+
+    @classmethod
+    def of(cls, bounds: tuple[float, ...]) -> Histogram:
+        return cls(tuple(bounds), [0] * (len(bounds) + 1))
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect.bisect_left(self.bounds, value)] += 1
+        self.total += value
+
+
 class Stats(Message):
-    """A stage's counters, sent to the launcher now and then."""
+    """A stage's counters, sent to the launcher now and then (since the stage started: totals, not
+    increments), with the same counters split by camera where a stage serves several."""
 
     stage: str
     name: str
     counters: dict[str, int]
     pid: int = 0  # also the stage's heartbeat: the launcher kills a stage silent for engine.stall_s
+    cameras: dict[str, dict[str, int]] = msgspec.field(default_factory=dict)
+    histograms: dict[str, Histogram] = msgspec.field(default_factory=dict)
 
 
 class Attach(Message):

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import logging
 import os
 import shutil
 from pathlib import Path
 
 from anonengine.errors import ModelError
+
+log = logging.getLogger("anonengine.models")
 
 # sha256 of official Ultralytics weights this project knows; a pulled file must match.
 KNOWN_SHA256 = {
@@ -50,6 +53,10 @@ def resolve(spec: str) -> str:
     path = Path(spec)
     if path.is_file():
         check_official(path)
+        if path.parent == Path(".") and not spec.startswith("./"):
+            # A bare name found in whatever folder this runs in: said, since torch unpickles it (code).
+            log.warning("model %s: using the file of that name in the working folder %s (write ./%s to mean it, "
+                        "or put it in %s/)", spec, Path.cwd(), spec, models_dir())
         return str(path)
     if path.parent != Path("."):
         raise ModelError(

@@ -1,7 +1,10 @@
 """Client of the engine's output tap: anonymized frames and their metadata, never original frames.
 
-    for header, image in subscribe("tcp://127.0.0.1:5599"):
+    for header, image in subscribe(f"ipc://{run_dir}/{instance}/tap.sock"):
         print(header["camera"], header["seq"], len(header["persons"]))
+
+A tap on TCP is a CURVE server that lets in listed client keys only: give `curve`, the client's key pair
+and the server's public key (`CurveClient.from_files("me.key_secret", "server.key")`).
 
 Each message is (camera topic, header, payload); the header is a `messages.TapHeader`. A subscriber that falls behind misses frames
 (the engine never waits for it); the gaps show in the per-camera `seq`.
@@ -19,6 +22,7 @@ import numpy as np
 import zmq
 
 from anonengine import messages
+from anonengine.curve import CurveClient
 
 log = logging.getLogger("anonengine.tap")
 # A tap message carries a whole frame: a raw 8K frame is about 100 MB; anything larger is refused.
@@ -28,12 +32,14 @@ UNTIL_POLL_MS = 100  # how often a subscription with `until` looks at it
 
 def subscribe(endpoint: str, cameras: tuple[str, ...] = (), timeout_s: float | None = None,
               hwm: int = 1000, context: zmq.Context | None = None,
-              until: threading.Event | None = None) -> Iterator[tuple[dict, np.ndarray]]:
+              until: threading.Event | None = None,
+              curve: CurveClient | None = None) -> Iterator[tuple[dict, np.ndarray]]:
     """Yields (header, BGR image) for each frame received; stops after `timeout_s` without one, or,
     once `until` is set, as soon as none is waiting (a consumer thread ending with its program: a
     subscription ended and made again loses what is published in between).
 
     `hwm` frames wait here at most; a subscriber that wants the latest frames, not all, sets it low.
+    A CURVE tap (TCP) needs `curve`; without an allowed key nothing is received, as if no frame came.
     """
     ctx = context or zmq.Context.instance()
     sock = ctx.socket(zmq.SUB)
@@ -44,6 +50,8 @@ def subscribe(endpoint: str, cameras: tuple[str, ...] = (), timeout_s: float | N
         sock.setsockopt(zmq.RCVBUF, 128 * 1024)
     for camera in cameras or ("",):
         sock.setsockopt(zmq.SUBSCRIBE, camera.encode())
+    if curve is not None:
+        curve.apply(sock)
     sock.connect(endpoint)
     try:
         quiet_s = 0.0

@@ -257,7 +257,7 @@ def counters_summary(stats: dict) -> dict:
         for name, value in counters.items():
             total[f"{stage}.{name}"] = total.get(f"{stage}.{name}", 0) + int(value)
     batches = total.get("detect.batches", 0)
-    batched = sum(int(k.rsplit("_", 1)[1]) * v for k, v in total.items() if k.startswith("detect.batch_size_"))
+    batched = total.get("detect.frames_run", 0)
     lost = {
         k: total.get(k, 0)
         for k in (

@@ -229,6 +229,7 @@ class CaptureService(Service):
 
     def reports(self, force: bool) -> list:
         """A live source's state, when it changed."""
+        self.gauge("in_flight", len(self.inflight))
         if self.feed is None:
             return []
         status = self.feed.status

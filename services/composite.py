@@ -156,7 +156,7 @@ class CompositeService(Service):
         if state is None or not state.timeline.drop(dropped.seq):
             return  # already out: the capture only took back a slot it no longer needed
         state.decoded.pop(dropped.seq, None)
-        self.count("dropped")
+        self.count("dropped", camera=dropped.camera)
         self._drain(state)
 
     def _enforce_deadlines(self) -> None:
@@ -220,7 +220,7 @@ class CompositeService(Service):
         timeline = state.timeline
         while len(state.waiting) <= state.ahead and (turn := timeline.next()) is not None:
             if turn.late:
-                self.count("late")
+                self.count("late", camera=state.info.camera)
                 if self.cfg.engine.late_frames == "drop":
                     self._skip(state, turn.item)
                     continue
@@ -275,8 +275,13 @@ class CompositeService(Service):
             out = messages.OutFrame(out_ref, obscured=waited.learnt is None, persons=waited.persons)
             send(self.encoder, out)
             state.sent[ref.seq] = out
-            self.count("frames")
-            self.count("obscured", waited.learnt is None)
+            self.count("frames", camera=ref.camera)
+            self.count("obscured", waited.learnt is None, camera=ref.camera)
+
+    def reports(self, force: bool) -> list:
+        for camera, state in self.cameras.items():
+            self.gauge("waiting", len(state.waiting), camera=camera)
+        return []
 
     def _on_received(self, received: messages.Received) -> None:
         """Composited again from the capture's slot only if this process dies before the encoder has it."""

@@ -18,6 +18,10 @@ from anonengine.engine.runtime import POLL_MS, Service, ToCompositors
 from anonengine.shm import RingCache, StaleSlot
 from anonengine.stages import DetectStage
 
+# Buckets of the detector's histograms (Prometheus' defaults suit web requests, not model runs).
+LATENCY_BOUNDS_S = (0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
+BATCH_BOUNDS = (1, 2, 4, 8, 16, 32, 64)
+
 RESCAN_S = 0.5
 
 
@@ -102,9 +106,12 @@ class DetectService(Service):
             readable.append(ref)
         if not readable:
             return
+        started = time.perf_counter()
         found = self.detector.process(views)
+        self.observe("latency_seconds", time.perf_counter() - started, LATENCY_BOUNDS_S)
+        self.observe("batch_size", len(readable), BATCH_BOUNDS)
         self.count("batches")
-        self.count(f"batch_size_{len(readable)}")
+        self.count("frames_run", len(readable))
         for ref, state, det in zip(readable, states, found):
             try:
                 self.rings.get(ref.ring, ref.slots, ref.height, ref.width).check(ref.slot, ref.seq, state)

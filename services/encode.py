@@ -18,8 +18,8 @@ import cv2
 import zmq
 
 from anonengine import messages
-from anonengine.engine.runtime import POLL_MS, TAP_SOCKET_BUFFER, Service, ToCompositors, receive_waiting, send
-from anonengine.errors import AnonError, OutputError
+from anonengine.engine.runtime import POLL_MS, Service, ToCompositors, bind_tap, receive_waiting, send
+from anonengine.errors import AnonError
 from anonengine.recording import SegmentedRecording
 from anonengine.shm import RingCache, StaleSlot
 from anonengine.stages import frame_record
@@ -42,6 +42,7 @@ class EncodeService(Service):
         self.rings = RingCache()
         self.outputs: dict[str, Output] = {}
         self.subscribers = 0
+        self.tap_curve = None  # the ZAP handler of a CURVE tap this encoder binds
         self.finished_rings: set[str] = set()  # streams whose output is final: never begun again
         # Which segments are this run's: a restarted encoder resumes them (see anonengine.recording).
         self.run = os.environ.get("ANONENGINE_RUN_ID") or uuid.uuid4().hex
@@ -54,15 +55,13 @@ class EncodeService(Service):
         self.releases = ToCompositors(self)
         self.events = self.socket(zmq.PUSH, self.endpoints.events)
         self.tap = None
-        if self.cfg.tap.endpoint and self.cfg.engine.encode_workers == 1:
-            try:
-                self.tap = self.socket(zmq.XPUB, self.cfg.tap.endpoint, bind=True, hwm=self.cfg.tap.hwm)
-            except zmq.ZMQError as exc:  # the user's address to fix: one line, no restart loop
-                raise OutputError(f"cannot open the tap at {self.cfg.tap.endpoint}: {zmq.strerror(exc.errno)}") from None
+        endpoint = self.endpoints.tap_endpoint(self.cfg.tap)
+        if endpoint and self.cfg.engine.encode_workers == 1:
+            # A busy address is the user's to fix: one line (OutputError), no restart loop.
+            self.tap, self.tap_curve = bind_tap(self.context, endpoint, self.cfg.tap, self.endpoints)
+            self.tap.setsockopt(zmq.LINGER, 2000)
             self.tap.setsockopt(zmq.XPUB_VERBOSER, 1)  # see every (un)subscribe, to count subscribers
-            # The high-water mark bounds a slow subscriber's backlog only if the kernel's does too.
-            self.tap.setsockopt(zmq.SNDBUF, TAP_SOCKET_BUFFER)
-        elif self.cfg.tap.endpoint:
+        elif endpoint:
             # The launcher's relay forwards a topic's first subscription and last unsubscription (and
             # every topic to an encoder that connects later), so the count is of topics: still > 0 while
             # anyone subscribes.
@@ -71,7 +70,7 @@ class EncodeService(Service):
         self.poller.register(self.inbox, zmq.POLLIN)
         if self.tap is not None:
             self.poller.register(self.tap, zmq.POLLIN)
-        self.log.info("ready (pid %d), tap %s", os.getpid(), self.cfg.tap.endpoint or "off")
+        self.log.info("ready (pid %d), tap %s", os.getpid(), endpoint or "off")
 
     def step(self) -> bool:
         # Stopped last: what the compositor sent before it went is still written.
@@ -148,7 +147,7 @@ class EncodeService(Service):
                 self._release(durable)  # on disk: the slots can go
         self._publish(out, output, image)
         output.next_seq = ref.seq + 1
-        self.count("frames")
+        self.count("frames", camera=ref.camera)
 
     def _release(self, ref: messages.FrameRef) -> None:
         self.releases.send(ref.composite, messages.Release(ref.camera, ref.seq, ref.slot))
@@ -210,6 +209,10 @@ class EncodeService(Service):
             self._finish(camera, output, complete=output.info.live)
         self.outputs.clear()
         self.rings.close()
+        if self.tap_curve is not None:
+            # Closed before its ZAP handler (no connection then goes unchecked); what is queued still goes.
+            self.tap.close(linger=1000)
+            self.tap_curve.close()
         time.sleep(0.05)  # let the last CameraDone leave before the context goes
 
 

@@ -352,3 +352,26 @@ def test_output_takes_a_millisecond_time_base(tmp_path):
         times = [float(f.pts * stream.time_base) for f in c.decode(stream)]
     assert times == pytest.approx([i * 0.04 for i in range(count)])
 
+
+
+def test_a_bare_model_name_found_in_the_working_folder_is_said(models_dir, tmp_path, monkeypatch, caplog):
+    """torch unpickles weights (code): a bare name picked up from whatever folder the engine was started
+    in is not taken silently; `./NAME` says the user meant it, and `models/` is the quiet place."""
+    import shutil
+
+    from anonengine import models
+
+    shutil.copy(models_dir / "yolo11n-pose.pt", tmp_path / "yolo11n-pose.pt")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("ANONENGINE_MODELS", str(models_dir))
+    with caplog.at_level("WARNING", logger="anonengine.models"):
+        assert models.resolve("yolo11n-pose.pt") == "yolo11n-pose.pt"
+    assert [r.getMessage() for r in caplog.records] == [
+        f"model yolo11n-pose.pt: using the file of that name in the working folder {tmp_path} (write "
+        f"./yolo11n-pose.pt to mean it, or put it in {models_dir}/)"]
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="anonengine.models"):
+        models.resolve("./yolo11n-pose.pt")
+        (tmp_path / "yolo11n-pose.pt").unlink()
+        assert models.resolve("yolo11n-pose.pt") == str(models_dir / "yolo11n-pose.pt")
+    assert caplog.records == []

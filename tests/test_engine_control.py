@@ -103,7 +103,8 @@ def test_attach_detach_and_status_on_a_running_engine(models_dir, tmp_path):
 
         assert wait_for(lambda: "b" in status()["done"], 10)
         now = status()
-        assert now["cameras"] == ["a", "b"] and now["done"] == ["b"]
+        assert list(now["cameras"]) == ["a", "b"] and now["done"] == ["b"]
+        assert now["cameras"]["b"]["frames"]["out"] == SHORT_FRAMES and now["cameras"]["a"]["state"] in ("running", "degraded")
         assert now["stats"]["capture[a]"]["frames"] > 0
         # encode, composite, detect0 and a's capture (b's exited at the end of its stream).
         assert wait_for(lambda: len(stage_pids(f"p{proc.pid}")) == 4, 10), stage_pids(f"p{proc.pid}")

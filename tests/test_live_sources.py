@@ -123,7 +123,11 @@ def status(run_dir: Path) -> dict:
 
 
 def source_state(run_dir: Path) -> dict:
-    return status(run_dir).get("sources", {}).get("door", {})
+    """The live source's own state, beside the camera's (which also says whether frames go out)."""
+    camera = status(run_dir).get("cameras", {}).get("door")
+    if camera is None or camera["source"] is None:
+        return {}
+    return {"state": camera["source"], "error": camera["last_error"], "reconnects": camera["reconnects"]}
 
 
 def wait_for(predicate, timeout: float, proc: subprocess.Popen | None = None) -> bool:

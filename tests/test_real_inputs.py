@@ -25,7 +25,9 @@ from helpers import LEAK_SHARE, records_so_far, shown_share, stage_pids
 
 from anonengine.audit import audit
 from anonengine.config import CameraConfig, EngineConfig
+from anonengine.curve import write_key_pair
 from anonengine.inline import run_inline
+from anonengine.rundir import default_run_dir
 from anonengine.sample import make_sample
 from anonengine.shm import instance_segments
 from anonengine.video import VideoReader, display_matrix
@@ -247,7 +249,7 @@ def stop_and_wait(proc: subprocess.Popen, sig: int, group: bool) -> tuple[int, s
 def assert_nothing_left(instance: str) -> None:
     assert not stage_pids(instance), "stage processes outlived the run"
     assert instance_segments(instance) == []
-    run_dir = Path(EngineConfig().engine.run_dir)
+    run_dir = default_run_dir()  # `anonengine run` uses the default run folder
     assert not (run_dir / instance).exists() and not (run_dir / f"{instance}.lock").exists()
 
 
@@ -392,13 +394,16 @@ def test_an_instance_has_one_launcher(sample, models_dir, tmp_path, anonengine_c
 
 
 def test_a_busy_tap_port_is_one_line_before_any_stage_runs(sample, anonengine_cli, tmp_path):
+    _, server_key = write_key_pair(tmp_path / "keys", "server")  # a TCP tap needs its CURVE keys
+    (tmp_path / "clients").mkdir()
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         endpoint = f"tcp://127.0.0.1:{busy.getsockname()[1]}"
         started = time.monotonic()
         result = anonengine_cli("run", "--video-source", sample.video, "--output-video", tmp_path / "o.mp4",
-                                "--tap", endpoint, "--quiet")
+                                "--tap", endpoint, "--tap-server-key", server_key, "--tap-clients",
+                                tmp_path / "clients", "--quiet")
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [f"anonengine: error: cannot open the tap at {endpoint}: "
                                                   "Address already in use"], result.stderr
@@ -425,7 +430,7 @@ def test_attach_answers_with_the_error_it_can_know(sample, models_dir, tmp_path)
         assert no_folder.returncode == 2 and "does not exist" in no_folder.stderr
         assert len(no_folder.stderr.strip().splitlines()) == 1
         status = json.loads(cli("status", "--run-dir", run_dir).stdout)
-        assert status["cameras"] == [] and status["failed"] == {}  # refused, not attached to fail later
+        assert status["cameras"] == {} and status["failed"] == {}  # refused, not attached to fail later
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(30)

@@ -1,4 +1,4 @@
-"""Command-line verbs of the engine: launch, tap, attach, detach, status; and `run` through the engine."""
+"""Command-line verbs of the engine: launch, tap, attach, detach, status, keys; and `run` through the engine."""
 
 from __future__ import annotations
 
@@ -29,7 +29,13 @@ def register(sub) -> None:
     launch.set_defaults(func=cmd_launch)
 
     tap = sub.add_parser("tap", help="subscribe to the engine's anonymized output")
-    tap.add_argument("endpoint", nargs="?", default="tcp://127.0.0.1:5599")
+    tap.add_argument("endpoint", nargs="?", default=None,
+                     help="the tap's address (default: the ipc tap of the only engine in --run-dir)")
+    tap.add_argument("--run-dir", default=None, help="the engine's run_dir (default: the automatic one)")
+    tap.add_argument("--instance", default=None, help="engine instance (default: the only one with an ipc tap)")
+    tap.add_argument("--key", default=None, metavar="CLIENT.key_secret",
+                     help="this client's key pair, for a tcp:// tap (CURVE; see `anonengine keys`)")
+    tap.add_argument("--server-key", default=None, metavar="SERVER.key", help="the tap's public key (CURVE)")
     tap.add_argument("--camera", action="append", default=[], help="only these cameras")
     tap.add_argument("--record", help="write the received frames of one camera to this MP4")
     tap.add_argument("--frames", type=int, default=0, help="stop after this many frames (0 = never)")
@@ -40,7 +46,7 @@ def register(sub) -> None:
                            ("detach", "remove a camera from a running engine"),
                            ("status", "cameras and counters of a running engine")):
         p = sub.add_parser(verb, help=helptext)
-        p.add_argument("--run-dir", default="/tmp/anonengine", help="the engine's run_dir")
+        p.add_argument("--run-dir", default=None, help="the engine's run_dir (default: the automatic one)")
         p.add_argument("--instance", default=None, help="engine instance (default: the only one running)")
         if verb != "status":
             p.add_argument("--camera", required=True)
@@ -49,6 +55,11 @@ def register(sub) -> None:
             p.add_argument("--output", default=None)
             p.add_argument("--metadata", default=None)
         p.set_defaults(func=cmd_control)
+
+    keys = sub.add_parser("keys", help="make a CURVE key pair, for a tap on TCP (server) or its subscribers")
+    keys.add_argument("dir", help="folder to write NAME.key (public) and NAME.key_secret (private) in")
+    keys.add_argument("--name", default="anonengine", help="file name of the pair (default: anonengine)")
+    keys.set_defaults(func=cmd_keys)
 
 
 def cmd_launch(args: argparse.Namespace) -> int:
@@ -134,9 +145,10 @@ def preflight(cfg: EngineConfig):
 def cmd_tap(args: argparse.Namespace) -> int:
     from anonengine.tap import SeqGaps, subscribe
 
+    endpoint, curve = _tap_address(args)
     gaps, writer, count = SeqGaps(), None, 0
     try:
-        for meta, image in subscribe(args.endpoint, tuple(args.camera), timeout_s=args.timeout):
+        for meta, image in subscribe(endpoint, tuple(args.camera), timeout_s=args.timeout, curve=curve):
             gap = gaps.see(meta)
             print(f"{meta['camera']} seq={meta['seq']} t={meta['time']:.3f} persons={len(meta['persons'])}"
                   f"{' obscured' if meta['obscured'] else ''}{f' missed={gap}' if gap else ''}", flush=True)
@@ -154,6 +166,34 @@ def cmd_tap(args: argparse.Namespace) -> int:
     return 0
 
 
+def _tap_address(args: argparse.Namespace):
+    """The endpoint `anonengine tap` subscribes to and its CURVE keys (None: none given)."""
+    from anonengine.curve import CurveClient
+    from anonengine.engine.runtime import Endpoints
+
+    if bool(args.key) != bool(args.server_key):
+        raise ConfigError("--key and --server-key go together: this client's .key_secret and the tap's .key")
+    curve = CurveClient.from_files(args.key, args.server_key) if args.key else None
+    if args.endpoint and args.endpoint != "ipc":  # `ipc`: the automatic one, as in the config
+        if args.endpoint.startswith("tcp://") and curve is None:
+            raise ConfigError("a tcp:// tap takes CURVE clients only: give --key CLIENT.key_secret and --server-key "
+                              "SERVER.key (make a pair with `anonengine keys DIR --name NAME`)")
+        return args.endpoint, curve
+    run_dir = _engines_folder(args.run_dir)
+    instance = args.instance or _only_instance(run_dir, "tap.sock")
+    return Endpoints(str(run_dir), instance).tap, curve
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    from anonengine.curve import write_key_pair
+
+    public, secret = write_key_pair(args.dir, args.name)
+    print(f"public key: {public} (give it out: the server's to subscribers, a client's to the engine's "
+          "tap.curve_clients folder)")
+    print(f"secret key: {secret} (keep it private: the server's is tap.curve_server_key, a client's --key)")
+    return 0
+
+
 def _tap_writer(path: str, image):
     from anonengine.video import VideoWriter
 
@@ -164,7 +204,8 @@ def _tap_writer(path: str, image):
 def cmd_control(args: argparse.Namespace) -> int:
     from anonengine.engine.runtime import Endpoints
 
-    instance = args.instance or _only_instance(Path(args.run_dir))
+    run_dir = _engines_folder(args.run_dir)
+    instance = args.instance or _only_instance(run_dir)
     if args.command == "attach":
         # The engine runs in another folder than this command: relative paths are made absolute here.
         request = messages.Attach({"name": args.camera, "source": _absolute_source(args.source),
@@ -177,10 +218,10 @@ def cmd_control(args: argparse.Namespace) -> int:
     sock = ctx.socket(zmq.REQ)
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.MAXMSGSIZE, messages.MAX_MESSAGE_BYTES)
-    sock.connect(Endpoints(args.run_dir, instance).control)
+    sock.connect(Endpoints(str(run_dir), instance).control)
     sock.send(messages.encode(request))
     if not sock.poll(CONTROL_TIMEOUT_MS):
-        raise ConfigError(f"engine {instance} in {args.run_dir} does not answer")
+        raise ConfigError(f"engine {instance} in {run_dir} does not answer")
     try:
         answer = messages.decode(sock.recv())
     except messages.MessageError as exc:
@@ -202,10 +243,25 @@ def _absolute_source(source: str) -> str:
     return source if source.isdigit() or "://" in source else os.path.abspath(source)
 
 
-def _only_instance(run_dir: Path) -> str:
-    found = sorted(p.parent.name for p in run_dir.glob("*/control.sock")) if run_dir.is_dir() else []
-    if len(found) != 1:
-        raise InputError(f"{len(found)} engines found in {run_dir}: name one with --instance")
+def _engines_folder(run_dir: str | None) -> Path:
+    """The run folder a client verb looks in (--run-dir, else the automatic one). One that exists must be
+    owner-only, as the engine made it: sockets in a folder someone else controls could be anyone's."""
+    from anonengine.rundir import check_private_dir, run_dir_path
+
+    folder = run_dir_path(run_dir)
+    if os.path.lexists(folder):
+        check_private_dir(folder)
+    return folder
+
+
+def _only_instance(run_dir: Path, socket: str = "control.sock") -> str:
+    """The one instance in `run_dir` that has `socket` (control: every launcher; tap.sock: an ipc tap)."""
+    found = sorted(p.parent.name for p in run_dir.glob(f"*/{socket}")) if run_dir.is_dir() else []
+    tapped = " with an ipc tap" if socket == "tap.sock" else ""
+    if not found:
+        raise InputError(f"no engine{tapped} running in {run_dir} (another run_dir? give it with --run-dir)")
+    if len(found) > 1:
+        raise InputError(f"{len(found)} engines{tapped} in {run_dir} ({', '.join(found)}): name one with --instance")
     return found[0]
 
 

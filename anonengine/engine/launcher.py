@@ -26,14 +26,18 @@ import zmq
 from pydantic import ValidationError
 
 from anonengine import messages
-from anonengine.config import CameraConfig, EngineConfig
-from anonengine.engine.runtime import TAP_SOCKET_BUFFER, Endpoints, log_malformed, receive_waiting
+from anonengine.config import CameraConfig, EngineConfig, HttpConfig
+from anonengine.curve import CurveClient, curve_clients_folder, load_key, write_public_key
+from anonengine.engine import metrics
+from anonengine.engine.runtime import Endpoints, bind_tap, log_malformed, receive_waiting
 from anonengine.errors import AnonError, InputError, OutputError
 from anonengine.interrupts import STOP_SIGNALS
 from anonengine.locks import FileLock, LockBusy, is_locked
 from anonengine.recording import segments_folder
-from anonengine.shm import instance_segments, remove_stale_segments, unlink
+from anonengine.rundir import private_dir, run_dir_path
+from anonengine.shm import SHM_DIR, instance_segments, remove_stale_segments, unlink
 from anonengine.sources import classify, is_live
+from anonengine.tap import MAX_TAP_MESSAGE_BYTES
 from anonengine.video import claim_output, partial_metadata_path, partial_path
 
 log = logging.getLogger("anonengine.launcher")
@@ -42,6 +46,7 @@ USER_ERROR = 2
 STOP_ORDER = ("capture", "detect", "composite", "encode")
 FAILED_GRACE_S = 3.0
 RESTART_BACKOFF_MAX_S = 10.0
+SNAPSHOT_EVERY_S = 0.5
 
 
 @dataclass
@@ -55,6 +60,12 @@ class Child:
     restarts: list[float] = field(default_factory=list)
     restart_at: float | None = None  # dead, to be started again at this time (backoff)
     last_beat: float | None = None  # its last heartbeat; None until its first (set-up may take long)
+    restarted: int = 0  # times it was started again since the engine started
+
+    @property
+    def up(self) -> bool:
+        """Running and heard from since it was last started."""
+        return self.restart_at is None and self.last_beat is not None and self.process.poll() is None
 
 
 class EngineFailed(AnonError):
@@ -87,9 +98,16 @@ def instance_alive(instance: str, run_dir: str | Path | None = None) -> bool:
 class Launcher:
     def __init__(self, cfg: EngineConfig) -> None:
         self.cfg = cfg.model_copy(deep=True)
+        # The default run folder is found once, here: the stages get its path (they might see another $XDG_RUNTIME_DIR).
+        self.cfg.engine.run_dir = str(run_dir_path(cfg.engine.run_dir))
         self.instance = cfg.engine.instance or f"p{os.getpid()}"
         self.run_id = uuid.uuid4().hex  # this run's recording segments, resumed by a restarted encoder
-        self.endpoints = Endpoints(cfg.engine.run_dir, self.instance, cfg.engine.composite_workers)
+        self.endpoints = Endpoints(self.cfg.engine.run_dir, self.instance, cfg.engine.composite_workers)
+        # `ipc` made this instance's own socket here too, for the stages and whoever reads the config.
+        self.cfg.tap.endpoint = self.tap_endpoint = self.endpoints.tap_endpoint(self.cfg.tap)  # '' when off
+        # With a CURVE tap: the launcher's own key pair (made at start, listed in the instance's tap-clients),
+        # with which it may subscribe to its engine's tap (the preview page).
+        self.tap_client: CurveClient | None = None
         self.children: dict[str, Child] = {}
         self.output_locks: dict[str, FileLock] = {}  # camera -> its output's lock, until the camera is done
         self.compositor_of: dict[str, int] = {}  # camera -> its composite worker, kept across re-attaches
@@ -106,7 +124,13 @@ class Launcher:
         self.clock = time.monotonic
         self.on_stats = None  # called with `stats` whenever counters arrive (progress bars)
         self.tap_relay: TapRelay | None = None
+        self.http = None  # the HTTP server (engine.http.HttpServer), imported only when served
         self.context = zmq.Context()
+        self.tally = metrics.Tally()  # every stage process's counters, for metrics and status
+        self.frame_rates = metrics.FrameRates(lambda: self.clock())
+        self.obscuring = metrics.Obscuring(lambda: self.clock())
+        self.snapshot: metrics.Snapshot | None = None  # replaced whole every SNAPSHOT_EVERY_S (HTTP thread reads it)
+        self._snapshot_at = float("-inf")
 
     # --- lifecycle -----------------------------------------------------------------------------
     def start(self) -> None:
@@ -117,6 +141,7 @@ class Launcher:
         self._take_instance()
         try:
             self._check_tap_endpoint()
+            self._start_http()
             for camera in self.cfg.cameras:
                 self._claim_camera(camera)
             self._start()
@@ -125,13 +150,52 @@ class Launcher:
                 if child.process is not None and child.process.poll() is None:
                     child.process.kill()
                     child.process.wait()
+            self._stop_http()
             self._remove_instance()
             raise
 
-    def _take_instance(self) -> None:
-        run_dir = Path(self.cfg.engine.run_dir)
+    def _start_http(self) -> None:
+        """Metrics, health and previews. The default address is taken when free (a second engine on this
+        host goes on without, and says so); any other must be free."""
+        if self.cfg.http.listen == "off":
+            return
+        from anonengine.engine.http import HttpServer, HttpServerError
+
         try:
-            run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            self.http = HttpServer(self.cfg.http, lambda: self.snapshot, self._tap_connect())
+        except HttpServerError as exc:
+            if self.cfg.http.listen != HttpConfig.model_fields["listen"].default:
+                raise EngineFailed(str(exc)) from None
+            log.warning("%s; this engine serves no metrics or previews (set http.listen, or --http, to another "
+                        "address)", exc)
+            return
+        log.info("metrics, health and previews at %s", self.http.url)
+
+    def _stop_http(self) -> None:
+        if self.http is not None:
+            self.http.close()
+            self.http = None
+
+    def _tap_connect(self):
+        """How the preview page subscribes to the tap (anonymized frames only), or None with the tap off."""
+        if not self.tap_endpoint:
+            return None
+
+        def connect(context: zmq.Context) -> zmq.Socket:
+            sock = context.socket(zmq.SUB)
+            sock.setsockopt(zmq.RCVHWM, 2)  # the latest frames, not all: previews skip what they cannot show
+            sock.setsockopt(zmq.MAXMSGSIZE, MAX_TAP_MESSAGE_BYTES)
+            sock.setsockopt(zmq.SUBSCRIBE, b"")
+            if self.tap_client is not None:  # a TCP tap lets in the launcher's own key (made at start)
+                self.tap_client.apply(sock)
+            sock.connect(self.tap_endpoint)
+            return sock
+
+        return connect
+
+    def _take_instance(self) -> None:
+        run_dir = private_dir(self.cfg.engine.run_dir)  # owner-only, or refused with one line
+        try:
             self.instance_lock = FileLock(instance_lock_path(run_dir, self.instance)).acquire()
         except LockBusy as busy:
             raise EngineFailed(f"engine instance {self.instance} is already running in {run_dir}{busy.owner}") from None
@@ -139,14 +203,20 @@ class Launcher:
             raise EngineFailed(f"cannot use the run folder {run_dir}: {exc.strerror}") from None
 
     def _check_tap_endpoint(self) -> None:
-        """A busy or unusable tap address is the user's to fix: one line now, not a crash loop later."""
-        if not self.cfg.tap.endpoint or self.cfg.engine.encode_workers > 1:
-            return  # several encoders: the relay binds the tap itself, in _start, before any stage runs
+        """A busy or unusable tap address, or CURVE keys that cannot be read, are the user's to fix: one line
+        now, not a crash loop later."""
+        if self.cfg.tap.endpoint and self.cfg.tap.curve:
+            load_key(self.cfg.tap.curve_server_key, secret=True)
+            curve_clients_folder(self.cfg.tap.curve_clients)
+        if self.tap_endpoint in ("", self.endpoints.tap) or self.cfg.engine.encode_workers > 1:
+            # ipc: in this instance's own folder; several encoders: the relay binds the tap itself, in
+            # _start, before any stage runs.
+            return
         probe = self.context.socket(zmq.XPUB)
         try:
-            probe.bind(self.cfg.tap.endpoint)
+            probe.bind(self.tap_endpoint)
         except zmq.ZMQError as exc:
-            raise EngineFailed(f"cannot open the tap at {self.cfg.tap.endpoint}: {zmq.strerror(exc.errno)}") from None
+            raise EngineFailed(f"cannot open the tap at {self.tap_endpoint}: {zmq.strerror(exc.errno)}") from None
         finally:
             probe.close(linger=0)
 
@@ -196,8 +266,8 @@ class Launcher:
         if removed:
             log.info("removed %d stale shared-memory segment(s) of dead engines", len(removed))
         self._remove_stale_run_dirs()
-        self.endpoints.dir.mkdir(parents=True, exist_ok=True)
-        os.chmod(self.endpoints.dir, 0o700)
+        private_dir(self.endpoints.dir)
+        self._make_tap_client()
         self.config_path = self.endpoints.dir / "engine.yaml"
         self.config_path.write_text(yaml.safe_dump(self.cfg.model_dump(mode="json")))
         self.events = self.context.socket(zmq.PULL)
@@ -205,8 +275,8 @@ class Launcher:
         for sock, endpoint in ((self.events, self.endpoints.events), (self.control, self.endpoints.control)):
             sock.setsockopt(zmq.MAXMSGSIZE, messages.MAX_MESSAGE_BYTES)
             sock.bind(endpoint)
-        if self.cfg.tap.endpoint and self.cfg.engine.encode_workers > 1:
-            self.tap_relay = TapRelay(self.context, self.endpoints.tap_relay, self.cfg.tap)
+        if self.tap_endpoint and self.cfg.engine.encode_workers > 1:
+            self.tap_relay = TapRelay(self.context, self.endpoints, self.cfg.tap)
         for w in range(self.cfg.engine.encode_workers):
             self._add(f"encode{w}", "encode", w, extra=["--worker", str(w)])
         for w in range(self.cfg.engine.composite_workers):
@@ -216,13 +286,27 @@ class Launcher:
         for camera in self.cfg.cameras:
             self.attach(camera)
 
+    def _make_tap_client(self) -> None:
+        """With a CURVE tap, a key pair for the launcher's own subscription, its public key listed in the
+        instance's tap-clients folder (which only this user can enter), its secret kept in memory only."""
+        if not (self.tap_endpoint and self.cfg.tap.curve):
+            return
+        server_public, _ = load_key(self.cfg.tap.curve_server_key, secret=True)
+        self.tap_client = CurveClient.ephemeral(server_public)
+        private_dir(self.endpoints.tap_clients)
+        write_public_key(self.endpoints.tap_clients / "launcher.key", self.tap_client.public)
+
     def _remove_stale_run_dirs(self) -> None:
+        """Removes the folders of dead instances; what this user may not remove is left, never fatal."""
         root = Path(self.cfg.engine.run_dir)
         if root.is_dir():
             for folder in root.iterdir():
-                if folder.is_dir() and not instance_alive(folder.name, root):
-                    shutil.rmtree(folder, ignore_errors=True)
-                    instance_lock_path(root, folder.name).unlink(missing_ok=True)
+                try:
+                    if folder.is_dir() and not instance_alive(folder.name, root):
+                        shutil.rmtree(folder, ignore_errors=True)
+                        instance_lock_path(root, folder.name).unlink(missing_ok=True)
+                except PermissionError as exc:
+                    log.info("left %s of a dead engine: %s", folder, exc.strerror)
 
     def _add(self, name: str, stage: str, worker: int = 0, camera: str | None = None,
              extra: list[str] | None = None) -> None:
@@ -297,6 +381,7 @@ class Launcher:
                     break
                 if self.cfg.engine.exit_when_done and self._all_cameras_done():
                     break
+                self._snapshot_if_due()
             failed = self.failure is not None
         finally:
             # After a failure the chain is broken and nothing can drain: short grace.
@@ -331,6 +416,7 @@ class Launcher:
                 self._on_source_status(message)
             elif isinstance(message, messages.Stats):
                 self._on_heartbeat(message.pid)
+                self.tally.add(message)
                 self.stats[(message.stage, message.name)] = message.counters
                 if self.on_stats is not None:
                     self.on_stats(self.stats)
@@ -377,12 +463,74 @@ class Launcher:
             return messages.Reply(False, str(exc).splitlines()[0])
 
     def status(self) -> dict:
-        return {"cameras": [c.name for c in self.cfg.cameras], "done": sorted(self.done),
-                "failed": self.failed_cameras,
-                "sources": {name: {"state": s.state.value, "error": s.error, "reconnects": s.reconnects}
-                            for name, s in self.sources.items()},
-                "malformed": self.malformed,
-                "stats": {f"{k[0]}[{k[1]}]": v for k, v in self.stats.items()}}
+        """`anonengine status`: the snapshot the HTTP server shows, and each stage's latest counters."""
+        return {**self.take_snapshot().as_status(), "stats": {f"{k[0]}[{k[1]}]": v for k, v in self.stats.items()}}
+
+    def _snapshot_if_due(self) -> None:
+        if self.clock() - self._snapshot_at >= SNAPSHOT_EVERY_S:
+            self.take_snapshot()
+
+    def take_snapshot(self) -> metrics.Snapshot:
+        """What the engine is doing now, for /metrics, /readyz, the page and `anonengine status`."""
+        self._snapshot_at = self.clock()
+        restarts: dict[str, int] = {}
+        for child in self.children.values():
+            restarts[child.stage] = restarts.get(child.stage, 0) + child.restarted
+        self.snapshot = metrics.Snapshot(
+            instance=self.instance, taken=time.time(), stopping=self.stop_requested,
+            cameras=tuple(self._camera_view(camera) for camera in self.cfg.cameras),
+            stages=tuple(metrics.StageView(c.name, c.stage, c.up, c.restarted) for c in self.children.values()),
+            restarts=restarts, malformed=self.malformed + self.tally.total_of_all("malformed"),
+            shared_memory_bytes=shared_memory_bytes(self.instance),
+            histograms={name: h for name in ("latency_seconds", "batch_size")
+                        if (h := self.tally.histogram("detect", name)) is not None},
+            tap_dropped=self.tally.total("encode", "tap_dropped"),
+        )  # fmt: skip
+        return self.snapshot
+
+    def _camera_view(self, camera: CameraConfig) -> metrics.CameraView:
+        name, tally = camera.name, self.tally
+        frames = {
+            "in": tally.camera_total("capture", "frames", name),
+            "out": tally.camera_total("encode", "frames", name),
+            "dropped": tally.camera_total("composite", "dropped", name)
+            + tally.camera_total("capture", "dropped_at_source", name),
+            "late": tally.camera_total("composite", "late", name),
+            "obscured": tally.camera_total("composite", "obscured", name),
+        }
+        fps = self.frame_rates.update(name, frames["out"])
+        obscuring = self.obscuring.recent(name, frames["obscured"])
+        source = self.sources.get(name)
+        state, reason = self._camera_state(name, source, frames["out"], obscuring)
+        return metrics.CameraView(
+            name=name, state=state, reason=reason, live=self._is_live(camera), frames=frames, fps=fps,
+            reconnects=source.reconnects if source else 0,
+            in_flight=tally.camera_total("capture", "in_flight", name),
+            waiting=tally.camera_total("composite", "waiting", name),
+            last_error=self.failed_cameras.get(name) or (source.error if source else None),
+            source=source.state.value if source else None,
+        )  # fmt: skip
+
+    def _camera_state(self, name: str, source: messages.SourceStatus | None, frames_out: int,
+                      obscuring: bool) -> tuple[str, str]:
+        capture = self.children.get(f"capture-{name}")
+        if name in self.failed_cameras:
+            return metrics.FAILED, self.failed_cameras[name]
+        if name in self.done:
+            return metrics.DONE, "" if self.done[name].complete else "stopped before the end of its stream"
+        if self.stop_requested:
+            return metrics.STOPPING, ""
+        if capture is None or capture.restart_at is not None:
+            return metrics.RESTARTING, "its capture died"
+        if capture.process.poll() is not None:
+            return metrics.STOPPING, "stream ended; finishing its output"
+        if source is not None and source.state.value in (metrics.CONNECTING, metrics.RECONNECTING):
+            return source.state.value, source.error or ""
+        if frames_out == 0:
+            return metrics.STARTING, "no frame out yet"
+        if obscuring:
+            return metrics.DEGRADED, f"frames obscured in the last {metrics.DEGRADED_WINDOW_S:g} s (detections late or failed)"
+        return metrics.RUNNING, ""
 
     def _on_heartbeat(self, pid: int) -> None:
         for child in self.children.values():
@@ -427,6 +575,7 @@ class Launcher:
                 return
             now = self.clock()
             child.restarts = [t for t in child.restarts if now - t < 60] + [now]
+            child.restarted += 1
             if len(child.restarts) > self.cfg.engine.restart_limit:
                 self.failure = f"{child.name} died {len(child.restarts)} times within a minute (exit {code})"
                 return
@@ -479,6 +628,8 @@ class Launcher:
         finalises what it has written while the others exit).
         """
         grace_s = grace_s or self.cfg.engine.stop_timeout_s
+        self.stop_requested = True  # a job that ended stops too: its cameras say "stopping" from now
+        self.take_snapshot()
         order = [(stage,) for stage in STOP_ORDER]
         if self.stop_signal is not None and not any(self._is_live(c) for c in self.cfg.cameras):
             order = [STOP_ORDER]
@@ -496,6 +647,7 @@ class Launcher:
             for child in group:
                 while child.process.poll() is None and self.clock() < deadline:
                     self._pump(timeout_ms=50)
+                    self._snapshot_if_due()  # /readyz says "stopping", /healthz that the launcher lives
                 if child.process.poll() is None:
                     # After a failure, killing what cannot drain is expected, not worth a warning.
                     level = logging.INFO if self.failure else logging.WARNING
@@ -503,6 +655,8 @@ class Launcher:
                     child.process.kill()
                     child.process.wait()
         self._pump(timeout_ms=0)
+        self.take_snapshot()
+        self._stop_http()
         if self.tap_relay is not None:
             self.tap_relay.close()
         self.context.destroy(linger=0)
@@ -529,6 +683,17 @@ class Launcher:
             self.stop_signal = signum
 
 
+def shared_memory_bytes(instance: str) -> int:
+    """What an instance's frame rings take in /dev/shm (a segment gone meanwhile counts nothing)."""
+    total = 0
+    for name in instance_segments(instance):
+        try:
+            total += (SHM_DIR / name).stat().st_size
+        except OSError:
+            pass
+    return total
+
+
 def stage_total(stats: dict[tuple[str, str], dict], stage: str, counter: str) -> int:
     """A counter added up over a stage's processes (e.g. frames written by every encoder)."""
     return sum(counters.get(counter, 0) for (name, _), counters in stats.items() if name == stage)
@@ -541,18 +706,14 @@ class TapRelay:
     the XPUB's high-water mark drops frames for a slow subscriber, as the single encoder's own would.
     """
 
-    def __init__(self, context: zmq.Context, relay: str, tap) -> None:
+    def __init__(self, context: zmq.Context, endpoints: Endpoints, tap) -> None:
         self.inbound = context.socket(zmq.XSUB)
-        self.inbound.bind(relay)
-        self.outbound = context.socket(zmq.XPUB)
-        self.outbound.setsockopt(zmq.SNDHWM, tap.hwm)
-        self.outbound.setsockopt(zmq.SNDBUF, TAP_SOCKET_BUFFER)
-        try:
-            self.outbound.bind(tap.endpoint)
-        except zmq.ZMQError as exc:
+        self.inbound.bind(endpoints.tap_relay)
+        try:  # the same XPUB (and CURVE gate) as a single encoder's
+            self.outbound, self.curve = bind_tap(context, endpoints.tap_endpoint(tap), tap, endpoints)
+        except AnonError:
             self.inbound.close(linger=0)
-            self.outbound.close(linger=0)
-            raise EngineFailed(f"cannot open the tap at {tap.endpoint}: {zmq.strerror(exc.errno)}") from None
+            raise
         self.control = context.socket(zmq.PAIR)
         self.control.bind(f"inproc://tap-relay-{id(self)}")
         control = context.socket(zmq.PAIR)
@@ -574,6 +735,8 @@ class TapRelay:
             self.control.send(b"TERMINATE", zmq.NOBLOCK)
             self.thread.join(5)
         self.control.close(linger=0)
+        if self.curve is not None:  # after its socket, which the proxy thread closed
+            self.curve.close()
 
 
 def _project_root() -> str:

@@ -20,9 +20,11 @@ import zmq
 
 from anonengine import messages
 from anonengine.argparsing import OneLineParser
-from anonengine.config import EngineConfig, load_yaml
-from anonengine.errors import AnonError, ConfigError
+from anonengine.config import AUTO_TAP, EngineConfig, TapConfig, load_yaml
+from anonengine.curve import CurveServer, curve_clients_folder
+from anonengine.errors import AnonError, OutputError
 from anonengine.interrupts import INTERRUPTS, STOP_SIGNALS, Interrupted
+from anonengine.rundir import private_dir, run_dir_path
 
 POLL_MS = 100
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
@@ -33,7 +35,8 @@ class Endpoints:
     """Local (ipc) endpoints of one engine instance; the binding side is named in each comment."""
 
     def __init__(self, run_dir: str, instance: str, composite_workers: int = 1) -> None:
-        self.dir = Path(run_dir) / instance
+        self.run_dir = run_dir_path(run_dir)  # '' = the default, owner-only folder
+        self.dir = self.run_dir / instance
         self.composite_workers = composite_workers
 
     def _ipc(self, name: str) -> str:
@@ -50,6 +53,18 @@ class Endpoints:
 
     def encode(self, worker: int) -> str:  # encoder binds PULL of StreamInfoMsg, OutFrame, StreamEnd
         return self._ipc(f"encode-{worker}")
+
+    @property
+    def tap(self) -> str:  # the automatic tap (tap.endpoint: ipc): the encoder, or the launcher's relay, binds XPUB
+        return self._ipc("tap")
+
+    @property
+    def tap_clients(self) -> Path:  # public keys a CURVE tap lets in beside tap.curve_clients (the launcher's own)
+        return self.dir / "tap-clients"
+
+    def tap_endpoint(self, tap: TapConfig) -> str:
+        """Where the tap of this instance is: tap.endpoint, with `ipc` meaning its own socket; '' = off."""
+        return self.tap if tap.endpoint == AUTO_TAP else tap.endpoint
 
     @property
     def tap_relay(self) -> str:  # launcher binds XSUB, when several encoders publish to one tap
@@ -91,6 +106,8 @@ class Service:
         self.stopping = False
         self.log = logging.getLogger(f"anonengine.{self.stage}")
         self.counters: dict[str, int] = {}
+        self.camera_counters: dict[str, dict[str, int]] = {}
+        self.histograms: dict[str, messages.Histogram] = {}
         self._events: zmq.Socket | None = None
         self._last_stats = time.monotonic()
 
@@ -123,8 +140,21 @@ class Service:
         self.count("malformed")
         log_malformed(self.log, self.counters["malformed"], error)
 
-    def count(self, name: str, n: int = 1) -> None:
+    def count(self, name: str, n: int = 1, camera: str | None = None) -> None:
+        """Adds to a counter of this stage and, when `camera` is named, to that camera's share of it."""
         self.counters[name] = self.counters.get(name, 0) + n
+        if camera is not None:
+            mine = self.camera_counters.setdefault(camera, {})
+            mine[name] = mine.get(name, 0) + n
+
+    def gauge(self, name: str, value: int, camera: str | None = None) -> None:
+        """Sets a level (frames in a queue), reported with the counters; see metrics.GAUGES."""
+        (self.counters if camera is None else self.camera_counters.setdefault(camera, {}))[name] = value
+
+    def observe(self, histogram: str, value: float, bounds: tuple[float, ...]) -> None:
+        if histogram not in self.histograms:
+            self.histograms[histogram] = messages.Histogram.of(bounds)
+        self.histograms[histogram].observe(value)
 
     def report(self, force: bool = False) -> None:
         """Sends counters to the launcher every `stats_interval_s`, which are also the stage's heartbeat:
@@ -138,7 +168,9 @@ class Service:
             self._events = self.socket(zmq.PUSH, self.endpoints.events, hwm=100)
         for message in self.reports(force):
             send(self._events, message, block=False)
-        send(self._events, messages.Stats(self.stage, self.camera, dict(self.counters), os.getpid()), block=False)
+        stats = messages.Stats(self.stage, self.camera, dict(self.counters), os.getpid(),
+                               {camera: dict(c) for camera, c in self.camera_counters.items()}, self.histograms)
+        send(self._events, stats, block=False)
 
     def reports(self, force: bool) -> list:
         """What a stage tells the launcher beside its counters, with each heartbeat; `force`: all of it."""
@@ -211,11 +243,36 @@ def report_user_error(message: str) -> None:
 
 
 def make_endpoints_dir(endpoints: Endpoints) -> None:
-    """Under the launcher the folder exists; stages started on their own (honcho) make it (mode 0700)."""
+    """Under the launcher the folders exist; stages started on their own (honcho) make them, owner-only
+    (a folder there already must be as safe: see anonengine.rundir)."""
+    private_dir(endpoints.run_dir)
+    private_dir(endpoints.dir)
+
+
+def bind_tap(context: zmq.Context, endpoint: str, tap: TapConfig,
+             endpoints: Endpoints) -> tuple[zmq.Socket, CurveServer | None]:
+    """The tap's XPUB, bound at `endpoint` by its one binder (the encoder, or the launcher's relay).
+
+    With CURVE keys (a TCP tap must have them) it is a CURVE server behind a ZAP handler that lets in the
+    keys of tap.curve_clients and of the instance's tap-clients folder only; the caller closes the handler
+    (returned) after the socket. A busy or unusable address is one line for the user."""
+    curve = CurveServer(tap.curve_server_key, curve_clients_folder(tap.curve_clients),
+                        endpoints.tap_clients) if tap.curve else None
+    sock = context.socket(zmq.XPUB)
+    sock.setsockopt(zmq.MAXMSGSIZE, messages.MAX_MESSAGE_BYTES)  # subscriptions are small
+    sock.setsockopt(zmq.SNDHWM, tap.hwm)
+    # The high-water mark bounds a slow subscriber's backlog only if the kernel's does too.
+    sock.setsockopt(zmq.SNDBUF, TAP_SOCKET_BUFFER)
     try:
-        endpoints.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ConfigError(f"cannot create the run folder {endpoints.dir}: {exc.strerror}") from None
+        if curve is not None:
+            curve.secure(context, sock)
+        sock.bind(endpoint)
+    except zmq.ZMQError as exc:
+        sock.close(linger=0)
+        if curve is not None:
+            curve.close()
+        raise OutputError(f"cannot open the tap at {endpoint}: {zmq.strerror(exc.errno)}") from None
+    return sock, curve
 
 
 def follow_parent() -> int:
@@ -269,11 +326,22 @@ def run_service(factory, argv: list[str] | None = None, extra_args=None) -> int:
         # The first heartbeat at once: until the launcher has one, it takes the stage for one still
         # starting, which a stop kills rather than waits for (an encoder killed so loses its frames).
         service.report(force=True)
+        orphaned_at = None
         while service.step():
             service.report()
-            if os.getppid() != parent:  # the launcher is gone (and PR_SET_PDEATHSIG was not available)
+            if os.getppid() == parent:
+                continue
+            # The launcher is gone (its SIGTERM, PR_SET_PDEATHSIG, may not have come): the stage drains as
+            # on any stop, but what it waits for may never come (its peers went with the launcher), and no
+            # launcher will kill it after the grace period: it leaves by itself then.
+            if orphaned_at is None:
                 service.log.warning("the launcher is gone; stopping")
                 service.request_stop()
+                orphaned_at = time.monotonic()
+            elif time.monotonic() - orphaned_at > cfg.engine.stop_timeout_s:
+                service.log.warning("the launcher is gone and what is in flight did not drain in %.0f s; leaving",
+                                    cfg.engine.stop_timeout_s)
+                break
         return 0
     except Interrupted:
         return 0

@@ -1,0 +1,170 @@
+"""What the launcher knows of a running engine, in one snapshot: per camera state and counters, per
+stage health, and whether the engine is ready. `/metrics`, `/readyz`, the page and `anonengine
+status` all read the same snapshot, built by the launcher's thread and handed over whole (the HTTP
+server's thread never sees the launcher's own dicts change under it).
+"""
+
+from __future__ import annotations
+
+import collections
+import time
+from dataclasses import dataclass, field
+
+from anonengine import messages
+
+# Counters that are levels, not totals: only a process's latest report counts, a dead one's none.
+GAUGES = frozenset({"in_flight", "waiting"})
+FPS_WINDOW_S = 5.0  # frames out over this window make a camera's frames per second
+DEGRADED_WINDOW_S = 10.0  # a camera that obscured a frame this recently is degraded
+
+# Camera states; a camera is ready in the first two.
+RUNNING, DONE = "running", "done"
+STARTING, CONNECTING, RECONNECTING, RESTARTING = "starting", "connecting", "reconnecting", "restarting"
+DEGRADED, FAILED, STOPPING = "degraded", "failed", "stopping"
+CAMERA_STATES = (RUNNING, DONE, STARTING, CONNECTING, RECONNECTING, RESTARTING, DEGRADED, FAILED, STOPPING)
+
+
+class Tally:
+    """Every stage process's latest report, kept after it dies: a stage's counters are totals since it
+    started, so the engine's total is the sum over the processes it ran, and never goes backwards when a
+    stage restarts (as Prometheus counters must not)."""
+
+    def __init__(self) -> None:
+        self.reports: dict[tuple[str, str, int], messages.Stats] = {}
+        self.alive: dict[tuple[str, str], int] = {}  # (stage, name) -> the pid reporting last
+
+    def add(self, stats: messages.Stats) -> None:
+        self.reports[(stats.stage, stats.name, stats.pid)] = stats
+        self.alive[(stats.stage, stats.name)] = stats.pid
+
+    def _counted(self, stats: messages.Stats, counter: str) -> bool:
+        return counter not in GAUGES or self.alive.get((stats.stage, stats.name)) == stats.pid
+
+    def total(self, stage: str, counter: str) -> int:
+        return sum(s.counters.get(counter, 0) for s in self.reports.values()
+                   if s.stage == stage and self._counted(s, counter))
+
+    def total_of_all(self, counter: str) -> int:
+        return sum(s.counters.get(counter, 0) for s in self.reports.values())
+
+    def camera_total(self, stage: str, counter: str, camera: str) -> int:
+        """A camera's share of a counter: a capture reports for its one camera, other stages split theirs."""
+        found = 0
+        for s in self.reports.values():
+            if s.stage != stage or not self._counted(s, counter):
+                continue
+            found += s.counters.get(counter, 0) if s.name == camera and stage == "capture" else \
+                s.cameras.get(camera, {}).get(counter, 0)
+        return found
+
+    def histogram(self, stage: str, name: str) -> messages.Histogram | None:
+        merged = None
+        for s in self.reports.values():
+            h = s.histograms.get(name) if s.stage == stage else None
+            if h is None:
+                continue
+            if merged is None:
+                merged = messages.Histogram(h.bounds, [0] * len(h.counts))
+            if h.bounds == merged.bounds:
+                merged.counts = [a + b for a, b in zip(merged.counts, h.counts)]
+                merged.total += h.total
+        return merged
+
+
+@dataclass(frozen=True)
+class CameraView:
+    name: str
+    state: str
+    reason: str  # why it is not running ('' when it is)
+    live: bool
+    frames: dict[str, int]  # in, out, dropped, late, obscured
+    fps: float
+    reconnects: int
+    in_flight: int  # frames between capture and encoder
+    waiting: int  # of those, frames composited and waiting for the future's fill (recordings)
+    last_error: str | None
+    source: str | None = None  # a live source's own state (connecting, running, reconnecting, stopped)
+
+    @property
+    def ready(self) -> bool:
+        return self.state in (RUNNING, DONE)
+
+
+@dataclass(frozen=True)
+class StageView:
+    name: str  # the process's name (detect0, capture-lobby)
+    stage: str
+    up: bool  # running and heard from
+    restarts: int  # since the engine started
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    instance: str
+    taken: float  # time.time()
+    stopping: bool
+    cameras: tuple[CameraView, ...]
+    stages: tuple[StageView, ...]
+    restarts: dict[str, int]  # stage -> restarts of its processes since start
+    malformed: int
+    shared_memory_bytes: int
+    histograms: dict[str, messages.Histogram] = field(default_factory=dict)  # detector latency, batch size
+    tap_dropped: int = 0
+
+    @property
+    def ready(self) -> bool:
+        return not self.stopping and all(c.ready for c in self.cameras) and all(s.up for s in self.stages
+                                                                                 if s.stage != "capture")
+
+    def reasons(self) -> list[str]:
+        """Why the engine is not ready, one line each (empty when it is)."""
+        if self.stopping:
+            return ["stopping"]
+        found = [f"{s.name}: {'restarting' if s.restarts else 'starting'}" for s in self.stages
+                 if not s.up and s.stage != "capture"]
+        return found + [f"camera {c.name}: {c.state}{f' ({c.reason})' if c.reason else ''}"
+                        for c in self.cameras if not c.ready]
+
+    def as_status(self) -> dict:
+        """The JSON of `anonengine status` and the page: the same facts as /readyz and /metrics."""
+        return {
+            "instance": self.instance, "ready": self.ready, "reasons": self.reasons(),
+            "cameras": {c.name: {"state": c.state, "reason": c.reason, "live": c.live, "fps": round(c.fps, 2),
+                                 "frames": c.frames, "reconnects": c.reconnects, "in_flight": c.in_flight, "waiting": c.waiting,
+                                 "last_error": c.last_error, "source": c.source} for c in self.cameras},
+            "done": [c.name for c in self.cameras if c.state == DONE],
+            "failed": {c.name: c.reason for c in self.cameras if c.state == FAILED},
+            "stages": {s.name: {"stage": s.stage, "up": s.up, "restarts": s.restarts} for s in self.stages},
+            "malformed": self.malformed, "shared_memory_bytes": self.shared_memory_bytes,
+        }
+
+
+class FrameRates:
+    """Frames out per second for each camera, over the last FPS_WINDOW_S."""
+
+    def __init__(self, clock=time.monotonic) -> None:
+        self.clock = clock
+        self.samples: dict[str, collections.deque] = {}
+
+    def update(self, camera: str, frames_out: int) -> float:
+        now = self.clock()
+        samples = self.samples.setdefault(camera, collections.deque())
+        samples.append((now, frames_out))
+        while len(samples) > 2 and now - samples[1][0] >= FPS_WINDOW_S:
+            samples.popleft()
+        (t0, f0), (t1, f1) = samples[0], samples[-1]
+        return (f1 - f0) / (t1 - t0) if t1 - t0 >= 0.5 else 0.0
+
+
+class Obscuring:
+    """When each camera last had a frame obscured (its detections late or failed)."""
+
+    def __init__(self, clock=time.monotonic) -> None:
+        self.clock = clock
+        self.seen: dict[str, tuple[int, float]] = {}
+
+    def recent(self, camera: str, obscured: int) -> bool:
+        before = self.seen.get(camera)
+        if before is None or obscured > before[0]:
+            self.seen[camera] = (obscured, self.clock() if obscured else float("-inf"))
+        return self.clock() - self.seen[camera][1] < DEGRADED_WINDOW_S
