@@ -32,10 +32,12 @@ FILL_REFRESH_FRAMES = 25
 CANVAS_MARGIN = 0.25  # of the frame's size, on each side
 MIRROR_SEAM_PX = 4.0  # where a hole's two mirror images meet, they cross-fade over this width
 # A moving camera's frames are resampled onto the canvas, then the canvas back onto frames: twice
-# bilinear blurs fine texture (cobbles: 3.1 grey levels off under a 3-px shake, 2.4 with bicubic for the
-# second, which touches only the persons' regions; bicubic for the first, every whole frame, costs 14 ms
-# at 720p for 0.2 more).
-RENDER_RESAMPLE = cv2.INTER_CUBIC
+# bilinear blurs fine texture. The second touches only the persons' regions, so it is at least bicubic
+# (cobbles under a 3-px shake: 3.1 grey levels off, 2.4 with it); the first resamples every whole frame,
+# so `background.resample` chooses (bench/privacy.py, street shake, file mode: linear 2.7, cubic 2.3,
+# lanczos 2.0).
+RESAMPLE = {"linear": cv2.INTER_LINEAR, "cubic": cv2.INTER_CUBIC, "lanczos": cv2.INTER_LANCZOS4}
+RENDER_RESAMPLE = {"linear": cv2.INTER_CUBIC, "cubic": cv2.INTER_CUBIC, "lanczos": cv2.INTER_LANCZOS4}
 MAX_CANVAS = 3  # frames a side: how far a canvas grows to keep a recording's waiting frames on it
 MOTION_WIDTH = 640  # motion is estimated on a grey copy this wide (320: 0.7 grey levels worse under shake)
 MOTION_FEATURES = 200
@@ -199,7 +201,7 @@ class BackgroundModel:
             image = frame
         else:
             size = (box[2] - box[0], box[3] - box[1])
-            image = cv2.warpAffine(frame, to_box, size, flags=cv2.INTER_LINEAR)
+            image = cv2.warpAffine(frame, to_box, size, flags=RESAMPLE[self.cfg.resample])
             # Outside the frame counts as not seen now, and the border blends with nothing: shrink by one.
             free = cv2.warpAffine(free, to_box, size, flags=cv2.INTER_NEAREST, borderValue=0)
             free = cv2.erode(free, np.ones((3, 3), np.uint8))
@@ -342,7 +344,7 @@ class BackgroundModel:
             raise RuntimeError("BackgroundModel.render() before the first update()")
         view = view or self.view
         scene = view.scene
-        image = cv2.convertScaleAbs(self._to_frame(scene.mean, RENDER_RESAMPLE, box, view=view))
+        image = cv2.convertScaleAbs(self._to_frame(scene.mean, RENDER_RESAMPLE[self.cfg.resample], box, view=view))
         unseen = cv2.compare(self._to_frame(scene.seen, cv2.INTER_NEAREST, box, view=view), 0, cv2.CMP_EQ)
         if cv2.countNonZero(unseen):
             cv2.copyTo(self._to_frame(self._current_fill(scene), cv2.INTER_LINEAR, box, view=view), unseen, image)

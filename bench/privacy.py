@@ -227,8 +227,11 @@ def main() -> None:
     parser.add_argument("--cases", nargs="*", help="only the cases whose names contain one of these")
     parser.add_argument("--methods", nargs="*", help="only these methods (seed, before, live, file, perfect, "
                         "stride N)")
+    parser.add_argument("--resample", choices=["linear", "cubic", "lanczos"], default="linear",
+                        help="background.resample of the anonengine methods")
     args = parser.parse_args()
     live = AnonymizerConfig()
+    live.background.resample = args.resample
     live.detector.pose_model = str(models.pull("yolo11n-pose.pt"))
     live.pose.enabled = False  # the seed's algorithm here draws none either: bg err measures reconstruction
     before = live.model_copy(deep=True)
