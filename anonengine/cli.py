@@ -33,7 +33,16 @@ log = logging.getLogger("anonengine")
 
 
 def add_run_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--video-source", required=True, help="video file, webcam index (0) or stream URL")
+    p.add_argument("--video-source", required=True,
+                   help="video file, webcam index (0) or stream URL; with --output-dir, a folder or a glob")
+    p.add_argument("--output-dir", default=None,
+                   help="a batch: anonymize every video and photo of --video-source DIR|GLOB into the same tree "
+                        "here (resumable: its manifest skips what is done)")
+    p.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
+                   help="a batch on a Ray cluster, each file a task (pip install 'anonengine[cluster]'): ADDRESS of "
+                        "a running cluster, 'auto' for this node's, none: a cluster of this machine alone")
+    p.add_argument("--audio", choices=["drop", "keep"], default="drop",
+                   help="the source's audio: drop (default: voices identify people) or keep (copied unchanged)")
     p.add_argument("--output-video", help="anonymized MP4 to write (default: <source>_anonymized.mp4)")
     p.add_argument("--method", choices=["bbox", "seg"], default="bbox", help="bbox: dilated boxes; seg: outlines")
     p.add_argument("--pose-model", default=None, help="YOLO pose model (default yolo11n-pose.pt)")
@@ -51,6 +60,8 @@ def add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stride", type=int, default=None,
                    help="detect on every Nth frame, the tracker hides persons between (privacy-checked up to 3)")
     p.add_argument("--fill", choices=["mirror", "inpaint", "solid"], default=None, help="fill for never-seen background")
+    p.add_argument("--resample", choices=["linear", "cubic", "lanczos"], default=None,
+                   help="how a moving camera's frames enter the background: linear (fast), cubic, lanczos (sharpest)")
     p.add_argument("--future-frames", type=int, default=None,
                    help="a file's frames are also filled from what the next N frames show (default 50; 0: off)")
     p.add_argument("--on-detector-error", choices=["stop", "obscure"], default=None)
@@ -62,7 +73,16 @@ def add_run_flags(p: argparse.ArgumentParser) -> None:
                    help="treat the source as a live camera (streams and webcams are): a stop signal is its "
                         "normal end; a file is read at its frame rate")
     p.add_argument("--inline", action="store_true", help="run every stage in this one process (reference path)")
-    p.add_argument("--tap", default=None, help="also publish anonymized frames on this ZeroMQ endpoint")
+    p.add_argument("--tap", default=None,
+                   help="also publish anonymized frames on this ZeroMQ endpoint (ipc: the run folder's own socket; "
+                        "tcp://HOST:PORT needs --tap-server-key and --tap-clients)")
+    p.add_argument("--tap-server-key", default=None, metavar="SERVER.key_secret",
+                   help="the TCP tap's CURVE key pair (`anonengine keys`)")
+    p.add_argument("--tap-clients", default=None, metavar="FOLDER",
+                   help="folder of the public .key files of the clients the TCP tap lets in")
+    p.add_argument("--http", default=None, metavar="HOST:PORT",
+                   help="serve metrics, health and a live preview page here while it runs (default 127.0.0.1:8080 "
+                        "when free; 'off': none; not with --inline)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -83,13 +103,16 @@ def config_from_run_flags(args: argparse.Namespace):
             int8=args.int8,
             stride=args.stride,
         ),
-        "background": _drop_none(alpha=args.alpha, fill=args.fill, future_frames=args.future_frames),
+        "background": _drop_none(alpha=args.alpha, fill=args.fill, future_frames=args.future_frames,
+                                  resample=args.resample),
         "pose": _drop_none(keypoint_conf=args.pose_conf_threshold),
         **_drop_none(on_detector_error=args.on_detector_error),
     }
     raw = {
         "anonymizer": anonymizer,
         "encoder": _drop_none(crf=args.crf, preset=args.preset),
+        "http": _drop_none(listen=args.http),
+        "tap": _run_tap(args),
         "cameras": [{"name": args.camera, "source": args.video_source, "output": output, "metadata": args.metadata,
                      **_drop_none(live=args.live)}],
     }
@@ -98,6 +121,14 @@ def config_from_run_flags(args: argparse.Namespace):
     except ValidationError as exc:
         err = exc.errors()[0]
         raise ConfigError(f"invalid {'.'.join(map(str, err['loc']))}: {err['msg']}") from None
+
+
+def _run_tap(args: argparse.Namespace) -> dict:
+    """`run`'s tap: off unless --tap; on TCP only with CURVE keys (the frames' persons are in its headers)."""
+    if args.tap and args.tap.startswith("tcp://") and not (args.tap_server_key and args.tap_clients):
+        raise ConfigError("--tap tcp://... needs --tap-server-key SERVER.key_secret and --tap-clients FOLDER "
+                          "(make key pairs with `anonengine keys DIR --name NAME`), or use --tap ipc")
+    return _drop_none(endpoint=args.tap or "", curve_server_key=args.tap_server_key, curve_clients=args.tap_clients)
 
 
 def default_output(source: str) -> str:
@@ -110,11 +141,19 @@ def _drop_none(**kwargs) -> dict:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from anonengine.batch import cmd_batch, is_batch_source
+
+    if args.output_dir or args.ray is not None or is_batch_source(args.video_source):
+        return cmd_batch(args)
     cfg = config_from_run_flags(args)
+    from anonengine.audio import finish_single_file
+
+    finish = finish_single_file(cfg.cameras[0], args.audio)
     if not args.inline:
         from anonengine.engine.commands import run_engine
 
-        return run_engine(cfg, progress=not args.quiet, tap=args.tap)
+        code = run_engine(cfg, progress=not args.quiet, tap=args.tap)
+        return finish() if code == 0 else code
     from anonengine.inline import run_inline
 
     try:
@@ -127,7 +166,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             print(interrupted_line(r.interrupted_by, r.frames, r.total, r.output), file=sys.stderr)
             return 128 + r.interrupted_by
         log.info("%s: %d frames anonymized (%d obscured) -> %s", r.camera, r.frames, r.obscured, r.output)
-    return 0
+    return finish()
 
 
 def cmd_models_pull(args: argparse.Namespace) -> int:

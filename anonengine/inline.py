@@ -34,10 +34,12 @@ class CameraResult:
     interrupted_by: int | None = None  # the signal that stopped a file before its end
 
 
-def run_inline(cfg: EngineConfig, progress: bool = False, detect: DetectStage | None = None) -> list[CameraResult]:
+def run_inline(cfg: EngineConfig, progress: bool = False, detect: DetectStage | None = None,
+               on_frame: Callable[[], None] | None = None) -> list[CameraResult]:
     """Anonymizes each camera of `cfg` in turn; raises AnonError on bad input, leaving no output.
 
     `detect`: a set-up detect stage to reuse (several runs, one model load); else one is made.
+    `on_frame`: called after each frame written (a batch's progress bar).
     A stop signal (SIGINT, SIGTERM, SIGHUP, with `INTERRUPTS` installed) is read between frames: a live
     source ends there, as it would at its end; a file keeps the frames done so far, playable, under the
     output's `.partial` name, and the cameras after it are not started.
@@ -49,7 +51,7 @@ def run_inline(cfg: EngineConfig, progress: bool = False, detect: DetectStage | 
     results = []
     try:
         for cam in cfg.cameras:
-            results.append(_run_camera(cam, cfg, detect, progress))
+            results.append(_run_camera(cam, cfg, detect, progress, on_frame))
             if results[-1].interrupted_by is not None:
                 break
         return results
@@ -58,7 +60,8 @@ def run_inline(cfg: EngineConfig, progress: bool = False, detect: DetectStage | 
             detect.close()
 
 
-def _run_camera(cam: CameraConfig, cfg: EngineConfig, detect: DetectStage, progress: bool) -> CameraResult:
+def _run_camera(cam: CameraConfig, cfg: EngineConfig, detect: DetectStage, progress: bool,
+                on_frame: Callable[[], None] | None = None) -> CameraResult:
     composite = CompositeStage(cfg.anonymizer, {cam.name: cam.privacy_zones})
     result = CameraResult(cam.name, 0, 0, 0)
     with CaptureStage(cam.source, cam.name, cfg.sources, cam.rtsp_transport) as capture:
@@ -84,6 +87,8 @@ def _run_camera(cam: CameraConfig, cfg: EngineConfig, detect: DetectStage, progr
                     result.obscured += detections is None
                     result.persons += len(detections) if detections is not None else 0
                     bar.update()
+                    if on_frame is not None:
+                        on_frame()
                 stopped = INTERRUPTS.signum
         except BaseException:
             encode.abort()

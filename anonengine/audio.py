@@ -1,0 +1,192 @@
+"""A source's audio and container tags, carried to its anonymized video by remuxing (no re-encoding).
+
+The anonymizer writes a video-only file. `carry_over` joins it with what else the source holds: its
+container tags (creation time, title, the camera's make and model...) less any that say where it was
+filmed, and, with `audio="keep"`, its audio streams, packet for packet. Audio is dropped by default:
+voices identify people as well as faces do. Frames keep their source timestamps through the
+anonymizer, so audio packets copied with theirs stay in sync.
+
+One mechanism for every path: `--inline`, the engine (whose encoder joins its segments into the video
+first) and batches all write the video, then call `carry_over`.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import os
+import re
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+from typing import Literal
+
+import av
+
+from anonengine.errors import AnonError, ConfigError, InputError, OutputError
+from anonengine.video import partial_path
+
+log = logging.getLogger(__name__)
+
+AudioPolicy = Literal["drop", "keep"]
+
+# Written by the MP4 muxer itself; the source's values would describe the source's file, not ours.
+MUXER_TAGS = frozenset({"major_brand", "minor_version", "compatible_brands", "encoder"})
+# Keys that place the recording on a map: `location` (QuickTime's ©xyz, also as `location-eng`),
+# `com.apple.quicktime.location.ISO6709`, Android's `com.android.gps...`, and the like.
+LOCATION_KEY = re.compile(r"location|gps|iso6709|geo|latitude|longitude|coordinates|xyz", re.IGNORECASE)
+# A value written as ISO 6709 coordinates (`+48.8584+002.2945/`, `+48.8584+002.2945+035.000/`), whatever its key.
+ISO6709_VALUE = re.compile(r"^\s*[+-]\d{1,3}(\.\d+)?[+-]\d{1,3}(\.\d+)?([+-]\d+(\.\d+)?)?(CRS[^/]*)?/?\s*$")
+
+
+def is_location_tag(key: str, value: str) -> bool:
+    """True for a tag that says where the recording was made."""
+    return bool(LOCATION_KEY.search(key) or ISO6709_VALUE.match(str(value)))
+
+
+def kept_tags(tags: dict[str, str]) -> dict[str, str]:
+    """The tags worth carrying: all but the muxer's own and the location ones."""
+    return {k: v for k, v in tags.items() if k not in MUXER_TAGS and not is_location_tag(k, v)}
+
+
+@dataclass
+class SourceExtras:
+    """What a source holds besides its video: audio streams (codec names) and its container tags."""
+
+    audio: list[str] = field(default_factory=list)
+    tags: dict[str, str] = field(default_factory=dict)  # all of them, location included
+    stripped: list[str] = field(default_factory=list)  # tag keys `carry_over` leaves out (location)
+
+    @property
+    def has_audio(self) -> bool:
+        return bool(self.audio)
+
+    def needs_remux(self, audio: AudioPolicy) -> bool:
+        """Whether the video-only output lacks something of the source that `carry_over` would add."""
+        return (audio == "keep" and self.has_audio) or bool(kept_tags(self.tags))
+
+
+def probe(source: str | os.PathLike) -> SourceExtras:
+    """The audio streams and tags of a file; InputError when it cannot be opened."""
+    try:
+        with av.open(str(source)) as container:
+            tags = dict(container.metadata)
+            audio = [stream.codec_context.name for stream in container.streams.audio]
+    except (av.FFmpegError, OSError) as exc:
+        raise InputError(f"cannot open {source}: {exc}") from None
+    return SourceExtras(audio, tags, sorted(k for k, v in tags.items() if k not in MUXER_TAGS and is_location_tag(k, v)))
+
+
+def dropped_line(name: str, extras: SourceExtras) -> str:
+    """The one line said when a source's audio is left out."""
+    return (f"anonengine: {name}: audio dropped ({', '.join(extras.audio)}; voices identify people; "
+            f"--audio keep copies it unchanged)")
+
+
+def carry_over(video: Path, source: Path, output: Path, audio: AudioPolicy, write_to: Path | None = None) -> int:
+    """Writes `output`: the packets of `video` (video-only, the anonymized frames), plus the source's
+    container tags less location ones and, with `audio="keep"`, its audio packets unchanged.
+
+    Written to `write_to` (default: `output`'s `.partial` name) and renamed to `output` when complete; the caller
+    removes `video` if it is another file. Returns the audio packets copied. OutputError, one line, when
+    the container cannot take the source's audio without re-encoding it.
+    """
+    staged = write_to or partial_path(output)
+    keep_audio: list = []
+    try:
+        with av.open(str(video)) as anonymized, av.open(str(source)) as original:
+            keep_audio = list(original.streams.audio) if audio == "keep" else []
+            tags = kept_tags(dict(original.metadata))
+            # QuickTime's own keys (com.apple.quicktime.make, ...) are written only in the `mdta` form.
+            options = {"movflags": "use_metadata_tags"} if tags else {}
+            with av.open(str(staged), "w", format="mp4", options=options) as out:
+                out.metadata.update(tags)
+                video_in = anonymized.streams.video[0]
+                video_out = out.add_stream_from_template(video_in)
+                # Each container's own stream indexes (the source's audio may be its stream 0 too).
+                video_pairs, audio_pairs = {video_in.index: (0, video_out)}, {}
+                for n, stream in enumerate(keep_audio, start=1):
+                    copied = out.add_stream_from_template(stream)
+                    copied.metadata.clear()
+                    copied.metadata.update(kept_tags(dict(stream.metadata)))
+                    audio_pairs[stream.index] = (n, copied)
+                copied_audio = _mux_in_time_order(out, [_packets(anonymized, [video_in], video_pairs),
+                                                        _packets(original, keep_audio, audio_pairs)])
+    except (av.FFmpegError, ValueError) as exc:
+        staged.unlink(missing_ok=True)
+        what = f"audio ({', '.join(s.codec_context.name for s in keep_audio)})" if audio == "keep" else "tags"
+        raise OutputError(f"cannot copy the {what} of {source} into {output.name}: {exc}") from None
+    except BaseException:
+        staged.unlink(missing_ok=True)
+        raise
+    if staged != output:
+        os.replace(staged, output)
+    return copied_audio
+
+
+def _packets(container, streams: list, pairs: dict) -> Iterator[tuple[Fraction, int, av.Packet]]:
+    """(time in seconds, output stream's order, packet) of `streams` in file order; flush packets skipped."""
+    if not streams:
+        return
+    for packet in container.demux(streams):
+        if packet.dts is None and packet.pts is None:
+            continue  # the demuxer's end-of-stream packet
+        order, out_stream = pairs[packet.stream.index]
+        stamp = packet.dts if packet.dts is not None else packet.pts
+        time = stamp * packet.time_base
+        packet.stream = out_stream
+        yield time, order, packet
+
+
+def _mux_in_time_order(out, sources: list[Iterator]) -> int:
+    """Muxes the packets of several demuxers interleaved by time (a player reads the file front to back);
+    returns how many were audio."""
+    audio = 0
+    for _, order, packet in heapq.merge(*sources, key=lambda item: (item[0], item[1])):
+        out.mux(packet)
+        audio += order > 0
+    return audio
+
+
+def finish_single_file(camera, audio: AudioPolicy) -> Callable[[], int]:
+    """For `anonengine run` on one file: looks at its source now, and returns what to do once its output is
+    complete (say that the audio is dropped; add the audio and tags). Returns the exit code, 0.
+
+    A live source has no audio read: `--audio keep` is refused for it. The output takes its audio and tags
+    in place (remuxed to a hidden file, renamed over it), so between the two it is the complete video
+    without them. A source that cannot be probed is left to the run to report.
+    """
+    def nothing() -> int:
+        return 0
+
+    from anonengine.sources import is_live
+
+    try:
+        live = is_live(camera.source, camera.live)
+    except AnonError:
+        return nothing
+    if live:
+        if audio == "keep":
+            raise ConfigError("--audio keep needs a file: a live source's audio is not recorded")
+        return nothing
+    if not camera.output:
+        return nothing
+    try:
+        extras = probe(camera.source)
+    except InputError:
+        return nothing
+
+    def finish() -> int:
+        source, output = Path(camera.source), Path(camera.output)
+        if extras.has_audio and audio == "drop":
+            print(dropped_line(source.name, extras), file=sys.stderr)
+        if extras.needs_remux(audio) and output.is_file():
+            carry_over(output, source, output, audio, write_to=output.with_name(f".{output.name}.remux.mp4"))
+        return 0
+
+    return finish
+
+
+__all__ = ["AudioPolicy", "SourceExtras", "carry_over", "dropped_line", "finish_single_file", "is_location_tag", "kept_tags", "probe"]

@@ -1,0 +1,382 @@
+"""Batches (`run --video-source DIR --output-dir OUT`) on real files: a mirrored tree of videos and photos,
+a manifest that makes a rerun skip what is done and redo what changed, a SIGTERM that leaves no half file
+under a final name, one line per failed file, and the source's audio and tags (location stripped)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import cv2
+import numpy as np
+import pytest
+from helpers import LEAK_SHARE, shown_share
+
+from anonengine.audio import is_location_tag, kept_tags
+from anonengine.batch import find_jobs, is_batch_source
+from anonengine.errors import ConfigError
+from anonengine.manifest import MANIFEST_NAME, Manifest
+from anonengine.sample import assets_dir, make_sample, render_frames
+
+WIDTH, HEIGHT, FRAMES = 160, 96, 12
+FAST = ("--imgsz", "320", "--device", "cpu", "--quiet")
+CREATION_TIME = "2024-05-01T10:00:00.000000Z"
+PARIS = "+48.8584+002.2945/"
+
+
+# --- inputs --------------------------------------------------------------------------------------
+
+
+def with_audio_and_tags(video: Path, out: Path, tags: dict[str, str], audio: bool = True,
+                        audio_first: bool = False) -> Path:
+    """A copy of `video` (packets unchanged) with a 440 Hz AAC track (stream 0 with `audio_first`) and the
+    given container tags."""
+    movflags = {"movflags": "use_metadata_tags"} if any(k.startswith("com.") for k in tags) else {}
+    with av.open(str(video)) as inp, av.open(str(out), "w", format="mp4", options=movflags) as dst:
+        dst.metadata.update(tags)
+        vin = inp.streams.video[0]
+        # Every stream is added before the first packet is muxed.
+        vout = None if audio_first else dst.add_stream_from_template(vin)
+        if audio:
+            aout = dst.add_stream("aac", rate=48000, layout="mono")
+            aout.time_base = aout.codec_context.time_base = Fraction(1, 48000)
+        vout = vout or dst.add_stream_from_template(vin)
+        for packet in inp.demux(vin):
+            if packet.dts is not None:
+                packet.stream = vout
+                dst.mux(packet)
+        if audio:
+            seconds = float(vin.duration * vin.time_base) if vin.duration else FRAMES / 25
+            t = np.arange(int(48000 * seconds), dtype=np.float32) / 48000
+            frame = av.AudioFrame.from_ndarray((0.3 * np.sin(2 * np.pi * 440 * t))[None].astype(np.float32),
+                                               format="fltp", layout="mono")
+            frame.sample_rate, frame.pts, frame.time_base = 48000, 0, Fraction(1, 48000)
+            for packet in [*aout.encode(frame), *aout.encode(None)]:
+                dst.mux(packet)
+    return out
+
+
+def audio_packets(path: Path) -> list[tuple[int, bytes]]:
+    with av.open(str(path)) as c:
+        return [(p.pts, bytes(p)) for p in c.demux(c.streams.audio[0]) if p.size]
+
+
+def frame_times(path: Path) -> list[float]:
+    with av.open(str(path)) as c:
+        return [round(float(f.time), 4) for f in c.decode(c.streams.video[0])]
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory) -> dict:
+    """Media made once: a clip, a photo with its true background (generated) and one from zidane.jpg, and
+    a clip with audio, a creation time and location tags."""
+    base = tmp_path_factory.mktemp("media")
+    clip = make_sample(base / "clip", width=WIDTH, height=HEIGHT, frames=FRAMES)
+    image, background, persons = next(render_frames(320, 192, 1))
+    zidane = cv2.imread(str(assets_dir() / "zidane.jpg"))
+    zidane = cv2.resize(zidane, (320, round(320 * zidane.shape[0] / zidane.shape[1])), interpolation=cv2.INTER_AREA)
+    tags = {"creation_time": CREATION_TIME, "title": "Trip", "location": PARIS, "location-eng": PARIS,
+            "com.apple.quicktime.location.ISO6709": PARIS, "com.apple.quicktime.make": "Apple"}
+    return {"clip": clip.video, "photo": image, "background": background, "persons": persons, "zidane": zidane,
+            "voiced": with_audio_and_tags(clip.video, base / "voiced.mp4", tags)}
+
+
+def make_tree(root: Path, inputs: dict, clips: int = 2) -> Path:
+    """videos (.mp4 and .mov) and photos (PNG, JPEG) in subfolders, and a file that is neither."""
+    (root / "day1" / "cam").mkdir(parents=True)
+    for i in range(clips):
+        shutil.copy(inputs["clip"], root / f"clip{i}.mp4")
+    shutil.copy(inputs["clip"], root / "day1" / "cam" / "phone.mov")
+    shutil.copy(inputs["voiced"], root / "day1" / "voiced.mp4")
+    cv2.imwrite(str(root / "day1" / "street.png"), inputs["photo"])
+    cv2.imwrite(str(root / "day1" / "cam" / "zidane.jpg"), inputs["zidane"], [cv2.IMWRITE_JPEG_QUALITY, 95])
+    (root / "notes.txt").write_text("not media\n")
+    return root
+
+
+MIRRORED = {"clip0.mp4": "clip0.mp4", "clip1.mp4": "clip1.mp4", "day1/cam/phone.mov": "day1/cam/phone.mp4",
+            "day1/voiced.mp4": "day1/voiced.mp4", "day1/street.png": "day1/street.png",
+            "day1/cam/zidane.jpg": "day1/cam/zidane.jpg"}
+
+
+def cli_env(models_dir: Path) -> dict[str, str]:
+    """The environment `anonengine_cli` gives its runs, for the ones that outlive a test function."""
+    return {k: v for k, v in os.environ.items() if k != "ANONENGINE_DEBUG"} | {"ANONENGINE_MODELS": str(models_dir)}
+
+
+def records(out: Path) -> dict[str, dict]:
+    lines = [json.loads(line) for line in (out / MANIFEST_NAME).read_text().splitlines()]
+    return {r["input"]: r for r in lines if "input" in r}
+
+
+def final_outputs(out: Path) -> set[str]:
+    """Files under a final name: not hidden, not partial, not the manifest."""
+    return {p.relative_to(out).as_posix() for p in out.rglob("*")
+            if p.is_file() and not p.name.startswith(".") and ".partial" not in p.name and p.name != MANIFEST_NAME}
+
+
+@pytest.fixture(scope="module")
+def first_run(inputs, models_dir, tmp_path_factory):
+    from conftest import CLI_TIMEOUT_S
+
+    base = tmp_path_factory.mktemp("batch")
+    tree = make_tree(base / "in", inputs)
+    out = base / "out"
+    result = subprocess.run([sys.executable, "-m", "anonengine.cli", "run", "--video-source", str(tree),
+                             "--output-dir", str(out), *FAST], check=False, env=cli_env(models_dir),
+                            capture_output=True, text=True, timeout=CLI_TIMEOUT_S)
+    return tree, out, result
+
+
+# --- the first run -------------------------------------------------------------------------------
+
+
+def test_tree_is_mirrored_videos_to_mp4_photos_in_their_format(first_run):
+    tree, out, result = first_run
+    assert result.returncode == 0, result.stderr
+    assert "6 file(s) anonymized, 0 skipped" in result.stdout
+    assert final_outputs(out) == set(MIRRORED.values())
+    assert not [p for p in out.rglob("*") if p.name.startswith(".") or ".partial" in p.name], "leftovers"
+    for rel, output in MIRRORED.items():
+        if output.endswith(".mp4"):
+            assert frame_times(out / output) == frame_times(tree / rel), f"{output}: frames or times differ"
+    assert cv2.imread(str(out / "day1" / "street.png")).shape == (192, 320, 3)
+    assert (out / "day1" / "cam" / "zidane.jpg").read_bytes()[:2] == b"\xff\xd8"  # still a JPEG
+
+
+def test_manifest_records_each_file_with_its_fingerprint_and_settings(first_run):
+    tree, out, _ = first_run
+    found = records(out)
+    assert set(found) == set(MIRRORED)
+    settings = [json.loads(line) for line in (out / MANIFEST_NAME).read_text().splitlines()
+                if "settings_key" in json.loads(line)]
+    assert len(settings) == 1 and settings[0]["settings"]["audio"] == "drop"
+    for rel, record in found.items():
+        source = tree / rel
+        assert record["output"] == MIRRORED[rel]
+        assert (record["size"], record["mtime_ns"]) == (source.stat().st_size, source.stat().st_mtime_ns)
+        assert record["sha256"].startswith("sha256:") and record["settings"] == settings[0]["settings_key"]
+        assert record["frames"] == (1 if rel.endswith((".png", ".jpg")) else FRAMES)
+
+
+def test_photo_persons_are_hidden_by_the_fill_and_drawn(first_run, inputs, models_dir):
+    """A photo has no history: what was behind a person is the fill of never-seen pixels. No person's
+    pixels come out as photographed (against the true background), the skeletons are drawn, and the
+    audit's adversary finds nobody over unchanged pixels, in the generated street or in zidane.jpg."""
+    from ultralytics import YOLO
+
+    from anonengine.audit import UNCHANGED_SHARE, adversary_finds, unchanged_share
+    from anonengine.compositor import JOINT_COLOR
+
+    _, out, _ = first_run
+    street = cv2.imread(str(out / "day1" / "street.png"))
+    for person in inputs["persons"]:
+        assert shown_share(inputs["photo"], street, inputs["background"], person["box"]) <= LEAK_SHARE, person
+    joints = np.all(np.abs(street.astype(int) - JOINT_COLOR) < 30, axis=2)
+    assert joints.sum() > 20, "no skeleton drawn"
+    model = YOLO(str(models_dir / "yolo11n-pose.pt"), task="pose")
+    zidane = cv2.imread(str(out / "day1" / "cam" / "zidane.jpg"))
+    for original, anonymized in ((inputs["photo"], street), (inputs["zidane"], zidane)):
+        finds = adversary_finds(model, anonymized, 640, 0.2, "cpu", True)
+        leaks = [box for box, _ in finds if unchanged_share(original, anonymized, box) >= UNCHANGED_SHARE]
+        assert not leaks, leaks
+    assert np.abs(zidane.astype(int) - inputs["zidane"]).max(axis=2).mean() > 5, "zidane.jpg left as it was"
+
+
+def test_audio_dropped_by_default_with_one_line(first_run):
+    _, out, result = first_run
+    said = [line for line in result.stderr.splitlines() if "audio dropped" in line]
+    assert len(said) == 1 and "day1/voiced.mp4" in said[0], result.stderr
+    with av.open(str(out / "day1" / "voiced.mp4")) as c:
+        assert not c.streams.audio
+    assert records(out)["day1/voiced.mp4"]["audio"] == "dropped"
+
+
+def test_location_tags_stripped_creation_time_kept(first_run):
+    _, out, _ = first_run
+    with av.open(str(out / "day1" / "voiced.mp4")) as c:
+        tags = dict(c.metadata)
+    assert tags["creation_time"] == CREATION_TIME
+    assert tags["title"] == "Trip" and tags["com.apple.quicktime.make"] == "Apple"
+    assert not [k for k, v in tags.items() if is_location_tag(k, v)], tags
+    assert PARIS not in (out / "day1" / "voiced.mp4").read_bytes().decode("latin-1")
+
+
+# --- reruns --------------------------------------------------------------------------------------
+
+
+def test_rerun_skips_everything_then_redoes_a_changed_file(first_run, inputs, anonengine_cli, tmp_path):
+    tree, out, _ = first_run
+    work = tmp_path / "out"
+    shutil.copytree(out, work)
+    before = {p: p.stat().st_mtime_ns for p in work.rglob("*") if p.is_file()}
+    started = time.monotonic()
+    again = anonengine_cli("run", "--video-source", tree, "--output-dir", work, *FAST)
+    assert again.returncode == 0 and "0 file(s) anonymized, 6 skipped" in again.stdout, again.stdout + again.stderr
+    assert time.monotonic() - started < 20
+    assert {p: p.stat().st_mtime_ns for p in work.rglob("*") if p.is_file()} == before, "a skipped file was written"
+
+    # One input changed; one only touched (same content: its hash says it is done); the rest as they were.
+    changed = tmp_path / "in"
+    shutil.copytree(tree, changed)
+    cv2.imwrite(str(changed / "day1" / "street.png"), inputs["photo"][::-1].copy())
+    os.utime(changed / "clip1.mp4", ns=(time.time_ns(), time.time_ns()))
+    redo = anonengine_cli("run", "--video-source", changed, "--output-dir", work, *FAST)
+    assert redo.returncode == 0 and "1 file(s) anonymized, 5 skipped" in redo.stdout, redo.stdout + redo.stderr
+    assert (work / "day1" / "street.png").stat().st_mtime_ns != before[work / "day1" / "street.png"]
+    assert records(work)["day1/street.png"]["size"] == (changed / "day1" / "street.png").stat().st_size
+
+    # Settings that change the output redo every file.
+    photos = anonengine_cli("run", "--video-source", str(changed / "day1" / "*.png"), "--output-dir",
+                            tmp_path / "png", *FAST)
+    assert "1 file(s) anonymized" in photos.stdout, photos.stderr
+    crf = anonengine_cli("run", "--video-source", str(changed / "day1" / "*.png"), "--output-dir",
+                         tmp_path / "png", "--crf", "30", *FAST)
+    assert "1 file(s) anonymized, 0 skipped" in crf.stdout, crf.stderr
+    assert (tmp_path / "png" / "street.png").is_file()  # mirrored from the glob's folder
+
+
+# --- interruptions and failures ------------------------------------------------------------------
+
+
+def test_sigterm_mid_job_leaves_no_half_file_and_the_rerun_resumes(inputs, models_dir, anonengine_cli, tmp_path):
+    """Stopped once the first file is recorded, the job ends within the next one: the finished files keep
+    their outputs and records, the one in flight leaves nothing, and the same command does the rest."""
+    clips, length = 6, 32
+    tree = tmp_path / "in"
+    tree.mkdir()
+    longer = make_sample(tmp_path / "long", width=WIDTH, height=HEIGHT, frames=length).video
+    for i in range(clips):
+        shutil.copy(longer, tree / f"clip{i}.mp4")
+    out = tmp_path / "out"
+    job = subprocess.Popen([sys.executable, "-m", "anonengine.cli", "run", "--video-source", str(tree),
+                            "--output-dir", str(out), *FAST], env=cli_env(models_dir), stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and job.poll() is None:
+        if (out / MANIFEST_NAME).exists() and len(records(out)) >= 1:
+            break
+        time.sleep(0.02)
+    time.sleep(0.15)  # into the next file
+    job.send_signal(signal.SIGTERM)
+    stdout, stderr = job.communicate(timeout=30)
+    assert job.returncode == 128 + signal.SIGTERM, stdout + stderr
+    assert "interrupted by SIGTERM" in stderr
+    done = records(out)
+    assert 1 <= len(done) < clips, "the signal should have come mid-job"
+    assert final_outputs(out) == {r["output"] for r in done.values()}, "a final name without its record"
+    assert not [p for p in out.rglob("*") if p.name.startswith(".") or ".partial" in p.name], "leftovers"
+    for record in done.values():
+        assert len(frame_times(out / record["output"])) == length
+
+    resumed = anonengine_cli("run", "--video-source", tree, "--output-dir", out, *FAST)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"{clips - len(done)} file(s) anonymized, {len(done)} skipped" in resumed.stdout
+    assert final_outputs(out) == {f"clip{i}.mp4" for i in range(clips)}
+
+
+def test_a_corrupt_file_fails_with_one_line_and_the_others_are_done(inputs, anonengine_cli, tmp_path):
+    tree = tmp_path / "in"
+    (tree / "sub").mkdir(parents=True)
+    shutil.copy(inputs["clip"], tree / "good.mp4")
+    (tree / "sub" / "broken.mp4").write_bytes(inputs["clip"].read_bytes()[:700])
+    (tree / "sub" / "noise.mp4").write_bytes(os.urandom(4000))
+    cv2.imwrite(str(tree / "sub" / "photo.png"), inputs["photo"])
+    out = tmp_path / "out"
+    result = anonengine_cli("run", "--video-source", tree, "--output-dir", out, *FAST)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    failed = [line for line in result.stderr.splitlines() if line.startswith("anonengine: failed:")]
+    assert sorted(line.split()[2] for line in failed) == ["sub/broken.mp4:", "sub/noise.mp4:"], result.stderr
+    assert "2 file(s) anonymized, 0 skipped (done before), 2 failed" in result.stdout
+    assert final_outputs(out) == {"good.mp4", "sub/photo.png"}
+    assert set(records(out)) == {"good.mp4", "sub/photo.png"}
+
+
+# --- audio kept ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["batch", "inline", "engine"])
+def test_audio_keep_copies_the_packets_unchanged(mode, inputs, anonengine_cli, tmp_path):
+    source = inputs["voiced"]
+    if mode == "batch":
+        (tmp_path / "in").mkdir()
+        shutil.copy(source, tmp_path / "in" / "voiced.mp4")
+        args = ["--video-source", tmp_path / "in", "--output-dir", tmp_path / "out"]
+        output = tmp_path / "out" / "voiced.mp4"
+    else:
+        output = tmp_path / "voiced.mp4"
+        args = ["--video-source", source, "--output-video", output] + (["--inline"] if mode == "inline" else [])
+    result = anonengine_cli("run", *args, "--audio", "keep", *FAST)
+    assert result.returncode == 0, result.stderr
+    assert "audio dropped" not in result.stderr
+    assert audio_packets(output) == audio_packets(source)
+    assert frame_times(output) == frame_times(source)
+    with av.open(str(output)) as c:
+        assert c.metadata["creation_time"] == CREATION_TIME
+        assert not [k for k, v in c.metadata.items() if is_location_tag(k, v)]
+    assert sorted(p.name for p in output.parent.iterdir() if p.name.startswith(".")) == []
+
+
+def test_audio_kept_from_a_source_whose_stream_0_is_audio(inputs, tmp_path):
+    """Stream indexes belong to each file: the source's audio at index 0 is not the video's 0."""
+    from anonengine.audio import carry_over
+
+    source = with_audio_and_tags(inputs["clip"], tmp_path / "audio_first.mp4", {}, audio_first=True)
+    with av.open(str(source)) as c:
+        assert c.streams[0].type == "audio"
+    output = tmp_path / "out.mp4"
+    copied = carry_over(inputs["clip"], source, output, "keep")
+    assert copied == len(audio_packets(source)) and audio_packets(output) == audio_packets(source)
+    assert frame_times(output) == frame_times(inputs["clip"])
+    assert not (tmp_path / "out.partial.mp4").exists()
+
+
+# --- pieces --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("key", "value", "location"), [
+    ("location", PARIS, True), ("location-eng", PARIS, True), ("com.apple.quicktime.location.ISO6709", PARIS, True),
+    ("com.android.gps", "x", True), ("comment", "+40.6892-074.0445/", True), ("creation_time", CREATION_TIME, False),
+    ("title", "Trip", False), ("com.apple.quicktime.make", "Apple", False),
+])
+def test_location_tags_are_told_apart(key, value, location):
+    assert is_location_tag(key, value) is location
+    assert (key in kept_tags({key: value})) is not location
+
+
+@pytest.mark.parametrize(("spec", "batch"), [
+    ("rtsp://cam/stream?channel=1", False), ("0", False), ("clips/*.mp4", True), ("clips/day?", True),
+])
+def test_urls_and_webcams_are_no_batch(spec, batch, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert is_batch_source(spec) is batch
+
+
+def test_two_inputs_with_one_output_name_are_refused(tmp_path):
+    (tmp_path / "a.mp4").write_bytes(b"x")
+    (tmp_path / "a.mov").write_bytes(b"x")
+    with pytest.raises(ConfigError, match="both be written"):
+        find_jobs(str(tmp_path), tmp_path / "out")
+
+
+def test_a_torn_manifest_line_is_ignored_and_the_next_record_stays_whole(tmp_path):
+    from anonengine.manifest import Record
+
+    record = Record("a.mp4", "a.mp4", 1, 2, "sha256:x", "k", 3, "none", 0.1, "t")
+    manifest = Manifest(tmp_path)
+    manifest.add(record)
+    with open(manifest.path, "a") as f:
+        f.write('{"input": "b.mp4", "outp')  # killed while writing
+    again = Manifest(tmp_path)
+    assert set(again.records) == {"a.mp4"}
+    again.add(Record("c.mp4", "c.mp4", 1, 2, "sha256:y", "k", 3, "none", 0.1, "t"))
+    assert set(Manifest(tmp_path).records) == {"a.mp4", "c.mp4"}
