@@ -1,0 +1,152 @@
+"""Batches on a Ray cluster: each file a task, outputs on storage every node sees, one manifest.
+
+    anonengine run --ray [ADDRESS] --video-source DIR --output-dir OUT    (pip install 'anonengine[cluster]')
+
+The driver finds the jobs and skips what the manifest says is done, as a local batch does; every job
+left is a Ray task that anonymizes one file with the local batch's own code (`batch.FileRunner`),
+writing under a partial name in the shared output folder and renaming when complete. Only the driver
+writes the manifest, one record as each task returns, so a file is recorded once.
+
+A task whose worker process or node dies is run again (Ray's `max_retries`) from the start of its
+file, whose leftovers it removes first: nothing is lost, nothing recorded twice. A file that fails on
+its own (unreadable input: an `AnonError`) comes back as a failure and is not retried.
+
+Each worker process keeps its detector loaded for the files it gets next (a worker is reused for tasks
+of the same function); on a cluster with GPUs every task reserves one (`num_gpus=1`) and runs its own
+detector on it. ADDRESS is a running cluster's (`ray start --head` prints it; `auto`: the one this node
+belongs to); without it, Ray starts a cluster of this machine alone.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from anonengine.batch import FileRunner, Job, Summary, output_settings, pending_jobs, record_of
+from anonengine.config import EngineConfig
+from anonengine.errors import AnonError, ConfigError
+from anonengine.interrupts import INTERRUPTS, Interrupted
+from anonengine.manifest import Manifest
+
+TASK_RETRIES = 3  # a file's task is run again this often when its worker or node dies
+WAIT_S = 0.5  # how often the driver looks for finished tasks (and a stop signal)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a task hands back: the file done (frames, audio, its input's sha256), or why it failed."""
+
+    rel: str
+    frames: int = 0
+    audio: str = "none"
+    digest: str = ""
+    seconds: float = 0.0
+    node: str = ""
+    error: str | None = None
+
+
+_runner: tuple[str, FileRunner] | None = None  # this worker process's runner, by the settings it serves
+
+
+def anonymize_job(cfg_json: str, settings_key: str, audio: str, job: Job) -> Outcome:
+    """One file, in a Ray worker: the local batch's runner, kept for the next file of the same job."""
+    import ray
+
+    global _runner
+    if _runner is None or _runner[0] != settings_key:
+        if _runner is not None:
+            _runner[1].close()
+        _runner = (settings_key, FileRunner(EngineConfig.model_validate_json(cfg_json), audio))
+    node = ray.get_runtime_context().get_node_id()
+    started = time.monotonic()
+    try:
+        frames, audio_state, digest = _runner[1].run(job)
+    except AnonError as exc:
+        return Outcome(job.rel, error=str(exc).splitlines()[0], node=node)
+    return Outcome(job.rel, frames, audio_state, digest, round(time.monotonic() - started, 3), node)
+
+
+def run_on_ray(cfg: EngineConfig, jobs: list[Job], output_dir: Path, audio: str, address: str | None,
+               progress: bool = True) -> Summary:
+    """Runs the batch's pending jobs as Ray tasks; returns the same summary as a local batch."""
+    try:
+        import ray
+    except ImportError:
+        raise ConfigError("--ray needs Ray: pip install 'anonengine[cluster]'") from None
+    started = time.monotonic()
+    summary = Summary()
+    # Workers run in folders of their own, maybe on other machines: every path they get is absolute.
+    cfg = with_absolute_models(cfg)
+    output_dir = output_dir.resolve()
+    jobs = [Job(job.source.resolve(), job.rel, job.output.resolve()) for job in jobs]
+    settings = output_settings(cfg, audio)
+    manifest = Manifest(output_dir)
+    todo, summary.skipped = pending_jobs(jobs, manifest, settings)
+    if not todo:
+        summary.seconds = time.monotonic() - started
+        return summary
+    try:
+        ray.init(address=address, log_to_driver=False, configure_logging=False,
+                 runtime_env={"env_vars": {"ANONENGINE_LOG_LEVEL": os.environ.get("ANONENGINE_LOG_LEVEL", "ERROR")}})
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        raise ConfigError(f"cannot reach the Ray cluster at {address or 'this machine'}: "
+                          f"{str(exc).splitlines()[0]}") from None
+    from tqdm import tqdm
+
+    bar = tqdm(total=sum(frames for _, frames in todo) or None, desc=f"batch of {len(todo)} on Ray", unit="frame",
+               dynamic_ncols=True, disable=not (progress and sys.stderr.isatty()))
+    try:
+        gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 and cfg.anonymizer.detector.device != "cpu" else 0
+        task = ray.remote(anonymize_job).options(max_retries=TASK_RETRIES, retry_exceptions=False, num_gpus=gpus,
+                                                 num_cpus=1)
+        cfg_json = cfg.model_dump_json()
+        pending = {task.remote(cfg_json, settings["key"], audio, job): job for job, _ in todo}
+        while pending:
+            if INTERRUPTS.requested:
+                raise Interrupted(INTERRUPTS.signum)
+            ready, _ = ray.wait(list(pending), num_returns=1, timeout=WAIT_S)
+            for ref in ready:
+                job = pending.pop(ref)
+                _record(ray, ref, job, manifest, settings, summary, bar)
+    except Interrupted as stop:
+        summary.interrupted_by = stop.signum
+        for ref in pending:  # the files in flight are redone by the next run
+            ray.cancel(ref, force=True)
+    finally:
+        bar.close()
+        ray.shutdown()
+        summary.seconds = time.monotonic() - started
+    return summary
+
+
+def with_absolute_models(cfg: EngineConfig) -> EngineConfig:
+    """The config with each model named by its absolute path (as resolved here), for workers elsewhere."""
+    from anonengine import models
+
+    detector = cfg.anonymizer.detector.model_copy()
+    fields = ("pose_model", "bbox_model", *(("seg_model",) if cfg.anonymizer.method == "seg" else ()))
+    for field in fields:
+        spec = getattr(detector, field)
+        if spec and not models.is_architecture(spec):
+            setattr(detector, field, str(Path(models.resolve(spec)).resolve()))
+    return cfg.model_copy(update={"anonymizer": cfg.anonymizer.model_copy(update={"detector": detector})})
+
+
+def _record(ray, ref, job: Job, manifest: Manifest, settings: dict, summary: Summary, bar) -> None:
+    try:
+        outcome: Outcome = ray.get(ref)
+    except ray.exceptions.RayError as exc:  # its retries spent: every worker that took it died
+        outcome = Outcome(job.rel, error=f"its workers died {TASK_RETRIES + 1} times: {type(exc).__name__}")
+    if outcome.error is not None:
+        summary.failed.append((job.rel, outcome.error))
+        bar.write(f"anonengine: failed: {job.rel}: {outcome.error}", file=sys.stderr)
+        return
+    with INTERRUPTS.deferred():
+        manifest.add(record_of(job, manifest.folder, outcome.frames, outcome.audio, outcome.digest,
+                               settings["key"], outcome.seconds), settings["settings"])
+    summary.done += 1
+    summary.frames += outcome.frames
+    bar.update(outcome.frames)

@@ -1,0 +1,154 @@
+"""Batches on a Ray cluster (`anonengine run --ray`): a local cluster of two worker nodes (Ray's own
+`cluster_utils.Cluster`, every node a set of processes on this machine), and workers that die mid-file.
+
+Each file is a task; the driver alone writes the manifest. A worker killed with -9, or a whole node
+removed, in the middle of a file: its task runs again elsewhere from the file's start, and the job ends
+with every file done once, recorded once, and no half file left.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+ray = pytest.importorskip("ray", reason="Ray is the extra anonengine[cluster]")
+from ray.cluster_utils import Cluster  # noqa: E402
+
+from anonengine.batch import find_jobs  # noqa: E402
+from anonengine.cluster import run_on_ray  # noqa: E402
+from anonengine.config import EngineConfig  # noqa: E402
+from anonengine.manifest import MANIFEST_NAME  # noqa: E402
+from anonengine.sample import make_sample  # noqa: E402
+from anonengine.video import VideoReader  # noqa: E402
+
+FILES, FRAMES = 4, 90  # long enough (seconds each, two at a time) to be caught in the middle
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("ray_inputs")
+    for i in range(FILES):
+        clip = make_sample(folder / f"clip{i}", width=160, height=96, frames=FRAMES, seed=i)
+        target = folder / "in" / ("night" if i % 2 else "day") / f"cam{i}.mp4"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(clip.video, target)
+    return folder / "in"
+
+
+@pytest.fixture
+def cluster():
+    """A head that runs no task and two worker nodes of one CPU each."""
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
+    nodes = [cluster.add_node(num_cpus=1) for _ in range(2)]
+    cluster.wait_for_nodes()
+    yield cluster, nodes
+    cluster.shutdown()
+
+
+def config(models_dir: Path) -> EngineConfig:
+    cfg = EngineConfig()
+    cfg.anonymizer.detector.pose_model = str(models_dir / "yolo11n-pose.pt")
+    cfg.anonymizer.detector.device = "cpu"
+    cfg.anonymizer.detector.imgsz = 320
+    return cfg
+
+
+def anonymizing_workers() -> list[int]:
+    """Ray worker processes running a file now (Ray titles them after the task's function)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and (entry / "cmdline").read_bytes().startswith(b"ray::anonymize_job"):
+                found.append(int(entry.name))
+        except OSError:
+            continue
+    return found
+
+
+def in_the_middle(output_dir: Path) -> bool:
+    """A file is being written (its staged video exists), so a death now loses work in flight."""
+    return any(".video." in p.name for p in output_dir.rglob(".*"))
+
+
+def check_done_once(inputs: Path, output_dir: Path) -> None:
+    lines = [json.loads(line) for line in (output_dir / MANIFEST_NAME).read_text().splitlines()]
+    records = [r for r in lines if "input" in r]
+    assert sorted(r["input"] for r in records) == sorted(p.relative_to(inputs).as_posix() for p in inputs.rglob("*.mp4"))
+    assert all(r["frames"] == FRAMES for r in records)
+    for source in inputs.rglob("*.mp4"):
+        output = output_dir / source.relative_to(inputs)
+        assert [f.seq for f in VideoReader(str(output))] == list(range(FRAMES)), output
+    leftovers = [p for p in output_dir.rglob("*") if p.is_file() and (p.name.startswith(".") or ".partial" in p.name)]
+    assert leftovers == [], leftovers
+
+
+def killer(output_dir: Path, kill, done: threading.Event, killed: list) -> threading.Thread:
+    def watch():
+        deadline = time.monotonic() + 120
+        while not done.is_set() and time.monotonic() < deadline:
+            if in_the_middle(output_dir) and (victim := kill()):
+                killed.append(victim)
+                return
+            time.sleep(0.05)
+
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_a_worker_killed_mid_file_has_its_file_redone_and_every_file_recorded_once(
+        inputs, models_dir, tmp_path, cluster):
+    head, _ = cluster
+    output_dir = tmp_path / "out"
+    done, killed = threading.Event(), []
+
+    def kill_one_worker():
+        workers = anonymizing_workers()
+        if workers:
+            os.kill(workers[0], signal.SIGKILL)
+            return workers[0]
+        return None
+
+    watcher = killer(output_dir, kill_one_worker, done, killed)
+    try:
+        summary = run_on_ray(config(models_dir), find_jobs(str(inputs), output_dir), output_dir, "drop",
+                             head.address, progress=False)
+    finally:
+        done.set()
+        watcher.join()
+    assert killed, "no worker was caught in the middle of a file"
+    assert (summary.done, summary.failed, summary.frames) == (FILES, [], FILES * FRAMES)
+    check_done_once(inputs, output_dir)
+
+    # A rerun finds everything done: nothing is sent to the cluster.
+    again = run_on_ray(config(models_dir), find_jobs(str(inputs), output_dir), output_dir, "drop", head.address,
+                       progress=False)
+    assert (again.done, again.skipped) == (0, FILES)
+
+
+def test_a_node_lost_mid_job_has_its_files_done_on_the_other(inputs, models_dir, tmp_path, cluster):
+    head, nodes = cluster
+    output_dir = tmp_path / "out"
+    done, removed = threading.Event(), []
+
+    def remove_a_node():
+        head.remove_node(nodes[0], allow_graceful=False)
+        return nodes[0]
+
+    watcher = killer(output_dir, remove_a_node, done, removed)
+    try:
+        summary = run_on_ray(config(models_dir), find_jobs(str(inputs), output_dir), output_dir, "drop",
+                             head.address, progress=False)
+    finally:
+        done.set()
+        watcher.join()
+    assert removed, "the node was not removed in the middle of a file"
+    assert (summary.done, summary.failed) == (FILES, [])
+    check_done_once(inputs, output_dir)
