@@ -23,10 +23,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from anonengine import models  # noqa: E402
-from anonengine.batch import Batch, find_jobs  # noqa: E402
-from anonengine.config import EngineConfig  # noqa: E402
-from anonengine.sample import make_sample  # noqa: E402
+from anonengine import models
+from anonengine.batch import Batch, find_jobs
+from anonengine.config import EngineConfig
+from anonengine.sample import make_sample
 
 
 def clips(folder: Path, files: int, frames: int, width: int, height: int) -> Path:
@@ -40,16 +40,17 @@ def clips(folder: Path, files: int, frames: int, width: int, height: int) -> Pat
     return inputs
 
 
-def config(args) -> EngineConfig:
+def config() -> EngineConfig:
     cfg = EngineConfig()
     cfg.anonymizer.detector.pose_model = str(Path(models.pull("yolo11n-pose.pt")).resolve())
     cfg.anonymizer.detector.device = "cpu"
     return cfg
 
 
-def timed(run) -> tuple[float, int]:
+def timed(run, *args, **kwargs) -> tuple[float, int]:
+    """Seconds a batch took and the files it did (it must fail none)."""
     started = time.monotonic()
-    summary = run()
+    summary = run(*args, **kwargs)
     assert not summary.failed, summary.failed
     return time.monotonic() - started, summary.done
 
@@ -65,13 +66,13 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         inputs = clips(tmp, args.files, args.frames, args.width, args.height)
-        cfg = config(args)
+        cfg = config()
         warm = tmp / "warm"
         Batch(cfg, find_jobs(str(next(inputs.rglob("*.mp4"))), warm), warm, progress=False).run()
 
         out = tmp / "local"
-        rows.append(("local batch, one process", *timed(lambda: Batch(cfg, find_jobs(str(inputs), out), out,
-                                                                       progress=False).run())))
+        rows.append(("local batch, one process", *timed(Batch(cfg, find_jobs(str(inputs), out), out,
+                                                               progress=False).run)))
         import ray
         from ray.cluster_utils import Cluster
 
@@ -85,8 +86,7 @@ def main() -> int:
             out = tmp / f"ray{nodes}"
             try:
                 rows.append((f"Ray, {nodes} node(s) of {os.cpu_count() // nodes} CPU", *timed(
-                    lambda: run_on_ray(cfg, find_jobs(str(inputs), out), out, "drop", cluster.address,
-                                       progress=False))))
+                    run_on_ray, cfg, find_jobs(str(inputs), out), out, "drop", cluster.address, progress=False)))
             finally:
                 ray.shutdown()
                 cluster.shutdown()

@@ -19,14 +19,14 @@ from pathlib import Path
 import pytest
 
 ray = pytest.importorskip("ray", reason="Ray is the extra anonengine[cluster]")
-from ray.cluster_utils import Cluster  # noqa: E402
+from ray.cluster_utils import Cluster
 
-from anonengine.batch import find_jobs  # noqa: E402
-from anonengine.cluster import run_on_ray  # noqa: E402
-from anonengine.config import EngineConfig  # noqa: E402
-from anonengine.manifest import MANIFEST_NAME  # noqa: E402
-from anonengine.sample import make_sample  # noqa: E402
-from anonengine.video import VideoReader  # noqa: E402
+from anonengine.batch import find_jobs
+from anonengine.cluster import run_on_ray
+from anonengine.config import EngineConfig
+from anonengine.manifest import MANIFEST_NAME
+from anonengine.sample import make_sample
+from anonengine.video import VideoReader
 
 FILES, FRAMES = 4, 90  # long enough (seconds each, two at a time) to be caught in the middle
 
@@ -89,25 +89,34 @@ def check_done_once(inputs: Path, output_dir: Path) -> None:
     assert leftovers == [], leftovers
 
 
-def killer(output_dir: Path, kill, done: threading.Event, killed: list) -> threading.Thread:
+def batch_with_a_death(head: Cluster, models_dir: Path, inputs: Path, output_dir: Path, kill):
+    """Runs the batch on the cluster while `kill` is called once a file is in the middle of being written
+    (until it names a victim); returns the summary and the victims."""
+    done, victims = threading.Event(), []
+
     def watch():
         deadline = time.monotonic() + 120
         while not done.is_set() and time.monotonic() < deadline:
             if in_the_middle(output_dir) and (victim := kill()):
-                killed.append(victim)
+                victims.append(victim)
                 return
             time.sleep(0.05)
 
-    thread = threading.Thread(target=watch, daemon=True)
-    thread.start()
-    return thread
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        summary = run_on_ray(config(models_dir), find_jobs(str(inputs), output_dir), output_dir, "drop",
+                             head.address, progress=False)
+    finally:
+        done.set()
+        watcher.join()
+    return summary, victims
 
 
 def test_a_worker_killed_mid_file_has_its_file_redone_and_every_file_recorded_once(
         inputs, models_dir, tmp_path, cluster):
     head, _ = cluster
     output_dir = tmp_path / "out"
-    done, killed = threading.Event(), []
 
     def kill_one_worker():
         workers = anonymizing_workers()
@@ -116,13 +125,7 @@ def test_a_worker_killed_mid_file_has_its_file_redone_and_every_file_recorded_on
             return workers[0]
         return None
 
-    watcher = killer(output_dir, kill_one_worker, done, killed)
-    try:
-        summary = run_on_ray(config(models_dir), find_jobs(str(inputs), output_dir), output_dir, "drop",
-                             head.address, progress=False)
-    finally:
-        done.set()
-        watcher.join()
+    summary, killed = batch_with_a_death(head, models_dir, inputs, output_dir, kill_one_worker)
     assert killed, "no worker was caught in the middle of a file"
     assert (summary.done, summary.failed, summary.frames) == (FILES, [], FILES * FRAMES)
     check_done_once(inputs, output_dir)
@@ -136,19 +139,12 @@ def test_a_worker_killed_mid_file_has_its_file_redone_and_every_file_recorded_on
 def test_a_node_lost_mid_job_has_its_files_done_on_the_other(inputs, models_dir, tmp_path, cluster):
     head, nodes = cluster
     output_dir = tmp_path / "out"
-    done, removed = threading.Event(), []
 
     def remove_a_node():
         head.remove_node(nodes[0], allow_graceful=False)
         return nodes[0]
 
-    watcher = killer(output_dir, remove_a_node, done, removed)
-    try:
-        summary = run_on_ray(config(models_dir), find_jobs(str(inputs), output_dir), output_dir, "drop",
-                             head.address, progress=False)
-    finally:
-        done.set()
-        watcher.join()
+    summary, removed = batch_with_a_death(head, models_dir, inputs, output_dir, remove_a_node)
     assert removed, "the node was not removed in the middle of a file"
     assert (summary.done, summary.failed) == (FILES, [])
     check_done_once(inputs, output_dir)
