@@ -175,7 +175,7 @@ def snapshot(**camera) -> metrics.Snapshot:
                               live=True, frames={"in": 10, "out": 9, "dropped": 1, "late": 0, "obscured": 0}, fps=25.0,
                               reconnects=camera.get("reconnects", 0), in_flight=3, waiting=0, last_error=None)
     return metrics.Snapshot(instance="t", taken=time.time(), stopping=False, cameras=(view,),
-                            stages=(metrics.StageView("detect0", "detect", True, 0),), restarts={"detect": 0},
+                            stages=(metrics.StageView("detect0", "detect", True, 0),),
                             malformed=0, shared_memory_bytes=1000)
 
 

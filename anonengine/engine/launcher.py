@@ -473,14 +473,11 @@ class Launcher:
     def take_snapshot(self) -> metrics.Snapshot:
         """What the engine is doing now, for /metrics, /readyz, the page and `anonengine status`."""
         self._snapshot_at = self.clock()
-        restarts: dict[str, int] = {}
-        for child in self.children.values():
-            restarts[child.stage] = restarts.get(child.stage, 0) + child.restarted
         self.snapshot = metrics.Snapshot(
             instance=self.instance, taken=time.time(), stopping=self.stop_requested,
             cameras=tuple(self._camera_view(camera) for camera in self.cfg.cameras),
             stages=tuple(metrics.StageView(c.name, c.stage, c.up, c.restarted) for c in self.children.values()),
-            restarts=restarts, malformed=self.malformed + self.tally.total_of_all("malformed"),
+            malformed=self.malformed + self.tally.total_of_all("malformed"),
             shared_memory_bytes=shared_memory_bytes(self.instance),
             histograms={name: h for name in ("latency_seconds", "batch_size")
                         if (h := self.tally.histogram("detect", name)) is not None},

@@ -105,11 +105,18 @@ class Snapshot:
     stopping: bool
     cameras: tuple[CameraView, ...]
     stages: tuple[StageView, ...]
-    restarts: dict[str, int]  # stage -> restarts of its processes since start
     malformed: int
     shared_memory_bytes: int
     histograms: dict[str, messages.Histogram] = field(default_factory=dict)  # detector latency, batch size
     tap_dropped: int = 0
+
+    @property
+    def restarts(self) -> dict[str, int]:
+        """Restarts of each stage's processes since the engine started."""
+        found: dict[str, int] = {}
+        for stage in self.stages:
+            found[stage.stage] = found.get(stage.stage, 0) + stage.restarts
+        return found
 
     @property
     def ready(self) -> bool:
