@@ -138,6 +138,8 @@ def with_absolute_models(cfg: EngineConfig) -> EngineConfig:
 def _record(ray, ref, job: Job, manifest: Manifest, settings: dict, summary: Summary, bar) -> None:
     try:
         outcome: Outcome = ray.get(ref)
+    except ray.exceptions.RayTaskError as exc:  # the task raised what is not the input's fault: not retried
+        outcome = Outcome(job.rel, error=f"internal error: {type(exc.cause).__name__}: {exc.cause}".splitlines()[0])
     except ray.exceptions.RayError as exc:  # its retries spent: every worker that took it died
         outcome = Outcome(job.rel, error=f"its workers died {TASK_RETRIES + 1} times: {type(exc).__name__}")
     if outcome.error is not None:
