@@ -1,9 +1,10 @@
 """Mask hold: a person the detector loses for a few frames stays hidden where the tracker predicts them.
 
 Per-frame anonymizers let a face "slip into 1 or 2 frames" whenever the detector misses. Here each
-camera's persons are tracked with Ultralytics' ByteTrack; while a track is lost (up to `hold_frames`),
-its Kalman-predicted box is added to the frame's persons as a box-only person, grown by
-`grow_per_frame` of its size for every frame it has been lost, since the prediction gets less sure.
+camera's persons are tracked with ByteTrack (Roboflow's `trackers`: NumPy and SciPy, so a compositor
+loads no PyTorch); while a track is lost (up to `hold_frames`), its Kalman-predicted box is added to
+the frame's persons as a box-only person, grown by `grow_per_frame` of its size for every frame it
+has been lost, since the prediction gets less sure.
 A person still tracked is also hidden at their previous box, so that a box shrinking suddenly (the
 one behind, where two overlap) never uncovers them.
 It is hidden like any detection (for `bbox` and `seg` alike) but gets no skeleton.
@@ -11,25 +12,28 @@ It is hidden like any detection (for `bbox` and `seg` alike) but gets no skeleto
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import numpy as np
 
 from anonengine.config import HoldConfig
 from anonengine.detections import NUM_KEYPOINTS, Detections, box_iou
 
 LOOKAHEAD_MIN_IOU = 0.2
+TRACK_MIN_IOU = 0.2  # what Ultralytics' ByteTrack matches on (its match_thresh 0.8 is a cost, 1 - IoU)
 
 
 class MaskHold:
     def __init__(self, cfg: HoldConfig) -> None:
-        from ultralytics.trackers.byte_tracker import BYTETracker
+        import supervision
+        from trackers import ByteTrackTracker
 
         self.cfg = cfg
-        self.tracker = BYTETracker(SimpleNamespace(
-            track_high_thresh=cfg.track_thresh, track_low_thresh=0.01, new_track_thresh=cfg.track_thresh,
-            track_buffer=cfg.hold_frames, match_thresh=0.8, fuse_score=True,
-        ))  # fmt: skip
+        self._detections = supervision.Detections
+        # frame_rate 30 makes `lost_track_buffer` a number of frames (the library counts it in 30-fps frames).
+        self.tracker = ByteTrackTracker(
+            lost_track_buffer=cfg.hold_frames, frame_rate=30.0, track_activation_threshold=cfg.track_thresh,
+            high_conf_det_threshold=cfg.track_thresh, minimum_iou_threshold=TRACK_MIN_IOU,
+            minimum_consecutive_frames=2,
+        )  # fmt: skip
         self.coasted = 0  # frames since the last detection (detector.stride)
 
     def update(self, detections: Detections) -> Detections:
@@ -38,21 +42,19 @@ class MaskHold:
         A frame the detector did not look at (`detected` False) leaves the tracker as it is: every
         track, new ones too, is hidden at its last box, grown for the frames since it was seen.
         """
-        from ultralytics.engine.results import Boxes
-
         if not detections.detected:
             self.coasted += 1
             return with_extra_boxes(detections, self.coasting_boxes(detections.frame_shape))
         self.coasted = 0
 
-        n = len(detections)
-        data = np.concatenate([detections.boxes, detections.scores[:, None], np.zeros((n, 1), np.float32)], axis=1)
-        before = {t.track_id: t.xyxy.copy() for t in self.tracker.tracked_stracks}
-        self.tracker.update(Boxes(data, detections.frame_shape).numpy())
+        # Keyed by identity, the tracklet held too: a pruned one's id could otherwise go to a new one.
+        before = {id(t): (t, t.get_state_bbox().copy()) for t in self.tracker.tracks if t.time_since_update == 0}
+        self.tracker.update(self._detections(xyxy=detections.boxes.astype(np.float32).reshape(-1, 4),
+                                             confidence=detections.scores.astype(np.float32)))
         # A person found again is also hidden where they were the frame before: where persons overlap,
         # the detector's box for the one behind can shrink by more than their step (measured: 5 px of
         # a 40-px-wide person, 1% of them shown), and a box never shrinks faster than a person moves.
-        followed = [before[t.track_id] for t in self.tracker.tracked_stracks if t.track_id in before]
+        followed = [before[id(t)][1] for t in self.tracker.tracks if t.time_since_update == 0 and id(t) in before]
         held = np.concatenate([self.held_boxes(detections.frame_shape),
                                np.array(followed, np.float32).reshape(-1, 4)])
         if not len(held):
@@ -60,14 +62,13 @@ class MaskHold:
         return with_extra_boxes(detections, held)
 
     def held_boxes(self, shape: tuple[int, int]) -> np.ndarray:
-        lost = [(t, self.tracker.frame_id - t.end_frame) for t in self.tracker.lost_stracks]
-        return self._grown([(t.xyxy, n) for t, n in lost if 0 < n <= self.cfg.hold_frames], shape)
+        """Lost tracks (the library keeps only confirmed ones once lost) at their predicted boxes."""
+        return self._grown([(t.get_state_bbox(), t.time_since_update) for t in self.tracker.tracks
+                            if 0 < t.time_since_update <= self.cfg.hold_frames], shape)
 
     def coasting_boxes(self, shape: tuple[int, int]) -> np.ndarray:
-        tracks = [(t, self.tracker.frame_id - t.end_frame) for t in self.tracker.tracked_stracks]
-        tracks += [(t, self.tracker.frame_id - t.end_frame) for t in self.tracker.lost_stracks]
-        return self._grown([(t.xyxy, n + self.coasted) for t, n in tracks if n + self.coasted <= self.cfg.hold_frames],
-                           shape)
+        aged = [(t.get_state_bbox(), t.time_since_update + self.coasted) for t in self.tracker.tracks]
+        return self._grown([(box, age) for box, age in aged if age <= self.cfg.hold_frames], shape)
 
     def _grown(self, boxes_and_age: list, shape: tuple[int, int]) -> np.ndarray:
         """Boxes grown by `grow_per_frame` of their size per frame of age, clipped to the frame."""
