@@ -58,7 +58,9 @@ def add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--int8", action="store_true", default=None,
                    help="OpenVINO INT8 model (quantized once with NNCF; pip install 'anonengine[int8]')")
     p.add_argument("--stride", type=int, default=None,
-                   help="detect on every Nth frame, the tracker hides persons between (privacy-checked up to 3)")
+                   help="detect on every Nth frame at most, persons hidden between (privacy-checked up to 3)")
+    p.add_argument("--stride-mode", choices=["adaptive", "fixed"], default=None,
+                   help="adaptive (default): every frame while persons enter, leave or appear; fixed: every Nth")
     p.add_argument("--fill", choices=["mirror", "inpaint", "solid"], default=None, help="fill for never-seen background")
     p.add_argument("--resample", choices=["linear", "cubic", "lanczos"], default=None,
                    help="how a moving camera's frames enter the background: linear (fast), cubic, lanczos (sharpest)")
@@ -102,6 +104,7 @@ def config_from_run_flags(args: argparse.Namespace):
             person_conf=args.person_conf,
             int8=args.int8,
             stride=args.stride,
+            stride_mode=args.stride_mode,
         ),
         "background": _drop_none(alpha=args.alpha, fill=args.fill, future_frames=args.future_frames,
                                   resample=args.resample),

@@ -14,8 +14,9 @@ import numpy as np
 
 from anonengine.background import BackgroundModel, View
 from anonengine.config import AnonymizerConfig
-from anonengine.detections import COCO_SKELETON, Detections
+from anonengine.detections import COCO_SKELETON, Detections, box_iou
 from anonengine.masks import Region, frame_diagonal, person_mask, soft_regions, zones_mask
+from anonengine.schedule import SAME_PERSON_IOU
 from anonengine.tracking import MaskHold, lookahead_boxes, with_extra_boxes
 
 LIMB_COLOR = (255, 170, 0)  # BGR
@@ -46,7 +47,8 @@ class Compositor:
         self.background = BackgroundModel(cfg.background, keep_frames=future_frames)
         self.hold = MaskHold(cfg.hold) if cfg.hold.enabled and cfg.hold.hold_frames > 0 else None
         self.privacy_zones = privacy_zones or []
-        self._last_detected = np.zeros((0, 4), np.float32)
+        self._last_found: Detections | None = None  # the last frame the detector looked at
+        self._since_found = 0  # frames since then
         self._zones_mask: np.ndarray | None = None
 
     def process(self, frame: np.ndarray, detections: Detections, future: list[Detections] = ()) -> np.ndarray:
@@ -58,16 +60,30 @@ class Compositor:
 
     def learn(self, frame: np.ndarray, detections: Detections, future: list[Detections] = ()) -> Learnt:
         """Hides `frame`'s persons and learns the background from the rest; `render` draws it, now or,
-        for a recording, once the frames after it were learnt too."""
+        for a recording, once the frames after it were learnt too.
+
+        `future`: the next frames' detections in order, those the detector did not look at included.
+        """
         if detections.frame_shape != frame.shape[:2]:
             raise ValueError(f"detections for a {detections.frame_shape} frame given a {frame.shape[:2]} frame")
+        upcoming = next(((i + 1, f) for i, f in enumerate(future) if f.detected), None)
+        future = [f for f in future if f.detected]
         if detections.detected:
-            self._last_detected = detections.boxes
+            self._last_found, self._since_found = detections, 0
         else:
+            self._since_found += 1
+            last = self._last_found
+            if last is not None and last.frame_shape != detections.frame_shape:
+                last = None
             # Between two detections (detector.stride) a person is between where they were and where
-            # they will be: hide both places (with look-ahead), not only the tracker's guess.
-            bracket = [self._last_detected] + [future[0].boxes] if future else [self._last_detected]
-            detections = with_extra_boxes(detections, np.concatenate(bracket).reshape(-1, 4))
+            # they will be: hide both places (with look-ahead), not only the tracker's guess; and
+            # draw them in between, so that their skeleton moves on rather than blinks.
+            bracket = ([last.boxes] if last is not None else []) + ([upcoming[1].boxes] if upcoming else [])
+            if bracket:
+                detections = with_extra_boxes(detections, np.concatenate(bracket).reshape(-1, 4))
+            if last is not None:
+                between = in_between(last, upcoming, self._since_found)
+                detections = detections.with_persons(between.boxes, between.scores, between.keypoints)
         if self.hold is not None:
             detections = self.hold.update(detections)
         if future:
@@ -135,6 +151,25 @@ def draw_skeletons(
                 cv2.line(out, tuple(map(int, pts[a])), tuple(map(int, pts[b])), LIMB_COLOR, line, cv2.LINE_AA)
         for i in np.flatnonzero(visible):
             cv2.circle(out, tuple(map(int, pts[i])), radius, JOINT_COLOR, -1, cv2.LINE_AA)
+
+
+def in_between(before: Detections, upcoming: tuple[int, Detections] | None, since: int) -> Detections:
+    """The persons of `before` (`since` frames ago) as they are now: moved linearly towards the same
+    person in the next detection (`upcoming`: frames ahead, detections) where there is one, as they
+    were otherwise."""
+    boxes, scores, keypoints = before.boxes.copy(), before.scores.copy(), before.keypoints.copy()
+    if upcoming is not None and len(before) and len(upcoming[1]):
+        ahead, after = upcoming
+        t = since / (since + ahead)
+        iou = box_iou(before.boxes, after.boxes)
+        for i, j in enumerate(iou.argmax(axis=1)):
+            if iou[i, j] < SAME_PERSON_IOU or iou[:, j].argmax() != i:
+                continue  # no one, or someone else, is the same person in the next detection
+            boxes[i] = (1 - t) * before.boxes[i] + t * after.boxes[j]
+            keypoints[i, :, :2] = (1 - t) * before.keypoints[i, :, :2] + t * after.keypoints[j, :, :2]
+            keypoints[i, :, 2] = np.minimum(before.keypoints[i, :, 2], after.keypoints[j, :, 2])
+            scores[i] = min(before.scores[i], after.scores[j])
+    return Detections(before.frame_shape, boxes, scores, keypoints)
 
 
 def obscured_frame(shape: tuple[int, ...]) -> np.ndarray:

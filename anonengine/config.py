@@ -50,9 +50,15 @@ class DetectorConfig(StrictModel):
     threads: int = Field(0, ge=0, le=256, description="CPU inference threads; 0 = every core this process may use.")
     stride: int = Field(
         1, ge=1, le=30,
-        description="Detect on every Nth frame only; the tracker's held boxes hide persons on the frames "
-        "between (needs hold.enabled with hold_frames >= stride). bench/privacy.py finds no leak up to 3 for "
-        "persons walking; at 4 a person entering at a frame edge shows in some frames.",
+        description="Detect on every Nth frame at most; the boxes of the detections on either side (held by "
+        "the tracker) hide persons on the frames between (needs hold.enabled with hold_frames >= stride). "
+        "bench/privacy.py finds no leak up to 3 for persons walking; at 4 fixed, a person entering at a frame "
+        "edge shows in some frames.",
+    )
+    stride_mode: Literal["adaptive", "fixed"] = Field(
+        "adaptive",
+        description="adaptive: every frame while the last detection shows persons entering, leaving or "
+        "appearing (or failed), every `stride`-th otherwise; fixed: every `stride`-th frame always.",
     )
 
 

@@ -117,13 +117,15 @@ def anonymize_frames(frames: Iterable[Frame], detect: DetectStage, composite: Co
     timeline: Timeline[Frame, tuple[Detections | None, bool]] = Timeline(lookahead)
     waiting: deque[tuple[Frame, Learnt | None, Detections | None]] = deque()
     frames_seen = 0
+    schedule = detect.schedule()
     for frame in frames:
         if stop():
             break
-        if detect.skips(frame.seq):  # frames between detections tell nothing: the hold hides persons
-            found = (Detections.undetected(frame.image.shape[:2]), False)
-        else:
+        if schedule.wants(frame.seq):
             found = (detect.process([frame.image])[0], True)
+            schedule.saw(frame.seq, found[0])
+        else:  # between detections: the boxes of those on either side hide persons
+            found = (Detections.undetected(frame.image.shape[:2]), False)
         timeline.offer(frame.seq, frame)
         timeline.answer(frame.seq, found)
         frames_seen = frame.seq + 1
@@ -141,7 +143,7 @@ def anonymize_frames(frames: Iterable[Frame], detect: DetectStage, composite: Co
 def _learn_turns(timeline: Timeline, composite: CompositeStage, waiting: deque) -> None:
     while (turn := timeline.next()) is not None:
         detections, _ = turn.result
-        future = [d for d, detected in timeline.future(turn.seq) if detected]
+        future = [d for d, _ in timeline.future(turn.seq)]
         waiting.append((turn.item, composite.learn(turn.item, detections, future), detections))
         timeline.done(turn.seq)
 

@@ -18,6 +18,7 @@ from anonengine.compositor import Compositor, Learnt, obscured_frame
 from anonengine.config import AnonymizerConfig, EncoderConfig, SourcesConfig
 from anonengine.detections import Detections
 from anonengine.errors import DetectionError, InputError, OutputError
+from anonengine.schedule import DetectionSchedule
 from anonengine.sources import LiveFeed, classify
 from anonengine.video import Frame, StreamInfo, VideoReader, VideoWriter, partial_metadata_path
 
@@ -101,9 +102,11 @@ class DetectStage(Stage):
 
         self.detector = PersonDetector(self.cfg, self.max_batch)
 
-    def skips(self, seq: int) -> bool:
-        """Frames between detections (`detector.stride`): hidden by the tracker's held boxes instead."""
-        return seq % self.cfg.detector.stride != 0
+    def schedule(self) -> DetectionSchedule:
+        """A new stream's schedule: which of its frames to detect (`detector.stride`); the others are hidden
+        by the boxes of the detections on either side of them."""
+        detector = self.cfg.detector
+        return DetectionSchedule(detector.stride, detector.stride_mode == "adaptive", self.cfg.mask.edge_snap)
 
     def process(self, images: list[np.ndarray]) -> list[Detections | None]:
         try:
@@ -130,8 +133,8 @@ class CompositeStage(Stage):
         self.ahead: dict[str, int] = {}
 
     def setup(self) -> None:
-        # A camera's first compositor imports the tracker (Ultralytics, torch: seconds). Done now, before a
-        # live camera's frames wait on it.
+        # A camera's first compositor imports the tracker (about 0.7 s). Done now, before a live camera's
+        # frames wait on it.
         Compositor(self.cfg)
 
     def start(self, camera: str, live: bool, width: int, height: int) -> int:
@@ -146,7 +149,8 @@ class CompositeStage(Stage):
         """Hides the frame's persons and learns its background; None when it is to be obscured whole
         (no detections: fail closed).
 
-        `future`: detections of the next `hold.lookahead_frames` frames (fewer at the end of a stream).
+        `future`: detections of the next `hold.lookahead_frames` frames (fewer at the end of a stream),
+        in order; None for a frame whose detection failed, which tells as little as one not detected.
         """
         if detections is None:
             return None
@@ -154,7 +158,9 @@ class CompositeStage(Stage):
         if compositor is None:
             compositor = self.compositors[frame.camera] = Compositor(
                 self.cfg, self.privacy_zones.get(frame.camera), self.ahead.get(frame.camera, 0))
-        return compositor.learn(frame.image, detections, [f for f in future if f is not None])
+        shape = frame.image.shape[:2]
+        return compositor.learn(frame.image, detections,
+                                [Detections.undetected(shape) if f is None else f for f in future])
 
     def render(self, frame: Frame, learnt: Learnt | None) -> np.ndarray:
         """The anonymized image of a learnt frame."""

@@ -182,11 +182,9 @@ class CaptureService(Service):
             self.report()
 
     def _dispatch(self, ref: messages.FrameRef, wait: bool = True) -> bool:
-        """To the detectors; a frame between detections (`detector.stride`) goes straight on, undetected.
-        With `wait`, waits while no detector is connected or all are full (releases keep flowing); else
-        returns False when none takes it now."""
-        if ref.seq % self.cfg.anonymizer.detector.stride:
-            return send(self.downstream, messages.Detected(ref, "skipped"))
+        """To the detectors (which also decide the frames between detections, `detector.stride`). With
+        `wait`, waits while no detector is connected or all are full (releases keep flowing); else returns
+        False when none takes it now."""
         while not send(self.frames_out, ref, block=False):
             if not wait or self.stopping or ref.seq not in self.inflight:
                 return False

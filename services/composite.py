@@ -196,8 +196,8 @@ class CompositeService(Service):
             state.end_sent = True
         self._drain(state)
 
-    def _future(self, state: CameraState, seq: int) -> list:
-        return [self._found(state, r) for r in state.timeline.future(seq) if r.status == "ok"]
+    def _future(self, state: CameraState, seq: int, shape: tuple[int, int]) -> list:
+        return [self._detections_of(state, r, shape) for r in state.timeline.future(seq)]
 
     def _found(self, state: CameraState, result: messages.Detected) -> Detections:
         """A pending result's detections: with look-ahead each is needed up to N+1 times, unpacked once."""
@@ -255,7 +255,7 @@ class CompositeService(Service):
         frame = Frame(ref.camera, ref.seq, ref.pts, state.info.time_base_fraction, image_in)
         detections = self._detections_of(state, result, image_in.shape[:2])
         state.decoded.pop(ref.seq, None)
-        learnt = self.compositing.learn(frame, detections, self._future(state, ref.seq))
+        learnt = self.compositing.learn(frame, detections, self._future(state, ref.seq, image_in.shape[:2]))
         persons = detections.to_meta() if detections is not None else []
         state.waiting.append(Waiting(ref, frame, learnt, persons))
         state.inputs_held[ref.seq] = ref.slot

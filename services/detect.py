@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import os
 import time
+from collections import deque
 
 import zmq
 
 from anonengine import messages
 from anonengine.engine.runtime import POLL_MS, Service, ToCompositors
+from anonengine.schedule import DetectionSchedule
 from anonengine.shm import RingCache, StaleSlot
 from anonengine.stages import DetectStage
 
@@ -34,6 +36,10 @@ class DetectService(Service):
         self.rings = RingCache()
         self.connected: set[str] = set()
         self._last_scan = 0.0
+        self.schedules: dict[str, DetectionSchedule] = {}
+        # A camera's frames that came while its last wanted frame was still being detected: whether they
+        # are wanted depends on what that detection finds.
+        self.held: deque[messages.FrameRef] = deque()
 
     def setup(self) -> None:
         self.detector.setup()
@@ -65,10 +71,13 @@ class DetectService(Service):
         return True
 
     def _gather(self) -> list[messages.FrameRef]:
-        """Up to max_batch frames: waits for the first, then at most max_wait_ms for the rest."""
-        if not self.frames_in.poll(POLL_MS):
-            return []
-        batch = list(self._decoded(self.frames_in.recv()))
+        """The frames held back, then up to max_batch new ones: waits for the first, then at most
+        max_wait_ms for the rest."""
+        batch = list(self.held)
+        self.held.clear()
+        if not self.frames_in.poll(0 if batch else POLL_MS):
+            return batch
+        batch.extend(self._decoded(self.frames_in.recv()))
         # A backend that runs frames one at a time gains nothing from a fuller batch: take what is there.
         wait_ms = self.cfg.engine.max_wait_ms if self.detector.detector.batches else 0
         deadline = time.monotonic() + wait_ms / 1000
@@ -95,11 +104,21 @@ class DetectService(Service):
     def _detect(self, batch: list[messages.FrameRef]) -> None:
         views, states, readable = [], [], []
         for ref in batch:
+            if ref.camera not in self.schedules:
+                self.schedules[ref.camera] = self.detector.schedule()
+            schedule = self.schedules[ref.camera]
+            if schedule.pending:
+                self.held.append(ref)
+                continue
+            if not schedule.wants(ref.seq):
+                self._answer(ref, "skipped", None, 0)
+                continue
             try:
                 ring = self.rings.get(ref.ring, ref.slots, ref.height, ref.width)
                 view, state = ring.view(ref.slot, ref.seq)
             except (StaleSlot, FileNotFoundError):
                 self._answer(ref, "stale", None, len(batch))
+                self.schedules[ref.camera].saw(ref.seq, None)
                 continue
             views.append(view)
             states.append(state)
@@ -116,12 +135,11 @@ class DetectService(Service):
             try:
                 self.rings.get(ref.ring, ref.slots, ref.height, ref.width).check(ref.slot, ref.seq, state)
             except StaleSlot:
-                self._answer(ref, "stale", None, len(readable))
-                continue
-            if det is None:
-                self._answer(ref, "failed", None, len(readable))
+                det, status = None, "stale"
             else:
-                self._answer(ref, "ok", messages.pack_detections(det), len(readable))
+                status = "failed" if det is None else "ok"
+            self.schedules[ref.camera].saw(ref.seq, det)
+            self._answer(ref, status, None if det is None else messages.pack_detections(det), len(readable))
 
     def _answer(self, ref, status: str, persons, batch: int) -> None:
         self.results.send(ref.composite, messages.Detected(ref, status, persons, worker=self.camera, batch=batch))

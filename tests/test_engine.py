@@ -95,16 +95,17 @@ def run_with_tap(cfg: EngineConfig, delay_s: float = 0.0) -> tuple[Launcher, lis
     return launcher, received
 
 
-@pytest.mark.parametrize("stride", [1, 2])
-def test_engine_frames_equal_the_inline_reference(clip, models_dir, tmp_path, stride):
-    """Raw frames from the tap are the inline path's frames: same stage code, same order.
+@pytest.mark.parametrize(("stride", "mode"), [(1, "fixed"), (2, "fixed"), (3, "adaptive")])
+def test_engine_frames_equal_the_inline_reference(clip, models_dir, tmp_path, stride, mode):
+    """Raw frames from the tap are the inline path's frames: same stage code, same order, and with a
+    stride the same frames detected (an adaptive schedule decides from what the detections before found).
 
     Tolerance: the detector runs batches of up to 4 frames in the engine and single frames inline;
     batched CPU convolutions can change scores and boxes in the last float bits, which can move a
     mask edge by a pixel. So: at most 0.1% of pixels of a frame may differ, and 99% of frames exact.
     """
     cfg = engine_config(tmp_path, models_dir, {"cam": clip.video})
-    cfg.anonymizer.detector.stride = stride
+    cfg.anonymizer.detector.stride, cfg.anonymizer.detector.stride_mode = stride, mode
     cfg.tap.endpoint = f"ipc://{tmp_path}/tap.sock"  # a TCP tap needs CURVE keys: tests/test_security.py
     cfg.tap.format = "raw"
     launcher, received = run_with_tap(cfg)
@@ -112,7 +113,11 @@ def test_engine_frames_equal_the_inline_reference(clip, models_dir, tmp_path, st
     seqs = [meta["seq"] for meta, _ in received]
     assert seqs == list(range(FRAMES)), "tap lost or reordered frames"
     assert not any(meta["obscured"] for meta, _ in received)
-    assert all(len(meta["persons"]) >= 2 for meta, _ in received if meta["seq"] % stride == 0)
+    detected = [meta["seq"] for meta, _ in received if meta["persons"]]
+    assert all(len(meta["persons"]) >= 2 for meta, _ in received if meta["persons"])
+    assert max(b - a for a, b in zip(detected, detected[1:])) <= stride
+    if mode == "fixed":
+        assert detected == list(range(0, FRAMES, stride))
     differing = [np.count_nonzero((img != ref).any(axis=2)) / img[..., 0].size
                  for (_, img), ref in zip(received, reference)]
     assert max(differing) <= 0.001, differing
