@@ -1,10 +1,11 @@
 """A clean plate (issue 11): a recording is also filled from what the camera sees after each frame, and
 what is never seen is filled with the scene's own texture, never from a person."""
 
+import cv2
 import numpy as np
 import pytest
 
-from anonengine.background import BackgroundModel, mirror_fill
+from anonengine.background import BackgroundModel, mirror_fill, warp
 from anonengine.config import BackgroundConfig
 from anonengine.sample import ACTORS, make_sample, render_frames
 from anonengine.video import VideoReader
@@ -110,6 +111,21 @@ def test_a_sharper_resample_keeps_a_shaking_street_sharper():
         truth = frames[-1][1].astype(int)
         errors[resample] = float(np.abs(model.render(view=views[-1]).astype(int) - truth).mean())
     assert errors["lanczos"] < errors["cubic"] < errors["linear"], errors
+
+
+@pytest.mark.parametrize("shift", [(3.37, -1.62), (-2.5, 0.25), (0.0, 7.9), (-10.2, 12.7)])
+def test_a_shift_in_lanczos_is_opencvs_warp_done_separably(shift):
+    """The fast path (a pure shift, as a panning or shaking camera's motion is) gives OpenCV's pixels, within
+    OpenCV's own rounding of positions to 1/32 px, but where the kernel reaches past the frame: there
+    it repeats the edge instead of blending in black."""
+    image = next(iter(render_frames(640, 360, 1, actors=(), scene="street")))[0]
+    matrix = np.float64([[1, 0, shift[0]], [0, 1, shift[1]]])
+    ours = warp(image, matrix, (650, 370), cv2.INTER_LANCZOS4)
+    opencv = cv2.warpAffine(image, matrix, (650, 370), flags=cv2.INTER_LANCZOS4)
+    x0, y0 = max(0, int(np.ceil(shift[0]))) + 4, max(0, int(np.ceil(shift[1]))) + 4
+    x1, y1 = min(650, int(640 + shift[0])) - 4, min(370, int(360 + shift[1])) - 4
+    difference = np.abs(ours[y0:y1, x0:x1].astype(int) - opencv[y0:y1, x0:x1])
+    assert difference.max() <= 4 and difference.mean() < 0.3
 
 
 def _learn_with_views(frames, keep_frames: int, cfg: BackgroundConfig | None = None):
