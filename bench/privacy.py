@@ -17,7 +17,9 @@ difference is what each does with them:
 - file: as a recording gets it: each frame also filled from what the next `future_frames` frames
   show (`background.future_frames`, the default);
 - perfect: the true background under the file mode's masks: what a perfect reconstruction scores;
-- stride N: file mode detecting on every Nth frame only (`detector.stride`; with --strides).
+- fixed N, adaptive N: file mode detecting on every Nth frame only, or on every frame while persons
+  enter, leave or appear and on every Nth otherwise (`detector.stride`, `stride_mode`; with --strides);
+  "live" after them: the same as a live camera gets it;
 Skeletons are off for all, so that bg err measures the reconstruction alone.
 
 Per case and method it prints:
@@ -29,11 +31,12 @@ Per case and method it prints:
 - bg err: mean absolute error against the true background inside the persons' boxes (grey levels);
 - seen err: the same, only on the pixels whose point of the scene is in view free of persons in some
   frame of the clip; known err: only on those seen free by the frame itself (seed, before, live) or
-  by the last frame it waits for (file, perfect, strides): what the method can know;
+  by the last frame it waits for (file, perfect, strides but live ones): what the method can know;
 - flicker: mean change between consecutive output frames inside the boxes of persons who stand still
   in the frame (grey levels): what hides them should hold still (a pan moves the scene, and persons
   cut in by it, so there it is not flicker alone);
-- ms: compositing time per frame (detection excluded: the same for all), on this machine.
+- ms: compositing time per frame (detection excluded: the same for all), on this machine;
+- det: share of frames the detector looked at.
 """
 
 from __future__ import annotations
@@ -56,6 +59,7 @@ from anonengine.config import AnonymizerConfig, EncoderConfig, HoldConfig
 from anonengine.detections import Detections
 from anonengine.detector import PersonDetector
 from anonengine.sample import ACTORS, camera_path, render_frames
+from anonengine.stages import DetectStage
 from anonengine.video import VideoWriter
 
 LOOKAHEAD = HoldConfig().lookahead_frames  # the default
@@ -110,8 +114,22 @@ def seed_algorithm(images: list[np.ndarray], detections: list[Detections], alpha
     return out
 
 
+def scheduled(detections: list[Detections], cfg: AnonymizerConfig) -> list[Detections]:
+    """The detections as `detector.stride` and `stride_mode` let the detector see them (the engine's and
+    the inline path's schedule); the frames between are undetected."""
+    schedule = DetectStage(cfg).schedule()
+    out = []
+    for seq, found in enumerate(detections):
+        if schedule.wants(seq):
+            schedule.saw(seq, found)
+            out.append(found)
+        else:
+            out.append(Detections.undetected(found.frame_shape))
+    return out
+
+
 def anonengine_algorithm(images: list[np.ndarray], detections: list[Detections], cfg: AnonymizerConfig,
-                         stride: int = 1, ahead: int = 0, backgrounds: list[np.ndarray] | None = None):
+                         ahead: int = 0, backgrounds: list[np.ndarray] | None = None):
     """The compositor as the inline path runs it: look-ahead over the detected frames only; each frame
     rendered once the `ahead` frames after it were learnt (a recording). With `backgrounds`, those are
     blended in instead of the model's (a perfect reconstruction, same masks)."""
@@ -129,7 +147,7 @@ def anonengine_algorithm(images: list[np.ndarray], detections: list[Detections],
         return image
 
     for i, (image, det) in enumerate(zip(images, detections)):
-        ahead_dets = [d for j, d in enumerate(detections[i + 1 : i + 1 + n], i + 1) if j % stride == 0]
+        ahead_dets = detections[i + 1 : i + 1 + n]
         waiting.append((i, compositor.learn(image, det, ahead_dets)))
         if len(waiting) > ahead:
             out.append(render(*waiting.popleft()))
@@ -226,7 +244,7 @@ def main() -> None:
     parser.add_argument("--strides", type=int, nargs="*", default=[])
     parser.add_argument("--cases", nargs="*", help="only the cases whose names contain one of these")
     parser.add_argument("--methods", nargs="*", help="only these methods (seed, before, live, file, perfect, "
-                        "stride N)")
+                        "fixed N, adaptive N, with ' live' after them)")
     parser.add_argument("--resample", choices=["linear", "cubic", "lanczos"], default="linear",
                         help="background.resample of the anonengine methods")
     args = parser.parse_args()
@@ -260,6 +278,7 @@ def main() -> None:
             detections = [detector.detect([image])[0] for image in images]
             for i in case.get("missed", ()):
                 detections[i] = Detections.empty(detections[i].frame_shape)
+            detected_share: dict[str, float] = {}
             runs = [("seed", partial(seed_algorithm, images, detections)),
                     ("before", partial(anonengine_algorithm, images, detections, before)),
                     ("live", partial(anonengine_algorithm, images, detections, live)),
@@ -267,32 +286,32 @@ def main() -> None:
                     ("perfect", partial(anonengine_algorithm, images, detections, live, ahead=ahead,
                                         backgrounds=scenes))]
             for stride in args.strides:
-                strided = [d if i % stride == 0 else Detections.undetected(d.frame_shape)
-                           for i, d in enumerate(detections)]
-                strided_cfg = live.model_copy(deep=True)
-                strided_cfg.detector.stride = stride
-                runs.append((f"stride {stride}", partial(anonengine_algorithm, images, strided, strided_cfg, stride,
-                                                         ahead=ahead)))
+                for mode in ("fixed", "adaptive"):
+                    strided_cfg = live.model_copy(deep=True)
+                    strided_cfg.detector.stride, strided_cfg.detector.stride_mode = stride, mode
+                    strided = scheduled(detections, strided_cfg)
+                    for suffix, frames_ahead in (("", ahead), (" live", 0)):
+                        runs.append((f"{mode} {stride}{suffix}", partial(anonengine_algorithm, images, strided,
+                                                                         strided_cfg, ahead=frames_ahead)))
+                        detected_share[f"{mode} {stride}{suffix}"] = np.mean([d.detected for d in strided])
             for method, run in runs:
                 if args.methods and method not in args.methods:
                     continue
                 started = time.perf_counter()
                 outputs = run()
                 ms = (time.perf_counter() - started) / len(images) * 1000
-                known = known_live if method in ("seed", "before", "live") else known_file
+                known = known_live if method in ("seed", "before", "live") or method.endswith(" live") else known_file
                 leak, error, seen_error, known_error, pairs = leak_and_error(images, outputs, scenes, truth, seen, known)
                 audited = audit_rate(images, outputs, truth, Path(tmp), 25) if args.audit else math.nan
                 rows.append((name, method, leak, audited, error, seen_error, known_error, flicker(outputs, truth), ms,
-                             pairs))
+                             pairs, detected_share.get(method, 1.0)))
     print(f"clips {args.width}x{args.height}, {args.frames} frames, yolo11n-pose at imgsz {live.detector.imgsz}, "
           f"look-ahead {LOOKAHEAD}, file mode waits {ahead} frames")
-    print(f"{'case':28s} {'method':9s} {'leak':>6s} {'audit':>6s} {'bg err':>7s} {'seen err':>8s} {'known err':>9s} "
-          f"{'flicker':>7s} "
-          f"{'ms':>5s} {'pairs':>5s}")
-    for name, method, leak, audited, error, seen_error, known_error, flickers, ms, pairs in rows:
-        print(f"{name:28s} {method:9s} {leak:6.1%} {audited:6.1%} {error:7.1f} {seen_error:8.1f} {known_error:9.1f} "
-              f"{flickers:7.2f} "
-              f"{ms:5.1f} {pairs:5d}")
+    print(f"{'case':28s} {'method':18s} {'leak':>6s} {'audit':>6s} {'bg err':>7s} {'seen err':>8s} "
+          f"{'known err':>9s} {'flicker':>7s} {'ms':>5s} {'pairs':>5s} {'det':>5s}")
+    for name, method, leak, audited, error, seen_error, known_error, flickers, ms, pairs, detected in rows:
+        print(f"{name:28s} {method:18s} {leak:6.1%} {audited:6.1%} {error:7.1f} {seen_error:8.1f} {known_error:9.1f} "
+              f"{flickers:7.2f} {ms:5.1f} {pairs:5d} {detected:5.0%}")
 
 
 if __name__ == "__main__":
