@@ -87,11 +87,14 @@ class Summary:
     frames: int = 0
     seconds: float = 0.0
     interrupted_by: int | None = None
+    nodes: set[str] = field(default_factory=set)  # on a cluster: the nodes that did the files
+    gpus: set[str] = field(default_factory=set)  # and the GPUs (node:id) their tasks reserved
 
     def line(self, output_dir: Path) -> str:
         rate = f" ({60 * self.done / self.seconds:.1f} files/min)" if self.done and self.seconds else ""
+        where = f" on {len(self.nodes)} node(s), {len(self.gpus)} GPU(s)" if self.nodes else ""
         return (f"anonengine: batch: {self.done} file(s) anonymized, {self.skipped} skipped (done before), "
-                f"{len(self.failed)} failed; {self.frames} frames in {self.seconds:.1f} s{rate} -> {output_dir}")
+                f"{len(self.failed)} failed; {self.frames} frames in {self.seconds:.1f} s{where}{rate} -> {output_dir}")
 
 
 def is_batch_source(spec: str) -> bool:

@@ -45,6 +45,7 @@ class Outcome:
     digest: str = ""
     seconds: float = 0.0
     node: str = ""
+    gpus: tuple[str, ...] = ()  # the GPUs Ray reserved for the task (its detector's CUDA devices)
     error: str | None = None
 
 
@@ -60,13 +61,15 @@ def anonymize_job(cfg_json: str, settings_key: str, audio: str, job: Job) -> Out
         if _runner is not None:
             _runner[1].close()
         _runner = (settings_key, FileRunner(EngineConfig.model_validate_json(cfg_json), audio))
-    node = ray.get_runtime_context().get_node_id()
+    context = ray.get_runtime_context()
+    node = context.get_node_id()
+    gpus = tuple(str(gpu) for gpu in context.get_accelerator_ids().get("GPU", []))
     started = time.monotonic()
     try:
         frames, audio_state, digest = _runner[1].run(job)
     except AnonError as exc:
-        return Outcome(job.rel, error=str(exc).splitlines()[0], node=node)
-    return Outcome(job.rel, frames, audio_state, digest, round(time.monotonic() - started, 3), node)
+        return Outcome(job.rel, error=str(exc).splitlines()[0], node=node, gpus=gpus)
+    return Outcome(job.rel, frames, audio_state, digest, round(time.monotonic() - started, 3), node, gpus)
 
 
 def run_on_ray(cfg: EngineConfig, jobs: list[Job], output_dir: Path, audio: str, address: str | None,
@@ -151,4 +154,6 @@ def _record(ray, ref, job: Job, manifest: Manifest, settings: dict, summary: Sum
                                settings["key"], outcome.seconds), settings["settings"])
     summary.done += 1
     summary.frames += outcome.frames
+    summary.nodes.add(outcome.node)
+    summary.gpus.update(f"{outcome.node}:{gpu}" for gpu in outcome.gpus)
     bar.update(outcome.frames)
