@@ -106,9 +106,12 @@ def wall_table(clip, out: Path, frames: int) -> None:
     for name, flags in (("anonengine run (defaults)", ()), ("anonengine run --inline", ("--inline",)),
                         ("anonengine run --future-frames 0", ("--future-frames", "0")),
                         ("anonengine run --stride 2", ("--stride", "2")),
+                        ("anonengine run --stride 3", ("--stride", "3")),
+                        ("anonengine run --stride 3 --stride-mode fixed", ("--stride", "3", "--stride-mode", "fixed")),
+                        ("anonengine run --resample lanczos", ("--resample", "lanczos")),
                         ("anonengine run --int8 --preset ultrafast", ("--int8", "--preset", "ultrafast")),
-                        ("anonengine run --int8 --preset ultrafast --stride 2",
-                         ("--int8", "--preset", "ultrafast", "--stride", "2"))):
+                        ("anonengine run --int8 --preset ultrafast --stride 3",
+                         ("--int8", "--preset", "ultrafast", "--stride", "3"))):
         wall, first = wall_run(clip, out, f"run{len(rows)}", *flags)
         rows.append((name, wall, first))
     print(f"{'command':56s} {'wall s':>7s} {'frames/s':>9s} {'vs seed':>8s} {'first frame s':>13s}")
