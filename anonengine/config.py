@@ -53,7 +53,7 @@ class DetectorConfig(StrictModel):
         description="Detect on every Nth frame at most; the boxes of the detections on either side (held by "
         "the tracker) hide persons on the frames between (needs hold.enabled with hold_frames >= stride). "
         "bench/privacy.py finds no leak up to 3 for persons walking; at 4 fixed, a person entering at a frame "
-        "edge shows in some frames.",
+        "edge shows in some frames; persons crossing fast can show at 3 (README).",
     )
     stride_mode: Literal["adaptive", "fixed"] = Field(
         "adaptive",

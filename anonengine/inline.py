@@ -121,7 +121,7 @@ def anonymize_frames(frames: Iterable[Frame], detect: DetectStage, composite: Co
     for frame in frames:
         if stop():
             break
-        if schedule.wants(frame.seq):
+        if schedule.wants(frame.seq, frame.last):
             found = (detect.process([frame.image])[0], True)
             schedule.saw(frame.seq, found[0])
         else:  # between detections: the boxes of those on either side hide persons

@@ -97,6 +97,7 @@ class FrameRef(Message):
     height: int
     width: int
     composite: int = 0
+    last: bool = False  # a file's last frame (`Frame.last`)
 
 
 class Detected(Message):

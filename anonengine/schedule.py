@@ -37,12 +37,13 @@ class DetectionSchedule:
         self.pending = False  # a frame wanted, its detections not known yet
         self.busy = True  # someone entering or leaving in the last detection: look at every frame
 
-    def wants(self, seq: int) -> bool:
+    def wants(self, seq: int, last: bool = False) -> bool:
         """Whether to detect frame `seq`. A frame at or before the last one wanted (a stream that began
-        again, a frame offered again after a restart) is always looked at."""
+        again, a frame offered again after a restart) is always looked at, and so is a file's `last` frame:
+        no detection after it tells where a person went."""
         if self.last_seq is not None and seq <= self.last_seq:
             self.known, self.busy = None, True  # what came after is not what comes now: start over
-        if self.stride == 1 or self.known is None:
+        if self.stride == 1 or self.known is None or last:
             wanted = True
         elif not self.adaptive:
             wanted = seq % self.stride == 0

@@ -34,6 +34,7 @@ class Frame:
     time_base: Fraction
     image: np.ndarray
     pts_guessed: bool = False  # the stream gave no timestamp: counted at the nominal rate
+    last: bool = False  # the last frame of a file (or the last decoded before it failed)
 
     @property
     def time(self) -> float:
@@ -124,18 +125,36 @@ class VideoReader:
         size = (self.info.width, self.info.height)
         decoded = self._decoded if self._first is None else itertools.chain([self._first], self._decoded)
         self._first = None
-        for item in decoded:
-            pts, guessed = item.pts, item.pts is None
-            if guessed:  # some streams carry no timestamps: count frames at the nominal rate
-                pts = 0 if last_pts is None else last_pts + frame_ticks
-            last_pts = pts
-            image = item.image
-            if image.shape[1::-1] != size:
-                # A stream that changes resolution midway (a camera reconfigured): every stage was set up
-                # for the first size, so later frames are scaled to it rather than refused.
-                image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
-            yield Frame(self.camera, seq, int(pts), self.info.time_base, image, guessed)
-            seq += 1
+        # A file's frame is handed on once the next one is decoded, so that its last frame says so (with a
+        # detector stride, it is detected: no detection comes after it to hide a person moving on).
+        held: Frame | None = None
+        try:
+            for item in decoded:
+                pts, guessed = item.pts, item.pts is None
+                if guessed:  # some streams carry no timestamps: count frames at the nominal rate
+                    pts = 0 if last_pts is None else last_pts + frame_ticks
+                last_pts = pts
+                image = item.image
+                if image.shape[1::-1] != size:
+                    # A stream that changes resolution midway (a camera reconfigured): every stage was set
+                    # up for the first size, so later frames are scaled to it rather than refused.
+                    image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+                frame = Frame(self.camera, seq, int(pts), self.info.time_base, image, guessed)
+                seq += 1
+                if self.info.live:
+                    yield frame
+                    continue
+                if held is not None:
+                    yield held
+                held = frame
+        except Exception:
+            if held is not None:  # what was decoded before the failure still goes out, as the last
+                held.last = True
+                yield held
+            raise
+        if held is not None:
+            held.last = True
+            yield held
         if not self.info.live and self.info.frames and seq < self.info.frames:
             raise InputError(
                 f"{self.source} is truncated: {seq} of {self.info.frames} frames could be decoded"

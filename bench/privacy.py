@@ -120,7 +120,7 @@ def scheduled(detections: list[Detections], cfg: AnonymizerConfig) -> list[Detec
     schedule = DetectStage(cfg).schedule()
     out = []
     for seq, found in enumerate(detections):
-        if schedule.wants(seq):
+        if schedule.wants(seq, last=seq == len(detections) - 1):
             schedule.saw(seq, found)
             out.append(found)
         else:
@@ -130,7 +130,7 @@ def scheduled(detections: list[Detections], cfg: AnonymizerConfig) -> list[Detec
 
 def anonengine_algorithm(images: list[np.ndarray], detections: list[Detections], cfg: AnonymizerConfig,
                          ahead: int = 0, backgrounds: list[np.ndarray] | None = None):
-    """The compositor as the inline path runs it: look-ahead over the detected frames only; each frame
+    """The compositor as the inline path runs it: look-ahead over the next frames' detections; each frame
     rendered once the `ahead` frames after it were learnt (a recording). With `backgrounds`, those are
     blended in instead of the model's (a perfect reconstruction, same masks)."""
     compositor = Compositor(cfg, future_frames=ahead)

@@ -110,7 +110,7 @@ class DetectService(Service):
             if schedule.pending:
                 self.held.append(ref)
                 continue
-            if not schedule.wants(ref.seq):
+            if not schedule.wants(ref.seq, ref.last):
                 self._answer(ref, "skipped", None, 0)
                 continue
             try:

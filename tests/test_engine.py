@@ -116,8 +116,8 @@ def test_engine_frames_equal_the_inline_reference(clip, models_dir, tmp_path, st
     detected = [meta["seq"] for meta, _ in received if meta["persons"]]
     assert all(len(meta["persons"]) >= 2 for meta, _ in received if meta["persons"])
     assert max(b - a for a, b in zip(detected, detected[1:])) <= stride
-    if mode == "fixed":
-        assert detected == list(range(0, FRAMES, stride))
+    if mode == "fixed":  # and the file's last frame: nothing detected after it would hide a person there
+        assert detected == sorted({*range(0, FRAMES, stride), FRAMES - 1})
     differing = [np.count_nonzero((img != ref).any(axis=2)) / img[..., 0].size
                  for (_, img), ref in zip(received, reference)]
     assert max(differing) <= 0.001, differing

@@ -77,6 +77,12 @@ def test_adaptive_looks_again_at_once_when_persons_appear_or_a_detection_fails()
     assert schedule.wants(6)
 
 
+def test_a_files_last_frame_is_looked_at():
+    schedule = DetectionSchedule(3, False, 0.03)
+    assert looked_at(schedule, walker, 8) == [0, 3, 6]
+    assert schedule.wants(8, last=True)  # 8 is not a multiple of 3, but no detection comes after it
+
+
 def test_a_frame_offered_again_or_a_stream_begun_again_is_looked_at():
     schedule = DetectionSchedule(3, True, 0.03)
     looked_at(schedule, walker, 8)
