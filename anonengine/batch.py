@@ -229,7 +229,7 @@ class FileRunner:
         self.cfg, self.audio, self.camera = cfg, audio, camera
         self.on_frame = on_frame or (lambda: None)
         self.say = say or (lambda line: print(line, file=sys.stderr))
-        self.detect = DetectStage(cfg.anonymizer)
+        self.detect = DetectStage(cfg.anonymizer, cfg.engine.max_batch)
         self.photo_cfg = photo_config(cfg.anonymizer)
         self.detect_photos = DetectStage(self.photo_cfg) if self.photo_cfg is not cfg.anonymizer else self.detect
 

@@ -380,7 +380,11 @@ class RuntimeConfig(StrictModel):
         "encode_workers. With more than one, the tap is relayed by the launcher (`anonengine launch`/`run`; "
         "stages started one by one, as under honcho, then have no tap).",
     )
-    max_batch: int = Field(4, ge=1, le=64, description="Most frames the detector runs at once, across cameras.")
+    max_batch: int = Field(
+        4, ge=1, le=64,
+        description="Most frames the detector runs at once: across cameras in the engine; a file's own frames "
+        "in --inline, a batch and a Ray worker (at stride 1; a live source's one at a time).",
+    )
     max_wait_ms: float = Field(5, ge=0, le=1000, description="Longest wait for a batch to fill.")
     redeliver_after_s: float = Field(
         20, gt=0, le=3600, description="A frame not done after this long is sent to the detectors again."

@@ -47,7 +47,7 @@ def run_inline(cfg: EngineConfig, progress: bool = False, detect: DetectStage | 
     # The detector is set up by the first camera once its source and output are open: loading the
     # model takes seconds, and a missing or broken file should be reported before that.
     owned = detect is None
-    detect = detect or DetectStage(cfg.anonymizer)
+    detect = detect or DetectStage(cfg.anonymizer, cfg.engine.max_batch)
     results = []
     try:
         for cam in cfg.cameras:
@@ -81,7 +81,8 @@ def _run_camera(cam: CameraConfig, cfg: EngineConfig, detect: DetectStage, progr
                 # not done, and stay out of the partial output.
                 for frame, image, detections in anonymize_frames(frames, detect, composite,
                                                                   cfg.anonymizer.hold.lookahead_frames,
-                                                                  stop=stop, flush_on_stop=live, ahead=ahead):
+                                                                  stop=stop, flush_on_stop=live, ahead=ahead,
+                                                                  batch=1 if live else detect.max_batch):
                     encode.process(frame, image, detections.to_meta() if detections is not None else None)
                     result.frames += 1
                     result.obscured += detections is None
@@ -106,34 +107,51 @@ def _run_camera(cam: CameraConfig, cfg: EngineConfig, detect: DetectStage, progr
 
 def anonymize_frames(frames: Iterable[Frame], detect: DetectStage, composite: CompositeStage, lookahead: int,
                      stop: Callable[[], bool] = lambda: False, flush_on_stop: bool = True, ahead: int = 0,
-                     ) -> Iterator[tuple[Frame, np.ndarray, Detections | None]]:
+                     batch: int = 1) -> Iterator[tuple[Frame, np.ndarray, Detections | None]]:
     """(frame, anonymized image, detections or None when obscured) for each frame, in order.
 
     The same timeline as the engine's compositor: a frame is learnt once the detections of the next
     `lookahead` frames are known (here, right after they are detected), and rendered once `ahead` more
     frames were learnt (a recording's future, `CompositeStage.start`). Once `stop()` is true, the frames
     still waiting go out only with `flush_on_stop` (a live source's stop is its end).
+    Up to `batch` frames are detected at once (a GPU's throughput) where the schedule lets them wait for
+    each other: at stride 1. A live source gains nothing from it worth the latency: batch 1.
     """
     timeline: Timeline[Frame, tuple[Detections | None, bool]] = Timeline(lookahead)
     waiting: deque[tuple[Frame, Learnt | None, Detections | None]] = deque()
-    frames_seen = 0
     schedule = detect.schedule()
+    wanted: list[Frame] = []  # frames to detect together, up to `batch`
+    frames_seen = 0
+
+    def detect_wanted() -> None:
+        if not wanted:
+            return
+        for frame, detections in zip(wanted, detect.process([f.image for f in wanted])):
+            schedule.saw(frame.seq, detections)
+            timeline.offer(frame.seq, frame)
+            timeline.answer(frame.seq, (detections, True))
+        wanted.clear()
+
     for frame in frames:
         if stop():
             break
-        if schedule.wants(frame.seq, frame.last):
-            found = (detect.process([frame.image])[0], True)
-            schedule.saw(frame.seq, found[0])
-        else:  # between detections: the boxes of those on either side hide persons
-            found = (Detections.undetected(frame.image.shape[:2]), False)
-        timeline.offer(frame.seq, frame)
-        timeline.answer(frame.seq, found)
         frames_seen = frame.seq + 1
+        if schedule.wants(frame.seq, frame.last):
+            wanted.append(frame)
+            # With a stride, the frames the schedule wants next depend on this detection: it runs now.
+            if len(wanted) < batch and not schedule.pending:
+                continue
+            detect_wanted()
+        else:  # between detections: the boxes of those on either side hide persons
+            detect_wanted()
+            timeline.offer(frame.seq, frame)
+            timeline.answer(frame.seq, (Detections.undetected(frame.image.shape[:2]), False))
         _learn_turns(timeline, composite, waiting)
         while len(waiting) > ahead:
             yield _rendered(composite, *waiting.popleft())
     if stop() and not flush_on_stop:
         return
+    detect_wanted()
     timeline.end_at(frames_seen)
     _learn_turns(timeline, composite, waiting)
     while waiting:

@@ -73,6 +73,15 @@ def main() -> int:
         out = tmp / "local"
         rows.append(("local batch, one process", *timed(Batch(cfg, find_jobs(str(inputs), out), out,
                                                                progress=False).run)))
+        # What a GPU worker does (torch, a file's frames batched), and the same one frame at a time: on a
+        # CPU the batch gains little; it is there for a GPU, which a single frame leaves mostly idle.
+        for max_batch in (1, cfg.engine.max_batch):
+            torch_cfg = cfg.model_copy(deep=True)
+            torch_cfg.anonymizer.detector.backend = "torch"
+            torch_cfg.engine.max_batch = max_batch
+            out = tmp / f"torch{max_batch}"
+            rows.append((f"local batch, torch, {max_batch} frame(s) a pass", *timed(
+                Batch(torch_cfg, find_jobs(str(inputs), out), out, progress=False).run)))
         import ray
         from ray.cluster_utils import Cluster
 
@@ -92,9 +101,9 @@ def main() -> int:
                 cluster.shutdown()
     print(f"{args.files} street clips of {args.width}x{args.height}, {args.frames} frames each, pose model at "
           f"imgsz {cfg.anonymizer.detector.imgsz}, CPU, {os.cpu_count()} cores")
-    print(f"{'how':36} {'seconds':>8} {'files':>6} {'files/min':>10}")
+    print(f"{"how":40} {'seconds':>8} {'files':>6} {'files/min':>10}")
     for how, seconds, files in rows:
-        print(f"{how:36} {seconds:8.1f} {files:6d} {60 * files / seconds:10.1f}")
+        print(f"{how:40} {seconds:8.1f} {files:6d} {60 * files / seconds:10.1f}")
     return 0
 
 

@@ -125,6 +125,38 @@ def test_engine_frames_equal_the_inline_reference(clip, models_dir, tmp_path, st
     assert launcher.done["cam"].frames == FRAMES
 
 
+@pytest.mark.parametrize("stride", [1, 2])
+def test_inline_detects_a_files_frames_in_batches_where_the_schedule_lets_them_wait(clip, models_dir, tmp_path,
+                                                                                    stride):
+    """A Ray worker or a batch runs the inline path: on a GPU, frames detected one by one leave it idle.
+    At stride 1 a file's frames go to the detector `max_batch` at a time (torch: one forward pass), with
+    the pixels of one at a time (the engine test's tolerance for batched CPU convolutions); with a
+    stride, which frame is detected next depends on the last detection, so each runs alone."""
+    cfg = engine_config(tmp_path, models_dir, {"cam": clip.video})
+    cfg.anonymizer.detector.backend = "torch"  # exported models run one frame at a time whatever they get
+    cfg.anonymizer.detector.stride, cfg.anonymizer.detector.stride_mode = stride, "fixed"
+    outputs, sizes = {}, []
+    with DetectStage(cfg.anonymizer, max_batch=4) as detect:
+        assert detect.detector.batches
+        one_at_a_time = detect.process
+        detect.process = lambda images: sizes.append(len(images)) or one_at_a_time(images)
+        for batch in (1, 4):
+            sizes.clear()
+            frames = iter(VideoReader(str(clip.video)))
+            composite = CompositeStage(cfg.anonymizer)
+            ahead = composite.start("cam", False, WIDTH, HEIGHT)
+            outputs[batch] = [image for _, image, _ in anonymize_frames(
+                frames, detect, composite, cfg.anonymizer.hold.lookahead_frames, ahead=ahead, batch=batch)]
+    if stride == 1:
+        assert sizes == [4] * (FRAMES // 4)
+    else:
+        assert sizes == [1] * len(range(0, FRAMES, stride)) + [1]  # and the file's last frame
+    assert len(outputs[4]) == len(outputs[1]) == FRAMES
+    differing = [np.count_nonzero((a != b).any(axis=2)) / a[..., 0].size for a, b in zip(outputs[4], outputs[1])]
+    assert max(differing) <= 0.001, differing
+    assert sum(d == 0 for d in differing) >= 0.99 * FRAMES - 1
+
+
 def test_three_cameras_batched_and_shared_out_to_two_compositors_and_two_encoders_behind_one_tap(
     clip, models_dir, tmp_path
 ):
