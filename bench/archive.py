@@ -101,7 +101,7 @@ def main() -> int:
                 cluster.shutdown()
     print(f"{args.files} street clips of {args.width}x{args.height}, {args.frames} frames each, pose model at "
           f"imgsz {cfg.anonymizer.detector.imgsz}, CPU, {os.cpu_count()} cores")
-    print(f"{"how":40} {'seconds':>8} {'files':>6} {'files/min':>10}")
+    print(f"{'how':40} {'seconds':>8} {'files':>6} {'files/min':>10}")
     for how, seconds, files in rows:
         print(f"{how:40} {seconds:8.1f} {files:6d} {60 * files / seconds:10.1f}")
     return 0
