@@ -19,6 +19,7 @@ from anonengine.detections import NUM_KEYPOINTS, Detections, box_iou
 
 LOOKAHEAD_MIN_IOU = 0.2
 TRACK_MIN_IOU = 0.2  # what Ultralytics' ByteTrack matches on (its match_thresh 0.8 is a cost, 1 - IoU)
+TRACKER_RATE = 30.0  # the tracker's frames per second: its budgets are in 30-fps frames
 
 
 class MaskHold:
@@ -30,10 +31,22 @@ class MaskHold:
         self._detections = supervision.Detections
         # frame_rate 30 makes `lost_track_buffer` a number of frames (the library counts it in 30-fps frames).
         self.tracker = ByteTrackTracker(
-            lost_track_buffer=cfg.hold_frames, frame_rate=30.0, track_activation_threshold=cfg.track_thresh,
+            lost_track_buffer=cfg.hold_frames, frame_rate=TRACKER_RATE, track_activation_threshold=cfg.track_thresh,
             high_conf_det_threshold=cfg.track_thresh, minimum_iou_threshold=TRACK_MIN_IOU,
             minimum_consecutive_frames=2,
         )  # fmt: skip
+        # Ages count frames, not detections: with a stride the tracker hears of every 2nd or 3rd frame, and
+        # a lost person held for `hold_frames` detections would stay hidden two or three times as long, over
+        # a background never learnt again. So each update carries its frame's time (1/30 s a frame, which
+        # the tracker's Kalman steps and its lost-track budget count in), the budget half a frame over
+        # `hold_frames` so that sums of 1/30 rounding up never drop a track a frame early.
+        self.tracker.maximum_time_without_update = (cfg.hold_frames + 0.5) / TRACKER_RATE
+        self.frame = -1  # frames this hold has seen
+        # Each track's box when last matched, keyed by identity with the tracklet held (its id cannot go to
+        # another meanwhile): a lost track is held at least that size, since the Kalman filter extrapolates a
+        # box's size as well as its place, and a detector's boxes of a small person vary in height by a
+        # quarter from frame to frame: predicted two frames on (a stride), one shrank off a person's feet.
+        self.last_seen: dict[int, tuple[object, np.ndarray]] = {}
         self.coasted = 0  # frames since the last detection (detector.stride)
 
     def update(self, detections: Detections) -> Detections:
@@ -42,6 +55,7 @@ class MaskHold:
         A frame the detector did not look at (`detected` False) leaves the tracker as it is: every
         track, new ones too, is hidden at its last box, grown for the frames since it was seen.
         """
+        self.frame += 1
         if not detections.detected:
             self.coasted += 1
             return with_extra_boxes(detections, self.coasting_boxes(detections.frame_shape))
@@ -50,11 +64,16 @@ class MaskHold:
         # Keyed by identity, the tracklet held too: a pruned one's id could otherwise go to a new one.
         before = {id(t): (t, t.get_state_bbox().copy()) for t in self.tracker.tracks if t.time_since_update == 0}
         self.tracker.update(self._detections(xyxy=detections.boxes.astype(np.float32).reshape(-1, 4),
-                                             confidence=detections.scores.astype(np.float32)))
+                                             confidence=detections.scores.astype(np.float32)),
+                            timestamp=self.frame / TRACKER_RATE)
         # A person found again is also hidden where they were the frame before: where persons overlap,
         # the detector's box for the one behind can shrink by more than their step (measured: 5 px of
         # a 40-px-wide person, 1% of them shown), and a box never shrinks faster than a person moves.
         followed = [before[id(t)][1] for t in self.tracker.tracks if t.time_since_update == 0 and id(t) in before]
+        alive = {id(t) for t in self.tracker.tracks}
+        self.last_seen = {key: seen for key, seen in self.last_seen.items() if key in alive}
+        self.last_seen.update((id(t), (t, t.get_state_bbox().copy())) for t in self.tracker.tracks
+                              if t.time_since_update == 0)
         held = np.concatenate([self.held_boxes(detections.frame_shape),
                                np.array(followed, np.float32).reshape(-1, 4)])
         if not len(held):
@@ -63,12 +82,23 @@ class MaskHold:
 
     def held_boxes(self, shape: tuple[int, int]) -> np.ndarray:
         """Lost tracks (the library keeps only confirmed ones once lost) at their predicted boxes."""
-        return self._grown([(t.get_state_bbox(), t.time_since_update) for t in self.tracker.tracks
-                            if 0 < t.time_since_update <= self.cfg.hold_frames], shape)
+        aged = [(self._held_box(t), frames_lost(t)) for t in self.tracker.tracks]
+        return self._grown([(box, age) for box, age in aged if 0 < age <= self.cfg.hold_frames], shape)
 
     def coasting_boxes(self, shape: tuple[int, int]) -> np.ndarray:
-        aged = [(t.get_state_bbox(), t.time_since_update + self.coasted) for t in self.tracker.tracks]
+        aged = [(self._held_box(t), frames_lost(t) + self.coasted) for t in self.tracker.tracks]
         return self._grown([(box, age) for box, age in aged if age <= self.cfg.hold_frames], shape)
+
+    def _held_box(self, track) -> np.ndarray:
+        """Where a track is predicted, at least the size it had when last matched (its place there would
+        be stale by the camera's motion since: a fast pan smeared it over the background)."""
+        predicted = track.get_state_bbox()
+        seen = self.last_seen.get(id(track))
+        if seen is None:
+            return predicted
+        center = (predicted[:2] + predicted[2:]) / 2
+        half = np.maximum(predicted[2:] - predicted[:2], seen[1][2:] - seen[1][:2]) / 2
+        return np.concatenate([center - half, center + half])
 
     def _grown(self, boxes_and_age: list, shape: tuple[int, int]) -> np.ndarray:
         """Boxes grown by `grow_per_frame` of their size per frame of age, clipped to the frame."""
@@ -86,7 +116,13 @@ class MaskHold:
 
     def reset(self) -> None:
         self.tracker.reset()
+        self.last_seen.clear()
         self.coasted = 0
+
+
+def frames_lost(track) -> int:
+    """Frames since the tracker last matched the track (0: matched at its last update)."""
+    return round(track.time_since_update_seconds * TRACKER_RATE)
 
 
 def with_extra_boxes(detections: Detections, boxes: np.ndarray) -> Detections:
