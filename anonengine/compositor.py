@@ -7,7 +7,7 @@ composite stage use the same class, so their outputs are the same.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import cv2
 import numpy as np
@@ -27,12 +27,13 @@ OBSCURED_GREY = 128
 @dataclass(frozen=True)
 class Learnt:
     """A frame learnt from, to be drawn: its mask's soft regions, who gets a skeleton, its place in the
-    background."""
+    background, and who is reported in its metadata."""
 
     regions: list[Region]
     boxes: np.ndarray
     keypoints: np.ndarray
     view: View
+    persons: Detections  # what the frame's metadata reports: the detector's persons, or moved on between two
 
 
 class Compositor:
@@ -68,6 +69,7 @@ class Compositor:
             raise ValueError(f"detections for a {detections.frame_shape} frame given a {frame.shape[:2]} frame")
         upcoming = next(((i + 1, f) for i, f in enumerate(future) if f.detected), None)
         future = [f for f in future if f.detected]
+        reported = detections
         if detections.detected:
             self._last_found, self._since_found = detections, 0
         else:
@@ -84,6 +86,7 @@ class Compositor:
             if last is not None:
                 between = in_between(last, upcoming, self._since_found)
                 detections = detections.with_persons(between.boxes, between.scores, between.keypoints)
+                reported = replace(between, detected=False)
         if self.hold is not None:
             detections = self.hold.update(detections)
         if future:
@@ -99,7 +102,7 @@ class Compositor:
         # Only confident persons get a skeleton; weaker ones (and held tracks) are hidden, not drawn.
         posed = (detections.scores >= self.cfg.pose.person_conf) & self.cfg.pose.enabled
         return Learnt(soft_regions(mask, self.cfg.mask), detections.boxes[posed], detections.keypoints[posed],
-                      self.background.view)
+                      self.background.view, reported)
 
     def render(self, frame: np.ndarray, learnt: Learnt) -> np.ndarray:
         """The anonymized copy of a learnt frame, with the background as known now."""

@@ -49,11 +49,11 @@ class DetectorConfig(StrictModel):
     )
     threads: int = Field(0, ge=0, le=256, description="CPU inference threads; 0 = every core this process may use.")
     stride: int = Field(
-        1, ge=1, le=30,
+        2, ge=1, le=30,
         description="Detect on every Nth frame at most; the boxes of the detections on either side (held by "
-        "the tracker) hide persons on the frames between (needs hold.enabled with hold_frames >= stride). "
-        "bench/privacy.py finds no leak up to 3 for persons walking; at 4 fixed, a person entering at a frame "
-        "edge shows in some frames; persons crossing fast can show at 3 (README).",
+        "the tracker) hide persons on the frames between (needs hold.enabled with hold_frames >= stride and "
+        "lookahead_frames >= stride - 1). 2 (adaptive) is checked by bench/privacy.py and the tests; at 3, two "
+        "persons crossing fast can show; 1 detects every frame (README).",
     )
     stride_mode: Literal["adaptive", "fixed"] = Field(
         "adaptive",
@@ -169,10 +169,20 @@ class AnonymizerConfig(StrictModel):
 
     @model_validator(mode="after")
     def _stride_needs_the_hold(self):
+        # The default stride (2) needs what a config may turn off (the hold, the look-ahead, for the lowest
+        # latency): then the default is to detect every frame. A stride set explicitly is checked below.
+        wants_every_frame = not (self.hold.enabled and self.hold.hold_frames >= 2 and self.hold.lookahead_frames >= 1)
+        if "stride" not in self.detector.model_fields_set and self.detector.stride > 1 and wants_every_frame:
+            self.detector.stride = 1
         if self.detector.stride > 1 and not (self.hold.enabled and self.hold.hold_frames >= self.detector.stride):
             raise ValueError(
                 f"detector.stride {self.detector.stride} needs hold.enabled with hold.hold_frames >= "
                 f"{self.detector.stride}: the frames between detections are hidden by the held boxes"
+            )
+        if self.hold.lookahead_frames < self.detector.stride - 1:
+            raise ValueError(
+                f"detector.stride {self.detector.stride} needs hold.lookahead_frames >= {self.detector.stride - 1}: "
+                "a frame between detections is hidden by the detections on either side of it"
             )
         return self
 

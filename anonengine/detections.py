@@ -120,12 +120,15 @@ class Detections:
         return out
 
     def to_meta(self) -> list[dict]:
-        """Per-person metadata as plain lists (JSON and msgpack friendly)."""
+        """Per-person metadata as plain lists (JSON and msgpack friendly). On a frame the detector did not
+        look at, persons are `interpolated`: where they are between the detections on either side."""
+        extra = {} if self.detected else {"interpolated": True}
         return [
             {
                 "box": [round(float(v), 1) for v in box],
                 "score": round(float(score), 4),
                 "keypoints": [[round(float(x), 1), round(float(y), 1), round(float(c), 3)] for x, y, c in kps],
+                **extra,
             }
             for box, score, kps in zip(self.boxes, self.scores, self.keypoints)
         ]

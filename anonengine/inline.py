@@ -108,7 +108,7 @@ def _run_camera(cam: CameraConfig, cfg: EngineConfig, detect: DetectStage, progr
 def anonymize_frames(frames: Iterable[Frame], detect: DetectStage, composite: CompositeStage, lookahead: int,
                      stop: Callable[[], bool] = lambda: False, flush_on_stop: bool = True, ahead: int = 0,
                      batch: int = 1) -> Iterator[tuple[Frame, np.ndarray, Detections | None]]:
-    """(frame, anonymized image, detections or None when obscured) for each frame, in order.
+    """(frame, anonymized image, the persons it reports or None when obscured) for each frame, in order.
 
     The same timeline as the engine's compositor: a frame is learnt once the detections of the next
     `lookahead` frames are known (here, right after they are detected), and rendered once `ahead` more
@@ -118,7 +118,7 @@ def anonymize_frames(frames: Iterable[Frame], detect: DetectStage, composite: Co
     each other: at stride 1. A live source gains nothing from it worth the latency: batch 1.
     """
     timeline: Timeline[Frame, tuple[Detections | None, bool]] = Timeline(lookahead)
-    waiting: deque[tuple[Frame, Learnt | None, Detections | None]] = deque()
+    waiting: deque[tuple[Frame, Learnt | None]] = deque()
     schedule = detect.schedule()
     wanted: list[Frame] = []  # frames to detect together, up to `batch`
     frames_seen = 0
@@ -136,7 +136,7 @@ def anonymize_frames(frames: Iterable[Frame], detect: DetectStage, composite: Co
         if stop():
             break
         frames_seen = frame.seq + 1
-        if schedule.wants(frame.seq, frame.last):
+        if schedule.wants(frame.seq, frame.pts, frame.last):
             wanted.append(frame)
             # With a stride, the frames the schedule wants next depend on this detection: it runs now.
             if len(wanted) < batch and not schedule.pending:
@@ -162,12 +162,14 @@ def _learn_turns(timeline: Timeline, composite: CompositeStage, waiting: deque) 
     while (turn := timeline.next()) is not None:
         detections, _ = turn.result
         future = [d for d, _ in timeline.future(turn.seq)]
-        waiting.append((turn.item, composite.learn(turn.item, detections, future), detections))
+        waiting.append((turn.item, composite.learn(turn.item, detections, future)))
         timeline.done(turn.seq)
 
 
-def _rendered(composite: CompositeStage, frame: Frame, learnt: Learnt | None, detections: Detections | None):
-    return frame, composite.render(frame, learnt), detections
+def _rendered(composite: CompositeStage, frame: Frame, learnt: Learnt | None):
+    """(frame, its image, its persons: the detector's, or between two detections those moved on; None when
+    it is obscured)."""
+    return frame, composite.render(frame, learnt), None if learnt is None else learnt.persons
 
 
 def _progress_bar(total: int, camera: str, enabled: bool):

@@ -110,6 +110,17 @@ class Detected(Message):
     batch: int = 1
 
 
+class ScheduleState(Message):
+    """A camera's detection schedule (`schedule.DetectionSchedule`), kept in the run folder by the detector
+    that runs it, for the one that takes over if it dies: not sent on a socket."""
+
+    last_seq: int | None
+    awaiting: int | None
+    busy: bool
+    known: PackedDetections | None
+    decided: tuple[tuple[int, int, bool], ...]  # (seq, pts, wanted) of the latest frames
+
+
 class StreamEnd(Message):
     """No frame of `camera` has seq >= `frames`. With `error`, the stream failed: discard its output.
 
@@ -251,7 +262,8 @@ class TapHeader(Message):
 
 
 AnyMessage = Union[StreamInfoMsg, FrameRef, Detected, StreamEnd, Dropped, Release, Received, Progress, Redeliver,
-                   OutFrame, CameraDone, SourceStatus, Stats, Attach, Detach, StatusRequest, Reply, TapHeader]
+                   OutFrame, CameraDone, SourceStatus, Stats, Attach, Detach, StatusRequest, Reply, TapHeader,
+                   ScheduleState]
 MESSAGE_TYPES = {cls.__name__: cls for cls in AnyMessage.__args__}
 
 _encoder = msgspec.msgpack.Encoder()

@@ -10,6 +10,11 @@ detection shows such a change, and otherwise at every `stride`-th frame; a fixed
 The decision for a frame depends only on the detections of the frames before it, so the engine and
 `--inline` skip the same frames and give the same pixels; the engine's detector therefore holds a
 camera's next frame back while a detection of that camera is still running (`pending`).
+
+A frame offered again (a capture, detector or encoder restarted, and the frames in flight sent again)
+gets the decision it got the first time: the schedule remembers the last `REMEMBERED` decisions, by
+frame and timestamp, and a detector that restarts reads back its predecessor's schedule (`snapshot`,
+`restore`). So a restart does not change which frames are detected, nor the output's pixels.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from __future__ import annotations
 import numpy as np
 
 from anonengine.detections import Detections, box_iou
+from anonengine.messages import ScheduleState, pack_detections, unpack_detections
 
 # A person of the last detection is new (or moved too far to be told from a new one) when no box of the
 # detection before overlaps them this much; stride 3 of a walking person far away overlaps by about 0.5.
@@ -24,23 +30,41 @@ SAME_PERSON_IOU = 0.3
 # A box at a frame edge (within `edge` of the frame's size) that changed by more than this share of its
 # size since the detection before is a person entering or leaving: half of them is not in the picture.
 EDGE_CHANGE = 0.1
+# Decisions remembered, for frames offered again: more than a camera's frames in flight (engine.ring_slots).
+REMEMBERED = 512
 
 
 class DetectionSchedule:
-    """One camera's schedule: `wants(seq)` for each frame in order; `saw(seq, detections)` for each frame
+    """One camera's schedule: `wants(seq, pts)` for each frame in order; `saw(seq, detections)` for each frame
     it wanted, once its detections (None: the detection failed) are known."""
 
     def __init__(self, stride: int, adaptive: bool, edge: float) -> None:
         self.stride, self.adaptive, self.edge = stride, adaptive, edge
         self.last_seq: int | None = None  # the last frame wanted
+        self.awaiting: int | None = None  # the last frame wanted, until its detections are known
         self.known: Detections | None = None  # the last detections known
-        self.pending = False  # a frame wanted, its detections not known yet
         self.busy = True  # someone entering or leaving in the last detection: look at every frame
+        self.decided: dict[tuple[int, int], bool] = {}  # (seq, pts) -> wanted, the latest REMEMBERED frames
 
-    def wants(self, seq: int, last: bool = False) -> bool:
-        """Whether to detect frame `seq`. A frame at or before the last one wanted (a stream that began
-        again, a frame offered again after a restart) is always looked at, and so is a file's `last` frame:
-        no detection after it tells where a person went."""
+    @property
+    def pending(self) -> bool:
+        """Whether the next frame's decision waits for a detection still running. At stride 1 every frame is
+        wanted whatever a detection finds: nothing need wait for it, and a camera's frames batch together."""
+        return self.awaiting is not None and self.stride > 1
+
+    def can_decide(self, seq: int, pts: int) -> bool:
+        """Whether `wants` can answer for the frame now: not while a detection it depends on is running, unless
+        the frame was decided before (offered again; it may be the very frame awaited)."""
+        return not self.pending or (seq, pts) in self.decided
+
+    def wants(self, seq: int, pts: int, last: bool = False) -> bool:
+        """Whether to detect frame `seq` (at `pts`). A frame offered again gets the decision it got before. An
+        earlier frame not seen before (a stream that began again) is looked at, as what follows it is, until
+        the detections tell again who is there; so is a file's `last` frame: no detection after it tells where
+        a person went."""
+        key = (seq, pts)
+        if key in self.decided:
+            return self.decided[key]
         if self.last_seq is not None and seq <= self.last_seq:
             self.known, self.busy = None, True  # what came after is not what comes now: start over
         if self.stride == 1 or self.known is None or last:
@@ -50,17 +74,29 @@ class DetectionSchedule:
         else:
             wanted = seq - self.last_seq >= (1 if self.busy else self.stride)
         if wanted:
-            # At stride 1 every frame is wanted whatever a detection finds: nothing need wait for it, and
-            # a camera's frames batch together.
-            self.last_seq, self.pending = seq, self.stride > 1
+            self.last_seq = self.awaiting = seq
+        self.decided[key] = wanted
+        if len(self.decided) > REMEMBERED:
+            del self.decided[next(iter(self.decided))]
         return wanted
 
     def saw(self, seq: int, detections: Detections | None) -> None:
-        if seq != self.last_seq:
-            return  # an older frame's answer (a redelivery): the schedule has moved on
-        self.pending = False
+        if seq != self.awaiting:
+            return  # an older frame's answer (offered again): the schedule has moved on
+        self.awaiting = None
         self.busy = detections is None or self.known is None or changing(self.known, detections, self.edge)
         self.known = detections
+
+    def snapshot(self) -> ScheduleState:
+        """The schedule's state, for a successor (`restore`)."""
+        return ScheduleState(self.last_seq, self.awaiting, self.busy,
+                             None if self.known is None else pack_detections(self.known),
+                             tuple((seq, pts, wanted) for (seq, pts), wanted in self.decided.items()))
+
+    def restore(self, state: ScheduleState) -> None:
+        self.last_seq, self.awaiting, self.busy = state.last_seq, state.awaiting, state.busy
+        self.known = None if state.known is None else unpack_detections(state.known)
+        self.decided = {(seq, pts): wanted for seq, pts, wanted in state.decided}
 
 
 def changing(before: Detections, now: Detections, edge: float) -> bool:

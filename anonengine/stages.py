@@ -147,12 +147,16 @@ class CompositeStage(Stage):
     def learn(self, frame: Frame, detections: Detections | None, future: list[Detections | None] = ()
               ) -> Learnt | None:
         """Hides the frame's persons and learns its background; None when it is to be obscured whole
-        (no detections: fail closed).
+        (no detections, or not detected with no detection after it: fail closed).
 
         `future`: detections of the next `hold.lookahead_frames` frames (fewer at the end of a stream),
         in order; None for a frame whose detection failed, which tells as little as one not detected.
         """
         if detections is None:
+            return None
+        if not detections.detected and not any(f is not None and f.detected for f in future):
+            # Between detections (detector.stride), with none after it: the stream ended first (a live camera
+            # stopped). Nothing tells where a person went from the last detection: fail closed.
             return None
         compositor = self.compositors.get(frame.camera)
         if compositor is None:

@@ -103,9 +103,10 @@ def wall_table(clip, out: Path, frames: int) -> None:
     seed_fps(clip, out, 640)
     seed_wall = time.perf_counter() - started
     rows = [("seed algorithm (torch x2, float32)", seed_wall, math.nan)]
-    for name, flags in (("anonengine run (defaults)", ()), ("anonengine run --inline", ("--inline",)),
+    for name, flags in (("anonengine run (defaults: adaptive stride 2)", ()),
+                        ("anonengine run --stride 1", ("--stride", "1")),
+                        ("anonengine run --inline", ("--inline",)),
                         ("anonengine run --future-frames 0", ("--future-frames", "0")),
-                        ("anonengine run --stride 2", ("--stride", "2")),
                         ("anonengine run --stride 3", ("--stride", "3")),
                         ("anonengine run --stride 3 --stride-mode fixed", ("--stride", "3", "--stride-mode", "fixed")),
                         ("anonengine run --resample lanczos", ("--resample", "lanczos")),

@@ -120,7 +120,7 @@ def scheduled(detections: list[Detections], cfg: AnonymizerConfig) -> list[Detec
     schedule = DetectStage(cfg).schedule()
     out = []
     for seq, found in enumerate(detections):
-        if schedule.wants(seq, last=seq == len(detections) - 1):
+        if schedule.wants(seq, seq, last=seq == len(detections) - 1):
             schedule.saw(seq, found)
             out.append(found)
         else:
@@ -249,6 +249,7 @@ def main() -> None:
                         help="background.resample of the anonengine methods")
     args = parser.parse_args()
     live = AnonymizerConfig()
+    live.detector.stride = 1  # live, file, perfect: every frame detected; the strides have rows of their own
     live.background.resample = args.resample
     live.detector.pose_model = str(models.pull("yolo11n-pose.pt"))
     live.pose.enabled = False  # the seed's algorithm here draws none either: bg err measures reconstruction

@@ -46,6 +46,8 @@ class CaptureService(Service):
         self._source_reported: tuple | None = None
         self.ring: FrameRing | None = None
         self.inflight: dict[int, InFlight] = {}
+        self.redeliver_all = False  # a stage downstream restarted: every frame in flight is offered again
+        self.redelivering = False
         self.free_slots: list[int] = []
         self.seq = 0
         self.resume_from = resume_from  # a restarted capture of a file: frames before it are encoded already
@@ -197,7 +199,7 @@ class CaptureService(Service):
             return
         for release in receive_waiting(self.releases, self.malformed):
             if isinstance(release, messages.Redeliver):
-                self._redeliver_late(everything=True)
+                self.redeliver_all = True
                 continue
             if not isinstance(release, messages.Release):
                 self.malformed(messages.MessageError(f"unexpected {type(release).__name__} on the release socket"))
@@ -205,10 +207,23 @@ class CaptureService(Service):
             done = self.inflight.pop(release.seq, None)
             if done is not None:
                 self.free_slots.append(done.ref.slot)
+        if self.redeliver_all and not self.redelivering:  # not within a redelivery: it starts over after it
+            self._redeliver_late(everything=True)
 
     def _redeliver_late(self, everything: bool = False) -> None:
         """Offers again the frames in flight for longer than `redeliver_after_s` (or all of them, when a stage
         downstream restarted), after announcing the stream again for a restarted compositor."""
+        self.redelivering = True
+        self.redeliver_all &= not everything
+        try:
+            self._offer_again(everything)
+            while self.redeliver_all:  # another stage restarted meanwhile
+                self.redeliver_all = False
+                self._offer_again(everything=True)
+        finally:
+            self.redelivering = False
+
+    def _offer_again(self, everything: bool) -> None:
         now = time.monotonic()
         late = [f for f in self.inflight.values()
                 if everything or now - f.sent_at > self.cfg.engine.redeliver_after_s]
@@ -219,11 +234,14 @@ class CaptureService(Service):
             return
         for f in sorted(late, key=lambda f: f.ref.seq):
             send(self.downstream, f.ref)  # and each frame's deadline
-            if not self._dispatch(f.ref, wait=False):
+            # After a restart, every frame in flight goes out again in order, before any new one: a detector
+            # decides which frames to detect in order (`detector.stride`), and one taken over from a dead
+            # detector must see them as its predecessor did to decide the same.
+            if not self._dispatch(f.ref, wait=everything):
                 continue
             f.sent_at = now
             self.count("redelivered")
-        self.log.warning("offered %d late frame(s) again (from seq %d)", len(late), late[0].ref.seq)
+        self.log.warning("offered %d late frame(s) again (from seq %d)", len(late), min(f.ref.seq for f in late))
 
     def reports(self, force: bool) -> list:
         """A live source's state, when it changed."""

@@ -256,7 +256,7 @@ class CompositeService(Service):
         detections = self._detections_of(state, result, image_in.shape[:2])
         state.decoded.pop(ref.seq, None)
         learnt = self.compositing.learn(frame, detections, self._future(state, ref.seq, image_in.shape[:2]))
-        persons = detections.to_meta() if detections is not None else []
+        persons = learnt.persons.to_meta() if learnt is not None else []
         state.waiting.append(Waiting(ref, frame, learnt, persons))
         state.inputs_held[ref.seq] = ref.slot
         state.timeline.done(ref.seq)

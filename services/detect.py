@@ -104,13 +104,11 @@ class DetectService(Service):
     def _detect(self, batch: list[messages.FrameRef]) -> None:
         views, states, readable = [], [], []
         for ref in batch:
-            if ref.camera not in self.schedules:
-                self.schedules[ref.camera] = self.detector.schedule()
-            schedule = self.schedules[ref.camera]
-            if schedule.pending:
+            schedule = self._schedule(ref.camera)
+            if not schedule.can_decide(ref.seq, ref.pts):
                 self.held.append(ref)
                 continue
-            if not schedule.wants(ref.seq, ref.last):
+            if not schedule.wants(ref.seq, ref.pts, ref.last):
                 self._answer(ref, "skipped", None, 0)
                 continue
             try:
@@ -124,6 +122,7 @@ class DetectService(Service):
             states.append(state)
             readable.append(ref)
         if not readable:
+            self._keep_schedules(batch)
             return
         started = time.perf_counter()
         found = self.detector.process(views)
@@ -140,6 +139,34 @@ class DetectService(Service):
                 status = "failed" if det is None else "ok"
             self.schedules[ref.camera].saw(ref.seq, det)
             self._answer(ref, status, None if det is None else messages.pack_detections(det), len(readable))
+        self._keep_schedules(batch)
+
+    def _schedule(self, camera: str) -> DetectionSchedule:
+        """The camera's schedule: new, or as this worker's predecessor left it (it died mid-stream)."""
+        if camera not in self.schedules:
+            schedule = self.schedules[camera] = self.detector.schedule()
+            try:
+                state = messages.decode(self._schedule_path(camera).read_bytes())
+            except (OSError, messages.MessageError):
+                return schedule
+            if isinstance(state, messages.ScheduleState):
+                schedule.restore(state)
+                self.log.info("%s: schedule taken over from the last frame it wanted, %s", camera, state.last_seq)
+        return self.schedules[camera]
+
+    def _keep_schedules(self, batch: list[messages.FrameRef]) -> None:
+        """Writes the schedules of the batch's cameras where a successor finds them. At stride 1 every frame is
+        wanted: there is nothing to keep."""
+        if self.cfg.anonymizer.detector.stride == 1:
+            return
+        for camera in {ref.camera for ref in batch}:
+            path = self._schedule_path(camera)
+            staged = path.with_name(f"{path.name}.partial")
+            staged.write_bytes(messages.encode(self.schedules[camera].snapshot()))
+            os.replace(staged, path)
+
+    def _schedule_path(self, camera: str):
+        return self.endpoints.dir / f"schedule-{self.camera}-{camera}"
 
     def _answer(self, ref, status: str, persons, batch: int) -> None:
         self.results.send(ref.composite, messages.Detected(ref, status, persons, worker=self.camera, batch=batch))

@@ -300,6 +300,7 @@ def inline_config(clip, models_dir: Path, out_dir: Path, on_detector_error: str)
     cfg.anonymizer.detector.device = "cpu"
     cfg.anonymizer.detector.imgsz = 320
     cfg.anonymizer.on_detector_error = on_detector_error
+    cfg.engine.max_batch = 1  # a file's frames one at a time: the detector fails from its second frame on
     return cfg
 
 

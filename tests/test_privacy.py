@@ -45,15 +45,16 @@ def run_blind(clip, tmp_path, models_dir, monkeypatch, hold: bool, zones=None):
         found = real_detect(self, frames)
         if not frames[0].any():
             return found  # the torch backend's warm-up on a blank image, not a video frame
-        index = calls["n"]
-        calls["n"] += 1
-        return [Detections.empty(d.frame_shape) if index in MISSED else d for d in found]
+        first = calls["n"]  # frames come one at a time or in batches (engine.max_batch): count frames
+        calls["n"] += len(frames)
+        return [Detections.empty(d.frame_shape) if first + i in MISSED else d for i, d in enumerate(found)]
 
     monkeypatch.setattr(PersonDetector, "detect", blind_detect)
     cfg = EngineConfig(cameras=[CameraConfig(name="c", source=str(clip.video), output=str(tmp_path / "out.mp4"),
                                              privacy_zones=zones or [])])
     cfg.anonymizer.detector.pose_model = str(models_dir / "yolo11n-pose.pt")
     cfg.anonymizer.detector.device = "cpu"
+    cfg.anonymizer.detector.stride = 1  # every frame goes to the (blind) detector
     cfg.anonymizer.hold.enabled = hold
     cfg.anonymizer.hold.lookahead_frames = 0  # the hold alone is under test
     run_inline(cfg)
