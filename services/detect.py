@@ -147,11 +147,15 @@ class DetectService(Service):
             schedule = self.schedules[camera] = self.detector.schedule()
             try:
                 state = messages.decode(self._schedule_path(camera).read_bytes())
-            except (OSError, messages.MessageError):
-                return schedule
-            if isinstance(state, messages.ScheduleState):
-                schedule.restore(state)
-                self.log.info("%s: schedule taken over from the last frame it wanted, %s", camera, state.last_seq)
+                if isinstance(state, messages.ScheduleState):
+                    schedule.restore(state)
+                    self.log.info("%s: schedule taken over from the last frame it wanted, %s", camera,
+                                  state.last_seq)
+            except FileNotFoundError:
+                pass
+            except (OSError, ValueError, messages.MessageError) as exc:  # torn or foreign: start afresh
+                self.schedules[camera] = self.detector.schedule()
+                self.log.warning("%s: predecessor's schedule unreadable (%s); starting afresh", camera, exc)
         return self.schedules[camera]
 
     def _keep_schedules(self, batch: list[messages.FrameRef]) -> None:
