@@ -52,6 +52,20 @@ class Compositor:
         self._since_found = 0  # frames since then
         self._zones_mask: np.ndarray | None = None
 
+    def has_detection(self, shape: tuple[int, int]) -> bool:
+        """Whether a detection of this frame size came before (what a frame between detections is hidden by)."""
+        return self._last_found is not None and self._last_found.frame_shape == shape
+
+    def pass_obscured(self, detection_lost: bool) -> None:
+        """A frame goes out obscured, unlearnt: time goes on for the hold and between detections. With
+        `detection_lost` (its detection failed or came late) the detection before it no longer brackets the
+        frames after it: until the next one, a frame not detected is obscured too."""
+        self._since_found += 1
+        if detection_lost:
+            self._last_found = None
+        if self.hold is not None:
+            self.hold.pass_frame()
+
     def process(self, frame: np.ndarray, detections: Detections, future: list[Detections] = ()) -> np.ndarray:
         """The anonymized copy of `frame` (uint8 BGR); updates the background model.
 

@@ -115,7 +115,6 @@ class ScheduleState(Message):
     that runs it, for the one that takes over if it dies: not sent on a socket."""
 
     last_seq: int | None
-    awaiting: int | None
     busy: bool
     known: PackedDetections | None
     decided: tuple[tuple[int, int, bool], ...]  # (seq, pts, wanted) of the latest frames

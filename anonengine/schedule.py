@@ -19,6 +19,8 @@ frame and timestamp, and a detector that restarts reads back its predecessor's s
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 
 from anonengine.detections import Detections, box_iou
@@ -30,7 +32,7 @@ SAME_PERSON_IOU = 0.3
 # A box at a frame edge (within `edge` of the frame's size) that changed by more than this share of its
 # size since the detection before is a person entering or leaving: half of them is not in the picture.
 EDGE_CHANGE = 0.1
-# Decisions remembered, for frames offered again: more than a camera's frames in flight (engine.ring_slots).
+# Decisions remembered, for frames offered again, unless told how many frames a camera has in flight.
 REMEMBERED = 512
 
 
@@ -38,13 +40,14 @@ class DetectionSchedule:
     """One camera's schedule: `wants(seq, pts)` for each frame in order; `saw(seq, detections)` for each frame
     it wanted, once its detections (None: the detection failed) are known."""
 
-    def __init__(self, stride: int, adaptive: bool, edge: float) -> None:
-        self.stride, self.adaptive, self.edge = stride, adaptive, edge
+    def __init__(self, stride: int, adaptive: bool, edge: float, remember: int = REMEMBERED) -> None:
+        self.stride, self.adaptive, self.edge, self.remember = stride, adaptive, edge, remember
         self.last_seq: int | None = None  # the last frame wanted
+        self.last_decided: int | None = None  # the last frame decided, wanted or not
         self.awaiting: int | None = None  # the last frame wanted, until its detections are known
         self.known: Detections | None = None  # the last detections known
         self.busy = True  # someone entering or leaving in the last detection: look at every frame
-        self.decided: dict[tuple[int, int], bool] = {}  # (seq, pts) -> wanted, the latest REMEMBERED frames
+        self.decided: dict[tuple[int, int], bool] = {}  # (seq, pts) -> wanted, the latest `remember` frames
 
     @property
     def pending(self) -> bool:
@@ -75,8 +78,9 @@ class DetectionSchedule:
             wanted = seq - self.last_seq >= (1 if self.busy else self.stride)
         if wanted:
             self.last_seq = self.awaiting = seq
+        self.last_decided = seq
         self.decided[key] = wanted
-        if len(self.decided) > REMEMBERED:
+        if len(self.decided) > self.remember:
             del self.decided[next(iter(self.decided))]
         return wanted
 
@@ -88,15 +92,20 @@ class DetectionSchedule:
         self.known = detections
 
     def snapshot(self) -> ScheduleState:
-        """The schedule's state, for a successor (`restore`)."""
-        return ScheduleState(self.last_seq, self.awaiting, self.busy,
-                             None if self.known is None else pack_detections(self.known),
+        """The schedule's state between detections, for a successor (`restore`); outlines left out (`changing`
+        compares boxes)."""
+        known = None if self.known is None else pack_detections(replace(self.known, masks=None))
+        return ScheduleState(self.last_seq, self.busy, known,
                              tuple((seq, pts, wanted) for (seq, pts), wanted in self.decided.items()))
 
     def restore(self, state: ScheduleState) -> None:
-        self.last_seq, self.awaiting, self.busy = state.last_seq, state.awaiting, state.busy
+        """A predecessor's state. A frame it was detecting when it died comes again: decided as before, and its
+        detections are awaited again."""
+        self.last_seq, self.busy = state.last_seq, state.busy
         self.known = None if state.known is None else unpack_detections(state.known)
-        self.decided = {(seq, pts): wanted for seq, pts, wanted in state.decided}
+        self.decided = {(seq, pts): wanted for seq, pts, wanted in state.decided[-self.remember:]}
+        self.last_decided = max((seq for seq, _ in self.decided), default=None)
+        self.awaiting = None
 
 
 def changing(before: Detections, now: Detections, edge: float) -> bool:

@@ -18,7 +18,7 @@ from anonengine.compositor import Compositor, Learnt, obscured_frame
 from anonengine.config import AnonymizerConfig, EncoderConfig, SourcesConfig
 from anonengine.detections import Detections
 from anonengine.errors import DetectionError, InputError, OutputError
-from anonengine.schedule import DetectionSchedule
+from anonengine.schedule import REMEMBERED, DetectionSchedule
 from anonengine.sources import LiveFeed, classify
 from anonengine.video import Frame, StreamInfo, VideoReader, VideoWriter, partial_metadata_path
 
@@ -102,11 +102,13 @@ class DetectStage(Stage):
 
         self.detector = PersonDetector(self.cfg, self.max_batch)
 
-    def schedule(self) -> DetectionSchedule:
+    def schedule(self, in_flight: int = REMEMBERED) -> DetectionSchedule:
         """A new stream's schedule: which of its frames to detect (`detector.stride`); the others are hidden
-        by the boxes of the detections on either side of them."""
+        by the boxes of the detections on either side of them. `in_flight`: the most frames the stream can
+        have in flight, which the schedule remembers its decisions for (offered again after a restart)."""
         detector = self.cfg.detector
-        return DetectionSchedule(detector.stride, detector.stride_mode == "adaptive", self.cfg.mask.edge_snap)
+        return DetectionSchedule(detector.stride, detector.stride_mode == "adaptive", self.cfg.mask.edge_snap,
+                                 in_flight)
 
     def process(self, images: list[np.ndarray]) -> list[Detections | None]:
         try:
@@ -147,22 +149,26 @@ class CompositeStage(Stage):
     def learn(self, frame: Frame, detections: Detections | None, future: list[Detections | None] = ()
               ) -> Learnt | None:
         """Hides the frame's persons and learns its background; None when it is to be obscured whole
-        (no detections, or not detected with no detection after it: fail closed).
+        (no detections, or not detected without a detection on either side of it: fail closed).
 
         `future`: detections of the next `hold.lookahead_frames` frames (fewer at the end of a stream),
         in order; None for a frame whose detection failed, which tells as little as one not detected.
         """
-        if detections is None:
-            return None
-        if not detections.detected and not any(f is not None and f.detected for f in future):
-            # Between detections (detector.stride), with none after it: the stream ended first (a live camera
-            # stopped). Nothing tells where a person went from the last detection: fail closed.
-            return None
         compositor = self.compositors.get(frame.camera)
         if compositor is None:
             compositor = self.compositors[frame.camera] = Compositor(
                 self.cfg, self.privacy_zones.get(frame.camera), self.ahead.get(frame.camera, 0))
         shape = frame.image.shape[:2]
+        if detections is None:
+            compositor.pass_obscured(detection_lost=True)
+            return None
+        if not detections.detected and not (compositor.has_detection(shape)
+                                            and any(f is not None and f.detected for f in future)):
+            # Between detections (detector.stride), without one on either side: the stream ended first (a live
+            # camera stopped), the next detection failed or is late, or the one before was lost (late, or the
+            # compositor restarted). Nothing tells where a person is: fail closed.
+            compositor.pass_obscured(detection_lost=False)
+            return None
         return compositor.learn(frame.image, detections,
                                 [Detections.undetected(shape) if f is None else f for f in future])
 

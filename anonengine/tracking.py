@@ -80,6 +80,11 @@ class MaskHold:
             return detections
         return with_extra_boxes(detections, held)
 
+    def pass_frame(self) -> None:
+        """A frame not learnt (it went out obscured): the tracker's clock goes on all the same."""
+        self.frame += 1
+        self.coasted += 1
+
     def held_boxes(self, shape: tuple[int, int]) -> np.ndarray:
         """Lost tracks (the library keeps only confirmed ones once lost) at their predicted boxes."""
         aged = [(self._held_box(t), frames_lost(t)) for t in self.tracker.tracks]

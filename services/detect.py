@@ -25,6 +25,9 @@ LATENCY_BOUNDS_S = (0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
 BATCH_BOUNDS = (1, 2, 4, 8, 16, 32, 64)
 
 RESCAN_S = 0.5
+# A restarted detector waits this long at most for a camera's frames in flight to come again in order
+# (the launcher has the captures offer them again once it is ready): its schedule decides in order.
+CATCH_UP_S = 5.0
 
 
 class DetectService(Service):
@@ -37,9 +40,15 @@ class DetectService(Service):
         self.connected: set[str] = set()
         self._last_scan = 0.0
         self.schedules: dict[str, DetectionSchedule] = {}
-        # A camera's frames that came while its last wanted frame was still being detected: whether they
-        # are wanted depends on what that detection finds.
+        self.streams: dict[str, str] = {}  # camera -> the ring its frames come in (a new capture, a new ring)
+        self.catching_up: dict[str, float] = {}  # camera -> until when frames out of order wait (restarted)
+        # A camera's frames that came while its last wanted frame was still being detected, or out of order
+        # while catching up: whether they are wanted depends on the frames before them.
         self.held: deque[messages.FrameRef] = deque()
+        self.stalled = False  # the last round detected nothing: every frame in hand waits
+        # Decisions are remembered for the frames a camera can have in flight (its ring), and a batch more.
+        self.in_flight = (cfg.engine.ring_slots + cfg.anonymizer.background.future_frames
+                          + cfg.engine.max_batch)
 
     def setup(self) -> None:
         self.detector.setup()
@@ -73,15 +82,15 @@ class DetectService(Service):
     def _gather(self) -> list[messages.FrameRef]:
         """The frames held back, then up to max_batch new ones: waits for the first, then at most
         max_wait_ms for the rest."""
-        batch = list(self.held)
+        batch, waiting = list(self.held), len(self.held)
         self.held.clear()
-        if not self.frames_in.poll(0 if batch else POLL_MS):
+        if not self.frames_in.poll(0 if batch and not self.stalled else POLL_MS):
             return batch
         batch.extend(self._decoded(self.frames_in.recv()))
         # A backend that runs frames one at a time gains nothing from a fuller batch: take what is there.
         wait_ms = self.cfg.engine.max_wait_ms if self.detector.detector.batches else 0
         deadline = time.monotonic() + wait_ms / 1000
-        while len(batch) < self.cfg.engine.max_batch:
+        while len(batch) - waiting < self.cfg.engine.max_batch:  # frames held back never starve the others
             left = deadline - time.monotonic()
             if left <= 0 and not self.frames_in.poll(0):
                 break
@@ -104,8 +113,8 @@ class DetectService(Service):
     def _detect(self, batch: list[messages.FrameRef]) -> None:
         views, states, readable = [], [], []
         for ref in batch:
-            schedule = self._schedule(ref.camera)
-            if not schedule.can_decide(ref.seq, ref.pts):
+            schedule = self._schedule(ref)
+            if not schedule.can_decide(ref.seq, ref.pts) or self._out_of_order(ref, schedule):
                 self.held.append(ref)
                 continue
             if not schedule.wants(ref.seq, ref.pts, ref.last):
@@ -121,6 +130,7 @@ class DetectService(Service):
             views.append(view)
             states.append(state)
             readable.append(ref)
+        self.stalled = len(self.held) == len(batch)
         if not readable:
             self._keep_schedules(batch)
             return
@@ -141,33 +151,63 @@ class DetectService(Service):
             self._answer(ref, status, None if det is None else messages.pack_detections(det), len(readable))
         self._keep_schedules(batch)
 
-    def _schedule(self, camera: str) -> DetectionSchedule:
-        """The camera's schedule: new, or as this worker's predecessor left it (it died mid-stream)."""
+    def _schedule(self, ref: messages.FrameRef) -> DetectionSchedule:
+        """The camera's schedule: as this worker's predecessor left it (it died mid-stream), or new; new again
+        when another stream of the camera starts from its first frame (its capture started again)."""
+        camera = ref.camera
+        if camera in self.schedules and ref.ring != self.streams[camera] and ref.seq == 0:
+            del self.schedules[camera]
+        self.streams[camera] = ref.ring
         if camera not in self.schedules:
-            schedule = self.schedules[camera] = self.detector.schedule()
-            try:
-                state = messages.decode(self._schedule_path(camera).read_bytes())
-                if isinstance(state, messages.ScheduleState):
-                    schedule.restore(state)
-                    self.log.info("%s: schedule taken over from the last frame it wanted, %s", camera,
-                                  state.last_seq)
-            except FileNotFoundError:
-                pass
-            except (OSError, ValueError, messages.MessageError) as exc:  # torn or foreign: start afresh
-                self.schedules[camera] = self.detector.schedule()
-                self.log.warning("%s: predecessor's schedule unreadable (%s); starting afresh", camera, exc)
+            self.schedules[camera] = self.detector.schedule(self.in_flight)
+            if ref.seq > 0:
+                self._take_over(camera)
         return self.schedules[camera]
+
+    def _take_over(self, camera: str) -> None:
+        try:
+            state = messages.decode(self._schedule_path(camera).read_bytes())
+            if not isinstance(state, messages.ScheduleState):
+                raise messages.MessageError(f"a {type(state).__name__}, not a schedule")
+            self.schedules[camera].restore(state)
+        except FileNotFoundError:
+            return
+        except Exception as exc:  # noqa: BLE001 - torn or foreign: start afresh (every frame, until known)
+            self.schedules[camera] = self.detector.schedule(self.in_flight)
+            self.log.warning("%s: predecessor's schedule unreadable (%s); starting afresh", camera, exc)
+            return
+        self.catching_up[camera] = time.monotonic() + CATCH_UP_S
+        self.log.info("%s: schedule taken over from the last frame it decided, %s", camera,
+                      self.schedules[camera].last_decided)
+
+    def _out_of_order(self, ref: messages.FrameRef, schedule: DetectionSchedule) -> bool:
+        """Whether a restarted detector holds the frame back: one came before the frames in flight were
+        offered again, ahead of them (they come in order once the launcher asks the captures)."""
+        until = self.catching_up.get(ref.camera)
+        if until is None:
+            return False
+        if time.monotonic() > until:
+            del self.catching_up[ref.camera]
+            return False
+        last = schedule.last_decided
+        return last is not None and ref.seq > last + 1 and (ref.seq, ref.pts) not in schedule.decided
 
     def _keep_schedules(self, batch: list[messages.FrameRef]) -> None:
         """Writes the schedules of the batch's cameras where a successor finds them. At stride 1 every frame is
-        wanted: there is nothing to keep."""
+        wanted: there is nothing to keep. One that cannot be written (a full disk) only costs a successor
+        its start: it detects every frame until the detections tell who is there."""
         if self.cfg.anonymizer.detector.stride == 1:
             return
         for camera in {ref.camera for ref in batch}:
             path = self._schedule_path(camera)
             staged = path.with_name(f"{path.name}.partial")
-            staged.write_bytes(messages.encode(self.schedules[camera].snapshot()))
-            os.replace(staged, path)
+            try:
+                staged.write_bytes(messages.encode(self.schedules[camera].snapshot()))
+                os.replace(staged, path)
+            except OSError as exc:
+                self.count("schedule_not_kept")
+                if self.counters["schedule_not_kept"] == 1:
+                    self.log.warning("%s: schedule not kept for a successor: %s", camera, exc)
 
     def _schedule_path(self, camera: str):
         return self.endpoints.dir / f"schedule-{self.camera}-{camera}"
