@@ -128,6 +128,21 @@ def test_a_shift_in_lanczos_is_opencvs_warp_done_separably(shift):
     assert difference.max() <= 4 and difference.mean() < 0.3
 
 
+@pytest.mark.parametrize("shift", [(400.37, 200.62), (320.5, 180.25), (10.2, 12.9)])
+def test_a_region_drawn_back_by_a_shift_in_lanczos_is_opencvs_warp_of_it(shift):
+    """Rendering a frame's region back from the canvas (float32) takes the separable path too, on the window
+    of the canvas its kernel reaches: OpenCV's pixels within its 1/32-px rounding."""
+    from anonengine.background import _shifted_window
+
+    image = next(iter(render_frames(1280, 720, 1, actors=(), scene="street")))[0].astype(np.float32)
+    canvas = cv2.copyMakeBorder(image, 180, 180, 320, 320, cv2.BORDER_REFLECT)
+    ours = _shifted_window(canvas, np.float64(shift), (500, 600))
+    opencv = cv2.warpAffine(canvas, np.float64([[1, 0, shift[0]], [0, 1, shift[1]]]), (500, 600),
+                            flags=cv2.INTER_LANCZOS4 | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_CONSTANT)
+    difference = np.abs(ours - opencv)
+    assert difference.max() <= 4 and difference.mean() < 0.3
+
+
 def _learn_with_views(frames, keep_frames: int, cfg: BackgroundConfig | None = None):
     """A model that learnt `frames` (persons masked) and each frame's view, to render it later."""
     model = BackgroundModel(cfg or BackgroundConfig(), keep_frames=keep_frames)
