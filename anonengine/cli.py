@@ -63,7 +63,7 @@ def add_run_flags(p: argparse.ArgumentParser) -> None:
                    help="adaptive (default): every frame while persons enter, leave or appear; fixed: every Nth")
     p.add_argument("--fill", choices=["mirror", "inpaint", "solid"], default=None, help="fill for never-seen background")
     p.add_argument("--resample", choices=["linear", "cubic", "lanczos"], default=None,
-                   help="how a moving camera's frames enter the background: linear (fast), cubic, lanczos (sharpest)")
+                   help="how a moving camera's frames enter the background: lanczos (default, sharpest), cubic, linear")
     p.add_argument("--future-frames", type=int, default=None,
                    help="a file's frames are also filled from what the next N frames show (default 50; 0: off)")
     p.add_argument("--on-detector-error", choices=["stop", "obscure"], default=None)

@@ -55,7 +55,7 @@ import numpy as np
 
 from anonengine import models
 from anonengine.compositor import Compositor, blend_into
-from anonengine.config import AnonymizerConfig, EncoderConfig, HoldConfig
+from anonengine.config import AnonymizerConfig, BackgroundConfig, EncoderConfig, HoldConfig
 from anonengine.detections import Detections
 from anonengine.detector import PersonDetector
 from anonengine.sample import ACTORS, camera_path, render_frames
@@ -245,8 +245,8 @@ def main() -> None:
     parser.add_argument("--cases", nargs="*", help="only the cases whose names contain one of these")
     parser.add_argument("--methods", nargs="*", help="only these methods (seed, before, live, file, perfect, "
                         "fixed N, adaptive N, with ' live' after them)")
-    parser.add_argument("--resample", choices=["linear", "cubic", "lanczos"], default="linear",
-                        help="background.resample of the anonengine methods")
+    parser.add_argument("--resample", choices=["linear", "cubic", "lanczos"], default=BackgroundConfig().resample,
+                        help="background.resample of the anonengine methods (default: the config's)")
     args = parser.parse_args()
     live = AnonymizerConfig()
     live.detector.stride = 1  # live, file, perfect: every frame detected; the strides have rows of their own
