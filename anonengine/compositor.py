@@ -88,9 +88,7 @@ class Compositor:
             self._last_found, self._since_found = detections, 0
         else:
             self._since_found += 1
-            last = self._last_found
-            if last is not None and last.frame_shape != detections.frame_shape:
-                last = None
+            last = self._last_found if self.has_detection(detections.frame_shape) else None
             # Between two detections (detector.stride) a person is between where they were and where
             # they will be: hide both places (with look-ahead), not only the tracker's guess; and
             # draw them in between, so that their skeleton moves on rather than blinks.

@@ -48,6 +48,7 @@ class DetectionSchedule:
         self.known: Detections | None = None  # the last detections known
         self.busy = True  # someone entering or leaving in the last detection: look at every frame
         self.decided: dict[tuple[int, int], bool] = {}  # (seq, pts) -> wanted, the latest `remember` frames
+        self._before_awaited: tuple[int | None, int | None] = (None, None)  # (last_seq, last_decided) before it
 
     @property
     def pending(self) -> bool:
@@ -77,6 +78,7 @@ class DetectionSchedule:
         else:
             wanted = seq - self.last_seq >= (1 if self.busy else self.stride)
         if wanted:
+            self._before_awaited = (self.last_seq, self.last_decided)
             self.last_seq = self.awaiting = seq
         self.last_decided = seq
         self.decided[key] = wanted
@@ -91,6 +93,16 @@ class DetectionSchedule:
         self.busy = detections is None or self.known is None or changing(self.known, detections, self.edge)
         self.known = detections
 
+    def withdraw(self, seq: int, pts: int) -> None:
+        """The awaited frame could not be read (its slot reused, its capture gone): the capture offers it
+        again, and then it is decided afresh, as if it had not come yet; the frames after it wait no more.
+        (Treated as a failed detection, it made the frames after it detected as at a stream's start, where
+        a run without the restart skipped some.) A frame offered again that is unreadable keeps its decision."""
+        if seq == self.awaiting:
+            del self.decided[(seq, pts)]
+            self.awaiting = None
+            self.last_seq, self.last_decided = self._before_awaited
+
     def snapshot(self) -> ScheduleState:
         """The schedule's state between detections, for a successor (`restore`); outlines left out (`changing`
         compares boxes)."""
@@ -99,8 +111,8 @@ class DetectionSchedule:
                              tuple((seq, pts, wanted) for (seq, pts), wanted in self.decided.items()))
 
     def restore(self, state: ScheduleState) -> None:
-        """A predecessor's state. A frame it was detecting when it died comes again: decided as before, and its
-        detections are awaited again."""
+        """A predecessor's state, as it kept it after its last batch. A frame decided after that (it died
+        detecting it) comes again and is decided afresh from the same state: the same way."""
         self.last_seq, self.busy = state.last_seq, state.busy
         self.known = None if state.known is None else unpack_detections(state.known)
         self.decided = {(seq, pts): wanted for seq, pts, wanted in state.decided[-self.remember:]}

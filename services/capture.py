@@ -214,7 +214,8 @@ class CaptureService(Service):
         """Offers again the frames in flight for longer than `redeliver_after_s` (or all of them, when a stage
         downstream restarted), after announcing the stream again for a restarted compositor."""
         self.redelivering = True
-        self.redeliver_all &= not everything
+        if everything:
+            self.redeliver_all = False  # this one is the redelivery asked for
         try:
             self._offer_again(everything)
             while self.redeliver_all:  # another stage restarted meanwhile

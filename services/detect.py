@@ -125,14 +125,15 @@ class DetectService(Service):
                 view, state = ring.view(ref.slot, ref.seq)
             except (StaleSlot, FileNotFoundError):
                 self._answer(ref, "stale", None, len(batch))
-                self.schedules[ref.camera].saw(ref.seq, None)
+                schedule.withdraw(ref.seq, ref.pts)
                 continue
             views.append(view)
             states.append(state)
             readable.append(ref)
         self.stalled = len(self.held) == len(batch)
         if not readable:
-            self._keep_schedules(batch)
+            if not self.stalled:  # every frame held: nothing was decided, nothing to keep
+                self._keep_schedules(batch)
             return
         started = time.perf_counter()
         found = self.detector.process(views)
@@ -144,10 +145,11 @@ class DetectService(Service):
             try:
                 self.rings.get(ref.ring, ref.slots, ref.height, ref.width).check(ref.slot, ref.seq, state)
             except StaleSlot:
-                det, status = None, "stale"
-            else:
-                status = "failed" if det is None else "ok"
+                self._answer(ref, "stale", None, len(readable))
+                self.schedules[ref.camera].withdraw(ref.seq, ref.pts)
+                continue
             self.schedules[ref.camera].saw(ref.seq, det)
+            status = "failed" if det is None else "ok"
             self._answer(ref, status, None if det is None else messages.pack_detections(det), len(readable))
         self._keep_schedules(batch)
 

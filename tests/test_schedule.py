@@ -215,3 +215,20 @@ def test_a_lost_persons_held_box_keeps_the_size_they_were_last_seen_at():
     out = hold.update(Detections.empty(SHAPE))  # lost, two frames after the last match
     heights = out.boxes[:, 3] - out.boxes[:, 1]
     assert len(out) and heights.max() >= 260 - 100
+
+
+def test_an_unreadable_frame_is_decided_afresh_when_it_comes_again():
+    """A wanted frame whose slot was gone when the detector read it (its capture restarted) comes again;
+    the schedule then decides as if it had not come before, and meanwhile holds nothing back."""
+    undisturbed = looked_at(DetectionSchedule(3, True, 0.03), walker, 12)
+    schedule = DetectionSchedule(3, True, 0.03)
+    looked_at(schedule, walker, 7)
+    assert schedule.wants(7, 7) and schedule.pending
+    schedule.withdraw(7, 7)
+    assert not schedule.pending
+    again = []
+    for seq in range(7, 12):  # 7 offered again, then the rest of the stream
+        if schedule.wants(seq, seq):
+            again.append(seq)
+            schedule.saw(seq, walker(seq))
+    assert again == [s for s in undisturbed if s >= 7]
