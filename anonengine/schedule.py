@@ -59,16 +59,22 @@ class DetectionSchedule:
     def can_decide(self, seq: int, pts: int) -> bool:
         """Whether `wants` can answer for the frame now: not while a detection it depends on is running, unless
         the frame was decided before (offered again; it may be the very frame awaited)."""
-        return not self.pending or (seq, pts) in self.decided
+        return not self.pending or (seq, pts) in self.decided or self._forgotten(seq)
 
     def wants(self, seq: int, pts: int, last: bool = False) -> bool:
-        """Whether to detect frame `seq` (at `pts`). A frame offered again gets the decision it got before. An
-        earlier frame not seen before (a stream that began again) is looked at, as what follows it is, until
-        the detections tell again who is there; so is a file's `last` frame: no detection after it tells where
-        a person went."""
+        """Whether to detect frame `seq` (at `pts`). A frame offered again gets the decision it got before; one
+        decided so long ago that its decision is forgotten is looked at, the schedule unmoved. An earlier frame
+        not seen before (a stream that began again) is looked at, as what follows it is, until the detections
+        tell again who is there; so is a file's `last` frame: no detection after it tells where a person went."""
         key = (seq, pts)
         if key in self.decided:
             return self.decided[key]
+        if self._forgotten(seq):
+            # A restarted capture resumes after the last frame on disk, which can be further back than the
+            # frames remembered (the encoder holds frames it has not written yet): frames composited already,
+            # whose answers the compositor drops. Deciding them afresh would move the schedule back to them and
+            # change the decisions of the frames still to come (and so the output's pixels).
+            return True
         if self.last_seq is not None and seq <= self.last_seq:
             self.known, self.busy = None, True  # what came after is not what comes now: start over
         if self.stride == 1 or self.known is None or last:
@@ -85,6 +91,10 @@ class DetectionSchedule:
         if len(self.decided) > self.remember:
             del self.decided[next(iter(self.decided))]
         return wanted
+
+    def _forgotten(self, seq: int) -> bool:
+        """Whether frame `seq` comes before every decision remembered (they are kept in the order made)."""
+        return bool(self.decided) and seq < next(iter(self.decided))[0]
 
     def saw(self, seq: int, detections: Detections | None) -> None:
         if seq != self.awaiting:

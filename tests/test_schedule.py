@@ -232,3 +232,24 @@ def test_an_unreadable_frame_is_decided_afresh_when_it_comes_again():
             again.append(seq)
             schedule.saw(seq, walker(seq))
     assert again == [s for s in undisturbed if s >= 7]
+
+
+def test_frames_decided_so_long_ago_that_they_are_forgotten_are_looked_at_and_move_nothing():
+    """A restarted capture resumes after the last frame on disk, which may be further back than the decisions
+    remembered (the encoder held frames not written yet): those frames are looked at (the compositor has them
+    already and drops the answers), and every frame after them is decided as in an undisturbed run."""
+    def entering(seq):
+        return persons([200, 100, 260, 300], [0, 120, 10 + 8 * seq, 320]) if 20 <= seq < 26 else walker(seq)
+
+    undisturbed = looked_at(DetectionSchedule(2, True, 0.03), entering, 60)
+    schedule = DetectionSchedule(2, True, 0.03, remember=10)
+    looked_at(schedule, entering, 41)
+    assert schedule.wants(41, 41) and schedule.pending  # its detection ran when the capture died
+    assert not schedule.can_decide(42, 42) and schedule.can_decide(5, 5)  # a forgotten frame waits for nothing
+    again = []
+    for seq in range(5, 60):  # from the last frame on disk: forgotten, then remembered (32 to 41), then new
+        if schedule.wants(seq, seq):
+            again.append(seq)
+            schedule.saw(seq, entering(seq))
+    assert again[:27] == list(range(5, 32))
+    assert again[27:] == [s for s in undisturbed if s >= 32]
