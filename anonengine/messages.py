@@ -120,6 +120,16 @@ class ScheduleState(Message):
     decided: tuple[tuple[int, int, bool], ...]  # (seq, pts, wanted) of the latest frames
 
 
+class LivePosition(Message):
+    """Where a live camera's stream stands, kept in the run folder by its capture for the one that takes over
+    if it dies, so that its frames carry on after the dead one's (numbers, timestamps): not sent on a socket.
+    Every frame numbered so far is below `next_seq` (numbers are reserved ahead)."""
+
+    next_seq: int
+    time: float  # seconds: the stream time of the last frame taken
+    wall: float  # time.monotonic() when it was taken (one clock for every process of the machine)
+
+
 class StreamEnd(Message):
     """No frame of `camera` has seq >= `frames`. With `error`, the stream failed: discard its output.
 
@@ -262,7 +272,7 @@ class TapHeader(Message):
 
 AnyMessage = Union[StreamInfoMsg, FrameRef, Detected, StreamEnd, Dropped, Release, Received, Progress, Redeliver,
                    OutFrame, CameraDone, SourceStatus, Stats, Attach, Detach, StatusRequest, Reply, TapHeader,
-                   ScheduleState]
+                   ScheduleState, LivePosition]
 MESSAGE_TYPES = {cls.__name__: cls for cls in AnyMessage.__args__}
 
 _encoder = msgspec.msgpack.Encoder()

@@ -124,10 +124,13 @@ class LiveFeed:
     `opener(source)` returns a VideoReader; it is a parameter so tests can give flaky sources.
     Frames come out as `Frame`s of the first connection's size and time base, with pts that only
     increase: each connection's first frame follows the last one after the wall-clock time between them.
+    `follows`: (time, clock) of the last frame of a feed before this one (its capture died): the first frame
+    follows it the same way.
     """
 
     def __init__(self, source: Source, camera: str, cfg: SourcesConfig, opener: Callable | None = None,
-                 clock: Callable[[], float] = time.monotonic, queue_size: int = 4) -> None:
+                 clock: Callable[[], float] = time.monotonic, queue_size: int = 4,
+                 follows: tuple[float, float] | None = None) -> None:
         self.source, self.camera, self.cfg = source, camera, cfg
         self.opener = opener or self._open
         self.clock = clock
@@ -140,6 +143,8 @@ class LiveFeed:
         self._thread = threading.Thread(target=self._run, name=f"feed-{camera}", daemon=True)
         self._last_time: float | None = None  # seconds, of the last frame handed out
         self._last_wall: float | None = None
+        if follows is not None:
+            self._last_time, self._last_wall = follows
 
     def start(self) -> LiveFeed:
         self._thread.start()

@@ -46,12 +46,12 @@ class Timeline(Generic[Item, Result]):
     # --- what happens to frames ----------------------------------------------------------------------
     def offer(self, seq: int, item: Item) -> None:
         """Frame `seq` exists; its deadline runs from now (a frame offered again keeps its first time)."""
-        if seq >= self.next_seq:
+        if seq >= self.next_seq and seq not in self.dropped:
             self.offered.setdefault(seq, (item, self.clock()))
 
     def answer(self, seq: int, result: Result) -> bool:
-        """Its detections; False for a frame that went out already (a duplicate)."""
-        if seq < self.next_seq:
+        """Its detections; False for a frame that went out already (a duplicate), or never comes."""
+        if seq < self.next_seq or seq in self.dropped:
             return False
         self.results[seq] = result
         return True
@@ -64,6 +64,13 @@ class Timeline(Generic[Item, Result]):
         self.results.pop(seq, None)
         self.offered.pop(seq, None)
         return True
+
+    def starts_again_at(self, seq: int) -> None:
+        """The stream's frames go on from `seq` (a live camera's capture restarted, numbering after a gap):
+        the frames before it not offered yet never come; those offered still go out, answered or late."""
+        for missing in range(self.next_seq, seq):
+            if missing not in self.offered and missing not in self.results:
+                self.dropped.add(missing)
 
     def end_at(self, frames: int) -> None:
         """The stream ends: frames 0 .. frames-1 exist, no more; the last ones need no look-ahead."""
@@ -80,6 +87,8 @@ class Timeline(Generic[Item, Result]):
         """The frame that may go out now, in order, or None while it must wait."""
         while self.next_seq in self.dropped:
             self.dropped.discard(self.next_seq)
+            self.results.pop(self.next_seq, None)
+            self.offered.pop(self.next_seq, None)
             self.next_seq += 1
         seq = self.next_seq
         if self.finished:

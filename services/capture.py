@@ -2,7 +2,8 @@
 
 A slot is reused only after the compositor released it, which it does once the frame is encoded.
 Files are paced by those releases (nothing dropped). Live sources never wait: when every slot is
-taken, the new frame is dropped and counted. A frame not released within `redeliver_after_s` (its
+taken, the new frame is dropped and counted. A restarted capture of a file resumes after the last frame
+written; one of a live camera numbers its frames after its predecessor's (`messages.LivePosition`). A frame not released within `redeliver_after_s` (its
 detector died, say) is offered again; downstream drops the duplicates by seq.
 """
 
@@ -21,6 +22,11 @@ from anonengine.errors import AnonError, ConfigError
 from anonengine.shm import FrameRing, segment_name
 from anonengine.sources import LiveFeed, classify, is_live
 from anonengine.video import StreamInfo, VideoReader
+
+# A live camera's frame numbers are reserved this far ahead in the run folder (`messages.LivePosition`), its
+# timeline kept there this often: a restarted capture carries on after its predecessor's frames.
+SEQ_BLOCK = 1024
+POSITION_EVERY_S = 1.0
 
 
 @dataclass
@@ -52,6 +58,8 @@ class CaptureService(Service):
         self.seq = 0
         self.resume_from = resume_from  # a restarted capture of a file: frames before it are encoded already
         self.ended = False
+        self._reserved = 0  # a live camera's frame numbers below this are kept in the run folder as taken
+        self._position_kept = 0.0
 
     def setup(self) -> None:
         kind = classify(self.source, self.camera_cfg.rtsp_transport)
@@ -64,7 +72,8 @@ class CaptureService(Service):
             # A camera or stream: read for ever, reconnected when it drops; its ring is made once the
             # first frame tells its size. Down at start, it is "connecting" until it answers.
             self.live, self.paced = True, False
-            self.feed = LiveFeed(kind, self.camera, self.cfg.sources).start()
+            follows = self._take_over_position()
+            self.feed = LiveFeed(kind, self.camera, self.cfg.sources, follows=follows).start()
             self.log.info("%s: connecting", self.source)
             return
         self.reader = VideoReader(self.source, self.camera, kind=kind)
@@ -147,6 +156,8 @@ class CaptureService(Service):
             return False  # stopped while this frame was on its way (waiting for its time): it never was
         if not self.free_slots:
             self._drop_oldest()  # a live camera is never kept waiting
+        if self.feed is not None:
+            self._keep_position(frame.time)
         slot = self.free_slots.pop()
         self.ring.write(slot, self.seq, frame.image)
         ref = messages.FrameRef(self.camera, self.seq, frame.pts, self.ring.name, slot, self.ring.slots,
@@ -158,6 +169,44 @@ class CaptureService(Service):
         self._dispatch(ref)
         self.count("frames")
         return True
+
+    def _position_path(self) -> Path:
+        return self.endpoints.dir / f"position-{self.camera}"
+
+    def _take_over_position(self) -> tuple[float, float] | None:
+        """A live camera's capture that died left where its stream stood: this one numbers its frames after
+        every frame the dead one sent (downstream takes a number it has seen for a frame offered again, and
+        drops it), at timestamps after them. (time, clock) of its last frame, for the feed to follow."""
+        try:
+            position = messages.decode(self._position_path().read_bytes())
+            if not isinstance(position, messages.LivePosition):
+                raise messages.MessageError(f"a {type(position).__name__}, not a position")
+        except FileNotFoundError:
+            return None
+        except Exception as exc:  # noqa: BLE001 - torn or foreign: frames from 0, which downstream drops
+            self.log.warning("%s: predecessor's position unreadable (%s); numbering from 0", self.camera, exc)
+            return None
+        self.seq = self._reserved = position.next_seq
+        self.log.info("restarted: carrying on at frame %d", self.seq)
+        return position.time, position.wall
+
+    def _keep_position(self, frame_time: float) -> None:
+        """Before frame `self.seq` goes out: its number reserved, and now and then the stream's timeline."""
+        now = time.monotonic()
+        if self.seq < self._reserved and now - self._position_kept < POSITION_EVERY_S:
+            return
+        reserved = max(self._reserved, self.seq + SEQ_BLOCK)
+        path = self._position_path()
+        staged = path.with_name(f"{path.name}.partial")
+        try:
+            staged.write_bytes(messages.encode(messages.LivePosition(reserved, frame_time, now)))
+            os.replace(staged, path)
+        except OSError as exc:
+            self.count("position_not_kept")
+            if self.counters["position_not_kept"] == 1:
+                self.log.warning("%s: position not kept for a successor: %s", self.camera, exc)
+            return
+        self._reserved, self._position_kept = reserved, now
 
     def _drop_oldest(self) -> None:
         """Frees the slot of the oldest frame in flight; downstream skips it if it is not done yet."""
@@ -261,6 +310,8 @@ class CaptureService(Service):
     def close(self) -> None:
         if self.feed is not None:
             self.feed.stop()
+            if self.ended:  # stopped or detached, not died: a camera attached again starts from frame 0
+                self._position_path().unlink(missing_ok=True)
         if self.reader is not None:
             self.reader.close()
         if self.ring is not None:

@@ -108,6 +108,9 @@ class CompositeService(Service):
         if state is not None:
             if state.info.ring != info.ring:  # the capture restarted: a new ring, same stream
                 state.info = info
+                # A file's capture resumes at a frame done already; a live camera's after a gap (the frames
+                # its dead capture had not offered yet are lost with it): waiting for them would stop it.
+                state.timeline.starts_again_at(info.next_seq)
             self._reannounce(state)
             return
         self.compositing.privacy_zones[info.camera] = info.privacy_zones

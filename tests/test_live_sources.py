@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from helpers import LEAK_SHARE, records_so_far, shown_share
+from helpers import LEAK_SHARE, records_so_far, shown_share, stage_pids
 
 from anonengine.config import CameraConfig, EngineConfig, SourcesConfig
 from anonengine.errors import InputError
@@ -187,6 +187,44 @@ def test_a_camera_that_drops_for_10_s_comes_back_and_nothing_goes_out_raw(server
     shown = still_person_shown(long_clip, tmp_path / "door.mp4")
     assert len(shown) == len(records)
     assert max(shown) <= LEAK_SHARE, f"a frame showed the person: {max(shown):.3f}"
+
+
+def test_a_live_cameras_capture_killed_with_9_is_restarted_and_its_frames_carry_on(server, long_clip, models_dir,
+                                                                                   tmp_path):
+    """Its successor numbers its frames after every frame the dead one sent, at later timestamps (kept in the
+    run folder): before, it numbered them from 0 again, which the compositor took for frames done already,
+    and the recording stopped until the numbers caught up (for ever, on a camera up for days)."""
+    server.start()
+    proc, run_dir = launch(tmp_path, models_dir, server.url)
+    try:
+        assert wait_for(lambda: records_so_far(tmp_path / "door.mp4") >= 50, 90, proc), "no frame came from the camera"
+        victims = [pid for pid in stage_pids(f"p{proc.pid}") if _title(pid).startswith("anonengine-capture[")]
+        assert victims, "no capture stage found"
+        os.kill(victims[0], signal.SIGKILL)
+        before = records_so_far(tmp_path / "door.mp4")
+        assert wait_for(lambda: records_so_far(tmp_path / "door.mp4") >= before + 150, 60, proc), (
+            "no frame after the capture's restart")
+    finally:
+        stderr = stop(proc)
+    assert proc.returncode == 0, stderr
+    assert "capture-door exited with -9; restarting" in stderr and "carrying on at frame" in stderr, stderr
+    records = [json.loads(line) for line in (tmp_path / "door.jsonl").read_text().splitlines()]
+    indices, times = [r["index"] for r in records], [r["time"] for r in records]
+    assert all(b > a for a, b in zip(indices, indices[1:])), "frame numbers went back"
+    assert all(b > a for a, b in zip(times, times[1:])), "timestamps went back"
+    restart = max(range(1, len(times)), key=lambda i: times[i] - times[i - 1])
+    assert times[restart] - times[restart - 1] < 10, "the restart took longer than a camera's reconnection"
+    assert restart >= 40 and len(records) - restart >= 60  # frames of both captures (the encoder holds ~50)
+    shown = still_person_shown(long_clip, tmp_path / "door.mp4")
+    assert len(shown) == len(records)
+    assert max(shown) <= LEAK_SHARE, f"a frame showed the person: {max(shown):.3f}"
+
+
+def _title(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
+    except OSError:
+        return ""
 
 
 def test_a_camera_down_at_start_keeps_trying_and_runs_once_it_answers(server, long_clip, models_dir, tmp_path):

@@ -104,3 +104,24 @@ def test_a_duplicate_answer_is_refused_and_a_stop_ends_the_timeline():
     timeline.offer(11, None)
     timeline.stop()
     assert timeline.next() is None and timeline.finished and timeline.end == 10
+
+
+def test_a_stream_that_starts_again_after_a_gap_waits_only_for_the_frames_offered_before_it():
+    """A live camera's capture died and its successor numbers from 100: frames 0-2 were offered by the dead
+    one and still go out (answered, or late: obscured); 3-99 never come, and nothing waits for them."""
+    clock = Clock()
+    timeline = Timeline(lookahead=1, deadline_s=2, clock=clock)
+    for seq in range(3):
+        timeline.offer(seq, f"ref{seq}")
+    timeline.answer(0, "det0")
+    timeline.starts_again_at(100)
+    timeline.offer(50, "late ref of the dead capture")
+    assert not timeline.answer(60, "its answer")  # never comes: a duplicate to the caller (its slot freed)
+    timeline.offer(100, "ref100")
+    timeline.answer(100, "det100")
+    timeline.answer(1, "det1")
+    assert drain(timeline) == [(0, False)]  # 1 waits for 2, its look-ahead, still due
+    clock.now = 2.5
+    assert drain(timeline) == [(1, False), (2, True)]  # then 100 waits for 101, its look-ahead
+    timeline.end_at(101)
+    assert drain(timeline) == [(100, False)] and not timeline.results and not timeline.offered
