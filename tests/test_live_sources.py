@@ -195,7 +195,7 @@ def test_a_live_cameras_capture_killed_with_9_is_restarted_and_its_frames_carry_
     run folder): before, it numbered them from 0 again, which the compositor took for frames done already,
     and the recording stopped until the numbers caught up (for ever, on a camera up for days)."""
     server.start()
-    proc, run_dir = launch(tmp_path, models_dir, server.url)
+    proc, _ = launch(tmp_path, models_dir, server.url)
     try:
         assert wait_for(lambda: records_so_far(tmp_path / "door.mp4") >= 50, 90, proc), "no frame came from the camera"
         victims = [pid for pid in stage_pids(f"p{proc.pid}") if _title(pid).startswith("anonengine-capture[")]
