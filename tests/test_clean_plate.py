@@ -128,6 +128,18 @@ def test_a_shift_in_lanczos_is_opencvs_warp_done_separably(shift):
     assert difference.max() <= 4 and difference.mean() < 0.3
 
 
+@pytest.mark.parametrize("size", [(641, 361), (650, 370), (600, 300)])
+def test_a_shift_learnt_from_in_float_is_the_uint8_warp_unrounded(size):
+    """What the running average learns from a shaking camera's frame (`exact`): the same pixels as the uint8
+    warp before its rounding, saturated likewise, whether the frame fits its box or not."""
+    image = next(iter(render_frames(640, 360, 1, actors=(), scene="street")))[0]
+    matrix = np.float64([[1, 0, 3.37], [0, 1, -1.62]])
+    exact = warp(image, matrix, size, cv2.INTER_LANCZOS4, exact=True)
+    rounded = warp(image, matrix, size, cv2.INTER_LANCZOS4)
+    assert exact.dtype == np.float32 and exact.min() >= 0 and exact.max() <= 255
+    assert np.abs(exact - rounded).max() <= 0.5 + 1e-4
+
+
 @pytest.mark.parametrize("shift", [(400.37, 200.62), (320.5, 180.25), (10.2, 12.9)])
 def test_a_region_drawn_back_by_a_shift_in_lanczos_is_opencvs_warp_of_it(shift):
     """Rendering a frame's region back from the canvas (float32) takes the separable path too, on the window
