@@ -194,8 +194,15 @@ class BackgroundModel:
                 # What was learnt shows another scene: nothing of it may fill this one.
                 self._start(frame.shape, to_scene=to_scene, origin=self.scene.origin)
                 cut = True
-        scene = self.scene
         box, to_box = self._footprint(self.view)
+        self._learn(frame, person_mask, box, to_box)
+        return cut
+
+    def _learn(self, frame: np.ndarray, person_mask: np.ndarray, box: tuple[int, int, int, int],
+               to_box: np.ndarray | None) -> None:
+        """The running average over the canvas `box` the frame covers, `to_box` taking it there (None: whole
+        pixels), where no person is; a pixel seen free for the first time is copied."""
+        scene = self.scene
         roi = slice(box[1], box[3]), slice(box[0], box[2])
         free = cv2.bitwise_not(person_mask)
         if to_box is None:  # whole-pixel placement: the frame's own pixels, resampled not at all
@@ -214,7 +221,6 @@ class BackgroundModel:
             part = slice(y, y + h), slice(x, x + w)
             cv2.accumulateWeighted(image[part], mean[part], 1.0, mask=first_seen[part])  # weight 1: a copy
             cv2.bitwise_or(seen[part], first_seen[part], dst=seen[part])
-        return cut
 
     def _start(self, shape: tuple[int, ...], to_scene: np.ndarray | None = None,
                origin: np.ndarray | None = None) -> None:
@@ -226,7 +232,7 @@ class BackgroundModel:
             origin = np.array([[1.0, 0, margin_x], [0, 1.0, margin_y], [0, 0, 1]])
         else:
             canvas = self.scene.seen.shape
-        self.scene = Scene(np.zeros((*canvas, 3), np.float32), np.zeros(canvas, np.uint8), origin.copy())
+        self.scene = Scene(*self._blank(canvas), origin.copy())
         if to_scene is None:
             to_scene = np.eye(3)
             self._recent.clear()
@@ -283,21 +289,37 @@ class BackgroundModel:
             (ux0, uy0), (ux1, uy1) = (x0, y0), (x1, y1)
         # Centre the footprints again.
         dx, dy = round((cw - (ux1 - ux0)) / 2 - ux0), round((ch - (uy1 - uy0)) / 2 - uy0)
-        shift = np.float32([[1, 0, dx], [0, 1, dy]])
-        scene.mean = cv2.warpAffine(scene.mean, shift, (cw, ch), flags=cv2.INTER_NEAREST)
-        scene.seen = cv2.warpAffine(scene.seen, shift, (cw, ch), flags=cv2.INTER_NEAREST, borderValue=0)
+        scene.mean, scene.seen = (self._shifted(scene.mean, dx, dy)), self._shifted(scene.seen, dx, dy)
         if scene.fill is not None:
-            scene.fill = cv2.warpAffine(scene.fill, shift, (cw, ch), flags=cv2.INTER_NEAREST)
+            scene.fill = self._shifted(scene.fill, dx, dy)
         scene.origin = np.array([[1.0, 0, dx], [0, 1.0, dy], [0, 0, 1]]) @ scene.origin
 
     def _resize_canvas(self, size: tuple[int, int]) -> None:
         """A larger canvas (w, h), the old one at its top left (the re-centring that follows moves it)."""
         scene = self.scene
         ch, cw = scene.seen.shape
-        mean = np.zeros((size[1], size[0], 3), np.float32)
-        seen = np.zeros((size[1], size[0]), np.uint8)
+        mean, seen = self._blank((size[1], size[0]))
         mean[:ch, :cw], seen[:ch, :cw] = scene.mean, scene.seen
         scene.mean, scene.seen, scene.fill = mean, seen, None
+
+    # --- the canvas' pixels: NumPy arrays and OpenCV here; tensors on a GPU in `background_torch` ---------
+    @staticmethod
+    def _blank(canvas: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+        """A canvas (h, w) of nothing learnt: its running average and where it was seen."""
+        return np.zeros((*canvas, 3), np.float32), np.zeros(canvas, np.uint8)
+
+    @staticmethod
+    def _shifted(image, dx: int, dy: int):
+        """`image` moved by whole pixels (dx, dy) on a canvas of its size; zeros where nothing comes."""
+        h, w = image.shape[:2]
+        out = np.zeros_like(image)
+        xs, ys = slice(max(0, dx), min(w, w + dx)), slice(max(0, dy), min(h, h + dy))
+        if xs.stop > xs.start and ys.stop > ys.start:
+            out[ys, xs] = image[ys.start - dy : ys.stop - dy, xs.start - dx : xs.stop - dx]
+        return out
+
+    def _any_seen(self, scene: Scene) -> bool:
+        return cv2.countNonZero(scene.seen) > 0
 
     def _to_frame(self, canvas_image: np.ndarray, interpolation: int, box=None, step: int = 1,
                   view: View | None = None) -> np.ndarray:
@@ -360,27 +382,31 @@ class BackgroundModel:
         if scene.fill is None or (scene is self.scene and self._frames - scene.fill_frame >= FILL_REFRESH_FRAMES):
             scene.fill = self._make_fill(scene)
             # Grey for want of anything seen is redone next frame, not kept for the refresh period.
-            scene.fill_frame = self._frames if cv2.countNonZero(scene.seen) else self._frames - FILL_REFRESH_FRAMES
+            scene.fill_frame = self._frames if self._any_seen(scene) else self._frames - FILL_REFRESH_FRAMES
         return scene.fill
 
     def _make_fill(self, scene: Scene) -> np.ndarray:
         """A canvas-sized fill, made where the frames that may still be rendered are (the rest of the
         canvas is not shown)."""
         fill = np.full(scene.mean.shape, SOLID_GREY, np.uint8)
-        if self.cfg.fill == "solid" or not cv2.countNonZero(scene.seen):
+        if self.cfg.fill == "solid" or not self._any_seen(scene):
             return fill
         boxes = np.array([self._footprint(v)[0] for v in self._recent if v.scene is scene]
                          or [(0, 0, scene.seen.shape[1], scene.seen.shape[0])])
         x0, y0 = boxes[:, :2].min(axis=0)
         x1, y1 = boxes[:, 2:].max(axis=0)
-        mean, seen = cv2.convertScaleAbs(scene.mean[y0:y1, x0:x1]), scene.seen[y0:y1, x0:x1]
-        missing = seen == 0
-        if self.cfg.fill == "mirror":
-            mirrored, missing = mirror_fill(mean, missing)
-            fill[y0:y1, x0:x1] = mirrored
-        if missing.any():
-            fill[y0:y1, x0:x1][missing] = self._inpainted(mean, seen)[missing]
+        fill[y0:y1, x0:x1] = self._filled(cv2.convertScaleAbs(scene.mean[y0:y1, x0:x1]), scene.seen[y0:y1, x0:x1])
         return fill
+
+    def _filled(self, mean: np.ndarray, seen: np.ndarray) -> np.ndarray:
+        """`mean` (uint8) with its unseen pixels filled (`background.fill`)."""
+        missing = seen == 0
+        filled = np.full_like(mean, SOLID_GREY)
+        if self.cfg.fill == "mirror":
+            filled, missing = mirror_fill(mean, missing)
+        if missing.any():
+            filled[missing] = self._inpainted(mean, seen)[missing]
+        return filled
 
     def _inpainted(self, mean: np.ndarray, seen: np.ndarray) -> np.ndarray:
         """Telea inpainting of the unseen pixels: costly at full size, and smooth anyway, so done small

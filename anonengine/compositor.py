@@ -45,7 +45,7 @@ class Compositor:
 
     def __init__(self, cfg: AnonymizerConfig, privacy_zones: list | None = None, future_frames: int = 0) -> None:
         self.cfg = cfg
-        self.background = BackgroundModel(cfg.background, keep_frames=future_frames)
+        self.background = background_model(cfg.background, future_frames)
         self.hold = MaskHold(cfg.hold) if cfg.hold.enabled and cfg.hold.hold_frames > 0 else None
         self.privacy_zones = privacy_zones or []
         self._last_found: Detections | None = None  # the last frame the detector looked at
@@ -142,6 +142,15 @@ class Compositor:
         shifted[:, :, 1] -= region.y0
         draw_skeletons(layer, shifted, self.cfg.pose.keypoint_conf, self.cfg.pose.thickness, frame_shape)
         cv2.copyTo(layer, region.alpha, roi)
+
+
+def background_model(cfg, keep_frames: int) -> BackgroundModel:
+    """The camera's background model, its pixels where `background.device` says (PyTorch only for a GPU)."""
+    if cfg.device == "cpu":
+        return BackgroundModel(cfg, keep_frames=keep_frames)
+    from anonengine.background_torch import TorchBackgroundModel
+
+    return TorchBackgroundModel(cfg, keep_frames=keep_frames, device=cfg.device)
 
 
 def blend_into(out: np.ndarray, background: np.ndarray, alpha: np.ndarray) -> None:

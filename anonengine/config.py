@@ -110,6 +110,14 @@ class BackgroundConfig(StrictModel):
         "of a 720p command's time over linear; a zoom or roll takes OpenCV's whole warp, 79 against 5 ms a "
         "frame); cubic, linear are cheaper on zooms; a still camera is never resampled.",
     )
+    device: str = Field(
+        "cpu", pattern=r"^(cpu|cuda(:\d+)?)$",
+        description="Where the model's pixels live: cpu (OpenCV) or cuda[:N], PyTorch tensors on that GPU, for "
+        "GPU servers where compositing on the CPU is the limit: a frame goes up once, the regions drawn come "
+        "down. The same model (its geometry is the CPU model's code): equal to it within a grey level but for "
+        "a pixel now and then where sampling rounds the other way, tested on CPU tensors; not yet measured on "
+        "a GPU.",
+    )
     future_frames: int = Field(
         50, ge=0, le=1000,
         description="A recording (a file, not live) is also filled from what the camera sees after each frame: "

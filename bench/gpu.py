@@ -164,6 +164,45 @@ def detector_timing(args, width: int, height: int) -> None:
               flush=True)
 
 
+def background_timing(args, width: int, height: int, frames: int = 40) -> None:
+    """The background model alone, OpenCV against tensors on `--background-device` (a shaking street camera,
+    each frame learnt and three person-sized regions drawn back): ms a frame and how far apart they draw."""
+    import numpy as np
+
+    from anonengine.background import BackgroundModel
+    from anonengine.background_torch import TorchBackgroundModel
+    from anonengine.config import BackgroundConfig
+    from anonengine.sample import render_frames
+
+    device = args.background_device if args.background_device != "cpu" else args.device
+    clips = list(render_frames(width, height, frames, shake=2.0, scene="street"))
+    regions = [(round(width * x), round(height * 0.2), round(width * (x + 0.15)), round(height * 0.95))
+               for x in (0.1, 0.45, 0.75)]
+    models = {"opencv": BackgroundModel(BackgroundConfig()), device: None}
+    try:
+        models[device] = TorchBackgroundModel(BackgroundConfig(), device=device)
+    except Exception as exc:  # noqa: BLE001 - reported, the rest of the check goes on
+        print(f"background: tensors on {device} failed: {type(exc).__name__}: {exc}", flush=True)
+        return
+    drawn: dict[str, list] = {name: [] for name in models}
+    for name, model in models.items():
+        times = []
+        for image, _, persons in clips:
+            mask = np.zeros(image.shape[:2], np.uint8)
+            for person in persons:
+                x0, y0, x1, y1 = (round(v) for v in person["box"])
+                mask[max(0, y0 - 8) : y1 + 8, max(0, x0 - 8) : x1 + 8] = 255
+            t = time.perf_counter()
+            model.update(image, mask)
+            drawn[name].append([model.render(box) for box in regions])
+            times.append(time.perf_counter() - t)
+        steady = sorted(times[5:])[len(times[5:]) // 2]
+        print(f"background: {name}: {steady * 1000:.1f} ms a {width}x{height} frame (learnt, 3 regions drawn)",
+              flush=True)
+    apart = [np.abs(a.astype(int) - b).mean() for fa, fb in zip(*drawn.values()) for a, b in zip(fa, fb)]
+    print(f"background: {device} against opencv: {np.mean(apart):.3f} grey levels apart on average", flush=True)
+
+
 def composite_workers(args, streams: int) -> int:
     """--composite-workers, or by default one per stream up to half the cores (a 1080p stream needs most of one)."""
     return args.composite_workers or max(1, min(streams, (os.cpu_count() or 2) // 2))
@@ -174,6 +213,7 @@ def measure(args, clip, out: Path, n: int, codec: str, timeout_s: float, gpu: bo
     (out / f"n{n}").mkdir(exist_ok=True)
     cfg.anonymizer.detector.device = args.device
     cfg.anonymizer.detector.backend = args.backend
+    cfg.anonymizer.background.device = args.background_device
     cfg.encoder.codec = codec
     if args.preset:
         # The fastest preset on either kind of encoder: NVENC names its presets p1 (fastest) to p7.
@@ -295,6 +335,8 @@ def main() -> None:
     parser.add_argument("--device", default="cuda:0", help="detector device (cpu for a dry run)")
     parser.add_argument("--backend", default="auto", help="detector backend (auto: TensorRT, else torch fp16)")
     parser.add_argument("--imgsz", type=int, default=640)
+    parser.add_argument("--background-device", default="cpu",
+                        help="the compositors' background.device (cuda:0: the background model on the GPU)")
     parser.add_argument("--codec", default="auto", help="encoder; auto: h264_nvenc if a trial works, else libx264")
     parser.add_argument("--workers", type=int, default=2, help="engine.detect_workers")
     parser.add_argument("--composite-workers", type=int, default=0,
@@ -329,6 +371,7 @@ def main() -> None:
         )
         if args.detector_timing:
             detector_timing(args, width, height)
+            background_timing(args, width, height)
         codec = pick_codec(args.codec, width, height, out)
         print(
             f"engine: detector {args.device} backend {args.backend} imgsz {args.imgsz}, {args.workers} detect "

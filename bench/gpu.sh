@@ -5,6 +5,7 @@
 #
 #     bash bench/gpu_wheels.sh            # here, once: the wheels into .whl/ (about 42 MB)
 #     bash bench/gpu.sh [gpu.py options]  # there, with .whl and models/yolo11n-pose.pt carried
+#     bash bench/gpu.sh --background-device cuda:0   # the compositors' background model on the GPU
 #
 # The full log goes to $OUT/gpu.log and the results to $OUT/gpu.json when $OUT is set. Wheels are
 # taken from $WHEEL_DIR (default .whl) into $SITE (default /tmp/site), skipped where every package

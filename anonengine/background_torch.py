@@ -1,0 +1,256 @@
+"""The background model on a GPU: the same model as `background.BackgroundModel`, its canvas as tensors.
+
+On a GPU server the detector is not the limit: the CPU stages are (decode, composite, x264), and of
+compositing, the pixels of the background: every frame of a moving camera resampled onto the canvas, the
+running average, the regions drawn back. Here those stay on the device (`background.device: cuda`); the
+geometry (the camera's motion, the canvas' placement, which frames may still be drawn) is the CPU model's
+own code, unchanged: this class only overrides how pixels are stored and moved. A frame goes up once; only
+the regions drawn back come down, as the CPU model gives them (uint8 NumPy), and so does what the fill of
+never-seen pixels needs, now and then (mirror fill and inpainting stay on the CPU).
+
+Resampling follows OpenCV's: bilinear and bicubic (a = -0.75) through `grid_sample`, Lanczos as 8x8 taps
+(separable for a pure shift, as the CPU model's fast path), zero borders; equal to the CPU model within a
+few grey levels where positions fall between pixels (OpenCV rounds positions to 1/32 px and learns a
+uint8 frame, here unrounded), exactly equal while the camera stands still (tests/test_background_torch.py,
+on CPU tensors).
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from anonengine.background import (
+    CUT_PIXEL_CHANGE,
+    CUT_SAMPLE_STEP,
+    IDENTITY_2D,
+    RENDER_RESAMPLE,
+    RESAMPLE,
+    BackgroundModel,
+    Scene,
+    View,
+    _near,
+)
+from anonengine.config import BackgroundConfig
+from anonengine.errors import ConfigError
+
+LANCZOS_TAPS = torch.arange(-3, 5)  # OpenCV's INTER_LANCZOS4: 8 taps, from 3 before the position to 4 after
+
+
+class TorchBackgroundModel(BackgroundModel):
+    def __init__(self, cfg: BackgroundConfig, keep_frames: int = 0, device: str | torch.device = "cuda") -> None:
+        super().__init__(cfg, keep_frames)
+        self.device = torch.device(device)
+        if self.device.type == "cuda" and not (torch.cuda.is_available()
+                                               and (self.device.index or 0) < torch.cuda.device_count()):
+            raise ConfigError(f"background.device {device}: no such CUDA device here "
+                              f"({torch.cuda.device_count()} visible)")
+
+    # --- storage ------------------------------------------------------------------------------------------
+    def _blank(self, canvas: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        return (torch.zeros((*canvas, 3), dtype=torch.float32, device=self.device),
+                torch.zeros(canvas, dtype=torch.bool, device=self.device))
+
+    @staticmethod
+    def _shifted(image: torch.Tensor, dx: int, dy: int) -> torch.Tensor:
+        h, w = image.shape[:2]
+        out = torch.zeros_like(image)
+        xs, ys = slice(max(0, dx), min(w, w + dx)), slice(max(0, dy), min(h, h + dy))
+        if xs.stop > xs.start and ys.stop > ys.start:
+            out[ys, xs] = image[ys.start - dy : ys.stop - dy, xs.start - dx : xs.stop - dx]
+        return out
+
+    def _any_seen(self, scene: Scene) -> bool:
+        return bool(scene.seen.any())
+
+    def _upload(self, image: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(image)).to(self.device, non_blocking=True)
+
+    # --- learning -----------------------------------------------------------------------------------------
+    def _learn(self, frame: np.ndarray, person_mask: np.ndarray, box: tuple[int, int, int, int],
+               to_box: np.ndarray | None) -> None:
+        scene = self.scene
+        roi = slice(box[1], box[3]), slice(box[0], box[2])
+        image = self._upload(frame).float()
+        free = self._upload(person_mask) == 0
+        if to_box is not None:
+            size = (box[2] - box[0], box[3] - box[1])
+            inverse = cv2.invertAffineTransform(to_box)
+            image = resample(image, inverse, size, RESAMPLE[self.cfg.resample], shift_border="replicate")
+            image.clamp_(0, 255)  # as the CPU model's uint8 (or saturated float) frame
+            # Outside the frame counts as not seen now, and the border blends with nothing: shrink by one.
+            free = resample(free.float(), inverse, size, cv2.INTER_NEAREST) > 0.5
+            free = erode3(free)
+        mean, seen = scene.mean[roi], scene.seen[roi]
+        learnt = (free & seen).unsqueeze(-1)
+        mean.copy_(torch.where(learnt, mean * (1 - self.cfg.alpha) + image * self.cfg.alpha, mean))
+        first_seen = free & ~seen
+        mean.copy_(torch.where(first_seen.unsqueeze(-1), image, mean))
+        seen |= first_seen
+
+    def _is_cut(self, frame: np.ndarray, person_mask: np.ndarray) -> bool:
+        step = CUT_SAMPLE_STEP
+        seen = self._to_frame(self.scene.seen, cv2.INTER_NEAREST, step=step)
+        usable = seen & (self._upload(person_mask[::step, ::step]) == 0)
+        samples = int(usable.sum())
+        if samples < 100:
+            return False
+        mean = to_uint8(self._to_frame(self.scene.mean, cv2.INTER_NEAREST, step=step)).float()
+        largest = (self._upload(frame[::step, ::step]).float() - mean).abs().amax(dim=-1)
+        changed = largest > CUT_PIXEL_CHANGE
+        return int((changed & usable).sum()) > self.cfg.cut_threshold * samples
+
+    # --- drawing back ---------------------------------------------------------------------------------------
+    def _to_frame(self, canvas_image: torch.Tensor, interpolation: int, box=None, step: int = 1,
+                  view: View | None = None) -> torch.Tensor:
+        view = view or self.view
+        h, w = view.shape[:2]
+        x0, y0, x1, y1 = box or (0, 0, w, h)
+        offset = self._placement(view)
+        if offset is not None:
+            ox, oy = offset
+            return canvas_image[oy + y0 : oy + y1 : step, ox + x0 : ox + x1 : step]
+        m = view.to_canvas[:2].copy()
+        m[:, 2] += m[:, :2] @ (x0, y0)
+        m[:, :2] *= step
+        size = (len(range(x0, x1, step)), len(range(y0, y1, step)))
+        if canvas_image.dtype == torch.bool:
+            return resample(canvas_image.float(), m, size, interpolation) > 0.5
+        return resample(canvas_image.float(), m, size, interpolation, shift_border="replicate")
+
+    def render(self, box: tuple[int, int, int, int] | None = None, view: View | None = None) -> np.ndarray:
+        if self.scene is None:
+            raise RuntimeError("BackgroundModel.render() before the first update()")
+        view = view or self.view
+        scene = view.scene
+        image = to_uint8(self._to_frame(scene.mean, RENDER_RESAMPLE[self.cfg.resample], box, view=view))
+        unseen = ~self._to_frame(scene.seen, cv2.INTER_NEAREST, box, view=view)
+        if bool(unseen.any()):
+            fill = to_uint8(self._to_frame(self._current_fill(scene), cv2.INTER_LINEAR, box, view=view))
+            image = torch.where(unseen.unsqueeze(-1), fill, image)
+        return image.cpu().numpy()
+
+    @property
+    def seen(self) -> np.ndarray | None:
+        if self.scene is None:
+            return None
+        return self._to_frame(self.scene.seen, cv2.INTER_NEAREST).cpu().numpy().astype(np.uint8) * 255
+
+    def _make_fill(self, scene: Scene) -> torch.Tensor:
+        """The CPU model's fill, made on the CPU from the part of the canvas the frames still drawn cover."""
+        fill = torch.full(scene.mean.shape, 128, dtype=torch.uint8, device=self.device)
+        if self.cfg.fill == "solid" or not self._any_seen(scene):
+            return fill
+        boxes = np.array([self._footprint(v)[0] for v in self._recent if v.scene is scene]
+                         or [(0, 0, scene.seen.shape[1], scene.seen.shape[0])])
+        x0, y0 = boxes[:, :2].min(axis=0)
+        x1, y1 = boxes[:, 2:].max(axis=0)
+        mean = to_uint8(scene.mean[y0:y1, x0:x1]).cpu().numpy()
+        seen = scene.seen[y0:y1, x0:x1].cpu().numpy().astype(np.uint8) * 255
+        fill[y0:y1, x0:x1] = self._upload(self._filled(mean, seen))
+        return fill
+
+
+def to_uint8(image: torch.Tensor) -> torch.Tensor:
+    """As OpenCV's `convertScaleAbs`, which the CPU model draws with: the absolute value (Lanczos rings a few
+    levels below black at sharp edges), rounded to the nearest (half to even) and saturated."""
+    if image.dtype == torch.uint8:
+        return image
+    return image.abs().round().clamp_(0, 255).to(torch.uint8)
+
+
+def erode3(mask: torch.Tensor) -> torch.Tensor:
+    """OpenCV's 3x3 erosion of a boolean mask (outside the image erodes nothing)."""
+    taken = (~mask).float()[None, None]
+    return ~(F.max_pool2d(taken, 3, stride=1, padding=1)[0, 0] > 0)
+
+
+def resample(image: torch.Tensor, inverse: np.ndarray, size: tuple[int, int], interpolation: int,
+             shift_border: str = "zeros") -> torch.Tensor:
+    """out(x, y) = image(inverse @ (x, y, 1)): OpenCV's `warpAffine(..., WARP_INVERSE_MAP)` to `size` (w, h),
+    outside the image black; `image` HxW or HxWxC float. A pure shift in Lanczos is filtered separably, the
+    image's edge repeated (`shift_border="replicate"`, as the CPU model's fast path) or black."""
+    w, h = size
+    if interpolation == cv2.INTER_LANCZOS4 and _near(inverse[:, :2], IDENTITY_2D, 1e-9):
+        return _shift_lanczos(image, inverse[:, 2], size, shift_border)
+    planar = image.permute(2, 0, 1)[None] if image.dim() == 3 else image[None, None]
+    ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float64, device=image.device),
+                            torch.arange(w, dtype=torch.float64, device=image.device), indexing="ij")
+    m = torch.as_tensor(inverse, dtype=torch.float64, device=image.device)
+    sx = m[0, 0] * xs + m[0, 1] * ys + m[0, 2]
+    sy = m[1, 0] * xs + m[1, 1] * ys + m[1, 2]
+    if interpolation == cv2.INTER_LANCZOS4:
+        out = _lanczos(planar, sx, sy)
+    else:
+        mode = {cv2.INTER_NEAREST: "nearest", cv2.INTER_LINEAR: "bilinear", cv2.INTER_CUBIC: "bicubic"}[interpolation]
+        out = F.grid_sample(planar, _grid(sx, sy, planar.shape[-2:]), mode=mode, padding_mode="zeros",
+                            align_corners=True)
+    return out[0].permute(1, 2, 0) if image.dim() == 3 else out[0, 0]
+
+
+def _grid(sx: torch.Tensor, sy: torch.Tensor, shape) -> torch.Tensor:
+    """Pixel positions as `grid_sample` takes them (align_corners: -1 and 1 are the edge pixels' centres)."""
+    ih, iw = shape
+    gx = sx * (2 / max(iw - 1, 1)) - 1
+    gy = sy * (2 / max(ih - 1, 1)) - 1
+    return torch.stack([gx, gy], dim=-1).float()[None]
+
+
+def _lanczos_weights(frac: torch.Tensor) -> torch.Tensor:
+    """The 8 Lanczos-4 weights of each fractional position (..., 8), normalised as OpenCV's."""
+    t = frac[..., None] - LANCZOS_TAPS.to(frac.device, frac.dtype)
+    weights = torch.sinc(t) * torch.sinc(t / 4)
+    return weights / weights.sum(dim=-1, keepdim=True)
+
+
+def _lanczos(planar: torch.Tensor, sx: torch.Tensor, sy: torch.Tensor) -> torch.Tensor:
+    """Lanczos-4 at arbitrary positions: 8x8 taps, each gathered (taps outside the image are black)."""
+    _, c, ih, iw = planar.shape
+    bx, by = torch.floor(sx), torch.floor(sy)
+    wx, wy = _lanczos_weights(sx - bx), _lanczos_weights(sy - by)
+    flat = planar[0].reshape(c, -1)
+    out = torch.zeros((c, *sx.shape), dtype=planar.dtype, device=planar.device)
+    for j, dy in enumerate(LANCZOS_TAPS.tolist()):
+        row = (by + dy).long()
+        row_in = (row >= 0) & (row < ih)
+        for i, dx in enumerate(LANCZOS_TAPS.tolist()):
+            col = (bx + dx).long()
+            inside = row_in & (col >= 0) & (col < iw)
+            index = (row.clamp(0, ih - 1) * iw + col.clamp(0, iw - 1)).reshape(-1)
+            taps = flat[:, index].reshape(c, *sx.shape)
+            out += taps * (wy[..., j] * wx[..., i] * inside).to(planar.dtype)
+    return out[None]
+
+
+def _shift_lanczos(image: torch.Tensor, shift: np.ndarray, size: tuple[int, int], border: str) -> torch.Tensor:
+    """out(x, y) = image(x + shift): the CPU model's separable path (`background.warp`), in float."""
+    w, h = size
+    offset = np.floor(shift)
+    kx, ky = (_lanczos_weights(torch.tensor(float(f), dtype=torch.float64)).float().to(image.device)
+              for f in shift - offset)
+    # Only the window the kernel reaches (a region drawn back from a whole canvas): repeating its edges is
+    # repeating the image's, where it is cut by them.
+    cx0, cy0 = max(0, int(offset[0]) - 3), max(0, int(offset[1]) - 3)
+    cx1, cy1 = min(image.shape[1], int(offset[0]) + w + 5), min(image.shape[0], int(offset[1]) + h + 5)
+    if cx1 <= cx0 or cy1 <= cy0:
+        return torch.zeros((h, w, *image.shape[2:]), dtype=image.dtype, device=image.device)
+    if border == "replicate" and (cx0, cy0, cx1, cy1) != (0, 0, image.shape[1], image.shape[0]):
+        return _shift_lanczos(image[cy0:cy1, cx0:cx1], shift - (cx0, cy0), size, border)
+    planar = image.permute(2, 0, 1)[None] if image.dim() == 3 else image[None, None]
+    c, ih, iw = planar.shape[1:]
+    mode = "replicate" if border == "replicate" else "constant"
+    padded = F.pad(planar, (3, 4, 3, 4), mode=mode)
+    filtered = F.conv2d(padded.reshape(c, 1, ih + 7, iw + 7), ky.view(1, 1, 8, 1))
+    filtered = F.conv2d(filtered, kx.view(1, 1, 1, 8)).reshape(1, c, ih, iw)
+    out = torch.zeros((1, c, h, w), dtype=planar.dtype, device=planar.device)
+    ox, oy = int(offset[0]), int(offset[1])
+    x0, y0 = max(0, -ox), max(0, -oy)
+    x1, y1 = min(w, iw - ox), min(h, ih - oy)
+    if x1 > x0 and y1 > y0:
+        out[..., y0:y1, x0:x1] = filtered[..., y0 + oy : y1 + oy, x0 + ox : x1 + ox]
+    return out[0].permute(1, 2, 0) if image.dim() == 3 else out[0, 0]
+
+
+__all__ = ["TorchBackgroundModel", "resample"]
