@@ -48,6 +48,7 @@ class DetectionSchedule:
         self.known: Detections | None = None  # the last detections known
         self.busy = True  # someone entering or leaving in the last detection: look at every frame
         self.decided: dict[tuple[int, int], bool] = {}  # (seq, pts) -> wanted, the latest `remember` frames
+        self.forgotten_to = -1  # the last frame whose decision was let go (decisions go oldest first)
         self._before_awaited: tuple[int | None, int | None] = (None, None)  # (last_seq, last_decided) before it
 
     @property
@@ -89,12 +90,15 @@ class DetectionSchedule:
         self.last_decided = seq
         self.decided[key] = wanted
         if len(self.decided) > self.remember:
-            del self.decided[next(iter(self.decided))]
+            oldest = next(iter(self.decided))
+            del self.decided[oldest]
+            self.forgotten_to = max(self.forgotten_to, oldest[0])
         return wanted
 
     def _forgotten(self, seq: int) -> bool:
-        """Whether frame `seq` comes before every decision remembered (they are kept in the order made)."""
-        return bool(self.decided) and seq < next(iter(self.decided))[0]
+        """Whether frame `seq` (not remembered) was decided once and its decision let go: at or before the last
+        frame let go (a frame withdrawn and decided again is remembered after the frames that followed it)."""
+        return seq <= self.forgotten_to
 
     def saw(self, seq: int, detections: Detections | None) -> None:
         if seq != self.awaiting:
@@ -126,6 +130,8 @@ class DetectionSchedule:
         self.last_seq, self.busy = state.last_seq, state.busy
         self.known = None if state.known is None else unpack_detections(state.known)
         self.decided = {(seq, pts): wanted for seq, pts, wanted in state.decided[-self.remember:]}
+        # What the predecessor had let go is not in its state: every frame before the oldest it kept.
+        self.forgotten_to = min((seq for seq, _ in self.decided), default=0) - 1
         self.last_decided = max((seq for seq, _ in self.decided), default=None)
         self.awaiting = None
 

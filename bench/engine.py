@@ -262,6 +262,7 @@ def counters_summary(stats: dict) -> dict:
         k: total.get(k, 0)
         for k in (
             "capture.dropped_oldest",
+            "capture.dropped_unnumbered",
             "capture.redelivered",
             "composite.obscured",
             "composite.late",

@@ -154,10 +154,11 @@ class CaptureService(Service):
             self._wait_until_due(frame.time)
         if self.stopping:
             return False  # stopped while this frame was on its way (waiting for its time): it never was
+        if self.feed is not None and not self._keep_position(frame.time):
+            self.count("dropped_unnumbered")  # its number could not be kept: a successor might reuse it
+            return True
         if not self.free_slots:
             self._drop_oldest()  # a live camera is never kept waiting
-        if self.feed is not None:
-            self._keep_position(frame.time)
         slot = self.free_slots.pop()
         self.ring.write(slot, self.seq, frame.image)
         ref = messages.FrameRef(self.camera, self.seq, frame.pts, self.ring.name, slot, self.ring.slots,
@@ -190,11 +191,13 @@ class CaptureService(Service):
         self.log.info("restarted: carrying on at frame %d", self.seq)
         return position.time, position.wall
 
-    def _keep_position(self, frame_time: float) -> None:
-        """Before frame `self.seq` goes out: its number reserved, and now and then the stream's timeline."""
+    def _keep_position(self, frame_time: float) -> bool:
+        """Before frame `self.seq` goes out: its number reserved, and now and then the stream's timeline. False
+        when its number is not reserved (the run folder cannot be written): the frame must not go out, or a
+        successor could give its number to another frame, which downstream would take for this one."""
         now = time.monotonic()
         if self.seq < self._reserved and now - self._position_kept < POSITION_EVERY_S:
-            return
+            return True
         reserved = max(self._reserved, self.seq + SEQ_BLOCK)
         path = self._position_path()
         staged = path.with_name(f"{path.name}.partial")
@@ -205,8 +208,9 @@ class CaptureService(Service):
             self.count("position_not_kept")
             if self.counters["position_not_kept"] == 1:
                 self.log.warning("%s: position not kept for a successor: %s", self.camera, exc)
-            return
+            return self.seq < self._reserved
         self._reserved, self._position_kept = reserved, now
+        return True
 
     def _drop_oldest(self) -> None:
         """Frees the slot of the oldest frame in flight; downstream skips it if it is not done yet."""

@@ -338,3 +338,27 @@ def test_the_feed_reconnects_and_keeps_time_increasing():
     assert all(f.image.shape == (48, 64, 3) for f in got)  # the first connection's size
     assert feed.status.reconnects >= 2 and feed.status.last_error
     assert feed.status.state is SourceState.STOPPED
+
+
+def test_a_live_cameras_numbers_are_reserved_on_disk_before_a_frame_goes_out(tmp_path):
+    """What a restarted capture carries on from (`messages.LivePosition` in the run folder); a frame whose
+    number cannot be reserved there (the folder cannot be written) does not go out: a successor could give
+    its number to another frame, which downstream would take for this one."""
+    from services.capture import SEQ_BLOCK, CaptureService
+
+    cfg = EngineConfig()
+    cfg.engine.run_dir = str(tmp_path)
+    camera = CameraConfig(name="door", source="rtsp://127.0.0.1:9/cam")
+    dead = CaptureService(cfg, "ptest", camera)
+    dead.endpoints.dir.mkdir(parents=True)
+    assert dead._keep_position(12.5) and dead._reserved == SEQ_BLOCK
+    dead.seq = 700
+    successor = CaptureService(cfg, "ptest", camera)
+    follows = successor._take_over_position()
+    assert successor.seq == SEQ_BLOCK and follows[0] == 12.5  # after every number the dead one could use
+    path = dead._position_path()
+    path.unlink()
+    path.mkdir()  # cannot be replaced any more
+    assert dead._keep_position(13.0)  # 700 was reserved already
+    dead.seq = SEQ_BLOCK
+    assert not dead._keep_position(13.5)

@@ -491,7 +491,8 @@ class Launcher:
             "in": tally.camera_total("capture", "frames", name),
             "out": tally.camera_total("encode", "frames", name),
             "dropped": tally.camera_total("composite", "dropped", name)
-            + tally.camera_total("capture", "dropped_at_source", name),
+            + tally.camera_total("capture", "dropped_at_source", name)
+            + tally.camera_total("capture", "dropped_unnumbered", name),
             "late": tally.camera_total("composite", "late", name),
             "obscured": tally.camera_total("composite", "obscured", name),
         }
