@@ -242,8 +242,11 @@ def _shift_lanczos(image: torch.Tensor, shift: np.ndarray, size: tuple[int, int]
     c, ih, iw = planar.shape[1:]
     mode = "replicate" if border == "replicate" else "constant"
     padded = F.pad(planar, (3, 4, 3, 4), mode=mode)
-    filtered = F.conv2d(padded.reshape(c, 1, ih + 7, iw + 7), ky.view(1, 1, 8, 1))
-    filtered = F.conv2d(filtered, kx.view(1, 1, 1, 8)).reshape(1, c, ih, iw)
+    # cuDNN may round a convolution's operands to TF32 (10-bit mantissas) on Ampere and later: up to a grey
+    # level off the CPU model's weights. Full float32: these convolutions are small beside the frame's upload.
+    with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
+        filtered = F.conv2d(padded.reshape(c, 1, ih + 7, iw + 7), ky.view(1, 1, 8, 1))
+        filtered = F.conv2d(filtered, kx.view(1, 1, 1, 8)).reshape(1, c, ih, iw)
     out = torch.zeros((1, c, h, w), dtype=planar.dtype, device=planar.device)
     ox, oy = int(offset[0]), int(offset[1])
     x0, y0 = max(0, -ox), max(0, -oy)
