@@ -166,6 +166,12 @@ class RingCache:
         if ring is not None:
             ring.close()
 
+    def prune(self) -> None:
+        """Drops the rings whose segment is gone (a capture that died, unlinked by the launcher), so that their
+        memory is freed: a frame of one still to be read is then stale, as if its slot had been reused."""
+        for name in [name for name in self._rings if not (SHM_DIR / name).exists()]:
+            self.drop(name)
+
     def close(self) -> None:
         for ring in self._rings.values():
             ring.close()

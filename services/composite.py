@@ -48,6 +48,7 @@ class CameraState:
     inputs_held: dict[int, int] = field(default_factory=dict)  # seq -> capture slot, until the encoder has it
     sent: dict[int, messages.OutFrame] = field(default_factory=dict)  # out slots held until on disk
     ahead: int = 0  # frames learnt after a frame before it is rendered (a recording's future)
+    retired: set[str] = field(default_factory=set)  # rings of captures that died: unmapped once unused
     waiting: deque[Waiting] = field(default_factory=deque)  # learnt, not rendered yet, in order
     end_sent: bool = False
 
@@ -107,6 +108,7 @@ class CompositeService(Service):
         state = self.cameras.get(info.camera)
         if state is not None:
             if state.info.ring != info.ring:  # the capture restarted: a new ring, same stream
+                state.retired.add(state.info.ring)
                 state.info = info
                 # A file's capture resumes at a frame done already; a live camera's after a gap (the frames
                 # its dead capture had not offered yet are lost with it): waiting for them would stop it.
@@ -238,7 +240,19 @@ class CompositeService(Service):
         if timeline.finished and not state.waiting and not state.end_sent:
             send(self.encoder, messages.StreamEnd(state.info.camera, timeline.end))
             state.end_sent = True
+        if state.retired:
+            self._unmap_retired(state)
         self._forget_if_done(state)
+
+    def _unmap_retired(self, state: CameraState) -> None:
+        """A dead capture's ring, once no frame still to be learnt is read from it: its memory is freed (the
+        launcher unlinked it), however often a camera's capture dies."""
+        timeline = state.timeline
+        in_use = ({result.frame.ring for result in timeline.results.values()}
+                  | {item.ring for item, _ in timeline.offered.values() if item is not None})
+        for ring in state.retired - in_use:
+            self.inputs.drop(ring)
+            state.retired.discard(ring)
 
     def _skip(self, state: CameraState, ref: messages.FrameRef) -> None:
         """Drops a late frame: the capture gets its slot back, the encoder never sees it."""
@@ -310,7 +324,8 @@ class CompositeService(Service):
         if state.end_sent and not state.sent:
             camera = state.info.camera
             self.finished_rings.add(state.info.ring)
-            self.inputs.drop(state.info.ring)
+            for ring in {state.info.ring, *state.retired}:
+                self.inputs.drop(ring)
             state.ring.close()
             state.release.close(linger=1000)
             self.compositing.forget(camera)

@@ -65,6 +65,7 @@ class DetectService(Service):
         if now - self._last_scan < RESCAN_S:
             return
         self._last_scan = now
+        self.rings.prune()  # between batches: no frame of a ring is in use
         for camera in self.endpoints.frame_cameras():
             if camera not in self.connected:
                 self.frames_in.connect(self.endpoints.frames(camera))
