@@ -309,10 +309,13 @@ class BackgroundModel:
         return np.zeros((*canvas, 3), np.float32), np.zeros(canvas, np.uint8)
 
     @staticmethod
-    def _shifted(image, dx: int, dy: int):
+    def _zeros_like(image: np.ndarray) -> np.ndarray:
+        return np.zeros_like(image)
+
+    def _shifted(self, image, dx: int, dy: int):
         """`image` moved by whole pixels (dx, dy) on a canvas of its size; zeros where nothing comes."""
         h, w = image.shape[:2]
-        out = np.zeros_like(image)
+        out = self._zeros_like(image)
         xs, ys = slice(max(0, dx), min(w, w + dx)), slice(max(0, dy), min(h, h + dy))
         if xs.stop > xs.start and ys.stop > ys.start:
             out[ys, xs] = image[ys.start - dy : ys.stop - dy, xs.start - dx : xs.stop - dx]
@@ -337,9 +340,14 @@ class BackgroundModel:
         m[:, 2] += m[:, :2] @ (x0, y0)
         m[:, :2] *= step
         size = (len(range(x0, x1, step)), len(range(y0, y1, step)))
-        if interpolation == cv2.INTER_LANCZOS4 and _near(m[:, :2], IDENTITY_2D, 1e-9):
-            return _shifted_window(canvas_image, m[:, 2], size)
-        return cv2.warpAffine(canvas_image, m, size, flags=interpolation | cv2.WARP_INVERSE_MAP,
+        return self._warp_back(canvas_image, m, size, interpolation)
+
+    @staticmethod
+    def _warp_back(canvas_image: np.ndarray, inverse: np.ndarray, size: tuple[int, int], interpolation: int):
+        """out(x, y) = canvas_image(inverse @ (x, y, 1)), `size` (w, h), black outside the canvas."""
+        if interpolation == cv2.INTER_LANCZOS4 and _near(inverse[:, :2], IDENTITY_2D, 1e-9):
+            return _shifted_window(canvas_image, inverse[:, 2], size)
+        return cv2.warpAffine(canvas_image, inverse, size, flags=interpolation | cv2.WARP_INVERSE_MAP,
                               borderMode=cv2.BORDER_CONSTANT, borderValue=0)
 
     def _is_cut(self, frame: np.ndarray, person_mask: np.ndarray) -> bool:
@@ -388,15 +396,22 @@ class BackgroundModel:
     def _make_fill(self, scene: Scene) -> np.ndarray:
         """A canvas-sized fill, made where the frames that may still be rendered are (the rest of the
         canvas is not shown)."""
-        fill = np.full(scene.mean.shape, SOLID_GREY, np.uint8)
+        fill = self._grey_like(scene.mean)
         if self.cfg.fill == "solid" or not self._any_seen(scene):
             return fill
         boxes = np.array([self._footprint(v)[0] for v in self._recent if v.scene is scene]
                          or [(0, 0, scene.seen.shape[1], scene.seen.shape[0])])
         x0, y0 = boxes[:, :2].min(axis=0)
         x1, y1 = boxes[:, 2:].max(axis=0)
-        fill[y0:y1, x0:x1] = self._filled(cv2.convertScaleAbs(scene.mean[y0:y1, x0:x1]), scene.seen[y0:y1, x0:x1])
+        fill[y0:y1, x0:x1] = self._filled_part(scene, (slice(y0, y1), slice(x0, x1)))
         return fill
+
+    @staticmethod
+    def _grey_like(mean: np.ndarray) -> np.ndarray:
+        return np.full(mean.shape, SOLID_GREY, np.uint8)
+
+    def _filled_part(self, scene: Scene, part: tuple[slice, slice]) -> np.ndarray:
+        return self._filled(cv2.convertScaleAbs(scene.mean[part]), scene.seen[part])
 
     def _filled(self, mean: np.ndarray, seen: np.ndarray) -> np.ndarray:
         """`mean` (uint8) with its unseen pixels filled (`background.fill`)."""

@@ -28,6 +28,7 @@ from anonengine.background import (
     IDENTITY_2D,
     RENDER_RESAMPLE,
     RESAMPLE,
+    SOLID_GREY,
     BackgroundModel,
     Scene,
     View,
@@ -54,13 +55,8 @@ class TorchBackgroundModel(BackgroundModel):
                 torch.zeros(canvas, dtype=torch.bool, device=self.device))
 
     @staticmethod
-    def _shifted(image: torch.Tensor, dx: int, dy: int) -> torch.Tensor:
-        h, w = image.shape[:2]
-        out = torch.zeros_like(image)
-        xs, ys = slice(max(0, dx), min(w, w + dx)), slice(max(0, dy), min(h, h + dy))
-        if xs.stop > xs.start and ys.stop > ys.start:
-            out[ys, xs] = image[ys.start - dy : ys.stop - dy, xs.start - dx : xs.stop - dx]
-        return out
+    def _zeros_like(image: torch.Tensor) -> torch.Tensor:
+        return torch.zeros_like(image)
 
     def _any_seen(self, scene: Scene) -> bool:
         return bool(scene.seen.any())
@@ -103,22 +99,12 @@ class TorchBackgroundModel(BackgroundModel):
         return int((changed & usable).sum()) > self.cfg.cut_threshold * samples
 
     # --- drawing back ---------------------------------------------------------------------------------------
-    def _to_frame(self, canvas_image: torch.Tensor, interpolation: int, box=None, step: int = 1,
-                  view: View | None = None) -> torch.Tensor:
-        view = view or self.view
-        h, w = view.shape[:2]
-        x0, y0, x1, y1 = box or (0, 0, w, h)
-        offset = self._placement(view)
-        if offset is not None:
-            ox, oy = offset
-            return canvas_image[oy + y0 : oy + y1 : step, ox + x0 : ox + x1 : step]
-        m = view.to_canvas[:2].copy()
-        m[:, 2] += m[:, :2] @ (x0, y0)
-        m[:, :2] *= step
-        size = (len(range(x0, x1, step)), len(range(y0, y1, step)))
+    @staticmethod
+    def _warp_back(canvas_image: torch.Tensor, inverse: np.ndarray, size: tuple[int, int],
+                   interpolation: int) -> torch.Tensor:
         if canvas_image.dtype == torch.bool:
-            return resample(canvas_image.float(), m, size, interpolation) > 0.5
-        return resample(canvas_image.float(), m, size, interpolation, shift_border="replicate")
+            return resample(canvas_image.float(), inverse, size, interpolation) > 0.5
+        return resample(canvas_image.float(), inverse, size, interpolation, shift_border="replicate")
 
     def render(self, box: tuple[int, int, int, int] | None = None, view: View | None = None) -> np.ndarray:
         if self.scene is None:
@@ -138,19 +124,14 @@ class TorchBackgroundModel(BackgroundModel):
             return None
         return self._to_frame(self.scene.seen, cv2.INTER_NEAREST).cpu().numpy().astype(np.uint8) * 255
 
-    def _make_fill(self, scene: Scene) -> torch.Tensor:
-        """The CPU model's fill, made on the CPU from the part of the canvas the frames still drawn cover."""
-        fill = torch.full(scene.mean.shape, 128, dtype=torch.uint8, device=self.device)
-        if self.cfg.fill == "solid" or not self._any_seen(scene):
-            return fill
-        boxes = np.array([self._footprint(v)[0] for v in self._recent if v.scene is scene]
-                         or [(0, 0, scene.seen.shape[1], scene.seen.shape[0])])
-        x0, y0 = boxes[:, :2].min(axis=0)
-        x1, y1 = boxes[:, 2:].max(axis=0)
-        mean = to_uint8(scene.mean[y0:y1, x0:x1]).cpu().numpy()
-        seen = scene.seen[y0:y1, x0:x1].cpu().numpy().astype(np.uint8) * 255
-        fill[y0:y1, x0:x1] = self._upload(self._filled(mean, seen))
-        return fill
+    def _grey_like(self, mean: torch.Tensor) -> torch.Tensor:
+        return torch.full(mean.shape, SOLID_GREY, dtype=torch.uint8, device=self.device)
+
+    def _filled_part(self, scene: Scene, part: tuple[slice, slice]) -> torch.Tensor:
+        """The CPU model's fill (mirrored or inpainted on the CPU), now and then, of the part still drawn."""
+        mean = to_uint8(scene.mean[part]).cpu().numpy()
+        seen = scene.seen[part].cpu().numpy().astype(np.uint8) * 255
+        return self._upload(self._filled(mean, seen))
 
 
 def to_uint8(image: torch.Tensor) -> torch.Tensor:
