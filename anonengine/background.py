@@ -289,7 +289,7 @@ class BackgroundModel:
             (ux0, uy0), (ux1, uy1) = (x0, y0), (x1, y1)
         # Centre the footprints again.
         dx, dy = round((cw - (ux1 - ux0)) / 2 - ux0), round((ch - (uy1 - uy0)) / 2 - uy0)
-        scene.mean, scene.seen = (self._shifted(scene.mean, dx, dy)), self._shifted(scene.seen, dx, dy)
+        scene.mean, scene.seen = self._shifted(scene.mean, dx, dy), self._shifted(scene.seen, dx, dy)
         if scene.fill is not None:
             scene.fill = self._shifted(scene.fill, dx, dy)
         scene.origin = np.array([[1.0, 0, dx], [0, 1.0, dy], [0, 0, 1]]) @ scene.origin
@@ -416,9 +416,10 @@ class BackgroundModel:
     def _filled(self, mean: np.ndarray, seen: np.ndarray) -> np.ndarray:
         """`mean` (uint8) with its unseen pixels filled (`background.fill`)."""
         missing = seen == 0
-        filled = np.full_like(mean, SOLID_GREY)
         if self.cfg.fill == "mirror":
             filled, missing = mirror_fill(mean, missing)
+        else:
+            filled = np.full_like(mean, SOLID_GREY)
         if missing.any():
             filled[missing] = self._inpainted(mean, seen)[missing]
         return filled

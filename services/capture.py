@@ -171,21 +171,16 @@ class CaptureService(Service):
         self.count("frames")
         return True
 
-    def _position_path(self) -> Path:
-        return self.endpoints.dir / f"position-{self.camera}"
+    def _position_name(self) -> str:
+        return f"position-{self.camera}"
 
     def _take_over_position(self) -> tuple[float, float] | None:
         """A live camera's capture that died left where its stream stood: this one numbers its frames after
         every frame the dead one sent (downstream takes a number it has seen for a frame offered again, and
-        drops it), at timestamps after them. (time, clock) of its last frame, for the feed to follow."""
-        try:
-            position = messages.decode(self._position_path().read_bytes())
-            if not isinstance(position, messages.LivePosition):
-                raise messages.MessageError(f"a {type(position).__name__}, not a position")
-        except FileNotFoundError:
-            return None
-        except Exception as exc:  # noqa: BLE001 - torn or foreign: frames from 0, which downstream drops
-            self.log.warning("%s: predecessor's position unreadable (%s); numbering from 0", self.camera, exc)
+        drops it), at timestamps after them. (time, clock) of its last frame, for the feed to follow. Without
+        it, frames from 0, which downstream drops."""
+        position = self.kept(self._position_name(), messages.LivePosition, "position")
+        if position is None:
             return None
         self.seq = self._reserved = position.next_seq
         self.log.info("restarted: carrying on at frame %d", self.seq)
@@ -199,15 +194,7 @@ class CaptureService(Service):
         if self.seq < self._reserved and now - self._position_kept < POSITION_EVERY_S:
             return True
         reserved = max(self._reserved, self.seq + SEQ_BLOCK)
-        path = self._position_path()
-        staged = path.with_name(f"{path.name}.partial")
-        try:
-            staged.write_bytes(messages.encode(messages.LivePosition(reserved, frame_time, now)))
-            os.replace(staged, path)
-        except OSError as exc:
-            self.count("position_not_kept")
-            if self.counters["position_not_kept"] == 1:
-                self.log.warning("%s: position not kept for a successor: %s", self.camera, exc)
+        if not self.keep(self._position_name(), messages.LivePosition(reserved, frame_time, now), "position"):
             return self.seq < self._reserved
         self._reserved, self._position_kept = reserved, now
         return True
@@ -315,7 +302,7 @@ class CaptureService(Service):
         if self.feed is not None:
             self.feed.stop()
             if self.ended:  # stopped or detached, not died: a camera attached again starts from frame 0
-                self._position_path().unlink(missing_ok=True)
+                (self.endpoints.dir / self._position_name()).unlink(missing_ok=True)
         if self.reader is not None:
             self.reader.close()
         if self.ring is not None:

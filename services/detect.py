@@ -168,16 +168,14 @@ class DetectService(Service):
         return self.schedules[camera]
 
     def _take_over(self, camera: str) -> None:
-        try:
-            state = messages.decode(self._schedule_path(camera).read_bytes())
-            if not isinstance(state, messages.ScheduleState):
-                raise messages.MessageError(f"a {type(state).__name__}, not a schedule")
-            self.schedules[camera].restore(state)
-        except FileNotFoundError:
+        state = self.kept(self._schedule_name(camera), messages.ScheduleState, "schedule")
+        if state is None:
             return
-        except Exception as exc:  # noqa: BLE001 - torn or foreign: start afresh (every frame, until known)
+        try:
+            self.schedules[camera].restore(state)
+        except Exception as exc:  # noqa: BLE001 - inconsistent: start afresh (every frame, until known)
             self.schedules[camera] = self.detector.schedule(self.in_flight)
-            self.log.warning("%s: predecessor's schedule unreadable (%s); starting afresh", camera, exc)
+            self.log.warning("%s: predecessor's schedule unusable (%s); starting afresh", camera, exc)
             return
         self.catching_up[camera] = time.monotonic() + CATCH_UP_S
         self.log.info("%s: schedule taken over from the last frame it decided, %s", camera,
@@ -202,18 +200,10 @@ class DetectService(Service):
         if self.cfg.anonymizer.detector.stride == 1:
             return
         for camera in {ref.camera for ref in batch}:
-            path = self._schedule_path(camera)
-            staged = path.with_name(f"{path.name}.partial")
-            try:
-                staged.write_bytes(messages.encode(self.schedules[camera].snapshot()))
-                os.replace(staged, path)
-            except OSError as exc:
-                self.count("schedule_not_kept")
-                if self.counters["schedule_not_kept"] == 1:
-                    self.log.warning("%s: schedule not kept for a successor: %s", camera, exc)
+            self.keep(self._schedule_name(camera), self.schedules[camera].snapshot(), "schedule")
 
-    def _schedule_path(self, camera: str):
-        return self.endpoints.dir / f"schedule-{self.camera}-{camera}"
+    def _schedule_name(self, camera: str) -> str:
+        return f"schedule-{self.camera}-{camera}"
 
     def _answer(self, ref, status: str, persons, batch: int) -> None:
         self.results.send(ref.composite, messages.Detected(ref, status, persons, worker=self.camera, batch=batch))

@@ -370,7 +370,7 @@ def test_a_live_cameras_numbers_are_reserved_on_disk_before_a_frame_goes_out(tmp
     successor = CaptureService(cfg, "ptest", camera)
     follows = successor._take_over_position()
     assert successor.seq == SEQ_BLOCK and follows[0] == 12.5  # after every number the dead one could use
-    path = dead._position_path()
+    path = dead.endpoints.dir / dead._position_name()
     path.unlink()
     path.mkdir()  # cannot be replaced any more
     assert dead._keep_position(13.0)  # 700 was reserved already

@@ -135,6 +135,37 @@ class Service:
         (sock.bind if bind else sock.connect)(endpoint)
         return sock
 
+    # --- what a stage keeps in the run folder for its successor (it may die at any time) ---------------------
+    def keep(self, name: str, state: messages.Message, what: str) -> bool:
+        """Writes `state` to the run folder as `name`, whole or not at all; False when it cannot (a full disk):
+        counted as `<what>_not_kept`, logged the first time."""
+        path = self.endpoints.dir / name
+        staged = path.with_name(f"{name}.partial")
+        try:
+            staged.write_bytes(messages.encode(state))
+            os.replace(staged, path)
+        except OSError as exc:
+            counter = f"{what}_not_kept"
+            self.count(counter)
+            if self.counters[counter] == 1:
+                self.log.warning("%s: %s not kept for a successor: %s", self.camera, what, exc)
+            return False
+        return True
+
+    def kept(self, name: str, kind: type[messages.Message], what: str) -> messages.Message | None:
+        """What a predecessor kept as `name` (`keep`): None when it kept nothing, or something unreadable
+        (torn, or foreign: logged)."""
+        try:
+            state = messages.decode((self.endpoints.dir / name).read_bytes())
+            if not isinstance(state, kind):
+                raise messages.MessageError(f"a {type(state).__name__}, not a {kind.__name__}")
+        except FileNotFoundError:
+            return None
+        except Exception as exc:  # noqa: BLE001 - whatever is there, the successor starts without it
+            self.log.warning("%s: predecessor's %s unreadable (%s); starting without it", self.camera, what, exc)
+            return None
+        return state
+
     def malformed(self, error: Exception) -> None:
         """Garbage on a socket (a stray client, a version mismatch): logged, counted, dropped; never fatal."""
         self.count("malformed")
