@@ -98,6 +98,7 @@ class FrameRef(Message):
     width: int
     composite: int = 0
     last: bool = False  # a file's last frame (`Frame.last`)
+    continues: bool = False  # from a restarted capture, going on with the stream its predecessor began
 
 
 class Detected(Message):

@@ -39,7 +39,7 @@ class CaptureService(Service):
     stage = "capture"
 
     def __init__(self, cfg, instance: str, camera, source: str | None = None, composite_worker: int = 0,
-                 resume_from: int = 0) -> None:
+                 resume_from: int | None = None) -> None:
         super().__init__(cfg, instance, camera.name)
         if not 0 <= composite_worker < cfg.engine.composite_workers:
             raise ConfigError(f"composite worker {composite_worker} does not exist "
@@ -56,7 +56,10 @@ class CaptureService(Service):
         self.redelivering = False
         self.free_slots: list[int] = []
         self.seq = 0
-        self.resume_from = resume_from  # a restarted capture of a file: frames before it are encoded already
+        # A restarted capture (the launcher says where the output stands, 0 too): it goes on with its
+        # predecessor's stream; a file's frames before `resume_from` are encoded already.
+        self.continues = resume_from is not None
+        self.resume_from = resume_from or 0
         self.ended = False
         self._reserved = 0  # a live camera's frame numbers below this are kept in the run folder as taken
         self._position_kept = 0.0
@@ -162,7 +165,8 @@ class CaptureService(Service):
         slot = self.free_slots.pop()
         self.ring.write(slot, self.seq, frame.image)
         ref = messages.FrameRef(self.camera, self.seq, frame.pts, self.ring.name, slot, self.ring.slots,
-                                self.ring.height, self.ring.width, self.composite_worker, last=frame.last)
+                                self.ring.height, self.ring.width, self.composite_worker, last=frame.last,
+                                continues=self.continues)
         # In flight before it is announced: its release can come back before the offer returns.
         self.inflight[self.seq] = InFlight(ref, time.monotonic())
         self.seq += 1
@@ -326,7 +330,8 @@ def main(argv=None) -> int:
         parser.add_argument("--output", help="output video, for a camera not in the config")
         parser.add_argument("--metadata", help="metadata file, for a camera not in the config")
         parser.add_argument("--composite-worker", type=int, default=0, help="the composite worker of this camera")
-        parser.add_argument("--resume-from", type=int, default=0, help="first frame to read (a restarted capture)")
+        parser.add_argument("--resume-from", type=int, default=None,
+                            help="a restarted capture: its predecessor's stream, from this frame on")
 
     def factory(cfg, args):
         known = {c.name: c for c in cfg.cameras}

@@ -156,9 +156,11 @@ class DetectService(Service):
 
     def _schedule(self, ref: messages.FrameRef) -> DetectionSchedule:
         """The camera's schedule: as this worker's predecessor left it (it died mid-stream), or new; new again
-        when another stream of the camera starts from its first frame (its capture started again)."""
+        when another stream of the camera starts from its first frame (the camera attached again). A restarted
+        capture goes on with its predecessor's stream, from frame 0 too when nothing was written yet: its frames
+        get the decisions they got (a new schedule had decided them afresh, and changed the output's pixels)."""
         camera = ref.camera
-        if camera in self.schedules and ref.ring != self.streams[camera] and ref.seq == 0:
+        if camera in self.schedules and ref.ring != self.streams[camera] and ref.seq == 0 and not ref.continues:
             del self.schedules[camera]
         self.streams[camera] = ref.ring
         if camera not in self.schedules:
