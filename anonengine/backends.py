@@ -15,6 +15,7 @@ import functools
 import logging
 import math
 import shutil
+import sys
 import warnings
 from pathlib import Path
 
@@ -141,6 +142,8 @@ class ExportedModels:
             log.info("exporting %s to %s at %dx%d (once; cached in %s)", self.weights.name, self.backend,
                      shape[1], shape[0], target.parent)
             fmt = {"openvino": "openvino", "onnx": "onnx", "tensorrt": "engine"}[self.backend]
+            if fmt == "openvino":
+                openvino_converter()
             ultralytics_log = logging.getLogger("ultralytics")
             level = ultralytics_log.level
             ultralytics_log.setLevel(logging.WARNING)  # the exporter's pages of progress are not ours to show
@@ -189,9 +192,7 @@ class OpenVinoPose:
     frame less on 2 cores, and no PyTorch or Ultralytics to import before the first frame."""
 
     def __init__(self, folder: Path, shape: tuple[int, int], threads: int = 0) -> None:
-        import openvino as ov
-
-        core = ov.Core()
+        core = openvino_runtime().Core()
         config = {"INFERENCE_NUM_THREADS": threads} if threads else {}
         self.compiled = core.compile_model(core.read_model(next(Path(folder).glob("*.xml"))), "CPU", config)
         self.shape = shape  # the export's input (h, w)
@@ -243,13 +244,37 @@ def use_openvino_threads(model, path: Path, threads: int) -> None:
         raise ModelError("cannot set detector.threads for OpenVINO with this Ultralytics version: set it to 0")
     if backend.ov_compiled_model.get_property("INFERENCE_NUM_THREADS") == threads:
         return
-    import openvino as ov
-
+    ov = openvino_runtime()
     # Ultralytics' own device and settings (precision hints on ARM, say), plus the thread count; kept
     # for its later recompiles too.
     config = {**compile_model.keywords.get("config", {}), "INFERENCE_NUM_THREADS": threads}
     backend.compile_model = functools.partial(compile_model, config=config)
     backend.ov_compiled_model = backend.compile_model(ov.Core().read_model(next(path.glob("*.xml"))))
+
+
+def openvino_runtime():
+    """`openvino`, imported without its model converter.
+
+    `import openvino` imports the converter too, when it can; the converter's import sends a usage event to
+    Google Analytics (openvino-telemetry, on unless the user opted out) from a process it starts. A privacy
+    tool's detector does not report its every start to a third party (nor wait 0.1 s for the converter). An
+    export needs the converter and imports it then (`openvino_converter`)."""
+    if "openvino" not in sys.modules:
+        sys.modules["openvino.tools.ovc"] = None  # `import openvino` goes on without what it cannot import
+        try:
+            import openvino  # noqa: F401
+        finally:
+            del sys.modules["openvino.tools.ovc"]
+    return sys.modules["openvino"]
+
+
+def openvino_converter() -> None:
+    """Makes `openvino.convert_model` (what Ultralytics' OpenVINO export calls) there after `openvino_runtime`."""
+    ov = openvino_runtime()
+    if not hasattr(ov, "convert_model"):
+        from openvino.tools.ovc import convert_model
+
+        ov.convert_model = convert_model
 
 
 def _importable(module: str) -> bool:

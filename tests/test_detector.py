@@ -1,5 +1,7 @@
 """Detection with the real pose model, and the seg path on the real segmentation architecture."""
 
+import subprocess
+import sys
 
 import cv2
 import numpy as np
@@ -140,3 +142,30 @@ def test_openvino_pose_run_directly_equals_ultralytics_own_predictor(models_dir)
         np.testing.assert_allclose(ours.scores[order], theirs.scores[their_order], atol=1e-6)
         np.testing.assert_allclose(ours.boxes[order], theirs.boxes[their_order], atol=1e-3)
         np.testing.assert_allclose(ours.keypoints[order], theirs.keypoints[their_order], atol=1e-3)
+
+
+def test_the_detector_runs_openvino_without_its_telemetry(models_dir, tmp_path):
+    """`import openvino` imports its model converter, whose import sends a usage event to Google Analytics
+    from a process of its own. The detector runs a cached export without the converter; an export in the
+    same process (a camera of another size) still finds it. In a fresh interpreter, as a detect stage."""
+    import shutil
+
+    from anonengine.backends import ExportedModels, letterbox_shape
+
+    weights = tmp_path / "yolo11n-pose.pt"  # a cache of its own: the second size is exported in the child
+    shutil.copy2(models_dir / "yolo11n-pose.pt", weights)
+    ExportedModels(str(weights), "pose", "openvino", 320, half=False).export(letterbox_shape((192, 320), 320))
+    child = f"""
+import sys
+import cv2
+from anonengine.backends import ExportedModels, OpenVinoPose
+models = ExportedModels({str(weights)!r}, "pose", "openvino", 320, half=False)
+image = cv2.imread({str(assets_dir() / "zidane.jpg")!r})
+model, _ = models.model_for((192, 320))
+assert isinstance(model, OpenVinoPose)
+assert "openvino_telemetry" not in sys.modules and "openvino.tools.ovc" not in sys.modules
+model, _ = models.model_for(image.shape[:2])  # not cached: exported here
+assert len(model.detect(image, 0.25, 0.7)) == 2
+"""
+    run = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, timeout=300, check=False)
+    assert run.returncode == 0, run.stderr[-2000:]
