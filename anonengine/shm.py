@@ -10,6 +10,7 @@ for.
 from __future__ import annotations
 
 import os
+import re
 import struct
 from multiprocessing import resource_tracker, shared_memory
 from pathlib import Path
@@ -124,6 +125,13 @@ def unlink(name: str) -> None:
         os.unlink(SHM_DIR / name)
     except FileNotFoundError:
         pass
+
+
+def made_by(instance: str, pid: int) -> list[str]:
+    """The segments process `pid` made for `instance`, which it alone would have unlinked: a capture's ring
+    (`CAMERAx{pid}`), a compositor's output rings (`CAMERAx{pid}o{n}`)."""
+    owned = re.compile(rf"x{pid}(o\d+)?$")
+    return [name for name in instance_segments(instance) if owned.search(name)]
 
 
 def instance_segments(instance: str | None = None) -> list[str]:

@@ -35,7 +35,7 @@ from anonengine.interrupts import STOP_SIGNALS
 from anonengine.locks import FileLock, LockBusy, is_locked
 from anonengine.recording import segments_folder
 from anonengine.rundir import private_dir, run_dir_path
-from anonengine.shm import SHM_DIR, instance_segments, remove_stale_segments, segment_name, unlink
+from anonengine.shm import SHM_DIR, instance_segments, made_by, remove_stale_segments, unlink
 from anonengine.sources import classify, is_live
 from anonengine.tap import MAX_TAP_MESSAGE_BYTES
 from anonengine.video import claim_output, partial_metadata_path, partial_path
@@ -559,9 +559,10 @@ class Launcher:
                 continue
             if child.stage == "capture" and code == 0:
                 continue  # its stream ended
-            if child.stage == "capture":
-                # Its frame ring, which only it would have unlinked: freed once the stages reading it let go.
-                unlink(segment_name(self.instance, f"{child.camera}x{child.process.pid}"))
+            # Its rings (a capture's frames, a compositor's output), which only it would have unlinked: freed
+            # once the stages reading them let go (they drop the rings whose segment is gone).
+            for name in made_by(self.instance, child.process.pid):
+                unlink(name)
             if code == USER_ERROR:
                 error = self._error_file(child)
                 message = error.read_text() if error.is_file() else f"{child.name} stopped on an error"
