@@ -97,13 +97,6 @@ class Summary:
                 f"{len(self.failed)} failed; {self.frames} frames in {self.seconds:.1f} s{where}{rate} -> {output_dir}")
 
 
-def is_batch_source(spec: str) -> bool:
-    """A folder, or a glob pattern that names no file itself (a URL's `?` is no pattern)."""
-    if "://" in spec or spec.isdigit():
-        return False
-    return Path(spec).is_dir() or (glob.has_magic(spec) and not Path(spec).exists())
-
-
 def find_jobs(spec: str, output_dir: Path) -> list[Job]:
     """The inputs `spec` names (a folder: its videos and photos, recursively, hidden files left out; a glob:
     the files it matches; a file: itself), each with its output under `output_dir`."""
@@ -408,5 +401,5 @@ def cmd_batch(args: argparse.Namespace) -> int:
     return 1 if summary.failed else 0
 
 
-__all__ = ["Batch", "FileRunner", "Job", "Summary", "anonymize_photo", "cmd_batch", "find_jobs", "is_batch_source",
+__all__ = ["Batch", "FileRunner", "Job", "Summary", "anonymize_photo", "cmd_batch", "find_jobs",
            "output_settings", "pending_jobs", "record_of"]

@@ -20,6 +20,7 @@ if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not inside 
 
 # The rest is imported after the handlers, which must come first.
 import argparse
+import glob
 import logging
 from pathlib import Path
 
@@ -143,11 +144,22 @@ def _drop_none(**kwargs) -> dict:
     return {k: v for k, v in kwargs.items() if v is not None}
 
 
-def cmd_run(args: argparse.Namespace) -> int:
-    from anonengine.batch import cmd_batch, is_batch_source
+def is_batch_source(spec: str) -> bool:
+    """A folder, or a glob pattern that names no file itself (a URL's `?` is no pattern)."""
+    if "://" in spec or spec.isdigit():
+        return False
+    return Path(spec).is_dir() or (glob.has_magic(spec) and not Path(spec).exists())
 
+
+def cmd_run(args: argparse.Namespace) -> int:
     if args.output_dir or args.ray is not None or is_batch_source(args.video_source):
+        from anonengine.batch import cmd_batch
+
         return cmd_batch(args)
+    if not args.inline:
+        from anonengine.engine import stagehost
+
+        stagehost.warm_up()  # the stages' imports, while this process checks the inputs
     cfg = config_from_run_flags(args)
     from anonengine.audio import finish_single_file
 

@@ -21,7 +21,8 @@ import pytest
 from helpers import LEAK_SHARE, shown_share
 
 from anonengine.audio import is_location_tag, kept_tags
-from anonengine.batch import find_jobs, is_batch_source
+from anonengine.batch import find_jobs
+from anonengine.cli import is_batch_source
 from anonengine.errors import ConfigError
 from anonengine.manifest import MANIFEST_NAME, Manifest
 from anonengine.sample import assets_dir, make_sample, render_frames

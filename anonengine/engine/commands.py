@@ -14,6 +14,7 @@ import zmq
 
 from anonengine import messages
 from anonengine.config import EngineConfig, load_yaml
+from anonengine.engine import stagehost
 from anonengine.engine.launcher import EngineFailed
 from anonengine.errors import ConfigError, InputError
 from anonengine.interrupts import Interrupted, interrupted_line
@@ -69,6 +70,7 @@ def cmd_launch(args: argparse.Namespace) -> int:
     if args.validate_config:
         print(f"{args.config}: valid ({len(cfg.cameras)} camera(s))")
         return 0
+    stagehost.warm_up()
     resolve_models(cfg)
     return launch(cfg).run()
 
@@ -79,6 +81,7 @@ def run_engine(cfg: EngineConfig, progress: bool, tap: str | None) -> int:
     A stop signal ends a live source as its end would (exit 0); a file keeps the frames done so far,
     playable, under the `.partial` name, and the exit code says which signal stopped it (128 + signal).
     """
+    stagehost.warm_up()  # the stages' imports, while the inputs are checked (done already by `anonengine run`)
     from anonengine.engine.launcher import launch, stage_total
 
     cam = cfg.cameras[0]

@@ -28,7 +28,7 @@ from pydantic import ValidationError
 from anonengine import messages
 from anonengine.config import CameraConfig, EngineConfig, HttpConfig
 from anonengine.curve import CurveClient, curve_clients_folder, load_key, write_public_key
-from anonengine.engine import metrics
+from anonengine.engine import metrics, stagehost
 from anonengine.engine.runtime import Endpoints, bind_tap, log_malformed, receive_waiting
 from anonengine.errors import AnonError, InputError, OutputError
 from anonengine.interrupts import STOP_SIGNALS
@@ -120,7 +120,7 @@ class Launcher:
         self.failed_cameras: dict[str, str] = {}
         self.stop_requested = False
         self.stop_signal: int | None = None  # the signal that asked for the stop, if one did
-        self.spawn = subprocess.Popen  # swapped in tests
+        self.spawn = stagehost.StageHost(_project_root()) if stagehost.available() else subprocess.Popen  # tests swap it
         self.clock = time.monotonic
         self.on_stats = None  # called with `stats` whenever counters arrive (progress bars)
         self.tap_relay: TapRelay | None = None
@@ -277,6 +277,9 @@ class Launcher:
             sock.bind(endpoint)
         if self.tap_endpoint and self.cfg.engine.encode_workers > 1:
             self.tap_relay = TapRelay(self.context, self.endpoints, self.cfg.tap)
+        # The first stage waits for the fork server's imports (stagehost): meanwhile /healthz says the
+        # launcher lives, /readyz that the engine starts.
+        self.take_snapshot()
         for w in range(self.cfg.engine.encode_workers):
             self._add(f"encode{w}", "encode", w, extra=["--worker", str(w)])
         for w in range(self.cfg.engine.composite_workers):

@@ -1,0 +1,158 @@
+"""Stage processes forked from one interpreter that has imported what every stage imports.
+
+Each stage started as `python -m services.X` imported NumPy, OpenCV, PyAV, ZeroMQ, pydantic and the
+library on its own: 0.6 s of CPU each, four at once on two cores, before any of them could look at a
+frame. Here the standard library's fork server (`multiprocessing`, start method "forkserver") imports
+them once, while the launcher checks the inputs, and forks each stage from there: a stage starts with
+its imports done, and a restarted stage too. Only modules that start no threads when imported are
+preloaded (OpenVINO starts one: the detector imports it itself), since a fork keeps the calling thread
+alone.
+
+A forked stage runs exactly as `python -m services.X ...` would (same argv, environment, folder, its own
+session, stdin from /dev/null); the launcher handles it through `ForkedStage`, which answers as the
+`subprocess.Popen` it used to get. Its parent is the fork server, which ends when the launcher does
+(the standard library sees to that): a stage follows its parent, so it ends with the launcher as before.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import multiprocessing.forkserver
+import os
+import runpy
+import signal
+import subprocess
+import sys
+
+log = logging.getLogger(__name__)
+
+# What `python -m services.X` imports for every stage, none of which starts a thread on import.
+PRELOAD = ["numpy", "cv2", "av", "zmq", "msgpack", "yaml", "pydantic", "anonengine.config", "anonengine.messages",
+           "anonengine.engine.runtime", "anonengine.stages", "anonengine.shm"]  # fmt: skip
+
+
+def available() -> bool:
+    return sys.platform.startswith("linux") and "forkserver" in multiprocessing.get_all_start_methods()
+
+
+def warm_up() -> None:
+    """Starts the fork server now (its imports take a while), where it will be used; idempotent."""
+    if not available():
+        return
+    multiprocessing.set_forkserver_preload(PRELOAD)
+    # The server runs in the launcher's process group, so a Ctrl-C in the terminal reaches it too: it ignores
+    # SIGINT once it serves, but while it imports one would print a KeyboardInterrupt's traceback. It starts
+    # with SIGINT blocked (a signal mask survives the exec); the launcher's own is delivered once unblocked.
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        multiprocessing.forkserver.ensure_running()
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+
+
+class StageHost:
+    """Starts stage processes, each forked from the fork server (`warm_up` starts it early)."""
+
+    def __init__(self, project_root: str) -> None:
+        self.project_root = project_root
+        self.context = multiprocessing.get_context("forkserver")
+
+    def __call__(self, argv: list[str], env: dict[str, str], cwd: str, stdin=None,
+                 start_new_session: bool = True) -> ForkedStage:
+        """A stage started from `argv` (`[python, "-m", "services.X", args...]`), as subprocess.Popen would."""
+        if argv[1:2] != ["-m"]:
+            raise ValueError(f"a stage is started as python -m <module>, not {argv}")
+        module, args = argv[2], argv[3:]
+        process = self.context.Process(target=run_stage, args=(module, args, env, cwd, self.project_root),
+                                       name=module, daemon=False)
+        try:
+            warm_up()  # at once when the caller did not warm it up
+            process.start()
+        except (OSError, EOFError) as exc:  # the fork server is broken: the stage starts as a program
+            log.warning("cannot start %s through the fork server (%s); starting it as its own program", module, exc)
+            return subprocess.Popen(argv, env=env, cwd=cwd, stdin=stdin, start_new_session=start_new_session)
+        return ForkedStage(process)
+
+
+class ForkedStage:
+    """A forked stage, with the part of subprocess.Popen's interface the launcher uses.
+
+    Signals go through a pidfd: once the fork server has reaped a stage its pid may be another process's,
+    and a stop must never reach that one."""
+
+    def __init__(self, process: multiprocessing.Process) -> None:
+        self.process = process
+        self.pid = process.pid
+        try:
+            self.pidfd = os.pidfd_open(self.pid)
+        except (AttributeError, OSError):  # exited already (or no pidfd): signals are skipped once it has
+            self.pidfd = None
+
+    @property
+    def returncode(self) -> int | None:
+        return self.process.exitcode
+
+    def poll(self) -> int | None:
+        code = self.process.exitcode
+        if code is not None and self.pidfd is not None:
+            os.close(self.pidfd)
+            self.pidfd = None
+        return code
+
+    def wait(self, timeout: float | None = None) -> int:
+        self.process.join(timeout)
+        code = self.poll()
+        if code is None:
+            raise subprocess.TimeoutExpired(self.process.name, timeout)
+        return code
+
+    def send_signal(self, sig: int) -> None:
+        if self.poll() is None and self.pidfd is not None:
+            try:
+                signal.pidfd_send_signal(self.pidfd, sig)
+            except ProcessLookupError:
+                pass
+
+    def terminate(self) -> None:
+        self.send_signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+
+def run_stage(module: str, args: list[str], env: dict[str, str], cwd: str, project_root: str) -> None:
+    """In the forked child: becomes `python -m module args` with the launcher's environment for it."""
+    os.setsid()  # Ctrl-C in a terminal reaches the launcher alone, which stops the stages in order
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # blocked in the fork server (warm_up)
+    # The fork server lives on while any process holds its "alive" pipe, which it hands to every child so
+    # that the child may start processes through it too. A stage does not; holding it would keep the server
+    # (the stage's parent, which the stage follows) alive after the launcher died, and the stage with it.
+    server = multiprocessing.forkserver._forkserver  # noqa: SLF001 - no public API for it
+    if server._forkserver_alive_fd is not None:  # noqa: SLF001
+        os.close(server._forkserver_alive_fd)  # noqa: SLF001
+        server._forkserver_alive_fd = None  # noqa: SLF001
+    multiprocessing.set_start_method(None, force=True)  # what the stage's libraries start is as it would be
+    title(["python", "-m", module, *args])  # what `ps` and `pgrep -f` showed of a stage, until it names itself
+    os.chdir(cwd)
+    os.environ.clear()
+    os.environ.update(env)
+    # The stage follows the process that forked it, the fork server, which ends with the launcher.
+    os.environ["ANONENGINE_LAUNCHER_PID"] = str(os.getppid())
+    # As PYTHONSAFEPATH would: services/ comes from the project, never from a same-named folder where the
+    # user stands.
+    sys.path[:] = [project_root] + [p for p in sys.path if p not in ("", ".", cwd, project_root)]
+    sys.stdout.reconfigure(write_through=True)  # as PYTHONUNBUFFERED
+    sys.argv = [module, *args]
+    runpy.run_module(module, run_name="__main__", alter_sys=True)
+    sys.exit(0)  # a module run as __main__ leaves through exit_process; one that returns did its work
+
+
+def title(words: list[str]) -> None:
+    """The process's title (setproctitle, when installed), set before the environment is replaced: once it
+    is, setproctitle no longer finds the memory the title goes in."""
+    try:
+        import setproctitle
+    except ImportError:
+        return
+    setproctitle.setproctitle(" ".join(words))
