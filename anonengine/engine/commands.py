@@ -9,15 +9,14 @@ import os
 import sys
 from fractions import Fraction
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import zmq
-
-from anonengine import messages
-from anonengine.config import EngineConfig, load_yaml
 from anonengine.engine import stagehost
-from anonengine.engine.launcher import EngineFailed
 from anonengine.errors import ConfigError, InputError
 from anonengine.interrupts import Interrupted, interrupted_line
+
+if TYPE_CHECKING:
+    from anonengine.config import EngineConfig
 
 CONTROL_TIMEOUT_MS = 5000
 TAP_TIME_BASE = Fraction(1, 90000)
@@ -64,6 +63,7 @@ def register(sub) -> None:
 
 
 def cmd_launch(args: argparse.Namespace) -> int:
+    from anonengine.config import EngineConfig, load_yaml
     from anonengine.engine.launcher import launch
 
     cfg = load_yaml(Path(args.config), EngineConfig)
@@ -82,7 +82,7 @@ def run_engine(cfg: EngineConfig, progress: bool, tap: str | None) -> int:
     playable, under the `.partial` name, and the exit code says which signal stopped it (128 + signal).
     """
     stagehost.warm_up()  # the stages' imports, while the inputs are checked (done already by `anonengine run`)
-    from anonengine.engine.launcher import launch, stage_total
+    from anonengine.engine.launcher import EngineFailed, launch, stage_total
 
     cam = cfg.cameras[0]
     info = preflight(cfg)
@@ -205,6 +205,9 @@ def _tap_writer(path: str, image):
 
 
 def cmd_control(args: argparse.Namespace) -> int:
+    import zmq
+
+    from anonengine import messages
     from anonengine.engine.runtime import Endpoints
 
     run_dir = _engines_folder(args.run_dir)

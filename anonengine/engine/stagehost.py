@@ -128,10 +128,11 @@ def run_stage(module: str, args: list[str], env: dict[str, str], cwd: str, proje
     # The fork server lives on while any process holds its "alive" pipe, which it hands to every child so
     # that the child may start processes through it too. A stage does not; holding it would keep the server
     # (the stage's parent, which the stage follows) alive after the launcher died, and the stage with it.
-    server = multiprocessing.forkserver._forkserver  # noqa: SLF001 - no public API for it
-    if server._forkserver_alive_fd is not None:  # noqa: SLF001
-        os.close(server._forkserver_alive_fd)  # noqa: SLF001
-        server._forkserver_alive_fd = None  # noqa: SLF001
+    # (`_forkserver_alive_fd` is private: the standard library gives no other way to let go of it.)
+    server = multiprocessing.forkserver._forkserver
+    if server._forkserver_alive_fd is not None:
+        os.close(server._forkserver_alive_fd)
+        server._forkserver_alive_fd = None
     multiprocessing.set_start_method(None, force=True)  # what the stage's libraries start is as it would be
     title(["python", "-m", module, *args])  # what `ps` and `pgrep -f` showed of a stage, until it names itself
     os.chdir(cwd)
