@@ -52,7 +52,11 @@ def run(models_dir: Path, clip, folder: Path, kill_stage: str | None = None) -> 
                 if records_so_far(folder / "out.mp4") >= 40:
                     break
                 time.sleep(0.05)
-            victims = [pid for pid in stage_pids(f"p{proc.pid}") if _title(pid).startswith(f"anonengine-{kill_stage}[")]
+            if kill_stage == "fork server":  # the launcher's child the stages are forked from (engine.stagehost)
+                victims = [int(p) for p in subprocess.run(["pgrep", "-P", str(proc.pid), "-f", "multiprocessing.forkserver"],
+                                                          capture_output=True, text=True, check=False).stdout.split()]
+            else:
+                victims = [pid for pid in stage_pids(f"p{proc.pid}") if _title(pid).startswith(f"anonengine-{kill_stage}[")]
             assert victims, f"no {kill_stage} stage found"
             os.kill(victims[0], signal.SIGKILL)
         stdout, stderr = proc.communicate(timeout=240)
@@ -94,6 +98,24 @@ def test_a_stage_killed_mid_file_is_restarted_and_every_frame_comes_out_once(
     if stage != "composite":  # a compositor's background starts again from nothing: its pixels differ
         worst = max(np.abs(a.astype(int) - b).max() for a, b in zip(undisturbed, (f.image for f in frames)))
         assert worst <= 2, f"frames differ from the undisturbed run by up to {worst} levels"
+
+
+def test_the_fork_server_killed_mid_file_its_stages_are_started_again_and_every_frame_comes_out_once(
+        clip, models_dir, tmp_path):
+    """The stages are forked from it (engine.stagehost): killed alone, the launcher is told 255 of each stage,
+    each leaves at once as a crashed one would (none drains: a capture would end its stream, an encoder its
+    output) and starts again through a new server. Every frame once, in order, nobody shown."""
+    result = run(models_dir, clip, tmp_path, kill_stage="fork server")
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.count("exited with 255; restarting") == 4, result.stderr
+    frames = list(VideoReader(str(tmp_path / "out.mp4")))
+    records = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert [f.seq for f in frames] == list(range(FRAMES)) == [r["index"] for r in records]
+    background = clip.true_background()
+    for frame, persons, source in zip(frames, clip.boxes(), VideoReader(str(clip.video))):
+        for person in persons:
+            assert shown_share(source.image, frame.image, background, person["box"]) <= LEAK_SHARE, (
+                f"frame {frame.seq} shows {person['actor']}")
 
 
 def test_an_encoder_killed_mid_file_loses_nothing(clip, models_dir, undisturbed, tmp_path):

@@ -11,6 +11,7 @@ import argparse
 import faulthandler
 import logging
 import os
+import select
 import signal
 import sys
 import time
@@ -306,23 +307,51 @@ def bind_tap(context: zmq.Context, endpoint: str, tap: TapConfig,
     return sock, curve
 
 
-def follow_parent() -> int:
-    """Asks the kernel to send SIGTERM when the parent (the launcher) dies, so no stage outlives it even
-    when it is killed with -9; returns the parent's pid, which the loop also checks.
+class Parent:
+    """Whom a stage follows: the kernel sends it SIGTERM when its parent dies (the launcher, or the fork server
+    it was forked from, which ends with the launcher), so no stage outlives the launcher even when that is
+    killed with -9; the loop also asks `launcher_alive`.
 
-    The launcher names itself (ANONENGINE_LAUNCHER_PID): a stage whose launcher died before this ran
-    already has another parent, and stops at once."""
-    parent = int(os.environ.get("ANONENGINE_LAUNCHER_PID") or os.getppid())
-    try:
-        import ctypes
+    The launcher names itself (ANONENGINE_LAUNCHER_PID; a stage on its own follows its parent): a stage whose
+    launcher died before this ran stops at once."""
 
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-    except (OSError, AttributeError):  # not Linux: the getppid() check in the loop still holds
-        pass
-    if os.getppid() != parent:  # died before the request took effect
-        os.kill(os.getpid(), signal.SIGTERM)
-    return parent
+    def __init__(self) -> None:
+        self.pid = os.getppid()
+        launcher = int(os.environ.get("ANONENGINE_LAUNCHER_PID") or self.pid)
+        try:
+            import ctypes
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        except (OSError, AttributeError):  # not Linux: the loop's check still holds
+            pass
+        try:
+            self._launcher = os.pidfd_open(launcher)
+        except ProcessLookupError:  # died before the request took effect
+            self._launcher = None
+        except (AttributeError, OSError):  # no pidfd here: the parent stands for the launcher
+            self._launcher = -1
+        if not self.launcher_alive():
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    def launcher_alive(self) -> bool:
+        if self._launcher == -1:
+            return os.getppid() == self.pid
+        return self._launcher is not None and not select.select([self._launcher], [], [], 0)[0]
+
+    def lost_alone(self) -> bool:
+        """Whether the parent died but the launcher lives: the fork server alone was killed. Its SIGTERM is no
+        stop request then: a stage that drained (a capture ending its stream, an encoder its output) would
+        leave the launcher's successor half a stream; it leaves at once, as if it had crashed, and is
+        restarted."""
+        return os.getppid() != self.pid and self.launcher_alive()
+
+
+def stop_unless_lost(service: Service, parent: Parent) -> None:
+    if parent.lost_alone():
+        service.log.warning("the fork server this stage was started from died; leaving, to be started again")
+        os._exit(1)  # as a crash: nothing drained, nothing ended
+    service.request_stop()
 
 
 def run_service(factory, argv: list[str] | None = None, extra_args=None) -> int:
@@ -345,7 +374,7 @@ def run_service(factory, argv: list[str] | None = None, extra_args=None) -> int:
         setproctitle.setproctitle(f"anonengine-{service.stage}[{service.camera}] {args.instance}")
     except ImportError:
         pass
-    parent = follow_parent()
+    parent = Parent()
     # Until set up, a stop signal ends the process at once (a model load takes seconds, and nothing is in
     # hand yet); from then on it asks the service to finish what it holds.
     INTERRUPTS.install()
@@ -353,14 +382,14 @@ def run_service(factory, argv: list[str] | None = None, extra_args=None) -> int:
         make_endpoints_dir(service.endpoints)
         service.setup()
         for sig in STOP_SIGNALS:
-            signal.signal(sig, lambda *_: service.request_stop())
+            signal.signal(sig, lambda *_: stop_unless_lost(service, parent))
         # The first heartbeat at once: until the launcher has one, it takes the stage for one still
         # starting, which a stop kills rather than waits for (an encoder killed so loses its frames).
         service.report(force=True)
         orphaned_at = None
         while service.step():
             service.report()
-            if os.getppid() == parent:
+            if parent.launcher_alive():
                 continue
             # The launcher is gone (its SIGTERM, PR_SET_PDEATHSIG, may not have come): the stage drains as
             # on any stop, but what it waits for may never come (its peers went with the launcher), and no

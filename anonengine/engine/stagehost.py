@@ -11,7 +11,9 @@ alone.
 A forked stage runs exactly as `python -m services.X ...` would (same argv, environment, folder, its own
 session, stdin from /dev/null); the launcher handles it through `ForkedStage`, which answers as the
 `subprocess.Popen` it used to get. Its parent is the fork server, which ends when the launcher does
-(the standard library sees to that): a stage follows its parent, so it ends with the launcher as before.
+(the standard library sees to that): a stage follows its parent, so it ends with the launcher as before
+(`runtime.Parent`). Should the fork server die alone, the launcher is told 255 of each of its stages: each
+leaves at once, as a crashed stage would, and is started again through a new server.
 """
 
 from __future__ import annotations
@@ -21,11 +23,14 @@ import multiprocessing
 import multiprocessing.forkserver
 import os
 import runpy
+import select
 import signal
 import subprocess
 import sys
 
 log = logging.getLogger(__name__)
+
+KILL_WAIT_S = 5.0  # a SIGKILL takes effect at once; past this the process is stuck in the kernel
 
 # What `python -m services.X` imports for every stage, none of which starts a thread on import.
 PRELOAD = ["numpy", "cv2", "av", "zmq", "msgpack", "yaml", "pydantic", "anonengine.config", "anonengine.messages",
@@ -96,6 +101,15 @@ class ForkedStage:
     def poll(self) -> int | None:
         code = self.process.exitcode
         if code is not None and self.pidfd is not None:
+            # The server tells what it reaped; if it died itself, it tells 255 of stages that may still run
+            # (leaving on its death's SIGTERM): such a stage is gone for good before a successor starts, or
+            # two captures of a camera would run, two encoders write one output.
+            if not _exited(self.pidfd):
+                try:
+                    signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                _exited(self.pidfd, timeout=KILL_WAIT_S)
             os.close(self.pidfd)
             self.pidfd = None
         return code
@@ -121,6 +135,11 @@ class ForkedStage:
         self.send_signal(signal.SIGKILL)
 
 
+def _exited(pidfd: int, timeout: float = 0.0) -> bool:
+    """Whether the process is gone (its pidfd turns readable), waiting up to `timeout` seconds."""
+    return bool(select.select([pidfd], [], [], timeout)[0])
+
+
 def run_stage(module: str, args: list[str], env: dict[str, str], cwd: str, project_root: str) -> None:
     """In the forked child: becomes `python -m module args` with the launcher's environment for it."""
     os.setsid()  # Ctrl-C in a terminal reaches the launcher alone, which stops the stages in order
@@ -138,8 +157,6 @@ def run_stage(module: str, args: list[str], env: dict[str, str], cwd: str, proje
     os.chdir(cwd)
     os.environ.clear()
     os.environ.update(env)
-    # The stage follows the process that forked it, the fork server, which ends with the launcher.
-    os.environ["ANONENGINE_LAUNCHER_PID"] = str(os.getppid())
     # As PYTHONSAFEPATH would: services/ comes from the project, never from a same-named folder where the
     # user stands.
     sys.path[:] = [project_root] + [p for p in sys.path if p not in ("", ".", cwd, project_root)]
