@@ -74,6 +74,19 @@ def _title(pid: int) -> str:
         return ""
 
 
+def every_frame_once_nobody_shown(clip, folder: Path) -> list:
+    """The output's frames, once each is found there once, in order, with its record, showing nobody."""
+    frames = list(VideoReader(str(folder / "out.mp4")))
+    records = [json.loads(line) for line in (folder / "out.jsonl").read_text().splitlines()]
+    assert [f.seq for f in frames] == list(range(FRAMES)) == [r["index"] for r in records]
+    background = clip.true_background()
+    for frame, persons, source in zip(frames, clip.boxes(), VideoReader(str(clip.video))):
+        for person in persons:
+            assert shown_share(source.image, frame.image, background, person["box"]) <= LEAK_SHARE, (
+                f"frame {frame.seq} shows {person['actor']}")
+    return frames
+
+
 @pytest.fixture(scope="module")
 def undisturbed(clip, models_dir, tmp_path_factory):
     folder = tmp_path_factory.mktemp("undisturbed")
@@ -87,14 +100,7 @@ def test_a_stage_killed_mid_file_is_restarted_and_every_frame_comes_out_once(
         stage, clip, models_dir, undisturbed, tmp_path):
     result = run(models_dir, clip, tmp_path, kill_stage=stage)
     assert result.returncode == 0, result.stderr
-    frames = list(VideoReader(str(tmp_path / "out.mp4")))
-    records = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
-    assert [f.seq for f in frames] == list(range(FRAMES)) == [r["index"] for r in records]
-    background = clip.true_background()
-    for frame, persons, source in zip(frames, clip.boxes(), VideoReader(str(clip.video))):
-        for person in persons:
-            assert shown_share(source.image, frame.image, background, person["box"]) <= LEAK_SHARE, (
-                f"frame {frame.seq} shows {person['actor']}")
+    frames = every_frame_once_nobody_shown(clip, tmp_path)
     if stage != "composite":  # a compositor's background starts again from nothing: its pixels differ
         worst = max(np.abs(a.astype(int) - b).max() for a, b in zip(undisturbed, (f.image for f in frames)))
         assert worst <= 2, f"frames differ from the undisturbed run by up to {worst} levels"
@@ -108,14 +114,7 @@ def test_the_fork_server_killed_mid_file_its_stages_are_started_again_and_every_
     result = run(models_dir, clip, tmp_path, kill_stage="fork server")
     assert result.returncode == 0, result.stderr
     assert result.stderr.count("exited with 255; restarting") == 4, result.stderr
-    frames = list(VideoReader(str(tmp_path / "out.mp4")))
-    records = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
-    assert [f.seq for f in frames] == list(range(FRAMES)) == [r["index"] for r in records]
-    background = clip.true_background()
-    for frame, persons, source in zip(frames, clip.boxes(), VideoReader(str(clip.video))):
-        for person in persons:
-            assert shown_share(source.image, frame.image, background, person["box"]) <= LEAK_SHARE, (
-                f"frame {frame.seq} shows {person['actor']}")
+    every_frame_once_nobody_shown(clip, tmp_path)
 
 
 def test_an_encoder_killed_mid_file_loses_nothing(clip, models_dir, undisturbed, tmp_path):
@@ -124,15 +123,8 @@ def test_an_encoder_killed_mid_file_loses_nothing(clip, models_dir, undisturbed,
     undisturbed run but for the encoder's rounding (a keyframe where the new segment begins)."""
     result = run(models_dir, clip, tmp_path, kill_stage="encode")
     assert result.returncode == 0, result.stderr
-    frames = list(VideoReader(str(tmp_path / "out.mp4")))
-    records = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
-    assert [f.seq for f in frames] == list(range(FRAMES)) == [r["index"] for r in records]
+    frames = every_frame_once_nobody_shown(clip, tmp_path)
     assert not (tmp_path / ".out.mp4.segments").exists()
-    background = clip.true_background()
-    for frame, persons, source in zip(frames, clip.boxes(), VideoReader(str(clip.video))):
-        for person in persons:
-            assert shown_share(source.image, frame.image, background, person["box"]) <= LEAK_SHARE, (
-                f"frame {frame.seq} shows {person['actor']}")
     psnr = [cv2.PSNR(a, f.image) for a, f in zip(undisturbed, frames)]
     # What the dead encoder had on disk (at least 40 frames when it was killed) is kept as it was; the
     # rest is encoded again from a new keyframe: the same pictures but for crf 18's rounding (~38 dB).

@@ -27,6 +27,7 @@ import select
 import signal
 import subprocess
 import sys
+import threading
 
 log = logging.getLogger(__name__)
 
@@ -46,13 +47,19 @@ def warm_up() -> None:
     if not available():
         return
     multiprocessing.set_forkserver_preload(PRELOAD)
+    if threading.current_thread() is not threading.main_thread():
+        multiprocessing.forkserver.ensure_running()
+        return
     # The server runs in the launcher's process group, so a Ctrl-C in the terminal reaches it too: it ignores
-    # SIGINT once it serves, but while it imports one would print a KeyboardInterrupt's traceback. It starts
-    # with SIGINT blocked (a signal mask survives the exec); the launcher's own is delivered once unblocked.
+    # SIGINT once it serves, but while it imports one printed a KeyboardInterrupt's traceback. It starts with
+    # SIGINT ignored (an ignored signal stays so across the exec; a blocked one did not). Meanwhile the
+    # launcher's SIGINT is blocked, not lost: it stays pending, and comes once its handler is back.
     blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    handler = signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         multiprocessing.forkserver.ensure_running()
     finally:
+        signal.signal(signal.SIGINT, handler)
         signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
 
 
@@ -143,7 +150,7 @@ def _exited(pidfd: int, timeout: float = 0.0) -> bool:
 def run_stage(module: str, args: list[str], env: dict[str, str], cwd: str, project_root: str) -> None:
     """In the forked child: becomes `python -m module args` with the launcher's environment for it."""
     os.setsid()  # Ctrl-C in a terminal reaches the launcher alone, which stops the stages in order
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # blocked in the fork server (warm_up)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # ignored by the fork server (warm_up)
     # The fork server lives on while any process holds its "alive" pipe, which it hands to every child so
     # that the child may start processes through it too. A stage does not; holding it would keep the server
     # (the stage's parent, which the stage follows) alive after the launcher died, and the stage with it.
