@@ -119,7 +119,7 @@ def anonymize_frames(frames: Iterable[Frame], detect: DetectStage, composite: Co
     """
     timeline: Timeline[Frame, tuple[Detections | None, bool]] = Timeline(lookahead)
     waiting: deque[tuple[Frame, Learnt | None]] = deque()
-    schedule = detect.schedule()
+    schedule = detect.schedule(ahead=ahead)
     wanted: list[Frame] = []  # frames to detect together, up to `batch`
     frames_seen = 0
 

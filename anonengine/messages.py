@@ -99,6 +99,7 @@ class FrameRef(Message):
     composite: int = 0
     last: bool = False  # a file's last frame (`Frame.last`)
     continues: bool = False  # from a restarted capture, going on with the stream its predecessor began
+    live: bool = False  # a live camera's (a file replayed live too): it waits for no frame after it
 
 
 class Detected(Message):
@@ -119,6 +120,7 @@ class ScheduleState(Message):
     busy: bool
     known: PackedDetections | None
     decided: tuple[tuple[int, int, bool], ...]  # (seq, pts, wanted) of the latest frames
+    recent: tuple[tuple[float, ...], ...] = ()  # the boxes (x0, y0, x1, y1, ...) of the last detections known
 
 
 class LivePosition(Message):

@@ -102,13 +102,14 @@ class DetectStage(Stage):
 
         self.detector = PersonDetector(self.cfg, self.max_batch)
 
-    def schedule(self, in_flight: int = REMEMBERED) -> DetectionSchedule:
+    def schedule(self, in_flight: int = REMEMBERED, ahead: int = 0) -> DetectionSchedule:
         """A new stream's schedule: which of its frames to detect (`detector.stride`); the others are hidden
         by the boxes of the detections on either side of them. `in_flight`: the most frames the stream can
-        have in flight, which the schedule remembers its decisions for (offered again after a restart)."""
+        have in flight, which the schedule remembers its decisions for (offered again after a restart).
+        `ahead`: the frames each waits for before it is drawn (a recording's, `BackgroundConfig.frames_ahead`)."""
         detector = self.cfg.detector
         return DetectionSchedule(detector.stride, detector.stride_mode == "adaptive", self.cfg.mask.edge_snap,
-                                 in_flight)
+                                 in_flight, recording=ahead > 0)
 
     def process(self, images: list[np.ndarray]) -> list[Detections | None]:
         try:

@@ -114,10 +114,11 @@ def seed_algorithm(images: list[np.ndarray], detections: list[Detections], alpha
     return out
 
 
-def scheduled(detections: list[Detections], cfg: AnonymizerConfig) -> list[Detections]:
+def scheduled(detections: list[Detections], cfg: AnonymizerConfig, ahead: int) -> list[Detections]:
     """The detections as `detector.stride` and `stride_mode` let the detector see them (the engine's and
-    the inline path's schedule); the frames between are undetected."""
-    schedule = DetectStage(cfg).schedule()
+    the inline path's schedule, for frames that wait for `ahead` after them); the frames between are
+    undetected."""
+    schedule = DetectStage(cfg).schedule(ahead=ahead)
     out = []
     for seq, found in enumerate(detections):
         if schedule.wants(seq, seq, last=seq == len(detections) - 1):
@@ -290,8 +291,8 @@ def main() -> None:
                 for mode in ("fixed", "adaptive"):
                     strided_cfg = live.model_copy(deep=True)
                     strided_cfg.detector.stride, strided_cfg.detector.stride_mode = stride, mode
-                    strided = scheduled(detections, strided_cfg)
                     for suffix, frames_ahead in (("", ahead), (" live", 0)):
+                        strided = scheduled(detections, strided_cfg, frames_ahead)
                         runs.append((f"{mode} {stride}{suffix}", partial(anonengine_algorithm, images, strided,
                                                                          strided_cfg, ahead=frames_ahead)))
                         detected_share[f"{mode} {stride}{suffix}"] = np.mean([d.detected for d in strided])

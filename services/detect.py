@@ -164,19 +164,24 @@ class DetectService(Service):
             del self.schedules[camera]
         self.streams[camera] = ref.ring
         if camera not in self.schedules:
-            self.schedules[camera] = self.detector.schedule(self.in_flight)
+            self.schedules[camera] = self.detector.schedule(self.in_flight, self._ahead(ref))
             if ref.seq > 0:
-                self._take_over(camera)
+                self._take_over(ref)
         return self.schedules[camera]
 
-    def _take_over(self, camera: str) -> None:
+    def _ahead(self, ref: messages.FrameRef) -> int:
+        """The frames the camera's compositor has each wait for (as `CompositeStage.start` computes them)."""
+        return self.cfg.anonymizer.background.frames_ahead(ref.live, ref.width, ref.height)
+
+    def _take_over(self, ref: messages.FrameRef) -> None:
+        camera = ref.camera
         state = self.kept(self._schedule_name(camera), messages.ScheduleState, "schedule")
         if state is None:
             return
         try:
             self.schedules[camera].restore(state)
         except Exception as exc:  # noqa: BLE001 - inconsistent: start afresh (every frame, until known)
-            self.schedules[camera] = self.detector.schedule(self.in_flight)
+            self.schedules[camera] = self.detector.schedule(self.in_flight, self._ahead(ref))
             self.log.warning("%s: predecessor's schedule unusable (%s); starting afresh", camera, exc)
             return
         self.catching_up[camera] = time.monotonic() + CATCH_UP_S
