@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import re
 import struct
+import time
 from multiprocessing import resource_tracker, shared_memory
 from pathlib import Path
 
@@ -22,6 +23,7 @@ PREFIX = "anonengine"
 HEADER = struct.Struct("<qqiii4x")  # state (odd while writing), seq, height, width, channels
 HEADER_SIZE = 64
 NO_FRAME = -1
+PRUNE_EVERY_S = 0.5  # how often a reader looks for rings of dead stages (a stat per ring mapped)
 
 
 class StaleSlot(Exception):
@@ -162,6 +164,7 @@ class RingCache:
 
     def __init__(self) -> None:
         self._rings: dict[str, FrameRing] = {}
+        self._pruned_at = float("-inf")
 
     def get(self, name: str, slots: int, height: int, width: int) -> FrameRing:
         ring = self._rings.get(name)
@@ -175,8 +178,13 @@ class RingCache:
             ring.close()
 
     def prune(self) -> None:
-        """Drops the rings whose segment is gone (a capture that died, unlinked by the launcher), so that their
-        memory is freed: a frame of one still to be read is then stale, as if its slot had been reused."""
+        """Drops the rings whose segment is gone (a stage that died: the launcher unlinked what it made), so that
+        their memory is freed: a frame of one still to be read is then stale, as if its slot had been reused.
+        Called as often as the caller likes (between frames): it looks at most every PRUNE_EVERY_S."""
+        now = time.monotonic()
+        if now - self._pruned_at < PRUNE_EVERY_S:
+            return
+        self._pruned_at = now
         for name in [name for name in self._rings if not (SHM_DIR / name).exists()]:
             self.drop(name)
 

@@ -25,8 +25,6 @@ from anonengine.shm import RingCache, StaleSlot
 from anonengine.stages import frame_record
 from anonengine.video import Frame, StreamInfo
 
-PRUNE_EVERY_S = 0.5
-
 
 @dataclass
 class Output:
@@ -51,7 +49,6 @@ class EncodeService(Service):
         # The frames a camera may have in this encoder before they are on disk: the compositor's output
         # ring, less one on its way here and one spare (the capture's slots went when they arrived).
         self.max_pending = cfg.engine.ring_slots - 2
-        self._pruned_at = 0.0
 
     def setup(self) -> None:
         self.inbox = self.socket(zmq.PULL, self.endpoints.encode(self.worker), bind=True)
@@ -76,10 +73,7 @@ class EncodeService(Service):
         self.log.info("ready (pid %d), tap %s", os.getpid(), endpoint or "off")
 
     def step(self) -> bool:
-        now = time.monotonic()
-        if now - self._pruned_at >= PRUNE_EVERY_S:
-            self._pruned_at = now
-            self.rings.prune()  # a dead compositor's output rings, unlinked by the launcher: their memory goes
+        self.rings.prune()  # a dead compositor's output rings, unlinked by the launcher: their memory goes
         # Stopped last: what the compositor sent before it went is still written.
         events = dict(self.poller.poll(0 if self.stopping else POLL_MS))
         if self.tap is not None and self.tap in events:

@@ -81,7 +81,6 @@ def run_engine(cfg: EngineConfig, progress: bool, tap: str | None) -> int:
     A stop signal ends a live source as its end would (exit 0); a file keeps the frames done so far,
     playable, under the `.partial` name, and the exit code says which signal stopped it (128 + signal).
     """
-    stagehost.warm_up()  # the stages' imports, while the inputs are checked (done already by `anonengine run`)
     from anonengine.engine.launcher import EngineFailed, launch, stage_total
 
     cam = cfg.cameras[0]

@@ -5,8 +5,8 @@ library on its own: 0.6 s of CPU each, four at once on two cores, before any of 
 frame. Here the standard library's fork server (`multiprocessing`, start method "forkserver") imports
 them once, while the launcher checks the inputs, and forks each stage from there: a stage starts with
 its imports done, and a restarted stage too. Only modules that start no threads when imported are
-preloaded (OpenVINO starts one: the detector imports it itself), since a fork keeps the calling thread
-alone.
+preloaded, since a fork keeps the calling thread alone; what one stage alone needs (OpenVINO for the
+detector, the tracker for the compositor) it imports itself.
 
 A forked stage runs exactly as `python -m services.X ...` would (same argv, environment, folder, its own
 session, stdin from /dev/null); the launcher handles it through `ForkedStage`, which answers as the
