@@ -47,7 +47,12 @@ class DetectorConfig(StrictModel):
         "frames and cached like any export (faster; its detections are checked against FP32 in the tests). "
         "A segmentation or detection model stays FP32.",
     )
-    threads: int = Field(0, ge=0, le=256, description="CPU inference threads; 0 = every core this process may use.")
+    threads: int = Field(
+        0, ge=0, le=256,
+        description="CPU inference threads; 0 = every core this process may use when it runs alone (--inline, "
+        "batch), half of them shared among the engine's detect workers (at least 1 each), whose compositors and "
+        "encoders run beside them.",
+    )
     stride: int = Field(
         2, ge=1, le=30,
         description="Detect on every Nth frame at most; the boxes of the detections on either side (held by "

@@ -8,6 +8,7 @@ box-only persons, so one model's miss is not a leak.
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 import numpy as np
@@ -70,9 +71,10 @@ class PersonDetector:
     at start for 16:9 frames and for mixed batches, and for another input shape at its first batch.
     """
 
-    def __init__(self, cfg: AnonymizerConfig, max_batch: int = 1) -> None:
+    def __init__(self, cfg: AnonymizerConfig, max_batch: int = 1, cpu_share: float = 1.0) -> None:
         self.cfg = cfg
         det = cfg.detector
+        self.threads = cpu_threads(det.threads, cpu_share)
         self.device = select_device(det.device)
         self.half = det.half and self.device.startswith("cuda")
         self.backend = choose_backend(det.backend, self.device)
@@ -95,7 +97,7 @@ class PersonDetector:
             return load_yolo(spec, task)
         det = self.cfg.detector
         int8 = det.int8 and task == "pose"  # the INT8 accuracy checks are the pose model's
-        exported = ExportedModels(models.resolve(spec), task, self.backend, det.imgsz, self.half, int8, det.threads)
+        exported = ExportedModels(models.resolve(spec), task, self.backend, det.imgsz, self.half, int8, self.threads)
         if not exported.runs_directly(WIDE_FRAME):
             load_yolo(spec, task)
         return exported
@@ -110,7 +112,7 @@ class PersonDetector:
             self.detect([np.zeros((*shape, 3), np.uint8)])
         if self.backend == "torch" and self.device == "cpu":
             # Ultralytics pinned torch to cpu_count - 1 threads (1 on a 2-core machine) at the first predict.
-            _set_torch_threads(self.cfg.detector.threads)
+            _set_torch_threads(self.threads)
 
     @property
     def batches(self) -> bool:
@@ -185,9 +187,21 @@ def merge(primary: Detections, pose: Detections) -> Detections:
     return primary.with_persons(pose.boxes[unmatched], pose.scores[unmatched], pose.keypoints[unmatched])
 
 
-def _set_torch_threads(threads: int) -> None:
-    import os
+def cpu_threads(threads: int, share: float = 1.0) -> int:
+    """The CPU inference threads: `threads` where set (`detector.threads`); else `share` of the cores this
+    process may use, at least one; 0 when that is all of them (the backend's own default).
 
+    Beside the engine's compositors and encoders, a detector on every core loses: its parallel steps wait
+    for whichever thread was preempted. On 2 cores, one thread took 65 ms of CPU an inference against 86 on
+    two, and the engine ran the street clip 8% faster (bench/perf.py)."""
+    if threads:
+        return threads
+    cores = len(os.sched_getaffinity(0))
+    wanted = max(1, int(cores * share))
+    return 0 if wanted >= cores else wanted
+
+
+def _set_torch_threads(threads: int) -> None:
     import torch
 
     torch.set_num_threads(threads or max(1, len(os.sched_getaffinity(0))))

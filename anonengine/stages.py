@@ -93,14 +93,15 @@ class CaptureStage(Stage):
 class DetectStage(Stage):
     """Finds persons in a batch of frames. A failure yields `None` per frame (obscure) or raises (stop)."""
 
-    def __init__(self, cfg: AnonymizerConfig, max_batch: int = 1) -> None:
-        self.cfg, self.max_batch = cfg, max_batch
+    def __init__(self, cfg: AnonymizerConfig, max_batch: int = 1, cpu_share: float = 1.0) -> None:
+        """`cpu_share`: of the cores, what the detector takes unless `detector.threads` says (`cpu_threads`)."""
+        self.cfg, self.max_batch, self.cpu_share = cfg, max_batch, cpu_share
         self.detector = None
 
     def setup(self) -> None:
         from anonengine.detector import PersonDetector
 
-        self.detector = PersonDetector(self.cfg, self.max_batch)
+        self.detector = PersonDetector(self.cfg, self.max_batch, self.cpu_share)
 
     def schedule(self, in_flight: int = REMEMBERED, ahead: int = 0) -> DetectionSchedule:
         """A new stream's schedule: which of its frames to detect (`detector.stride`); the others are hidden

@@ -28,6 +28,9 @@ RESCAN_S = 0.5
 # A restarted detector waits this long at most for a camera's frames in flight to come again in order
 # (the launcher has the captures offer them again once it is ready): its schedule decides in order.
 CATCH_UP_S = 5.0
+# What the detect workers take of the cores between them, unless detector.threads says: the compositors and
+# encoders run beside them.
+DETECT_CPU_SHARE = 0.5
 
 
 class DetectService(Service):
@@ -35,7 +38,8 @@ class DetectService(Service):
 
     def __init__(self, cfg, instance: str, worker: str) -> None:
         super().__init__(cfg, instance, worker)
-        self.detector = DetectStage(cfg.anonymizer, cfg.engine.max_batch)
+        self.detector = DetectStage(cfg.anonymizer, cfg.engine.max_batch,
+                                    cpu_share=DETECT_CPU_SHARE / cfg.engine.detect_workers)
         self.rings = RingCache()
         self.connected: set[str] = set()
         self._last_scan = 0.0

@@ -1,5 +1,6 @@
 """Detection with the real pose model, and the seg path on the real segmentation architecture."""
 
+import os
 import subprocess
 import sys
 
@@ -10,7 +11,7 @@ import pytest
 from anonengine import models
 from anonengine.config import AnonymizerConfig
 from anonengine.detections import Detections, box_iou
-from anonengine.detector import PersonDetector, merge
+from anonengine.detector import PersonDetector, cpu_threads, merge
 from anonengine.sample import assets_dir
 
 
@@ -115,6 +116,27 @@ def test_openvino_runs_on_the_configured_number_of_threads(models_dir):
     assert len(det) == 4
     model, _ = detector.pose.model_for((1080, 810))
     assert model.compiled.get_property("INFERENCE_NUM_THREADS") == 1
+
+
+def test_the_engine_detector_leaves_half_the_cores_to_the_other_stages(models_dir):
+    """detector.threads 0: every core run alone (--inline); beside the engine's compositors and encoders,
+    half of them (2 cores: one thread took 65 ms of CPU an inference against 86 on two)."""
+    cores = len(os.sched_getaffinity(0))
+    assert cpu_threads(3, 0.5) == 3  # set: as set
+    assert cpu_threads(0, 1.0) == 0  # all cores: the backend's own default
+    assert cpu_threads(0, 0.5) == (0 if cores == 1 else cores // 2)
+    assert cpu_threads(0, 0.01) == (0 if cores == 1 else 1)
+    if cores < 2:
+        pytest.skip("one core: nothing to leave")
+    cfg = AnonymizerConfig()
+    cfg.detector.pose_model = str(models_dir / "yolo11n-pose.pt")
+    cfg.detector.device = "cpu"
+    cfg.detector.backend = "openvino"
+    detector = PersonDetector(cfg, cpu_share=0.5)
+    (det,) = detector.detect([cv2.imread(str(assets_dir() / "bus.jpg"))])
+    assert len(det) == 4
+    model, _ = detector.pose.model_for((1080, 810))
+    assert model.compiled.get_property("INFERENCE_NUM_THREADS") == cores // 2
 
 
 def test_openvino_pose_run_directly_equals_ultralytics_own_predictor(models_dir):
