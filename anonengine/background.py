@@ -171,8 +171,11 @@ class BackgroundModel:
         if self.motion is not None:
             self.motion.reset()
 
-    def update(self, frame: np.ndarray, person_mask: np.ndarray) -> bool:
+    def update(self, frame: np.ndarray, person_mask: np.ndarray, learn: bool = True) -> bool:
         """Learns from the pixels of `frame` outside `person_mask` (uint8, 255 = person).
+
+        Without `learn`, the frame is placed (the camera's motion, a cut) but not learnt from (the compositor
+        learns from the frames the detector looked at: the others' masks are guesses).
 
         Returns True when the frame was a scene cut: the frame starts a new scene (frames of the old one
         still waiting keep theirs).
@@ -194,8 +197,9 @@ class BackgroundModel:
                 # What was learnt shows another scene: nothing of it may fill this one.
                 self._start(frame.shape, to_scene=to_scene, origin=self.scene.origin)
                 cut = True
-        box, to_box = self._footprint(self.view)
-        self._learn(frame, person_mask, box, to_box)
+        if learn:
+            box, to_box = self._footprint(self.view)
+            self._learn(frame, person_mask, box, to_box)
         return cut
 
     def _learn(self, frame: np.ndarray, person_mask: np.ndarray, box: tuple[int, int, int, int],

@@ -87,7 +87,9 @@ class MaskConfig(StrictModel):
 
 class BackgroundConfig(StrictModel):
     alpha: float = Field(
-        0.05, ge=0.0, le=1.0, description="Learning rate of the running-average background (seed's --alpha)."
+        0.05, ge=0.0, le=1.0,
+        description="Learning rate of the running-average background (seed's --alpha), per frame learnt from: "
+        "those the detector looked at (detector.stride); the others' masks are guesses.",
     )
     fill: Literal["mirror", "inpaint", "solid"] = Field(
         "mirror",

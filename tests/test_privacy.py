@@ -129,6 +129,23 @@ def test_box_at_the_frame_edge_is_extended_to_the_edge():
     assert grown[1].tolist() == [300, 0, 400, 300]
 
 
+def test_frames_between_detections_are_not_learnt_into_the_background():
+    """Between detections the mask is a guess from the boxes on either side: a person it missed (here one
+    who was not there at the last detection) must not be learnt, and so later pasted over someone else."""
+    cfg = AnonymizerConfig()
+    cfg.background.fill = "solid"
+    compositor = Compositor(cfg)
+    street = np.full((120, 160, 3), 90, np.uint8)
+    compositor.process(street, Detections.empty((120, 160)))
+    stranger = street.copy()
+    stranger[30:90, 100:130] = (0, 0, 255)  # came in after the detection, and away from its boxes
+    compositor.process(stranger, Detections.undetected((120, 160)))
+    assert not ((compositor.background.render()[..., 2] > 200).any())
+    # The camera's place still follows every frame; a detected frame is learnt from as before.
+    compositor.process(street, Detections.empty((120, 160)))
+    assert (compositor.background.render() == 90).all()
+
+
 def test_scene_cut_resets_the_background():
     model = BackgroundModel(BackgroundConfig(alpha=0.05, fill="solid"))
     first = np.full((120, 160, 3), 40, np.uint8)
