@@ -104,6 +104,36 @@ def test_backends_agree_with_torch_on_real_images(models_dir, backend):
     assert list((models_dir / ".exports").glob("yolo11n-pose-*-640x480-b1-fp32*"))  # bus.jpg's own shape
 
 
+def test_openvino_keeps_the_compiled_model_and_finds_the_same_persons(models_dir, tmp_path, monkeypatch):
+    """A detector's start loads the model OpenVINO compiled last time (kept beside the export) rather than
+    compiling it again; where the export's folder is read-only it compiles, and nothing changes."""
+    import shutil
+
+    from anonengine.backends import COMPILED_DIR, ExportedModels, OpenVinoPose
+
+    bus = cv2.imread(str(assets_dir() / "bus.jpg"))
+    cfg = AnonymizerConfig().detector
+    found = []
+    for run in range(2):
+        exported = ExportedModels(str(models_dir / "yolo11n-pose.pt"), "pose", "openvino", cfg.imgsz, half=False)
+        model, _ = exported.model_for(bus.shape[:2])
+        found.append(model.detect(bus, cfg.person_conf, cfg.iou))
+        if run == 0:
+            folder = exported.cache_path(exported.model_for(bus.shape[:2])[1])
+            blobs = [p for p in (folder / COMPILED_DIR).iterdir() if p.suffix == ".blob"]
+            assert blobs, "OpenVINO kept no compiled model"
+    # A read-only models folder (a shared one): compiled each time, nothing written.
+    shared = tmp_path / "shared"
+    shutil.copytree(folder, shared, ignore=shutil.ignore_patterns(COMPILED_DIR))
+    monkeypatch.setattr("anonengine.backends.os.access", lambda path, mode: False)
+    direct = OpenVinoPose(shared, model.shape).detect(bus, cfg.person_conf, cfg.iou)
+    assert not (shared / COMPILED_DIR).exists()
+    for other in (found[1], direct):
+        assert len(other) == len(found[0]) == 4
+        np.testing.assert_allclose(other.boxes, found[0].boxes, atol=1e-3)
+        np.testing.assert_allclose(other.keypoints, found[0].keypoints, atol=1e-3)
+
+
 def test_openvino_runs_on_the_configured_number_of_threads(models_dir):
     """On a small CPU the detector must leave cores to the other stages: detector.threads holds."""
     cfg = AnonymizerConfig()
