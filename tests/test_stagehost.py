@@ -74,3 +74,16 @@ def test_a_killed_stage_reports_its_signal_as_popen_does(tmp_path):
                   env=stage_env(tmp_path, "t3"), cwd=str(tmp_path), stdin=subprocess.DEVNULL)
     stage.kill()
     assert stage.wait(timeout=30) == -signal.SIGKILL
+
+
+def test_each_stage_runs_opencv_on_its_share_of_the_cores():
+    """Stages side by side: OpenCV's threads in each are the cores shared among the engine's processes."""
+    from anonengine.config import CameraConfig
+    from anonengine.engine.runtime import opencv_threads
+
+    cores = len(os.sched_getaffinity(0))
+    cfg = EngineConfig(cameras=[CameraConfig(name="a", source="a.mp4", output="a_out.mp4")])
+    assert opencv_threads(cfg) == max(1, cores // 4)  # a capture, a detector, a compositor, an encoder
+    cfg.engine.composite_workers = cfg.engine.encode_workers = 4
+    cfg.cameras = [CameraConfig(name=f"c{i}", source="a.mp4", output=f"c{i}.mp4") for i in range(16)]
+    assert opencv_threads(cfg) == max(1, cores // 25)
