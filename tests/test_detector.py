@@ -109,7 +109,7 @@ def test_openvino_keeps_the_compiled_model_and_finds_the_same_persons(models_dir
     compiling it again; where the export's folder is read-only it compiles, and nothing changes."""
     import shutil
 
-    from anonengine.backends import COMPILED_DIR, ExportedModels, OpenVinoPose
+    from anonengine.backends import ExportedModels, OpenVinoPose, compiled_cache
 
     bus = cv2.imread(str(assets_dir() / "bus.jpg"))
     cfg = AnonymizerConfig().detector
@@ -120,14 +120,15 @@ def test_openvino_keeps_the_compiled_model_and_finds_the_same_persons(models_dir
         found.append(model.detect(bus, cfg.person_conf, cfg.iou))
         if run == 0:
             folder = exported.cache_path(exported.model_for(bus.shape[:2])[1])
-            blobs = [p for p in (folder / COMPILED_DIR).iterdir() if p.suffix == ".blob"]
+            blobs = [p for p in compiled_cache(folder).iterdir() if p.suffix == ".blob"]
+            assert {p.name for p in folder.iterdir()} == {"metadata.yaml", "yolo11n-pose.xml", "yolo11n-pose.bin"}
             assert blobs, "OpenVINO kept no compiled model"
     # A read-only models folder (a shared one): compiled each time, nothing written.
     shared = tmp_path / "shared"
-    shutil.copytree(folder, shared, ignore=shutil.ignore_patterns(COMPILED_DIR))
+    shutil.copytree(folder, shared)
     monkeypatch.setattr("anonengine.backends.os.access", lambda path, mode: False)
     direct = OpenVinoPose(shared, model.shape).detect(bus, cfg.person_conf, cfg.iou)
-    assert not (shared / COMPILED_DIR).exists()
+    assert not compiled_cache(shared).exists()
     for other in (found[1], direct):
         assert len(other) == len(found[0]) == 4
         np.testing.assert_allclose(other.boxes, found[0].boxes, atol=1e-3)
