@@ -248,8 +248,11 @@ def main() -> None:
                         "fixed N, adaptive N, with ' live' after them)")
     parser.add_argument("--resample", choices=["linear", "cubic", "lanczos"], default=BackgroundConfig().resample,
                         help="background.resample of the anonengine methods (default: the config's)")
+    parser.add_argument("--imgsz", type=int, default=AnonymizerConfig().detector.imgsz,
+                        help="the detector's input size (default: the config's)")
     args = parser.parse_args()
     live = AnonymizerConfig()
+    live.detector.imgsz = args.imgsz
     live.detector.stride = 1  # live, file, perfect: every frame detected; the strides have rows of their own
     live.background.resample = args.resample
     live.detector.pose_model = str(models.pull("yolo11n-pose.pt"))
