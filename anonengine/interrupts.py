@@ -11,9 +11,11 @@ import logging
 import os
 import signal
 import sys
+import threading
 from contextlib import contextmanager
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+REDELIVER_S = 0.001
 
 
 class Interrupted(BaseException):
@@ -40,6 +42,19 @@ class Interrupts:
     def install(self) -> None:
         for sig in STOP_SIGNALS:
             signal.signal(sig, self._on_signal)
+        if sys.unraisablehook != self._on_unraisable:
+            self._unraisable_before = sys.unraisablehook
+            sys.unraisablehook = self._on_unraisable
+
+    def _on_unraisable(self, unraisable) -> None:
+        # A signal that comes while Python runs a callback it cannot raise from (an import lock's weakref
+        # callback: a Ctrl-C 0.3 s into `anonengine run`, 1 run in about 40) was printed as an ignored
+        # exception's traceback, and lost. It is sent again, a moment later and from another thread (sent
+        # from here, its handler would run in this hook), to stop the process where it can.
+        if isinstance(unraisable.exc_value, Interrupted):
+            threading.Timer(REDELIVER_S, os.kill, (os.getpid(), unraisable.exc_value.signum)).start()
+            return
+        self._unraisable_before(unraisable)
 
     def _on_signal(self, signum: int, _frame) -> None:
         if self._deferring and self.signum is None:
