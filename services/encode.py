@@ -30,7 +30,8 @@ from anonengine.video import Frame, StreamInfo
 class Output:
     info: messages.StreamInfoMsg
     recording: SegmentedRecording | None
-    next_seq: int
+    next_seq: int  # the first frame not received yet: those before it come again only as duplicates
+    written_seq: int  # the first frame not on disk yet (x264 holds a dozen): where a restarted capture resumes
 
 
 class EncodeService(Service):
@@ -116,7 +117,7 @@ class EncodeService(Service):
                                            info.metadata, self.max_pending,
                                            lock=not os.environ.get("ANONENGINE_OUTPUTS_LOCKED"))
             recording.setup()
-        self.outputs[info.camera] = Output(info, recording, info.next_seq)
+        self.outputs[info.camera] = Output(info, recording, info.next_seq, info.next_seq)
 
     def _on_frame(self, out: messages.OutFrame) -> None:
         ref = out.frame
@@ -140,12 +141,14 @@ class EncodeService(Service):
             return
         if output.recording is None:
             self._release(ref)
+            output.written_seq = ref.seq + 1
         else:
             self.releases.send(ref.composite, messages.Received(ref.camera, ref.seq))
             frame = Frame(ref.camera, ref.seq, ref.pts, output.info.time_base_fraction, image)
             record = frame_record(frame, None if out.obscured else out.persons)
             for durable in output.recording.add(ref, ref.seq, ref.pts, image, record if output.info.metadata else None):
                 self._release(durable)  # on disk: the slots can go
+                output.written_seq = max(output.written_seq, durable.seq + 1)
         self._publish(out, output, image)
         output.next_seq = ref.seq + 1
         self.count("frames", camera=ref.camera)
@@ -172,8 +175,9 @@ class EncodeService(Service):
             self.count("tap_dropped")
 
     def reports(self, force: bool) -> list:
-        """How far each camera's output got: where a restarted capture resumes."""
-        return [messages.Progress(camera, output.next_seq) for camera, output in self.outputs.items()]
+        """How far each camera's output got on disk: where a restarted capture resumes. (Frames received but
+        still in the encoder would be lost with it if the capture died too: the fork server's death.)"""
+        return [messages.Progress(camera, output.written_seq) for camera, output in self.outputs.items()]
 
     def _on_end(self, end: messages.StreamEnd) -> None:
         output = self.outputs.pop(end.camera, None)

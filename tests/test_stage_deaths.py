@@ -130,3 +130,39 @@ def test_an_encoder_killed_mid_file_loses_nothing(clip, models_dir, undisturbed,
     # rest is encoded again from a new keyframe: the same pictures but for crf 18's rounding (~38 dB).
     assert all(np.array_equal(a, f.image) for a, f in zip(undisturbed[:40], frames[:40]))
     assert min(psnr) >= 35, f"frames differ from the undisturbed run: PSNR down to {min(psnr):.1f} dB"
+
+
+def test_the_encoder_reports_as_progress_the_frames_on_disk_not_those_x264_still_holds(tmp_path):
+    """A restarted capture resumes where the encoder's last Progress says. When both die at once (the fork
+    server killed), the frames x264 held died with the encoder: the capture must offer them again."""
+    from anonengine import messages
+    from anonengine.config import EngineConfig
+    from anonengine.engine.runtime import make_endpoints_dir
+    from anonengine.shm import FrameRing, segment_name, unlink
+    from services.encode import EncodeService
+
+    cfg = EngineConfig()
+    cfg.engine.run_dir = str(tmp_path / "run")
+    cfg.tap.endpoint = ""
+    instance = f"prog{os.getpid()}"
+    encoder = EncodeService(cfg, instance)
+    make_endpoints_dir(encoder.endpoints)
+    encoder.setup()
+    ring = FrameRing.create(segment_name(instance, "camx1"), 24, 72, 128)
+    try:
+        encoder._handle(messages.StreamInfoMsg(
+            camera="cam", width=128, height=72, rate=(25, 1), time_base=(1, 25), live=False, frames=40,
+            ring=ring.name, slots=24, output=str(tmp_path / "cam.mp4"), metadata=None, next_seq=0,
+            privacy_zones=[]))  # fmt: skip
+        rng = np.random.default_rng(0)
+        for seq in range(20):
+            ring.write(seq % 24, seq, rng.integers(0, 256, (72, 128, 3), np.uint8))
+            encoder._handle(messages.OutFrame(messages.FrameRef("cam", seq, seq, ring.name, seq % 24, 24, 72, 128, 0),
+                                              obscured=False, persons=[]))
+        (progress,) = encoder.reports(force=True)
+        on_disk = encoder.outputs["cam"].recording.frames
+        assert progress.next_seq == on_disk < 20  # x264 holds the rest (its look-ahead)
+    finally:
+        encoder.close()
+        ring.close()
+        unlink(ring.name)
