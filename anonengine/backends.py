@@ -10,6 +10,7 @@ only), the FP32 export of a shape is quantized with NNCF, calibrated on generate
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import functools
 import logging
@@ -122,8 +123,7 @@ class ExportedModels:
             return target
         target.parent.mkdir(parents=True, exist_ok=True)
         # Several detector processes may start at once: one exports, the others wait and reuse it.
-        with open(target.parent / f"{target.name}.lock", "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
+        with in_turn(target.parent / f"{target.name}.lock"):
             if not target.exists():
                 self._export_to(target, shape)
         return target
@@ -203,8 +203,7 @@ class OpenVinoPose:
             # starting at once take turns, so that none reads a blob another is writing.
             compiled.mkdir(exist_ok=True)
             config["CACHE_DIR"] = str(compiled)
-            with open(compiled / "lock", "w") as lock:
-                fcntl.flock(lock, fcntl.LOCK_EX)
+            with in_turn(compiled / "lock"):
                 self.compiled = core.compile_model(str(xml), "CPU", config)
         else:
             self.compiled = core.compile_model(core.read_model(xml), "CPU", config)
@@ -242,6 +241,15 @@ class OpenVinoPose:
         keypoints[..., :2] = ((keypoints[..., :2] - pad) / gain).clip(0, limit)
         return Detections((h, w), boxes.astype(np.float32), rows[:, 4].astype(np.float32),
                           keypoints.astype(np.float32))
+
+
+@contextlib.contextmanager
+def in_turn(lock_path: Path):
+    """Detector processes starting at once take turns here (a blocking lock on `lock_path`, which the kernel
+    drops if its holder dies)."""
+    with open(lock_path, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
 
 
 def compiled_cache(export: Path) -> Path:
