@@ -11,7 +11,6 @@ import argparse
 import faulthandler
 import logging
 import os
-import select
 import signal
 import sys
 import time
@@ -23,6 +22,7 @@ from anonengine import messages
 from anonengine.argparsing import OneLineParser
 from anonengine.config import AUTO_TAP, EngineConfig, TapConfig, load_yaml
 from anonengine.curve import CurveServer, curve_clients_folder
+from anonengine.engine.stagehost import exited
 from anonengine.errors import AnonError, OutputError
 from anonengine.interrupts import INTERRUPTS, STOP_SIGNALS, Interrupted
 from anonengine.rundir import private_dir, run_dir_path
@@ -325,19 +325,21 @@ class Parent:
             libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
         except (OSError, AttributeError):  # not Linux: the loop's check still holds
             pass
+        self._launcher: int | None = None  # a pidfd of the launcher; None once it is known gone
+        self._parent_stands_in = False  # no pidfd here: the parent stands for the launcher
         try:
             self._launcher = os.pidfd_open(launcher)
         except ProcessLookupError:  # died before the request took effect
-            self._launcher = None
-        except (AttributeError, OSError):  # no pidfd here: the parent stands for the launcher
-            self._launcher = -1
+            pass
+        except (AttributeError, OSError):
+            self._parent_stands_in = True
         if not self.launcher_alive():
             os.kill(os.getpid(), signal.SIGTERM)
 
     def launcher_alive(self) -> bool:
-        if self._launcher == -1:
+        if self._parent_stands_in:
             return os.getppid() == self.pid
-        return self._launcher is not None and not select.select([self._launcher], [], [], 0)[0]
+        return self._launcher is not None and not exited(self._launcher)
 
     def lost_alone(self) -> bool:
         """Whether the parent died but the launcher lives: the fork server alone was killed. Its SIGTERM is no

@@ -111,12 +111,12 @@ class ForkedStage:
             # The server tells what it reaped; if it died itself, it tells 255 of stages that may still run
             # (leaving on its death's SIGTERM): such a stage is gone for good before a successor starts, or
             # two captures of a camera would run, two encoders write one output.
-            if not _exited(self.pidfd):
+            if not exited(self.pidfd):
                 try:
                     signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
                 except ProcessLookupError:
                     pass
-                _exited(self.pidfd, timeout=KILL_WAIT_S)
+                exited(self.pidfd, timeout=KILL_WAIT_S)
             os.close(self.pidfd)
             self.pidfd = None
         return code
@@ -142,7 +142,7 @@ class ForkedStage:
         self.send_signal(signal.SIGKILL)
 
 
-def _exited(pidfd: int, timeout: float = 0.0) -> bool:
+def exited(pidfd: int, timeout: float = 0.0) -> bool:
     """Whether the process is gone (its pidfd turns readable), waiting up to `timeout` seconds."""
     return bool(select.select([pidfd], [], [], timeout)[0])
 
