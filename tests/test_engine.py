@@ -285,7 +285,8 @@ def test_a_live_camera_with_kept_segments_records_like_an_nvr(models_dir, tmp_pa
     long_clip = make_sample(tmp_path / "long", width=WIDTH, height=HEIGHT, frames=200)
     cfg = engine_config(tmp_path, models_dir, {"door": long_clip.video})
     cfg.cameras[0].live = True  # a file replayed as a camera, at its frame rate (8 s), then it ends
-    cfg.encoder.segment_s, cfg.encoder.keep_segments, cfg.encoder.retain_gb = 1.0, True, 0.0003  # 300 kB
+    budget = 300_000
+    cfg.encoder.segment_s, cfg.encoder.keep_segments, cfg.encoder.retain_gb = 1.0, True, budget / 1e9
     proc = launch_subprocess(cfg, tmp_path)
     folder = tmp_path / "door"
     try:
@@ -301,14 +302,17 @@ def test_a_live_camera_with_kept_segments_records_like_an_nvr(models_dir, tmp_pa
     assert proc.returncode == 0 and not (tmp_path / "door.mp4").exists()
     segments = list_segments(folder)
     assert not list(folder.glob("*.partial.mp4")) and len(segments) >= 2
-    assert sum(s.path.stat().st_size for s in segments) <= 300_000 + max(s.path.stat().st_size for s in segments)
+    assert sum(s.path.stat().st_size for s in segments) <= budget + max(s.path.stat().st_size for s in segments)
     seqs = []
     for segment in segments:
         records = [json.loads(line) for line in segment.metadata.read_text().splitlines()]
         assert len(list(VideoReader(str(segment.path)))) == len(records)
         seqs += [r["index"] for r in records]
     assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
-    assert segments[0].first_seq > 0  # the oldest were pruned
+    # The oldest were pruned, unless all of it fits: a live camera drops what the machine cannot keep up with,
+    # and a slow 2-core machine wrote 170 kB in all (test_recording prunes written segments, whatever the speed).
+    kept = sum(s.path.stat().st_size + s.metadata.stat().st_size for s in segments)
+    assert segments[0].first_seq > 0 or kept <= budget
     background = long_clip.true_background()
     sources = [f.image for f in VideoReader(str(long_clip.video))]
     truth = long_clip.boxes()
