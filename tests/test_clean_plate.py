@@ -155,6 +155,19 @@ def test_a_region_drawn_back_by_a_shift_in_lanczos_is_opencvs_warp_of_it(shift):
     assert difference.max() <= 4 and difference.mean() < 0.3
 
 
+@pytest.mark.parametrize("shift", [(3.37, -1.62), (-4.5, -1.5), (2.5, 0.5), (-300.5, 10.0), (700.2, 0.0)])
+@pytest.mark.parametrize("size", [(400, 300), (450, 350), (3, 1)])
+def test_where_a_region_was_seen_is_drawn_back_by_a_shift_as_opencvs_nearest_warp(shift, size):
+    """Which of a region's pixels were seen is read back from the canvas by a shift (a panning or shaking
+    camera) as a copy: OpenCV's nearest warp to the pixel, half-pixel shifts and edges included."""
+    from anonengine.background import _shifted_nearest
+
+    seen = np.random.default_rng(0).integers(0, 2, (300, 400), np.uint8) * 255
+    opencv = cv2.warpAffine(seen, np.float64([[1, 0, shift[0]], [0, 1, shift[1]]]), size,
+                            flags=cv2.INTER_NEAREST | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_CONSTANT)
+    assert np.array_equal(_shifted_nearest(seen, np.float64(shift), size), opencv)
+
+
 def _learn_with_views(frames, keep_frames: int, cfg: BackgroundConfig | None = None):
     """A model that learnt `frames` (persons masked) and each frame's view, to render it later."""
     model = BackgroundModel(cfg or BackgroundConfig(), keep_frames=keep_frames)
