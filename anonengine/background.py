@@ -287,8 +287,7 @@ class BackgroundModel:
         for them up to MAX_CANVAS frames a side; past that the current frame wins."""
         scene = self.scene
         ch, cw = scene.seen.shape
-        # (least, greatest) corners of each view, the current last
-        extents = np.array([v.scene_extent for v in self._kept()]) + scene.origin[:2, 2]
+        extents = np.array([_extent(v) for v in self._kept()])  # (least, greatest) corners; the current last
         (x0, y0), (x1, y1) = extents[-1]
         (ux0, uy0), (ux1, uy1) = extents[:, 0].min(axis=0), extents[:, 1].max(axis=0)
         if ux0 >= 0 and uy0 >= 0 and ux1 <= cw and uy1 <= ch:

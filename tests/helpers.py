@@ -28,7 +28,6 @@ def stage_pids(instance: str) -> list[int]:
 PERSON_LEVELS = 40  # a pixel shows the person where it differs from the true background by more
 SAME_LEVELS = 12  # and the output still shows it where it is this close to the input
 LEAK_SHARE = 0.01  # a person is shown when more than this share of their pixels comes out as filmed
-OBSCURED_GREY = 128  # an obscured frame: flat grey, within a level or two after x264
 
 
 def shown_share(source, output, background, box) -> float:
@@ -36,7 +35,9 @@ def shown_share(source, output, background, box) -> float:
     An obscured output frame (flat grey) shows nobody, though a person's grey pixels match it."""
     import numpy as np
 
-    if output.min() >= OBSCURED_GREY - 3 and output.max() <= OBSCURED_GREY + 3:
+    from anonengine.compositor import OBSCURED_GREY
+
+    if output.min() >= OBSCURED_GREY - 3 and output.max() <= OBSCURED_GREY + 3:  # x264 moves it by a level or two
         return 0.0
     x0, y0, x1, y1 = box
     region = (slice(y0, y1), slice(x0, x1))
