@@ -146,13 +146,6 @@ class StreamEnd(Message):
     interrupted: bool = False
 
 
-class Dropped(Message):
-    """A live capture reused the slot of frame `seq` before it was done: skip it."""
-
-    camera: str
-    seq: int
-
-
 class Progress(Message):
     """The encoder has written every frame of `camera` before `next_seq` (sent to the launcher): where a
     restarted capture of that camera resumes."""
@@ -273,7 +266,7 @@ class TapHeader(Message):
     persons: list[dict] = msgspec.field(default_factory=list)
 
 
-AnyMessage = Union[StreamInfoMsg, FrameRef, Detected, StreamEnd, Dropped, Release, Received, Progress, Redeliver,
+AnyMessage = Union[StreamInfoMsg, FrameRef, Detected, StreamEnd, Release, Received, Progress, Redeliver,
                    OutFrame, CameraDone, SourceStatus, Stats, Attach, Detach, StatusRequest, Reply, TapHeader,
                    ScheduleState, LivePosition]
 MESSAGE_TYPES = {cls.__name__: cls for cls in AnyMessage.__args__}

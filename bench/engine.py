@@ -261,12 +261,11 @@ def counters_summary(stats: dict) -> dict:
     lost = {
         k: total.get(k, 0)
         for k in (
-            "capture.dropped_oldest",
+            "capture.dropped_busy",
             "capture.dropped_unnumbered",
             "capture.redelivered",
             "composite.obscured",
             "composite.late",
-            "composite.dropped",
             "detect.frames_failed",
             "detect.frames_stale",
             "composite.stale",

@@ -270,8 +270,8 @@ def measure(args, clip, out: Path, n: int, codec: str, timeout_s: float, gpu: bo
 
 def frames_lost(lost: dict) -> int:
     """Frames dropped, obscured, late or failed: a redelivered or stale one is offered again, not lost."""
-    return sum(lost[k] for k in ("capture.dropped_oldest", "composite.obscured", "composite.late",
-                                 "composite.dropped", "detect.frames_failed"))
+    return sum(lost[k] for k in ("capture.dropped_busy", "composite.obscured", "composite.late",
+                                 "detect.frames_failed"))
 
 
 def print_row(r: dict, gpu: bool) -> None:

@@ -1,8 +1,9 @@
 """Capture: decodes one camera into its own shared-memory ring and offers the frames to the detectors.
 
 A slot is reused only after the compositor released it, which it does once the frame is encoded.
-Files are paced by those releases (nothing dropped). Live sources never wait: when every slot is
-taken, the new frame is dropped and counted. A restarted capture of a file resumes after the last frame
+Files are paced by those releases (nothing dropped). Live sources never wait: while the engine is
+behind (`admit_limit` frames in flight), each new frame is dropped before it is numbered, and counted.
+A restarted capture of a file resumes after the last frame
 written; one of a live camera numbers its frames after its predecessor's (`messages.LivePosition`). A frame not released within `redeliver_after_s` (its
 detector died, say) is offered again; downstream drops the duplicates by seq.
 """
@@ -27,6 +28,13 @@ from anonengine.video import StreamInfo, VideoReader
 # timeline kept there this often: a restarted capture carries on after its predecessor's frames.
 SEQ_BLOCK = 1024
 POSITION_EVERY_S = 1.0
+
+
+def admit_limit(cfg, slots: int) -> int:
+    """Frames a live camera may have in flight: the oldest one's look-ahead, one more for each detector to
+    work on and one on its way to the encoder. More would only add latency (a frame waits behind every
+    frame before it, past `engine.live_deadline_s` on a slow detector); fewer would leave a stage idle."""
+    return min(slots, cfg.anonymizer.hold.lookahead_frames + 1 + cfg.engine.detect_workers + 1)
 
 
 @dataclass
@@ -157,11 +165,16 @@ class CaptureService(Service):
             self._wait_until_due(frame.time)
         if self.stopping:
             return False  # stopped while this frame was on its way (waiting for its time): it never was
+        if self.live and (len(self.inflight) >= admit_limit(self.cfg, self.ring.slots) or not self.free_slots):
+            # The engine is behind this camera. The frame never enters: the frames in flight keep their
+            # neighbours, whose detections hide persons on the frames between strides. (Dropping the oldest
+            # instead threw away frames already detected, and left the frames between without them: on a
+            # detector slower than the camera, nearly every frame went out obscured.)
+            self.count("dropped_busy")
+            return True
         if self.feed is not None and not self._keep_position(frame.time):
             self.count("dropped_unnumbered")  # its number could not be kept: a successor might reuse it
             return True
-        if not self.free_slots:
-            self._drop_oldest()  # a live camera is never kept waiting
         slot = self.free_slots.pop()
         self.ring.write(slot, self.seq, frame.image)
         ref = messages.FrameRef(self.camera, self.seq, frame.pts, self.ring.name, slot, self.ring.slots,
@@ -202,13 +215,6 @@ class CaptureService(Service):
             return self.seq < self._reserved
         self._reserved, self._position_kept = reserved, now
         return True
-
-    def _drop_oldest(self) -> None:
-        """Frees the slot of the oldest frame in flight; downstream skips it if it is not done yet."""
-        oldest = self.inflight.pop(min(self.inflight))
-        self.free_slots.append(oldest.ref.slot)
-        send(self.downstream, messages.Dropped(self.camera, oldest.ref.seq))
-        self.count("dropped_oldest")
 
     def _wait_until_due(self, frame_time: float) -> None:
         """A file replayed as a live camera: each frame is read at its own time, releases flowing meanwhile.

@@ -86,8 +86,6 @@ class CompositeService(Service):
             self._on_detected(message)
         elif isinstance(message, messages.FrameRef):
             self._on_captured(message)
-        elif isinstance(message, messages.Dropped):
-            self._on_dropped(message)
         elif isinstance(message, messages.StreamInfoMsg):
             self._on_stream(message)
         elif isinstance(message, messages.StreamEnd):
@@ -155,14 +153,6 @@ class CompositeService(Service):
             self.orphan_refs.setdefault(ref.camera, []).append(ref)
         else:
             state.timeline.offer(ref.seq, ref)
-
-    def _on_dropped(self, dropped: messages.Dropped) -> None:
-        state = self.cameras.get(dropped.camera)
-        if state is None or not state.timeline.drop(dropped.seq):
-            return  # already out: the capture only took back a slot it no longer needed
-        state.decoded.pop(dropped.seq, None)
-        self.count("dropped", camera=dropped.camera)
-        self._drain(state)
 
     def _enforce_deadlines(self) -> None:
         """Frames whose detections are overdue go out obscured (or are dropped): never raw, never waited for."""

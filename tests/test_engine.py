@@ -405,6 +405,36 @@ def stall_detector(launcher: Launcher, seconds: float) -> threading.Event:
     return resumed
 
 
+def test_a_live_camera_faster_than_the_detector_is_thinned_at_the_door_and_anonymized_not_obscured(models_dir,
+                                                                                                   tmp_path):
+    """A file replayed as a live camera at 100 frames/s, more than any CPU's detector follows: the capture
+    drops new frames, never numbered, while its frames in flight reach the admission limit. The frames let
+    in are numbered without a gap, keep their neighbours' detections (the stride's frames between are
+    hidden by them), and come out anonymized. Before, the oldest frames in flight were dropped, detected
+    ones among them, and the frames between lost the detections on either side: on a 2-core machine a
+    25-fps RTSP camera came out obscured in 97% of its frames."""
+    clip = make_sample(tmp_path / "clip", width=WIDTH, height=HEIGHT, frames=300, fps=100)
+    cfg = engine_config(tmp_path, models_dir, {"cam": clip.video})
+    cfg.cameras[0].live = True
+    launcher = Launcher(cfg)
+    launcher.start()
+    launcher.run()
+    assert launcher.stats[("capture", "cam")]["dropped_busy"] > 0
+    records = [json.loads(line) for line in (tmp_path / "cam.jsonl").read_text().splitlines()]
+    assert [r["index"] for r in records] == list(range(len(records))) and len(records) < 300
+    obscured = sum(r["obscured"] for r in records)
+    assert obscured <= 0.05 * len(records), f"{obscured} of {len(records)} frames obscured"
+    sources = {f.pts: f for f in VideoReader(str(clip.video))}
+    bg = clip.true_background().astype(int)
+    truth = clip.boxes()
+    frames = list(VideoReader(str(tmp_path / "cam.mp4")))
+    assert len(frames) == len(records)
+    for frame, record in zip(frames, records):
+        source = sources[record["pts"]]
+        for p in truth[source.seq]:
+            assert shown_share(source.image, frame.image, bg, p["box"]) <= LEAK_SHARE, record
+
+
 def test_a_stalled_detector_leads_to_obscured_frames_never_raw_ones(models_dir, tmp_path):
     """The detector is frozen (SIGSTOP, like a hung GPU) past the deadline: frames go out fully
     obscured and are counted; when it wakes, its late answers are ignored. No frame is raw."""
@@ -434,9 +464,9 @@ def test_a_stalled_detector_leads_to_obscured_frames_never_raw_ones(models_dir, 
             assert share <= LEAK_SHARE, f"frame {frame.seq} shows {p['actor']}"
 
 
-def test_a_live_camera_never_waits_it_drops_the_oldest_frames_and_nothing_goes_out_raw(models_dir, tmp_path):
+def test_a_live_camera_never_waits_it_drops_new_frames_and_nothing_goes_out_raw(models_dir, tmp_path):
     """A file replayed as a live camera (read at its frame rate) while the detector stalls: the capture
-    keeps reading, drops the oldest waiting frames (counted), the compositor skips them or obscures
+    keeps reading and drops the new frames while the engine is behind (counted), the compositor obscures
     what is late, and every frame written hides every person."""
     long_clip = make_sample(tmp_path / "clip", width=WIDTH, height=HEIGHT, frames=100)
     cfg = engine_config(tmp_path, models_dir, {"cam": long_clip.video}, ring_slots=6, live_deadline_s=1.0)
@@ -447,7 +477,7 @@ def test_a_live_camera_never_waits_it_drops_the_oldest_frames_and_nothing_goes_o
     stall_detector(launcher, seconds=1.5)
     started = time.monotonic()
     launcher.run()
-    assert launcher.stats[("capture", "cam")]["dropped_oldest"] > 0
+    assert launcher.stats[("capture", "cam")]["dropped_busy"] > 0
     records = [json.loads(line) for line in (tmp_path / "cam.jsonl").read_text().splitlines()]
     frames = list(VideoReader(str(tmp_path / "cam.mp4")))
     assert 0 < len(frames) == len(records) < 100

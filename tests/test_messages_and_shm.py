@@ -23,7 +23,6 @@ REF = messages.FrameRef("cam", 7, 3584, "anonengine-t-camx1", 2, 12, 360, 640)
     messages.StreamInfoMsg("cam", 640, 360, (25, 1), (1, 12800), False, 48, "ring", 12, "out.mp4", None, 5,
                            [[(0.1, 0.2), (0.3, 0.4), (0.5, 0.1)]]),
     messages.StreamEnd("cam", 48, error="truncated"),
-    messages.Dropped("cam", 3),
     messages.Release("cam", 7, 2),
     messages.CameraDone("cam", 48, "out.mp4"),
     messages.Stats("detect", "w0", {"frames_ok": 3}),

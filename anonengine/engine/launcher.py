@@ -493,7 +493,7 @@ class Launcher:
         frames = {
             "in": tally.camera_total("capture", "frames", name),
             "out": tally.camera_total("encode", "frames", name),
-            "dropped": tally.camera_total("composite", "dropped", name)
+            "dropped": tally.camera_total("capture", "dropped_busy", name)
             + tally.camera_total("capture", "dropped_at_source", name)
             + tally.camera_total("capture", "dropped_unnumbered", name),
             "late": tally.camera_total("composite", "late", name),
