@@ -69,6 +69,7 @@ class CaptureService(Service):
         self.continues = resume_from is not None
         self.resume_from = resume_from or 0
         self.ended = False
+        self.end: messages.StreamEnd | None = None  # sent once the stream ended; again to a restarted compositor
         self._reserved = 0  # a live camera's frame numbers below this are kept in the run folder as taken
         self._position_kept = 0.0
 
@@ -133,7 +134,8 @@ class CaptureService(Service):
             # Stopped before the end of a file: what is done is kept as a partial output, and nothing in
             # flight is waited for. A live camera's stop is its normal end: the frames in flight go out.
             interrupted = self.stopping and not self.live
-            send(self.downstream, messages.StreamEnd(self.camera, self.seq, interrupted=interrupted))
+            self.end = messages.StreamEnd(self.camera, self.seq, interrupted=interrupted)
+            send(self.downstream, self.end)
             if interrupted:
                 self.log.info("stopped at frame %d, before the end of the file", self.seq)
                 return False
@@ -281,8 +283,6 @@ class CaptureService(Service):
         if self.ring is None or not (late or everything):
             return
         self._announce()  # a restarted compositor learns the stream again
-        if not late:
-            return
         for f in sorted(late, key=lambda f: f.ref.seq):
             send(self.downstream, f.ref)  # and each frame's deadline
             # After a restart, every frame in flight goes out again in order, before any new one: a detector
@@ -292,7 +292,12 @@ class CaptureService(Service):
                 continue
             f.sent_at = now
             self.count("redelivered")
-        self.log.warning("offered %d late frame(s) again (from seq %d)", len(late), min(f.ref.seq for f in late))
+        if late:
+            self.log.warning("offered %d late frame(s) again (from seq %d)", len(late), min(f.ref.seq for f in late))
+        if everything and self.end is not None:
+            # And where it ended: a compositor that died after the end never learnt it, and would hold the
+            # last frames (waiting for the look-ahead of frames that do not exist) for ever.
+            send(self.downstream, self.end)
 
     def reports(self, force: bool) -> list:
         """A live source's state, when it changed."""

@@ -45,6 +45,7 @@ class EncodeService(Service):
         self.subscribers = 0
         self.tap_curve = None  # the ZAP handler of a CURVE tap this encoder binds
         self.finished_rings: set[str] = set()  # streams whose output is final: never begun again
+        self.finished_cameras: set[str] = set()  # cameras whose output this encoder made final
         # Which segments are this run's: a restarted encoder resumes them (see anonengine.recording).
         self.run = os.environ.get("ANONENGINE_RUN_ID") or uuid.uuid4().hex
         # The frames a camera may have in this encoder before they are on disk: the compositor's output
@@ -104,6 +105,13 @@ class EncodeService(Service):
     def _on_stream(self, info: messages.StreamInfoMsg) -> None:
         if info.ring in self.finished_rings:
             return  # a late re-announcement: beginning again would overwrite the finished output
+        if info.camera in self.finished_cameras and info.next_seq > 0:
+            # The rest of a stream whose output is final already: a stage upstream died after its end
+            # (a capture restarted from the last progress it reported, a compositor that composited the
+            # last frames again). Its frames are let go as they come; a new output begun here from
+            # `next_seq` would replace the whole one with its tail.
+            self.finished_rings.add(info.ring)
+            return
         output = self.outputs.get(info.camera)
         if output is not None:  # the compositor restarted: same stream, new ring
             output.info = info
@@ -185,6 +193,7 @@ class EncodeService(Service):
             return
         self.rings.drop(output.info.ring)
         self.finished_rings.add(output.info.ring)
+        self.finished_cameras.add(end.camera)
         if end.error:
             if output.recording is not None:
                 output.recording.abort()

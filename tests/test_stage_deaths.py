@@ -27,7 +27,11 @@ from anonengine.sample import make_sample
 from anonengine.shm import instance_segments
 from anonengine.video import VideoReader
 
-FRAMES = 150
+# Fewer frames than a file may have in flight (24 slots and the 50 frames of its future fill): the capture
+# has read them all when a stage is killed, so each kill lands after the stream's end, and some just as
+# the output is made final. There, a compositor restarted after the end never learnt it (the run hung),
+# and a capture restarted from its last reported progress had its tail replace the finished output.
+FRAMES = 100
 WIDTH, HEIGHT = 320, 192
 
 
