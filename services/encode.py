@@ -45,7 +45,7 @@ class EncodeService(Service):
         self.subscribers = 0
         self.tap_curve = None  # the ZAP handler of a CURVE tap this encoder binds
         self.finished_rings: set[str] = set()  # streams whose output is final: never begun again
-        self.finished_cameras: set[str] = set()  # cameras whose output this encoder made final
+        self.finished_cameras: set[str] = set()  # cameras whose whole output this encoder made final
         # Which segments are this run's: a restarted encoder resumes them (see anonengine.recording).
         self.run = os.environ.get("ANONENGINE_RUN_ID") or uuid.uuid4().hex
         # The frames a camera may have in this encoder before they are on disk: the compositor's output
@@ -193,13 +193,14 @@ class EncodeService(Service):
             return
         self.rings.drop(output.info.ring)
         self.finished_rings.add(output.info.ring)
-        self.finished_cameras.add(end.camera)
         if end.error:
             if output.recording is not None:
                 output.recording.abort()
             self.log.warning("%s failed, output discarded: %s", end.camera, end.error)
         else:
             self._finish(end.camera, output, complete=not end.interrupted)
+            if not end.interrupted:
+                self.finished_cameras.add(end.camera)
 
     def _finish(self, camera: str, output: Output, complete: bool) -> None:
         """Finalises the output, playable: under its final name only when `complete`."""
