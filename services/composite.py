@@ -51,6 +51,7 @@ class CameraState:
     retired: set[str] = field(default_factory=set)  # rings of captures that died: unmapped once unused
     waiting: deque[Waiting] = field(default_factory=deque)  # learnt, not rendered yet, in order
     end_sent: bool = False
+    whole: bool = False  # its end sent is the stream's own (not a failure's, nor a stop's)
 
 
 class CompositeService(Service):
@@ -65,6 +66,8 @@ class CompositeService(Service):
         self.orphans: dict[str, dict[int, messages.Detected]] = {}
         self.orphan_refs: dict[str, list[messages.FrameRef]] = {}
         self.finished_rings: set[str] = set()  # captures whose stream ended here: never started again
+        self.finished_cameras: set[str] = set()  # cameras whose whole stream ended here
+        self.late_releases: dict[str, zmq.Socket] = {}  # to the captures of finished streams
         self.streams = itertools.count()
 
     def setup(self) -> None:
@@ -104,6 +107,13 @@ class CompositeService(Service):
         if info.ring in self.finished_rings:
             return  # a late re-announcement: restarting would overwrite the finished output
         state = self.cameras.get(info.camera)
+        ended = state.end_sent and state.whole if state is not None else info.camera in self.finished_cameras
+        if ended and info.next_seq > 0 and (state is None or state.info.ring != info.ring):
+            # The rest of a stream that ended here: its capture died after the end, and its successor
+            # offers again, from the last progress the launcher had heard of, frames all done. They are
+            # let go as they come (composited again, they were once a new stream, and waited for ever).
+            self.finished_rings.add(info.ring)
+            return
         if state is not None:
             if state.info.ring != info.ring:  # the capture restarted: a new ring, same stream
                 state.retired.add(state.info.ring)
@@ -147,6 +157,7 @@ class CompositeService(Service):
 
     def _on_captured(self, ref: messages.FrameRef) -> None:
         if ref.ring in self.finished_rings:
+            self._let_go(ref)
             return
         state = self.cameras.get(ref.camera)
         if state is None:
@@ -229,7 +240,7 @@ class CompositeService(Service):
         self._send_waited(state)
         if timeline.finished and not state.waiting and not state.end_sent:
             send(self.encoder, messages.StreamEnd(state.info.camera, timeline.end))
-            state.end_sent = True
+            state.end_sent = state.whole = True
         if state.retired:
             self._unmap_retired(state)
         self._forget_if_done(state)
@@ -305,6 +316,13 @@ class CompositeService(Service):
         state.free_slots.append(release.slot)
         self._drain(state)
 
+    def _let_go(self, ref: messages.FrameRef) -> None:
+        """A frame of a finished stream, offered again: its capture gets the slot back at once."""
+        release = self.late_releases.get(ref.camera)
+        if release is None:
+            release = self.late_releases[ref.camera] = self.socket(zmq.PUSH, self.endpoints.capture(ref.camera))
+        send(release, messages.Release(ref.camera, ref.seq, ref.slot), block=False)
+
     def _release_input(self, state: CameraState, seq: int) -> None:
         in_slot = state.inputs_held.pop(seq, None)
         if in_slot is not None:
@@ -320,6 +338,8 @@ class CompositeService(Service):
             state.release.close(linger=1000)
             self.compositing.forget(camera)
             del self.cameras[camera]
+            if state.whole:
+                self.finished_cameras.add(camera)
             self.log.info("%s finished at %d frames", camera, state.timeline.next_seq)
 
     def close(self) -> None:
