@@ -110,8 +110,9 @@ class CompositeService(Service):
         ended = state.end_sent and state.whole if state is not None else info.camera in self.finished_cameras
         if ended and info.next_seq > 0 and (state is None or state.info.ring != info.ring):
             # The rest of a stream that ended here: its capture died after the end, and its successor
-            # offers again, from the last progress the launcher had heard of, frames all done. They are
-            # let go as they come (composited again, they were once a new stream, and waited for ever).
+            # offers again, from the last progress the launcher had heard of, frames all done. They go
+            # back as they come. (Taken for a new stream, they were composited for nothing; arriving
+            # before this compositor let go of the finished stream, they waited for ever.)
             self.finished_rings.add(info.ring)
             return
         if state is not None:
