@@ -51,7 +51,7 @@ class CameraState:
     retired: set[str] = field(default_factory=set)  # rings of captures that died: unmapped once unused
     waiting: deque[Waiting] = field(default_factory=deque)  # learnt, not rendered yet, in order
     end_sent: bool = False
-    whole: bool = False  # its end sent is the stream's own (not a failure's, nor a stop's)
+    whole: bool = False  # its end is sent, and is the stream's own (not a failure's, nor a stop's)
 
 
 class CompositeService(Service):
@@ -107,7 +107,7 @@ class CompositeService(Service):
         if info.ring in self.finished_rings:
             return  # a late re-announcement: restarting would overwrite the finished output
         state = self.cameras.get(info.camera)
-        ended = state.end_sent and state.whole if state is not None else info.camera in self.finished_cameras
+        ended = state.whole if state is not None else info.camera in self.finished_cameras
         if ended and info.next_seq > 0 and (state is None or state.info.ring != info.ring):
             # The rest of a stream that ended here: its capture died after the end, and its successor
             # offers again, from the last progress the launcher had heard of, frames all done. They go
