@@ -233,10 +233,13 @@ def long_clip(tmp_path_factory):
     return make_sample(tmp_path_factory.mktemp("long"), width=WIDTH, height=HEIGHT, frames=LONG_FRAMES)
 
 
-def start_run(models_dir: Path, *args) -> subprocess.Popen:
-    """`anonengine run ARGS` in a process group of its own, as a shell starts a job."""
+def start_run(models_dir: Path, *args, temp: Path | None = None) -> subprocess.Popen:
+    """`anonengine run ARGS` in a process group of its own, as a shell starts a job; `temp`: its TMPDIR."""
     env = {k: v for k, v in os.environ.items() if k != "ANONENGINE_DEBUG"}
     env["ANONENGINE_MODELS"] = str(models_dir)
+    if temp is not None:
+        temp.mkdir(exist_ok=True)
+        env["TMPDIR"] = str(temp)
     return subprocess.Popen([sys.executable, "-m", "anonengine.cli", "run", "--quiet", "--imgsz", "320",
                              *map(str, args)], env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
@@ -262,8 +265,10 @@ def stop_and_wait(proc: subprocess.Popen, sig: int, group: bool) -> tuple[int, s
     return proc.returncode, stderr, time.monotonic() - started
 
 
-def assert_nothing_left(instance: str) -> None:
+def assert_nothing_left(instance: str, temp: Path) -> None:
     assert not stage_pids(instance), "stage processes outlived the run"
+    # Each run left its fork server's socket folder (multiprocessing's pymp-*) in the temporary folder.
+    assert not list(temp.iterdir()), list(temp.iterdir())
     assert instance_segments(instance) == []
     run_dir = default_run_dir()  # `anonengine run` uses the default run folder
     assert not (run_dir / instance).exists() and not (run_dir / f"{instance}.lock").exists()
@@ -279,7 +284,7 @@ def test_a_stopped_file_run_keeps_a_playable_partial_and_says_how_far_it_got(
         path, sig, group, long_clip, models_dir, tmp_path):
     output, metadata = tmp_path / "out.mp4", tmp_path / "out.jsonl"
     proc = start_run(models_dir, "--video-source", long_clip.video, "--output-video", output,
-                     "--metadata", metadata, *(["--inline"] if path == "inline" else []))
+                     "--metadata", metadata, *(["--inline"] if path == "inline" else []), temp=tmp_path / "temp")
     wait_for_frames(tmp_path / "out.mp4", proc)
     code, stderr, took = stop_and_wait(proc, sig, group)
     assert code == 128 + sig, stderr
@@ -293,7 +298,7 @@ def test_a_stopped_file_run_keeps_a_playable_partial_and_says_how_far_it_got(
     assert f"after {len(seqs)} of {LONG_FRAMES} frames" in lines[0] and str(partial) in lines[0]
     assert len((tmp_path / "out.jsonl.partial").read_text().splitlines()) == len(seqs)
     if path == "engine":
-        assert_nothing_left(f"p{proc.pid}")
+        assert_nothing_left(f"p{proc.pid}", tmp_path / "temp")
 
 
 @pytest.mark.parametrize("path", ["engine", "inline"])
@@ -319,7 +324,8 @@ def test_a_stopped_run_keeps_an_earlier_runs_partial_output(path, long_clip, mod
 def test_ctrl_c_during_start_up_ends_the_run_at_once_with_one_line(after_s, long_clip, models_dir, tmp_path):
     """While Python imports (0.3 s) and while the stages load the model (2.5 s): no traceback, no wait for
     a load to finish (it took up to 10 s), nothing left behind."""
-    proc = start_run(models_dir, "--video-source", long_clip.video, "--output-video", tmp_path / "out.mp4", "--live")
+    proc = start_run(models_dir, "--video-source", long_clip.video, "--output-video", tmp_path / "out.mp4", "--live",
+                     temp=tmp_path / "temp")
     time.sleep(after_s)
     code, stderr, took = stop_and_wait(proc, signal.SIGINT, group=True)
     lines = stderr.strip().splitlines()
@@ -328,7 +334,7 @@ def test_ctrl_c_during_start_up_ends_the_run_at_once_with_one_line(after_s, long
     assert (code, "interrupted by SIGINT" in lines[0] or "stopped before its first frame" in lines[0]) in (
         (130, True), (0, True)) or (code == 0 and "frames anonymized" in lines[0]), (code, stderr)
     assert took < STOP_WITHIN_S, f"took {took:.1f} s to stop"
-    assert_nothing_left(f"p{proc.pid}")
+    assert_nothing_left(f"p{proc.pid}", tmp_path / "temp")
 
 
 def test_a_stop_signal_that_comes_inside_a_callback_python_cannot_raise_from_still_stops():
@@ -359,7 +365,8 @@ def test_a_stop_signal_that_comes_inside_a_callback_python_cannot_raise_from_sti
 def test_a_stopped_live_source_ends_normally_under_its_final_name(path, long_clip, models_dir, tmp_path):
     output = tmp_path / "live.mp4"
     proc = start_run(models_dir, "--video-source", long_clip.video, "--output-video", output, "--live",
-                     "--metadata", tmp_path / "live.jsonl", *(["--inline"] if path == "inline" else []))
+                     "--metadata", tmp_path / "live.jsonl", *(["--inline"] if path == "inline" else []),
+                     temp=tmp_path / "temp")
     wait_for_frames(tmp_path / "live.mp4", proc)
     code, stderr, took = stop_and_wait(proc, signal.SIGINT, group=True)
     assert code == 0, stderr
@@ -368,7 +375,7 @@ def test_a_stopped_live_source_ends_normally_under_its_final_name(path, long_cli
     assert 0 < len(seqs) < LONG_FRAMES
     assert not (tmp_path / "live.partial.mp4").exists()
     if path == "engine":
-        assert_nothing_left(f"p{proc.pid}")
+        assert_nothing_left(f"p{proc.pid}", tmp_path / "temp")
 
 
 # --- 4. one owner per output and per instance ------------------------------------------------------------

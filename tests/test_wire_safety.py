@@ -1,6 +1,6 @@
 """Garbage on the engine's sockets is logged, counted and dropped, never fatal: a running engine takes
 malformed bytes, messages of the wrong type and oversized messages on its control socket, its events
-socket and a stage's inbox, and every camera still finishes with every frame."""
+socket and a stage's inbox, and every camera still finishes with every frame it took in."""
 
 from __future__ import annotations
 
@@ -75,4 +75,8 @@ def test_garbage_on_any_socket_is_dropped_and_the_engine_goes_on(models_dir, tmp
         proc.send_signal(signal.SIGTERM)
         proc.wait(30)
     assert proc.returncode == 0
-    assert seqs(tmp_path / "a.mp4") == list(range(FRAMES)), now["stats"]
+    # A live camera turns new frames away at the door while the engine is behind (on a loaded machine, as
+    # it starts): those are never numbered. Every frame it numbered comes out, once, in order.
+    capture = now["stats"]["capture[a]"]
+    assert capture["frames"] + capture.get("dropped_busy", 0) == FRAMES, capture
+    assert seqs(tmp_path / "a.mp4") == list(range(capture["frames"])), now["stats"]
