@@ -1,11 +1,15 @@
 """Inference backends: PyTorch as loaded, or the same model exported to OpenVINO, ONNX or TensorRT.
 
 An exported model has a fixed input shape. Each camera's frames letterbox to one shape at a given
-`imgsz` (640x384 for 16:9 at 640), so a model is exported per shape on first use, through
-Ultralytics, and cached next to the weights under a key of (weights hash, shape, batch, precision).
-A square export would spend two fifths of its work on padding for 16:9 video. With `int8` (OpenVINO
-only), the FP32 export of a shape is quantized with NNCF, calibrated on generated frames
-(`anonengine.calibration`), and cached as precision `int8`.
+`imgsz` (640x384 for 16:9 at 640), so a model is exported per shape on first use and cached next to
+the weights under a key of (weights hash, shape, batch, precision). A square export would spend two
+fifths of its work on padding for 16:9 video. For OpenVINO, Ultralytics exports the model once with
+dynamic input sizes (about 6 s: PyTorch, tracing, conversion), and each shape is that model fixed to
+the shape by OpenVINO itself (0.1 s, neither PyTorch nor Ultralytics imported; the same outputs to the
+bit as Ultralytics' export at that shape): a photo archive of many aspect ratios, or a new camera, no
+longer waits for an export each. ONNX and TensorRT are exported per shape through Ultralytics. With
+`int8` (OpenVINO only), the FP32 model of a shape is quantized with NNCF, calibrated on generated
+frames (`anonengine.calibration`), and cached as precision `int8`.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ log = logging.getLogger(__name__)
 
 SUFFIX = {"openvino": "_openvino_model", "onnx": ".onnx", "tensorrt": ".engine"}
 EXPORT_DIR = ".exports"
+DYNAMIC = None  # the "shape" of the OpenVINO export of any input size, from which each shape's is made
 STRIDE = 32
 
 
@@ -94,10 +99,12 @@ class ExportedModels:
         return model, shape
 
     def runs_directly(self, frame_shape: tuple[int, int]) -> bool:
-        """Whether frames of this shape run without Ultralytics: an OpenVINO pose model already exported
-        (by an earlier run: the cache's key holds the weights' hash, so this very file was checked then)."""
+        """Whether frames of this shape run without Ultralytics: an OpenVINO pose model exported by an earlier
+        run, or made from its dynamic export without Ultralytics (the cache's key holds the weights' hash, so
+        this very file was checked then). INT8 calibrates through Ultralytics' letterbox: its own shape only."""
         shape = letterbox_shape(frame_shape, self.imgsz)
-        return self.backend == "openvino" and self.task == "pose" and self.cache_path(shape).exists()
+        return self.backend == "openvino" and self.task == "pose" and (
+            self.cache_path(shape).exists() or (not self.int8 and self.cache_path(DYNAMIC).exists()))
 
     def after_predict(self, model, shape: tuple[int, int]) -> None:
         """Applies `threads` to the predictor Ultralytics built at the first predict (or rebuilt since)."""
@@ -111,10 +118,12 @@ class ExportedModels:
     def _digest(self) -> str:
         return models.sha256(self.weights)[:12]
 
-    def cache_path(self, shape: tuple[int, int]) -> Path:
+    def cache_path(self, shape: tuple[int, int] | None) -> Path:
+        """Where the export of input `shape` (h, w) is kept; `DYNAMIC`: the OpenVINO export of any size."""
         digest = self._digest
-        precision = "int8" if self.int8 else "fp16" if self.half else "fp32"
-        key = f"{self.weights.stem}-{digest}-{shape[0]}x{shape[1]}-b1-{precision}"
+        precision = "int8" if self.int8 and shape is not DYNAMIC else "fp16" if self.half else "fp32"
+        size = "dynamic" if shape is DYNAMIC else f"{shape[0]}x{shape[1]}"
+        key = f"{self.weights.stem}-{digest}-{size}-b1-{precision}"
         return self.weights.parent / EXPORT_DIR / f"{key}{SUFFIX[self.backend]}"
 
     def export(self, shape: tuple[int, int]) -> Path:
@@ -131,7 +140,46 @@ class ExportedModels:
     def _export_to(self, target: Path, shape: tuple[int, int]) -> None:
         if self.int8:
             self._quantize_to(target, shape)
-            return
+        elif self.backend == "openvino":
+            self._fix_shape(target, shape)
+        else:
+            self._ultralytics_export(target, shape)
+
+    def _fix_shape(self, target: Path, shape: tuple[int, int]) -> None:
+        """The OpenVINO model of input `shape`: the dynamic export (made first, once) fixed to it. OpenVINO folds
+        the shape through the graph (the head's anchor grid included), which is what Ultralytics' export at that
+        shape traces: the same outputs, without PyTorch, in 0.1 s against about 6."""
+        dynamic = self.cache_path(DYNAMIC)
+        if not dynamic.exists():
+            with in_turn(dynamic.parent / f"{dynamic.name}.lock"):
+                if not dynamic.exists():
+                    self._ultralytics_export(dynamic, shape, dynamic=True)
+        import yaml
+
+        ov = openvino_runtime()
+        work = target.parent / f"{target.name}.work"
+        shutil.rmtree(work, ignore_errors=True)
+        work.mkdir()
+        try:
+            xml = next(dynamic.glob("*.xml"))
+            model = ov.Core().read_model(xml)
+            model.reshape([1, 3, *shape])
+            ov.save_model(model, str(work / xml.name), compress_to_fp16=False)  # as read: fp16 weights stay so
+            # Ultralytics' loader reads the input size and whether it is dynamic here (its letterbox follows).
+            meta = yaml.safe_load((dynamic / "metadata.yaml").read_text())
+            meta["imgsz"] = list(shape)
+            meta["args"]["dynamic"] = False
+            (work / "metadata.yaml").write_text(yaml.safe_dump(meta, sort_keys=False))
+            work.rename(target)
+        except Exception as exc:  # noqa: BLE001 - OpenVINO raises many types; the user needs one line
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise ModelError(f"cannot make the {shape[1]}x{shape[0]} OpenVINO model of {self.weights.name}: "
+                             f"{reason}") from None
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+
+    def _ultralytics_export(self, target: Path, shape: tuple[int, int], dynamic: bool = False) -> None:
+        """Ultralytics' export of the weights to `target`, traced at input `shape`; `dynamic`: for any size."""
         from ultralytics import YOLO
 
         work = target.parent / f"{target.name}.work"
@@ -140,8 +188,12 @@ class ExportedModels:
         try:
             staged = work / self.weights.name
             shutil.copy2(self.weights, staged)
-            log.info("exporting %s to %s at %dx%d (once; cached in %s)", self.weights.name, self.backend,
-                     shape[1], shape[0], target.parent)
+            if dynamic:
+                log.info("exporting %s to %s for every input size (once; cached in %s)", self.weights.name,
+                         self.backend, target.parent)
+            else:
+                log.info("exporting %s to %s at %dx%d (once; cached in %s)", self.weights.name, self.backend,
+                         shape[1], shape[0], target.parent)
             fmt = {"openvino": "openvino", "onnx": "onnx", "tensorrt": "engine"}[self.backend]
             if fmt == "openvino":
                 openvino_converter()
@@ -152,7 +204,8 @@ class ExportedModels:
                 with warnings.catch_warnings():  # tracing warnings about Ultralytics' own code
                     warnings.simplefilter("ignore")
                     produced = YOLO(str(staged), task=self.task).export(
-                        format=fmt, imgsz=list(shape), quantize=16 if self.half else None, batch=1, verbose=False
+                        format=fmt, imgsz=list(shape), quantize=16 if self.half else None, batch=1, verbose=False,
+                        dynamic=dynamic,
                     )
             finally:
                 ultralytics_log.setLevel(level)

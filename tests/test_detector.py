@@ -3,6 +3,7 @@
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -199,26 +200,61 @@ def test_openvino_pose_run_directly_equals_ultralytics_own_predictor(models_dir)
 
 def test_the_detector_runs_openvino_without_its_telemetry(models_dir, tmp_path):
     """`import openvino` imports its model converter, whose import sends a usage event to Google Analytics
-    from a process of its own. The detector runs a cached export without the converter; an export in the
-    same process (a camera of another size) still finds it. In a fresh interpreter, as a detect stage."""
+    from a process of its own. The detector runs a cached export without the converter, and makes a new
+    input size from the dynamic export without it (nor PyTorch); an export in the same process (weights not
+    exported before) still finds it. In a fresh interpreter, as a detect stage."""
     import shutil
 
     from anonengine.backends import ExportedModels, letterbox_shape
 
-    weights = tmp_path / "yolo11n-pose.pt"  # a cache of its own: the second size is exported in the child
+    weights, fresh = tmp_path / "yolo11n-pose.pt", tmp_path / "fresh" / "yolo11n-pose.pt"  # caches of their own
     shutil.copy2(models_dir / "yolo11n-pose.pt", weights)
+    fresh.parent.mkdir()
+    shutil.copy2(models_dir / "yolo11n-pose.pt", fresh)
     ExportedModels(str(weights), "pose", "openvino", 320, half=False).export(letterbox_shape((192, 320), 320))
     child = f"""
 import sys
 import cv2
 from anonengine.backends import ExportedModels, OpenVinoPose
 models = ExportedModels({str(weights)!r}, "pose", "openvino", 320, half=False)
-image = cv2.imread({str(assets_dir() / "zidane.jpg")!r})
+image = cv2.imread({str(assets_dir() / "bus.jpg")!r})
 model, _ = models.model_for((192, 320))
 assert isinstance(model, OpenVinoPose)
 assert "openvino_telemetry" not in sys.modules and "openvino.tools.ovc" not in sys.modules
-model, _ = models.model_for(image.shape[:2])  # not cached: exported here
-assert len(model.detect(image, 0.25, 0.7)) == 2
+model, shape = models.model_for(image.shape[:2])  # not cached: made from the dynamic export
+assert shape == (320, 256) and len(model.detect(image, 0.25, 0.7)) > 0
+assert not {{"openvino_telemetry", "openvino.tools.ovc", "torch", "ultralytics"}} & set(sys.modules)
+model, _ = ExportedModels({str(fresh)!r}, "pose", "openvino", 320, half=False).model_for(image.shape[:2])
+assert len(model.detect(image, 0.25, 0.7)) > 0  # exported here, through the converter
 """
     run = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, timeout=300, check=False)
     assert run.returncode == 0, run.stderr[-2000:]
+
+
+def test_a_new_input_size_is_the_dynamic_export_fixed_to_it_and_equals_ultralytics_export_at_it(models_dir, tmp_path):
+    """Each input size's OpenVINO model is the one dynamic export, fixed to the size by OpenVINO (0.1 s, where
+    Ultralytics' export took about 6): its outputs equal those of Ultralytics' export at that size."""
+    import shutil
+
+    import yaml
+    from ultralytics import YOLO
+
+    from anonengine.backends import DYNAMIC, ExportedModels, openvino_runtime
+
+    shape = (320, 256)  # bus.jpg's at 320, portrait
+    exported = ExportedModels(str(models_dir / "yolo11n-pose.pt"), "pose", "openvino", 320, half=False)
+    ours = exported.export(shape)
+    assert exported.cache_path(DYNAMIC).is_dir()
+    staged = tmp_path / "yolo11n-pose.pt"
+    shutil.copy2(models_dir / "yolo11n-pose.pt", staged)
+    theirs = Path(YOLO(str(staged), task="pose").export(format="openvino", imgsz=list(shape), batch=1, verbose=False))
+    core = openvino_runtime().Core()
+    bus = cv2.imread(str(assets_dir() / "bus.jpg"))
+    blob = cv2.dnn.blobFromImage(cv2.resize(bus, shape[::-1]), 1 / 255, swapRB=True)
+    outputs = [core.compile_model(str(next(folder.glob("*.xml"))), "CPU")(blob)[0] for folder in (ours, theirs)]
+    assert outputs[0].shape == outputs[1].shape == (1, 56, shape[0] * shape[1] // 32**2 * 21)
+    np.testing.assert_allclose(outputs[0], outputs[1], atol=1e-4)
+    ours_meta, theirs_meta = (yaml.safe_load((f / "metadata.yaml").read_text()) for f in (ours, theirs))
+    for meta in (ours_meta, theirs_meta):
+        del meta["date"]
+    assert ours_meta == theirs_meta
