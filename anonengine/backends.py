@@ -8,8 +8,8 @@ dynamic input sizes (about 6 s: PyTorch, tracing, conversion), and each shape is
 the shape by OpenVINO itself (0.1 s, neither PyTorch nor Ultralytics imported; the same outputs to the
 bit as Ultralytics' export at that shape): a photo archive of many aspect ratios, or a new camera, no
 longer waits for an export each. ONNX and TensorRT are exported per shape through Ultralytics. With
-`int8` (OpenVINO only), the FP32 model of a shape is quantized with NNCF, calibrated on generated
-frames (`anonengine.calibration`), and cached as precision `int8`.
+`int8` (OpenVINO only), the dynamic FP32 model is quantized once with NNCF, calibrated on generated
+frames at the 16:9 shape of `imgsz` (`anonengine.calibration`), and fixed per shape the same way.
 """
 
 from __future__ import annotations
@@ -36,7 +36,8 @@ log = logging.getLogger(__name__)
 
 SUFFIX = {"openvino": "_openvino_model", "onnx": ".onnx", "tensorrt": ".engine"}
 EXPORT_DIR = ".exports"
-DYNAMIC = None  # the "shape" of the OpenVINO export of any input size, from which each shape's is made
+DYNAMIC = None  # the "shape" of the OpenVINO model of any input size, from which each shape's is made
+CALIBRATION_FRAME = (720, 1280)  # INT8 is calibrated at this frame's input shape (most cameras' 16:9)
 STRIDE = 32
 
 
@@ -99,12 +100,12 @@ class ExportedModels:
         return model, shape
 
     def runs_directly(self, frame_shape: tuple[int, int]) -> bool:
-        """Whether frames of this shape run without Ultralytics: an OpenVINO pose model exported by an earlier
-        run, or made from its dynamic export without Ultralytics (the cache's key holds the weights' hash, so
-        this very file was checked then). INT8 calibrates through Ultralytics' letterbox: its own shape only."""
+        """Whether frames of this shape run without Ultralytics: an OpenVINO pose model made by an earlier run,
+        or its dynamic model, which OpenVINO fixes to the shape alone (the cache's key holds the weights' hash,
+        so this very file was checked then)."""
         shape = letterbox_shape(frame_shape, self.imgsz)
         return self.backend == "openvino" and self.task == "pose" and (
-            self.cache_path(shape).exists() or (not self.int8 and self.cache_path(DYNAMIC).exists()))
+            self.cache_path(shape).exists() or self.cache_path(DYNAMIC).exists())
 
     def after_predict(self, model, shape: tuple[int, int]) -> None:
         """Applies `threads` to the predictor Ultralytics built at the first predict (or rebuilt since)."""
@@ -118,11 +119,20 @@ class ExportedModels:
     def _digest(self) -> str:
         return models.sha256(self.weights)[:12]
 
+    @property
+    def calibration_shape(self) -> tuple[int, int]:
+        """The input INT8 is calibrated at, whatever shapes it then runs at: most cameras' 16:9 at `imgsz`."""
+        return letterbox_shape(CALIBRATION_FRAME, self.imgsz)
+
     def cache_path(self, shape: tuple[int, int] | None) -> Path:
-        """Where the export of input `shape` (h, w) is kept; `DYNAMIC`: the OpenVINO export of any size."""
+        """Where the model of input `shape` (h, w) is kept; `DYNAMIC`: the OpenVINO model of any size (INT8's
+        named by the shape it was calibrated at)."""
         digest = self._digest
-        precision = "int8" if self.int8 and shape is not DYNAMIC else "fp16" if self.half else "fp32"
-        size = "dynamic" if shape is DYNAMIC else f"{shape[0]}x{shape[1]}"
+        precision = "int8" if self.int8 else "fp16" if self.half else "fp32"
+        if shape is not DYNAMIC:
+            size = f"{shape[0]}x{shape[1]}"
+        else:
+            size = "dynamic-calibrated{}x{}".format(*self.calibration_shape) if self.int8 else "dynamic"
         key = f"{self.weights.stem}-{digest}-{size}-b1-{precision}"
         return self.weights.parent / EXPORT_DIR / f"{key}{SUFFIX[self.backend]}"
 
@@ -138,22 +148,29 @@ class ExportedModels:
         return target
 
     def _export_to(self, target: Path, shape: tuple[int, int]) -> None:
-        if self.int8:
-            self._quantize_to(target, shape)
-        elif self.backend == "openvino":
+        if self.backend == "openvino":
             self._fix_shape(target, shape)
         else:
             self._ultralytics_export(target, shape)
 
-    def _fix_shape(self, target: Path, shape: tuple[int, int]) -> None:
-        """The OpenVINO model of input `shape`: the dynamic export (made first, once) fixed to it. OpenVINO folds
-        the shape through the graph (the head's anchor grid included), which is what Ultralytics' export at that
-        shape traces: the same outputs, without PyTorch, in 0.1 s against about 6."""
+    def _dynamic(self) -> Path:
+        """The OpenVINO model of any input size, made once: Ultralytics' export, or for INT8 that quantized."""
         dynamic = self.cache_path(DYNAMIC)
         if not dynamic.exists():
+            dynamic.parent.mkdir(parents=True, exist_ok=True)
             with in_turn(dynamic.parent / f"{dynamic.name}.lock"):
                 if not dynamic.exists():
-                    self._ultralytics_export(dynamic, shape, dynamic=True)
+                    if self.int8:
+                        self._quantize_to(dynamic)
+                    else:
+                        self._ultralytics_export(dynamic, self.calibration_shape, dynamic=True)
+        return dynamic
+
+    def _fix_shape(self, target: Path, shape: tuple[int, int]) -> None:
+        """The OpenVINO model of input `shape`: the dynamic model fixed to it. OpenVINO folds the shape through
+        the graph (the head's anchor grid included), which is what Ultralytics' export at that shape traces: the
+        same outputs, without PyTorch, in 0.1 s against about 6 (and for INT8, 20 s of calibration more)."""
+        dynamic = self._dynamic()
         import yaml
 
         ov = openvino_runtime()
@@ -218,15 +235,16 @@ class ExportedModels:
         finally:
             shutil.rmtree(work, ignore_errors=True)
 
-    def _quantize_to(self, target: Path, shape: tuple[int, int]) -> None:
-        """INT8 from the FP32 export of the same shape (exported first, and cached, if need be)."""
+    def _quantize_to(self, target: Path) -> None:
+        """INT8 from the FP32 dynamic model, calibrated at `calibration_shape`, for every input size."""
         from anonengine.calibration import quantize_openvino
 
-        fp32 = ExportedModels(str(self.weights), self.task, self.backend, self.imgsz, half=False).export(shape)
+        fp32 = ExportedModels(str(self.weights), self.task, self.backend, self.imgsz, half=False)._dynamic()
+        shape = self.calibration_shape
         work = target.parent / f"{target.name}.work"
         shutil.rmtree(work, ignore_errors=True)
         try:
-            log.info("quantizing %s to INT8 at %dx%d on generated frames (once; cached in %s)", self.weights.name,
+            log.info("quantizing %s to INT8 on generated %dx%d frames (once; cached in %s)", self.weights.name,
                      shape[1], shape[0], target.parent)
             quantize_openvino(fp32, work, shape)
             work.rename(target)

@@ -26,7 +26,8 @@ def _config(models_dir, backend: str, int8: bool) -> AnonymizerConfig:
 
 def test_int8_openvino_finds_the_persons_fp32_finds(models_dir):
     """Same persons (all, and those confident enough for a skeleton), boxes IoU >= 0.9, keypoints close;
-    quantized once per input shape (bus.jpg 640x480, zidane.jpg 384x640) and cached as int8."""
+    quantized once (calibrated at 16:9, 384x640) and fixed to each input shape (bus.jpg 640x480, zidane.jpg
+    384x640), all cached as int8."""
     results = {}
     for int8 in (False, True):
         detector = PersonDetector(_config(models_dir, "openvino", int8))
@@ -46,6 +47,7 @@ def test_int8_openvino_finds_the_persons_fp32_finds(models_dir):
     exports = models_dir / ".exports"
     assert list(exports.glob("yolo11n-pose-*-640x480-b1-int8_openvino_model"))
     assert list(exports.glob("yolo11n-pose-*-384x640-b1-int8_openvino_model"))
+    assert len(list(exports.glob("yolo11n-pose-*-dynamic-calibrated384x640-b1-int8_openvino_model"))) == 1
 
 
 def test_int8_with_the_torch_backend_is_a_one_line_error(models_dir):
