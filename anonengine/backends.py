@@ -185,7 +185,8 @@ class ExportedModels:
             # Ultralytics' loader reads the input size and whether it is dynamic here (its letterbox follows).
             meta = yaml.safe_load((dynamic / "metadata.yaml").read_text())
             meta["imgsz"] = list(shape)
-            meta["args"]["dynamic"] = False
+            if isinstance(meta.get("args"), dict):
+                meta["args"]["dynamic"] = False
             (work / "metadata.yaml").write_text(yaml.safe_dump(meta, sort_keys=False))
             work.rename(target)
         except Exception as exc:  # noqa: BLE001 - OpenVINO raises many types; the user needs one line
