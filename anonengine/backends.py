@@ -27,10 +27,11 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import yaml
 
 from anonengine import models
 from anonengine.detections import NUM_KEYPOINTS, Detections
-from anonengine.errors import ModelError
+from anonengine.errors import ModelError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -171,13 +172,9 @@ class ExportedModels:
         the graph (the head's anchor grid included), which is what Ultralytics' export at that shape traces: the
         same outputs, without PyTorch, in 0.1 s against about 6 (and for INT8, 20 s of calibration more)."""
         dynamic = self._dynamic()
-        import yaml
-
         ov = openvino_runtime()
-        work = target.parent / f"{target.name}.work"
-        shutil.rmtree(work, ignore_errors=True)
-        work.mkdir()
-        try:
+        failure = f"cannot make the {shape[1]}x{shape[0]} OpenVINO model of {self.weights.name}"
+        with work_folder(target, failure) as work:
             xml = next(dynamic.glob("*.xml"))
             model = ov.Core().read_model(xml)
             model.reshape([1, 3, *shape])
@@ -189,21 +186,12 @@ class ExportedModels:
                 meta["args"]["dynamic"] = False
             (work / "metadata.yaml").write_text(yaml.safe_dump(meta, sort_keys=False))
             work.rename(target)
-        except Exception as exc:  # noqa: BLE001 - OpenVINO raises many types; the user needs one line
-            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise ModelError(f"cannot make the {shape[1]}x{shape[0]} OpenVINO model of {self.weights.name}: "
-                             f"{reason}") from None
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
 
     def _ultralytics_export(self, target: Path, shape: tuple[int, int], dynamic: bool = False) -> None:
         """Ultralytics' export of the weights to `target`, traced at input `shape`; `dynamic`: for any size."""
         from ultralytics import YOLO
 
-        work = target.parent / f"{target.name}.work"
-        shutil.rmtree(work, ignore_errors=True)
-        work.mkdir()
-        try:
+        with work_folder(target, f"cannot export {self.weights.name} to {self.backend}") as work:
             staged = work / self.weights.name
             shutil.copy2(self.weights, staged)
             if dynamic:
@@ -228,13 +216,6 @@ class ExportedModels:
             finally:
                 ultralytics_log.setLevel(level)
             Path(produced).rename(target)
-        except ModelError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - exporters raise many types; the user needs one line
-            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise ModelError(f"cannot export {self.weights.name} to {self.backend}: {reason}") from None
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
 
     def _quantize_to(self, target: Path) -> None:
         """INT8 from the FP32 dynamic model, calibrated at `calibration_shape`, for every input size."""
@@ -242,20 +223,11 @@ class ExportedModels:
 
         fp32 = ExportedModels(str(self.weights), self.task, self.backend, self.imgsz, half=False)._dynamic()
         shape = self.calibration_shape
-        work = target.parent / f"{target.name}.work"
-        shutil.rmtree(work, ignore_errors=True)
-        try:
+        with work_folder(target, f"cannot quantize {self.weights.name} to INT8") as work:
             log.info("quantizing %s to INT8 on generated %dx%d frames (once; cached in %s)", self.weights.name,
                      shape[1], shape[0], target.parent)
             quantize_openvino(fp32, work, shape)
             work.rename(target)
-        except ModelError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - NNCF and OpenVINO raise many types; the user needs one line
-            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise ModelError(f"cannot quantize {self.weights.name} to INT8: {reason}") from None
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
 
 
 class OpenVinoPose:
@@ -313,6 +285,24 @@ class OpenVinoPose:
         keypoints[..., :2] = ((keypoints[..., :2] - pad) / gain).clip(0, limit)
         return Detections((h, w), boxes.astype(np.float32), rows[:, 4].astype(np.float32),
                           keypoints.astype(np.float32))
+
+
+@contextlib.contextmanager
+def work_folder(target: Path, failure: str):
+    """An empty folder beside `target` to make it in (what is made is renamed out of it), removed afterwards. An
+    error inside, but a ModelError, becomes one: `failure: <its first line>` (exporters, NNCF and OpenVINO
+    raise many types; the user needs one line)."""
+    work = target.parent / f"{target.name}.work"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir()
+    try:
+        yield work
+    except ModelError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - see above
+        raise ModelError(f"{failure}: {first_line(exc)}") from None
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 @contextlib.contextmanager

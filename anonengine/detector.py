@@ -17,7 +17,7 @@ from anonengine import models
 from anonengine.backends import ExportedModels, OpenVinoPose, check_int8, choose_backend, letterbox_shape
 from anonengine.config import AnonymizerConfig
 from anonengine.detections import Detections, box_iou
-from anonengine.errors import ModelError
+from anonengine.errors import ModelError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ def load_yolo(spec: str, task: str):
     try:
         model = YOLO(path, task=task)
     except Exception as exc:  # noqa: BLE001 - Ultralytics raises many types for a bad file
-        raise ModelError(f"cannot load model {spec}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
+        raise ModelError(f"cannot load model {spec}: {first_line(exc)}")
     if model.task != task:
         raise ModelError(f"model {spec} is a {model.task} model, a {task} model is needed")
     return model

@@ -25,3 +25,8 @@ class ModelError(AnonError):
 
 class DetectionError(AnonError):
     """The detector failed on a frame; the frame must not be emitted raw."""
+
+
+def first_line(exc: BaseException) -> str:
+    """What a library's exception says, as one line: its message's first line, or its type when it has none."""
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
