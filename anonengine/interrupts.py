@@ -90,14 +90,14 @@ def exit_process(code: int) -> None:
     interpreter's teardown (PyTorch, OpenVINO: a second or two, five on a loaded machine) lets a stop end
     sooner."""
     logging.shutdown()
-    multiprocessing = sys.modules.get("multiprocessing.util")
-    if multiprocessing is not None:
+    multiprocessing_util = sys.modules.get("multiprocessing.util")
+    if multiprocessing_util is not None:
         # os._exit skips multiprocessing's exit handler, whose finalizers remove the folder it made in /tmp
         # for the fork server's socket (`engine.stagehost`): one was left behind by every command. They run
         # here without the handler's join of child processes. A forked stage's list is its own (cleared at
         # its start), so a stage never removes its launcher's folder. (`_run_finalizers` is private: the
         # standard library offers no public way to run them.)
-        multiprocessing._run_finalizers()
+        multiprocessing_util._run_finalizers()
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
