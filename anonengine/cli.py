@@ -67,6 +67,9 @@ def add_run_flags(p: argparse.ArgumentParser) -> None:
                    help="how a moving camera's frames enter the background: lanczos (default, sharpest), cubic, linear")
     p.add_argument("--future-frames", type=int, default=None,
                    help="a file's frames are also filled from what the next N frames show (default 50; 0: off)")
+    p.add_argument("--decoder", default=None, metavar="auto|cpu|cuda[:N]",
+                   help="where video is decoded: auto (default: NVDEC on the first GPU where FFmpeg opens one, "
+                        "else the CPU), cpu, or cuda[:N]")
     p.add_argument("--on-detector-error", choices=["stop", "obscure"], default=None)
     p.add_argument("--crf", type=int, default=None, help="H.264 quality (lower is better)")
     p.add_argument("--preset", default=None, help="H.264 speed preset")
@@ -115,6 +118,7 @@ def config_from_run_flags(args: argparse.Namespace):
     raw = {
         "anonymizer": anonymizer,
         "encoder": _drop_none(crf=args.crf, preset=args.preset),
+        "sources": _drop_none(decoder=args.decoder),
         "http": _drop_none(listen=args.http),
         "tap": _run_tap(args),
         "cameras": [{"name": args.camera, "source": args.video_source, "output": output, "metadata": args.metadata,

@@ -289,7 +289,16 @@ class CameraConfig(StrictModel):
 
 
 class SourcesConfig(StrictModel):
-    """How live sources (cameras, stream URLs) are opened and kept: they reconnect for ever."""
+    """How sources are decoded, and how live ones (cameras, stream URLs) are opened and kept: they reconnect
+    for ever."""
+
+    decoder: str = Field(
+        "auto",
+        pattern=r"^(auto|cpu|cuda(:\d+)?)$",
+        description="Where video is decoded: cpu; cuda[:N], NVDEC on that GPU (the frames come down to memory "
+        "for the stages; a stream NVDEC cannot decode is decoded on the CPU); auto, cuda:0 where FFmpeg can "
+        "open it, else cpu.",
+    )
 
     connect_timeout_s: float = Field(
         10, gt=0, le=600, description="Longest wait to open a live source (`anonengine run` on a URL gives up then)."

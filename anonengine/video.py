@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import os
@@ -14,10 +15,11 @@ from typing import Iterator
 import av
 import cv2
 import numpy as np
+from av.codec.hwaccel import HWAccel
 from av.sidedata.sidedata import Type as SideDataType
 
 from anonengine.config import EncoderConfig, SourcesConfig
-from anonengine.errors import InputError, OutputError
+from anonengine.errors import ConfigError, InputError, OutputError
 from anonengine.locks import FileLock, LockBusy, output_lock_path
 from anonengine.sources import Source, classify
 
@@ -52,12 +54,41 @@ class StreamInfo:
 
 
 def open_source(source: Source, cfg: SourcesConfig) -> av.container.InputContainer:
-    """Opens a classified source (file, webcam, stream URL) with the timeouts a live source needs."""
+    """Opens a classified source (file, webcam, stream URL) with the timeouts a live source needs, to be
+    decoded where `cfg.decoder` says."""
     url, fmt, options, timeout = source.open_arguments(cfg)
+    device = decoding_device(cfg.decoder)
+    hwaccel = None if device == "cpu" else HWAccel("cuda", device=device.partition(":")[2] or "0")
     try:
-        return av.open(url, format=fmt, options=options, timeout=timeout)
+        return av.open(url, format=fmt, options=options, timeout=timeout, hwaccel=hwaccel)
     except av.FFmpegError as exc:
         raise InputError(f"cannot open video {source.spec}: {_ffmpeg_reason(exc)}") from None
+
+
+def decoding_device(decoder: str) -> str:
+    """Where `sources.decoder` decodes on this machine: "cpu" or "cuda:N". ConfigError for a CUDA device
+    FFmpeg cannot open; `auto` is cuda:0 where it can, the CPU otherwise."""
+    if decoder == "cpu":
+        return "cpu"
+    device = "cuda:0" if decoder in ("auto", "cuda") else decoder
+    why_not = _cuda_decoder_missing(device)
+    if why_not is None:
+        return device
+    if decoder == "auto":
+        return "cpu"
+    raise ConfigError(f"sources.decoder {decoder}: FFmpeg cannot open that CUDA device for decoding ({why_not})")
+
+
+@functools.cache
+def _cuda_decoder_missing(device: str) -> str | None:
+    """None where FFmpeg opens `device` to decode H.264 on (NVDEC), else why not: asked once a process,
+    since a live source reopens for ever."""
+    try:
+        HWAccel("cuda", device=device.partition(":")[2]).create(av.Codec("h264", "r"))
+    except (av.FFmpegError, OSError, NotImplementedError) as exc:
+        # FFmpeg reports a machine without NVIDIA's driver as EPERM ("Operation not permitted").
+        return f"no NVIDIA driver or GPU: {exc.strerror}" if isinstance(exc, PermissionError) else str(exc)
+    return None
 
 
 class VideoReader:
@@ -174,11 +205,16 @@ class DecodedImage:
     image: np.ndarray
 
 
+# 4:2:0 layouts whose planes OpenCV converts itself: yuv420p from the CPU decoder, NV12 from NVDEC.
+YUV420_TO_BGR = {"yuv420p": cv2.COLOR_YUV2BGR_I420, "nv12": cv2.COLOR_YUV2BGR_NV12}
+
+
 def to_bgr(av_frame: av.VideoFrame) -> np.ndarray:
-    """BGR uint8 image; for yuv420p, OpenCV's conversion is several times faster than libswscale's."""
-    if av_frame.format.name == "yuv420p" and av_frame.width % 2 == 0 and av_frame.height % 2 == 0:
-        planes = av_frame.to_ndarray()  # (h*3/2, w) I420 with the plane padding removed
-        return cv2.cvtColor(planes, cv2.COLOR_YUV2BGR_I420)
+    """BGR uint8 image; for 4:2:0, OpenCV's conversion is several times faster than libswscale's."""
+    conversion = YUV420_TO_BGR.get(av_frame.format.name)
+    if conversion is not None and av_frame.width % 2 == 0 and av_frame.height % 2 == 0:
+        planes = av_frame.to_ndarray()  # (h*3/2, w): the luma plane, then chroma, their padding removed
+        return cv2.cvtColor(planes, conversion)
     return av_frame.to_ndarray(format="bgr24")
 
 

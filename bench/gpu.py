@@ -214,6 +214,7 @@ def measure(args, clip, out: Path, n: int, codec: str, timeout_s: float, gpu: bo
     cfg.anonymizer.detector.device = args.device
     cfg.anonymizer.detector.backend = args.backend
     cfg.anonymizer.background.device = args.background_device
+    cfg.sources.decoder = args.decoder
     cfg.encoder.codec = codec
     if args.preset:
         # The fastest preset on either kind of encoder: NVENC names its presets p1 (fastest) to p7.
@@ -337,6 +338,8 @@ def main() -> None:
     parser.add_argument("--imgsz", type=int, default=640)
     parser.add_argument("--background-device", default="cpu",
                         help="the compositors' background.device (cuda:0: the background model on the GPU)")
+    parser.add_argument("--decoder", default="auto",
+                        help="sources.decoder: auto (NVDEC where FFmpeg opens the GPU, else the CPU), cpu, cuda[:N]")
     parser.add_argument("--codec", default="auto", help="encoder; auto: h264_nvenc if a trial works, else libx264")
     parser.add_argument("--workers", type=int, default=2, help="engine.detect_workers")
     parser.add_argument("--composite-workers", type=int, default=0,
@@ -373,8 +376,12 @@ def main() -> None:
             detector_timing(args, width, height)
             background_timing(args, width, height)
         codec = pick_codec(args.codec, width, height, out)
+        from anonengine.video import decoding_device
+
+        decoding = decoding_device(args.decoder)
         print(
-            f"engine: detector {args.device} backend {args.backend} imgsz {args.imgsz}, {args.workers} detect "
+            f"engine: decoding on {decoding} (sources.decoder {args.decoder}), "
+            f"detector {args.device} backend {args.backend} imgsz {args.imgsz}, {args.workers} detect "
             f"worker(s), max_batch {args.max_batch}, ring_slots {args.ring_slots}, encoder {codec} "
             f"{args.preset or ''}, composite workers {args.composite_workers or 'one per stream up to cores/2'}, "
             f"encode workers {args.encode_workers or 'as many'}; {os.cpu_count()} CPUs",
@@ -468,6 +475,7 @@ def main() -> None:
                         "size": [width, height],
                         "frames": args.frames,
                         "codec": codec,
+                        "decoding": decoding,
                         "device": args.device,
                         "sustained": sustained,
                         "rows": rows,

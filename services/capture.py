@@ -88,7 +88,7 @@ class CaptureService(Service):
             self.feed = LiveFeed(kind, self.camera, self.cfg.sources, follows=follows).start()
             self.log.info("%s: connecting", self.source)
             return
-        self.reader = VideoReader(self.source, self.camera, kind=kind)
+        self.reader = VideoReader(self.source, self.camera, kind=kind, sources_cfg=self.cfg.sources)
         # A file replayed as a live camera (`live: true`): never waits for downstream, drops instead.
         self.live = self.paced = is_live(self.source, self.camera_cfg.live)
         self.frames_iter = iter(self.reader)

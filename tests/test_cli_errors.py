@@ -203,6 +203,14 @@ def imgsz_not_a_number(tmp: Path, clip) -> tuple[list, str]:
     return ["--video-source", clip.video, "--imgsz", "big"], "invalid int value"
 
 
+def cuda_decoder_not_here(tmp: Path, clip) -> tuple[list, str]:
+    from anonengine.video import decoding_device
+
+    if decoding_device("auto") != "cpu":
+        pytest.skip("FFmpeg decodes on a CUDA device here")
+    return ["--video-source", clip.video, "--decoder", "cuda"], "sources.decoder cuda"
+
+
 BAD_RUNS = [
     missing_input,
     input_is_a_folder,
@@ -224,6 +232,7 @@ BAD_RUNS = [
     metadata_is_a_folder,
     alpha_out_of_range,
     imgsz_not_a_number,
+    cuda_decoder_not_here,
 ]
 
 

@@ -1,0 +1,51 @@
+"""Where video is decoded (`sources.decoder`): NVDEC on a GPU gives the frames the CPU decoder gives.
+
+NVDEC hands frames over as NV12 (the chroma planes interleaved), the CPU decoder as yuv420p; both are
+turned to BGR by OpenCV, and H.264 decoders are exact by the standard, so the engine sees the same pixels
+either way. On a machine without a CUDA device (this one), `auto` decodes on the CPU and `cuda` is one
+line (tests/test_cli_errors.py); on one with a device, the same tests compare NVDEC's frames with the CPU's.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from anonengine.config import SourcesConfig
+from anonengine.sources import classify
+from anonengine.video import VideoReader, decoding_device, open_source, to_bgr
+
+
+def test_nv12_frames_become_the_same_bgr_as_the_cpu_decoders_yuv420p(small_sample_clip):
+    with open_source(classify(str(small_sample_clip.video)), SourcesConfig(decoder="cpu")) as container:
+        frames = list(container.decode(video=0))
+    assert frames and frames[0].format.name == "yuv420p"
+    for frame in frames:
+        nv12 = frame.reformat(format="nv12")  # the same samples, the chroma interleaved as NVDEC gives them
+        assert nv12.format.name == "nv12"
+        assert np.array_equal(to_bgr(nv12), to_bgr(frame))
+
+
+def test_auto_decodes_the_frames_the_cpu_decodes(small_sample_clip):
+    auto = VideoReader(str(small_sample_clip.video), sources_cfg=SourcesConfig(decoder="auto"))
+    cpu = VideoReader(str(small_sample_clip.video), sources_cfg=SourcesConfig(decoder="cpu"))
+    try:
+        pairs = list(zip(auto, cpu, strict=True))
+    finally:
+        auto.close()
+        cpu.close()
+    assert len(pairs) == 8
+    for a, c in pairs:
+        assert (a.seq, a.pts) == (c.seq, c.pts)
+        assert np.array_equal(a.image, c.image), f"frame {a.seq} differs between {decoding_device('auto')} and cpu"
+
+
+@pytest.mark.parametrize("decoder", ["cuda", "cuda:0", "cuda:7"])
+def test_a_cuda_decoder_is_opened_or_refused_in_one_line(decoder):
+    from anonengine.errors import ConfigError
+
+    if decoding_device("auto") == "cpu":
+        with pytest.raises(ConfigError, match=rf"^sources\.decoder {decoder}: FFmpeg cannot open that CUDA device"):
+            decoding_device(decoder)
+    elif decoder != "cuda:7":
+        assert decoding_device(decoder) == "cuda:0"
