@@ -57,6 +57,9 @@ def open_source(source: Source, cfg: SourcesConfig) -> av.container.InputContain
     """Opens a classified source (file, webcam, stream URL) with the timeouts a live source needs, to be
     decoded where `cfg.decoder` says."""
     url, fmt, options, timeout = source.open_arguments(cfg)
+    # NVDEC's frames come down to memory as NV12 with their properties: PyAV copies them, a phone's display
+    # matrix with them, since 18.1 (PyAV#2321; before, only the timestamp, and a portrait video stayed on
+    # its side for the detector).
     device = decoding_device(cfg.decoder)
     hwaccel = None if device == "cpu" else HWAccel("cuda", device=device.partition(":")[2] or "0")
     try:
