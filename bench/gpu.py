@@ -164,6 +164,61 @@ def detector_timing(args, width: int, height: int) -> None:
               flush=True)
 
 
+def decoder_timing(args, clip) -> None:
+    """The clip decoded by one capture's reader on the CPU and where `--decoder` says: wall and CPU ms a frame,
+    and whether the frames are the same (H.264 decoding is exact); then a portrait phone video (a "rotate 90"
+    display matrix) both ways, whose frames must come out upright from either."""
+    import av
+    import numpy as np
+
+    from anonengine.config import SourcesConfig
+    from anonengine.video import VideoReader, decoding_device
+
+    device = decoding_device(args.decoder)
+    if device == "cpu":
+        print(f"decoder: {args.decoder} decodes on the CPU here: nothing to compare", flush=True)
+        return
+    decoded = {}
+    for where in ("cpu", device):
+        t, cpu = time.perf_counter(), time.process_time()
+        reader = VideoReader(str(clip.video), sources_cfg=SourcesConfig(decoder=where))
+        decoded[where] = [f.image for f in reader]
+        reader.close()
+        wall, cpu = time.perf_counter() - t, time.process_time() - cpu
+        n = len(decoded[where])
+        print(f"decoder: {where}: {n} frames, {wall / n * 1000:.1f} ms a frame wall, {cpu / n * 1000:.1f} ms of CPU "
+              f"(opening included)", flush=True)
+    apart = max(int(np.abs(a.astype(int) - b).max()) for a, b in zip(decoded["cpu"], decoded[device]))
+    print(f"decoder: {device} against cpu: {len(decoded[device])} against {len(decoded['cpu'])} frames, at most "
+          f"{apart} grey levels apart", flush=True)
+    frames = [cv2_resize(f, 320, 192) for f in decoded["cpu"][:10]]
+    path = Path(clip.video).with_name("portrait.mp4")
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=RATE, options={"crf": "18"})
+        stream.width, stream.height, stream.pix_fmt = 192, 320, "yuv420p"
+        stream.set_display_rotation(90)
+        for i, image in enumerate(frames):
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(np.rot90(image, -1)), format="bgr24")
+            frame.pts = i
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+    for where in ("cpu", device):
+        reader = VideoReader(str(path), sources_cfg=SourcesConfig(decoder=where))
+        out = [f.image for f in reader]
+        reader.close()
+        upright = out[0].shape[:2] == (192, 320)
+        apart = np.mean([np.abs(a.astype(int) - b).mean() for a, b in zip(frames, out)]) if upright else None
+        print(f"decoder: portrait phone video on {where}: {out[0].shape[1]}x{out[0].shape[0]}, "
+              + (f"upright, {apart:.2f} levels from the frames filmed on average (x264 crf 18)" if upright
+                 else "ON ITS SIDE"), flush=True)
+
+
+def cv2_resize(image, width: int, height: int):
+    import cv2
+
+    return cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA)
+
+
 def background_timing(args, width: int, height: int, frames: int = 40) -> None:
     """The background model alone, OpenCV against tensors on `--background-device` (a shaking street camera,
     each frame learnt and three person-sized regions drawn back): ms a frame and how far apart they draw."""
@@ -373,6 +428,7 @@ def main() -> None:
             flush=True,
         )
         if args.detector_timing:
+            decoder_timing(args, clip)
             detector_timing(args, width, height)
             background_timing(args, width, height)
         codec = pick_codec(args.codec, width, height, out)
