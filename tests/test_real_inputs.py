@@ -151,6 +151,51 @@ def test_engine_and_audit_take_the_rotation_too(sample, tagged, anonengine_cli, 
     assert report.frames == FRAMES and report.flagged == []
 
 
+def write_iphone_mov(frames: list[np.ndarray], path: Path) -> Path:
+    """`frames` as an iPhone films in portrait by default: HEVC Main 10 in a QuickTime file (`hvc1`), HLG
+    colour (BT.2020, ARIB STD-B67), stored on its side under a "rotate 90" display matrix, with AAC sound."""
+    store = ORIENTATIONS["rotate 90"][1]
+    with av.open(str(path), "w", format="mov") as container:
+        video = container.add_stream("libx265", rate=30, options={"crf": "18", "preset": "ultrafast",
+                                                                  "x265-params": "log-level=error"})
+        video.height, video.width = frames[0].shape[1], frames[0].shape[0]
+        video.pix_fmt, video.codec_tag = "yuv420p10le", "hvc1"
+        video.codec_context.color_primaries, video.codec_context.color_trc = 9, 18  # BT.2020, HLG
+        video.codec_context.colorspace = 9  # BT.2020 non-constant luminance
+        video.set_display_rotation(90)
+        sound = container.add_stream("aac", rate=48000)
+        for i, image in enumerate(frames):
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(store(image)), format="bgr24")
+            frame = frame.reformat(format="yuv420p10le")
+            frame.pts = i
+            container.mux(video.encode(frame))
+        container.mux(video.encode(None))
+        tone = (0.2 * np.sin(np.arange(48000 * len(frames) // 30) * (2 * np.pi * 440 / 48000))).astype(np.float32)
+        for start in range(0, len(tone), 1024):
+            chunk = av.AudioFrame.from_ndarray(tone[None, start:start + 1024].copy(), format="fltp", layout="mono")
+            chunk.sample_rate, chunk.pts = 48000, start
+            container.mux(sound.encode(chunk))
+        container.mux(sound.encode(None))
+    return path
+
+
+def test_an_iphones_hevc_10_bit_hlg_portrait_movie_comes_out_upright_with_its_sound_and_nobody_shown(
+        sample, anonengine_cli, tmp_path):
+    source = write_iphone_mov([f.image for f in VideoReader(str(sample.video))], tmp_path / "IMG_0001.MOV")
+    with av.open(str(source)) as container:
+        stored = container.streams.video[0]
+        assert (stored.codec_context.name, stored.format.name, stored.width) == ("hevc", "yuv420p10le", HEIGHT)
+    output = tmp_path / "out.mp4"
+    result = anonengine_cli("run", "--video-source", source, "--output-video", output, "--audio", "keep", "--quiet")
+    assert result.returncode == 0, result.stderr
+    with av.open(str(output)) as container:
+        video, sound = container.streams.video[0], container.streams.audio[0]
+        assert (video.codec_context.name, video.format.name) == ("h264", "yuv420p")  # what every player plays
+        assert (video.width, video.height, video.frames, sound.codec_context.name) == (WIDTH, HEIGHT, FRAMES, "aac")
+    assert untagged(output)
+    assert ground_truth_leaks(sample, output) == []
+
+
 @pytest.mark.skipif(shutil.which("ffmpeg") is None and not os.environ.get("CI"),
                     reason="the ffmpeg command (Debian package ffmpeg) is the reference; .ci/run installs it")
 def test_upright_matches_ffmpeg(tagged, tmp_path):
