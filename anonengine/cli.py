@@ -22,6 +22,8 @@ if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not inside 
 import argparse
 import glob
 import logging
+import re
+import urllib.parse
 from pathlib import Path
 
 from pydantic import ValidationError
@@ -140,7 +142,16 @@ def _run_tap(args: argparse.Namespace) -> dict:
 
 
 def default_output(source: str) -> str:
-    stem = Path(source).stem if not source.isdigit() and "://" not in source else f"camera{source}"
+    """`<name>_anonymized.mp4` in the current folder: a file's stem, a webcam's `camera<N>`, a URL's last
+    path part (`rtsp://cam/stream1`: `stream1`) or else its host, in letters a file name can hold."""
+    if source.isdigit():
+        stem = f"camera{source}"
+    elif "://" in source:
+        url = urllib.parse.urlsplit(source)
+        stem = Path(urllib.parse.unquote(url.path)).stem or url.hostname or ""
+        stem = re.sub(r"[^A-Za-z0-9._-]+", "_", stem).strip("._")
+    else:
+        stem = Path(source).stem
     return f"{stem or 'stream'}_anonymized.mp4"
 
 

@@ -10,6 +10,7 @@ increasing across reconnects (an outage shows as a gap in time; no frame is inve
 from __future__ import annotations
 
 import enum
+import functools
 import gc
 import logging
 import queue
@@ -48,6 +49,10 @@ class Source:
 
     @property
     def live(self) -> bool:
+        """A camera (read for ever, reconnected, never waited for) rather than a recording (read to its end,
+        every frame). Over HTTP(S) either comes: a video file or an HLS playlist that ends is a recording."""
+        if self.kind is SourceKind.HTTP:
+            return not serves_recording(self.url, SourcesConfig().connect_timeout_s)
         return self.kind is not SourceKind.FILE
 
     @property
@@ -70,6 +75,20 @@ class Source:
         elif self.kind is SourceKind.HTTP:
             options = {"rw_timeout": str(int(cfg.stall_s * 1e6))}
         return self.url, None, options, timeouts
+
+
+@functools.lru_cache(maxsize=64)
+def serves_recording(url: str, timeout_s: float) -> bool:
+    """Whether an HTTP(S) URL serves a recording, which FFmpeg gives a duration (an MP4, an HLS playlist
+    with its end), rather than a live stream (MJPEG, a live HLS playlist, MPEG-TS as it is sent), which has
+    none. Asked once a process; a URL that does not answer is taken for a camera, which may come later."""
+    import av
+
+    try:
+        with av.open(url, timeout=(timeout_s, timeout_s)) as container:
+            return bool(container.duration and container.duration > 0 and container.streams.video)
+    except (av.FFmpegError, OSError):
+        return False
 
 
 def is_live(spec: str, live: bool | None) -> bool:

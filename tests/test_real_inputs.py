@@ -319,8 +319,10 @@ def assert_nothing_left(instance: str, temp: Path) -> None:
     assert not (run_dir / instance).exists() and not (run_dir / f"{instance}.lock").exists()
 
 
+# A signal to the process group is what Ctrl-C in a terminal sends (SIGINT), and what `timeout`, `kill -- -PGID`
+# and a service manager's stop send (SIGTERM): the engine's fork server is in that group too.
 STOPS = [("engine", signal.SIGINT, True), ("engine", signal.SIGTERM, False), ("engine", signal.SIGINT, False),
-         ("inline", signal.SIGINT, True), ("inline", signal.SIGTERM, False)]
+         ("engine", signal.SIGTERM, True), ("inline", signal.SIGINT, True), ("inline", signal.SIGTERM, False)]
 
 
 @pytest.mark.parametrize("path,sig,group", STOPS,
@@ -406,21 +408,83 @@ def test_a_stop_signal_that_comes_inside_a_callback_python_cannot_raise_from_sti
     assert done.stdout.strip() == "stopped by SIGINT" and done.stderr == "", done
 
 
-@pytest.mark.parametrize("path", ["engine", "inline"])
-def test_a_stopped_live_source_ends_normally_under_its_final_name(path, long_clip, models_dir, tmp_path):
+@pytest.mark.parametrize("path,sig", [("engine", signal.SIGINT), ("engine", signal.SIGTERM), ("inline", signal.SIGINT)],
+                         ids=["engine-SIGINT-group", "engine-SIGTERM-group", "inline-SIGINT-group"])
+def test_a_stopped_live_source_ends_normally_under_its_final_name(path, sig, long_clip, models_dir, tmp_path):
     output = tmp_path / "live.mp4"
     proc = start_run(models_dir, "--video-source", long_clip.video, "--output-video", output, "--live",
                      "--metadata", tmp_path / "live.jsonl", *(["--inline"] if path == "inline" else []),
                      temp=tmp_path / "temp")
     wait_for_frames(tmp_path / "live.mp4", proc)
-    code, stderr, took = stop_and_wait(proc, signal.SIGINT, group=True)
+    code, stderr, took = stop_and_wait(proc, sig, group=True)
     assert code == 0, stderr
     assert took < STOP_WITHIN_S, f"took {took:.1f} s to stop"
     seqs = [f.seq for f in VideoReader(str(output))]
     assert 0 < len(seqs) < LONG_FRAMES
-    assert not (tmp_path / "live.partial.mp4").exists()
+    assert not (tmp_path / "live.partial.mp4").exists() and not (tmp_path / ".live.mp4.segments").exists()
     if path == "engine":
         assert_nothing_left(f"p{proc.pid}", tmp_path / "temp")
+
+
+# --- 3b. a recording served over HTTP ------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def web(sample, tmp_path_factory):
+    """The sample clip on a web server on 127.0.0.1: as an MP4 (its index first, as served for streaming),
+    as an HLS playlist that ends (video on demand), and as one that does not (a live playlist)."""
+    import functools
+    import http.server
+    import threading
+
+    folder = tmp_path_factory.mktemp("web")
+    with av.open(str(sample.video)) as source, \
+            av.open(str(folder / "clip.mp4"), "w", options={"movflags": "faststart"}) as mp4, \
+            av.open(str(folder / "vod.m3u8"), "w", format="hls",
+                    options={"hls_time": "1", "hls_playlist_type": "vod"}) as hls:
+        video = source.streams.video[0]
+        outs = [mp4.add_stream_from_template(video), hls.add_stream_from_template(video)]
+        for packet in source.demux(video):
+            if packet.dts is None:
+                continue
+            for out in outs:
+                packet.stream = out
+                out.container.mux(packet)
+    playlist = (folder / "vod.m3u8").read_text()
+    (folder / "live.m3u8").write_text(playlist.replace("#EXT-X-ENDLIST\n", "").replace("#EXT-X-PLAYLIST-TYPE:VOD\n", ""))
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(folder))
+    handler.log_message = lambda *args: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+@pytest.mark.parametrize("name", ["clip.mp4", "vod.m3u8"])
+def test_a_recording_served_over_http_is_read_to_its_end_as_a_file(name, sample, web, anonengine_cli, tmp_path):
+    """Before, every http(s) URL was a camera: a video on a web server was read again and again for ever,
+    its frames dropped when the engine fell behind, and the run never ended."""
+    from anonengine.sources import classify
+
+    url = f"{web}/{name}"
+    assert not classify(url).live and classify(f"{web}/live.m3u8").live
+    output, metadata = tmp_path / "out.mp4", tmp_path / "out.jsonl"
+    result = anonengine_cli("run", "--video-source", url, "--output-video", output, "--metadata", metadata,
+                            "--quiet", timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert [f.seq for f in VideoReader(str(output))] == list(range(FRAMES))
+    assert len(metadata.read_text().splitlines()) == FRAMES
+    assert ground_truth_leaks(sample, output) == []
+
+
+def test_a_urls_default_output_is_named_after_its_last_part():
+    from anonengine.cli import default_output
+
+    assert default_output("rtsp://cam.local:554/Streaming/Channels/101") == "101_anonymized.mp4"
+    assert default_output("https://host/videos/day%201/clip%202.mp4?token=x") == "clip_2_anonymized.mp4"
+    assert default_output("https://host/live/index.m3u8?token=x") == "index_anonymized.mp4"
+    assert default_output("rtsp://admin:secret@10.0.0.5/") == "10.0.0.5_anonymized.mp4"
+    assert default_output("0") == "camera0_anonymized.mp4" and default_output("in.mov") == "in_anonymized.mp4"
 
 
 # --- 4. one owner per output and per instance ------------------------------------------------------------

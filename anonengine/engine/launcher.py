@@ -444,7 +444,7 @@ class Launcher:
         elif status.state == "running" and before is not None and before.state != "running":
             log.warning("camera %s: source %s", status.camera,
                         "back" if before.state == "reconnecting" else "connected")
-        elif status.state == "connecting" and (before is None or before.error != status.error):
+        elif status.state == "connecting" and status.error and (before is None or before.error != status.error):
             log.warning("camera %s: cannot connect yet (%s); trying again", status.camera, status.error)
 
     def _on_control(self, request: messages.Message) -> messages.Reply:

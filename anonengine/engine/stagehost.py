@@ -29,6 +29,8 @@ import subprocess
 import sys
 import threading
 
+from anonengine.interrupts import STOP_SIGNALS
+
 log = logging.getLogger(__name__)
 
 KILL_WAIT_S = 5.0  # a SIGKILL takes effect at once; past this the process is stuck in the kernel
@@ -50,16 +52,20 @@ def warm_up() -> None:
     if threading.current_thread() is not threading.main_thread():
         multiprocessing.forkserver.ensure_running()
         return
-    # The server runs in the launcher's process group, so a Ctrl-C in the terminal reaches it too: it ignores
-    # SIGINT once it serves, but while it imports one printed a KeyboardInterrupt's traceback. It starts with
-    # SIGINT ignored (an ignored signal stays so across the exec; a blocked one did not). Meanwhile the
-    # launcher's SIGINT is blocked, not lost: it stays pending, and comes once its handler is back.
-    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
-    handler = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # The server runs in the launcher's process group, so a stop sent to the group reaches it too: Ctrl-C in
+    # a terminal (SIGINT), `timeout`, `kill -- -PGID` or a service manager (SIGTERM, SIGHUP). It must outlive
+    # them: the launcher stops the stages in order, and a server killed by the signal took every stage with
+    # it (the launcher heard 255 of each, and a file's frames done so far were lost). It starts with them
+    # ignored (an ignored signal stays so across the exec; a blocked one did not) and ends with the launcher
+    # (the standard library sees to that). Meanwhile the launcher's own are blocked, not lost: they stay
+    # pending, and come once its handlers are back.
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    handlers = {sig: signal.signal(sig, signal.SIG_IGN) for sig in STOP_SIGNALS}
     try:
         multiprocessing.forkserver.ensure_running()
     finally:
-        signal.signal(signal.SIGINT, handler)
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
         signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
 
 
@@ -150,7 +156,10 @@ def exited(pidfd: int, timeout: float = 0.0) -> bool:
 def run_stage(module: str, args: list[str], env: dict[str, str], cwd: str, project_root: str) -> None:
     """In the forked child: becomes `python -m module args` with the launcher's environment for it."""
     os.setsid()  # Ctrl-C in a terminal reaches the launcher alone, which stops the stages in order
-    signal.signal(signal.SIGINT, signal.default_int_handler)  # ignored by the fork server (warm_up)
+    # Ignored by the fork server (warm_up): a stage answers them as `python -m services.X` would.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
     # The fork server lives on while any process holds its "alive" pipe, which it hands to every child so
     # that the child may start processes through it too. A stage does not; holding it would keep the server
     # (the stage's parent, which the stage follows) alive after the launcher died, and the stage with it.
