@@ -323,6 +323,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"anonengine: interrupted by {stop.name}", file=sys.stderr)
         return stop.exit_code
     except Exception as exc:  # noqa: BLE001 - one line for the user; the traceback on request
+        if INTERRUPTS.raised is not None and not os.environ.get("ANONENGINE_DEBUG"):
+            # The stop, made another error by the code it landed in: pydantic, building a schema as the
+            # config module loads (a Ctrl-C 0.3 s after the command), reports it as a SchemaError.
+            print(f"anonengine: interrupted by {signal.Signals(INTERRUPTS.raised).name}", file=sys.stderr)
+            return 128 + INTERRUPTS.raised
         if os.environ.get("ANONENGINE_DEBUG"):
             raise
         reason = f"{type(exc).__name__}: {exc}".splitlines()[0]

@@ -37,6 +37,7 @@ class Interrupted(BaseException):
 class Interrupts:
     def __init__(self) -> None:
         self.signum: int | None = None
+        self.raised: int | None = None  # the last signal raised as `Interrupted`, wherever it landed
         self._deferring = 0
 
     def install(self) -> None:
@@ -60,6 +61,7 @@ class Interrupts:
         if self._deferring and self.signum is None:
             self.signum = signum
             return
+        self.raised = signum
         raise Interrupted(signum)  # outside a frame loop, or a second signal: stop now
 
     @property

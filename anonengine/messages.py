@@ -190,6 +190,7 @@ class CameraDone(Message):
     frames: int
     output: str | None
     complete: bool = True  # False: the stream was interrupted and `output` is the `.partial` file
+    error: str | None = None  # the output could not be finished (a full disk): why, in one line
 
 
 class SourceStatus(Message):

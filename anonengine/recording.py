@@ -178,8 +178,14 @@ def join_metadata(segments: list[Segment], output: Path) -> None:
     for segment in segments:
         for line in _lines(segment.metadata):
             records.setdefault(json.loads(line)["index"], line)
-    with open(output, "w") as out:
-        out.writelines(records[index] + "\n" for index in sorted(records))
+    staged = output.with_name(f".{output.name}.joining")  # never a torn file under the output's name
+    try:
+        with open(staged, "w") as out:
+            out.writelines(records[index] + "\n" for index in sorted(records))
+        os.replace(staged, output)
+    except BaseException:
+        staged.unlink(missing_ok=True)
+        raise
 
 
 def _lines(path: Path) -> list[str]:
@@ -396,14 +402,18 @@ class SegmentedRecording:
                 return None
             target = self.output if complete else partial_path(self.output)
             staged = partial_path(self.output).with_name(f".{self.output.name}.joining.mp4")
-            join_segments(ours, staged)
+            try:
+                join_segments(ours, staged)
+                if self.metadata is not None:  # joined first: a full disk fails before the video takes its name
+                    meta_target = self.metadata if complete else partial_metadata_path(self.metadata)
+                    join_metadata(ours, meta_target)
+            except BaseException:
+                staged.unlink(missing_ok=True)
+                raise
             os.replace(staged, target)
-            if self.metadata is not None:
-                meta_target = self.metadata if complete else partial_metadata_path(self.metadata)
-                join_metadata(ours, meta_target)
             return target
         except (av.FFmpegError, OSError) as exc:
-            raise OutputError(f"cannot finish {self.output}: {exc}") from None
+            raise OutputError(f"cannot finish {self.output}: {getattr(exc, 'strerror', None) or exc}") from None
         finally:
             if not self.cfg.keep_segments:
                 shutil.rmtree(self.folder, ignore_errors=True)

@@ -238,7 +238,10 @@ class EncodeStage(Stage):
         """Writes `image` at the frame's time; `persons` is None for an obscured frame."""
         self.writer.write(image, frame.pts)
         if self._meta_file is not None:
-            self._meta_file.write(json.dumps(frame_record(frame, persons)) + "\n")
+            try:
+                self._meta_file.write(json.dumps(frame_record(frame, persons)) + "\n")
+            except OSError as exc:  # a full disk
+                raise OutputError(f"cannot write metadata {self.metadata}: {exc.strerror}") from None
 
     def close(self, complete: bool = True) -> Path | None:
         """Finalises the output, playable; returns where it is.
@@ -248,10 +251,20 @@ class EncodeStage(Stage):
         """
         if self.writer is None:
             return None
-        path = self.writer.close(complete)
+        try:
+            if self._meta_file is not None:
+                # Flushed first: a disk that filled up fails the run before the video takes its name.
+                self._meta_file.close()
+            path = self.writer.close(complete)  # on failure it removed its partial file itself
+        except OSError as exc:
+            self.abort()
+            raise OutputError(f"cannot write metadata {self.metadata}: {exc.strerror}") from None
+        except OutputError:
+            self.writer = None
+            self.abort()
+            raise
         self.writer = None
         if self._meta_file is not None:
-            self._meta_file.close()
             if complete:
                 os.replace(self._meta_partial, self.metadata)
             self._meta_file = None

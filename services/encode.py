@@ -204,7 +204,7 @@ class EncodeService(Service):
 
     def _finish(self, camera: str, output: Output, complete: bool) -> None:
         """Finalises the output, playable: under its final name only when `complete`."""
-        path, frames = None, 0
+        path, frames, error = None, 0, None
         if output.recording is not None:
             try:
                 for ref in output.recording.cut():  # every frame on disk: the compositor can let go
@@ -213,8 +213,12 @@ class EncodeService(Service):
                 path = output.recording.close(complete)  # None: nothing written, no file at all
                 frames = output.recording.frames
             except AnonError as exc:
-                self.log.error("%s: %s", camera, exc)
-        send(self.events, messages.CameraDone(camera, frames, str(path) if path else None, complete), block=False)
+                error = str(exc)
+                # What failed to finish is no output: its working segments go (a disk that filled up kept
+                # them, the frames' metadata with them, in a hidden folder beside the output).
+                output.recording.abort()
+        send(self.events, messages.CameraDone(camera, frames, str(path) if path else None, complete, error),
+             block=False)
         self.log.info("%s: %d frames written to %s", camera, frames, path or "(tap only)")
 
     def close(self) -> None:

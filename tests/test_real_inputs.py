@@ -567,6 +567,45 @@ def test_a_busy_tap_port_is_one_line_before_any_stage_runs(sample, anonengine_cl
     assert not (tmp_path / "o.mp4").exists() and not (tmp_path / "o.partial.mp4").exists()
 
 
+def small_disk(folder: Path, size: str) -> Path:
+    """A file system of `size` (tmpfs) at `folder`, to be unmounted by the caller."""
+    folder.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)],
+                      capture_output=True).returncode:
+        pytest.skip("cannot mount a small file system here (needs root)")
+    return folder
+
+
+# The clip's output through the engine is about 0.6 MB, written as segments then joined: 1 MB holds the
+# segments, not the joined copy beside them; 200 kB fills up while frames are written, either way.
+DISKS = [(True, "1m"), (True, "200k"), (False, "200k")]
+
+
+@pytest.mark.parametrize("engine,size", DISKS, ids=["engine-joining", "engine-writing", "inline-writing"])
+def test_a_disk_that_fills_up_fails_the_run_in_one_line_and_leaves_nothing_beside_the_output(
+        engine, size, long_clip, models_dir, tmp_path):
+    """Before, the engine said "stopped before its first frame; nothing written" and exited 0 when the disk
+    filled up as it joined its segments, and left them (the frames' metadata in them) in a hidden folder
+    when it filled up as they were written."""
+    disk = small_disk(tmp_path / "disk", size)
+    try:
+        _disk_fills_up(engine, disk, long_clip, models_dir, tmp_path)
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+def _disk_fills_up(engine: bool, small_disk: Path, long_clip, models_dir: Path, tmp_path: Path) -> None:
+    proc = start_run(models_dir, "--video-source", long_clip.video, "--output-video", small_disk / "out.mp4",
+                     "--metadata", small_disk / "out.jsonl", *(() if engine else ("--inline",)), temp=tmp_path / "temp")
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 2, stderr
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("anonengine: error: ") and "No space left on device" in lines[0], stderr
+    assert list(small_disk.iterdir()) == []
+    if engine:
+        assert_nothing_left(f"p{proc.pid}", tmp_path / "temp")
+
+
 def test_attach_answers_with_the_error_it_can_know(sample, models_dir, tmp_path):
     from test_engine_control import cli, launch_in, wait_for
 

@@ -410,6 +410,14 @@ class Launcher:
             if isinstance(message, messages.CameraDone):
                 self.done[message.camera] = message
                 self._release_output(message.camera)
+                if message.error is not None:
+                    # Frames were anonymized but their output could not be made (a full disk): a job that
+                    # ends so failed, and says why; a running engine reports the camera and goes on.
+                    if self.cfg.engine.exit_when_done:
+                        self.failure = message.error
+                    else:
+                        log.error("camera %s: %s", message.camera, message.error)
+                        self.failed_cameras[message.camera] = message.error
                 if not message.complete:
                     log.info("camera %s stopped after %d frames; its partial output: %s", message.camera,
                              message.frames, message.output or "(none)")
