@@ -41,13 +41,13 @@ from anonengine.errors import AnonError, ConfigError, InputError, ModelError, Ou
 from anonengine.interrupts import INTERRUPTS, Interrupted
 from anonengine.locks import FileLock, LockBusy
 from anonengine.manifest import Fingerprint, Manifest, Record, file_sha256, settings_key, utc_now
+from anonengine.sources import PHOTO_SUFFIXES
 from anonengine.video import Frame, partial_path
 
 log = logging.getLogger("anonengine")
 
 VIDEO_SUFFIXES = frozenset({".mp4", ".m4v", ".mov", ".mkv", ".avi", ".webm", ".ts", ".mts", ".m2ts", ".mpg",
                             ".mpeg", ".wmv", ".flv", ".3gp"})
-PHOTO_SUFFIXES = frozenset({".jpg", ".jpeg", ".png"})
 JPEG_QUALITY = 95
 # A photo's persons have no other frame to be caught in (no hold, no look-ahead): it is detected at least
 # at the audit adversary's size. At the videos' 320, a 31x106-px person in a 320x192 photo is missed;
@@ -401,5 +401,33 @@ def cmd_batch(args: argparse.Namespace) -> int:
     return 1 if summary.failed else 0
 
 
-__all__ = ["Batch", "FileRunner", "Job", "Summary", "anonymize_photo", "cmd_batch", "find_jobs",
+def cmd_photo(args: argparse.Namespace) -> int:
+    """`anonengine run` on one photo: a photo out, treated as a batch treats its photos (detected at
+    `PHOTO_IMGSZ` at least, written without EXIF). Before, it came out as a one-frame MP4 detected at the
+    videos' size."""
+    from anonengine.cli import config_from_run_flags, default_output
+    from anonengine.engine.commands import resolve_models
+    from anonengine.video import claim_output
+
+    for flag, value in (("--metadata", args.metadata), ("--live", args.live), ("--tap", args.tap)):
+        if value:
+            raise ConfigError(f"{flag} is for videos, not a photo ({args.video_source})")
+    source = Path(args.video_source)
+    if not source.is_file():
+        raise InputError(f"video source not found: {source}")
+    output = Path(args.output_video or default_output(args.video_source))
+    cfg = config_from_run_flags(args)
+    resolve_models(cfg)
+    lock = claim_output(output)
+    runner = FileRunner(cfg, camera=args.camera)
+    try:
+        runner.run(Job(source, source.name, output))
+    finally:
+        runner.close()
+        lock.release()
+    log.info("%s: photo anonymized -> %s", args.camera, output)
+    return 0
+
+
+__all__ = ["Batch", "FileRunner", "Job", "Summary", "anonymize_photo", "cmd_batch", "cmd_photo", "find_jobs",
            "output_settings", "pending_jobs", "record_of"]

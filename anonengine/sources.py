@@ -31,6 +31,11 @@ from anonengine.messages import SourceState
 log = logging.getLogger("anonengine.sources")
 
 URL_SCHEME = re.compile(r"^([a-z][a-z0-9+.-]*)://", re.IGNORECASE)
+PHOTO_SUFFIXES = frozenset({".jpg", ".jpeg", ".png"})  # photos: anonymized as photos, not one-frame videos
+
+
+def is_photo(spec: str) -> bool:
+    return not URL_SCHEME.match(spec) and Path(spec).suffix.lower() in PHOTO_SUFFIXES
 
 
 class SourceKind(str, enum.Enum):

@@ -381,3 +381,25 @@ def test_a_torn_manifest_line_is_ignored_and_the_next_record_stays_whole(tmp_pat
     assert set(again.records) == {"a.mp4"}
     again.add(Record("c.mp4", "c.mp4", 1, 2, "sha256:y", "k", 3, "none", 0.1, "t"))
     assert set(Manifest(tmp_path).records) == {"a.mp4", "c.mp4"}
+
+
+def test_one_photo_given_to_run_comes_out_a_photo_treated_as_a_batch_treats_it(inputs, anonengine_cli, tmp_path):
+    """Before, `run --video-source photo.jpg` wrote a one-frame MP4, detected at the videos' size; a photo's
+    persons have no other frame to be caught in. `--output-video NAME.mp4` still asks for a video."""
+    (tmp_path / "in").mkdir()
+    cv2.imwrite(str(tmp_path / "in" / "IMG_1.jpg"), inputs["zidane"])
+    result = anonengine_cli("run", "--video-source", "in/IMG_1.jpg", "--quiet", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    photo = cv2.imread(str(tmp_path / "IMG_1_anonymized.jpg"))
+    batch = anonengine_cli("run", "--video-source", "in", "--output-dir", "out", "--quiet", cwd=tmp_path)
+    assert batch.returncode == 0, batch.stderr
+    assert np.array_equal(photo, cv2.imread(str(tmp_path / "out" / "IMG_1.jpg")))  # the batch's very photo
+    assert np.abs(photo.astype(int) - inputs["zidane"]).max(axis=2).mean() > 5, "left as it was"
+    video = anonengine_cli("run", "--video-source", "in/IMG_1.jpg", "--output-video", "one.mp4", "--quiet",
+                           cwd=tmp_path)
+    assert video.returncode == 0, video.stderr
+    with av.open(str(tmp_path / "one.mp4")) as container:
+        assert container.streams.video[0].frames == 1
+    refused = anonengine_cli("run", "--video-source", "in/IMG_1.jpg", "--metadata", "m.jsonl", cwd=tmp_path)
+    assert refused.returncode == 2 and refused.stderr.strip() == (
+        "anonengine: error: --metadata is for videos, not a photo (in/IMG_1.jpg)")
