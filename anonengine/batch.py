@@ -41,7 +41,7 @@ from anonengine.errors import AnonError, ConfigError, InputError, ModelError, Ou
 from anonengine.interrupts import INTERRUPTS, Interrupted
 from anonengine.locks import FileLock, LockBusy
 from anonengine.manifest import Fingerprint, Manifest, Record, file_sha256, settings_key, utc_now
-from anonengine.sources import PHOTO_SUFFIXES
+from anonengine.sources import PHOTO_SUFFIXES, UNREADABLE_PHOTO_SUFFIXES
 from anonengine.video import Frame, partial_path
 
 log = logging.getLogger("anonengine")
@@ -67,7 +67,7 @@ class Job:
 
     @property
     def photo(self) -> bool:
-        return self.source.suffix.lower() in PHOTO_SUFFIXES
+        return self.source.suffix.lower() in PHOTO_SUFFIXES | UNREADABLE_PHOTO_SUFFIXES
 
     @property
     def staged(self) -> Path:
@@ -104,7 +104,8 @@ def find_jobs(spec: str, output_dir: Path) -> list[Job]:
     out = output_dir.resolve()
     if path.is_dir():
         root = path
-        found = [p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES | PHOTO_SUFFIXES
+        media = VIDEO_SUFFIXES | PHOTO_SUFFIXES | UNREADABLE_PHOTO_SUFFIXES
+        found = [p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in media
                  and not any(part.startswith(".") for part in p.relative_to(root).parts)]
     elif path.is_file():
         root, found = path.parent, [path]
@@ -119,7 +120,8 @@ def find_jobs(spec: str, output_dir: Path) -> list[Job]:
     jobs, taken = [], {}
     for source in found:
         rel = source.relative_to(root)
-        output = output_dir / (rel if rel.suffix.lower() in PHOTO_SUFFIXES else rel.with_suffix(".mp4"))
+        photo = rel.suffix.lower() in PHOTO_SUFFIXES | UNREADABLE_PHOTO_SUFFIXES
+        output = output_dir / (rel if photo else rel.with_suffix(".mp4"))
         if output in taken:
             raise ConfigError(f"{taken[output]} and {rel.as_posix()} would both be written to {output}: rename one")
         taken[output] = rel.as_posix()
@@ -268,6 +270,10 @@ class FileRunner:
         return result.frames, ("kept" if self.audio == "keep" else "dropped") if extras.has_audio else "none"
 
     def _photo(self, job: Job) -> tuple[int, str]:
+        suffix = job.source.suffix.lower()
+        if suffix in UNREADABLE_PHOTO_SUFFIXES:
+            raise InputError(f"cannot read {suffix} photos (HEIF or a camera's raw format): convert them to JPEG "
+                             "first, then run the batch again")
         image = cv2.imread(str(job.source), cv2.IMREAD_COLOR)  # turned upright as its EXIF says
         if image is None:
             raise InputError(f"cannot read image {job.source}")

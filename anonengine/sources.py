@@ -31,7 +31,12 @@ from anonengine.messages import SourceState
 log = logging.getLogger("anonengine.sources")
 
 URL_SCHEME = re.compile(r"^([a-z][a-z0-9+.-]*)://", re.IGNORECASE)
-PHOTO_SUFFIXES = frozenset({".jpg", ".jpeg", ".png"})  # photos: anonymized as photos, not one-frame videos
+# Photos: anonymized as photos, not one-frame videos, in their own format (OpenCV reads and writes these).
+PHOTO_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"})
+# Photos OpenCV cannot read (an iPhone's HEIF, cameras' raw files): a batch reports each as failed, since
+# left out silently they would stay as taken while the summary says the folder is done.
+UNREADABLE_PHOTO_SUFFIXES = frozenset({".heic", ".heif", ".dng", ".cr2", ".cr3", ".nef", ".arw", ".raf", ".orf",
+                                       ".rw2"})
 
 
 def is_photo(spec: str) -> bool:

@@ -403,3 +403,24 @@ def test_one_photo_given_to_run_comes_out_a_photo_treated_as_a_batch_treats_it(i
     refused = anonengine_cli("run", "--video-source", "in/IMG_1.jpg", "--metadata", "m.jsonl", cwd=tmp_path)
     assert refused.returncode == 2 and refused.stderr.strip() == (
         "anonengine: error: --metadata is for videos, not a photo (in/IMG_1.jpg)")
+
+
+def test_photos_of_other_formats_are_anonymized_and_those_it_cannot_read_are_reported(inputs, anonengine_cli,
+                                                                                      tmp_path):
+    """WebP, TIFF and BMP come out in their format; an iPhone's HEIC (or a camera's raw file) is a failed
+    file, one line each and exit 1. Before, both were left out silently: the summary said the folder was done
+    while their persons stayed as taken."""
+    (tmp_path / "in").mkdir()
+    for name in ("a.webp", "b.tif", "c.bmp"):
+        cv2.imwrite(str(tmp_path / "in" / name), inputs["zidane"])
+    (tmp_path / "in" / "IMG_0001.HEIC").write_bytes(b"\0\0\0\x18ftypheic")  # what OpenCV cannot read
+    (tmp_path / "in" / "notes.txt").write_text("not a photo")
+    result = anonengine_cli("run", "--video-source", "in", "--output-dir", "out", "--quiet", cwd=tmp_path)
+    assert result.returncode == 1, result.stderr
+    failed = [line for line in result.stderr.splitlines() if "failed" in line]  # (a first export says so too)
+    assert failed == ["anonengine: failed: IMG_0001.HEIC: cannot read .heic photos (HEIF or a camera's raw format): "
+                      "convert them to JPEG first, then run the batch again"], result.stderr
+    assert sorted(p.name for p in (tmp_path / "out").iterdir() if p.suffix != ".jsonl") == ["a.webp", "b.tif", "c.bmp"]
+    for name in ("a.webp", "b.tif", "c.bmp"):
+        out = cv2.imread(str(tmp_path / "out" / name))
+        assert np.abs(out.astype(int) - inputs["zidane"]).max(axis=2).mean() > 5, f"{name} left as it was"
