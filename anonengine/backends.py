@@ -92,13 +92,35 @@ class ExportedModels:
         model = self._models.get(shape)
         if model is None:
             if self.backend == "openvino" and self.task == "pose":
-                model = OpenVinoPose(self.export(shape), shape, self.threads)
+                model = self._openvino_pose(shape)
             else:
                 from ultralytics import YOLO
 
                 model = YOLO(str(self.export(shape)), task=self.task)
             self._models[shape] = model
         return model, shape
+
+    def _openvino_pose(self, shape: tuple[int, int]) -> OpenVinoPose:
+        """The pose model of input `shape`. A cached model OpenVINO cannot read (torn by a disk that filled up,
+        a copy cut short) is a cache's miss: made again, from the dynamic model, then from the weights."""
+        for suspects in ([], [shape], [shape, DYNAMIC]):
+            for cached in suspects:
+                self._discard(cached)
+            try:
+                return OpenVinoPose(self.export(shape), shape, self.threads)
+            except (RuntimeError, ModelError) as exc:  # OpenVINO's errors are RuntimeErrors
+                # OpenVINO's first line names its source file; its last says what is wrong.
+                failure = [line for line in str(exc).splitlines() if line.strip()][-1:] or [type(exc).__name__]
+                log.warning("the cached OpenVINO model of %s at %dx%d cannot be loaded (%s); making it again",
+                            self.weights.name, shape[1], shape[0], failure[0])
+        raise ModelError(f"OpenVINO cannot load {self.weights.name} at {shape[1]}x{shape[0]}, even made again: "
+                         f"{failure[0]}")
+
+    def _discard(self, shape: tuple[int, int] | None) -> None:
+        target = self.cache_path(shape)
+        with in_turn(target.parent / f"{target.name}.lock"):
+            shutil.rmtree(target, ignore_errors=True)
+            shutil.rmtree(compiled_cache(target), ignore_errors=True)
 
     def runs_directly(self, frame_shape: tuple[int, int]) -> bool:
         """Whether frames of this shape run without Ultralytics: an OpenVINO pose model made by an earlier run,

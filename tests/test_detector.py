@@ -136,6 +136,38 @@ def test_openvino_keeps_the_compiled_model_and_finds_the_same_persons(models_dir
         np.testing.assert_allclose(other.keypoints, found[0].keypoints, atol=1e-3)
 
 
+@pytest.mark.parametrize("torn", [["shape"], ["shape", "dynamic"]], ids=["its-shape", "and-the-dynamic-model"])
+def test_a_torn_cached_model_is_made_again_and_finds_the_same_persons(torn, models_dir, tmp_path, caplog):
+    """A cached OpenVINO model cut short (a disk that filled up, a copy stopped midway), with no compiled copy
+    to fall back on: before, every detector start crashed on it (the engine gave up after 6 restarts,
+    `--inline` was an internal error); now it is made again, from the dynamic model or, that torn too, from
+    the weights."""
+    import shutil
+
+    from anonengine.backends import DYNAMIC, ExportedModels, compiled_cache
+
+    bus = cv2.imread(str(assets_dir() / "bus.jpg"))
+    cfg = AnonymizerConfig().detector
+    intact = ExportedModels(str(models_dir / "yolo11n-pose.pt"), "pose", "openvino", cfg.imgsz, half=False)
+    model, shape = intact.model_for(bus.shape[:2])
+    expected = model.detect(bus, cfg.person_conf, cfg.iou)
+    weights = tmp_path / "yolo11n-pose.pt"
+    shutil.copy2(models_dir / "yolo11n-pose.pt", weights)
+    copy = ExportedModels(str(weights), "pose", "openvino", cfg.imgsz, half=False)
+    for key in (shape, DYNAMIC):
+        shutil.copytree(intact.cache_path(key), copy.cache_path(key))
+    for key in [{"shape": shape, "dynamic": DYNAMIC}[name] for name in torn]:
+        (bin_file,) = copy.cache_path(key).glob("*.bin")
+        bin_file.write_bytes(bin_file.read_bytes()[:100_000])
+    assert not compiled_cache(copy.cache_path(shape)).exists()
+    with caplog.at_level("WARNING", logger="anonengine.backends"):
+        remade, _ = copy.model_for(bus.shape[:2])
+    assert "Incorrect weights in bin file" in caplog.text
+    found = remade.detect(bus, cfg.person_conf, cfg.iou)
+    assert len(found) == len(expected) == 4
+    np.testing.assert_allclose(found.boxes, expected.boxes, atol=1e-3)
+
+
 def test_openvino_runs_on_the_configured_number_of_threads(models_dir):
     """On a small CPU the detector must leave cores to the other stages: detector.threads holds."""
     cfg = AnonymizerConfig()
