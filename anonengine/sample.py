@@ -187,6 +187,24 @@ def _walked(t: float, t0: float, t1: float) -> float:
     return min(1.0, max(0.0, (t - t0) / max(1e-9, t1 - t0)))
 
 
+def write_portrait_video(frames: list[np.ndarray], path: Path, rate: int = 25, crf: int = 12) -> Path:
+    """H.264 MP4 of upright `frames` as a phone filming in portrait stores them: on their side, under a
+    "rotate 90" display matrix that turns them back on playback."""
+    import av
+
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=rate, options={"crf": str(crf), "preset": "veryfast"})
+        stream.height, stream.width = frames[0].shape[1], frames[0].shape[0]
+        stream.pix_fmt = "yuv420p"
+        stream.set_display_rotation(90)
+        for i, image in enumerate(frames):
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(np.rot90(image, -1)), format="bgr24")
+            frame.pts = i
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+    return path
+
+
 def make_sample(
     out_dir: Path, width: int = 640, height: int = 360, frames: int = 48, fps: int = 25, seed: int = 0,
     actors=ACTORS, scene: str = "studio", **camera,

@@ -168,10 +168,10 @@ def decoder_timing(args, clip) -> None:
     """The clip decoded by one capture's reader on the CPU and where `--decoder` says: wall and CPU ms a frame,
     and whether the frames are the same (H.264 decoding is exact); then a portrait phone video (a "rotate 90"
     display matrix) both ways, whose frames must come out upright from either."""
-    import av
     import numpy as np
 
     from anonengine.config import SourcesConfig
+    from anonengine.sample import write_portrait_video
     from anonengine.video import VideoReader, decoding_device
 
     device = decoding_device(args.decoder)
@@ -192,16 +192,7 @@ def decoder_timing(args, clip) -> None:
     print(f"decoder: {device} against cpu: {len(decoded[device])} against {len(decoded['cpu'])} frames, at most "
           f"{apart} grey levels apart", flush=True)
     frames = [cv2_resize(f, 320, 192) for f in decoded["cpu"][:10]]
-    path = Path(clip.video).with_name("portrait.mp4")
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("libx264", rate=RATE, options={"crf": "18"})
-        stream.width, stream.height, stream.pix_fmt = 192, 320, "yuv420p"
-        stream.set_display_rotation(90)
-        for i, image in enumerate(frames):
-            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(np.rot90(image, -1)), format="bgr24")
-            frame.pts = i
-            container.mux(stream.encode(frame))
-        container.mux(stream.encode(None))
+    path = write_portrait_video(frames, Path(clip.video).with_name("portrait.mp4"), RATE, crf=18)
     for where in ("cpu", device):
         reader = VideoReader(str(path), sources_cfg=SourcesConfig(decoder=where))
         out = [f.image for f in reader]

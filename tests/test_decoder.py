@@ -8,13 +8,11 @@ line (tests/test_cli_errors.py); on one with a device, the same tests compare NV
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import av
 import numpy as np
 import pytest
 
 from anonengine.config import SourcesConfig
+from anonengine.sample import write_portrait_video
 from anonengine.sources import classify
 from anonengine.video import VideoReader, decoding_device, open_source, to_bgr
 
@@ -29,21 +27,6 @@ def test_nv12_frames_become_the_same_bgr_as_the_cpu_decoders_yuv420p(small_sampl
         assert np.array_equal(to_bgr(nv12), to_bgr(frame))
 
 
-def phone_video(frames: list[np.ndarray], path: Path) -> Path:
-    """`frames` stored on their side with a "rotate 90" display matrix, as a phone filming in portrait does."""
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("libx264", rate=25, options={"crf": "12", "preset": "veryfast"})
-        stream.height, stream.width = frames[0].shape[1], frames[0].shape[0]
-        stream.pix_fmt = "yuv420p"
-        stream.set_display_rotation(90)
-        for i, image in enumerate(frames):
-            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(np.rot90(image, -1)), format="bgr24")
-            frame.pts = i
-            container.mux(stream.encode(frame))
-        container.mux(stream.encode(None))
-    return path
-
-
 @pytest.mark.parametrize("stored", ["upright", "rotate 90"])
 def test_auto_decodes_the_frames_the_cpu_decodes(stored, small_sample_clip, tmp_path):
     """Frames, timestamps and orientation: NVDEC's frames must come down with their display matrix, or a
@@ -51,7 +34,7 @@ def test_auto_decodes_the_frames_the_cpu_decodes(stored, small_sample_clip, tmp_
     video = str(small_sample_clip.video)
     filmed = [f.image for f in VideoReader(video)]
     if stored == "rotate 90":
-        video = str(phone_video(filmed, tmp_path / "phone.mp4"))
+        video = str(write_portrait_video(filmed, tmp_path / "phone.mp4"))
     auto = VideoReader(video, sources_cfg=SourcesConfig(decoder="auto"))
     cpu = VideoReader(video, sources_cfg=SourcesConfig(decoder="cpu"))
     assert (auto.info.width, auto.info.height) == (cpu.info.width, cpu.info.height) == (320, 192)
