@@ -28,6 +28,10 @@ from anonengine.video import StreamInfo, VideoReader
 # timeline kept there this often: a restarted capture carries on after its predecessor's frames.
 SEQ_BLOCK = 1024
 POSITION_EVERY_S = 1.0
+# A stopped live camera's frames in flight still go out while its peers handle them. Stopped at once with
+# it (a service manager signalling every process of the engine), they never come back: past this long
+# without one released, it leaves rather than wait for the launcher to kill it (20 s).
+STOP_DRAIN_IDLE_S = 5.0
 
 
 def admit_limit(cfg, slots: int) -> int:
@@ -70,6 +74,7 @@ class CaptureService(Service):
         self.resume_from = resume_from or 0
         self.ended = False
         self.end: messages.StreamEnd | None = None  # sent once the stream ended; again to a restarted compositor
+        self._released_at = 0.0  # when a frame in flight last came back
         self._reserved = 0  # a live camera's frame numbers below this are kept in the run folder as taken
         self._position_kept = 0.0
 
@@ -140,6 +145,12 @@ class CaptureService(Service):
                 self.log.info("stopped at frame %d, before the end of the file", self.seq)
                 return False
             self.log.info("end of stream after %d frames; waiting for %d in flight", self.seq, len(self.inflight))
+            self._released_at = time.monotonic()
+        if (self.ended and self.stopping and self.inflight
+                and time.monotonic() - self._released_at > STOP_DRAIN_IDLE_S):
+            self.log.info("none of the %d frames in flight came back in %.0f s of the stop: leaving them",
+                          len(self.inflight), STOP_DRAIN_IDLE_S)
+            return False
         return not (self.ended and not self.inflight)
 
     def _next_frame(self):
@@ -259,6 +270,7 @@ class CaptureService(Service):
             done = self.inflight.pop(release.seq, None)
             if done is not None:
                 self.free_slots.append(done.ref.slot)
+                self._released_at = time.monotonic()
         if self.redeliver_all and not self.redelivering:  # not within a redelivery: it starts over after it
             self._redeliver_late(everything=True)
 
