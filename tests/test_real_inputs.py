@@ -303,7 +303,8 @@ def wait_for_frames(video: Path, proc: subprocess.Popen, timeout: float = 90) ->
 def descendants(pid: int) -> list[int]:
     """`pid` and every process under it, whatever session it made (the engine's stages make their own)."""
     children: dict[int, list[int]] = {}
-    for line in subprocess.run(["ps", "-e", "-o", "pid=,ppid="], capture_output=True, text=True).stdout.splitlines():
+    table = subprocess.run(["ps", "-e", "-o", "pid=,ppid="], capture_output=True, text=True, check=True).stdout
+    for line in table.splitlines():
         child, parent = map(int, line.split())
         children.setdefault(parent, []).append(child)
     found, todo = [], [pid]
@@ -600,7 +601,7 @@ def small_disk(folder: Path, size: str) -> Path:
     """A file system of `size` (tmpfs) at `folder`, to be unmounted by the caller."""
     folder.mkdir()
     if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)],
-                      capture_output=True).returncode:
+                      capture_output=True, check=False).returncode:
         pytest.skip("cannot mount a small file system here (needs root)")
     return folder
 
