@@ -41,13 +41,14 @@ from anonengine.errors import AnonError, ConfigError, InputError, ModelError, Ou
 from anonengine.interrupts import INTERRUPTS, Interrupted
 from anonengine.locks import FileLock, LockBusy
 from anonengine.manifest import Fingerprint, Manifest, Record, file_sha256, settings_key, utc_now
-from anonengine.sources import PHOTO_SUFFIXES, UNREADABLE_PHOTO_SUFFIXES
+from anonengine.sources import PHOTO_SUFFIXES, UNREADABLE_PHOTO_SUFFIXES, classify
 from anonengine.video import Frame, partial_path
 
 log = logging.getLogger("anonengine")
 
 VIDEO_SUFFIXES = frozenset({".mp4", ".m4v", ".mov", ".mkv", ".avi", ".webm", ".ts", ".mts", ".m2ts", ".mpg",
                             ".mpeg", ".wmv", ".flv", ".3gp"})
+PHOTO_INPUTS = PHOTO_SUFFIXES | UNREADABLE_PHOTO_SUFFIXES  # a batch's photos: those it reads, and those it reports
 JPEG_QUALITY = 95
 # A photo's persons have no other frame to be caught in (no hold, no look-ahead): it is detected at least
 # at the audit adversary's size. At the videos' 320, a 31x106-px person in a 320x192 photo is missed;
@@ -67,7 +68,7 @@ class Job:
 
     @property
     def photo(self) -> bool:
-        return self.source.suffix.lower() in PHOTO_SUFFIXES | UNREADABLE_PHOTO_SUFFIXES
+        return self.source.suffix.lower() in PHOTO_INPUTS
 
     @property
     def staged(self) -> Path:
@@ -104,8 +105,7 @@ def find_jobs(spec: str, output_dir: Path) -> list[Job]:
     out = output_dir.resolve()
     if path.is_dir():
         root = path
-        media = VIDEO_SUFFIXES | PHOTO_SUFFIXES | UNREADABLE_PHOTO_SUFFIXES
-        found = [p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in media
+        found = [p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES | PHOTO_INPUTS
                  and not any(part.startswith(".") for part in p.relative_to(root).parts)]
     elif path.is_file():
         root, found = path.parent, [path]
@@ -120,8 +120,7 @@ def find_jobs(spec: str, output_dir: Path) -> list[Job]:
     jobs, taken = [], {}
     for source in found:
         rel = source.relative_to(root)
-        photo = rel.suffix.lower() in PHOTO_SUFFIXES | UNREADABLE_PHOTO_SUFFIXES
-        output = output_dir / (rel if photo else rel.with_suffix(".mp4"))
+        output = output_dir / (rel if rel.suffix.lower() in PHOTO_INPUTS else rel.with_suffix(".mp4"))
         if output in taken:
             raise ConfigError(f"{taken[output]} and {rel.as_posix()} would both be written to {output}: rename one")
         taken[output] = rel.as_posix()
@@ -418,9 +417,8 @@ def cmd_photo(args: argparse.Namespace) -> int:
     for flag, value in (("--metadata", args.metadata), ("--live", args.live), ("--tap", args.tap)):
         if value:
             raise ConfigError(f"{flag} is for videos, not a photo ({args.video_source})")
+    classify(args.video_source)  # "not found", "not a file": as any source
     source = Path(args.video_source)
-    if not source.is_file():
-        raise InputError(f"video source not found: {source}")
     output = Path(args.output_video or default_output(args.video_source))
     cfg = config_from_run_flags(args)
     resolve_models(cfg)

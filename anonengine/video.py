@@ -61,7 +61,7 @@ def open_source(source: Source, cfg: SourcesConfig) -> av.container.InputContain
     # matrix with them, since 18.1 (PyAV#2321; before, only the timestamp, and a portrait video stayed on
     # its side for the detector).
     device = decoding_device(cfg.decoder)
-    hwaccel = None if device == "cpu" else HWAccel("cuda", device=device.partition(":")[2] or "0")
+    hwaccel = None if device == "cpu" else cuda_decoder(device)
     try:
         return av.open(url, format=fmt, options=options, timeout=timeout, hwaccel=hwaccel)
     except av.FFmpegError as exc:
@@ -82,12 +82,17 @@ def decoding_device(decoder: str) -> str:
     raise ConfigError(f"sources.decoder {decoder}: FFmpeg cannot open that CUDA device for decoding ({why_not})")
 
 
+def cuda_decoder(device: str) -> HWAccel:
+    """PyAV's settings to decode on `device` ("cuda:N")."""
+    return HWAccel("cuda", device=device.partition(":")[2])
+
+
 @functools.cache
 def _cuda_decoder_missing(device: str) -> str | None:
     """None where FFmpeg opens `device` to decode H.264 on (NVDEC), else why not: asked once a process,
     since a live source reopens for ever."""
     try:
-        HWAccel("cuda", device=device.partition(":")[2]).create(av.Codec("h264", "r"))
+        cuda_decoder(device).create(av.Codec("h264", "r"))
     except (av.FFmpegError, OSError, NotImplementedError) as exc:
         # FFmpeg reports a machine without NVIDIA's driver as EPERM ("Operation not permitted").
         return f"no NVIDIA driver or GPU: {exc.strerror}" if isinstance(exc, PermissionError) else str(exc)

@@ -168,6 +168,7 @@ def decoder_timing(args, clip) -> None:
     """The clip decoded by one capture's reader on the CPU and where `--decoder` says: wall and CPU ms a frame,
     and whether the frames are the same (H.264 decoding is exact); then a portrait phone video (a "rotate 90"
     display matrix) both ways, whose frames must come out upright from either."""
+    import cv2
     import numpy as np
 
     from anonengine.config import SourcesConfig
@@ -191,7 +192,7 @@ def decoder_timing(args, clip) -> None:
     apart = max(int(np.abs(a.astype(int) - b).max()) for a, b in zip(decoded["cpu"], decoded[device]))
     print(f"decoder: {device} against cpu: {len(decoded[device])} against {len(decoded['cpu'])} frames, at most "
           f"{apart} grey levels apart", flush=True)
-    frames = [cv2_resize(f, 320, 192) for f in decoded["cpu"][:10]]
+    frames = [cv2.resize(f, (320, 192), interpolation=cv2.INTER_AREA) for f in decoded["cpu"][:10]]
     path = write_portrait_video(frames, Path(clip.video).with_name("portrait.mp4"), RATE, crf=18)
     for where in ("cpu", device):
         reader = VideoReader(str(path), sources_cfg=SourcesConfig(decoder=where))
@@ -202,12 +203,6 @@ def decoder_timing(args, clip) -> None:
         print(f"decoder: portrait phone video on {where}: {out[0].shape[1]}x{out[0].shape[0]}, "
               + (f"upright, {apart:.2f} levels from the frames filmed on average (x264 crf 18)" if upright
                  else "ON ITS SIDE"), flush=True)
-
-
-def cv2_resize(image, width: int, height: int):
-    import cv2
-
-    return cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA)
 
 
 def background_timing(args, width: int, height: int, frames: int = 40) -> None:

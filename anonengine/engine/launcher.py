@@ -248,6 +248,13 @@ class Launcher:
         if lock is not None:
             lock.release()
 
+    def _camera_failed(self, camera: str, reason: str) -> None:
+        """One camera of a running engine failed (a bad source, an output it could not finish): the others go
+        on; the camera is reported, in the log and in its status, and lets go of its output."""
+        log.error("camera %s stopped: %s", camera, reason)
+        self.failed_cameras[camera] = reason
+        self._release_output(camera)
+
     def _release_outputs(self, discard: bool = False) -> None:
         """Lets go of every output; with `discard` (a failed job), first removes their partial files, which
         are this engine's own since it holds their locks."""
@@ -416,8 +423,7 @@ class Launcher:
                     if self.cfg.engine.exit_when_done:
                         self.failure = message.error
                     else:
-                        log.error("camera %s: %s", message.camera, message.error)
-                        self.failed_cameras[message.camera] = message.error
+                        self._camera_failed(message.camera, message.error)
                 if not message.complete:
                     log.info("camera %s stopped after %d frames; its partial output: %s", message.camera,
                              message.frames, message.output or "(none)")
@@ -578,10 +584,7 @@ class Launcher:
                 error = self._error_file(child)
                 message = error.read_text() if error.is_file() else f"{child.name} stopped on an error"
                 if child.stage == "capture" and not self.cfg.engine.exit_when_done:
-                    # One bad camera of a running engine: the others go on; the camera is reported.
-                    log.error("camera %s stopped: %s", child.camera, message)
-                    self.failed_cameras[child.camera] = message
-                    self._release_output(child.camera)
+                    self._camera_failed(child.camera, message)
                     del self.children[child.name]
                     continue
                 self.failure = message
