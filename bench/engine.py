@@ -80,8 +80,14 @@ def engine_run(cfg: EngineConfig, timeout_s: float | None = None, on_start=None)
     launcher.stop = stop_and_note
     t_start = time.perf_counter()
     timer = None
+    timed_out = threading.Event()  # not launcher.stop_requested: the launcher's own stop at the end sets that
+
+    def time_out():
+        timed_out.set()
+        launcher.request_stop()
+
     if timeout_s is not None:
-        timer = threading.Timer(timeout_s, launcher.request_stop)
+        timer = threading.Timer(timeout_s, time_out)
         timer.daemon = True
         timer.start()
     try:
@@ -110,7 +116,7 @@ def engine_run(cfg: EngineConfig, timeout_s: float | None = None, on_start=None)
         "t_first": t_first,
         "t_last": t_last,
         "t_end": end,
-        "stopped": launcher.stop_requested,
+        "stopped": timed_out.is_set(),
         "progress": progress,
     }
 
