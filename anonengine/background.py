@@ -398,6 +398,12 @@ class BackgroundModel:
             cv2.copyTo(self._to_frame(self._current_fill(scene), cv2.INTER_LINEAR, box, view=view), unseen, image)
         return image
 
+    def blend_into(self, out: np.ndarray, box: tuple[int, int, int, int], view: View, alpha: np.ndarray) -> None:
+        """Draws the background of `box` in `view` over `out` (the frame's pixels in `box`), in place, each
+        pixel weighted by `alpha` (uint8; 255: the background alone): the compositor's blend, done where the
+        model's pixels live."""
+        blend_into(out, self.render(box, view), alpha)
+
     def _current_fill(self, scene: Scene) -> np.ndarray:
         # Unseen pixels only ever become seen (until a cut), so a fill stays valid where it is used; it
         # is redone now and then to follow what was learnt around the holes since (an old scene's, whose
@@ -574,3 +580,11 @@ def mirror_fill(image: np.ndarray, hole: np.ndarray, seam_px: float = MIRROR_SEA
 def _extent(view: View) -> np.ndarray:
     """The (x, y) least (row 0) and greatest (row 1) of the frame's corners on its canvas."""
     return view.scene_extent + view.scene.origin[:2, 2]
+
+
+def blend_into(out: np.ndarray, background: np.ndarray, alpha: np.ndarray) -> None:
+    """out = out*(1-a) + background*a, in place; exactly the background where alpha is 255."""
+    weight = alpha.astype(np.float32)
+    weight *= 1 / 255
+    cv2.blendLinear(background, out, weight, 1 - weight, dst=out)
+

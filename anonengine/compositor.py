@@ -12,7 +12,7 @@ from dataclasses import dataclass, replace
 import cv2
 import numpy as np
 
-from anonengine.background import BackgroundModel, View
+from anonengine.background import BackgroundModel, View, blend_into
 from anonengine.config import AnonymizerConfig
 from anonengine.detections import COCO_SKELETON, Detections, box_iou
 from anonengine.masks import Region, frame_diagonal, person_mask, soft_regions, zones_mask
@@ -125,7 +125,7 @@ class Compositor:
         boxes, keypoints = learnt.boxes, learnt.keypoints
         for region in learnt.regions:
             roi = out[region.slices]
-            blend_into(roi, self.background.render(region.box, learnt.view), region.alpha)
+            self.background.blend_into(roi, region.box, learnt.view, region.alpha)
             inside = ((boxes[:, 0] < region.x1) & (boxes[:, 2] > region.x0)
                       & (boxes[:, 1] < region.y1) & (boxes[:, 3] > region.y0))
             if inside.any():
@@ -154,13 +154,6 @@ def background_model(cfg, keep_frames: int) -> BackgroundModel:
     from anonengine.background_torch import TorchBackgroundModel
 
     return TorchBackgroundModel(cfg, keep_frames=keep_frames, device=cfg.device)
-
-
-def blend_into(out: np.ndarray, background: np.ndarray, alpha: np.ndarray) -> None:
-    """out = out*(1-a) + background*a, in place; exactly the background where alpha is 255."""
-    weight = alpha.astype(np.float32)
-    weight *= 1 / 255
-    cv2.blendLinear(background, out, weight, 1 - weight, dst=out)
 
 
 def draw_skeletons(

@@ -120,10 +120,10 @@ class BackgroundConfig(StrictModel):
     device: str = Field(
         "cpu", pattern=r"^(cpu|cuda(:\d+)?)$",
         description="Where the model's pixels live: cpu (OpenCV) or cuda[:N], PyTorch tensors on that GPU, for "
-        "GPU servers where compositing on the CPU is the limit: a frame goes up once, the regions drawn come "
-        "down. The same model (its geometry is the CPU model's code): equal to it within a grey level but for "
-        "a pixel now and then where sampling rounds the other way, tested on CPU tensors; not yet measured on "
-        "a GPU.",
+        "GPU servers where compositing on the CPU is the limit: a frame goes up once, the regions are blended "
+        "there and come down. The same model (its geometry is the CPU model's code): equal to it within a grey "
+        "level but for a pixel now and then where sampling rounds the other way, tested on CPU tensors; on an "
+        "H200, 21.7 against 63.1 ms a 1080p frame learnt and three regions drawn (README, Speed).",
     )
     future_frames: int = Field(
         50, ge=0, le=1000,

@@ -260,7 +260,7 @@ class CaptureService(Service):
     def _take_releases(self, timeout_ms: int) -> None:
         if not self.releases.poll(timeout_ms):
             return
-        for release in receive_waiting(self.releases, self.malformed):
+        for release in receive_waiting(self.releases, self.malformed, self.heartbeat_s):
             if isinstance(release, messages.Redeliver):
                 self.redeliver_all = True
                 continue

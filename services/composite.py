@@ -78,7 +78,7 @@ class CompositeService(Service):
 
     def step(self) -> bool:
         if self.inbox.poll(POLL_MS):
-            for message in receive_waiting(self.inbox, self.malformed):
+            for message in receive_waiting(self.inbox, self.malformed, self.heartbeat_s):
                 self._handle(message)
         self._enforce_deadlines()
         # Stopped last but one: captures and detectors are gone, nothing more can complete a frame.

@@ -81,7 +81,7 @@ class EncodeService(Service):
         if self.tap is not None and self.tap in events:
             self._count_subscribers()
         if self.inbox in events:
-            for message in receive_waiting(self.inbox, self.malformed):
+            for message in receive_waiting(self.inbox, self.malformed, self.heartbeat_s):
                 self._handle(message)
         return not (self.stopping and self.inbox not in events)
 

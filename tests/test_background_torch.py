@@ -64,9 +64,36 @@ def test_the_tensor_model_draws_what_the_opencv_model_draws(camera, resample):
     assert (opencv.seen == tensors.seen).mean() > 0.999
 
 
+def test_the_tensor_model_blends_as_opencv_does():
+    """The blend of a region on the device (the frame's pixels up, the blended ones down) gives the very
+    pixels OpenCV's blendLinear gives with the same background: soft edges, the background alone where the
+    mask is whole, the frame untouched where it is empty; into a region of the frame (a strided view)."""
+    cfg = BackgroundConfig()
+    opencv, tensors = BackgroundModel(cfg), TorchBackgroundModel(cfg, device="cpu")
+    rng = np.random.default_rng(3)
+    for image, _, persons in render_frames(WIDTH, HEIGHT, 6):
+        mask = person_mask(persons, image.shape)
+        opencv.update(image, mask)
+        tensors.update(image, mask)
+    box = (30, 20, 170, 130)
+    alpha = rng.integers(0, 256, (box[3] - box[1], box[2] - box[0]), np.uint8)
+    alpha[:30], alpha[-30:] = 0, 255
+    frame = rng.integers(0, 256, (HEIGHT, WIDTH, 3), np.uint8)
+    blended = [frame.copy(), frame.copy()]
+    for model, out in zip((opencv, tensors), blended):
+        model.blend_into(out[box[1]:box[3], box[0]:box[2]], box, model.view, alpha)
+    assert np.array_equal(blended[0], blended[1])
+    region = blended[1][box[1]:box[3], box[0]:box[2]]
+    assert np.array_equal(region[:30], frame[box[1]:box[1] + 30, box[0]:box[2]])
+    assert np.array_equal(region[-30:], tensors.render(box)[-30:])
+    outside = np.ones(frame.shape[:2], bool)
+    outside[box[1]:box[3], box[0]:box[2]] = False
+    assert np.array_equal(blended[1][outside], frame[outside])
+
+
 def test_a_compositor_with_the_tensor_model_anonymizes_as_with_opencv():
-    """Masks, regions, blending and skeletons are the compositor's own (CPU) code; only the background it
-    draws from lives on the device."""
+    """Masks, regions and skeletons are the compositor's own (CPU) code; the background it draws from lives
+    on the device, and so does the blend."""
     cfg = AnonymizerConfig()
     opencv, tensors = Compositor(cfg), Compositor(cfg)
     tensors.background = TorchBackgroundModel(cfg.background, device="cpu")

@@ -114,10 +114,12 @@ def test_the_fork_server_killed_mid_file_its_stages_are_started_again_and_every_
         clip, models_dir, tmp_path):
     """The stages are forked from it (engine.stagehost): killed alone, the launcher is told 255 of each stage,
     each leaves at once as a crashed one would (none drains: a capture would end its stream, an encoder its
-    output) and starts again through a new server. Every frame once, in order, nobody shown."""
+    output) and starts again through a new server. Every frame once, in order, nobody shown. The stages of the
+    new server stop when told at the end (they had the stop signals blocked: 20 s waited for each, then a kill)."""
     result = run(models_dir, clip, tmp_path, kill_stage="fork server")
     assert result.returncode == 0, result.stderr
     assert result.stderr.count("exited with 255; restarting") == 4, result.stderr
+    assert "did not stop" not in result.stderr, result.stderr
     every_frame_once_nobody_shown(clip, tmp_path)
 
 

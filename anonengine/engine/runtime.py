@@ -188,12 +188,16 @@ class Service:
             self.histograms[histogram] = messages.Histogram.of(bounds)
         self.histograms[histogram].observe(value)
 
+    @property
+    def heartbeat_s(self) -> float:
+        """How often the stage reports: every `stats_interval_s`, and at least four times a `stall_s`."""
+        return min(self.cfg.engine.stats_interval_s, self.cfg.engine.stall_s / 4)
+
     def report(self, force: bool = False) -> None:
         """Sends counters to the launcher every `stats_interval_s`, which are also the stage's heartbeat:
         at least four a `stall_s` (never blocks)."""
         now = time.monotonic()
-        interval = min(self.cfg.engine.stats_interval_s, self.cfg.engine.stall_s / 4)
-        if not force and now - self._last_stats < interval:
+        if not force and now - self._last_stats < self.heartbeat_s:
             return
         self._last_stats = now
         if self._events is None:
@@ -230,10 +234,13 @@ def log_malformed(logger: logging.Logger, count: int, error: Exception) -> None:
         logger.warning("dropped a malformed message (%d so far): %s", count, error)
 
 
-def receive_waiting(sock: zmq.Socket, on_malformed):
-    """Yields every message already waiting on `sock`, without blocking; `on_malformed(error)` is told of
-    anything that is not a message, which is dropped."""
-    while True:
+def receive_waiting(sock: zmq.Socket, on_malformed, budget_s: float | None = None):
+    """Yields the messages already waiting on `sock`, without blocking; `on_malformed(error)` is told of
+    anything that is not a message, which is dropped. With `budget_s`, no more are taken once that long has
+    passed (the rest stay queued): a stage that cannot keep up, whose queue never empties, still returns
+    to send its heartbeat rather than be killed as hung."""
+    deadline = None if budget_s is None else time.monotonic() + budget_s
+    while deadline is None or time.monotonic() < deadline:
         try:
             data = sock.recv(zmq.NOBLOCK)
         except zmq.Again:
