@@ -7,7 +7,8 @@
 #     bash bench/gpu.sh [gpu.py options]  # there, with .whl and models/yolo11n-pose.pt carried
 #     bash bench/gpu.sh --background-device cuda:0   # the compositors' background model on the GPU
 #
-# The full log goes to $OUT/gpu.log and the results to $OUT/gpu.json when $OUT is set. Wheels are
+# The full log goes to $OUT/gpu.log, the results to $OUT/gpu.json and py-spy samples of the compositors and
+# encoders to $OUT/spy.txt (bench/gpu_profile.sh; GPU_PROFILE=0: none) when $OUT is set. Wheels are
 # taken from $WHEEL_DIR (default .whl) into $SITE (default /tmp/site), skipped where every package
 # is importable already. GPU_BENCH_TIMEOUT (default 390 s) bounds bench/gpu.py.
 set -uo pipefail
@@ -74,8 +75,15 @@ import anonengine.engine.launcher  # noqa: F401 - the engine's imports, before a
 EOF
     ls -l models/yolo11n-pose.pt || return 1
     echo "setup took $((SECONDS - t0)) s"
+    local profiler=""
+    if [ -n "${OUT:-}" ] && [ "${GPU_PROFILE:-1}" != 0 ]; then
+        PY_SPY="$(command -v py-spy || echo "${SITE:-/tmp/site}/bin/py-spy")" bash bench/gpu_profile.sh "$OUT/spy.txt" &
+        profiler=$!
+        echo "py-spy samples of the compositors and encoders: $OUT/spy.txt (python bench/spy_summary.py)"
+    fi
     timeout -k 10 "${GPU_BENCH_TIMEOUT:-390}" "$PY" bench/gpu.py "${JSON[@]}" "$@"
     local rc=$?
+    [ -n "$profiler" ] && kill "$profiler" 2>/dev/null
     [ $rc -eq 124 ] && echo "bench/gpu.py stopped by its ${GPU_BENCH_TIMEOUT:-390} s timeout"
     echo "gpu.sh: exit $rc after $((SECONDS - t0)) s"
     return $rc
