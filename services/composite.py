@@ -71,8 +71,11 @@ class CompositeService(Service):
         self.streams = itertools.count()
 
     def setup(self) -> None:
-        self.compositing.setup()
+        # Bound before the tracker's import (a second or more): a restarted compositor's peers, restarted with
+        # it, send from the start; what they sent while nothing was bound here was lost (after the fork server
+        # died, a frame's detections, and every frame after it waited 20 s for the capture's redelivery).
         self.inbox = self.socket(zmq.PULL, self.endpoints.composite(self.worker), bind=True)
+        self.compositing.setup()
         self.encoder = self.socket(zmq.PUSH, self.endpoints.encode(self.worker % self.cfg.engine.encode_workers))
         self.log.info("ready (pid %d)", os.getpid())
 
