@@ -72,7 +72,7 @@ class CompositeService(Service):
 
     def setup(self) -> None:
         # Bound before the tracker's import (a second or more): a restarted compositor's peers, restarted with
-        # it, send from the start; what they sent while nothing was bound here was lost (after the fork server
+        # it, send from the start; what they sent while nothing was bound here went missing (after the fork server
         # died, a frame's detections, and every frame after it waited 20 s for the capture's redelivery).
         self.inbox = self.socket(zmq.PULL, self.endpoints.composite(self.worker), bind=True)
         self.compositing.setup()
