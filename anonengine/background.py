@@ -587,4 +587,3 @@ def blend_into(out: np.ndarray, background: np.ndarray, alpha: np.ndarray) -> No
     weight = alpha.astype(np.float32)
     weight *= 1 / 255
     cv2.blendLinear(background, out, weight, 1 - weight, dst=out)
-

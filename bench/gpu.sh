@@ -77,7 +77,7 @@ EOF
     echo "setup took $((SECONDS - t0)) s"
     local profiler=""
     if [ -n "${OUT:-}" ] && [ "${GPU_PROFILE:-1}" != 0 ]; then
-        PY_SPY="$(command -v py-spy || echo "${SITE:-/tmp/site}/bin/py-spy")" bash bench/gpu_profile.sh "$OUT/spy.txt" &
+        bash bench/gpu_profile.sh "$OUT/spy.txt" &  # it finds py-spy, or says it did not
         profiler=$!
         echo "py-spy samples of the compositors and encoders: $OUT/spy.txt (python bench/spy_summary.py)"
     fi

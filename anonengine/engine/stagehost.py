@@ -160,9 +160,10 @@ def run_stage(module: str, args: list[str], env: dict[str, str], cwd: str, proje
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGHUP, signal.SIG_DFL)
-    # A fork server started again after one died was started while the launcher held these blocked (as it
-    # does starting one, `warm_up`): the mask passes to the server and to every stage it forks, whose stop
-    # then never came (the launcher waited 20 s for each and killed it).
+    # The server may hand its stages these blocked: it is started while the launcher holds them so (`warm_up`),
+    # and a signal mask passes to it and on to every child. Seen: SIGHUP blocked in every stage, and all three
+    # in the stages of a server started again after one died, whose stop never came (the launcher waited 20 s
+    # for each, then killed it).
     signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
     # The fork server lives on while any process holds its "alive" pipe, which it hands to every child so
     # that the child may start processes through it too. A stage does not; holding it would keep the server
