@@ -41,7 +41,8 @@ from anonengine.errors import AnonError, ConfigError, InputError, ModelError, Ou
 from anonengine.interrupts import INTERRUPTS, Interrupted
 from anonengine.locks import FileLock, LockBusy
 from anonengine.manifest import Fingerprint, Manifest, Record, file_sha256, settings_key, utc_now
-from anonengine.sources import PHOTO_SUFFIXES, UNREADABLE_PHOTO_SUFFIXES, classify
+from anonengine.paths import PHOTO_SUFFIXES, UNREADABLE_PHOTO_SUFFIXES
+from anonengine.sources import classify
 from anonengine.video import Frame, partial_path
 
 log = logging.getLogger("anonengine")

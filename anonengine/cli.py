@@ -151,7 +151,7 @@ def default_output(source: str) -> str:
         stem = Path(urllib.parse.unquote(url.path)).stem or url.hostname or ""
         stem = re.sub(r"[^A-Za-z0-9._-]+", "_", stem).strip("._")
     else:
-        from anonengine.sources import is_photo
+        from anonengine.paths import is_photo
 
         stem = Path(source).stem
         if is_photo(source):  # a photo stays one
@@ -175,7 +175,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         from anonengine.batch import cmd_batch
 
         return cmd_batch(args)
-    from anonengine.sources import is_photo
+    from anonengine.paths import is_photo
 
     if is_photo(args.video_source) and is_photo(args.output_video or default_output(args.video_source)):
         from anonengine.batch import cmd_photo  # a photo in, a photo out (`--output-video x.mp4`: a video)

@@ -15,7 +15,6 @@ import gc
 import logging
 import queue
 import random
-import re
 import threading
 import time
 from dataclasses import dataclass, field
@@ -27,20 +26,9 @@ import cv2
 from anonengine.config import SourcesConfig
 from anonengine.errors import InputError
 from anonengine.messages import SourceState
+from anonengine.paths import URL_SCHEME
 
 log = logging.getLogger("anonengine.sources")
-
-URL_SCHEME = re.compile(r"^([a-z][a-z0-9+.-]*)://", re.IGNORECASE)
-# Photos: anonymized as photos, not one-frame videos, in their own format (OpenCV reads and writes these).
-PHOTO_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"})
-# Photos OpenCV cannot read (an iPhone's HEIF, cameras' raw files): a batch reports each as failed, since
-# left out silently they would stay as taken while the summary says the folder is done.
-UNREADABLE_PHOTO_SUFFIXES = frozenset({".heic", ".heif", ".dng", ".cr2", ".cr3", ".nef", ".arw", ".raf", ".orf",
-                                       ".rw2"})
-
-
-def is_photo(spec: str) -> bool:
-    return not URL_SCHEME.match(spec) and Path(spec).suffix.lower() in PHOTO_SUFFIXES
 
 
 class SourceKind(str, enum.Enum):
