@@ -640,21 +640,31 @@ class Launcher:
         """Stops every stage in order, then removes sockets and the instance's shared memory.
 
         A live camera's frames in flight still go out, so stages stop one after the other. Files stopped
-        by a signal keep what is encoded by then: every stage stops at once (seconds saved; an encoder
-        finalises what it has written while the others exit).
+        by a signal keep what is encoded by then, and cameras all done have nothing in flight: every stage
+        stops at once (seconds saved; an encoder finalises what it has written while the others exit).
         """
         grace_s = grace_s or self.cfg.engine.stop_timeout_s
         self.stop_requested = True  # a job that ended stops too: its cameras say "stopping" from now
         self.take_snapshot()
         order = [(stage,) for stage in STOP_ORDER]
-        if self.stop_signal is not None and not any(self._is_live(c) for c in self.cfg.cameras):
+        if self._all_cameras_done() or (
+                self.stop_signal is not None and not any(self._is_live(c) for c in self.cfg.cameras)):
             order = [STOP_ORDER]
-        for child in self.children.values():
-            if child.last_beat is None and child.process.poll() is None:
-                # Still starting (a model load, a C call that would hold a signal for seconds): it holds
-                # no frame yet, and what it made is removed with the instance below.
-                child.process.kill()
-                child.process.wait()
+        starting = [c for c in self.children.values() if c.last_beat is None and c.process.poll() is None]
+        for child in starting:
+            # Still starting (a model load, a C call that would hold a signal for seconds): it holds
+            # no frame yet, and what it made is removed with the instance below.
+            child.process.kill()
+            child.process.wait()
+        if any(c.stage != "capture" for c in starting):
+            # Frames in flight that need a stage that never started cannot go out: a live camera's capture
+            # waited for them in vain (capture.STOP_DRAIN_IDLE_S, 5 s; seen: a Ctrl-C 2.5 s after the command
+            # took 7.7 s). The captures go now, their rings with the instance (with a second worker of that
+            # stage up, the frames it could have finished go too: a stop during a restart loses its tail).
+            for child in self.children.values():
+                if child.stage == "capture" and child.process.poll() is None:
+                    child.process.kill()
+                    child.process.wait()
         for stages in order:
             group = [c for c in self.children.values() if c.stage in stages and c.process.poll() is None]
             for child in group:
