@@ -28,7 +28,9 @@ from anonengine.manifest import MANIFEST_NAME
 from anonengine.sample import make_sample
 from anonengine.video import VideoReader
 
-FILES, FRAMES = 4, 90  # long enough (seconds each, two at a time) to be caught in the middle
+pytestmark = pytest.mark.slow  # a Ray cluster and three batches on it: 80 s here
+
+FILES, FRAMES = 4, 60  # long enough (seconds each, several at a time) to be caught in the middle
 
 
 @pytest.fixture(scope="module")
@@ -42,11 +44,13 @@ def inputs(tmp_path_factory) -> Path:
     return folder / "in"
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def cluster():
-    """A head that runs no task and two worker nodes of one CPU each."""
+    """A head that runs no task and two worker nodes of two CPUs and one GPU each (GPUs Ray is told of: this
+    machine has none). One cluster for the module (starting one takes 12 to 16 s here): the test that
+    removes a node comes last."""
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
-    nodes = [cluster.add_node(num_cpus=1) for _ in range(2)]
+    nodes = [cluster.add_node(num_cpus=2, num_gpus=1) for _ in range(2)]
     cluster.wait_for_nodes()
     yield cluster, nodes
     cluster.shutdown()
@@ -113,6 +117,36 @@ def batch_with_a_death(head: Cluster, models_dir: Path, inputs: Path, output_dir
     return summary, victims
 
 
+def test_on_a_cluster_with_gpus_every_task_reserves_one(inputs, models_dir, tmp_path, cluster):
+    """Two nodes of two CPUs and one GPU each (this machine has none, so the detector, on `auto`, runs on the
+    CPU). A task takes a GPU, so a node runs one file at a time, not two."""
+    head, _ = cluster
+    cfg = config(models_dir)
+    cfg.anonymizer.detector.device = "auto"
+    output_dir = tmp_path / "out"
+    done, most_at_once = threading.Event(), [0]
+
+    def count_running():  # files in flight: those whose video is being written
+        while not done.is_set():
+            staged = [p for p in output_dir.rglob(".*.video.partial.*")] if output_dir.exists() else []
+            most_at_once[0] = max(most_at_once[0], len(staged))
+            time.sleep(0.05)
+
+    counter = threading.Thread(target=count_running, daemon=True)
+    counter.start()
+    try:
+        summary = run_on_ray(cfg, find_jobs(str(inputs), output_dir), output_dir, "drop", head.address,
+                             progress=False)
+    finally:
+        done.set()
+        counter.join()
+    assert (summary.done, summary.failed) == (FILES, [])
+    assert len(summary.nodes) == 2 and len(summary.gpus) == 2, (summary.nodes, summary.gpus)
+    assert most_at_once[0] == 2, f"{most_at_once[0]} files at once on two GPUs"
+    assert "on 2 node(s), 2 GPU(s)" in summary.line(output_dir)
+    check_done_once(inputs, output_dir)
+
+
 def test_a_worker_killed_mid_file_has_its_file_redone_and_every_file_recorded_once(
         inputs, models_dir, tmp_path, cluster):
     head, _ = cluster
@@ -147,38 +181,4 @@ def test_a_node_lost_mid_job_has_its_files_done_on_the_other(inputs, models_dir,
     summary, removed = batch_with_a_death(head, models_dir, inputs, output_dir, remove_a_node)
     assert removed, "the node was not removed in the middle of a file"
     assert (summary.done, summary.failed) == (FILES, [])
-    check_done_once(inputs, output_dir)
-
-
-def test_on_a_cluster_with_gpus_every_task_reserves_one(inputs, models_dir, tmp_path):
-    """Two nodes of two CPUs and one GPU each (GPUs Ray is told of: this machine has none, so the detector,
-    on `auto`, runs on the CPU). A task takes a GPU, so a node runs one file at a time, not two."""
-    head = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
-    for _ in range(2):
-        head.add_node(num_cpus=2, num_gpus=1)
-    head.wait_for_nodes()
-    cfg = config(models_dir)
-    cfg.anonymizer.detector.device = "auto"
-    output_dir = tmp_path / "out"
-    done, most_at_once = threading.Event(), [0]
-
-    def count_running():  # files in flight: those whose video is being written
-        while not done.is_set():
-            staged = [p for p in output_dir.rglob(".*.video.partial.*")] if output_dir.exists() else []
-            most_at_once[0] = max(most_at_once[0], len(staged))
-            time.sleep(0.05)
-
-    counter = threading.Thread(target=count_running, daemon=True)
-    counter.start()
-    try:
-        summary = run_on_ray(cfg, find_jobs(str(inputs), output_dir), output_dir, "drop", head.address,
-                             progress=False)
-    finally:
-        done.set()
-        counter.join()
-        head.shutdown()
-    assert (summary.done, summary.failed) == (FILES, [])
-    assert len(summary.nodes) == 2 and len(summary.gpus) == 2, (summary.nodes, summary.gpus)
-    assert most_at_once[0] == 2, f"{most_at_once[0]} files at once on two GPUs"
-    assert "on 2 node(s), 2 GPU(s)" in summary.line(output_dir)
     check_done_once(inputs, output_dir)

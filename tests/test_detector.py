@@ -230,6 +230,7 @@ def test_openvino_pose_run_directly_equals_ultralytics_own_predictor(models_dir)
         np.testing.assert_allclose(ours.keypoints[order], theirs.keypoints[their_order], atol=1e-3)
 
 
+@pytest.mark.slow  # two exports, one in a fresh interpreter: 19 to 32 s here
 def test_the_detector_runs_openvino_without_its_telemetry(models_dir, tmp_path):
     """`import openvino` imports its model converter, whose import sends a usage event to Google Analytics
     from a process of its own. The detector runs a cached export without the converter, and makes a new

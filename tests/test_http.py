@@ -62,6 +62,7 @@ def live_clip(tmp_path_factory):
     return make_sample(tmp_path_factory.mktemp("http_clip"), width=320, height=192, frames=LIVE_FRAMES, fps=LIVE_FPS)
 
 
+@pytest.mark.slow  # two live cameras, a browser and a stalled detector's recovery: 37 s here
 def test_metrics_health_and_the_preview_page_of_a_running_engine(live_clip, models_dir, tmp_path):
     """Two live cameras: /readyz says 503 with a reason until frames go out, then 200; /metrics counts
     each camera's frames with Prometheus' names; the page shows one tile per camera whose image moves; a

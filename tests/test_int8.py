@@ -24,6 +24,7 @@ def _config(models_dir, backend: str, int8: bool) -> AnonymizerConfig:
     return cfg
 
 
+@pytest.mark.slow  # one NNCF calibration: 23 to 31 s here
 def test_int8_openvino_finds_the_persons_fp32_finds(models_dir):
     """Same persons (all, and those confident enough for a skeleton), boxes IoU >= 0.9, keypoints close;
     quantized once (calibrated at 16:9, 384x640) and fixed to each input shape (bus.jpg 640x480, zidane.jpg

@@ -190,6 +190,7 @@ def test_a_camera_that_drops_for_10_s_comes_back_and_nothing_goes_out_raw(server
     assert max(shown) <= LEAK_SHARE, f"a frame showed the person: {max(shown):.3f}"
 
 
+@pytest.mark.slow  # a live camera at its own pace
 def test_a_live_cameras_capture_killed_with_9_is_restarted_and_its_frames_carry_on(server, long_clip, models_dir,
                                                                                    tmp_path):
     """Its successor numbers its frames after every frame the dead one sent, at later timestamps (kept in the
@@ -221,6 +222,7 @@ def test_a_live_cameras_capture_killed_with_9_is_restarted_and_its_frames_carry_
     assert restart >= 40 and len(indices) - restart >= 60  # frames of both captures (the encoder holds ~50)
 
 
+@pytest.mark.slow  # a live camera at its own pace
 def test_a_live_cameras_compositor_killed_with_9_gives_its_output_rings_back(server, long_clip, models_dir,
                                                                               tmp_path):
     """Its output rings (which the encoder reads), which only it would have unlinked, are unlinked by the
@@ -275,6 +277,7 @@ def _title(pid: int) -> str:
         return ""
 
 
+@pytest.mark.slow  # a live camera at its own pace
 def test_a_camera_down_at_start_keeps_trying_and_runs_once_it_answers(server, long_clip, models_dir, tmp_path):
     proc, run_dir = launch(tmp_path, models_dir, server.url)
     try:

@@ -99,7 +99,10 @@ def undisturbed(clip, models_dir, tmp_path_factory):
     return [f.image for f in VideoReader(str(folder / "out.mp4"))]
 
 
-@pytest.mark.parametrize("stage", ["capture", "detect", "composite"])
+# The capture and the detector killed are slow: a detector killed is also in test_engine.py, and a capture
+# is restarted as any stage is (the compositor's death, which loses its background, stays in the default run).
+@pytest.mark.parametrize("stage", [pytest.param("capture", marks=pytest.mark.slow),
+                                   pytest.param("detect", marks=pytest.mark.slow), "composite"])
 def test_a_stage_killed_mid_file_is_restarted_and_every_frame_comes_out_once(
         stage, clip, models_dir, undisturbed, tmp_path):
     result = run(models_dir, clip, tmp_path, kill_stage=stage)
@@ -110,6 +113,7 @@ def test_a_stage_killed_mid_file_is_restarted_and_every_frame_comes_out_once(
         assert worst <= 2, f"frames differ from the undisturbed run by up to {worst} levels"
 
 
+@pytest.mark.slow  # every stage started again: 22 to 30 s here
 def test_the_fork_server_killed_mid_file_its_stages_are_started_again_and_every_frame_comes_out_once(
         clip, models_dir, tmp_path):
     """The stages are forked from it (engine.stagehost): killed alone, the launcher is told 255 of each stage,
