@@ -156,6 +156,7 @@ def stop(proc: subprocess.Popen) -> str:
     return stderr
 
 
+@pytest.mark.slow  # a live camera at its own pace, 10 s of it lost (the reconnection: the test below)
 def test_a_camera_that_drops_for_10_s_comes_back_and_nothing_goes_out_raw(server, long_clip, models_dir, tmp_path):
     server.start()
     proc, run_dir = launch(tmp_path, models_dir, server.url)
@@ -277,7 +278,6 @@ def _title(pid: int) -> str:
         return ""
 
 
-@pytest.mark.slow  # a live camera at its own pace
 def test_a_camera_down_at_start_keeps_trying_and_runs_once_it_answers(server, long_clip, models_dir, tmp_path):
     proc, run_dir = launch(tmp_path, models_dir, server.url)
     try:

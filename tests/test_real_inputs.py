@@ -406,6 +406,7 @@ def test_ctrl_c_during_start_up_ends_the_run_at_once_with_one_line(after_s, long
     assert_nothing_left(f"p{proc.pid}", tmp_path / "temp")
 
 
+@pytest.mark.slow  # the detector up, then 1 s of frames in flight: 12 s here
 def test_ctrl_c_while_the_compositor_still_starts_does_not_wait_for_the_frames_in_flight(long_clip, models_dir,
                                                                                        tmp_path):
     """The compositor has bound its inbox (before its set-up, so that nothing sent to it is lost) but is
