@@ -203,20 +203,21 @@ def _lanczos_weights(frac: torch.Tensor) -> torch.Tensor:
 
 
 def _lanczos(planar: torch.Tensor, sx: torch.Tensor, sy: torch.Tensor) -> torch.Tensor:
-    """Lanczos-4 at arbitrary positions: 8x8 taps (taps outside the image are black), gathered a row of 8 at a
-    time: 8 gathers a call, not 64 (on a CPU 78 ms a 240x144 canvas before, on a GPU 64 kernel launches)."""
+    """Lanczos-4 at arbitrary positions: 8x8 taps, each gathered (taps outside the image are black)."""
     _, c, ih, iw = planar.shape
-    taps = LANCZOS_TAPS.to(planar.device)
     bx, by = torch.floor(sx), torch.floor(sy)
-    cols, rows = bx.long()[..., None] + taps, by.long()[..., None] + taps  # (h, w, 8) each
-    wx = (_lanczos_weights(sx - bx) * ((cols >= 0) & (cols < iw))).to(planar.dtype)
-    wy = (_lanczos_weights(sy - by) * ((rows >= 0) & (rows < ih))).to(planar.dtype)
-    cols, rows = cols.clamp(0, iw - 1), rows.clamp(0, ih - 1) * iw
+    wx, wy = _lanczos_weights(sx - bx), _lanczos_weights(sy - by)
     flat = planar[0].reshape(c, -1)
     out = torch.zeros((c, *sx.shape), dtype=planar.dtype, device=planar.device)
-    for j in range(len(taps)):
-        row = flat[:, (rows[..., j, None] + cols).reshape(-1)].reshape(c, *cols.shape)
-        out += (row * wx).sum(dim=-1) * wy[..., j]
+    for j, dy in enumerate(LANCZOS_TAPS.tolist()):
+        row = (by + dy).long()
+        row_in = (row >= 0) & (row < ih)
+        for i, dx in enumerate(LANCZOS_TAPS.tolist()):
+            col = (bx + dx).long()
+            inside = row_in & (col >= 0) & (col < iw)
+            index = (row.clamp(0, ih - 1) * iw + col.clamp(0, iw - 1)).reshape(-1)
+            taps = flat[:, index].reshape(c, *sx.shape)
+            out += taps * (wy[..., j] * wx[..., i] * inside).to(planar.dtype)
     return out[None]
 
 
