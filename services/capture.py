@@ -239,7 +239,9 @@ class CaptureService(Service):
         if self._clock_start is None:
             compositor = self.endpoints.composite(self.composite_worker)
             while not self.stopping and not (self.frames_out.poll(POLL_MS, zmq.POLLOUT) and _bound(compositor)):
-                pass
+                # A detector's first export of its model takes tens of seconds: silent that long, the capture
+                # was killed as hung (engine.stall_s) and started again.
+                self.report()
             self._clock_start = (time.monotonic(), frame_time)
         due = self._clock_start[0] + frame_time - self._clock_start[1]
         while (wait := due - time.monotonic()) > 0:

@@ -156,7 +156,7 @@ def stop(proc: subprocess.Popen) -> str:
     return stderr
 
 
-@pytest.mark.slow  # a live camera at its own pace, 10 s of it lost (the reconnection: the test below)
+@pytest.mark.slow  # a live camera at its own pace, 10 s of it lost (reconnecting: also test_a_camera_down_at_start_...)
 def test_a_camera_that_drops_for_10_s_comes_back_and_nothing_goes_out_raw(server, long_clip, models_dir, tmp_path):
     server.start()
     proc, run_dir = launch(tmp_path, models_dir, server.url)

@@ -424,14 +424,6 @@ def test_ctrl_c_while_the_compositor_still_starts_does_not_wait_for_the_frames_i
                      "--http", f"127.0.0.1:{port}", temp=tmp_path / "temp")
     instance = f"p{proc.pid}"
     inbox = Path(Endpoints("", instance).composite(0).removeprefix("ipc://"))
-    compositor = None
-    deadline = time.monotonic() + 30
-    while compositor is None and time.monotonic() < deadline and proc.poll() is None:
-        if inbox.exists():
-            compositor = next((pid for pid in stage_pids(instance) if b"composite" in _cmdline(pid)), None)
-        time.sleep(0.005)
-    assert compositor is not None, "no compositor bound its inbox"
-    os.kill(compositor, signal.SIGSTOP)
 
     def detector_up() -> bool:  # its model loaded (or exported, the first time): frames go in flight then
         try:
@@ -440,9 +432,24 @@ def test_ctrl_c_while_the_compositor_still_starts_does_not_wait_for_the_frames_i
         except OSError:
             return False
 
-    while not detector_up() and time.monotonic() < deadline and proc.poll() is None:
-        time.sleep(0.1)
-    time.sleep(1)  # the capture's replay starts, frames go to the detector and on to the compositor's inbox
+    try:
+        compositor = None
+        deadline = time.monotonic() + 30
+        while compositor is None and time.monotonic() < deadline and proc.poll() is None:
+            if inbox.exists():
+                compositor = next((pid for pid in stage_pids(instance) if b"composite" in _cmdline(pid)), None)
+            time.sleep(0.005)
+        assert compositor is not None, "no compositor bound its inbox"
+        os.kill(compositor, signal.SIGSTOP)
+        deadline = time.monotonic() + 60
+        while not detector_up() and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.1)
+        assert detector_up(), "the detector did not come up"
+        time.sleep(1)  # the capture's replay starts, frames go to the detector and on to the compositor's inbox
+    except BaseException:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        raise
     code, stderr, took = stop_and_wait(proc, signal.SIGINT, group=True)
     lines = stderr.strip().splitlines()
     assert len(lines) == 1 and (code, "interrupted by SIGINT" in lines[0] or "stopped before its first frame" in lines[0]

@@ -637,7 +637,7 @@ class Launcher:
         child.process.wait()
 
     def stop(self, grace_s: float | None = None, discard: bool = False) -> None:
-        """Stops every stage in order, then removes sockets and the instance's shared memory.
+        """Stops every stage, then removes sockets and the instance's shared memory.
 
         A live camera's frames in flight still go out, so stages stop one after the other. Files stopped
         by a signal keep what is encoded by then, and cameras all done have nothing in flight: every stage
@@ -656,11 +656,12 @@ class Launcher:
             # no frame yet, and what it made is removed with the instance below.
             child.process.kill()
             child.process.wait()
-        if any(c.stage != "capture" for c in starting):
-            # Frames in flight that need a stage that never started cannot go out: a live camera's capture
+        up = {c.stage for c in self.children.values() if c.last_beat is not None and c.process.poll() is None}
+        if {c.stage for c in starting} - up - {"capture"}:
+            # No worker of a stage is up: the frames in flight cannot get past it, and a live camera's capture
             # waited for them in vain (capture.STOP_DRAIN_IDLE_S, 5 s; seen: a Ctrl-C 2.5 s after the command
-            # took 7.7 s). The captures go now, their rings with the instance (with a second worker of that
-            # stage up, the frames it could have finished go too: a stop during a restart loses its tail).
+            # took 7.7 s). The captures go now, their rings with the instance. (With another worker of that
+            # stage up, the frames it can finish drain as before.)
             for child in self.children.values():
                 if child.stage == "capture" and child.process.poll() is None:
                     child.process.kill()
