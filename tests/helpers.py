@@ -25,6 +25,23 @@ def stage_pids(instance: str) -> list[int]:
     return found
 
 
+def stage_title(pid: int) -> str:
+    """A process's title (`anonengine-STAGE[CAMERA] ID` once a stage has set it), '' once it is gone."""
+    try:
+        return (Path("/proc") / str(pid) / "cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
+    except OSError:
+        return ""
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that no one listens on now."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 PERSON_LEVELS = 40  # a pixel shows the person where it differs from the true background by more
 SAME_LEVELS = 12  # and the output still shows it where it is this close to the input
 LEAK_SHARE = 0.01  # a person is shown when more than this share of their pixels comes out as filmed

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers import stage_pids
+from helpers import free_port, stage_pids, stage_title
 from prometheus_client.parser import text_string_to_metric_families
 from test_engine import engine_config, wait_for
 
@@ -34,12 +34,6 @@ from anonengine.sample import make_sample
 CHROMIUM = shutil.which("chromium")
 LIVE_FPS = 10  # two live cameras this slow, at a small detector input, keep up on 2 loaded cores
 LIVE_FRAMES = 450  # 45 s replayed as a live camera: room for starting, the browser, a stall and recovery
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def get(url: str, token: str | None = None, timeout: float = 5) -> tuple[int, str, dict]:
@@ -120,7 +114,7 @@ def test_metrics_health_and_the_preview_page_of_a_running_engine(live_clip, mode
 
         # The detector stops answering (a stuck driver): frames go out obscured, never raw, and the
         # engine is not ready until it answers again.
-        detector = next(pid for pid in stage_pids(f"p{proc.pid}") if b"detect" in Path(f"/proc/{pid}/cmdline").read_bytes())
+        detector = next(pid for pid in stage_pids(f"p{proc.pid}") if "detect" in stage_title(pid))
         os.kill(detector, signal.SIGSTOP)
         try:
             assert wait_for(lambda: "degraded" in get(f"{base}/readyz")[1], 20), get(f"{base}/readyz")

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from helpers import LEAK_SHARE, records_so_far, shown_share, stage_pids
+from helpers import LEAK_SHARE, free_port, records_so_far, shown_share, stage_pids, stage_title
 
 from anonengine.config import CameraConfig, EngineConfig, SourcesConfig
 from anonengine.errors import InputError
@@ -54,12 +53,6 @@ def gstreamer():
         pytest.fail(f"{missing}: .ci/run should have installed it")
     if missing:
         pytest.skip(missing)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class RtspServer:
@@ -201,7 +194,7 @@ def test_a_live_cameras_capture_killed_with_9_is_restarted_and_its_frames_carry_
     proc, _ = launch(tmp_path, models_dir, server.url)
     try:
         assert wait_for(lambda: records_so_far(tmp_path / "door.mp4") >= 50, 90, proc), "no frame came from the camera"
-        victims = [pid for pid in stage_pids(f"p{proc.pid}") if _title(pid).startswith("anonengine-capture[")]
+        victims = [pid for pid in stage_pids(f"p{proc.pid}") if stage_title(pid).startswith("anonengine-capture[")]
         assert victims, "no capture stage found"
         os.kill(victims[0], signal.SIGKILL)
         before = records_so_far(tmp_path / "door.mp4")
@@ -234,7 +227,7 @@ def test_a_live_cameras_compositor_killed_with_9_gives_its_output_rings_back(ser
     instance = f"p{proc.pid}"
     try:
         assert wait_for(lambda: records_so_far(tmp_path / "door.mp4") >= 50, 90, proc), "no frame came from the camera"
-        victims = [pid for pid in stage_pids(instance) if _title(pid).startswith("anonengine-composite[")]
+        victims = [pid for pid in stage_pids(instance) if stage_title(pid).startswith("anonengine-composite[")]
         assert victims, "no composite stage found"
         rings = made_by(instance, victims[0])
         assert rings, "the compositor's output ring was not found"
@@ -267,13 +260,6 @@ def in_order_nobody_shown(long_clip, folder: Path) -> tuple[list[int], list[floa
 def _maps(pid: int) -> str:
     try:
         return Path(f"/proc/{pid}/maps").read_text()
-    except OSError:
-        return ""
-
-
-def _title(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
     except OSError:
         return ""
 

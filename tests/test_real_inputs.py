@@ -22,7 +22,7 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
-from helpers import LEAK_SHARE, records_so_far, shown_share, stage_pids
+from helpers import LEAK_SHARE, free_port, records_so_far, shown_share, stage_pids, stage_title
 
 from anonengine.audit import audit
 from anonengine.config import CameraConfig, EngineConfig
@@ -417,9 +417,7 @@ def test_ctrl_c_while_the_compositor_still_starts_does_not_wait_for_the_frames_i
 
     from anonengine.engine.runtime import Endpoints
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     proc = start_run(models_dir, "--video-source", long_clip.video, "--output-video", tmp_path / "out.mp4", "--live",
                      "--http", f"127.0.0.1:{port}", temp=tmp_path / "temp")
     instance = f"p{proc.pid}"
@@ -437,7 +435,7 @@ def test_ctrl_c_while_the_compositor_still_starts_does_not_wait_for_the_frames_i
         deadline = time.monotonic() + 30
         while compositor is None and time.monotonic() < deadline and proc.poll() is None:
             if inbox.exists():
-                compositor = next((pid for pid in stage_pids(instance) if b"composite" in _cmdline(pid)), None)
+                compositor = next((pid for pid in stage_pids(instance) if "composite" in stage_title(pid)), None)
             time.sleep(0.005)
         assert compositor is not None, "no compositor bound its inbox"
         os.kill(compositor, signal.SIGSTOP)
@@ -456,13 +454,6 @@ def test_ctrl_c_while_the_compositor_still_starts_does_not_wait_for_the_frames_i
                                 ) in ((130, True), (0, True)), (code, stderr)
     assert took < STOP_WITHIN_S, f"took {took:.1f} s to stop"
     assert_nothing_left(instance, tmp_path / "temp")
-
-
-def _cmdline(pid: int) -> bytes:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return b""
 
 
 def test_a_stop_signal_that_comes_inside_a_callback_python_cannot_raise_from_still_stops():

@@ -21,7 +21,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from helpers import LEAK_SHARE, records_so_far, shown_share, stage_pids
+from helpers import LEAK_SHARE, records_so_far, shown_share, stage_pids, stage_title
 
 from anonengine.sample import make_sample
 from anonengine.shm import instance_segments
@@ -60,7 +60,7 @@ def run(models_dir: Path, clip, folder: Path, kill_stage: str | None = None) -> 
                 victims = [int(p) for p in subprocess.run(["pgrep", "-P", str(proc.pid), "-f", "multiprocessing.forkserver"],
                                                           capture_output=True, text=True, check=False).stdout.split()]
             else:
-                victims = [pid for pid in stage_pids(f"p{proc.pid}") if _title(pid).startswith(f"anonengine-{kill_stage}[")]
+                victims = [pid for pid in stage_pids(f"p{proc.pid}") if stage_title(pid).startswith(f"anonengine-{kill_stage}[")]
             assert victims, f"no {kill_stage} stage found"
             os.kill(victims[0], signal.SIGKILL)
         stdout, stderr = proc.communicate(timeout=240)
@@ -69,13 +69,6 @@ def run(models_dir: Path, clip, folder: Path, kill_stage: str | None = None) -> 
             os.killpg(proc.pid, signal.SIGKILL)
     assert not instance_segments(f"p{proc.pid}")
     return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
-
-
-def _title(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
-    except OSError:
-        return ""
 
 
 def every_frame_once_nobody_shown(clip, folder: Path) -> list:

@@ -650,22 +650,19 @@ class Launcher:
         if self._all_cameras_done() or (
                 self.stop_signal is not None and not any(self._is_live(c) for c in self.cfg.cameras)):
             order = [STOP_ORDER]
-        starting = [c for c in self.children.values() if c.last_beat is None and c.process.poll() is None]
-        for child in starting:
-            # Still starting (a model load, a C call that would hold a signal for seconds): it holds
-            # no frame yet, and what it made is removed with the instance below.
-            child.process.kill()
-            child.process.wait()
-        up = {c.stage for c in self.children.values() if c.last_beat is not None and c.process.poll() is None}
-        if {c.stage for c in starting} - up - {"capture"}:
+        # Still starting (a model load, a C call that would hold a signal for seconds): it holds no frame yet,
+        # and what it made is removed with the instance below.
+        running = [c for c in self.children.values() if c.process.poll() is None]
+        killed = [c for c in running if c.last_beat is None]
+        if {c.stage for c in killed} - {c.stage for c in running if c.last_beat is not None} - {"capture"}:
             # No worker of a stage is up: the frames in flight cannot get past it, and a live camera's capture
             # waited for them in vain (capture.STOP_DRAIN_IDLE_S, 5 s; seen: a Ctrl-C 2.5 s after the command
-            # took 7.7 s). The captures go now, their rings with the instance. (With another worker of that
+            # took 7.7 s). The captures go too, their rings with the instance. (With another worker of that
             # stage up, the frames it can finish drain as before.)
-            for child in self.children.values():
-                if child.stage == "capture" and child.process.poll() is None:
-                    child.process.kill()
-                    child.process.wait()
+            killed += [c for c in running if c.stage == "capture" and c.last_beat is not None]
+        for child in killed:
+            child.process.kill()
+            child.process.wait()
         for stages in order:
             group = [c for c in self.children.values() if c.stage in stages and c.process.poll() is None]
             for child in group:
