@@ -17,6 +17,7 @@ At the end, the segments are joined into the output by remuxing (no re-encoding)
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -339,7 +340,10 @@ class SegmentedRecording:
                                   codec_options=self.codec_options, comment=TAG_PREFIX + json.dumps(tag))
         self.segment_first_pts = pts
         if self.metadata is not None:
-            self.segment_meta = open(metadata_path(path), "a")
+            try:
+                self.segment_meta = open(metadata_path(path), "a")
+            except OSError as exc:
+                raise OutputError(f"cannot write {metadata_path(path)}: {exc.strerror}") from None
 
     def _muxed(self, pts_list: list[int]) -> None:
         for pts in pts_list:
@@ -364,10 +368,15 @@ class SegmentedRecording:
         if meta is None:  # a frame of the segment before a restart: its record joins the next segment's
             segments = self._run_segments()
             meta = open(segments[-1].metadata if segments else self.folder / "orphans.jsonl", "a")
-        meta.write(json.dumps(record) + "\n")
-        meta.flush()
-        if meta is not self.segment_meta:
-            meta.close()
+        try:
+            meta.write(json.dumps(record) + "\n")
+            meta.flush()
+        except OSError as exc:  # a full disk: one line, as the video's own writes say it
+            raise OutputError(f"cannot write {meta.name}: {exc.strerror}") from None
+        finally:
+            if meta is not self.segment_meta:
+                with contextlib.suppress(OSError):  # flushed, or failing already
+                    meta.close()
         self.recorded_through = max(self.recorded_through, record["index"])
 
     def cut(self) -> list:
