@@ -43,7 +43,7 @@ from anonengine.locks import FileLock, LockBusy
 from anonengine.manifest import Fingerprint, Manifest, Record, file_sha256, settings_key, utc_now
 from anonengine.paths import PHOTO_SUFFIXES, UNREADABLE_PHOTO_SUFFIXES
 from anonengine.sources import classify
-from anonengine.video import Frame, partial_path
+from anonengine.video import Frame, partial_path, turn
 
 log = logging.getLogger("anonengine")
 
@@ -146,7 +146,14 @@ def output_settings(cfg: EngineConfig, audio: AudioPolicy) -> dict:
     anonymizer["detector"].pop("device", None)
     settings = {"version": SETTINGS_VERSION, "anonymizer": anonymizer, "encoder": cfg.encoder.model_dump(mode="json"),
                 "audio": audio, "photo_imgsz": photo_config(cfg.anonymizer).detector.imgsz}
+    if batch_rotate(cfg):  # only then: the outputs of batches from before the option keep their key
+        settings["rotate"] = batch_rotate(cfg)
     return {"key": settings_key(settings), "settings": settings}
+
+
+def batch_rotate(cfg: EngineConfig) -> int:
+    """How every file of a batch is turned (`--rotate`): the first camera's, the one its flags make."""
+    return cfg.cameras[0].rotate if cfg.cameras else 0
 
 
 def photo_config(cfg: AnonymizerConfig) -> AnonymizerConfig:
@@ -222,6 +229,7 @@ class FileRunner:
         from anonengine.stages import DetectStage
 
         self.cfg, self.audio, self.camera = cfg, audio, camera
+        self.rotate = batch_rotate(cfg)
         self.on_frame = on_frame or (lambda: None)
         self.say = say or (lambda line: print(line, file=sys.stderr))
         self.detect = DetectStage(cfg.anonymizer, cfg.engine.max_batch)
@@ -253,7 +261,7 @@ class FileRunner:
     def _video(self, job: Job) -> tuple[int, str]:
         from anonengine.inline import run_inline
 
-        camera = CameraConfig(name=self.camera, source=str(job.source), output=str(job.staged))
+        camera = CameraConfig(name=self.camera, source=str(job.source), output=str(job.staged), rotate=self.rotate)
         cfg = self.cfg.model_copy(update={"cameras": [camera]})
         (result,) = run_inline(cfg, detect=self.detect, on_frame=self.on_frame)
         if result.interrupted_by is not None:
@@ -277,6 +285,7 @@ class FileRunner:
         image = cv2.imread(str(job.source), cv2.IMREAD_COLOR)  # turned upright as its EXIF says
         if image is None:
             raise InputError(f"cannot read image {job.source}")
+        image = turn(image, self.rotate)
         with INTERRUPTS.deferred():
             if self.detect_photos.detector is None:
                 self.detect_photos.setup()

@@ -77,6 +77,9 @@ def add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", default=None, help="H.264 speed preset")
     p.add_argument("--metadata", default=None, help="write per-frame persons as JSON lines to this file")
     p.add_argument("--camera", default="cam0", help="camera name in metadata and logs")
+    p.add_argument("--rotate", type=int, choices=[0, 90, 180, 270], default=None, metavar="{0,90,180,270}",
+                   help="degrees to turn the picture clockwise so people stand upright (a camera mounted upside "
+                   "down: 180); the output is written turned")
     p.add_argument("--live", action="store_true", default=None,
                    help="treat the source as a live camera (streams and webcams are): a stop signal is its "
                         "normal end; a file is read at its frame rate")
@@ -124,7 +127,7 @@ def config_from_run_flags(args: argparse.Namespace):
         "http": _drop_none(listen=args.http),
         "tap": _run_tap(args),
         "cameras": [{"name": args.camera, "source": args.video_source, "output": output, "metadata": args.metadata,
-                     **_drop_none(live=args.live)}],
+                     **_drop_none(live=args.live, rotate=args.rotate)}],
     }
     try:
         return EngineConfig.model_validate(raw)
@@ -256,13 +259,16 @@ def cmd_audit(args: argparse.Namespace) -> int:
     from anonengine.audit import audit, write_report, write_worst_frames
 
     report = audit(args.original, args.anonymized, args.pose_model, args.conf, args.imgsz, args.device,
-                   augment=not args.no_augment)
+                   augment=not args.no_augment, rotate=args.rotate)
     json_path = Path(args.json or f"{args.anonymized}.audit.json")
     write_report(report, json_path)
     sheet = write_worst_frames(report, Path(args.sheet or f"{args.anonymized}.audit.png"))
     print(f"{len(report.flagged)} of {report.frames} frames show a person as filmed (leak rate "
           f"{report.leak_rate:.1%}); {report.skeleton_only} more with finds over anonymized areas only "
           f"(skeletons); report: {json_path}" + (f", worst frames: {sheet}" if sheet else ""))
+    if report.upside_down:
+        print(f"{report.upside_down} of those frames show a person found only upside down: if the camera is "
+              "mounted upside down, run again with --rotate 180 (the detector misses most persons so)")
     return 1 if report.flagged else 0
 
 
@@ -306,7 +312,10 @@ def build_parser() -> argparse.ArgumentParser:
     audit.add_argument("--sheet", default=None, help="worst frames PNG (default: <anonymized>.audit.png)")
     audit.add_argument("--conf", type=float, default=0.2, help="adversary's person threshold")
     audit.add_argument("--imgsz", type=int, default=960, help="adversary's input size")
-    audit.add_argument("--no-augment", action="store_true", help="skip the mirror-image pass (twice as fast)")
+    audit.add_argument("--no-augment", action="store_true",
+                       help="look at the frame only, not also its mirror image and upside down (3 times as fast)")
+    audit.add_argument("--rotate", type=int, choices=[0, 90, 180, 270], default=0, metavar="{0,90,180,270}",
+                       help="the run's --rotate: the original is turned so to be compared")
     audit.add_argument("--pose-model", default="yolo11n-pose.pt")
     audit.add_argument("--device", default="auto")
     audit.set_defaults(func=cmd_audit)

@@ -282,6 +282,12 @@ class CameraConfig(StrictModel):
     rtsp_transport: Literal["tcp", "udp"] = Field(
         "tcp", description="RTSP over TCP (through firewalls and NAT, no loss) or UDP (lower latency, may lose)."
     )
+    rotate: Literal[0, 90, 180, 270] = Field(
+        0,
+        description="Degrees to turn the picture clockwise so that people stand upright (a camera mounted upside "
+        "down: 180), after the turn its container asks for: the detector misses most persons upside down or on "
+        "their side, and the output is written turned.",
+    )
     privacy_zones: list[list[tuple[float, float]]] = Field(
         default_factory=list,
         description="Polygons always hidden, as [x, y] points in shares of the frame width and height (0..1).",

@@ -9,6 +9,7 @@ increasing across reconnects (an outage shows as a gap in time; no frame is inve
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import functools
 import gc
@@ -44,6 +45,7 @@ class Source:
     spec: str
     kind: SourceKind
     rtsp_transport: str = "tcp"
+    rotate: int = 0  # degrees clockwise, after the container's display matrix (`CameraConfig.rotate`)
 
     @property
     def live(self) -> bool:
@@ -52,6 +54,9 @@ class Source:
         if self.kind is SourceKind.HTTP:
             return not serves_recording(self.url, SourcesConfig().connect_timeout_s)
         return self.kind is not SourceKind.FILE
+
+    def turned(self, rotate: int) -> Source:
+        return dataclasses.replace(self, rotate=rotate)
 
     @property
     def url(self) -> str:

@@ -50,15 +50,15 @@ class CaptureStage(Stage):
     """
 
     def __init__(self, source: str, camera: str = "cam0", cfg: SourcesConfig | None = None,
-                 rtsp_transport: str = "tcp") -> None:
+                 rtsp_transport: str = "tcp", rotate: int = 0) -> None:
         self.source, self.camera = source, camera
         self.cfg = cfg or SourcesConfig()
-        self.rtsp_transport = rtsp_transport
+        self.rtsp_transport, self.rotate = rtsp_transport, rotate
         self.reader: VideoReader | None = None
         self.feed: LiveFeed | None = None
 
     def setup(self) -> None:
-        kind = classify(self.source, self.rtsp_transport)
+        kind = classify(self.source, self.rtsp_transport).turned(self.rotate)
         if not kind.live:
             self.reader = VideoReader(self.source, self.camera, kind=kind, sources_cfg=self.cfg)
             return

@@ -103,8 +103,9 @@ class VideoReader:
     """Decodes the first video stream of a source into upright BGR frames with their presentation timestamps.
 
     Frames are turned as the container's display matrix says (a phone filming in portrait stores its
-    frames landscape, tagged "rotate 90"): the detector must see people upright, and the output is
-    written upright with no tag. The first frame is decoded on opening, so `info` has the size of the
+    frames landscape, tagged "rotate 90"), then by the source's own `rotate` (a camera mounted upside
+    down tags nothing): the detector must see people upright, and the output is written upright with
+    no tag. The first frame is decoded on opening, so `info` has the size of the
     frames as they come out, whatever the container declares.
     """
 
@@ -113,6 +114,7 @@ class VideoReader:
         self.source = source
         self.camera = camera
         kind = kind or classify(source)
+        self.rotate = kind.rotate
         self.container = open_source(kind, sources_cfg or SourcesConfig())
         try:
             self.info = self._open(kind.live)
@@ -152,7 +154,8 @@ class VideoReader:
                 if packet.is_corrupt and not self.live:
                     raise InputError(f"{self.source} is truncated or corrupt at frame {decoded}")
                 for av_frame in packet.decode():
-                    yield DecodedImage(av_frame.pts, upright(to_bgr(av_frame), display_matrix(av_frame)))
+                    image = turn(upright(to_bgr(av_frame), display_matrix(av_frame)), self.rotate)
+                    yield DecodedImage(av_frame.pts, image)
                     decoded += 1
         except av.FFmpegError as exc:
             raise InputError(f"cannot decode {self.source} at frame {decoded}: {_ffmpeg_reason(exc)}") from None
@@ -263,6 +266,14 @@ def upright(image: np.ndarray, orientation: Orientation | None) -> np.ndarray:
     else:  # a quarter turn: shown at x' = c*y, y' = b*x, the transpose mirrored where c or b is negative
         turned, flip = cv2.transpose(image), _FLIP_CODE[(c, b)]
     return turned if flip is None else cv2.flip(turned, flip)
+
+
+_ROTATE_CODE = {90: cv2.ROTATE_90_CLOCKWISE, 180: cv2.ROTATE_180, 270: cv2.ROTATE_90_COUNTERCLOCKWISE}
+
+
+def turn(image: np.ndarray, degrees: int) -> np.ndarray:
+    """`image` turned clockwise by 0, 90, 180 or 270 degrees."""
+    return image if degrees == 0 else cv2.rotate(image, _ROTATE_CODE[degrees])
 
 
 class HeldElsewhere:

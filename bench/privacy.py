@@ -27,7 +27,7 @@ Per case and method it prints:
   differ from the true background by > 40) come out as filmed (within 12 grey levels, in a 3x3
   neighbourhood, so that a smooth fill that merely has the colour of a coat is not counted);
 - audit: share of person frames where the independent adversary (`anonengine audit`: pose model,
-  low threshold, imgsz 960, frame and mirror image) finds a person over unchanged pixels (--audit);
+  low threshold, imgsz 960, frame, mirror image, upside down) finds a person over unchanged pixels (--audit);
 - bg err: mean absolute error against the true background inside the persons' boxes (grey levels);
 - seen err: the same, only on the pixels whose point of the scene is in view free of persons in some
   frame of the clip; known err: only on those seen free by the frame itself (seed, before, live) or

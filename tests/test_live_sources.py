@@ -297,6 +297,20 @@ def test_rtsp_over_udp_where_asked(server):
     assert all(b > a for a, b in zip(pts, pts[1:]))
 
 
+def test_a_live_cameras_rotate_turns_every_frame_of_every_connection(server):
+    """`rotate: 90` on an RTSP camera mounted on its side: the feed's frames, as opened again on each
+    reconnection, come out turned."""
+    server.start()
+    feed = LiveFeed(classify(server.url).turned(90), "side", SourcesConfig()).start()
+    try:
+        assert feed.wait_connected(15), feed.status.last_error
+        frames = [feed.get(5) for _ in range(5)]
+    finally:
+        feed.stop()
+    assert all(f is not None and f.image.shape[:2] == (WIDTH, HEIGHT) for f in frames)
+    assert (feed.info.width, feed.info.height) == (HEIGHT, WIDTH)
+
+
 def test_run_on_a_url_that_never_answers_is_one_line_after_the_connect_timeout(anonengine_cli, tmp_path):
     url = f"rtsp://127.0.0.1:{free_port()}/cam"
     started = time.monotonic()

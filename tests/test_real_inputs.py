@@ -212,6 +212,118 @@ def test_upright_matches_ffmpeg(tagged, tmp_path):
         assert np.abs(ours.astype(int) - reference).mean() < 2, name
 
 
+# --- 1b. cameras mounted upside down or on their side: no tag, --rotate ----------------------------------
+
+
+@pytest.fixture(scope="module")
+def untagged_turns(sample, tmp_path_factory) -> dict[int, Path]:
+    """The sample clip as cameras mounted turned store it, with no tag: by `--rotate` degrees it is upright."""
+    folder = tmp_path_factory.mktemp("mounted")
+    upright = [f.image for f in VideoReader(str(sample.video))]
+    stored = {180: lambda img: np.rot90(img, 2), 90: lambda img: np.rot90(img, 1)}  # 90: turned counter-clockwise
+    return {rotate: write_tagged([store(img) for img in upright], folder / f"mounted_{rotate}.mp4", 0, False)
+            for rotate, store in stored.items()}
+
+
+def test_rotate_180_turns_an_upside_down_camera_before_detection(sample, untagged_turns, models_dir, tmp_path):
+    """A ceiling camera mounted upside down tags nothing. The pose model misses most persons upside down, so
+    without `rotate` they come out as filmed; with `rotate: 180` the output is upright and nobody shows."""
+    source = untagged_turns[180]
+    assert untagged(source)
+    as_filmed = tmp_path / "as_filmed.mp4"
+    run_inline(inline_config(source, as_filmed, models_dir))
+    back_upright = tmp_path / "back_upright.mp4"
+    write_tagged([np.rot90(f.image, 2) for f in VideoReader(str(as_filmed))], back_upright, 0, False)
+    assert ground_truth_leaks(sample, back_upright), "the detector found everyone upside down: is rotate still needed?"
+
+    turned = tmp_path / "turned.mp4"
+    cfg = inline_config(source, turned, models_dir)
+    cfg.cameras[0].rotate = 180
+    (result,) = run_inline(cfg)
+    assert result.frames == FRAMES
+    assert ground_truth_leaks(sample, turned) == []  # the output is upright: compared with the upright truth
+
+
+def test_rotate_90_in_the_engine_and_the_audit_given_the_same(sample, untagged_turns, anonengine_cli, models_dir,
+                                                               tmp_path):
+    source, output = untagged_turns[90], tmp_path / "engine.mp4"
+    stored = VideoReader(str(source))
+    assert (stored.info.width, stored.info.height) == (HEIGHT, WIDTH)
+    stored.close()
+    result = anonengine_cli("run", "--video-source", source, "--output-video", output, "--rotate", "90", "--quiet")
+    assert result.returncode == 0, result.stderr
+    out = VideoReader(str(output))
+    assert (out.info.width, out.info.height) == (WIDTH, HEIGHT)
+    out.close()
+    assert ground_truth_leaks(sample, output) == []
+    report = audit(str(source), str(output), str(models_dir / "yolo11n-pose.pt"), imgsz=320, device="cpu", rotate=90)
+    assert report.frames == FRAMES and report.flagged == []
+    # Without the run's --rotate the audit cannot compare the pictures: one line, not a clean report.
+    refused = anonengine_cli("audit", source, output, "--imgsz", "320", "--device", "cpu")
+    assert refused.returncode != 0 and "Traceback" not in refused.stderr
+    (line,) = refused.stderr.strip().splitlines()
+    assert "--rotate" in line and f"{WIDTH}x{HEIGHT}" in line, line
+
+
+def test_the_audit_looks_upside_down_for_persons_a_forgotten_rotate_left(sample, untagged_turns, models_dir,
+                                                                       tmp_path):
+    """Run without `--rotate 180`, an upside-down camera's persons come out as filmed; the adversary that
+    looks at each frame upside down too finds more of them than the frame and its mirror alone."""
+    source, output = untagged_turns[180], tmp_path / "forgot.mp4"
+    run_inline(inline_config(source, output, models_dir))
+    model = str(models_dir / "yolo11n-pose.pt")
+    report = audit(str(source), str(output), model, imgsz=640, device="cpu")
+    views = {p.get("view", "frame") for f in report.flagged for p in f.persons}
+    assert "upside down" in views, report.flagged
+    assert report.upside_down >= 1, report.flagged
+
+
+def test_a_photo_from_an_upside_down_camera_comes_out_upright_and_a_batch_redoes_it_turned(
+        anonengine_cli, models_dir, tmp_path):
+    """`--rotate` turns photos too, one by one or in a batch; a batch's record keeps the turn, so the same
+    batch run again with another one redoes its files (and one without, as before the option, keeps its key)."""
+    import cv2
+    import ultralytics
+
+    from anonengine.batch import output_settings
+
+    zidane = cv2.imread(str(Path(ultralytics.__file__).parent / "assets" / "zidane.jpg"))
+    folder = tmp_path / "ceiling"
+    folder.mkdir()
+    cv2.imwrite(str(folder / "zidane.png"), np.rot90(zidane, 2))
+    output = tmp_path / "zidane_out.png"
+    result = anonengine_cli("run", "--video-source", folder / "zidane.png", "--output-video", output,
+                            "--rotate", "180", "--device", "cpu")
+    assert result.returncode == 0, result.stderr
+    out = cv2.imread(str(output)).astype(int)
+    # Upright: the background left as it was is zidane.jpg's (a third of the picture; upside down, 3%) ...
+    kept, kept_if_upside_down = ((np.abs(out - image).max(axis=2) <= 12).mean() for image in (zidane, np.rot90(zidane, 2)))
+    assert kept > 0.2 and kept_if_upside_down < 0.1, (kept, kept_if_upside_down)
+    # ... and both persons (left, right) are replaced over most of their area.
+    changed = np.abs(out - zidane).max(axis=2) > 24
+    assert changed[150:, 200:550].mean() > 0.6 and changed[:, 700:1100].mean() > 0.6
+
+    out_dir = tmp_path / "batch"
+    first = anonengine_cli("run", "--video-source", folder, "--output-dir", out_dir, "--device", "cpu", "--quiet")
+    again = anonengine_cli("run", "--video-source", folder, "--output-dir", out_dir, "--device", "cpu", "--quiet",
+                           "--rotate", "180")
+    assert first.returncode == 0 and again.returncode == 0, first.stderr + again.stderr
+    assert "1 file(s) anonymized, 0 skipped" in again.stdout, again.stdout  # redone, turned
+    batch_out = cv2.imread(str(out_dir / "zidane.png")).astype(int)
+    assert np.abs(batch_out - out).mean() < 2
+    plain, turned = (EngineConfig(cameras=[CameraConfig(source="x", rotate=r)]) for r in (0, 180))
+    assert "rotate" not in output_settings(plain, "drop")["settings"]
+    assert output_settings(plain, "drop")["key"] == output_settings(EngineConfig(), "drop")["key"]
+    assert output_settings(turned, "drop")["key"] != output_settings(plain, "drop")["key"]
+
+
+def test_a_rotate_the_engine_does_not_know_is_one_line(sample, anonengine_cli, tmp_path):
+    result = anonengine_cli("run", "--video-source", sample.video, "--output-video", tmp_path / "o.mp4",
+                            "--rotate", "45")
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "--rotate" in result.stderr
+
+
 # --- 3. frame sizes ------------------------------------------------------------------------------------
 
 GROW = 0.3  # persons' boxes, grown by this share of their size per side, bound where masks may reach
