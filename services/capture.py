@@ -238,7 +238,12 @@ class CaptureService(Service):
         """
         if self._clock_start is None:
             compositor = self.endpoints.composite(self.composite_worker)
-            while not self.stopping and not (self.frames_out.poll(POLL_MS, zmq.POLLOUT) and _bound(compositor)):
+            while not self.stopping:
+                detector = bool(self.frames_out.poll(POLL_MS, zmq.POLLOUT))
+                if detector and _bound(compositor):
+                    break
+                if detector:  # the poll answers at once while the compositor is not there yet: no spinning
+                    time.sleep(0.01)
                 # A detector's first export of its model takes tens of seconds: silent that long, the capture
                 # was killed as hung (engine.stall_s) and started again.
                 self.report()
