@@ -12,6 +12,7 @@ read as a person) and is reported apart. Output: JSON, and a contact sheet of th
 
 from __future__ import annotations
 
+import itertools
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -25,11 +26,14 @@ from anonengine.detections import box_iou
 from anonengine.detector import select_device
 from anonengine.errors import InputError
 from anonengine.sources import classify
-from anonengine.video import VideoReader
+from anonengine.video import VideoReader, turn
 
 UNCHANGED_SHARE = 0.6
 UNCHANGED_LEVELS = 12  # grey levels: what two encodes of the same picture differ by
 SAME_FIND_IOU = 0.5  # a find in another view this close to one already made is the same person
+TURNS = (0, 90, 180, 270)
+TURN_FRAMES = 25  # frames compared to tell how the output was turned (a first frame may be obscured whole)
+TURN_KEPT_MIN = 0.2  # share of a frame's pixels kept in the right turn, at least
 
 
 @dataclass
@@ -79,24 +83,21 @@ class AuditReport:
 
 
 def audit(original: str, anonymized: str, pose_model: str = "yolo11n-pose.pt", conf: float = 0.2,
-          imgsz: int = 960, device: str = "auto", augment: bool = True, rotate: int = 0) -> AuditReport:
-    """`rotate`: the run's `--rotate`, by which the original is turned to be compared with the output."""
+          imgsz: int = 960, device: str = "auto", augment: bool = True, rotate: int | None = None) -> AuditReport:
+    """`rotate`: the run's `--rotate`, by which the original is turned to be compared with the output; None:
+    found from the pixels (`matching_turn`)."""
     from ultralytics import YOLO
 
+    rotate = matching_turn(original, anonymized, rotate)
     originals = VideoReader(original, kind=classify(original).turned(rotate))
     anonymizeds = VideoReader(anonymized)
-    expected, got = (originals.info.width, originals.info.height), (anonymizeds.info.width, anonymizeds.info.height)
-    # An odd-sized original is encoded one pixel larger (its edge repeated).
-    if not all(size <= out <= size + 1 for size, out in zip(expected, got)):
-        turned = f" turned {rotate} degrees" if rotate else ""
-        raise InputError(f"{anonymized} is {got[0]}x{got[1]}, not the {expected[0]}x{expected[1]} of {original}"
-                         f"{turned}: not its anonymized copy, or made with another --rotate (give the run's)")
     model = YOLO(models.resolve(pose_model), task="pose")
     device = select_device(device)
     flagged, drawn, count = [], [], 0
     for source, frame in zip(originals, anonymizeds):
         count += 1
-        frame.image = frame.image[: source.image.shape[0], : source.image.shape[1]]  # the same pixels
+        # An odd-sized original is encoded one pixel larger (its edge repeated): compare the same pixels.
+        frame.image = frame.image[: source.image.shape[0], : source.image.shape[1]]
         leaks, others = [], []
         for box, score, view in adversary_finds(model, frame.image, imgsz, conf, device, augment):
             find = {"box": [round(float(v), 1) for v in box], "score": round(float(score), 3)}
@@ -110,7 +111,38 @@ def audit(original: str, anonymized: str, pose_model: str = "yolo11n-pose.pt", c
     return AuditReport(original, anonymized, count, conf, imgsz, flagged, drawn, rotate)
 
 
-# The views the adversary looks at besides the frame, each with how a box found in it maps back.
+def matching_turn(original: str, anonymized: str, rotate: int | None = None) -> int:
+    """How the original was turned to make `anonymized` (0, 90, 180, 270 clockwise): the turn under which its
+    first frames' pixels are most often kept in the output (the background: half the picture and more
+    where one person fills the frame, against 2 to 5% in a wrong turn, measured). `rotate`: the turn the
+    user says; it must match.
+
+    A leak is a find over pixels left as filmed, so an original compared in the wrong turn, or another
+    video's, would have every find "replaced": a clean report of anything. InputError (one line) instead.
+    """
+    kept = dict.fromkeys(TURNS, 0.0)
+    for source, out in itertools.islice(zip(VideoReader(original), VideoReader(anonymized)), TURN_FRAMES):
+        for degrees in TURNS:
+            turned = turn(source.image, degrees)
+            height, width = turned.shape[:2]
+            # An odd-sized original is encoded one pixel larger (its edge repeated).
+            if height <= out.image.shape[0] <= height + 1 and width <= out.image.shape[1] <= width + 1:
+                same = np.abs(turned.astype(np.int16) - out.image[:height, :width]).max(axis=2) <= UNCHANGED_LEVELS
+                kept[degrees] = max(kept[degrees], float(same.mean()))
+        best = max(kept, key=kept.get)
+        if kept[best] >= TURN_KEPT_MIN and all(kept[t] <= kept[best] / 4 for t in TURNS if t != best):
+            break  # decisive: mostly the first frame
+    best = max(kept, key=kept.get)
+    if kept[best] < TURN_KEPT_MIN:
+        raise InputError(f"{anonymized} is not an anonymized copy of {original}: at most {kept[best]:.0%} of its "
+                         f"pixels are the original's in its first {TURN_FRAMES} frames, in any turn")
+    if rotate is not None and rotate != best:
+        raise InputError(f"{anonymized} is {original} turned {best} degrees, not {rotate}: give the run's --rotate "
+                         f"({best}), or leave it out")
+    return best
+
+
+# The views the adversary looks at# The views the adversary looks at besides the frame, each with how a box found in it maps back.
 AUGMENTED_VIEWS = {
     "mirror": (lambda image: image[:, ::-1], lambda b, w, h: (w - b[2], b[1], w - b[0], b[3])),
     "upside down": (lambda image: image[::-1, ::-1], lambda b, w, h: (w - b[2], h - b[3], w - b[0], h - b[1])),

@@ -263,7 +263,8 @@ def cmd_audit(args: argparse.Namespace) -> int:
     json_path = Path(args.json or f"{args.anonymized}.audit.json")
     write_report(report, json_path)
     sheet = write_worst_frames(report, Path(args.sheet or f"{args.anonymized}.audit.png"))
-    print(f"{len(report.flagged)} of {report.frames} frames show a person as filmed (leak rate "
+    turned = f" (compared with the original turned {report.rotate} degrees, as the run did)" if report.rotate else ""
+    print(f"{len(report.flagged)} of {report.frames} frames show a person as filmed{turned} (leak rate "
           f"{report.leak_rate:.1%}); {report.skeleton_only} more with finds over anonymized areas only "
           f"(skeletons); report: {json_path}" + (f", worst frames: {sheet}" if sheet else ""))
     if report.upside_down:
@@ -314,8 +315,9 @@ def build_parser() -> argparse.ArgumentParser:
     audit.add_argument("--imgsz", type=int, default=960, help="adversary's input size")
     audit.add_argument("--no-augment", action="store_true",
                        help="look at the frame only, not also its mirror image and upside down (3 times as fast)")
-    audit.add_argument("--rotate", type=int, choices=[0, 90, 180, 270], default=0, metavar="{0,90,180,270}",
-                       help="the run's --rotate: the original is turned so to be compared")
+    audit.add_argument("--rotate", type=int, choices=[0, 90, 180, 270], default=None, metavar="{0,90,180,270}",
+                       help="the run's --rotate, by which the original is turned to be compared (default: found "
+                       "from the pixels)")
     audit.add_argument("--pose-model", default="yolo11n-pose.pt")
     audit.add_argument("--device", default="auto")
     audit.set_defaults(func=cmd_audit)
