@@ -104,6 +104,10 @@ def audit(original: str, anonymized: str, pose_model: str = "yolo11n-pose.pt", c
             if view != "frame":
                 find["view"] = view
             (leaks if unchanged_share(source.image, frame.image, box) >= UNCHANGED_SHARE else others).append(find)
+        # A person found in several views counts once, in the first; one found over pixels left as filmed in
+        # any view is a leak, whatever another view found there over replaced ones (the skeleton drawn).
+        leaks = once_each(leaks)
+        others = [f for f in once_each(others) if not overlaps(f, leaks)]
         if leaks:
             flagged.append(AuditFrame(frame.seq, round(frame.time, 6), leaks))
         elif others:
@@ -120,29 +124,42 @@ def matching_turn(original: str, anonymized: str, rotate: int | None = None) -> 
     A leak is a find over pixels left as filmed, so an original compared in the wrong turn, or another
     video's, would have every find "replaced": a clean report of anything. InputError (one line) instead.
     """
-    kept = dict.fromkeys(TURNS, 0.0)
+    kept: dict[int, float] = {}  # the turns that give the output's size: the most of a frame's pixels kept
+    sizes = None
     for source, out in itertools.islice(zip(VideoReader(original), VideoReader(anonymized)), TURN_FRAMES):
+        sizes = source.image.shape[1::-1], out.image.shape[1::-1]
         for degrees in TURNS:
             turned = turn(source.image, degrees)
             height, width = turned.shape[:2]
             # An odd-sized original is encoded one pixel larger (its edge repeated).
             if height <= out.image.shape[0] <= height + 1 and width <= out.image.shape[1] <= width + 1:
                 same = np.abs(turned.astype(np.int16) - out.image[:height, :width]).max(axis=2) <= UNCHANGED_LEVELS
-                kept[degrees] = max(kept[degrees], float(same.mean()))
+                kept[degrees] = max(kept.get(degrees, 0.0), float(same.mean()))
+        if not kept:
+            (w, h), (out_w, out_h) = sizes
+            raise InputError(f"{anonymized} is {out_w}x{out_h}, which no turn of the {w}x{h} of {original} gives: "
+                             "not its anonymized copy")
         best = max(kept, key=kept.get)
-        if kept[best] >= TURN_KEPT_MIN and all(kept[t] <= kept[best] / 4 for t in TURNS if t != best):
+        if kept[best] >= TURN_KEPT_MIN and all(kept[t] <= kept[best] / 4 for t in kept if t != best):
             break  # decisive: mostly the first frame
+    if sizes is None:
+        raise InputError(f"{anonymized} or {original} has no frame to compare")
     best = max(kept, key=kept.get)
     if kept[best] < TURN_KEPT_MIN:
         raise InputError(f"{anonymized} is not an anonymized copy of {original}: at most {kept[best]:.0%} of its "
                          f"pixels are the original's in its first {TURN_FRAMES} frames, in any turn")
-    if rotate is not None and rotate != best:
+    # A scene alike both ways round (a plain wall) cannot tell: the user's word decides, or nothing does.
+    alike = sorted(t for t in kept if kept[t] >= max(TURN_KEPT_MIN, kept[best] / 2))
+    if rotate is not None and rotate not in alike:
         raise InputError(f"{anonymized} is {original} turned {best} degrees, not {rotate}: give the run's --rotate "
                          f"({best}), or leave it out")
-    return best
+    if rotate is None and len(alike) > 1:
+        raise InputError(f"cannot tell from the pixels whether {anonymized} is {original} turned "
+                         f"{' or '.join(map(str, alike))} degrees: give the run's --rotate")
+    return best if rotate is None else rotate
 
 
-# The views the adversary looks at# The views the adversary looks at besides the frame, each with how a box found in it maps back.
+# The views the adversary looks at besides the frame, each with how a box found in it maps back.
 AUGMENTED_VIEWS = {
     "mirror": (lambda image: image[:, ::-1], lambda b, w, h: (w - b[2], b[1], w - b[0], b[3])),
     "upside down": (lambda image: image[::-1, ::-1], lambda b, w, h: (w - b[2], h - b[3], w - b[0], h - b[1])),
@@ -150,25 +167,39 @@ AUGMENTED_VIEWS = {
 
 
 def adversary_finds(model, image: np.ndarray, imgsz: int, conf: float, device: str, augmented: bool):
-    """(box, score, view) of every person found: in the frame, and with `augmented`, in its mirror image and
-    upside down (a person found in several views counts once, in the first).
+    """(box, score, view) of every person found, view by view: in the frame, and with `augmented`, in its
+    mirror image and upside down (a person is found once in each view that shows them: `once_each`).
 
     Ultralytics' own test-time augmentation does not run for pose models, so the views are made here: a
     person a detector misses one way round is often found another.
     """
     views = {"frame": (lambda image: image, None), **(AUGMENTED_VIEWS if augmented else {})}
-    results = model.predict([np.ascontiguousarray(turn(image)) for turn, _ in views.values()], imgsz=imgsz,
+    results = model.predict([np.ascontiguousarray(look(image)) for look, _ in views.values()], imgsz=imgsz,
                             conf=conf, device=device, verbose=False)
     height, width = image.shape[:2]
     finds: list[tuple[np.ndarray, float, str]] = []
     for (view, (_, back)), result in zip(views.items(), results):
-        earlier = np.stack([f[0] for f in finds]) if finds else np.zeros((0, 4), np.float32)
         for box, score in zip(result.boxes.xyxy.cpu().numpy(), result.boxes.conf.cpu().numpy()):
             if back is not None:
                 box = np.array(back(box, width, height), np.float32)
-            if not len(earlier) or box_iou(box[None], earlier).max() < SAME_FIND_IOU:
-                finds.append((box, float(score), view))
+            finds.append((box, float(score), view))
     return finds
+
+
+def overlaps(find: dict, others: list[dict]) -> bool:
+    """Whether `find` is the same person as one of `others` (boxes at SAME_FIND_IOU or more)."""
+    if not others:
+        return False
+    return box_iou(np.float32([find["box"]]), np.float32([o["box"] for o in others])).max() >= SAME_FIND_IOU
+
+
+def once_each(finds: list[dict]) -> list[dict]:
+    """The finds (in view order) less those of a person found in an earlier view."""
+    kept: list[dict] = []
+    for find in finds:
+        if not overlaps(find, [k for k in kept if k.get("view") != find.get("view")]):
+            kept.append(find)
+    return kept
 
 
 def unchanged_share(original: np.ndarray, anonymized: np.ndarray, box: np.ndarray) -> float:

@@ -269,7 +269,8 @@ def cmd_audit(args: argparse.Namespace) -> int:
           f"(skeletons); report: {json_path}" + (f", worst frames: {sheet}" if sheet else ""))
     if report.upside_down:
         print(f"{report.upside_down} of those frames show a person found only upside down: if the camera is "
-              "mounted upside down, run again with --rotate 180 (the detector misses most persons so)")
+              f"mounted so, run again with --rotate {(report.rotate + 180) % 360} (the detector misses most "
+              "persons upside down)")
     return 1 if report.flagged else 0
 
 

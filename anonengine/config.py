@@ -290,7 +290,8 @@ class CameraConfig(StrictModel):
     )
     privacy_zones: list[list[tuple[float, float]]] = Field(
         default_factory=list,
-        description="Polygons always hidden, as [x, y] points in shares of the frame width and height (0..1).",
+        description="Polygons always hidden, as [x, y] points in shares of the frame width and height (0..1), of "
+        "the picture as `rotate` turns it (redraw them when you change it).",
     )
 
 

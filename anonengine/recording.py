@@ -365,19 +365,32 @@ class SegmentedRecording:
 
     def _record(self, record: dict) -> None:
         meta = self.segment_meta
-        if meta is None:  # a frame of the segment before a restart: its record joins the next segment's
-            segments = self._run_segments()
-            meta = open(segments[-1].metadata if segments else self.folder / "orphans.jsonl", "a")
         try:
+            if meta is None:  # a frame of the segment before a restart: its record joins the next segment's
+                segments = self._run_segments()
+                meta = open(segments[-1].metadata if segments else self.folder / "orphans.jsonl", "a")
             meta.write(json.dumps(record) + "\n")
             meta.flush()
         except OSError as exc:  # a full disk: one line, as the video's own writes say it
-            raise OutputError(f"cannot write {meta.name}: {exc.strerror}") from None
+            if meta is self.segment_meta:
+                self._close_segment_meta()  # its unwritten record would fail the close again
+            raise OutputError(f"cannot write {getattr(meta, 'name', self.folder)}: {exc.strerror}") from None
         finally:
-            if meta is not self.segment_meta:
+            if meta is not None and meta is not self.segment_meta:
                 with contextlib.suppress(OSError):  # flushed, or failing already
                     meta.close()
         self.recorded_through = max(self.recorded_through, record["index"])
+
+    def _close_segment_meta(self) -> None:
+        meta, self.segment_meta = self.segment_meta, None
+        if meta is None:
+            return
+        try:
+            meta.close()
+        except OSError as exc:  # its last records could not be written: the disk filled up
+            with contextlib.suppress(OSError):
+                meta.close()  # the file descriptor, which the failed flush left open
+            raise OutputError(f"cannot write {meta.name}: {exc.strerror}") from None
 
     def cut(self) -> list:
         """Flushes the encoder and closes the open segment: every frame in it is durable."""
@@ -391,9 +404,7 @@ class SegmentedRecording:
         self.muxed_last = None
         durable = self._take_durable()
         self.on_disk.clear()
-        if self.segment_meta is not None:
-            self.segment_meta.close()
-            self.segment_meta = None
+        self._close_segment_meta()
         if self.cfg.keep_segments:
             self._prune(keep=path)
         return durable
@@ -435,9 +446,8 @@ class SegmentedRecording:
             writer.close()
         elif writer is not None:
             writer.abort()
-        if self.segment_meta is not None:
-            self.segment_meta.close()
-            self.segment_meta = None
+        with contextlib.suppress(OutputError):  # a failed stream's metadata is not an output either
+            self._close_segment_meta()
         if not self.cfg.keep_segments:
             shutil.rmtree(self.folder, ignore_errors=True)
         self.lock.release()

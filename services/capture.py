@@ -359,6 +359,8 @@ def main(argv=None) -> int:
         parser.add_argument("--source", help="video source, for a camera not in the config")
         parser.add_argument("--output", help="output video, for a camera not in the config")
         parser.add_argument("--metadata", help="metadata file, for a camera not in the config")
+        parser.add_argument("--rotate", type=int, choices=[0, 90, 180, 270], default=0,
+                            help="degrees to turn the picture clockwise, for a camera not in the config")
         parser.add_argument("--composite-worker", type=int, default=0, help="the composite worker of this camera")
         parser.add_argument("--resume-from", type=int, default=None,
                             help="a restarted capture: its predecessor's stream, from this frame on")
@@ -368,7 +370,8 @@ def main(argv=None) -> int:
         if args.camera_json:
             camera = CameraConfig.model_validate_json(args.camera_json)
         elif args.source:
-            camera = CameraConfig(name=args.camera, source=args.source, output=args.output, metadata=args.metadata)
+            camera = CameraConfig(name=args.camera, source=args.source, output=args.output, metadata=args.metadata,
+                                  rotate=args.rotate)
         elif args.camera in known:
             camera = known[args.camera]
         else:

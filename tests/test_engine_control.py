@@ -126,13 +126,16 @@ def test_attach_detach_and_status_on_a_running_engine(models_dir, tmp_path):
         # A second detach of a camera that is gone is refused, with one line.
         again = cli("detach", "--run-dir", run_dir, "--camera", "a")
         assert again.returncode != 0 and len(again.stderr.strip().splitlines()) == 1, again.stderr
-        # A detached camera can come back under its name, as a new stream.
+        # A detached camera can come back under its name, as a new stream (mounted on its side now: turned).
         a2_out = tmp_path / "a2.mp4"
         back = cli("attach", "--run-dir", run_dir, "--camera", "a", "--source", tmp_path / "short/sample.mp4",
-                   "--output", a2_out)
+                   "--output", a2_out, "--rotate", "90")
         assert (back.returncode, back.stdout.strip()) == (0, "attach: ok"), back.stderr
         assert wait_for(lambda: a2_out.exists() or proc.poll() is not None, 60)
         assert seqs(a2_out) == list(range(SHORT_FRAMES))
+        turned = VideoReader(str(a2_out))
+        assert (turned.info.width, turned.info.height) == (HEIGHT, WIDTH)
+        turned.close()
         assert len(seqs(a_out)) == written
 
         proc.send_signal(signal.SIGTERM)

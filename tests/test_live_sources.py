@@ -301,13 +301,20 @@ def test_a_live_cameras_rotate_turns_every_frame_of_every_connection(server):
     """`rotate: 90` on an RTSP camera mounted on its side: the feed's frames, as opened again on each
     reconnection, come out turned."""
     server.start()
-    feed = LiveFeed(classify(server.url).turned(90), "side", SourcesConfig()).start()
+    feed = LiveFeed(classify(server.url).turned(90), "side", SourcesConfig(reconnect_initial_s=0.2)).start()
     try:
         assert feed.wait_connected(15), feed.status.last_error
-        frames = [feed.get(5) for _ in range(5)]
+        first = [feed.get(5) for _ in range(5)]
+        server.stop()
+        server.start()
+        deadline = time.monotonic() + 30
+        while feed.status.reconnects < 1 and time.monotonic() < deadline:
+            feed.get(0.5)
+        assert feed.status.reconnects >= 1, feed.status.last_error
+        again = [feed.get(10) for _ in range(5)]
     finally:
         feed.stop()
-    assert all(f is not None and f.image.shape[:2] == (WIDTH, HEIGHT) for f in frames)
+    assert all(f is not None and f.image.shape[:2] == (WIDTH, HEIGHT) for f in first + again)
     assert (feed.info.width, feed.info.height) == (HEIGHT, WIDTH)
 
 

@@ -225,6 +225,13 @@ def untagged_turns(sample, tmp_path_factory) -> dict[int, Path]:
             for rotate, store in stored.items()}
 
 
+def kept_upright(sample, output: Path) -> tuple[float, float]:
+    """Shares of the output's first frame that are the upright sample's pixels, and the sample's upside down."""
+    upright = next(iter(VideoReader(str(sample.video)))).image.astype(int)
+    out = next(iter(VideoReader(str(output)))).image[:HEIGHT, :WIDTH]
+    return tuple(float((np.abs(out - image).max(axis=2) <= 12).mean()) for image in (upright, np.rot90(upright, 2)))
+
+
 def test_rotate_180_turns_an_upside_down_camera_before_detection(sample, untagged_turns, models_dir, tmp_path):
     """A ceiling camera mounted upside down tags nothing. The pose model misses most persons upside down, so
     without `rotate` they come out as filmed; with `rotate: 180` the output is upright and nobody shows."""
@@ -241,6 +248,8 @@ def test_rotate_180_turns_an_upside_down_camera_before_detection(sample, untagge
     cfg.cameras[0].rotate = 180
     (result,) = run_inline(cfg)
     assert result.frames == FRAMES
+    upright, upside_down = kept_upright(sample, turned)
+    assert upright > 0.5 and upside_down < 0.1, (upright, upside_down)
     assert ground_truth_leaks(sample, turned) == []  # the output is upright: compared with the upright truth
 
 
@@ -255,6 +264,8 @@ def test_rotate_90_in_the_engine_and_the_audit_given_the_same(sample, untagged_t
     out = VideoReader(str(output))
     assert (out.info.width, out.info.height) == (WIDTH, HEIGHT)
     out.close()
+    upright, upside_down = kept_upright(sample, output)  # turned clockwise: 270 would leave it upside down
+    assert upright > 0.5 and upside_down < 0.1, (upright, upside_down)
     assert ground_truth_leaks(sample, output) == []
     report = audit(str(source), str(output), str(models_dir / "yolo11n-pose.pt"), imgsz=320, device="cpu", rotate=90)
     assert report.frames == FRAMES and report.flagged == []
@@ -323,6 +334,17 @@ def test_a_photo_from_an_upside_down_camera_comes_out_upright_and_a_batch_redoes
     assert "rotate" not in output_settings(plain, "drop")["settings"]
     assert output_settings(plain, "drop")["key"] == output_settings(EngineConfig(), "drop")["key"]
     assert output_settings(turned, "drop")["key"] != output_settings(plain, "drop")["key"]
+
+
+def test_the_audit_asks_for_the_turn_where_the_pixels_cannot_tell(tmp_path):
+    """A plain picture is alike every way round: the audit takes the user's --rotate rather than guess."""
+    from anonengine.audit import matching_turn
+    from anonengine.errors import InputError
+
+    plain = write_tagged([np.full((64, 64, 3), 120, np.uint8)] * 3, tmp_path / "plain.mp4", 0, False)
+    with pytest.raises(InputError, match="cannot tell from the pixels .* turned 0 or 90 or 180 or 270 degrees"):
+        matching_turn(str(plain), str(plain))
+    assert matching_turn(str(plain), str(plain), 180) == 180
 
 
 def test_a_rotate_the_engine_does_not_know_is_one_line(sample, anonengine_cli, tmp_path):

@@ -54,6 +54,9 @@ def register(sub) -> None:
             p.add_argument("--source", required=True)
             p.add_argument("--output", default=None)
             p.add_argument("--metadata", default=None)
+            p.add_argument("--rotate", type=int, choices=[0, 90, 180, 270], default=0, metavar="{0,90,180,270}",
+                           help="degrees to turn the picture clockwise so people stand upright (a camera mounted "
+                           "upside down: 180)")
         p.set_defaults(func=cmd_control)
 
     keys = sub.add_parser("keys", help="make a CURVE key pair, for a tap on TCP (server) or its subscribers")
@@ -214,7 +217,8 @@ def cmd_control(args: argparse.Namespace) -> int:
     if args.command == "attach":
         # The engine runs in another folder than this command: relative paths are made absolute here.
         request = messages.Attach({"name": args.camera, "source": _absolute_source(args.source),
-                                   "output": _absolute(args.output), "metadata": _absolute(args.metadata)})
+                                   "output": _absolute(args.output), "metadata": _absolute(args.metadata),
+                                   "rotate": args.rotate})
     elif args.command == "detach":
         request = messages.Detach(args.camera)
     else:
