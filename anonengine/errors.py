@@ -19,6 +19,10 @@ class OutputError(AnonError):
     """The output cannot be written."""
 
 
+class ResourceError(AnonError):
+    """The machine lacks what the run needs: shared memory for the frames."""
+
+
 class ModelError(AnonError):
     """A model file is missing, corrupt or of the wrong kind."""
 

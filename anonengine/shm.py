@@ -9,14 +9,18 @@ for.
 
 from __future__ import annotations
 
+import errno
 import os
 import re
+import shutil
 import struct
 import time
 from multiprocessing import resource_tracker, shared_memory
 from pathlib import Path
 
 import numpy as np
+
+from anonengine.errors import ResourceError
 
 SHM_DIR = Path("/dev/shm")
 PREFIX = "anonengine"
@@ -28,6 +32,27 @@ PRUNE_EVERY_S = 0.5  # how often a reader looks for rings of dead stages (a stat
 
 class StaleSlot(Exception):
     """The slot no longer holds the frame a reference pointed to."""
+
+
+def reserve(shm: shared_memory.SharedMemory, size: int, what: str) -> None:
+    """Takes the segment's memory now. A segment is only sized when made: one larger than what /dev/shm has
+    left (a container's is 64 MB unless told) was a SIGBUS in whichever stage first wrote past the end,
+    restarted until the engine gave up ("died 6 times ... (exit -7)"). Now it is one line, at once."""
+    try:
+        os.posix_fallocate(shm._fd, 0, size)  # noqa: SLF001 - the segment's descriptor, open until close
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.ENOMEM):
+            if exc.errno in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+                return  # a file system that cannot reserve: as before
+            raise
+        shm.close()
+        unlink(shm.name)
+        free = shutil.disk_usage(SHM_DIR) if SHM_DIR.exists() else None
+        room = f"{free.free / 2**20:.0f} of {free.total / 2**20:.0f} MB free" if free else "too little free"
+        raise ResourceError(
+            f"not enough shared memory for {what} ({size / 2**20:.0f} MB): {SHM_DIR} has {room}; give it more "
+            "(a container: docker run --shm-size=2g) or lower engine.ring_slots and background.future_frames"
+        ) from None
 
 
 def segment_name(instance: str, owner: str) -> str:
@@ -47,6 +72,7 @@ class FrameRing:
 
     @classmethod
     def create(cls, name: str, slots: int, height: int, width: int) -> FrameRing:
+        """ResourceError (one line) when /dev/shm cannot hold the ring."""
         size = slots * (HEADER_SIZE + height * width * 3)
         try:
             shm = shared_memory.SharedMemory(name=name, create=True, size=size)
@@ -56,6 +82,7 @@ class FrameRing:
         # Cleanup is the engine's own (owner's close, launcher's stop and stale sweep): the resource
         # tracker would only warn about segments a killed process could not close.
         resource_tracker.unregister(shm._name, "shared_memory")  # noqa: SLF001
+        reserve(shm, size, f"{slots} frames of {width}x{height}")
         ring = cls(shm, slots, height, width, owner=True)
         for slot in range(slots):
             HEADER.pack_into(shm.buf, slot * ring.slot_bytes, 0, NO_FRAME, 0, 0, 0)

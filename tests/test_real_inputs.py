@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shlex
 import shutil
 import signal
 import socket
@@ -826,6 +827,28 @@ def _disk_fills_up(engine: bool, small_disk: Path, long_clip, models_dir: Path, 
     assert list(small_disk.iterdir()) == []
     if engine:
         assert_nothing_left(f"p{proc.pid}", tmp_path / "temp")
+
+
+@pytest.mark.parametrize("shm_size,stage", [("8m", "capture[t]"), ("16m", "composite[w0]")])
+def test_too_little_shared_memory_is_one_line_at_once(shm_size, stage, sample, models_dir, tmp_path):
+    """A container's /dev/shm is 64 MB unless told; this clip's capture ring takes 13.6 MB (74 frames: 24 and
+    the 50 of the future fill), the compositor's 4.4 MB. Before, the stage that first wrote past what was
+    left died of SIGBUS, again and again, and the run ended "died 6 times within a minute (exit -7)"."""
+    if shutil.which("unshare") is None:
+        pytest.skip("needs unshare (util-linux) to give the run a /dev/shm of its own")
+    output = tmp_path / "out.mp4"
+    script = (f"mount -t tmpfs -o size={shm_size} tmpfs /dev/shm || exit 99; "
+              f"{shlex.join([sys.executable, '-m', 'anonengine.cli', 'run', '--video-source', str(sample.video), '--output-video', str(output), '--camera', 't', '--quiet'])}; "
+              "code=$?; ls -A /dev/shm >&2; exit $code")
+    env = {k: v for k, v in os.environ.items() if k != "ANONENGINE_DEBUG"} | {"ANONENGINE_MODELS": str(models_dir)}
+    result = subprocess.run(["unshare", "--mount", "sh", "-c", script], capture_output=True, text=True, env=env,
+                            timeout=120)
+    if result.returncode == 99 or "unshare failed" in result.stderr:
+        pytest.skip("cannot mount a /dev/shm of its own here (needs root)")
+    assert result.returncode == 2, result.stderr
+    (line,) = result.stderr.strip().splitlines()  # and nothing left in /dev/shm, which ls would list
+    assert line.startswith(f"anonengine: error: {stage}: not enough shared memory for ") and "--shm-size" in line, line
+    assert not output.exists() and not (tmp_path / "out.partial.mp4").exists()
 
 
 def test_attach_answers_with_the_error_it_can_know(sample, models_dir, tmp_path):
