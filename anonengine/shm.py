@@ -39,7 +39,7 @@ def reserve(shm: shared_memory.SharedMemory, size: int, what: str) -> None:
     left (a container's is 64 MB unless told) was a SIGBUS in whichever stage first wrote past the end,
     restarted until the engine gave up ("died 6 times ... (exit -7)"). Now it is one line, at once."""
     try:
-        os.posix_fallocate(shm._fd, 0, size)  # noqa: SLF001 - the segment's descriptor, open until close
+        os.posix_fallocate(shm._fd, 0, size)  # the segment's descriptor, open until close
     except OSError as exc:
         if exc.errno not in (errno.ENOSPC, errno.ENOMEM):
             if exc.errno in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
