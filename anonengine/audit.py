@@ -20,11 +20,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from anonengine import models
 from anonengine.contact_sheet import _panel
 from anonengine.detections import box_iou
-from anonengine.detector import select_device
-from anonengine.errors import InputError
+from anonengine.detector import load_yolo, select_device
+from anonengine.errors import InputError, ModelError, first_line
 from anonengine.sources import classify
 from anonengine.video import VideoReader, turn
 
@@ -33,7 +32,10 @@ UNCHANGED_LEVELS = 12  # grey levels: what two encodes of the same picture diffe
 SAME_FIND_IOU = 0.5  # a find in another view this close to one already made is the same person
 TURNS = (0, 90, 180, 270)
 TURN_FRAMES = 25  # frames compared to tell how the output was turned (a first frame may be obscured whole)
-TURN_KEPT_MIN = 0.2  # share of a frame's pixels kept in the right turn, at least
+# Pixels kept as filmed differ by x264's noise only: within 4 levels, a right copy keeps 7% of a frame where two
+# persons fill it, 40 to 64% elsewhere; another scene or a wrong turn 0.4 to 0.8% (within 12: up to 6%).
+TURN_LEVELS = 4
+TURN_KEPT_MIN = 0.03
 
 
 @dataclass
@@ -86,13 +88,15 @@ def audit(original: str, anonymized: str, pose_model: str = "yolo11n-pose.pt", c
           imgsz: int = 960, device: str = "auto", augment: bool = True, rotate: int | None = None) -> AuditReport:
     """`rotate`: the run's `--rotate`, by which the original is turned to be compared with the output; None:
     found from the pixels (`matching_turn`)."""
-    from ultralytics import YOLO
-
     rotate = matching_turn(original, anonymized, rotate)
     originals = VideoReader(original, kind=classify(original).turned(rotate))
     anonymizeds = VideoReader(anonymized)
-    model = YOLO(models.resolve(pose_model), task="pose")
+    model = load_yolo(pose_model, "pose")
     device = select_device(device)
+    try:  # Ultralytics loads a file of another format only at the first prediction
+        model.predict(np.zeros((32, 32, 3), np.uint8), imgsz=32, device=device, verbose=False)
+    except Exception as exc:  # noqa: BLE001 - Ultralytics raises many types for a bad file
+        raise ModelError(f"cannot load model {pose_model}: {first_line(exc)}") from None
     flagged, drawn, count = [], [], 0
     for source, frame in zip(originals, anonymizeds):
         count += 1
@@ -117,9 +121,8 @@ def audit(original: str, anonymized: str, pose_model: str = "yolo11n-pose.pt", c
 
 def matching_turn(original: str, anonymized: str, rotate: int | None = None) -> int:
     """How the original was turned to make `anonymized` (0, 90, 180, 270 clockwise): the turn under which its
-    first frames' pixels are most often kept in the output (the background: half the picture and more
-    where one person fills the frame, against 2 to 5% in a wrong turn, measured). `rotate`: the turn the
-    user says; it must match.
+    first frames' pixels are most often kept in the output (`TURN_LEVELS`). `rotate`: the turn the user
+    says; it must match (where nothing matches, persons filling every frame, it is taken as said).
 
     A leak is a find over pixels left as filmed, so an original compared in the wrong turn, or another
     video's, would have every find "replaced": a clean report of anything. InputError (one line) instead.
@@ -133,7 +136,7 @@ def matching_turn(original: str, anonymized: str, rotate: int | None = None) -> 
             height, width = turned.shape[:2]
             # An odd-sized original is encoded one pixel larger (its edge repeated).
             if height <= out.image.shape[0] <= height + 1 and width <= out.image.shape[1] <= width + 1:
-                same = np.abs(turned.astype(np.int16) - out.image[:height, :width]).max(axis=2) <= UNCHANGED_LEVELS
+                same = np.abs(turned.astype(np.int16) - out.image[:height, :width]).max(axis=2) <= TURN_LEVELS
                 kept[degrees] = max(kept.get(degrees, 0.0), float(same.mean()))
         if not kept:
             (w, h), (out_w, out_h) = sizes
@@ -146,8 +149,11 @@ def matching_turn(original: str, anonymized: str, rotate: int | None = None) -> 
         raise InputError(f"{anonymized} or {original} has no frame to compare")
     best = max(kept, key=kept.get)
     if kept[best] < TURN_KEPT_MIN:
+        if rotate is not None:  # persons filling every frame leave nothing to tell by: the user's word
+            return rotate
         raise InputError(f"{anonymized} is not an anonymized copy of {original}: at most {kept[best]:.0%} of its "
-                         f"pixels are the original's in its first {TURN_FRAMES} frames, in any turn")
+                         f"pixels are the original's in its first {TURN_FRAMES} frames, in any turn (if it is, and "
+                         "persons fill them, give the run's --rotate to compare all the same)")
     # A scene alike both ways round (a plain wall) cannot tell: the user's word decides, or nothing does.
     alike = sorted(t for t in kept if kept[t] >= max(TURN_KEPT_MIN, kept[best] / 2))
     if rotate is not None and rotate not in alike:

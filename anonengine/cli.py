@@ -258,11 +258,21 @@ def cmd_audit(args: argparse.Namespace) -> int:
     """Exit 0 when no frame shows a person to the adversary, 1 when some do."""
     from anonengine.audit import audit, write_report, write_worst_frames
 
+    # Checked before the work: an adversary at a size Ultralytics rounds up to 32 px finds nobody, a clean
+    # report that means nothing; a report that cannot be written is known now, not after an hour.
+    if not 0 < args.conf <= 1:
+        raise ConfigError(f"--conf {args.conf:g}: a person score in (0, 1]")
+    if args.imgsz < 32 or args.imgsz % 32:
+        raise ConfigError(f"--imgsz {args.imgsz}: a multiple of 32, at least 32 (the default 960)")
+    json_path = Path(args.json or f"{args.anonymized}.audit.json")
+    sheet_path = Path(args.sheet or f"{args.anonymized}.audit.png")
+    for path in (json_path, sheet_path):
+        if not path.parent.is_dir():
+            raise ConfigError(f"cannot write {path}: folder {path.parent} does not exist")
     report = audit(args.original, args.anonymized, args.pose_model, args.conf, args.imgsz, args.device,
                    augment=not args.no_augment, rotate=args.rotate)
-    json_path = Path(args.json or f"{args.anonymized}.audit.json")
     write_report(report, json_path)
-    sheet = write_worst_frames(report, Path(args.sheet or f"{args.anonymized}.audit.png"))
+    sheet = write_worst_frames(report, sheet_path)
     turned = f" (compared with the original turned {report.rotate} degrees, as the run did)" if report.rotate else ""
     print(f"{len(report.flagged)} of {report.frames} frames show a person as filmed{turned} (leak rate "
           f"{report.leak_rate:.1%}); {report.skeleton_only} more with finds over anonymized areas only "

@@ -269,6 +269,19 @@ class EncoderConfig(StrictModel):
         return self
 
 
+def _same_file(source: str, target: str) -> bool:
+    """Whether `target` names the file `source` names (a URL or a webcam index names none)."""
+    if "://" in source and not source.startswith("file://"):
+        return False
+    source = source.removeprefix("file://")
+    try:
+        if Path(source).resolve() == Path(target).resolve():
+            return True
+        return Path(target).exists() and Path(source).exists() and Path(source).samefile(target)
+    except OSError:
+        return False
+
+
 class CameraConfig(StrictModel):
     name: str = Field("cam0", pattern=r"^[A-Za-z0-9_-]{1,32}$", description="Camera name, unique in the engine.")
     source: str = Field(..., min_length=1, description="Video file, webcam index (0) or stream URL.")
@@ -293,6 +306,16 @@ class CameraConfig(StrictModel):
         description="Polygons always hidden, as [x, y] points in shares of the frame width and height (0..1), of "
         "the picture as `rotate` turns it (redraw them when you change it).",
     )
+
+
+    @model_validator(mode="after")
+    def _outputs_are_not_the_source(self):
+        """Writing over the source destroys the original footage (a symbolic or hard link to it too)."""
+        for field in ("output", "metadata"):
+            target = getattr(self, field)
+            if target and _same_file(self.source, target):
+                raise ValueError(f"{field} {target} is the source itself: writing it would destroy the original")
+        return self
 
 
 class SourcesConfig(StrictModel):

@@ -20,7 +20,7 @@ from anonengine.detections import Detections
 from anonengine.errors import DetectionError, InputError, OutputError
 from anonengine.schedule import REMEMBERED, DetectionSchedule
 from anonengine.sources import LiveFeed, classify
-from anonengine.video import Frame, StreamInfo, VideoReader, VideoWriter, partial_metadata_path
+from anonengine.video import Frame, StreamInfo, VideoReader, VideoWriter, partial_metadata_path, refuse_unreplaceable
 
 log = logging.getLogger(__name__)
 
@@ -220,9 +220,11 @@ class EncodeStage(Stage):
         )
         if self.metadata:
             path = Path(self.metadata)
-            if path.is_dir():  # else only the final rename in close() would fail, after the video is done
+            try:
+                refuse_unreplaceable(path, "metadata ")
+            except OutputError:
                 self.abort()
-                raise OutputError(f"cannot write metadata {path}: it is a folder")
+                raise
             self._meta_partial = meta_partial
             try:
                 self._meta_file = open(self._meta_partial, "w")

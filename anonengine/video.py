@@ -292,8 +292,7 @@ def claim_output(path: Path, lock: bool = True, partials: tuple[Path, ...] = ())
     (`set_aside`): the video's, and the `partials` given (its metadata's)."""
     if not path.parent.is_dir():
         raise OutputError(f"cannot write {path}: folder {path.parent} does not exist")
-    if path.is_dir():  # else only the final rename would fail, after all the work
-        raise OutputError(f"cannot write {path}: it is a folder")
+    refuse_unreplaceable(path)
     if not lock:
         return HeldElsewhere()
     claimed = FileLock(output_lock_path(path))
@@ -310,6 +309,19 @@ def claim_output(path: Path, lock: bool = True, partials: tuple[Path, ...] = ())
             claimed.release()
             raise OutputError(f"cannot write {path}: cannot keep an earlier {partial.name}: {exc.strerror}") from None
     return claimed
+
+
+def refuse_unreplaceable(path: Path, what: str = "") -> None:
+    """OutputError, one line, where `path` is no file a finished output may be renamed over: a folder (else
+    only the final rename would fail, after all the work), a link (it would become a file) or a device,
+    pipe or socket (run as root, /dev/null became a video file)."""
+    if path.is_dir():
+        raise OutputError(f"cannot write {what}{path}: it is a folder")
+    if path.is_symlink():
+        raise OutputError(f"cannot write {what}{path}: it is a symbolic link (give the file it points to, "
+                          f"{path.resolve()})")
+    if path.exists() and not path.is_file():
+        raise OutputError(f"cannot write {what}{path}: it is not a regular file (a device, a pipe or a socket)")
 
 
 def partial_path(output: str | os.PathLike) -> Path:

@@ -6,6 +6,8 @@ Also: a detector failure never lets a raw frame out (stop: no output; obscure: g
 
 from __future__ import annotations
 
+import os
+import stat
 from fractions import Fraction
 from pathlib import Path
 
@@ -385,3 +387,58 @@ def test_a_bare_model_name_found_in_the_working_folder_is_said(models_dir, tmp_p
         (tmp_path / "yolo11n-pose.pt").unlink()
         assert models.resolve("yolo11n-pose.pt") == str(models_dir / "yolo11n-pose.pt")
     assert caplog.records == []
+
+
+# --- outputs that would destroy something: the source, a device, a link --------------------------
+
+
+def _source_copy(tmp: Path, clip) -> Path:
+    source = tmp / "in.mp4"
+    source.write_bytes(Path(clip.video).read_bytes())
+    return source
+
+
+def _output_at(tmp: Path, source: Path, kind: str) -> tuple[list, str]:
+    if kind == "the source":
+        return ["--output-video", source], "is the source itself"
+    if kind == "a link to the source":
+        (tmp / "link.mp4").symlink_to(source)
+        return ["--output-video", tmp / "link.mp4"], "is the source itself"
+    if kind == "a hard link to the source":
+        os.link(source, tmp / "hard.mp4")
+        return ["--output-video", tmp / "hard.mp4"], "is the source itself"
+    if kind == "metadata over the source":
+        return ["--output-video", tmp / "out.mp4", "--metadata", source], "is the source itself"
+    if kind == "a pipe":
+        os.mkfifo(tmp / "pipe.mp4")
+        return ["--output-video", tmp / "pipe.mp4"], "not a regular file"
+    if kind == "metadata into a pipe":
+        os.mkfifo(tmp / "pipe.jsonl")
+        return ["--output-video", tmp / "out.mp4", "--metadata", tmp / "pipe.jsonl"], "not a regular file"
+    (tmp / "other.mp4").write_bytes(b"kept")
+    (tmp / "link.mp4").symlink_to(tmp / "other.mp4")
+    return ["--output-video", tmp / "link.mp4"], "symbolic link"
+
+
+@pytest.mark.parametrize("kind", ["the source", "a link to the source", "a hard link to the source",
+                                  "metadata over the source", "a pipe", "metadata into a pipe", "a link elsewhere"])
+@pytest.mark.parametrize("inline", [False, True], ids=["engine", "inline"])
+def test_an_output_that_would_destroy_something_is_refused_and_all_stays_as_it_was(
+        kind, inline, small_sample_clip, anonengine_cli, tmp_path):
+    """Before, `--output-video` naming the source replaced the original footage with its anonymized copy
+    (through a link too), and one naming a device or a pipe, or a link, was replaced by a video file (run
+    as root, /dev/null became one)."""
+    source = _source_copy(tmp_path, small_sample_clip)
+    args, expected = _output_at(tmp_path, source, kind)
+    before = {p: (p.is_symlink(), stat.S_IFMT(p.lstat().st_mode), p.read_bytes() if p.is_file() else None)
+              for p in tmp_path.iterdir()}
+
+    result = anonengine_cli("run", "--video-source", source, "--quiet", *args, *(["--inline"] if inline else []),
+                            cwd=tmp_path)
+
+    assert result.returncode == 2, result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith(ERROR_PREFIXES) and expected in line, line
+    after = {p: (p.is_symlink(), stat.S_IFMT(p.lstat().st_mode), p.read_bytes() if p.is_file() else None)
+             for p in tmp_path.iterdir()}
+    assert after == before

@@ -348,6 +348,40 @@ def test_the_audit_asks_for_the_turn_where_the_pixels_cannot_tell(tmp_path):
     assert matching_turn(str(plain), str(plain), 180) == 180
 
 
+def test_the_audit_knows_a_copy_where_a_person_fills_the_frame(models_dir, tmp_path):
+    """zidane.jpg panned over, its two persons filling most of each frame: a right anonymized copy keeps
+    about a tenth of the original's pixels (20% was asked before: such a copy was refused as another video's)."""
+    import cv2
+    import ultralytics
+
+    from anonengine.audit import TURN_KEPT_MIN, matching_turn
+
+    zidane = cv2.imread(str(Path(ultralytics.__file__).parent / "assets" / "zidane.jpg"))
+    frames = [cv2.resize(zidane[100:720, 150 + 6 * i : 1150 + 6 * i], (640, 396))[:360] for i in range(FRAMES)]
+    source, output = write_tagged(frames, tmp_path / "zidane.mp4", 0, False), tmp_path / "out.mp4"
+    run_inline(inline_config(source, output, models_dir))
+    kept = max(kept_share(a.image, b.image) for a, b in zip(VideoReader(str(source)), VideoReader(str(output))))
+    assert TURN_KEPT_MIN < kept < 0.2, kept
+    assert matching_turn(str(source), str(output)) == 0
+
+
+def kept_share(original: np.ndarray, out: np.ndarray) -> float:
+    from anonengine.audit import TURN_LEVELS
+
+    return float((np.abs(original.astype(int) - out).max(axis=2) <= TURN_LEVELS).mean())
+
+
+@pytest.mark.parametrize("flags,said", [(("--conf", "5"), "--conf 5"), (("--imgsz", "33"), "--imgsz 33"),
+                                        (("--json", "nowhere/r.json"), "folder nowhere does not exist")])
+def test_an_audit_whose_report_would_mean_nothing_is_refused_at_once(flags, said, sample, anonengine_cli, tmp_path):
+    """An adversary Ultralytics shrinks to 32 px finds nobody: a clean report of anything. Before, --imgsz 0
+    or 33 gave one; --conf 5 and a report in a missing folder were internal errors after the work."""
+    result = anonengine_cli("audit", sample.video, sample.video, "--device", "cpu", *flags, cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert said in line, line
+
+
 def test_a_rotate_the_engine_does_not_know_is_one_line(sample, anonengine_cli, tmp_path):
     result = anonengine_cli("run", "--video-source", sample.video, "--output-video", tmp_path / "o.mp4",
                             "--rotate", "45")

@@ -38,7 +38,7 @@ from anonengine.rundir import private_dir, run_dir_path
 from anonengine.shm import SHM_DIR, instance_segments, made_by, remove_stale_segments, unlink
 from anonengine.sources import classify, is_live
 from anonengine.tap import MAX_TAP_MESSAGE_BYTES
-from anonengine.video import claim_output, partial_metadata_path, partial_path
+from anonengine.video import claim_output, partial_metadata_path, partial_path, refuse_unreplaceable
 
 log = logging.getLogger("anonengine.launcher")
 
@@ -239,6 +239,8 @@ class Launcher:
         # A failed run removes its partial files: an earlier run's, there before it, are set aside first.
         partials = (partial_metadata_path(camera.metadata),) if camera.metadata else ()
         try:
+            if camera.metadata:
+                refuse_unreplaceable(Path(camera.metadata), "metadata ")
             self.output_locks[camera.name] = claim_output(output, partials=partials)
         except OutputError as exc:
             raise OutputError(f"camera {camera.name}: {exc}") from None
