@@ -166,8 +166,12 @@ def join_segments(segments: list[Segment], output: Path) -> int:
             for packet, pts, dts in segment.packets():
                 if last_pts is not None and pts <= last_pts:
                     continue  # written by an encoder before it died, and again by the one after
+                # Its duration too goes to the source's time base with its pts: left in the segment's, an AVI's
+                # last frame (time base 1/25, against 1/12800) lasted 512 frames, 20 s of a 1.2-s clip.
+                duration = round(packet.duration * packet.time_base / segment.time_base) if packet.duration else 0
                 packet.stream = stream
                 packet.pts, packet.dts, packet.time_base = pts, dts, segment.time_base
+                packet.duration = duration
                 out.mux(packet)
                 last_pts = pts
                 written += 1

@@ -389,6 +389,38 @@ def test_a_rotate_the_engine_does_not_know_is_one_line(sample, anonengine_cli, t
     assert "--rotate" in result.stderr
 
 
+# --- 2b. other containers than MP4 ----------------------------------------------------------------------
+
+
+def write_container(frames: list[np.ndarray], path: Path, codec: str, pix_fmt: str) -> Path:
+    with av.open(str(path), "w") as container:
+        # Near lossless, as the sample clip: the persons must stay the ones its truth describes.
+        stream = container.add_stream(codec, rate=25, options={"crf": "12"} if codec == "libx264" else {})
+        if codec == "mjpeg":
+            stream.codec_context.qmin = stream.codec_context.qmax = 2
+        stream.height, stream.width = frames[0].shape[:2]
+        stream.pix_fmt = pix_fmt
+        for i, image in enumerate(frames):
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="bgr24")
+            frame.pts = i
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+    return path
+
+
+@pytest.mark.parametrize("name,codec,pix_fmt", [("mjpeg.avi", "mjpeg", "yuvj420p"), ("h264.mkv", "libx264", "yuv420p")])
+def test_an_avi_or_mkv_comes_out_as_long_as_it_went_in(name, codec, pix_fmt, sample, anonengine_cli, tmp_path):
+    """The engine joins its segments in the source's time base: the last frame's duration was left in the
+    segment's, so an AVI's (1/25 against 1/12800) lasted 512 frames, an 8-frame clip played 20.8 s."""
+    source = write_container([f.image for f in VideoReader(str(sample.video))], tmp_path / name, codec, pix_fmt)
+    output = tmp_path / "out.mp4"
+    result = anonengine_cli("run", "--video-source", source, "--output-video", output, "--quiet")
+    assert result.returncode == 0, result.stderr
+    with av.open(str(output)) as container:
+        assert container.duration / 1e6 == pytest.approx(FRAMES / 25, abs=0.041)
+    assert ground_truth_leaks(sample, output) == []
+
+
 # --- 3. frame sizes ------------------------------------------------------------------------------------
 
 GROW = 0.3  # persons' boxes, grown by this share of their size per side, bound where masks may reach
