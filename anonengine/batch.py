@@ -106,6 +106,9 @@ def find_jobs(spec: str, output_dir: Path) -> list[Job]:
     out = output_dir.resolve()
     if path.is_dir():
         root = path
+        if out == path.resolve() or out in path.resolve().parents:
+            # Its outputs would land among its inputs, and its own outputs are left out: nothing was found.
+            raise ConfigError(f"--output-dir {output_dir} is {spec} or holds it: give a folder outside it")
         found = [p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES | PHOTO_INPUTS
                  and not any(part.startswith(".") for part in p.relative_to(root).parts)]
     elif path.is_file():

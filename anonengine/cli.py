@@ -221,9 +221,20 @@ def cmd_models_pull(args: argparse.Namespace) -> int:
     return 0
 
 
+def check_sample_args(args: argparse.Namespace) -> None:
+    """One line for what the sample generator cannot make (before: internal errors, or an encoder's)."""
+    if args.width < 64 or args.height < 64 or args.width % 2 or args.height % 2:
+        raise ConfigError(f"--width {args.width} --height {args.height}: even sizes of 64 pixels or more")
+    if args.frames < 1 or getattr(args, "fps", 25) < 1:
+        raise ConfigError("--frames and --fps: 1 or more")
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        raise ConfigError(f"--out {args.out}: a folder to write in, not a file")
+
+
 def cmd_sample(args: argparse.Namespace) -> int:
     from anonengine.sample import make_sample
 
+    check_sample_args(args)
     clip = make_sample(Path(args.out), args.width, args.height, args.frames, args.fps)
     print(f"sample clip: {clip.video} (truth: {clip.truth}, background: {clip.background})")
     return 0
@@ -237,6 +248,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from anonengine.inline import run_inline
     from anonengine.sample import make_sample
 
+    check_sample_args(args)
     out = Path(args.out)
     print(f"model: {models.pull('yolo11n-pose.pt')}")
     clip = make_sample(out, width=args.width, height=args.height, frames=args.frames)

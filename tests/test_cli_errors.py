@@ -442,3 +442,24 @@ def test_an_output_that_would_destroy_something_is_refused_and_all_stays_as_it_w
     after = {p: (p.is_symlink(), stat.S_IFMT(p.lstat().st_mode), p.read_bytes() if p.is_file() else None)
              for p in tmp_path.iterdir()}
     assert after == before
+
+
+@pytest.mark.parametrize("args,said", [
+    (("sample", "--frames", "0"), "--frames and --fps: 1 or more"),
+    (("sample", "--width", "321", "--height", "179"), "even sizes of 64 pixels or more"),
+    (("sample", "--out", "taken.mp4"), "a folder to write in, not a file"),
+    (("run", "--video-source", "videos", "--output-dir", "videos"), "is videos or holds it"),
+    (("run", "--video-source", "videos", "--output-dir", "."), "is videos or holds it"),
+], ids=["sample frames 0", "sample odd size", "sample out a file", "batch into its source", "batch around its source"])
+def test_what_the_sample_and_a_batch_cannot_do_is_one_line(args, said, small_sample_clip, anonengine_cli, tmp_path):
+    """Before: internal errors (sample --frames 0: UnboundLocalError; --out a file: FileExistsError), and a
+    batch written into its own source folder said "no videos or photos in videos"."""
+    (tmp_path / "taken.mp4").write_bytes(b"x")
+    (tmp_path / "videos").mkdir()
+    (tmp_path / "videos" / "a.mp4").write_bytes(Path(small_sample_clip.video).read_bytes())
+    before = files_under(tmp_path)
+    result = anonengine_cli(*args, cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith(ERROR_PREFIXES) and said in line, line
+    assert files_under(tmp_path) == before
