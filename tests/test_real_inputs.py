@@ -55,11 +55,22 @@ ORIENTATIONS = {
 
 def write_tagged(frames: list[np.ndarray], path: Path, degrees: int, hflip: bool) -> Path:
     """An H.264 MP4 of `frames` as stored, with a display matrix, as phones write them."""
+    return write_container(frames, path, "libx264", "yuv420p", display=(degrees, hflip))
+
+
+def write_container(frames: list[np.ndarray], path: Path, codec: str, pix_fmt: str,
+                    display: tuple[int, bool] | None = None) -> Path:
+    """`frames` at 25 frames/s in the container `path`'s suffix names, near lossless as the sample clip (the
+    persons must stay the ones its truth describes); `display`: (degrees, mirrored) of a display matrix."""
     with av.open(str(path), "w") as container:
-        stream = container.add_stream("libx264", rate=25, options={"crf": "12", "preset": "veryfast"})
+        options = {"crf": "12", "preset": "veryfast"} if codec == "libx264" else {}
+        stream = container.add_stream(codec, rate=25, options=options)
+        if codec == "mjpeg":
+            stream.codec_context.qmin = stream.codec_context.qmax = 2
         stream.height, stream.width = frames[0].shape[:2]
-        stream.pix_fmt = "yuv420p"
-        stream.set_display_rotation(degrees, hflip=hflip)
+        stream.pix_fmt = pix_fmt
+        if display is not None:
+            stream.set_display_rotation(display[0], hflip=display[1])
         for i, image in enumerate(frames):
             frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="bgr24")
             frame.pts = i
@@ -390,22 +401,6 @@ def test_a_rotate_the_engine_does_not_know_is_one_line(sample, anonengine_cli, t
 
 
 # --- 2b. other containers than MP4 ----------------------------------------------------------------------
-
-
-def write_container(frames: list[np.ndarray], path: Path, codec: str, pix_fmt: str) -> Path:
-    with av.open(str(path), "w") as container:
-        # Near lossless, as the sample clip: the persons must stay the ones its truth describes.
-        stream = container.add_stream(codec, rate=25, options={"crf": "12"} if codec == "libx264" else {})
-        if codec == "mjpeg":
-            stream.codec_context.qmin = stream.codec_context.qmax = 2
-        stream.height, stream.width = frames[0].shape[:2]
-        stream.pix_fmt = pix_fmt
-        for i, image in enumerate(frames):
-            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="bgr24")
-            frame.pts = i
-            container.mux(stream.encode(frame))
-        container.mux(stream.encode(None))
-    return path
 
 
 @pytest.mark.parametrize("name,codec,pix_fmt", [("mjpeg.avi", "mjpeg", "yuvj420p"), ("h264.mkv", "libx264", "yuv420p")])
