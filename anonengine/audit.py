@@ -24,13 +24,13 @@ from anonengine.contact_sheet import _panel
 from anonengine.detections import box_iou
 from anonengine.detector import load_yolo, select_device
 from anonengine.errors import InputError, ModelError, first_line
+from anonengine.paths import ROTATIONS
 from anonengine.sources import classify
 from anonengine.video import VideoReader, turn
 
 UNCHANGED_SHARE = 0.6
 UNCHANGED_LEVELS = 12  # grey levels: what two encodes of the same picture differ by
 SAME_FIND_IOU = 0.5  # a find in another view this close to one already made is the same person
-TURNS = (0, 90, 180, 270)
 TURN_FRAMES = 25  # frames compared to tell how the output was turned (a first frame may be obscured whole)
 # Pixels kept as filmed differ by x264's noise only: within 4 levels, a right copy keeps 7% of a frame where two
 # persons fill it, 40 to 64% elsewhere; another scene or a wrong turn 0.4 to 0.8% (within 12: up to 6%).
@@ -131,7 +131,7 @@ def matching_turn(original: str, anonymized: str, rotate: int | None = None) -> 
     sizes = None
     for source, out in itertools.islice(zip(VideoReader(original), VideoReader(anonymized)), TURN_FRAMES):
         sizes = source.image.shape[1::-1], out.image.shape[1::-1]
-        for degrees in TURNS:
+        for degrees in ROTATIONS:
             turned = turn(source.image, degrees)
             height, width = turned.shape[:2]
             # An odd-sized original is encoded one pixel larger (its edge repeated).
@@ -147,7 +147,6 @@ def matching_turn(original: str, anonymized: str, rotate: int | None = None) -> 
             break  # decisive: mostly the first frame
     if sizes is None:
         raise InputError(f"{anonymized} or {original} has no frame to compare")
-    best = max(kept, key=kept.get)
     if kept[best] < TURN_KEPT_MIN:
         if rotate is not None:  # persons filling every frame leave nothing to tell by: the user's word
             return rotate

@@ -31,6 +31,7 @@ from pydantic import ValidationError
 from anonengine.argparsing import OneLineParser
 from anonengine.errors import AnonError, ConfigError
 from anonengine.interrupts import INTERRUPTS, Interrupted, interrupted_line
+from anonengine.paths import ROTATIONS
 
 log = logging.getLogger("anonengine")
 
@@ -77,7 +78,7 @@ def add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", default=None, help="H.264 speed preset")
     p.add_argument("--metadata", default=None, help="write per-frame persons as JSON lines to this file")
     p.add_argument("--camera", default="cam0", help="camera name in metadata and logs")
-    p.add_argument("--rotate", type=int, choices=[0, 90, 180, 270], default=None, metavar="{0,90,180,270}",
+    p.add_argument("--rotate", type=int, choices=ROTATIONS, default=None,
                    help="degrees to turn the picture clockwise so people stand upright (a camera mounted upside "
                    "down: 180); the output is written turned")
     p.add_argument("--live", action="store_true", default=None,
@@ -338,7 +339,7 @@ def build_parser() -> argparse.ArgumentParser:
     audit.add_argument("--imgsz", type=int, default=960, help="adversary's input size")
     audit.add_argument("--no-augment", action="store_true",
                        help="look at the frame only, not also its mirror image and upside down (3 times as fast)")
-    audit.add_argument("--rotate", type=int, choices=[0, 90, 180, 270], default=None, metavar="{0,90,180,270}",
+    audit.add_argument("--rotate", type=int, choices=ROTATIONS, default=None,
                        help="the run's --rotate, by which the original is turned to be compared (default: found "
                        "from the pixels)")
     audit.add_argument("--pose-model", default="yolo11n-pose.pt")

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from pydantic_core import PydanticCustomError
 
 from anonengine.errors import ConfigError
+from anonengine.paths import ROTATIONS, URL_SCHEME
 
 DEFAULT_POSE_MODEL = "yolo11n-pose.pt"
 DEFAULT_SEG_MODEL = "yolo11n-seg.pt"
@@ -270,10 +271,11 @@ class EncoderConfig(StrictModel):
 
 
 def _same_file(source: str, target: str) -> bool:
-    """Whether `target` names the file `source` names (a URL or a webcam index names none)."""
-    if "://" in source and not source.startswith("file://"):
+    """Whether `target` names the file `source` names (a URL other than file:// names none)."""
+    scheme = URL_SCHEME.match(source)
+    if scheme and scheme.group(1).lower() != "file":
         return False
-    source = source.removeprefix("file://")
+    source = source[scheme.end():] if scheme else source
     try:
         if Path(source).resolve() == Path(target).resolve():
             return True
@@ -295,7 +297,7 @@ class CameraConfig(StrictModel):
     rtsp_transport: Literal["tcp", "udp"] = Field(
         "tcp", description="RTSP over TCP (through firewalls and NAT, no loss) or UDP (lower latency, may lose)."
     )
-    rotate: Literal[0, 90, 180, 270] = Field(
+    rotate: Literal[ROTATIONS] = Field(
         0,
         description="Degrees to turn the picture clockwise so that people stand upright (a camera mounted upside "
         "down: 180), after the turn its container asks for: the detector misses most persons upside down or on "
@@ -306,7 +308,6 @@ class CameraConfig(StrictModel):
         description="Polygons always hidden, as [x, y] points in shares of the frame width and height (0..1), of "
         "the picture as `rotate` turns it (redraw them when you change it).",
     )
-
 
     @model_validator(mode="after")
     def _outputs_are_not_the_source(self):

@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 
 URL_SCHEME = re.compile(r"^([a-z][a-z0-9+.-]*)://", re.IGNORECASE)
+ROTATIONS = (0, 90, 180, 270)  # the turns, degrees clockwise, a camera's picture may take (`cameras[].rotate`)
 # Photos: anonymized as photos, not one-frame videos, in their own format (OpenCV reads and writes these).
 PHOTO_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"})
 # Photos OpenCV cannot read (an iPhone's HEIF, cameras' raw files): a batch reports each as failed, since

@@ -41,9 +41,9 @@ def reserve(shm: shared_memory.SharedMemory, size: int, what: str) -> None:
     try:
         os.posix_fallocate(shm._fd, 0, size)  # the segment's descriptor, open until close
     except OSError as exc:
+        if exc.errno in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+            return  # a file system that cannot reserve: as before
         if exc.errno not in (errno.ENOSPC, errno.ENOMEM):
-            if exc.errno in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
-                return  # a file system that cannot reserve: as before
             raise
         shm.close()
         unlink(shm.name)

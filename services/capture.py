@@ -20,6 +20,7 @@ import zmq
 from anonengine import messages
 from anonengine.engine.runtime import POLL_MS, Service, receive_waiting, send
 from anonengine.errors import AnonError, ConfigError
+from anonengine.paths import ROTATIONS
 from anonengine.shm import FrameRing, segment_name
 from anonengine.sources import LiveFeed, classify, is_live
 from anonengine.video import StreamInfo, VideoReader
@@ -359,7 +360,7 @@ def main(argv=None) -> int:
         parser.add_argument("--source", help="video source, for a camera not in the config")
         parser.add_argument("--output", help="output video, for a camera not in the config")
         parser.add_argument("--metadata", help="metadata file, for a camera not in the config")
-        parser.add_argument("--rotate", type=int, choices=[0, 90, 180, 270], default=0,
+        parser.add_argument("--rotate", type=int, choices=ROTATIONS, default=0,
                             help="degrees to turn the picture clockwise, for a camera not in the config")
         parser.add_argument("--composite-worker", type=int, default=0, help="the composite worker of this camera")
         parser.add_argument("--resume-from", type=int, default=None,

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 from anonengine.engine import stagehost
 from anonengine.errors import ConfigError, InputError
 from anonengine.interrupts import Interrupted, interrupted_line
+from anonengine.paths import ROTATIONS
 
 if TYPE_CHECKING:
     from anonengine.config import EngineConfig
@@ -54,7 +55,7 @@ def register(sub) -> None:
             p.add_argument("--source", required=True)
             p.add_argument("--output", default=None)
             p.add_argument("--metadata", default=None)
-            p.add_argument("--rotate", type=int, choices=[0, 90, 180, 270], default=0, metavar="{0,90,180,270}",
+            p.add_argument("--rotate", type=int, choices=ROTATIONS, default=0,
                            help="degrees to turn the picture clockwise so people stand upright (a camera mounted "
                            "upside down: 180)")
         p.set_defaults(func=cmd_control)
