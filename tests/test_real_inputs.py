@@ -237,11 +237,16 @@ def untagged_turns(sample, tmp_path_factory) -> dict[int, Path]:
             for rotate, store in stored.items()}
 
 
+def kept_share(original: np.ndarray, out: np.ndarray, levels: int = 12) -> float:
+    """Share of `out`'s pixels that are `original`'s, within `levels` grey levels."""
+    return float((np.abs(original.astype(int) - out).max(axis=2) <= levels).mean())
+
+
 def kept_upright(sample, output: Path) -> tuple[float, float]:
     """Shares of the output's first frame that are the upright sample's pixels, and the sample's upside down."""
-    upright = next(iter(VideoReader(str(sample.video)))).image.astype(int)
+    upright = next(iter(VideoReader(str(sample.video)))).image
     out = next(iter(VideoReader(str(output)))).image[:HEIGHT, :WIDTH]
-    return tuple(float((np.abs(out - image).max(axis=2) <= 12).mean()) for image in (upright, np.rot90(upright, 2)))
+    return kept_share(upright, out), kept_share(np.rot90(upright, 2), out)
 
 
 def test_rotate_180_turns_an_upside_down_camera_before_detection(sample, untagged_turns, models_dir, tmp_path):
@@ -328,7 +333,7 @@ def test_a_photo_from_an_upside_down_camera_comes_out_upright_and_a_batch_redoes
     assert result.returncode == 0, result.stderr
     out = cv2.imread(str(output)).astype(int)
     # Upright: the background left as it was is zidane.jpg's (a third of the picture; upside down, 3%) ...
-    kept, kept_if_upside_down = ((np.abs(out - image).max(axis=2) <= 12).mean() for image in (zidane, np.rot90(zidane, 2)))
+    kept, kept_if_upside_down = kept_share(zidane, out), kept_share(np.rot90(zidane, 2), out)
     assert kept > 0.2 and kept_if_upside_down < 0.1, (kept, kept_if_upside_down)
     # ... and both persons (left, right) are replaced over most of their area.
     changed = np.abs(out - zidane).max(axis=2) > 24
@@ -365,21 +370,15 @@ def test_the_audit_knows_a_copy_where_a_person_fills_the_frame(models_dir, tmp_p
     import cv2
     import ultralytics
 
-    from anonengine.audit import TURN_KEPT_MIN, matching_turn
+    from anonengine.audit import TURN_KEPT_MIN, TURN_LEVELS, matching_turn
 
     zidane = cv2.imread(str(Path(ultralytics.__file__).parent / "assets" / "zidane.jpg"))
     frames = [cv2.resize(zidane[100:720, 150 + 6 * i : 1150 + 6 * i], (640, 396))[:360] for i in range(FRAMES)]
     source, output = write_tagged(frames, tmp_path / "zidane.mp4", 0, False), tmp_path / "out.mp4"
     run_inline(inline_config(source, output, models_dir))
-    kept = max(kept_share(a.image, b.image) for a, b in zip(VideoReader(str(source)), VideoReader(str(output))))
+    kept = max(kept_share(a.image, b.image, TURN_LEVELS) for a, b in zip(VideoReader(str(source)), VideoReader(str(output))))
     assert TURN_KEPT_MIN < kept < 0.2, kept
     assert matching_turn(str(source), str(output)) == 0
-
-
-def kept_share(original: np.ndarray, out: np.ndarray) -> float:
-    from anonengine.audit import TURN_LEVELS
-
-    return float((np.abs(original.astype(int) - out).max(axis=2) <= TURN_LEVELS).mean())
 
 
 @pytest.mark.parametrize("flags,said", [(("--conf", "5"), "--conf 5"), (("--imgsz", "33"), "--imgsz 33"),
