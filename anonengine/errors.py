@@ -15,6 +15,11 @@ class InputError(AnonError):
     """The video source is missing, unreadable, undecodable or empty."""
 
 
+class SourceNotOpenable(InputError):
+    """The source as named cannot be opened, whenever tried: an unknown protocol, no such device or path on
+    the server, credentials refused. `anonengine run` does not wait for a live source that answers so."""
+
+
 class OutputError(AnonError):
     """The output cannot be written."""
 

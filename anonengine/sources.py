@@ -25,7 +25,7 @@ from typing import Callable, Iterator
 import cv2
 
 from anonengine.config import SourcesConfig
-from anonengine.errors import InputError
+from anonengine.errors import InputError, SourceNotOpenable
 from anonengine.messages import SourceState
 from anonengine.paths import URL_SCHEME
 
@@ -162,6 +162,7 @@ class LiveFeed:
         self.dropped = 0  # frames dropped here because the consumer was behind (live: never wait)
         self._stop = threading.Event()
         self._connected = threading.Event()
+        self._settled = threading.Event()  # connected, or failed as no retry is likely to mend (SourceNotOpenable)
         self._thread = threading.Thread(target=self._run, name=f"feed-{camera}", daemon=True)
         self._last_time: float | None = None  # seconds, of the last frame handed out
         self._last_wall: float | None = None
@@ -173,7 +174,10 @@ class LiveFeed:
         return self
 
     def wait_connected(self, timeout: float) -> bool:
-        return self._connected.wait(timeout)
+        """Whether the source connected within `timeout` seconds; False as soon as it answered that it cannot
+        be opened as named (`SourceNotOpenable`, the reason in `status.last_error`) before it ever connected."""
+        self._settled.wait(timeout)
+        return self._connected.is_set()
 
     def get(self, timeout: float):
         """The next frame, or None if none came within `timeout` seconds."""
@@ -204,6 +208,10 @@ class LiveFeed:
                 reader = self.opener(self.source)
             except InputError as exc:
                 self._failed(str(exc))
+                if isinstance(exc, SourceNotOpenable) and self.info is None:
+                    # Never connected: more likely a typo than a camera that is down, so whoever waits for
+                    # the first connection hears it now. The feed itself tries on, as for any camera.
+                    self._settled.set()
                 self._stop.wait(next(delays))
                 continue
             except Exception as exc:  # noqa: BLE001 - any failure of a live source is retried
@@ -230,6 +238,7 @@ class LiveFeed:
         self.status.state = SourceState.RUNNING
         self.status.connected_at = self.clock()
         self._connected.set()
+        self._settled.set()
         session_start: float | None = None
         offset = 0.0
         try:

@@ -19,7 +19,7 @@ from av.codec.hwaccel import HWAccel
 from av.sidedata.sidedata import Type as SideDataType
 
 from anonengine.config import EncoderConfig, SourcesConfig
-from anonengine.errors import ConfigError, InputError, OutputError
+from anonengine.errors import ConfigError, InputError, OutputError, SourceNotOpenable
 from anonengine.locks import FileLock, LockBusy, output_lock_path
 from anonengine.sources import Source, classify
 
@@ -65,7 +65,17 @@ def open_source(source: Source, cfg: SourcesConfig) -> av.container.InputContain
     try:
         return av.open(url, format=fmt, options=options, timeout=timeout, hwaccel=hwaccel)
     except av.FFmpegError as exc:
-        raise InputError(f"cannot open video {source.spec}: {_ffmpeg_reason(exc)}") from None
+        error = SourceNotOpenable if isinstance(exc, NOT_OPENABLE) else InputError
+        named = source.spec if url == source.spec else f"{source.spec} ({url})"
+        raise error(f"cannot open video {named}: {_ffmpeg_reason(exc)}") from None
+
+
+# What FFmpeg answers when the source as named cannot be opened, now or later: no such protocol or demuxer,
+# no such device or path, no access, credentials refused. A camera that is off or still booting answers
+# otherwise (connection refused, timed out, no route) and is waited for.
+NOT_OPENABLE = (av.error.ProtocolNotFoundError, av.error.DemuxerNotFoundError, av.error.FileNotFoundError,
+                av.error.PermissionError, av.error.HTTPNotFoundError, av.error.HTTPUnauthorizedError,
+                av.error.HTTPForbiddenError, av.error.HTTPBadRequestError)
 
 
 def decoding_device(decoder: str) -> str:

@@ -23,11 +23,12 @@ import yaml
 from helpers import LEAK_SHARE, free_port, records_so_far, shown_share, stage_pids, stage_title
 
 from anonengine.config import CameraConfig, EngineConfig, SourcesConfig
-from anonengine.errors import InputError
+from anonengine.errors import InputError, SourceNotOpenable
 from anonengine.sample import make_sample
 from anonengine.shm import SHM_DIR, made_by, segment_name
 from anonengine.messages import SourceState
 from anonengine.sources import LiveFeed, Source, SourceKind, backoff_delays, classify
+from anonengine.stages import CaptureStage
 from anonengine.video import Frame, StreamInfo, VideoReader
 
 REPO = Path(__file__).resolve().parents[1]
@@ -330,6 +331,38 @@ def test_run_on_a_url_that_never_answers_is_one_line_after_the_connect_timeout(a
     assert not list(tmp_path.iterdir())
 
 
+@pytest.mark.parametrize("spec, reason", [("foo://bar", "Protocol not found"),
+                                          ("/dev/video99", "No such file or directory"),
+                                          ("7", "(/dev/video7): No such file or directory")])
+def test_run_on_a_source_that_cannot_be_opened_as_named_is_one_line_at_once(anonengine_cli, tmp_path, spec, reason):
+    """A typo, a webcam that is not there: no retry can mend them, so the connect timeout is not waited for."""
+    started = time.monotonic()
+    result = anonengine_cli("run", "--video-source", spec, "--output-video", tmp_path / "o.mp4", "--quiet")
+    took = time.monotonic() - started
+    assert result.returncode == 2
+    said = f"cannot open video {spec}{'' if reason.startswith('(') else ':'} {reason}"
+    assert result.stderr.strip().splitlines() == [f"anonengine: error: {said}"], result.stderr
+    assert took < SourcesConfig().connect_timeout_s - 1, took
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_path_the_rtsp_server_does_not_serve_is_an_error_at_once_and_a_camera_down_is_waited_for(server):
+    """The server answers 404 for a wrong path (a typo in the URL): `anonengine run`'s capture gives up at
+    once, with the server's answer, however long it would wait for a camera that does not answer yet."""
+    server.start()
+    wrong = server.url.replace("/cam", "/cma")
+    patient = SourcesConfig(connect_timeout_s=300, reconnect_initial_s=0.2)
+    started = time.monotonic()
+    with pytest.raises(InputError, match=f"cannot open video {wrong}: Server returned 404 Not Found"):
+        CaptureStage(wrong, "typo", patient).setup()
+    assert time.monotonic() - started < 60
+    down = f"rtsp://127.0.0.1:{free_port()}/cam"
+    started = time.monotonic()
+    with pytest.raises(InputError, match="Connection refused"):
+        CaptureStage(down, "down", patient.model_copy(update={"connect_timeout_s": 3})).setup()
+    assert time.monotonic() - started >= 3  # a camera still booting: waited for, as long as asked
+
+
 # --- the feed's logic, on a fake source --------------------------------------------------------------
 
 
@@ -396,6 +429,30 @@ def test_the_feed_reconnects_and_keeps_time_increasing():
     assert all(f.image.shape == (48, 64, 3) for f in got)  # the first connection's size
     assert feed.status.reconnects >= 2 and feed.status.last_error
     assert feed.status.state is SourceState.STOPPED
+
+
+def test_a_feed_that_cannot_be_opened_as_named_says_so_at_once_and_tries_on():
+    """Whoever waits for the first connection hears a `SourceNotOpenable` at once; the feed itself tries on
+    (an engine's camera may be configured before its stream exists), and connects once it is there."""
+    opens = []
+
+    def opener(source):
+        opens.append(time.monotonic())
+        if len(opens) <= 3:
+            raise SourceNotOpenable("cannot open video rtsp://fake: Server returned 404 Not Found")
+        return FlakyReader(50, size=(64, 48))
+
+    cfg = SourcesConfig(reconnect_initial_s=0.05, reconnect_max_s=0.1, reconnect_jitter=0)
+    feed = LiveFeed(Source("rtsp://fake", SourceKind.RTSP), "fake", cfg, opener=opener).start()
+    try:
+        started = time.monotonic()
+        assert not feed.wait_connected(60)
+        assert time.monotonic() - started < 30
+        assert "404 Not Found" in feed.status.last_error and feed.status.state is SourceState.CONNECTING
+        frame = feed.get(30)
+        assert frame is not None and len(opens) == 4 and feed.status.state is SourceState.RUNNING
+    finally:
+        feed.stop()
 
 
 def test_a_live_cameras_numbers_are_reserved_on_disk_before_a_frame_goes_out(tmp_path):
