@@ -26,7 +26,7 @@ from typing import Literal
 import av
 
 from anonengine.errors import AnonError, ConfigError, InputError, OutputError
-from anonengine.video import partial_path
+from anonengine.video import container_format, partial_path
 
 log = logging.getLogger(__name__)
 
@@ -99,9 +99,10 @@ def carry_over(video: Path, source: Path, output: Path, audio: AudioPolicy, writ
         with av.open(str(video)) as anonymized, av.open(str(source)) as original:
             keep_audio = list(original.streams.audio) if audio == "keep" else []
             tags = kept_tags(dict(original.metadata))
+            container = container_format(output)
             # QuickTime's own keys (com.apple.quicktime.make, ...) are written only in the `mdta` form.
-            options = {"movflags": "use_metadata_tags"} if tags else {}
-            with av.open(str(staged), "w", format="mp4", options=options) as out:
+            options = {"movflags": "use_metadata_tags"} if tags and container in ("mp4", "mov") else {}
+            with av.open(str(staged), "w", format=container, options=options) as out:
                 out.metadata.update(tags)
                 video_in = anonymized.streams.video[0]
                 video_out = out.add_stream_from_template(video_in)

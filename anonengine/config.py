@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from pydantic_core import PydanticCustomError
 
 from anonengine.errors import ConfigError
-from anonengine.paths import ROTATIONS, URL_SCHEME
+from anonengine.paths import OUTPUT_CONTAINERS, PHOTO_SUFFIXES, ROTATIONS, URL_SCHEME, is_photo
 
 DEFAULT_POSE_MODEL = "yolo11n-pose.pt"
 DEFAULT_SEG_MODEL = "yolo11n-seg.pt"
@@ -287,7 +287,9 @@ def _same_file(source: str, target: str) -> bool:
 class CameraConfig(StrictModel):
     name: str = Field("cam0", pattern=r"^[A-Za-z0-9_-]{1,32}$", description="Camera name, unique in the engine.")
     source: str = Field(..., min_length=1, description="Video file, webcam index (0) or stream URL.")
-    output: str | None = Field(None, description="Anonymized video file to write (MP4); none = tap only.")
+    output: str | None = Field(
+        None, description="Anonymized video file to write, in the container its suffix names (`.mp4`, `.m4v`, `.mov`, "
+        "`.mkv`, `.avi`, `.ts`; none: MP4); none = tap only.")
     metadata: str | None = Field(None, description="Per-frame JSON-lines metadata file to write.")
     live: bool | None = Field(
         None,
@@ -316,6 +318,10 @@ class CameraConfig(StrictModel):
             target = getattr(self, field)
             if target and _same_file(self.source, target):
                 raise ValueError(f"{field} {target} is the source itself: writing it would destroy the original")
+        suffix = Path(self.output).suffix.lower() if self.output else ""
+        if suffix not in OUTPUT_CONTAINERS and not (is_photo(self.source) and suffix in PHOTO_SUFFIXES):
+            kinds = ", ".join(s for s in OUTPUT_CONTAINERS if s)
+            raise ValueError(f"output {self.output}: a video is written as {kinds} (its name says which), not {suffix}")
         return self
 
 

@@ -8,6 +8,10 @@ from pathlib import Path
 
 URL_SCHEME = re.compile(r"^([a-z][a-z0-9+.-]*)://", re.IGNORECASE)
 ROTATIONS = (0, 90, 180, 270)  # the turns, degrees clockwise, a camera's picture may take (`cameras[].rotate`)
+# The containers an output video is written in, by its name's suffix (none: MP4). Each keeps every frame's
+# time; AVI does not (it counts frames: a camera's or a phone's varying rate, or a gap, cannot be told) and
+# takes H.264 only in another form than the engine's segments hold it, so an .avi output is refused.
+OUTPUT_CONTAINERS = {"": "mp4", ".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matroska", ".ts": "mpegts"}
 # Photos: anonymized as photos, not one-frame videos, in their own format (OpenCV reads and writes these).
 PHOTO_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"})
 # Photos OpenCV cannot read (an iPhone's HEIF, cameras' raw files): a batch reports each as failed, since

@@ -39,6 +39,7 @@ from anonengine.video import (
     StreamInfo,
     VideoWriter,
     claim_output,
+    container_format,
     encoder_options,
     partial_metadata_path,
     partial_path,
@@ -148,11 +149,11 @@ def list_segments(folder: Path) -> list[Segment]:
     return sorted((s for s in found if s is not None), key=lambda s: s.counter)
 
 
-def join_segments(segments: list[Segment], output: Path) -> int:
-    """Remuxes the segments into one MP4 (no re-encoding), dropping frames a later segment repeats;
-    returns the frames written."""
+def join_segments(segments: list[Segment], output: Path, container: str = "mp4") -> int:
+    """Remuxes the segments into one file of the `container` format (no re-encoding), dropping frames a later
+    segment repeats; returns the frames written."""
     written, last_pts = 0, None
-    with av.open(str(output), mode="w", format="mp4") as out:
+    with av.open(str(output), mode="w", format=container) as out:
         stream = None
         for segment in segments:
             with av.open(str(segment.path)) as container:
@@ -427,7 +428,7 @@ class SegmentedRecording:
             target = self.output if complete else partial_path(self.output)
             staged = partial_path(self.output).with_name(f".{self.output.name}.joining.mp4")
             try:
-                join_segments(ours, staged)
+                join_segments(ours, staged, container_format(self.output))
                 if self.metadata is not None:  # joined first: a full disk fails before the video takes its name
                     meta_target = self.metadata if complete else partial_metadata_path(self.metadata)
                     join_metadata(ours, meta_target)

@@ -21,6 +21,7 @@ from av.sidedata.sidedata import Type as SideDataType
 from anonengine.config import EncoderConfig, SourcesConfig
 from anonengine.errors import ConfigError, InputError, OutputError, SourceNotOpenable
 from anonengine.locks import FileLock, LockBusy, output_lock_path
+from anonengine.paths import OUTPUT_CONTAINERS
 from anonengine.sources import Source, classify
 
 log = logging.getLogger("anonengine")
@@ -408,7 +409,7 @@ class VideoWriter:
         except OSError as exc:
             raise OutputError(f"cannot write {self.path}: {exc.strerror}") from None
         try:
-            self.container = av.open(str(self.partial), mode="w", format=_format_for(self.path),
+            self.container = av.open(str(self.partial), mode="w", format=container_format(self.path),
                                      options=self.muxer_options)
         except (av.FFmpegError, OSError) as exc:
             self.partial.unlink(missing_ok=True)
@@ -524,8 +525,10 @@ def encoder_options(cfg: EncoderConfig) -> dict[str, str]:
     return options
 
 
-def _format_for(path: Path) -> str:
-    return {".mkv": "matroska", ".mov": "mov", ".avi": "avi", ".ts": "mpegts"}.get(path.suffix.lower(), "mp4")
+def container_format(path: Path) -> str:
+    """The container an output named `path` is written in: as its suffix says (`paths.OUTPUT_CONTAINERS`,
+    which the configuration holds outputs to), MP4 for a working file's."""
+    return OUTPUT_CONTAINERS.get(Path(path).suffix.lower(), "mp4")
 
 
 def _ffmpeg_reason(exc: Exception) -> str:

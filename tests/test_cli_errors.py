@@ -197,6 +197,17 @@ def metadata_is_a_folder(tmp: Path, clip) -> tuple[list, str]:
     return ["--video-source", clip.video, "--metadata", tmp / "meta.jsonl"], "meta.jsonl"
 
 
+def output_named_for_another_format(tmp: Path, clip) -> tuple[list, str]:
+    """An animated GIF cannot hold H.264: it was written as an MP4 under the name out.gif."""
+    return ["--video-source", clip.video, "--output-video", tmp / "out.gif"], "not .gif"
+
+
+def output_named_avi(tmp: Path, clip) -> tuple[list, str]:
+    """AVI counts frames and keeps no time: the engine's join failed on it ("h264 bitstream malformed"), and
+    --inline's wrote 20 empty chunks a frame (time base 1/600)."""
+    return ["--video-source", clip.video, "--output-video", tmp / "out.avi"], "not .avi"
+
+
 def alpha_out_of_range(tmp: Path, clip) -> tuple[list, str]:
     return ["--video-source", clip.video, "--alpha", "2"], "alpha"
 
@@ -232,6 +243,8 @@ BAD_RUNS = [
     output_is_a_folder,
     metadata_in_missing_folder,
     metadata_is_a_folder,
+    output_named_for_another_format,
+    output_named_avi,
     alpha_out_of_range,
     imgsz_not_a_number,
     cuda_decoder_not_here,

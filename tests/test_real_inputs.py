@@ -415,6 +415,26 @@ def test_an_avi_or_mkv_comes_out_as_long_as_it_went_in(name, codec, pix_fmt, sam
     assert ground_truth_leaks(sample, output) == []
 
 
+@pytest.mark.parametrize("mode,name,container", [("engine", "out.mkv", "matroska,webm"), ("engine", "out.ts", "mpegts"),
+                                                ("inline", "out.mkv", "matroska,webm")])
+def test_an_output_is_written_in_the_container_its_name_says_with_its_sound(
+        mode, name, container, sample, anonengine_cli, tmp_path):
+    """The engine joined its segments, and put the sound back, as MP4 whatever the name: an .mkv that was an
+    MP4 (`--inline` wrote the video right, and the sound's remux made it MP4 again)."""
+    source = write_iphone_mov([f.image for f in VideoReader(str(sample.video))], tmp_path / "IMG_0002.MOV")
+    output = tmp_path / name
+    result = anonengine_cli("run", *(["--inline"] if mode == "inline" else []), "--video-source", source,
+                            "--output-video", output, "--audio", "keep", "--quiet")
+    assert result.returncode == 0, result.stderr
+    with av.open(str(output)) as opened:
+        assert opened.format.name == container
+        video, sound = opened.streams.video[0], opened.streams.audio[0]
+        assert (video.codec_context.name, sound.codec_context.name) == ("h264", "aac")
+        assert opened.duration / 1e6 == pytest.approx(FRAMES / 30, abs=0.1)
+    assert len(list(VideoReader(str(output)))) == FRAMES
+    assert ground_truth_leaks(sample, output) == []
+
+
 # --- 3. frame sizes ------------------------------------------------------------------------------------
 
 GROW = 0.3  # persons' boxes, grown by this share of their size per side, bound where masks may reach
