@@ -156,8 +156,8 @@ def join_segments(segments: list[Segment], output: Path, container: str = "mp4")
     with av.open(str(output), mode="w", format=container) as out:
         stream = None
         for segment in segments:
-            with av.open(str(segment.path)) as container:
-                template = container.streams.video[0]
+            with av.open(str(segment.path)) as opened:
+                template = opened.streams.video[0]
                 if stream is None:
                     stream = out.add_stream_from_template(template)
                     stream.time_base = segment.time_base
