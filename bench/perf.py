@@ -22,7 +22,7 @@ so the pose model stands in for the detection model (same size class: yolo11n).
 frames/s count from the first frame to the last written, model loading (and a backend's one-time export
 or INT8 calibration) excluded. CPU ms/frame: CPU time of every thread (inline) or every engine process
 (engine) over the same span, per frame. Every row uses the bbox method, the default 8-frame look-ahead,
-and the x264 preset `veryfast` unless the row says `ultrafast`. Sustained cameras: N copies of the clip
+and the x264 preset `superfast` (the default) unless the row says another. Sustained cameras: N copies of the clip
 replayed as live 25 fps cameras (`live: true`); a count is sustained when no frame is dropped, late or
 obscured. Memory: the engine's processes' proportional set size (PSS: shared memory counted once), at
 its peak, for 1 camera and for the most cameras run.
@@ -128,6 +128,8 @@ def wall_table(clip, out: Path, frames: int) -> None:
                         ("anonengine run --stride 3", ("--stride", "3")),
                         ("anonengine run --stride 3 --stride-mode fixed", ("--stride", "3", "--stride-mode", "fixed")),
                         ("anonengine run --resample linear", ("--resample", "linear")),
+                        ("anonengine run --preset veryfast (the default before)", ("--preset", "veryfast")),
+                        ("anonengine run --int8", ("--int8",)),
                         ("anonengine run --int8 --preset ultrafast", ("--int8", "--preset", "ultrafast")),
                         ("anonengine run --int8 --preset ultrafast --stride 3",
                          ("--int8", "--preset", "ultrafast", "--stride", "3"))):
