@@ -100,6 +100,7 @@ class FrameRef(Message):
     last: bool = False  # a file's last frame (`Frame.last`)
     continues: bool = False  # from a restarted capture, going on with the stream its predecessor began
     live: bool = False  # a live camera's (a file replayed live too): it waits for no frame after it
+    at_break: bool = False  # beside a break in the stream (`Frame.at_break`): always detected
 
 
 class Detected(Message):

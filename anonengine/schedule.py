@@ -74,11 +74,13 @@ class DetectionSchedule:
         the frame was decided before (offered again; it may be the very frame awaited)."""
         return not self.pending or (seq, pts) in self.decided or self._forgotten(seq)
 
-    def wants(self, seq: int, pts: int, last: bool = False) -> bool:
+    def wants(self, seq: int, pts: int, last: bool = False, at_break: bool = False) -> bool:
         """Whether to detect frame `seq` (at `pts`). A frame offered again gets the decision it got before; one
         decided so long ago that its decision is forgotten is looked at, the schedule unmoved. An earlier frame
         not seen before (a stream that began again) is looked at, as what follows it is, until the detections
-        tell again who is there; so is a file's `last` frame: no detection after it tells where a person went."""
+        tell again who is there; so is a file's `last` frame: no detection after it tells where a person went,
+        and a frame `at_break` (either side of a break in the stream), after which the schedule starts over:
+        persons jump across a break, and boxes from either side of it do not cover them."""
         key = (seq, pts)
         if key in self.decided:
             return self.decided[key]
@@ -88,8 +90,8 @@ class DetectionSchedule:
             # whose answers the compositor drops. Deciding them afresh would move the schedule back to them and
             # change the decisions of the frames still to come (and so the output's pixels).
             return True
-        if self.last_seq is not None and seq <= self.last_seq:
-            self.known, self.busy = None, True  # what came after is not what comes now: start over
+        if (self.last_seq is not None and seq <= self.last_seq) or at_break:
+            self.known, self.busy = None, True  # what came before is not what comes now: start over
             self.recent.clear()
         if self.stride == 1 or self.known is None or last:
             wanted = True

@@ -252,6 +252,7 @@ class LiveFeed:
                 now = self.clock()
                 if session_start is None:
                     session_start = frame.time
+                    frame.at_break = self._last_time is not None  # after an outage: anyone may be anywhere
                     # Continue the timeline: after the last frame, by the wall-clock time since it.
                     offset = 0.0 if self._last_time is None else self._last_time + max(
                         now - self._last_wall, float(1 / self.info.rate)) - session_start

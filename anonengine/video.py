@@ -38,6 +38,9 @@ class Frame:
     image: np.ndarray
     pts_guessed: bool = False  # the stream gave no timestamp: counted at the nominal rate
     last: bool = False  # the last frame of a file (or the last decoded before it failed)
+    # Beside a break in the stream (time starting again, another size, a live source's reconnection): persons
+    # may be anywhere across it, so what is seen on one side tells nothing of the other (`schedule`).
+    at_break: bool = False
 
     @property
     def time(self) -> float:
@@ -157,25 +160,40 @@ class VideoReader:
 
     def _decode(self) -> Iterator[DecodedImage]:
         decoded = 0
+        damaged = None  # a file's packet flagged corrupt, held until what follows tells whether the file ends there
         try:
             for packet in self.container.demux(self.stream):
                 # FFmpeg flags a packet cut short by the end of the file as corrupt and decodes what is
                 # there without an error. A fragmented MP4 declares no frame count, so for a file this
-                # flag is the only sign that it was truncated. Live sources lose packets and go on.
-                if packet.is_corrupt and not self.live:
-                    raise InputError(f"{self.source} is truncated or corrupt at frame {decoded}")
-                for av_frame in packet.decode():
-                    image = turn(upright(to_bgr(av_frame), display_matrix(av_frame)), self.rotate)
-                    yield DecodedImage(av_frame.pts, image)
-                    decoded += 1
+                # flag is the only sign that it was truncated: its last packet corrupt, the file is refused.
+                # One followed by more (MPEG-TS files joined, a recording that lost a packet: FFmpeg flags
+                # the break) is decoded as FFmpeg can, as for a live source, which loses packets and goes on.
+                if damaged is not None:
+                    if not packet.size:  # the end of the file, right after it: cut short
+                        break
+                    log.warning("%s: a damaged packet at frame %d, decoded as FFmpeg can", self.source, decoded)
+                    packets, damaged = (damaged, packet), None
+                elif packet.is_corrupt and packet.size and not self.live:
+                    damaged = packet
+                    continue
+                else:
+                    packets = (packet,)
+                for held in packets:
+                    for av_frame in held.decode():
+                        image = turn(upright(to_bgr(av_frame), display_matrix(av_frame)), self.rotate)
+                        yield DecodedImage(av_frame.pts, image)
+                        decoded += 1
         except av.FFmpegError as exc:
             raise InputError(f"cannot decode {self.source} at frame {decoded}: {_ffmpeg_reason(exc)}") from None
+        if damaged is not None:
+            raise InputError(f"{self.source} is truncated or corrupt at frame {decoded}")
 
     def __iter__(self) -> Iterator[Frame]:
         seq = 0
         frame_ticks = max(1, round(1 / (self.info.rate * self.info.time_base)))
         last_pts = None
-        size = (self.info.width, self.info.height)
+        restart = 0  # added to the stream's timestamps once they went back (they must only increase)
+        size = width, height = (self.info.width, self.info.height)
         decoded = self._decoded if self._first is None else itertools.chain([self._first], self._decoded)
         self._first = None
         # A file's frame is handed on once the next one is decoded, so that its last frame says so (with a
@@ -184,20 +202,30 @@ class VideoReader:
         try:
             for item in decoded:
                 pts, guessed = item.pts, item.pts is None
+                at_break = False
                 if guessed:  # some streams carry no timestamps: count frames at the nominal rate
                     pts = 0 if last_pts is None else last_pts + frame_ticks
+                elif last_pts is not None and pts + restart <= last_pts:
+                    # Time starts again (MPEG-TS files joined, a camera's recorder restarted): what follows
+                    # keeps its own pace, from a frame after the last; every stage and muxer needs time to go on.
+                    restart, at_break = last_pts + frame_ticks - pts, True
+                pts = pts if guessed else pts + restart
                 last_pts = pts
                 image = item.image
+                if image.shape[1::-1] != (width, height):  # the size of the frame before
+                    at_break = seq > 0
+                    width, height = image.shape[1::-1]
                 if image.shape[1::-1] != size:
                     # A stream that changes resolution midway (a camera reconfigured): every stage was set
                     # up for the first size, so later frames are scaled to it rather than refused.
                     image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
-                frame = Frame(self.camera, seq, int(pts), self.info.time_base, image, guessed)
+                frame = Frame(self.camera, seq, int(pts), self.info.time_base, image, guessed, at_break=at_break)
                 seq += 1
                 if self.info.live:
                     yield frame
                     continue
                 if held is not None:
+                    held.at_break = held.at_break or at_break  # the frame before a break too
                     yield held
                 held = frame
         except Exception:

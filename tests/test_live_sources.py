@@ -426,6 +426,8 @@ def test_the_feed_reconnects_and_keeps_time_increasing():
     pts = [f.pts for f in got]
     assert all(b > a for a, b in zip(pts, pts[1:])), pts  # across the reconnections too
     assert pts[5] - pts[4] >= 2  # the outage shows as a gap: no frame invented for it
+    # Each connection's first frame but the very first is at a break: persons may be anywhere after an outage.
+    assert [i for i, f in enumerate(got) if f.at_break] == [5, 10]
     assert all(f.image.shape == (48, 64, 3) for f in got)  # the first connection's size
     assert feed.status.reconnects >= 2 and feed.status.last_error
     assert feed.status.state is SourceState.STOPPED

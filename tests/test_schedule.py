@@ -114,6 +114,21 @@ def test_a_files_last_frame_is_looked_at():
     assert schedule.wants(8, 8, last=True)  # 8 is not a multiple of 3, but no detection comes after it
 
 
+def test_a_break_in_the_stream_is_looked_at_on_both_sides_and_the_schedule_starts_over():
+    """Across a break (recordings joined, a live camera's reconnection) persons jump: boxes from before and
+    after it cover nobody between. Both sides are looked at, then the frame after, as at a stream's start."""
+    for fixed in (False, True):
+        schedule = DetectionSchedule(3, not fixed, 0.03)
+        wanted = []
+        for seq in range(14):
+            if schedule.wants(seq, seq, at_break=seq in (7, 8)):
+                wanted.append(seq)
+                schedule.saw(seq, walker(seq if seq < 8 else seq - 8))
+        assert {7, 8} <= set(wanted)
+        if not fixed:
+            assert wanted == [0, 1, 4, 7, 8, 9, 12]
+
+
 def test_a_frame_offered_again_gets_its_first_decision_and_a_stream_begun_again_is_looked_at():
     schedule = DetectionSchedule(3, True, 0.03)
     first = looked_at(schedule, walker, 12)
