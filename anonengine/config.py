@@ -291,7 +291,7 @@ class CameraConfig(StrictModel):
     source: str = Field(..., min_length=1, description="Video file, webcam index (0) or stream URL.")
     output: str | None = Field(
         None, description="Anonymized video file to write, in the container its suffix names (`.mp4`, `.m4v`, `.mov`, "
-        "`.mkv`, `.avi`, `.ts`; none: MP4); none = tap only.")
+        "`.mkv`, `.ts`; none: MP4); none = tap only.")
     metadata: str | None = Field(None, description="Per-frame JSON-lines metadata file to write.")
     live: bool | None = Field(
         None,

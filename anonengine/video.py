@@ -212,8 +212,8 @@ class VideoReader:
                 pts = pts if guessed else pts + restart
                 last_pts = pts
                 image = item.image
-                if image.shape[1::-1] != (width, height):  # the size of the frame before
-                    at_break = seq > 0
+                if image.shape[1::-1] != (width, height):  # another size than the frame before's
+                    at_break = True
                     width, height = image.shape[1::-1]
                 if image.shape[1::-1] != size:
                     # A stream that changes resolution midway (a camera reconfigured): every stage was set
