@@ -159,7 +159,7 @@ class VideoReader:
         )
 
     def _decode(self) -> Iterator[DecodedImage]:
-        decoded = 0
+        decoded = damaged_count = 0
         damaged = None  # a file's packet flagged corrupt, held until what follows tells whether the file ends there
         try:
             for packet in self.container.demux(self.stream):
@@ -171,7 +171,9 @@ class VideoReader:
                 if damaged is not None:
                     if not packet.size:  # the end of the file, right after it: cut short
                         break
-                    log.warning("%s: a damaged packet at frame %d, decoded as FFmpeg can", self.source, decoded)
+                    damaged_count += 1
+                    if damaged_count == 1:  # a recording of a flaky feed may have hundreds: told once, counted
+                        log.warning("%s: a damaged packet at frame %d, decoded as FFmpeg can", self.source, decoded)
                     packets, damaged = (damaged, packet), None
                 elif packet.is_corrupt and packet.size and not self.live:
                     damaged = packet
@@ -187,6 +189,8 @@ class VideoReader:
             raise InputError(f"cannot decode {self.source} at frame {decoded}: {_ffmpeg_reason(exc)}") from None
         if damaged is not None:
             raise InputError(f"{self.source} is truncated or corrupt at frame {decoded}")
+        if damaged_count > 1:
+            log.warning("%s: %d damaged packets in all, decoded as FFmpeg can", self.source, damaged_count)
 
     def __iter__(self) -> Iterator[Frame]:
         seq = 0
