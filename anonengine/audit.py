@@ -89,7 +89,7 @@ def audit(original: str, anonymized: str, pose_model: str = "yolo11n-pose.pt", c
     """`rotate`: the run's `--rotate`, by which the original is turned to be compared with the output; None:
     found from the pixels (`matching_turn`)."""
     rotate = matching_turn(original, anonymized, rotate)
-    originals = VideoReader(original, kind=classify(original).turned(rotate))
+    originals = turned_original(original, rotate)
     anonymizeds = VideoReader(anonymized)
     model = load_yolo(pose_model, "pose")
     device = select_device(device)
@@ -164,6 +164,11 @@ def matching_turn(original: str, anonymized: str, rotate: int | None = None) -> 
     return best if rotate is None else rotate
 
 
+def turned_original(original: str, rotate: int) -> VideoReader:
+    """The original's frames turned as the run turned them (`--rotate`), to be compared with its output's."""
+    return VideoReader(original, kind=classify(original).turned(rotate))
+
+
 # The views the adversary looks at besides the frame, each with how a box found in it maps back.
 AUGMENTED_VIEWS = {
     "mirror": (lambda image: image[:, ::-1], lambda b, w, h: (w - b[2], b[1], w - b[0], b[3])),
@@ -222,8 +227,7 @@ def write_worst_frames(report: AuditReport, path: Path, rows: int = 6) -> Path |
     if not worst:
         return None
     wanted = {f.index: f for f in worst}
-    turned = classify(report.original).turned(report.rotate)
-    originals = {f.seq: f.image for f in VideoReader(report.original, kind=turned) if f.seq in wanted}
+    originals = {f.seq: f.image for f in turned_original(report.original, report.rotate) if f.seq in wanted}
     lines = []
     for frame in VideoReader(report.anonymized):
         if frame.seq not in wanted:

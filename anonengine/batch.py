@@ -149,8 +149,9 @@ def output_settings(cfg: EngineConfig, audio: AudioPolicy) -> dict:
     anonymizer["detector"].pop("device", None)
     settings = {"version": SETTINGS_VERSION, "anonymizer": anonymizer, "encoder": cfg.encoder.model_dump(mode="json"),
                 "audio": audio, "photo_imgsz": photo_config(cfg.anonymizer).detector.imgsz}
-    if batch_rotate(cfg):  # only then: the outputs of batches from before the option keep their key
-        settings["rotate"] = batch_rotate(cfg)
+    rotate = batch_rotate(cfg)
+    if rotate:  # only then: the outputs of batches from before the option keep their key
+        settings["rotate"] = rotate
     return {"key": settings_key(settings), "settings": settings}
 
 

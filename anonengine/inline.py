@@ -64,7 +64,7 @@ def _run_camera(cam: CameraConfig, cfg: EngineConfig, detect: DetectStage, progr
                 on_frame: Callable[[], None] | None = None) -> CameraResult:
     composite = CompositeStage(cfg.anonymizer, {cam.name: cam.privacy_zones})
     result = CameraResult(cam.name, 0, 0, 0)
-    with CaptureStage(cam.source, cam.name, cfg.sources, cam.rtsp_transport, cam.rotate) as capture:
+    with CaptureStage(cam, cfg.sources) as capture:
         live = is_live(cam.source, cam.live)
         result.total = capture.info.frames
         ahead = composite.start(cam.name, live, capture.info.width, capture.info.height)

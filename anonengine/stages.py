@@ -15,7 +15,7 @@ from typing import Iterator
 import numpy as np
 
 from anonengine.compositor import Compositor, Learnt, obscured_frame
-from anonengine.config import AnonymizerConfig, EncoderConfig, SourcesConfig
+from anonengine.config import AnonymizerConfig, CameraConfig, EncoderConfig, SourcesConfig
 from anonengine.detections import Detections
 from anonengine.errors import DetectionError, InputError, OutputError
 from anonengine.schedule import REMEMBERED, DetectionSchedule
@@ -49,16 +49,15 @@ class CaptureStage(Stage):
     `connect_timeout_s`; once it was, a live source that drops is reconnected rather than ended.
     """
 
-    def __init__(self, source: str, camera: str = "cam0", cfg: SourcesConfig | None = None,
-                 rtsp_transport: str = "tcp", rotate: int = 0) -> None:
-        self.source, self.camera = source, camera
+    def __init__(self, camera: CameraConfig, cfg: SourcesConfig | None = None) -> None:
+        """`camera`: its source, name, RTSP transport and turn."""
+        self.camera_cfg, self.source, self.camera = camera, camera.source, camera.name
         self.cfg = cfg or SourcesConfig()
-        self.rtsp_transport, self.rotate = rtsp_transport, rotate
         self.reader: VideoReader | None = None
         self.feed: LiveFeed | None = None
 
     def setup(self) -> None:
-        kind = classify(self.source, self.rtsp_transport).turned(self.rotate)
+        kind = classify(self.source, self.camera_cfg.rtsp_transport).turned(self.camera_cfg.rotate)
         if not kind.live:
             self.reader = VideoReader(self.source, self.camera, kind=kind, sources_cfg=self.cfg)
             return

@@ -197,7 +197,7 @@ class VideoReader:
         frame_ticks = max(1, round(1 / (self.info.rate * self.info.time_base)))
         last_pts = None
         restart = 0  # added to the stream's timestamps once they went back (they must only increase)
-        size = width, height = (self.info.width, self.info.height)
+        size = decoded_size = (self.info.width, self.info.height)  # the stages' size; the stream's, as it goes
         decoded = self._decoded if self._first is None else itertools.chain([self._first], self._decoded)
         self._first = None
         # A file's frame is handed on once the next one is decoded, so that its last frame says so (with a
@@ -216,9 +216,8 @@ class VideoReader:
                 pts = pts if guessed else pts + restart
                 last_pts = pts
                 image = item.image
-                if image.shape[1::-1] != (width, height):  # another size than the frame before's
-                    at_break = True
-                    width, height = image.shape[1::-1]
+                if image.shape[1::-1] != decoded_size:  # another size than the frame before's
+                    at_break, decoded_size = True, image.shape[1::-1]
                 if image.shape[1::-1] != size:
                     # A stream that changes resolution midway (a camera reconfigured): every stage was set
                     # up for the first size, so later frames are scaled to it rather than refused.

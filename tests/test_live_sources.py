@@ -354,12 +354,12 @@ def test_a_path_the_rtsp_server_does_not_serve_is_an_error_at_once_and_a_camera_
     patient = SourcesConfig(connect_timeout_s=300, reconnect_initial_s=0.2)
     started = time.monotonic()
     with pytest.raises(InputError, match=f"cannot open video {wrong}: Server returned 404 Not Found"):
-        CaptureStage(wrong, "typo", patient).setup()
+        CaptureStage(CameraConfig(name="typo", source=wrong), patient).setup()
     assert time.monotonic() - started < 60
     down = f"rtsp://127.0.0.1:{free_port()}/cam"
     started = time.monotonic()
     with pytest.raises(InputError, match="Connection refused"):
-        CaptureStage(down, "down", patient.model_copy(update={"connect_timeout_s": 3})).setup()
+        CaptureStage(CameraConfig(name="down", source=down), patient.model_copy(update={"connect_timeout_s": 3})).setup()
     assert time.monotonic() - started >= 3  # a camera still booting: waited for, as long as asked
 
 

@@ -140,7 +140,7 @@ def preflight(cfg: EngineConfig):
     from anonengine.stages import CaptureStage, EncodeStage
 
     cam = cfg.cameras[0]
-    with CaptureStage(cam.source, cam.name, cfg.sources, cam.rtsp_transport, cam.rotate) as capture:
+    with CaptureStage(cam, cfg.sources) as capture:
         if cam.output:
             encode = EncodeStage(cam.output, capture.info, cfg.encoder, cam.metadata)
             encode.setup()
