@@ -1,52 +1,139 @@
 """Mask hold: a person the detector loses for a few frames stays hidden where the tracker predicts them.
 
 Per-frame anonymizers let a face "slip into 1 or 2 frames" whenever the detector misses. Here each
-camera's persons are tracked with ByteTrack (Roboflow's `trackers`: NumPy and SciPy, so a compositor
-loads no PyTorch); while a track is lost (up to `hold_frames`), its Kalman-predicted box is added to
-the frame's persons as a box-only person, grown by `grow_per_frame` of its size for every frame it
-has been lost, since the prediction gets less sure.
+camera's persons are tracked with ByteTrack; while a track is lost (up to `hold_frames`), its
+Kalman-predicted box is added to the frame's persons as a box-only person, grown by `grow_per_frame`
+of its size for every frame it has been lost, since the prediction gets less sure.
 A person still tracked is also hidden at their previous box, so that a box shrinking suddenly (the
 one behind, where two overlap) never uncovers them.
 It is hidden like any detection (for `bbox` and `seg` alike) but gets no skeleton.
+
+ByteTrack is written out here, on NumPy and `lap` (the assignment solver of ByteTrack's reference code
+and of Ultralytics' tracker): Roboflow's `trackers`, used before, imports `supervision` and SciPy, 0.8 s
+of CPU at every compositor's start (a 200-frame 720p run on two cores: 0.75 s of its 9 s wall), and
+counts its lost-track budget in seconds at 30 frames/s where the hold counts frames.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
+import lap
 import numpy as np
 
 from anonengine.config import HoldConfig
 from anonengine.detections import NUM_KEYPOINTS, Detections, box_iou
 
 LOOKAHEAD_MIN_IOU = 0.2
-TRACK_MIN_IOU = 0.2  # what Ultralytics' ByteTrack matches on (its match_thresh 0.8 is a cost, 1 - IoU)
-TRACKER_RATE = 30.0  # the tracker's frames per second: its budgets are in 30-fps frames
+TRACK_MIN_IOU = 0.2  # what ByteTrack matches on (its match_thresh 0.8 is a cost, 1 - IoU)
+MIN_HITS = 2  # consecutive matches that confirm a track: a lone false detection is never held
+# ByteTrack's Kalman tuning (the reference code's and Roboflow's): each corner's acceleration is white noise
+# of this variance per frame (a gap of several frames scales it as a constant-velocity model does), the
+# detector's corners are this uncertain, and a new track's corners and speeds start at variance 1.
+ACCELERATION_NOISE = 0.01
+MEASUREMENT_NOISE = 0.1
+
+
+@dataclass(eq=False)
+class Track:
+    """One person's box (x0, y0, x1, y1), followed by a constant-velocity Kalman filter.
+
+    The four corners move independently under the same noise, so they share one 2x2 covariance (place,
+    speed): the 8-dimensional filter at the cost of a 2-dimensional one. Compared by identity: a track
+    is a key while it lives."""
+
+    state: np.ndarray  # (2, 4): the corners' places, then their speeds in pixels a frame
+    matched_at: int  # the frame of its last match
+    matched_box: np.ndarray  # its box as filtered at that match
+    covariance: np.ndarray = field(default_factory=lambda: np.eye(2))
+    hits: int = 1  # consecutive updates that matched it, the one that started it included
+    confirmed: bool = False
+
+    @classmethod
+    def start(cls, box: np.ndarray, frame: int) -> Track:
+        box = np.asarray(box, np.float64)
+        return cls(np.stack([box, np.zeros(4)]), frame, box.copy())
+
+    @property
+    def box(self) -> np.ndarray:
+        """Where it is (matched) or is predicted (lost), as of the tracker's last update."""
+        return self.state[0]
+
+    def predict(self, frames: int) -> None:
+        transition = np.array([[1.0, frames], [0.0, 1.0]])
+        self.state = transition @ self.state
+        noise = ACCELERATION_NOISE * np.array([[frames**4 / 4, frames**3 / 2], [frames**3 / 2, frames**2]])
+        self.covariance = transition @ self.covariance @ transition.T + noise
+
+    def correct(self, box: np.ndarray, frame: int) -> None:
+        gain = self.covariance[:, 0] / (self.covariance[0, 0] + MEASUREMENT_NOISE)
+        self.state = self.state + np.outer(gain, box - self.state[0])
+        self.covariance = self.covariance - np.outer(gain, self.covariance[0])
+        self.matched_at, self.matched_box = frame, self.state[0].copy()
+        self.hits += 1
+        self.confirmed = self.confirmed or self.hits >= MIN_HITS
+
+
+class ByteTrack:
+    """ByteTrack (Zhang et al., ECCV 2022): detections scoring at least `high_score` are matched to every
+    track first, the lower ones then to the tracks left (a person half hidden scores low, and stays
+    followed); an unmatched high detection starts a track, confirmed at its `MIN_HITS`-th consecutive match;
+    a confirmed track lost for more than `max_lost_frames` frames is dropped, an unconfirmed one at once.
+
+    Updates may skip frames (a detection stride): `update` is told the frame's number, and the filter
+    predicts over the gap."""
+
+    def __init__(self, high_score: float, min_iou: float, max_lost_frames: int) -> None:
+        self.high_score, self.min_iou, self.max_lost_frames = high_score, min_iou, max_lost_frames
+        self.tracks: list[Track] = []
+        self.frame: int | None = None  # of the last update
+
+    def update(self, boxes: np.ndarray, scores: np.ndarray, frame: int) -> None:
+        """`boxes` (N, 4) xyxy and their `scores`, found in frame number `frame` (later than the last)."""
+        gap = 1 if self.frame is None else frame - self.frame
+        for track in self.tracks:
+            if track.matched_at != self.frame:  # missed at the last update: no longer consecutive
+                track.hits = 0
+            track.predict(gap)
+        self.frame = frame
+        self.tracks = [t for t in self.tracks if frame - t.matched_at <= self.max_lost_frames]
+        boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
+        high = np.asarray(scores) >= self.high_score
+        left, taken = self._match(self.tracks, boxes[high], frame)
+        self._match(left, boxes[~high], frame)
+        self.tracks = [t for t in self.tracks if t.confirmed or t.matched_at == frame]
+        self.tracks += [Track.start(box, frame) for box in boxes[high][~taken]]
+
+    def _match(self, tracks: list[Track], boxes: np.ndarray, frame: int) -> tuple[list[Track], np.ndarray]:
+        """Matches `boxes` to `tracks` (the most overlap in all, each pair at least `min_iou`) and corrects
+        the matched tracks: the tracks left, and which boxes were taken."""
+        taken = np.zeros(len(boxes), bool)
+        if not tracks or not len(boxes):
+            return tracks, taken
+        cost = 1 - box_iou(np.array([t.box for t in tracks]), boxes)
+        _, box_of_track, _ = lap.lapjv(cost, extend_cost=True, cost_limit=1 - self.min_iou)
+        left = []
+        for track, b in zip(tracks, box_of_track):
+            if b < 0:
+                left.append(track)
+            else:
+                track.correct(boxes[b], frame)
+                taken[b] = True
+        return left, taken
+
+    def reset(self) -> None:
+        self.tracks = []
+        self.frame = None
 
 
 class MaskHold:
     def __init__(self, cfg: HoldConfig) -> None:
-        import supervision
-        from trackers import ByteTrackTracker
-
         self.cfg = cfg
-        self._detections = supervision.Detections
-        # frame_rate 30 makes `lost_track_buffer` a number of frames (the library counts it in 30-fps frames).
-        self.tracker = ByteTrackTracker(
-            lost_track_buffer=cfg.hold_frames, frame_rate=TRACKER_RATE, track_activation_threshold=cfg.track_thresh,
-            high_conf_det_threshold=cfg.track_thresh, minimum_iou_threshold=TRACK_MIN_IOU,
-            minimum_consecutive_frames=2,
-        )  # fmt: skip
         # Ages count frames, not detections: with a stride the tracker hears of every 2nd or 3rd frame, and
         # a lost person held for `hold_frames` detections would stay hidden two or three times as long, over
-        # a background never learnt again. So each update carries its frame's time (1/30 s a frame, which
-        # the tracker's Kalman steps and its lost-track budget count in), the budget half a frame over
-        # `hold_frames` so that sums of 1/30 rounding up never drop a track a frame early.
-        self.tracker.maximum_time_without_update = (cfg.hold_frames + 0.5) / TRACKER_RATE
+        # a background never learnt again. So the tracker is told each detection's frame number.
+        self.tracker = ByteTrack(high_score=cfg.track_thresh, min_iou=TRACK_MIN_IOU, max_lost_frames=cfg.hold_frames)
         self.frame = -1  # frames this hold has seen
-        # Each track's box when last matched, keyed by identity with the tracklet held (its id cannot go to
-        # another meanwhile): a lost track is held at least that size, since the Kalman filter extrapolates a
-        # box's size as well as its place, and a detector's boxes of a small person vary in height by a
-        # quarter from frame to frame: predicted two frames on (a stride), one shrank off a person's feet.
-        self.last_seen: dict[int, tuple[object, np.ndarray]] = {}
         self.coasted = 0  # frames since the last detection (detector.stride)
 
     def update(self, detections: Detections) -> Detections:
@@ -61,19 +148,12 @@ class MaskHold:
             return with_extra_boxes(detections, self.coasting_boxes(detections.frame_shape))
         self.coasted = 0
 
-        # Keyed by identity, the tracklet held too: a pruned one's id could otherwise go to a new one.
-        before = {id(t): (t, t.get_state_bbox().copy()) for t in self.tracker.tracks if t.time_since_update == 0}
-        self.tracker.update(self._detections(xyxy=detections.boxes.astype(np.float32).reshape(-1, 4),
-                                             confidence=detections.scores.astype(np.float32)),
-                            timestamp=self.frame / TRACKER_RATE)
+        before = {t: t.box.copy() for t in self.tracker.tracks if t.matched_at == self.tracker.frame}
+        self.tracker.update(detections.boxes, detections.scores, self.frame)
         # A person found again is also hidden where they were the frame before: where persons overlap,
         # the detector's box for the one behind can shrink by more than their step (measured: 5 px of
         # a 40-px-wide person, 1% of them shown), and a box never shrinks faster than a person moves.
-        followed = [before[id(t)][1] for t in self.tracker.tracks if t.time_since_update == 0 and id(t) in before]
-        alive = {id(t) for t in self.tracker.tracks}
-        self.last_seen = {key: seen for key, seen in self.last_seen.items() if key in alive}
-        self.last_seen.update((id(t), (t, t.get_state_bbox().copy())) for t in self.tracker.tracks
-                              if t.time_since_update == 0)
+        followed = [before[t] for t in self.tracker.tracks if t.matched_at == self.frame and t in before]
         held = np.concatenate([self.held_boxes(detections.frame_shape),
                                np.array(followed, np.float32).reshape(-1, 4)])
         if not len(held):
@@ -86,23 +166,24 @@ class MaskHold:
         self.coasted += 1
 
     def held_boxes(self, shape: tuple[int, int]) -> np.ndarray:
-        """Lost tracks (the library keeps only confirmed ones once lost) at their predicted boxes."""
-        aged = [(self._held_box(t), frames_lost(t)) for t in self.tracker.tracks]
+        """Lost tracks (only confirmed ones are kept once lost) at their predicted boxes."""
+        aged = [(self._held_box(t), self.frame - t.matched_at) for t in self.tracker.tracks]
         return self._grown([(box, age) for box, age in aged if 0 < age <= self.cfg.hold_frames], shape)
 
     def coasting_boxes(self, shape: tuple[int, int]) -> np.ndarray:
-        aged = [(self._held_box(t), frames_lost(t) + self.coasted) for t in self.tracker.tracks]
+        aged = [(self._held_box(t), self.frame - t.matched_at) for t in self.tracker.tracks]
         return self._grown([(box, age) for box, age in aged if age <= self.cfg.hold_frames], shape)
 
-    def _held_box(self, track) -> np.ndarray:
-        """Where a track is predicted, at least the size it had when last matched (its place there would
-        be stale by the camera's motion since: a fast pan smeared it over the background)."""
-        predicted = track.get_state_bbox()
-        seen = self.last_seen.get(id(track))
-        if seen is None:
-            return predicted
+    @staticmethod
+    def _held_box(track: Track) -> np.ndarray:
+        """Where a track is predicted (its place when last matched would be stale by the camera's motion
+        since: a fast pan smeared it over the background), at least the size it had then: the filter
+        extrapolates a box's size as well as its place, and a detector's boxes of a small person vary in
+        height by a quarter from frame to frame (predicted two frames on, a stride, one shrank off a
+        person's feet)."""
+        predicted, seen = track.box, track.matched_box
         center = (predicted[:2] + predicted[2:]) / 2
-        half = np.maximum(predicted[2:] - predicted[:2], seen[1][2:] - seen[1][:2]) / 2
+        half = np.maximum(predicted[2:] - predicted[:2], seen[2:] - seen[:2]) / 2
         return np.concatenate([center - half, center + half])
 
     def _grown(self, boxes_and_age: list, shape: tuple[int, int]) -> np.ndarray:
@@ -121,13 +202,7 @@ class MaskHold:
 
     def reset(self) -> None:
         self.tracker.reset()
-        self.last_seen.clear()
         self.coasted = 0
-
-
-def frames_lost(track) -> int:
-    """Frames since the tracker last matched the track (0: matched at its last update)."""
-    return round(track.time_since_update_seconds * TRACKER_RATE)
 
 
 def with_extra_boxes(detections: Detections, boxes: np.ndarray) -> Detections:

@@ -29,7 +29,7 @@ fi
 
 main() {
     local t0=$SECONDS
-    if "$PY" -c "import ultralytics, av, zmq, pydantic, setproctitle, msgspec, trackers" 2>/dev/null; then
+    if "$PY" -c "import ultralytics, av, zmq, pydantic, setproctitle, msgspec, lap" 2>/dev/null; then
         echo "packages: already importable, nothing installed"
     else
         local wheels="${WHEEL_DIR:-.whl}" site="${SITE:-/tmp/site}"

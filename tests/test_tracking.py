@@ -1,0 +1,57 @@
+"""The mask hold's ByteTrack: what the hold relies on, frame by frame."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from anonengine.tracking import MIN_HITS, ByteTrack
+
+
+def walker(frame: int, speed=(6.0, 1.0)) -> np.ndarray:
+    """A 60x160 person walking right and a little down, `speed` pixels a frame."""
+    x, y = 100 + speed[0] * frame, 200 + speed[1] * frame
+    return np.array([[x, y, x + 60, y + 160]])
+
+
+def test_a_lost_person_is_predicted_where_they_walk_on_across_a_stride():
+    tracker = ByteTrack(high_score=0.25, min_iou=0.2, max_lost_frames=15)
+    for frame in range(0, 20, 2):  # detected every other frame
+        tracker.update(walker(frame), np.array([0.9]), frame)
+    for frame in range(20, 30, 2):  # gone from the detections: lost
+        tracker.update(np.zeros((0, 4)), np.zeros(0), frame)
+    (track,) = tracker.tracks
+    assert track.matched_at == 18
+    assert np.abs(track.box - walker(28)[0]).max() < 2.0  # 60 px walked since, followed to 2 px
+
+
+def test_a_low_scoring_detection_keeps_its_person_followed_but_starts_no_one():
+    tracker = ByteTrack(high_score=0.5, min_iou=0.2, max_lost_frames=15)
+    for frame in range(5):
+        tracker.update(walker(frame), np.array([0.9]), frame)
+    tracker.update(walker(5), np.array([0.3]), 5)  # half hidden: a low score, matched in the second round
+    assert [t.matched_at for t in tracker.tracks] == [5]
+    tracker.update(np.concatenate([walker(6), walker(6) + 500]), np.array([0.9, 0.3]), 6)
+    assert len(tracker.tracks) == 1  # the low one alone starts no track
+
+
+def test_a_lone_detection_is_forgotten_and_a_confirmed_track_is_kept_for_its_budget():
+    tracker = ByteTrack(high_score=0.25, min_iou=0.2, max_lost_frames=4)
+    tracker.update(walker(0) + 700, np.array([0.9]), 0)  # once: a false detection, never confirmed
+    tracker.update(np.zeros((0, 4)), np.zeros(0), 1)
+    assert tracker.tracks == []
+    for frame in range(2, 2 + MIN_HITS):
+        tracker.update(walker(frame), np.array([0.9]), frame)
+    assert tracker.tracks[0].confirmed
+    for frame in range(4, 9):
+        tracker.update(np.zeros((0, 4)), np.zeros(0), frame)
+        assert len(tracker.tracks) == (1 if frame - 3 <= 4 else 0), frame
+
+
+def test_crossing_persons_keep_their_own_tracks():
+    tracker = ByteTrack(high_score=0.25, min_iou=0.2, max_lost_frames=15)
+    for frame in range(12):
+        left, right = walker(frame, (8.0, 0.0)), walker(frame, (-8.0, 0.0)) + [[150, 0, 150, 0]]
+        tracker.update(np.concatenate([right, left]) if frame % 2 else np.concatenate([left, right]),
+                       np.array([0.9, 0.8]), frame)
+    first, second = tracker.tracks
+    assert first.state[1, 0] > 7 and second.state[1, 0] < -7  # each keeps its own speed: never swapped
