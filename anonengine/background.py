@@ -50,24 +50,30 @@ IDENTITY_2D = np.eye(2)
 ZOOM_NOISE_PX = 0.5  # zoom or roll moving the small copy's corners less than this is noise
 
 
-def fit_similarity(start: np.ndarray, end: np.ndarray, size: tuple[int, int]) -> np.ndarray | None:
+def fit_similarity(start: np.ndarray, end: np.ndarray, size: tuple[int, int],
+                   zoom_seen_before: bool = True) -> tuple[np.ndarray | None, bool]:
     """The similarity (2x3) taking tracks' `start` points to their `end` points on an image of `size`
     (w, h); None when too few agree, or when most stayed put (the camera is still, whatever moves in
-    front of it)."""
+    front of it). With it, whether the tracks show a zoom or roll: one is taken only when the frame before
+    showed one too (`zoom_seen_before`), else the motion is a shift."""
     if len(start) < MIN_TRACKS or (np.linalg.norm(end - start, axis=-1) < STILL_TRACK_PX).mean() >= 0.5:
-        return None
+        return None, False
     matrix, inliers = cv2.estimateAffinePartial2D(start, end, method=cv2.RANSAC, ransacReprojThreshold=0.5,
                                                   maxIters=500, confidence=0.99)
     if matrix is None or inliers.sum() < MIN_TRACKS:
-        return None
+        return None, False
     # A zoom or roll too small to tell from the trackers' noise is taken as none: chained over a long pan,
-    # such noise would turn and scale the whole model. Then the shift is the inliers' median.
+    # such noise would turn and scale the whole model. So is one in a frame alone: a lens zooms, a hand rolls
+    # the camera, over many frames, where the trackers' noise passed ZOOM_NOISE_PX in one frame of a shaking
+    # street clip's 200 (0.66 px) and, chained into every later frame's placement, took the rest off the fast
+    # path of a pure shift (`warp`). Then the shift is the inliers' median.
     half = np.float32(size) / 2
-    if np.abs((matrix[:, :2] - np.eye(2)) @ half).max() < ZOOM_NOISE_PX:
+    zoomed = bool(np.abs((matrix[:, :2] - np.eye(2)) @ half).max() >= ZOOM_NOISE_PX)
+    if not (zoomed and zoom_seen_before):
         agreeing = inliers.ravel() == 1
         matrix = np.float64([[1, 0, 0], [0, 1, 0]])
         matrix[:, 2] = np.median((end - start).reshape(-1, 2)[agreeing], axis=0)
-    return matrix
+    return matrix, zoomed
 
 
 class CameraMotion:
@@ -79,10 +85,12 @@ class CameraMotion:
         self._previous: tuple[np.ndarray, np.ndarray] | None = None
         self._corners: np.ndarray | None = None  # on the previous copy's person-free pixels
         self._followed = 0
+        self._zoomed = False  # the tracks of the frame before showed a zoom or roll
 
     def reset(self) -> None:
         self._previous = None
         self._corners = None
+        self._zoomed = False
 
     def estimate(self, frame: np.ndarray, person_mask: np.ndarray) -> np.ndarray | None:
         """The 2x3 matrix from the previous frame's pixels to this frame's; None while the camera is
@@ -110,7 +118,7 @@ class CameraMotion:
         found &= (ends[:, 0] >= 0) & (ends[:, 1] >= 0) & (ends[:, 0] < size[0]) & (ends[:, 1] < size[1])
         found[found] = free[ends[found, 1], ends[found, 0]] > 0  # a track that ends on a person followed them
         self._corners = tracked[found]
-        matrix = fit_similarity(corners[found], tracked[found], size)
+        matrix, self._zoomed = fit_similarity(corners[found], tracked[found], size, zoom_seen_before=self._zoomed)
         if matrix is None:
             return None
         matrix[:, 2] /= scale  # the shift at full size (zoom and roll do not depend on it)
@@ -359,6 +367,7 @@ class BackgroundModel:
     @staticmethod
     def _warp_back(canvas_image: np.ndarray, inverse: np.ndarray, size: tuple[int, int], interpolation: int):
         """out(x, y) = canvas_image(inverse @ (x, y, 1)), `size` (w, h), black outside the canvas."""
+        interpolation = warp_interpolation(interpolation, inverse)
         if interpolation in (cv2.INTER_LANCZOS4, cv2.INTER_NEAREST) and _near(inverse[:, :2], IDENTITY_2D, 1e-9):
             shifted = _shifted_window if interpolation == cv2.INTER_LANCZOS4 else _shifted_nearest
             return shifted(canvas_image, inverse[:, 2], size)
@@ -465,6 +474,17 @@ def _near(a: np.ndarray, b: np.ndarray, atol: float) -> bool:
     return bool((np.abs(a - b) <= atol + 1e-5 * np.abs(b)).all())
 
 
+def warp_interpolation(interpolation: int, matrix: np.ndarray) -> int:
+    """The interpolation a warp by `matrix` (2x3, either way) is done with: Lanczos is kept for a pure shift (a
+    pan, a shake: nearly every frame of a moving camera), which is separable (`warp`: 5.5 ms a 720p frame
+    here), and a zoom or roll in Lanczos is done bicubic: OpenCV's general Lanczos warp takes 72 ms a 720p
+    frame, its bicubic 14. A noisy estimate of a tiny zoom, chained into every later frame's placement, had put
+    the rest of a street clip on that slow path (its compositor: 14.5 s of CPU against 4.9)."""
+    if interpolation == cv2.INTER_LANCZOS4 and not _near(matrix[:, :2], IDENTITY_2D, 1e-9):
+        return cv2.INTER_CUBIC
+    return interpolation
+
+
 def warp(image: np.ndarray, matrix: np.ndarray, size: tuple[int, int], interpolation: int,
          exact: bool = False) -> np.ndarray:
     """`cv2.warpAffine` of `image` by the 2x3 `matrix` to `size` (w, h); a pure shift in Lanczos is done as
@@ -473,7 +493,8 @@ def warp(image: np.ndarray, matrix: np.ndarray, size: tuple[int, int], interpola
 
     `exact`: that path's pixels in float32, unrounded (for the running average, which takes either): OpenCV
     filters uint8 into float32 in half the time it takes to round back to uint8 (5 against 12.5 ms)."""
-    if interpolation != cv2.INTER_LANCZOS4 or not _near(matrix[:, :2], IDENTITY_2D, 1e-9):
+    interpolation = warp_interpolation(interpolation, matrix)
+    if interpolation != cv2.INTER_LANCZOS4:
         return cv2.warpAffine(image, matrix, size, flags=interpolation)
     # out(x) = image(x - t) = sum over j in -3..4 of image(x + o + j) * L(f - j), o = floor(-t), f = -t - o.
     offset = np.floor(-matrix[:, 2])

@@ -8,8 +8,8 @@ own code, unchanged: this class only overrides how pixels are stored and moved. 
 the regions drawn back come down, as the CPU model gives them (uint8 NumPy), and so does what the fill of
 never-seen pixels needs, now and then (mirror fill and inpainting stay on the CPU).
 
-Resampling follows OpenCV's: bilinear and bicubic (a = -0.75) through `grid_sample`, Lanczos as 8x8 taps
-(separable for a pure shift, as the CPU model's fast path), zero borders; equal to the CPU model within a
+Resampling follows OpenCV's: bilinear and bicubic (a = -0.75) through `grid_sample`, Lanczos for a pure
+shift alone, separably (a zoom or roll in Lanczos is done bicubic, as the CPU model does), zero borders; equal to the CPU model within a
 few grey levels where positions fall between pixels (OpenCV rounds positions to 1/32 px and learns a
 uint8 frame, here unrounded), exactly equal while the camera stands still (tests/test_background_torch.py,
 on CPU tensors).
@@ -25,14 +25,13 @@ import torch.nn.functional as F
 from anonengine.background import (
     CUT_PIXEL_CHANGE,
     CUT_SAMPLE_STEP,
-    IDENTITY_2D,
     RENDER_RESAMPLE,
     RESAMPLE,
     SOLID_GREY,
     BackgroundModel,
     Scene,
     View,
-    _near,
+    warp_interpolation,
 )
 from anonengine.config import BackgroundConfig
 from anonengine.errors import ConfigError
@@ -168,9 +167,11 @@ def resample(image: torch.Tensor, inverse: np.ndarray, size: tuple[int, int], in
              shift_border: str = "zeros") -> torch.Tensor:
     """out(x, y) = image(inverse @ (x, y, 1)): OpenCV's `warpAffine(..., WARP_INVERSE_MAP)` to `size` (w, h),
     outside the image black; `image` HxW or HxWxC float. A pure shift in Lanczos is filtered separably, the
-    image's edge repeated (`shift_border="replicate"`, as the CPU model's fast path) or black."""
+    image's edge repeated (`shift_border="replicate"`, as the CPU model's fast path) or black; a zoom or roll
+    in Lanczos is done bicubic (`warp_interpolation`)."""
     w, h = size
-    if interpolation == cv2.INTER_LANCZOS4 and _near(inverse[:, :2], IDENTITY_2D, 1e-9):
+    interpolation = warp_interpolation(interpolation, inverse)  # as the CPU model: Lanczos for shifts alone
+    if interpolation == cv2.INTER_LANCZOS4:
         return _shift_lanczos(image, inverse[:, 2], size, shift_border)
     planar = image.permute(2, 0, 1)[None] if image.dim() == 3 else image[None, None]
     ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float64, device=image.device),
@@ -178,12 +179,9 @@ def resample(image: torch.Tensor, inverse: np.ndarray, size: tuple[int, int], in
     m = torch.as_tensor(inverse, dtype=torch.float64, device=image.device)
     sx = m[0, 0] * xs + m[0, 1] * ys + m[0, 2]
     sy = m[1, 0] * xs + m[1, 1] * ys + m[1, 2]
-    if interpolation == cv2.INTER_LANCZOS4:
-        out = _lanczos(planar, sx, sy)
-    else:
-        mode = {cv2.INTER_NEAREST: "nearest", cv2.INTER_LINEAR: "bilinear", cv2.INTER_CUBIC: "bicubic"}[interpolation]
-        out = F.grid_sample(planar, _grid(sx, sy, planar.shape[-2:]), mode=mode, padding_mode="zeros",
-                            align_corners=True)
+    mode = {cv2.INTER_NEAREST: "nearest", cv2.INTER_LINEAR: "bilinear", cv2.INTER_CUBIC: "bicubic"}[interpolation]
+    out = F.grid_sample(planar, _grid(sx, sy, planar.shape[-2:]), mode=mode, padding_mode="zeros",
+                        align_corners=True)
     return out[0].permute(1, 2, 0) if image.dim() == 3 else out[0, 0]
 
 
@@ -200,25 +198,6 @@ def _lanczos_weights(frac: torch.Tensor) -> torch.Tensor:
     t = frac[..., None] - LANCZOS_TAPS.to(frac.device, frac.dtype)
     weights = torch.sinc(t) * torch.sinc(t / 4)
     return weights / weights.sum(dim=-1, keepdim=True)
-
-
-def _lanczos(planar: torch.Tensor, sx: torch.Tensor, sy: torch.Tensor) -> torch.Tensor:
-    """Lanczos-4 at arbitrary positions: 8x8 taps, each gathered (taps outside the image are black)."""
-    _, c, ih, iw = planar.shape
-    bx, by = torch.floor(sx), torch.floor(sy)
-    wx, wy = _lanczos_weights(sx - bx), _lanczos_weights(sy - by)
-    flat = planar[0].reshape(c, -1)
-    out = torch.zeros((c, *sx.shape), dtype=planar.dtype, device=planar.device)
-    for j, dy in enumerate(LANCZOS_TAPS.tolist()):
-        row = (by + dy).long()
-        row_in = (row >= 0) & (row < ih)
-        for i, dx in enumerate(LANCZOS_TAPS.tolist()):
-            col = (bx + dx).long()
-            inside = row_in & (col >= 0) & (col < iw)
-            index = (row.clamp(0, ih - 1) * iw + col.clamp(0, iw - 1)).reshape(-1)
-            taps = flat[:, index].reshape(c, *sx.shape)
-            out += taps * (wy[..., j] * wx[..., i] * inside).to(planar.dtype)
-    return out[None]
 
 
 def _shift_lanczos(image: torch.Tensor, shift: np.ndarray, size: tuple[int, int], border: str) -> torch.Tensor:

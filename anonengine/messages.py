@@ -118,7 +118,7 @@ class ScheduleState(Message):
     that runs it, for the one that takes over if it dies: not sent on a socket."""
 
     last_seq: int | None
-    busy: bool
+    gap: int  # frames from the last detection to the next (DetectionSchedule.gap)
     known: PackedDetections | None
     decided: tuple[tuple[int, int, bool], ...]  # (seq, pts, wanted) of the latest frames
     recent: tuple[tuple[float, ...], ...] = ()  # the boxes (x0, y0, x1, y1, ...) of the last detections known

@@ -4,8 +4,9 @@ Between two detections the compositor hides each person where they were and wher
 boxes of the detections on either side, held by the tracker and grown), which covers anyone walking
 from one box to the other. What that cannot cover is a person who is not in both: someone entering
 or leaving, or a detection that fails. So an adaptive schedule looks at every frame while the last
-detection shows such a change, and otherwise at every `stride`-th frame; a fixed one at every
-`stride`-th frame always.
+detection shows such a change; at every 2nd while someone moves fast or persons overlap (a pair crossing
+can come out of a detection as one box, and the way a fast person turns between detections is a guess);
+and otherwise at every `stride`-th frame. A fixed one looks at every `stride`-th frame always.
 
 The decision for a frame depends only on the detections of the frames before it, so the engine and
 `--inline` skip the same frames and give the same pixels; the engine's detector therefore holds a
@@ -43,6 +44,13 @@ REMEMBERED = 512
 # longer (bench/privacy.py, street fast pan: known err 2.9 to 3.6 grey levels, past issue 11's 3).
 RECENT = 4
 SAME_PLACE_IOU = 0.5
+# A person whose box moved (a corner) by more than this share of its width a frame since the detection before
+# moves fast; a walker across a 720p street moves about 0.03 of their width a frame, the test clips' crossing
+# pair up to 0.5 (where stride 3 showed one of them to the audit's detector, and stride 2 nobody).
+FAST_MOTION = 0.1
+# Two persons overlap when their boxes share this much of the smaller one's area.
+OVERLAP = 0.05
+CAREFUL_STRIDE = 2  # the stride while someone moves fast or persons overlap
 
 
 class DetectionSchedule:
@@ -57,8 +65,9 @@ class DetectionSchedule:
         self.last_decided: int | None = None  # the last frame decided, wanted or not
         self.awaiting: int | None = None  # the last frame wanted, until its detections are known
         self.known: Detections | None = None  # the last detections known
+        self.known_seq: int | None = None  # their frame
         self.recent: deque[np.ndarray] = deque(maxlen=RECENT)  # the boxes of the last detections known
-        self.busy = True  # someone entering or leaving in the last detection: look at every frame
+        self.gap = 1  # frames from the last detection to the next: 1 while someone enters or leaves
         self.decided: dict[tuple[int, int], bool] = {}  # (seq, pts) -> wanted, the latest `remember` frames
         self.forgotten_to = -1  # the last frame whose decision was let go (decisions go oldest first)
         self._before_awaited: tuple[int | None, int | None] = (None, None)  # (last_seq, last_decided) before it
@@ -91,14 +100,14 @@ class DetectionSchedule:
             # change the decisions of the frames still to come (and so the output's pixels).
             return True
         if (self.last_seq is not None and seq <= self.last_seq) or at_break:
-            self.known, self.busy = None, True  # what came before is not what comes now: start over
+            self.known, self.gap = None, 1  # what came before is not what comes now: start over
             self.recent.clear()
         if self.stride == 1 or self.known is None or last:
             wanted = True
         elif not self.adaptive:
             wanted = seq % self.stride == 0
         else:
-            wanted = seq - self.last_seq >= (1 if self.busy else self.stride)
+            wanted = seq - self.last_seq >= self.gap
         if wanted:
             self._before_awaited = (self.last_seq, self.last_decided)
             self.last_seq = self.awaiting = seq
@@ -119,8 +128,14 @@ class DetectionSchedule:
         if seq != self.awaiting:
             return  # an older frame's answer (offered again): the schedule has moved on
         self.awaiting = None
-        self.busy = (detections is None or self.known is None
-                     or changing(self.known, detections, self.edge, tuple(self.recent) if self.recording else None))
+        known_seq, self.known_seq = self.known_seq, seq
+        if (detections is None or self.known is None
+                or changing(self.known, detections, self.edge, tuple(self.recent) if self.recording else None)):
+            self.gap = 1
+        elif moving_fast(self.known, detections, seq - known_seq) or overlapping(detections):
+            self.gap = min(self.stride, CAREFUL_STRIDE)
+        else:
+            self.gap = self.stride
         self.known = detections
         if detections is None:
             self.recent.clear()
@@ -141,14 +156,15 @@ class DetectionSchedule:
         """The schedule's state between detections, for a successor (`restore`); outlines left out (`changing`
         compares boxes)."""
         known = None if self.known is None else pack_detections(replace(self.known, masks=None))
-        return ScheduleState(self.last_seq, self.busy, known,
+        return ScheduleState(self.last_seq, self.gap, known,
                              tuple((seq, pts, wanted) for (seq, pts), wanted in self.decided.items()),
                              tuple(tuple(map(float, boxes.ravel())) for boxes in self.recent))
 
     def restore(self, state: ScheduleState) -> None:
         """A predecessor's state, as it kept it after its last batch. A frame decided after that (it died
         detecting it) comes again and is decided afresh from the same state: the same way."""
-        self.last_seq, self.busy = state.last_seq, state.busy
+        self.last_seq, self.gap = state.last_seq, state.gap
+        self.known_seq = state.last_seq  # kept between detections: the last frame wanted is the one known
         self.known = None if state.known is None else unpack_detections(state.known)
         self.recent = deque((np.array(boxes, np.float32).reshape(-1, 4) for boxes in state.recent), maxlen=RECENT)
         self.decided = {(seq, pts): wanted for seq, pts, wanted in state.decided[-self.remember:]}
@@ -191,3 +207,31 @@ def changing(before: Detections, now: Detections, edge: float, recent: tuple[np.
     size = np.maximum(boxes[:, 2:] - boxes[:, :2], 1.0)
     grown = (np.abs(boxes - matched) / np.tile(size, 2)).max(axis=1) > EDGE_CHANGE
     return bool((grown & at_edge(boxes)).any())
+
+
+def moving_fast(before: Detections, now: Detections, frames: int) -> bool:
+    """Whether a person of `now`, the same as one of `before` (`frames` earlier), moved a corner of their box by
+    more than FAST_MOTION of its width a frame."""
+    if not len(before) or not len(now):
+        return False
+    iou = box_iou(now.boxes, before.boxes).reshape(len(now), len(before))
+    same = iou.max(axis=1) >= SAME_PERSON_IOU
+    if not same.any():
+        return False
+    boxes, matched = now.boxes[same], before.boxes[iou[same].argmax(axis=1)]
+    width = np.maximum(boxes[:, 2] - boxes[:, 0], 1.0)
+    return bool((np.abs(boxes - matched).max(axis=1) / width > FAST_MOTION * max(frames, 1)).any())
+
+
+def overlapping(detections: Detections) -> bool:
+    """Whether two persons' boxes share more than OVERLAP of the smaller one's area."""
+    boxes = detections.boxes.reshape(-1, 4)
+    if len(boxes) < 2:
+        return False
+    tl = np.maximum(boxes[:, None, :2], boxes[None, :, :2])
+    br = np.minimum(boxes[:, None, 2:], boxes[None, :, 2:])
+    shared = np.prod(np.clip(br - tl, 0, None), axis=2)
+    area = np.prod(np.maximum(boxes[:, 2:] - boxes[:, :2], 1e-6), axis=1)
+    share = shared / np.minimum(area[:, None], area[None, :])
+    np.fill_diagonal(share, 0)
+    return bool((share > OVERLAP).any())

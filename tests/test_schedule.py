@@ -59,6 +59,21 @@ def test_adaptive_looks_at_every_nth_frame_while_nobody_enters_or_leaves():
     assert looked_at(DetectionSchedule(3, True, 0.03), walker, 12) == [0, 1, 4, 7, 10]
 
 
+def test_adaptive_looks_at_every_2nd_frame_while_someone_moves_fast_or_persons_overlap():
+    def runner(seq):  # 12 px a frame: a fifth of their width
+        return persons([100 + 12 * seq, 100, 160 + 12 * seq, 300])
+
+    assert looked_at(DetectionSchedule(3, True, 0.03), runner, 12) == [0, 1, 3, 5, 7, 9, 11]
+
+    def crossing(seq):  # two walkers, slow, side by side and overlapping by a third of their width
+        return persons([200 + seq, 100, 260 + seq, 300], [240 + seq, 110, 300 + seq, 310])
+
+    assert looked_at(DetectionSchedule(3, True, 0.03), crossing, 12) == [0, 1, 3, 5, 7, 9, 11]
+    # One of them gone at frame 5 (a change: every frame), the other walking on slowly: the stride is back.
+    assert looked_at(DetectionSchedule(3, True, 0.03), lambda seq: crossing(seq) if seq < 5 else walker(seq),
+                     14) == [0, 1, 3, 5, 6, 9, 12]
+
+
 def test_adaptive_looks_at_every_frame_while_a_person_enters_at_an_edge():
     def entering(seq):  # walks in from the left edge: their box grows by 8 px a frame
         return persons([200, 100, 260, 300], [0, 120, 10 + 8 * seq, 320]) if seq >= 4 else walker(0)
@@ -220,10 +235,12 @@ def test_a_stride_needs_the_next_detection_within_the_look_ahead():
         AnonymizerConfig.model_validate(cfg)
 
 
-def test_the_default_stride_detects_every_frame_where_a_config_turns_off_what_it_needs():
-    assert AnonymizerConfig().detector.stride == 2
+def test_the_default_stride_is_what_a_config_that_shortens_what_it_needs_allows():
+    assert AnonymizerConfig().detector.stride == 3
     for off in ({"lookahead_frames": 0}, {"enabled": False}):
         assert AnonymizerConfig.model_validate({"hold": off}).detector.stride == 1
+    assert AnonymizerConfig.model_validate({"hold": {"lookahead_frames": 1}}).detector.stride == 2
+    assert AnonymizerConfig.model_validate({"hold": {"hold_frames": 2}}).detector.stride == 2
 
 
 def test_a_lost_person_is_held_for_hold_frames_frames_at_a_stride_not_that_many_detections():
