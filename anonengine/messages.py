@@ -72,6 +72,7 @@ class StreamInfoMsg(Message):
     metadata: str | None = None
     next_seq: int = 0  # first frame not yet done: where a restarted consumer resumes
     privacy_zones: list[list[tuple[float, float]]] = msgspec.field(default_factory=list)
+    continues: bool = False  # from a restarted capture, going on with the stream its predecessor began
 
     @property
     def rate_fraction(self) -> Fraction:

@@ -129,7 +129,7 @@ class CaptureService(Service):
             time_base=(info.time_base.numerator, info.time_base.denominator),
             live=self.live, frames=info.frames, ring=self.ring.name, slots=self.ring.slots,
             output=self.camera_cfg.output, metadata=self.camera_cfg.metadata, next_seq=next_seq,
-            privacy_zones=[[list(p) for p in zone] for zone in self.camera_cfg.privacy_zones],
+            continues=self.continues, privacy_zones=[[list(p) for p in zone] for zone in self.camera_cfg.privacy_zones],
         ))  # fmt: skip
 
     def step(self) -> bool:

@@ -111,11 +111,13 @@ class CompositeService(Service):
             return  # a late re-announcement: restarting would overwrite the finished output
         state = self.cameras.get(info.camera)
         ended = state.whole if state is not None else info.camera in self.finished_cameras
-        if ended and info.next_seq > 0 and (state is None or state.info.ring != info.ring):
+        if ended and (info.next_seq > 0 or info.continues) and (state is None or state.info.ring != info.ring):
             # The rest of a stream that ended here: its capture died after the end, and its successor
             # offers again, from the last progress the launcher had heard of, frames all done. They go
             # back as they come. (Taken for a new stream, they were composited for nothing; arriving
-            # before this compositor let go of the finished stream, they waited for ever.)
+            # before this compositor let go of the finished stream, they waited for ever. From frame 0, where
+            # the launcher had heard of no progress yet, the whole stream was composited again, with the
+            # detections of frames whose schedule was forgotten, and replaced the finished output.)
             self.finished_rings.add(info.ring)
             return
         if state is not None:

@@ -402,6 +402,22 @@ def test_run_gives_up_on_a_crash_loop_and_stops_the_rest_in_order(tmp_path):
     assert not Path(launcher.endpoints.dir).exists()
 
 
+def test_a_stop_while_no_compositor_is_up_kills_it_and_the_captures_at_once(tmp_path):
+    """The compositor still setting up (no heartbeat yet), the capture and detector up with frames in flight:
+    those frames cannot get past a compositor that is not up, so the stop does not wait for them (a live
+    capture waited 5 s for them: a Ctrl-C 2.5 s after the command took 7.7 s). The starting compositor and
+    the capture are killed at once; the rest stop in order."""
+    spawn = FakeSpawn(lambda name: None)
+    launcher = fake_launcher(tmp_path, spawn)
+    for child in launcher.children.values():
+        if child.stage != "composite":
+            child.last_beat = launcher.clock()
+    launcher.stop(grace_s=1)
+    assert spawn.signals[:2] == [("composite", signal.SIGKILL), ("capture-cam", signal.SIGKILL)]
+    assert spawn.signals[2:] == [("detect0", signal.SIGTERM), ("encode", signal.SIGTERM)]
+    assert not Path(launcher.endpoints.dir).exists()
+
+
 # --- honcho ------------------------------------------------------------------------------------------
 
 HONCHO_FRAMES = 10

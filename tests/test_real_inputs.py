@@ -24,7 +24,7 @@ import av
 import cv2
 import numpy as np
 import pytest
-from helpers import LEAK_SHARE, free_port, records_so_far, shown_share, stage_pids, stage_title
+from helpers import LEAK_SHARE, records_so_far, shown_share, stage_pids
 
 from anonengine.audit import audit
 from anonengine.config import CameraConfig, EngineConfig
@@ -656,56 +656,6 @@ def test_ctrl_c_during_start_up_ends_the_run_at_once_with_one_line(after_s, long
         (130, True), (0, True)) or (code == 0 and "frames anonymized" in lines[0]), (code, stderr)
     assert took < STOP_WITHIN_S, f"took {took:.1f} s to stop"
     assert_nothing_left(f"p{proc.pid}", tmp_path / "temp")
-
-
-@pytest.mark.slow  # the detector up, then 1 s of frames in flight: 12 s here
-def test_ctrl_c_while_the_compositor_still_starts_does_not_wait_for_the_frames_in_flight(long_clip, models_dir,
-                                                                                       tmp_path):
-    """The compositor has bound its inbox (before its set-up, so that nothing sent to it is lost) but is
-    still setting up, held here with SIGSTOP; the capture and the detector are up, frames in flight. Those
-    cannot go out: the live capture waited 5 s for them before leaving (a Ctrl-C 2.5 s after the command
-    took 7.7 s, once in a suite run)."""
-    import urllib.request
-
-    from anonengine.engine.runtime import Endpoints
-
-    port = free_port()
-    proc = start_run(models_dir, "--video-source", long_clip.video, "--output-video", tmp_path / "out.mp4", "--live",
-                     "--http", f"127.0.0.1:{port}", temp=tmp_path / "temp")
-    instance = f"p{proc.pid}"
-    inbox = Path(Endpoints("", instance).composite(0).removeprefix("ipc://"))
-
-    def detector_up() -> bool:  # its model loaded (or exported, the first time): frames go in flight then
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as response:
-                return 'anonengine_stage_up{process="detect0",stage="detect"} 1' in response.read().decode()
-        except OSError:
-            return False
-
-    try:
-        compositor = None
-        deadline = time.monotonic() + 30
-        while compositor is None and time.monotonic() < deadline and proc.poll() is None:
-            if inbox.exists():
-                compositor = next((pid for pid in stage_pids(instance) if "composite" in stage_title(pid)), None)
-            time.sleep(0.005)
-        assert compositor is not None, "no compositor bound its inbox"
-        os.kill(compositor, signal.SIGSTOP)
-        deadline = time.monotonic() + 60
-        while not detector_up() and time.monotonic() < deadline and proc.poll() is None:
-            time.sleep(0.1)
-        assert detector_up(), "the detector did not come up"
-        time.sleep(1)  # the capture's replay starts, frames go to the detector and on to the compositor's inbox
-    except BaseException:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-        raise
-    code, stderr, took = stop_and_wait(proc, signal.SIGINT, group=True)
-    lines = stderr.strip().splitlines()
-    assert len(lines) == 1 and (code, "interrupted by SIGINT" in lines[0] or "stopped before its first frame" in lines[0]
-                                ) in ((130, True), (0, True)), (code, stderr)
-    assert took < STOP_WITHIN_S, f"took {took:.1f} s to stop"
-    assert_nothing_left(instance, tmp_path / "temp")
 
 
 def test_a_stop_signal_that_comes_inside_a_callback_python_cannot_raise_from_still_stops():
