@@ -240,7 +240,7 @@ class CaptureService(Service):
         if self._clock_start is None:
             compositor = self.endpoints.composite(self.composite_worker)
             while not self.stopping:
-                detector = bool(self.frames_out.poll(POLL_MS, zmq.POLLOUT))
+                detector = self.wait(self.frames_out, POLL_MS, zmq.POLLOUT)
                 if detector and _bound(compositor):
                     break
                 if detector:  # the poll answers at once while the compositor is not there yet: no spinning
@@ -266,7 +266,7 @@ class CaptureService(Service):
         return True
 
     def _take_releases(self, timeout_ms: int) -> None:
-        if not self.releases.poll(timeout_ms):
+        if not self.wait(self.releases, timeout_ms):
             return
         for release in receive_waiting(self.releases, self.malformed, self.heartbeat_s):
             if isinstance(release, messages.Redeliver):

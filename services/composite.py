@@ -80,7 +80,7 @@ class CompositeService(Service):
         self.log.info("ready (pid %d)", os.getpid())
 
     def step(self) -> bool:
-        if self.inbox.poll(POLL_MS):
+        if self.wait(self.inbox, POLL_MS):
             for message in receive_waiting(self.inbox, self.malformed, self.heartbeat_s):
                 self._handle(message)
         self._enforce_deadlines()

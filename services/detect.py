@@ -89,7 +89,7 @@ class DetectService(Service):
         max_wait_ms for the rest."""
         batch, waiting = list(self.held), len(self.held)
         self.held.clear()
-        if not self.frames_in.poll(0 if batch and not self.stalled else POLL_MS):
+        if not self.wait(self.frames_in, 0 if batch and not self.stalled else POLL_MS):
             return batch
         batch.extend(self._decoded(self.frames_in.recv()))
         # A backend that runs frames one at a time gains nothing from a fuller batch: take what is there.
@@ -99,7 +99,7 @@ class DetectService(Service):
             left = deadline - time.monotonic()
             if left <= 0 and not self.frames_in.poll(0):
                 break
-            if not self.frames_in.poll(max(0, int(left * 1000))):
+            if not self.wait(self.frames_in, max(0, int(left * 1000))):
                 break
             batch.extend(self._decoded(self.frames_in.recv()))
         return batch

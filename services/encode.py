@@ -10,7 +10,6 @@ high-water mark drops frames for a slow subscriber instead of slowing the engine
 from __future__ import annotations
 
 import os
-import time
 import uuid
 from dataclasses import dataclass
 
@@ -68,16 +67,14 @@ class EncodeService(Service):
             # every topic to an encoder that connects later), so the count is of topics: still > 0 while
             # anyone subscribes.
             self.tap = self.socket(zmq.XPUB, self.endpoints.tap_relay, hwm=self.cfg.tap.hwm)
-        self.poller = zmq.Poller()
-        self.poller.register(self.inbox, zmq.POLLIN)
-        if self.tap is not None:
-            self.poller.register(self.tap, zmq.POLLIN)
+        self.poller = self.make_poller((self.inbox, zmq.POLLIN), *([(self.tap, zmq.POLLIN)] if self.tap is not None else []))
         self.log.info("ready (pid %d), tap %s", os.getpid(), endpoint or "off")
 
     def step(self) -> bool:
         self.rings.prune()  # a dead compositor's output rings, unlinked by the launcher: their memory goes
         # Stopped last: what the compositor sent before it went is still written.
         events = dict(self.poller.poll(0 if self.stopping else POLL_MS))
+        self.woken(events)
         if self.tap is not None and self.tap in events:
             self._count_subscribers()
         if self.inbox in events:
@@ -232,7 +229,7 @@ class EncodeService(Service):
             # Closed before its ZAP handler (no connection then goes unchecked); what is queued still goes.
             self.tap.close(linger=1000)
             self.tap_curve.close()
-        time.sleep(0.05)  # let the last CameraDone leave before the context goes
+        # The last CameraDone still queued leaves with the context's linger (`Service.shutdown`).
 
 
 def main(argv=None) -> int:
