@@ -14,6 +14,7 @@ import contextlib
 import io
 import logging
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +36,25 @@ def require_nncf() -> None:
             "detector.int8 needs NNCF to quantize the model: pip install 'anonengine[int8]' (or pip install nncf), "
             "or turn detector.int8 off"
         )
+
+
+def import_nncf():
+    """`nncf`, without its usage telemetry. NNCF reports each quantization to Google Analytics through
+    openvino-telemetry (on unless the user opted out; off only in CI or under pytest): a privacy tool does not
+    tell a third party when it is used (the OpenVINO runtime is imported without its converter for the same
+    reason, `backends.openvino_runtime`). With openvino-telemetry unimportable while NNCF is first imported,
+    NNCF takes its stub, which sends nothing."""
+    if "nncf" not in sys.modules:
+        telemetry = sys.modules.get("openvino_telemetry")
+        sys.modules["openvino_telemetry"] = None
+        try:
+            import nncf  # noqa: F401
+        finally:
+            if telemetry is None:
+                del sys.modules["openvino_telemetry"]
+            else:
+                sys.modules["openvino_telemetry"] = telemetry
+    return sys.modules["nncf"]
 
 
 def calibration_frames(shape: tuple[int, int], count: int = CALIBRATION_FRAMES, seed: int = CALIBRATION_SEED):
@@ -71,7 +91,7 @@ def preprocess(frame: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 
 def head_scope(ov_model):
     """Names of the detection head's operations, which stay in floating point (as in Ultralytics' exporter)."""
-    import nncf
+    nncf = import_nncf()
 
     operations = ov_model.get_ordered_ops()
     sigmoids = [op.get_friendly_name() for op in operations if op.get_type_name() == "Sigmoid"]
@@ -92,7 +112,7 @@ def quantize_openvino(fp32_dir: Path, out_dir: Path, shape: tuple[int, int]) -> 
     require_nncf()
     # NNCF imports torch's extension builder, which warns about a CUDA_HOME without CUDA: not ours to show.
     logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
-    import nncf
+    nncf = import_nncf()
     import openvino as ov
 
     xml = next(Path(fp32_dir).glob("*.xml"))

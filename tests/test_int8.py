@@ -66,3 +66,20 @@ def test_int8_without_nncf_is_a_one_line_error(models_dir, monkeypatch):
     message = str(error.value)
     assert "\n" not in message
     assert "pip install 'anonengine[int8]'" in message
+
+
+def test_nncf_reports_nothing_to_a_third_party():
+    """NNCF sends each quantization to Google Analytics (openvino-telemetry) unless in CI or under pytest:
+    imported the way the INT8 path imports it, outside pytest, it takes its stub."""
+    import os
+    import subprocess
+
+    code = ("import sys\n"
+            "from anonengine.calibration import import_nncf\n"
+            "import_nncf()\n"
+            "import nncf.telemetry.wrapper as wrapper\n"
+            "print(type(wrapper.telemetry).__name__, 'openvino_telemetry' in sys.modules)\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NNCF_")}
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120,
+                            check=True)
+    assert result.stdout.split() == ["MagicMock", "False"], result.stdout + result.stderr
