@@ -94,9 +94,7 @@ class ExportedModels:
             if self.backend == "openvino" and self.task == "pose":
                 model = self._openvino_pose(shape)
             else:
-                from ultralytics import YOLO
-
-                model = YOLO(str(self.export(shape)), task=self.task)
+                model = ultralytics_yolo()(str(self.export(shape)), task=self.task)
             self._models[shape] = model
         return model, shape
 
@@ -211,7 +209,7 @@ class ExportedModels:
 
     def _ultralytics_export(self, target: Path, shape: tuple[int, int], dynamic: bool = False) -> None:
         """Ultralytics' export of the weights to `target`, traced at input `shape`; `dynamic`: for any size."""
-        from ultralytics import YOLO
+        YOLO = ultralytics_yolo()
 
         with work_folder(target, f"cannot export {self.weights.name} to {self.backend}") as work:
             staged = work / self.weights.name
@@ -361,6 +359,18 @@ def use_openvino_threads(model, path: Path, threads: int) -> None:
     config = {**compile_model.keywords.get("config", {}), "INFERENCE_NUM_THREADS": threads}
     backend.compile_model = functools.partial(compile_model, config=config)
     backend.ov_compiled_model = backend.compile_model(ov.Core().read_model(next(path.glob("*.xml"))))
+
+
+def ultralytics_yolo():
+    """Ultralytics' YOLO class, its usage analytics off in this process. Ultralytics sends Google Analytics an
+    event at each prediction's start and each export (its `sync` setting, on by default, when online and
+    outside tests): a privacy tool does not tell a third party when it is used. Turned off here, not in the
+    user's Ultralytics settings file, which their other uses of Ultralytics keep."""
+    from ultralytics import YOLO
+    from ultralytics.utils import events
+
+    events.events.enabled = False
+    return YOLO
 
 
 def openvino_runtime():

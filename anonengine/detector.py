@@ -14,7 +14,14 @@ from pathlib import Path
 import numpy as np
 
 from anonengine import models
-from anonengine.backends import ExportedModels, OpenVinoPose, check_int8, choose_backend, letterbox_shape
+from anonengine.backends import (
+    ExportedModels,
+    OpenVinoPose,
+    check_int8,
+    choose_backend,
+    letterbox_shape,
+    ultralytics_yolo,
+)
 from anonengine.config import AnonymizerConfig
 from anonengine.detections import Detections, box_iou
 from anonengine.errors import ModelError, first_line
@@ -42,7 +49,7 @@ def select_device(spec: str) -> str:
 
 def load_yolo(spec: str, task: str):
     """An Ultralytics YOLO model of the given task, or a one-line ModelError."""
-    from ultralytics import YOLO
+    YOLO = ultralytics_yolo()
 
     # Importing Ultralytics sets its logger to INFO: its per-load chatter is not the user's business.
     logging.getLogger("ultralytics").setLevel(max(logging.WARNING, logging.getLogger().level))

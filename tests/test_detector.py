@@ -291,3 +291,15 @@ def test_a_new_input_size_is_the_dynamic_export_fixed_to_it_and_equals_ultralyti
     for meta in (ours_meta, theirs_meta):
         del meta["date"]
     assert ours_meta == theirs_meta
+
+
+def test_ultralytics_sends_no_usage_analytics():
+    """Ultralytics sends Google Analytics an event at each prediction's start and export when its `sync` setting
+    is on (the default) and it is online, outside tests: the engine's process turns that off for itself."""
+    from ultralytics.utils import events
+
+    from anonengine.backends import ultralytics_yolo
+
+    events.events.enabled = True  # as online, with `sync` on, outside a test
+    ultralytics_yolo()
+    assert events.events.enabled is False
