@@ -62,9 +62,10 @@ def add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--int8", action="store_true", default=None,
                    help="OpenVINO INT8 model (quantized once with NNCF; pip install 'anonengine[int8]')")
     p.add_argument("--stride", type=int, default=None,
-                   help="detect on every Nth frame at most, persons hidden between (default 2; 1: every frame; see README)")
+                   help="detect on every Nth frame at most, persons hidden between (default 3; 1: every frame; see README)")
     p.add_argument("--stride-mode", choices=["adaptive", "fixed"], default=None,
-                   help="adaptive (default): every frame while persons enter, leave or appear; fixed: every Nth")
+                   help="adaptive (default): every frame while persons enter, leave or appear, every 2nd while one moves "
+                        "fast or two overlap; fixed: every Nth")
     p.add_argument("--fill", choices=["mirror", "inpaint", "solid"], default=None, help="fill for never-seen background")
     p.add_argument("--resample", choices=["linear", "cubic", "lanczos"], default=None,
                    help="how a moving camera's frames enter the background: lanczos (default, sharpest), cubic, linear")
