@@ -48,14 +48,15 @@ STILL_TRACK_PX = 0.3  # a track shorter than this (on the small copy) stayed put
 REDETECT_FRAMES = 10
 IDENTITY_2D = np.eye(2)
 ZOOM_NOISE_PX = 0.5  # zoom or roll moving the small copy's corners less than this is noise
+ZOOM_SURE_PX = 1.0  # more than this is a zoom or roll at once; between the two, when the frame before showed one
 
 
 def fit_similarity(start: np.ndarray, end: np.ndarray, size: tuple[int, int],
                    zoom_seen_before: bool = True) -> tuple[np.ndarray | None, bool]:
     """The similarity (2x3) taking tracks' `start` points to their `end` points on an image of `size`
     (w, h); None when too few agree, or when most stayed put (the camera is still, whatever moves in
-    front of it). With it, whether the tracks show a zoom or roll: one is taken only when the frame before
-    showed one too (`zoom_seen_before`), else the motion is a shift."""
+    front of it). With it, whether the tracks show a zoom or roll: a slight one is taken only when the frame
+    before showed one too (`zoom_seen_before`), a clear one at once; else the motion is a shift."""
     if len(start) < MIN_TRACKS or (np.linalg.norm(end - start, axis=-1) < STILL_TRACK_PX).mean() >= 0.5:
         return None, False
     matrix, inliers = cv2.estimateAffinePartial2D(start, end, method=cv2.RANSAC, ransacReprojThreshold=0.5,
@@ -63,13 +64,15 @@ def fit_similarity(start: np.ndarray, end: np.ndarray, size: tuple[int, int],
     if matrix is None or inliers.sum() < MIN_TRACKS:
         return None, False
     # A zoom or roll too small to tell from the trackers' noise is taken as none: chained over a long pan,
-    # such noise would turn and scale the whole model. So is one in a frame alone: a lens zooms, a hand rolls
-    # the camera, over many frames, where the trackers' noise passed ZOOM_NOISE_PX in one frame of a shaking
-    # street clip's 200 (0.66 px) and, chained into every later frame's placement, took the rest off the fast
-    # path of a pure shift (`warp`). Then the shift is the inliers' median.
+    # such noise would turn and scale the whole model. So is a slight one in a frame alone: a lens zooms, a hand
+    # rolls the camera, over many frames, where the trackers' noise passed ZOOM_NOISE_PX in one frame of a
+    # shaking street clip's 200 (0.66 px) and, chained into every later frame's placement, took the rest off the
+    # fast path of a pure shift (`warp`). A clear one (ZOOM_SURE_PX) is taken at once: dropped, it would be
+    # missing from every later frame's place. Then the shift is the inliers' median.
     half = np.float32(size) / 2
-    zoomed = bool(np.abs((matrix[:, :2] - np.eye(2)) @ half).max() >= ZOOM_NOISE_PX)
-    if not (zoomed and zoom_seen_before):
+    moved = np.abs((matrix[:, :2] - np.eye(2)) @ half).max()
+    zoomed = bool(moved >= ZOOM_NOISE_PX)
+    if not (moved >= ZOOM_SURE_PX or (zoomed and zoom_seen_before)):
         agreeing = inliers.ravel() == 1
         matrix = np.float64([[1, 0, 0], [0, 1, 0]])
         matrix[:, 2] = np.median((end - start).reshape(-1, 2)[agreeing], axis=0)
