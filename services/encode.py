@@ -67,7 +67,7 @@ class EncodeService(Service):
             # every topic to an encoder that connects later), so the count is of topics: still > 0 while
             # anyone subscribes.
             self.tap = self.socket(zmq.XPUB, self.endpoints.tap_relay, hwm=self.cfg.tap.hwm)
-        self.poller = self.make_poller((self.inbox, zmq.POLLIN), *([(self.tap, zmq.POLLIN)] if self.tap is not None else []))
+        self.poller = self.make_poller(*((sock, zmq.POLLIN) for sock in (self.inbox, self.tap) if sock is not None))
         self.log.info("ready (pid %d), tap %s", os.getpid(), endpoint or "off")
 
     def step(self) -> bool:
