@@ -24,13 +24,13 @@ import torch.nn.functional as F
 
 from anonengine.background import (
     CUT_PIXEL_CHANGE,
-    CUT_SAMPLE_STEP,
     RENDER_RESAMPLE,
     RESAMPLE,
     SOLID_GREY,
     BackgroundModel,
     Scene,
     View,
+    cut_sample_step,
     warp_interpolation,
 )
 from anonengine.config import BackgroundConfig
@@ -86,7 +86,7 @@ class TorchBackgroundModel(BackgroundModel):
         seen |= first_seen
 
     def _is_cut(self, frame: np.ndarray, person_mask: np.ndarray) -> bool:
-        step = CUT_SAMPLE_STEP
+        step = cut_sample_step(frame.shape)
         seen = self._to_frame(self.scene.seen, cv2.INTER_NEAREST, step=step)
         usable = seen & (self._upload(person_mask[::step, ::step]) == 0)
         samples = int(usable.sum())
