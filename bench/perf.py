@@ -2,7 +2,7 @@
 backend and detector input size; the 720p25 cameras the engine sustains; memory per camera.
 
     python bench/perf.py [--frames 200] [--width 1280 --height 720] [--quick] [--clip street|studio]
-    python bench/perf.py --wall [--frames 200]    # as a user times it: whole commands, start-up included
+    python bench/perf.py --wall [--frames 200] [--rounds 3]    # as a user times it: whole commands, start-up included
 
 The clip (`--clip street`, the default): a street with real textures (brick, windows, a bus, cobbles
 from bus.jpg), five persons at once: one filling the frame (95% of its height), two walking, two small
@@ -13,7 +13,9 @@ the clip) and shakes by up to 1.5 px a frame. `studio` is the older, generated s
 with warm caches (the model's exports made by an untimed run first): frames/s = frames / wall time,
 first frame = launch to the first frame on disk (its metadata record; a file's frames wait for the 50
 after them, `--future-frames 0` shows the start-up alone); the seed's algorithm likewise, from its
-start (models loaded inside) to its last frame written.
+start (models loaded inside) to its last frame written. With `--rounds N` every command runs N times, the
+rounds in alternating order, and the table gives medians, the wall times' spread, and each process's CPU
+time summed by stage (the command, the launcher and the fork server are "other").
 
 The seed's algorithm: two PyTorch models per frame (a detection model for boxes and the pose model),
 float32 compositing at full resolution, one process. Offline, no plain detection weights can be had,
@@ -31,7 +33,6 @@ its peak, for 1 camera and for the most cameras run.
 from __future__ import annotations
 
 import argparse
-import math
 import resource
 import sys
 import tempfile
@@ -81,10 +82,18 @@ def make_clip(out: Path, width: int, height: int, frames: int, kind: str):
     return make_sample(out, width, height, frames, actors=STREET_ACTORS, scene="street", pan=0.15, shake=1.5)
 
 
-def wall_run(clip, out: Path, name: str, *flags: str) -> tuple[float, float]:
-    """(wall seconds, seconds to the first frame on disk) of `anonengine run` on the clip."""
+STAGES = ("capture", "detect", "composite", "encode")
+
+
+def wall_run(clip, out: Path, name: str, *flags: str) -> tuple[float, float, dict[str, float]]:
+    """(wall seconds, seconds to the first frame on disk, CPU seconds per stage) of `anonengine run` on the clip.
+
+    CPU: each process's own user and system time, last read just before it exits, summed by what its title
+    says it is (`anonengine-composite[...]`...); "other" is the command, the launcher and the fork server."""
     import os
     import subprocess
+
+    import psutil
 
     from anonengine.recording import segments_folder
 
@@ -95,47 +104,87 @@ def wall_run(clip, out: Path, name: str, *flags: str) -> tuple[float, float]:
                              "--output-video", str(video), "--metadata", str(metadata), "--quiet", *flags],
                             env=env, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     first = None
+    cpu: dict[int, tuple[str, float]] = {}  # pid -> (stage, CPU seconds so far)
+    command = psutil.Process(proc.pid)
     while proc.poll() is None:
         if first is None:
             partial = [metadata.with_suffix(".jsonl.partial"), *segments_folder(video, keep=False).glob("*.jsonl")]
             if any(p.exists() and p.stat().st_size for p in partial):
                 first = time.perf_counter() - started
+        try:
+            processes = [command, *command.children(recursive=True)]
+        except psutil.Error:
+            processes = []
+        for process in processes:
+            try:
+                with process.oneshot():
+                    times, title = process.cpu_times(), " ".join(process.cmdline())
+            except psutil.Error:
+                continue
+            stage = next((s for s in STAGES if f"anonengine-{s}[" in title), None)
+            # A stage is forked from the fork server under its title, and renames itself once it runs.
+            stage = stage or cpu.get(process.pid, ("other", 0.0))[0]
+            cpu[process.pid] = (stage, times.user + times.system)
         time.sleep(0.02)
     wall = time.perf_counter() - started
     if proc.returncode != 0:
         raise RuntimeError(f"{name}: exit {proc.returncode}: {proc.stderr.read()}")
-    return wall, first if first is not None else wall
+    per_stage = dict.fromkeys((*STAGES, "other"), 0.0)
+    for stage, seconds in cpu.values():
+        per_stage[stage] += seconds
+    return wall, first if first is not None else wall, per_stage
 
 
-def wall_table(clip, out: Path, frames: int) -> None:
+WALL_ROWS = (
+    ("anonengine run (defaults: adaptive stride 3, superfast)", ()),
+    ("anonengine run --stride 1", ("--stride", "1")),
+    ("anonengine run --stride 2", ("--stride", "2")),
+    ("anonengine run --inline", ("--inline",)),
+    ("anonengine run --future-frames 0", ("--future-frames", "0")),
+    ("anonengine run --resample linear", ("--resample", "linear")),
+    ("anonengine run --preset veryfast", ("--preset", "veryfast")),
+    ("anonengine run --int8", ("--int8",)),
+    ("anonengine run --int8 --preset ultrafast", ("--int8", "--preset", "ultrafast")),
+)
+
+
+def wall_table(clip, out: Path, frames: int, rounds: int) -> None:
+    """Every command `rounds` times, the rounds alternating their order (runs here drift and vary by 5 to 10%):
+    medians, and the spread of the wall times."""
+    import statistics
+
     # Warm caches, as a user's second run has them: the OpenVINO export and the INT8 model of this
     # input shape are made once (tens of seconds) and kept beside the weights.
     info = VideoReader(str(clip.video)).info
     warm = make_sample(out / "warm", info.width, info.height, 3)
     for flags in ((), ("--int8",)):
         wall_run(warm, out, "warm", *flags)
-    started = time.perf_counter()
-    seed_fps(clip, out, 640)
-    seed_wall = time.perf_counter() - started
-    rows = [("seed algorithm (torch x2, float32)", seed_wall, math.nan)]
     # Untimed, on the clip itself: the first engine command after the seed's took about 20% longer than the
     # very same command later in the run (why was not found).
     wall_run(clip, out, "warm")
-    for name, flags in (("anonengine run (defaults: adaptive stride 3)", ()),
-                        ("anonengine run --stride 1", ("--stride", "1")),
-                        ("anonengine run --stride 2 (the default before)", ("--stride", "2")),
-                        ("anonengine run --inline", ("--inline",)),
-                        ("anonengine run --future-frames 0", ("--future-frames", "0")),
-                        ("anonengine run --stride 3 --stride-mode fixed", ("--stride", "3", "--stride-mode", "fixed")),
-                        ("anonengine run --resample linear", ("--resample", "linear")),
-                        ("anonengine run --preset veryfast (the default before)", ("--preset", "veryfast")),
-                        ("anonengine run --int8", ("--int8",)),
-                        ("anonengine run --int8 --preset ultrafast", ("--int8", "--preset", "ultrafast"))):
-        wall, first = wall_run(clip, out, f"run{len(rows)}", *flags)
-        rows.append((name, wall, first))
-    print(f"{'command':56s} {'wall s':>7s} {'frames/s':>9s} {'vs seed':>8s} {'first frame s':>13s}")
-    for name, wall, first in rows:
-        print(f"{name:56s} {wall:7.1f} {frames / wall:9.1f} {seed_wall / wall:8.2f} {first:13.1f}")
+    seed_walls: list[float] = []
+    runs: dict[str, list] = {name: [] for name, _ in WALL_ROWS}
+    for round_ in range(rounds):
+        started = time.perf_counter()
+        seed_fps(clip, out, 640)
+        seed_walls.append(time.perf_counter() - started)
+        for name, flags in WALL_ROWS if round_ % 2 == 0 else WALL_ROWS[::-1]:
+            runs[name].append(wall_run(clip, out, "run", *flags))
+    seed_wall = statistics.median(seed_walls)
+    print(f"{rounds} rounds; medians; wall spread = the fastest and slowest run; CPU s per process")
+    print(f"{'command':56s} {'wall s':>6s} {'spread':>10s} {'frames/s':>8s} {'vs seed':>7s} {'first s':>7s} "
+          f"{'CPU s':>6s}  " + " ".join(f"{s[:7]:>7s}" for s in (*STAGES, "other")))
+    print(f"{'seed algorithm (torch x2, float32)':56s} {seed_wall:6.1f} "
+          f"{min(seed_walls):4.1f}-{max(seed_walls):4.1f} {frames / seed_wall:8.1f} {1:7.2f}")
+    for name, results in runs.items():
+        walls = [wall for wall, _, _ in results]
+        wall = statistics.median(walls)
+        first = statistics.median(f for _, f, _ in results)
+        stage_cpu = {s: statistics.median(c[s] for _, _, c in results) for s in (*STAGES, "other")}
+        total = statistics.median(sum(c.values()) for _, _, c in results)
+        print(f"{name:56s} {wall:6.2f} {min(walls):4.1f}-{max(walls):4.1f} {frames / wall:8.1f} "
+              f"{seed_wall / wall:7.2f} {first:7.1f} {total:6.1f}  "
+              + " ".join(f"{stage_cpu[s]:7.2f}" for s in (*STAGES, "other")))
 
 
 def seed_fps(clip, out: Path, imgsz: int) -> tuple[float, float]:
@@ -279,12 +328,13 @@ def main() -> None:
     parser.add_argument("--most-cameras", type=int, default=4, help="sustained cameras: try up to this many")
     parser.add_argument("--clip", choices=["street", "studio"], default="street")
     parser.add_argument("--wall", action="store_true", help="only whole commands timed as a user would")
+    parser.add_argument("--rounds", type=int, default=1, help="--wall: run every command this many times")
     args = parser.parse_args()
     if args.wall:
         with tempfile.TemporaryDirectory() as tmp:
             clip = make_clip(Path(tmp) / "clip", args.width, args.height, args.frames, args.clip)
             print(f"{args.clip} clip {args.width}x{args.height}, {args.frames} frames, {machine()}")
-            wall_table(clip, Path(tmp), args.frames)
+            wall_table(clip, Path(tmp), args.frames, args.rounds)
         return
     rows = []
 
