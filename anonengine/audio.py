@@ -113,8 +113,10 @@ def carry_over(video: Path, source: Path, output: Path, audio: AudioPolicy, writ
                     copied.metadata.clear()
                     copied.metadata.update(kept_tags(dict(stream.metadata)))
                     audio_pairs[stream.index] = (n, copied)
+                # The anonymized video starts at 0 (`VideoWriter`): the audio moves with it.
+                shift = (_first_frame_time(video) - _first_frame_time(source)) if keep_audio else Fraction(0)
                 copied_audio = _mux_in_time_order(out, [_packets(anonymized, [video_in], video_pairs),
-                                                        _packets(original, keep_audio, audio_pairs)])
+                                                        _packets(original, keep_audio, audio_pairs, shift)])
     except (av.FFmpegError, ValueError) as exc:
         staged.unlink(missing_ok=True)
         what = f"audio ({', '.join(s.codec_context.name for s in keep_audio)})" if audio == "keep" else "tags"
@@ -127,14 +129,28 @@ def carry_over(video: Path, source: Path, output: Path, audio: AudioPolicy, writ
     return copied_audio
 
 
-def _packets(container, streams: list, pairs: dict) -> Iterator[tuple[Fraction, int, av.Packet]]:
-    """(time in seconds, output stream's order, packet) of `streams` in file order; flush packets skipped."""
+def _first_frame_time(path: Path) -> Fraction:
+    """When the file's first video frame is shown, in seconds: the first decoded, as the engine's first frame
+    (a TS cut mid-GOP starts with packets that decode to nothing)."""
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        frame = next((f for f in container.decode(stream) if f.pts is not None), None)
+        return Fraction(0) if frame is None else frame.pts * stream.time_base
+
+
+def _packets(container, streams: list, pairs: dict, shift: Fraction = Fraction(0)) -> Iterator[tuple[Fraction, int, av.Packet]]:
+    """(time in seconds, output stream's order, packet) of `streams` in file order, each moved by `shift`
+    seconds; flush packets skipped."""
     if not streams:
         return
     for packet in container.demux(streams):
         if packet.dts is None and packet.pts is None:
             continue  # the demuxer's end-of-stream packet
         order, out_stream = pairs[packet.stream.index]
+        if shift:
+            ticks = round(shift / packet.time_base)
+            packet.pts = None if packet.pts is None else packet.pts + ticks
+            packet.dts = None if packet.dts is None else packet.dts + ticks
         stamp = packet.dts if packet.dts is not None else packet.pts
         time = stamp * packet.time_base
         packet.stream = out_stream

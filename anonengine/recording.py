@@ -153,8 +153,8 @@ def list_segments(folder: Path) -> list[Segment]:
 
 def join_segments(segments: list[Segment], output: Path, container: str = "mp4") -> int:
     """Remuxes the segments into one file of the `container` format (no re-encoding), dropping frames a later
-    segment repeats; returns the frames written."""
-    written, last_pts = 0, None
+    segment repeats; returns the frames written. The file's time 0 is its first frame (as `VideoWriter`'s)."""
+    written, last_pts, origin = 0, None, None
     with av.open(str(output), mode="w", format=container) as out:
         stream = None
         for segment in segments:
@@ -172,8 +172,10 @@ def join_segments(segments: list[Segment], output: Path, container: str = "mp4")
                     # Its duration too goes to the source's time base with its pts: left in the segment's, an
                     # AVI's last frame (time base 1/25, against 1/12800) lasted 512 frames, 20 s of a 1.2-s clip.
                     duration = round(packet.duration * packet.time_base / segment.time_base) if packet.duration else 0
+                    origin = pts if origin is None else origin
                     packet.stream = stream
-                    packet.pts, packet.dts, packet.time_base = pts, dts, segment.time_base
+                    packet.pts, packet.time_base = pts - origin, segment.time_base
+                    packet.dts = dts - origin
                     packet.duration = duration
                     out.mux(packet)
                     last_pts = pts
@@ -344,7 +346,8 @@ class SegmentedRecording:
                "time_base": str(self.stream.time_base)}
         self.writer = VideoWriter(path, self.stream.width, self.stream.height, self.stream.rate, self.stream.time_base,
                                   self.cfg, lock=False, muxer_options=SEGMENT_MUXER_OPTIONS,
-                                  codec_options=self.codec_options, comment=TAG_PREFIX + json.dumps(tag))
+                                  codec_options=self.codec_options, comment=TAG_PREFIX + json.dumps(tag),
+                                  source_clock=True)
         self.segment_first_pts = pts
         if self.metadata is not None:
             try:

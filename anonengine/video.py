@@ -400,6 +400,12 @@ class VideoWriter:
     output's lock (`.NAME.lock` beside it) is held from the start until `close` or `abort`; with
     `lock=False` the caller holds it (the engine's launcher, for its encoders). `partials`: files written
     beside it (its metadata's partial), whose earlier run's copies are set aside with its own.
+
+    The file's time 0 is its first frame, whatever the source's clock said: an MP4's frames at negative times
+    (a stream cut from a TS) are muxed behind an edit list that starts at 0, and players and FFmpeg skipped
+    them (21 of 75 frames of a TS starting at -0.82 s, lost without a word); a TS camera's clock at 1001 s
+    gave a 3-s output an MP4 duration of 1004 s. `source_clock`: the frames keep the source's times (a
+    recording's segments, joined by them). Either way `write` takes and returns times on the source's clock.
     """
 
     def __init__(
@@ -415,8 +421,11 @@ class VideoWriter:
         codec_options: dict[str, str] | None = None,
         comment: str | None = None,
         partials: tuple[Path, ...] = (),
+        source_clock: bool = False,
     ) -> None:
         cfg = cfg or EncoderConfig()
+        self.source_clock = source_clock
+        self.origin: int | None = None  # the first frame's pts: the file's time 0, unless `source_clock`
         self.muxer_options, self.comment = muxer_options or {}, comment
         self.codec_options = codec_options if codec_options is not None else encoder_options(cfg)
         self.path = Path(path)
@@ -478,13 +487,15 @@ class VideoWriter:
     def write(self, image: np.ndarray, pts: int) -> list[int]:
         """Encodes a frame; returns the pts of the frames the encoder let out (and muxed) meanwhile."""
         frame = to_yuv420p(image, self.stream.width, self.stream.height)
-        frame.pts = pts
+        if self.origin is None:
+            self.origin = 0 if self.source_clock else pts
+        frame.pts = pts - self.origin
         frame.time_base = self.time_base
         self.frames += 1
         return self._mux(self.stream.encode(frame))
 
     def _mux(self, packets: list[av.Packet]) -> list[int]:
-        muxed = [packet.pts for packet in packets]  # read before muxing, which rescales them
+        muxed = [packet.pts + self.origin for packet in packets]  # read before muxing, which rescales them
         try:
             self.container.mux(packets)
         except (av.FFmpegError, OSError) as exc:
