@@ -143,6 +143,7 @@ class VideoReader:
         # AUTO adds frame threading to FFmpeg's default slice threading: much faster decode.
         self.stream.thread_type = "AUTO"
         self.live = live
+        self.discarded = 0  # packets an edit list leaves out (decoded, never shown)
         self._decoded = self._decode()
         self._first = next(self._decoded, None)
         if self._first is None:
@@ -180,6 +181,10 @@ class VideoReader:
                     continue
                 else:
                     packets = (packet,)
+                # A cut made without re-encoding (`ffmpeg -ss 1.3 -c copy`) keeps the pictures before the cut
+                # that the first one shown needs, and an edit list that leaves them out: counted in the header's
+                # frames, never shown (a 42-frame cut declares 75, and was refused as truncated).
+                self.discarded += packet.is_discard and bool(packet.size)
                 for held in packets:
                     for av_frame in held.decode():
                         image = turn(upright(to_bgr(av_frame), display_matrix(av_frame)), self.rotate)
@@ -239,7 +244,7 @@ class VideoReader:
         if held is not None:
             held.last = True
             yield held
-        if not self.info.live and self.info.frames and seq < self.info.frames:
+        if not self.info.live and self.info.frames and seq + self.discarded < self.info.frames:
             raise InputError(
                 f"{self.source} is truncated: {seq} of {self.info.frames} frames could be decoded"
             )

@@ -465,6 +465,24 @@ def test_mpeg_ts_recordings_joined_at_another_size_come_out_whole(mode, sample, 
 
 
 @pytest.mark.skipif(shutil.which("ffmpeg") is None and not os.environ.get("CI"),
+                    reason="the ffmpeg command makes the cut (Debian package ffmpeg)")
+def test_a_cut_made_without_reencoding_is_not_taken_for_a_truncated_file(sample, anonengine_cli, tmp_path):
+    """`ffmpeg -ss 0.13 -c copy` keeps the frames before the cut that the first one shown needs, left out by
+    an edit list: the header counts them (8 frames here, 5 shown). The run refused the file as truncated."""
+    cut = tmp_path / "cut.mp4"
+    subprocess.run(["ffmpeg", "-v", "error", "-ss", "0.13", "-i", str(sample.video), "-c", "copy", str(cut)],
+                   check=True)
+    with av.open(str(cut)) as opened:
+        declared = opened.streams.video[0].frames
+    shown = len(list(VideoReader(str(cut))))
+    assert shown < declared
+    output = tmp_path / "out.mp4"
+    result = anonengine_cli("run", "--video-source", cut, "--output-video", output, "--quiet")
+    assert result.returncode == 0, result.stderr
+    assert len(list(VideoReader(str(output)))) == shown
+
+
+@pytest.mark.skipif(shutil.which("ffmpeg") is None and not os.environ.get("CI"),
                     reason="the ffmpeg command writes the TS clock (Debian package ffmpeg)")
 @pytest.mark.parametrize("mode", ["engine", "inline"])
 def test_a_stream_whose_clock_starts_before_zero_comes_out_whole_with_its_sound_in_step(
