@@ -48,7 +48,13 @@ from anonengine.video import Frame, partial_path, turn
 log = logging.getLogger("anonengine")
 
 VIDEO_SUFFIXES = frozenset({".mp4", ".m4v", ".mov", ".mkv", ".avi", ".webm", ".ts", ".mts", ".m2ts", ".mpg",
-                            ".mpeg", ".wmv", ".flv", ".3gp"})
+                            ".mpeg", ".wmv", ".flv", ".3gp", ".3g2", ".gif", ".mxf", ".vob", ".y4m", ".ogv", ".dv",
+                            ".m2v", ".asf", ".f4v", ".nut", ".h264", ".264", ".hevc", ".265", ".mjpeg", ".mjpg",
+                            ".lrv", ".insv"})
+# Files named otherwise that are surely not video: not opened to find out.
+NOT_VIDEO_SUFFIXES = frozenset({".txt", ".md", ".json", ".jsonl", ".xml", ".csv", ".srt", ".vtt", ".ass", ".db",
+                                ".ini", ".log", ".pdf", ".zip", ".mp3", ".wav", ".flac", ".m4a", ".aac", ".ogg",
+                                ".opus", ".py", ".yaml", ".yml", ".html", ".thm", ".lock", ".partial"})
 PHOTO_INPUTS = PHOTO_SUFFIXES | UNREADABLE_PHOTO_SUFFIXES  # a batch's photos: those it reads, and those it reports
 JPEG_QUALITY = 95
 # A photo's persons have no other frame to be caught in (no hold, no look-ahead): it is detected at least
@@ -109,7 +115,7 @@ def find_jobs(spec: str, output_dir: Path) -> list[Job]:
         if out == path.resolve() or out in path.resolve().parents:
             # Its outputs would land among its inputs, and its own outputs are left out: nothing was found.
             raise ConfigError(f"--output-dir {output_dir} is {spec} or holds it: give a folder outside it")
-        found = [p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES | PHOTO_INPUTS
+        found = [p for p in path.rglob("*") if p.is_file() and is_media(p)
                  and not any(part.startswith(".") for part in p.relative_to(root).parts)]
     elif path.is_file():
         root, found = path.parent, [path]
@@ -130,6 +136,23 @@ def find_jobs(spec: str, output_dir: Path) -> list[Job]:
         taken[output] = rel.as_posix()
         jobs.append(Job(source, rel.as_posix(), output))
     return jobs
+
+
+def is_media(path: Path) -> bool:
+    """A photo or a video by its name; a file named otherwise (none at all, `.mod`, a camera's own) that FFmpeg
+    opens with a video stream, a picture attached to a song aside. Left out by its name alone, a batch's `.gif`,
+    `.mxf`, `.vob` and suffix-less videos stayed as filmed while the summary said nothing failed."""
+    suffix = path.suffix.lower()
+    if suffix in VIDEO_SUFFIXES or suffix in PHOTO_INPUTS:
+        return True
+    if suffix in NOT_VIDEO_SUFFIXES:
+        return False
+    try:
+        with av.open(str(path)) as container:
+            return any(av.stream.Disposition.attached_pic not in stream.disposition
+                       for stream in container.streams.video)
+    except (av.FFmpegError, OSError, UnicodeDecodeError, ValueError):
+        return False
 
 
 def _glob_root(pattern: str) -> Path:
@@ -394,7 +417,8 @@ def cmd_batch(args: argparse.Namespace) -> int:
         raise ConfigError(f"video source is not a file: {args.video_source} (a folder or a pattern is a batch: "
                           "give --output-dir OUT)")
     for flag, value in (("--output-video", args.output_video), ("--metadata", args.metadata),
-                        ("--live", args.live), ("--tap", args.tap), ("--http", args.http)):
+                        ("--live", args.live), ("--tap", args.tap),
+                        ("--http", args.http if args.http != "off" else None)):  # off: what a batch does anyway
         if value:
             raise ConfigError(f"{flag} is for a single file, not a batch (--output-dir)")
     output_dir = Path(args.output_dir)

@@ -131,8 +131,9 @@ def first_run(inputs, models_dir, tmp_path_factory):
     base = tmp_path_factory.mktemp("batch")
     tree = make_tree(base / "in", inputs)
     out = base / "out"
+    # `--http off` says what a batch does anyway: it was refused as a single file's flag.
     result = subprocess.run([sys.executable, "-m", "anonengine.cli", "run", "--video-source", str(tree),
-                             "--output-dir", str(out), *FAST], check=False, env=cli_env(models_dir),
+                             "--output-dir", str(out), "--http", "off", *FAST], check=False, env=cli_env(models_dir),
                             capture_output=True, text=True, timeout=CLI_TIMEOUT_S)
     return tree, out, result
 
@@ -367,6 +368,33 @@ def test_two_inputs_with_one_output_name_are_refused(tmp_path):
     (tmp_path / "a.mov").write_bytes(b"x")
     with pytest.raises(ConfigError, match="both be written"):
         find_jobs(str(tmp_path), tmp_path / "out")
+
+
+def test_videos_named_otherwise_are_found_by_their_content(inputs, tmp_path):
+    """A batch took its videos by suffix alone: a `.gif`, a `.vob`, a camera's `.MOD` or a file named without
+    one stayed as filmed while the summary said nothing failed. A file named neither video nor photo is now
+    opened, and taken when it holds a video stream; text, and a song with its cover picture, are not."""
+    source = tmp_path / "in"
+    source.mkdir()
+    for name in ("clip.mp4", "CAMERA.MOD", "recording"):
+        shutil.copy(inputs["clip"], source / name)
+    (source / "README").write_text("what this folder holds\n")
+    (source / "notes.txt").write_text("not media\n")
+    with av.open(str(source / "song.m4b"), "w", format="mp4") as song:  # a picture attached to sound
+        sound = song.add_stream("aac", rate=48000, layout="mono")
+        cover = song.add_stream("mjpeg", rate=1)
+        cover.width, cover.height, cover.pix_fmt = 64, 64, "yuvj420p"
+        cover.disposition = av.stream.Disposition.attached_pic
+        picture = av.VideoFrame.from_ndarray(np.zeros((64, 64, 3), np.uint8), format="bgr24").reformat(
+            format="yuvj420p")
+        picture.pts = 0
+        song.mux([*cover.encode(picture), *cover.encode(None)])
+        tone = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
+        tone.sample_rate, tone.pts = 48000, 0
+        song.mux([*sound.encode(tone), *sound.encode(None)])
+    jobs = find_jobs(str(source), tmp_path / "out")
+    assert sorted(job.rel for job in jobs) == ["CAMERA.MOD", "clip.mp4", "recording"]
+    assert sorted(job.output.name for job in jobs) == ["CAMERA.mp4", "clip.mp4", "recording.mp4"]
 
 
 def test_a_torn_manifest_line_is_ignored_and_the_next_record_stays_whole(tmp_path):
