@@ -135,6 +135,8 @@ def config_from_run_flags(args: argparse.Namespace):
         return EngineConfig.model_validate(raw)
     except ValidationError as exc:
         err = exc.errors()[0]
+        if err["type"] == "value_error":  # our validators' own sentences, which name what they are about
+            raise ConfigError(str(err["ctx"]["error"])) from None
         raise ConfigError(f"invalid {'.'.join(map(str, err['loc']))}: {err['msg']}") from None
 
 
@@ -176,6 +178,8 @@ def is_batch_source(spec: str) -> bool:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    if not args.video_source.strip():
+        raise ConfigError("--video-source is empty: give a video file, a folder, a webcam index or a stream URL")
     if args.output_dir or args.ray is not None or is_batch_source(args.video_source):
         from anonengine.batch import cmd_batch
 

@@ -322,6 +322,9 @@ class CameraConfig(StrictModel):
             target = getattr(self, field)
             if target and _same_file(self.source, target):
                 raise ValueError(f"{field} {target} is the source itself: writing it would destroy the original")
+        if self.output and self.metadata and _same_file(self.output, self.metadata):
+            raise ValueError(f"metadata {self.metadata} is the output video itself: give it a name of its own "
+                             f"(such as {Path(self.output).with_suffix('.jsonl').name})")
         suffix = Path(self.output).suffix.lower() if self.output else ""
         if suffix not in OUTPUT_CONTAINERS and not (is_photo(self.source) and suffix in PHOTO_SUFFIXES):
             kinds = ", ".join(s for s in OUTPUT_CONTAINERS if s)

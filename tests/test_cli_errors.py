@@ -422,6 +422,8 @@ def _output_at(tmp: Path, source: Path, kind: str) -> tuple[list, str]:
         return ["--output-video", tmp / "hard.mp4"], "is the source itself"
     if kind == "metadata over the source":
         return ["--output-video", tmp / "out.mp4", "--metadata", source], "is the source itself"
+    if kind == "metadata over the output":  # the video was written, then replaced by the metadata: exit 0
+        return ["--output-video", tmp / "out.mp4", "--metadata", tmp / "out.mp4"], "is the output video itself"
     if kind == "a pipe":
         os.mkfifo(tmp / "pipe.mp4")
         return ["--output-video", tmp / "pipe.mp4"], "not a regular file"
@@ -434,7 +436,8 @@ def _output_at(tmp: Path, source: Path, kind: str) -> tuple[list, str]:
 
 
 @pytest.mark.parametrize("kind", ["the source", "a link to the source", "a hard link to the source",
-                                  "metadata over the source", "a pipe", "metadata into a pipe", "a link elsewhere"])
+                                  "metadata over the source", "metadata over the output", "a pipe",
+                                  "metadata into a pipe", "a link elsewhere"])
 @pytest.mark.parametrize("inline", [False, True], ids=["engine", "inline"])
 def test_an_output_that_would_destroy_something_is_refused_and_all_stays_as_it_was(
         kind, inline, small_sample_clip, anonengine_cli, tmp_path):
@@ -458,12 +461,13 @@ def test_an_output_that_would_destroy_something_is_refused_and_all_stays_as_it_w
 
 
 @pytest.mark.parametrize("args,said", [
+    (("run", "--video-source", ""), "--video-source is empty"),
     (("sample", "--frames", "0"), "--frames and --fps: 1 or more"),
     (("sample", "--width", "321", "--height", "179"), "even sizes of 64 pixels or more"),
     (("sample", "--out", "taken.mp4"), "a folder to write in, not a file"),
     (("run", "--video-source", "videos", "--output-dir", "videos"), "is videos or holds it"),
     (("run", "--video-source", "videos", "--output-dir", "."), "is videos or holds it"),
-], ids=["sample frames 0", "sample odd size", "sample out a file", "batch into its source", "batch around its source"])
+], ids=["empty source", "sample frames 0", "sample odd size", "sample out a file", "batch into its source", "batch around its source"])
 def test_what_the_sample_and_a_batch_cannot_do_is_one_line(args, said, small_sample_clip, anonengine_cli, tmp_path):
     """Before: internal errors (sample --frames 0: UnboundLocalError; --out a file: FileExistsError), and a
     batch written into its own source folder said "no videos or photos in videos"."""
