@@ -115,8 +115,8 @@ def find_jobs(spec: str, output_dir: Path) -> list[Job]:
         if out == path.resolve() or out in path.resolve().parents:
             # Its outputs would land among its inputs, and its own outputs are left out: nothing was found.
             raise ConfigError(f"--output-dir {output_dir} is {spec} or holds it: give a folder outside it")
-        found = [p for p in path.rglob("*") if p.is_file() and is_media(p)
-                 and not any(part.startswith(".") for part in p.relative_to(root).parts)]
+        found = [p for p in path.rglob("*") if p.is_file()
+                 and not any(part.startswith(".") for part in p.relative_to(root).parts) and is_media(p)]
     elif path.is_file():
         root, found = path.parent, [path]
     elif glob.has_magic(spec):
