@@ -22,6 +22,11 @@ from anonengine.tracking import MaskHold, lookahead_boxes, with_extra_boxes
 LIMB_COLOR = (255, 170, 0)  # BGR
 JOINT_COLOR = (0, 220, 255)
 OBSCURED_GREY = 128
+# Letterbox bars: lines along the frame's edges that are dark and flat. A bar whose pixels all differ by no more
+# than BAR_SPREAD levels holds no picture, and so nobody: it is kept as filmed (a faint silhouette in the dark
+# would differ by more).
+BAR_LEVEL = 32
+BAR_SPREAD = 3
 
 
 @dataclass(frozen=True)
@@ -123,9 +128,11 @@ class Compositor:
         """The anonymized copy of a learnt frame, with the background as known now."""
         out = frame.copy()
         boxes, keypoints = learnt.boxes, learnt.keypoints
+        bars = letterbox(frame) if learnt.regions else None
         for region in learnt.regions:
             roi = out[region.slices]
             self.background.blend_into(roi, region.box, learnt.view, region.alpha)
+            keep_bars(roi, frame[region.slices], region, bars, frame.shape)
             inside = ((boxes[:, 0] < region.x1) & (boxes[:, 2] > region.x0)
                       & (boxes[:, 1] < region.y1) & (boxes[:, 3] > region.y0))
             if inside.any():
@@ -145,6 +152,56 @@ class Compositor:
         shifted[:, :, 1] -= region.y0
         draw_skeletons(layer, shifted, self.cfg.pose.keypoint_conf, self.cfg.pose.thickness, frame_shape)
         cv2.copyTo(layer, region.alpha, roi)
+
+
+def letterbox(frame: np.ndarray) -> tuple[int, int, int, int]:
+    """How many rows at the top and bottom, and columns at the left and right, are letterbox bars: dark and
+    flat, from the frame's edge inwards. A moving picture inside fixed bars moves them on the background's
+    canvas with it, so drawn back from there under a person the bars showed the scene, their edge a dark
+    line; they are kept as the frame has them (`keep_bars`)."""
+    h = frame.shape[0]
+    top = _flat_run(frame)
+    if top == h:
+        return h, 0, 0, 0  # a black frame: all bar
+    bottom = _flat_run(frame[top:][::-1])
+    middle = frame[top : h - bottom].swapaxes(0, 1)  # columns as lines
+    left = _flat_run(middle)
+    right = _flat_run(middle[left:][::-1])
+    return top, bottom, left, right
+
+
+def _flat_run(lines: np.ndarray, chunk: int = 16) -> int:
+    """How many of `lines` (the first axis), from the first, are dark and flat together: every pixel of them
+    within BAR_SPREAD levels of every other (line by line alone, a dark leg's columns would each be flat);
+    looked at `chunk` at a time, after the first line's brightest (most frames have no bar)."""
+    if not len(lines) or lines[0].max() > BAR_LEVEL:
+        return 0
+    brightest, darkest = 0, 255
+    for start in range(0, len(lines), chunk):
+        block = lines[start : start + chunk].reshape(min(chunk, len(lines) - start), -1)
+        highs = np.maximum.accumulate(np.maximum(block.max(axis=1).astype(int), brightest))
+        lows = np.minimum.accumulate(np.minimum(block.min(axis=1).astype(int), darkest))
+        bad = np.flatnonzero((highs > BAR_LEVEL) | (highs - lows > BAR_SPREAD))
+        if len(bad):
+            return start + int(bad[0])
+        brightest, darkest = int(highs[-1]), int(lows[-1])
+    return len(lines)
+
+
+def keep_bars(roi: np.ndarray, filmed: np.ndarray, region: Region, bars: tuple[int, int, int, int] | None,
+              frame_shape: tuple[int, ...]) -> None:
+    """The letterbox `bars` (`letterbox`) within `region` back as filmed: `roi` its pixels out, `filmed` the
+    frame's."""
+    if not bars or not any(bars):
+        return
+    top, bottom, left, right = bars
+    h, w = frame_shape[:2]
+    for start, stop, axis in ((0, top, 0), (h - bottom, h, 0), (0, left, 1), (w - right, w, 1)):
+        low, high = (region.y0, region.y1) if axis == 0 else (region.x0, region.x1)
+        a, b = max(start, low) - low, min(stop, high) - low
+        if b > a:
+            part = (slice(a, b), slice(None)) if axis == 0 else (slice(None), slice(a, b))
+            roi[part] = filmed[part]
 
 
 def background_model(cfg, keep_frames: int) -> BackgroundModel:

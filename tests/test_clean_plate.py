@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 
 from anonengine.background import BackgroundModel, mirror_fill, warp
-from anonengine.config import BackgroundConfig
+from anonengine.compositor import Compositor, letterbox
+from anonengine.config import AnonymizerConfig, BackgroundConfig
+from anonengine.detections import Detections
 from anonengine.sample import ACTORS, make_sample, render_frames
 from anonengine.video import VideoReader
 
@@ -217,3 +219,26 @@ def test_a_zoom_in_lanczos_is_resampled_bicubic():
     zoom = np.float64([[1.01, 0.002, 2.3], [-0.002, 1.01, -1.7]])
     np.testing.assert_array_equal(warp(image, zoom, (170, 130), cv2.INTER_LANCZOS4),
                                   cv2.warpAffine(image, zoom, (170, 130), flags=cv2.INTER_CUBIC))
+
+
+def test_a_picture_panned_inside_black_bars_keeps_its_bars_black_under_a_person():
+    """A landscape picture panned inside fixed black bars (as editors letterbox it): the bars move on the
+    background's canvas with the picture, so under a person reaching a bar the background drawn back showed
+    the scene where the bar is, and the bar's edge as a dark line. Flat dark lines along the edges are kept
+    as filmed: they hold no picture. A faint silhouette in the dark is no bar: its pixels differ."""
+    rng = np.random.default_rng(3)
+    scene = cv2.GaussianBlur(rng.integers(0, 256, (200, 400, 3), np.uint8), (0, 0), 1.5)
+    compositor = Compositor(AnonymizerConfig())
+    keypoints = np.zeros((1, 17, 3), np.float32)
+    person = Detections((200, 240), np.array([[100, 60, 140, 190]], np.float32), np.array([0.9], np.float32),
+                        keypoints)
+    for i in range(12):
+        frame = np.zeros((200, 240, 3), np.uint8)
+        frame[40:160] = scene[3 * i : 3 * i + 120, 5 * i : 5 * i + 240]  # the picture pans, the bars stay
+        out = compositor.process(frame, person)
+    assert letterbox(frame) == (40, 40, 0, 0)
+    assert (out[:40] == 0).all() and (out[160:] == 0).all()
+    faint = np.zeros((200, 240, 3), np.uint8)
+    faint[170:, 110:130] = 12  # legs at 12 grey levels in a black bar: each column of them alone is flat
+    top, bottom, left, right = letterbox(faint)
+    assert top == 170 and bottom == 0 and left <= 110 and 240 - right >= 130  # they are no bar
