@@ -429,8 +429,7 @@ class VideoWriter:
         source_clock: bool = False,
     ) -> None:
         cfg = cfg or EncoderConfig()
-        self.source_clock = source_clock
-        self.origin: int | None = None  # the first frame's pts: the file's time 0, unless `source_clock`
+        self.origin: int | None = 0 if source_clock else None  # the source's time at the file's 0 (the first frame's)
         self.muxer_options, self.comment = muxer_options or {}, comment
         self.codec_options = codec_options if codec_options is not None else encoder_options(cfg)
         self.path = Path(path)
@@ -493,7 +492,7 @@ class VideoWriter:
         """Encodes a frame; returns the pts of the frames the encoder let out (and muxed) meanwhile."""
         frame = to_yuv420p(image, self.stream.width, self.stream.height)
         if self.origin is None:
-            self.origin = 0 if self.source_clock else pts
+            self.origin = pts
         frame.pts = pts - self.origin
         frame.time_base = self.time_base
         self.frames += 1
