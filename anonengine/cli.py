@@ -100,7 +100,7 @@ def add_run_flags(p: argparse.ArgumentParser) -> None:
 
 
 def config_from_run_flags(args: argparse.Namespace):
-    from anonengine.config import EngineConfig
+    from anonengine.config import EngineConfig, error_text
 
     output = args.output_video or default_output(args.video_source)
     anonymizer = {
@@ -136,7 +136,7 @@ def config_from_run_flags(args: argparse.Namespace):
     except ValidationError as exc:
         err = exc.errors()[0]
         if err["type"] == "value_error":  # our validators' own sentences, which name what they are about
-            raise ConfigError(str(err["ctx"]["error"])) from None
+            raise ConfigError(error_text(err)) from None
         raise ConfigError(f"invalid {'.'.join(map(str, err['loc']))}: {err['msg']}") from None
 
 

@@ -274,6 +274,12 @@ class EncoderConfig(StrictModel):
         return self
 
 
+def error_text(err: dict) -> str:
+    """A pydantic error's message: the sentence our validators raise as they wrote it (pydantic prefixes it with
+    "Value error, "), else pydantic's own."""
+    return str(err["ctx"]["error"]) if err["type"] == "value_error" and "ctx" in err else err["msg"]
+
+
 def _same_file(source: str, target: str) -> bool:
     """Whether `target` names the file `source` names (a URL other than file:// names none)."""
     scheme = URL_SCHEME.match(source)
@@ -542,7 +548,7 @@ def load_yaml(path: Path, model: type[BaseModel]) -> BaseModel:
         loc = [str(p) for p in err["loc"]]
         line = _line_of(data, err["loc"])
         where = f"line {line}: " if line else ""
-        raise ConfigError(f"{path}: {where}{'.'.join(loc) or '(top)'}: {err['msg']}") from None
+        raise ConfigError(f"{path}: {where}{'.'.join(loc) or '(top)'}: {error_text(err)}") from None
 
 
 def _line_of(node, loc) -> int | None:

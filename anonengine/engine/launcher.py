@@ -26,7 +26,7 @@ import zmq
 from pydantic import ValidationError
 
 from anonengine import messages
-from anonengine.config import CameraConfig, EngineConfig, HttpConfig
+from anonengine.config import CameraConfig, EngineConfig, HttpConfig, error_text
 from anonengine.curve import CurveClient, curve_clients_folder, load_key, write_public_key
 from anonengine.engine import metrics, stagehost
 from anonengine.engine.runtime import Endpoints, bind_tap, log_malformed, receive_waiting
@@ -477,7 +477,7 @@ class Launcher:
             return messages.Reply(False, f"not a control request: {type(request).__name__}")
         except ValidationError as exc:
             err = exc.errors()[0]
-            return messages.Reply(False, f"invalid camera {'.'.join(map(str, err['loc']))}: {err['msg']}")
+            return messages.Reply(False, f"invalid camera {'.'.join(map(str, err['loc']))}: {error_text(err)}")
         except Exception as exc:  # noqa: BLE001 - the answer carries the error to the client
             return messages.Reply(False, str(exc).splitlines()[0])
 
