@@ -583,28 +583,41 @@ def mirror_fill(image: np.ndarray, hole: np.ndarray, seam_px: float = MIRROR_SEA
     image's edge and its mirror lands in another hole, or beyond): the caller's fallback.
     """
     h, w = hole.shape
-    columns = np.broadcast_to(np.arange(w), (h, w))
-    left = np.maximum.accumulate(np.where(hole, -1, columns), axis=1)  # the last seen pixel at or left of x
-    right = np.minimum.accumulate(np.where(hole, w, columns)[:, ::-1], axis=1)[:, ::-1]  # first at or right
-    ys, xs = np.nonzero(hole)
-    lefts, rights = left[ys, xs], right[ys, xs]
+    out, missing = image.copy(), np.zeros_like(hole)
+    # The runs of hole pixels, row by row: where each starts and ends (past its last pixel), from the rows'
+    # steps in and out of the hole (numpy's running maximum along the rows took most of the time, 100 ms a
+    # 720p camera's canvas).
+    steps = np.diff(hole.view(np.int8), axis=1, prepend=np.int8(0), append=np.int8(0))
+    run_rows, starts = np.nonzero(steps == 1)
+    ends = np.nonzero(steps == -1)[1]
+    if not len(starts):
+        return out, missing
+    lengths = ends - starts
+    # Each hole pixel, in row order: its row, its column, the seen pixels beside its run (-1 and w: none).
+    ys = np.repeat(run_rows, lengths)
+    lefts = np.repeat(starts - 1, lengths)
+    rights = np.repeat(ends, lengths)
+    xs = np.arange(len(ys)) - np.repeat(np.cumsum(lengths) - lengths, lengths) + lefts + 1
     from_left, from_right = 2 * lefts - xs + 1, 2 * rights - xs - 1  # x = left + 1 takes left, and so on
     usable_left = (lefts >= 0) & (from_left >= 0)
     usable_right = (rights < w) & (from_right < w)
-    usable_left[usable_left] = ~hole[ys[usable_left], from_left[usable_left]]
-    usable_right[usable_right] = ~hole[ys[usable_right], from_right[usable_right]]
+    row_start = ys * w
+    flat_hole = hole.ravel()
+    usable_left[usable_left] = ~flat_hole[(row_start + from_left)[usable_left]]
+    usable_right[usable_right] = ~flat_hole[(row_start + from_right)[usable_right]]
     to_left = np.where(usable_left, xs - lefts, 2 * w)  # 2w: no mirror that way
     to_right = np.where(usable_right, rights - xs, 2 * w)
     # Weight of the left mirror: 1 nearer the left end, 0 nearer the right, a ramp over the seam.
     weight = np.clip(0.5 + (to_right - to_left) / (2 * seam_px), 0, 1)
     weight = np.where(usable_right, np.where(usable_left, weight, 0.0), 1.0)[:, None].astype(np.float32)
     filled_ok = usable_left | usable_right
-    values = (image[ys, np.clip(from_left, 0, w - 1)] * weight
-              + image[ys, np.clip(from_right, 0, w - 1)] * (1 - weight))
-    out = image.copy()
-    out[ys[filled_ok], xs[filled_ok]] = np.round(values[filled_ok]).astype(np.uint8)
-    missing = np.zeros_like(hole)
-    missing[ys[~filled_ok], xs[~filled_ok]] = True
+    pixels = image.reshape(h * w, -1)
+    at = (row_start + xs)[filled_ok]
+    weight = weight[filled_ok]
+    values = (pixels[(row_start + from_left)[filled_ok].clip(0, h * w - 1)] * weight
+              + pixels[(row_start + from_right)[filled_ok].clip(0, h * w - 1)] * (1 - weight))
+    out.reshape(h * w, -1)[at] = np.round(values).astype(np.uint8)
+    missing.ravel()[(row_start + xs)[~filled_ok]] = True
     return out, missing
 
 

@@ -103,6 +103,47 @@ def test_mirror_fill_goes_on_with_the_texture_and_never_reads_the_hole():
     np.testing.assert_array_equal(filled[0, :30], image[0, 59:29:-1])
 
 
+def _mirror_fill_row_by_row(image, hole, seam_px=4.0):
+    """mirror_fill's rule, pixel by pixel: the reference its vectorised runs must match to the level."""
+    out, missing = image.copy(), np.zeros_like(hole)
+    h, w = hole.shape
+    for y, x in zip(*np.nonzero(hole)):
+        left = x - 1
+        while left >= 0 and hole[y, left]:
+            left -= 1
+        right = x + 1
+        while right < w and hole[y, right]:
+            right += 1
+        from_left, from_right = 2 * left - x + 1, 2 * right - x - 1
+        use_left = left >= 0 and from_left >= 0 and not hole[y, from_left]
+        use_right = right < w and from_right < w and not hole[y, from_right]
+        if not (use_left or use_right):
+            missing[y, x] = True
+            continue
+        weight = np.clip(0.5 + ((right - x) - (x - left)) / (2 * seam_px), 0, 1)
+        weight = np.float32(weight if use_left and use_right else 1.0 if use_left else 0.0)
+        value = (image[y, min(max(from_left, 0), w - 1)] * weight
+                 + image[y, min(max(from_right, 0), w - 1)] * (1 - weight))
+        out[y, x] = np.round(value).astype(np.uint8)
+    return out, missing
+
+
+def test_mirror_fill_takes_every_run_as_the_rule_says():
+    """Runs at either edge, whole rows, runs side by side, single pixels: each filled as the row-by-row rule
+    (the fill works on runs found at once, not pixel by pixel)."""
+    rng = np.random.default_rng(3)
+    for trial in range(60):
+        h, w = (int(n) for n in rng.integers(1, 30, 2))
+        image = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        hole = rng.random((h, w)) < rng.choice([0.0, 0.1, 0.5, 0.9, 1.0])
+        if trial % 5 == 0:
+            hole[:, w // 2 :] = True
+        filled, missing = mirror_fill(image, hole)
+        expected, expected_missing = _mirror_fill_row_by_row(image, hole)
+        np.testing.assert_array_equal(missing, expected_missing)
+        np.testing.assert_array_equal(filled, expected)
+
+
 def test_a_sharper_resample_keeps_a_shaking_street_sharper():
     """Every frame of a shaking camera is resampled into the background: linear interpolation blurs
     the cobbles; cubic and lanczos keep more of them (lanczos, the default, done separably for a shift)."""
