@@ -73,6 +73,7 @@ class StreamInfoMsg(Message):
     next_seq: int = 0  # first frame not yet done: where a restarted consumer resumes
     privacy_zones: list[list[tuple[float, float]]] = msgspec.field(default_factory=list)
     continues: bool = False  # from a restarted capture, going on with the stream its predecessor began
+    colour: tuple[int, int, int] = (2, 2, 2)  # the source's primaries, transfer and matrix (`video.Colour`)
 
     @property
     def rate_fraction(self) -> Fraction:

@@ -215,7 +215,7 @@ class EncodeStage(Stage):
         meta_partial = partial_metadata_path(self.metadata) if self.metadata else None
         self.writer = VideoWriter(
             self.output, self.info.width, self.info.height, self.info.rate, self.info.time_base, self.cfg,
-            lock=self.lock, partials=(meta_partial,) if meta_partial else (),
+            lock=self.lock, partials=(meta_partial,) if meta_partial else (), colour=self.info.colour,
         )
         if self.metadata:
             path = Path(self.metadata)

@@ -47,6 +47,45 @@ class Frame:
         return float(self.pts * self.time_base)
 
 
+UNSPECIFIED = 2  # FFmpeg's AVCOL_PRI_UNSPECIFIED, AVCOL_TRC_UNSPECIFIED, AVCOL_SPC_UNSPECIFIED
+BT601_MATRIX = 6  # AVCOL_SPC_SMPTE170M: OpenCV's Y'CbCr <-> BGR formula (`to_yuv420p`)
+# What H.264 can say (FFmpeg's numbers; 0 and 3 are reserved, a matrix of 0 says RGB): anything else a source says
+# is passed on as unspecified, not handed to an encoder that may refuse it.
+PRIMARIES = {1, 4, 5, 6, 7, 8, 9, 10, 11, 12, 22}
+TRANSFERS = {1, *range(4, 19)}
+MATRICES = {1, *range(4, 15)}
+LIMITED_RANGE, FULL_RANGE = 1, 2  # AVCOL_RANGE_MPEG, AVCOL_RANGE_JPEG
+
+
+@dataclass(frozen=True)
+class Colour:
+    """What an output's values mean, as FFmpeg numbers them: colour primaries, transfer characteristic and Y'CbCr
+    matrix (`UNSPECIFIED`: not said), in the limited range `to_yuv420p` writes.
+
+    The primaries and the transfer are the source's (BGR is its picture, not turned to sRGB); the matrix is the
+    one the output's values were made with: the source's where `to_bgr` kept its values (OpenCV's BT.601 both
+    ways), else BT.601 (the source turned to BGR by its own matrix, written by OpenCV's). A phone's HDR video
+    (BT.2020, HLG) came out unlabelled, and players showed it as SDR BT.709: flat and pale beside the original."""
+
+    primaries: int = UNSPECIFIED
+    transfer: int = UNSPECIFIED
+    matrix: int = UNSPECIFIED
+
+    @classmethod
+    def of(cls, codec_context, values_kept: bool) -> Colour:
+        """A stream's, from its decoder (which knows them once it decoded a frame) and whether `to_bgr` kept its
+        frames' values (`by_opencv`)."""
+        matrix = int(codec_context.colorspace) if values_kept else BT601_MATRIX
+        primaries, transfer = int(codec_context.color_primaries), int(codec_context.color_trc)
+        return cls(primaries if primaries in PRIMARIES else UNSPECIFIED,
+                   transfer if transfer in TRANSFERS else UNSPECIFIED, matrix if matrix in MATRICES else UNSPECIFIED)
+
+    def tag(self, codec_context) -> None:
+        """Labels an encoder's output with these colours."""
+        codec_context.color_primaries, codec_context.color_trc = self.primaries, self.transfer
+        codec_context.colorspace, codec_context.color_range = self.matrix, LIMITED_RANGE
+
+
 @dataclass(frozen=True)
 class StreamInfo:
     width: int
@@ -55,6 +94,7 @@ class StreamInfo:
     time_base: Fraction
     frames: int  # container's count; 0 when unknown (live sources, some files)
     live: bool
+    colour: Colour = Colour()
 
 
 def open_source(source: Source, cfg: SourcesConfig) -> av.container.InputContainer:
@@ -157,6 +197,7 @@ class VideoReader:
             time_base=Fraction(self.stream.time_base or Fraction(1, 90000)),
             frames=int(self.stream.frames or 0),
             live=live,
+            colour=Colour.of(self.stream.codec_context, self._first.values_kept),
         )
 
     def _decode(self) -> Iterator[DecodedImage]:
@@ -188,7 +229,7 @@ class VideoReader:
                 for held in packets:
                     for av_frame in held.decode():
                         image = turn(upright(to_bgr(av_frame), display_matrix(av_frame)), self.rotate)
-                        yield DecodedImage(av_frame.pts, image)
+                        yield DecodedImage(av_frame.pts, image, by_opencv(av_frame))
                         decoded += 1
         except av.FFmpegError as exc:
             raise InputError(f"cannot decode {self.source} at frame {decoded}: {_ffmpeg_reason(exc)}") from None
@@ -261,6 +302,7 @@ class VideoReader:
 class DecodedImage:
     pts: int | None
     image: np.ndarray
+    values_kept: bool  # turned to BGR by the formula the encoder takes back (`by_opencv`)
 
 
 # 4:2:0 layouts whose planes OpenCV converts itself: yuv420p from the CPU decoder, NV12 from NVDEC.
@@ -268,12 +310,21 @@ YUV420_TO_BGR = {"yuv420p": cv2.COLOR_YUV2BGR_I420, "nv12": cv2.COLOR_YUV2BGR_NV
 
 
 def to_bgr(av_frame: av.VideoFrame) -> np.ndarray:
-    """BGR uint8 image; for 4:2:0, OpenCV's conversion is several times faster than libswscale's."""
-    conversion = YUV420_TO_BGR.get(av_frame.format.name)
-    if conversion is not None and av_frame.width % 2 == 0 and av_frame.height % 2 == 0:
+    """BGR uint8 image. 8-bit 4:2:0 in limited range by OpenCV's BT.601 formula (several times faster than
+    libswscale), which `to_yuv420p` takes back, the frame's own matrix notwithstanding; the rest by libswscale,
+    by the frame's own matrix and range (OpenCV's limited-range formula clipped a full-range frame's darkest and
+    brightest levels). `Colour` labels the output accordingly."""
+    if by_opencv(av_frame):
         planes = av_frame.to_ndarray()  # (h*3/2, w): the luma plane, then chroma, their padding removed
-        return cv2.cvtColor(planes, conversion)
+        return cv2.cvtColor(planes, YUV420_TO_BGR[av_frame.format.name])
     return av_frame.to_ndarray(format="bgr24")
+
+
+def by_opencv(av_frame: av.VideoFrame) -> bool:
+    """Whether `to_bgr` turns the frame by OpenCV's BT.601 formula (it keeps the frame's values through to the
+    output), rather than by libswscale and the frame's own matrix."""
+    return (av_frame.format.name in YUV420_TO_BGR and av_frame.color_range != FULL_RANGE
+            and av_frame.width % 2 == 0 and av_frame.height % 2 == 0)
 
 
 Orientation = tuple[int, int, int, int]
@@ -411,6 +462,7 @@ class VideoWriter:
     them (21 of 75 frames of a TS starting at -0.82 s, lost without a word); a TS camera's clock at 1001 s
     gave a 3-s output an MP4 duration of 1004 s. `source_clock`: the frames keep the source's times (a
     recording's segments, joined by them). Either way `write` takes and returns times on the source's clock.
+    `colour`: the source's, which the file is labelled with (`Colour`).
     """
 
     def __init__(
@@ -427,8 +479,10 @@ class VideoWriter:
         comment: str | None = None,
         partials: tuple[Path, ...] = (),
         source_clock: bool = False,
+        colour: Colour = Colour(),
     ) -> None:
         cfg = cfg or EncoderConfig()
+        self.colour = colour
         self.origin: int | None = 0 if source_clock else None  # the source's time at the file's 0 (the first frame's)
         self.muxer_options, self.comment = muxer_options or {}, comment
         self.codec_options = codec_options if codec_options is not None else encoder_options(cfg)
@@ -479,6 +533,7 @@ class VideoWriter:
             self.stream.codec_context.gop_size = cfg.keyframe_interval
         if cfg.threads:
             self.stream.codec_context.thread_count = cfg.threads
+        self.colour.tag(self.stream.codec_context)
         try:
             # FFmpeg opens an encoder at the first frame; opening it now reports a missing GPU or an
             # option value the encoder refuses before any frame was decoded and detected.

@@ -130,6 +130,7 @@ class CaptureService(Service):
             live=self.live, frames=info.frames, ring=self.ring.name, slots=self.ring.slots,
             output=self.camera_cfg.output, metadata=self.camera_cfg.metadata, next_seq=next_seq,
             continues=self.continues, privacy_zones=[[list(p) for p in zone] for zone in self.camera_cfg.privacy_zones],
+            colour=(info.colour.primaries, info.colour.transfer, info.colour.matrix),
         ))  # fmt: skip
 
     def step(self) -> bool:

@@ -22,7 +22,7 @@ from anonengine.errors import AnonError
 from anonengine.recording import SegmentedRecording
 from anonengine.shm import RingCache, StaleSlot
 from anonengine.stages import frame_record
-from anonengine.video import Frame, StreamInfo
+from anonengine.video import Colour, Frame, StreamInfo
 
 
 @dataclass
@@ -116,7 +116,7 @@ class EncodeService(Service):
         recording = None
         if info.output:
             stream = StreamInfo(info.width, info.height, info.rate_fraction, info.time_base_fraction,
-                                info.frames, info.live)
+                                info.frames, info.live, Colour(*info.colour))
             # Under a launcher, the launcher holds the output's lock for as long as the camera runs.
             recording = SegmentedRecording(info.output, stream, self.cfg.encoder, info.camera, self.run,
                                            info.metadata, self.max_pending,

@@ -60,9 +60,10 @@ def write_tagged(frames: list[np.ndarray], path: Path, degrees: int, hflip: bool
 
 
 def write_container(frames: list[np.ndarray], path: Path, codec: str, pix_fmt: str,
-                    display: tuple[int, bool] | None = None) -> Path:
+                    display: tuple[int, bool] | None = None, colours: tuple[int, int, int] | None = None) -> Path:
     """`frames` at 25 frames/s in the container `path`'s suffix names, near lossless as the sample clip (the
-    persons must stay the ones its truth describes); `display`: (degrees, mirrored) of a display matrix."""
+    persons must stay the ones its truth describes); `display`: (degrees, mirrored) of a display matrix;
+    `colours`: the primaries, transfer and matrix it is labelled with."""
     with av.open(str(path), "w") as container:
         options = {"crf": "12", "preset": "veryfast"} if codec == "libx264" else {}
         stream = container.add_stream(codec, rate=25, options=options)
@@ -72,6 +73,9 @@ def write_container(frames: list[np.ndarray], path: Path, codec: str, pix_fmt: s
         stream.pix_fmt = pix_fmt
         if display is not None:
             stream.set_display_rotation(display[0], hflip=display[1])
+        if colours is not None:
+            context = stream.codec_context
+            context.color_primaries, context.color_trc, context.colorspace = colours
         for i, image in enumerate(frames):
             frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="bgr24")
             frame.pts = i
@@ -211,6 +215,27 @@ def test_an_iphones_hevc_10_bit_hlg_portrait_movie_comes_out_upright_with_its_so
         assert (video.width, video.height, video.frames, sound.codec_context.name) == (WIDTH, HEIGHT, FRAMES, "aac")
     assert untagged(output)
     assert ground_truth_leaks(sample, output) == []
+    # HLG in BT.2020 as its source (it came out unlabelled, and players showed it as SDR BT.709: flat and pale), in
+    # values made by the BT.601 formula, and labelled so.
+    assert colours(source) == (9, 18, 9)
+    assert colours(output) == (9, 18, 6)
+
+
+def test_an_8_bit_videos_colour_labels_come_out_as_they_went_in(sample, anonengine_cli, tmp_path):
+    """Its values are kept (OpenCV's formula both ways), and so are its labels: BT.709 stays BT.709."""
+    source = write_container([f.image for f in VideoReader(str(sample.video))], tmp_path / "hd.mp4", "libx264",
+                             "yuv420p", colours=(1, 1, 1))
+    output = tmp_path / "out.mp4"
+    result = anonengine_cli("run", "--video-source", source, "--output-video", output, "--quiet")
+    assert result.returncode == 0, result.stderr
+    assert colours(source) == colours(output) == (1, 1, 1)
+
+
+def colours(path: Path) -> tuple[int, int, int]:
+    """A video's colour primaries, transfer characteristic and matrix, as FFmpeg numbers them."""
+    with av.open(str(path)) as container:
+        context = container.streams.video[0].codec_context
+        return context.color_primaries, context.color_trc, context.colorspace
 
 
 @pytest.mark.skipif(shutil.which("ffmpeg") is None and not os.environ.get("CI"),
