@@ -26,7 +26,7 @@ from anonengine.detector import load_yolo, select_device
 from anonengine.errors import InputError, ModelError, first_line
 from anonengine.paths import ROTATIONS
 from anonengine.sources import classify
-from anonengine.video import VideoReader, turn
+from anonengine.video import VideoReader, as_shown, turn
 
 UNCHANGED_SHARE = 0.6
 UNCHANGED_LEVELS = 12  # grey levels: what two encodes of the same picture differ by
@@ -103,7 +103,11 @@ def audit(original: str, anonymized: str, pose_model: str = "yolo11n-pose.pt", c
         # An odd-sized original is encoded one pixel larger (its edge repeated): compare the same pixels.
         frame.image = frame.image[: source.image.shape[0], : source.image.shape[1]]
         leaks, others = [], []
-        for box, score, view in adversary_finds(model, frame.image, imgsz, conf, device, augment):
+        # Looked at as shown (anamorphic video's pixels are not square: `as_shown`), found in the stored pixels.
+        shown = as_shown(frame.image, frame.pixel_aspect)
+        to_stored = np.float32([frame.image.shape[1] / shown.shape[1], frame.image.shape[0] / shown.shape[0]] * 2)
+        for box, score, view in adversary_finds(model, shown, imgsz, conf, device, augment):
+            box = box * to_stored
             find = {"box": [round(float(v), 1) for v in box], "score": round(float(score), 3)}
             if view != "frame":
                 find["view"] = view

@@ -107,6 +107,24 @@ class Detections:
             detected=self.detected,
         )
 
+    def resized(self, frame_shape: tuple[int, int]) -> Detections:
+        """These persons in the same picture stored at another size (h, w): boxes and keypoints scaled, each
+        outline kept wherever it covered any of a pixel (a mask made smaller must not lose a thin arm)."""
+        if tuple(frame_shape) == self.frame_shape:
+            return self
+        import cv2
+
+        h, w = frame_shape
+        scale = np.float32([w / self.frame_shape[1], h / self.frame_shape[0]])
+        keypoints = self.keypoints.copy()
+        keypoints[..., :2] *= scale
+        masks = None
+        if self.masks is not None:
+            masks = np.zeros((len(self), h, w), bool)
+            for i, mask in enumerate(self.masks):
+                masks[i] = cv2.resize(mask.view(np.uint8), (w, h), interpolation=cv2.INTER_AREA) > 0
+        return Detections((h, w), self.boxes * np.tile(scale, 2), self.scores, keypoints, masks, self.detected)
+
     def keypoints_for(self, boxes: np.ndarray, min_iou: float = 0.3) -> np.ndarray:
         """Keypoints of this frame's persons that best overlap `boxes` (zeros where none does)."""
         out = np.zeros((len(boxes), NUM_KEYPOINTS, 3), np.float32)

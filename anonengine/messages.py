@@ -74,6 +74,7 @@ class StreamInfoMsg(Message):
     privacy_zones: list[list[tuple[float, float]]] = msgspec.field(default_factory=list)
     continues: bool = False  # from a restarted capture, going on with the stream its predecessor began
     colour: tuple[int, int, int] = (2, 2, 2)  # the source's primaries, transfer and matrix (`video.Colour`)
+    pixel_aspect: tuple[int, int] = (1, 1)  # a pixel's width and height, as shown (`StreamInfo.pixel_aspect`)
 
     @property
     def rate_fraction(self) -> Fraction:
@@ -103,6 +104,7 @@ class FrameRef(Message):
     continues: bool = False  # from a restarted capture, going on with the stream its predecessor began
     live: bool = False  # a live camera's (a file replayed live too): it waits for no frame after it
     at_break: bool = False  # beside a break in the stream (`Frame.at_break`): always detected
+    pixel_aspect: tuple[int, int] = (1, 1)  # the detector looks at the frame as shown (`StreamInfo.pixel_aspect`)
 
 
 class Detected(Message):

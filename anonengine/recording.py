@@ -347,7 +347,8 @@ class SegmentedRecording:
         self.writer = VideoWriter(path, self.stream.width, self.stream.height, self.stream.rate, self.stream.time_base,
                                   self.cfg, lock=False, muxer_options=SEGMENT_MUXER_OPTIONS,
                                   codec_options=self.codec_options, comment=TAG_PREFIX + json.dumps(tag),
-                                  source_clock=True, colour=self.stream.colour)
+                                  source_clock=True, colour=self.stream.colour,
+                                  pixel_aspect=self.stream.pixel_aspect)
         self.segment_first_pts = pts
         if self.metadata is not None:
             try:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from fractions import Fraction
 from pathlib import Path
 from typing import Iterator
 
@@ -20,7 +21,15 @@ from anonengine.detections import Detections
 from anonengine.errors import DetectionError, InputError, OutputError
 from anonengine.schedule import REMEMBERED, DetectionSchedule
 from anonengine.sources import LiveFeed, classify
-from anonengine.video import Frame, StreamInfo, VideoReader, VideoWriter, partial_metadata_path, refuse_unreplaceable
+from anonengine.video import (
+    Frame,
+    StreamInfo,
+    VideoReader,
+    VideoWriter,
+    as_shown,
+    partial_metadata_path,
+    refuse_unreplaceable,
+)
 
 log = logging.getLogger(__name__)
 
@@ -111,9 +120,14 @@ class DetectStage(Stage):
         return DetectionSchedule(detector.stride, detector.stride_mode == "adaptive", self.cfg.mask.edge_snap,
                                  in_flight, recording=ahead > 0)
 
-    def process(self, images: list[np.ndarray]) -> list[Detections | None]:
+    def process(self, images: list[np.ndarray], pixel_aspects: list[Fraction] | None = None
+                ) -> list[Detections | None]:
+        """The persons in each image; `pixel_aspects`: each image's (`StreamInfo.pixel_aspect`), which the
+        detector looks at it with (`as_shown`), its persons then given in the image's own pixels."""
         try:
-            return self.detector.detect(images)
+            shown = [as_shown(image, aspect) for image, aspect in zip(images, pixel_aspects or [1] * len(images))]
+            found = self.detector.detect(shown)
+            return [d if seen is image else d.resized(image.shape[:2]) for d, seen, image in zip(found, shown, images)]
         except Exception as exc:  # noqa: BLE001 - whatever broke, the frame must not go out raw
             if self.cfg.on_detector_error == "stop":
                 raise DetectionError(f"detection failed: {type(exc).__name__}: {exc}") from exc
@@ -216,6 +230,7 @@ class EncodeStage(Stage):
         self.writer = VideoWriter(
             self.output, self.info.width, self.info.height, self.info.rate, self.info.time_base, self.cfg,
             lock=self.lock, partials=(meta_partial,) if meta_partial else (), colour=self.info.colour,
+            pixel_aspect=self.info.pixel_aspect,
         )
         if self.metadata:
             path = Path(self.metadata)

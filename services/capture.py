@@ -109,6 +109,7 @@ class CaptureService(Service):
 
     def _start_ring(self, info: StreamInfo) -> None:
         self.info = info
+        self.pixel_aspect = (info.pixel_aspect.numerator, info.pixel_aspect.denominator)
         # A recording's frames also wait in the compositor for the frames after them (its future fill).
         slots = self.cfg.engine.ring_slots + self.cfg.anonymizer.background.frames_ahead(
             self.live, info.width, info.height)
@@ -131,6 +132,7 @@ class CaptureService(Service):
             output=self.camera_cfg.output, metadata=self.camera_cfg.metadata, next_seq=next_seq,
             continues=self.continues, privacy_zones=[[list(p) for p in zone] for zone in self.camera_cfg.privacy_zones],
             colour=(info.colour.primaries, info.colour.transfer, info.colour.matrix),
+            pixel_aspect=(info.pixel_aspect.numerator, info.pixel_aspect.denominator),
         ))  # fmt: skip
 
     def step(self) -> bool:
@@ -194,7 +196,8 @@ class CaptureService(Service):
         self.ring.write(slot, self.seq, frame.image)
         ref = messages.FrameRef(self.camera, self.seq, frame.pts, self.ring.name, slot, self.ring.slots,
                                 self.ring.height, self.ring.width, self.composite_worker, last=frame.last,
-                                continues=self.continues, live=self.live, at_break=frame.at_break)
+                                continues=self.continues, live=self.live, at_break=frame.at_break,
+                                pixel_aspect=self.pixel_aspect)
         # In flight before it is announced: its release can come back before the offer returns.
         self.inflight[self.seq] = InFlight(ref, time.monotonic())
         self.seq += 1

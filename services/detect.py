@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import time
 from collections import deque
+from fractions import Fraction
 
 import zmq
 
@@ -141,7 +142,7 @@ class DetectService(Service):
                 self._keep_schedules(batch)
             return
         started = time.perf_counter()
-        found = self.detector.process(views)
+        found = self.detector.process(views, [Fraction(*ref.pixel_aspect) for ref in readable])
         self.observe("latency_seconds", time.perf_counter() - started, LATENCY_BOUNDS_S)
         self.observe("batch_size", len(readable), BATCH_BOUNDS)
         self.count("batches")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import uuid
 from dataclasses import dataclass
+from fractions import Fraction
 
 import cv2
 import zmq
@@ -116,7 +117,7 @@ class EncodeService(Service):
         recording = None
         if info.output:
             stream = StreamInfo(info.width, info.height, info.rate_fraction, info.time_base_fraction,
-                                info.frames, info.live, Colour(*info.colour))
+                                info.frames, info.live, Colour(*info.colour), Fraction(*info.pixel_aspect))
             # Under a launcher, the launcher holds the output's lock for as long as the camera runs.
             recording = SegmentedRecording(info.output, stream, self.cfg.encoder, info.camera, self.run,
                                            info.metadata, self.max_pending,

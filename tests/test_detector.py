@@ -3,6 +3,7 @@
 import os
 import subprocess
 import sys
+from fractions import Fraction
 from pathlib import Path
 
 import cv2
@@ -14,6 +15,7 @@ from anonengine.config import AnonymizerConfig
 from anonengine.detections import Detections, box_iou
 from anonengine.detector import PersonDetector, cpu_threads, merge
 from anonengine.sample import assets_dir
+from anonengine.stages import DetectStage
 
 
 @pytest.fixture(scope="module")
@@ -40,6 +42,29 @@ def test_two_persons_in_zidane_jpg_in_one_batch_with_bus(pose_detector):
     dets = pose_detector.detect(images)
     assert [len(d) for d in dets] == [2, 4]
     assert dets[0].frame_shape == images[0].shape[:2]
+
+
+@pytest.mark.parametrize("pixel_aspect", [Fraction(64, 45), Fraction(4, 3)], ids=["PAL 16:9 DVD", "HDV"])
+def test_squeezed_persons_are_looked_for_as_a_player_shows_them(pixel_aspect, models_dir):
+    """Anamorphic video stores the picture squeezed across, its pixels wider than tall. As stored, the detector
+    found 3 of bus.jpg's 4 persons at either shape; shown square (`as_shown`), all 4, where the square photo has
+    them, given back in the stored pixels."""
+    cfg = AnonymizerConfig()
+    cfg.detector.pose_model = str(models_dir / "yolo11n-pose.pt")
+    cfg.detector.device = "cpu"
+    stage = DetectStage(cfg)
+    stage.setup()
+    image = cv2.imread(str(assets_dir() / "bus.jpg"))
+    h, w = image.shape[:2]
+    squeezed = cv2.resize(image, (round(w / pixel_aspect), h), interpolation=cv2.INTER_AREA)
+    (square,) = stage.process([image])
+    (found,) = stage.process([squeezed], [pixel_aspect])
+    assert found.frame_shape == squeezed.shape[:2]
+    assert len(found) == len(square) == 4
+    expected = square.boxes * np.float32([squeezed.shape[1] / w, 1, squeezed.shape[1] / w, 1])
+    overlap = box_iou(expected, found.boxes).max(axis=1)
+    assert overlap.min() > 0.5  # the 4th, cut by the photo's edge, moves most
+    assert overlap[square.scores > 0.8].min() > 0.9
 
 
 def test_pulled_pose_model_is_the_official_file(models_dir):

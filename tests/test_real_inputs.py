@@ -60,10 +60,11 @@ def write_tagged(frames: list[np.ndarray], path: Path, degrees: int, hflip: bool
 
 
 def write_container(frames: list[np.ndarray], path: Path, codec: str, pix_fmt: str,
-                    display: tuple[int, bool] | None = None, colours: tuple[int, int, int] | None = None) -> Path:
+                    display: tuple[int, bool] | None = None, colours: tuple[int, int, int] | None = None,
+                    pixel_aspect: Fraction | None = None) -> Path:
     """`frames` at 25 frames/s in the container `path`'s suffix names, near lossless as the sample clip (the
     persons must stay the ones its truth describes); `display`: (degrees, mirrored) of a display matrix;
-    `colours`: the primaries, transfer and matrix it is labelled with."""
+    `colours`: the primaries, transfer and matrix it is labelled with; `pixel_aspect`: its pixels' shape."""
     with av.open(str(path), "w") as container:
         options = {"crf": "12", "preset": "veryfast"} if codec == "libx264" else {}
         stream = container.add_stream(codec, rate=25, options=options)
@@ -76,6 +77,8 @@ def write_container(frames: list[np.ndarray], path: Path, codec: str, pix_fmt: s
         if colours is not None:
             context = stream.codec_context
             context.color_primaries, context.color_trc, context.colorspace = colours
+        if pixel_aspect is not None:
+            stream.codec_context.sample_aspect_ratio = pixel_aspect
         for i, image in enumerate(frames):
             frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="bgr24")
             frame.pts = i
@@ -229,6 +232,33 @@ def test_an_8_bit_videos_colour_labels_come_out_as_they_went_in(sample, anonengi
     result = anonengine_cli("run", "--video-source", source, "--output-video", output, "--quiet")
     assert result.returncode == 0, result.stderr
     assert colours(source) == colours(output) == (1, 1, 1)
+
+
+@pytest.mark.parametrize("pixel_aspect", [Fraction(4, 3), Fraction(3, 4)], ids=["wide pixels", "tall pixels"])
+def test_an_anamorphic_video_comes_out_with_its_pixels_shape(pixel_aspect, sample, anonengine_cli, tmp_path):
+    """HDV, a PAL 16:9 DVD, a camera's anamorphic mode store the picture squeezed, and players stretch it back by
+    the pixels' shape. The output kept the squeezed size and lost the shape: shown squeezed, everyone thin. Its
+    metadata's boxes are in its stored pixels (the detector looks at it as shown: test_detector)."""
+    upright = [f.image for f in VideoReader(str(sample.video))]
+    size = (round(WIDTH / pixel_aspect), HEIGHT) if pixel_aspect > 1 else (WIDTH, round(HEIGHT * pixel_aspect))
+    stored = [cv2.resize(image, size, interpolation=cv2.INTER_AREA) for image in upright]
+    source = write_container(stored, tmp_path / "anamorphic.mp4", "libx264", "yuv420p", pixel_aspect=pixel_aspect)
+    output, metadata = tmp_path / "out.mp4", tmp_path / "out.jsonl"
+    result = anonengine_cli("run", "--video-source", source, "--output-video", output, "--metadata", metadata,
+                            "--quiet")
+    assert result.returncode == 0, result.stderr
+    with av.open(str(output)) as container:
+        video = container.streams.video[0]
+        assert (video.width, video.height, video.sample_aspect_ratio) == (*size, pixel_aspect)
+    assert all(out.pixel_aspect == pixel_aspect for out in VideoReader(str(output)))
+    records = [json.loads(line) for line in metadata.read_text().splitlines()]
+    scale = np.array([size[0] / WIDTH, size[1] / HEIGHT] * 2)
+    for record, persons in zip(records, sample.boxes()):
+        found = [p["box"] for p in record["persons"] if not p.get("interpolated")]
+        for person in persons if found else ():
+            x0, y0, x1, y1 = np.array(person["box"]) * scale
+            covered = max(max(0, min(x1, b[2]) - max(x0, b[0])) * max(0, min(y1, b[3]) - max(y0, b[1])) for b in found)
+            assert covered > 0.6 * (x1 - x0) * (y1 - y0), (record["index"], person["actor"])
 
 
 def colours(path: Path) -> tuple[int, int, int]:
