@@ -206,8 +206,18 @@ class VideoReader:
             pixel_aspect=self._first.pixel_aspect,
         )
 
+    def _image(self, av_frame: av.VideoFrame) -> DecodedImage:
+        orientation = display_matrix(av_frame)
+        image = turn(upright(to_bgr(av_frame), orientation), self.rotate)
+        aspect = self.stream.sample_aspect_ratio or self.stream.codec_context.sample_aspect_ratio
+        aspect = Fraction(aspect) if aspect and aspect > 0 else Fraction(1)
+        # A quarter turn (by the tag, or `rotate`) makes a pixel's width its height.
+        quarter = (orientation is not None and orientation[1] != 0) != (self.rotate in (90, 270))
+        return DecodedImage(av_frame.pts, image, by_opencv(av_frame), 1 / aspect if quarter else aspect)
+
     def _decode(self) -> Iterator[DecodedImage]:
         decoded = damaged_count = 0
+        deinterlacer = Deinterlacer(self.stream.time_base or Fraction(1, 90000))
         damaged = None  # a file's packet flagged corrupt, held until what follows tells whether the file ends there
         try:
             for packet in self.container.demux(self.stream):
@@ -233,15 +243,13 @@ class VideoReader:
                 # frames, never shown (a 42-frame cut declares 75, and was refused as truncated).
                 self.discarded += packet.is_discard and bool(packet.size)
                 for held in packets:
-                    for av_frame in held.decode():
-                        orientation = display_matrix(av_frame)
-                        image = turn(upright(to_bgr(av_frame), orientation), self.rotate)
-                        aspect = self.stream.sample_aspect_ratio or self.stream.codec_context.sample_aspect_ratio
-                        # A quarter turn (by the tag, or `rotate`) makes a pixel's width its height.
-                        quarter = (orientation is not None and orientation[1] != 0) != (self.rotate in (90, 270))
-                        aspect = Fraction(aspect) if aspect and aspect > 0 else Fraction(1)
-                        yield DecodedImage(av_frame.pts, image, by_opencv(av_frame), 1 / aspect if quarter else aspect)
+                    for av_frame in itertools.chain.from_iterable(map(deinterlacer.take, held.decode())):
+                        yield self._image(av_frame)
                         decoded += 1
+            if damaged is None:  # the end: the deinterlacer's last frame
+                for av_frame in deinterlacer.flush():
+                    yield self._image(av_frame)
+                    decoded += 1
         except av.FFmpegError as exc:
             raise InputError(f"cannot decode {self.source} at frame {decoded}: {_ffmpeg_reason(exc)}") from None
         if damaged is not None:
@@ -308,6 +316,69 @@ class VideoReader:
         self._decoded.close()
         self._first = None
         self.container.close()
+
+
+class Deinterlacer:
+    """Interlaced frames (two fields a field's time apart, woven into one frame: a broadcast's or a camcorder's
+    1080i, a DVD's 576i) made progressive by FFmpeg's bwdif, a frame for each, as players show them. Left woven,
+    an output said to be progressive was shown combed wherever something moved, and the detector looked at combed
+    persons. Frames not flagged interlaced pass untouched (a stream may mix both); once one was, every frame goes
+    through bwdif, one frame behind."""
+
+    def __init__(self, time_base: Fraction) -> None:
+        self.time_base = time_base
+        self.graph: av.filter.Graph | None = None
+        self.input: tuple[int, int, str] | None = None  # (width, height, format) the graph takes
+        self.unable = False  # bwdif refused the stream's frames
+
+    def take(self, frame: av.VideoFrame) -> list[av.VideoFrame]:
+        """The frames ready to show after `frame`: itself, or once deinterlacing, bwdif's frame before it."""
+        if self.graph is None and not frame.interlaced_frame or self.unable:
+            return [frame]
+        ready = []
+        if self.input != (frame.width, frame.height, frame.format.name):  # the first, or the stream changed
+            ready = self.flush()
+            try:
+                self._start(frame)
+            except av.FFmpegError as exc:  # bwdif takes frames of 3 lines or more, in planar formats
+                log.warning("interlaced %dx%d %s frames cannot be deinterlaced (%s): they stay woven",
+                            frame.width, frame.height, frame.format.name, _ffmpeg_reason(exc))
+                self.graph, self.input, self.unable = None, None, True
+                return [*ready, frame]
+        self.graph.push(frame)
+        return ready + self._pull()
+
+    def _start(self, frame: av.VideoFrame) -> None:
+        self.graph = av.filter.Graph()
+        source = self.graph.add_buffer(width=frame.width, height=frame.height, format=frame.format,
+                                       time_base=self.time_base)
+        bwdif = self.graph.add("bwdif", "mode=send_frame:parity=auto:deint=interlaced")
+        source.link_to(bwdif)
+        bwdif.link_to(self.graph.add("buffersink"))
+        self.graph.configure()
+        self.input = (frame.width, frame.height, frame.format.name)
+
+    def flush(self) -> list[av.VideoFrame]:
+        """The frames still held, at the end or before the stream changes."""
+        if self.graph is None:
+            return []
+        self.graph.push(None)
+        ready = self._pull()
+        self.graph, self.input = None, None
+        return ready
+
+    def _pull(self) -> list[av.VideoFrame]:
+        ready = []
+        while True:
+            try:
+                frame = self.graph.pull()
+            except (av.error.BlockingIOError, av.error.EOFError):
+                return ready
+            # bwdif counts time in half the stream's units (it could send a frame a field): back to the stream's.
+            if frame.pts is not None and frame.time_base and frame.time_base != self.time_base:
+                frame.pts = round(frame.pts * frame.time_base / self.time_base)
+                frame.time_base = self.time_base
+            ready.append(frame)
 
 
 @dataclass

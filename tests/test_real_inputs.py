@@ -31,7 +31,7 @@ from anonengine.config import CameraConfig, EngineConfig
 from anonengine.curve import write_key_pair
 from anonengine.inline import run_inline
 from anonengine.rundir import default_run_dir
-from anonengine.sample import make_sample
+from anonengine.sample import make_sample, render_frames
 from anonengine.shm import instance_segments
 from anonengine.video import VideoReader, display_matrix
 
@@ -259,6 +259,45 @@ def test_an_anamorphic_video_comes_out_with_its_pixels_shape(pixel_aspect, sampl
             x0, y0, x1, y1 = np.array(person["box"]) * scale
             covered = max(max(0, min(x1, b[2]) - max(x0, b[0])) * max(0, min(y1, b[3]) - max(y0, b[1])) for b in found)
             assert covered > 0.6 * (x1 - x0) * (y1 - y0), (record["index"], person["actor"])
+
+
+def test_an_interlaced_video_comes_out_progressive_uncombed_and_as_long(anonengine_cli, tmp_path):
+    """A broadcast's or a camcorder's interlaced video: each frame two fields a field's time apart, woven, the
+    camera moving. Players show it deinterlaced; the output, said to be progressive, came out woven and was
+    shown combed wherever something moved."""
+    fields = list(render_frames(WIDTH, HEIGHT, 2 * FRAMES, scene="street", pan=0.3, shake=2.0))
+    woven = []
+    for first, second in zip(fields[::2], fields[1::2]):
+        frame = first[0].copy()
+        frame[1::2] = second[0][1::2]  # the bottom field, a field's time later
+        woven.append(frame)
+    source = tmp_path / "interlaced.mp4"
+    with av.open(str(source), "w") as container:
+        stream = container.add_stream("libx264", rate=25, options={"crf": "12", "x264-params": "tff=1"})
+        stream.width, stream.height, stream.pix_fmt = WIDTH, HEIGHT, "yuv420p"
+        stream.codec_context.flags |= av.codec.context.Flags.interlaced_dct | av.codec.context.Flags.interlaced_me
+        for i, image in enumerate(woven):
+            frame = av.VideoFrame.from_ndarray(image, format="bgr24")
+            frame.pts = i
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+    output = tmp_path / "out.mp4"
+    result = anonengine_cli("run", "--video-source", source, "--output-video", output, "--quiet")
+    assert result.returncode == 0, result.stderr
+    with av.open(str(source)) as filmed, av.open(str(output)) as out:
+        assert filmed.streams.video[0].codec_context.field_order != "progressive"
+        assert filmed.duration == out.duration
+    assert len(list(VideoReader(str(output)))) == FRAMES
+    progressive = combing([first[0] for first in fields[::2]])
+    filmed_combing, out_combing = combing(woven), combing([f.image for f in VideoReader(str(output))])
+    assert out_combing < progressive + 0.25 * (filmed_combing - progressive), (out_combing, progressive, filmed_combing)
+
+
+def combing(images: list[np.ndarray]) -> float:
+    """Each line against the mean of the lines above and below it: the combs of woven fields that moved."""
+    values = [np.abs(2 * g[1:-1] - g[:-2] - g[2:]).mean()
+              for g in (cv2.cvtColor(image, cv2.COLOR_BGR2GRAY).astype(float) for image in images)]
+    return float(np.mean(values))
 
 
 def colours(path: Path) -> tuple[int, int, int]:
