@@ -270,6 +270,7 @@ class TapHeader(Message):
     format: str
     obscured: bool
     persons: list[dict] = msgspec.field(default_factory=list)
+    pixel_aspect: tuple[int, int] = (1, 1)  # a pixel's width and height as shown (anamorphic video: not square)
 
 
 AnyMessage = Union[StreamInfoMsg, FrameRef, Detected, StreamEnd, Release, Received, Progress, Redeliver,

@@ -173,7 +173,7 @@ class EncodeService(Service):
         header = messages.TapHeader(
             camera=ref.camera, seq=ref.seq, pts=ref.pts, time=float(ref.pts * output.info.time_base_fraction),
             width=image.shape[1], height=image.shape[0], format=tap.format, obscured=out.obscured,
-            persons=out.persons,
+            persons=out.persons, pixel_aspect=output.info.pixel_aspect,
         )  # fmt: skip
         try:
             self.tap.send_multipart([ref.camera.encode(), messages.encode(header), payload], zmq.NOBLOCK, copy=False)

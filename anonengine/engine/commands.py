@@ -159,7 +159,7 @@ def cmd_tap(args: argparse.Namespace) -> int:
             print(f"{meta['camera']} seq={meta['seq']} t={meta['time']:.3f} persons={len(meta['persons'])}"
                   f"{' obscured' if meta['obscured'] else ''}{f' missed={gap}' if gap else ''}", flush=True)
             if args.record:
-                writer = writer or _tap_writer(args.record, image)
+                writer = writer or _tap_writer(args.record, image, meta)
                 writer.write(image, round(meta["time"] * TAP_TIME_BASE.denominator))
             count += 1
             if args.frames and count >= args.frames:
@@ -200,11 +200,12 @@ def cmd_keys(args: argparse.Namespace) -> int:
     return 0
 
 
-def _tap_writer(path: str, image):
+def _tap_writer(path: str, image, meta: dict):
     from anonengine.video import VideoWriter
 
     # Frames carry their time in seconds; a 90 kHz base keeps common frame rates exact.
-    return VideoWriter(path, image.shape[1], image.shape[0], Fraction(25), TAP_TIME_BASE)
+    return VideoWriter(path, image.shape[1], image.shape[0], Fraction(25), TAP_TIME_BASE,
+                       pixel_aspect=Fraction(*meta.get("pixel_aspect", (1, 1))))
 
 
 def cmd_control(args: argparse.Namespace) -> int:
