@@ -268,6 +268,7 @@ class VideoReader:
         # A file's frame is handed on once the next one is decoded, so that its last frame says so (with a
         # detector stride, it is detected: no detection comes after it to hide a person moving on).
         held: Frame | None = None
+        changes, previous_pts = CutFinder(), None
         try:
             for item in decoded:
                 pts, guessed = item.pts, item.pts is None
@@ -287,6 +288,10 @@ class VideoReader:
                     # A stream that changes resolution midway (a camera reconfigured): every stage was set
                     # up for the first size, so later frames are scaled to it rather than refused.
                     image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+                # A cut, or frames far apart in time: what the detector saw before tells nothing of this frame.
+                seconds = None if previous_pts is None else (pts - previous_pts) * self.info.time_base
+                at_break = changes.cut(image) or at_break or (seconds is not None and seconds > MAX_FRAME_GAP_S)
+                previous_pts = pts
                 frame = Frame(self.camera, seq, int(pts), self.info.time_base, image, guessed, at_break=at_break,
                               pixel_aspect=self.info.pixel_aspect)
                 seq += 1
@@ -316,6 +321,30 @@ class VideoReader:
         self._decoded.close()
         self._first = None
         self.container.close()
+
+
+# A frame more than this after the one before it (a camera at under 10 frames/s, a gap in a variable-rate stream)
+# is detected whatever the detector's stride: over such a time a person can come and go between two detections.
+MAX_FRAME_GAP_S = 0.1
+CUT_LEVELS = 40  # a cell of the small grey copy changed by more than this changed
+CUT_SHARE = 0.3  # a frame with this share of its cells changed since the frame before is a cut
+
+
+class CutFinder:
+    """Tells a cut (`at_break`: the frames on either side of it are detected): at the detector's stride, a shot
+    of a frame or two between detections was never looked at, and whoever was in it came out as filmed (8 of 50
+    frames of a clip with such shots cut in). Compared on a 32x18 grey copy, averaged, so a shaking or panning
+    camera's texture does not count: 0.1 ms a 720p frame."""
+
+    def __init__(self) -> None:
+        self.previous: np.ndarray | None = None
+
+    def cut(self, image: np.ndarray) -> bool:
+        step = max(1, min(image.shape[:2]) // 90)  # every few pixels, before averaging: most of the cost is reading
+        small = cv2.resize(np.ascontiguousarray(image[::step, ::step]), (32, 18), interpolation=cv2.INTER_AREA)
+        grey = cv2.cvtColor(small, cv2.COLOR_BGR2GRAY) if small.ndim == 3 else small
+        previous, self.previous = self.previous, grey
+        return previous is not None and bool((cv2.absdiff(grey, previous) > CUT_LEVELS).mean() >= CUT_SHARE)
 
 
 class Deinterlacer:

@@ -140,7 +140,7 @@ def test_inline_detects_a_files_frames_in_batches_where_the_schedule_lets_them_w
     with DetectStage(cfg.anonymizer, max_batch=4) as detect:
         assert detect.detector.batches
         one_at_a_time = detect.process
-        detect.process = lambda images: sizes.append(len(images)) or one_at_a_time(images)
+        detect.process = lambda images, *aspects: sizes.append(len(images)) or one_at_a_time(images, *aspects)
         for batch in (1, 4):
             sizes.clear()
             frames = iter(VideoReader(str(clip.video)))

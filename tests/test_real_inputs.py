@@ -31,7 +31,7 @@ from anonengine.config import CameraConfig, EngineConfig
 from anonengine.curve import write_key_pair
 from anonengine.inline import run_inline
 from anonengine.rundir import default_run_dir
-from anonengine.sample import make_sample, render_frames
+from anonengine.sample import assets_dir, make_sample, render_frames
 from anonengine.shm import instance_segments
 from anonengine.video import VideoReader, display_matrix
 
@@ -291,6 +291,50 @@ def test_an_interlaced_video_comes_out_progressive_uncombed_and_as_long(anonengi
     progressive = combing([first[0] for first in fields[::2]])
     filmed_combing, out_combing = combing(woven), combing([f.image for f in VideoReader(str(output))])
     assert out_combing < progressive + 0.25 * (filmed_combing - progressive), (out_combing, progressive, filmed_combing)
+
+
+def test_a_shot_of_a_frame_or_two_cut_in_between_detections_is_looked_at(sample, anonengine_cli, tmp_path):
+    """An edited video: shots of a frame or two (zidane.jpg) cut into the sample clip. At the detector's stride
+    they fell between detections, were hidden by the boxes of the sample's persons, and the footballers came out
+    as filmed (8 of 50 frames of such a clip, by the audit). A cut is detected on either side of it."""
+    upright = [f.image for f in VideoReader(str(sample.video))]
+    shot = cv2.resize(cv2.imread(str(assets_dir() / "zidane.jpg")), (WIDTH, HEIGHT))
+    cut_in = {2, 4, 5}  # frames the stride skips on the sample clip alone
+    frames = [shot if i in cut_in else image for i, image in enumerate(upright)]
+    source = write_container(frames, tmp_path / "edited.mp4", "libx264", "yuv420p")
+    output, metadata = tmp_path / "out.mp4", tmp_path / "out.jsonl"
+    result = anonengine_cli("run", "--video-source", source, "--output-video", output, "--metadata", metadata,
+                            "--quiet")
+    assert result.returncode == 0, result.stderr
+    records = [json.loads(line) for line in metadata.read_text().splitlines()]
+    outs = [f.image for f in VideoReader(str(output))]
+    for i in sorted(cut_in):
+        persons = records[i]["persons"]
+        assert len(persons) == 2 and not any(p.get("interpolated") for p in persons), (i, persons)
+        for person in persons:  # each footballer replaced, not shown
+            x0, y0, x1, y1 = (int(v) for v in person["box"])
+            assert np.abs(outs[i][y0:y1, x0:x1].astype(int) - shot[y0:y1, x0:x1]).mean() > 20, (i, person["box"])
+
+
+def test_a_camera_at_a_few_frames_a_second_has_every_frame_detected(sample, anonengine_cli, tmp_path):
+    """At 5 frames/s, the stride's every 3rd frame is 0.6 s apart: long enough for a person to come and go
+    unseen. Frames more than 0.1 s apart are each detected."""
+    source = tmp_path / "slow.mp4"
+    with av.open(str(source), "w") as container:
+        stream = container.add_stream("libx264", rate=5, options={"crf": "12"})
+        stream.width, stream.height, stream.pix_fmt = WIDTH, HEIGHT, "yuv420p"
+        for i, frame in enumerate(VideoReader(str(sample.video))):
+            picture = av.VideoFrame.from_ndarray(frame.image, format="bgr24")
+            picture.pts = i
+            container.mux(stream.encode(picture))
+        container.mux(stream.encode(None))
+    metadata = tmp_path / "out.jsonl"
+    result = anonengine_cli("run", "--video-source", source, "--output-video", tmp_path / "out.mp4", "--metadata",
+                            metadata, "--quiet")
+    assert result.returncode == 0, result.stderr
+    records = [json.loads(line) for line in metadata.read_text().splitlines()]
+    assert len(records) == FRAMES
+    assert not any(p.get("interpolated") for record in records for p in record["persons"])
 
 
 def combing(images: list[np.ndarray]) -> float:
