@@ -26,7 +26,7 @@ from typing import Literal
 import av
 
 from anonengine.errors import AnonError, ConfigError, InputError, OutputError
-from anonengine.video import container_format, partial_path
+from anonengine.video import container_format, main_video, partial_path
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +133,7 @@ def _first_frame_time(path: Path) -> Fraction:
     """When the file's first video frame is shown, in seconds: the first decoded, as the engine's first frame
     (a TS cut mid-GOP starts with packets that decode to nothing)."""
     with av.open(str(path)) as container:
-        stream = container.streams.video[0]
+        stream = main_video(container)
         frame = next((f for f in container.decode(stream) if f.pts is not None), None)
         return Fraction(0) if frame is None else frame.pts * stream.time_base
 

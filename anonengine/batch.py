@@ -43,7 +43,7 @@ from anonengine.locks import FileLock, LockBusy
 from anonengine.manifest import Fingerprint, Manifest, Record, file_sha256, settings_key, utc_now
 from anonengine.paths import PHOTO_SUFFIXES, UNREADABLE_PHOTO_SUFFIXES
 from anonengine.sources import classify
-from anonengine.video import Frame, partial_path, turn
+from anonengine.video import Frame, main_video, partial_path, turn
 
 log = logging.getLogger("anonengine")
 
@@ -210,7 +210,7 @@ def frame_count(job: Job) -> int:
         return 1
     try:
         with av.open(str(job.source)) as container:
-            stream = container.streams.video[0]
+            stream = main_video(container)
             if stream.frames:
                 return int(stream.frames)
             rate = stream.average_rate or stream.guessed_rate

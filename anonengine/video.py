@@ -102,6 +102,12 @@ class StreamInfo:
     pixel_aspect: Fraction = Fraction(1)
 
 
+def main_video(container: av.container.InputContainer):
+    """The video stream a file is: FFmpeg's pick (`av_find_best_stream`), which passes over a cover picture; the
+    first stream was a 1-frame cover in a file whose video came second, and that frame was all that came out."""
+    return container.streams.best("video") or container.streams.video[0]
+
+
 def open_source(source: Source, cfg: SourcesConfig) -> av.container.InputContainer:
     """Opens a classified source (file, webcam, stream URL) with the timeouts a live source needs, to be
     decoded where `cfg.decoder` says."""
@@ -184,7 +190,10 @@ class VideoReader:
     def _open(self, live: bool) -> StreamInfo:
         if not self.container.streams.video:
             raise InputError(f"no video stream in {self.source}")
-        self.stream = self.container.streams.video[0]
+        self.stream = main_video(self.container)
+        if len(self.container.streams.video) > 1:
+            log.warning("%s: %d video streams; stream %d is anonymized, the others (another angle, a cover picture) "
+                        "are left out", self.source, len(self.container.streams.video), self.stream.index)
         # AUTO adds frame threading to FFmpeg's default slice threading: much faster decode.
         self.stream.thread_type = "AUTO"
         self.live = live

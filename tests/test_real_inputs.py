@@ -337,6 +337,33 @@ def test_a_camera_at_a_few_frames_a_second_has_every_frame_detected(sample, anon
     assert not any(p.get("interpolated") for record in records for p in record["persons"])
 
 
+def test_a_file_whose_first_video_stream_is_a_still_comes_out_whole(sample, anonengine_cli, tmp_path):
+    """A cover picture (one frame) as the first video stream, the video second: the first stream was taken, and
+    one frame came out of a 50-frame video, exit 0. FFmpeg's pick of the streams is taken, and the others are
+    said to be left out."""
+    upright = [f.image for f in VideoReader(str(sample.video))]
+    source = tmp_path / "cover_first.mkv"
+    with av.open(str(source), "w") as container:
+        cover = container.add_stream("mjpeg", rate=1)
+        cover.width, cover.height, cover.pix_fmt = 2 * WIDTH, 2 * HEIGHT, "yuvj420p"
+        video = container.add_stream("libx264", rate=25, options={"crf": "12"})
+        video.width, video.height, video.pix_fmt = WIDTH, HEIGHT, "yuv420p"
+        picture = av.VideoFrame.from_ndarray(cv2.resize(upright[0], (2 * WIDTH, 2 * HEIGHT)), format="bgr24")
+        container.mux(cover.encode(picture.reformat(format="yuvj420p")))
+        container.mux(cover.encode(None))
+        for i, image in enumerate(upright):
+            frame = av.VideoFrame.from_ndarray(image, format="bgr24")
+            frame.pts = i
+            container.mux(video.encode(frame))
+        container.mux(video.encode(None))
+    output = tmp_path / "out.mp4"
+    result = anonengine_cli("run", "--video-source", source, "--output-video", output, "--quiet")
+    assert result.returncode == 0, result.stderr
+    assert "2 video streams; stream 1 is anonymized" in result.stderr
+    assert len(list(VideoReader(str(output)))) == FRAMES
+    assert ground_truth_leaks(sample, output) == []
+
+
 def combing(images: list[np.ndarray]) -> float:
     """Each line against the mean of the lines above and below it: the combs of woven fields that moved."""
     values = [np.abs(2 * g[1:-1] - g[:-2] - g[2:]).mean()
