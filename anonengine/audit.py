@@ -31,7 +31,7 @@ from anonengine.video import VideoReader, as_shown, turn
 UNCHANGED_SHARE = 0.6
 UNCHANGED_LEVELS = 12  # grey levels: what two encodes of the same picture differ by
 SAME_FIND_IOU = 0.5  # a find in another view this close to one already made is the same person
-TURN_FRAMES = 25  # frames compared to tell how the output was turned (a first frame may be obscured whole)
+TURN_FRAMES = 125  # frames looked at, until one tells how the output was turned (a first may be black, or obscured)
 # Pixels kept as filmed differ by x264's noise only: within 4 levels, a right copy keeps 7% of a frame where two
 # persons fill it, 40 to 64% elsewhere; another scene or a wrong turn 0.4 to 0.8% (within 12: up to 6%).
 TURN_LEVELS = 4
@@ -132,25 +132,34 @@ def matching_turn(original: str, anonymized: str, rotate: int | None = None) -> 
     video's, would have every find "replaced": a clean report of anything. InputError (one line) instead.
     """
     kept: dict[int, float] = {}  # the turns that give the output's size: the most of a frame's pixels kept
-    sizes = None
+    sizes = told = None
     for source, out in itertools.islice(zip(VideoReader(original), VideoReader(anonymized)), TURN_FRAMES):
         sizes = source.image.shape[1::-1], out.image.shape[1::-1]
+        shares = {}  # this frame's
         for degrees in ROTATIONS:
             turned = turn(source.image, degrees)
             height, width = turned.shape[:2]
             # An odd-sized original is encoded one pixel larger (its edge repeated).
             if height <= out.image.shape[0] <= height + 1 and width <= out.image.shape[1] <= width + 1:
                 same = np.abs(turned.astype(np.int16) - out.image[:height, :width]).max(axis=2) <= TURN_LEVELS
-                kept[degrees] = max(kept.get(degrees, 0.0), float(same.mean()))
+                shares[degrees] = float(same.mean())
+                kept[degrees] = max(kept.get(degrees, 0.0), shares[degrees])
         if not kept:
             (w, h), (out_w, out_h) = sizes
             raise InputError(f"{anonymized} is {out_w}x{out_h}, which no turn of the {w}x{h} of {original} gives: "
                              "not its anonymized copy")
-        best = max(kept, key=kept.get)
-        if kept[best] >= TURN_KEPT_MIN and all(kept[t] <= kept[best] / 4 for t in kept if t != best):
-            break  # decisive: mostly the first frame
+        best = max(shares, key=shares.get)
+        if shares[best] >= TURN_KEPT_MIN and all(shares[t] <= shares[best] / 4 for t in shares if t != best):
+            told = best  # decisive: mostly the first frame (a black one, alike every way round, tells nothing)
+            break
     if sizes is None:
         raise InputError(f"{anonymized} or {original} has no frame to compare")
+    if told is not None:
+        if rotate is not None and rotate != told:
+            raise InputError(f"{anonymized} is {original} turned {told} degrees, not {rotate}: give the run's "
+                             f"--rotate ({told}), or leave it out")
+        return told
+    best = max(kept, key=kept.get)
     if kept[best] < TURN_KEPT_MIN:
         if rotate is not None:  # persons filling every frame leave nothing to tell by: the user's word
             return rotate

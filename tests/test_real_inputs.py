@@ -533,6 +533,20 @@ def test_the_audit_asks_for_the_turn_where_the_pixels_cannot_tell(tmp_path):
     assert matching_turn(str(plain), str(plain), 180) == 180
 
 
+def test_the_audit_tells_the_turn_of_a_clip_that_starts_black(sample, tmp_path):
+    """A second of black (alike every way round) before the picture: the audit asked for --rotate, having looked
+    at the first 25 frames only, and took the best share of any of them, a black one's, for every turn."""
+    from anonengine.audit import matching_turn
+
+    upright = [f.image for f in VideoReader(str(sample.video))]
+    black = [np.zeros_like(upright[0])] * 30
+    original = write_container(black + upright, tmp_path / "black_start.mp4", "libx264", "yuv420p")
+    turned = write_container(black + [np.rot90(image, 2) for image in upright], tmp_path / "turned.mp4", "libx264",
+                             "yuv420p")
+    assert matching_turn(str(original), str(original)) == 0
+    assert matching_turn(str(original), str(turned)) == 180
+
+
 def test_the_audit_knows_a_copy_where_a_person_fills_the_frame(models_dir, tmp_path):
     """zidane.jpg panned over, its two persons filling most of each frame: a right anonymized copy keeps
     about a tenth of the original's pixels (20% was asked before: such a copy was refused as another video's)."""
