@@ -79,12 +79,17 @@ def write_container(frames: list[np.ndarray], path: Path, codec: str, pix_fmt: s
             context.color_primaries, context.color_trc, context.colorspace = colours
         if pixel_aspect is not None:
             stream.codec_context.sample_aspect_ratio = pixel_aspect
-        for i, image in enumerate(frames):
-            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="bgr24")
-            frame.pts = i
-            container.mux(stream.encode(frame))
-        container.mux(stream.encode(None))
+        mux_all(container, stream, frames)
     return path
+
+
+def mux_all(container, stream, images: list[np.ndarray]) -> None:
+    """Encodes `images` (BGR) into `stream` a frame a tick, and flushes it."""
+    for i, image in enumerate(images):
+        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="bgr24")
+        frame.pts = i
+        container.mux(stream.encode(frame))
+    container.mux(stream.encode(None))
 
 
 @pytest.fixture(scope="module")
@@ -276,11 +281,7 @@ def test_an_interlaced_video_comes_out_progressive_uncombed_and_as_long(anonengi
         stream = container.add_stream("libx264", rate=25, options={"crf": "12", "x264-params": "tff=1"})
         stream.width, stream.height, stream.pix_fmt = WIDTH, HEIGHT, "yuv420p"
         stream.codec_context.flags |= av.codec.context.Flags.interlaced_dct | av.codec.context.Flags.interlaced_me
-        for i, image in enumerate(woven):
-            frame = av.VideoFrame.from_ndarray(image, format="bgr24")
-            frame.pts = i
-            container.mux(stream.encode(frame))
-        container.mux(stream.encode(None))
+        mux_all(container, stream, woven)
     output = tmp_path / "out.mp4"
     result = anonengine_cli("run", "--video-source", source, "--output-video", output, "--quiet")
     assert result.returncode == 0, result.stderr
@@ -323,11 +324,7 @@ def test_a_camera_at_a_few_frames_a_second_has_every_frame_detected(sample, anon
     with av.open(str(source), "w") as container:
         stream = container.add_stream("libx264", rate=5, options={"crf": "12"})
         stream.width, stream.height, stream.pix_fmt = WIDTH, HEIGHT, "yuv420p"
-        for i, frame in enumerate(VideoReader(str(sample.video))):
-            picture = av.VideoFrame.from_ndarray(frame.image, format="bgr24")
-            picture.pts = i
-            container.mux(stream.encode(picture))
-        container.mux(stream.encode(None))
+        mux_all(container, stream, [f.image for f in VideoReader(str(sample.video))])
     metadata = tmp_path / "out.jsonl"
     result = anonengine_cli("run", "--video-source", source, "--output-video", tmp_path / "out.mp4", "--metadata",
                             metadata, "--quiet")
@@ -351,11 +348,7 @@ def test_a_file_whose_first_video_stream_is_a_still_comes_out_whole(sample, anon
         picture = av.VideoFrame.from_ndarray(cv2.resize(upright[0], (2 * WIDTH, 2 * HEIGHT)), format="bgr24")
         container.mux(cover.encode(picture.reformat(format="yuvj420p")))
         container.mux(cover.encode(None))
-        for i, image in enumerate(upright):
-            frame = av.VideoFrame.from_ndarray(image, format="bgr24")
-            frame.pts = i
-            container.mux(video.encode(frame))
-        container.mux(video.encode(None))
+        mux_all(container, video, upright)
     output = tmp_path / "out.mp4"
     result = anonengine_cli("run", "--video-source", source, "--output-video", output, "--quiet")
     assert result.returncode == 0, result.stderr
