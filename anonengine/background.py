@@ -582,8 +582,9 @@ def mirror_fill(image: np.ndarray, hole: np.ndarray, seam_px: float = MIRROR_SEA
     Returns the filled image and the hole pixels neither mirror could fill (the run reaches the
     image's edge and its mirror lands in another hole, or beyond): the caller's fallback.
     """
+    hole = np.ascontiguousarray(hole, dtype=bool)
     h, w = hole.shape
-    out, missing = image.copy(), np.zeros_like(hole)
+    out, missing = image.copy(), np.zeros(hole.shape, bool)
     # The runs of hole pixels, row by row: where each starts and ends (past its last pixel), from the rows'
     # steps in and out of the hole (numpy's running maximum along the rows took most of the time, 100 ms a
     # 720p camera's canvas).

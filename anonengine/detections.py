@@ -122,7 +122,7 @@ class Detections:
         if self.masks is not None:
             masks = np.zeros((len(self), h, w), bool)
             for i, mask in enumerate(self.masks):
-                masks[i] = cv2.resize(mask.view(np.uint8), (w, h), interpolation=cv2.INTER_AREA) > 0
+                masks[i] = cv2.resize(mask.view(np.uint8) * 255, (w, h), interpolation=cv2.INTER_AREA) > 0
         return Detections((h, w), self.boxes * np.tile(scale, 2), self.scores, keypoints, masks, self.detected)
 
     def keypoints_for(self, boxes: np.ndarray, min_iou: float = 0.3) -> np.ndarray:

@@ -281,6 +281,7 @@ class LiveFeed:
         self._last_time = seconds
         frame.pts = round(seconds / tick)
         frame.time_base = info.time_base
+        frame.pixel_aspect = info.pixel_aspect
         if frame.image.shape[1::-1] != (info.width, info.height):
             frame.image = cv2.resize(frame.image, (info.width, info.height), interpolation=cv2.INTER_AREA)
         return frame
@@ -295,5 +296,6 @@ class LiveFeed:
                 try:
                     self.frames.get_nowait()  # a live source never waits: the oldest goes
                     self.dropped += 1
+                    frame.at_break = True  # what was dropped may have been a cut: this one is detected
                 except queue.Empty:
                     pass

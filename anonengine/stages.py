@@ -125,7 +125,8 @@ class DetectStage(Stage):
         """The persons in each image; `pixel_aspects`: each image's (`StreamInfo.pixel_aspect`), which the
         detector looks at it with (`as_shown`), its persons then given in the image's own pixels."""
         try:
-            shown = [as_shown(image, aspect) for image, aspect in zip(images, pixel_aspects or [1] * len(images))]
+            shown = [as_shown(image, aspect)
+                     for image, aspect in zip(images, pixel_aspects or [1] * len(images), strict=True)]
             found = self.detector.detect(shown)
             return [d if seen is image else d.resized(image.shape[:2]) for d, seen, image in zip(found, shown, images)]
         except Exception as exc:  # noqa: BLE001 - whatever broke, the frame must not go out raw

@@ -220,6 +220,11 @@ class VideoReader:
         image = turn(upright(to_bgr(av_frame), orientation), self.rotate)
         aspect = self.stream.sample_aspect_ratio or self.stream.codec_context.sample_aspect_ratio
         aspect = Fraction(aspect) if aspect and aspect > 0 else Fraction(1)
+        if not 1 / MAX_PIXEL_ASPECT <= aspect <= MAX_PIXEL_ASPECT:
+            if not self._odd_aspect_said:
+                log.warning("%s: a pixel aspect of %s is no camera's: taken as square", self.source, aspect)
+                self._odd_aspect_said = True
+            aspect = Fraction(1)
         # A quarter turn (by the tag, or `rotate`) makes a pixel's width its height.
         quarter = (orientation is not None and orientation[1] != 0) != (self.rotate in (90, 270))
         return DecodedImage(av_frame.pts, image, by_opencv(av_frame), 1 / aspect if quarter else aspect)
@@ -227,6 +232,7 @@ class VideoReader:
     def _decode(self) -> Iterator[DecodedImage]:
         decoded = damaged_count = 0
         deinterlacer = Deinterlacer(self.stream.time_base or Fraction(1, 90000))
+        self._odd_aspect_said = False
         damaged = None  # a file's packet flagged corrupt, held until what follows tells whether the file ends there
         try:
             for packet in self.container.demux(self.stream):
@@ -260,6 +266,12 @@ class VideoReader:
                     yield self._image(av_frame)
                     decoded += 1
         except av.FFmpegError as exc:
+            try:  # what bwdif holds was decoded: it goes out before the failure is told
+                held_back = deinterlacer.flush()
+            except av.FFmpegError:
+                held_back = []
+            for av_frame in held_back:
+                yield self._image(av_frame)
             raise InputError(f"cannot decode {self.source} at frame {decoded}: {_ffmpeg_reason(exc)}") from None
         if damaged is not None:
             raise InputError(f"{self.source} is truncated or corrupt at frame {decoded}")
@@ -332,6 +344,7 @@ class VideoReader:
         self.container.close()
 
 
+MAX_PIXEL_ASPECT = 4  # wider or narrower pixels than this are a damaged header's (anamorphic video: 2 at most)
 # A frame more than this after the one before it (a camera at under 10 frames/s, a gap in a variable-rate stream)
 # is detected whatever the detector's stride: over such a time a person can come and go between two detections.
 MAX_FRAME_GAP_S = 0.1

@@ -109,6 +109,7 @@ class CaptureService(Service):
 
     def _start_ring(self, info: StreamInfo) -> None:
         self.info = info
+        self.break_owed = False  # a frame was dropped since the last one sent
         self.pixel_aspect = (info.pixel_aspect.numerator, info.pixel_aspect.denominator)
         # A recording's frames also wait in the compositor for the frames after them (its future fill).
         slots = self.cfg.engine.ring_slots + self.cfg.anonymizer.background.frames_ahead(
@@ -188,10 +189,15 @@ class CaptureService(Service):
             # instead threw away frames already detected, and left the frames between without them: on a
             # detector slower than the camera, nearly every frame went out obscured.)
             self.count("dropped_busy")
+            self.break_owed = True
             return True
         if self.feed is not None and not self._keep_position(frame.time):
             self.count("dropped_unnumbered")  # its number could not be kept: a successor might reuse it
+            self.break_owed = True
             return True
+        # After a dropped frame the next is detected: the one dropped may have been a cut's (`at_break`), or
+        # the time between the frames kept past the stride's.
+        frame.at_break, self.break_owed = frame.at_break or self.break_owed, False
         slot = self.free_slots.pop()
         self.ring.write(slot, self.seq, frame.image)
         ref = messages.FrameRef(self.camera, self.seq, frame.pts, self.ring.name, slot, self.ring.slots,

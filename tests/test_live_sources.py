@@ -479,3 +479,17 @@ def test_a_live_cameras_numbers_are_reserved_on_disk_before_a_frame_goes_out(tmp
     assert dead._keep_position(13.0)  # 700 was reserved already
     dead.seq = SEQ_BLOCK
     assert not dead._keep_position(13.5)
+
+
+def test_a_live_frame_after_one_dropped_is_detected():
+    """A consumer behind a live source loses the oldest frame: it may have been a cut's (`at_break`), which the
+    next frame then owes, or the time between the frames kept passes the stride's. The frame queued in its place
+    is detected whatever the stride."""
+    from anonengine.video import Frame
+
+    feed = LiveFeed(classify("rtsp://127.0.0.1:1/none"), "cam", SourcesConfig(), queue_size=2)
+    frames = [Frame("cam", i, i, Fraction(1, 25), np.zeros((4, 4, 3), np.uint8)) for i in range(3)]
+    for i, frame in enumerate(frames):
+        feed._put(frame, float(i))
+    assert feed.dropped == 1
+    assert [f.at_break for f in (feed.frames.get_nowait(), feed.frames.get_nowait())] == [False, True]

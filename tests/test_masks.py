@@ -110,3 +110,19 @@ def test_blend_is_exactly_the_background_where_hidden_and_the_frame_where_not():
         out = frame.copy()
         blend_into(out, background, np.full((256, 256), a, np.uint8))
         np.testing.assert_array_equal(out, expected)
+
+
+@pytest.mark.parametrize("column", range(500, 504))
+def test_an_outline_mapped_to_fewer_stored_pixels_keeps_every_part(column):
+    """Anamorphic video is detected stretched (1024 columns shown for 720 stored) and its outlines given back in
+    the stored pixels: a part a stored pixel holds any of stays (averaged and rounded, a 1-pixel-wide arm was
+    lost wherever it covered less than half of a stored pixel)."""
+    masks = np.zeros((1, 8, 1024), bool)
+    masks[0, :, column] = True
+    shown = Detections((8, 1024), np.float32([[column, 0, column + 1, 8]]), np.ones(1, np.float32),
+                       np.zeros((1, 17, 3), np.float32), masks)
+    stored = shown.resized((8, 720))
+    assert stored.masks[0].all(axis=0).sum() >= 1
+    x = column * 720 / 1024
+    assert np.flatnonzero(stored.masks[0, 0]).min() <= x < np.flatnonzero(stored.masks[0, 0]).max() + 1
+    np.testing.assert_allclose(stored.boxes[0], [x, 0, (column + 1) * 720 / 1024, 8], rtol=1e-5)
