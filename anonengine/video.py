@@ -215,24 +215,26 @@ class VideoReader:
             pixel_aspect=self._first.pixel_aspect,
         )
 
-    def _image(self, av_frame: av.VideoFrame) -> DecodedImage:
-        orientation = display_matrix(av_frame)
-        image = turn(upright(to_bgr(av_frame), orientation), self.rotate)
+    def _stored_pixel_aspect(self) -> Fraction:
+        """The stream's pixel aspect as stored (the container's, else the codec's; known once it was opened)."""
         aspect = self.stream.sample_aspect_ratio or self.stream.codec_context.sample_aspect_ratio
         aspect = Fraction(aspect) if aspect and aspect > 0 else Fraction(1)
         if not 1 / MAX_PIXEL_ASPECT <= aspect <= MAX_PIXEL_ASPECT:
-            if not self._odd_aspect_said:
-                log.warning("%s: a pixel aspect of %s is no camera's: taken as square", self.source, aspect)
-                self._odd_aspect_said = True
-            aspect = Fraction(1)
+            log.warning("%s: a pixel aspect of %s is no camera's: taken as square", self.source, aspect)
+            return Fraction(1)
+        return aspect
+
+    def _image(self, av_frame: av.VideoFrame, stored_aspect: Fraction) -> DecodedImage:
+        orientation = display_matrix(av_frame)
+        image = turn(upright(to_bgr(av_frame), orientation), self.rotate)
         # A quarter turn (by the tag, or `rotate`) makes a pixel's width its height.
         quarter = (orientation is not None and orientation[1] != 0) != (self.rotate in (90, 270))
-        return DecodedImage(av_frame.pts, image, by_opencv(av_frame), 1 / aspect if quarter else aspect)
+        return DecodedImage(av_frame.pts, image, by_opencv(av_frame), 1 / stored_aspect if quarter else stored_aspect)
 
     def _decode(self) -> Iterator[DecodedImage]:
         decoded = damaged_count = 0
         deinterlacer = Deinterlacer(self.stream.time_base or Fraction(1, 90000))
-        self._odd_aspect_said = False
+        stored_aspect = self._stored_pixel_aspect()
         damaged = None  # a file's packet flagged corrupt, held until what follows tells whether the file ends there
         try:
             for packet in self.container.demux(self.stream):
@@ -259,11 +261,11 @@ class VideoReader:
                 self.discarded += packet.is_discard and bool(packet.size)
                 for held in packets:
                     for av_frame in itertools.chain.from_iterable(map(deinterlacer.take, held.decode())):
-                        yield self._image(av_frame)
+                        yield self._image(av_frame, stored_aspect)
                         decoded += 1
             if damaged is None:  # the end: the deinterlacer's last frame
                 for av_frame in deinterlacer.flush():
-                    yield self._image(av_frame)
+                    yield self._image(av_frame, stored_aspect)
                     decoded += 1
         except av.FFmpegError as exc:
             try:  # what bwdif holds was decoded: it goes out before the failure is told
@@ -271,7 +273,7 @@ class VideoReader:
             except av.FFmpegError:
                 held_back = []
             for av_frame in held_back:
-                yield self._image(av_frame)
+                yield self._image(av_frame, stored_aspect)
             raise InputError(f"cannot decode {self.source} at frame {decoded}: {_ffmpeg_reason(exc)}") from None
         if damaged is not None:
             raise InputError(f"{self.source} is truncated or corrupt at frame {decoded}")
@@ -289,7 +291,7 @@ class VideoReader:
         # A file's frame is handed on once the next one is decoded, so that its last frame says so (with a
         # detector stride, it is detected: no detection comes after it to hide a person moving on).
         held: Frame | None = None
-        changes, previous_pts = CutFinder(), None
+        changes = CutFinder()
         try:
             for item in decoded:
                 pts, guessed = item.pts, item.pts is None
@@ -301,6 +303,8 @@ class VideoReader:
                     # keeps its own pace, from a frame after the last; every stage and muxer needs time to go on.
                     restart, at_break = last_pts + frame_ticks - pts, True
                 pts = pts if guessed else pts + restart
+                # Frames far apart in time: what the detector saw before tells nothing of this frame.
+                at_break |= last_pts is not None and (pts - last_pts) * self.info.time_base > MAX_FRAME_GAP_S
                 last_pts = pts
                 image = item.image
                 if image.shape[1::-1] != decoded_size:  # another size than the frame before's
@@ -309,10 +313,7 @@ class VideoReader:
                     # A stream that changes resolution midway (a camera reconfigured): every stage was set
                     # up for the first size, so later frames are scaled to it rather than refused.
                     image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
-                # A cut, or frames far apart in time: what the detector saw before tells nothing of this frame.
-                seconds = None if previous_pts is None else (pts - previous_pts) * self.info.time_base
-                at_break = changes.cut(image) or at_break or (seconds is not None and seconds > MAX_FRAME_GAP_S)
-                previous_pts = pts
+                at_break = changes.cut(image) or at_break  # a cut: likewise
                 frame = Frame(self.camera, seq, int(pts), self.info.time_base, image, guessed, at_break=at_break,
                               pixel_aspect=self.info.pixel_aspect)
                 seq += 1

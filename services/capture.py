@@ -133,7 +133,7 @@ class CaptureService(Service):
             output=self.camera_cfg.output, metadata=self.camera_cfg.metadata, next_seq=next_seq,
             continues=self.continues, privacy_zones=[[list(p) for p in zone] for zone in self.camera_cfg.privacy_zones],
             colour=(info.colour.primaries, info.colour.transfer, info.colour.matrix),
-            pixel_aspect=(info.pixel_aspect.numerator, info.pixel_aspect.denominator),
+            pixel_aspect=self.pixel_aspect,
         ))  # fmt: skip
 
     def step(self) -> bool:
