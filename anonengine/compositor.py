@@ -105,7 +105,7 @@ class Compositor:
                 detections = detections.with_persons(between.boxes, between.scores, between.keypoints)
                 reported = replace(between, detected=False)
         if self.hold is not None:
-            detections = self.hold.update(detections)
+            detections = self.hold.update(detections, frame)
         if future:
             ahead = lookahead_boxes(detections, list(future))
             if len(ahead):

@@ -164,6 +164,12 @@ class HoldConfig(StrictModel):
         0.06, ge=0.0, le=1.0, description="Growth of a held box per lost frame, as a share of its size."
     )
     track_thresh: float = Field(0.25, ge=0.0, le=1.0, description="Score that starts or continues a track.")
+    still_frames: int = Field(
+        750, ge=0, le=1_000_000,
+        description="Frames a tracked person the detector lost stays hidden while their place still looks as when "
+        "last detected (someone standing still who scores low: turned away, half hidden, blending in); counted "
+        "from their last detection. 0: only hold_frames.",
+    )
     lookahead_frames: int = Field(
         8, ge=0, le=250,
         description="Delay output by this many frames so a person is also hidden in the frames just before "

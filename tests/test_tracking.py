@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from anonengine.detections import box_iou
 from anonengine.tracking import MIN_HITS, ByteTrack
 
 
@@ -55,3 +56,55 @@ def test_crossing_persons_keep_their_own_tracks():
                        np.array([0.9, 0.8]), frame)
     first, second = tracker.tracks
     assert first.state[1, 0] > 7 and second.state[1, 0] < -7  # each keeps its own speed: never swapped
+
+
+def test_a_person_standing_still_stays_hidden_while_the_detector_misses_them_and_not_once_they_left():
+    """The street bench clip's standing person scored under the mask's threshold for 40 frames: dropped after
+    the hold, they were learnt into the background and shown. Their place still looks as at their last
+    detection, so they stay hidden, through a slow pan too; once they are gone the hold ends as before."""
+    import cv2
+
+    from anonengine.config import HoldConfig
+    from anonengine.detections import Detections
+    from anonengine.sample import assets_dir
+    from anonengine.tracking import MaskHold
+
+    bus = cv2.imread(str(assets_dir() / "bus.jpg"))  # 810x1080
+    person = np.array([223, 405, 344, 859], np.float32)  # the man in the middle, as the pose model finds him
+    cfg = HoldConfig()
+    hold = MaskHold(cfg)
+    kps = np.zeros((1, 17, 3), np.float32)
+
+    def panned(image, frame):  # the camera turns by half a pixel a frame
+        return cv2.warpAffine(image, np.float32([[1, 0, -0.5 * frame], [0, 1, 0]]), image.shape[1::-1],
+                              borderMode=cv2.BORDER_REFLECT)
+
+    def at(frame):
+        return (person - np.float32([0.5 * frame, 0, 0.5 * frame, 0]))[None]
+
+    def hidden(held, frame):
+        there = at(frame)[0]
+        return len(held) and box_iou(there[None], held.boxes).max() > 0.7
+
+    for frame in range(3):
+        hold.update(Detections(bus.shape[:2], at(frame),
+                               np.array([0.9], np.float32), kps), panned(bus, frame))
+    for frame in range(3, 3 + 4 * cfg.hold_frames):  # missed for 4 times the hold
+        held = hold.update(Detections.empty(bus.shape[:2]), panned(bus, frame))
+        assert hidden(held, frame), frame
+    # He walks off: the bus's side where he stood.
+    gone = bus.copy()
+    gone[405:859, 223:344] = bus[405:859, 380:501]
+    for age in range(1, cfg.hold_frames + 2):
+        frame = 3 + 4 * cfg.hold_frames + age
+        held = hold.update(Detections.empty(bus.shape[:2]), panned(gone, frame))
+    assert not len(held.boxes), held.boxes
+
+    # A picture is only ever taken by the detector's finds: kept by his looks alone, he is dropped
+    # `still_frames` after his last detection.
+    cfg = HoldConfig(still_frames=40)
+    hold = MaskHold(cfg)
+    for frame in range(3):
+        hold.update(Detections(bus.shape[:2], person[None], np.array([0.9], np.float32), kps), bus)
+    seen = [len(hold.update(Detections.empty(bus.shape[:2]), bus).boxes) > 0 for _ in range(3, 80)]
+    assert all(seen[:40]) and not any(seen[40 + cfg.hold_frames:]), seen
