@@ -80,16 +80,26 @@ class Source:
         return self.url, None, options, timeouts
 
 
+PLAYLIST_FORMATS = frozenset({"hls", "dash"})  # FFmpeg's demuxers whose own file is a playlist, not the video
+
+
 @functools.lru_cache(maxsize=64)
 def serves_recording(url: str, timeout_s: float) -> bool:
-    """Whether an HTTP(S) URL serves a recording, which FFmpeg gives a duration (an MP4, an HLS playlist
-    with its end), rather than a live stream (MJPEG, a live HLS playlist, MPEG-TS as it is sent), which has
-    none. Asked once a process; a URL that does not answer is taken for a camera, which may come later."""
+    """Whether an HTTP(S) URL serves a recording rather than a live stream (MJPEG, a live HLS playlist,
+    MPEG-TS as it is sent): one FFmpeg gives a duration (an MP4, an HLS playlist with its end), or a file
+    the server gives the length of (its Content-Length) that is not a playlist. An MPEG-TS file served
+    without byte ranges (Python's http.server) has no duration, and was read again at its end for ever;
+    a live stream is sent without a length. Asked once a process; a URL that does not answer is taken for
+    a camera, which may come later."""
     import av
 
     try:
         with av.open(url, timeout=(timeout_s, timeout_s)) as container:
-            return bool(container.duration and container.duration > 0 and container.streams.video)
+            if not container.streams.video:
+                return False
+            if container.duration and container.duration > 0:
+                return True
+            return container.format.name not in PLAYLIST_FORMATS and container.size > 0
     except (av.FFmpegError, OSError):
         return False
 

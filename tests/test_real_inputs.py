@@ -937,8 +937,10 @@ def test_a_stopped_live_source_ends_normally_under_its_final_name(path, sig, gro
 
 @pytest.fixture(scope="module")
 def web(sample, tmp_path_factory):
-    """The sample clip on a web server on 127.0.0.1: as an MP4 (its index first, as served for streaming),
-    as an HLS playlist that ends (video on demand), and as one that does not (a live playlist)."""
+    """The sample clip on a web server on 127.0.0.1 (Python's, which serves no byte ranges): as an MP4 (its
+    index first, as served for streaming), as an MPEG-TS file, as an HLS playlist that ends (video on
+    demand), and as one that does not (a live playlist); and as MPEG-TS sent without a length, as a
+    camera or an encoder sends it live."""
     import functools
     import http.server
     import threading
@@ -946,10 +948,11 @@ def web(sample, tmp_path_factory):
     folder = tmp_path_factory.mktemp("web")
     with av.open(str(sample.video)) as source, \
             av.open(str(folder / "clip.mp4"), "w", options={"movflags": "faststart"}) as mp4, \
+            av.open(str(folder / "clip.ts"), "w") as ts, \
             av.open(str(folder / "vod.m3u8"), "w", format="hls",
                     options={"hls_time": "1", "hls_playlist_type": "vod"}) as hls:
         video = source.streams.video[0]
-        outs = [mp4.add_stream_from_template(video), hls.add_stream_from_template(video)]
+        outs = [out.add_stream_from_template(video) for out in (mp4, ts, hls)]
         for packet in source.demux(video):
             if packet.dts is None:
                 continue
@@ -958,22 +961,40 @@ def web(sample, tmp_path_factory):
                 out.container.mux(packet)
     playlist = (folder / "vod.m3u8").read_text()
     (folder / "live.m3u8").write_text(playlist.replace("#EXT-X-ENDLIST\n", "").replace("#EXT-X-PLAYLIST-TYPE:VOD\n", ""))
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(folder))
-    handler.log_message = lambda *args: None
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def do_GET(self):
+            if self.path != "/live.ts":
+                return super().do_GET()
+            self.send_response(200)
+            self.send_header("Content-Type", "video/mp2t")
+            self.end_headers()
+            try:
+                while True:  # a live stream: no length, and no end while the client listens
+                    self.wfile.write((folder / "clip.ts").read_bytes())
+                    time.sleep(0.5)
+            except OSError:
+                pass
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Handler, directory=str(folder)))
+    server.daemon_threads = True
     threading.Thread(target=server.serve_forever, daemon=True).start()
     yield f"http://127.0.0.1:{server.server_address[1]}"
     server.shutdown()
 
 
-@pytest.mark.parametrize("name", ["clip.mp4", "vod.m3u8"])
+@pytest.mark.parametrize("name", ["clip.mp4", "clip.ts", "vod.m3u8"])
 def test_a_recording_served_over_http_is_read_to_its_end_as_a_file(name, sample, web, anonengine_cli, tmp_path):
     """Before, every http(s) URL was a camera: a video on a web server was read again and again for ever,
-    its frames dropped when the engine fell behind, and the run never ended."""
+    its frames dropped when the engine fell behind, and the run never ended (an MPEG-TS file, which FFmpeg
+    gives no duration from a server without byte ranges, until 2026-12-05)."""
     from anonengine.sources import classify
 
     url = f"{web}/{name}"
-    assert not classify(url).live and classify(f"{web}/live.m3u8").live
+    assert not classify(url).live and classify(f"{web}/live.m3u8").live and classify(f"{web}/live.ts").live
     output, metadata = tmp_path / "out.mp4", tmp_path / "out.jsonl"
     result = anonengine_cli("run", "--video-source", url, "--output-video", output, "--metadata", metadata,
                             "--quiet", timeout=60)
