@@ -7,8 +7,9 @@ Each case is a clip generated from real person images with known truth (persons'
 background of every frame and the camera's path). Scenes are "studio" (generated) or "street" (real
 brick, windows, a bus and cobbles cut from Ultralytics' bus.jpg where nobody stands); persons large and
 small stand, cross, enter, or stand and then leave; the camera pans, shakes or zooms. Every method gets
-the same detections from the real pose model, with the same detector faults injected, so the
-difference is what each does with them:
+the same detections from the real pose model, with the same detector faults injected (every person
+missed for a tenth of the frames, or, standing, for longer than the hold), so the difference is what each
+does with them:
 - seed: background initialised from frame 0, running average outside per-frame dilated boxes,
   Gaussian-blurred mask, alpha blend (the algorithm of ../shared/SEED.md);
 - before: anonengine before issue 11 (the camera's motion not followed, no future, Telea fill);
@@ -71,6 +72,10 @@ STAND_THEN_LEAVE = (  # at walking pace (5 to 10 px a frame at 640x360, 96 frame
     ("bus_right", 0.55, (0.55, 0.58), (-0.30, 0.58), (0.35, 0.95)),  # stands from frame 0, then walks out
     ("zidane", 0.40, (0.25, 0.40), (1.30, 0.40), (0.20, 0.75)),  # likewise, to the other side, sooner
 )
+STANDING = (  # both stand still all along, and the detector misses them for longer than the hold
+    ("bus_right", 0.55, (0.75, 0.58), (0.75, 0.58)),
+    ("zidane", 0.45, (0.30, 0.40), (0.30, 0.40)),
+)
 CROSSING = (
     ("bus_left", 0.60, (0.10, 0.58), (0.85, 0.58)),
     ("zidane", 0.45, (0.90, 0.40), (0.20, 0.42)),
@@ -84,6 +89,8 @@ def cases(frames: int) -> dict[str, dict]:
     return {
         "still from frame 0": {"actors": ACTORS},
         f"detector misses {k} frames": {"actors": ACTORS, "missed": range(frames // 2, frames // 2 + k)},
+        f"standing, missed {4 * k} frames": {"actors": STANDING, "scene": "street", "pan": 0.1,
+                                            "missed": range(frames // 4, frames // 4 + 4 * k)},
         "entering at the edges": {"actors": ENTERING},
         "slow pan": {"actors": ACTORS, "pan": 0.25},
         "fast pan": {"actors": ACTORS, "pan": 1.0},
@@ -250,12 +257,15 @@ def main() -> None:
                         help="background.resample of the anonengine methods (default: the config's)")
     parser.add_argument("--imgsz", type=int, default=AnonymizerConfig().detector.imgsz,
                         help="the detector's input size (default: the config's)")
+    parser.add_argument("--still-frames", type=int, default=HoldConfig().still_frames,
+                        help="hold.still_frames of the anonengine methods (default: the config's; 0: off)")
     args = parser.parse_args()
     live = AnonymizerConfig()
     live.detector.imgsz = args.imgsz
     live.detector.stride = 1  # live, file, perfect: every frame detected; the strides have rows of their own
     live.background.resample = args.resample
     live.detector.pose_model = str(models.pull("yolo11n-pose.pt"))
+    live.hold.still_frames = args.still_frames
     live.pose.enabled = False  # the seed's algorithm here draws none either: bg err measures reconstruction
     before = live.model_copy(deep=True)
     before.background.follow_camera = False
