@@ -59,6 +59,7 @@ class Track:
     covariance: np.ndarray = field(default_factory=lambda: np.eye(2))
     hits: int = 1  # consecutive updates that matched it, the one that started it included
     confirmed: bool = False
+    seen_at: int = -1  # the last frame it was found by its looks, the detector having lost it (`MaskHold`)
 
     @classmethod
     def start(cls, box: np.ndarray, frame: int) -> Track:
@@ -89,7 +90,8 @@ class ByteTrack:
     """ByteTrack (Zhang et al., ECCV 2022): detections scoring at least `high_score` are matched to every
     track first, the lower ones then to the tracks left (a person half hidden scores low, and stays
     followed); an unmatched high detection starts a track, confirmed at its `MIN_HITS`-th consecutive match;
-    a confirmed track lost for more than `max_lost_frames` frames is dropped, an unconfirmed one at once.
+    a confirmed track lost for more than `max_lost_frames` frames (by the detector and by its looks, see
+    `MaskHold`) is dropped, an unconfirmed one at once.
 
     Updates may skip frames (a detection stride): `update` is told the frame's number, and the filter
     predicts over the gap."""
@@ -107,7 +109,7 @@ class ByteTrack:
                 track.hits = 0
             track.predict(gap)
         self.frame = frame
-        self.tracks = [t for t in self.tracks if frame - t.matched_at <= self.max_lost_frames]
+        self.tracks = [t for t in self.tracks if frame - max(t.matched_at, t.seen_at) <= self.max_lost_frames]
         boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
         high = np.asarray(scores) >= self.high_score
         left, taken = self._match(self.tracks, boxes[high], frame)
@@ -199,39 +201,44 @@ class MaskHold:
         self.frame = -1  # frames this hold has seen
         self.coasted = 0  # frames since the last detection (detector.stride)
         self.looks: dict[Track, Look] = {}
+        self.standing: dict[Track, np.ndarray] = {}  # lost tracks found by their looks at the last detection
 
     def update(self, detections: Detections, image: np.ndarray | None = None) -> Detections:
         """`detections` plus the predicted boxes of persons lost within the hold window, and the boxes of
         lost persons found standing where they were (`image`, the frame detected, tells; see `Look`).
 
         A frame the detector did not look at (`detected` False) leaves the tracker as it is: every
-        track, new ones too, is hidden at its last box, grown for the frames since it was seen.
+        track, new ones too, is hidden at its last box, grown for the frames since it was seen, and
+        every person found standing at the last detection where they were found.
         """
         self.frame += 1
         if not detections.detected:
             self.coasted += 1
-            return with_extra_boxes(detections, self.coasting_boxes(detections.frame_shape))
+            return with_extra_boxes(detections, np.concatenate([self.coasting_boxes(detections.frame_shape),
+                                                                self._standing_boxes()]))
         self.coasted = 0
 
         before = {t: t.box.copy() for t in self.tracker.tracks if t.matched_at == self.tracker.frame}
         self.tracker.update(detections.boxes, detections.scores, self.frame)
-        standing = self._still_there(image) if image is not None and self.cfg.still_frames else []
+        if image is not None and self.cfg.still_frames:
+            self._look(image)
         # A person found again is also hidden where they were the frame before: where persons overlap,
         # the detector's box for the one behind can shrink by more than their step (measured: 5 px of
         # a 40-px-wide person, 1% of them shown), and a box never shrinks faster than a person moves.
         followed = [before[t] for t in self.tracker.tracks if t.matched_at == self.frame and t in before]
         held = np.concatenate([self.held_boxes(detections.frame_shape),
-                               np.array(followed + standing, np.float32).reshape(-1, 4)])
+                               np.array(followed, np.float32).reshape(-1, 4), self._standing_boxes()])
         if not len(held):
             return detections
         return with_extra_boxes(detections, held)
 
-    def _still_there(self, image: np.ndarray) -> list[np.ndarray]:
-        """Keeps each confirmed track the detector lost whose last detection's picture is found where it is
-        (corrected there: matched by its looks, not lost), for `still_frames` after that detection; their boxes.
-        A track the detector found gets its picture taken anew. Pictures are only ever the detector's, so a
-        track cannot drift off its person onto the background by following itself."""
-        standing = []
+    def _look(self, image: np.ndarray) -> None:
+        """Pictures the persons the detector found; finds each confirmed one it lost whose picture is where
+        they were (`standing`), for `still_frames` after that detection. Pictures are only ever the
+        detector's, so a track cannot drift off its person onto the background by following itself; and
+        its filter is left as the detector left it, so that within `hold_frames` a person who did walk off
+        is still hidden where the hold predicts them, grown, as before."""
+        standing = {}
         for track in self.tracker.tracks:
             if track.matched_at == self.frame:
                 look = Look.of(image, track.box, self.frame)
@@ -241,12 +248,15 @@ class MaskHold:
             look = self.looks.get(track)
             if not track.confirmed or look is None or self.frame - look.detected_at > self.cfg.still_frames:
                 continue
-            found = look.find(image, track.box)
+            found = look.find(image, self.standing.get(track, track.box))
             if found is not None:
-                track.correct(found, self.frame)
-                standing.append(found.clip(0, [image.shape[1], image.shape[0]] * 2))
+                track.seen_at = self.frame
+                standing[track] = found.clip(0, [image.shape[1], image.shape[0]] * 2).astype(np.float32)
+        self.standing = standing
         self.looks = {t: self.looks[t] for t in self.tracker.tracks if t in self.looks}
-        return standing
+
+    def _standing_boxes(self) -> np.ndarray:
+        return np.array(list(self.standing.values()), np.float32).reshape(-1, 4)
 
     def pass_frame(self) -> None:
         """A frame not learnt (it went out obscured): the tracker's clock goes on all the same."""
@@ -290,7 +300,7 @@ class MaskHold:
 
     def reset(self) -> None:
         self.tracker.reset()
-        self.looks = {}
+        self.looks, self.standing = {}, {}
         self.coasted = 0
 
 
