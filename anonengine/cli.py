@@ -214,7 +214,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         if r.interrupted_by is not None:
             print(interrupted_line(r.interrupted_by, r.frames, r.total, r.output), file=sys.stderr)
             return 128 + r.interrupted_by
-        log.info("%s: %d frames anonymized (%d obscured) -> %s", r.camera, r.frames, r.obscured, r.output)
+        log.info("%s: %d frames anonymized (%d obscured%s) -> %s", r.camera, r.frames, r.obscured,
+                 f", {r.dropped} dropped: this was behind the camera" if r.dropped else "", r.output)
     return finish()
 
 

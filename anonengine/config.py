@@ -367,6 +367,12 @@ class SourcesConfig(StrictModel):
     reconnect_jitter: float = Field(
         0.25, ge=0, le=1, description="Each wait is stretched by up to this share at random (no lockstep)."
     )
+    buffer_s: float = Field(
+        1.0, ge=0, le=60,
+        description="A live source's frames wait up to this long (its frame rate times this, at least 4 frames) "
+        "while the engine is behind, the oldest dropped past it: a network delivers a stream in bursts (HTTP, "
+        "RTSP over TCP), faster than the engine takes them for a moment. Adds at most this much latency.",
+    )
 
 
 AUTO_TAP = "ipc"  # the tap's socket in the instance's own folder of the run folder

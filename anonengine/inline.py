@@ -30,6 +30,7 @@ class CameraResult:
     obscured: int
     persons: int
     total: int = 0  # frames in the source, 0 when unknown (live)
+    dropped: int = 0  # a live source's frames dropped while this was behind it (`sources.buffer_s`)
     output: Path | None = None  # where the video is: its final name, or its `.partial` one if interrupted
     interrupted_by: int | None = None  # the signal that stopped a file before its end
 
@@ -91,6 +92,7 @@ def _run_camera(cam: CameraConfig, cfg: EngineConfig, detect: DetectStage, progr
                     if on_frame is not None:
                         on_frame()
                 stopped = INTERRUPTS.signum
+                result.dropped = capture.feed.dropped if capture.feed is not None else 0
         except BaseException:
             encode.abort()
             raise

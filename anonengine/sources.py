@@ -14,6 +14,7 @@ import enum
 import functools
 import gc
 import logging
+import math
 import queue
 import random
 import threading
@@ -80,6 +81,7 @@ class Source:
         return self.url, None, options, timeouts
 
 
+MIN_BUFFER_FRAMES = 4  # a live source's frames kept while the consumer is behind, whatever its rate
 PLAYLIST_FORMATS = frozenset({"hls", "dash"})  # FFmpeg's demuxers whose own file is a playlist, not the video
 
 
@@ -161,13 +163,16 @@ class LiveFeed:
     """
 
     def __init__(self, source: Source, camera: str, cfg: SourcesConfig, opener: Callable | None = None,
-                 clock: Callable[[], float] = time.monotonic, queue_size: int = 4,
+                 clock: Callable[[], float] = time.monotonic, queue_size: int | None = None,
                  follows: tuple[float, float] | None = None) -> None:
+        """`queue_size`: frames kept while the consumer is behind, the oldest dropped past it; by default
+        `cfg.buffer_s` of the first connection's frame rate, at least MIN_BUFFER_FRAMES."""
         self.source, self.camera, self.cfg = source, camera, cfg
         self.opener = opener or self._open
         self.clock = clock
         self.status = FeedStatus()
-        self.frames: queue.Queue = queue.Queue(maxsize=queue_size)
+        self.queue_size = queue_size
+        self.frames: queue.Queue = queue.Queue()  # bounded by `queue_size` in `_put`
         self.info = None  # StreamInfo of the first connection: size and time base of every frame out
         self.dropped = 0  # frames dropped here because the consumer was behind (live: never wait)
         self._stop = threading.Event()
@@ -245,6 +250,8 @@ class LiveFeed:
         """Hands out the frames of one connection; returns why it ended."""
         if self.info is None:
             self.info = reader.info
+            if self.queue_size is None:
+                self.queue_size = max(MIN_BUFFER_FRAMES, math.ceil(float(self.info.rate) * self.cfg.buffer_s))
         self.status.state = SourceState.RUNNING
         self.status.connected_at = self.clock()
         self._connected.set()
@@ -298,14 +305,11 @@ class LiveFeed:
 
     def _put(self, frame, now: float) -> None:
         self._last_wall = now
-        while True:
+        while self.frames.qsize() >= self.queue_size:
             try:
-                self.frames.put_nowait(frame)
-                return
-            except queue.Full:
-                try:
-                    self.frames.get_nowait()  # a live source never waits: the oldest goes
-                    self.dropped += 1
-                    frame.at_break = True  # what was dropped may have been a cut: this one is detected
-                except queue.Empty:
-                    pass
+                self.frames.get_nowait()  # a live source waits no longer than that: the oldest goes
+                self.dropped += 1
+                frame.at_break = True  # what was dropped may have been a cut: this one is detected
+            except queue.Empty:
+                break
+        self.frames.put_nowait(frame)

@@ -112,7 +112,10 @@ def run_engine(cfg: EngineConfig, progress: bool, tap: str | None) -> int:
         if done.output is None and cam.output:  # a live camera stopped before its first frame
             logging.getLogger("anonengine").info("%s: stopped before its first frame; nothing written", cam.name)
         else:
-            logging.getLogger("anonengine").info("%s: %d frames anonymized -> %s", cam.name, done.frames, done.output)
+            dropped = launcher.dropped_frames(cam.name)
+            logging.getLogger("anonengine").info("%s: %d frames anonymized%s -> %s", cam.name, done.frames,
+                                                 f" ({dropped} dropped: the engine was behind)" if dropped else "",
+                                                 done.output)
         return 0
     if launcher.stop_signal is None:
         raise EngineFailed(f"{cam.name} ended without finishing its output")

@@ -504,14 +504,17 @@ class Launcher:
         )  # fmt: skip
         return self.snapshot
 
+    def dropped_frames(self, camera: str) -> int:
+        """A live camera's frames never numbered: the engine was behind it, or its number could not be kept."""
+        return sum(self.tally.camera_total("capture", counter, camera)
+                   for counter in ("dropped_busy", "dropped_at_source", "dropped_unnumbered"))
+
     def _camera_view(self, camera: CameraConfig) -> metrics.CameraView:
         name, tally = camera.name, self.tally
         frames = {
             "in": tally.camera_total("capture", "frames", name),
             "out": tally.camera_total("encode", "frames", name),
-            "dropped": tally.camera_total("capture", "dropped_busy", name)
-            + tally.camera_total("capture", "dropped_at_source", name)
-            + tally.camera_total("capture", "dropped_unnumbered", name),
+            "dropped": self.dropped_frames(name),
             "late": tally.camera_total("composite", "late", name),
             "obscured": tally.camera_total("composite", "obscured", name),
         }
