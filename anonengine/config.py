@@ -310,7 +310,9 @@ class CameraConfig(StrictModel):
     live: bool | None = Field(
         None,
         description="Treat the source as a live camera (never wait, drop the oldest frame when full); a file "
-        "is then read at its own frame rate. None: files are not; cameras and stream URLs always are.",
+        "is then read at its own frame rate. None: files are not; cameras and stream URLs always are; an http(s) "
+        "URL is unless it serves a recording (asked once, by the engine's launcher; true or false says it "
+        "without asking).",
     )
     rtsp_transport: Literal["tcp", "udp"] = Field(
         "tcp", description="RTSP over TCP (through firewalls and NAT, no loss) or UDP (lower latency, may lose)."

@@ -47,12 +47,18 @@ class Source:
     kind: SourceKind
     rtsp_transport: str = "tcp"
     rotate: int = 0  # degrees clockwise, after the container's display matrix (`CameraConfig.rotate`)
+    said_live: bool | None = None  # an http(s) source's `CameraConfig.live`: what it is, without asking it
 
     @property
     def live(self) -> bool:
         """A camera (read for ever, reconnected, never waited for) rather than a recording (read to its end,
-        every frame). Over HTTP(S) either comes: a video file or an HLS playlist that ends is a recording."""
+        every frame). Over HTTP(S) either comes: a video file or an HLS playlist that ends is a recording,
+        unless the camera's config says which (`resolve_live` says it once for every process of an engine:
+        each asking the URL was a connection of its own, 4 for one run, which a camera taking one client
+        at a time refuses)."""
         if self.kind is SourceKind.HTTP:
+            if self.said_live is not None:
+                return self.said_live
             return not serves_recording(self.url, SourcesConfig().connect_timeout_s)
         return self.kind is not SourceKind.FILE
 
@@ -108,12 +114,21 @@ def serves_recording(url: str, timeout_s: float) -> bool:
 
 def is_live(spec: str, live: bool | None) -> bool:
     """Whether a camera runs live (never waits, its stop is its end): a stream or device always, whatever
-    `live` says (it cannot be waited for), and a file replayed as a camera (`live: true`)."""
-    return bool(live) or classify(spec).live
+    `live` says (it cannot be waited for), an http(s) URL as `live` says (asked when it says nothing), and
+    a file replayed as a camera (`live: true`)."""
+    return bool(live) or classify(spec, live=live).live
 
 
-def classify(spec: str, rtsp_transport: str = "tcp") -> Source:
-    """What kind of source `spec` names; a file path is checked to exist."""
+def resolve_live(camera) -> None:
+    """Says once, in `camera` (a `CameraConfig`), whether its http(s) source is live, for every process
+    that reads the config after: the URL is asked here, not again by each."""
+    if camera.live is None and classify(camera.source).kind is SourceKind.HTTP:
+        camera.live = classify(camera.source).live
+
+
+def classify(spec: str, rtsp_transport: str = "tcp", live: bool | None = None) -> Source:
+    """What kind of source `spec` names; a file path is checked to exist. `live`: the camera's config's, which
+    an http(s) source takes as said (see `Source.live`)."""
     match = URL_SCHEME.match(spec)
     if match:
         scheme = match.group(1).lower()
@@ -121,7 +136,7 @@ def classify(spec: str, rtsp_transport: str = "tcp") -> Source:
                 "https": SourceKind.HTTP, "file": SourceKind.FILE}.get(scheme, SourceKind.STREAM)
         if kind is SourceKind.FILE:
             return classify(spec[len("file://"):], rtsp_transport)
-        return Source(spec, kind, rtsp_transport)
+        return Source(spec, kind, rtsp_transport, said_live=live if kind is SourceKind.HTTP else None)
     if spec.isdigit() or spec.startswith("/dev/video"):
         return Source(spec, SourceKind.V4L2)
     path = Path(spec)

@@ -32,6 +32,7 @@ from anonengine.video import (
 )
 
 log = logging.getLogger(__name__)
+FEED_CLOSE_S = 2.0  # a live source's reading thread, stopped, ends at its next frame or read timeout
 
 
 class Stage:
@@ -66,7 +67,7 @@ class CaptureStage(Stage):
         self.feed: LiveFeed | None = None
 
     def setup(self) -> None:
-        kind = classify(self.source, self.camera_cfg.rtsp_transport).turned(self.camera_cfg.rotate)
+        kind = classify(self.source, self.camera_cfg.rtsp_transport, self.camera_cfg.live).turned(self.camera_cfg.rotate)
         if not kind.live:
             self.reader = VideoReader(self.source, self.camera, kind=kind, sources_cfg=self.cfg)
             return
@@ -98,6 +99,9 @@ class CaptureStage(Stage):
             self.reader.close()
         if self.feed is not None:
             self.feed.stop()
+            # Its connection closed before whatever comes next connects (the engine's capture, after the
+            # command's check): a camera may take one client at a time.
+            self.feed.join(FEED_CLOSE_S)
 class DetectStage(Stage):
     """Finds persons in a batch of frames. A failure yields `None` per frame (obscure) or raises (stop)."""
 

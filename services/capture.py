@@ -82,7 +82,7 @@ class CaptureService(Service):
         self._position_kept = 0.0
 
     def setup(self) -> None:
-        kind = classify(self.source, self.camera_cfg.rtsp_transport).turned(self.camera_cfg.rotate)
+        kind = classify(self.source, self.camera_cfg.rtsp_transport, self.camera_cfg.live).turned(self.camera_cfg.rotate)
         slots = self.cfg.engine.ring_slots
         self.frames_out = self.socket(zmq.PUSH, self.endpoints.frames(self.camera), bind=True, hwm=slots)
         self.releases = self.socket(zmq.PULL, self.endpoints.capture(self.camera), bind=True)

@@ -935,6 +935,9 @@ def test_a_stopped_live_source_ends_normally_under_its_final_name(path, sig, gro
 # --- 3b. a recording served over HTTP ------------------------------------------------------------------
 
 
+LIVE_TS_GETS: list[float] = []  # when the `web` fixture's live stream was asked for
+
+
 @pytest.fixture(scope="module")
 def web(sample, tmp_path_factory):
     """The sample clip on a web server on 127.0.0.1 (Python's, which serves no byte ranges): as an MP4 (its
@@ -966,6 +969,7 @@ def web(sample, tmp_path_factory):
         def do_GET(self):
             if self.path != "/live.ts":
                 return super().do_GET()
+            LIVE_TS_GETS.append(time.monotonic())
             self.send_response(200)
             self.send_header("Content-Type", "video/mp2t")
             self.end_headers()
@@ -1002,6 +1006,21 @@ def test_a_recording_served_over_http_is_read_to_its_end_as_a_file(name, sample,
     assert [f.seq for f in VideoReader(str(output))] == list(range(FRAMES))
     assert len(metadata.read_text().splitlines()) == FRAMES
     assert ground_truth_leaks(sample, output) == []
+
+
+def test_a_live_http_stream_is_asked_once_whether_it_is_live_for_the_whole_engine(web, models_dir, tmp_path):
+    """Each process asked the URL itself whether it serves a recording (the command, then the capture,
+    besides their connections to read it): 4 connections for one run, which a camera taking one client at a
+    time refuses. The launcher says it in the capture's config: 3 (the command's question, its check that
+    the stream opens, the capture's)."""
+    LIVE_TS_GETS.clear()
+    output = tmp_path / "live.mp4"
+    proc = start_run(models_dir, "--video-source", f"{web}/live.ts", "--output-video", output,
+                     "--metadata", tmp_path / "live.jsonl")
+    wait_for_frames(output, proc)
+    code, stderr, _ = stop_and_wait(proc, signal.SIGINT, group=True)
+    assert code == 0 and "frames anonymized" in stderr, stderr
+    assert len(LIVE_TS_GETS) == 3, LIVE_TS_GETS
 
 
 def test_a_urls_default_output_is_named_after_its_last_part():
