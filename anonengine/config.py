@@ -35,7 +35,7 @@ class DetectorConfig(StrictModel):
         640, ge=32, le=4096, multiple_of=32,
         description="Detector input size in pixels (the frame's long side is scaled to it). The pose model misses "
         "persons under about 70 to 100 px tall in this input: at 640 a fifth of a 16:9 frame's height. Raise it "
-        "for wide shots (960: about 2.3 times the detector's time, 1280: 4 times; README, Privacy).",
+        "for wide shots (960: about twice the detector's time, 1280: 4 times; README, Privacy).",
     )
     backend: Literal["auto", "torch", "onnx", "openvino", "tensorrt"] = Field(
         "auto",
