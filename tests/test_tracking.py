@@ -134,3 +134,54 @@ def test_a_persons_looks_found_in_place_do_not_move_the_hold_off_where_they_walk
                    for box in held.boxes]
         assert any(covered), (frame, held.boxes)
         assert (box_iou(walker(5).astype(np.float32), held.boxes) > 0.8).any()  # and where the looks are
+
+
+def test_a_standing_person_stays_hidden_through_a_detection_that_misses_their_looks_and_after_it():
+    """Someone passing in front for a frame breaks the match: the person is still hidden there, where they were
+    last found, grown, and looked for there again, not where the filter drifts to (it keeps the speed they had
+    before they stopped, and looks never move it: before, one such frame lost them for good while they stood)."""
+    import cv2
+
+    from anonengine.config import HoldConfig
+    from anonengine.detections import NUM_KEYPOINTS, Detections
+    from anonengine.sample import assets_dir
+    from anonengine.tracking import MaskHold
+
+    bus = cv2.resize(cv2.imread(str(assets_dir() / "bus.jpg")), (1920, 1080))
+    hold = MaskHold(HoldConfig())
+    x = 400.0
+    for _ in range(10):  # walks left at 3 px a frame, then stops at 370 and is lost
+        hold.update(Detections(bus.shape[:2], np.array([[x, 250, x + 260, 1000]], np.float32),
+                               np.array([0.9], np.float32), np.zeros((1, NUM_KEYPOINTS, 3), np.float32)), bus)
+        x -= 3
+    standing = np.array([[x + 3, 250, x + 263, 1000]], np.float32)
+    for frame in range(10, 260):
+        image = bus
+        if frame in (150, 230):
+            image = bus.copy()
+            image[250:1000, int(x):int(x) + 120] = 0  # passed in front of, half his width
+        held = hold.update(Detections.empty(bus.shape[:2]), image)
+        covered = [(b[:2] <= standing[0, :2] + 2).all() and (b[2:] >= standing[0, 2:] - 2).all() for b in held.boxes]
+        assert any(covered), (frame, held.boxes)
+
+
+def test_looks_take_any_box_a_detector_gives_without_failing():
+    """Boxes not finite, at or past the frame's edges, tall persons whose search is cut to a sliver by an
+    edge, grey frames: a picture is taken, or not, and the hold goes on."""
+    from anonengine.config import HoldConfig
+    from anonengine.detections import NUM_KEYPOINTS, Detections
+    from anonengine.tracking import Look, MaskHold
+
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 255, (1080, 1920, 3), dtype=np.uint8)
+    look = Look.of(image, np.array([100.0, 200, 350, 900]), 0)
+    for right in np.arange(-80.0, -60.0):  # the search region 0 to 20 px wide at the left edge
+        assert look.find(image, np.array([right - 250, 200, right, 900])) is None
+    for box in ([np.nan, 10, 50, 100], [10, 10, np.inf, 100], [10, 10, 11, 11], [1900, 1000, 1920, 1080],
+                [-50, -50, 2000, 1200]):
+        for frame_image in (image, image[..., 0].copy()):
+            hold = MaskHold(HoldConfig())
+            for _ in range(3):
+                hold.update(Detections(image.shape[:2], np.array([box], np.float32), np.array([0.9], np.float32),
+                                       np.zeros((1, NUM_KEYPOINTS, 3), np.float32)), frame_image)
+            hold.update(Detections.empty(image.shape[:2]), frame_image)
