@@ -181,7 +181,7 @@ def finish_single_file(camera, audio: AudioPolicy) -> Callable[[], int]:
     from anonengine.sources import is_live
 
     try:
-        live = is_live(camera.source, camera.live)
+        live = is_live(camera.source, camera.live, camera.stream)
     except AnonError:
         return nothing
     if live:

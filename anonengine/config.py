@@ -315,9 +315,12 @@ class CameraConfig(StrictModel):
     live: bool | None = Field(
         None,
         description="Treat the source as a live camera (never wait, drop the oldest frame when full); a file "
-        "is then read at its own frame rate. None: files are not; cameras and stream URLs always are; an http(s) "
-        "URL is unless it serves a recording (asked once, by the engine's launcher; true or false says it "
-        "without asking).",
+        "is then read at its own frame rate. None: files and recordings are not; cameras and streams always are.",
+    )
+    stream: bool | None = Field(
+        None,
+        description="Whether an http(s) source is a live stream (read for ever, reconnected) rather than a "
+        "recording (read once to its end); None: the engine's launcher asks it once. Other sources: unused.",
     )
     rtsp_transport: Literal["tcp", "udp"] = Field(
         "tcp", description="RTSP over TCP (through firewalls and NAT, no loss) or UDP (lower latency, may lose)."

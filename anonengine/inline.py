@@ -66,7 +66,7 @@ def _run_camera(cam: CameraConfig, cfg: EngineConfig, detect: DetectStage, progr
     composite = CompositeStage(cfg.anonymizer, {cam.name: cam.privacy_zones})
     result = CameraResult(cam.name, 0, 0, 0)
     with CaptureStage(cam, cfg.sources) as capture:
-        live = is_live(cam.source, cam.live)
+        live = is_live(cam.source, cam.live, cam.stream)
         result.total = capture.info.frames
         ahead = composite.start(cam.name, live, capture.info.width, capture.info.height)
         encode = EncodeStage(cam.output, capture.info, cfg.encoder, cam.metadata)

@@ -47,18 +47,18 @@ class Source:
     kind: SourceKind
     rtsp_transport: str = "tcp"
     rotate: int = 0  # degrees clockwise, after the container's display matrix (`CameraConfig.rotate`)
-    said_live: bool | None = None  # an http(s) source's `CameraConfig.live`: what it is, without asking it
+    said_stream: bool | None = None  # an http(s) source's `CameraConfig.stream`: what it is, without asking it
 
     @property
     def live(self) -> bool:
         """A camera (read for ever, reconnected, never waited for) rather than a recording (read to its end,
         every frame). Over HTTP(S) either comes: a video file or an HLS playlist that ends is a recording,
-        unless the camera's config says which (`resolve_live` says it once for every process of an engine:
+        unless the camera's config says which (`resolve_stream` says it once for every process of an engine:
         each asking the URL was a connection of its own, 4 for one run, which a camera taking one client
         at a time refuses)."""
         if self.kind is SourceKind.HTTP:
-            if self.said_live is not None:
-                return self.said_live
+            if self.said_stream is not None:
+                return self.said_stream
             return not serves_recording(self.url, SourcesConfig().connect_timeout_s)
         return self.kind is not SourceKind.FILE
 
@@ -87,15 +87,26 @@ class Source:
         return self.url, None, options, timeouts
 
 
-MIN_BUFFER_FRAMES = 4  # a live source's frames kept while the consumer is behind, whatever its rate
+# A live source's frames kept while the consumer is behind: `sources.buffer_s` of them by their arrival, at most
+# what its frame rate gives for that long (at least MIN_BUFFER_FRAMES; FFmpeg's rate of an MJPEG or RTSP stream
+# can be 25 for a 5-fps camera, or 90000, so it is taken up to MAX_RATE only) and BUFFER_MEMORY bytes.
+MIN_BUFFER_FRAMES = 4
+MAX_RATE = 120
+BUFFER_MEMORY = 256 * 2**20
 PLAYLIST_FORMATS = frozenset({"hls", "dash"})  # FFmpeg's demuxers whose own file is a playlist, not the video
+
+
+def _single_picture(format_name: str) -> bool:
+    """A still image (`image2`, `jpeg_pipe`...): a camera's snapshot URL, polled as a live source."""
+    return any(name == "image2" or name.endswith("_pipe") for name in format_name.split(","))
 
 
 @functools.lru_cache(maxsize=64)
 def serves_recording(url: str, timeout_s: float) -> bool:
     """Whether an HTTP(S) URL serves a recording rather than a live stream (MJPEG, a live HLS playlist,
-    MPEG-TS as it is sent): one FFmpeg gives a duration (an MP4, an HLS playlist with its end), or a file
-    the server gives the length of (its Content-Length) that is not a playlist. An MPEG-TS file served
+    MPEG-TS as it is sent, a camera's snapshot): one FFmpeg gives a duration (an MP4, an HLS playlist with its
+    end), or a file the server gives the length of (its Content-Length) that is neither a playlist nor a
+    still picture. An MPEG-TS file served
     without byte ranges (Python's http.server) has no duration, and was read again at its end for ever;
     a live stream is sent without a length. Asked once a process; a URL that does not answer is taken for
     a camera, which may come later."""
@@ -103,32 +114,33 @@ def serves_recording(url: str, timeout_s: float) -> bool:
 
     try:
         with av.open(url, timeout=(timeout_s, timeout_s)) as container:
-            if not container.streams.video:
+            name = container.format.name
+            if not container.streams.video or _single_picture(name):
                 return False
             if container.duration and container.duration > 0:
                 return True
-            return container.format.name not in PLAYLIST_FORMATS and container.size > 0
+            return name not in PLAYLIST_FORMATS and container.size > 0
     except (av.FFmpegError, OSError):
         return False
 
 
-def is_live(spec: str, live: bool | None) -> bool:
+def is_live(spec: str, live: bool | None, stream: bool | None = None) -> bool:
     """Whether a camera runs live (never waits, its stop is its end): a stream or device always, whatever
-    `live` says (it cannot be waited for), an http(s) URL as `live` says (asked when it says nothing), and
-    a file replayed as a camera (`live: true`)."""
-    return bool(live) or classify(spec, live=live).live
+    `live` says (it cannot be waited for), and a file or a recording over http(s) replayed as a camera
+    (`live: true`, read at its own frame rate). `stream`: the camera's `stream`, see `classify`."""
+    return bool(live) or classify(spec, stream=stream).live
 
 
-def resolve_live(camera) -> None:
-    """Says once, in `camera` (a `CameraConfig`), whether its http(s) source is live, for every process
-    that reads the config after: the URL is asked here, not again by each."""
-    if camera.live is None and classify(camera.source).kind is SourceKind.HTTP:
-        camera.live = classify(camera.source).live
+def resolve_stream(camera) -> None:
+    """Says once, in `camera` (a `CameraConfig`), whether its http(s) source is a live stream or a recording,
+    for every process that reads the config after: the URL is asked here, not again by each."""
+    if camera.stream is None and classify(camera.source).kind is SourceKind.HTTP:
+        camera.stream = classify(camera.source).live
 
 
-def classify(spec: str, rtsp_transport: str = "tcp", live: bool | None = None) -> Source:
-    """What kind of source `spec` names; a file path is checked to exist. `live`: the camera's config's, which
-    an http(s) source takes as said (see `Source.live`)."""
+def classify(spec: str, rtsp_transport: str = "tcp", stream: bool | None = None) -> Source:
+    """What kind of source `spec` names; a file path is checked to exist. `stream`: whether an http(s) source
+    is a live stream rather than a recording, as its camera's config says (None: asked; see `Source.live`)."""
     match = URL_SCHEME.match(spec)
     if match:
         scheme = match.group(1).lower()
@@ -136,7 +148,7 @@ def classify(spec: str, rtsp_transport: str = "tcp", live: bool | None = None) -
                 "https": SourceKind.HTTP, "file": SourceKind.FILE}.get(scheme, SourceKind.STREAM)
         if kind is SourceKind.FILE:
             return classify(spec[len("file://"):], rtsp_transport)
-        return Source(spec, kind, rtsp_transport, said_live=live if kind is SourceKind.HTTP else None)
+        return Source(spec, kind, rtsp_transport, said_stream=stream if kind is SourceKind.HTTP else None)
     if spec.isdigit() or spec.startswith("/dev/video"):
         return Source(spec, SourceKind.V4L2)
     path = Path(spec)
@@ -181,13 +193,14 @@ class LiveFeed:
                  clock: Callable[[], float] = time.monotonic, queue_size: int | None = None,
                  follows: tuple[float, float] | None = None) -> None:
         """`queue_size`: frames kept while the consumer is behind, the oldest dropped past it; by default
-        `cfg.buffer_s` of the first connection's frame rate, at least MIN_BUFFER_FRAMES."""
+        what `cfg.buffer_s` of the first connection's frame rate gives (see MIN_BUFFER_FRAMES). Frames that
+        waited longer than `cfg.buffer_s` go too."""
         self.source, self.camera, self.cfg = source, camera, cfg
         self.opener = opener or self._open
         self.clock = clock
         self.status = FeedStatus()
         self.queue_size = queue_size
-        self.frames: queue.Queue = queue.Queue()  # bounded by `queue_size` in `_put`
+        self.frames: queue.Queue = queue.Queue()  # (arrival, frame), bounded in `_put`
         self.info = None  # StreamInfo of the first connection: size and time base of every frame out
         self.dropped = 0  # frames dropped here because the consumer was behind (live: never wait)
         self._stop = threading.Event()
@@ -212,7 +225,7 @@ class LiveFeed:
     def get(self, timeout: float):
         """The next frame, or None if none came within `timeout` seconds."""
         try:
-            return self.frames.get(timeout=timeout)
+            return self.frames.get(timeout=timeout)[1]
         except queue.Empty:
             return None
 
@@ -266,7 +279,10 @@ class LiveFeed:
         if self.info is None:
             self.info = reader.info
             if self.queue_size is None:
-                self.queue_size = max(MIN_BUFFER_FRAMES, math.ceil(float(self.info.rate) * self.cfg.buffer_s))
+                frame_bytes = self.info.width * self.info.height * 3
+                self.queue_size = max(MIN_BUFFER_FRAMES, min(math.ceil(min(float(self.info.rate), MAX_RATE)
+                                                                       * self.cfg.buffer_s),
+                                                             BUFFER_MEMORY // frame_bytes))
         self.status.state = SourceState.RUNNING
         self.status.connected_at = self.clock()
         self._connected.set()
@@ -320,11 +336,14 @@ class LiveFeed:
 
     def _put(self, frame, now: float) -> None:
         self._last_wall = now
-        while self.frames.qsize() >= self.queue_size:
-            try:
-                self.frames.get_nowait()  # a live source waits no longer than that: the oldest goes
-                self.dropped += 1
-                frame.at_break = True  # what was dropped may have been a cut: this one is detected
-            except queue.Empty:
-                break
-        self.frames.put_nowait(frame)
+        with self.frames.mutex:  # the consumer takes from the front meanwhile
+            waiting, dropped = self.frames.queue, 0
+            while waiting and (len(waiting) >= self.queue_size or now - waiting[0][0] > self.cfg.buffer_s):
+                waiting.popleft()  # a live source waits no longer than that: the oldest goes
+                dropped += 1
+            if dropped:
+                self.dropped += dropped
+                # The first frame after the gap is detected: what was dropped may have been a cut's (its
+                # `at_break` goes with it), or the time between the frames kept passes the stride's.
+                (waiting[0][1] if waiting else frame).at_break = True
+        self.frames.put_nowait((now, frame))

@@ -67,7 +67,7 @@ class CaptureStage(Stage):
         self.feed: LiveFeed | None = None
 
     def setup(self) -> None:
-        kind = classify(self.source, self.camera_cfg.rtsp_transport, self.camera_cfg.live).turned(self.camera_cfg.rotate)
+        kind = classify(self.source, self.camera_cfg.rtsp_transport, self.camera_cfg.stream).turned(self.camera_cfg.rotate)
         if not kind.live:
             self.reader = VideoReader(self.source, self.camera, kind=kind, sources_cfg=self.cfg)
             return

@@ -82,7 +82,7 @@ class CaptureService(Service):
         self._position_kept = 0.0
 
     def setup(self) -> None:
-        kind = classify(self.source, self.camera_cfg.rtsp_transport, self.camera_cfg.live).turned(self.camera_cfg.rotate)
+        kind = classify(self.source, self.camera_cfg.rtsp_transport, self.camera_cfg.stream).turned(self.camera_cfg.rotate)
         slots = self.cfg.engine.ring_slots
         self.frames_out = self.socket(zmq.PUSH, self.endpoints.frames(self.camera), bind=True, hwm=slots)
         self.releases = self.socket(zmq.PULL, self.endpoints.capture(self.camera), bind=True)
@@ -98,7 +98,7 @@ class CaptureService(Service):
             return
         self.reader = VideoReader(self.source, self.camera, kind=kind, sources_cfg=self.cfg.sources)
         # A file replayed as a live camera (`live: true`): never waits for downstream, drops instead.
-        self.live = self.paced = is_live(self.source, self.camera_cfg.live)
+        self.live = self.paced = is_live(self.source, self.camera_cfg.live, self.camera_cfg.stream)
         self.frames_iter = iter(self.reader)
         if self.resume_from:
             # Decoded again and skipped: exact whatever the file's keyframes (seeking lands on those).

@@ -487,12 +487,21 @@ def test_a_live_frame_after_one_dropped_is_detected():
     is detected whatever the stride."""
     from anonengine.video import Frame
 
-    feed = LiveFeed(classify("rtsp://127.0.0.1:1/none"), "cam", SourcesConfig(), queue_size=2)
-    frames = [Frame("cam", i, i, Fraction(1, 25), np.zeros((4, 4, 3), np.uint8)) for i in range(3)]
+    feed = LiveFeed(classify("rtsp://127.0.0.1:1/none"), "cam", SourcesConfig(buffer_s=10), queue_size=3)
+    frames = [Frame("cam", i, i, Fraction(1, 25), np.zeros((4, 4, 3), np.uint8)) for i in range(5)]
+    frames[1].at_break = True  # a cut's, say
     for i, frame in enumerate(frames):
         feed._put(frame, float(i))
-    assert feed.dropped == 1
-    assert [f.at_break for f in (feed.frames.get_nowait(), feed.frames.get_nowait())] == [False, True]
+    assert feed.dropped == 2
+    # The first frame after the gap, not the last one queued (the queue kept a second of them, 25 frames).
+    assert [(f.seq, f.at_break) for f in iter(lambda: feed.get(0), None)] == [(2, True), (3, False), (4, False)]
+    # Frames that waited longer than `sources.buffer_s` go too, whatever the count.
+    feed = LiveFeed(classify("rtsp://127.0.0.1:1/none"), "cam", SourcesConfig(buffer_s=1), queue_size=100)
+    for i, frame in enumerate(frames):
+        frame.at_break = False
+        feed._put(frame, i * 0.4)
+    assert feed.dropped == 2 and [(f.seq, f.at_break) for f in iter(lambda: feed.get(0), None)] == [
+        (2, True), (3, False), (4, False)]
 
 
 class BurstyReader(FlakyReader):
@@ -525,5 +534,5 @@ def test_a_live_stream_delivered_in_bursts_loses_no_frame_to_a_consumer_that_kee
             got.append(frame)
             time.sleep(1 / 30)  # a consumer a little faster than the camera, never faster than that
     feed.stop()
-    assert feed.queue_size == 25 and feed.dropped == 0
+    assert feed.dropped == 0
     assert [int(f.image[0, 0, 0]) for f in got] == list(range(60))

@@ -962,6 +962,7 @@ def web(sample, tmp_path_factory):
             for out in outs:
                 packet.stream = out
                 out.container.mux(packet)
+    cv2.imwrite(str(folder / "snapshot.jpg"), next(iter(VideoReader(str(sample.video)))).image)  # a camera's
     playlist = (folder / "vod.m3u8").read_text()
     (folder / "live.m3u8").write_text(playlist.replace("#EXT-X-ENDLIST\n", "").replace("#EXT-X-PLAYLIST-TYPE:VOD\n", ""))
 
@@ -999,6 +1000,7 @@ def test_a_recording_served_over_http_is_read_to_its_end_as_a_file(name, sample,
 
     url = f"{web}/{name}"
     assert not classify(url).live and classify(f"{web}/live.m3u8").live and classify(f"{web}/live.ts").live
+    assert classify(f"{web}/snapshot.jpg").live  # a length, but a still picture: polled as a camera
     output, metadata = tmp_path / "out.mp4", tmp_path / "out.jsonl"
     result = anonengine_cli("run", "--video-source", url, "--output-video", output, "--metadata", metadata,
                             "--quiet", timeout=60)
@@ -1006,6 +1008,17 @@ def test_a_recording_served_over_http_is_read_to_its_end_as_a_file(name, sample,
     assert [f.seq for f in VideoReader(str(output))] == list(range(FRAMES))
     assert len(metadata.read_text().splitlines()) == FRAMES
     assert ground_truth_leaks(sample, output) == []
+
+
+def test_a_recording_served_over_http_replayed_as_a_camera_is_read_once_at_its_rate(sample, web, anonengine_cli,
+                                                                                    tmp_path):
+    """`--live` on a recording: read at its own frame rate, once, as a file is. For a while it sent the URL
+    down a live camera's path: read as fast as the network gave it, and again at its end, for ever."""
+    output = tmp_path / "out.mp4"
+    result = anonengine_cli("run", "--video-source", f"{web}/clip.mp4", "--live", "--output-video", output,
+                            "--quiet", timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert 0 < len(list(VideoReader(str(output)))) <= FRAMES
 
 
 def test_a_live_http_stream_is_asked_once_whether_it_is_live_for_the_whole_engine(web, models_dir, tmp_path):

@@ -36,7 +36,7 @@ from anonengine.locks import FileLock, LockBusy, is_locked
 from anonengine.recording import segments_folder
 from anonengine.rundir import private_dir, run_dir_path
 from anonengine.shm import SHM_DIR, instance_segments, made_by, remove_stale_segments, unlink
-from anonengine.sources import classify, is_live, resolve_live
+from anonengine.sources import classify, is_live, resolve_stream
 from anonengine.tap import MAX_TAP_MESSAGE_BYTES
 from anonengine.video import claim_output, partial_metadata_path, partial_path, refuse_unreplaceable
 
@@ -226,7 +226,7 @@ class Launcher:
         under it, and a second engine or run on the same output is refused at once."""
         try:
             classify(camera.source)  # a file source must exist; a live one may be down now and come later
-            resolve_live(camera)  # asked here, once: the capture reads its camera's config
+            resolve_stream(camera)  # asked here, once: the capture reads its camera's config
         except InputError as exc:
             raise InputError(f"camera {camera.name}: {exc}") from None
         if not camera.output:
@@ -703,7 +703,7 @@ class Launcher:
     @staticmethod
     def _is_live(camera: CameraConfig) -> bool:
         try:
-            return is_live(camera.source, camera.live)
+            return is_live(camera.source, camera.live, camera.stream)
         except AnonError:
             return False
 
