@@ -1030,8 +1030,10 @@ def test_a_live_http_stream_is_asked_once_whether_it_is_live_for_the_whole_engin
     output = tmp_path / "live.mp4"
     proc = start_run(models_dir, "--video-source", f"{web}/live.ts", "--output-video", output,
                      "--metadata", tmp_path / "live.jsonl")
-    wait_for_frames(output, proc)
-    code, stderr, _ = stop_and_wait(proc, signal.SIGINT, group=True)
+    try:
+        wait_for_frames(output, proc)
+    finally:  # a live run never ends by itself: a failed wait left it running, its stages and port with it
+        code, stderr, _ = stop_and_wait(proc, signal.SIGINT, group=True)
     assert code == 0 and "frames anonymized" in stderr, stderr
     assert len(LIVE_TS_GETS) == 3, LIVE_TS_GETS
 
