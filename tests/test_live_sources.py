@@ -404,6 +404,20 @@ class FlakyReader:
         pass
 
 
+def take(feed: LiveFeed, count: int, pause: float = 0.0, timeout: float = 10) -> list:
+    """Up to `count` frames of `feed` within `timeout` seconds, `pause` after each (a consumer's work); then
+    stops it."""
+    got = []
+    deadline = time.monotonic() + timeout
+    while len(got) < count and time.monotonic() < deadline:
+        frame = feed.get(0.1)
+        if frame is not None:
+            got.append(frame)
+            time.sleep(pause)
+    feed.stop()
+    return got
+
+
 def test_the_feed_reconnects_and_keeps_time_increasing():
     opens = []
 
@@ -415,13 +429,7 @@ def test_the_feed_reconnects_and_keeps_time_increasing():
 
     cfg = SourcesConfig(reconnect_initial_s=0.05, reconnect_max_s=0.1, reconnect_jitter=0)
     feed = LiveFeed(Source("rtsp://fake", SourceKind.RTSP), "fake", cfg, opener=opener, queue_size=100).start()
-    got = []
-    deadline = time.monotonic() + 10
-    while len(got) < 15 and time.monotonic() < deadline:
-        frame = feed.get(0.1)
-        if frame is not None:
-            got.append(frame)
-    feed.stop()
+    got = take(feed, 15)
     assert len(got) == 15
     pts = [f.pts for f in got]
     assert all(b > a for a, b in zip(pts, pts[1:])), pts  # across the reconnections too
@@ -526,13 +534,6 @@ def test_a_live_stream_delivered_in_bursts_loses_no_frame_to_a_consumer_that_kee
     cfg = SourcesConfig(reconnect_initial_s=10)
     feed = LiveFeed(Source("http://fake/live.ts", SourceKind.HTTP), "fake", cfg,
                     opener=lambda source: BurstyReader(bursts=3, burst=20)).start()
-    got = []
-    deadline = time.monotonic() + 10
-    while len(got) < 60 and time.monotonic() < deadline:
-        frame = feed.get(0.1)
-        if frame is not None:
-            got.append(frame)
-            time.sleep(1 / 30)  # a consumer a little faster than the camera, never faster than that
-    feed.stop()
+    got = take(feed, 60, pause=1 / 30)  # a consumer a little faster than the camera, never faster than that
     assert feed.dropped == 0
     assert [int(f.image[0, 0, 0]) for f in got] == list(range(60))
