@@ -172,6 +172,10 @@ def test_audit_finds_persons_in_the_original_and_none_in_the_anonymized(small_sa
     model = str(models_dir / "yolo11n-pose.pt")
     clean = audit(str(small_sample_clip.video), str(tmp_path / "out.mp4"), model, imgsz=640, device="cpu")
     assert clean.frames == 8 and clean.flagged == [] and clean.leak_rate == 0
+    # What the clean report cannot speak for: persons too small for the adversary at its input size.
+    info = VideoReader(str(small_sample_clip.video)).info
+    assert clean.shown_size == (info.width, info.height)
+    assert clean.smallest_person == -(-90 * max(info.width, info.height) // 640)
     raw = audit(str(small_sample_clip.video), str(small_sample_clip.video), model, imgsz=640, device="cpu",
                 augment=False)
     assert raw.leak_rate == 1.0
