@@ -225,7 +225,7 @@ class VideoReader:
         return aspect
 
     def _image(self, av_frame: av.VideoFrame, stored_aspect: Fraction) -> DecodedImage:
-        orientation = display_matrix(av_frame)
+        orientation = display_matrix(av_frame, self.source)
         image = turn(upright(to_bgr(av_frame), orientation), self.rotate)
         # A quarter turn (by the tag, or `rotate`) makes a pixel's width its height.
         quarter = (orientation is not None and orientation[1] != 0) != (self.rotate in (90, 270))
@@ -466,13 +466,25 @@ def by_opencv(av_frame: av.VideoFrame) -> bool:
 Orientation = tuple[int, int, int, int]
 
 
-def display_matrix(av_frame: av.VideoFrame) -> Orientation | None:
+# A photo's EXIF orientation (1 to 8) as the display matrix FFmpeg gives it (checked against OpenCV's imread).
+EXIF_ORIENTATION = {1: None, 2: (-1, 0, 0, 1), 3: (-1, 0, 0, -1), 4: (1, 0, 0, -1), 5: (0, 1, 1, 0),
+                    6: (0, 1, -1, 0), 7: (0, -1, -1, 0), 8: (0, -1, 1, 0)}
+
+
+def display_matrix(av_frame: av.VideoFrame, source: str | None = None) -> Orientation | None:
     """The linear part (a, b, c, d) of the frame's display matrix, each -1, 0 or 1; None when untagged.
 
     FFmpeg's convention (libavutil/display.h): a pixel at (x, y) is shown at (a*x + c*y, b*x + d*y),
-    moved back into the picture.
+    moved back into the picture. `source`: the file the frame is from, whose EXIF orientation says it where
+    PyAV cannot read the frame's side data.
     """
-    for side_data in av_frame.side_data:
+    try:
+        side_data = av_frame.side_data
+    except ValueError:
+        # PyAV 18 names no side data newer than itself, and then reads none: FFmpeg 8.1 gives a photo's EXIF
+        # block as a frame's side data (type 31), and every phone photo failed as an internal error.
+        return exif_orientation(source)
+    for side_data in side_data:
         if side_data.type == SideDataType.DISPLAYMATRIX:
             a, b, _, c, d, *_ = struct.unpack("<9i", bytes(side_data))
             # Cameras write right angles and mirrors only; any other angle is taken to the nearest one.
@@ -480,6 +492,18 @@ def display_matrix(av_frame: av.VideoFrame) -> Orientation | None:
                 return (_sign(a), 0, 0, _sign(d))
             return (0, _sign(b), _sign(c), 0)
     return None
+
+
+@functools.lru_cache(maxsize=16)
+def exif_orientation(source: str | None) -> Orientation | None:
+    """A local image file's turn by its EXIF orientation; None where it has none or is not a file."""
+    from PIL import Image
+
+    try:
+        with Image.open(source) as image:
+            return EXIF_ORIENTATION.get(image.getexif().get(0x0112, 1))
+    except (OSError, ValueError, TypeError, AttributeError):
+        return None
 
 
 def _sign(value: int) -> int:

@@ -8,6 +8,7 @@ line (tests/test_cli_errors.py); on one with a device, the same tests compare NV
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import pytest
 
@@ -60,3 +61,23 @@ def test_a_cuda_decoder_is_opened_or_refused_in_one_line(decoder):
             decoding_device(decoder)
     elif decoder != "cuda:7":
         assert decoding_device(decoder) == "cuda:0"
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_a_phone_photos_exif_turn_is_taken_as_opencv_shows_it(orientation, tmp_path):
+    """FFmpeg 8.1 gives a photo's EXIF block as a frame's side data, which PyAV 18 cannot name, and then
+    reads none: every phone photo (EXIF of a turn, or of GPS only) failed as an internal error in the
+    audit and with `--output-video x.mp4`. The turn is read from the EXIF then, as OpenCV's imread shows it."""
+    from PIL import Image
+
+    from anonengine.sample import assets_dir
+
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    exif[0x8825] = {2: (1.0, 2.0, 3.0)}  # a GPS block, as phones write
+    path = tmp_path / "phone.jpg"
+    Image.open(assets_dir() / "bus.jpg").save(path, exif=exif.tobytes(), quality=95)
+    shown = cv2.imread(str(path))
+    (frame,) = list(VideoReader(str(path)))
+    assert frame.image.shape == shown.shape
+    assert np.abs(frame.image.astype(int) - shown).mean() < 2
