@@ -479,12 +479,12 @@ def display_matrix(av_frame: av.VideoFrame, source: str | None = None) -> Orient
     PyAV cannot read the frame's side data.
     """
     try:
-        side_data = av_frame.side_data
+        entries = av_frame.side_data
     except ValueError:
         # PyAV 18 names no side data newer than itself, and then reads none: FFmpeg 8.1 gives a photo's EXIF
         # block as a frame's side data (type 31), and every phone photo failed as an internal error.
         return exif_orientation(source)
-    for side_data in side_data:
+    for side_data in entries:
         if side_data.type == SideDataType.DISPLAYMATRIX:
             a, b, _, c, d, *_ = struct.unpack("<9i", bytes(side_data))
             # Cameras write right angles and mirrors only; any other angle is taken to the nearest one.
