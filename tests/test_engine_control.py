@@ -152,6 +152,32 @@ def test_attach_detach_and_status_on_a_running_engine(models_dir, tmp_path):
 # --- launch --validate-config ------------------------------------------------------------------------
 
 
+def test_tap_record_keeps_one_camera_when_the_engine_has_two(models_dir, tmp_path):
+    """`anonengine tap --record` without --camera took every camera's frames into one file: the second
+    camera's, of another size, failed the whole recording (280 frames of the first lost in a user's trial)."""
+    make_sample(tmp_path / "a", width=WIDTH, height=HEIGHT, frames=LONG_FRAMES)
+    make_sample(tmp_path / "b", width=256, height=144, frames=LONG_FRAMES)
+    cfg = small_and_fast(engine_config(tmp_path, models_dir, {"a": Path("a/sample.mp4"), "b": Path("b/sample.mp4")}))
+    cfg.engine.exit_when_done, cfg.tap.endpoint = False, "ipc"
+    for camera in cfg.cameras:
+        camera.live = True  # read at their frame rate, both at once
+    proc = launch_in(tmp_path, cfg)
+    try:
+        assert wait_for(lambda: list((tmp_path / "run").glob("*/tap.sock")) or proc.poll() is not None, 60)
+        recorded = cli("tap", "--run-dir", tmp_path / "run", "--record", tmp_path / "tap.mp4", "--frames", "40",
+                       "--timeout", "20")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
+    assert recorded.returncode == 0, recorded.stderr
+    heard = {line.split()[0] for line in recorded.stdout.splitlines()}
+    assert heard == {"a", "b"}, recorded.stdout  # both cameras came while it recorded
+    first = recorded.stdout.split()[0]
+    frames = list(VideoReader(str(tmp_path / "tap.mp4")))
+    assert frames and {f.image.shape[:2] for f in frames} == {(HEIGHT, WIDTH) if first == "a" else (144, 256)}
+    assert f"recording camera {first} only" in recorded.stderr
+
+
 def test_validate_config_accepts_valid_files_and_starts_nothing(models_dir, tmp_path):
     shipped = cli("launch", "--validate-config", "config/engine.yaml", cwd=REPO)
     assert shipped.returncode == 0, shipped.stderr

@@ -155,13 +155,19 @@ def cmd_tap(args: argparse.Namespace) -> int:
     from anonengine.tap import SeqGaps, subscribe
 
     endpoint, curve = _tap_address(args)
-    gaps, writer, count = SeqGaps(), None, 0
+    gaps, writer, count, recorded = SeqGaps(), None, 0, None
     try:
         for meta, image in subscribe(endpoint, tuple(args.camera), timeout_s=args.timeout, curve=curve):
             gap = gaps.see(meta)
             print(f"{meta['camera']} seq={meta['seq']} t={meta['time']:.3f} persons={len(meta['persons'])}"
                   f"{' obscured' if meta['obscured'] else ''}{f' missed={gap}' if gap else ''}", flush=True)
-            if args.record:
+            # One camera is recorded: the first heard of, unless --camera said. Another camera's frames, of
+            # another size and clock, made the file fail as a whole when the first was 280 frames in.
+            if args.record and recorded in (None, meta["camera"]):
+                if recorded is None and not args.camera:
+                    logging.getLogger("anonengine").info("recording camera %s only (--camera chooses)",
+                                                         meta["camera"])
+                recorded = meta["camera"]
                 writer = writer or _tap_writer(args.record, image, meta)
                 writer.write(image, round(meta["time"] * TAP_TIME_BASE.denominator))
             count += 1
