@@ -126,6 +126,10 @@ def test_attach_detach_and_status_on_a_running_engine(models_dir, tmp_path):
         # A second detach of a camera that is gone is refused, with one line.
         again = cli("detach", "--run-dir", run_dir, "--camera", "a")
         assert again.returncode != 0 and len(again.stderr.strip().splitlines()) == 1, again.stderr
+        # A camera whose output is its source is refused, by its name ("invalid camera : output..." before).
+        itself = cli("attach", "--run-dir", run_dir, "--camera", "c", "--source", tmp_path / "short/sample.mp4",
+                     "--output", tmp_path / "short/sample.mp4")
+        assert itself.returncode != 0 and "invalid camera c: " in itself.stderr, itself.stderr
         # A detached camera can come back under its name, as a new stream (mounted on its side now: turned).
         a2_out = tmp_path / "a2.mp4"
         back = cli("attach", "--run-dir", run_dir, "--camera", "a", "--source", tmp_path / "short/sample.mp4",

@@ -477,8 +477,13 @@ class Launcher:
                 return messages.Reply(True, status=self.status())
             return messages.Reply(False, f"not a control request: {type(request).__name__}")
         except ValidationError as exc:
+            # Named by the camera, and by its field where one is wrong (a check of the whole camera, such as
+            # its output being its source, has none: the answer read "invalid camera : output ...").
             err = exc.errors()[0]
-            return messages.Reply(False, f"invalid camera {'.'.join(map(str, err['loc']))}: {error_text(err)}")
+            camera = getattr(request, "camera", None)
+            name = camera.get("name", "") if isinstance(camera, dict) else ""
+            field = ".".join(map(str, err["loc"]))
+            return messages.Reply(False, f"invalid camera {name}: {f'{field}: ' if field else ''}{error_text(err)}")
         except Exception as exc:  # noqa: BLE001 - the answer carries the error to the client
             return messages.Reply(False, str(exc).splitlines()[0])
 
