@@ -217,7 +217,10 @@ class EncodeService(Service):
                 output.recording.abort()
         send(self.events, messages.CameraDone(camera, frames, str(path) if path else None, complete, error),
              block=False)
-        self.log.info("%s: %d frames written to %s", camera, frames, path or "(tap only)")
+        if error is not None:  # "0 frames written to (tap only)" was all it said of a camera with an output
+            self.log.warning("%s: its output failed: %s", camera, error)
+        else:
+            self.log.info("%s: %d frames written to %s", camera, frames, path or "(tap only)")
 
     def close(self) -> None:
         # On SIGTERM with streams still open: a live camera's stop is its end (final name); a file not
