@@ -210,10 +210,10 @@ class MaskHold:
         self.frame = -1  # frames this hold has seen
         self.coasted = 0  # frames since the last detection (detector.stride)
         self.looks: dict[Track, Look] = {}
-        # Lost tracks found by their looks: where, and the frame (their `seen_at`). Kept past a detection that
-        # does not find them (a person passing in front), hidden there, grown, for `hold_frames`, and looked
-        # for there next: the filter, which looks never move, drifts at the speed it had when they stopped.
-        self.standing: dict[Track, tuple[np.ndarray, int]] = {}
+        # Lost tracks found by their looks: where, as of their `seen_at`. Kept past a detection that does not
+        # find them (a person passing in front), hidden there, grown, for `hold_frames`, and looked for there
+        # next: the filter, which looks never move, drifts at the speed it had when they stopped.
+        self.standing: dict[Track, np.ndarray] = {}
 
     def update(self, detections: Detections, image: np.ndarray | None = None) -> Detections:
         """`detections` plus the predicted boxes of persons lost within the hold window, and the boxes of
@@ -263,17 +263,16 @@ class MaskHold:
             look = self.looks.get(track)
             if not track.confirmed or look is None or self.frame - look.detected_at > self.cfg.still_frames:
                 continue
-            last = self.standing.get(track)
-            found = look.find(image, track.box if last is None else last[0])
+            found = look.find(image, self.standing.get(track, track.box))
             if found is not None:
                 track.seen_at = self.frame
-                self.standing[track] = (found.clip(0, [image.shape[1], image.shape[0]] * 2), self.frame)
+                self.standing[track] = found.clip(0, [image.shape[1], image.shape[0]] * 2)
         self.looks = {t: self.looks[t] for t in self.tracker.tracks if t in self.looks}
 
     def _standing_boxes(self, shape: tuple[int, int]) -> np.ndarray:
         """Where lost persons were last found by their looks, grown for each frame since, as a lost track's."""
-        return self._grown([(box, self.frame - at) for box, at in self.standing.values()
-                            if self.frame - at <= self.cfg.hold_frames], shape)
+        return self._grown([(box, self.frame - t.seen_at) for t, box in self.standing.items()
+                            if self.frame - t.seen_at <= self.cfg.hold_frames], shape)
 
     def pass_frame(self) -> None:
         """A frame not learnt (it went out obscured): the tracker's clock goes on all the same."""
