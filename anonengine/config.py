@@ -379,9 +379,10 @@ class SourcesConfig(StrictModel):
     )
     buffer_s: float = Field(
         1.0, ge=0, le=60,
-        description="A live source's frames wait up to this long (its frame rate times this, at least 4 frames) "
-        "while the engine is behind, the oldest dropped past it: a network delivers a stream in bursts (HTTP, "
-        "RTSP over TCP), faster than the engine takes them for a moment. Adds at most this much latency.",
+        description="A live source's frames wait up to this long while the engine is behind (at most what its frame "
+        "rate, up to 120, gives for this long, at least 4 frames, and 256 MB), the oldest dropped past it: a network "
+        "delivers a stream in bursts (HTTP, RTSP over TCP), faster than the engine takes them for a moment. Adds "
+        "at most this much latency.",
     )
 
 

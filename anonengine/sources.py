@@ -133,9 +133,11 @@ def is_live(spec: str, live: bool | None, stream: bool | None = None) -> bool:
 
 def resolve_stream(camera) -> None:
     """Says once, in `camera` (a `CameraConfig`), whether its http(s) source is a live stream or a recording,
-    for every process that reads the config after: the URL is asked here, not again by each."""
-    if camera.stream is None and classify(camera.source).kind is SourceKind.HTTP:
-        camera.stream = classify(camera.source).live
+    for every process that reads the config after: the URL is asked here, not again by each. Raises
+    InputError as `classify` does (a file source that is not there)."""
+    source = classify(camera.source)
+    if camera.stream is None and source.kind is SourceKind.HTTP:
+        camera.stream = source.live
 
 
 def classify(spec: str, rtsp_transport: str = "tcp", stream: bool | None = None) -> Source:

@@ -36,7 +36,7 @@ from anonengine.locks import FileLock, LockBusy, is_locked
 from anonengine.recording import segments_folder
 from anonengine.rundir import private_dir, run_dir_path
 from anonengine.shm import SHM_DIR, instance_segments, made_by, remove_stale_segments, unlink
-from anonengine.sources import classify, is_live, resolve_stream
+from anonengine.sources import is_live, resolve_stream
 from anonengine.tap import MAX_TAP_MESSAGE_BYTES
 from anonengine.video import claim_output, partial_metadata_path, partial_path, refuse_unreplaceable
 
@@ -225,8 +225,9 @@ class Launcher:
         can be written) and takes its output's lock, held until the camera is done: the encoder writes
         under it, and a second engine or run on the same output is refused at once."""
         try:
-            classify(camera.source)  # a file source must exist; a live one may be down now and come later
-            resolve_stream(camera)  # asked here, once: the capture reads its camera's config
+            # A file source must exist; a live one may be down now and come later. An http(s) one is asked here,
+            # once, whether it is a stream: the capture reads that from its camera's config.
+            resolve_stream(camera)
         except InputError as exc:
             raise InputError(f"camera {camera.name}: {exc}") from None
         if not camera.output:
