@@ -496,14 +496,17 @@ def display_matrix(av_frame: av.VideoFrame, source: str | None = None) -> Orient
 
 @functools.lru_cache(maxsize=16)
 def exif_orientation(source: str | None) -> Orientation | None:
-    """A local image file's turn by its EXIF orientation; None where it has none or is not a file."""
+    """A local image file's turn by its EXIF orientation; None where it has none. A source that is no image
+    file Pillow reads (a video, a URL) is refused: guessed upright, a turned picture's persons would lie on
+    their side, which the detector misses."""
     from PIL import Image
 
     try:
         with Image.open(source) as image:
             return EXIF_ORIENTATION.get(image.getexif().get(0x0112, 1))
     except (OSError, ValueError, TypeError, AttributeError):
-        return None
+        raise InputError(f"cannot tell how {source} is turned: its frames carry side data PyAV does not know, "
+                         "and it is no image file whose EXIF says it") from None
 
 
 def _sign(value: int) -> int:
