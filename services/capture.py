@@ -6,12 +6,14 @@ engine is behind (`admit_limit` frames in flight), a camera's frames wait in its
 `sources.buffer_s`, the oldest dropped past it; a file replayed as a camera drops each new frame before it
 is numbered. Both are counted.
 A restarted capture of a file resumes after the last frame
-written; one of a live camera numbers its frames after its predecessor's (`messages.LivePosition`). A frame not released within `redeliver_after_s` (its
-detector died, say) is offered again; downstream drops the duplicates by seq.
+written; one of a live camera (a file replayed as one too) numbers its frames after its predecessor's
+(`messages.LivePosition`). A frame not released within `redeliver_after_s` (its detector died, say) is
+offered again; downstream drops the duplicates by seq.
 """
 
 from __future__ import annotations
 
+import itertools
 import os
 import time
 from dataclasses import dataclass
@@ -100,7 +102,8 @@ class CaptureService(Service):
         # A file replayed as a live camera (`live: true`): never waits for downstream, drops instead.
         self.live = self.paced = is_live(self.source, self.camera_cfg.live, self.camera_cfg.stream)
         self.frames_iter = iter(self.reader)
-        if self.resume_from:
+        carried_on = self.paced and self.continues and self._carry_on_replay()
+        if self.resume_from and not self.paced:
             # Decoded again and skipped: exact whatever the file's keyframes (seeking lands on those).
             for _ in range(self.resume_from):
                 if next(self.frames_iter, None) is None:
@@ -108,6 +111,25 @@ class CaptureService(Service):
             self.seq = self.resume_from
             self.log.info("restarted: resuming at frame %d", self.seq)
         self._start_ring(self.reader.info)
+        self.break_owed = carried_on  # the frames between were never seen: anyone may be anywhere
+
+    def _carry_on_replay(self) -> bool:
+        """A restarted capture of a file replayed as a live camera carries on as a camera would: its frames
+        numbered after its predecessor's, on the same schedule, the frames due while it was down lost. (It
+        started the file again from the number of frames written, which counts none it dropped: frames
+        already encoded came again, their timestamps going back, and the camera's whole recording failed.)
+        True when it took over from a predecessor."""
+        follows = self._take_over_position()
+        if follows is None:
+            return False
+        last_time, due_at = follows  # kept with the time the frame was due, not when it went out (below)
+        self._clock_start = (due_at, last_time)
+        now_time = last_time + time.monotonic() - due_at
+        for frame in self.frames_iter:
+            if frame.time > now_time:
+                self.frames_iter = itertools.chain((frame,), self.frames_iter)
+                break
+        return True
 
     def _start_ring(self, info: StreamInfo) -> None:
         self.info = info
@@ -207,7 +229,7 @@ class CaptureService(Service):
             self.count("dropped_busy")
             self.break_owed = True
             return True
-        if self.feed is not None and not self._keep_position(frame.time):
+        if self.live and not self._keep_position(frame.time):
             self.count("dropped_unnumbered")  # its number could not be kept: a successor might reuse it
             self.break_owed = True
             return True
@@ -251,7 +273,10 @@ class CaptureService(Service):
         if self.seq < self._reserved and now - self._position_kept < POSITION_EVERY_S:
             return True
         reserved = max(self._reserved, self.seq + SEQ_BLOCK)
-        if not self.keep(self._position_name(), messages.LivePosition(reserved, frame_time, now), "position"):
+        # A replayed file's frame is kept with the time it was due: every frame sent after it was due no
+        # earlier than by the schedule, so a successor that skips to the schedule's now never goes back.
+        wall = now if not self.paced else self._clock_start[0] + frame_time - self._clock_start[1]
+        if not self.keep(self._position_name(), messages.LivePosition(reserved, frame_time, wall), "position"):
             return self.seq < self._reserved
         self._reserved, self._position_kept = reserved, now
         return True

@@ -95,10 +95,13 @@ def server(gstreamer, long_clip):
     made.stop()
 
 
-def launch(tmp_path: Path, models_dir: Path, url: str) -> tuple[subprocess.Popen, Path]:
+def launch(tmp_path: Path, models_dir: Path, url: str, live: bool | None = None,
+           **detector) -> tuple[subprocess.Popen, Path]:
     cfg = EngineConfig(cameras=[CameraConfig(name="door", source=url, output=str(tmp_path / "door.mp4"),
-                                             metadata=str(tmp_path / "door.jsonl"))])
+                                             metadata=str(tmp_path / "door.jsonl"), live=live)])
     cfg.anonymizer.detector.pose_model = str(models_dir / "yolo11n-pose.pt")
+    for key, value in detector.items():
+        setattr(cfg.anonymizer.detector, key, value)
     # imgsz 640 (the default): at 320 the detector misses the smallest person of this 320x192 clip in most
     # frames, and a person never detected cannot be hidden (a detector limit, not the reconnection's).
     cfg.engine.run_dir, cfg.tap.endpoint = str(tmp_path / "run"), ""
@@ -215,6 +218,35 @@ def test_a_live_cameras_capture_killed_with_9_is_restarted_and_its_frames_carry_
     restart = next(i for i in range(1, len(indices)) if indices[i] - indices[i - 1] > 100)
     assert times[restart] - times[restart - 1] < 10, "the restart took longer than a camera's reconnection"
     assert restart >= 40 and len(indices) - restart >= 60  # frames of both captures (the encoder holds ~50)
+
+
+@pytest.mark.slow  # a live camera at its own pace
+def test_a_file_replayed_as_a_camera_whose_capture_is_killed_with_9_carries_on_as_a_camera(long_clip, models_dir,
+                                                                                          tmp_path):
+    """Its successor started the file again from the number of frames written, which counts none of the
+    frames it had dropped while the engine was behind: frames encoded already came again, their timestamps
+    going back, the encoder failed the camera's whole recording, and the engine stopped. It carries on as a
+    camera would: numbered after its predecessor, on the same schedule."""
+    # Every frame detected at 960: slower than the camera here, so frames are dropped, as on a busy engine.
+    proc, _ = launch(tmp_path, models_dir, str(long_clip.video), live=True, imgsz=960, stride=1)
+    try:
+        assert wait_for(lambda: records_so_far(tmp_path / "door.mp4") >= 50, 90, proc), "no frame was replayed"
+        victims = [pid for pid in stage_pids(f"p{proc.pid}") if stage_title(pid).startswith("anonengine-capture[")]
+        assert victims, "no capture stage found"
+        os.kill(victims[0], signal.SIGKILL)
+        before = records_so_far(tmp_path / "door.mp4")
+        assert wait_for(lambda: records_so_far(tmp_path / "door.mp4") >= before + 150, 60, proc), (
+            "no frame after the capture's restart")
+    finally:
+        stderr = stop(proc)
+    assert proc.returncode == 0, stderr
+    assert "capture-door exited with -9; restarting" in stderr and "carrying on at frame" in stderr, stderr
+    assert "failed" not in stderr, stderr
+    indices, times = in_order_nobody_shown(long_clip, tmp_path)
+    restart = next(i for i in range(1, len(indices)) if indices[i] - indices[i - 1] > 100)
+    # On the file's own schedule: the frames due while the capture restarted are lost, no more.
+    assert times[restart] - times[restart - 1] < 3, times[restart - 3:restart + 3]
+    assert restart >= 40 and len(indices) - restart >= 60
 
 
 @pytest.mark.slow  # a live camera at its own pace
