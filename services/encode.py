@@ -152,12 +152,32 @@ class EncodeService(Service):
             self.releases.send(ref.composite, messages.Received(ref.camera, ref.seq))
             frame = Frame(ref.camera, ref.seq, ref.pts, output.info.time_base_fraction, image)
             record = frame_record(frame, None if out.obscured else out.persons)
-            for durable in output.recording.add(ref, ref.seq, ref.pts, image, record if output.info.metadata else None):
+            try:
+                durables = output.recording.add(ref, ref.seq, ref.pts, image,
+                                                record if output.info.metadata else None)
+            except AnonError as exc:
+                self._output_failed(ref.camera, output, str(exc))
+                self._release(ref)
+                return
+            for durable in durables:
                 self._release(durable)  # on disk: the slots can go
                 output.written_seq = max(output.written_seq, durable.seq + 1)
         self._publish(out, output, image)
         output.next_seq = ref.seq + 1
         self.count("frames", camera=ref.camera)
+
+    def _output_failed(self, camera: str, output: Output, error: str) -> None:
+        """A camera's output cannot be written (its disk filled up): that camera fails, its segments go, and the
+        frames it held are let go, as are the rest of its stream's; the encoder goes on with the others. (The
+        encoder stopped on it, and the whole engine with it.)"""
+        del self.outputs[camera]
+        self.finished_rings.add(output.info.ring)
+        self.finished_cameras.add(camera)  # the rest of its stream, announced again, is not begun anew
+        for pending in output.recording.pending:
+            self._release(pending.token)
+        output.recording.abort()
+        send(self.events, messages.CameraDone(camera, output.recording.frames, None, False, error), block=False)
+        self.log.warning("%s: its output failed: %s", camera, error)
 
     def _release(self, ref: messages.FrameRef) -> None:
         self.releases.send(ref.composite, messages.Release(ref.camera, ref.seq, ref.slot))

@@ -1167,6 +1167,37 @@ def _disk_fills_up(engine: bool, small_disk: Path, long_clip, models_dir: Path, 
         assert_nothing_left(f"p{proc.pid}", tmp_path / "temp")
 
 
+def test_a_running_engine_whose_one_output_fills_its_disk_fails_that_camera_alone(long_clip, models_dir, tmp_path):
+    """Before, the encoder stopped on the full disk of one camera's output, and the whole engine with it: the
+    other cameras' recordings were left partial. That camera fails (reported, its capture stopped, nothing of
+    it left on the disk); the others go on to the end of their streams."""
+    from test_engine import engine_config
+    from test_engine_control import cli, launch_in, seqs, small_and_fast, wait_for
+
+    disk = small_disk(tmp_path / "disk", "200k")
+    proc = None
+    try:
+        cfg = small_and_fast(engine_config(tmp_path, models_dir, {"full": long_clip.video, "fine": long_clip.video}))
+        cfg.engine.exit_when_done = False
+        cfg.cameras[0].output, cfg.cameras[0].metadata = str(disk / "full.mp4"), None
+        proc = launch_in(tmp_path, cfg)
+        assert wait_for(lambda: (tmp_path / "fine.mp4").exists() or proc.poll() is not None, 180)
+        assert proc.poll() is None, "the engine stopped"
+        assert seqs(tmp_path / "fine.mp4") == list(range(LONG_FRAMES))
+        status = json.loads(cli("status", "--run-dir", tmp_path / "run").stdout)
+        assert "No space left on device" in status["failed"]["full"], status["failed"]
+        # encode, composite, detect0: full's capture was stopped, fine's reached its end.
+        assert wait_for(lambda: len(stage_pids(f"p{proc.pid}")) == 3, 15), stage_pids(f"p{proc.pid}")
+        assert list(disk.iterdir()) == []
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+    finally:
+        if proc is not None and proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
 @pytest.mark.parametrize("shm_size,stage", [("8m", "capture[t]"), ("16m", "composite[w0]")])
 def test_too_little_shared_memory_is_one_line_at_once(shm_size, stage, sample, models_dir, tmp_path):
     """A container's /dev/shm is 64 MB unless told; this clip's capture ring takes 13.6 MB (74 frames: 24 and

@@ -257,6 +257,7 @@ class Launcher:
         on; the camera is reported, in the log and in its status, and lets go of its output."""
         log.error("camera %s stopped: %s", camera, reason)
         self.failed_cameras[camera] = reason
+        self.detach(camera)  # its output failed while it ran: nothing more of it can be written
         self._release_output(camera)
 
     def _release_outputs(self, discard: bool = False) -> None:
