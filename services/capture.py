@@ -81,6 +81,8 @@ class CaptureService(Service):
         self.end: messages.StreamEnd | None = None  # sent once the stream ended; again to a restarted compositor
         self._released_at = 0.0  # when a frame in flight last came back
         self._reserved = 0  # a live camera's frame numbers below this are kept in the run folder as taken
+        self.paced = False  # a file replayed as a live camera: each frame read at its time (setup)
+        self._clock_start: tuple[float, float] | None = None  # (clock, stream time) of a replay's schedule
         self._position_kept = 0.0
 
     def setup(self) -> None:
@@ -89,7 +91,6 @@ class CaptureService(Service):
         self.frames_out = self.socket(zmq.PUSH, self.endpoints.frames(self.camera), bind=True, hwm=slots)
         self.releases = self.socket(zmq.PULL, self.endpoints.capture(self.camera), bind=True)
         self.downstream = self.socket(zmq.PUSH, self.endpoints.composite(self.composite_worker))
-        self._clock_start: tuple[float, float] | None = None
         if kind.live:
             # A camera or stream: read for ever, reconnected when it drops; its ring is made once the
             # first frame tells its size. Down at start, it is "connecting" until it answers.
