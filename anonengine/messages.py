@@ -75,6 +75,9 @@ class StreamInfoMsg(Message):
     continues: bool = False  # from a restarted capture, going on with the stream its predecessor began
     colour: tuple[int, int, int] = (2, 2, 2)  # the source's primaries, transfer and matrix (`video.Colour`)
     pixel_aspect: tuple[int, int] = (1, 1)  # a pixel's width and height, as shown (`StreamInfo.pixel_aspect`)
+    # Which attachment of the camera this is (the launcher's, kept by its capture's restarts): a camera
+    # attached again is a new recording, never the rest of the one before ("": the engine's run alone).
+    stream: str = ""
 
     @property
     def rate_fraction(self) -> Fraction:

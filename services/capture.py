@@ -56,13 +56,14 @@ class CaptureService(Service):
     stage = "capture"
 
     def __init__(self, cfg, instance: str, camera, source: str | None = None, composite_worker: int = 0,
-                 resume_from: int | None = None) -> None:
+                 resume_from: int | None = None, stream: str = "") -> None:
         super().__init__(cfg, instance, camera.name)
         if not 0 <= composite_worker < cfg.engine.composite_workers:
             raise ConfigError(f"composite worker {composite_worker} does not exist "
                               f"(engine.composite_workers is {cfg.engine.composite_workers})")
         self.composite_worker = composite_worker
         self.camera_cfg = camera
+        self.stream = stream  # which attachment of the camera (`StreamInfoMsg.stream`)
         self.source = source or camera.source
         self.reader: VideoReader | None = None
         self.feed: LiveFeed | None = None
@@ -158,7 +159,7 @@ class CaptureService(Service):
             output=self.camera_cfg.output, metadata=self.camera_cfg.metadata, next_seq=next_seq,
             continues=self.continues, privacy_zones=[[list(p) for p in zone] for zone in self.camera_cfg.privacy_zones],
             colour=(info.colour.primaries, info.colour.transfer, info.colour.matrix),
-            pixel_aspect=self.pixel_aspect,
+            pixel_aspect=self.pixel_aspect, stream=self.stream,
         ))  # fmt: skip
 
     def step(self) -> bool:
@@ -417,6 +418,7 @@ def main(argv=None) -> int:
         parser.add_argument("--composite-worker", type=int, default=0, help="the composite worker of this camera")
         parser.add_argument("--resume-from", type=int, default=None,
                             help="a restarted capture: its predecessor's stream, from this frame on")
+        parser.add_argument("--stream", default="", help="which attachment of the camera (the launcher's)")
 
     def factory(cfg, args):
         known = {c.name: c for c in cfg.cameras}
@@ -430,7 +432,7 @@ def main(argv=None) -> int:
         else:
             raise SystemExit(f"anonengine: error: camera {args.camera!r} is not in the config and has no --source")
         return CaptureService(cfg, args.instance, camera, composite_worker=args.composite_worker,
-                              resume_from=args.resume_from)
+                              resume_from=args.resume_from, stream=args.stream)
 
     return run_service(factory, argv, extra)
 

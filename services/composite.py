@@ -66,7 +66,9 @@ class CompositeService(Service):
         self.orphans: dict[str, dict[int, messages.Detected]] = {}
         self.orphan_refs: dict[str, list[messages.FrameRef]] = {}
         self.finished_rings: set[str] = set()  # captures whose stream ended here: never started again
-        self.finished_cameras: set[str] = set()  # cameras whose whole stream ended here
+        # (camera, stream) of the streams that ended here whole (`StreamInfoMsg.stream`: a camera attached
+        # again is a stream of its own).
+        self.finished_streams: set[tuple[str, str]] = set()
         self.late_releases: dict[str, zmq.Socket] = {}  # to the captures of finished streams
         self.streams = itertools.count()
 
@@ -110,7 +112,7 @@ class CompositeService(Service):
         if info.ring in self.finished_rings:
             return  # a late re-announcement: restarting would overwrite the finished output
         state = self.cameras.get(info.camera)
-        ended = state.whole if state is not None else info.camera in self.finished_cameras
+        ended = state.whole if state is not None else (info.camera, info.stream) in self.finished_streams
         if ended and (info.next_seq > 0 or info.continues) and (state is None or state.info.ring != info.ring):
             # The rest of a stream that ended here: its capture died after the end, and its successor
             # offers again, from the last progress the launcher had heard of, frames all done. They go
@@ -345,7 +347,7 @@ class CompositeService(Service):
             self.compositing.forget(camera)
             del self.cameras[camera]
             if state.whole:
-                self.finished_cameras.add(camera)
+                self.finished_streams.add((camera, state.info.stream))
             self.log.info("%s finished at %d frames", camera, state.timeline.next_seq)
 
     def close(self) -> None:

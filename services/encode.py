@@ -45,7 +45,9 @@ class EncodeService(Service):
         self.subscribers = 0
         self.tap_curve = None  # the ZAP handler of a CURVE tap this encoder binds
         self.finished_rings: set[str] = set()  # streams whose output is final: never begun again
-        self.finished_cameras: set[str] = set()  # cameras whose whole output this encoder made final
+        # (camera, stream) of the streams whose whole output this encoder made final, or that failed
+        # (`StreamInfoMsg.stream`: a camera attached again is a stream of its own).
+        self.finished_streams: set[tuple[str, str]] = set()
         # Which segments are this run's: a restarted encoder resumes them (see anonengine.recording).
         self.run = os.environ.get("ANONENGINE_RUN_ID") or uuid.uuid4().hex
         # The frames a camera may have in this encoder before they are on disk: the compositor's output
@@ -103,23 +105,29 @@ class EncodeService(Service):
     def _on_stream(self, info: messages.StreamInfoMsg) -> None:
         if info.ring in self.finished_rings:
             return  # a late re-announcement: beginning again would overwrite the finished output
-        if info.camera in self.finished_cameras and info.next_seq > 0:
+        output = self.outputs.get(info.camera)
+        if output is not None:  # the compositor restarted: same stream, new ring
+            # (Asked after the finished streams, by camera: a camera attached again after its first stream
+            # ended was taken for the rest of that one when its compositor restarted, and nothing more of it
+            # was written.)
+            output.info = info
+            return
+        if (info.camera, info.stream) in self.finished_streams and info.next_seq > 0:
             # The rest of a stream whose output is final already: a stage upstream died after its end
             # (a capture restarted from the last progress it reported, a compositor that composited the
             # last frames again). Its frames are let go as they come; a new output begun here from
             # `next_seq` would replace the whole one with its tail.
             self.finished_rings.add(info.ring)
             return
-        output = self.outputs.get(info.camera)
-        if output is not None:  # the compositor restarted: same stream, new ring
-            output.info = info
-            return
         recording = None
         if info.output:
             stream = StreamInfo(info.width, info.height, info.rate_fraction, info.time_base_fraction,
                                 info.frames, info.live, Colour(*info.colour), Fraction(*info.pixel_aspect))
             # Under a launcher, the launcher holds the output's lock for as long as the camera runs.
-            recording = SegmentedRecording(info.output, stream, self.cfg.encoder, info.camera, self.run,
+            # A stream's segments are its own: a restarted encoder resumes them, a camera attached again
+            # to the same recording (kept segments) begins new ones after them.
+            run = f"{self.run}.{info.stream}" if info.stream else self.run
+            recording = SegmentedRecording(info.output, stream, self.cfg.encoder, info.camera, run,
                                            info.metadata, self.max_pending,
                                            lock=not os.environ.get("ANONENGINE_OUTPUTS_LOCKED"))
             recording.setup()
@@ -172,7 +180,7 @@ class EncodeService(Service):
         encoder stopped on it, and the whole engine with it.)"""
         del self.outputs[camera]
         self.finished_rings.add(output.info.ring)
-        self.finished_cameras.add(camera)  # the rest of its stream, announced again, is not begun anew
+        self.finished_streams.add((camera, output.info.stream))  # its rest, announced again, is not begun anew
         for pending in output.recording.pending:
             self._release(pending.token)
         output.recording.abort()
@@ -218,7 +226,7 @@ class EncodeService(Service):
         else:
             self._finish(end.camera, output, complete=not end.interrupted)
             if not end.interrupted:
-                self.finished_cameras.add(end.camera)
+                self.finished_streams.add((end.camera, output.info.stream))
 
     def _finish(self, camera: str, output: Output, complete: bool) -> None:
         """Finalises the output, playable: under its final name only when `complete`."""

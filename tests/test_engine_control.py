@@ -156,6 +156,57 @@ def test_attach_detach_and_status_on_a_running_engine(models_dir, tmp_path):
 # --- launch --validate-config ------------------------------------------------------------------------
 
 
+def test_a_camera_attached_again_to_its_recording_is_recorded_through_a_compositor_restart(models_dir, tmp_path):
+    """An NVR's camera (kept segments) detached and attached again: before, the encoder took the new stream's
+    frames for its first stream's, on disk already (same engine run, timestamps from 0 again), and wrote none
+    of them; and after a compositor restart it took the new stream for the rest of the one that ended, and
+    wrote nothing more either. Each attachment is a stream of its own now."""
+    from helpers import stage_title
+
+    make_sample(tmp_path / "long", width=WIDTH, height=HEIGHT, frames=LONG_FRAMES)
+    cfg = small_and_fast(engine_config(tmp_path, models_dir, {"door": tmp_path / "long/sample.mp4"}))
+    cfg.engine.exit_when_done = False
+    cfg.cameras[0].live = True  # stands for a camera: read at its rate, its detach is its normal end
+    cfg.encoder.keep_segments, cfg.encoder.segment_s = True, 2
+    recording = tmp_path / "door"
+
+    def on_disk() -> int:
+        return sum(len(p.read_text().splitlines()) for p in recording.glob("*.jsonl"))
+
+    proc = launch_in(tmp_path, cfg)
+    run_dir = tmp_path / "run"
+    try:
+        assert wait_for(lambda: on_disk() >= 50 or proc.poll() is not None, 120), "no frame reached the disk"
+        first = cli("detach", "--run-dir", run_dir, "--camera", "door")
+        assert first.returncode == 0, first.stderr
+        assert wait_for(lambda: "door" in json.loads(cli("status", "--run-dir", run_dir).stdout)["done"], 30)
+        before = on_disk()
+        again = cli("attach", "--run-dir", run_dir, "--camera", "door", "--source", tmp_path / "long/sample.mp4",
+                    "--output", tmp_path / "door.mp4", "--metadata", tmp_path / "door.jsonl")
+        assert again.returncode == 0, again.stderr
+        assert wait_for(lambda: on_disk() >= before + 50, 60), "the second attachment wrote nothing"
+        (compositor,) = [pid for pid in stage_pids(f"p{proc.pid}") if stage_title(pid).startswith("anonengine-composite[")]
+        os.kill(compositor, signal.SIGKILL)
+        after_kill = on_disk()
+        assert wait_for(lambda: on_disk() >= after_kill + 50, 60), "nothing written after the compositor's restart"
+        assert proc.poll() is None
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(30)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+    assert proc.returncode == 0
+    records = [json.loads(line) for segment in sorted(recording.glob("*.jsonl")) for line in segment.read_text().splitlines()]
+    # Both streams from their first frame (the second's first hundred frames were taken for the first's).
+    assert [r["index"] for r in records].count(0) == 2
+    for segment in recording.glob("*.jsonl"):  # each in time order
+        times = [json.loads(line)["time"] for line in segment.read_text().splitlines()]
+        assert times == sorted(times), segment.name
+
+
 def test_tap_record_keeps_one_camera_when_the_engine_has_two(models_dir, tmp_path):
     """`anonengine tap --record` without --camera took every camera's frames into one file: the second
     camera's, of another size, failed the whole recording (280 frames of the first lost in a user's trial)."""
@@ -504,7 +555,11 @@ def test_cameras_are_shared_out_to_the_least_busy_compositor_and_keep_it_when_at
     for name in ("a", "b", "c"):
         launcher.attach(CameraConfig(name=name, source=str(tmp_path / "never-opened.mp4")))
     assert [launcher.compositor_of[n] for n in ("a", "b", "c")] == [0, 1, 0]
-    assert launcher.children["capture-b"].argv[-1] == "1"  # --composite-worker 1
+    argv = launcher.children["capture-b"].argv
+    assert argv[argv.index("--composite-worker") + 1] == "1"
+    first_stream = argv[argv.index("--stream") + 1]
     launcher.children["capture-b"].process.kill()  # detached, or ended
     launcher.attach(CameraConfig(name="b", source=str(tmp_path / "never-opened.mp4")))
     assert launcher.compositor_of["b"] == 1  # its encoder may still be finishing its file
+    argv = launcher.children["capture-b"].argv
+    assert argv[argv.index("--stream") + 1] != first_stream  # a stream of its own

@@ -361,8 +361,9 @@ class Launcher:
         # A camera attached again keeps its compositor (and so its encoder, which may still be finishing
         # the same output file).
         compositor = self.compositor_of.setdefault(camera.name, self._least_busy_compositor())
+        # Each attachment is a stream of its own, kept by its capture's restarts (`StreamInfoMsg.stream`).
         extra = ["--camera", camera.name, "--camera-json", camera.model_dump_json(),
-                 "--composite-worker", str(compositor)]
+                 "--composite-worker", str(compositor), "--stream", uuid.uuid4().hex[:16]]
         self._add(name, "capture", compositor, camera.name, extra)
         if camera.name not in {c.name for c in self.cfg.cameras}:
             self.cfg.cameras.append(camera)
