@@ -21,6 +21,7 @@ from anonengine.tracking import MaskHold, lookahead_boxes, with_extra_boxes
 
 LIMB_COLOR = (255, 170, 0)  # BGR
 JOINT_COLOR = (0, 220, 255)
+PERSON_LINE = 0.02  # a limb at most this share of the person's extent (6 px for a person 300 px tall)
 OBSCURED_GREY = 128
 # Letterbox bars: lines along the frame's edges that are dark and flat. A bar whose pixels all differ by no more
 # than BAR_SPREAD levels holds no picture, and so nobody: it is kept as filmed (a faint silhouette in the dark
@@ -216,13 +217,16 @@ def background_model(cfg, keep_frames: int) -> BackgroundModel:
 def draw_skeletons(
     out: np.ndarray, keypoints: np.ndarray, min_conf: float, thickness: float, frame_shape: tuple[int, int]
 ) -> None:
-    """COCO-17 limbs and joints of every person, keypoints below `min_conf` left out; sizes follow the frame."""
+    """COCO-17 limbs and joints of every person, keypoints below `min_conf` left out; sizes follow the frame,
+    and the person where that is smaller: a small person in a large picture (a crowd in a 48-MP photo) was
+    drawn with joints as large as their head, a yellow blot for a body."""
     diag = frame_diagonal(frame_shape)
-    line = max(1, round(thickness * diag))
-    radius = max(2, round(1.4 * thickness * diag))
     for kps in keypoints:
         visible = kps[:, 2] >= min_conf
         pts = np.round(kps[:, :2]).astype(np.int32)
+        extent = np.ptp(kps[visible, :2], axis=0).max() if visible.sum() > 1 else 0.0
+        width = min(thickness * diag, PERSON_LINE * extent)
+        line, radius = max(1, round(width)), max(2, round(1.4 * width))
         for a, b in COCO_SKELETON:
             if visible[a] and visible[b]:
                 cv2.line(out, tuple(map(int, pts[a])), tuple(map(int, pts[b])), LIMB_COLOR, line, cv2.LINE_AA)
