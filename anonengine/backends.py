@@ -85,10 +85,10 @@ class ExportedModels:
         self._models: dict[tuple[int, int], object] = {}
         self._threaded: dict[tuple[int, int], object] = {}  # shape -> the predictor given `threads`
 
-    def model_for(self, frame_shape: tuple[int, int]):
-        """The model of this frame's input shape: an `OpenVinoPose` for OpenVINO pose models, else
-        Ultralytics' YOLO over the export."""
-        shape = letterbox_shape(frame_shape, self.imgsz)
+    def model_for(self, frame_shape: tuple[int, int], imgsz: int | None = None):
+        """The model of this frame's input shape (its long side to `imgsz`, default the detector's): an
+        `OpenVinoPose` for OpenVINO pose models, else Ultralytics' YOLO over the export."""
+        shape = letterbox_shape(frame_shape, imgsz or self.imgsz)
         model = self._models.get(shape)
         if model is None:
             if self.backend == "openvino" and self.task == "pose":

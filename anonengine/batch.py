@@ -261,7 +261,7 @@ class FileRunner:
         self.say = say or (lambda line: print(line, file=sys.stderr))
         self.detect = DetectStage(cfg.anonymizer, cfg.engine.max_batch)
         self.photo_cfg = photo_config(cfg.anonymizer)
-        self.detect_photos = DetectStage(self.photo_cfg) if self.photo_cfg is not cfg.anonymizer else self.detect
+        self.detect_photos = DetectStage(self.photo_cfg, photos=True)
 
     def run(self, job: Job) -> tuple[int, str, str]:
         """(frames, audio: "kept", "dropped" or "none", the input's sha256) of a job now done."""
@@ -314,7 +314,9 @@ class FileRunner:
             raise InputError(f"cannot read image {job.source}")
         image = turn(image, self.rotate)
         with INTERRUPTS.deferred():
-            if self.detect_photos.detector is None:
+            if self.detect_photos.detector is None and self.photo_cfg is self.cfg.anonymizer and self.detect.detector:
+                self.detect_photos.detector = self.detect.detector  # the same model: loaded once
+            elif self.detect_photos.detector is None:
                 self.detect_photos.setup()
             anonymized = anonymize_photo(image, self.detect_photos, self.photo_cfg, self.camera)
             partial = partial_path(job.output)

@@ -107,6 +107,15 @@ class Detections:
             detected=self.detected,
         )
 
+    def adding(self, other: Detections, same_iou: float = 0.7) -> Detections:
+        """These persons and those of `other` (the same picture looked at again) that none of these is: a box
+        overlapping one of these by `same_iou` or more is the same person. Below that both stay, whoever they
+        are: one person hidden twice costs nothing, a person dropped for a neighbour's box would be shown."""
+        if len(other) == 0:
+            return self
+        new = np.ones(len(other), bool) if len(self) == 0 else box_iou(other.boxes, self.boxes).max(axis=1) < same_iou
+        return self.with_persons(other.boxes[new], other.scores[new], other.keypoints[new]) if new.any() else self
+
     def resized(self, frame_shape: tuple[int, int]) -> Detections:
         """These persons in the same picture stored at another size (h, w): boxes and keypoints scaled, each
         outline kept wherever it covered any of a pixel (a mask made smaller must not lose a thin arm)."""

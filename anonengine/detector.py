@@ -131,21 +131,21 @@ class PersonDetector:
         """Whether a batch of frames runs as one (torch); exported models take one frame at a time."""
         return self.backend == "torch"
 
-    def _predict(self, model, frames: list[np.ndarray]):
+    def _predict(self, model, frames: list[np.ndarray], imgsz: int | None = None):
         """Ultralytics' results, or `Detections` where the model gives them directly (`OpenVinoPose`)."""
         if isinstance(model, ExportedModels):
             # Exported models take one frame of their own shape at a time (batching gains little on a CPU).
             det = self.cfg.detector
             results = []
             for frame in frames:
-                exported, shape = model.model_for(frame.shape[:2])
+                exported, shape = model.model_for(frame.shape[:2], imgsz)
                 if isinstance(exported, OpenVinoPose):
                     results.append(exported.detect(frame, det.person_conf, det.iou))
                     continue
                 results += self._predict_with(exported, [frame], list(shape))
                 model.after_predict(exported, shape)
             return results
-        return self._predict_with(model, frames, self.cfg.detector.imgsz)
+        return self._predict_with(model, frames, imgsz or self.cfg.detector.imgsz)
 
     def _predict_with(self, model, frames: list[np.ndarray], imgsz):
         det = self.cfg.detector
@@ -161,9 +161,12 @@ class PersonDetector:
             verbose=False,
         )
 
-    def detect(self, frames: list[np.ndarray]) -> list[Detections]:
+    def detect(self, frames: list[np.ndarray], imgsz: int | None = None) -> list[Detections]:
+        """The persons in each frame, looked for with its long side at `imgsz` (default `detector.imgsz`)."""
         if not frames:
             return []
+        if imgsz is not None and imgsz != self.cfg.detector.imgsz:
+            return self._detect(frames, imgsz)  # a photo's closer look: one frame, no batch to pad
         count = len(frames)
         if self.padded_sizes:
             # cuDNN plans belong to the detector's input shape: a 720p and a 1080p camera share one.
@@ -177,12 +180,12 @@ class PersonDetector:
             frames = frames + [frames[-1]] * (size - count)
         return self._detect(frames)[:count]
 
-    def _detect(self, frames: list[np.ndarray]) -> list[Detections]:
+    def _detect(self, frames: list[np.ndarray], imgsz: int | None = None) -> list[Detections]:
         poses = [r if isinstance(r, Detections) else Detections.from_ultralytics(r)
-                 for r in self._predict(self.pose, frames)]
+                 for r in self._predict(self.pose, frames, imgsz)]
         if self.outline is None:
             return poses
-        outlines = self._predict(self.outline, frames)
+        outlines = self._predict(self.outline, frames, imgsz)
         return [merge(Detections.from_ultralytics(r, keypoints_from=p), p) for r, p in zip(outlines, poses)]
 
 

@@ -15,6 +15,7 @@ from typing import Iterator
 
 import numpy as np
 
+from anonengine.backends import STRIDE
 from anonengine.compositor import Compositor, Learnt, obscured_frame
 from anonengine.config import AnonymizerConfig, CameraConfig, EncoderConfig, SourcesConfig
 from anonengine.detections import Detections
@@ -105,9 +106,11 @@ class CaptureStage(Stage):
 class DetectStage(Stage):
     """Finds persons in a batch of frames. A failure yields `None` per frame (obscure) or raises (stop)."""
 
-    def __init__(self, cfg: AnonymizerConfig, max_batch: int = 1, cpu_share: float = 1.0) -> None:
-        """`cpu_share`: of the cores, what the detector takes unless `detector.threads` says (`cpu_threads`)."""
-        self.cfg, self.max_batch, self.cpu_share = cfg, max_batch, cpu_share
+    def __init__(self, cfg: AnonymizerConfig, max_batch: int = 1, cpu_share: float = 1.0, photos: bool = False) -> None:
+        """`cpu_share`: of the cores, what the detector takes unless `detector.threads` says (`cpu_threads`).
+        `photos`: each image is also looked at closer (`closer_sizes`): a photo has no other frame to be
+        caught in."""
+        self.cfg, self.max_batch, self.cpu_share, self.photos = cfg, max_batch, cpu_share, photos
         self.detector = None
 
     def setup(self) -> None:
@@ -132,12 +135,38 @@ class DetectStage(Stage):
             shown = [as_shown(image, aspect)
                      for image, aspect in zip(images, pixel_aspects or [1] * len(images), strict=True)]
             found = self.detector.detect(shown)
+            if self.photos:
+                found = [self._closer(image, persons) for image, persons in zip(shown, found)]
             return [d if seen is image else d.resized(image.shape[:2]) for d, seen, image in zip(found, shown, images)]
         except Exception as exc:  # noqa: BLE001 - whatever broke, the frame must not go out raw
             if self.cfg.on_detector_error == "stop":
                 raise DetectionError(f"detection failed: {type(exc).__name__}: {exc}") from exc
             log.warning("detection failed, obscuring %d frame(s): %s", len(images), exc)
             return [None] * len(images)
+
+
+    def _closer(self, image: np.ndarray, found: Detections) -> Detections:
+        det = self.cfg.detector
+        for imgsz in closer_sizes(image.shape[:2], det.imgsz, det.photo_max_imgsz):
+            (more,) = self.detector.detect([image], imgsz)
+            found = found.adding(more)
+        return found
+
+
+def closer_sizes(shape: tuple[int, int], imgsz: int, most: int) -> list[int]:
+    """The sizes a picture of `shape` (h, w) is looked at again, after `imgsz`, for persons too small there: the
+    pose model finds persons from about 100 px tall in its input up to several times that, so each look is up
+    to 4 times closer than the last, until the picture's own size or `most`. A 12-MP phone photo (4000x3000)
+    at 960 is shrunk 4 times: its persons under about 400 px tall were missed."""
+    long_side = max(shape)
+    sizes: list[int] = []
+    last = imgsz
+    while True:
+        size = min(last * 4, -(-long_side // STRIDE) * STRIDE, most // STRIDE * STRIDE)
+        if size < last * 1.5:  # hardly closer: nothing the last look could not see
+            return sizes
+        sizes.append(size)
+        last = size
 
 
 class CompositeStage(Stage):
