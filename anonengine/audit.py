@@ -25,8 +25,10 @@ from anonengine.contact_sheet import _panel
 from anonengine.detections import box_iou
 from anonengine.detector import load_yolo, select_device
 from anonengine.errors import InputError, ModelError, first_line
-from anonengine.paths import ROTATIONS
+from anonengine.config import DetectorConfig
+from anonengine.paths import ROTATIONS, is_photo
 from anonengine.sources import classify
+from anonengine.stages import closer_sizes
 from anonengine.video import VideoReader, as_shown, turn
 
 UNCHANGED_SHARE = 0.6
@@ -40,6 +42,7 @@ TURN_FRAMES = 125  # frames looked at, until one tells how the output was turned
 # persons fill it, 40 to 64% elsewhere; another scene or a wrong turn 0.4 to 0.8% (within 12: up to 6%).
 TURN_LEVELS = 4
 TURN_KEPT_MIN = 0.03
+PHOTO_MAX_IMGSZ = DetectorConfig().photo_max_imgsz  # a photo is looked at as closely as a run looks at it
 
 
 @dataclass
@@ -64,12 +67,14 @@ class AuditReport:
     drawn: list[AuditFrame] = field(default_factory=list)  # frames with finds over replaced pixels only
     rotate: int = 0  # how the original was turned to compare (the run's `--rotate`)
     shown_size: tuple[int, int] = (0, 0)  # (width, height) of the frames as the adversary looked at them
+    closest: int = 0  # a photo larger than `imgsz`: the largest size it was also looked at (`closer_sizes`)
 
     @property
     def smallest_person(self) -> int:
         """About the shortest whole person, in pixels of the frame's height as shown, the adversary finds: the
         pose model needs about MIN_PERSON_INPUT_PX of its input, whose long side is `imgsz` (README, Privacy)."""
-        return math.ceil(MIN_PERSON_INPUT_PX * max(self.shown_size) / self.imgsz) if max(self.shown_size) else 0
+        looked = max(self.imgsz, self.closest)
+        return math.ceil(MIN_PERSON_INPUT_PX * max(self.shown_size) / looked) if max(self.shown_size) else 0
 
     @property
     def upside_down(self) -> int:
@@ -108,7 +113,8 @@ def audit(original: str, anonymized: str, pose_model: str = "yolo11n-pose.pt", c
         model.predict(np.zeros((32, 32, 3), np.uint8), imgsz=32, device=device, verbose=False)
     except Exception as exc:  # noqa: BLE001 - Ultralytics raises many types for a bad file
         raise ModelError(f"cannot load model {pose_model}: {first_line(exc)}") from None
-    flagged, drawn, count, shown_size = [], [], 0, (0, 0)
+    flagged, drawn, count, shown_size, closest = [], [], 0, (0, 0), 0
+    photo = is_photo(original)
     for source, frame in zip(originals, anonymizeds):
         count += 1
         # An odd-sized original is encoded one pixel larger (its edge repeated): compare the same pixels.
@@ -118,7 +124,12 @@ def audit(original: str, anonymized: str, pose_model: str = "yolo11n-pose.pt", c
         shown = as_shown(frame.image, frame.pixel_aspect)
         shown_size = shown.shape[1], shown.shape[0]
         to_stored = np.float32([frame.image.shape[1] / shown.shape[1], frame.image.shape[0] / shown.shape[0]] * 2)
-        for box, score, view in adversary_finds(model, shown, imgsz, conf, device, augment):
+        finds = adversary_finds(model, shown, imgsz, conf, device, augment)
+        if photo:  # looked at closer, as the run looked at it: its small persons have no other frame
+            for size in closer_sizes(shown.shape[:2], imgsz, PHOTO_MAX_IMGSZ):
+                finds += adversary_finds(model, shown, size, conf, device, augmented=False)
+                closest = size
+        for box, score, view in finds:
             box = box * to_stored
             find = {"box": [round(float(v), 1) for v in box], "score": round(float(score), 3)}
             if view != "frame":
@@ -132,7 +143,7 @@ def audit(original: str, anonymized: str, pose_model: str = "yolo11n-pose.pt", c
             flagged.append(AuditFrame(frame.seq, round(frame.time, 6), leaks))
         elif others:
             drawn.append(AuditFrame(frame.seq, round(frame.time, 6), others))
-    return AuditReport(original, anonymized, count, conf, imgsz, flagged, drawn, rotate, shown_size)
+    return AuditReport(original, anonymized, count, conf, imgsz, flagged, drawn, rotate, shown_size, closest)
 
 
 def matching_turn(original: str, anonymized: str, rotate: int | None = None) -> int:

@@ -297,10 +297,11 @@ def cmd_audit(args: argparse.Namespace) -> int:
           f"{report.leak_rate:.1%}); {report.skeleton_only} more with finds over anonymized areas only "
           f"(skeletons); report: {json_path}" + (f", worst frames: {sheet}" if sheet else ""))
     if report.smallest_person:
+        looked = f"--imgsz {report.imgsz}" + (f" and closer, to {report.closest}" if report.closest else "")
+        closer = "" if report.closest else f"; --imgsz {2 * report.imgsz} halves that (4 times as slow)"
         print(f"The adversary finds whole persons from about {report.smallest_person} px tall here "
-              f"({report.smallest_person / report.shown_size[1]:.0%} of the frame's height, at --imgsz "
-              f"{report.imgsz}): anyone smaller goes unreported whether hidden or not; --imgsz {2 * report.imgsz} "
-              "halves that (4 times as slow)")
+              f"({report.smallest_person / report.shown_size[1]:.0%} of the frame's height, at {looked}): anyone "
+              f"smaller goes unreported whether hidden or not{closer}")
     if report.upside_down:
         print(f"{report.upside_down} of those frames show a person found only upside down: if the camera is "
               f"mounted so, run again with --rotate {(report.rotate + 180) % 360} (the detector misses most "

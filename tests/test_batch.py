@@ -487,3 +487,10 @@ def test_a_large_photos_small_persons_are_looked_at_closer_and_hidden(models_dir
     out = cv2.imread(str(tmp_path / "out.jpg"))
     shown = [box for box in truth if unchanged_share(photo, out, box) >= UNCHANGED_SHARE]
     assert not shown, f"{len(shown)} of {len(truth)} persons shown"
+    # The audit looks as closely: it finds them all on the photo itself, none shown on the output.
+    from anonengine.audit import audit
+
+    model = str(models_dir / "yolo11n-pose.pt")
+    itself = audit(str(tmp_path / "crowd.jpg"), str(tmp_path / "crowd.jpg"), model, augment=False, device="cpu")
+    assert len(itself.flagged[0].persons) >= 0.9 * len(truth) and itself.closest == 3200
+    assert not audit(str(tmp_path / "crowd.jpg"), str(tmp_path / "out.jpg"), model, augment=False, device="cpu").flagged
