@@ -312,6 +312,9 @@ class FileRunner:
         image = cv2.imread(str(job.source), cv2.IMREAD_COLOR)  # turned upright as its EXIF says
         if image is None:
             raise InputError(f"cannot read image {job.source}")
+        pages = cv2.imcount(str(job.source))
+        if pages > 1:  # a multi-page TIFF, an animated WebP: its other pictures were left out without a word
+            self.say(f"anonengine: {job.rel}: {pages} pictures; the first is anonymized, the others are left out")
         image = turn(image, self.rotate)
         with INTERRUPTS.deferred():
             if self.detect_photos.detector is None and self.photo_cfg is self.cfg.anonymizer and self.detect.detector:

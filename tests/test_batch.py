@@ -494,3 +494,14 @@ def test_a_large_photos_small_persons_are_looked_at_closer_and_hidden(models_dir
     itself = audit(str(tmp_path / "crowd.jpg"), str(tmp_path / "crowd.jpg"), model, augment=False, device="cpu")
     assert len(itself.flagged[0].persons) >= 0.9 * len(truth) and itself.closest == 3200
     assert not audit(str(tmp_path / "crowd.jpg"), str(tmp_path / "out.jpg"), model, augment=False, device="cpu").flagged
+
+
+def test_a_photo_of_several_pictures_says_the_others_are_left_out(inputs, anonengine_cli, tmp_path):
+    """A multi-page TIFF came out as its first page, the others gone without a word."""
+    pages = [inputs["zidane"], cv2.flip(inputs["zidane"], 1), inputs["zidane"]]
+    assert cv2.imwritemulti(str(tmp_path / "scan.tiff"), pages)
+    result = anonengine_cli("run", "--video-source", tmp_path / "scan.tiff", "--output-video", tmp_path / "out.tiff",
+                            "--quiet")
+    assert result.returncode == 0, result.stderr
+    assert "scan.tiff: 3 pictures; the first is anonymized, the others are left out" in result.stderr
+    assert cv2.imcount(str(tmp_path / "out.tiff")) == 1
