@@ -122,7 +122,34 @@ def open_source(source: Source, cfg: SourcesConfig) -> av.container.InputContain
     except av.FFmpegError as exc:
         error = SourceNotOpenable if isinstance(exc, NOT_OPENABLE) else InputError
         named = source.spec if url == source.spec else f"{source.spec} ({url})"
-        raise error(f"cannot open video {named}: {_ffmpeg_reason(exc)}") from None
+        reason = _unfinished_file(url) if isinstance(exc, av.InvalidDataError) else None
+        raise error(f"cannot open video {named}: {reason or _ffmpeg_reason(exc)}") from None
+
+
+def _unfinished_file(path: str) -> str | None:
+    """Why FFmpeg finds no data in a local file where it is plain: it is empty, or an MP4/MOV whose index (the
+    `moov` box, written last by most cameras and phones) never was. FFmpeg says "Invalid data found" of both."""
+    try:
+        with open(path, "rb") as file:
+            size = os.fstat(file.fileno()).st_size
+            if size == 0:
+                return "the file is empty (0 bytes)"
+            boxes, offset = [], 0
+            while offset + 8 <= size and len(boxes) < 64:
+                file.seek(offset)
+                length, kind = struct.unpack(">I4s", file.read(8))
+                if length == 1 and offset + 16 <= size:
+                    length = struct.unpack(">Q", file.read(8))[0]
+                boxes.append(kind)
+                if length < 8:
+                    break
+                offset += length
+    except (OSError, struct.error):
+        return None
+    if boxes and boxes[0] == b"ftyp" and b"moov" not in boxes:
+        return ("an MP4/MOV without its index (no moov box): a recording cut short before it was finished (the "
+                "camera stopped, the copy was cut); tools such as untrunc rebuild one from a good file of the same camera")
+    return None
 
 
 # What FFmpeg answers when the source as named cannot be opened, now or later: no such protocol or demuxer,

@@ -95,7 +95,12 @@ def truncated_moov_at_end(tmp: Path, clip) -> tuple[list, str]:
     data = clip.video.read_bytes()
     assert data.rfind(b"moov") > data.find(b"mdat"), "sample clip is expected to have its moov at the end"
     cut = truncate_copy(clip.video, tmp / "cut_end.mp4", len(data) // 2)
-    return ["--video-source", cut], "cannot open video"
+    return ["--video-source", cut], "without its index (no moov box)"  # FFmpeg: "Invalid data found"
+
+
+def empty_file(tmp: Path, clip) -> tuple[list, str]:
+    (tmp / "empty.mp4").touch()
+    return ["--video-source", tmp / "empty.mp4"], "the file is empty (0 bytes)"
 
 
 def truncated_faststart_between_frames(tmp: Path, clip) -> tuple[list, str]:
@@ -229,6 +234,7 @@ BAD_RUNS = [
     input_is_a_folder,
     text_renamed_mp4,
     truncated_moov_at_end,
+    empty_file,
     truncated_faststart_between_frames,
     truncated_faststart_mid_frame,
     truncated_fragmented_mid_frame,
