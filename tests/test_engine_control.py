@@ -425,6 +425,18 @@ def test_restart_limit_zero_gives_up_on_the_first_death(tmp_path, launchers):
     assert spawn.count("encode") == 1
 
 
+def test_a_crash_loop_after_the_code_changed_on_disk_says_so(tmp_path, launchers):
+    """An upgrade under a running engine: a restarted stage runs the new services/ code with the fork server's
+    old library, and died again and again of it ("TypeError: Unexpected keyword argument", then "died 6 times
+    within a minute" and nothing more). The failure now names what changed."""
+    spawn = FakeSpawn(lambda name: 1 if name == "encode" else None)
+    launcher = fake_launcher(tmp_path, spawn, restart_limit=0)
+    launchers.append(launcher)
+    launcher.code["services/encode.py"] -= 1  # as if it were another file when the engine started
+    launcher._supervise()
+    assert launcher.failure.endswith("; the engine's code changed since it started (services/encode.py): start it again")
+
+
 def test_user_error_in_a_job_is_not_restarted_and_its_message_is_the_failure(tmp_path, launchers):
     message = "capture[cam]: video source not found: never-opened.mp4"
     spawn = FakeSpawn(lambda name: 2 if name == "capture-cam" else None,

@@ -9,6 +9,7 @@ times a minute. The process factory and the clock are attributes so tests can sw
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -102,6 +103,7 @@ class Launcher:
         self.cfg.engine.run_dir = str(run_dir_path(cfg.engine.run_dir))
         self.instance = cfg.engine.instance or f"p{os.getpid()}"
         self.run_id = uuid.uuid4().hex  # this run's recording segments, resumed by a restarted encoder
+        self.code = code_files()  # what a restarted stage runs: the code on disk then, not at the engine's start
         self.endpoints = Endpoints(self.cfg.engine.run_dir, self.instance, cfg.engine.composite_workers)
         # `ipc` made this instance's own socket here too, for the stages and whoever reads the config.
         self.cfg.tap.endpoint = self.tap_endpoint = self.endpoints.tap_endpoint(self.cfg.tap)  # '' when off
@@ -608,6 +610,10 @@ class Launcher:
             child.restarted += 1
             if len(child.restarts) > self.cfg.engine.restart_limit:
                 self.failure = f"{child.name} died {len(child.restarts)} times within a minute (exit {code})"
+                changed = sorted(path for path, stamp in code_files().items() if self.code.get(path) != stamp)
+                if changed:  # an upgrade under the running engine: a restarted stage meets code of two versions
+                    shown = ", ".join(changed[:3]) + (f" and {len(changed) - 3} more" if len(changed) > 3 else "")
+                    self.failure += f"; the engine's code changed since it started ({shown}): start it again"
                 return
             # The first restart is at once; deaths that follow in the minute wait 0.5 s, 1 s, 2 s... (at
             # most 10 s), so a stage that cannot start does not spin.
@@ -775,6 +781,17 @@ class TapRelay:
         self.control.close(linger=0)
         if self.curve is not None:  # after its socket, which the proxy thread closed
             self.curve.close()
+
+
+def code_files() -> dict[str, int]:
+    """The engine's Python files (anonengine/, services/), by path relative to the project, with their mtimes."""
+    root = Path(_project_root())
+    found = {}
+    for package in ("anonengine", "services"):
+        for path in (root / package).rglob("*.py"):
+            with contextlib.suppress(OSError):
+                found[str(path.relative_to(root))] = path.stat().st_mtime_ns
+    return found
 
 
 def _project_root() -> str:
