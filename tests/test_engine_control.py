@@ -437,6 +437,25 @@ def test_a_crash_loop_after_the_code_changed_on_disk_says_so(tmp_path, launchers
     assert launcher.failure.endswith("; the engine's code changed since it started (services/encode.py): start it again")
 
 
+def test_restart_and_reconnect_counters_outlive_the_processes_that_counted_them(tmp_path, launchers):
+    """A soak saw `anonengine_source_reconnects_total` go 5 -> 0 after its capture was killed and
+    `anonengine_stage_restarts_total` 2 -> 1 after an attach: counted by processes that had gone."""
+    from anonengine import messages
+
+    spawn = FakeSpawn(lambda name: 1 if name == "capture-cam" and spawn.count(name) == 1 else None)
+    launcher = fake_launcher(tmp_path, spawn)
+    launchers.append(launcher)
+    launcher._supervise()  # the capture died once: restarted
+    running, lost = messages.SourceState.RUNNING, messages.SourceState.RECONNECTING
+    for state, reconnects in ((running, 4), (lost, 5), (running, 0), (lost, 1)):  # its successor from 0
+        launcher._on_source_status(messages.SourceStatus("cam", state, None, reconnects))
+    launcher.children["capture-cam"].process.kill()  # detached, and attached again: a new process
+    launcher.attach(CameraConfig(name="cam", source=str(tmp_path / "never-opened.mp4")))
+    snapshot = launcher.take_snapshot()
+    assert snapshot.restarts["capture"] == 1
+    assert snapshot.cameras[0].reconnects == 6
+
+
 def test_user_error_in_a_job_is_not_restarted_and_its_message_is_the_failure(tmp_path, launchers):
     message = "capture[cam]: video source not found: never-opened.mp4"
     spawn = FakeSpawn(lambda name: 2 if name == "capture-cam" else None,

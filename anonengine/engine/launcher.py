@@ -116,6 +116,10 @@ class Launcher:
         self.done: dict[str, messages.CameraDone] = {}
         self.stats: dict[tuple[str, str], dict] = {}
         self.sources: dict[str, messages.SourceStatus] = {}  # live sources' states, by camera
+        # Counters that outlive the processes counting them (a restarted or re-attached capture counts from 0;
+        # a Prometheus counter must never go back): reconnects of the cameras' earlier captures, restarts.
+        self.earlier_reconnects: dict[str, int] = {}
+        self.restart_totals: dict[str, int] = {}
         self.malformed = 0  # messages dropped as garbage, on the events and control sockets
         self.progress: dict[str, int] = {}  # camera -> frames its encoder has written: where a capture resumes
         self.failure: str | None = None
@@ -461,6 +465,8 @@ class Launcher:
     def _on_source_status(self, status: messages.SourceStatus) -> None:
         before = self.sources.get(status.camera)
         self.sources[status.camera] = status
+        if before is not None and status.reconnects < before.reconnects:  # another capture's feed, from 0
+            self.earlier_reconnects[status.camera] = self.earlier_reconnects.get(status.camera, 0) + before.reconnects
         if status.state == "reconnecting" and (before is None or before.state != "reconnecting"):
             log.warning("camera %s: source lost (%s); reconnecting", status.camera, status.error)
         elif status.state == "running" and before is not None and before.state != "running":
@@ -507,6 +513,7 @@ class Launcher:
             instance=self.instance, taken=time.time(), stopping=self.stop_requested,
             cameras=tuple(self._camera_view(camera) for camera in self.cfg.cameras),
             stages=tuple(metrics.StageView(c.name, c.stage, c.up, c.restarted) for c in self.children.values()),
+            restart_totals=dict(self.restart_totals),
             malformed=self.malformed + self.tally.total_of_all("malformed"),
             shared_memory_bytes=shared_memory_bytes(self.instance),
             histograms={name: h for name in ("latency_seconds", "batch_size")
@@ -535,7 +542,7 @@ class Launcher:
         state, reason = self._camera_state(name, source, frames["out"], obscuring)
         return metrics.CameraView(
             name=name, state=state, reason=reason, live=self._is_live(camera), frames=frames, fps=fps,
-            reconnects=source.reconnects if source else 0,
+            reconnects=self.earlier_reconnects.get(name, 0) + (source.reconnects if source else 0),
             in_flight=tally.camera_total("capture", "in_flight", name),
             waiting=tally.camera_total("composite", "waiting", name),
             last_error=self.failed_cameras.get(name) or (source.error if source else None),
@@ -608,6 +615,7 @@ class Launcher:
             now = self.clock()
             child.restarts = [t for t in child.restarts if now - t < 60] + [now]
             child.restarted += 1
+            self.restart_totals[child.stage] = self.restart_totals.get(child.stage, 0) + 1
             if len(child.restarts) > self.cfg.engine.restart_limit:
                 self.failure = f"{child.name} died {len(child.restarts)} times within a minute (exit {code})"
                 changed = sorted(path for path, stamp in code_files().items() if self.code.get(path) != stamp)

@@ -109,14 +109,13 @@ class Snapshot:
     shared_memory_bytes: int
     histograms: dict[str, messages.Histogram] = field(default_factory=dict)  # detector latency, batch size
     tap_dropped: int = 0
+    restart_totals: dict[str, int] = field(default_factory=dict)  # by stage, processes gone included
 
     @property
     def restarts(self) -> dict[str, int]:
-        """Restarts of each stage's processes since the engine started."""
-        found: dict[str, int] = {}
-        for stage in self.stages:
-            found[stage.stage] = found.get(stage.stage, 0) + stage.restarts
-        return found
+        """Restarts of each stage's processes since the engine started: of those gone too (a capture detached
+        and attached again, whose count went back to 0 with its process)."""
+        return {**{stage.stage: 0 for stage in self.stages}, **self.restart_totals}
 
     @property
     def ready(self) -> bool:
