@@ -74,6 +74,9 @@ def cmd_launch(args: argparse.Namespace) -> int:
     if args.validate_config:
         print(f"{args.config}: valid ({len(cfg.cameras)} camera(s))")
         return 0
+    # A long-running engine's log: the launcher's lines stamped as the stages' are (they were not, alone).
+    for handler in logging.getLogger().handlers:
+        handler.setFormatter(logging.Formatter("%(asctime)s launcher %(levelname)s %(message)s"))
     stagehost.warm_up()
     resolve_models(cfg)
     return launch(cfg).run()
