@@ -118,8 +118,14 @@ class Compositor:
         # Only a detected frame is learnt from: between detections the mask is a guess from the boxes on
         # either side, and a person it missed would be learnt into the background. (It also saves the warp
         # onto the canvas: the engine's compositor took 40 against 44 ms a frame of the street clip.)
-        if self.background.update(frame, mask, learn=detected) and self.hold is not None:
+        cut = self.background.update(frame, mask, learn=detected)
+        if cut and self.hold is not None:
             self.hold.reset()  # a scene cut: old tracks point at persons of another scene
+        if detected and not cut:
+            # Someone found now may have been learnt into the background while the detector missed them
+            # (standing still): their own picture would be drawn over them. Every person, each detection: a
+            # place forgotten is copied again from the first frame that misses them there.
+            self.background.forget_where_learnt(frame, reported.boxes)
         # Only confident persons get a skeleton; weaker ones (and held tracks) are hidden, not drawn.
         posed = (detections.scores >= self.cfg.pose.person_conf) & self.cfg.pose.enabled
         return Learnt(soft_regions(mask, self.cfg.mask), detections.boxes[posed], detections.keypoints[posed],
