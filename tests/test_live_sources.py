@@ -197,15 +197,9 @@ def test_a_live_cameras_capture_killed_with_9_is_restarted_and_its_frames_carry_
     server.start()
     proc, _ = launch(tmp_path, models_dir, server.url)
     try:
-        assert wait_for(lambda: records_so_far(tmp_path / "door.mp4") >= 50, 90, proc), "no frame came from the camera"
-        victims = [pid for pid in stage_pids(f"p{proc.pid}") if stage_title(pid).startswith("anonengine-capture[")]
-        assert victims, "no capture stage found"
-        os.kill(victims[0], signal.SIGKILL)
-        before = records_so_far(tmp_path / "door.mp4")
-        assert wait_for(lambda: records_so_far(tmp_path / "door.mp4") >= before + 150, 60, proc), (
-            "no frame after the capture's restart")
+        victim = kill_the_capture_mid_recording(proc, tmp_path / "door.mp4")
         # The dead capture's ring is unlinked, and no stage maps it any more: its memory is freed.
-        dead_ring = segment_name(f"p{proc.pid}", f"doorx{victims[0]}")
+        dead_ring = segment_name(f"p{proc.pid}", f"doorx{victim}")
         assert not (SHM_DIR / dead_ring).exists()
         assert wait_for(lambda: not any(dead_ring in _maps(pid) for pid in stage_pids(f"p{proc.pid}")), 10), (
             "a stage still maps the dead capture's ring")
@@ -230,13 +224,7 @@ def test_a_file_replayed_as_a_camera_whose_capture_is_killed_with_9_carries_on_a
     # Every frame detected at 960: slower than the camera here, so frames are dropped, as on a busy engine.
     proc, _ = launch(tmp_path, models_dir, str(long_clip.video), live=True, imgsz=960, stride=1)
     try:
-        assert wait_for(lambda: records_so_far(tmp_path / "door.mp4") >= 50, 90, proc), "no frame was replayed"
-        victims = [pid for pid in stage_pids(f"p{proc.pid}") if stage_title(pid).startswith("anonengine-capture[")]
-        assert victims, "no capture stage found"
-        os.kill(victims[0], signal.SIGKILL)
-        before = records_so_far(tmp_path / "door.mp4")
-        assert wait_for(lambda: records_so_far(tmp_path / "door.mp4") >= before + 150, 60, proc), (
-            "no frame after the capture's restart")
+        kill_the_capture_mid_recording(proc, tmp_path / "door.mp4")
     finally:
         stderr = stop(proc)
     assert proc.returncode == 0, stderr
@@ -276,6 +264,17 @@ def test_a_live_cameras_compositor_killed_with_9_gives_its_output_rings_back(ser
     assert proc.returncode == 0, stderr
     assert "composite0 exited with -9; restarting" in stderr, stderr
     in_order_nobody_shown(long_clip, tmp_path)
+
+
+def kill_the_capture_mid_recording(proc: subprocess.Popen, output: Path) -> int:
+    """Once 50 frames are recorded, kills the engine's capture with SIGKILL and waits for 150 more: its pid."""
+    assert wait_for(lambda: records_so_far(output) >= 50, 90, proc), "no frame came from the camera"
+    victims = [pid for pid in stage_pids(f"p{proc.pid}") if stage_title(pid).startswith("anonengine-capture[")]
+    assert victims, "no capture stage found"
+    os.kill(victims[0], signal.SIGKILL)
+    before = records_so_far(output)
+    assert wait_for(lambda: records_so_far(output) >= before + 150, 60, proc), "no frame after the capture's restart"
+    return victims[0]
 
 
 def in_order_nobody_shown(long_clip, folder: Path) -> tuple[list[int], list[float]]:
