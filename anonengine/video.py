@@ -325,6 +325,12 @@ class VideoReader:
                 at_break = False
                 if guessed:  # some streams carry no timestamps: count frames at the nominal rate
                     pts = 0 if last_pts is None else last_pts + frame_ticks
+                elif last_pts is not None and last_pts - frame_ticks < pts + restart <= last_pts:
+                    # The same time as the frame before, or a little before it (a muxer's rounding, a stream
+                    # that doubled its frames and not their times): this frame goes a tick after the last, and
+                    # the frames after keep their own times. (Taken for time starting again, every such frame
+                    # pushed the rest a frame later: a 2-s clip of doubled timestamps came out 4 s long.)
+                    pts = last_pts + 1 - restart
                 elif last_pts is not None and pts + restart <= last_pts:
                     # Time starts again (MPEG-TS files joined, a camera's recorder restarted): what follows
                     # keeps its own pace, from a frame after the last; every stage and muxer needs time to go on.

@@ -655,6 +655,25 @@ def test_a_cut_made_without_reencoding_is_not_taken_for_a_truncated_file(sample,
 
 
 @pytest.mark.skipif(shutil.which("ffmpeg") is None and not os.environ.get("CI"),
+                    reason="the ffmpeg command writes the doubled times (Debian package ffmpeg)")
+def test_frames_that_share_a_time_keep_their_times_and_none_is_lost(sample, anonengine_cli, tmp_path):
+    """A stream whose frames come in pairs with one timestamp each (a user's 2-s clip): each such frame was
+    taken for time starting again and pushed every later frame a frame on, and the clip came out 4 s long,
+    its times no longer the source's. Each goes a tick after the one before now; the rest keep theirs."""
+    doubled = tmp_path / "doubled.mkv"
+    subprocess.run(["ffmpeg", "-v", "error", "-i", str(sample.video), "-vf", "setpts=floor(N/2)/(25*TB)",
+                    "-fps_mode", "passthrough", "-c:v", "libx264", "-bf", "0", str(doubled)], check=True)
+    times = [f.time for f in VideoReader(str(doubled))]
+    assert len(times) == FRAMES and all(b > a for a, b in zip(times, times[1:]))
+    assert all(abs(t - (i // 2) / 25) <= 0.002 for i, t in enumerate(times)), times
+    output = tmp_path / "out.mp4"
+    result = anonengine_cli("run", "--video-source", doubled, "--output-video", output, "--quiet")
+    assert result.returncode == 0, result.stderr
+    out_times = [f.time for f in VideoReader(str(output))]
+    assert len(out_times) == FRAMES and abs(out_times[-1] - times[-1]) <= 0.002
+
+
+@pytest.mark.skipif(shutil.which("ffmpeg") is None and not os.environ.get("CI"),
                     reason="the ffmpeg command writes the TS clock (Debian package ffmpeg)")
 @pytest.mark.parametrize("mode", ["engine", "inline"])
 def test_a_stream_whose_clock_starts_before_zero_comes_out_whole_with_its_sound_in_step(
