@@ -57,6 +57,7 @@ NOT_VIDEO_SUFFIXES = frozenset({".txt", ".md", ".json", ".jsonl", ".xml", ".csv"
                                 ".opus", ".py", ".yaml", ".yml", ".html", ".thm", ".lock", ".partial"})
 PHOTO_INPUTS = PHOTO_SUFFIXES | UNREADABLE_PHOTO_SUFFIXES  # a batch's photos: those it reads, and those it reports
 JPEG_QUALITY = 95
+ALPHA_SUFFIXES = frozenset({".png", ".webp", ".tif", ".tiff"})  # photo outputs that keep a transparent part
 # A photo's persons have no other frame to be caught in (no hold, no look-ahead): it is detected at least
 # at the audit adversary's size. At the videos' 320, a 31x106-px person in a 320x192 photo is missed;
 # at 960 found. On this 2-core machine: 0.2 s a photo (0.4 s at 1280), after a first export per shape.
@@ -203,6 +204,17 @@ def anonymize_photo(image: np.ndarray, detect, cfg: AnonymizerConfig, camera: st
     return anonymized
 
 
+def transparency(source: Path, image: np.ndarray) -> np.ndarray | None:
+    """A photo's alpha channel, as it lies over `image` (its colour, as read), or None: it has none, or its
+    pixels were turned on reading (EXIF), which the alpha was not. Kept, a transparent part stays so: taken
+    away, the pixels under it came out (a cut-out's old background, an edit's hidden parts)."""
+    stored = cv2.imread(str(source), cv2.IMREAD_UNCHANGED)
+    if stored is None or stored.ndim != 3 or stored.shape[2] != 4 or stored.shape[:2] != image.shape[:2]:
+        return None
+    alpha = stored[..., 3]
+    return cv2.convertScaleAbs(alpha, alpha=1 / 257) if alpha.dtype == np.uint16 else alpha
+
+
 def frame_count(job: Job) -> int:
     """A file's frames as its container says (estimated from its duration when it does not); 1 for a photo,
     0 when it cannot be opened (it fails when its turn comes)."""
@@ -315,6 +327,7 @@ class FileRunner:
         pages = cv2.imcount(str(job.source))
         if pages > 1:  # a multi-page TIFF, an animated WebP: its other pictures were left out without a word
             self.say(f"anonengine: {job.rel}: {pages} pictures; the first is anonymized, the others are left out")
+        alpha = transparency(job.source, image)
         image = turn(image, self.rotate)
         with INTERRUPTS.deferred():
             if self.detect_photos.detector is None and self.photo_cfg is self.cfg.anonymizer and self.detect.detector:
@@ -322,6 +335,8 @@ class FileRunner:
             elif self.detect_photos.detector is None:
                 self.detect_photos.setup()
             anonymized = anonymize_photo(image, self.detect_photos, self.photo_cfg, self.camera)
+            if alpha is not None and job.output.suffix.lower() in ALPHA_SUFFIXES:
+                anonymized = np.dstack([anonymized, turn(alpha, self.rotate)])
             partial = partial_path(job.output)
             params = [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY] if job.output.suffix.lower() in (".jpg", ".jpeg") else []
             if not cv2.imwrite(str(partial), anonymized, params):

@@ -505,3 +505,17 @@ def test_a_photo_of_several_pictures_says_the_others_are_left_out(inputs, anonen
     assert result.returncode == 0, result.stderr
     assert "scan.tiff: 3 pictures; the first is anonymized, the others are left out" in result.stderr
     assert cv2.imcount(str(tmp_path / "out.tiff")) == 1
+
+
+def test_a_photos_transparent_part_stays_transparent(inputs, anonengine_cli, tmp_path):
+    """An RGBA PNG came out opaque: what lay under its transparent part (a cut-out's old background, an
+    edit's hidden parts) came out with it. Its alpha is kept; the persons are hidden all the same."""
+    rgba = cv2.cvtColor(inputs["zidane"], cv2.COLOR_BGR2BGRA)
+    rgba[:, : rgba.shape[1] // 3, 3] = 0  # the left third transparent
+    cv2.imwrite(str(tmp_path / "cut.png"), rgba)
+    result = anonengine_cli("run", "--video-source", tmp_path / "cut.png", "--output-video", tmp_path / "out.png",
+                            "--quiet")
+    assert result.returncode == 0, result.stderr
+    out = cv2.imread(str(tmp_path / "out.png"), cv2.IMREAD_UNCHANGED)
+    assert out.shape == rgba.shape and np.array_equal(out[..., 3], rgba[..., 3])
+    assert np.abs(out[..., :3].astype(int) - inputs["zidane"]).max(axis=2).mean() > 5, "left as it was"
