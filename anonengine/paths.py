@@ -13,7 +13,7 @@ ROTATIONS = (0, 90, 180, 270)  # the turns, degrees clockwise, a camera's pictur
 # takes H.264 only in another form than the engine's segments hold it, so an .avi output is refused.
 OUTPUT_CONTAINERS = {"": "mp4", ".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matroska", ".ts": "mpegts"}
 # Photos: anonymized as photos, not one-frame videos, in their own format (OpenCV reads and writes these).
-PHOTO_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"})
+PHOTO_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".avif", ".jp2"})
 # Photos OpenCV cannot read (an iPhone's HEIF, cameras' raw files): a batch reports each as failed, since
 # left out silently they would stay as taken while the summary says the folder is done.
 UNREADABLE_PHOTO_SUFFIXES = frozenset({".heic", ".heif", ".dng", ".cr2", ".cr3", ".nef", ".arw", ".raf", ".orf",

@@ -435,11 +435,12 @@ def test_one_photo_given_to_run_comes_out_a_photo_treated_as_a_batch_treats_it(i
 
 def test_photos_of_other_formats_are_anonymized_and_those_it_cannot_read_are_reported(inputs, anonengine_cli,
                                                                                       tmp_path):
-    """WebP, TIFF and BMP come out in their format; an iPhone's HEIC (or a camera's raw file) is a failed
-    file, one line each and exit 1. Before, both were left out silently: the summary said the folder was done
-    while their persons stayed as taken."""
+    """WebP, TIFF, BMP, AVIF and JPEG 2000 come out in their format; an iPhone's HEIC (or a camera's raw file) is
+    a failed file, one line each and exit 1. Before, both were left out silently: the summary said the folder
+    was done while their persons stayed as taken. (An AVIF was a video of one frame, detected at 640.)"""
+    names = ("a.webp", "b.tif", "c.bmp", "d.avif", "e.jp2")
     (tmp_path / "in").mkdir()
-    for name in ("a.webp", "b.tif", "c.bmp"):
+    for name in names:
         cv2.imwrite(str(tmp_path / "in" / name), inputs["zidane"])
     (tmp_path / "in" / "IMG_0001.HEIC").write_bytes(b"\0\0\0\x18ftypheic")  # what OpenCV cannot read
     (tmp_path / "in" / "notes.txt").write_text("not a photo")
@@ -448,8 +449,8 @@ def test_photos_of_other_formats_are_anonymized_and_those_it_cannot_read_are_rep
     failed = [line for line in result.stderr.splitlines() if "failed" in line]  # (a first export says so too)
     assert failed == ["anonengine: failed: IMG_0001.HEIC: cannot read .heic photos (HEIF or a camera's raw format): "
                       "convert them to JPEG first, then run the batch again"], result.stderr
-    assert sorted(p.name for p in (tmp_path / "out").iterdir() if p.suffix != ".jsonl") == ["a.webp", "b.tif", "c.bmp"]
-    for name in ("a.webp", "b.tif", "c.bmp"):
+    assert sorted(p.name for p in (tmp_path / "out").iterdir() if p.suffix != ".jsonl") == list(names)
+    for name in names:
         out = cv2.imread(str(tmp_path / "out" / name))
         assert np.abs(out.astype(int) - inputs["zidane"]).max(axis=2).mean() > 5, f"{name} left as it was"
 
