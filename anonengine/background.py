@@ -193,7 +193,11 @@ class BackgroundModel:
     @property
     def seen(self) -> np.ndarray | None:
         """Which of the current frame's pixels have been seen free of persons (255)."""
-        return None if self.scene is None else self._to_frame(self.scene.seen, cv2.INTER_NEAREST)
+        return None if self.scene is None else self.seen_in(None, self.view)
+
+    def seen_in(self, box: tuple[int, int, int, int] | None, view: View) -> np.ndarray:
+        """Which of the pixels of `view`'s frame in `box` (default all) have been seen free of persons (255)."""
+        return self._to_frame(view.scene.seen, cv2.INTER_NEAREST, box, view=view)
 
     def reset(self) -> None:
         self.scene = None
@@ -403,15 +407,15 @@ class BackgroundModel:
         changed = cv2.compare(largest, CUT_PIXEL_CHANGE, cv2.CMP_GT)
         return cv2.countNonZero(cv2.bitwise_and(changed, usable)) > self.cfg.cut_threshold * samples
 
-    def forget_where_learnt(self, frame: np.ndarray, boxes: np.ndarray) -> int:
-        """Forgets the places of the persons in `boxes` (the current frame's, found now) that the model learnt
-        with them there: someone standing still before the detector first found them (small, half hidden,
-        in a pose it missed) was learnt into the background, and once found was hidden behind their own
-        picture. Forgotten, their place is never-seen (filled from around, learnt afresh once they leave).
-        Returns how many were."""
+    def forget_where_learnt(self, frame: np.ndarray, boxes: np.ndarray, view: View | None = None) -> int:
+        """Forgets the places of the persons in `boxes` (of `frame`, whose view is `view`, default the latest)
+        that the model learnt with them there: someone standing still before the detector first found them
+        (small, half hidden, in a pose it missed) was learnt into the background, and once found was hidden
+        behind their own picture. Forgotten, their place is never-seen (filled from around, learnt afresh once
+        they leave). Returns how many were."""
         if self.scene is None or not len(boxes):
             return 0
-        seen, forgotten = self.seen, 0
+        view, forgotten = view or self.view, 0
         h, w = frame.shape[:2]
         for box in boxes:
             bw, bh = box[2] - box[0], box[3] - box[1]
@@ -420,19 +424,19 @@ class BackgroundModel:
             x0, y0, x1, y1 = core
             if x1 - x0 < 4 or y1 - y0 < 4:
                 continue
-            if cv2.countNonZero(seen[y0:y1, x0:x1]) < GHOST_SEEN * (x1 - x0) * (y1 - y0):
+            if cv2.countNonZero(self.seen_in(core, view)) < GHOST_SEEN * (x1 - x0) * (y1 - y0):
                 continue
-            if looks_alike(frame[y0:y1, x0:x1], self.render(core)):
-                self._forget(box)
+            if looks_alike(frame[y0:y1, x0:x1], self.render(core, view)):
+                self._forget(box, view)
                 forgotten += 1
         return forgotten
 
-    def _forget(self, box: np.ndarray) -> None:
-        """The canvas under the current frame's `box` is never-seen again (and the fill is made anew: it was
+    def _forget(self, box: np.ndarray, view: View) -> None:
+        """The canvas under `box` of `view`'s frame is never-seen again (and the fill is made anew: it was
         kept on the promise that unseen pixels only become seen)."""
-        scene = self.scene
+        scene = view.scene
         corners = np.float64([[[box[0], box[1]], [box[2], box[1]], [box[0], box[3]], [box[2], box[3]]]])
-        on_canvas = cv2.transform(corners, self.view.to_canvas[:2])[0]
+        on_canvas = cv2.transform(corners, view.to_canvas[:2])[0]
         ch, cw = scene.seen.shape[:2]
         x0, y0 = np.clip(np.floor(on_canvas.min(axis=0)).astype(int), 0, (cw, ch))
         x1, y1 = np.clip(np.ceil(on_canvas.max(axis=0)).astype(int), 0, (cw, ch))

@@ -133,11 +133,8 @@ class TorchBackgroundModel(BackgroundModel):
         blended = (background * weight + frame * rest) / (weight + rest + 1e-5)
         out[...] = to_uint8(blended).cpu().numpy()
 
-    @property
-    def seen(self) -> np.ndarray | None:
-        if self.scene is None:
-            return None
-        return self._to_frame(self.scene.seen, cv2.INTER_NEAREST).cpu().numpy().astype(np.uint8) * 255
+    def seen_in(self, box: tuple[int, int, int, int] | None, view: View) -> np.ndarray:
+        return self._to_frame(view.scene.seen, cv2.INTER_NEAREST, box, view=view).cpu().numpy().astype(np.uint8) * 255
 
     def _grey_like(self, mean: torch.Tensor) -> torch.Tensor:
         return torch.full(mean.shape, SOLID_GREY, dtype=torch.uint8, device=self.device)

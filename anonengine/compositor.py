@@ -52,6 +52,7 @@ class Compositor:
     def __init__(self, cfg: AnonymizerConfig, privacy_zones: list | None = None, future_frames: int = 0) -> None:
         self.cfg = cfg
         self.background = background_model(cfg.background, future_frames)
+        self.future_frames = future_frames
         self.hold = MaskHold(cfg.hold) if cfg.hold.enabled and cfg.hold.hold_frames > 0 else None
         self.privacy_zones = privacy_zones or []
         self._last_found: Detections | None = None  # the last frame the detector looked at
@@ -133,6 +134,10 @@ class Compositor:
 
     def render(self, frame: np.ndarray, learnt: Learnt) -> np.ndarray:
         """The anonymized copy of a learnt frame, with the background as known now."""
+        if self.future_frames and learnt.regions:
+            # Drawn after later frames were learnt: one that missed a person found here may have taught them
+            # to the background again since, and the next detection has not forgotten it yet.
+            self.background.forget_where_learnt(frame, learnt.persons.boxes, learnt.view)
         out = frame.copy()
         boxes, keypoints = learnt.boxes, learnt.keypoints
         bars = letterbox(frame) if learnt.regions else None

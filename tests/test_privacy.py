@@ -260,3 +260,26 @@ def test_a_person_learnt_while_missed_is_not_drawn_over_themselves_once_found():
         compositor.process(scene, Detections.empty((240, 320)))
     out = compositor.process(frame, found)
     assert np.abs(out[70:170, 140:180].astype(int) - scene[70:170, 140:180]).mean() < 3
+
+
+def test_a_recordings_frame_drawn_after_a_miss_taught_the_person_again_does_not_show_them():
+    """A recording's frame is drawn once the frames after it were learnt: a miss among those taught the person
+    found in it to the background again, and that frame drew them over themselves (47 frames of the soak's
+    clip, found in each). It is checked again as it is drawn."""
+    from anonengine.sample import assets_dir
+
+    person = cv2.resize(cv2.imread(str(assets_dir() / "zidane.jpg"))[:, 300:800], (60, 120))
+    scene = cv2.GaussianBlur(np.random.default_rng(1).integers(60, 200, (240, 320, 3)).astype(np.uint8), (0, 0), 2)
+    frame = scene.copy()
+    frame[60:180, 130:190] = person
+    box = np.array([[125, 55, 195, 185]], np.float32)
+    found = Detections((240, 320), box, np.array([0.9], np.float32), np.zeros((1, 17, 3), np.float32))
+    missed = Detections.empty((240, 320))
+    compositor = Compositor(AnonymizerConfig(), future_frames=3)
+    for _ in range(30):
+        compositor.render(frame, compositor.learn(frame, missed))
+    learnt = compositor.learn(frame, found)  # found: their place forgotten
+    for _ in range(3):
+        compositor.learn(frame, missed)  # missed again: taught again, before this frame is drawn
+    out = compositor.render(frame, learnt)
+    assert shown_share(frame, out, scene, [130, 60, 190, 180]) <= LEAK_SHARE
