@@ -53,7 +53,8 @@ class Compositor:
         self.cfg = cfg
         self.background = background_model(cfg.background, future_frames)
         self.future_frames = future_frames
-        self.hold = MaskHold(cfg.hold) if cfg.hold.enabled and cfg.hold.hold_frames > 0 else None
+        self.hold = (MaskHold(cfg.hold, cfg.detector.person_conf) if cfg.hold.enabled and cfg.hold.hold_frames > 0
+                     else None)
         self.privacy_zones = privacy_zones or []
         self._last_found: Detections | None = None  # the last frame the detector looked at
         self._since_found = 0  # frames since then

@@ -174,7 +174,11 @@ class HoldConfig(StrictModel):
     grow_per_frame: float = Field(
         0.06, ge=0.0, le=1.0, description="Growth of a held box per lost frame, as a share of its size."
     )
-    track_thresh: float = Field(0.25, ge=0.0, le=1.0, description="Score that starts or continues a track.")
+    track_thresh: float = Field(
+        0.25, ge=0.0, le=1.0,
+        description="Score from which a detection starts a track; a person hidden below it (detector.person_conf) "
+        "starts a weak one: held where predicted, not grown.",
+    )
     still_frames: int = Field(
         750, ge=0, le=1_000_000,
         description="Frames a tracked person the detector lost stays hidden while their place still looks as when "

@@ -58,6 +58,7 @@ class Track:
     matched_box: np.ndarray  # its box as filtered at that match
     covariance: np.ndarray = field(default_factory=lambda: np.eye(2))
     hits: int = 1  # consecutive updates that matched it, the one that started it included
+    weak: bool = False  # started by a detection under the tracker's `high_score`, and never matched by one since
     confirmed: bool = False
     seen_at: int = -1  # the last frame it was found by its looks, the detector having lost it (`MaskHold`)
 
@@ -96,8 +97,12 @@ class ByteTrack:
     Updates may skip frames (a detection stride): `update` is told the frame's number, and the filter
     predicts over the gap."""
 
-    def __init__(self, high_score: float, min_iou: float, max_lost_frames: int) -> None:
+    def __init__(self, high_score: float, min_iou: float, max_lost_frames: int, start_score: float | None = None
+                 ) -> None:
+        """`start_score`: a detection left unmatched starts a track from this score (default `high_score`);
+        one under `high_score` starts a `weak` one."""
         self.high_score, self.min_iou, self.max_lost_frames = high_score, min_iou, max_lost_frames
+        self.start_score = high_score if start_score is None else min(start_score, high_score)
         self.tracks: list[Track] = []
         self.frame: int | None = None  # of the last update
 
@@ -110,12 +115,19 @@ class ByteTrack:
             track.predict(gap)
         self.frame = frame
         self.tracks = [t for t in self.tracks if frame - max(t.matched_at, t.seen_at) <= self.max_lost_frames]
-        boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
-        high = np.asarray(scores) >= self.high_score
-        left, taken = self._match(self.tracks, boxes[high], frame)
-        self._match(left, boxes[~high], frame)
+        boxes, scores = np.asarray(boxes, np.float64).reshape(-1, 4), np.asarray(scores, np.float64).reshape(-1)
+        high = scores >= self.high_score
+        # Weak tracks are matched to weak detections only: matched to a strong one they took it from the strong
+        # track of the person beside them, which then was held and grown where it was.
+        left, taken = self._match([t for t in self.tracks if not t.weak], boxes[high], frame)
+        _, taken_low = self._match(left + [t for t in self.tracks if t.weak], boxes[~high], frame)
         self.tracks = [t for t in self.tracks if t.confirmed or t.matched_at == frame]
         self.tracks += [Track.start(box, frame) for box in boxes[high][~taken]]
+        starts = ~high & (scores >= self.start_score)
+        starts[~high] &= ~taken_low
+        for box in boxes[starts]:
+            self.tracks.append(Track.start(box, frame))
+            self.tracks[-1].weak = True
 
     def _match(self, tracks: list[Track], boxes: np.ndarray, frame: int) -> tuple[list[Track], np.ndarray]:
         """Matches `boxes` to `tracks` (the most overlap in all, each pair at least `min_iou`) and corrects
@@ -201,12 +213,19 @@ def _grey_crop(image: np.ndarray, box: np.ndarray, margin_x: float, margin_y: fl
 
 
 class MaskHold:
-    def __init__(self, cfg: HoldConfig) -> None:
+    def __init__(self, cfg: HoldConfig, hidden_from: float | None = None) -> None:
+        """`hidden_from`: the score from which a person is hidden (`detector.person_conf`), which starts a
+        track too where it is under `track_thresh`: a person hidden but scored 0.15 to 0.25 (small, half seen)
+        was never held, and the first detection that missed them showed them. Such a weak track is held
+        where the filter predicts it, not grown: a weak detection's box jitters, and grown from it the held
+        boxes of a small person in a fast pan hid so much that the street's background error went from 0.5
+        to 17 grey levels (`bench/privacy.py`); not grown, 0.5."""
         self.cfg = cfg
         # Ages count frames, not detections: with a stride the tracker hears of every 2nd or 3rd frame, and
         # a lost person held for `hold_frames` detections would stay hidden two or three times as long, over
         # a background never learnt again. So the tracker is told each detection's frame number.
-        self.tracker = ByteTrack(high_score=cfg.track_thresh, min_iou=TRACK_MIN_IOU, max_lost_frames=cfg.hold_frames)
+        self.tracker = ByteTrack(high_score=cfg.track_thresh, min_iou=TRACK_MIN_IOU, max_lost_frames=cfg.hold_frames,
+                                 start_score=hidden_from)
         self.frame = -1  # frames this hold has seen
         self.coasted = 0  # frames since the last detection (detector.stride)
         self.looks: dict[Track, Look] = {}
@@ -281,12 +300,14 @@ class MaskHold:
 
     def held_boxes(self, shape: tuple[int, int]) -> np.ndarray:
         """Lost tracks (only confirmed ones are kept once lost) at their predicted boxes."""
-        aged = [(self._held_box(t), self.frame - t.matched_at) for t in self.tracker.tracks]
-        return self._grown([(box, age) for box, age in aged if 0 < age <= self.cfg.hold_frames], shape)
+        aged = [(t, self._held_box(t), self.frame - t.matched_at) for t in self.tracker.tracks]
+        return self._grown([(box, 0 if t.weak else age) for t, box, age in aged if 0 < age <= self.cfg.hold_frames],
+                           shape)
 
     def coasting_boxes(self, shape: tuple[int, int]) -> np.ndarray:
-        aged = [(self._held_box(t), self.frame - t.matched_at) for t in self.tracker.tracks]
-        return self._grown([(box, age) for box, age in aged if age <= self.cfg.hold_frames], shape)
+        aged = [(t, self._held_box(t), self.frame - t.matched_at) for t in self.tracker.tracks]
+        return self._grown([(box, 0 if t.weak else age) for t, box, age in aged if age <= self.cfg.hold_frames],
+                           shape)
 
     @staticmethod
     def _held_box(track: Track) -> np.ndarray:
