@@ -262,3 +262,20 @@ def test_a_busy_http_address_chosen_by_the_user_is_one_line_before_any_stage_run
 @pytest.fixture(scope="module")
 def sample_clip_for_http(tmp_path_factory):
     return make_sample(tmp_path_factory.mktemp("http_short"), width=160, height=96, frames=8).video
+
+
+def test_a_cameras_frame_rate_is_steady_between_its_encoders_reports():
+    """Read every 0.5 s from counts the encoder reports every 2 s, a 25-fps camera's rate swung from 18 to 29
+    (a soak); taken from the reports and their times, it reads 25 whenever read, and 0 once reports stop."""
+    now = [0.0]
+    rates = metrics.FrameRates(lambda: now[0])
+    read = []
+    for step in range(60):  # 30 s, read every 0.5 s, reported every 2 s
+        now[0] = step * 0.5
+        if step % 4 == 0:
+            rates.report("gate", 25 * int(now[0]))
+        if now[0] >= 4:
+            read.append(rates.rate("gate"))
+    assert min(read) == max(read) == 25.0
+    now[0] += metrics.FPS_WINDOW_S + 1
+    assert rates.rate("gate") == 0.0

@@ -446,6 +446,9 @@ class Launcher:
             elif isinstance(message, messages.Stats):
                 self._on_heartbeat(message.pid)
                 self.tally.add(message)
+                if message.stage == "encode":
+                    for camera in message.cameras:
+                        self.frame_rates.report(camera, self.tally.camera_total("encode", "frames", camera))
                 self.stats[(message.stage, message.name)] = message.counters
                 if self.on_stats is not None:
                     self.on_stats(self.stats)
@@ -536,7 +539,7 @@ class Launcher:
             "late": tally.camera_total("composite", "late", name),
             "obscured": tally.camera_total("composite", "obscured", name),
         }
-        fps = self.frame_rates.update(name, frames["out"])
+        fps = self.frame_rates.rate(name)
         obscuring = self.obscuring.recent(name, frames["obscured"])
         source = self.sources.get(name)
         state, reason = self._camera_state(name, source, frames["out"], obscuring)

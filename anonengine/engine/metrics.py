@@ -14,7 +14,7 @@ from anonengine import messages
 
 # Counters that are levels, not totals: only a process's latest report counts, a dead one's none.
 GAUGES = frozenset({"in_flight", "waiting"})
-FPS_WINDOW_S = 5.0  # frames out over this window make a camera's frames per second
+FPS_WINDOW_S = 10.0  # frames out over this window make a camera's frames per second
 DEGRADED_WINDOW_S = 10.0  # a camera that obscured a frame this recently is degraded
 
 # Camera states; a camera is ready in the first two.
@@ -146,18 +146,25 @@ class Snapshot:
 
 
 class FrameRates:
-    """Frames out per second for each camera, over the last FPS_WINDOW_S."""
+    """Frames out per second for each camera, over the last FPS_WINDOW_S, from the counts its encoder reported
+    and when each report came (`report`). Sampled when read instead, between reports that come every
+    `engine.stats_interval_s` (2 s), a 25-fps camera read 18 to 29."""
 
     def __init__(self, clock=time.monotonic) -> None:
         self.clock = clock
         self.samples: dict[str, collections.deque] = {}
 
-    def update(self, camera: str, frames_out: int) -> float:
+    def report(self, camera: str, frames_out: int) -> None:
         now = self.clock()
         samples = self.samples.setdefault(camera, collections.deque())
         samples.append((now, frames_out))
         while len(samples) > 2 and now - samples[1][0] >= FPS_WINDOW_S:
             samples.popleft()
+
+    def rate(self, camera: str) -> float:
+        samples = self.samples.get(camera)
+        if not samples or self.clock() - samples[-1][0] > FPS_WINDOW_S:
+            return 0.0  # no report for that long: the encoder is gone, or the camera
         (t0, f0), (t1, f1) = samples[0], samples[-1]
         return (f1 - f0) / (t1 - t0) if t1 - t0 >= 0.5 else 0.0
 
