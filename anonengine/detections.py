@@ -108,9 +108,10 @@ class Detections:
         )
 
     def adding(self, other: Detections, same_iou: float = 0.7) -> Detections:
-        """These persons and those of `other` (the same picture looked at again) that none of these is: a box
-        overlapping one of these by `same_iou` or more is the same person. Below that both stay, whoever they
-        are: one person hidden twice costs nothing, a person dropped for a neighbour's box would be shown."""
+        """These persons and those of `other` (the same picture looked at again, or by another model) that none
+        of these is, as box-only persons: a box overlapping one of these by `same_iou` or more is the same
+        person. Below that both stay, whoever they are: one person hidden twice costs nothing, a person dropped
+        for a neighbour's box would be shown."""
         if len(other) == 0:
             return self
         new = np.ones(len(other), bool) if len(self) == 0 else box_iou(other.boxes, self.boxes).max(axis=1) < same_iou

@@ -23,7 +23,7 @@ from anonengine.backends import (
     ultralytics_yolo,
 )
 from anonengine.config import AnonymizerConfig
-from anonengine.detections import Detections, box_iou
+from anonengine.detections import Detections
 from anonengine.errors import ModelError, first_line
 
 log = logging.getLogger(__name__)
@@ -191,15 +191,7 @@ class PersonDetector:
 
 def merge(primary: Detections, pose: Detections) -> Detections:
     """`primary` persons, plus the pose persons no primary box overlaps (as box-only persons)."""
-    if len(pose) == 0:
-        return primary
-    if len(primary):
-        unmatched = box_iou(pose.boxes, primary.boxes).max(axis=1) < MATCH_IOU
-    else:
-        unmatched = np.ones(len(pose), bool)
-    if not unmatched.any():
-        return primary
-    return primary.with_persons(pose.boxes[unmatched], pose.scores[unmatched], pose.keypoints[unmatched])
+    return primary.adding(pose, MATCH_IOU)
 
 
 def cpu_threads(threads: int, share: float = 1.0) -> int:
