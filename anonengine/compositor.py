@@ -137,7 +137,10 @@ class Compositor:
         """The anonymized copy of a learnt frame, with the background as known now."""
         if self.future_frames and learnt.regions:
             # Drawn after later frames were learnt: one that missed a person found here may have taught them
-            # to the background again since, and the next detection has not forgotten it yet.
+            # to the background again since, and the next detection has not forgotten it yet. (The check at
+            # each detection stays: the frames waiting before it hide that person by its look-ahead boxes, not
+            # by a person of their own to check; left to this check alone, 8 more frames of the soak's clip
+            # showed them.)
             self.background.forget_where_learnt(frame, learnt.persons.boxes, learnt.view)
         out = frame.copy()
         boxes, keypoints = learnt.boxes, learnt.keypoints
