@@ -58,14 +58,14 @@ class Track:
     matched_box: np.ndarray  # its box as filtered at that match
     covariance: np.ndarray = field(default_factory=lambda: np.eye(2))
     hits: int = 1  # consecutive updates that matched it, the one that started it included
-    weak: bool = False  # started by a detection under the tracker's `high_score`, and never matched by one since
+    weak: bool = False  # started by a detection under the tracker's `high_score`: matched to such ones only
     confirmed: bool = False
     seen_at: int = -1  # the last frame it was found by its looks, the detector having lost it (`MaskHold`)
 
     @classmethod
-    def start(cls, box: np.ndarray, frame: int) -> Track:
+    def start(cls, box: np.ndarray, frame: int, weak: bool = False) -> Track:
         box = np.asarray(box, np.float64)
-        return cls(np.stack([box, np.zeros(4)]), frame, box.copy())
+        return cls(np.stack([box, np.zeros(4)]), frame, box.copy(), weak=weak)
 
     @property
     def box(self) -> np.ndarray:
@@ -123,11 +123,8 @@ class ByteTrack:
         _, taken_low = self._match(left + [t for t in self.tracks if t.weak], boxes[~high], frame)
         self.tracks = [t for t in self.tracks if t.confirmed or t.matched_at == frame]
         self.tracks += [Track.start(box, frame) for box in boxes[high][~taken]]
-        starts = ~high & (scores >= self.start_score)
-        starts[~high] &= ~taken_low
-        for box in boxes[starts]:
-            self.tracks.append(Track.start(box, frame))
-            self.tracks[-1].weak = True
+        weak_starts = ~taken_low & (scores[~high] >= self.start_score)
+        self.tracks += [Track.start(box, frame, weak=True) for box in boxes[~high][weak_starts]]
 
     def _match(self, tracks: list[Track], boxes: np.ndarray, frame: int) -> tuple[list[Track], np.ndarray]:
         """Matches `boxes` to `tracks` (the most overlap in all, each pair at least `min_iou`) and corrects
@@ -300,14 +297,17 @@ class MaskHold:
 
     def held_boxes(self, shape: tuple[int, int]) -> np.ndarray:
         """Lost tracks (only confirmed ones are kept once lost) at their predicted boxes."""
-        aged = [(t, self._held_box(t), self.frame - t.matched_at) for t in self.tracker.tracks]
-        return self._grown([(box, 0 if t.weak else age) for t, box, age in aged if 0 < age <= self.cfg.hold_frames],
-                           shape)
+        return self._track_boxes(shape, youngest=1)
 
     def coasting_boxes(self, shape: tuple[int, int]) -> np.ndarray:
-        aged = [(t, self._held_box(t), self.frame - t.matched_at) for t in self.tracker.tracks]
-        return self._grown([(box, 0 if t.weak else age) for t, box, age in aged if age <= self.cfg.hold_frames],
-                           shape)
+        return self._track_boxes(shape, youngest=0)
+
+    def _track_boxes(self, shape: tuple[int, int], youngest: int) -> np.ndarray:
+        """Every track at least `youngest` frames since its last match, within the hold, at its predicted box
+        grown for those frames (a weak one not grown)."""
+        aged = [(t, self.frame - t.matched_at) for t in self.tracker.tracks]
+        return self._grown([(self._held_box(t), 0 if t.weak else age) for t, age in aged
+                            if youngest <= age <= self.cfg.hold_frames], shape)
 
     @staticmethod
     def _held_box(track: Track) -> np.ndarray:
