@@ -327,7 +327,8 @@ class FileRunner:
         pages = cv2.imcount(str(job.source))
         if pages > 1:  # a multi-page TIFF, an animated WebP: its other pictures were left out without a word
             self.say(f"anonengine: {job.rel}: {pages} pictures; the first is anonymized, the others are left out")
-        alpha = transparency(job.source, image)
+        # Read again for its alpha only where the output keeps one (a JPEG, most photos, has none to keep).
+        alpha = transparency(job.source, image) if job.output.suffix.lower() in ALPHA_SUFFIXES else None
         image = turn(image, self.rotate)
         with INTERRUPTS.deferred():
             if self.detect_photos.detector is None and self.photo_cfg is self.cfg.anonymizer and self.detect.detector:
@@ -335,7 +336,7 @@ class FileRunner:
             elif self.detect_photos.detector is None:
                 self.detect_photos.setup()
             anonymized = anonymize_photo(image, self.detect_photos, self.photo_cfg, self.camera)
-            if alpha is not None and job.output.suffix.lower() in ALPHA_SUFFIXES:
+            if alpha is not None:
                 anonymized = np.dstack([anonymized, turn(alpha, self.rotate)])
             partial = partial_path(job.output)
             params = [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY] if job.output.suffix.lower() in (".jpg", ".jpeg") else []
