@@ -144,7 +144,6 @@ class DetectStage(Stage):
             log.warning("detection failed, obscuring %d frame(s): %s", len(images), exc)
             return [None] * len(images)
 
-
     def _closer(self, image: np.ndarray, found: Detections) -> Detections:
         det = self.cfg.detector
         for imgsz in closer_sizes(image.shape[:2], det.imgsz, det.photo_max_imgsz):

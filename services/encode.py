@@ -184,8 +184,7 @@ class EncodeService(Service):
         for pending in output.recording.pending:
             self._release(pending.token)
         output.recording.abort()
-        send(self.events, messages.CameraDone(camera, output.recording.frames, None, False, error), block=False)
-        self.log.warning("%s: its output failed: %s", camera, error)
+        self._done(camera, output.recording.frames, None, False, error)
 
     def _release(self, ref: messages.FrameRef) -> None:
         self.releases.send(ref.composite, messages.Release(ref.camera, ref.seq, ref.slot))
@@ -243,6 +242,10 @@ class EncodeService(Service):
                 # What failed to finish is no output: its working segments go (a disk that filled up kept
                 # them, the frames' metadata with them, in a hidden folder beside the output).
                 output.recording.abort()
+        self._done(camera, frames, path, complete, error)
+
+    def _done(self, camera: str, frames: int, path, complete: bool, error: str | None) -> None:
+        """Tells the launcher a camera's output is done (made, or failed), and says so in the log."""
         send(self.events, messages.CameraDone(camera, frames, str(path) if path else None, complete, error),
              block=False)
         if error is not None:  # "0 frames written to (tap only)" was all it said of a camera with an output
