@@ -21,11 +21,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from anonengine.config import DetectorConfig
 from anonengine.contact_sheet import _panel
 from anonengine.detections import box_iou
 from anonengine.detector import load_yolo, select_device
 from anonengine.errors import InputError, ModelError, first_line
-from anonengine.config import DetectorConfig
 from anonengine.paths import ROTATIONS, is_photo
 from anonengine.sources import classify
 from anonengine.stages import closer_sizes
