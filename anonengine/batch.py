@@ -42,8 +42,9 @@ from anonengine.interrupts import INTERRUPTS, Interrupted
 from anonengine.locks import FileLock, LockBusy
 from anonengine.manifest import Fingerprint, Manifest, Record, file_sha256, settings_key, utc_now
 from anonengine.paths import PHOTO_SUFFIXES, UNREADABLE_PHOTO_SUFFIXES
+from anonengine.photos import ALPHA_SUFFIXES, Photo
 from anonengine.sources import classify
-from anonengine.video import Frame, main_video, partial_path, turn
+from anonengine.video import Frame, main_video, partial_path
 
 log = logging.getLogger("anonengine")
 
@@ -56,8 +57,6 @@ NOT_VIDEO_SUFFIXES = frozenset({".txt", ".md", ".json", ".jsonl", ".xml", ".csv"
                                 ".ini", ".log", ".pdf", ".zip", ".mp3", ".wav", ".flac", ".m4a", ".aac", ".ogg",
                                 ".opus", ".py", ".yaml", ".yml", ".html", ".thm", ".lock", ".partial"})
 PHOTO_INPUTS = PHOTO_SUFFIXES | UNREADABLE_PHOTO_SUFFIXES  # a batch's photos: those it reads, and those it reports
-JPEG_QUALITY = 95
-ALPHA_SUFFIXES = frozenset({".png", ".webp", ".tif", ".tiff", ".avif"})  # photo outputs that keep a transparent part
 # A photo's persons have no other frame to be caught in (no hold, no look-ahead): it is detected at least
 # at the audit adversary's size. At the videos' 320, a 31x106-px person in a 320x192 photo is missed;
 # at 960 found. On this 2-core machine: 0.2 s a photo (0.4 s at 1280), after a first export per shape.
@@ -204,17 +203,6 @@ def anonymize_photo(image: np.ndarray, detect, cfg: AnonymizerConfig, camera: st
     return anonymized
 
 
-def transparency(source: Path, image: np.ndarray) -> np.ndarray | None:
-    """A photo's alpha channel, as it lies over `image` (its colour, as read), or None: it has none, or its
-    pixels were turned on reading (EXIF), which the alpha was not. Kept, a transparent part stays so: taken
-    away, the pixels under it came out (a cut-out's old background, an edit's hidden parts)."""
-    stored = cv2.imread(str(source), cv2.IMREAD_UNCHANGED)
-    if stored is None or stored.ndim != 3 or stored.shape[2] != 4 or stored.shape[:2] != image.shape[:2]:
-        return None
-    alpha = stored[..., 3]
-    return cv2.convertScaleAbs(alpha, alpha=1 / 257) if alpha.dtype == np.uint16 else alpha
-
-
 def frame_count(job: Job) -> int:
     """A file's frames as its container says (estimated from its duration when it does not); 1 for a photo,
     0 when it cannot be opened (it fails when its turn comes)."""
@@ -317,31 +305,19 @@ class FileRunner:
         return result.frames, ("kept" if self.audio == "keep" else "dropped") if extras.has_audio else "none"
 
     def _photo(self, job: Job) -> tuple[int, str]:
-        suffix = job.source.suffix.lower()
-        if suffix in UNREADABLE_PHOTO_SUFFIXES:
-            raise InputError(f"cannot read {suffix} photos (HEIF or a camera's raw format): convert them to JPEG "
-                             "first, then run the batch again")
-        image = cv2.imread(str(job.source), cv2.IMREAD_COLOR)  # turned upright as its EXIF says
-        if image is None:
-            raise InputError(f"cannot read image {job.source}")
+        # Its alpha read only where the output keeps one (a JPEG, most photos, has none to keep).
+        photo = Photo.read(job.source, with_alpha=job.output.suffix.lower() in ALPHA_SUFFIXES).turned(self.rotate)
         pages = cv2.imcount(str(job.source))
         if pages > 1:  # a multi-page TIFF, an animated WebP: its other pictures were left out without a word
             self.say(f"anonengine: {job.rel}: {pages} pictures; the first is anonymized, the others are left out")
-        # Read again for its alpha only where the output keeps one (a JPEG, most photos, has none to keep).
-        alpha = transparency(job.source, image) if job.output.suffix.lower() in ALPHA_SUFFIXES else None
-        image = turn(image, self.rotate)
         with INTERRUPTS.deferred():
             if self.detect_photos.detector is None and self.photo_cfg is self.cfg.anonymizer and self.detect.detector:
                 self.detect_photos.detector = self.detect.detector  # the same model: loaded once
             elif self.detect_photos.detector is None:
                 self.detect_photos.setup()
-            anonymized = anonymize_photo(image, self.detect_photos, self.photo_cfg, self.camera)
-            if alpha is not None:
-                anonymized = np.dstack([anonymized, turn(alpha, self.rotate)])
+            anonymized = anonymize_photo(photo.picture, self.detect_photos, self.photo_cfg, self.camera)
             partial = partial_path(job.output)
-            params = [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY] if job.output.suffix.lower() in (".jpg", ".jpeg") else []
-            if not cv2.imwrite(str(partial), anonymized, params):
-                raise OutputError(f"cannot write {job.output}")
+            photo.write(anonymized, partial, job.output)
             os.replace(partial, job.output)
         self.on_frame()
         return 1, "none"

@@ -520,3 +520,35 @@ def test_a_photos_transparent_part_stays_transparent(inputs, anonengine_cli, tmp
     out = cv2.imread(str(tmp_path / "out.png"), cv2.IMREAD_UNCHANGED)
     assert out.shape == rgba.shape and np.array_equal(out[..., 3], rgba[..., 3])
     assert np.abs(out[..., :3].astype(int) - inputs["zidane"]).max(axis=2).mean() > 5, "left as it was"
+
+
+def test_a_photo_keeps_its_depth_and_its_grey_and_a_jpeg_named_heic_is_read(inputs, anonengine_cli, tmp_path):
+    """A 16-bit PNG came out 8-bit and a grey JPEG as three equal channels; a JPEG named `.heic` (as messengers
+    and phones' exports name them) was refused as HEIF. The pixels left as they were keep their 16 bits; those
+    changed are the 8-bit anonymization's, brought to 16 bits."""
+    zidane = inputs["zidane"]
+    low_byte = np.indices(zidane.shape).sum(axis=0).astype(np.uint16) % 256  # what 8 bits would lose
+    deep = zidane.astype(np.uint16) * 256 + low_byte
+    grey = cv2.cvtColor(zidane, cv2.COLOR_BGR2GRAY)
+    (tmp_path / "in").mkdir()
+    cv2.imwrite(str(tmp_path / "in" / "eight.png"), zidane)
+    cv2.imwrite(str(tmp_path / "in" / "deep.png"), deep)
+    cv2.imwrite(str(tmp_path / "in" / "grey.png"), grey)
+    cv2.imwrite(str(tmp_path / "in" / "grey16.png"), grey.astype(np.uint16) * 257)
+    (tmp_path / "in" / "IMG_2.heic").write_bytes(cv2.imencode(".jpg", zidane)[1].tobytes())
+    result = anonengine_cli("run", "--video-source", "in", "--output-dir", "out", "--quiet", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+
+    def out(name):
+        return cv2.imread(str(tmp_path / "out" / name), cv2.IMREAD_UNCHANGED)
+
+    eight, deep_out = out("eight.png"), out("deep.png")
+    assert deep_out.dtype == np.uint16 and deep_out.shape == deep.shape
+    assert np.abs((deep_out >> 8).astype(int) - eight).max() <= 1  # the same anonymization
+    kept = np.all(eight == zidane, axis=2)
+    assert 0.2 < kept.mean() < 0.95 and np.array_equal(deep_out[kept], deep[kept])
+    assert out("grey.png").ndim == 2 and out("grey16.png").ndim == 2 and out("grey16.png").dtype == np.uint16
+    assert np.abs(out("grey.png").astype(int) - grey).mean() > 5, "left as it was"
+    heic = tmp_path / "out" / "IMG_2.heic"
+    assert heic.read_bytes().startswith(b"\xff\xd8\xff")  # a JPEG still, as it came
+    assert np.abs(cv2.imread(str(heic)).astype(int) - zidane).max(axis=2).mean() > 5, "left as it was"
