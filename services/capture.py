@@ -165,7 +165,10 @@ class CaptureService(Service):
     def step(self) -> bool:
         self._take_releases(timeout_ms=0 if self.free_slots and not self.ended and not self._feed_waits() else POLL_MS)
         self._redeliver_late()
-        if not self.ended and (self.stopping or not self._capture_one()):
+        stopped_before = self.stopping and not self.ended
+        if stopped_before:
+            self._end_live_with()
+        if not self.ended and (stopped_before or not self._capture_one()):
             self.ended = True
             # Stopped before the end of a file: what is done is kept as a partial output, and nothing in
             # flight is waited for. A live camera's stop is its normal end: the frames in flight go out.
@@ -220,8 +223,9 @@ class CaptureService(Service):
             self._start_ring(self.feed.info)
         if self.paced:
             self._wait_until_due(frame.time)
-        if self.stopping:
-            return False  # stopped while this frame was on its way (waiting for its time): it never was
+        if self.stopping:  # stopped while this frame was on its way (waiting for its time)
+            self._end_live_with(frame)
+            return False
         if self.live and self._behind():
             # The engine is behind this camera (a file replayed at its rate: a live source's frames wait in
             # its feed, above). The frame never enters: the frames in flight keep their
@@ -235,6 +239,26 @@ class CaptureService(Service):
             self.count("dropped_unnumbered")  # its number could not be kept: a successor might reuse it
             self.break_owed = True
             return True
+        self._offer(frame)
+        return True
+
+    def _end_live_with(self, frame=None) -> None:
+        """A live camera stopped: one frame more, marked last, which the detector looks at. The frames since its
+        last detection are hidden by the boxes on both sides of them; without one after them, they went out
+        obscured (the 1 or 2 frames of every detach, by where the stride stood). No frame at hand, or no room
+        for it: they are obscured, as before."""
+        if not self.live or self.ring is None or not self.free_slots:
+            return
+        if frame is None:
+            try:
+                frame = self._next_frame()
+            except (StopIteration, AnonError):
+                return
+        if frame is not None and self._keep_position(frame.time):
+            frame.last = True
+            self._offer(frame)
+
+    def _offer(self, frame) -> None:
         # After a dropped frame the next is detected: the one dropped may have been a cut's (`at_break`), or
         # the time between the frames kept past the stride's.
         frame.at_break, self.break_owed = frame.at_break or self.break_owed, False
@@ -250,7 +274,6 @@ class CaptureService(Service):
         send(self.downstream, ref)  # the compositor's clock for this frame's deadline starts now
         self._dispatch(ref)
         self.count("frames")
-        return True
 
     def _position_name(self) -> str:
         return f"position-{self.camera}"

@@ -73,6 +73,7 @@ def test_attach_detach_and_status_on_a_running_engine(models_dir, tmp_path):
     cfg.engine.exit_when_done = False
     # Camera a stands for a live camera (read at its frame rate: 12 s), whose detach is its normal end.
     cfg.cameras[0].live = True
+    cfg.anonymizer.detector.stride_mode = "fixed"  # 2 frames in 3 undetected: where a detach most often fell
     # Paths relative to the folder the engine is launched in: the stages must see them the same way.
     cfg.cameras[0].output, cfg.cameras[0].metadata, cfg.engine.run_dir = "a.mp4", "a.jsonl", "run"
     run_dir = tmp_path / "run"
@@ -117,6 +118,10 @@ def test_attach_detach_and_status_on_a_running_engine(models_dir, tmp_path):
         assert seqs(a_out) == list(range(written))
         assert wait_for(lambda: (tmp_path / "a.jsonl").exists(), 5)
         assert jsonl_count(tmp_path / "a.jsonl") == written
+        # Its last frame is detected: the frames since the detection before had none after them, and went out
+        # obscured (1 or 2 of them, by where the stride stood at the detach).
+        last = json.loads((tmp_path / "a.jsonl").read_text().splitlines()[-1])
+        assert not last["obscured"] and not any(p.get("interpolated") for p in last["persons"]), last
 
         # The engine keeps running without cameras: encoder, compositor and detector; b untouched.
         assert wait_for(lambda: len(stage_pids(f"p{proc.pid}")) == 3, 15), stage_pids(f"p{proc.pid}")
