@@ -532,9 +532,12 @@ class Launcher:
 
     def _camera_view(self, camera: CameraConfig) -> metrics.CameraView:
         name, tally = camera.name, self.tally
+        out = tally.camera_total("encode", "frames", name)
         frames = {
-            "in": tally.camera_total("capture", "frames", name),
-            "out": tally.camera_total("encode", "frames", name),
+            # A capture killed outright takes the frames it sent since its last report out of its count, not out
+            # of the engine: every frame out came in (status showed 453 out of 418 in).
+            "in": max(tally.camera_total("capture", "frames", name), out),
+            "out": out,
             "dropped": self.dropped_frames(name),
             "late": tally.camera_total("composite", "late", name),
             "obscured": tally.camera_total("composite", "obscured", name),
