@@ -14,7 +14,15 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from pydantic_core import PydanticCustomError
 
 from anonengine.errors import ConfigError
-from anonengine.paths import OUTPUT_CONTAINERS, PHOTO_SUFFIXES, ROTATIONS, URL_SCHEME, is_photo
+from anonengine.paths import (
+    OUTPUT_CONTAINERS,
+    PHOTO_SUFFIXES,
+    ROTATIONS,
+    URL_SCHEME,
+    is_photo,
+    partial_metadata_path,
+    partial_path,
+)
 
 DEFAULT_POSE_MODEL = "yolo11n-pose.pt"
 DEFAULT_SEG_MODEL = "yolo11n-seg.pt"
@@ -350,10 +358,14 @@ class CameraConfig(StrictModel):
     @model_validator(mode="after")
     def _outputs_are_not_the_source(self):
         """Writing over the source destroys the original footage (a symbolic or hard link to it too)."""
-        for field in ("output", "metadata"):
+        for field, working in (("output", partial_path), ("metadata", partial_metadata_path)):
             target = getattr(self, field)
             if target and _same_file(self.source, target):
                 raise ValueError(f"{field} {target} is the source itself: writing it would destroy the original")
+            # An earlier run's working file is set aside (renamed) before the run: the source itself went so.
+            if target and _same_file(self.source, str(working(target))):
+                raise ValueError(f"{field} {target} is written as {working(target).name} until complete, which is "
+                                 f"the source itself: give the {field} another name")
         if self.output and self.metadata and _same_file(self.output, self.metadata):
             raise ValueError(f"metadata {self.metadata} is the output video itself: give it a name of its own "
                              f"(such as {Path(self.output).with_suffix('.jsonl').name})")

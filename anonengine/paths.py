@@ -20,5 +20,17 @@ UNREADABLE_PHOTO_SUFFIXES = frozenset({".heic", ".heif", ".dng", ".cr2", ".cr3",
                                        ".rw2"})
 
 
+def partial_path(output: str | Path) -> Path:
+    """Where an output is written until it is complete: `NAME.partial.SUFFIX`."""
+    path = Path(output)
+    return path.with_name(f"{path.stem}.partial{path.suffix or '.mp4'}")
+
+
+def partial_metadata_path(metadata: str | Path) -> Path:
+    """Where metadata lines are written until the video is complete: `NAME.partial`."""
+    path = Path(metadata)
+    return path.with_name(path.name + ".partial")
+
+
 def is_photo(spec: str) -> bool:
     return not URL_SCHEME.match(spec) and Path(spec).suffix.lower() in PHOTO_SUFFIXES

@@ -21,7 +21,7 @@ from av.sidedata.sidedata import Type as SideDataType
 from anonengine.config import EncoderConfig, SourcesConfig
 from anonengine.errors import ConfigError, InputError, OutputError, SourceNotOpenable
 from anonengine.locks import FileLock, LockBusy, output_lock_path
-from anonengine.paths import OUTPUT_CONTAINERS
+from anonengine.paths import OUTPUT_CONTAINERS, partial_metadata_path, partial_path  # noqa: F401 - where the stages import them
 from anonengine.sources import Source, classify
 
 log = logging.getLogger("anonengine")
@@ -627,18 +627,6 @@ def refuse_unreplaceable(path: Path, what: str = "") -> None:
                           f"{path.resolve()})")
     if path.exists() and not path.is_file():
         raise OutputError(f"cannot write {what}{path}: it is not a regular file (a device, a pipe or a socket)")
-
-
-def partial_path(output: str | os.PathLike) -> Path:
-    """Where an output is written until it is complete: `NAME.partial.SUFFIX`."""
-    path = Path(output)
-    return path.with_name(f"{path.stem}.partial{path.suffix or '.mp4'}")
-
-
-def partial_metadata_path(metadata: str | os.PathLike) -> Path:
-    """Where metadata lines are written until the video is complete: `NAME.partial`."""
-    path = Path(metadata)
-    return path.with_name(path.name + ".partial")
 
 
 def set_aside(path: Path) -> Path | None:

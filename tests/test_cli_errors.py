@@ -411,8 +411,8 @@ def test_a_bare_model_name_found_in_the_working_folder_is_said(models_dir, tmp_p
 # --- outputs that would destroy something: the source, a device, a link --------------------------
 
 
-def _source_copy(tmp: Path, clip) -> Path:
-    source = tmp / "in.mp4"
+def _source_copy(tmp: Path, clip, name: str = "in.mp4") -> Path:
+    source = tmp / name
     source.write_bytes(Path(clip.video).read_bytes())
     return source
 
@@ -426,6 +426,8 @@ def _output_at(tmp: Path, source: Path, kind: str) -> tuple[list, str]:
     if kind == "a hard link to the source":
         os.link(source, tmp / "hard.mp4")
         return ["--output-video", tmp / "hard.mp4"], "is the source itself"
+    if kind == "the source as the output's working file":  # set aside as an earlier run's: the source renamed
+        return ["--output-video", tmp / "in.mp4"], "is written as in.partial.mp4 until complete, which is the source"
     if kind == "metadata over the source":
         return ["--output-video", tmp / "out.mp4", "--metadata", source], "is the source itself"
     if kind == "metadata over the output":  # the video was written, then replaced by the metadata: exit 0
@@ -442,7 +444,7 @@ def _output_at(tmp: Path, source: Path, kind: str) -> tuple[list, str]:
 
 
 @pytest.mark.parametrize("kind", ["the source", "a link to the source", "a hard link to the source",
-                                  "metadata over the source", "metadata over the output", "a pipe",
+                                  "the source as the output's working file", "metadata over the source", "metadata over the output", "a pipe",
                                   "metadata into a pipe", "a link elsewhere"])
 @pytest.mark.parametrize("inline", [False, True], ids=["engine", "inline"])
 def test_an_output_that_would_destroy_something_is_refused_and_all_stays_as_it_was(
@@ -450,7 +452,8 @@ def test_an_output_that_would_destroy_something_is_refused_and_all_stays_as_it_w
     """Before, `--output-video` naming the source replaced the original footage with its anonymized copy
     (through a link too), and one naming a device or a pipe, or a link, was replaced by a video file (run
     as root, /dev/null became one)."""
-    source = _source_copy(tmp_path, small_sample_clip)
+    working = kind == "the source as the output's working file"
+    source = _source_copy(tmp_path, small_sample_clip, "in.partial.mp4" if working else "in.mp4")
     args, expected = _output_at(tmp_path, source, kind)
     before = {p: (p.is_symlink(), stat.S_IFMT(p.lstat().st_mode), p.read_bytes() if p.is_file() else None)
               for p in tmp_path.iterdir()}

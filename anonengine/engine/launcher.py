@@ -34,12 +34,13 @@ from anonengine.engine.runtime import Endpoints, bind_tap, log_malformed, receiv
 from anonengine.errors import AnonError, InputError, OutputError
 from anonengine.interrupts import STOP_SIGNALS
 from anonengine.locks import FileLock, LockBusy, is_locked
+from anonengine.paths import partial_metadata_path, partial_path
 from anonengine.recording import segments_folder
 from anonengine.rundir import private_dir, run_dir_path
 from anonengine.shm import SHM_DIR, instance_segments, made_by, remove_stale_segments, unlink
 from anonengine.sources import is_live, resolve_stream
 from anonengine.tap import MAX_TAP_MESSAGE_BYTES
-from anonengine.video import claim_output, partial_metadata_path, partial_path, refuse_unreplaceable
+from anonengine.video import claim_output, refuse_unreplaceable
 
 log = logging.getLogger("anonengine.launcher")
 
