@@ -29,7 +29,7 @@ from anonengine.errors import InputError, ModelError, first_line
 from anonengine.paths import ROTATIONS, is_photo
 from anonengine.sources import classify
 from anonengine.stages import closer_sizes
-from anonengine.video import VideoReader, as_shown, turn
+from anonengine.video import VideoReader, as_shown, far_from_square, turn
 
 UNCHANGED_SHARE = 0.6
 # The pose model finds a whole person about this tall in its input and taller (measured on 720p street clips: 91
@@ -129,8 +129,10 @@ def audit(original: str, anonymized: str, pose_model: str = "yolo11n-pose.pt", c
             for size in closer_sizes(shown.shape[:2], imgsz, PHOTO_MAX_IMGSZ):
                 finds += adversary_finds(model, shown, size, conf, device, augmented=False)
                 closest = size
+        finds = [(box * to_stored, score, view) for box, score, view in finds]
+        if far_from_square(frame.pixel_aspect):  # as stored too, as the run looked at it
+            finds += adversary_finds(model, frame.image, imgsz, conf, device, augment)
         for box, score, view in finds:
-            box = box * to_stored
             find = {"box": [round(float(v), 1) for v in box], "score": round(float(score), 3)}
             if view != "frame":
                 find["view"] = view

@@ -28,11 +28,13 @@ from anonengine.video import (
     VideoReader,
     VideoWriter,
     as_shown,
+    far_from_square,
     partial_metadata_path,
     refuse_unreplaceable,
 )
 
 log = logging.getLogger(__name__)
+STRETCHED_SAME_IOU = 0.9  # a person found as shown and as stored: one box, only where the two nearly agree
 FEED_CLOSE_S = 2.0  # a live source's reading thread, stopped, ends at its next frame or read timeout
 
 
@@ -132,12 +134,18 @@ class DetectStage(Stage):
         """The persons in each image; `pixel_aspects`: each image's (`StreamInfo.pixel_aspect`), which the
         detector looks at it with (`as_shown`), its persons then given in the image's own pixels."""
         try:
-            shown = [as_shown(image, aspect)
-                     for image, aspect in zip(images, pixel_aspects or [1] * len(images), strict=True)]
+            aspects = pixel_aspects or [Fraction(1)] * len(images)
+            shown = [as_shown(image, aspect) for image, aspect in zip(images, aspects, strict=True)]
             found = self.detector.detect(shown)
             if self.photos:
                 found = [self._closer(image, persons) for image, persons in zip(shown, found)]
-            return [d if seen is image else d.resized(image.shape[:2]) for d, seen, image in zip(found, shown, images)]
+            found = [d if seen is image else d.resized(image.shape[:2]) for d, seen, image in zip(found, shown, images)]
+            stretched = [i for i, aspect in enumerate(aspects) if far_from_square(aspect)]
+            if stretched:  # whichever of the two pictures shows persons as they are: both looked at
+                for i, stored in zip(stretched, self.detector.detect([images[i] for i in stretched])):
+                    # A person's two boxes differ (found stretched, one was cut short at the feet): both kept.
+                    found[i] = found[i].adding(stored, same_iou=STRETCHED_SAME_IOU)
+            return found
         except Exception as exc:  # noqa: BLE001 - whatever broke, the frame must not go out raw
             if self.cfg.on_detector_error == "stop":
                 raise DetectionError(f"detection failed: {type(exc).__name__}: {exc}") from exc

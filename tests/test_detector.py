@@ -67,6 +67,23 @@ def test_squeezed_persons_are_looked_for_as_a_player_shows_them(pixel_aspect, mo
     assert overlap[square.scores > 0.8].min() > 0.9
 
 
+@pytest.mark.parametrize("pixel_aspect", [Fraction(1, 2), Fraction(4, 1)], ids=["1:2", "4:1"])
+def test_persons_in_a_video_tagged_far_from_square_are_looked_for_as_stored_too(pixel_aspect, models_dir):
+    """A video tagged 1:2 or 4:1 (mis-tagged, or filmed so) was looked at as shown only, its persons stretched
+    past what the detector finds: a user's 1:2 clip showed its standing figure in all 75 frames. Here bus.jpg
+    stored as it is, tagged so: its 4 persons are found as the untagged photo's."""
+    cfg = AnonymizerConfig()
+    cfg.detector.pose_model = str(models_dir / "yolo11n-pose.pt")
+    cfg.detector.device = "cpu"
+    stage = DetectStage(cfg)
+    stage.setup()
+    image = cv2.imread(str(assets_dir() / "bus.jpg"))
+    (square,) = stage.process([image])
+    (found,) = stage.process([image], [pixel_aspect])
+    assert found.frame_shape == image.shape[:2]
+    assert box_iou(square.boxes, found.boxes).max(axis=1).min() > 0.9
+
+
 def test_pulled_pose_model_is_the_official_file(models_dir):
     assert models.sha256(models_dir / "yolo11n-pose.pt") == models.KNOWN_SHA256["yolo11n-pose.pt"]
 
