@@ -1,8 +1,15 @@
-"""The argument parser of every anonengine command and stage process: a usage error is one line."""
+"""The argument parser of every anonengine command and stage process (a usage error is one line), and the
+log level they all take from ANONENGINE_LOG_LEVEL."""
 
 from __future__ import annotations
 
 import argparse
+import os
+
+from anonengine.errors import ConfigError
+
+LOG_LEVEL_VARIABLE = "ANONENGINE_LOG_LEVEL"  # every process's log level: the command's and its stages'
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -10,3 +17,18 @@ class OneLineParser(argparse.ArgumentParser):
 
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def log_level_from_env() -> str | None:
+    """ANONENGINE_LOG_LEVEL as `logging` spells it (`warning` gives WARNING), or None when unset or empty.
+
+    Checked once, by the command, before any process starts: the stage processes read the variable as
+    `logging` does, and a level it does not know was a traceback in each of them, restarted until the
+    engine gave up ("encode0 died 6 times").
+    """
+    given = os.environ.get(LOG_LEVEL_VARIABLE, "").strip()
+    if not given:
+        return None
+    if given.upper() not in LOG_LEVELS:
+        raise ConfigError(f"{LOG_LEVEL_VARIABLE}={given!r} is not a log level: use one of {', '.join(LOG_LEVELS)}")
+    return given.upper()

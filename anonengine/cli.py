@@ -28,12 +28,15 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from anonengine.argparsing import OneLineParser
+from anonengine.argparsing import LOG_LEVEL_VARIABLE, OneLineParser, log_level_from_env
 from anonengine.errors import AnonError, ConfigError
 from anonengine.interrupts import INTERRUPTS, Interrupted, interrupted_line
-from anonengine.paths import ROTATIONS
+from anonengine.paths import OUTPUT_CONTAINERS, ROTATIONS
 
 log = logging.getLogger("anonengine")
+
+DEFAULT_CAMERA = "cam0"  # `run`'s camera name
+_SUFFIXES = [suffix for suffix in OUTPUT_CONTAINERS if suffix]  # of an output video, for --help
 
 
 def add_run_flags(p: argparse.ArgumentParser) -> None:
@@ -47,7 +50,10 @@ def add_run_flags(p: argparse.ArgumentParser) -> None:
                         "a running cluster, 'auto' for this node's, none: a cluster of this machine alone")
     p.add_argument("--audio", choices=["drop", "keep"], default="drop",
                    help="the source's audio: drop (default: voices identify people) or keep (copied unchanged)")
-    p.add_argument("--output-video", help="anonymized MP4 to write (default: <source>_anonymized.mp4)")
+    p.add_argument("--output-video", metavar="FILE",
+                   help="the anonymized video (H.264) to write, in the container its suffix names: "
+                        f"{', '.join(_SUFFIXES[:-1])} or {_SUFFIXES[-1]} (none: MP4); default "
+                        "<source>_anonymized.mp4 (a photo's: <source>_anonymized.<its suffix>)")
     p.add_argument("--method", choices=["bbox", "seg"], default="bbox", help="bbox: dilated boxes; seg: outlines")
     p.add_argument("--pose-model", default=None, help="YOLO pose model (default yolo11n-pose.pt)")
     p.add_argument("--seg-model", default=None, help="YOLO segmentation model for --method seg")
@@ -74,11 +80,14 @@ def add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--decoder", default=None, metavar="auto|cpu|cuda[:N]",
                    help="where video is decoded: auto (default: NVDEC on the first GPU where FFmpeg opens one, "
                         "else the CPU), cpu, or cuda[:N]")
-    p.add_argument("--on-detector-error", choices=["stop", "obscure"], default=None)
+    p.add_argument("--on-detector-error", choices=["stop", "obscure"], default=None,
+                   help="a frame whose detection failed is never written raw: stop (default) ends the run and "
+                        "removes the partial output; obscure writes that frame fully grey and goes on")
     p.add_argument("--crf", type=int, default=None, help="H.264 quality (lower is better)")
     p.add_argument("--preset", default=None, help="H.264 speed preset")
     p.add_argument("--metadata", default=None, help="write per-frame persons as JSON lines to this file")
-    p.add_argument("--camera", default="cam0", help="camera name in metadata and logs")
+    p.add_argument("--camera", default=None, help=f"camera name in metadata and logs (default {DEFAULT_CAMERA}; "
+                   "not for a batch)")
     p.add_argument("--rotate", type=int, choices=ROTATIONS, default=None,
                    help="degrees to turn the picture clockwise so people stand upright (a camera mounted upside "
                    "down: 180); the output is written turned")
@@ -180,10 +189,16 @@ def is_batch_source(spec: str) -> bool:
 def cmd_run(args: argparse.Namespace) -> int:
     if not args.video_source.strip():
         raise ConfigError("--video-source is empty: give a video file, a folder, a webcam index or a stream URL")
+    check_inline_flags(args)
     if args.output_dir or args.ray is not None or is_batch_source(args.video_source):
         from anonengine.batch import cmd_batch
 
+        if args.camera is not None:  # a batch's files are named by their paths; it writes no metadata
+            raise ConfigError("--camera is for a single file, not a batch (--output-dir): its files are named "
+                              "by their paths")
+        args.camera = DEFAULT_CAMERA
         return cmd_batch(args)
+    args.camera = DEFAULT_CAMERA if args.camera is None else args.camera
     from anonengine.paths import is_photo
 
     if is_photo(args.video_source) and is_photo(args.output_video or default_output(args.video_source)):
@@ -217,6 +232,16 @@ def cmd_run(args: argparse.Namespace) -> int:
         log.info("%s: %d frames anonymized (%d obscured%s) -> %s", r.camera, r.frames, r.obscured,
                  f", {r.dropped} dropped: this was behind the camera" if r.dropped else "", r.output)
     return finish()
+
+
+def check_inline_flags(args: argparse.Namespace) -> None:
+    """What only the engine does is refused with --inline (before, it was silently left out: no tap, no
+    server, exit 0)."""
+    if not args.inline:
+        return
+    for flag, value in (("--tap", args.tap), ("--http", args.http if args.http != "off" else None)):
+        if value:
+            raise ConfigError(f"{flag} needs the engine, which --inline does without: run without --inline")
 
 
 def cmd_models_pull(args: argparse.Namespace) -> int:
@@ -367,8 +392,18 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    try:
+        level = log_level_from_env()  # before any stage process starts: they read it too
+    except ConfigError as exc:
+        print(f"anonengine: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    if level is None:
+        os.environ.pop(LOG_LEVEL_VARIABLE, None)  # empty: unset, as the engine's default takes it
+    else:
+        os.environ[LOG_LEVEL_VARIABLE] = level  # spelled as `logging` wants it, for the stages
     logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO, format="%(name)s: %(message)s", stream=sys.stderr
+        level=logging.DEBUG if args.verbose else level or logging.INFO, format="%(name)s: %(message)s",
+        stream=sys.stderr,
     )
     INTERRUPTS.install()
     try:

@@ -489,3 +489,89 @@ def test_what_the_sample_and_a_batch_cannot_do_is_one_line(args, said, small_sam
     (line,) = result.stderr.strip().splitlines()
     assert line.startswith(ERROR_PREFIXES) and said in line, line
     assert files_under(tmp_path) == before
+
+
+# --- the environment and flags that `run` cannot honour -------------------------------------------
+
+
+@pytest.mark.parametrize("command", ["run", "run --inline", "run a batch", "launch"])
+def test_a_log_level_logging_does_not_know_is_one_line_before_anything_starts(
+        command, small_sample_clip, models_dir, anonengine_cli, tmp_path, monkeypatch):
+    """ANONENGINE_LOG_LEVEL=bogus was read by each stage process alone: 21 ValueError tracebacks, then
+    "encode0 died 6 times", exit 2; `--inline` never looked at it. It is checked once, by the command."""
+    import yaml
+    from test_engine import engine_config
+
+    (tmp_path / "videos").mkdir()
+    (tmp_path / "videos" / "a.mp4").write_bytes(Path(small_sample_clip.video).read_bytes())
+    one_file = ["--video-source", tmp_path / "videos" / "a.mp4", "--output-video", tmp_path / "o.mp4", "--quiet"]
+    args = {"run": ["run", *one_file],
+            "run --inline": ["run", "--inline", *one_file],
+            "run a batch": ["run", "--video-source", tmp_path / "videos", "--output-dir", tmp_path / "out", "--quiet"],
+            "launch": ["launch", tmp_path / "engine.yaml"]}[command]
+    cfg = engine_config(tmp_path, models_dir, {"lobby": tmp_path / "videos" / "a.mp4"})
+    (tmp_path / "engine.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
+    before = files_under(tmp_path)
+    monkeypatch.setenv("ANONENGINE_LOG_LEVEL", "bogus")
+
+    result = anonengine_cli(*args, cwd=tmp_path)
+
+    assert result.returncode == 2, result.stderr
+    said = "ANONENGINE_LOG_LEVEL='bogus' is not a log level: use one of DEBUG, INFO, WARNING, ERROR, CRITICAL"
+    assert result.stderr.strip().splitlines() == [f"anonengine: error: {said}"], result.stderr
+    assert files_under(tmp_path) == before
+
+
+@pytest.mark.parametrize("inline", [False, True], ids=["engine", "inline"])
+def test_the_log_level_is_every_process_s_in_any_case(inline, small_sample_clip, anonengine_cli, tmp_path,
+                                                      monkeypatch):
+    """`--inline` ignored ANONENGINE_LOG_LEVEL (its INFO line came out at ERROR), and the stages took only
+    `logging`'s own spelling: `error` was a traceback in each of them."""
+    monkeypatch.setenv("ANONENGINE_LOG_LEVEL", "error")
+    # The engine's without HTTP: another engine on this host holding the default address is a warning.
+    result = anonengine_cli("run", *(["--inline"] if inline else ["--http", "off"]), "--quiet", "--imgsz", "320",
+                            "--video-source", small_sample_clip.video, "--output-video", tmp_path / "o.mp4",
+                            cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == "", result.stderr
+    assert (tmp_path / "o.mp4").is_file()
+
+
+@pytest.mark.parametrize("flags,said", [
+    (["--inline", "--tap", "ipc"], "--tap needs the engine, which --inline does without: run without --inline"),
+    (["--inline", "--http", "127.0.0.1:{port}"],
+     "--http needs the engine, which --inline does without: run without --inline"),
+    (["--output-dir", "{tmp}/out", "--camera", "lobby"],
+     "--camera is for a single file, not a batch (--output-dir): its files are named by their paths"),
+], ids=["inline tap", "inline http", "batch camera"])
+def test_a_flag_the_run_would_leave_out_is_refused(flags, said, small_sample_clip, anonengine_cli, tmp_path):
+    """`run --inline --tap ipc` and `--inline --http HOST:PORT` ran without a tap or a server, exit 0; a
+    batch's `--camera` named nothing (its files are named by their paths, and it writes no metadata)."""
+    from helpers import free_port
+
+    (tmp_path / "videos").mkdir()
+    (tmp_path / "videos" / "a.mp4").write_bytes(Path(small_sample_clip.video).read_bytes())
+    batch = "--output-dir" in flags
+    flags = [flag.format(port=free_port(), tmp=tmp_path) for flag in flags]
+    where = ["--video-source", tmp_path / "videos"] if batch else \
+        ["--video-source", tmp_path / "videos" / "a.mp4", "--output-video", tmp_path / "o.mp4"]
+    before = files_under(tmp_path)
+    result = anonengine_cli("run", "--quiet", *where, *flags, cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().splitlines() == [f"anonengine: error: {said}"], result.stderr
+    assert files_under(tmp_path) == before
+
+
+def test_run_help_names_every_output_container_and_what_a_detector_error_does(anonengine_cli):
+    """`--output-video` was "anonymized MP4 to write" though .mkv, .mov and .ts are written as such, and
+    `--on-detector-error` said nothing."""
+    from anonengine.paths import OUTPUT_CONTAINERS
+
+    result = anonengine_cli("run", "--help", timeout=30)
+    assert result.returncode == 0
+    text = " ".join(result.stdout.split("\noptions:\n", 1)[-1].split())  # the options, not the usage
+    assert "anonymized MP4" not in text
+    output = text[text.index("--output-video FILE "):text.index("--method {bbox,seg} bbox")]
+    assert all(suffix in output for suffix in OUTPUT_CONTAINERS if suffix), output
+    errors = text[text.index("--on-detector-error {stop,obscure} "):text.index("--crf CRF")]
+    assert "stop (default)" in errors and "obscure" in errors.split("{stop,obscure}", 1)[1], errors

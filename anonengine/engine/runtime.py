@@ -20,7 +20,7 @@ from pathlib import Path
 import zmq
 
 from anonengine import messages
-from anonengine.argparsing import OneLineParser
+from anonengine.argparsing import OneLineParser, log_level_from_env
 from anonengine.config import AUTO_TAP, EngineConfig, TapConfig, load_yaml
 from anonengine.curve import CurveServer, curve_clients_folder
 from anonengine.engine.stagehost import exited
@@ -289,9 +289,9 @@ def receive_waiting(sock: zmq.Socket, on_malformed, budget_s: float | None = Non
         yield message
 
 
-def configure_logging(stage: str, camera: str) -> None:
+def configure_logging(stage: str, camera: str, level: str) -> None:
     logging.basicConfig(
-        level=os.environ.get("ANONENGINE_LOG_LEVEL", "INFO"),
+        level=level,
         format=f"%(asctime)s {stage}[{camera}] %(levelname)s %(message)s",
         stream=sys.stderr,
         force=True,
@@ -417,11 +417,12 @@ def run_service(factory, argv: list[str] | None = None, extra_args=None) -> int:
     args = service_args(argv, extra_args)
     try:
         cfg = load_yaml(Path(args.config), EngineConfig)
+        level = log_level_from_env()  # a stage started by itself (the Procfile) checks it too
     except AnonError as exc:
         report_user_error(str(exc))
         return 2
     service = factory(cfg, args)
-    configure_logging(service.stage, service.camera)
+    configure_logging(service.stage, service.camera, level or "INFO")
     faulthandler.enable()
     try:
         import setproctitle
