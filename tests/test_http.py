@@ -7,6 +7,7 @@ The browser test needs the `chromium` Debian package: it skips here without it a
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import shutil
@@ -16,11 +17,13 @@ import subprocess
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
 import pytest
 import yaml
+import zmq
 from helpers import free_port, stage_pids, stage_title
 from prometheus_client.parser import text_string_to_metric_families
 from test_engine import engine_config, wait_for
@@ -217,12 +220,58 @@ def test_readyz_names_what_is_wrong_and_metrics_follow_prometheus_conventions(tm
         assert reconnects[("anonengine_camera_state", (("camera", "gate"), ("state", "reconnecting")))] == 1
         status = json.loads(get(server.url + "/api/status")[1])
         assert status["ready"] is False and status["cameras"]["gate"]["state"] == "reconnecting"
-        assert get(server.url + "/cameras/gate/preview.jpg")[0] == 404  # no tap: no preview, never an original
+        assert get(server.url + "/cameras/gate/preview.jpg")[0] == 503  # no tap: no preview, never an original
         assert get(server.url + "/healthz")[0] == 200
         current["s"] = snapshot().__class__(**{**snapshot().__dict__, "taken": time.time() - 60})
         assert get(server.url + "/healthz")[0] == 503
     finally:
         server.close()
+
+
+def status_of(url: str, timeout: float = 5) -> tuple[int, str]:
+    """The status and, unless it is 200 (a stream, which may never end), the body: read without waiting for
+    a 200 stream's end."""
+    split = urllib.parse.urlsplit(url)
+    connection = http.client.HTTPConnection(split.hostname, split.port, timeout=timeout)
+    try:
+        connection.request("GET", split.path)
+        response = connection.getresponse()
+        return response.status, "" if response.status == 200 else response.read().decode()
+    finally:
+        connection.close()
+
+
+@pytest.mark.parametrize("preview", ["preview.mjpg", "preview.jpg"])
+def test_a_preview_that_cannot_be_had_says_why_and_never_hangs(preview):
+    """Before, /cameras/NAME/preview.mjpg answered 200 and an endless stream with no frame in it for a camera
+    the engine does not have, and for every camera while the tap was off (`run`'s default): now an unknown
+    camera is 404, a known one with no preview 503 and the reason in one line."""
+    tap_off = HttpServer(HttpConfig(listen=f"127.0.0.1:{free_port()}"), lambda: snapshot(), None)
+    with zmq.Context() as context:
+        publisher = context.socket(zmq.PUB)  # a tap that sends nothing: a preview may come, none has yet
+        endpoint = f"tcp://127.0.0.1:{publisher.bind_to_random_port('tcp://127.0.0.1')}"
+
+        def subscribe(ctx: zmq.Context) -> zmq.Socket:
+            sock = ctx.socket(zmq.SUB)
+            sock.setsockopt(zmq.SUBSCRIBE, b"")
+            sock.connect(endpoint)
+            return sock
+
+        tap_on = HttpServer(HttpConfig(listen=f"127.0.0.1:{free_port()}"), lambda: snapshot(), subscribe)
+        try:
+            for server in (tap_off, tap_on):
+                code, body = status_of(f"{server.url}/cameras/nobody/{preview}")
+                assert (code, body) == (404, "no camera 'nobody' in this engine\n")
+            code, body = status_of(f"{tap_off.url}/cameras/gate/{preview}")
+            assert code == 503 and body.count("\n") == 1 and "tap is off" in body, body
+            if preview == "preview.mjpg":  # the tap on and the camera known: the stream it asked for
+                assert status_of(f"{tap_on.url}/cameras/gate/{preview}")[0] == 200
+            else:
+                assert status_of(f"{tap_on.url}/cameras/gate/{preview}") == (503, "no frame of this camera yet\n")
+        finally:
+            tap_on.close()
+            tap_off.close()
+            publisher.close(linger=0)
 
 
 def test_counters_never_go_backwards_when_a_stage_restarts():

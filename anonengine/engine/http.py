@@ -11,6 +11,8 @@ watches (a subscribed tap makes the encoder encode a JPEG of every frame).
     /readyz      200 when every camera is running; 503 and the reasons, one a line, otherwise
     /api/status  the snapshot as JSON (what `anonengine status` prints)
     /cameras/NAME/preview.mjpg, /cameras/NAME/preview.jpg
+                 404 for a camera the engine does not have; 503 and the reason while it has no preview
+                 (the tap is off, the engine is starting, no frame yet)
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ PREVIEW_IDLE_S = 5.0  # the preview's tap subscription ends this long after its 
 TOKEN_COOKIE = "anonengine_token"
 UNAUTHENTICATED = frozenset({"/healthz", "/readyz"})  # probes carry no token; they say nothing of the video
 MJPEG_BOUNDARY = "anonengineframe"
+TAP_OFF = "no preview: the engine's tap is off (tap.endpoint in its config; `run --tap ipc`)"
 
 
 class HttpServerError(ConfigError):
@@ -258,32 +261,59 @@ class HttpServer:
         page = resources.files("anonengine.engine").joinpath("page.html").read_text()
         return web.Response(text=page, content_type="text/html", headers={"Cache-Control": "no-store"})
 
+    def _unknown(self, camera: str) -> bool:
+        """The engine has no camera of that name (while it starts, with no snapshot yet, none is unknown)."""
+        snapshot = self.snapshot()
+        return snapshot is not None and all(c.name != camera for c in snapshot.cameras)
+
+    def _no_preview(self, camera: str):
+        """The answer for a preview that cannot be had (404: no such camera; 503: none now, and why), or None.
+        Before, an unknown camera's MJPEG, or any while the tap was off, was a 200 stream that never sent a
+        frame."""
+        from aiohttp import web
+
+        if self._unknown(camera):
+            return web.Response(status=404, text=f"no camera {camera!r} in this engine\n")
+        if not self.preview.available:
+            return web.Response(status=503, text=f"{TAP_OFF}\n")
+        if self.snapshot() is None:
+            return web.Response(status=503, text="starting\n", headers={"Retry-After": "1"})
+        return None
+
     async def _preview_jpeg(self, request):
         from aiohttp import web
 
+        camera = request.match_info["camera"]
+        refused = self._no_preview(camera)
+        if refused is not None:
+            return refused
         self.preview.want()
-        frame = self.preview.latest(request.match_info["camera"])
+        frame = self.preview.latest(camera)
         for _ in range(20):  # a first request waits a moment for the tap's first frame
             if frame is not None:
                 break
             await asyncio.sleep(0.1)
-            frame = self.preview.latest(request.match_info["camera"])
+            frame = self.preview.latest(camera)
         if frame is None:
-            return web.Response(status=404, text="no preview of this camera yet\n")
+            return web.Response(status=503, text="no frame of this camera yet\n", headers={"Retry-After": "1"})
         return web.Response(body=frame.jpeg, content_type="image/jpeg",
                             headers={"Cache-Control": "no-store", "X-Frame-Seq": str(frame.seq)})
 
     async def _preview_mjpeg(self, request):
-        """The camera's previews as one multipart response (MJPEG), as long as the viewer stays."""
+        """The camera's previews as one multipart response (MJPEG), as long as the viewer stays and the
+        camera is the engine's."""
         from aiohttp import web
 
         camera = request.match_info["camera"]
+        refused = self._no_preview(camera)
+        if refused is not None:
+            return refused
         response = web.StreamResponse(headers={
             "Content-Type": f"multipart/x-mixed-replace; boundary={MJPEG_BOUNDARY}", "Cache-Control": "no-store"})
         await response.prepare(request)
         sent = None
         try:
-            while not self.preview.closing.is_set():
+            while not self.preview.closing.is_set() and not self._unknown(camera):  # detached: the stream ends
                 self.preview.want()
                 frame = self.preview.latest(camera)
                 if frame is not None and frame is not sent:
