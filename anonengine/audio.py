@@ -7,12 +7,15 @@ voices identify people as well as faces do. Frames keep their source timestamps 
 anonymizer, so audio packets copied with theirs stay in sync.
 
 One mechanism for every path: `--inline`, the engine (whose encoder joins its segments into the video
-first) and batches all write the video, then call `carry_over`.
+first) and batches all write the video, then call `carry_over`. A container that cannot hold the audio
+unchanged (MOV: Opus, FLAC, Vorbis; MPEG-TS: PCM, FLAC, Vorbis, ALAC) is refused by `check_audio_fits`:
+for a single file before any work, and by `carry_over` before it writes anything.
 """
 
 from __future__ import annotations
 
 import heapq
+import io
 import logging
 import os
 import re
@@ -26,6 +29,7 @@ from typing import Literal
 import av
 
 from anonengine.errors import AnonError, ConfigError, InputError, OutputError
+from anonengine.paths import OUTPUT_CONTAINERS
 from anonengine.video import container_format, main_video, partial_path
 
 log = logging.getLogger(__name__)
@@ -85,6 +89,82 @@ def dropped_line(name: str, extras: SourceExtras) -> str:
             f"--audio keep copies it unchanged)")
 
 
+# The containers by the name a user knows them by, and the suffix that asks for each.
+CONTAINER_NAMES = {"mp4": "MP4", "mov": "MOV", "matroska": "Matroska", "mpegts": "MPEG-TS"}
+TRIAL_PACKETS = 16  # packets of each audio stream remuxed to see whether a container holds it
+
+
+def _trial_remux(source: Path, stream_index: int, container: str) -> str | None:
+    """Why `container` cannot hold the source's audio stream `stream_index` as it is (None: it can), found by
+    remuxing its first packets in memory and reading them back. FFmpeg refuses some pairs outright (MOV:
+    Opus, FLAC, Vorbis); others it writes as a data stream no player takes for audio (MPEG-TS: PCM, FLAC,
+    Vorbis, which it has no stream type for), so the copy is read back and must be audio."""
+    buffer = io.BytesIO()
+    with av.open(str(source)) as original:
+        stream = original.streams[stream_index]
+        try:
+            with av.open(buffer, "w", format=container) as out:
+                copied = out.add_stream_from_template(stream)
+                start, written = None, 0
+                for packet in original.demux(stream):
+                    if packet.dts is None and packet.pts is None:
+                        continue
+                    stamp = packet.dts if packet.dts is not None else packet.pts
+                    start = stamp if start is None else start  # from 0: a priming packet's time may be below it
+                    packet.pts = None if packet.pts is None else packet.pts - start
+                    packet.dts = None if packet.dts is None else packet.dts - start
+                    packet.stream = copied
+                    out.mux(packet)
+                    written += 1
+                    if written >= TRIAL_PACKETS:
+                        break
+        except (av.FFmpegError, ValueError):  # "Invalid argument": FFmpeg logs its why, it does not raise it
+            return "FFmpeg refuses it"
+    buffer.seek(0)
+    try:
+        with av.open(buffer, "r", format=container) as back:
+            got = back.streams[0] if back.streams else None
+            # As audio, its codec as the container names it (MP4 reads MPEG-1 Layer II back as Layer III).
+            if got is None or got.type != "audio":
+                return f"it would be written as {'nothing' if got is None else got.type}, not audio"
+    except (av.FFmpegError, ValueError) as exc:
+        return f"FFmpeg cannot read it back: {_reason(exc)}"
+    return None
+
+
+def _reason(exc: Exception) -> str:
+    """FFmpeg's reason, without the file name and the call it came from ("Invalid argument")."""
+    reason = getattr(exc, "strerror", None) or str(exc)
+    return str(reason).split(": '")[0].strip()
+
+
+def check_audio_fits(source: str | os.PathLike, output: str | os.PathLike) -> None:
+    """For `--audio keep`: OutputError, one line, when the output's container cannot hold one of the source's
+    audio streams unchanged (the audio is copied, never re-encoded), naming the containers that can. Tried
+    on the FFmpeg in use (a few packets remuxed in memory), so it agrees with what `carry_over` would write.
+    A source that cannot be opened is left to the run to report."""
+    source, output = Path(source), Path(output)
+    container = container_format(output)
+    try:
+        with av.open(str(source)) as original:
+            streams = [(s.index, s.codec_context.name) for s in original.streams.audio]
+    except (av.FFmpegError, OSError):
+        return
+    for index, codec in streams:
+        reason = _trial_remux(source, index, container)
+        if reason is None:
+            continue
+        suffix = {c: s for s, c in reversed(OUTPUT_CONTAINERS.items()) if s}  # each container's first: .mp4
+        holders = [suffix[f] for f in CONTAINER_NAMES if f != container and _trial_remux(source, index, f) is None]
+        can = f"{_or(holders)} can hold it" if holders else "no output container can hold it"
+        raise OutputError(f"{CONTAINER_NAMES.get(container, container)} ({output.name}) cannot hold the {codec} audio "
+                          f"of {source.name} unchanged ({reason}): {can}, or --audio drop leaves it out")
+
+
+def _or(words: list[str]) -> str:
+    return words[0] if len(words) == 1 else f"{', '.join(words[:-1])} or {words[-1]}"
+
+
 def carry_over(video: Path, source: Path, output: Path, audio: AudioPolicy, write_to: Path | None = None) -> int:
     """Writes `output`: the packets of `video` (video-only, the anonymized frames), plus the source's
     container tags less location ones and, with `audio="keep"`, its audio packets unchanged.
@@ -95,6 +175,8 @@ def carry_over(video: Path, source: Path, output: Path, audio: AudioPolicy, writ
     """
     staged = write_to or partial_path(output)
     keep_audio: list = []
+    if audio == "keep":
+        check_audio_fits(source, output)  # before: MPEG-TS took PCM as a data stream, the audio silently lost
     try:
         with av.open(str(video)) as anonymized, av.open(str(source)) as original:
             keep_audio = list(original.streams.audio) if audio == "keep" else []
@@ -120,7 +202,7 @@ def carry_over(video: Path, source: Path, output: Path, audio: AudioPolicy, writ
     except (av.FFmpegError, ValueError) as exc:
         staged.unlink(missing_ok=True)
         what = f"audio ({', '.join(s.codec_context.name for s in keep_audio)})" if audio == "keep" else "tags"
-        raise OutputError(f"cannot copy the {what} of {source} into {output.name}: {exc}") from None
+        raise OutputError(f"cannot copy the {what} of {source} into {output.name}: {_reason(exc)}") from None
     except BaseException:
         staged.unlink(missing_ok=True)
         raise
@@ -178,6 +260,7 @@ def finish_single_file(camera, audio: AudioPolicy) -> Callable[[], int]:
     def nothing() -> int:
         return 0
 
+    from anonengine.interrupts import INTERRUPTS
     from anonengine.sources import is_live
 
     try:
@@ -194,16 +277,30 @@ def finish_single_file(camera, audio: AudioPolicy) -> Callable[[], int]:
         extras = probe(camera.source)
     except InputError:
         return nothing
+    if audio == "keep" and extras.has_audio:
+        check_audio_fits(camera.source, camera.output)  # before any work: one line, nothing written
 
     def finish() -> int:
         source, output = Path(camera.source), Path(camera.output)
         if extras.has_audio and audio == "drop":
             print(dropped_line(source.name, extras), file=sys.stderr)
         if extras.needs_remux(audio) and output.is_file():
-            carry_over(output, source, output, audio, write_to=output.with_name(f".{output.name}.remux.mp4"))
+            try:
+                with INTERRUPTS.deferred():  # short (0.11 s for a 60 s 720p file): a stop waits for it
+                    carry_over(output, source, output, audio, write_to=output.with_name(f".{output.name}.remux.mp4"))
+            except BaseException as exc:
+                # Without its audio (or tags) the output is not complete, and must not stand at its final name
+                # (before, a silent video did, exit 2): it goes, as a failed run's output does, and its
+                # frames' metadata with it.
+                output.unlink(missing_ok=True)
+                if camera.metadata:
+                    Path(camera.metadata).unlink(missing_ok=True)
+                if isinstance(exc, AnonError):
+                    raise type(exc)(f"{exc}; {output.name} removed") from None
+                raise
         return 0
 
     return finish
 
 
-__all__ = ["AudioPolicy", "SourceExtras", "carry_over", "dropped_line", "finish_single_file", "is_location_tag", "kept_tags", "probe"]
+__all__ = ["AudioPolicy", "SourceExtras", "carry_over", "check_audio_fits", "dropped_line", "finish_single_file", "is_location_tag", "kept_tags", "probe"]

@@ -1,0 +1,161 @@
+"""`--audio keep` into every container the engine writes (MP4, MOV, Matroska, MPEG-TS), for common codecs.
+
+A user's trial found PCM audio kept into a `.ts` written as a `bin_data` data stream (exit 0, the sound
+silently lost: MPEG-TS has no stream type for it), and Opus into a `.mov` refused by FFmpeg only after the
+run, leaving a silent video at the final name (exit 2). `check_audio_fits` now refuses such a pair before
+any work, one line; it must agree with what a real remux gives, pair by pair. What FFmpeg (PyAV's, 8.x)
+gave when tried:
+
+            MP4   MOV   MKV   TS
+  aac       yes   yes   yes   yes
+  mp3       yes   yes   yes   yes
+  opus      yes   no    yes   yes
+  pcm_s16le yes   yes   yes   data
+  ac3       yes   yes   yes   yes
+  flac      yes   no    yes   data
+  vorbis    yes   no    yes   data
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import av
+import pytest
+
+from anonengine import audio as audio_module
+from anonengine.audio import carry_over, check_audio_fits, finish_single_file
+from anonengine.config import CameraConfig
+from anonengine.errors import OutputError
+
+pytestmark = pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="the inputs are made by the ffmpeg command")
+
+FAST = ("--imgsz", "320", "--device", "cpu", "--quiet")
+ENCODERS = {"aac": "aac", "mp3": "libmp3lame", "opus": "libopus", "pcm_s16le": "pcm_s16le", "ac3": "ac3",
+            "flac": "flac", "vorbis": "libvorbis"}
+SUFFIXES = (".mp4", ".mov", ".mkv", ".ts")
+# Pairs a user's trial met, which must stay refused whatever else FFmpeg comes to take.
+REFUSED = {("pcm_s16le", ".ts"), ("opus", ".mov")}
+
+
+@pytest.fixture(scope="module")
+def sources(tmp_path_factory) -> dict[str, Path]:
+    """The sample clip (640x360, 24 frames at 24/s) with 1 s of 440 Hz sine in each codec, in Matroska,
+    which holds them all; codecs this ffmpeg cannot encode are left out."""
+    from anonengine.sample import make_sample
+
+    base = tmp_path_factory.mktemp("audio_outputs")
+    clip = make_sample(base / "sample", width=640, height=360, frames=24, fps=24)
+    made = {}
+    for codec, encoder in ENCODERS.items():
+        path = base / f"{codec}.mkv"
+        done = subprocess.run(["ffmpeg", "-v", "error", "-y", "-i", str(clip.video), "-f", "lavfi", "-i",
+                               "sine=frequency=440:sample_rate=48000:duration=1", "-map", "0:v", "-map", "1:a",
+                               "-c:v", "copy", "-c:a", encoder, str(path)], check=False, capture_output=True)
+        if done.returncode == 0:
+            made[codec] = path
+    made["video"] = clip.video
+    return made
+
+
+def audio_packets(path: Path) -> list[bytes]:
+    with av.open(str(path)) as c:
+        return [bytes(p) for p in c.demux(c.streams.audio[0]) if p.size] if c.streams.audio else []
+
+
+def written_audio(path: Path) -> list[str]:
+    """What a file's streams other than its video are, as its demuxer reads them: `audio:CODEC` or `data`."""
+    with av.open(str(path)) as c:
+        return [f"audio:{s.codec_context.codec.id}" if s.type == "audio" else s.type
+                for s in c.streams if s.type != "video"]
+
+
+@pytest.mark.parametrize("suffix", SUFFIXES)
+@pytest.mark.parametrize("codec", list(ENCODERS))
+def test_the_check_agrees_with_a_real_remux(codec, suffix, sources, tmp_path, monkeypatch):
+    """Where the check lets audio through, `carry_over` copies every packet as that codec's audio; where
+    it refuses, a remux without it fails or writes no audio (a data stream), and with it nothing is written."""
+    if codec not in sources:
+        pytest.skip(f"this ffmpeg has no {ENCODERS[codec]} encoder")
+    source, video = sources[codec], sources["video"]
+    with av.open(str(source)) as c:
+        codec_id = c.streams.audio[0].codec_context.codec.id
+    output = tmp_path / f"out{suffix}"
+    try:
+        check_audio_fits(source, output)
+        fits = True
+    except OutputError as exc:
+        fits = False
+        line = str(exc)
+        assert "\n" not in line and codec in line and "--audio drop" in line
+    if (codec, suffix) in REFUSED:
+        assert not fits
+
+    if fits:
+        assert carry_over(video, source, output, "keep") == len(audio_packets(source))
+        assert written_audio(output) == [f"audio:{codec_id}"]
+        copied, original = audio_packets(output), audio_packets(source)
+        # Unchanged: MPEG-TS carries AAC with an ADTS header before each packet (the muxer adds it).
+        assert len(copied) == len(original) and all(c.endswith(o) for c, o in zip(copied, original, strict=True))
+    else:
+        with pytest.raises(OutputError):
+            carry_over(video, source, output, "keep")
+        assert list(tmp_path.iterdir()) == []
+        # Without the check, FFmpeg refuses the pair or writes the audio as something no player plays.
+        monkeypatch.setattr(audio_module, "check_audio_fits", lambda *_: None)
+        try:
+            carry_over(video, source, output, "keep")
+        except OutputError:
+            assert not output.exists()
+        else:
+            assert f"audio:{codec_id}" not in written_audio(output)
+
+
+@pytest.mark.parametrize(("codec", "suffix"), sorted(REFUSED))
+def test_a_codec_the_container_cannot_hold_is_refused_before_any_work(codec, suffix, sources, anonengine_cli,
+                                                                    tmp_path):
+    """Before: PCM into .ts exited 0 with the sound as a data stream; Opus into .mov anonymized every frame,
+    then failed and left a silent video at the final name."""
+    if codec not in sources:
+        pytest.skip(f"this ffmpeg has no {ENCODERS[codec]} encoder")
+    out = tmp_path / "out"
+    out.mkdir()
+    result = anonengine_cli("run", "--video-source", sources[codec], "--output-video", out / f"clip{suffix}",
+                            "--audio", "keep", *FAST)
+    assert result.returncode == 2
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and "cannot hold the" in lines[0] and codec in lines[0], result.stderr
+    assert "frames anonymized" not in result.stderr
+    assert list(out.iterdir()) == []
+
+
+def test_a_codec_the_container_can_hold_is_copied_through_the_cli(sources, anonengine_cli, tmp_path):
+    """PCM, which MPEG-TS cannot hold, goes into Matroska packet for packet."""
+    if "pcm_s16le" not in sources:
+        pytest.skip("this ffmpeg has no pcm_s16le encoder")
+    output = tmp_path / "clip.mkv"
+    result = anonengine_cli("run", "--inline", "--video-source", sources["pcm_s16le"], "--output-video", output,
+                            "--audio", "keep", *FAST)
+    assert result.returncode == 0, result.stderr
+    assert audio_packets(output) == audio_packets(sources["pcm_s16le"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["clip.mkv"]
+
+
+def test_a_failed_audio_copy_leaves_nothing_at_the_final_name(sources, tmp_path, monkeypatch):
+    """When carrying the audio over fails once the video is written (here FFmpeg's own refusal, the check
+    taken away), the silent video does not stay at the final name: it is removed with its metadata, as a
+    failed run's output is, and the error is one line."""
+    if "opus" not in sources:
+        pytest.skip("this ffmpeg has no libopus encoder")
+    output, metadata = tmp_path / "clip.mov", tmp_path / "clip.jsonl"
+    camera = CameraConfig(source=str(sources["opus"]), output=str(output), metadata=str(metadata))
+    monkeypatch.setattr(audio_module, "check_audio_fits", lambda *_: None)
+    finish = finish_single_file(camera, "keep")
+    shutil.copy(sources["video"], output)  # what the run wrote: the anonymized video, without audio
+    metadata.write_text("{}\n")
+    with pytest.raises(OutputError) as failed:
+        finish()
+    assert "\n" not in str(failed.value) and str(failed.value).endswith("clip.mov removed")
+    assert list(tmp_path.iterdir()) == []
