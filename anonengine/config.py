@@ -32,6 +32,11 @@ class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+# Above this a person the detector found, scored as most persons are, is left as filmed: a user's
+# `--person-conf 1` hid nobody, and the run said it anonymized every frame.
+MOST_PERSON_CONF = 0.5
+
+
 class DetectorConfig(StrictModel):
     pose_model: str = Field(DEFAULT_POSE_MODEL, description="YOLO pose model: keypoints, and person boxes for `bbox`.")
     seg_model: str = Field(DEFAULT_SEG_MODEL, description="YOLO segmentation model, used by the `seg` method.")
@@ -57,7 +62,8 @@ class DetectorConfig(StrictModel):
         "half-precision torch) on CUDA, OpenVINO (else torch) on CPU.",
     )
     person_conf: float = Field(
-        0.15, ge=0.0, le=1.0, description="Minimum score for a person to be masked (lower hides more)."
+        0.15, ge=0.0, le=1.0,
+        description=f"Minimum score for a person to be masked (lower hides more); at most {MOST_PERSON_CONF}.",
     )
     iou: float = Field(0.6, gt=0.0, le=1.0, description="Non-maximum suppression IoU threshold.")
     half: bool = Field(True, description="Half precision where the device supports it (CUDA).")
@@ -86,6 +92,13 @@ class DetectorConfig(StrictModel):
         "appearing (or failed), every 2nd while someone moves fast or persons overlap, every `stride`-th "
         "otherwise; fixed: every `stride`-th frame always.",
     )
+
+    @model_validator(mode="after")
+    def _hides_what_it_finds(self):
+        if self.person_conf > MOST_PERSON_CONF:
+            raise ValueError(f"person_conf {self.person_conf} would leave persons the detector found as filmed (most "
+                             f"score 0.3 to 0.9): at most {MOST_PERSON_CONF}; lower hides more (the default 0.15)")
+        return self
 
 
 class MaskConfig(StrictModel):

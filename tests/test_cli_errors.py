@@ -543,10 +543,13 @@ def test_the_log_level_is_every_process_s_in_any_case(inline, small_sample_clip,
      "--http needs the engine, which --inline does without: run without --inline"),
     (["--output-dir", "{tmp}/out", "--camera", "lobby"],
      "--camera is for a single file, not a batch (--output-dir): its files are named by their paths"),
-], ids=["inline tap", "inline http", "batch camera"])
+    (["--person-conf", "1"], "person_conf 1.0 would leave persons the detector found as filmed (most score 0.3 "
+     "to 0.9): at most 0.5; lower hides more (the default 0.15)"),
+], ids=["inline tap", "inline http", "batch camera", "person conf 1"])
 def test_a_flag_the_run_would_leave_out_is_refused(flags, said, small_sample_clip, anonengine_cli, tmp_path):
     """`run --inline --tap ipc` and `--inline --http HOST:PORT` ran without a tap or a server, exit 0; a
-    batch's `--camera` named nothing (its files are named by their paths, and it writes no metadata)."""
+    batch's `--camera` named nothing (its files are named by their paths, and it writes no metadata);
+    `--person-conf 1` hid nobody, exit 0."""
     from helpers import free_port
 
     (tmp_path / "videos").mkdir()
