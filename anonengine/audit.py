@@ -68,6 +68,7 @@ class AuditReport:
     rotate: int = 0  # how the original was turned to compare (the run's `--rotate`)
     shown_size: tuple[int, int] = (0, 0)  # (width, height) of the frames as the adversary looked at them
     closest: int = 0  # a photo larger than `imgsz`: the largest size it was also looked at (`closer_sizes`)
+    cut_short: bool = False  # the anonymized video ends before the original: its `frames` were audited
 
     @property
     def smallest_person(self) -> int:
@@ -115,7 +116,8 @@ def audit(original: str, anonymized: str, pose_model: str = "yolo11n-pose.pt", c
         raise ModelError(f"cannot load model {pose_model}: {first_line(exc)}") from None
     flagged, drawn, count, shown_size, closest = [], [], 0, (0, 0), 0
     photo = is_photo(original)
-    for source, frame in zip(originals, anonymizeds):
+    original_frames, anonymized_frames = iter(originals), iter(anonymizeds)
+    while (source := next(original_frames, None)) is not None and (frame := next(anonymized_frames, None)) is not None:
         count += 1
         # An odd-sized original is encoded one pixel larger (its edge repeated): compare the same pixels.
         frame.image = frame.image[: source.image.shape[0], : source.image.shape[1]]
@@ -145,7 +147,12 @@ def audit(original: str, anonymized: str, pose_model: str = "yolo11n-pose.pt", c
             flagged.append(AuditFrame(frame.seq, round(frame.time, 6), leaks))
         elif others:
             drawn.append(AuditFrame(frame.seq, round(frame.time, 6), others))
-    return AuditReport(original, anonymized, count, conf, imgsz, flagged, drawn, rotate, shown_size, closest)
+    if source is None and next(anonymized_frames, None) is not None:
+        # Its frames past the original's would go unaudited: a clean report of a video it was not compared with.
+        raise InputError(f"{anonymized} goes on after the {count} frames of {original}: it is not that original's "
+                         "anonymized copy (its other frames could not be audited)")
+    return AuditReport(original, anonymized, count, conf, imgsz, flagged, drawn, rotate, shown_size, closest,
+                       cut_short=source is not None)
 
 
 def matching_turn(original: str, anonymized: str, rotate: int | None = None) -> int:

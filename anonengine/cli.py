@@ -321,6 +321,9 @@ def cmd_audit(args: argparse.Namespace) -> int:
     print(f"{len(report.flagged)} of {report.frames} frames show a person as filmed{turned} (leak rate "
           f"{report.leak_rate:.1%}); {report.skeleton_only} more with finds over anonymized areas only "
           f"(skeletons); report: {json_path}" + (f", worst frames: {sheet}" if sheet else ""))
+    if report.cut_short:
+        print(f"The anonymized video ends before the original: its {report.frames} frames were audited, the "
+              "original's later ones are not in it")
     if report.smallest_person:
         looked = f"--imgsz {report.imgsz}" + (f" and closer, to {report.closest}" if report.closest else "")
         closer = "" if report.closest else f"; --imgsz {2 * report.imgsz} halves that (4 times as slow)"

@@ -10,6 +10,7 @@ from anonengine.compositor import JOINT_COLOR, LIMB_COLOR, Compositor
 from anonengine.config import AnonymizerConfig, BackgroundConfig, CameraConfig, EngineConfig, MaskConfig
 from anonengine.detections import Detections
 from anonengine.detector import PersonDetector
+from anonengine.errors import InputError
 from anonengine.inline import run_inline
 from anonengine.masks import dilated_boxes
 from anonengine.sample import make_sample
@@ -182,6 +183,25 @@ def test_audit_finds_persons_in_the_original_and_none_in_the_anonymized(small_sa
     assert raw.leak_rate == 1.0
     sheet = write_worst_frames(raw, tmp_path / "worst.png")
     assert sheet is not None and sheet.stat().st_size > 10_000
+
+    # Frames it cannot compare: before, either video's frames past the other's end went unaudited, unsaid.
+    def first_five(video: str, path) -> str:
+        from anonengine.config import EncoderConfig
+        from anonengine.video import VideoWriter
+
+        frames = list(VideoReader(video))[:5]
+        writer = VideoWriter(path, info.width, info.height, info.rate, info.time_base, EncoderConfig(crf=8))
+        for frame in frames:
+            writer.write(frame.image, frame.pts)
+        writer.close()
+        return str(path)
+
+    cut = audit(str(small_sample_clip.video), first_five(str(tmp_path / "out.mp4"), tmp_path / "cut.mp4"), model,
+                imgsz=640, device="cpu")
+    assert (cut.frames, cut.cut_short, cut.flagged) == (5, True, [])
+    with pytest.raises(InputError, match="goes on after the 5 frames of .*: it is not that original's anonymized"):
+        audit(first_five(str(small_sample_clip.video), tmp_path / "orig5.mp4"), str(tmp_path / "out.mp4"), model,
+              imgsz=640, device="cpu")
 
 
 @pytest.mark.parametrize(("lookahead", "stride"), [(0, 1), (8, 1), (8, 2)])
