@@ -7,10 +7,10 @@ YAML file is an error that names the key instead of a silently ignored setting.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic_core import PydanticCustomError
 
 from anonengine.errors import ConfigError
@@ -336,6 +336,23 @@ def _same_file(source: str, target: str) -> bool:
         return False
 
 
+def _in_the_frame(point: tuple[float, float]) -> tuple[float, float]:
+    if not all(0.0 <= share <= 1.0 for share in point):
+        raise ValueError(f"[{point[0]}, {point[1]}] is outside the frame: a privacy zone's points are shares of "
+                         "the frame's width and height, 0..1")
+    return point
+
+
+def _a_polygon(zone: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    if len(zone) < 3:
+        raise ValueError(f"{len(zone)} points: a privacy zone is a polygon of at least 3 [x, y] points")
+    return zone
+
+
+# A zone of 2 points hid nothing, one reaching outside 0..1 was cut at the frame's edge: both passed silently.
+PrivacyZone = Annotated[list[Annotated[tuple[float, float], AfterValidator(_in_the_frame)]], AfterValidator(_a_polygon)]
+
+
 class CameraConfig(StrictModel):
     name: str = Field("cam0", pattern=r"^[A-Za-z0-9_-]{1,32}$", description="Camera name, unique in the engine.")
     source: str = Field(..., min_length=1, description="Video file, webcam index (0) or stream URL.")
@@ -362,7 +379,7 @@ class CameraConfig(StrictModel):
         "down: 180), after the turn its container asks for: the detector misses most persons upside down or on "
         "their side, and the output is written turned.",
     )
-    privacy_zones: list[list[tuple[float, float]]] = Field(
+    privacy_zones: list[PrivacyZone] = Field(
         default_factory=list,
         description="Polygons always hidden, as [x, y] points in shares of the frame width and height (0..1), of "
         "the picture as `rotate` turns it (redraw them when you change it).",
@@ -590,14 +607,23 @@ class EngineConfig(StrictModel):
 def load_yaml(path: Path, model: type[BaseModel]) -> BaseModel:
     """Loads and validates a YAML file; errors name the key and its line."""
     try:
-        text = Path(path).read_text()
+        text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"cannot read config {path}: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        line = exc.object[:exc.start].count(b"\n") + 1
+        raise ConfigError(f"{path}: line {line}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x}): save the file "
+                          "as UTF-8") from None
     try:
         data = yaml.compose(text)
         raw = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: invalid YAML: {exc}".replace("\n", " ")) from None
+    duplicate = _duplicate_key(data)
+    if duplicate:
+        key, line, first = duplicate
+        raise ConfigError(f"{path}: line {line}: {key}: duplicate key (first at line {first}; YAML would keep only "
+                          "the last): give it once")
     try:
         return model.model_validate(raw)
     except ValidationError as exc:
@@ -607,6 +633,31 @@ def load_yaml(path: Path, model: type[BaseModel]) -> BaseModel:
         line = _line_of(data, err["loc"])
         where = f"line {line}: " if line else ""
         raise ConfigError(f"{path}: {where}{'.'.join(loc) or '(top)'}: {error_text(err)}") from None
+
+
+def _duplicate_key(node, where: tuple[str, ...] = (), seen: set[int] | None = None) -> tuple[str, int, int] | None:
+    """The first key given twice in one mapping of a composed YAML document, as (dotted path, its line, the line
+    of its first), else None: PyYAML keeps the last silently."""
+    seen = set() if seen is None else seen
+    if node is None or id(node) in seen:  # an alias: its node is checked where it is defined
+        return None
+    seen.add(id(node))
+    if isinstance(node, yaml.MappingNode):
+        first: dict[tuple[str, str], int] = {}  # (tag, text): `1` and `"1"` are two keys
+        for key, value in node.value:
+            if isinstance(key, yaml.ScalarNode) and key.tag != "tag:yaml.org,2002:merge":
+                if (key.tag, key.value) in first:
+                    return ".".join((*where, key.value)), key.start_mark.line + 1, first[key.tag, key.value]
+                first[key.tag, key.value] = key.start_mark.line + 1
+            found = _duplicate_key(value, (*where, str(key.value)), seen)
+            if found:
+                return found
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            found = _duplicate_key(item, (*where, str(index)), seen)
+            if found:
+                return found
+    return None
 
 
 def _line_of(node, loc) -> int | None:

@@ -239,11 +239,18 @@ def test_tap_record_keeps_one_camera_when_the_engine_has_two(models_dir, tmp_pat
 
 
 def test_validate_config_accepts_valid_files_and_starts_nothing(models_dir, tmp_path):
-    shipped = cli("launch", "--validate-config", "config/engine.yaml", cwd=REPO)
+    # The shipped file's cameras read out/sample/sample.mp4 (`anonengine sample --out out/sample`), relative to
+    # where it runs; validation checks, as launch does, that it is there. Nothing reads it here.
+    (tmp_path / "shipped/out/sample").mkdir(parents=True)
+    (tmp_path / "shipped/out/sample/sample.mp4").touch()
+    (tmp_path / "shipped/config").mkdir()
+    (tmp_path / "shipped/config/engine.yaml").write_text((REPO / "config/engine.yaml").read_text())
+    shipped = cli("launch", "--validate-config", "config/engine.yaml", cwd=tmp_path / "shipped")
     assert shipped.returncode == 0, shipped.stderr
     assert shipped.stdout.strip() == "config/engine.yaml: valid (2 camera(s))"
 
-    cfg = engine_config(tmp_path, models_dir, {"a": tmp_path / "none.mp4", "b": tmp_path / "none.mp4"})
+    (tmp_path / "source.mp4").touch()  # never opened: a file source is checked to be there
+    cfg = engine_config(tmp_path, models_dir, {"a": tmp_path / "source.mp4", "b": tmp_path / "source.mp4"})
     path = tmp_path / "engine.yaml"
     path.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
     result = cli("launch", "--validate-config", path)
@@ -277,6 +284,108 @@ def test_validate_config_names_the_bad_key_and_its_line(case, tmp_path):
     assert len(lines) == 1, result.stderr
     assert "Traceback" not in result.stderr
     assert key in lines[0] and f"line {line}:" in lines[0], lines[0]
+
+
+def _two_cameras(tmp_path: Path) -> dict:
+    """A valid config of two cameras whose source files are there (nothing is read: no stage starts)."""
+    for name in ("a", "b"):
+        (tmp_path / f"{name}-source.mp4").touch()
+    return {"engine": {"run_dir": str(tmp_path / "run")}, "tap": {"endpoint": ""}, "http": {"listen": "off"},
+            "cameras": [{"name": name, "source": str(tmp_path / f"{name}-source.mp4"),
+                         "output": str(tmp_path / f"{name}.mp4"), "metadata": str(tmp_path / f"{name}.jsonl")}
+                        for name in ("a", "b")]}
+
+
+def _missing_source(tmp_path: Path, cfg: dict):
+    cfg["cameras"][0]["source"] = str(tmp_path / "gone.mp4")
+    return cfg, [f"camera a: video source not found: {tmp_path / 'gone.mp4'}"]
+
+
+def _token_file_missing(tmp_path: Path, cfg: dict):
+    cfg["http"] = {"token_file": str(tmp_path / "token")}  # on the default address, 127.0.0.1:8080
+    return cfg, [f"cannot read http.token_file {tmp_path / 'token'}: No such file or directory"]
+
+
+def _token_file_short(tmp_path: Path, cfg: dict):
+    (tmp_path / "token").write_text("abc\n")
+    cfg["http"] = {"token_file": str(tmp_path / "token")}
+    return cfg, [f"http.token_file {tmp_path / 'token'} holds 3 characters: use at least 16 random ones"]
+
+
+def _same_output(tmp_path: Path, cfg: dict):
+    cfg["cameras"][1]["output"] = cfg["cameras"][0]["output"]
+    return cfg, [f"camera b: {tmp_path / 'a.mp4'} is already the output of camera a"]  # as `attach` says it
+
+
+def _same_metadata(tmp_path: Path, cfg: dict):
+    cfg["cameras"][1]["metadata"] = cfg["cameras"][0]["metadata"]
+    return cfg, [f"camera b: {tmp_path / 'a.jsonl'} is already the metadata of camera a"]
+
+
+def _duplicate_key(tmp_path: Path, cfg: dict):
+    text = yaml.safe_dump(cfg, sort_keys=False)
+    assert text.startswith("engine:\n  run_dir: ")
+    lines = text.splitlines(keepends=True)
+    lines[2:2] = ["  ring_slots: 16\n", "  ring_slots: 24\n"]  # lines 3 and 4: PyYAML kept the last
+    return "".join(lines), ["line 4:", "engine.ring_slots", "duplicate key", "line 3"]
+
+
+def _zone_of_two_points(tmp_path: Path, cfg: dict):
+    cfg["cameras"][1]["privacy_zones"] = [[[0.1, 0.1], [0.2, 0.2], [0.1, 0.3]], [[0.0, 0.0], [0.5, 0.5]]]
+    return cfg, ["cameras.1.privacy_zones.1:", "2 points", "at least 3"]
+
+
+def _zone_outside_the_frame(tmp_path: Path, cfg: dict):
+    cfg["cameras"][0]["privacy_zones"] = [[[0.0, 0.0], [1.5, 0.0], [1.0, 1.0]]]
+    return cfg, ["cameras.0.privacy_zones.0.1:", "[1.5, 0.0]", "0..1"]
+
+
+def _not_utf8(tmp_path: Path, cfg: dict):
+    text = yaml.safe_dump(cfg, sort_keys=False)
+    line = text.count("\n") + 1
+    return text.encode() + "# caf\u00e9, saved as Latin-1\n".encode("latin-1"), [f"line {line}: not UTF-8 text (byte 0xe9)"]
+
+
+REFUSED_CONFIGS = {case.__name__.lstrip("_"): case for case in (
+    _missing_source, _token_file_missing, _token_file_short, _same_output, _same_metadata, _duplicate_key,
+    _zone_of_two_points, _zone_outside_the_frame, _not_utf8)}
+
+
+def _launch_refusal(path: Path) -> str | None:
+    """What `launch` says of the config (its stages fakes, its checks real), or None if it started."""
+    from anonengine.config import load_yaml
+    from anonengine.errors import AnonError
+
+    try:
+        launcher = Launcher(load_yaml(path, EngineConfig))
+        launcher.spawn, launcher.clock = FakeSpawn(lambda name: None), FakeClock()
+        launcher.start()
+    except AnonError as exc:
+        return f"anonengine: error: {exc}"
+    launcher.stop(grace_s=1)
+    return None
+
+
+@pytest.mark.parametrize("case", REFUSED_CONFIGS, ids=str)
+def test_validate_config_refuses_what_launch_refuses_with_the_same_line(case, tmp_path):
+    """A user's trial: `--validate-config` said "valid" for configs launch then refused (a missing source, a
+    missing or short http.token_file), and passed mistakes that launch ran with or fumbled: two cameras writing
+    one file (launch said "another anonengine is writing it", naming its own pid), a key given twice (PyYAML
+    keeps the last), privacy zones that are no polygon or reach outside the frame, a file not in UTF-8 (an
+    internal error, exit 1). Both run the same checks now: one line, exit 2, before anything starts."""
+    made, expected = REFUSED_CONFIGS[case](tmp_path, _two_cameras(tmp_path))
+    path = tmp_path / "engine.yaml"
+    if isinstance(made, bytes):
+        path.write_bytes(made)
+    else:
+        path.write_text(made if isinstance(made, str) else yaml.safe_dump(made, sort_keys=False))
+    result = cli("launch", "--validate-config", path)
+    assert (result.returncode, result.stdout) == (2, ""), result.stdout + result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("anonengine: error: "), result.stderr
+    assert all(part in lines[0] for part in expected), lines[0]
+    assert _launch_refusal(path) == lines[0]
+    assert not (tmp_path / "run").exists(), "refused before anything starts"
 
 
 # --- the launcher's supervision, with fake processes and a fake clock -------------------------------

@@ -26,7 +26,9 @@ TAP_TIME_BASE = Fraction(1, 90000)
 def register(sub) -> None:
     launch = sub.add_parser("launch", help="start and supervise every stage of the engine")
     launch.add_argument("config", help="engine YAML (see config/engine.yaml)")
-    launch.add_argument("--validate-config", action="store_true", help="check the file and exit")
+    launch.add_argument("--validate-config", action="store_true",
+                        help="check the file as launch does before it starts (sources there, outputs writable, "
+                        "http.token_file readable) and exit, starting nothing")
     launch.set_defaults(func=cmd_launch)
 
     tap = sub.add_parser("tap", help="subscribe to the engine's anonymized output")
@@ -68,9 +70,12 @@ def register(sub) -> None:
 
 def cmd_launch(args: argparse.Namespace) -> int:
     from anonengine.config import EngineConfig, load_yaml
-    from anonengine.engine.launcher import launch
+    from anonengine.engine.launcher import check_config, launch
 
     cfg = load_yaml(Path(args.config), EngineConfig)
+    # The checks launch makes before it starts anything (Launcher.start runs them too): validation says what
+    # launch would say (it said "valid" of files whose source was missing), and launch says it at once.
+    check_config(cfg)
     if args.validate_config:
         print(f"{args.config}: valid ({len(cfg.cameras)} camera(s))")
         return 0

@@ -38,7 +38,7 @@ from anonengine.paths import partial_metadata_path, partial_path
 from anonengine.recording import segments_folder
 from anonengine.rundir import private_dir, run_dir_path
 from anonengine.shm import SHM_DIR, instance_segments, made_by, remove_stale_segments, unlink
-from anonengine.sources import is_live, resolve_stream
+from anonengine.sources import classify, is_live, resolve_stream
 from anonengine.tap import MAX_TAP_MESSAGE_BYTES
 from anonengine.video import claim_output, refuse_unreplaceable
 
@@ -145,6 +145,7 @@ class Launcher:
 
         Everything that can fail on the user's input fails here, with one line, before any stage runs.
         """
+        check_config(self.cfg)  # what `launch --validate-config` checks, before anything is made
         self._take_instance()
         try:
             self._check_tap_endpoint()
@@ -210,11 +211,8 @@ class Launcher:
             raise EngineFailed(f"cannot use the run folder {run_dir}: {exc.strerror}") from None
 
     def _check_tap_endpoint(self) -> None:
-        """A busy or unusable tap address, or CURVE keys that cannot be read, are the user's to fix: one line
-        now, not a crash loop later."""
-        if self.cfg.tap.endpoint and self.cfg.tap.curve:
-            load_key(self.cfg.tap.curve_server_key, secret=True)
-            curve_clients_folder(self.cfg.tap.curve_clients)
+        """A busy or unusable tap address is the user's to fix: one line now, not a crash loop later (its
+        CURVE keys were read by `check_config`)."""
         if self.tap_endpoint in ("", self.endpoints.tap) or self.cfg.engine.encode_workers > 1:
             # ipc: in this instance's own folder; several encoders: the relay binds the tap itself, in
             # _start, before any stage runs.
@@ -231,25 +229,22 @@ class Launcher:
         """Checks what can be known of a camera before its capture starts (a file source exists, its output
         can be written) and takes its output's lock, held until the camera is done: the encoder writes
         under it, and a second engine or run on the same output is refused at once."""
+        check_camera(camera)
         try:
-            # A file source must exist; a live one may be down now and come later. An http(s) one is asked here,
-            # once, whether it is a stream: the capture reads that from its camera's config.
+            # An http(s) source is asked here, once, whether it is a stream: the capture reads that from its
+            # camera's config.
             resolve_stream(camera)
         except InputError as exc:
             raise InputError(f"camera {camera.name}: {exc}") from None
+        running = [other for other in self.cfg.cameras
+                   if (child := self.children.get(f"capture-{other.name}")) is not None and child.process.poll() is None]
+        refuse_shared_files(camera, running)
         if not camera.output:
             return
         output = Path(camera.output)
-        for other in self.cfg.cameras:
-            running = self.children.get(f"capture-{other.name}")
-            if (other.name != camera.name and other.output and running is not None
-                    and running.process.poll() is None and Path(other.output).resolve() == output.resolve()):
-                raise OutputError(f"camera {camera.name}: {output} is already the output of camera {other.name}")
         # A failed run removes its partial files: an earlier run's, there before it, are set aside first.
         partials = (partial_metadata_path(camera.metadata),) if camera.metadata else ()
         try:
-            if camera.metadata:
-                refuse_unreplaceable(Path(camera.metadata), "metadata ")
             self.output_locks[camera.name] = claim_output(output, partials=partials)
         except OutputError as exc:
             raise OutputError(f"camera {camera.name}: {exc}") from None
@@ -740,6 +735,55 @@ class Launcher:
         self.stop_requested = True
         if self.stop_signal is None:
             self.stop_signal = signum
+
+
+def check_config(cfg: EngineConfig) -> None:
+    """What can be known of a config before anything starts, found without starting, binding, locking or writing
+    anything: `launch --validate-config` checks this, and `Launcher.start` (`launch`, `run`) before it takes its
+    instance. Raises the user's one-line error (AnonError)."""
+    for number, camera in enumerate(cfg.cameras):
+        check_camera(camera)
+        refuse_shared_files(camera, cfg.cameras[:number])
+    if cfg.http.listen != "off" and cfg.http.token_file:
+        # Also on the default address, where a busy port only costs the engine its server (a warning): a token
+        # that cannot be read is a mistake in the config.
+        from anonengine.engine.http import read_token
+
+        read_token(cfg.http.token_file)
+    if cfg.tap.endpoint and cfg.tap.curve:
+        load_key(cfg.tap.curve_server_key, secret=True)
+        curve_clients_folder(cfg.tap.curve_clients)
+
+
+def check_camera(camera: CameraConfig) -> None:
+    """A camera's file source is there and its output and metadata can be written (nothing is opened or taken).
+    A live source may be down now and come later: it is not asked here."""
+    try:
+        classify(camera.source)
+    except InputError as exc:
+        raise InputError(f"camera {camera.name}: {exc}") from None
+    try:
+        if camera.output:
+            claim_output(Path(camera.output), lock=False)
+        if camera.metadata:
+            refuse_unreplaceable(Path(camera.metadata), "metadata ")
+    except OutputError as exc:
+        raise OutputError(f"camera {camera.name}: {exc}") from None
+
+
+def refuse_shared_files(camera: CameraConfig, others: list[CameraConfig]) -> None:
+    """OutputError where `camera` would write a file (output or metadata) that another of `others` writes: two
+    writers of one file. (At launch the second camera's output lock was refused, "another anonengine is writing
+    it", naming the launcher's own pid.)"""
+    mine = {what: getattr(camera, what) for what in ("output", "metadata") if getattr(camera, what)}
+    for other in others:
+        if other.name == camera.name:
+            continue
+        theirs = {Path(path).resolve(): what for what in ("output", "metadata") if (path := getattr(other, what))}
+        for path in mine.values():
+            if Path(path).resolve() in theirs:
+                raise OutputError(f"camera {camera.name}: {Path(path)} is already the "
+                                  f"{theirs[Path(path).resolve()]} of camera {other.name}")
 
 
 def shared_memory_bytes(instance: str) -> int:
