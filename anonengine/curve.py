@@ -3,8 +3,9 @@
 A tap's headers carry every person's box and keypoints; on TCP anyone who reaches the port could read
 them. So a TCP tap is a CURVE server (encrypted) behind a ZAP handler that lets in only clients whose
 public key is in an allowed folder; any other connection is refused during the handshake and receives
-nothing. Keys are pyzmq's certificate files (`zmq.auth.create_certificates`): `NAME.key` holds the public
-key, `NAME.key_secret` both.
+nothing: the ZAP handler's refusal (400) reaches the client as an ERROR command, and `tap.subscribe` raises
+`TapRefused` (`anonengine tap` says so in one line). Keys are pyzmq's certificate files
+(`zmq.auth.create_certificates`): `NAME.key` holds the public key, `NAME.key_secret` both.
 """
 
 from __future__ import annotations

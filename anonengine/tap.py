@@ -4,7 +4,9 @@
         print(header["camera"], header["seq"], len(header["persons"]))
 
 A tap on TCP is a CURVE server that lets in listed client keys only: give `curve`, the client's key pair
-and the server's public key (`CurveClient.from_files("me.key_secret", "server.key")`).
+and the server's public key (`CurveClient.from_files("me.key_secret", "server.key")`). A tap that refuses the
+handshake (a client key it does not list, another server key, keys or none where it wants the other) raises
+`TapRefused`, as `anonengine tap` says in one line: libzmq tells it through the socket's monitor events.
 
 Each message is (camera topic, header, payload); the header is a `messages.TapHeader`. A subscriber that falls behind misses frames
 (the engine never waits for it); the gaps show in the per-camera `seq`.
@@ -12,22 +14,83 @@ Each message is (camera topic, header, payload); the header is a `messages.TapHe
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
+import time
 from typing import Iterator
 
 import cv2
 import msgspec
 import numpy as np
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
 from anonengine import messages
 from anonengine.curve import CurveClient
+from anonengine.errors import AnonError
 
 log = logging.getLogger("anonengine.tap")
 # A tap message carries a whole frame: a raw 8K frame is about 100 MB; anything larger is refused.
 MAX_TAP_MESSAGE_BYTES = 128 * 1024 * 1024
 UNTIL_POLL_MS = 100  # how often a subscription with `until` looks at it
+# A handshake the server breaks off without a word (it could not open the client's CURVE HELLO: another server
+# key) is taken for a refusal once it failed so many times in a row (libzmq retries every 0.1 s): one failure
+# could be a server that stopped mid-handshake.
+BROKEN_OFF_HANDSHAKES = 3
+HANDSHAKE_EVENTS = (zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+                    | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
+ZAP_DENIED = 400  # the ZAP handler's answer for a key it does not allow (300: temporary, 500: internal error)
+
+
+class TapRefused(AnonError):
+    """The tap refused this subscriber's handshake: it will send it nothing, however long it waits."""
+
+
+class HandshakeWatch:
+    """Reads a subscriber socket's monitor events and raises `TapRefused` when the tap refuses its handshake.
+
+    What libzmq 4.3.5 reports to a client: a key the ZAP handler refuses, HANDSHAKE_FAILED_AUTH with the status
+    400 (the server's ERROR command; libzmq then never reconnects); another server key, a server that hangs
+    up (it cannot open the HELLO) as HANDSHAKE_FAILED_NO_DETAIL, at every reconnect; a client without keys of
+    a CURVE tap, HANDSHAKE_FAILED_PROTOCOL (mechanism mismatch) or, when the tap hangs up first,
+    HANDSHAKE_FAILED_NO_DETAIL. A tap not there yet, or idle, reports none of these: it is waited for."""
+
+    def __init__(self, endpoint: str, curve: CurveClient | None) -> None:
+        self.endpoint, self.curve = endpoint, curve
+        self.broken_off = 0
+
+    def read(self, monitor: zmq.Socket) -> None:
+        while monitor.poll(0):
+            event = recv_monitor_message(monitor)
+            self.see(event["event"], event["value"])
+
+    def see(self, event: int, value: int) -> None:
+        tap = f"the tap at {self.endpoint}"
+        if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+            self.broken_off = 0
+        elif event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+            if value == ZAP_DENIED:
+                raise TapRefused(f"{tap} refused this client's key (not among its allowed clients)")
+            raise TapRefused(f"{tap} could not check this client's key (ZAP status {value}; see the engine's log)")
+        elif event == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL:
+            if value == zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH:
+                if self.curve is None:
+                    raise TapRefused(self.no_keys())
+                raise TapRefused(f"{tap} is not a CURVE tap: connect to it without keys")
+            raise TapRefused(f"{tap} broke off the handshake (ZMTP protocol error {value:#x})")
+        elif event == zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL:
+            self.broken_off += 1
+            if self.broken_off >= BROKEN_OFF_HANDSHAKES:
+                if self.curve is None:  # a CURVE tap hangs up on a client without keys before it sees the greeting
+                    raise TapRefused(self.no_keys())
+                raise TapRefused(f"{tap} broke off the CURVE handshake: the server key given is not its public key")
+
+    def no_keys(self) -> str:
+        """A client without keys of a CURVE tap: told by its greeting (mechanism mismatch) or, as often, by the
+        tap hanging up first."""
+        return (f"the tap at {self.endpoint} takes CURVE clients only: give this client's key pair and the tap's "
+                "public key")
 
 
 def subscribe(endpoint: str, cameras: tuple[str, ...] = (), timeout_s: float | None = None,
@@ -39,7 +102,8 @@ def subscribe(endpoint: str, cameras: tuple[str, ...] = (), timeout_s: float | N
     subscription ended and made again loses what is published in between).
 
     `hwm` frames wait here at most; a subscriber that wants the latest frames, not all, sets it low.
-    A CURVE tap (TCP) needs `curve`; without an allowed key nothing is received, as if no frame came.
+    A CURVE tap (TCP) needs `curve`. A tap that refuses the handshake (a key it does not allow, another
+    server key) raises `TapRefused`; one not there yet, or sending nothing, is waited for as for frames.
     """
     ctx = context or zmq.Context.instance()
     sock = ctx.socket(zmq.SUB)
@@ -52,19 +116,30 @@ def subscribe(endpoint: str, cameras: tuple[str, ...] = (), timeout_s: float | N
         sock.setsockopt(zmq.SUBSCRIBE, camera.encode())
     if curve is not None:
         curve.apply(sock)
-    sock.connect(endpoint)
+    monitor = sock.get_monitor_socket(HANDSHAKE_EVENTS)  # before connecting: no handshake goes unseen
+    monitor.setsockopt(zmq.LINGER, 0)
+    watch = HandshakeWatch(endpoint, curve)
+    poller = zmq.Poller()
+    poller.register(sock, zmq.POLLIN)
+    poller.register(monitor, zmq.POLLIN)
     try:
-        quiet_s = 0.0
+        sock.connect(endpoint)
+        quiet_since = time.monotonic()  # the last frame received, or handed over
         while True:
-            if until is None:
-                if not sock.poll(None if timeout_s is None else int(timeout_s * 1000)):
-                    return
-            elif not sock.poll(UNTIL_POLL_MS):
-                quiet_s += UNTIL_POLL_MS / 1000
-                if until.is_set() or (timeout_s is not None and quiet_s >= timeout_s):
+            wait_ms = None
+            if timeout_s is not None:
+                wait_ms = max(0, int((quiet_since + timeout_s - time.monotonic()) * 1000))
+            if until is not None:
+                wait_ms = UNTIL_POLL_MS if wait_ms is None else min(wait_ms, UNTIL_POLL_MS)
+            ready = dict(poller.poll(wait_ms))
+            if monitor in ready:
+                watch.read(monitor)  # raises TapRefused: no frame will ever come
+            if sock not in ready:
+                if (until is not None and until.is_set()) or (
+                        timeout_s is not None and time.monotonic() - quiet_since >= timeout_s):
                     return
                 continue
-            quiet_s = 0.0
+            quiet_since = time.monotonic()
             parts = sock.recv_multipart()
             try:
                 _topic, header, payload = parts
@@ -77,7 +152,11 @@ def subscribe(endpoint: str, cameras: tuple[str, ...] = (), timeout_s: float | N
                 log.warning("dropped a malformed tap message: %s", exc)
                 continue
             yield meta, image
+            quiet_since = time.monotonic()
     finally:
+        with contextlib.suppress(zmq.ZMQError):  # a context terminated meanwhile: closing is all there is
+            sock.disable_monitor()
+        monitor.close()
         sock.close()
 
 

@@ -27,17 +27,21 @@ from test_engine_control import cli, launch_in
 
 from anonengine import messages
 from anonengine.config import EngineConfig, TapConfig, load_yaml
-from anonengine.curve import CurveClient, write_key_pair, write_public_key
+from anonengine.curve import CurveClient, CurveServer, write_key_pair, write_public_key
 from anonengine.engine.launcher import Launcher
 from anonengine.engine.runtime import Endpoints
 from anonengine.errors import ConfigError
 from anonengine.rundir import default_run_dir, private_dir, run_dir_path
 from anonengine.sample import make_sample
 from anonengine.shm import PREFIX, SHM_DIR, FrameRing, instance_segments, remove_stale_segments
-from anonengine.tap import subscribe
+from anonengine.tap import TapRefused, subscribe
 
 OTHER_USER = "anontest"
 FRAMES = 16
+# What a subscriber the tap refuses is told (after "the tap at ENDPOINT ").
+REFUSED_KEY = "refused this client's key (not among its allowed clients)"
+WRONG_SERVER_KEY = "broke off the CURVE handshake: the server key given is not its public key"
+NO_KEYS = "takes CURVE clients only: give this client's key pair and the tap's public key"
 
 
 @pytest.fixture(scope="module")
@@ -166,9 +170,15 @@ def test_a_tcp_tap_without_curve_keys_is_refused_with_the_way_to_fix_it(tmp_path
 # --- a TCP tap lets in listed keys only -----------------------------------------------------------------------
 
 
-def _collect(endpoint: str, curve: CurveClient | None, sink: list, stop: threading.Event) -> None:
-    for meta, _ in subscribe(endpoint, hwm=10000, until=stop, curve=curve, context=zmq.Context()):
-        sink.append(meta["seq"])
+def _collect(endpoint: str, curve: CurveClient | None, sink: list, stop: threading.Event,
+             refusals: list | None = None) -> None:
+    try:
+        for meta, _ in subscribe(endpoint, hwm=10000, until=stop, curve=curve, context=zmq.Context()):
+            sink.append(meta["seq"])
+    except TapRefused as refused:
+        if refusals is None:
+            raise
+        refusals.append(str(refused))
 
 
 @pytest.mark.parametrize("encode_workers", [1, 2], ids=["encoder", "relay"])
@@ -196,8 +206,10 @@ def test_a_curve_tap_gives_nothing_to_no_key_or_a_wrong_key_and_everything_to_a_
     subscribers = {"none": None, "wrong": CurveClient.from_files(stranger_secret, server_public),
                    "right": CurveClient.from_files(client_secret, server_public), "launcher": launcher.tap_client}
     received: dict[str, list] = {name: [] for name in subscribers}
+    refused: dict[str, list] = {name: [] for name in subscribers}
     stop = threading.Event()
-    threads = [threading.Thread(target=_collect, args=(cfg.tap.endpoint, curve, received[name], stop), daemon=True)
+    threads = [threading.Thread(target=_collect, args=(cfg.tap.endpoint, curve, received[name], stop, refused[name]),
+                                daemon=True)
                for name, curve in subscribers.items()]
     previewed: list = []
     threads.append(threading.Thread(target=_preview, args=(launcher, previewed, stop), daemon=True))
@@ -213,7 +225,80 @@ def test_a_curve_tap_gives_nothing_to_no_key_or_a_wrong_key_and_everything_to_a_
     assert {name: len(seqs) for name, seqs in received.items()} == {"none": 0, "wrong": 0, "right": FRAMES,
                                                                     "launcher": FRAMES}
     assert received["right"] == list(range(FRAMES))
+    tap = f"the tap at {endpoint}"  # the refused ones were told, not left waiting
+    assert refused == {"none": [f"{tap} {NO_KEYS}"], "wrong": [f"{tap} {REFUSED_KEY}"], "right": [], "launcher": []}
     assert previewed, "the preview page's subscription (the launcher's key) got no frame"
+
+
+@pytest.fixture
+def curve_tap(tmp_path):
+    """A CURVE tap as the engine binds it (PUB, ZAP handler, listed clients) on 127.0.0.1, without an engine:
+    (endpoint, keys folder, publish(seq) sending one tiny frame)."""
+    keys = tmp_path / "keys"
+    _, server_secret = write_key_pair(keys, "server")
+    viewer_public, _ = write_key_pair(keys, "viewer")
+    write_key_pair(keys, "stranger")
+    write_key_pair(keys, "impostor")  # a server key pair that is not the tap's
+    (tmp_path / "clients").mkdir()
+    shutil.copy(viewer_public, tmp_path / "clients")
+    context = zmq.Context()
+    server = CurveServer(server_secret, tmp_path / "clients")
+    pub = context.socket(zmq.PUB)
+    server.secure(context, pub)
+    endpoint = f"tcp://127.0.0.1:{pub.bind_to_random_port('tcp://127.0.0.1')}"
+
+    def publish(seq: int) -> None:
+        header = messages.TapHeader(camera="cam", seq=seq, pts=seq, time=seq / 25, width=2, height=2, format="raw",
+                                    obscured=False)
+        pub.send_multipart([b"cam", messages.encode(header), bytes(12)])
+
+    yield endpoint, keys, publish
+    pub.close(linger=0)
+    server.close()
+    context.term()
+
+
+def test_a_refused_key_or_a_wrong_server_key_is_told_at_once_and_an_idle_tap_still_waited_for(curve_tap):
+    """Before, a refused subscriber received nothing, as from an idle engine: `subscribe` waited for ever (or its
+    timeout) and `anonengine tap` ended 0 without a word. libzmq tells the client: the ZAP handler's 400 comes
+    back as HANDSHAKE_FAILED_AUTH; a server that cannot open the HELLO (another server key) hangs up, each try."""
+    endpoint, keys, publish = curve_tap
+    tap = f"the tap at {endpoint}"
+    refusals = [("stranger", "server", f"{tap} {REFUSED_KEY}"), ("viewer", "impostor", f"{tap} {WRONG_SERVER_KEY}")]
+    for client, server, message in refusals:
+        started = time.monotonic()
+        with pytest.raises(TapRefused) as refused:
+            next(subscribe(endpoint, timeout_s=20, context=zmq.Context(),
+                           curve=CurveClient.from_files(keys / f"{client}.key_secret", keys / f"{server}.key")))
+        assert str(refused.value) == message
+        assert time.monotonic() - started < 5, "told only after waiting"
+    for _ in range(5):  # told by the greeting, or by the tap hanging up first: the same line either way
+        with pytest.raises(TapRefused) as refused:
+            next(subscribe(endpoint, timeout_s=20, context=zmq.Context()))
+        assert str(refused.value) == f"{tap} {NO_KEYS}"
+
+    # A listed key on an idle tap waits as before (its timeout, no error), then gets the frames.
+    listed = CurveClient.from_files(keys / "viewer.key_secret", keys / "server.key")
+    started = time.monotonic()
+    assert list(subscribe(endpoint, timeout_s=1.5, context=zmq.Context(), curve=listed)) == []
+    assert 1.4 < time.monotonic() - started < 5
+    got: list = []
+    stop = threading.Event()
+    reader = threading.Thread(target=_collect, args=(endpoint, listed, got, stop), daemon=True)
+    reader.start()
+    try:
+        assert wait_for(lambda: publish(len(got)) or got, 10), "the listed key got no frame"
+    finally:
+        stop.set()
+        reader.join(10)
+
+    # And the command says it in one line, exit 2, instead of ending 0 (or waiting) without a word.
+    for client, server, message in refusals:
+        started = time.monotonic()
+        told = cli("tap", endpoint, "--key", keys / f"{client}.key_secret", "--server-key", keys / f"{server}.key",
+                   "--timeout", "20")
+        assert (told.returncode, told.stdout, told.stderr) == (2, "", f"anonengine: error: {message}\n")
+        assert time.monotonic() - started < 15, "told only after waiting"
 
 
 def _preview(launcher: Launcher, sink: list, stop: threading.Event) -> None:
