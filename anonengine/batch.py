@@ -35,7 +35,7 @@ import av
 import cv2
 import numpy as np
 
-from anonengine.audio import AudioPolicy, carry_over, dropped_line, probe
+from anonengine.audio import AudioPolicy, carry_over, check_audio_fits, dropped_line, probe
 from anonengine.config import AnonymizerConfig, CameraConfig, EngineConfig
 from anonengine.errors import AnonError, ConfigError, InputError, ModelError, OutputError
 from anonengine.interrupts import INTERRUPTS, Interrupted
@@ -288,6 +288,8 @@ class FileRunner:
     def _video(self, job: Job) -> tuple[int, str]:
         from anonengine.inline import run_inline
 
+        if self.audio == "keep":
+            check_audio_fits(job.source, job.output)  # before its frames: an IP camera's mu-law sound in an MP4
         camera = CameraConfig(name=self.camera, source=str(job.source), output=str(job.staged), rotate=self.rotate)
         cfg = self.cfg.model_copy(update={"cameras": [camera]})
         (result,) = run_inline(cfg, detect=self.detect, on_frame=self.on_frame)

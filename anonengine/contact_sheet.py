@@ -27,6 +27,9 @@ def write_contact_sheet(original: Path, anonymized: Path, path: Path, rows: int 
 def _panel(image: np.ndarray, label: str) -> np.ndarray:
     h, w = image.shape[:2]
     panel = cv2.resize(image, (PANEL_WIDTH, round(h * PANEL_WIDTH / w)), interpolation=cv2.INTER_AREA)
-    cv2.putText(panel, label, (8, 22), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (0, 0, 0), 3, cv2.LINE_AA)
+    # White on a black box: OpenCV 5 draws a thicker stroke with wider letters, so a black outline drawn
+    # thick under the white ran ahead of it (the demo's labels came out garbled).
+    (width, height), baseline = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, 0.6, 1)
+    cv2.rectangle(panel, (4, 22 - height - 4), (12 + width, 22 + baseline + 2), (0, 0, 0), cv2.FILLED)
     cv2.putText(panel, label, (8, 22), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (255, 255, 255), 1, cv2.LINE_AA)
     return cv2.copyMakeBorder(panel, 2, 2, 2, 2, cv2.BORDER_CONSTANT, value=(255, 255, 255))

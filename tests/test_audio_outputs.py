@@ -159,3 +159,29 @@ def test_a_failed_audio_copy_leaves_nothing_at_the_final_name(sources, tmp_path,
         finish()
     assert "\n" not in str(failed.value) and str(failed.value).endswith("clip.mov removed")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_batch_refuses_a_file_whose_audio_mp4_cannot_hold_before_its_frames(sources, models_dir, tmp_path):
+    """An IP camera's mu-law sound cannot go into a batch's MP4 unchanged: the file failed only after all its
+    frames were anonymized. It fails first now, one line, none of its frames anonymized."""
+    from anonengine.batch import FileRunner, Job
+    from anonengine.config import EngineConfig
+    from anonengine.errors import AnonError
+
+    source = tmp_path / "door.mkv"
+    done = subprocess.run(["ffmpeg", "-v", "error", "-y", "-i", str(sources["video"]), "-f", "lavfi", "-i",
+                           "sine=frequency=440:sample_rate=8000:duration=1", "-map", "0:v", "-map", "1:a",
+                           "-c:v", "copy", "-c:a", "pcm_mulaw", str(source)], check=False, capture_output=True)
+    if done.returncode != 0:
+        pytest.skip("this ffmpeg has no pcm_mulaw encoder")
+    cfg = EngineConfig(cameras=[CameraConfig(name="cam0", source=str(source))])
+    cfg.anonymizer.detector.pose_model = str(models_dir / "yolo11n-pose.pt")
+    cfg.anonymizer.detector.device, cfg.anonymizer.detector.imgsz = "cpu", 320
+    frames = []
+    runner = FileRunner(cfg, audio="keep", on_frame=lambda: frames.append(1))
+    try:
+        with pytest.raises(AnonError, match="cannot hold the pcm_mulaw audio of door.mkv"):
+            runner.run(Job(source, "door.mkv", tmp_path / "out" / "door.mp4"))
+    finally:
+        runner.close()
+    assert frames == [] and not (tmp_path / "out" / "door.mp4").exists()
