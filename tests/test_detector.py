@@ -18,12 +18,23 @@ from anonengine.sample import assets_dir
 from anonengine.stages import DetectStage
 
 
-@pytest.fixture(scope="module")
-def pose_detector(models_dir):
+def pose_config(models_dir) -> AnonymizerConfig:
     cfg = AnonymizerConfig()
     cfg.detector.pose_model = str(models_dir / "yolo11n-pose.pt")
     cfg.detector.device = "cpu"
-    return PersonDetector(cfg)
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def pose_detector(models_dir):
+    return PersonDetector(pose_config(models_dir))
+
+
+@pytest.fixture(scope="module")
+def detect_stage(models_dir):
+    stage = DetectStage(pose_config(models_dir))
+    stage.setup()
+    return stage
 
 
 def test_four_persons_in_bus_jpg(pose_detector):
@@ -45,15 +56,11 @@ def test_two_persons_in_zidane_jpg_in_one_batch_with_bus(pose_detector):
 
 
 @pytest.mark.parametrize("pixel_aspect", [Fraction(64, 45), Fraction(4, 3)], ids=["PAL 16:9 DVD", "HDV"])
-def test_squeezed_persons_are_looked_for_as_a_player_shows_them(pixel_aspect, models_dir):
+def test_squeezed_persons_are_looked_for_as_a_player_shows_them(pixel_aspect, detect_stage):
     """Anamorphic video stores the picture squeezed across, its pixels wider than tall. As stored, the detector
     found 3 of bus.jpg's 4 persons at either shape; shown square (`as_shown`), all 4, where the square photo has
     them, given back in the stored pixels."""
-    cfg = AnonymizerConfig()
-    cfg.detector.pose_model = str(models_dir / "yolo11n-pose.pt")
-    cfg.detector.device = "cpu"
-    stage = DetectStage(cfg)
-    stage.setup()
+    stage = detect_stage
     image = cv2.imread(str(assets_dir() / "bus.jpg"))
     h, w = image.shape[:2]
     squeezed = cv2.resize(image, (round(w / pixel_aspect), h), interpolation=cv2.INTER_AREA)
@@ -68,15 +75,11 @@ def test_squeezed_persons_are_looked_for_as_a_player_shows_them(pixel_aspect, mo
 
 
 @pytest.mark.parametrize("pixel_aspect", [Fraction(1, 2), Fraction(4, 1)], ids=["1:2", "4:1"])
-def test_persons_in_a_video_tagged_far_from_square_are_looked_for_as_stored_too(pixel_aspect, models_dir):
+def test_persons_in_a_video_tagged_far_from_square_are_looked_for_as_stored_too(pixel_aspect, detect_stage):
     """A video tagged 1:2 or 4:1 (mis-tagged, or filmed so) was looked at as shown only, its persons stretched
     past what the detector finds: a user's 1:2 clip showed its standing figure in all 75 frames. Here bus.jpg
     stored as it is, tagged so: its 4 persons are found as the untagged photo's."""
-    cfg = AnonymizerConfig()
-    cfg.detector.pose_model = str(models_dir / "yolo11n-pose.pt")
-    cfg.detector.device = "cpu"
-    stage = DetectStage(cfg)
-    stage.setup()
+    stage = detect_stage
     image = cv2.imread(str(assets_dir() / "bus.jpg"))
     (square,) = stage.process([image])
     (found,) = stage.process([image], [pixel_aspect])
@@ -135,9 +138,7 @@ def test_backends_agree_with_torch_on_real_images(models_dir, backend):
         pytest.skip("onnxruntime is not installed (optional backend)")
     results = {}
     for name in ("torch", backend):
-        cfg = AnonymizerConfig()
-        cfg.detector.pose_model = str(models_dir / "yolo11n-pose.pt")
-        cfg.detector.device = "cpu"
+        cfg = pose_config(models_dir)
         cfg.detector.backend = name
         detector = PersonDetector(cfg)
         results[name] = [detector.detect([cv2.imread(str(assets_dir() / n))])[0] for n in ("bus.jpg", "zidane.jpg")]
@@ -212,9 +213,7 @@ def test_a_torn_cached_model_is_made_again_and_finds_the_same_persons(torn, mode
 
 def test_openvino_runs_on_the_configured_number_of_threads(models_dir):
     """On a small CPU the detector must leave cores to the other stages: detector.threads holds."""
-    cfg = AnonymizerConfig()
-    cfg.detector.pose_model = str(models_dir / "yolo11n-pose.pt")
-    cfg.detector.device = "cpu"
+    cfg = pose_config(models_dir)
     cfg.detector.backend = "openvino"
     cfg.detector.threads = 1
     detector = PersonDetector(cfg)
@@ -234,9 +233,7 @@ def test_the_engine_detector_leaves_half_the_cores_to_the_other_stages(models_di
     assert cpu_threads(0, 0.01) == (0 if cores == 1 else 1)
     if cores < 2:
         pytest.skip("one core: nothing to leave")
-    cfg = AnonymizerConfig()
-    cfg.detector.pose_model = str(models_dir / "yolo11n-pose.pt")
-    cfg.detector.device = "cpu"
+    cfg = pose_config(models_dir)
     cfg.detector.backend = "openvino"
     detector = PersonDetector(cfg, cpu_share=0.5)
     (det,) = detector.detect([cv2.imread(str(assets_dir() / "bus.jpg"))])
