@@ -80,13 +80,16 @@ class Preview:
 
     def want(self) -> None:
         """A viewer wants frames: subscribes to the tap if nobody watched a moment ago."""
-        if self.connect is None or self.closing.is_set():
+        if self.connect is None:
             return
-        with self.lock:
+        with self.lock:  # with `close`: a thread is either started and seen there, or never started
+            if self.closing.is_set():
+                return
             self.wanted_at = time.monotonic()
             if self.thread is None or not self.thread.is_alive():
-                self.thread = threading.Thread(target=self._follow, name="preview", daemon=True)
-                self.thread.start()
+                thread = threading.Thread(target=self._follow, name="preview", daemon=True)
+                thread.start()
+                self.thread = thread
 
     def latest(self, camera: str) -> PreviewFrame | None:
         return self.frames.get(camera)
@@ -126,9 +129,11 @@ class Preview:
         self.frames[tapped.camera] = PreviewFrame(jpeg, tapped.seq, tapped.obscured, now)
 
     def close(self) -> None:
-        self.closing.set()
-        if self.thread is not None:
-            self.thread.join(2)
+        with self.lock:  # a viewer's request meanwhile made a thread not yet started: join raised
+            self.closing.set()
+            thread = self.thread
+        if thread is not None:
+            thread.join(2)
         self.context.destroy(linger=0)
 
 
