@@ -89,8 +89,8 @@ class Compositor:
         """
         if detections.frame_shape != frame.shape[:2]:
             raise ValueError(f"detections for a {detections.frame_shape} frame given a {frame.shape[:2]} frame")
-        upcoming = next(((i + 1, f) for i, f in enumerate(future) if f.detected), None)
-        future = [f for f in future if f.detected]
+        sighted = [(i + 1, f) for i, f in enumerate(future) if f.detected]
+        upcoming = sighted[0] if sighted else None
         reported, detected = detections, detections.detected
         if detected:
             self._last_found, self._since_found = detections, 0
@@ -109,8 +109,8 @@ class Compositor:
                 reported = replace(between, detected=False)
         if self.hold is not None:
             detections = self.hold.update(detections, frame)
-        if future:
-            ahead = lookahead_boxes(detections, list(future))
+        if sighted:
+            ahead = lookahead_boxes(detections, sighted, self.cfg.hold.lookahead_frames)
             if len(ahead):
                 detections = with_extra_boxes(detections, ahead)
         mask = person_mask(detections, self.cfg.method, self.cfg.mask)

@@ -211,6 +211,13 @@ class HoldConfig(StrictModel):
         description="Delay output by this many frames so a person is also hidden in the frames just before "
         "the detector first finds them (entering, late detection). Adds this much latency.",
     )
+    recording_lookahead_frames: int = Field(
+        24, ge=0, le=250,
+        description="The look-ahead of a recording (a file, not a live camera): the larger of this and "
+        "lookahead_frames. Its frames wait for the ones after them anyway (background.future_frames); a person "
+        "entering slowly at an edge shows a sliver for longer than 8 frames. Found beyond lookahead_frames, a "
+        "person is hidden where their path traced back puts them.",
+    )
 
 
 class AnonymizerConfig(StrictModel):
@@ -226,6 +233,11 @@ class AnonymizerConfig(StrictModel):
         "stop",
         description="A frame whose detection failed: stop the run, or emit it fully obscured. Never raw.",
     )
+
+    def lookahead(self, live: bool) -> int:
+        """The frames after a frame whose detections hide persons in it before they are found (`hold`)."""
+        return self.hold.lookahead_frames if live else max(self.hold.lookahead_frames,
+                                                            self.hold.recording_lookahead_frames)
 
     @model_validator(mode="after")
     def _stride_needs_the_hold(self):

@@ -81,7 +81,7 @@ def _run_camera(cam: CameraConfig, cfg: EngineConfig, detect: DetectStage, progr
                 # A live source's stop is its end; a file's frames still waiting for their look-ahead are
                 # not done, and stay out of the partial output.
                 for frame, image, detections in anonymize_frames(frames, detect, composite,
-                                                                  cfg.anonymizer.hold.lookahead_frames,
+                                                                  cfg.anonymizer.lookahead(live),
                                                                   stop=stop, flush_on_stop=live, ahead=ahead,
                                                                   batch=1 if live else detect.max_batch):
                     encode.process(frame, image, detections.to_meta() if detections is not None else None)

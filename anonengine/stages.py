@@ -207,7 +207,7 @@ class CompositeStage(Stage):
         """Hides the frame's persons and learns its background; None when it is to be obscured whole
         (no detections, or not detected without a detection on either side of it: fail closed).
 
-        `future`: detections of the next `hold.lookahead_frames` frames (fewer at the end of a stream),
+        `future`: detections of the look-ahead's next frames (`AnonymizerConfig.lookahead`; fewer at the end),
         in order; None for a frame whose detection failed, which tells as little as one not detected.
         """
         compositor = self.compositors.get(frame.camera)

@@ -30,6 +30,7 @@ from anonengine.config import HoldConfig
 from anonengine.detections import NUM_KEYPOINTS, Detections, box_iou
 
 LOOKAHEAD_MIN_IOU = 0.2
+EDGE_PX = 2  # a box this close to the frame's edge meets it (a person partly out of the picture)
 TRACK_MIN_IOU = 0.2  # what ByteTrack matches on (its match_thresh 0.8 is a cost, 1 - IoU)
 MIN_HITS = 2  # consecutive matches that confirm a track: a lone false detection is never held
 # ByteTrack's Kalman tuning (the reference code's and Roboflow's): each corner's acceleration is white noise
@@ -347,21 +348,65 @@ def with_extra_boxes(detections: Detections, boxes: np.ndarray) -> Detections:
     return detections.with_persons(boxes, np.zeros(k, np.float32), np.zeros((k, NUM_KEYPOINTS, 3), np.float32))
 
 
-def lookahead_boxes(current: Detections, future: list[Detections]) -> np.ndarray:
+def lookahead_boxes(current: Detections, future: list[tuple[int, Detections]], near: int) -> np.ndarray:
     """Boxes where a person appears in the next frames: found there but not in the frame before.
 
-    With a look-ahead of N frames, a person is hidden from up to N frames before the detector first
-    sees them: the frames of a foot or a shoulder entering the picture, or of a detector that
-    re-acquires someone late. A person already found moves on with their own boxes; their path ahead
-    is not smeared over this frame.
+    `future`: (frames ahead, detections) of the next frames the detector looked at. A person first found
+    up to `near` frames on is hidden here where they were found: the frames of a foot or a shoulder entering
+    the picture, or of a detector that re-acquires someone late. Found farther on (a recording's longer
+    look-ahead), only where their path, traced back from their next sighting, puts them now (`traced_back`):
+    held where found, a person entering slowly at an edge had that edge masked for frames before they came,
+    the model never learnt what was there, and drew a ghost of them from their first, ill-fitting boxes. A
+    person already found moves on with their own boxes; their path ahead is not smeared over this frame.
     """
     new = []
     before = current.boxes
-    for frame in future:
+    for index, (ahead, frame) in enumerate(future):
         if len(frame):
             fresh = frame.boxes
             if len(before):
                 fresh = fresh[box_iou(fresh, before).max(axis=1) < LOOKAHEAD_MIN_IOU]
+            if ahead > near and len(fresh):
+                fresh = traced_back(fresh, ahead, future[index + 1:], current.frame_shape)
             new.append(fresh)
         before = frame.boxes
     return np.concatenate(new).astype(np.float32) if new else np.zeros((0, 4), np.float32)
+
+
+def traced_back(boxes: np.ndarray, ahead: int, later: list[tuple[int, Detections]],
+                frame_shape: tuple[int, int]) -> np.ndarray:
+    """Where the persons of `boxes`, found `ahead` frames on, are now: each followed through `later` (the box
+    overlapping theirs most, sighting to sighting) and moved back along that path, end to end (from one
+    sighting to the next a box's top jumped by 50 px, a head found and then not), cut to the frame; none for
+    a person not seen again, or out of the frame now. Across an axis on which the box meets the frame's edge
+    (a person coming in), its inner side is traced and it stays at the edge: the box's middle moves at half
+    their pace, as it grows while they come in, and a box traced by it lay over the edge for frames before
+    they came. Otherwise the middle is traced, the box as large as at either end of the path."""
+    h, w = frame_shape
+    traced = []
+    for box in boxes:
+        last, last_at = box, ahead
+        for again, frame in later:
+            if len(frame):
+                overlap = box_iou(last[None], frame.boxes)[0]
+                if overlap.max() >= LOOKAHEAD_MIN_IOU:
+                    last, last_at = frame.boxes[overlap.argmax()], again
+        if last_at == ahead:
+            continue
+        back = ahead / (last_at - ahead)  # how far back along the path, as a share of its length
+        now = []
+        for low, high, size in ((0, 2, w), (1, 3, h)):
+            if box[high] >= size - EDGE_PX and box[low] > EDGE_PX:  # coming in at the far edge
+                now.append((box[low] - (last[low] - box[low]) * back, size))
+            elif box[low] <= EDGE_PX and box[high] < size - EDGE_PX:  # at the near edge
+                now.append((0, box[high] - (last[high] - box[high]) * back))
+            else:
+                middle = (box[low] + box[high]) / 2
+                half = max(box[high] - box[low], last[high] - last[low]) / 2
+                middle -= ((last[low] + last[high]) / 2 - middle) * back
+                now.append((middle - half, middle + half))
+        (x0, x1), (y0, y1) = now
+        x0, y0, x1, y1 = max(x0, 0), max(y0, 0), min(x1, w), min(y1, h)
+        if x1 - x0 >= 1 and y1 - y0 >= 1:
+            traced.append((x0, y0, x1, y1))
+    return np.float32(traced).reshape(-1, 4)

@@ -142,7 +142,7 @@ def anonengine_algorithm(images: list[np.ndarray], detections: list[Detections],
     rendered once the `ahead` frames after it were learnt (a recording). With `backgrounds`, those are
     blended in instead of the model's (a perfect reconstruction, same masks)."""
     compositor = Compositor(cfg, future_frames=ahead)
-    n = cfg.hold.lookahead_frames
+    n = cfg.lookahead(live=ahead == 0)
     waiting: deque = deque()
     out = []
 
@@ -321,7 +321,8 @@ def main() -> None:
                 rows.append((name, method, leak, audited, error, seen_error, known_error, flicker(outputs, truth), ms,
                              pairs, detected_share.get(method, 1.0)))
     print(f"clips {args.width}x{args.height}, {args.frames} frames, yolo11n-pose at imgsz {live.detector.imgsz}, "
-          f"look-ahead {LOOKAHEAD}, file mode waits {ahead} frames")
+          f"look-ahead {LOOKAHEAD} (a recording's {HoldConfig().recording_lookahead_frames}), file mode waits {ahead} "
+          "frames")
     print(f"{'case':28s} {'method':18s} {'leak':>6s} {'audit':>6s} {'bg err':>7s} {'seen err':>8s} "
           f"{'known err':>9s} {'flicker':>7s} {'ms':>5s} {'pairs':>5s} {'det':>5s}")
     for name, method, leak, audited, error, seen_error, known_error, flickers, ms, pairs, detected in rows:

@@ -137,9 +137,11 @@ class CaptureService(Service):
         self.info = info
         self.break_owed = False  # a frame was dropped since the last one sent
         self.pixel_aspect = (info.pixel_aspect.numerator, info.pixel_aspect.denominator)
-        # A recording's frames also wait in the compositor for the frames after them (its future fill).
-        slots = self.cfg.engine.ring_slots + self.cfg.anonymizer.background.frames_ahead(
-            self.live, info.width, info.height)
+        # A recording's frames also wait in the compositor for the frames after them (its future fill), and
+        # for a longer look-ahead than a live camera's.
+        anonymizer = self.cfg.anonymizer
+        slots = (self.cfg.engine.ring_slots + anonymizer.background.frames_ahead(self.live, info.width, info.height)
+                 + anonymizer.lookahead(self.live) - anonymizer.hold.lookahead_frames)
         # The pid in the name: a restarted capture never shares a segment with readers of the old one.
         name = segment_name(self.instance, f"{self.camera}x{os.getpid()}")
         self.ring = FrameRing.create(name, slots, info.height, info.width)

@@ -59,8 +59,8 @@ def reference_frames(clip_path: Path, cfg: EngineConfig) -> list[np.ndarray]:
         frames = VideoReader(str(clip_path), "cam")
         composite = CompositeStage(cfg.anonymizer)
         ahead = composite.start("cam", False, frames.info.width, frames.info.height)  # a file: its future helps
-        return [image for _, image, _ in anonymize_frames(frames, detect, composite,
-                                                         cfg.anonymizer.hold.lookahead_frames, ahead=ahead)]
+        return [image for _, image, _ in anonymize_frames(frames, detect, composite, cfg.anonymizer.lookahead(False),
+                                                         ahead=ahead)]
 
 
 def collect_tap(endpoint: str, sink: list, stop: threading.Event, delay_s: float = 0.0) -> None:
@@ -147,7 +147,7 @@ def test_inline_detects_a_files_frames_in_batches_where_the_schedule_lets_them_w
             composite = CompositeStage(cfg.anonymizer)
             ahead = composite.start("cam", False, WIDTH, HEIGHT)
             outputs[batch] = [image for _, image, _ in anonymize_frames(
-                frames, detect, composite, cfg.anonymizer.hold.lookahead_frames, ahead=ahead, batch=batch)]
+                frames, detect, composite, cfg.anonymizer.lookahead(False), ahead=ahead, batch=batch)]
     if stride == 1:
         assert sizes == [4] * (FRAMES // 4)
     else:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from anonengine.detections import box_iou
-from anonengine.tracking import MIN_HITS, ByteTrack
+from anonengine.detections import Detections, box_iou
+from anonengine.tracking import MIN_HITS, ByteTrack, lookahead_boxes
 
 
 def walker(frame: int, speed=(6.0, 1.0)) -> np.ndarray:
@@ -224,3 +224,28 @@ def test_a_person_hidden_but_scored_under_track_thresh_is_held_weak_ungrown_and_
     hold.update(detected(walker(5), [0.9]))
     assert sorted(t.weak for t in hold.tracker.tracks) == [False, True]
     assert ByteTrack(0.25, 0.2, 15).start_score == 0.25  # without `start_score`, as before: no weak tracks
+
+
+def test_a_person_coming_in_at_an_edge_is_traced_back_out_of_the_picture_not_held_at_the_edge():
+    """A recording's look-ahead (24 frames) reaches past the live one (8): a person first found farther on is
+    hidden where their path, traced back, puts them. Held where found, a person stepping in slowly at the right
+    edge masked it for frames before they came, the model never learnt what was there, and drew a ghost."""
+    shape = (360, 640)
+
+    def found(x0: float) -> Detections:  # 200 px tall
+        return Detections.empty(shape).with_persons(np.float32([[x0, 60, 640, 260]]), np.float32([0.6]),
+                                                    np.zeros((1, 17, 3), np.float32))
+
+    def seen_from(frame: int) -> np.ndarray:
+        """The look-ahead boxes of `frame`: the person comes in at the right edge at 0.8 px a frame, in the
+        picture from frame 1 on, and is found from frame 13 on, with 10 px of them in it."""
+        future = [(ahead, found(630 - 0.8 * (frame + ahead - 13)) if frame + ahead >= 13 else nobody)
+                  for ahead in range(1, 25)]
+        return lookahead_boxes(nobody, future, near=8)
+
+    nobody = Detections.empty(shape)
+    assert len(seen_from(0)) == 0  # 13 frames before: out of the picture, and not held at its edge
+    (sliver,) = seen_from(2)  # 11 frames before: 1.2 px of them in the picture, traced back
+    np.testing.assert_allclose(sliver, [630 + 0.8 * 11, 60, 640, 260], atol=1e-3)
+    (near,) = seen_from(6)  # within the live look-ahead: where they were found
+    np.testing.assert_allclose(near, [630, 60, 640, 260])
