@@ -204,38 +204,57 @@ def test_audit_finds_persons_in_the_original_and_none_in_the_anonymized(small_sa
               imgsz=640, device="cpu")
 
 
-@pytest.mark.parametrize(("lookahead", "stride"), [(0, 1), (8, 1), (8, 2)])
-def test_persons_entering_at_the_edges_are_hidden_with_lookahead(tmp_path, models_dir, lookahead, stride):
-    """Walking in from both edges: the frames before the detector finds them leak without look-ahead,
-    and none with it (the inline path, the engine's reference), also when detecting every 2nd frame."""
+def rendered_clip(path, actors, frames: int, scene: str = "studio") -> list:
+    """`render_frames` (image, true background, persons) of a 640x360 clip, written near lossless to `path`."""
     from fractions import Fraction
 
     from anonengine.config import EncoderConfig
     from anonengine.sample import render_frames
     from anonengine.video import VideoWriter
 
-    actors = (("bus_left", 0.60, (-0.10, 0.55), (0.45, 0.55)), ("zidane", 0.45, (1.10, 0.40), (0.62, 0.40)))
-    rendered = list(render_frames(640, 360, 48, actors=actors))
-    source = tmp_path / "entering.mp4"
-    writer = VideoWriter(source, 640, 360, Fraction(25), Fraction(1, 25), EncoderConfig(preset="medium", crf=8))
+    rendered = list(render_frames(640, 360, frames, actors=actors, scene=scene))
+    writer = VideoWriter(path, 640, 360, Fraction(25), Fraction(1, 25), EncoderConfig(preset="medium", crf=8))
     for i, (image, _, _) in enumerate(rendered):
         writer.write(image, i)
     writer.close()
-    cfg = EngineConfig(cameras=[CameraConfig(name="c", source=str(source), output=str(tmp_path / "out.mp4"))])
+    return rendered
+
+
+def frames_showing_someone(rendered: list, output) -> set[int]:
+    """The output's frames where more than 1% of someone's own pixels (those 40 levels off the true background)
+    come out as filmed (within 12)."""
+    shown = set()
+    for (image, scene, persons), out in zip(rendered, VideoReader(str(output))):
+        for person in persons:
+            x0, y0, x1, y1 = person["box"]
+            box = (slice(y0, y1), slice(x0, x1))
+            them = np.abs(image[box].astype(int) - scene[box].astype(int)).max(axis=2) > 40
+            same = np.abs(out.image[box].astype(int) - image[box].astype(int)).max(axis=2) < 12
+            if them.sum() >= 50 and (them & same).sum() > 0.01 * them.sum():
+                shown.add(out.seq)
+    return shown
+
+
+def run_file(source, output, models_dir, look_ahead: int, stride: int | None = None) -> None:
+    """Anonymizes a file inline with the look-ahead `look_ahead` (a recording's too) and `stride`."""
+    cfg = EngineConfig(cameras=[CameraConfig(name="c", source=str(source), output=str(output))])
     cfg.anonymizer.detector.pose_model = str(models_dir / "yolo11n-pose.pt")
     cfg.anonymizer.detector.device = "cpu"
-    cfg.anonymizer.hold.lookahead_frames = cfg.anonymizer.hold.recording_lookahead_frames = lookahead
-    cfg.anonymizer.detector.stride = stride
+    cfg.anonymizer.hold.lookahead_frames = min(look_ahead, cfg.anonymizer.hold.lookahead_frames)
+    cfg.anonymizer.hold.recording_lookahead_frames = look_ahead
+    if stride is not None:
+        cfg.anonymizer.detector.stride = stride
     run_inline(cfg)
-    leaked = set()
-    for (image, scene, persons), out in zip(rendered, VideoReader(str(tmp_path / "out.mp4"))):
-        for p in persons:
-            x0, y0, x1, y1 = p["box"]
-            box = (slice(y0, y1), slice(x0, x1))
-            person = np.abs(image[box].astype(int) - scene[box].astype(int)).max(axis=2) > 40
-            same = np.abs(out.image[box].astype(int) - image[box].astype(int)).max(axis=2) < 12
-            if person.sum() >= 50 and (person & same).sum() > 0.01 * person.sum():
-                leaked.add(out.seq)
+
+
+@pytest.mark.parametrize(("lookahead", "stride"), [(0, 1), (8, 1), (8, 2)])
+def test_persons_entering_at_the_edges_are_hidden_with_lookahead(tmp_path, models_dir, lookahead, stride):
+    """Walking in from both edges: the frames before the detector finds them leak without look-ahead,
+    and none with it (the inline path, the engine's reference), also when detecting every 2nd frame."""
+    actors = (("bus_left", 0.60, (-0.10, 0.55), (0.45, 0.55)), ("zidane", 0.45, (1.10, 0.40), (0.62, 0.40)))
+    rendered = rendered_clip(tmp_path / "entering.mp4", actors, 48)
+    run_file(tmp_path / "entering.mp4", tmp_path / "out.mp4", models_dir, lookahead, stride)
+    leaked = frames_showing_someone(rendered, tmp_path / "out.mp4")
     assert (leaked == set()) if lookahead else leaked, sorted(leaked)
 
 
@@ -244,35 +263,12 @@ def test_a_recordings_longer_look_ahead_hides_a_person_stepping_in_slowly(tmp_pa
     more frames before they are first found than a live camera's look-ahead (8) covers, and was shown. A
     recording's frames wait for 50 frames anyway: its look-ahead reaches 24, tracing the person back along
     their path (held at the edge instead, a slow entry's ghost came back: test_tracking)."""
-    from fractions import Fraction
-
-    from anonengine.config import EncoderConfig
-    from anonengine.sample import render_frames
-    from anonengine.video import VideoWriter
-
-    rendered = list(render_frames(640, 360, 96, actors=(("zidane", 0.55, (1.10, 0.45), (0.88, 0.45)),),
-                                  scene="street"))
-    source = tmp_path / "stepping_in.mp4"
-    writer = VideoWriter(source, 640, 360, Fraction(25), Fraction(1, 25), EncoderConfig(preset="medium", crf=8))
-    for i, (image, _, _) in enumerate(rendered):
-        writer.write(image, i)
-    writer.close()
+    rendered = rendered_clip(tmp_path / "stepping_in.mp4", (("zidane", 0.55, (1.10, 0.45), (0.88, 0.45)),), 96,
+                             scene="street")
     shown = {}
     for look_ahead in (8, 24):
-        cfg = EngineConfig(cameras=[CameraConfig(name="c", source=str(source), output=str(tmp_path / "out.mp4"))])
-        cfg.anonymizer.detector.pose_model = str(models_dir / "yolo11n-pose.pt")
-        cfg.anonymizer.detector.device = "cpu"
-        cfg.anonymizer.hold.recording_lookahead_frames = look_ahead
-        run_inline(cfg)
-        shown[look_ahead] = set()
-        for (image, scene, persons), out in zip(rendered, VideoReader(str(tmp_path / "out.mp4"))):
-            for person in persons:
-                x0, y0, x1, y1 = person["box"]
-                box = (slice(y0, y1), slice(x0, x1))
-                them = np.abs(image[box].astype(int) - scene[box].astype(int)).max(axis=2) > 40
-                same = np.abs(out.image[box].astype(int) - image[box].astype(int)).max(axis=2) < 12
-                if them.sum() >= 50 and (them & same).sum() > 0.01 * them.sum():
-                    shown[look_ahead].add(out.seq)
+        run_file(tmp_path / "stepping_in.mp4", tmp_path / "out.mp4", models_dir, look_ahead)
+        shown[look_ahead] = frames_showing_someone(rendered, tmp_path / "out.mp4")
     before_found = {5, 6}  # the sliver's frames the live look-ahead leaves out (found from frame 10)
     assert before_found <= shown[8] and not before_found & shown[24] and shown[24] <= shown[8], shown
 
