@@ -29,8 +29,8 @@ from typing import Literal
 import av
 
 from anonengine.errors import AnonError, ConfigError, InputError, OutputError
-from anonengine.paths import OUTPUT_CONTAINERS
-from anonengine.video import container_format, main_video, partial_path
+from anonengine.paths import OUTPUT_CONTAINERS, partial_path
+from anonengine.video import container_format, main_video
 
 log = logging.getLogger(__name__)
 

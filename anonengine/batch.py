@@ -41,10 +41,10 @@ from anonengine.errors import AnonError, ConfigError, InputError, ModelError, Ou
 from anonengine.interrupts import INTERRUPTS, Interrupted
 from anonengine.locks import FileLock, LockBusy
 from anonengine.manifest import Fingerprint, Manifest, Record, file_sha256, settings_key, utc_now
-from anonengine.paths import PHOTO_SUFFIXES, UNREADABLE_PHOTO_SUFFIXES
+from anonengine.paths import PHOTO_SUFFIXES, UNREADABLE_PHOTO_SUFFIXES, partial_path
 from anonengine.photos import ALPHA_SUFFIXES, Photo
 from anonengine.sources import classify
-from anonengine.video import Frame, main_video, partial_path
+from anonengine.video import Frame, main_video
 
 log = logging.getLogger("anonengine")
 

@@ -34,6 +34,7 @@ import numpy as np
 
 from anonengine.config import EncoderConfig
 from anonengine.errors import OutputError
+from anonengine.paths import partial_metadata_path, partial_path
 from anonengine.video import (
     HeldElsewhere,
     StreamInfo,
@@ -41,8 +42,6 @@ from anonengine.video import (
     claim_output,
     container_format,
     encoder_options,
-    partial_metadata_path,
-    partial_path,
 )
 
 log = logging.getLogger(__name__)

@@ -20,6 +20,7 @@ from anonengine.compositor import Compositor, Learnt, obscured_frame
 from anonengine.config import AnonymizerConfig, CameraConfig, EncoderConfig, SourcesConfig
 from anonengine.detections import Detections
 from anonengine.errors import DetectionError, InputError, OutputError
+from anonengine.paths import partial_metadata_path
 from anonengine.schedule import REMEMBERED, DetectionSchedule
 from anonengine.sources import LiveFeed, classify
 from anonengine.video import (
@@ -29,7 +30,6 @@ from anonengine.video import (
     VideoWriter,
     as_shown,
     far_from_square,
-    partial_metadata_path,
     refuse_unreplaceable,
 )
 

@@ -21,7 +21,7 @@ from av.sidedata.sidedata import Type as SideDataType
 from anonengine.config import EncoderConfig, SourcesConfig
 from anonengine.errors import ConfigError, InputError, OutputError, SourceNotOpenable
 from anonengine.locks import FileLock, LockBusy, output_lock_path
-from anonengine.paths import OUTPUT_CONTAINERS, partial_metadata_path, partial_path  # noqa: F401 - where the stages import them
+from anonengine.paths import OUTPUT_CONTAINERS, partial_path
 from anonengine.sources import Source, classify
 
 log = logging.getLogger("anonengine")

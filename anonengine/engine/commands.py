@@ -73,10 +73,10 @@ def cmd_launch(args: argparse.Namespace) -> int:
     from anonengine.engine.launcher import check_config, launch
 
     cfg = load_yaml(Path(args.config), EngineConfig)
-    # The checks launch makes before it starts anything (Launcher.start runs them too): validation says what
-    # launch would say (it said "valid" of files whose source was missing), and launch says it at once.
-    check_config(cfg)
     if args.validate_config:
+        # The checks `Launcher.start` makes before it starts anything: validation says what launch would say
+        # (it said "valid" of files whose source was missing).
+        check_config(cfg)
         print(f"{args.config}: valid ({len(cfg.cameras)} camera(s))")
         return 0
     # A long-running engine's log: the launcher's lines stamped as the stages' are (they were not, alone).

@@ -775,15 +775,15 @@ def refuse_shared_files(camera: CameraConfig, others: list[CameraConfig]) -> Non
     """OutputError where `camera` would write a file (output or metadata) that another of `others` writes: two
     writers of one file. (At launch the second camera's output lock was refused, "another anonengine is writing
     it", naming the launcher's own pid.)"""
-    mine = {what: getattr(camera, what) for what in ("output", "metadata") if getattr(camera, what)}
+    mine = [Path(path) for path in (camera.output, camera.metadata) if path]
     for other in others:
         if other.name == camera.name:
             continue
         theirs = {Path(path).resolve(): what for what in ("output", "metadata") if (path := getattr(other, what))}
-        for path in mine.values():
-            if Path(path).resolve() in theirs:
-                raise OutputError(f"camera {camera.name}: {Path(path)} is already the "
-                                  f"{theirs[Path(path).resolve()]} of camera {other.name}")
+        for path in mine:
+            if path.resolve() in theirs:
+                raise OutputError(f"camera {camera.name}: {path} is already the {theirs[path.resolve()]} of camera "
+                                  f"{other.name}")
 
 
 def shared_memory_bytes(instance: str) -> int:
