@@ -373,7 +373,9 @@ def test_stages_of_a_launcher_killed_alone_leave_by_themselves_with_their_shared
 def test_tap_delivers_every_frame_in_order_and_a_slow_subscriber_sees_gaps(models_dir, tmp_path):
     """A subscriber reading 5 frames/s from an engine making several times that: it misses frames
     mid-stream (and sees the gaps), and the engine still writes every frame."""
-    frames = 80
+    # A recording's frames come out 74 behind the capture (its look-ahead and future fill): a clip of 80 put
+    # most of them out in one burst at its end, past a subscriber that had read 4 (CI saw no gap).
+    frames = 160
     clip = make_sample(tmp_path / "clip", width=WIDTH, height=HEIGHT, frames=frames)
     cfg = engine_config(tmp_path, models_dir, {"cam": clip.video})
     # Over ipc and with raw frames, the kernel's socket buffers hold only a few frames beyond the
