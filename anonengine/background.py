@@ -38,6 +38,10 @@ GHOST_CORE = 0.25
 GHOST_SIZE = (16, 32)
 GHOST_NCC = 0.8
 GHOST_LEVELS = 6.0
+# The model's picture for that comparison is taken at the nearest pixel: shrunk to GHOST_SIZE, what a finer
+# resampling adds is gone (the street clip's 242 checks: the same decisions, correlations within 0.022 of
+# Lanczos's; its checks' time 0.30 s against 0.36).
+GHOST_RESAMPLE = cv2.INTER_NEAREST
 GHOST_SEEN = 0.5  # of the middle seen free before: less, and the model has too little of the place to show anyone
 CANVAS_MARGIN = 0.25  # of the frame's size, on each side
 MIRROR_SEAM_PX = 4.0  # where a hole's two mirror images meet, they cross-fade over this width
@@ -426,7 +430,7 @@ class BackgroundModel:
                 continue
             if cv2.countNonZero(self.seen_in(core, view)) < GHOST_SEEN * (x1 - x0) * (y1 - y0):
                 continue
-            if looks_alike(frame[y0:y1, x0:x1], self.render(core, view)):
+            if looks_alike(frame[y0:y1, x0:x1], self.render(core, view, GHOST_RESAMPLE)):
                 self._forget(box, view)
                 forgotten += 1
         return forgotten
@@ -443,7 +447,8 @@ class BackgroundModel:
         scene.seen[y0:y1, x0:x1] = 0
         scene.fill = None
 
-    def render(self, box: tuple[int, int, int, int] | None = None, view: View | None = None) -> np.ndarray:
+    def render(self, box: tuple[int, int, int, int] | None = None, view: View | None = None,
+               interpolation: int | None = None) -> np.ndarray:
         """The background (uint8 BGR) in `box` (x0, y0, x1, y1; default the whole frame) of `view`'s frame
         (default the latest), with all that is learnt by now.
 
@@ -453,7 +458,9 @@ class BackgroundModel:
             raise RuntimeError("BackgroundModel.render() before the first update()")
         view = view or self.view
         scene = view.scene
-        image = cv2.convertScaleAbs(self._to_frame(scene.mean, RENDER_RESAMPLE[self.cfg.resample], box, view=view))
+        if interpolation is None:
+            interpolation = RENDER_RESAMPLE[self.cfg.resample]
+        image = cv2.convertScaleAbs(self._to_frame(scene.mean, interpolation, box, view=view))
         unseen = cv2.compare(self._to_frame(scene.seen, cv2.INTER_NEAREST, box, view=view), 0, cv2.CMP_EQ)
         if cv2.countNonZero(unseen):
             cv2.copyTo(self._to_frame(self._current_fill(scene), cv2.INTER_LINEAR, box, view=view), unseen, image)
