@@ -41,7 +41,8 @@ _SUFFIXES = [suffix for suffix in OUTPUT_CONTAINERS if suffix]  # of an output v
 
 def add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--video-source", required=True,
-                   help="video file, webcam index (0) or stream URL; with --output-dir, a folder or a glob")
+                   help="video file, image sequence (frames/%%06d.png: photos numbered so, one video), webcam "
+                        "index (0) or stream URL; with --output-dir, a folder or a glob")
     p.add_argument("--output-dir", default=None,
                    help="a batch: anonymize every video and photo of --video-source DIR|GLOB into the same tree "
                         "here (resumable: its manifest skips what is done)")
@@ -91,6 +92,9 @@ def add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rotate", type=int, choices=ROTATIONS, default=None,
                    help="degrees to turn the picture clockwise so people stand upright (a camera mounted upside "
                    "down: 180); the output is written turned")
+    p.add_argument("--fps", type=float, default=None,
+                   help="frame rate of an image sequence source (`frames/%%06d.png`: photos numbered so, read as "
+                        "one video; default 25)")
     p.add_argument("--live", action="store_true", default=None,
                    help="treat the source as a live camera (streams and webcams are): a stop signal is its "
                         "normal end; a file is read at its frame rate")
@@ -138,7 +142,7 @@ def config_from_run_flags(args: argparse.Namespace):
         "http": _drop_none(listen=args.http),
         "tap": _run_tap(args),
         "cameras": [{"name": args.camera, "source": args.video_source, "output": output, "metadata": args.metadata,
-                     **_drop_none(live=args.live, rotate=args.rotate)}],
+                     **_drop_none(live=args.live, rotate=args.rotate, fps=args.fps)}],
     }
     try:
         return EngineConfig.model_validate(raw)
@@ -167,9 +171,9 @@ def default_output(source: str) -> str:
         stem = Path(urllib.parse.unquote(url.path)).stem or url.hostname or ""
         stem = re.sub(r"[^A-Za-z0-9._-]+", "_", stem).strip("._")
     else:
-        from anonengine.paths import is_photo
+        from anonengine.paths import is_photo, is_sequence, sequence_stem
 
-        stem = Path(source).stem
+        stem = sequence_stem(source) if is_sequence(source) else Path(source).stem
         if is_photo(source):  # a photo stays one
             return f"{stem}_anonymized{Path(source).suffix}"
     return f"{stem or 'stream'}_anonymized.mp4"
@@ -190,6 +194,28 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not args.video_source.strip():
         raise ConfigError("--video-source is empty: give a video file, a folder, a webcam index or a stream URL")
     check_inline_flags(args)
+    from anonengine.paths import is_sequence, sequence_stem
+
+    if is_sequence(args.video_source) and not Path(args.video_source).exists():
+        # One video, not a batch of files: `--output-dir D` (the seed's flags) names where it goes.
+        if args.ray is not None:
+            raise ConfigError("--ray runs a batch of files on a cluster; an image sequence is one video: leave it out")
+        if args.output_dir and not args.output_video:
+            from anonengine.sources import sequence_numbers
+
+            sequence_numbers(args.video_source)  # whole, before its folder is made
+            folder = Path(args.output_dir)
+            if folder.exists() and not folder.is_dir():
+                raise ConfigError(f"--output-dir {folder} is a file, not a folder")
+            try:
+                folder.mkdir(parents=True, exist_ok=True)  # as a batch makes it
+            except OSError as exc:
+                raise ConfigError(f"--output-dir {folder}: {exc.strerror or exc}") from None
+            args.output_video = str(folder / f"{sequence_stem(args.video_source)}.mp4")
+        args.output_dir = None
+    elif args.fps is not None:
+        raise ConfigError(f"--fps is the frame rate of an image sequence (`frames/%06d.png`); {args.video_source} "
+                          "keeps its own")
     if args.output_dir or args.ray is not None or is_batch_source(args.video_source):
         from anonengine.batch import cmd_batch
 

@@ -20,6 +20,7 @@ from anonengine.paths import (
     ROTATIONS,
     URL_SCHEME,
     is_photo,
+    is_sequence,
     partial_metadata_path,
     partial_path,
 )
@@ -367,7 +368,8 @@ PrivacyZone = Annotated[list[Annotated[tuple[float, float], AfterValidator(_in_t
 
 class CameraConfig(StrictModel):
     name: str = Field("cam0", pattern=r"^[A-Za-z0-9_-]{1,32}$", description="Camera name, unique in the engine.")
-    source: str = Field(..., min_length=1, description="Video file, webcam index (0) or stream URL.")
+    source: str = Field(..., min_length=1, description="Video file, image sequence (`frames/%06d.png`: photos "
+                        "numbered so, read as a video), webcam index (0) or stream URL.")
     output: str | None = Field(
         None, description="Anonymized video file to write, in the container its suffix names (`.mp4`, `.m4v`, `.mov`, "
         "`.mkv`, `.ts`; none: MP4); none = tap only.")
@@ -391,6 +393,8 @@ class CameraConfig(StrictModel):
         "down: 180), after the turn its container asks for: the detector misses most persons upside down or on "
         "their side, and the output is written turned.",
     )
+    fps: float | None = Field(
+        None, gt=0, le=1000, description="An image sequence's frame rate (none: 25); a video keeps its own.")
     privacy_zones: list[PrivacyZone] = Field(
         default_factory=list,
         description="Polygons always hidden, as [x, y] points in shares of the frame width and height (0..1), of "
@@ -411,6 +415,12 @@ class CameraConfig(StrictModel):
         if self.output and self.metadata and _same_file(self.output, self.metadata):
             raise ValueError(f"metadata {self.metadata} is the output video itself: give it a name of its own "
                              f"(such as {Path(self.output).with_suffix('.jsonl').name})")
+        if self.fps is not None and not is_sequence(self.source):
+            raise ValueError(f"fps {self.fps:g}: the frame rate of an image sequence (`frames/%06d.png`); "
+                             f"{self.source} keeps its own")
+        if self.output and is_sequence(self.output):
+            raise ValueError(f"output {self.output}: an image sequence is read, not written: name a video "
+                             "(.mp4, .mov, .mkv or .ts)")
         suffix = Path(self.output).suffix.lower() if self.output else ""
         if suffix not in OUTPUT_CONTAINERS and not (is_photo(self.source) and suffix in PHOTO_SUFFIXES):
             kinds = ", ".join(s for s in OUTPUT_CONTAINERS if s)

@@ -32,5 +32,22 @@ def partial_metadata_path(metadata: str | Path) -> Path:
     return path.with_name(path.name + ".partial")
 
 
+# An image sequence: photos numbered as a printf pattern in the file name says (`frames/f%06d.png`: f000001.png,
+# f000002.png...), read as one video, in the numbers' order, by FFmpeg's image2 demuxer.
+SEQUENCE_NUMBER = re.compile(r"%(0?\d*)d")
+
+
+def is_sequence(spec: str) -> bool:
+    """Whether `spec` names an image sequence (`frames/%06d.png`) rather than one file."""
+    name = Path(spec).name
+    return (not URL_SCHEME.match(spec) and len(SEQUENCE_NUMBER.findall(name)) == 1
+            and "%" not in SEQUENCE_NUMBER.sub("", name) and Path(spec).suffix.lower() in PHOTO_SUFFIXES)
+
+
+def sequence_stem(spec: str) -> str:
+    """The name an image sequence's video takes: `frames/f%06d.png` -> f, `frames/%06d.png` -> frames."""
+    return SEQUENCE_NUMBER.sub("", Path(spec).stem).strip("._- ") or Path(spec).resolve().parent.name
+
+
 def is_photo(spec: str) -> bool:
-    return not URL_SCHEME.match(spec) and Path(spec).suffix.lower() in PHOTO_SUFFIXES
+    return not URL_SCHEME.match(spec) and Path(spec).suffix.lower() in PHOTO_SUFFIXES and not is_sequence(spec)

@@ -15,8 +15,10 @@ import functools
 import gc
 import logging
 import math
+import os
 import queue
 import random
+import re
 import threading
 import time
 from dataclasses import dataclass, field
@@ -28,13 +30,14 @@ import cv2
 from anonengine.config import SourcesConfig
 from anonengine.errors import InputError, SourceNotOpenable
 from anonengine.messages import SourceState
-from anonengine.paths import URL_SCHEME
+from anonengine.paths import SEQUENCE_NUMBER, URL_SCHEME, is_sequence
 
 log = logging.getLogger("anonengine.sources")
 
 
 class SourceKind(str, enum.Enum):
     FILE = "file"
+    SEQUENCE = "sequence"  # numbered photos (`frames/%06d.png`), read as a video
     RTSP = "rtsp"  # rtsp://, rtsps://
     HTTP = "http"  # http(s)://: progressive video or HLS playlists
     V4L2 = "v4l2"  # a webcam: its index (0 = /dev/video0) or a /dev/videoN path
@@ -48,6 +51,8 @@ class Source:
     rtsp_transport: str = "tcp"
     rotate: int = 0  # degrees clockwise, after the container's display matrix (`CameraConfig.rotate`)
     said_stream: bool | None = None  # an http(s) source's `CameraConfig.stream`: what it is, without asking it
+    numbers: range | None = None  # an image sequence's photos' numbers
+    fps: float | None = None  # an image sequence's frame rate (`CameraConfig.fps`; None: SEQUENCE_FPS)
 
     @property
     def live(self) -> bool:
@@ -60,7 +65,7 @@ class Source:
             if self.said_stream is not None:
                 return self.said_stream
             return not serves_recording(self.url, SourcesConfig().connect_timeout_s)
-        return self.kind is not SourceKind.FILE
+        return self.kind not in (SourceKind.FILE, SourceKind.SEQUENCE)
 
     def turned(self, rotate: int) -> Source:
         return dataclasses.replace(self, rotate=rotate)
@@ -75,6 +80,9 @@ class Source:
         """(url, format, FFmpeg options, (connect, read) timeouts in seconds) for av.open."""
         if self.kind is SourceKind.FILE:
             return self.url, None, {}, None
+        if self.kind is SourceKind.SEQUENCE:
+            rate = f"{self.fps or SEQUENCE_FPS:g}"
+            return self.url, "image2", {"framerate": rate, "start_number": str(self.numbers.start)}, None
         timeouts = (cfg.connect_timeout_s, cfg.stall_s)
         if self.kind is SourceKind.V4L2:
             return self.url, "v4l2", {}, timeouts
@@ -93,6 +101,7 @@ class Source:
 MIN_BUFFER_FRAMES = 4
 MAX_RATE = 120
 BUFFER_MEMORY = 256 * 2**20
+SEQUENCE_FPS = 25.0  # an image sequence's frame rate unless its camera's `fps` says
 PLAYLIST_FORMATS = frozenset({"hls", "dash"})  # FFmpeg's demuxers whose own file is a playlist, not the video
 
 
@@ -140,25 +149,62 @@ def resolve_stream(camera) -> None:
         camera.stream = source.live
 
 
-def classify(spec: str, rtsp_transport: str = "tcp", stream: bool | None = None) -> Source:
-    """What kind of source `spec` names; a file path is checked to exist. `stream`: whether an http(s) source
-    is a live stream rather than a recording, as its camera's config says (None: asked; see `Source.live`)."""
+def source_of(camera) -> Source:
+    """The source of `camera` (a `CameraConfig`), classified with everything its config says of it."""
+    return classify(camera.source, camera.rtsp_transport, camera.stream, fps=camera.fps).turned(camera.rotate)
+
+
+def classify(spec: str, rtsp_transport: str = "tcp", stream: bool | None = None, fps: float | None = None) -> Source:
+    """What kind of source `spec` names; a file path is checked to exist, an image sequence to be whole. `stream`:
+    whether an http(s) source is a live stream rather than a recording, as its camera's config says (None:
+    asked; see `Source.live`). `fps`: an image sequence's frame rate."""
     match = URL_SCHEME.match(spec)
     if match:
         scheme = match.group(1).lower()
         kind = {"rtsp": SourceKind.RTSP, "rtsps": SourceKind.RTSP, "http": SourceKind.HTTP,
                 "https": SourceKind.HTTP, "file": SourceKind.FILE}.get(scheme, SourceKind.STREAM)
         if kind is SourceKind.FILE:
-            return classify(spec[len("file://"):], rtsp_transport)
+            return classify(spec[len("file://"):], rtsp_transport, fps=fps)
         return Source(spec, kind, rtsp_transport, said_stream=stream if kind is SourceKind.HTTP else None)
     if spec.isdigit() or spec.startswith("/dev/video"):
         return Source(spec, SourceKind.V4L2)
     path = Path(spec)
+    if is_sequence(spec) and not path.exists():
+        return Source(spec, SourceKind.SEQUENCE, numbers=sequence_numbers(spec), fps=fps)
     if not path.exists():
         raise InputError(f"video source not found: {spec}")
     if not path.is_file():
         raise InputError(f"video source is not a file: {spec}")
     return Source(spec, SourceKind.FILE)
+
+
+def sequence_numbers(spec: str) -> range:
+    """The numbers of an image sequence's photos (`frames/f%06d.png`), first to last. A gap is refused: FFmpeg
+    reads such a sequence up to the first number missing and ends there, which would lose every photo after it
+    (a batch of the folder, `--video-source frames --output-dir out`, takes the photos one by one)."""
+    path = Path(spec)
+    match = SEQUENCE_NUMBER.search(path.name)
+    prefix, suffix = path.name[: match.start()], path.name[match.end():]
+    width = int(match.group(1) or 0)
+    named = re.compile(re.escape(prefix) + r"(\d+)" + re.escape(suffix) + "$")
+    numbers = set()
+    try:
+        names = os.listdir(path.parent)
+    except OSError:
+        names = []
+    for name in names:
+        found = named.match(name)
+        if found and found.group(1) == f"{int(found.group(1)):0{width}d}":  # as FFmpeg names them: %04d is 0007
+            numbers.add(int(found.group(1)))
+    if not numbers:
+        raise InputError(f"image sequence not found: no file in {path.parent} is named as {path.name} says "
+                         f"(such as {prefix}{0:0{width}d}{suffix})")
+    first, last = min(numbers), max(numbers)
+    if len(numbers) != last - first + 1:
+        missing = next(n for n in range(first, last + 1) if n not in numbers)
+        raise InputError(f"image sequence {spec}: {prefix}{missing:0{width}d}{suffix} is missing ({len(numbers)} "
+                         f"photos numbered {first} to {last}); the sequence would end before it")
+    return range(first, last + 1)
 
 
 @dataclass

@@ -22,7 +22,7 @@ from anonengine.detections import Detections
 from anonengine.errors import DetectionError, InputError, OutputError
 from anonengine.paths import partial_metadata_path
 from anonengine.schedule import REMEMBERED, DetectionSchedule
-from anonengine.sources import LiveFeed, classify
+from anonengine.sources import LiveFeed, source_of
 from anonengine.video import (
     Frame,
     StreamInfo,
@@ -70,7 +70,7 @@ class CaptureStage(Stage):
         self.feed: LiveFeed | None = None
 
     def setup(self) -> None:
-        kind = classify(self.source, self.camera_cfg.rtsp_transport, self.camera_cfg.stream).turned(self.camera_cfg.rotate)
+        kind = source_of(self.camera_cfg)
         if not kind.live:
             self.reader = VideoReader(self.source, self.camera, kind=kind, sources_cfg=self.cfg)
             return

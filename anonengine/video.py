@@ -207,6 +207,7 @@ class VideoReader:
         self.camera = camera
         kind = kind or classify(source)
         self.rotate = kind.rotate
+        self.numbered = len(kind.numbers) if kind.numbers else 0  # an image sequence's photos: its frames
         self.container = open_source(kind, sources_cfg or SourcesConfig())
         try:
             self.info = self._open(kind.live)
@@ -236,7 +237,7 @@ class VideoReader:
             height=height,
             rate=Fraction(rate),
             time_base=Fraction(self.stream.time_base or Fraction(1, 90000)),
-            frames=int(self.stream.frames or 0),
+            frames=int(self.stream.frames or self.numbered),
             live=live,
             colour=Colour.of(self.stream.codec_context, self._first.values_kept),
             pixel_aspect=self._first.pixel_aspect,

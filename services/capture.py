@@ -26,7 +26,7 @@ from anonengine.engine.runtime import POLL_MS, Service, receive_waiting, send
 from anonengine.errors import AnonError, ConfigError
 from anonengine.paths import ROTATIONS
 from anonengine.shm import FrameRing, segment_name
-from anonengine.sources import LiveFeed, classify, is_live
+from anonengine.sources import LiveFeed, is_live, source_of
 from anonengine.video import StreamInfo, VideoReader
 
 # A live camera's frame numbers are reserved this far ahead in the run folder (`messages.LivePosition`), its
@@ -87,7 +87,7 @@ class CaptureService(Service):
         self._position_kept = 0.0
 
     def setup(self) -> None:
-        kind = classify(self.source, self.camera_cfg.rtsp_transport, self.camera_cfg.stream).turned(self.camera_cfg.rotate)
+        kind = source_of(self.camera_cfg)
         slots = self.cfg.engine.ring_slots
         self.frames_out = self.socket(zmq.PUSH, self.endpoints.frames(self.camera), bind=True, hwm=slots)
         self.releases = self.socket(zmq.PULL, self.endpoints.capture(self.camera), bind=True)

@@ -706,6 +706,76 @@ def test_a_stream_whose_clock_starts_before_zero_comes_out_whole_with_its_sound_
     assert sound - video == pytest.approx(source_sound - source_video, abs=0.002)
     assert ground_truth_leaks(sample, output) == []
 
+# --- 2c. image sequences: numbered photos read as one video ------------------------------------------------
+
+
+def write_sequence(images, folder: Path, pattern: str, first: int) -> str:
+    folder.mkdir(parents=True, exist_ok=True)
+    for number, image in enumerate(images, start=first):
+        cv2.imwrite(str(folder / (pattern % number)), image)
+    return str(folder / pattern)
+
+
+@pytest.mark.parametrize("engine", [True, False])
+def test_an_image_sequence_is_one_video_at_its_rate_and_nobody_shows(engine, sample, anonengine_cli, models_dir,
+                                                                     tmp_path):
+    """Numbered photos (`frames/f%04d.png`, numbered from 7: past where FFmpeg looks for a first one by itself)
+    come out as one video at `--fps`, named after them in `--output-dir` (the seed's flags); before, "video source
+    not found"."""
+    frames = [f.image for f in VideoReader(str(sample.video))]
+    pattern = write_sequence(frames, tmp_path / "frames", "f%04d.png", first=7)
+    result = anonengine_cli("run", "--video-source", pattern, "--output-dir", tmp_path / "out", "--fps", "10",
+                            "--quiet", *(() if engine else ("--inline",)))
+    assert result.returncode == 0, result.stderr
+    output = tmp_path / "out" / "f.mp4"
+    out = VideoReader(str(output))
+    assert (out.info.width, out.info.height, out.info.rate) == (WIDTH, HEIGHT, 10)
+    out.close()
+    assert ground_truth_leaks(sample, output, source=Path(pattern)) == []
+    assert [f.seq for f in VideoReader(pattern)] == list(range(FRAMES))
+    if engine:  # the audit reads the original the same way
+        report = audit(pattern, str(output), str(models_dir / "yolo11n-pose.pt"), imgsz=320, device="cpu")
+        assert report.frames == FRAMES and report.leak_rate == 0
+
+
+def test_an_image_sequence_is_read_in_its_numbers_order_pixel_for_pixel(tmp_path):
+    """`%d` numbers unpadded (9 before 10, which a name's order puts after 1); a 16-bit or grey photo is read as
+    an 8-bit colour frame, as a photo is."""
+    images = [np.full((48, 64, 3), 10 * n, np.uint8) for n in range(12)]
+    images[0][8:40, 8:56] = np.random.default_rng(0).integers(0, 255, (32, 48, 3))
+    pattern = write_sequence(images, tmp_path / "plain", "%d.png", first=1)
+    read = [f.image for f in VideoReader(pattern)]
+    assert len(read) == 12 and np.array_equal(read[0], images[0])
+    assert [int(image[0, 0, 0]) for image in read] == [10 * n for n in range(12)]
+    deep = write_sequence([image.astype(np.uint16) * 257 for image in images[:3]], tmp_path / "deep", "%03d.png", 0)
+    grey = write_sequence([image[:, :, 0] for image in images[:3]], tmp_path / "grey", "g%02d.png", 0)
+    for source, expected in ((deep, images[0]), (grey, images[0][:, :, :1])):
+        first = next(iter(VideoReader(source))).image
+        assert first.shape == (48, 64, 3) and np.abs(first.astype(int) - expected).max() <= 1
+
+
+@pytest.mark.parametrize("case, said", [
+    ("gap", "f0003.png is missing (4 photos numbered 1 to 5); the sequence would end before it"),
+    ("none", "image sequence not found: no file in"),
+    ("fps of a video", "--fps is the frame rate of an image sequence"),
+    ("written", "an image sequence is read, not written"),
+])
+def test_an_image_sequence_that_cannot_be_read_whole_is_one_line(case, said, sample, anonengine_cli, tmp_path):
+    """A gap in the numbers: FFmpeg ends the sequence at the first number missing, and every photo after it
+    was lost."""
+    frame = next(iter(VideoReader(str(sample.video)))).image
+    pattern = write_sequence([frame] * 5, tmp_path / "frames", "f%04d.png", first=1)
+    flags = {"gap": ("--video-source", pattern), "none": ("--video-source", str(tmp_path / "g%04d.png")),
+             "fps of a video": ("--video-source", sample.video, "--fps", "10"),
+             "written": ("--video-source", pattern, "--output-video", tmp_path / "o%04d.png")}[case]
+    if case == "gap":
+        (tmp_path / "frames" / "f0003.png").unlink()
+    result = anonengine_cli("run", *flags, "--output-dir" if case == "none" else "--quiet", *(
+        [tmp_path / "out"] if case == "none" else []))
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert said in result.stderr
+    assert not list(tmp_path.glob("*.mp4")) and not (tmp_path / "out").exists()
+
 
 # --- 3. frame sizes ------------------------------------------------------------------------------------
 
@@ -1065,6 +1135,8 @@ def test_a_urls_default_output_is_named_after_its_last_part():
     assert default_output("https://host/live/index.m3u8?token=x") == "index_anonymized.mp4"
     assert default_output("rtsp://admin:secret@10.0.0.5/") == "10.0.0.5_anonymized.mp4"
     assert default_output("0") == "camera0_anonymized.mp4" and default_output("in.mov") == "in_anonymized.mp4"
+    assert default_output("shoot/take_%04d.png") == "take_anonymized.mp4"
+    assert default_output("/data/shoot/%06d.jpg") == "shoot_anonymized.mp4"
 
 
 # --- 4. one owner per output and per instance ------------------------------------------------------------
