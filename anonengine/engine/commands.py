@@ -28,7 +28,8 @@ def register(sub) -> None:
     launch.add_argument("config", help="engine YAML (see config/engine.yaml)")
     launch.add_argument("--validate-config", action="store_true",
                         help="check the file as launch does before it starts (sources there, outputs writable, "
-                        "http.token_file readable) and exit, starting nothing")
+                        "http.token_file readable, models there or downloadable, ports free) and exit, starting "
+                        "and downloading nothing")
     launch.set_defaults(func=cmd_launch)
 
     tap = sub.add_parser("tap", help="subscribe to the engine's anonymized output")
@@ -70,13 +71,18 @@ def register(sub) -> None:
 
 def cmd_launch(args: argparse.Namespace) -> int:
     from anonengine.config import EngineConfig, load_yaml
-    from anonengine.engine.launcher import check_config, launch
+    from anonengine.engine.launcher import check_config, check_models, check_ports, launch
 
     cfg = load_yaml(Path(args.config), EngineConfig)
     if args.validate_config:
         # The checks `Launcher.start` makes before it starts anything: validation says what launch would say
-        # (it said "valid" of files whose source was missing).
+        # (it said "valid" of files whose source was missing). Then what launch finds only as it goes: models it
+        # could not have (none is downloaded here), and ports another program listens at (tried here only).
         check_config(cfg)
+        notes = check_models(cfg)
+        check_ports(cfg)
+        for note in notes:
+            print(f"anonengine: note: {note}", file=sys.stderr)
         print(f"{args.config}: valid ({len(cfg.cameras)} camera(s))")
         return 0
     # A long-running engine's log: the launcher's lines stamped as the stages' are (they were not, alone).
@@ -136,10 +142,9 @@ def run_engine(cfg: EngineConfig, progress: bool, tap: str | None) -> int:
 def resolve_models(cfg: EngineConfig) -> None:
     """Fetches or finds every model once here, so detector processes neither race nor fail late."""
     from anonengine import models
+    from anonengine.engine.launcher import config_models
 
-    det = cfg.anonymizer.detector
-    specs = [det.pose_model, det.seg_model if cfg.anonymizer.method == "seg" else None, det.bbox_model]
-    for spec in filter(None, specs):
+    for _setting, spec in config_models(cfg):
         models.resolve(spec)
 
 

@@ -10,10 +10,12 @@ times a minute. The process factory and the clock are attributes so tests can sw
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -26,12 +28,12 @@ import yaml
 import zmq
 from pydantic import ValidationError
 
-from anonengine import messages
-from anonengine.config import CameraConfig, EngineConfig, HttpConfig, error_text
+from anonengine import messages, models
+from anonengine.config import CameraConfig, EngineConfig, HttpConfig, error_text, split_listen
 from anonengine.curve import CurveClient, curve_clients_folder, load_key, write_public_key
 from anonengine.engine import metrics, stagehost
 from anonengine.engine.runtime import Endpoints, bind_tap, log_malformed, receive_waiting
-from anonengine.errors import AnonError, InputError, OutputError
+from anonengine.errors import AnonError, ConfigError, InputError, ModelError, OutputError
 from anonengine.interrupts import STOP_SIGNALS
 from anonengine.locks import FileLock, LockBusy, is_locked
 from anonengine.paths import partial_metadata_path, partial_path
@@ -753,6 +755,109 @@ def check_config(cfg: EngineConfig) -> None:
     if cfg.tap.endpoint and cfg.tap.curve:
         load_key(cfg.tap.curve_server_key, secret=True)
         curve_clients_folder(cfg.tap.curve_clients)
+
+
+def config_models(cfg: EngineConfig) -> list[tuple[str, str]]:
+    """The weights the config's detectors load, as (setting, model name or path): what launch fetches or finds
+    before any stage starts (`commands.resolve_models`)."""
+    det = cfg.anonymizer.detector
+    named = [("anonymizer.detector.pose_model", det.pose_model),
+             ("anonymizer.detector.seg_model", det.seg_model if cfg.anonymizer.method == "seg" else None),
+             ("anonymizer.detector.bbox_model", det.bbox_model)]
+    return [(setting, spec) for setting, spec in named if spec]
+
+
+def check_models(cfg: EngineConfig) -> list[str]:
+    """`launch --validate-config`: every model the config needs is a readable file, or official weights launch
+    will download (`models.plan`: nothing is downloaded, copied or loaded). Returns a note for each model launch
+    will fetch; raises the user's one line (ModelError, named by its setting) for one it could not have."""
+    notes, seen = [], set()
+    for setting, spec in config_models(cfg):
+        if spec in seen:
+            continue
+        seen.add(spec)
+        try:
+            note = models.plan(spec)
+        except ModelError as exc:
+            raise ModelError(f"{setting}: {exc}") from None
+        if note:
+            notes.append(f"{setting}: {note}")
+    return notes
+
+
+PORT_IN_USE = "the port is in use (another program listens there)"
+
+
+def check_ports(cfg: EngineConfig) -> None:
+    """`launch --validate-config` only: binds each TCP address the config makes the engine listen at (http.listen,
+    a tcp:// tap.endpoint) and lets it go at once, so a busy port is found now rather than at launch. Launch does not
+    run this: it binds these itself (`Launcher._check_tap_endpoint`, `_start_http`), and a probe of its own
+    before would only race them.
+
+    Raises the user's one line (ConfigError, naming the setting and the address) for an address launch would
+    refuse. The default HTTP address busy is not one: launch goes on without HTTP then, and says so (not said
+    here: it is busy whenever another engine runs on this host)."""
+    http = None  # held while the tap's address is tried: the two on one port are found too
+    try:
+        if cfg.http.listen != "off":
+            try:
+                http = _listen(cfg.http.listen)
+            except OSError as exc:
+                if cfg.http.listen != HttpConfig.model_fields["listen"].default:
+                    raise ConfigError(f"http.listen {cfg.http.listen}: {_bind_error(exc)}") from None
+        if cfg.tap.endpoint.startswith("tcp://"):
+            error = _zmq_bind_error(cfg.tap.endpoint)
+            if error is not None and http is not None:
+                http.close()
+                http = None
+                if _zmq_bind_error(cfg.tap.endpoint) is None:
+                    raise ConfigError(f"tap.endpoint {cfg.tap.endpoint}: its port is http.listen's "
+                                      f"({cfg.http.listen}): give the two different ports")
+            if error is not None:
+                raise ConfigError(f"tap.endpoint {cfg.tap.endpoint}: {error}")
+    finally:
+        if http is not None:
+            http.close()
+
+
+def _listen(listen: str) -> socket.socket:
+    """A listening socket at `listen` (HOST:PORT), bound as the engine's HTTP server binds it."""
+    host, port = split_listen(listen)
+    return socket.create_server((host, port), family=socket.AF_INET6 if ":" in host else socket.AF_INET,
+                                reuse_port=False)
+
+
+def _bind_error(exc: OSError) -> str:
+    """Why an address could not be bound, in the user's words."""
+    if isinstance(exc, socket.gaierror) or (exc.errno or 0) < 0:  # create_server re-raises getaddrinfo's as OSError
+        return f"no such host ({(exc.strerror or str(exc)).split(' (while ')[0]})"
+    return _bind_reason(exc.errno, os.strerror(exc.errno) if exc.errno else str(exc))
+
+
+def _bind_reason(code: int | None, text: str) -> str:
+    if code == errno.EADDRINUSE:
+        return PORT_IN_USE
+    if code == errno.EADDRNOTAVAIL:
+        return f"{text} (not an address of this machine)"
+    if code == errno.EACCES:
+        return f"{text} (a port below 1024 needs root)"
+    return text
+
+
+def _zmq_bind_error(endpoint: str) -> str | None:
+    """Why a ZeroMQ socket cannot bind `endpoint` (as the tap's does), or None: it could, and has let it go."""
+    context = zmq.Context()
+    try:
+        probe = context.socket(zmq.XPUB)
+        try:
+            probe.bind(endpoint)
+        except zmq.ZMQError as exc:
+            return _bind_reason(exc.errno, zmq.strerror(exc.errno))
+        finally:
+            probe.close(linger=0)
+    finally:
+        context.term()  # once the socket is closed: its port is free again when this returns
+    return None
 
 
 def check_camera(camera: CameraConfig) -> None:

