@@ -28,7 +28,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from anonengine.argparsing import LOG_LEVEL_VARIABLE, OneLineParser, log_level_from_env
+from anonengine.argparsing import LOG_LEVEL_VARIABLE, OneLineParser, frame_rate, log_level_from_env
 from anonengine.errors import AnonError, ConfigError
 from anonengine.interrupts import INTERRUPTS, Interrupted, interrupted_line
 from anonengine.paths import OUTPUT_CONTAINERS, ROTATIONS
@@ -92,7 +92,7 @@ def add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rotate", type=int, choices=ROTATIONS, default=None,
                    help="degrees to turn the picture clockwise so people stand upright (a camera mounted upside "
                    "down: 180); the output is written turned")
-    p.add_argument("--fps", type=float, default=None,
+    p.add_argument("--fps", type=frame_rate, default=None,
                    help="frame rate of an image sequence source (`frames/%%06d.png`: photos numbered so, read as "
                         "one video; default 25)")
     p.add_argument("--live", action="store_true", default=None,
@@ -374,9 +374,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     models_cmd = sub.add_parser("models", help="model weights")
     models_sub = models_cmd.add_subparsers(dest="models_command", required=True, parser_class=OneLineParser)
-    pull = models_sub.add_parser("pull", help="put official weights into models/")
+    pull = models_sub.add_parser("pull", help="put official weights into the models folder")
     pull.add_argument("names", nargs="*", default=["yolo11n-pose.pt"])
-    pull.add_argument("--dir", default=None, help="folder (default: models/ or $ANONENGINE_MODELS)")
+    pull.add_argument("--dir", default=None, help="folder (default: $ANONENGINE_MODELS, else models/ where the current folder has one, "
+                      "else ~/.cache/anonengine/models)")
     pull.set_defaults(func=cmd_models_pull)
 
     sample = sub.add_parser("sample", help="generate the sample clip with ground truth")

@@ -44,8 +44,15 @@ ULTRALYTICS_WEIGHTS = frozenset(
 
 
 def models_dir() -> Path:
-    """`$ANONENGINE_MODELS`, else `models/` in the current folder."""
-    return Path(os.environ.get("ANONENGINE_MODELS", "models"))
+    """`$ANONENGINE_MODELS`; else `models/` in the current folder where there is one (this project's checkout);
+    else the user's cache (`$XDG_CACHE_HOME/anonengine/models`, `~/.cache/anonengine/models`): a run from any
+    other folder made a `models/` there, its weights and exports copied into each (41 to 182 MB)."""
+    if os.environ.get("ANONENGINE_MODELS"):
+        return Path(os.environ["ANONENGINE_MODELS"])
+    if Path("models").is_dir():
+        return Path("models")
+    cache = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
+    return Path("models") if cache.startswith("~") else Path(cache) / "anonengine" / "models"
 
 
 def sha256(path: Path) -> str:
@@ -61,9 +68,25 @@ def is_architecture(spec: str) -> bool:
     return spec.endswith((".yaml", ".yml"))
 
 
+def check_architecture(spec: str) -> None:
+    """A model YAML that is a file here is Ultralytics' model architecture (one it names, such as
+    `yolo11n-seg.yaml`, comes with Ultralytics): another YAML failed in the detector as "'backbone'"."""
+    if not Path(spec).is_file():
+        return
+    import yaml
+
+    try:
+        described = yaml.safe_load(Path(spec).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise ModelError(f"cannot read model architecture {spec}: {str(exc).splitlines()[0]}") from None
+    if not (isinstance(described, dict) and "backbone" in described and "head" in described):
+        raise ModelError(f"{spec} is no model architecture: Ultralytics' model YAML names a backbone and a head")
+
+
 def resolve(spec: str) -> str:
     """The local file for a model name or path, pulling a bare name if it is not there yet."""
     if is_architecture(spec):
+        check_architecture(spec)
         return spec
     found = local_file(spec)
     return str(found) if found is not None else str(pull(Path(spec).name))
@@ -82,11 +105,12 @@ def local_file(spec: str) -> Path | None:
             log.warning("model %s: using the file of that name in the working folder %s (write ./%s to mean it, "
                         "or put it in %s/)", spec, Path.cwd(), spec, models_dir())
         return path
+    if path.is_dir():
+        raise ModelError(f"model {spec} is a folder, not a weights file (.pt, or an export's file)")
     if path.parent != Path("."):
-        raise ModelError(
-            f"model file not found: {spec} (`anonengine models pull {path.name}` puts official weights in "
-            f"{models_dir()}/)"
-        )
+        official = path.name in BUNDLED or path.name in ULTRALYTICS_WEIGHTS
+        raise ModelError(f"model file not found: {spec}" + (
+            f" (`anonengine models pull {path.name}` puts official weights in {models_dir()}/)" if official else ""))
     local = models_dir() / path.name
     if local.is_file():
         _check_readable(local)
@@ -100,7 +124,10 @@ def plan(spec: str) -> str | None:
     Ultralytics): None when the weights are here (or `spec` is an architecture), else a note saying how they will
     be had. ModelError for weights that could not be had: a path that is not there, a bare name that is neither
     in the models folder nor official weights Ultralytics downloads."""
-    if is_architecture(spec) or local_file(spec) is not None:
+    if is_architecture(spec):
+        check_architecture(spec)
+        return None
+    if local_file(spec) is not None:
         return None
     name = Path(spec).name
     dest = models_dir() / name

@@ -385,6 +385,21 @@ def test_output_takes_a_millisecond_time_base(tmp_path):
 
 
 
+def test_models_live_in_the_users_cache_unless_the_folder_has_its_own(tmp_path, monkeypatch):
+    """A run from any folder made a `models/` there, with a copy of the weights and the exports (41 to 182 MB
+    each): outside this project's checkout they go to the user's cache."""
+    from anonengine import models
+
+    monkeypatch.delenv("ANONENGINE_MODELS", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)
+    assert models.models_dir() == tmp_path / "cache/anonengine/models"
+    (tmp_path / "models").mkdir()
+    assert models.models_dir() == Path("models")
+    monkeypatch.setenv("ANONENGINE_MODELS", str(tmp_path / "mine"))
+    assert models.models_dir() == tmp_path / "mine"
+
+
 def test_a_bare_model_name_found_in_the_working_folder_is_said(models_dir, tmp_path, monkeypatch, caplog):
     """torch unpickles weights (code): a bare name picked up from whatever folder the engine was started
     in is not taken silently; `./NAME` says the user meant it, and `models/` is the quiet place."""

@@ -94,8 +94,19 @@ def listening():
 def test_a_model_file_that_is_not_there_is_refused_in_one_line(tmp_path):
     result = validate(tmp_path, config(tmp_path, pose_model=str(tmp_path / "weights/gone.pt")))
     assert refusal(result) == (
-        f"anonengine: error: anonymizer.detector.pose_model: model file not found: {tmp_path / 'weights/gone.pt'} "
-        f"(`anonengine models pull gone.pt` puts official weights in {tmp_path / 'models'}/)")
+        f"anonengine: error: anonymizer.detector.pose_model: model file not found: {tmp_path / 'weights/gone.pt'}")
+    result = validate(tmp_path, config(tmp_path, pose_model=str(tmp_path / "weights/yolo11s-pose.pt")))
+    assert refusal(result) == (
+        "anonengine: error: anonymizer.detector.pose_model: model file not found: "
+        f"{tmp_path / 'weights/yolo11s-pose.pt'} (`anonengine models pull yolo11s-pose.pt` puts official weights in "
+        f"{tmp_path / 'models'}/)")
+    result = validate(tmp_path, config(tmp_path, pose_model=str(tmp_path)))
+    assert refusal(result) == (f"anonengine: error: anonymizer.detector.pose_model: model {tmp_path} is a folder, "
+                               "not a weights file (.pt, or an export's file)")
+    (tmp_path / "engine-notes.yaml").write_text("cameras: []\n")
+    result = validate(tmp_path, config(tmp_path, pose_model=str(tmp_path / "engine-notes.yaml")))
+    assert refusal(result) == (f"anonengine: error: anonymizer.detector.pose_model: {tmp_path / 'engine-notes.yaml'} "
+                               "is no model architecture: Ultralytics' model YAML names a backbone and a head")
 
 
 def test_a_bare_name_neither_in_the_models_folder_nor_official_is_refused(tmp_path):

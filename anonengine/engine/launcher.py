@@ -117,6 +117,7 @@ class Launcher:
         self.output_locks: dict[str, FileLock] = {}  # camera -> its output's lock, until the camera is done
         self.compositor_of: dict[str, int] = {}  # camera -> its composite worker, kept across re-attaches
         self.done: dict[str, messages.CameraDone] = {}
+        self.idle_said_at: frozenset[str] = frozenset()  # the cameras done when the engine last said it was idle
         self.stats: dict[tuple[str, str], dict] = {}
         self.sources: dict[str, messages.SourceStatus] = {}  # live sources' states, by camera
         # Counters that outlive the processes counting them (a restarted or re-attached capture counts from 0;
@@ -399,8 +400,10 @@ class Launcher:
                 self._supervise()
                 if self.failure:
                     break
-                if self.cfg.engine.exit_when_done and self._all_cameras_done():
-                    break
+                if self._all_cameras_done():
+                    if self.cfg.engine.exit_when_done:
+                        break
+                    self._say_idle()
                 self._snapshot_if_due()
             failed = self.failure is not None
         finally:
@@ -410,6 +413,14 @@ class Launcher:
         if self.failure:
             raise EngineFailed(self.failure)
         return 0
+
+    def _say_idle(self) -> None:
+        """Once every camera is done (files only), that the engine goes on: it had run on in silence."""
+        done = frozenset(self.done)
+        if done != self.idle_said_at:
+            self.idle_said_at = done
+            log.info("every camera is done (%d); the engine keeps running for cameras `anonengine attach` adds "
+                     "(Ctrl-C or SIGTERM stops it)", len(done))
 
     def _all_cameras_done(self) -> bool:
         cameras = {c.name for c in self.cfg.cameras}
