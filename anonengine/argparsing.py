@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from fractions import Fraction
 
 from anonengine.errors import ConfigError
 
@@ -32,3 +33,15 @@ def log_level_from_env() -> str | None:
     if given.upper() not in LOG_LEVELS:
         raise ConfigError(f"{LOG_LEVEL_VARIABLE}={given!r} is not a log level: use one of {', '.join(LOG_LEVELS)}")
     return given.upper()
+
+
+def frame_rate(text: str) -> float:
+    """A frame rate given on the command line: a number or a fraction (NTSC's 30000/1001), above 0."""
+    try:
+        rate = Fraction(text.strip())
+    except (ValueError, ZeroDivisionError):
+        rate = None
+    if rate is None or rate <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is no frame rate: give frames a second above 0, such as 25, "
+                                         "29.97 or 30000/1001")
+    return float(rate)

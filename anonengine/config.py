@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 from pydantic_core import PydanticCustomError
 
 from anonengine.errors import ConfigError
@@ -19,6 +19,7 @@ from anonengine.paths import (
     PHOTO_SUFFIXES,
     ROTATIONS,
     URL_SCHEME,
+    in_sequence,
     is_photo,
     is_sequence,
     partial_metadata_path,
@@ -336,11 +337,14 @@ def error_text(err: dict) -> str:
 
 
 def _same_file(source: str, target: str) -> bool:
-    """Whether `target` names the file `source` names (a URL other than file:// names none)."""
+    """Whether `target` names the file `source` names (a URL other than file:// names none), or one of its
+    photos where `source` is an image sequence."""
     scheme = URL_SCHEME.match(source)
     if scheme and scheme.group(1).lower() != "file":
         return False
     source = source[scheme.end():] if scheme else source
+    if is_sequence(source) and in_sequence(source, target):
+        return True
     try:
         if Path(source).resolve() == Path(target).resolve():
             return True
@@ -360,6 +364,17 @@ def _a_polygon(zone: list[tuple[float, float]]) -> list[tuple[float, float]]:
     if len(zone) < 3:
         raise ValueError(f"{len(zone)} points: a privacy zone is a polygon of at least 3 [x, y] points")
     return zone
+
+
+def _a_fraction(value):
+    """A frame rate written as a fraction (NTSC's 30000/1001) is taken as its value."""
+    if isinstance(value, str) and "/" in value:
+        numerator, _, denominator = value.partition("/")
+        try:
+            return float(numerator) / float(denominator)
+        except (ValueError, ZeroDivisionError):
+            raise ValueError(f"{value!r} is no frame rate: give frames a second, such as 25 or 30000/1001") from None
+    return value
 
 
 # A zone of 2 points hid nothing, one reaching outside 0..1 was cut at the frame's edge: both passed silently.
@@ -393,8 +408,9 @@ class CameraConfig(StrictModel):
         "down: 180), after the turn its container asks for: the detector misses most persons upside down or on "
         "their side, and the output is written turned.",
     )
-    fps: float | None = Field(
-        None, gt=0, le=1000, description="An image sequence's frame rate (none: 25); a video keeps its own.")
+    fps: Annotated[float, BeforeValidator(_a_fraction)] | None = Field(
+        None, gt=0, le=1000, description="An image sequence's frame rate (none: 25; 30000/1001 too); a video keeps "
+        "its own.")
     privacy_zones: list[PrivacyZone] = Field(
         default_factory=list,
         description="Polygons always hidden, as [x, y] points in shares of the frame width and height (0..1), of "
@@ -407,7 +423,8 @@ class CameraConfig(StrictModel):
         for field, working in (("output", partial_path), ("metadata", partial_metadata_path)):
             target = getattr(self, field)
             if target and _same_file(self.source, target):
-                raise ValueError(f"{field} {target} is the source itself: writing it would destroy the original")
+                itself = "one of the source's photos" if is_sequence(self.source) else "the source itself"
+                raise ValueError(f"{field} {target} is {itself}: writing it would destroy the original")
             # An earlier run's working file is set aside (renamed) before the run: the source itself went so.
             if target and _same_file(self.source, str(working(target))):
                 raise ValueError(f"{field} {target} is written as {working(target).name} until complete, which is "

@@ -44,6 +44,35 @@ def is_sequence(spec: str) -> bool:
             and "%" not in SEQUENCE_NUMBER.sub("", name) and Path(spec).suffix.lower() in PHOTO_SUFFIXES)
 
 
+def sequence_parts(spec: str) -> tuple[str, str, int]:
+    """An image sequence's photos' names: (what comes before the number, what comes after, its width: `%04d`
+    writes 7 as 0007, `%d` as 7)."""
+    name = Path(spec).name
+    number = SEQUENCE_NUMBER.search(name)
+    return name[: number.start()], name[number.end():], int(number.group(1) or 0)
+
+
+def sequence_number(spec: str, name: str) -> int | None:
+    """The number of the photo named `name` (a file name) in the image sequence `spec`; None if it is none of
+    its photos' names."""
+    prefix, suffix, width = sequence_parts(spec)
+    if len(name) <= len(prefix) + len(suffix) or not (name.startswith(prefix) and name.endswith(suffix)):
+        return None
+    digits = name[len(prefix) : len(name) - len(suffix)]
+    if not re.fullmatch("[0-9]+", digits) or digits != f"{int(digits):0{width}d}":  # as FFmpeg writes it
+        return None
+    return int(digits)
+
+
+def in_sequence(spec: str, path: str | Path) -> bool:
+    """Whether `path` names one of the photos of the image sequence `spec` (there or not)."""
+    try:
+        same_folder = Path(path).resolve().parent == Path(spec).resolve().parent
+    except OSError:
+        return False
+    return same_folder and sequence_number(spec, Path(path).name) is not None
+
+
 def sequence_stem(spec: str) -> str:
     """The name an image sequence's video takes: `frames/f%06d.png` -> f, `frames/%06d.png` -> frames."""
     return SEQUENCE_NUMBER.sub("", Path(spec).stem).strip("._- ") or Path(spec).resolve().parent.name

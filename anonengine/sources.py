@@ -18,10 +18,11 @@ import math
 import os
 import queue
 import random
-import re
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass, field
+from fractions import Fraction
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -30,7 +31,7 @@ import cv2
 from anonengine.config import SourcesConfig
 from anonengine.errors import InputError, SourceNotOpenable
 from anonengine.messages import SourceState
-from anonengine.paths import SEQUENCE_NUMBER, URL_SCHEME, is_sequence
+from anonengine.paths import URL_SCHEME, is_sequence, sequence_number, sequence_parts
 
 log = logging.getLogger("anonengine.sources")
 
@@ -81,8 +82,11 @@ class Source:
         if self.kind is SourceKind.FILE:
             return self.url, None, {}, None
         if self.kind is SourceKind.SEQUENCE:
-            rate = f"{self.fps or SEQUENCE_FPS:g}"
-            return self.url, "image2", {"framerate": rate, "start_number": str(self.numbers.start)}, None
+            rate = str(Fraction(self.fps or SEQUENCE_FPS).limit_denominator(1001))  # 29.97002997: 30000/1001
+            # FFmpeg reads a `%` anywhere in the path as the number's: one in a folder's name is written `%%`.
+            folder, name = os.path.split(self.url)
+            url = os.path.join(folder.replace("%", "%%"), name)
+            return url, "image2", {"framerate": rate, "start_number": str(self.numbers.start)}, None
         timeouts = (cfg.connect_timeout_s, cfg.stall_s)
         if self.kind is SourceKind.V4L2:
             return self.url, "v4l2", {}, timeouts
@@ -183,22 +187,21 @@ def sequence_numbers(spec: str) -> range:
     reads such a sequence up to the first number missing and ends there, which would lose every photo after it
     (a batch of the folder, `--video-source frames --output-dir out`, takes the photos one by one)."""
     path = Path(spec)
-    match = SEQUENCE_NUMBER.search(path.name)
-    prefix, suffix = path.name[: match.start()], path.name[match.end():]
-    width = int(match.group(1) or 0)
-    named = re.compile(re.escape(prefix) + r"(\d+)" + re.escape(suffix) + "$")
-    numbers = set()
     try:
         names = os.listdir(path.parent)
     except OSError:
         names = []
-    for name in names:
-        found = named.match(name)
-        if found and found.group(1) == f"{int(found.group(1)):0{width}d}":  # as FFmpeg names them: %04d is 0007
-            numbers.add(int(found.group(1)))
+    numbers = {n for n in (sequence_number(spec, name) for name in names) if n is not None}
+    prefix, suffix, width = sequence_parts(spec)
     if not numbers:
+        # Numbered otherwise: `%d` for f0001.png, whose numbers are written 4 wide (`%04d`).
+        widths = Counter(len(name) - len(prefix) - len(suffix) for name in names
+                         if name.startswith(prefix) and name.endswith(suffix)
+                         and name[len(prefix) : len(name) - len(suffix)].isdecimal())
+        wide = widths.most_common(1)[0][0] if widths else 0
+        hint = f"; they are numbered {wide} digits wide: {prefix}%0{wide}d{suffix}" if wide else ""
         raise InputError(f"image sequence not found: no file in {path.parent} is named as {path.name} says "
-                         f"(such as {prefix}{0:0{width}d}{suffix})")
+                         f"(such as {prefix}{1:0{width}d}{suffix}){hint}")
     first, last = min(numbers), max(numbers)
     if len(numbers) != last - first + 1:
         missing = next(n for n in range(first, last + 1) if n not in numbers)

@@ -207,7 +207,7 @@ class VideoReader:
         self.camera = camera
         kind = kind or classify(source)
         self.rotate = kind.rotate
-        self.numbered = len(kind.numbers) if kind.numbers else 0  # an image sequence's photos: its frames
+        self.numbers = kind.numbers  # an image sequence's photos' numbers: its frames
         self.container = open_source(kind, sources_cfg or SourcesConfig())
         try:
             self.info = self._open(kind.live)
@@ -237,7 +237,7 @@ class VideoReader:
             height=height,
             rate=Fraction(rate),
             time_base=Fraction(self.stream.time_base or Fraction(1, 90000)),
-            frames=int(self.stream.frames or self.numbered),
+            frames=int(self.stream.frames or len(self.numbers or ())),
             live=live,
             colour=Colour.of(self.stream.codec_context, self._first.values_kept),
             pixel_aspect=self._first.pixel_aspect,
@@ -253,11 +253,42 @@ class VideoReader:
         return aspect
 
     def _image(self, av_frame: av.VideoFrame, stored_aspect: Fraction) -> DecodedImage:
-        orientation = display_matrix(av_frame, self.source)
+        orientation = display_matrix(av_frame, self.photo(av_frame.pts) or self.source)
         image = turn(upright(to_bgr(av_frame), orientation), self.rotate)
         # A quarter turn (by the tag, or `rotate`) makes a pixel's width its height.
         quarter = (orientation is not None and orientation[1] != 0) != (self.rotate in (90, 270))
         return DecodedImage(av_frame.pts, image, by_opencv(av_frame), 1 / stored_aspect if quarter else stored_aspect)
+
+    def photo(self, index: int | None) -> str | None:
+        """An image sequence's photo that frame `index` (its pts: image2 counts them) is; None for a video."""
+        if self.numbers is None or index is None or not 0 <= index < len(self.numbers):
+            return None
+        path = Path(self.source)
+        return str(path.with_name(path.name % self.numbers[index]))
+
+    def _bad_photo(self, near: int) -> str:
+        """Which of an image sequence's photos its decoder failed on, for the user's error: the first gone, empty
+        or unreadable from `near` (the frames decoded: a decoder's threads hold a few more), or else any gone
+        or empty; "" for a video, or none found."""
+        if self.numbers is None:
+            return ""
+        from PIL import Image
+
+        start = max(0, near - 4)
+        for index in [*range(start, len(self.numbers)), *range(start)]:
+            path = Path(self.photo(index))
+            try:
+                if path.stat().st_size == 0:
+                    return f" ({path.name} is empty)"
+            except OSError:
+                return f" ({path.name} is gone)"
+            if start <= index < near + 16:
+                try:
+                    with Image.open(path) as image:
+                        image.load()
+                except Exception:  # noqa: BLE001 - Pillow raises many types for a damaged file
+                    return f" ({path.name} cannot be read)"
+        return ""
 
     def _decode(self) -> Iterator[DecodedImage]:
         decoded = damaged_count = 0
@@ -302,7 +333,8 @@ class VideoReader:
                 held_back = []
             for av_frame in held_back:
                 yield self._image(av_frame, stored_aspect)
-            raise InputError(f"cannot decode {self.source} at frame {decoded}: {_ffmpeg_reason(exc)}") from None
+            raise InputError(f"cannot decode {self.source} at frame {decoded}{self._bad_photo(decoded)}: "
+                             f"{_ffmpeg_reason(exc)}") from None
         if damaged is not None:
             raise InputError(f"{self.source} is truncated or corrupt at frame {decoded}")
         if damaged_count > 1:
@@ -369,6 +401,7 @@ class VideoReader:
         if not self.info.live and self.info.frames and seq + self.discarded < self.info.frames:
             raise InputError(
                 f"{self.source} is truncated: {seq} of {self.info.frames} frames could be decoded"
+                f"{self._bad_photo(seq)}"
             )
 
     def close(self) -> None:
@@ -487,7 +520,19 @@ def to_bgr(av_frame: av.VideoFrame) -> np.ndarray:
     if by_opencv(av_frame):
         planes = av_frame.to_ndarray()  # (h*3/2, w): the luma plane, then chroma, their padding removed
         return cv2.cvtColor(planes, YUV420_TO_BGR[av_frame.format.name])
+    if may_be_transparent(av_frame.format):
+        # Laid over black: dropping the alpha channel showed what lay under a transparent part (a cut-out's old
+        # background, an edit's hidden layer), which a video cannot hide otherwise.
+        bgra = av_frame.to_ndarray(format="bgra")
+        alpha = cv2.cvtColor(bgra[:, :, 3], cv2.COLOR_GRAY2BGR)
+        return cv2.multiply(bgra[:, :, :3], alpha, scale=1 / 255)
     return av_frame.to_ndarray(format="bgr24")
+
+
+def may_be_transparent(pixel_format: av.VideoFormat) -> bool:
+    """Whether frames in this pixel format may have transparent parts: an alpha channel, or a palette (a PNG's
+    palette holds each colour's transparency)."""
+    return pixel_format.has_palette or any(component.is_alpha for component in pixel_format.components)
 
 
 def by_opencv(av_frame: av.VideoFrame) -> bool:

@@ -33,6 +33,7 @@ from anonengine.inline import run_inline
 from anonengine.rundir import default_run_dir
 from anonengine.sample import assets_dir, make_sample, render_frames
 from anonengine.shm import instance_segments
+from anonengine.sources import classify
 from anonengine.video import VideoReader, display_matrix
 
 WIDTH, HEIGHT, FRAMES = 320, 192, 8
@@ -757,24 +758,64 @@ def test_an_image_sequence_is_read_in_its_numbers_order_pixel_for_pixel(tmp_path
 @pytest.mark.parametrize("case, said", [
     ("gap", "f0003.png is missing (4 photos numbered 1 to 5); the sequence would end before it"),
     ("none", "image sequence not found: no file in"),
+    ("padded otherwise", "(such as f1.png); they are numbered 4 digits wide: f%04d.png"),
     ("fps of a video", "--fps is the frame rate of an image sequence"),
+    ("no rate", "argument --fps: '0' is no frame rate"),
     ("written", "an image sequence is read, not written"),
+    ("metadata over a photo", "metadata FRAMES/f0005.png is one of the source's photos: writing it would destroy"),
+    ("an empty photo", "is truncated: 2 of 5 frames could be decoded (f0003.png is empty)"),
 ])
 def test_an_image_sequence_that_cannot_be_read_whole_is_one_line(case, said, sample, anonengine_cli, tmp_path):
     """A gap in the numbers: FFmpeg ends the sequence at the first number missing, and every photo after it
-    was lost."""
+    was lost. A metadata file named as a photo of it overwrote that photo."""
     frame = next(iter(VideoReader(str(sample.video)))).image
-    pattern = write_sequence([frame] * 5, tmp_path / "frames", "f%04d.png", first=1)
-    flags = {"gap": ("--video-source", pattern), "none": ("--video-source", str(tmp_path / "g%04d.png")),
+    frames = tmp_path / "frames"
+    pattern = write_sequence([frame] * 5, frames, "f%04d.png", first=1)
+    out = ("--output-video", tmp_path / "o.mp4")
+    flags = {"gap": ("--video-source", pattern), "none": ("--video-source", str(tmp_path / "g%04d.png"),
+                                                          "--output-dir", tmp_path / "out"),
+             "padded otherwise": ("--video-source", str(frames / "f%d.png")),
              "fps of a video": ("--video-source", sample.video, "--fps", "10"),
-             "written": ("--video-source", pattern, "--output-video", tmp_path / "o%04d.png")}[case]
+             "no rate": ("--video-source", pattern, "--fps", "0"),
+             "written": ("--video-source", pattern, "--output-video", tmp_path / "o%04d.png"),
+             "metadata over a photo": ("--video-source", pattern, *out, "--metadata", frames / "f0005.png"),
+             "an empty photo": ("--video-source", pattern, *out)}[case]
     if case == "gap":
-        (tmp_path / "frames" / "f0003.png").unlink()
-    result = anonengine_cli("run", *flags, "--output-dir" if case == "none" else "--quiet", *(
-        [tmp_path / "out"] if case == "none" else []))
+        (frames / "f0003.png").unlink()
+    if case == "an empty photo":
+        (frames / "f0003.png").write_bytes(b"")
+    before = (frames / "f0005.png").read_bytes()
+    result = anonengine_cli("run", *flags, "--quiet")
     assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
-    assert said in result.stderr
+    assert said.replace("FRAMES", str(frames)) in result.stderr
     assert not list(tmp_path.glob("*.mp4")) and not (tmp_path / "out").exists()
+    assert (frames / "f0005.png").read_bytes() == before
+
+
+def test_camera_photos_sequences_come_out_upright_transparent_parts_black_and_rates_exact(sample, tmp_path):
+    """Photos with EXIF (every camera's and phone's JPEG: FFmpeg gives its block as side data PyAV cannot
+    read) were refused: each photo's EXIF orientation turns it. A transparent part came out as what lay under
+    it (a cut-out's old background): it is laid over black. A `%` in a folder's name, which FFmpeg read as the
+    number's, and NTSC's 30000/1001 work."""
+    from PIL import Image
+
+    frames = [f.image for f in VideoReader(str(sample.video))][:3]
+    phone = tmp_path / "100%APPLE"  # a `%` in the folder's name
+    phone.mkdir()
+    for number, image in enumerate(frames, start=1):
+        exif = Image.Exif()
+        exif[0x010F], exif[0x0110], exif[0x0112] = "Apple", "iPhone 15", 6  # stored on its side: turn 90 clockwise
+        sideways = cv2.rotate(image, cv2.ROTATE_90_COUNTERCLOCKWISE)
+        Image.fromarray(sideways[:, :, ::-1]).save(phone / f"IMG_{number:04d}.JPG", exif=exif, quality=95)
+    reader = VideoReader(str(phone / "IMG_%04d.JPG"), kind=classify(str(phone / "IMG_%04d.JPG"), fps=30000 / 1001))
+    assert (reader.info.width, reader.info.height, reader.info.rate) == (WIDTH, HEIGHT, Fraction(30000, 1001))
+    read = [f.image for f in reader]
+    assert len(read) == 3 and np.abs(read[0].astype(int) - frames[0]).mean() < 3  # upright, as filmed
+    cut_out = [np.dstack([image, np.where(np.arange(WIDTH) < WIDTH // 2, 0, 255).astype(np.uint8)[None].repeat(
+        HEIGHT, 0)]) for image in frames]
+    pattern = write_sequence(cut_out, tmp_path / "rgba", "c%02d.png", first=0)
+    first = next(iter(VideoReader(pattern))).image
+    assert first[:, : WIDTH // 2].max() == 0 and np.array_equal(first[:, WIDTH // 2 :], frames[0][:, WIDTH // 2 :])
 
 
 # --- 3. frame sizes ------------------------------------------------------------------------------------
