@@ -105,15 +105,19 @@ class TorchBackgroundModel(BackgroundModel):
             return resample(canvas_image.float(), inverse, size, interpolation) > 0.5
         return resample(canvas_image.float(), inverse, size, interpolation, shift_border="replicate")
 
-    def render(self, box: tuple[int, int, int, int] | None = None, view: View | None = None) -> np.ndarray:
+    def render(self, box: tuple[int, int, int, int] | None = None, view: View | None = None,
+               interpolation: int | None = None) -> np.ndarray:
         if self.scene is None:
             raise RuntimeError("BackgroundModel.render() before the first update()")
-        return self._drawn(box, view or self.view).cpu().numpy()
+        return self._drawn(box, view or self.view, interpolation).cpu().numpy()
 
-    def _drawn(self, box: tuple[int, int, int, int] | None, view: View) -> torch.Tensor:
+    def _drawn(self, box: tuple[int, int, int, int] | None, view: View, interpolation: int | None = None
+               ) -> torch.Tensor:
         """`render`'s image, left on the device."""
         scene = view.scene
-        image = to_uint8(self._to_frame(scene.mean, RENDER_RESAMPLE[self.cfg.resample], box, view=view))
+        if interpolation is None:
+            interpolation = RENDER_RESAMPLE[self.cfg.resample]
+        image = to_uint8(self._to_frame(scene.mean, interpolation, box, view=view))
         unseen = ~self._to_frame(scene.seen, cv2.INTER_NEAREST, box, view=view)
         if bool(unseen.any()):
             fill = to_uint8(self._to_frame(self._current_fill(scene), cv2.INTER_LINEAR, box, view=view))
