@@ -375,6 +375,9 @@ class VideoReader:
                 image = item.image
                 if image.shape[1::-1] != decoded_size:  # another size than the frame before's
                     at_break, decoded_size = True, image.shape[1::-1]
+                    if decoded_size != size:  # said: a portrait photo among landscape ones comes out squashed
+                        log.warning("%s: frame %d is %dx%d, scaled to the first frame's %dx%d", self.source, seq,
+                                    *decoded_size, *size)
                 if image.shape[1::-1] != size:
                     # A stream that changes resolution midway (a camera reconfigured): every stage was set
                     # up for the first size, so later frames are scaled to it rather than refused.

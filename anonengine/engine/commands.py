@@ -107,7 +107,8 @@ def run_engine(cfg: EngineConfig, progress: bool, tap: str | None) -> int:
     cfg.engine.exit_when_done = True
     cfg.tap.endpoint = tap or ""
     if not os.environ.get("ANONENGINE_LOG_LEVEL"):
-        os.environ["ANONENGINE_LOG_LEVEL"] = "ERROR"  # a job prints its result, not the stages' chatter
+        # A job prints its result and what the user should know of their input, not the stages' chatter.
+        os.environ["ANONENGINE_LOG_LEVEL"] = "WARNING"
         logging.getLogger("anonengine.launcher").setLevel(logging.WARNING)
     launcher = launch(cfg)
     bar = None

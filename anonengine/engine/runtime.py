@@ -289,13 +289,19 @@ def receive_waiting(sock: zmq.Socket, on_malformed, budget_s: float | None = Non
         yield message
 
 
-def configure_logging(stage: str, camera: str, level: str) -> None:
+def configure_logging(stage: str, camera: str, level: str, job: bool = False) -> None:
+    """A running engine's stages stamp their lines. A job's (`anonengine run`) say what the reading and
+    anonymizing say of the user's input as the command's own lines, as `--inline` does (a portrait photo among
+    landscape ones, scaled to their size), and their own running's warnings not (a failure's, told by the
+    command in one line)."""
     logging.basicConfig(
         level=level,
-        format=f"%(asctime)s {stage}[{camera}] %(levelname)s %(message)s",
+        format="anonengine: %(message)s" if job else f"%(asctime)s {stage}[{camera}] %(levelname)s %(message)s",
         stream=sys.stderr,
         force=True,
     )
+    if job:
+        logging.getLogger(f"anonengine.{stage}").setLevel(max(logging.getLevelName(level), logging.ERROR))
     logging.getLogger("ultralytics").setLevel(logging.WARNING)
 
 
@@ -422,7 +428,7 @@ def run_service(factory, argv: list[str] | None = None, extra_args=None) -> int:
         report_user_error(str(exc))
         return 2
     service = factory(cfg, args)
-    configure_logging(service.stage, service.camera, level or "INFO")
+    configure_logging(service.stage, service.camera, level or "INFO", job=cfg.engine.exit_when_done)
     faulthandler.enable()
     try:
         import setproctitle
