@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import os
-from fractions import Fraction
 
 from anonengine.errors import ConfigError
 
@@ -37,11 +36,9 @@ def log_level_from_env() -> str | None:
 
 def frame_rate(text: str) -> float:
     """A frame rate given on the command line: a number or a fraction (NTSC's 30000/1001), above 0."""
+    from anonengine.config import frame_rate as parsed
+
     try:
-        rate = Fraction(text.strip())
-    except (ValueError, ZeroDivisionError):
-        rate = None
-    if rate is None or rate <= 0:
-        raise argparse.ArgumentTypeError(f"{text!r} is no frame rate: give frames a second above 0, such as 25, "
-                                         "29.97 or 30000/1001")
-    return float(rate)
+        return parsed(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None

@@ -6,6 +6,7 @@ YAML file is an error that names the key instead of a silently ignored setting.
 
 from __future__ import annotations
 
+from fractions import Fraction
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -366,15 +367,18 @@ def _a_polygon(zone: list[tuple[float, float]]) -> list[tuple[float, float]]:
     return zone
 
 
-def _a_fraction(value):
-    """A frame rate written as a fraction (NTSC's 30000/1001) is taken as its value."""
-    if isinstance(value, str) and "/" in value:
-        numerator, _, denominator = value.partition("/")
-        try:
-            return float(numerator) / float(denominator)
-        except (ValueError, ZeroDivisionError):
-            raise ValueError(f"{value!r} is no frame rate: give frames a second, such as 25 or 30000/1001") from None
-    return value
+def frame_rate(value):
+    """A frame rate as a number, or written as one or a fraction (NTSC's 30000/1001); ValueError for one that is
+    none or not above 0."""
+    if not isinstance(value, str):
+        return value
+    try:
+        rate = Fraction(value.strip())
+    except (ValueError, ZeroDivisionError):
+        rate = None
+    if rate is None or rate <= 0:
+        raise ValueError(f"{value!r} is no frame rate: give frames a second above 0, such as 25, 29.97 or 30000/1001")
+    return float(rate)
 
 
 # A zone of 2 points hid nothing, one reaching outside 0..1 was cut at the frame's edge: both passed silently.
@@ -408,7 +412,7 @@ class CameraConfig(StrictModel):
         "down: 180), after the turn its container asks for: the detector misses most persons upside down or on "
         "their side, and the output is written turned.",
     )
-    fps: Annotated[float, BeforeValidator(_a_fraction)] | None = Field(
+    fps: Annotated[float, BeforeValidator(frame_rate)] | None = Field(
         None, gt=0, le=1000, description="An image sequence's frame rate (none: 25; 30000/1001 too); a video keeps "
         "its own.")
     privacy_zones: list[PrivacyZone] = Field(
