@@ -242,14 +242,18 @@ class EncodeService(Service):
                 # What failed to finish is no output: its working segments go (a disk that filled up kept
                 # them, the frames' metadata with them, in a hidden folder beside the output).
                 output.recording.abort()
-        self._done(camera, frames, path, complete, error)
+        self._done(camera, frames, path, complete, error, recorded=output.recording is not None)
 
-    def _done(self, camera: str, frames: int, path, complete: bool, error: str | None) -> None:
-        """Tells the launcher a camera's output is done (made, or failed), and says so in the log."""
+    def _done(self, camera: str, frames: int, path, complete: bool, error: str | None, recorded: bool = True
+              ) -> None:
+        """Tells the launcher a camera's output is done (made, or failed), and says so in the log. `recorded`:
+        the camera has an output file (else the tap alone)."""
         send(self.events, messages.CameraDone(camera, frames, str(path) if path else None, complete, error),
              block=False)
         if error is not None:  # "0 frames written to (tap only)" was all it said of a camera with an output
             self.log.warning("%s: its output failed: %s", camera, error)
+        elif path is None and recorded:  # stopped before its first frame: no file at all
+            self.log.info("%s: stopped before its first frame; no output written", camera)
         else:
             self.log.info("%s: %d frames written to %s", camera, frames, path or "(tap only)")
 
