@@ -52,6 +52,13 @@ def sequence_parts(spec: str) -> tuple[str, str, int]:
     return name[: number.start()], name[number.end():], int(number.group(1) or 0)
 
 
+def sequence_photo(spec: str, number: int) -> str:
+    """The file name of photo `number` of the image sequence `spec`, as FFmpeg names it (`%3d` pads with zeros,
+    where Python's `%` pads with spaces)."""
+    prefix, suffix, width = sequence_parts(spec)
+    return f"{prefix}{number:0{width}d}{suffix}"
+
+
 def sequence_number(spec: str, name: str) -> int | None:
     """The number of the photo named `name` (a file name) in the image sequence `spec`; None if it is none of
     its photos' names."""

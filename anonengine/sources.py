@@ -31,7 +31,7 @@ import cv2
 from anonengine.config import SourcesConfig
 from anonengine.errors import InputError, SourceNotOpenable
 from anonengine.messages import SourceState
-from anonengine.paths import URL_SCHEME, is_sequence, sequence_number, sequence_parts
+from anonengine.paths import URL_SCHEME, is_sequence, sequence_number, sequence_parts, sequence_photo
 
 log = logging.getLogger("anonengine.sources")
 
@@ -192,7 +192,7 @@ def sequence_numbers(spec: str) -> range:
     except OSError:
         names = []
     numbers = {n for n in (sequence_number(spec, name) for name in names) if n is not None}
-    prefix, suffix, width = sequence_parts(spec)
+    prefix, suffix, _ = sequence_parts(spec)
     if not numbers:
         # Numbered otherwise: `%d` for f0001.png, whose numbers are written 4 wide (`%04d`).
         widths = Counter(len(name) - len(prefix) - len(suffix) for name in names
@@ -201,11 +201,11 @@ def sequence_numbers(spec: str) -> range:
         wide = widths.most_common(1)[0][0] if widths else 0
         hint = f"; they are numbered {wide} digits wide: {prefix}%0{wide}d{suffix}" if wide else ""
         raise InputError(f"image sequence not found: no file in {path.parent} is named as {path.name} says "
-                         f"(such as {prefix}{1:0{width}d}{suffix}){hint}")
+                         f"(such as {sequence_photo(spec, 1)}){hint}")
     first, last = min(numbers), max(numbers)
     if len(numbers) != last - first + 1:
         missing = next(n for n in range(first, last + 1) if n not in numbers)
-        raise InputError(f"image sequence {spec}: {prefix}{missing:0{width}d}{suffix} is missing ({len(numbers)} "
+        raise InputError(f"image sequence {spec}: {sequence_photo(spec, missing)} is missing ({len(numbers)} "
                          f"photos numbered {first} to {last}); the sequence would end before it")
     return range(first, last + 1)
 

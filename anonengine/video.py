@@ -21,7 +21,7 @@ from av.sidedata.sidedata import Type as SideDataType
 from anonengine.config import EncoderConfig, SourcesConfig
 from anonengine.errors import ConfigError, InputError, OutputError, SourceNotOpenable
 from anonengine.locks import FileLock, LockBusy, output_lock_path
-from anonengine.paths import OUTPUT_CONTAINERS, partial_path
+from anonengine.paths import OUTPUT_CONTAINERS, partial_path, sequence_photo
 from anonengine.sources import Source, classify
 
 log = logging.getLogger("anonengine")
@@ -263,8 +263,7 @@ class VideoReader:
         """An image sequence's photo that frame `index` (its pts: image2 counts them) is; None for a video."""
         if self.numbers is None or index is None or not 0 <= index < len(self.numbers):
             return None
-        path = Path(self.source)
-        return str(path.with_name(path.name % self.numbers[index]))
+        return str(Path(self.source).with_name(sequence_photo(self.source, self.numbers[index])))
 
     def _bad_photo(self, near: int) -> str:
         """Which of an image sequence's photos its decoder failed on, for the user's error: the first gone, empty

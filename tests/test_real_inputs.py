@@ -792,6 +792,22 @@ def test_an_image_sequence_that_cannot_be_read_whole_is_one_line(case, said, sam
     assert (frames / "f0005.png").read_bytes() == before
 
 
+def test_a_width_without_its_zero_names_photos_as_ffmpeg_does(sample, tmp_path):
+    """`%3d` is 007 to FFmpeg and `  7` to Python's `%`: a phone's photo was looked for under the latter for its
+    EXIF turn, and the sequence refused."""
+    from PIL import Image
+
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored on its side
+    image = next(iter(VideoReader(str(sample.video)))).image
+    for number in (1, 2):
+        Image.fromarray(cv2.rotate(image, cv2.ROTATE_90_COUNTERCLOCKWISE)[:, :, ::-1]).save(
+            tmp_path / f"p{number:03d}.jpg", exif=exif, quality=95)
+    reader = VideoReader(str(tmp_path / "p%3d.jpg"))
+    assert reader.photo(1) == str(tmp_path / "p002.jpg")
+    assert (reader.info.width, reader.info.height) == (WIDTH, HEIGHT) and len(list(reader)) == 2
+
+
 def test_camera_photos_sequences_come_out_upright_transparent_parts_black_and_rates_exact(sample, tmp_path):
     """Photos with EXIF (every camera's and phone's JPEG: FFmpeg gives its block as side data PyAV cannot
     read) were refused: each photo's EXIF orientation turns it. A transparent part came out as what lay under
