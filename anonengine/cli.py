@@ -376,8 +376,8 @@ def build_parser() -> argparse.ArgumentParser:
     models_sub = models_cmd.add_subparsers(dest="models_command", required=True, parser_class=OneLineParser)
     pull = models_sub.add_parser("pull", help="put official weights into the models folder")
     pull.add_argument("names", nargs="*", default=["yolo11n-pose.pt"])
-    pull.add_argument("--dir", default=None, help="folder (default: $ANONENGINE_MODELS, else models/ where the current folder has one, "
-                      "else ~/.cache/anonengine/models)")
+    pull.add_argument("--dir", default=None, help="folder (default: $ANONENGINE_MODELS, else models/ where the "
+                      "current folder has one, else ~/.cache/anonengine/models)")
     pull.set_defaults(func=cmd_models_pull)
 
     sample = sub.add_parser("sample", help="generate the sample clip with ground truth")

@@ -290,18 +290,19 @@ def receive_waiting(sock: zmq.Socket, on_malformed, budget_s: float | None = Non
 
 
 def configure_logging(stage: str, camera: str, level: str, job: bool = False) -> None:
-    """A running engine's stages stamp their lines. A job's (`anonengine run`) say what the reading and
-    anonymizing say of the user's input as the command's own lines, as `--inline` does (a portrait photo among
-    landscape ones, scaled to their size), and their own running's warnings not (a failure's, told by the
-    command in one line)."""
+    """A running engine's stages stamp their lines. A job's (`anonengine run`), at its default WARNING, say what
+    the reading and anonymizing say of the user's input as the command's own lines, as `--inline` does (a
+    portrait photo among landscape ones, scaled to their size), and their own running's warnings not (a
+    failure's, told by the command in one line); asked for INFO or DEBUG, they stamp every line as an engine's."""
+    terse = job and logging.getLevelName(level) >= logging.WARNING
     logging.basicConfig(
         level=level,
-        format="anonengine: %(message)s" if job else f"%(asctime)s {stage}[{camera}] %(levelname)s %(message)s",
+        format="anonengine: %(message)s" if terse else f"%(asctime)s {stage}[{camera}] %(levelname)s %(message)s",
         stream=sys.stderr,
         force=True,
     )
-    if job:
-        logging.getLogger(f"anonengine.{stage}").setLevel(max(logging.getLevelName(level), logging.ERROR))
+    if terse:
+        logging.getLogger(f"anonengine.{stage}").setLevel(logging.ERROR)
     logging.getLogger("ultralytics").setLevel(logging.WARNING)
 
 
