@@ -51,9 +51,11 @@ class DetectService(Service):
         # while catching up: whether they are wanted depends on the frames before them.
         self.held: deque[messages.FrameRef] = deque()
         self.stalled = False  # the last round detected nothing: every frame in hand waits
-        # Decisions are remembered for the frames a camera can have in flight (its ring), and a batch more.
-        self.in_flight = (cfg.engine.ring_slots + cfg.anonymizer.background.future_frames
-                          + cfg.engine.max_batch)
+        # Decisions are remembered for the frames a camera can have in flight (its ring, as the capture sizes a
+        # recording's: its future fill and its longer look-ahead), and a batch more.
+        anonymizer = cfg.anonymizer
+        self.in_flight = (cfg.engine.ring_slots + anonymizer.background.future_frames
+                          + anonymizer.lookahead(live=False) - anonymizer.hold.lookahead_frames + cfg.engine.max_batch)
 
     def setup(self) -> None:
         self.detector.setup()
