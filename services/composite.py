@@ -244,6 +244,9 @@ class CompositeService(Service):
             if not self._learn(state, result):
                 timeline.retry(turn.seq)  # its slot was reused: the capture offers it again
                 break
+            # One message can let many frames through (the look-ahead's, all at a file's end), each seconds
+            # of work at 48 MP: the heartbeat goes on between frames, or a busy compositor is killed as hung.
+            self.report()
             self._send_waited(state)
         self._send_waited(state)
         if timeline.finished and not state.waiting and not state.end_sent:
@@ -294,6 +297,7 @@ class CompositeService(Service):
             waited = state.waiting.popleft()
             ref = waited.ref
             image = self.compositing.render(waited.frame, waited.learnt)
+            self.report()
             out_slot = state.free_slots.pop()
             state.ring.write(out_slot, ref.seq, image)
             out_ref = messages.FrameRef(ref.camera, ref.seq, ref.pts, state.ring.name, out_slot, state.ring.slots,
