@@ -24,6 +24,7 @@ from anonengine.locks import FileLock, LockBusy, output_lock_path
 from anonengine.paths import OUTPUT_CONTAINERS, partial_path, sequence_photo
 from anonengine.sources import Source, classify
 
+CUT_SHORT_TOLD = 5  # photos cut short named one by one; past this, counted
 log = logging.getLogger("anonengine")
 
 
@@ -294,6 +295,9 @@ class VideoReader:
         deinterlacer = Deinterlacer(self.stream.time_base or Fraction(1, 90000))
         stored_aspect = self._stored_pixel_aspect()
         damaged = None  # a file's packet flagged corrupt, held until what follows tells whether the file ends there
+        # FFmpeg decodes a JPEG photo cut short without a word (the packet is the whole file, not flagged), its
+        # missing part grey-green or the photo before's: a sequence's photos are checked for their end.
+        jpegs, cut_short = self.numbers is not None and self.stream.codec_context.name == "mjpeg", []
         try:
             for packet in self.container.demux(self.stream):
                 # FFmpeg flags a packet cut short by the end of the file as corrupt and decodes what is
@@ -317,6 +321,11 @@ class VideoReader:
                 # that the first one shown needs, and an edit list that leaves them out: counted in the header's
                 # frames, never shown (a 42-frame cut declares 75, and was refused as truncated).
                 self.discarded += packet.is_discard and bool(packet.size)
+                if jpegs and packet.size and jpeg_cut_short(bytes(packet)):
+                    cut_short.append(self.photo(packet.pts) or f"frame {decoded}")
+                    if len(cut_short) <= CUT_SHORT_TOLD:
+                        log.warning("%s: %s is cut short (a copy stopped midway?): decoded as FFmpeg can, the rest "
+                                    "of its picture made up", self.source, Path(cut_short[-1]).name)
                 for held in packets:
                     for av_frame in itertools.chain.from_iterable(map(deinterlacer.take, held.decode())):
                         yield self._image(av_frame, stored_aspect)
@@ -338,6 +347,8 @@ class VideoReader:
             raise InputError(f"{self.source} is truncated or corrupt at frame {decoded}")
         if damaged_count > 1:
             log.warning("%s: %d damaged packets in all, decoded as FFmpeg can", self.source, damaged_count)
+        if len(cut_short) > CUT_SHORT_TOLD:
+            log.warning("%s: %d photos cut short in all, decoded as FFmpeg can", self.source, len(cut_short))
 
     def __iter__(self) -> Iterator[Frame]:
         seq = 0
@@ -512,6 +523,35 @@ class DecodedImage:
 
 # 4:2:0 layouts whose planes OpenCV converts itself: yuv420p from the CPU decoder, NV12 from NVDEC.
 YUV420_TO_BGR = {"yuv420p": cv2.COLOR_YUV2BGR_I420, "nv12": cv2.COLOR_YUV2BGR_NV12}
+
+
+def jpeg_cut_short(data: bytes) -> bool:
+    """Whether a JPEG file ends before its end-of-image marker (a copy or download stopped midway).
+
+    The marker segments are walked to the first scan; from there the first FF D9 is the end of the image: a
+    scan's data never holds one (an FF in it is followed by 00 or a restart marker), and neither does what lies
+    between a progressive JPEG's scans. An EXIF thumbnail's end (in a segment before the scan) and what a
+    motion photo appends after the end (its video) are not taken for it. Not a JPEG: False (FFmpeg judges).
+    """
+    if not data.startswith(b"\xff\xd8"):
+        return False
+    at = 2
+    while at + 4 <= len(data):
+        if data[at] != 0xFF:
+            return False  # not where a marker must be: FFmpeg says what it makes of it
+        marker = data[at + 1]
+        if marker == 0xFF:  # fill byte before a marker
+            at += 1
+        elif 0xD0 <= marker <= 0xD7 or marker == 0x01:  # markers without a length
+            at += 2
+        elif marker == 0xD9:
+            return False
+        else:
+            length = int.from_bytes(data[at + 2 : at + 4], "big")
+            if marker == 0xDA:  # the first scan
+                return data.find(b"\xff\xd9", at + 2 + length) < 0
+            at += 2 + length
+    return True  # the file ends among its headers
 
 
 def to_bgr(av_frame: av.VideoFrame) -> np.ndarray:

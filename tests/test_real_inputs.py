@@ -34,7 +34,7 @@ from anonengine.rundir import default_run_dir
 from anonengine.sample import assets_dir, make_sample, render_frames
 from anonengine.shm import instance_segments
 from anonengine.sources import classify
-from anonengine.video import VideoReader, display_matrix
+from anonengine.video import VideoReader, display_matrix, jpeg_cut_short
 
 WIDTH, HEIGHT, FRAMES = 320, 192, 8
 
@@ -832,6 +832,37 @@ def test_camera_photos_sequences_come_out_upright_transparent_parts_black_and_ra
     pattern = write_sequence(cut_out, tmp_path / "rgba", "c%02d.png", first=0)
     first = next(iter(VideoReader(pattern))).image
     assert first[:, : WIDTH // 2].max() == 0 and np.array_equal(first[:, WIDTH // 2 :], frames[0][:, WIDTH // 2 :])
+
+
+def test_a_jpeg_cut_short_in_a_sequence_is_named_and_its_frame_still_anonymized(sample, anonengine_cli, tmp_path):
+    """FFmpeg decodes a JPEG photo cut short without a word (the photo before's pixels or grey-green where its
+    end is missing); the run names it and goes on, every frame out (a PNG cut short is refused: FFmpeg cannot
+    decode it at all)."""
+    frames = [f.image for f in VideoReader(str(sample.video))][:5]
+    pattern = write_sequence(frames, tmp_path / "frames", "f%02d.jpg", first=1)
+    whole = (tmp_path / "frames" / "f03.jpg").read_bytes()
+    (tmp_path / "frames" / "f03.jpg").write_bytes(whole[: len(whole) // 2])
+    output = tmp_path / "out.mp4"
+    result = anonengine_cli("run", "--video-source", pattern, "--output-video", output)
+    assert result.returncode == 0, result.stderr
+    assert "f03.jpg is cut short (a copy stopped midway?)" in result.stderr
+    assert "f01.jpg" not in result.stderr and "f04.jpg" not in result.stderr
+    assert len(list(VideoReader(str(output)))) == 5
+
+
+def test_a_jpegs_end_is_found_past_its_thumbnail_and_before_a_motion_photos_video():
+    from ultralytics.utils import ASSETS
+
+    image = cv2.imread(str(ASSETS / "bus.jpg"))
+    thumbnail = cv2.imencode(".jpg", cv2.resize(image, (160, 120)))[1].tobytes()  # ends FF D9 too
+    for params in ([], [cv2.IMWRITE_JPEG_PROGRESSIVE, 1], [cv2.IMWRITE_JPEG_RST_INTERVAL, 4]):
+        photo = cv2.imencode(".jpg", image, params)[1].tobytes()
+        app1 = b"Exif\0\0" + thumbnail
+        with_thumbnail = photo[:2] + b"\xff\xe1" + (len(app1) + 2).to_bytes(2, "big") + app1 + photo[2:]
+        for whole in (photo, with_thumbnail, photo + b"\0\0\0\x18ftypmp42" + bytes(range(256)) * 20):
+            assert not jpeg_cut_short(whole)
+            assert all(jpeg_cut_short(whole[:n]) for n in range(4, len(photo) - 1, 101))
+    assert not jpeg_cut_short(b"\x89PNG\r\n\x1a\n")
 
 
 # --- 3. frame sizes ------------------------------------------------------------------------------------
