@@ -420,10 +420,18 @@ class BackgroundModel:
         (small, half hidden, in a pose it missed) was learnt into the background, and once found was hidden
         behind their own picture. Forgotten, their place is never-seen (filled from around, learnt afresh once
         they leave). Returns how many were."""
+        return self.forget_where_shown(boxes, lambda core: frame[core[1] : core[3], core[0] : core[2]],
+                                       frame.shape[:2], view)
+
+    def forget_where_shown(self, boxes: np.ndarray, picture, frame_shape: tuple[int, int],
+                           view: View | None = None) -> int:
+        """`forget_where_learnt` with the persons' pictures from elsewhere: `picture(core)` gives the pixels of
+        a box's middle (x0, y0, x1, y1) as the person was found there (in a frame to come), or None where they
+        cannot be had, and the place is forgotten unchecked (drawn from the fill: never the person)."""
         if self.scene is None or not len(boxes):
             return 0
         view, forgotten = view or self.view, 0
-        h, w = frame.shape[:2]
+        h, w = frame_shape
         for box in boxes:
             bw, bh = box[2] - box[0], box[3] - box[1]
             core = (int(max(0, box[0] + GHOST_CORE * bw)), int(max(0, box[1] + GHOST_CORE * bh)),
@@ -433,7 +441,8 @@ class BackgroundModel:
                 continue
             if cv2.countNonZero(self.seen_in(core, view)) < GHOST_SEEN * (x1 - x0) * (y1 - y0):
                 continue
-            if looks_alike(frame[y0:y1, x0:x1], self.render(core, view, GHOST_RESAMPLE)):
+            pixels = picture(core)
+            if pixels is None or looks_alike(pixels, self.render(core, view, GHOST_RESAMPLE)):
                 self._forget(box, view)
                 forgotten += 1
         return forgotten

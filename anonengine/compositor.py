@@ -7,6 +7,7 @@ composite stage use the same class, so their outputs are the same.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import cv2
@@ -17,7 +18,7 @@ from anonengine.config import AnonymizerConfig
 from anonengine.detections import COCO_SKELETON, Detections, box_iou
 from anonengine.masks import Region, frame_diagonal, person_mask, soft_regions, zones_mask
 from anonengine.schedule import SAME_PERSON_IOU
-from anonengine.tracking import MaskHold, lookahead_boxes, with_extra_boxes
+from anonengine.tracking import MaskHold, first_sightings, lookahead_boxes, with_extra_boxes
 
 LIMB_COLOR = (255, 170, 0)  # BGR
 JOINT_COLOR = (0, 220, 255)
@@ -28,6 +29,9 @@ OBSCURED_GREY = 128
 # would differ by more).
 BAR_LEVEL = 32
 BAR_SPREAD = 3
+
+# The pixels of the frame `ahead` frames on within a box (x0, y0, x1, y1); None where they cannot be had.
+FuturePixels = Callable[[int, tuple[int, int, int, int]], "np.ndarray | None"]
 
 
 @dataclass(frozen=True)
@@ -81,11 +85,14 @@ class Compositor:
         """
         return self.render(frame, self.learn(frame, detections, future))
 
-    def learn(self, frame: np.ndarray, detections: Detections, future: list[Detections] = ()) -> Learnt:
+    def learn(self, frame: np.ndarray, detections: Detections, future: list[Detections] = (),
+              future_pixels: FuturePixels | None = None) -> Learnt:
         """Hides `frame`'s persons and learns the background from the rest; `render` draws it, now or,
         for a recording, once the frames after it were learnt too.
 
-        `future`: the next frames' detections in order, those the detector did not look at included.
+        `future`: the next frames' detections in order, those the detector did not look at included;
+        `future_pixels`: those frames' pixels (`FuturePixels`, 1 the next), where a person first found in one
+        of them is looked at (`forget_found_later`).
         """
         if detections.frame_shape != frame.shape[:2]:
             raise ValueError(f"detections for a {detections.frame_shape} frame given a {frame.shape[:2]} frame")
@@ -109,6 +116,7 @@ class Compositor:
                 reported = replace(between, detected=False)
         if self.hold is not None:
             detections = self.hold.update(detections, frame)
+        found_later = first_sightings(detections, sighted)
         if sighted:
             ahead = lookahead_boxes(detections, sighted, self.cfg.hold.lookahead_frames)
             if len(ahead):
@@ -128,10 +136,24 @@ class Compositor:
             # (standing still): their own picture would be drawn over them. Every person, each detection: a
             # place forgotten is copied again from the first frame that misses them there.
             self.background.forget_where_learnt(frame, reported.boxes)
+        if found_later and future_pixels is not None and not cut:
+            self._forget_found_later(found_later, future_pixels, frame.shape[:2])
         # Only confident persons get a skeleton; weaker ones (and held tracks) are hidden, not drawn.
         posed = (detections.scores >= self.cfg.pose.person_conf) & self.cfg.pose.enabled
         return Learnt(soft_regions(mask, self.cfg.mask), detections.boxes[posed], detections.keypoints[posed],
                       self.background.view, reported)
+
+    def _forget_found_later(self, found_later: list[tuple[int, int, np.ndarray]], future_pixels: FuturePixels,
+                            shape: tuple[int, int]) -> None:
+        """Someone the detector first finds a few frames on, who stood where they are found before that (missed:
+        at imgsz 320, a still figure half behind a pillar until frame 43 of the sample), was learnt into the
+        background; the look-ahead hides their place in this frame, and a live camera's frame is drawn before
+        that later frame is learnt (and forgets them): drawn back from the model, their place showed them as
+        filmed, 8 frames each time. Their place is forgotten where the model shows what the later frame shows
+        there: the person. (This frame's own pixels cannot tell: a place the person has not reached yet looks
+        as the model learnt it too, and would be drawn from the fill for nothing.)"""
+        for _, ahead, boxes in found_later:
+            self.background.forget_where_shown(boxes, lambda core, ahead=ahead: future_pixels(ahead, core), shape)
 
     def render(self, frame: np.ndarray, learnt: Learnt) -> np.ndarray:
         """The anonymized copy of a learnt frame, with the background as known now."""

@@ -165,7 +165,13 @@ def _learn_turns(timeline: Timeline, composite: CompositeStage, waiting: deque) 
     while (turn := timeline.next()) is not None:
         detections, _ = turn.result
         future = [d for d, _ in timeline.future(turn.seq)]
-        waiting.append((turn.item, composite.learn(turn.item, detections, future)))
+        frames_after = timeline.future_items(turn.seq)
+
+        def future_pixels(ahead: int, box: tuple[int, int, int, int], frames_after=frames_after):
+            after = frames_after[ahead - 1]
+            return None if after is None else after.image[box[1] : box[3], box[0] : box[2]]
+
+        waiting.append((turn.item, composite.learn(turn.item, detections, future, future_pixels)))
         timeline.done(turn.seq)
 
 

@@ -16,7 +16,7 @@ from typing import Iterator
 import numpy as np
 
 from anonengine.backends import STRIDE
-from anonengine.compositor import Compositor, Learnt, obscured_frame
+from anonengine.compositor import Compositor, FuturePixels, Learnt, obscured_frame
 from anonengine.config import AnonymizerConfig, CameraConfig, EncoderConfig, SourcesConfig
 from anonengine.detections import Detections
 from anonengine.errors import DetectionError, InputError, OutputError
@@ -202,13 +202,14 @@ class CompositeStage(Stage):
         self.ahead[camera] = self.cfg.background.frames_ahead(live, width, height)
         return self.ahead[camera]
 
-    def learn(self, frame: Frame, detections: Detections | None, future: list[Detections | None] = ()
-              ) -> Learnt | None:
+    def learn(self, frame: Frame, detections: Detections | None, future: list[Detections | None] = (),
+              future_pixels: FuturePixels | None = None) -> Learnt | None:
         """Hides the frame's persons and learns its background; None when it is to be obscured whole
         (no detections, or not detected without a detection on either side of it: fail closed).
 
         `future`: detections of the look-ahead's next frames (`AnonymizerConfig.lookahead`; fewer at the end),
         in order; None for a frame whose detection failed, which tells as little as one not detected.
+        `future_pixels`: those frames' pixels (`Compositor.learn`).
         """
         compositor = self.compositors.get(frame.camera)
         if compositor is None:
@@ -226,7 +227,7 @@ class CompositeStage(Stage):
             compositor.pass_obscured(detection_lost=False)
             return None
         return compositor.learn(frame.image, detections,
-                                [Detections.undetected(shape) if f is None else f for f in future])
+                                [Detections.undetected(shape) if f is None else f for f in future], future_pixels)
 
     def render(self, frame: Frame, learnt: Learnt | None) -> np.ndarray:
         """The anonymized image of a learnt frame."""

@@ -119,6 +119,11 @@ class Timeline(Generic[Item, Result]):
         ahead = range(seq + 1, seq + 1 + self.lookahead)
         return [self.results[s] for s in ahead if s in self.results]
 
+    def future_items(self, seq: int) -> list[Item | None]:
+        """The frames whose detections `future(seq)` gives, in the same order (None: not offered)."""
+        ahead = range(seq + 1, seq + 1 + self.lookahead)
+        return [self.offered.get(s, (None, 0.0))[0] for s in ahead if s in self.results]
+
     @property
     def finished(self) -> bool:
         return self.end is not None and self.next_seq >= self.end

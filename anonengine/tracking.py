@@ -360,17 +360,27 @@ def lookahead_boxes(current: Detections, future: list[tuple[int, Detections]], n
     person already found moves on with their own boxes; their path ahead is not smeared over this frame.
     """
     new = []
+    for index, ahead, fresh in first_sightings(current, future):
+        if ahead > near:
+            fresh = traced_back(fresh, ahead, future[index + 1:], current.frame_shape)
+        new.append(fresh)
+    return np.concatenate(new).astype(np.float32) if new else np.zeros((0, 4), np.float32)
+
+
+def first_sightings(current: Detections, future: list[tuple[int, Detections]]) -> list[tuple[int, int, np.ndarray]]:
+    """(index in `future`, frames ahead, boxes) of the persons found in the next frames the detector looked at
+    and not in the one before (`current` for the first): where `lookahead_boxes` hides someone before they
+    are found."""
+    sightings = []
     before = current.boxes
     for index, (ahead, frame) in enumerate(future):
-        if len(frame):
-            fresh = frame.boxes
-            if len(before):
-                fresh = fresh[box_iou(fresh, before).max(axis=1) < LOOKAHEAD_MIN_IOU]
-            if ahead > near and len(fresh):
-                fresh = traced_back(fresh, ahead, future[index + 1:], current.frame_shape)
-            new.append(fresh)
+        fresh = frame.boxes
+        if len(fresh) and len(before):
+            fresh = fresh[box_iou(fresh, before).max(axis=1) < LOOKAHEAD_MIN_IOU]
+        if len(fresh):
+            sightings.append((index, ahead, fresh))
         before = frame.boxes
-    return np.concatenate(new).astype(np.float32) if new else np.zeros((0, 4), np.float32)
+    return sightings
 
 
 def traced_back(boxes: np.ndarray, ahead: int, later: list[tuple[int, Detections]],

@@ -156,7 +156,11 @@ def anonengine_algorithm(images: list[np.ndarray], detections: list[Detections],
 
     for i, (image, det) in enumerate(zip(images, detections)):
         ahead_dets = detections[i + 1 : i + 1 + n]
-        waiting.append((i, compositor.learn(image, det, ahead_dets)))
+
+        def future_pixels(ahead: int, box, i=i):
+            return images[i + ahead][box[1] : box[3], box[0] : box[2]]
+
+        waiting.append((i, compositor.learn(image, det, ahead_dets, future_pixels)))
         if len(waiting) > ahead:
             out.append(render(*waiting.popleft()))
     out.extend(render(*w) for w in waiting)

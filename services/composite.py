@@ -15,6 +15,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 import msgspec
+import numpy as np
 import zmq
 
 from anonengine import messages
@@ -213,6 +214,24 @@ class CompositeService(Service):
     def _future(self, state: CameraState, seq: int, shape: tuple[int, int]) -> list:
         return [self._detections_of(state, r, shape) for r in state.timeline.future(seq)]
 
+    def _future_pixels(self, state: CameraState, seq: int):
+        """`Compositor.learn`'s look at the frames of `_future`: a box's pixels, read from the capture's ring
+        (checked: None where the slot was reused meanwhile, and the place is forgotten unchecked)."""
+        refs = [result.frame for result in state.timeline.future(seq)]
+
+        def pixels(ahead: int, box: tuple[int, int, int, int]) -> np.ndarray | None:
+            ref = refs[ahead - 1]
+            try:
+                ring = self.inputs.get(ref.ring, ref.slots, ref.height, ref.width)
+                image, slot_state = ring.view(ref.slot, ref.seq)
+                part = image[box[1] : box[3], box[0] : box[2]].copy()
+                ring.check(ref.slot, ref.seq, slot_state)
+            except (StaleSlot, FileNotFoundError):
+                return None
+            return part
+
+        return pixels
+
     def _found(self, state: CameraState, result: messages.Detected) -> Detections:
         """A pending result's detections: with look-ahead each is needed up to N+1 times, unpacked once."""
         seq = result.frame.seq
@@ -284,7 +303,8 @@ class CompositeService(Service):
         frame = Frame(ref.camera, ref.seq, ref.pts, state.info.time_base_fraction, image_in)
         detections = self._detections_of(state, result, image_in.shape[:2])
         state.decoded.pop(ref.seq, None)
-        learnt = self.compositing.learn(frame, detections, self._future(state, ref.seq, image_in.shape[:2]))
+        learnt = self.compositing.learn(frame, detections, self._future(state, ref.seq, image_in.shape[:2]),
+                                        self._future_pixels(state, ref.seq))
         persons = learnt.persons.to_meta() if learnt is not None else []
         state.waiting.append(Waiting(ref, frame, learnt, persons))
         state.inputs_held[ref.seq] = ref.slot
