@@ -19,6 +19,7 @@ from anonengine.backends import (
     OpenVinoPose,
     check_int8,
     choose_backend,
+    detector_long_side,
     letterbox_shape,
     ultralytics_yolo,
 )
@@ -145,7 +146,9 @@ class PersonDetector:
                 results += self._predict_with(exported, [frame], list(shape))
                 model.after_predict(exported, shape)
             return results
-        return self._predict_with(model, frames, imgsz or self.cfg.detector.imgsz)
+        # One size for the batch (Ultralytics letterboxes its frames alike): the largest its frames need.
+        return self._predict_with(model, frames, imgsz or max(detector_long_side(f.shape[:2], self.cfg.detector.imgsz)
+                                                              for f in frames))
 
     def _predict_with(self, model, frames: list[np.ndarray], imgsz):
         det = self.cfg.detector

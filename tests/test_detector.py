@@ -55,6 +55,27 @@ def test_two_persons_in_zidane_jpg_in_one_batch_with_bus(pose_detector):
     assert dets[0].frame_shape == images[0].shape[:2]
 
 
+@pytest.mark.parametrize("backend", ["auto", "torch"])
+def test_a_panoramas_persons_are_looked_for_at_a_16_9_frames_height(backend, models_dir):
+    """A 2274x300 strip of real photos (a panoramic camera): at 640 on its long side the detector saw it 84 px
+    tall and found 6 of its 18 persons; its short side is looked at as a 16:9 frame's at least (here its own
+    300 px), as one batch size for torch too."""
+    from anonengine.backends import letterbox_shape
+
+    bus, zidane = (cv2.imread(str(assets_dir() / name)) for name in ("bus.jpg", "zidane.jpg"))
+    tiles = [cv2.resize(bus, (225, 300)), cv2.resize(zidane, (533, 300))]
+    panorama = np.hstack([tiles[i % 2] for i in range(6)])[:, :2274]
+    cfg = pose_config(models_dir)
+    cfg.detector.backend = backend
+    (found,) = PersonDetector(cfg).detect([panorama])
+    assert len(found) >= 15
+    assert np.all(found.boxes[:, 2] <= 2274) and np.all(found.boxes[:, 3] <= 300)
+    assert letterbox_shape((300, 2274), 640) == (320, 2304)
+    assert letterbox_shape((720, 1280), 640) == (384, 640) and letterbox_shape((1920, 1080), 640) == (640, 384)
+    assert letterbox_shape((1080, 2560), 640) == (384, 864)  # 21:9: its short side as 16:9's, 360
+    assert letterbox_shape((36, 64), 640) == (384, 640)  # a small frame is still looked at at imgsz
+
+
 @pytest.mark.parametrize("pixel_aspect", [Fraction(64, 45), Fraction(4, 3)], ids=["PAL 16:9 DVD", "HDV"])
 def test_squeezed_persons_are_looked_for_as_a_player_shows_them(pixel_aspect, detect_stage):
     """Anamorphic video stores the picture squeezed across, its pixels wider than tall. As stored, the detector
