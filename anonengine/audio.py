@@ -30,7 +30,7 @@ import av
 
 from anonengine.errors import AnonError, ConfigError, InputError, OutputError
 from anonengine.paths import OUTPUT_CONTAINERS, partial_path
-from anonengine.video import container_format, main_video
+from anonengine.video import container_format, copied_video_stream, main_video
 
 log = logging.getLogger(__name__)
 
@@ -187,7 +187,7 @@ def carry_over(video: Path, source: Path, output: Path, audio: AudioPolicy, writ
             with av.open(str(staged), "w", format=container, options=options) as out:
                 out.metadata.update(tags)
                 video_in = anonymized.streams.video[0]
-                video_out = out.add_stream_from_template(video_in)
+                video_out = copied_video_stream(out, video_in)
                 # Each container's own stream indexes (the source's audio may be its stream 0 too).
                 video_pairs, audio_pairs = {video_in.index: (0, video_out)}, {}
                 for n, stream in enumerate(keep_audio, start=1):

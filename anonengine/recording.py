@@ -41,6 +41,7 @@ from anonengine.video import (
     VideoWriter,
     claim_output,
     container_format,
+    copied_video_stream,
     encoder_options,
 )
 
@@ -150,9 +151,10 @@ def list_segments(folder: Path) -> list[Segment]:
     return sorted((s for s in found if s is not None), key=lambda s: s.counter)
 
 
-def join_segments(segments: list[Segment], output: Path, container: str = "mp4") -> int:
+def join_segments(segments: list[Segment], output: Path, container: str = "mp4", rate: Fraction | None = None) -> int:
     """Remuxes the segments into one file of the `container` format (no re-encoding), dropping frames a later
-    segment repeats; returns the frames written. The file's time 0 is its first frame (as `VideoWriter`'s)."""
+    segment repeats; returns the frames written. The file's time 0 is its first frame (as `VideoWriter`'s).
+    `rate`: the frame rate the file declares (`copied_video_stream`)."""
     written, last_pts, origin = 0, None, None
     with av.open(str(output), mode="w", format=container) as out:
         stream = None
@@ -160,7 +162,7 @@ def join_segments(segments: list[Segment], output: Path, container: str = "mp4")
             with av.open(str(segment.path)) as opened:
                 template = opened.streams.video[0]
                 if stream is None:
-                    stream = out.add_stream_from_template(template)
+                    stream = copied_video_stream(out, template, rate)
                     stream.time_base = segment.time_base
                     extradata = template.codec_context.extradata
                 elif template.codec_context.extradata != extradata:
@@ -300,7 +302,7 @@ class SegmentedRecording:
             with av.open(str(segment.path)) as source, av.open(
                     str(staged), "w", format="mp4", options=SEGMENT_MUXER_OPTIONS) as out:
                 out.metadata["comment"] = source.metadata["comment"]
-                stream = out.add_stream_from_template(source.streams.video[0])
+                stream = copied_video_stream(out, source.streams.video[0])
                 for packet, _, _ in packets:
                     packet.stream = stream
                     out.mux(packet)
@@ -433,7 +435,7 @@ class SegmentedRecording:
             target = self.output if complete else partial_path(self.output)
             staged = partial_path(self.output).with_name(f".{self.output.name}.joining.mp4")
             try:
-                join_segments(ours, staged, container_format(self.output))
+                join_segments(ours, staged, container_format(self.output), self.stream.rate)
                 if self.metadata is not None:  # joined first: a full disk fails before the video takes its name
                     meta_target = self.metadata if complete else partial_metadata_path(self.metadata)
                     join_metadata(ours, meta_target)

@@ -885,6 +885,17 @@ class VideoWriter:
         self.lock.release()
 
 
+def copied_video_stream(out: av.container.OutputContainer, template, rate: Fraction | None = None):
+    """A stream of `out` for `template`'s packets as they are (no re-encoding), declaring `rate` (default the
+    template's average). PyAV's copy of a template takes its decoder's frame rate, which FFmpeg sets to one tick
+    of the time base: a Matroska file declared 12800 frames/s (its default duration) for a 25-frame/s video."""
+    stream = out.add_stream_from_template(template)
+    rate = rate or template.average_rate or template.guessed_rate
+    if rate:
+        stream.codec_context.framerate = rate
+    return stream
+
+
 def to_yuv420p(image: np.ndarray, width: int, height: int) -> av.VideoFrame:
     """A yuv420p frame of the (even) encoder size from a BGR image, odd edges repeated to fill it."""
     pad_y, pad_x = height - image.shape[0], width - image.shape[1]

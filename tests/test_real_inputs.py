@@ -597,7 +597,8 @@ def test_an_avi_or_mkv_comes_out_as_long_as_it_went_in(name, codec, pix_fmt, sam
 def test_an_output_is_written_in_the_container_its_name_says_with_its_sound(
         mode, name, container, sample, anonengine_cli, tmp_path):
     """The engine joined its segments, and put the sound back, as MP4 whatever the name: an .mkv that was an
-    MP4 (`--inline` wrote the video right, and the sound's remux made it MP4 again)."""
+    MP4 (`--inline` wrote the video right, and the sound's remux made it MP4 again). The frame rate it declares
+    is the source's (an engine's MKV said 12800 frames/s: its time base's tick)."""
     source = write_iphone_mov([f.image for f in VideoReader(str(sample.video))], tmp_path / "IMG_0002.MOV")
     output = tmp_path / name
     result = anonengine_cli("run", *(["--inline"] if mode == "inline" else []), "--video-source", source,
@@ -608,6 +609,7 @@ def test_an_output_is_written_in_the_container_its_name_says_with_its_sound(
         video, sound = opened.streams.video[0], opened.streams.audio[0]
         assert (video.codec_context.name, sound.codec_context.name) == ("h264", "aac")
         assert opened.duration / 1e6 == pytest.approx(FRAMES / 30, abs=0.1)
+        assert video.average_rate == 30
     assert len(list(VideoReader(str(output)))) == FRAMES
     assert ground_truth_leaks(sample, output) == []
 
