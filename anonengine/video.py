@@ -416,6 +416,27 @@ class VideoReader:
                 f"{self.source} is truncated: {seq} of {self.info.frames} frames could be decoded"
                 f"{self._bad_photo(seq)}"
             )
+        declared = None if self.info.live or self.info.frames or restart else self._declared_end()
+        if declared is not None and last_pts is not None:
+            ends = float((last_pts + frame_ticks) * self.info.time_base)
+            if ends < declared - max(TRUNCATED_SLACK_S, 2 * frame_ticks * self.info.time_base):
+                raise InputError(f"{self.source} is truncated: its frames end at {ends:.2f} s of the "
+                                 f"{declared:.2f} s it declares")
+
+    def _declared_end(self) -> float | None:
+        """When the video ends as a Matroska file's header states it (its `DURATION` tag, which FFmpeg's and
+        mkvmerge's muxers write: the end of its last frame, in seconds; None where not stated), which a copy cut
+        short keeps: such a file declares no frame count, and decodes to its end without an error (an MKV cut at
+        half its length came out half as long, without a word). An MPEG-TS file states none: FFmpeg times it by
+        its last packets, which a cut file lacks too."""
+        if "matroska" not in self.container.format.name:
+            return None
+        hours, _, rest = self.stream.metadata.get("DURATION", "").partition(":")
+        minutes, _, seconds = rest.partition(":")
+        try:
+            return int(hours) * 3600 + int(minutes) * 60 + float(seconds)
+        except ValueError:
+            return None
 
     def close(self) -> None:
         # The decoding generator refers to this reader (a cycle): closed here, its frames and FFmpeg's
@@ -429,6 +450,7 @@ MAX_PIXEL_ASPECT = 4  # wider or narrower pixels than this are a damaged header'
 # A frame more than this after the one before it (a camera at under 10 frames/s, a gap in a variable-rate stream)
 # is detected whatever the detector's stride: over such a time a person can come and go between two detections.
 MAX_FRAME_GAP_S = 0.1
+TRUNCATED_SLACK_S = 0.25  # a Matroska file whose frames end this much (or 2 frames) before its stated length is cut short
 CUT_LEVELS = 40  # a cell of the small grey copy changed by more than this changed
 CUT_SHARE = 0.3  # a frame with this share of its cells changed since the frame before is a cut
 

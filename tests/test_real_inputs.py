@@ -657,6 +657,28 @@ def test_a_cut_made_without_reencoding_is_not_taken_for_a_truncated_file(sample,
     assert len(list(VideoReader(str(output)))) == shown
 
 
+@pytest.mark.parametrize("late_start", [False, True])
+def test_a_matroska_file_cut_short_is_refused_in_one_line(late_start, sample, anonengine_cli, tmp_path):
+    """A Matroska file states its length (and no frame count): a copy cut at half its length decoded to its end
+    without an error and came out half as long, exit 0 (a user's trial; a cut fragmented MP4 was refused). The
+    whole file, its video starting late behind its sound's time 0 or not, is read whole."""
+    from anonengine.video import VideoWriter
+
+    whole = tmp_path / "whole.mkv"
+    frames = [f.image for f in VideoReader(str(sample.video))] * 4  # a cut's half holds more than the key frame
+    writer = VideoWriter(whole, WIDTH, HEIGHT, Fraction(25), Fraction(1, 1000), source_clock=late_start)
+    for n, image in enumerate(frames):
+        writer.write(image, 500 * late_start + 40 * n)
+    writer.close()
+    cut = tmp_path / "cut.mkv"
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    assert len(list(VideoReader(str(whole)))) == len(frames)
+    result = anonengine_cli("run", "--video-source", cut, "--output-video", tmp_path / "out.mp4", "--quiet")
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "cut.mkv is truncated: its frames end at" in result.stderr
+    assert not (tmp_path / "out.mp4").exists()
+
+
 @pytest.mark.skipif(shutil.which("ffmpeg") is None and not os.environ.get("CI"),
                     reason="the ffmpeg command writes the doubled times (Debian package ffmpeg)")
 def test_frames_that_share_a_time_keep_their_times_and_none_is_lost(sample, anonengine_cli, tmp_path):
