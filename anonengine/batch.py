@@ -38,7 +38,7 @@ import numpy as np
 from anonengine.audio import AudioPolicy, carry_over, check_audio_fits, dropped_line, probe
 from anonengine.config import AnonymizerConfig, CameraConfig, EngineConfig
 from anonengine.errors import AnonError, ConfigError, InputError, ModelError, OutputError
-from anonengine.interrupts import INTERRUPTS, Interrupted
+from anonengine.interrupts import INTERRUPTS, Interrupted, plural
 from anonengine.locks import FileLock, LockBusy
 from anonengine.manifest import Fingerprint, Manifest, Record, file_sha256, settings_key, utc_now
 from anonengine.paths import PHOTO_SUFFIXES, UNREADABLE_PHOTO_SUFFIXES, partial_path
@@ -102,7 +102,8 @@ class Summary:
         rate = f" ({60 * self.done / self.seconds:.1f} files/min)" if self.done and self.seconds else ""
         where = f" on {len(self.nodes)} node(s), {len(self.gpus)} GPU(s)" if self.nodes else ""
         return (f"anonengine: batch: {self.done} file(s) anonymized, {self.skipped} skipped (done before), "
-                f"{len(self.failed)} failed; {self.frames} frames in {self.seconds:.1f} s{where}{rate} -> {output_dir}")
+                f"{len(self.failed)} failed; {plural(self.frames, 'frame')} in {self.seconds:.1f} s{where}{rate} "
+                f"-> {output_dir}")
 
 
 def find_jobs(spec: str, output_dir: Path) -> list[Job]:
@@ -115,8 +116,12 @@ def find_jobs(spec: str, output_dir: Path) -> list[Job]:
         if out == path.resolve() or out in path.resolve().parents:
             # Its outputs would land among its inputs, and its own outputs are left out: nothing was found.
             raise ConfigError(f"--output-dir {output_dir} is {spec} or holds it: give a folder outside it")
-        found = [p for p in path.rglob("*") if p.is_file()
-                 and not any(part.startswith(".") for part in p.relative_to(root).parts) and is_media(p)]
+        media = [p for p in path.rglob("*") if p.is_file() and is_media(p)]
+        found = [p for p in media if not any(part.startswith(".") for part in p.relative_to(root).parts)]
+        if len(found) < len(media):  # a Finder's `._` copies, a hidden `.thumbnails/`: said, not done
+            hidden = sorted(set(media) - set(found))
+            log.warning("batch: %d video(s) or photo(s) under hidden names left out (such as %s): give one as the "
+                        "source to take it", len(hidden), hidden[0].relative_to(root))
     elif path.is_file():
         root, found = path.parent, [path]
     elif glob.has_magic(spec):

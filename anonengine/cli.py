@@ -30,7 +30,7 @@ from pydantic import ValidationError
 
 from anonengine.argparsing import LOG_LEVEL_VARIABLE, OneLineParser, frame_rate, log_level_from_env
 from anonengine.errors import AnonError, ConfigError
-from anonengine.interrupts import INTERRUPTS, Interrupted, interrupted_line
+from anonengine.interrupts import INTERRUPTS, Interrupted, interrupted_line, plural
 from anonengine.paths import OUTPUT_CONTAINERS, ROTATIONS
 
 log = logging.getLogger("anonengine")
@@ -253,9 +253,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         return stop.exit_code
     for r in results:
         if r.interrupted_by is not None:
-            print(interrupted_line(r.interrupted_by, r.frames, r.total, r.output), file=sys.stderr)
+            print(interrupted_line(r.interrupted_by, r.frames, r.total, r.output, cfg.cameras[0].metadata),
+                  file=sys.stderr)
             return 128 + r.interrupted_by
-        log.info("%s: %d frames anonymized (%d obscured%s) -> %s", r.camera, r.frames, r.obscured,
+        log.info("%s: %s anonymized (%d obscured%s) -> %s", r.camera, plural(r.frames, "frame"), r.obscured,
                  f", {r.dropped} dropped: this was behind the camera" if r.dropped else "", r.output)
     return finish()
 
@@ -356,6 +357,10 @@ def cmd_audit(args: argparse.Namespace) -> int:
         print(f"The adversary finds whole persons from about {report.smallest_person} px tall here "
               f"({report.smallest_person / report.shown_size[1]:.0%} of the frame's height, at {looked}): anyone "
               f"smaller goes unreported whether hidden or not{closer}")
+    if report.drawn_persons:
+        print(f"{report.drawn_persons} of those frames show a person the adversary is sure of over pixels the run "
+              f"replaced: a person drawn back from the background, or were the two files given the other way "
+              f"round? (anonengine audit ORIGINAL ANONYMIZED)")
     if report.upside_down:
         print(f"{report.upside_down} of those frames show a person found only upside down: if the camera is "
               f"mounted so, run again with --rotate {(report.rotate + 180) % 360} (the detector misses most "

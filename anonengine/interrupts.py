@@ -14,6 +14,8 @@ import sys
 import threading
 from contextlib import contextmanager
 
+from anonengine.paths import partial_metadata_path
+
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 REDELIVER_S = 0.001
 
@@ -80,11 +82,22 @@ class Interrupts:
 INTERRUPTS = Interrupts()
 
 
-def interrupted_line(signum: int, frames: int, total: int, partial: str | os.PathLike | None) -> str:
-    """The one line of a job stopped by a signal before the end of its file: how far it got, and where."""
+def interrupted_line(signum: int, frames: int, total: int, partial: str | os.PathLike | None,
+                     metadata: str | os.PathLike | None = None) -> str:
+    """The one line of a job stopped by a signal before the end of its file: how far it got, and where (its
+    metadata's partial file too, when it asked for one and it was written)."""
     of = f" of {total}" if total else ""
-    kept = f"; they are in {partial} (playable; the full output was not written)" if partial and frames else ""
-    return f"anonengine: interrupted by {signal.Signals(signum).name} after {frames}{of} frames{kept}"
+    kept = ""
+    if partial and frames:
+        lines = partial_metadata_path(metadata) if metadata else None
+        records = f", their metadata in {lines}" if lines is not None and lines.exists() else ""
+        kept = f"; they are in {partial} (playable; the full output was not written){records}"
+    return f"anonengine: interrupted by {signal.Signals(signum).name} after {plural(frames, 'frame', of)}{kept}"
+
+
+def plural(count: int, noun: str, between: str = "") -> str:
+    """`1 frame`, `2 frames` (`between`: words after the count, `1 of 3 frames`)."""
+    return f"{count}{between} {noun}{'' if count == 1 and not between else 's'}"
 
 
 def exit_process(code: int) -> None:

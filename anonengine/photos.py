@@ -9,6 +9,7 @@ anonymized picture's values, brought to the stored depth. Before, every photo ca
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -17,7 +18,9 @@ import numpy as np
 
 from anonengine.errors import InputError, OutputError
 from anonengine.paths import UNREADABLE_PHOTO_SUFFIXES
-from anonengine.video import turn
+from anonengine.video import jpeg_cut_short, turn
+
+log = logging.getLogger("anonengine")
 
 JPEG_QUALITY = 95
 ALPHA_SUFFIXES = frozenset({".png", ".webp", ".tif", ".tiff", ".avif"})  # photo outputs that keep a transparent part
@@ -29,6 +32,7 @@ MISNAMED_SUFFIXES = frozenset({".heic", ".heif"})
 # What a file holds, by its first bytes, as the suffix OpenCV encodes it by.
 SIGNATURES = ((b"\xff\xd8\xff", ".jpg"), (b"\x89PNG\r\n\x1a\n", ".png"))
 FIT_SAMPLES = 1_000_000
+JPEG_SUFFIXES = (".jpg", ".jpeg", ".jpe", ".jfif")
 
 
 @dataclass(frozen=True)
@@ -55,6 +59,10 @@ class Photo:
             picture = cv2.imread(str(path), cv2.IMREAD_COLOR)
         if picture is None:
             raise InputError(f"cannot read image {path}")
+        if encoding in JPEG_SUFFIXES and jpeg_cut_short(path.read_bytes()):
+            # OpenCV reads it as far as it goes, the rest grey, and libjpeg's own line names no file.
+            log.warning("%s is cut short (a copy stopped midway?): read as far as it goes, the rest of its "
+                        "picture grey", path)
         if stored is not None and (stored.ndim == 3 and stored.dtype == np.uint8 or stored.shape[:2] != picture.shape[:2]):
             stored = None  # 8-bit colour: the picture itself
         alpha = transparency(path, picture) if with_alpha else None

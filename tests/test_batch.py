@@ -303,6 +303,23 @@ def test_a_corrupt_file_fails_with_one_line_and_the_others_are_done(inputs, anon
     assert set(records(out)) == {"good.mp4", "sub/photo.png"}
 
 
+def test_a_jpeg_cut_short_is_named_and_hidden_files_left_out_are_said(inputs, anonengine_cli, tmp_path):
+    """A JPEG cut short was anonymized with its lower part grey, and only libjpeg's line said anything, naming
+    no file; a video in a hidden folder was left out without a word (a user's trial)."""
+    tree = tmp_path / "in"
+    (tree / ".thumbnails").mkdir(parents=True)
+    whole = cv2.imencode(".jpg", inputs["zidane"])[1].tobytes()
+    (tree / "cut.jpg").write_bytes(whole[: len(whole) // 2])
+    shutil.copy(inputs["clip"], tree / ".thumbnails" / "clip.mp4")
+    out = tmp_path / "out"
+    result = anonengine_cli("run", "--video-source", tree, "--output-dir", out, *FAST)
+    assert result.returncode == 0, result.stderr
+    assert f"{tree / 'cut.jpg'} is cut short (a copy stopped midway?)" in result.stderr
+    assert "1 video(s) or photo(s) under hidden names left out (such as .thumbnails/clip.mp4)" in result.stderr
+    assert "1 file(s) anonymized, 0 skipped (done before), 0 failed; 1 frame in" in result.stdout
+    assert final_outputs(out) == {"cut.jpg"}
+
+
 # --- audio kept ----------------------------------------------------------------------------------
 
 

@@ -1042,6 +1042,7 @@ def test_a_stopped_file_run_keeps_a_playable_partial_and_says_how_far_it_got(
     seqs = [f.seq for f in VideoReader(str(partial))]
     assert 0 < len(seqs) < LONG_FRAMES and seqs == list(range(len(seqs)))
     assert f"after {len(seqs)} of {LONG_FRAMES} frames" in lines[0] and str(partial) in lines[0]
+    assert lines[0].endswith(f", their metadata in {tmp_path / 'out.jsonl.partial'}")  # kept too: said
     assert len((tmp_path / "out.jsonl.partial").read_text().splitlines()) == len(seqs)
     if path == "engine":
         assert_nothing_left(f"p{proc.pid}", tmp_path / "temp")

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from anonengine.engine import stagehost
 from anonengine.errors import ConfigError, InputError
-from anonengine.interrupts import Interrupted, interrupted_line
+from anonengine.interrupts import Interrupted, interrupted_line, plural
 from anonengine.paths import ROTATIONS
 
 if TYPE_CHECKING:
@@ -128,14 +128,14 @@ def run_engine(cfg: EngineConfig, progress: bool, tap: str | None) -> int:
             logging.getLogger("anonengine").info("%s: stopped before its first frame; nothing written", cam.name)
         else:
             dropped = launcher.dropped_frames(cam.name)
-            logging.getLogger("anonengine").info("%s: %d frames anonymized%s -> %s", cam.name, done.frames,
+            logging.getLogger("anonengine").info("%s: %s anonymized%s -> %s", cam.name, plural(done.frames, "frame"),
                                                  f" ({dropped} dropped: the engine was behind)" if dropped else "",
                                                  done.output)
         return 0
     if launcher.stop_signal is None:
         raise EngineFailed(f"{cam.name} ended without finishing its output")
     frames = done.frames if done is not None else 0
-    print(interrupted_line(launcher.stop_signal, frames, info.frames, done.output if done else None),
+    print(interrupted_line(launcher.stop_signal, frames, info.frames, done.output if done else None, cam.metadata),
           file=sys.stderr)
     return 128 + launcher.stop_signal
 
