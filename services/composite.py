@@ -372,7 +372,8 @@ class CompositeService(Service):
             del self.cameras[camera]
             if state.whole:
                 self.finished_streams.add((camera, state.info.stream))
-            self.log.info("%s finished at %d frames", camera, state.timeline.next_seq)
+            # A number, not a count: a restarted capture numbers on from a reserve ahead (the encoder counts).
+            self.log.info("%s finished (its last frame numbered %d)", camera, state.timeline.next_seq - 1)
 
     def close(self) -> None:
         for state in self.cameras.values():

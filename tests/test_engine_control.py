@@ -128,6 +128,8 @@ def test_attach_detach_and_status_on_a_running_engine(models_dir, tmp_path):
         assert proc.poll() is None
         assert wait_for(lambda: status()["done"] == ["a", "b"], 10)
         assert seqs(b_out) == list(range(SHORT_FRAMES))
+        # Their captures are done, not stages that are down (an operator's `stage_up == 0` alert fired).
+        assert sorted(status()["stages"]) == ["composite0", "detect0", "encode0"], status()["stages"]
         # A second detach of a camera that is gone is refused, with one line.
         again = cli("detach", "--run-dir", run_dir, "--camera", "a")
         assert again.returncode != 0 and len(again.stderr.strip().splitlines()) == 1, again.stderr

@@ -71,6 +71,11 @@ class Child:
         """Running and heard from since it was last started."""
         return self.restart_at is None and self.last_beat is not None and self.process.poll() is None
 
+    @property
+    def finished(self) -> bool:
+        """A capture whose stream ended (a file read to its end, a camera detached): done, not down."""
+        return self.stage == "capture" and self.process is not None and self.process.poll() == 0
+
 
 class EngineFailed(AnonError):
     """A stage could not be kept running, or met a user error."""
@@ -155,6 +160,8 @@ class Launcher:
             self._start_http()
             for camera in self.cfg.cameras:
                 self._claim_camera(camera)
+            if self.http is not None:  # said once the cameras are taken: a second run on an output fails first
+                log.info("metrics, health and previews at %s", self.http.url)
             self._start()
         except BaseException:
             for child in self.children.values():  # started before the failure: they go with it
@@ -180,7 +187,6 @@ class Launcher:
             log.warning("%s; this engine serves no metrics or previews (set http.listen, or --http, to another "
                         "address)", exc)
             return
-        log.info("metrics, health and previews at %s", self.http.url)
 
     def _stop_http(self) -> None:
         if self.http is not None:
@@ -482,8 +488,9 @@ class Launcher:
         if status.state == "reconnecting" and (before is None or before.state != "reconnecting"):
             log.warning("camera %s: source lost (%s); reconnecting", status.camera, status.error)
         elif status.state == "running" and before is not None and before.state != "running":
-            log.warning("camera %s: source %s", status.camera,
-                        "back" if before.state == "reconnecting" else "connected")
+            # Back after an outage pairs with the warning of its loss; a first connection is news, not trouble.
+            log.log(logging.WARNING if before.state == "reconnecting" else logging.INFO, "camera %s: source %s",
+                    status.camera, "back" if before.state == "reconnecting" else "connected")
         elif status.state == "connecting" and status.error and (before is None or before.error != status.error):
             log.warning("camera %s: cannot connect yet (%s); trying again", status.camera, status.error)
 
@@ -524,7 +531,9 @@ class Launcher:
         self.snapshot = metrics.Snapshot(
             instance=self.instance, taken=time.time(), stopping=self.stop_requested,
             cameras=tuple(self._camera_view(camera) for camera in self.cfg.cameras),
-            stages=tuple(metrics.StageView(c.name, c.stage, c.up, c.restarted) for c in self.children.values()),
+            # A finished capture is no stage that is down (`stage_up 0` is what an operator's alert watches for).
+            stages=tuple(metrics.StageView(c.name, c.stage, c.up, c.restarted) for c in self.children.values()
+                         if not c.finished),
             restart_totals=dict(self.restart_totals),
             malformed=self.malformed + self.tally.total_of_all("malformed"),
             shared_memory_bytes=shared_memory_bytes(self.instance),
