@@ -181,6 +181,11 @@ def test_audit_finds_persons_in_the_original_and_none_in_the_anonymized(small_sa
     raw = audit(str(small_sample_clip.video), str(small_sample_clip.video), model, imgsz=640, device="cpu",
                 augment=False)
     assert raw.leak_rate == 1.0
+    # The two given the other way round: the raw footage's persons stand over pixels that differ from its
+    # "original" (the anonymized copy), and passed as skeletons, 0 leaks (a user's trial).
+    swapped = audit(str(tmp_path / "out.mp4"), str(small_sample_clip.video), model, imgsz=640, device="cpu",
+                    augment=False)
+    assert swapped.leak_rate >= 0.75 and swapped.drawn_persons == len(swapped.flagged)
     sheet = write_worst_frames(raw, tmp_path / "worst.png")
     assert sheet is not None and sheet.stat().st_size > 10_000
 
