@@ -22,6 +22,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from anonengine.backends import detector_long_side
 from anonengine.config import DetectorConfig
 from anonengine.contact_sheet import _panel
 from anonengine.detections import box_iou
@@ -137,7 +138,11 @@ def audit(original: str, anonymized: str, pose_model: str = "yolo11n-pose.pt", c
         shown = as_shown(frame.image, frame.pixel_aspect)
         shown_size = shown.shape[1], shown.shape[0]
         to_stored = np.float32([frame.image.shape[1] / shown.shape[1], frame.image.shape[0] / shown.shape[0]] * 2)
-        finds = adversary_finds(model, shown, imgsz, conf, device, augment)
+        # A frame wider than 16:9 is looked at larger, as the run looks at it (`detector_long_side`): a 3000x300
+        # panorama at 960 was 960x96 to the adversary, which could see no one under 282 px tall.
+        size = detector_long_side(shown.shape[:2], imgsz)
+        closest = max(closest, size) if size > imgsz else closest
+        finds = adversary_finds(model, shown, size, conf, device, augment)
         if photo:  # looked at closer, as the run looked at it: its small persons have no other frame
             for size in closer_sizes(shown.shape[:2], imgsz, PHOTO_MAX_IMGSZ):
                 finds += adversary_finds(model, shown, size, conf, device, augmented=False)

@@ -1,5 +1,7 @@
 """No person leaks: mask hold over missed detections, edges, zones, scene cuts, two thresholds."""
 
+from fractions import Fraction
+
 import cv2
 import numpy as np
 import pytest
@@ -207,6 +209,27 @@ def test_audit_finds_persons_in_the_original_and_none_in_the_anonymized(small_sa
     with pytest.raises(InputError, match="goes on after the 5 frames of .*: it is not that original's anonymized"):
         audit(first_five(str(small_sample_clip.video), tmp_path / "orig5.mp4"), str(tmp_path / "out.mp4"), model,
               imgsz=640, device="cpu")
+
+
+def test_the_audit_looks_at_a_panorama_as_the_run_does(models_dir, tmp_path):
+    """A 3000x300 strip of real photos at the adversary's 960 was 960x96 to it: it found 11 of the raw
+    footage's persons, and could see no one under 282 px tall (a panorama's output, whose persons the run
+    had shown, passed). It looks at it as the run does (`detector_long_side`), whole: 22, from 90 px."""
+    from anonengine.audit import audit
+    from anonengine.sample import assets_dir
+    from anonengine.video import VideoWriter
+
+    bus, zidane = (cv2.imread(str(assets_dir() / name)) for name in ("bus.jpg", "zidane.jpg"))
+    tiles = [cv2.resize(bus, (225, 300)), cv2.resize(zidane, (533, 300))]
+    panorama = np.hstack([tiles[i % 2] for i in range(8)])[:, :3000]
+    raw = tmp_path / "panorama.mp4"
+    writer = VideoWriter(raw, 3000, 300, Fraction(25), Fraction(1, 12800))
+    for n in range(2):
+        writer.write(panorama, 512 * n)
+    writer.close()
+    report = audit(str(raw), str(raw), str(models_dir / "yolo11n-pose.pt"), device="cpu", augment=False)
+    assert report.leak_rate == 1.0 and report.closest == 3008 and report.smallest_person <= 100
+    assert min(len(frame.persons) for frame in report.flagged) >= 18
 
 
 def rendered_clip(path, actors, frames: int, scene: str = "studio") -> list:
