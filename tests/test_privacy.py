@@ -317,20 +317,26 @@ def test_a_stride_without_the_hold_is_refused():
         AnonymizerConfig.model_validate({"detector": {"stride": 3}, "hold": {"enabled": False}})
 
 
+def standing_person() -> tuple[np.ndarray, np.ndarray, Detections, Detections]:
+    """A textured 320x240 scene, a frame of it with a real person standing at x 130-190, y 60-180, their
+    detection, and a detection that missed them."""
+    from anonengine.sample import assets_dir
+
+    person = cv2.resize(cv2.imread(str(assets_dir() / "zidane.jpg"))[:, 300:800], (60, 120))
+    scene = cv2.GaussianBlur(np.random.default_rng(1).integers(60, 200, (240, 320, 3)).astype(np.uint8), (0, 0), 2)
+    frame = scene.copy()
+    frame[60:180, 130:190] = person
+    box = np.array([[125, 55, 195, 185]], np.float32)
+    found = Detections((240, 320), box, np.array([0.9], np.float32), np.zeros((1, 17, 3), np.float32))
+    return scene, frame, found, Detections.empty((240, 320))
+
+
 def test_a_person_learnt_while_missed_is_not_drawn_over_themselves_once_found():
     """Someone standing still whom the detector misses at first (small, half hidden) is learnt into the
     background; found later, they were hidden behind their own picture: a soak at imgsz 320 showed a person
     the detector had found in 1238 of 1240 frames. The model forgets the places of persons found looking as
     it learnt them (filled from around instead), and keeps what it learnt behind a person in front of it."""
-    from anonengine.sample import assets_dir
-
-    person = cv2.resize(cv2.imread(str(assets_dir() / "zidane.jpg"))[:, 300:800], (60, 120))
-    scene = np.random.default_rng(1).integers(60, 200, (240, 320, 3)).astype(np.uint8)
-    scene = cv2.GaussianBlur(scene, (0, 0), 2)
-    frame = scene.copy()
-    frame[60:180, 130:190] = person
-    box = np.array([[125, 55, 195, 185]], np.float32)
-    found = Detections((240, 320), box, np.array([0.9], np.float32), np.zeros((1, 17, 3), np.float32))
+    scene, frame, found, _ = standing_person()
     compositor = Compositor(AnonymizerConfig())
     for _ in range(30):  # missed: learnt where they stand
         compositor.process(frame, Detections.empty((240, 320)))
@@ -350,15 +356,7 @@ def test_a_live_cameras_standing_person_found_late_is_hidden_by_the_look_ahead_n
     the look-ahead, and drawn back from the model, which had learnt them: 8 frames as filmed each time (a user's
     trial). The model is checked against the later frame's pixels; a place the person has not reached yet,
     which looks as learnt in this frame too, keeps its background."""
-    from anonengine.sample import assets_dir
-
-    person = cv2.resize(cv2.imread(str(assets_dir() / "zidane.jpg"))[:, 300:800], (60, 120))
-    scene = cv2.GaussianBlur(np.random.default_rng(1).integers(60, 200, (240, 320, 3)).astype(np.uint8), (0, 0), 2)
-    frame = scene.copy()
-    frame[60:180, 130:190] = person
-    box = np.array([[125, 55, 195, 185]], np.float32)
-    found = Detections((240, 320), box, np.array([0.9], np.float32), np.zeros((1, 17, 3), np.float32))
-    missed = Detections.empty((240, 320))
+    scene, frame, found, missed = standing_person()
 
     def drawn(filmed: list[np.ndarray], later: np.ndarray) -> np.ndarray:
         """The last frame of `filmed` as a live camera's compositor draws it, the person found 3 frames on."""
@@ -380,15 +378,7 @@ def test_a_recordings_frame_drawn_after_a_miss_taught_the_person_again_does_not_
     """A recording's frame is drawn once the frames after it were learnt: a miss among those taught the person
     found in it to the background again, and that frame drew them over themselves (47 frames of the soak's
     clip, found in each). It is checked again as it is drawn."""
-    from anonengine.sample import assets_dir
-
-    person = cv2.resize(cv2.imread(str(assets_dir() / "zidane.jpg"))[:, 300:800], (60, 120))
-    scene = cv2.GaussianBlur(np.random.default_rng(1).integers(60, 200, (240, 320, 3)).astype(np.uint8), (0, 0), 2)
-    frame = scene.copy()
-    frame[60:180, 130:190] = person
-    box = np.array([[125, 55, 195, 185]], np.float32)
-    found = Detections((240, 320), box, np.array([0.9], np.float32), np.zeros((1, 17, 3), np.float32))
-    missed = Detections.empty((240, 320))
+    scene, frame, found, missed = standing_person()
     compositor = Compositor(AnonymizerConfig(), future_frames=3)
     for _ in range(30):
         compositor.render(frame, compositor.learn(frame, missed))
