@@ -116,9 +116,13 @@ class Compositor:
                 reported = replace(between, detected=False)
         if self.hold is not None:
             detections = self.hold.update(detections, frame)
-        found_later = first_sightings(detections, sighted)
+        # Who is new in the frames to come is told against who is here now as found or moved on between two
+        # detections, not against the boxes that bracket this frame: a person new in the next detection is
+        # among those, held where found, and someone crossing fast (80 px a frame) showed at the edge they came
+        # in by, in the frames before (their path traced back is hidden too, `lookahead_boxes`).
+        found_later = first_sightings(reported, sighted)
         if sighted:
-            ahead = lookahead_boxes(detections, sighted, self.cfg.hold.lookahead_frames)
+            ahead = lookahead_boxes(reported, sighted, self.cfg.hold.lookahead_frames)
             if len(ahead):
                 detections = with_extra_boxes(detections, ahead)
         mask = person_mask(detections, self.cfg.method, self.cfg.mask)

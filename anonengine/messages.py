@@ -107,6 +107,7 @@ class FrameRef(Message):
     continues: bool = False  # from a restarted capture, going on with the stream its predecessor began
     live: bool = False  # a live camera's (a file replayed live too): it waits for no frame after it
     at_break: bool = False  # beside a break in the stream (`Frame.at_break`): always detected
+    changed: bool = False  # part of the picture changed at once (`Frame.changed`): detected
     pixel_aspect: tuple[int, int] = (1, 1)  # the detector looks at the frame as shown (`StreamInfo.pixel_aspect`)
 
 

@@ -83,13 +83,15 @@ class DetectionSchedule:
         the frame was decided before (offered again; it may be the very frame awaited)."""
         return not self.pending or (seq, pts) in self.decided or self._forgotten(seq)
 
-    def wants(self, seq: int, pts: int, last: bool = False, at_break: bool = False) -> bool:
+    def wants(self, seq: int, pts: int, last: bool = False, at_break: bool = False, changed: bool = False) -> bool:
         """Whether to detect frame `seq` (at `pts`). A frame offered again gets the decision it got before; one
         decided so long ago that its decision is forgotten is looked at, the schedule unmoved. An earlier frame
         not seen before (a stream that began again) is looked at, as what follows it is, until the detections
         tell again who is there; so is a file's `last` frame: no detection after it tells where a person went,
         and a frame `at_break` (either side of a break in the stream), after which the schedule starts over:
-        persons jump across a break, and boxes from either side of it do not cover them."""
+        persons jump across a break, and boxes from either side of it do not cover them. An adaptive schedule looks
+        at a frame where part of the picture `changed` at once too (`Frame.changed`): someone cut in for two frames
+        over the same scene, or sprinting across it, was between two detections and in neither."""
         key = (seq, pts)
         if key in self.decided:
             return self.decided[key]
@@ -102,7 +104,7 @@ class DetectionSchedule:
         if (self.last_seq is not None and seq <= self.last_seq) or at_break:
             self.known, self.gap = None, 1  # what came before is not what comes now: start over
             self.recent.clear()
-        if self.stride == 1 or self.known is None or last:
+        if self.stride == 1 or self.known is None or last or (changed and self.adaptive):
             wanted = True
         elif not self.adaptive:
             wanted = seq % self.stride == 0

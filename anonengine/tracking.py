@@ -31,6 +31,11 @@ from anonengine.detections import NUM_KEYPOINTS, Detections, box_iou
 
 LOOKAHEAD_MIN_IOU = 0.2
 EDGE_PX = 2  # a box this close to the frame's edge meets it (a person partly out of the picture)
+FAST_FOLLOW_FRAMES = 2  # a fast person is followed from one sighting to one at most this many frames on
+FAST_FOLLOW_WIDTHS = 2.0  # and moved by at most this many of their widths a frame
+# A path is followed through sightings at most this many frames apart (the detector's stride): 15 frames after
+# a person crossing fast left, another coming back overlapped their last box, and was taken for them.
+FOLLOW_GAP_FRAMES = 3
 TRACK_MIN_IOU = 0.2  # what ByteTrack matches on (its match_thresh 0.8 is a cost, 1 - IoU)
 MIN_HITS = 2  # consecutive matches that confirm a track: a lone false detection is never held
 # ByteTrack's Kalman tuning (the reference code's and Roboflow's): each corner's acceleration is white noise
@@ -352,18 +357,19 @@ def lookahead_boxes(current: Detections, future: list[tuple[int, Detections]], n
     """Boxes where a person appears in the next frames: found there but not in the frame before.
 
     `future`: (frames ahead, detections) of the next frames the detector looked at. A person first found
-    up to `near` frames on is hidden here where they were found: the frames of a foot or a shoulder entering
-    the picture, or of a detector that re-acquires someone late. Found farther on (a recording's longer
-    look-ahead), only where their path, traced back from their next sighting, puts them now (`traced_back`):
-    held where found, a person entering slowly at an edge had that edge masked for frames before they came,
-    the model never learnt what was there, and drew a ghost of them from their first, ill-fitting boxes. A
-    person already found moves on with their own boxes; their path ahead is not smeared over this frame.
+    up to `near` frames on is hidden here where they were found (the frames of a foot or a shoulder entering
+    the picture, or of a detector that re-acquires someone late) and where their path, traced back from their
+    later sightings, puts them now (`traced_back`): someone crossing fast (80 px a frame at 640x360) first
+    found 3 frames on, between detections, was at the edge in the frames before, and showed there, 68% of
+    them. Found farther on (a recording's longer look-ahead), only where the traced path puts them: held where
+    found, a person entering slowly at an edge had that edge masked for frames before they came, the model
+    never learnt what was there, and drew a ghost of them from their first, ill-fitting boxes. A person
+    already found moves on with their own boxes; their path ahead is not smeared over this frame.
     """
     new = []
     for index, ahead, fresh in first_sightings(current, future):
-        if ahead > near:
-            fresh = traced_back(fresh, ahead, future[index + 1:], current.frame_shape)
-        new.append(fresh)
+        traced = traced_back(fresh, ahead, future[index + 1:], current.frame_shape)
+        new += [fresh, traced] if ahead <= near else [traced]
     return np.concatenate(new).astype(np.float32) if new else np.zeros((0, 4), np.float32)
 
 
@@ -383,6 +389,30 @@ def first_sightings(current: Detections, future: list[tuple[int, Detections]]) -
     return sightings
 
 
+def _same_person(box: np.ndarray, boxes: np.ndarray, frames: int) -> np.ndarray | None:
+    """The box of `boxes` that is `box`'s person `frames` frames later: the one overlapping it most, at
+    LOOKAHEAD_MIN_IOU at least; else, for someone moving faster than their width in that time (a 98-px-wide
+    person crossing at 72 px a frame overlapped their next box by 0.14, and was not followed), the nearest of
+    about their height whose middle moved by no more than FAST_FOLLOW_WIDTHS of their width a frame (160 px a
+    frame at 640x360, a sprint close by, is 1.6 widths), and half their height, over
+    at most FAST_FOLLOW_FRAMES (15 frames on, any box of a person's height was near enough: another person's
+    was taken, and the path traced back missed the one it was for)."""
+    overlap = box_iou(box[None], boxes)[0]
+    if overlap.max() >= LOOKAHEAD_MIN_IOU:
+        return boxes[overlap.argmax()]
+    if frames > FAST_FOLLOW_FRAMES:
+        return None
+    width, height = box[2] - box[0], box[3] - box[1]
+    heights = boxes[:, 3] - boxes[:, 1]
+    dx = np.abs((boxes[:, 0] + boxes[:, 2]) - (box[0] + box[2])) / 2
+    dy = np.abs((boxes[:, 1] + boxes[:, 3]) - (box[1] + box[3])) / 2
+    near = ((heights >= 0.8 * height) & (heights <= 1.25 * height) & (dx <= FAST_FOLLOW_WIDTHS * width * frames)
+            & (dy <= height * frames / 2))
+    if not near.any():
+        return None
+    return boxes[np.flatnonzero(near)[np.argmin(dx[near] + dy[near])]]
+
+
 def traced_back(boxes: np.ndarray, ahead: int, later: list[tuple[int, Detections]],
                 frame_shape: tuple[int, int]) -> np.ndarray:
     """Where the persons of `boxes`, found `ahead` frames on, are now: each followed through `later` (the box
@@ -397,10 +427,12 @@ def traced_back(boxes: np.ndarray, ahead: int, later: list[tuple[int, Detections
     for box in boxes:
         last, last_at = box, ahead
         for again, frame in later:
+            if again - last_at > FOLLOW_GAP_FRAMES:
+                break  # lost for longer than a stride: whoever is found there next may be someone else
             if len(frame):
-                overlap = box_iou(last[None], frame.boxes)[0]
-                if overlap.max() >= LOOKAHEAD_MIN_IOU:
-                    last, last_at = frame.boxes[overlap.argmax()], again
+                found = _same_person(last, frame.boxes, again - last_at)
+                if found is not None:
+                    last, last_at = found, again
         if last_at == ahead:
             continue
         back = ahead / (last_at - ahead)  # how far back along the path, as a share of its length

@@ -43,6 +43,9 @@ class Frame:
     # may be anywhere across it, so what is seen on one side tells nothing of the other (`schedule`).
     at_break: bool = False
     pixel_aspect: Fraction = Fraction(1)  # a pixel's width over its height, as shown (`StreamInfo.pixel_aspect`)
+    # Part of the picture changed at once since the frame before (`CutFinder`): someone came or went between two
+    # frames (an edit's jump cut, a sprint across), a person the detector's stride could leave unseen (`schedule`).
+    changed: bool = False
 
     @property
     def time(self) -> float:
@@ -392,9 +395,10 @@ class VideoReader:
                     # A stream that changes resolution midway (a camera reconfigured): every stage was set
                     # up for the first size, so later frames are scaled to it rather than refused.
                     image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
-                at_break = changes.cut(image) or at_break  # a cut: likewise
+                changed = changes.share(image)
+                at_break = changed >= CUT_SHARE or at_break  # a cut: likewise
                 frame = Frame(self.camera, seq, int(pts), self.info.time_base, image, guessed, at_break=at_break,
-                              pixel_aspect=self.info.pixel_aspect)
+                              pixel_aspect=self.info.pixel_aspect, changed=changed >= CHANGE_SHARE)
                 seq += 1
                 if self.info.live:
                     yield frame
@@ -450,26 +454,34 @@ MAX_PIXEL_ASPECT = 4  # wider or narrower pixels than this are a damaged header'
 # A frame more than this after the one before it (a camera at under 10 frames/s, a gap in a variable-rate stream)
 # is detected whatever the detector's stride: over such a time a person can come and go between two detections.
 MAX_FRAME_GAP_S = 0.1
-TRUNCATED_SLACK_S = 0.25  # a Matroska file whose frames end this much (or 2 frames) before its stated length is cut short
+# A Matroska file whose frames end this much (or 2 frames) before its stated length is cut short.
+TRUNCATED_SLACK_S = 0.25
 CUT_LEVELS = 40  # a cell of the small grey copy changed by more than this changed
 CUT_SHARE = 0.3  # a frame with this share of its cells changed since the frame before is a cut
+# and with this share, something came or went: a person cut in or out, or sprinting across (6 to 34% of a 640x360
+# street clip's cells); persons walking, crossing, standing, and the street bench clip's shake and pan: under 3%;
+# a hand-held shake of 6 px a frame, up to 13% (its frames are detected more often)
+CHANGE_SHARE = 0.04
 
 
 class CutFinder:
-    """Tells a cut (`at_break`: the frames on either side of it are detected): at the detector's stride, a shot
-    of a frame or two between detections was never looked at, and whoever was in it came out as filmed (8 of 50
-    frames of a clip with such shots cut in). Compared on a 32x18 grey copy, averaged, so a shaking or panning
-    camera's texture does not count: 0.1 ms a 720p frame."""
+    """How much of the picture changed at once since the frame before: at CUT_SHARE a cut (`at_break`: the frames
+    on either side of it are detected), at CHANGE_SHARE someone came or went (`Frame.changed`: it is detected). At
+    the detector's stride, a shot of a frame or two between detections was never looked at, and whoever was in it
+    came out as filmed (8 of 50 frames of a clip with such shots cut in); so was a person cut in for two frames
+    over the same scene, or sprinting across it. Compared on a 32x18 grey copy, averaged, so a shaking or panning
+    camera's texture does not count (the street bench clip's shake and pan: at most 1% of it): 0.1 ms a 720p
+    frame."""
 
     def __init__(self) -> None:
         self.previous: np.ndarray | None = None
 
-    def cut(self, image: np.ndarray) -> bool:
+    def share(self, image: np.ndarray) -> float:
         step = max(1, min(image.shape[:2]) // 90)  # every few pixels, before averaging: most of the cost is reading
         small = cv2.resize(np.ascontiguousarray(image[::step, ::step]), (32, 18), interpolation=cv2.INTER_AREA)
         grey = cv2.cvtColor(small, cv2.COLOR_BGR2GRAY) if small.ndim == 3 else small
         previous, self.previous = self.previous, grey
-        return previous is not None and bool((cv2.absdiff(grey, previous) > CUT_LEVELS).mean() >= CUT_SHARE)
+        return 0.0 if previous is None else float((cv2.absdiff(grey, previous) > CUT_LEVELS).mean())
 
 
 class Deinterlacer:
