@@ -122,7 +122,7 @@ class Compositor:
         # in by, in the frames before (their path traced back is hidden too, `lookahead_boxes`).
         found_later = first_sightings(reported, sighted)
         if sighted:
-            ahead = lookahead_boxes(reported, sighted, self.cfg.hold.lookahead_frames)
+            ahead = lookahead_boxes(reported, sighted, self.cfg.hold.lookahead_frames, found_later)
             if len(ahead):
                 detections = with_extra_boxes(detections, ahead)
         mask = person_mask(detections, self.cfg.method, self.cfg.mask)

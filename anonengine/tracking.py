@@ -353,7 +353,8 @@ def with_extra_boxes(detections: Detections, boxes: np.ndarray) -> Detections:
     return detections.with_persons(boxes, np.zeros(k, np.float32), np.zeros((k, NUM_KEYPOINTS, 3), np.float32))
 
 
-def lookahead_boxes(current: Detections, future: list[tuple[int, Detections]], near: int) -> np.ndarray:
+def lookahead_boxes(current: Detections, future: list[tuple[int, Detections]], near: int,
+                    sightings: list[tuple[int, int, np.ndarray]] | None = None) -> np.ndarray:
     """Boxes where a person appears in the next frames: found there but not in the frame before.
 
     `future`: (frames ahead, detections) of the next frames the detector looked at. A person first found
@@ -365,9 +366,10 @@ def lookahead_boxes(current: Detections, future: list[tuple[int, Detections]], n
     found, a person entering slowly at an edge had that edge masked for frames before they came, the model
     never learnt what was there, and drew a ghost of them from their first, ill-fitting boxes. A person
     already found moves on with their own boxes; their path ahead is not smeared over this frame.
+    `sightings`: `first_sightings(current, future)`, where the caller has it.
     """
     new = []
-    for index, ahead, fresh in first_sightings(current, future):
+    for index, ahead, fresh in first_sightings(current, future) if sightings is None else sightings:
         traced = traced_back(fresh, ahead, future[index + 1:], current.frame_shape)
         new += [fresh, traced] if ahead <= near else [traced]
     return np.concatenate(new).astype(np.float32) if new else np.zeros((0, 4), np.float32)
