@@ -140,9 +140,9 @@ def audit(original: str, anonymized: str, pose_model: str = "yolo11n-pose.pt", c
         to_stored = np.float32([frame.image.shape[1] / shown.shape[1], frame.image.shape[0] / shown.shape[0]] * 2)
         # A frame wider than 16:9 is looked at larger, as the run looks at it (`detector_long_side`): a 3000x300
         # panorama at 960 was 960x96 to the adversary, which could see no one under 282 px tall.
-        size = detector_long_side(shown.shape[:2], imgsz)
-        closest = max(closest, size) if size > imgsz else closest
-        finds = adversary_finds(model, shown, size, conf, device, augment)
+        looked = detector_long_side(shown.shape[:2], imgsz)
+        closest = max(closest, looked) if looked > imgsz else closest
+        finds = adversary_finds(model, shown, looked, conf, device, augment)
         if photo:  # looked at closer, as the run looked at it: its small persons have no other frame
             for size in closer_sizes(shown.shape[:2], imgsz, PHOTO_MAX_IMGSZ):
                 finds += adversary_finds(model, shown, size, conf, device, augmented=False)

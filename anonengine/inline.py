@@ -164,8 +164,9 @@ def anonymize_frames(frames: Iterable[Frame], detect: DetectStage, composite: Co
 def _learn_turns(timeline: Timeline, composite: CompositeStage, waiting: deque) -> None:
     while (turn := timeline.next()) is not None:
         detections, _ = turn.result
-        future = [d for d, _ in timeline.future(turn.seq)]
-        frames_after = timeline.future_items(turn.seq)
+        upcoming = timeline.upcoming(turn.seq)
+        future = [found for _, (found, _) in upcoming]
+        frames_after = [frame for frame, _ in upcoming]
 
         def future_pixels(ahead: int, box: tuple[int, int, int, int], frames_after=frames_after):
             after = frames_after[ahead - 1]

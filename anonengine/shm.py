@@ -136,10 +136,10 @@ class FrameRing:
         if now != state or have != seq:
             raise StaleSlot(f"{self.name} slot {slot}: frame {seq} was overwritten while in use")
 
-    def read(self, slot: int, seq: int) -> np.ndarray:
-        """A private copy of frame `seq`, checked after the copy."""
+    def read(self, slot: int, seq: int, box: tuple[int, int, int, int] | None = None) -> np.ndarray:
+        """A private copy of frame `seq` (of its `box`, x0, y0, x1, y1, where given), checked after the copy."""
         view, state = self.view(slot, seq)
-        image = view.copy()
+        image = (view if box is None else view[box[1] : box[3], box[0] : box[2]]).copy()
         self.check(slot, seq, state)
         return image
 

@@ -116,13 +116,12 @@ class Timeline(Generic[Item, Result]):
 
     def future(self, seq: int) -> list[Result]:
         """The detections known of the `lookahead` frames after `seq`, in order."""
-        ahead = range(seq + 1, seq + 1 + self.lookahead)
-        return [self.results[s] for s in ahead if s in self.results]
+        return [result for _, result in self.upcoming(seq)]
 
-    def future_items(self, seq: int) -> list[Item | None]:
-        """The frames whose detections `future(seq)` gives, in the same order (None: not offered)."""
+    def upcoming(self, seq: int) -> list[tuple[Item | None, Result]]:
+        """`future(seq)` with each detection's frame (None: not offered)."""
         ahead = range(seq + 1, seq + 1 + self.lookahead)
-        return [self.offered.get(s, (None, 0.0))[0] for s in ahead if s in self.results]
+        return [(self.offered.get(s, (None, 0.0))[0], self.results[s]) for s in ahead if s in self.results]
 
     @property
     def finished(self) -> bool:

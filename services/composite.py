@@ -211,24 +211,16 @@ class CompositeService(Service):
             state.end_sent = True
         self._drain(state)
 
-    def _future(self, state: CameraState, seq: int, shape: tuple[int, int]) -> list:
-        return [self._detections_of(state, r, shape) for r in state.timeline.future(seq)]
-
-    def _future_pixels(self, state: CameraState, seq: int):
-        """`Compositor.learn`'s look at the frames of `_future`: a box's pixels, read from the capture's ring
+    def _future_pixels(self, future: list[messages.Detected]):
+        """`Compositor.learn`'s look at the frames of the look-ahead: a box's pixels, read from the capture's ring
         (checked: None where the slot was reused meanwhile, and the place is forgotten unchecked)."""
-        refs = [result.frame for result in state.timeline.future(seq)]
 
         def pixels(ahead: int, box: tuple[int, int, int, int]) -> np.ndarray | None:
-            ref = refs[ahead - 1]
+            ref = future[ahead - 1].frame
             try:
-                ring = self.inputs.get(ref.ring, ref.slots, ref.height, ref.width)
-                image, slot_state = ring.view(ref.slot, ref.seq)
-                part = image[box[1] : box[3], box[0] : box[2]].copy()
-                ring.check(ref.slot, ref.seq, slot_state)
+                return self.inputs.get(ref.ring, ref.slots, ref.height, ref.width).read(ref.slot, ref.seq, box)
             except (StaleSlot, FileNotFoundError):
                 return None
-            return part
 
         return pixels
 
@@ -303,8 +295,10 @@ class CompositeService(Service):
         frame = Frame(ref.camera, ref.seq, ref.pts, state.info.time_base_fraction, image_in)
         detections = self._detections_of(state, result, image_in.shape[:2])
         state.decoded.pop(ref.seq, None)
-        learnt = self.compositing.learn(frame, detections, self._future(state, ref.seq, image_in.shape[:2]),
-                                        self._future_pixels(state, ref.seq))
+        future = state.timeline.future(ref.seq)
+        learnt = self.compositing.learn(frame, detections,
+                                        [self._detections_of(state, r, image_in.shape[:2]) for r in future],
+                                        self._future_pixels(future))
         persons = learnt.persons.to_meta() if learnt is not None else []
         state.waiting.append(Waiting(ref, frame, learnt, persons))
         state.inputs_held[ref.seq] = ref.slot
