@@ -20,6 +20,8 @@ the job between files, or ends the file in flight, whose output is removed: it i
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
 import glob
 import logging
 import os
@@ -32,7 +34,6 @@ from fractions import Fraction
 from pathlib import Path
 
 import av
-import cv2
 import numpy as np
 
 from anonengine.audio import AudioPolicy, carry_over, check_audio_fits, dropped_line, probe
@@ -41,7 +42,14 @@ from anonengine.errors import AnonError, ConfigError, InputError, ModelError, Ou
 from anonengine.interrupts import INTERRUPTS, Interrupted, plural
 from anonengine.locks import FileLock, LockBusy
 from anonengine.manifest import Fingerprint, Manifest, Record, file_sha256, settings_key, utc_now
-from anonengine.paths import PHOTO_SUFFIXES, UNREADABLE_PHOTO_SUFFIXES, partial_path
+from anonengine.paths import (
+    FFMPEG_PHOTO_SUFFIXES,
+    PHOTO_SUFFIXES,
+    UNREADABLE_PHOTO_SUFFIXES,
+    partial_path,
+    photo_output,
+    working_name,
+)
 from anonengine.photos import ALPHA_SUFFIXES, Photo
 from anonengine.sources import classify
 from anonengine.video import Frame, main_video
@@ -56,7 +64,8 @@ VIDEO_SUFFIXES = frozenset({".mp4", ".m4v", ".mov", ".mkv", ".avi", ".webm", ".t
 NOT_VIDEO_SUFFIXES = frozenset({".txt", ".md", ".json", ".jsonl", ".xml", ".csv", ".srt", ".vtt", ".ass", ".db",
                                 ".ini", ".log", ".pdf", ".zip", ".mp3", ".wav", ".flac", ".m4a", ".aac", ".ogg",
                                 ".opus", ".py", ".yaml", ".yml", ".html", ".thm", ".lock", ".partial"})
-PHOTO_INPUTS = PHOTO_SUFFIXES | UNREADABLE_PHOTO_SUFFIXES  # a batch's photos: those it reads, and those it reports
+PHOTO_INPUTS = PHOTO_SUFFIXES | FFMPEG_PHOTO_SUFFIXES | UNREADABLE_PHOTO_SUFFIXES  # those it reads, and reports
+IMAGE_DEMUXERS = frozenset({"image2", "ico"})  # and every `*_pipe`: FFmpeg's demuxers of one picture
 # A photo's persons have no other frame to be caught in (no hold, no look-ahead): it is detected at least
 # at the audit adversary's size. At the videos' 320, a 31x106-px person in a 320x192 photo is missed;
 # at 960 found. On this 2-core machine: 0.2 s a photo (0.4 s at 1280), after a first export per shape.
@@ -72,15 +81,12 @@ class Job:
     source: Path
     rel: str  # relative to the batch's root, with forward slashes
     output: Path
-
-    @property
-    def photo(self) -> bool:
-        return self.source.suffix.lower() in PHOTO_INPUTS
+    photo: bool = False  # anonymized as a photo, not a video (`media_kind`)
 
     @property
     def staged(self) -> Path:
         """Where a video's anonymized frames are written before its audio and tags join them."""
-        return self.output.with_name(f".{self.output.name}.video.mp4")
+        return self.output.with_name(working_name(".", self.output.name, ".video.mp4"))
 
     def leftovers(self) -> tuple[Path, ...]:
         """The files a job stopped midway may have left: none is a final name."""
@@ -95,6 +101,7 @@ class Summary:
     frames: int = 0
     seconds: float = 0.0
     interrupted_by: int | None = None
+    stopped: str = ""  # why the batch ended before its last file, when not by a signal
     nodes: set[str] = field(default_factory=set)  # on a cluster: the nodes that did the files
     gpus: set[str] = field(default_factory=set)  # and the GPUs (node:id) their tasks reserved
 
@@ -110,13 +117,12 @@ def find_jobs(spec: str, output_dir: Path) -> list[Job]:
     """The inputs `spec` names (a folder: its videos and photos, recursively, hidden files left out; a glob:
     the files it matches; a file: itself), each with its output under `output_dir`."""
     path = Path(spec)
-    out = output_dir.resolve()
     if path.is_dir():
         root = path
-        if out == path.resolve() or out in path.resolve().parents:
+        if holds(output_dir, path):
             # Its outputs would land among its inputs, and its own outputs are left out: nothing was found.
             raise ConfigError(f"--output-dir {output_dir} is {spec} or holds it: give a folder outside it")
-        media = [p for p in path.rglob("*") if p.is_file() and is_media(p)]
+        media = [p for p in files_under(path) if p.is_file() and media_kind(p)]
         found = [p for p in media if not any(part.startswith(".") for part in p.relative_to(root).parts)]
         if len(found) < len(media):  # a Finder's `._` copies, a hidden `.thumbnails/`: said, not done
             hidden = sorted(set(media) - set(found))
@@ -126,38 +132,101 @@ def find_jobs(spec: str, output_dir: Path) -> list[Job]:
         root, found = path.parent, [path]
     elif glob.has_magic(spec):
         root = _glob_root(spec)
+        if holds(output_dir, root):  # each photo's output would be the photo itself
+            raise ConfigError(f"--output-dir {output_dir} is {root} or holds it, where {spec} finds its files: give "
+                              "a folder outside it")
         found = [Path(p) for p in glob.glob(spec, recursive=True) if Path(p).is_file()]
     else:
         raise InputError(f"video source not found: {spec}")
-    found = sorted(p for p in found if out not in p.resolve().parents)  # not our own outputs
+    found = once_each(p for p in found if not holds(output_dir, p.parent))  # not our own outputs
     if not found:
         raise InputError(f"no videos or photos in {spec}")
     jobs, taken = [], {}
     for source in found:
         rel = source.relative_to(root)
-        output = output_dir / (rel if rel.suffix.lower() in PHOTO_INPUTS else rel.with_suffix(".mp4"))
+        photo = media_kind(source) == "photo"
+        output = output_dir / (photo_output(rel) if photo else rel.with_suffix(".mp4"))
         if output in taken:
             raise ConfigError(f"{taken[output]} and {rel.as_posix()} would both be written to {output}: rename one")
         taken[output] = rel.as_posix()
-        jobs.append(Job(source, rel.as_posix(), output))
+        jobs.append(Job(source, rel.as_posix(), output, photo))
     return jobs
 
 
-def is_media(path: Path) -> bool:
-    """A photo or a video by its name; a file named otherwise (none at all, `.mod`, a camera's own) that FFmpeg
-    opens with a video stream, a picture attached to a song aside. Left out by its name alone, a batch's `.gif`,
-    `.mxf`, `.vob` and suffix-less videos stayed as filmed while the summary said nothing failed."""
-    suffix = path.suffix.lower()
-    if suffix in VIDEO_SUFFIXES or suffix in PHOTO_INPUTS:
-        return True
-    if suffix in NOT_VIDEO_SUFFIXES:
+def files_under(root: Path) -> list[Path]:
+    """Every file under `root`, folders reached by a symbolic link included, each folder once (a link back up
+    is a loop). `Path.rglob` left out a linked folder (an archive's second disk) without a word: its videos
+    stayed as filmed while the summary counted the others."""
+    found, seen = [], set()
+    for folder, folders, files in os.walk(root, followlinks=True):
+        try:
+            stat = os.stat(folder)
+        except OSError:
+            folders[:] = []
+            continue
+        if (stat.st_dev, stat.st_ino) in seen:
+            folders[:] = []
+            continue
+        seen.add((stat.st_dev, stat.st_ino))
+        folders.sort()
+        found.extend(Path(folder) / name for name in files)
+    return found
+
+
+def once_each(paths) -> list[Path]:
+    """`paths` sorted, each file once: by its shortest path where links lead to it by several (a glob's `**`
+    followed a link back up 40 folders deep, and one file became 40 outputs)."""
+    first: dict[Path, Path] = {}
+    for path in sorted(paths, key=lambda p: (len(p.parts), p)):
+        first.setdefault(path.resolve(), path)
+    return sorted(first.values())
+
+
+def holds(folder: Path, inner: Path) -> bool:
+    """Whether `folder` is `inner` or one of its parents, as folders, not names: the same folder reached by
+    another path (a bind mount, a share mounted twice, a symbolic link on the way) is the same. Told by names
+    alone, a batch whose output folder was its source folder mounted elsewhere wrote each output over its
+    input, then took the inputs for changed and removed them: every original was lost."""
+    try:
+        target = os.stat(folder)
+    except OSError:
+        return False  # not there yet: made by the batch, so it holds nothing
+    try:
+        here = inner.resolve()
+        for candidate in (here, *here.parents):
+            if os.path.samestat(os.stat(candidate), target):
+                return True
+    except OSError:
         return False
+    return False
+
+
+def disk_full(reason: str) -> bool:
+    """Whether a file failed for want of room (the disk full, or the user's quota), by what the failure says."""
+    return any(os.strerror(code) in reason for code in (errno.ENOSPC, errno.EDQUOT))
+
+
+def media_kind(path: Path) -> str | None:
+    """"video", "photo" or None (neither): by its name; for a file named otherwise (none at all, `.mod`, a
+    camera's own), by what FFmpeg finds in it: a picture (its image demuxers: a JPEG without a suffix) is a
+    photo, a video stream a video, a picture attached to a song neither. Left out by its name alone, a batch's
+    `.gif`, `.mxf`, `.vob` and suffix-less videos stayed as filmed while the summary said nothing failed; taken
+    for a video, a suffix-less JPEG was detected at the videos' 640 and its crowd came out as photographed."""
+    suffix = path.suffix.lower()
+    if suffix in VIDEO_SUFFIXES:
+        return "video"
+    if suffix in PHOTO_INPUTS:
+        return "photo"
+    if suffix in NOT_VIDEO_SUFFIXES:
+        return None
     try:
         with av.open(str(path)) as container:
-            return any(av.stream.Disposition.attached_pic not in stream.disposition
-                       for stream in container.streams.video)
+            if not any(av.stream.Disposition.attached_pic not in stream.disposition
+                       for stream in container.streams.video):
+                return None
+            return "photo" if container.format.name in IMAGE_DEMUXERS or container.format.name.endswith("_pipe") else "video"
     except (av.FFmpegError, OSError, UnicodeDecodeError, ValueError):
-        return False
+        return None
 
 
 def _glob_root(pattern: str) -> Path:
@@ -236,8 +305,13 @@ def pending_jobs(jobs: list[Job], manifest: Manifest, settings: dict) -> tuple[l
         done, _ = manifest.done(job.rel, job.source, settings["key"], job.output)
         if done:
             skipped += 1
-        else:
-            todo.append((job, frame_count(job)))
+            continue
+        record = manifest.records.get(job.rel)
+        if record is not None and record.made_from_elsewhere(job.source, job.output):
+            # Another archive's file of the same name: its anonymized copy was replaced without a word.
+            raise ConfigError(f"{job.output} is the anonymized copy of {record.source} (an earlier batch), not of "
+                              f"{job.source}: give another --output-dir, or remove {job.output} to replace it")
+        todo.append((job, frame_count(job)))
     return todo, skipped
 
 
@@ -246,7 +320,8 @@ def record_of(job: Job, output_dir: Path, frames: int, audio: str, digest: str, 
     fails a file that changed while it ran)."""
     stat = job.source.stat()
     return Record(job.rel, job.output.relative_to(output_dir).as_posix(), stat.st_size, stat.st_mtime_ns, digest,
-                  key, frames, audio, round(seconds, 3), utc_now())
+                  key, frames, audio, round(seconds, 3), utc_now(), str(job.source.resolve()),
+                  job.output.stat().st_size)
 
 
 class FileRunner:
@@ -273,6 +348,9 @@ class FileRunner:
         finished = False
         try:
             job.output.parent.mkdir(parents=True, exist_ok=True)
+            if job.output.name == job.source.name and os.path.samefile(job.output.parent, job.source.parent):
+                raise OutputError(f"{job.output} is {job.source} itself (the same folder by another path): not "
+                                  "written over")
             for leftover in job.leftovers():  # an earlier job's, killed outright
                 leftover.unlink(missing_ok=True)
             before = Fingerprint.of(job.source)
@@ -288,7 +366,8 @@ class FileRunner:
         finally:
             if not finished:
                 for leftover in job.leftovers():
-                    leftover.unlink(missing_ok=True)
+                    with contextlib.suppress(OSError):  # not made (its folder could not be): nothing to remove
+                        leftover.unlink(missing_ok=True)
 
     def _video(self, job: Job) -> tuple[int, str]:
         from anonengine.inline import run_inline
@@ -314,9 +393,8 @@ class FileRunner:
     def _photo(self, job: Job) -> tuple[int, str]:
         # Its alpha read only where the output keeps one (a JPEG, most photos, has none to keep).
         photo = Photo.read(job.source, with_alpha=job.output.suffix.lower() in ALPHA_SUFFIXES).turned(self.rotate)
-        pages = cv2.imcount(str(job.source))
-        if pages > 1:  # a multi-page TIFF, an animated WebP: its other pictures were left out without a word
-            self.say(f"anonengine: {job.rel}: {pages} pictures; the first is anonymized, the others are left out")
+        if photo.pages > 1:  # a multi-page TIFF, an animated WebP: its other pictures were left out without a word
+            self.say(f"anonengine: {job.rel}: {photo.pages} pictures; the first is anonymized, the others are left out")
         with INTERRUPTS.deferred():
             if self.detect_photos.detector is None and self.photo_cfg is self.cfg.anonymizer and self.detect.detector:
                 self.detect_photos.detector = self.detect.detector  # the same model: loaded once
@@ -347,12 +425,14 @@ class Batch:
 
     def run(self) -> Summary:
         started = time.monotonic()
-        self.output_dir.mkdir(parents=True, exist_ok=True)
         lock = FileLock(self.output_dir / BATCH_LOCK)
         try:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
             lock.acquire()
         except LockBusy as busy:
             raise OutputError(f"cannot write {self.output_dir}: another anonengine batch is writing it{busy.owner}") from None
+        except OSError as exc:  # a read-only disk, a folder not ours: it was an internal error
+            raise OutputError(f"cannot write {self.output_dir}: {exc.strerror or exc}") from None
         runner = None
         try:
             manifest = Manifest(self.output_dir)
@@ -364,6 +444,12 @@ class Batch:
                     break
                 self.bar.set_postfix_str(f"file {n}/{len(todo)} {job.rel}", refresh=False)
                 self._run_job(runner, job, frames, manifest)
+                if self.summary.failed and self.summary.failed[-1][0] == job.rel and disk_full(self.summary.failed[-1][1]):
+                    # Every file after it would fail the same way, each after its work: an archive's hours.
+                    self.summary.stopped = (f"stopped: the disk of {self.output_dir} is full; {len(todo) - n} "
+                                            "file(s) not started. Make room, then run the same command again "
+                                            "(what is done is kept)")
+                    break
         except Interrupted as stop:
             self.summary.interrupted_by = stop.signum
         finally:
@@ -441,6 +527,8 @@ def cmd_batch(args: argparse.Namespace) -> int:
     else:
         summary = Batch(cfg, jobs, output_dir, args.audio, progress=not args.quiet, camera=args.camera).run()
     print(summary.line(output_dir), flush=True)
+    if summary.stopped:
+        print(f"anonengine: {summary.stopped}", file=sys.stderr)
     if summary.interrupted_by is not None:
         print(f"anonengine: interrupted by {signal.Signals(summary.interrupted_by).name} after {summary.done} "
               f"file(s); the same command does the rest (the file in flight is redone)", file=sys.stderr)
@@ -467,7 +555,7 @@ def cmd_photo(args: argparse.Namespace) -> int:
     lock = claim_output(output)
     runner = FileRunner(cfg, camera=args.camera)
     try:
-        runner.run(Job(source, source.name, output))
+        runner.run(Job(source, source.name, output, photo=True))
     finally:
         runner.close()
         lock.release()

@@ -161,6 +161,22 @@ def _run_tap(args: argparse.Namespace) -> dict:
     return _drop_none(endpoint=args.tap or "", curve_server_key=args.tap_server_key, curve_clients=args.tap_clients)
 
 
+def photo_in_and_out(source: str, output: str | None) -> bool:
+    """Whether `source` is a photo, by its name or, named otherwise (none at all: a camera's `IMG_0001`), by
+    what it holds, to be written as a photo: unless `output` names a video."""
+    from anonengine.paths import PHOTO_SIGNATURES, is_photo
+
+    if not is_photo(source):
+        try:
+            with open(source, "rb") as file:
+                head = file.read(16)
+        except OSError:
+            return False
+        if not any(head.startswith(signature) for signature, _ in PHOTO_SIGNATURES):
+            return False
+    return output is None or is_photo(output) or not Path(output).suffix
+
+
 def default_output(source: str) -> str:
     """`<name>_anonymized.mp4` in the current folder: a file's stem, a webcam's `camera<N>`, a URL's last
     path part (`rtsp://cam/stream1`: `stream1`) or else its host, in letters a file name can hold."""
@@ -171,11 +187,11 @@ def default_output(source: str) -> str:
         stem = Path(urllib.parse.unquote(url.path)).stem or url.hostname or ""
         stem = re.sub(r"[^A-Za-z0-9._-]+", "_", stem).strip("._")
     else:
-        from anonengine.paths import is_photo, is_sequence, sequence_stem
+        from anonengine.paths import is_photo, is_sequence, photo_output, sequence_stem
 
         stem = sequence_stem(source) if is_sequence(source) else Path(source).stem
-        if is_photo(source):  # a photo stays one
-            return f"{stem}_anonymized{Path(source).suffix}"
+        if is_photo(source) or photo_in_and_out(source, None):  # a photo stays one
+            return f"{stem}_anonymized{photo_output(Path(source)).suffix}"
     return f"{stem or 'stream'}_anonymized.mp4"
 
 
@@ -225,9 +241,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         args.camera = DEFAULT_CAMERA
         return cmd_batch(args)
     args.camera = DEFAULT_CAMERA if args.camera is None else args.camera
-    from anonengine.paths import is_photo
-
-    if is_photo(args.video_source) and is_photo(args.output_video or default_output(args.video_source)):
+    if photo_in_and_out(args.video_source, args.output_video):
         from anonengine.batch import cmd_photo  # a photo in, a photo out (`--output-video x.mp4`: a video)
 
         return cmd_photo(args)

@@ -19,10 +19,11 @@ belongs to); without it, Ray starts a cluster of this machine alone.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from anonengine.batch import FileRunner, Job, Summary, output_settings, pending_jobs, record_of
@@ -60,7 +61,7 @@ def anonymize_job(cfg_json: str, settings_key: str, audio: str, job: Job) -> Out
     if _runner is None or _runner[0] != settings_key:
         if _runner is not None:
             _runner[1].close()
-        _runner = (settings_key, FileRunner(EngineConfig.model_validate_json(cfg_json), audio))
+        _runner = (settings_key, FileRunner(EngineConfig.model_validate(json.loads(cfg_json)), audio))
     context = ray.get_runtime_context()
     node = context.get_node_id()
     gpus = tuple(str(gpu) for gpu in context.get_accelerator_ids().get("GPU", []))
@@ -84,7 +85,7 @@ def run_on_ray(cfg: EngineConfig, jobs: list[Job], output_dir: Path, audio: str,
     # Workers run in folders of their own, maybe on other machines: every path they get is absolute.
     cfg = with_absolute_models(cfg)
     output_dir = output_dir.resolve()
-    jobs = [Job(job.source.resolve(), job.rel, job.output.resolve()) for job in jobs]
+    jobs = [replace(job, source=job.source.resolve(), output=job.output.resolve()) for job in jobs]
     settings = output_settings(cfg, audio)
     manifest = Manifest(output_dir)
     todo, summary.skipped = pending_jobs(jobs, manifest, settings)
@@ -105,7 +106,7 @@ def run_on_ray(cfg: EngineConfig, jobs: list[Job], output_dir: Path, audio: str,
         gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 and cfg.anonymizer.detector.device != "cpu" else 0
         task = ray.remote(anonymize_job).options(max_retries=TASK_RETRIES, retry_exceptions=False, num_gpus=gpus,
                                                  num_cpus=1)
-        cfg_json = cfg.model_dump_json()
+        cfg_json = json.dumps(cfg.model_dump(mode="json"))
         pending = {task.remote(cfg_json, settings["key"], audio, job): job for job, _ in todo}
         while pending:
             if INTERRUPTS.requested:

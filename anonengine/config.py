@@ -11,7 +11,16 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    WrapValidator,
+    model_validator,
+)
 from pydantic_core import PydanticCustomError
 
 from anonengine.errors import ConfigError
@@ -33,6 +42,23 @@ DEFAULT_SEG_MODEL = "yolo11n-seg.pt"
 
 class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+def _file_name(value, handler):
+    """A path as the system gives it: a name whose bytes are not UTF-8 (an old archive's Latin-1 `café.mp4`)
+    comes as surrogate escapes, which pydantic's text refuses ("unable to parse raw data as a unicode
+    string": every such file of a batch failed as an internal error). Checked as text with those bytes
+    replaced, kept as given, so that the file it names is the one opened."""
+    try:
+        return handler(value)
+    except ValidationError:
+        if not isinstance(value, str) or value.encode("utf-8", "surrogatepass").decode("utf-8", "replace") == value:
+            raise
+        handler(value.encode("utf-8", "surrogateescape").decode("utf-8", "replace"))
+        return value
+
+
+FileName = Annotated[str, WrapValidator(_file_name)]
 
 
 # Above this a person the detector found, scored as most persons are, is left as filmed: a user's
@@ -387,12 +413,12 @@ PrivacyZone = Annotated[list[Annotated[tuple[float, float], AfterValidator(_in_t
 
 class CameraConfig(StrictModel):
     name: str = Field("cam0", pattern=r"^[A-Za-z0-9_-]{1,32}$", description="Camera name, unique in the engine.")
-    source: str = Field(..., min_length=1, description="Video file, image sequence (`frames/%06d.png`: photos "
+    source: FileName = Field(..., min_length=1, description="Video file, image sequence (`frames/%06d.png`: photos "
                         "numbered so, read as a video), webcam index (0) or stream URL.")
-    output: str | None = Field(
+    output: FileName | None = Field(
         None, description="Anonymized video file to write, in the container its suffix names (`.mp4`, `.m4v`, `.mov`, "
         "`.mkv`, `.ts`; none: MP4); none = tap only.")
-    metadata: str | None = Field(None, description="Per-frame JSON-lines metadata file to write.")
+    metadata: FileName | None = Field(None, description="Per-frame JSON-lines metadata file to write.")
     live: bool | None = Field(
         None,
         description="Treat the source as a live camera (never wait, drop the oldest frame when full); a file "

@@ -10,6 +10,8 @@ import fcntl
 import os
 from pathlib import Path
 
+from anonengine.paths import working_name
+
 
 class LockBusy(Exception):
     """Someone else holds the lock; `pid` is theirs when known."""
@@ -93,7 +95,7 @@ def is_locked(path: str | os.PathLike) -> bool:
 def output_lock_path(output: str | os.PathLike) -> Path:
     """The lock of an output file: a hidden file beside it (`.NAME.lock`)."""
     path = Path(output)
-    return path.with_name(f".{path.name}.lock")
+    return path.with_name(working_name(".", path.name, ".lock"))
 
 
 def _read_pid(fd: int) -> int | None:

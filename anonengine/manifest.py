@@ -58,6 +58,18 @@ class Record:
     audio: str  # "kept", "dropped" or "none"
     seconds: float
     finished: str  # UTC, ISO 8601
+    source: str = ""  # the input's absolute path ("" in records from before it was kept)
+    output_size: int = -1  # the output's size when done (-1: not kept): one damaged or cut since is redone
+
+    def made_from_elsewhere(self, path: Path, output: Path) -> bool:
+        """Whether the output this record made, still there, came from another input than `path`, itself still
+        there: a second archive anonymized into the same folder would replace it."""
+        if not self.source or not output.is_file():
+            return False
+        try:
+            return not os.path.samefile(self.source, path)
+        except OSError:
+            return False  # the earlier input gone (the archive moved): the same archive, by its name
 
     @property
     def fingerprint(self) -> Fingerprint:
@@ -98,6 +110,8 @@ class Manifest:
         record = self.records.get(rel)
         if record is None or record.settings != settings or not output.is_file():
             return False, None
+        if record.output_size >= 0 and output.stat().st_size != record.output_size:
+            return False, None  # damaged or cut since (a copy stopped midway): it was skipped as done
         if Fingerprint.of(path) == record.fingerprint:
             return True, None
         digest = file_sha256(path)

@@ -3,6 +3,8 @@ that the command line can choose its path before it imports the engine."""
 
 from __future__ import annotations
 
+import hashlib
+import os
 import re
 from pathlib import Path
 
@@ -12,24 +14,49 @@ ROTATIONS = (0, 90, 180, 270)  # the turns, degrees clockwise, a camera's pictur
 # time; AVI does not (it counts frames: a camera's or a phone's varying rate, or a gap, cannot be told) and
 # takes H.264 only in another form than the engine's segments hold it, so an .avi output is refused.
 OUTPUT_CONTAINERS = {"": "mp4", ".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matroska", ".ts": "mpegts"}
-# Photos: anonymized as photos, not one-frame videos, in their own format (OpenCV reads and writes these).
-PHOTO_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".avif", ".jp2"})
+# Photos: anonymized as photos, not one-frame videos, in their own format (OpenCV reads and writes these; a
+# `.jfif` or `.jif`, which it reads but writes nothing by, as the JPEG it is). A JPEG named `.jfif` or `.jpe`, a
+# `.ppm`, went the videos' way: a one-frame MP4 detected at the videos' 640, a 3200x2136 crowd all shown.
+PHOTO_SUFFIXES = frozenset({".jpg", ".jpeg", ".jpe", ".jfif", ".jif", ".png", ".webp", ".bmp", ".dib", ".tif", ".tiff",
+                            ".avif", ".jp2", ".ppm", ".pgm", ".pnm", ".pam", ".ras", ".sr"})
+# What a photo file holds, by its first bytes, as the suffix OpenCV encodes it by: a camera's or an app's JPEG
+# without a suffix went the videos' way, as a one-frame MP4 detected at the videos' 640.
+PHOTO_SIGNATURES = ((b"\xff\xd8\xff", ".jpg"), (b"\x89PNG\r\n\x1a\n", ".png"))
+# Photos OpenCV cannot read but FFmpeg can: read through it, and written as PNG (`crowd.tga` -> `crowd.png`).
+FFMPEG_PHOTO_SUFFIXES = frozenset({".tga", ".pcx", ".ico", ".qoi", ".sgi", ".xwd"})
 # Photos OpenCV cannot read (an iPhone's HEIF, cameras' raw files): a batch reports each as failed, since
 # left out silently they would stay as taken while the summary says the folder is done.
 UNREADABLE_PHOTO_SUFFIXES = frozenset({".heic", ".heif", ".dng", ".cr2", ".cr3", ".nef", ".arw", ".raf", ".orf",
                                        ".rw2"})
 
 
+NAME_MAX = 255  # bytes in one file name (Linux's filesystems, macOS's, Windows' shares)
+
+
+def working_name(head: str, stem: str, tail: str) -> str:
+    """`head + stem + tail`, a working file's name made from a final one's `stem`, shortened where it would be
+    longer than a name can be: the stem cut, and a digest of it added, so that each final name still has a
+    working name of its own, always the same. An input named near the limit (240 characters) passed, and its
+    working file's name, 20 longer, failed every run ("File name too long")."""
+    name = f"{head}{stem}{tail}"
+    if len(os.fsencode(name)) <= NAME_MAX:
+        return name
+    digest = "~" + hashlib.sha1(os.fsencode(stem)).hexdigest()[:12]
+    room = NAME_MAX - len(os.fsencode(f"{head}{digest}{tail}"))
+    cut = os.fsencode(stem)[:room].decode("utf-8", "ignore") if stem.isprintable() else stem[: room // 4]
+    return f"{head}{cut}{digest}{tail}"
+
+
 def partial_path(output: str | Path) -> Path:
     """Where an output is written until it is complete: `NAME.partial.SUFFIX`."""
     path = Path(output)
-    return path.with_name(f"{path.stem}.partial{path.suffix or '.mp4'}")
+    return path.with_name(working_name("", path.stem, f".partial{path.suffix or '.mp4'}"))
 
 
 def partial_metadata_path(metadata: str | Path) -> Path:
     """Where metadata lines are written until the video is complete: `NAME.partial`."""
     path = Path(metadata)
-    return path.with_name(path.name + ".partial")
+    return path.with_name(working_name("", path.name, ".partial"))
 
 
 # An image sequence: photos numbered as a printf pattern in the file name says (`frames/f%06d.png`: f000001.png,
@@ -86,4 +113,12 @@ def sequence_stem(spec: str) -> str:
 
 
 def is_photo(spec: str) -> bool:
-    return not URL_SCHEME.match(spec) and Path(spec).suffix.lower() in PHOTO_SUFFIXES and not is_sequence(spec)
+    suffix = Path(spec).suffix.lower()
+    return (not URL_SCHEME.match(spec) and (suffix in PHOTO_SUFFIXES or suffix in FFMPEG_PHOTO_SUFFIXES)
+            and not is_sequence(spec))
+
+
+def photo_output(path: Path) -> Path:
+    """The name a photo's anonymized copy takes, for the name `path` (its own, or the photo's): the same, but
+    `.png` for a format only FFmpeg reads, which it is written as."""
+    return path.with_suffix(".png") if path.suffix.lower() in FFMPEG_PHOTO_SUFFIXES else path

@@ -13,12 +13,13 @@ import logging
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import av
 import cv2
 import numpy as np
 
 from anonengine.errors import InputError, OutputError
-from anonengine.paths import UNREADABLE_PHOTO_SUFFIXES
-from anonengine.video import jpeg_cut_short, turn
+from anonengine.paths import PHOTO_SIGNATURES, UNREADABLE_PHOTO_SUFFIXES
+from anonengine.video import jpeg_cut_short, main_video, to_bgr, turn
 
 log = logging.getLogger("anonengine")
 
@@ -29,8 +30,6 @@ DEEP_SUFFIXES = frozenset({".png", ".tif", ".tiff", ".jp2"})  # photo outputs Op
 # file is read (and written) as what it holds when OpenCV recognises it. A raw camera file is not: its
 # TIFF-like structure would be read as its small preview.
 MISNAMED_SUFFIXES = frozenset({".heic", ".heif"})
-# What a file holds, by its first bytes, as the suffix OpenCV encodes it by.
-SIGNATURES = ((b"\xff\xd8\xff", ".jpg"), (b"\x89PNG\r\n\x1a\n", ".png"))
 FIT_SAMPLES = 1_000_000
 JPEG_SUFFIXES = (".jpg", ".jpeg", ".jpe", ".jfif")
 
@@ -45,28 +44,35 @@ class Photo:
     stored: np.ndarray | None = None
     alpha: np.ndarray | None = None
     encoding: str = ".jpg"
+    pages: int = 1  # the pictures its file holds (a multi-page TIFF, an animated WebP); the first is read
 
     @classmethod
     def read(cls, path: Path, with_alpha: bool = False) -> Photo:
         encoding = photo_encoding(path)
+        # Decoded from its bytes, read once: OpenCV's reading by name takes the name as UTF-8, and one that is
+        # not (an old archive's Latin-1 names) crashed the process, the whole batch with it, on every run.
+        data = path.read_bytes()
+        if not data:
+            raise InputError(f"cannot read image {path}: the file is empty")
+        buffer = np.frombuffer(data, np.uint8)
         # One decode where the photo is 8 bits: OpenCV's colour picture of it is its grey replicated.
-        stored = cv2.imread(str(path), cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR)
+        stored = cv2.imdecode(buffer, cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR)
         if stored is not None and stored.dtype == np.uint8:
             picture = cv2.cvtColor(stored, cv2.COLOR_GRAY2BGR) if stored.ndim == 2 else stored
         else:
             # Deeper: OpenCV's own 8 bits, since the stored values need not fill 16 (a 12-bit JPEG 2000's
             # reach 4095, a 10-bit AVIF's 1023: shifted by 8 they would be a black picture to detect on).
-            picture = cv2.imread(str(path), cv2.IMREAD_COLOR)
+            picture = cv2.imdecode(buffer, cv2.IMREAD_COLOR)
         if picture is None:
-            raise InputError(f"cannot read image {path}")
-        if encoding in JPEG_SUFFIXES and jpeg_cut_short(path.read_bytes()):
+            picture, stored = by_ffmpeg(path), None
+        if encoding in JPEG_SUFFIXES and jpeg_cut_short(data):
             # OpenCV reads it as far as it goes, the rest grey, and libjpeg's own line names no file.
             log.warning("%s is cut short (a copy stopped midway?): read as far as it goes, the rest of its "
                         "picture grey", path)
         if stored is not None and (stored.ndim == 3 and stored.dtype == np.uint8 or stored.shape[:2] != picture.shape[:2]):
             stored = None  # 8-bit colour: the picture itself
-        alpha = transparency(path, picture) if with_alpha else None
-        return cls(picture, stored, alpha, encoding)
+        alpha = transparency(buffer, picture) if with_alpha else None
+        return cls(picture, stored, alpha, encoding, pictures(buffer))
 
     def turned(self, degrees: int) -> Photo:
         def spin(image):
@@ -100,7 +106,7 @@ class Photo:
         """Writes the anonymized photo to `path` (a partial's name), encoded as `output`'s name says, or as the
         photo itself was where that name is one OpenCV cannot write (a JPEG named `.heic`)."""
         suffix = output.suffix.lower()
-        suffix = self.encoding if suffix in MISNAMED_SUFFIXES else suffix
+        suffix = self.encoding if suffix in MISNAMED_SUFFIXES or not writable(suffix) else suffix
         image = self.written_form(anonymized, suffix)
         params = [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY] if suffix in (".jpg", ".jpeg") else []
         ok, data = cv2.imencode(suffix, image, params)
@@ -110,25 +116,59 @@ class Photo:
 
 
 def photo_encoding(path: Path) -> str:
-    """The suffix a photo is decoded and encoded by: its own, or for a HEIF-named file what it holds."""
+    """The suffix a photo is encoded by: its own, or where OpenCV writes nothing by that name (a HEIF-named
+    JPEG, a `.jfif`, a camera's file without a suffix) what it holds, a JPEG or a PNG; PNG for anything else
+    (a TGA, read by FFmpeg)."""
     suffix = path.suffix.lower()
-    if suffix not in UNREADABLE_PHOTO_SUFFIXES:
+    if suffix in UNREADABLE_PHOTO_SUFFIXES and suffix not in MISNAMED_SUFFIXES:
+        raise _unreadable(suffix)
+    if suffix not in MISNAMED_SUFFIXES and writable(suffix):
         return suffix
+    with open(path, "rb") as file:
+        head = file.read(16)
+    for signature, encoding in PHOTO_SIGNATURES:
+        if head.startswith(signature):
+            return encoding
     if suffix in MISNAMED_SUFFIXES:
-        with open(path, "rb") as file:
-            head = file.read(16)
-        for signature, encoding in SIGNATURES:
-            if head.startswith(signature):
-                return encoding
-    raise InputError(f"cannot read {suffix} photos (HEIF or a camera's raw format): convert them to JPEG "
-                     "first, then run the batch again")
+        raise _unreadable(suffix)
+    return ".png"
 
 
-def transparency(source: Path, picture: np.ndarray) -> np.ndarray | None:
+def _unreadable(suffix: str) -> InputError:
+    return InputError(f"cannot read {suffix} photos (HEIF or a camera's raw format): convert them to JPEG "
+                      "first, then run the batch again")
+
+
+def writable(suffix: str) -> bool:
+    """Whether OpenCV encodes a photo by the name's `suffix`."""
+    return bool(suffix) and cv2.haveImageWriter(f"photo{suffix}")
+
+
+def by_ffmpeg(path: Path) -> np.ndarray:
+    """A photo OpenCV cannot decode (a TGA, a PCX, an icon) decoded by FFmpeg: its first picture, 8-bit BGR."""
+    try:
+        with av.open(str(path)) as container:
+            return to_bgr(next(container.decode(main_video(container))))
+    except (av.FFmpegError, StopIteration, IndexError, UnicodeEncodeError, ValueError):
+        raise InputError(f"cannot read image {path}") from None
+
+
+def pictures(buffer: np.ndarray) -> int:
+    """How many pictures a photo file's bytes hold (a multi-page TIFF's pages, an animated WebP's frames)."""
+    head = bytes(buffer[:4096])
+    tiff = head[:4] in (b"II*\0", b"MM\0*")
+    animated = (head.startswith(b"\x89PNG") and b"acTL" in head) or (head.startswith(b"RIFF") and b"ANIM" in head[:64])
+    if not (tiff or animated):  # one picture: not decoded again to be counted
+        return 1
+    ok, images = cv2.imdecodemulti(buffer, cv2.IMREAD_REDUCED_GRAYSCALE_8)
+    return len(images) if ok else 1
+
+
+def transparency(buffer: np.ndarray, picture: np.ndarray) -> np.ndarray | None:
     """A photo's alpha channel at its stored depth, as it lies over `picture`, or None: it has none, or its
     pixels were turned on reading (EXIF), which the alpha was not. Kept, a transparent part stays so: taken
     away, the pixels under it came out (a cut-out's old background, an edit's hidden parts)."""
-    stored = cv2.imread(str(source), cv2.IMREAD_UNCHANGED)
+    stored = cv2.imdecode(buffer, cv2.IMREAD_UNCHANGED)
     if stored is None or stored.ndim != 3 or stored.shape[2] != 4 or stored.shape[:2] != picture.shape[:2]:
         return None
     return stored[..., 3]

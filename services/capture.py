@@ -14,6 +14,7 @@ offered again; downstream drops the duplicates by seq.
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import time
 from dataclasses import dataclass
@@ -448,7 +449,7 @@ def main(argv=None) -> int:
     def factory(cfg, args):
         known = {c.name: c for c in cfg.cameras}
         if args.camera_json:
-            camera = CameraConfig.model_validate_json(args.camera_json)
+            camera = CameraConfig.model_validate(json.loads(args.camera_json))
         elif args.source:
             camera = CameraConfig(name=args.camera, source=args.source, output=args.output, metadata=args.metadata,
                                   rotate=args.rotate)

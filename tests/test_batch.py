@@ -226,14 +226,19 @@ def test_rerun_skips_everything_then_redoes_a_changed_file(first_run, inputs, an
     assert time.monotonic() - started < 20
     assert {p: p.stat().st_mtime_ns for p in work.rglob("*") if p.is_file()} == before, "a skipped file was written"
 
-    # One input changed; one only touched (same content: its hash says it is done); the rest as they were.
+    # A copy of the archive: one input changed; one only touched (same content: its hash says it is done); the
+    # rest as they were. The changed one's output is another file's copy (the first archive's, still there):
+    # refused until it is removed, then redone.
     changed = tmp_path / "in"
     shutil.copytree(tree, changed)
     cv2.imwrite(str(changed / "day1" / "street.png"), inputs["photo"][::-1].copy())
     os.utime(changed / "clip1.mp4", ns=(time.time_ns(), time.time_ns()))
+    refused = anonengine_cli("run", "--video-source", changed, "--output-dir", work, *FAST)
+    assert refused.returncode == 2 and "day1/street.png is the anonymized copy of " in refused.stderr, refused.stderr
+    (work / "day1" / "street.png").unlink()
     redo = anonengine_cli("run", "--video-source", changed, "--output-dir", work, *FAST)
     assert redo.returncode == 0 and "1 file(s) anonymized, 5 skipped" in redo.stdout, redo.stdout + redo.stderr
-    assert (work / "day1" / "street.png").stat().st_mtime_ns != before[work / "day1" / "street.png"]
+    assert (work / "day1" / "street.png").is_file()
     assert records(work)["day1/street.png"]["size"] == (changed / "day1" / "street.png").stat().st_size
 
     # Settings that change the output redo every file.
@@ -569,3 +574,172 @@ def test_a_photo_keeps_its_depth_and_its_grey_and_a_jpeg_named_heic_is_read(inpu
     heic = tmp_path / "out" / "IMG_2.heic"
     assert heic.read_bytes().startswith(b"\xff\xd8\xff")  # a JPEG still, as it came
     assert np.abs(cv2.imread(str(heic)).astype(int) - zidane).max(axis=2).mean() > 5, "left as it was"
+
+
+def zidane_jpeg(inputs) -> bytes:
+    return cv2.imencode(".jpg", inputs["zidane"], [cv2.IMWRITE_JPEG_QUALITY, 95])[1].tobytes()
+
+
+def changed(image: np.ndarray, inputs) -> bool:
+    return image is not None and np.abs(image.astype(int) - inputs["zidane"]).max(axis=2).mean() > 5
+
+
+def test_photos_named_otherwise_are_photos_by_their_name_or_their_content(inputs, anonengine_cli, tmp_path):
+    """A JPEG named `.jfif` or `.jpe`, a camera's `IMG_0001` without a suffix, a TGA (which only FFmpeg reads)
+    and a `.ppm` went the videos' way: one-frame MP4s detected at the videos' size, a user's 3200x2136 crowd
+    shown whole, with exit 0. Each is a photo now, written in what it holds (a TGA as PNG)."""
+    source = tmp_path / "in"
+    source.mkdir()
+    jpeg = zidane_jpeg(inputs)
+    for name in ("a.jfif", "b.jpe", "IMG_0001"):
+        (source / name).write_bytes(jpeg)
+    cv2.imwrite(str(source / "d.ppm"), inputs["zidane"])
+    height, width = inputs["zidane"].shape[:2]
+    with av.open(str(source / "c.tga"), "w", format="image2", options={"update": "1"}) as tga:
+        stream = tga.add_stream("targa", rate=1)
+        stream.width, stream.height, stream.pix_fmt = width, height, "bgr24"
+        tga.mux([*stream.encode(av.VideoFrame.from_ndarray(inputs["zidane"], format="bgr24")), *stream.encode(None)])
+    jobs = find_jobs(str(source), tmp_path / "out")
+    assert {job.rel: (job.output.name, job.photo) for job in jobs} == {
+        "a.jfif": ("a.jfif", True), "b.jpe": ("b.jpe", True), "IMG_0001": ("IMG_0001", True),
+        "c.tga": ("c.png", True), "d.ppm": ("d.ppm", True)}
+    result = anonengine_cli("run", "--video-source", "in", "--output-dir", "out", "--quiet", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    out = tmp_path / "out"
+    for name in ("a.jfif", "IMG_0001"):
+        assert (out / name).read_bytes()[:3] == b"\xff\xd8\xff", f"{name} is not the JPEG it was"
+    assert (out / "c.png").read_bytes()[:4] == b"\x89PNG"
+    for name in ("a.jfif", "b.jpe", "IMG_0001", "c.png", "d.ppm"):
+        image = cv2.imdecode(np.frombuffer((out / name).read_bytes(), np.uint8), cv2.IMREAD_COLOR)
+        assert image.shape == inputs["zidane"].shape and changed(image, inputs), f"{name} left as it was"
+    alone = anonengine_cli("run", "--video-source", "in/IMG_0001", "--quiet", cwd=tmp_path)
+    assert alone.returncode == 0, alone.stderr
+    assert (tmp_path / "IMG_0001_anonymized").read_bytes() == (out / "IMG_0001").read_bytes()
+
+
+def test_names_not_in_utf8_are_anonymized_in_a_batch_and_refused_by_the_engine_in_one_line(inputs, anonengine_cli,
+                                                                                            tmp_path):
+    """An old archive's Latin-1 names: OpenCV took a photo's name as UTF-8 and crashed the process (a segfault,
+    no summary, the files after it never done, on every run); a video's failed as an internal error."""
+    source = tmp_path / "in"
+    source.mkdir()
+    photo, video = source / os.fsdecode(b"caf\xe9.jpg"), source / os.fsdecode(b"r\xe9union.mp4")
+    photo.write_bytes(zidane_jpeg(inputs))
+    shutil.copy(inputs["clip"], video)
+    shutil.copy(inputs["clip"], source / "z.mp4")
+    result = anonengine_cli("run", "--video-source", "in", "--output-dir", "out", *FAST, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "3 file(s) anonymized" in result.stdout
+    out = tmp_path / "out"
+    assert changed(cv2.imdecode(np.frombuffer((out / photo.name).read_bytes(), np.uint8), cv2.IMREAD_COLOR), inputs)
+    with av.open(str(out / video.name)) as container:
+        assert container.streams.video[0].frames == FRAMES
+    engine = anonengine_cli("run", "--video-source", video, "--output-video", tmp_path / "e.mp4", *FAST)
+    assert engine.returncode == 2 and engine.stderr.strip() == (
+        "anonengine: error: camera cam0: the source " + str(source) + "/r\ufffdunion.mp4 is not named in UTF-8 (an "
+        "old archive's Latin-1?), which the engine's processes cannot pass on: rename it, or run with --inline")
+    inline = anonengine_cli("run", "--video-source", video, "--output-video", tmp_path / "i.mp4", "--inline", *FAST)
+    assert inline.returncode == 0, inline.stderr
+
+
+def test_a_name_near_the_longest_a_file_may_have_is_anonymized(inputs, anonengine_cli, tmp_path):
+    """Its working files' names, 20 characters longer, were too long: "internal error: OSError: [Errno 36] File
+    name too long" on every run. They are shortened (with a digest) where they must be."""
+    source = tmp_path / "in"
+    source.mkdir()
+    shutil.copy(inputs["clip"], source / ("v" * 245 + ".mp4"))
+    (source / ("p" * 245 + ".jpg")).write_bytes(zidane_jpeg(inputs))
+    result = anonengine_cli("run", "--video-source", "in", "--output-dir", "out", *FAST, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in (tmp_path / "out").iterdir() if p.name != MANIFEST_NAME) == [
+        "p" * 245 + ".jpg", "v" * 245 + ".mp4"]
+
+
+def mounted(tmp_path: Path, *args: str) -> bool:
+    """Whether `mount ARGS` worked here (root in a container that lets it)."""
+    return subprocess.run(["mount", *args], capture_output=True, check=False).returncode == 0
+
+
+def test_an_output_folder_that_is_the_source_by_another_path_is_refused(inputs, anonengine_cli, tmp_path):
+    """A batch told its source and output apart by their names: with the source folder mounted again elsewhere
+    (a bind mount, a share mounted twice) as the output, each output was written over its input, then the inputs
+    were taken for changed and removed: every original lost. Folders are compared as folders now."""
+    source, other = tmp_path / "in", tmp_path / "again"
+    source.mkdir()
+    other.mkdir()
+    shutil.copy(inputs["clip"], source / "clip.mp4")
+    (source / "photo.jpg").write_bytes(zidane_jpeg(inputs))
+    before = {p.name: p.read_bytes() for p in source.iterdir()}
+    if not mounted(tmp_path, "--bind", str(source), str(other)):
+        pytest.skip("bind mounts are not permitted here")
+    try:
+        for spec, where in (("in", ""), ("in/*.jpg", ", where in/*.jpg finds its files")):
+            result = anonengine_cli("run", "--video-source", spec, "--output-dir", "again", *FAST, cwd=tmp_path)
+            assert result.returncode == 2 and result.stderr.strip() == (
+                f"anonengine: error: --output-dir again is in or holds it{where}: give a "
+                "folder outside it"), result.stderr
+    finally:
+        subprocess.run(["umount", str(other)], check=False)
+    assert {p.name: p.read_bytes() for p in source.iterdir()} == before
+
+
+def test_a_full_disk_stops_the_batch_and_a_read_only_one_is_one_line(inputs, anonengine_cli, tmp_path):
+    """On a full disk every file after the first failed the same way, each after its work, a line each (an
+    archive's hours); a read-only output folder was an internal error. Both end in one line now."""
+    source, small = tmp_path / "in", tmp_path / "small"
+    source.mkdir()
+    small.mkdir()
+    for n in range(4):
+        shutil.copy(inputs["clip"], source / f"clip{n}.mp4")
+    if not mounted(tmp_path, "-t", "tmpfs", "-o", "size=60k", "tmpfs", str(small)):
+        pytest.skip("tmpfs mounts are not permitted here")
+    try:
+        full = anonengine_cli("run", "--video-source", "in", "--output-dir", "small/out", *FAST, cwd=tmp_path)
+        subprocess.run(["mount", "-o", "remount,ro", str(small)], check=True)
+        read_only = anonengine_cli("run", "--video-source", "in", "--output-dir", "small/other", *FAST, cwd=tmp_path)
+    finally:
+        subprocess.run(["umount", str(small)], check=False)
+    assert full.returncode == 1
+    failed = [line for line in full.stderr.splitlines() if line.startswith("anonengine: failed:")]
+    assert len(failed) == 1 and "No space left on device" in failed[0], full.stderr
+    assert full.stderr.splitlines()[-1].startswith("anonengine: stopped: the disk of small/out is full; "), full.stderr
+    assert read_only.returncode == 2 and read_only.stderr.strip() == (
+        "anonengine: error: cannot write small/other: Read-only file system"), read_only.stderr
+
+
+def test_linked_folders_are_taken_once_each_and_a_link_back_up_is_no_loop(inputs, tmp_path):
+    """A folder reached by a symbolic link (an archive's second disk) was left out without a word while the
+    summary counted the rest; a glob's `**` followed a link back up 40 folders deep, one file 40 outputs."""
+    source, disk = tmp_path / "in", tmp_path / "disk2"
+    (source / "day1").mkdir(parents=True)
+    disk.mkdir()
+    shutil.copy(inputs["clip"], source / "day1" / "a.mp4")
+    shutil.copy(inputs["clip"], disk / "b.mp4")
+    (source / "disk2").symlink_to(disk)
+    (source / "day1" / "loop").symlink_to("..")
+    by_folder = find_jobs(str(source), tmp_path / "out")
+    assert sorted(job.rel for job in by_folder) == ["day1/a.mp4", "disk2/b.mp4"]
+    by_glob = find_jobs(str(source / "**" / "*.mp4"), tmp_path / "out")
+    assert sorted(job.rel for job in by_glob) == ["day1/a.mp4", "disk2/b.mp4"]
+
+
+def test_a_second_archive_into_the_same_folder_is_refused_and_a_damaged_output_is_redone(inputs, anonengine_cli,
+                                                                                         tmp_path):
+    """Two archives' `clip.mp4` into one output folder: the second replaced the first's anonymized copy, exit 0.
+    An output damaged after it was done (a copy cut short) was skipped as done on every rerun."""
+    for archive in ("x", "y"):
+        (tmp_path / archive).mkdir()
+        shutil.copy(inputs["clip"] if archive == "x" else inputs["voiced"], tmp_path / archive / "clip.mp4")
+    first = anonengine_cli("run", "--video-source", "x", "--output-dir", "out", *FAST, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    done = (tmp_path / "out" / "clip.mp4").read_bytes()
+    second = anonengine_cli("run", "--video-source", "y", "--output-dir", "out", *FAST, cwd=tmp_path)
+    assert second.returncode == 2 and second.stderr.strip() == (
+        f"anonengine: error: out/clip.mp4 is the anonymized copy of {tmp_path / 'x' / 'clip.mp4'} (an earlier "
+        "batch), not of y/clip.mp4: give another --output-dir, or remove out/clip.mp4 to replace it")
+    assert (tmp_path / "out" / "clip.mp4").read_bytes() == done
+    (tmp_path / "out" / "clip.mp4").write_bytes(done[: len(done) // 2])
+    again = anonengine_cli("run", "--video-source", "x", "--output-dir", "out", *FAST, cwd=tmp_path)
+    assert again.returncode == 0 and "1 file(s) anonymized, 0 skipped" in again.stdout, again.stdout
+    with av.open(str(tmp_path / "out" / "clip.mp4")) as container:
+        assert container.streams.video[0].frames == FRAMES

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import logging
 import os
 import shutil
@@ -373,7 +374,7 @@ class Launcher:
         # the same output file).
         compositor = self.compositor_of.setdefault(camera.name, self._least_busy_compositor())
         # Each attachment is a stream of its own, kept by its capture's restarts (`StreamInfoMsg.stream`).
-        extra = ["--camera", camera.name, "--camera-json", camera.model_dump_json(),
+        extra = ["--camera", camera.name, "--camera-json", json.dumps(camera.model_dump(mode="json")),
                  "--composite-worker", str(compositor), "--stream", uuid.uuid4().hex[:16]]
         self._add(name, "capture", compositor, camera.name, extra)
         if camera.name not in {c.name for c in self.cfg.cameras}:
@@ -883,6 +884,16 @@ def _zmq_bind_error(endpoint: str) -> str | None:
 def check_camera(camera: CameraConfig) -> None:
     """A camera's file source is there and its output and metadata can be written (nothing is opened or taken).
     A live source may be down now and come later: it is not asked here."""
+    for what in ("source", "output", "metadata"):
+        name = getattr(camera, what)
+        try:
+            (name or "").encode("utf-8")
+        except UnicodeEncodeError:
+            # The stages' messages carry names as UTF-8: the capture died on its first message, 6 times.
+            shown = name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+            raise ConfigError(f"camera {camera.name}: the {what} {shown} is not named in UTF-8 (an old archive's "
+                              "Latin-1?), which the engine's processes cannot pass on: rename it, or run with "
+                              "--inline") from None
     try:
         classify(camera.source)
     except InputError as exc:
