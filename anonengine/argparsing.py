@@ -4,9 +4,11 @@ log level they all take from ANONENGINE_LOG_LEVEL."""
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 
 from anonengine.errors import ConfigError
+from anonengine.paths import redacted
 
 LOG_LEVEL_VARIABLE = "ANONENGINE_LOG_LEVEL"  # every process's log level: the command's and its stages'
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
@@ -17,6 +19,25 @@ class OneLineParser(argparse.ArgumentParser):
 
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+class Redacting(logging.Formatter):
+    """A formatter whose lines (and tracebacks) have the URLs' passwords as `***` (`paths.redacted`)."""
+
+    def __init__(self, inner: logging.Formatter | None) -> None:
+        super().__init__()
+        self.inner = inner or logging.Formatter()
+
+    def format(self, record: logging.LogRecord) -> str:
+        return redacted(self.inner.format(record))
+
+
+def redact_logs() -> None:
+    """Every line the process logs from now on without the passwords of the URLs in it: a camera's URL, in a
+    failure to open it, went into every log (and on to whatever collects them)."""
+    for handler in logging.getLogger().handlers:
+        if not isinstance(handler.formatter, Redacting):
+            handler.setFormatter(Redacting(handler.formatter))
 
 
 def log_level_from_env() -> str | None:

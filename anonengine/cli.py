@@ -28,10 +28,10 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from anonengine.argparsing import LOG_LEVEL_VARIABLE, OneLineParser, frame_rate, log_level_from_env
+from anonengine.argparsing import LOG_LEVEL_VARIABLE, OneLineParser, frame_rate, log_level_from_env, redact_logs
 from anonengine.errors import AnonError, ConfigError
 from anonengine.interrupts import INTERRUPTS, Interrupted, interrupted_line, plural
-from anonengine.paths import OUTPUT_CONTAINERS, ROTATIONS
+from anonengine.paths import OUTPUT_CONTAINERS, ROTATIONS, redacted
 
 log = logging.getLogger("anonengine")
 
@@ -444,7 +444,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         level = log_level_from_env()  # before any stage process starts: they read it too
     except ConfigError as exc:
-        print(f"anonengine: error: {exc}", file=sys.stderr)
+        print(f"anonengine: error: {redacted(str(exc))}", file=sys.stderr)
         return exc.exit_code
     if level is None:
         os.environ.pop(LOG_LEVEL_VARIABLE, None)  # empty: unset, as the engine's default takes it
@@ -454,11 +454,12 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else level or logging.INFO, format="%(name)s: %(message)s",
         stream=sys.stderr,
     )
+    redact_logs()
     INTERRUPTS.install()
     try:
         return args.func(args)
     except AnonError as exc:
-        print(f"anonengine: error: {exc}", file=sys.stderr)
+        print(f"anonengine: error: {redacted(str(exc))}", file=sys.stderr)
         return exc.exit_code
     except Interrupted as stop:
         print(f"anonengine: interrupted by {stop.name}", file=sys.stderr)
@@ -471,7 +472,7 @@ def main(argv: list[str] | None = None) -> int:
             return 128 + INTERRUPTS.raised
         if os.environ.get("ANONENGINE_DEBUG"):
             raise
-        reason = f"{type(exc).__name__}: {exc}".splitlines()[0]
+        reason = redacted(f"{type(exc).__name__}: {exc}".splitlines()[0])
         print(f"anonengine: internal error: {reason} (ANONENGINE_DEBUG=1 shows where)", file=sys.stderr)
         return 1
 

@@ -9,6 +9,9 @@ import re
 from pathlib import Path
 
 URL_SCHEME = re.compile(r"^([a-z][a-z0-9+.-]*)://", re.IGNORECASE)
+# A URL's password (`rtsp://admin:PASSWORD@cam/...`) and credentials in its query (`?password=...`, `&token=...`).
+URL_PASSWORD = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://[^/@\s:]*):[^@\s/]*@")
+QUERY_SECRET = re.compile(r"(?i)([?&](?:password|passwd|pwd|pass|token|auth|key|secret|signature)=)[^&\s]+")
 ROTATIONS = (0, 90, 180, 270)  # the turns, degrees clockwise, a camera's picture may take (`cameras[].rotate`)
 # The containers an output video is written in, by its name's suffix (none: MP4). Each keeps every frame's
 # time; AVI does not (it counts frames: a camera's or a phone's varying rate, or a gap, cannot be told) and
@@ -45,6 +48,12 @@ def working_name(head: str, stem: str, tail: str) -> str:
     room = NAME_MAX - len(os.fsencode(f"{head}{digest}{tail}"))
     cut = os.fsencode(stem)[:room].decode("utf-8", "ignore") if stem.isprintable() else stem[: room // 4]
     return f"{head}{cut}{digest}{tail}"
+
+
+def redacted(text: str) -> str:
+    """`text` with the passwords and secrets of the URLs in it as `***`: a camera's URL in an error went out on
+    the engine's unauthenticated `/readyz`, in `/api/status` and in every log (`rtsp://admin:***@cam/stream`)."""
+    return QUERY_SECRET.sub(r"\1***", URL_PASSWORD.sub(r"\1:***@", text))
 
 
 def partial_path(output: str | Path) -> Path:

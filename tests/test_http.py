@@ -29,7 +29,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from test_engine import engine_config, wait_for
 
 from anonengine import messages
-from anonengine.config import HttpConfig
+from anonengine.config import CameraConfig, HttpConfig
 from anonengine.engine import metrics
 from anonengine.engine.http import HttpServer, HttpServerError
 from anonengine.sample import make_sample
@@ -328,3 +328,28 @@ def test_a_cameras_frame_rate_is_steady_between_its_encoders_reports():
     assert min(read) == max(read) == 25.0
     now[0] += metrics.FPS_WINDOW_S + 1
     assert rates.rate("gate") == 0.0
+
+
+def test_a_cameras_password_is_in_no_answer_and_no_log(models_dir, tmp_path):
+    """A camera's URL with its password, in the error of a failure to open it, was on the unauthenticated
+    /readyz (the port bound to 0.0.0.0 needs a token for all but it), in /api/status and in every log line:
+    anyone reaching the port had the camera's password, and with it the raw feed."""
+    secret = "S3cretPW"
+    port = free_port()
+    cfg = engine_config(tmp_path, models_dir, {})
+    cfg.cameras = [CameraConfig(name="gate", source=f"http://admin:{secret}@127.0.0.1:{free_port()}/cam.ts",
+                                stream=True)]
+    cfg.engine.exit_when_done = False
+    cfg.http.listen = f"127.0.0.1:{port}"
+    (tmp_path / "engine.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
+    proc = subprocess.Popen([sys.executable, "-m", "anonengine.cli", "launch", "engine.yaml"], cwd=tmp_path,
+                            stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        assert wait_for(lambda: "cannot open" in (_try(f"{base}/readyz") or (0, ""))[1] or proc.poll() is not None, 60)
+        ready, status = get(f"{base}/readyz")[1], get(f"{base}/api/status")[1]
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        log = proc.communicate(timeout=60)[1]
+    assert "http://admin:***@127.0.0.1" in ready and "http://admin:***@" in status and "admin:***@" in log
+    assert secret not in ready + status + log

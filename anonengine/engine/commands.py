@@ -11,6 +11,7 @@ from fractions import Fraction
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from anonengine.argparsing import Redacting
 from anonengine.engine import stagehost
 from anonengine.errors import ConfigError, InputError
 from anonengine.interrupts import Interrupted, interrupted_line, plural
@@ -87,7 +88,7 @@ def cmd_launch(args: argparse.Namespace) -> int:
         return 0
     # A long-running engine's log: the launcher's lines stamped as the stages' are (they were not, alone).
     for handler in logging.getLogger().handlers:
-        handler.setFormatter(logging.Formatter("%(asctime)s launcher %(levelname)s %(message)s"))
+        handler.setFormatter(Redacting(logging.Formatter("%(asctime)s launcher %(levelname)s %(message)s")))
     stagehost.warm_up()
     resolve_models(cfg)
     return launch(cfg).run()

@@ -37,7 +37,7 @@ from anonengine.engine.runtime import Endpoints, bind_tap, log_malformed, receiv
 from anonengine.errors import AnonError, ConfigError, InputError, ModelError, OutputError
 from anonengine.interrupts import STOP_SIGNALS
 from anonengine.locks import FileLock, LockBusy, is_locked
-from anonengine.paths import partial_metadata_path, partial_path
+from anonengine.paths import partial_metadata_path, partial_path, redacted
 from anonengine.recording import segments_folder
 from anonengine.rundir import private_dir, run_dir_path
 from anonengine.shm import SHM_DIR, instance_segments, made_by, remove_stale_segments, unlink
@@ -565,12 +565,13 @@ class Launcher:
         obscuring = self.obscuring.recent(name, frames["obscured"])
         source = self.sources.get(name)
         state, reason = self._camera_state(name, source, frames["out"], obscuring)
+        error = self.failed_cameras.get(name) or (source.error if source else None)
         return metrics.CameraView(
-            name=name, state=state, reason=reason, live=self._is_live(camera), frames=frames, fps=fps,
+            name=name, state=state, reason=redacted(reason), live=self._is_live(camera), frames=frames, fps=fps,
             reconnects=self.earlier_reconnects.get(name, 0) + (source.reconnects if source else 0),
             in_flight=tally.camera_total("capture", "in_flight", name),
             waiting=tally.camera_total("composite", "waiting", name),
-            last_error=self.failed_cameras.get(name) or (source.error if source else None),
+            last_error=redacted(error) if error else None,
             source=source.state.value if source else None,
         )  # fmt: skip
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import zmq
 
 from anonengine import messages
-from anonengine.argparsing import OneLineParser, log_level_from_env
+from anonengine.argparsing import OneLineParser, log_level_from_env, redact_logs
 from anonengine.config import AUTO_TAP, EngineConfig, TapConfig, load_yaml
 from anonengine.curve import CurveServer, curve_clients_folder
 from anonengine.engine.stagehost import exited
@@ -301,6 +301,7 @@ def configure_logging(stage: str, camera: str, level: str, job: bool = False) ->
         stream=sys.stderr,
         force=True,
     )
+    redact_logs()
     if terse:
         logging.getLogger(f"anonengine.{stage}").setLevel(logging.ERROR)
     logging.getLogger("ultralytics").setLevel(logging.WARNING)
