@@ -142,7 +142,10 @@ def subscribe(endpoint: str, cameras: tuple[str, ...] = (), timeout_s: float | N
             quiet_since = time.monotonic()
             parts = sock.recv_multipart()
             try:
-                _topic, header, payload = parts
+                topic, header, payload = parts
+                if cameras and topic.decode(errors="replace") not in cameras:
+                    # ZeroMQ subscribes by prefix: `cam1`'s subscriber got `cam10`'s frames too.
+                    continue
                 tapped = messages.decode(header)
                 if not isinstance(tapped, messages.TapHeader):
                     raise messages.MessageError(f"a {type(tapped).__name__}, not a tap header")

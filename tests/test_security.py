@@ -3,6 +3,7 @@ user who can reach none of a running engine's sockets or shared memory."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import pwd
@@ -504,3 +505,38 @@ def _dead_pid() -> int:
 def test_the_shipped_config_uses_the_safe_defaults():
     shipped = yaml.safe_load((Path(__file__).parents[1] / "config/engine.yaml").read_text())
     assert shipped["engine"]["run_dir"] == "" and shipped["tap"]["endpoint"] == "ipc"
+
+
+def test_a_subscriber_of_one_camera_gets_no_other_cameras_frames(tmp_path):
+    """ZeroMQ subscribes by prefix: `anonengine tap --camera cam1` got `cam10`'s frames too (200 of cam1's and
+    250 of cam10's, an integrator's trial), which a consumer given one camera must not see."""
+    from anonengine.tap import subscribe
+
+    context = zmq.Context()
+    pub = context.socket(zmq.PUB)
+    endpoint = f"ipc://{tmp_path}/tap.sock"
+    pub.bind(endpoint)
+    stop = threading.Event()
+
+    def publish() -> None:
+        seq = 0
+        while not stop.is_set():
+            for camera in ("cam1", "cam10", "cam1x"):
+                header = messages.TapHeader(camera=camera, seq=seq, pts=seq, time=seq / 25, width=2, height=2,
+                                            format="raw", obscured=False)
+                pub.send_multipart([camera.encode(), messages.encode(header), bytes(12)])
+            seq += 1
+            time.sleep(0.01)
+
+    publisher = threading.Thread(target=publish)
+    publisher.start()
+    frames = subscribe(endpoint, ("cam1",), timeout_s=10, context=context)
+    try:
+        seen = [meta["camera"] for meta, _ in itertools.islice(frames, 30)]
+    finally:
+        frames.close()
+        stop.set()
+        publisher.join()
+        pub.close(linger=0)
+        context.term()
+    assert seen == ["cam1"] * 30
