@@ -14,10 +14,12 @@ Each message is (camera topic, header, payload); the header is a `messages.TapHe
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
 import threading
 import time
+from fractions import Fraction
 from typing import Iterator
 
 import cv2
@@ -161,6 +163,57 @@ def subscribe(endpoint: str, cameras: tuple[str, ...] = (), timeout_s: float | N
             sock.disable_monitor()
         monitor.close()
         sock.close()
+
+
+TAP_TIME_BASE = Fraction(1, 90000)  # a recording's clock: frames carry their time in seconds; 90 kHz keeps common rates exact
+# The last frames a recording remembers, to know one sent again (an encoder's restart sends again those it had
+# not finished: 2 a camera in a user's trial); older ones are another stream's, which a camera attached again
+# numbers and times the same.
+RECENT_FRAMES = 16
+
+
+class TapRecording:
+    """One camera's tap frames written to a video file as one recording, across the camera's streams.
+
+    A camera attached again, or an engine started again, sends a new stream whose time starts at 0 again: its
+    frames follow the last one written, a frame's time apart (they made the muxer fail, and the file, 200 good
+    frames in it, was lost). A frame sent again (an encoder's restart sends its last frames again) is written
+    once; one of another size is scaled to the recording's (a camera that came back at another resolution)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.writer = None
+        self.offset = 0.0  # added to a frame's time: the streams before it
+        self.last: float | None = None  # the time of the last frame written, on the recording's clock
+        self.step = 1 / 25  # between the last two frames written: how far a new stream's first follows
+        self.recent: collections.deque[tuple[int, float]] = collections.deque(maxlen=RECENT_FRAMES)
+
+    def write(self, meta: dict, image: np.ndarray) -> bool:
+        """Writes a frame; False for one written before."""
+        from anonengine.video import VideoWriter
+
+        key = (meta["seq"], meta["time"])
+        if key in self.recent:
+            return False
+        self.recent.append(key)
+        when = meta["time"] + self.offset
+        if self.last is not None and when <= self.last:
+            self.offset += self.last + self.step - when
+            when = self.last + self.step
+        if self.writer is None:
+            self.writer = VideoWriter(self.path, image.shape[1], image.shape[0], Fraction(25), TAP_TIME_BASE,
+                                      pixel_aspect=Fraction(*meta.get("pixel_aspect", (1, 1))))
+        elif image.shape[:2] != (self.writer.height, self.writer.width):
+            image = cv2.resize(image, (self.writer.width, self.writer.height), interpolation=cv2.INTER_AREA)
+        self.writer.write(image, round(when * TAP_TIME_BASE.denominator))
+        if self.last is not None:
+            self.step = when - self.last
+        self.last = when
+        return True
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
 
 
 def decode_payload(meta: dict, payload: bytes) -> np.ndarray:

@@ -20,6 +20,7 @@ import time
 from multiprocessing import shared_memory
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 import zmq
@@ -540,3 +541,30 @@ def test_a_subscriber_of_one_camera_gets_no_other_cameras_frames(tmp_path):
         pub.close(linger=0)
         context.term()
     assert seen == ["cam1"] * 30
+
+
+def test_a_tap_recording_goes_on_across_a_new_stream_and_writes_a_frame_sent_again_once(tmp_path):
+    """`anonengine tap --record`: a camera attached again starts at seq 0, time 0 again, and the file failed as a
+    whole ("cannot finish rec.mp4: Invalid argument", its 200 good frames lost); an encoder's restart sends its
+    last frames again. The new stream follows on, the frames sent again are written once, and a stream of
+    another size is scaled to the recording's."""
+    import av
+
+    from anonengine.tap import TapRecording
+
+    recording = TapRecording(str(tmp_path / "rec.mp4"))
+
+    def frame(seq: int, size: tuple[int, int]) -> tuple[dict, np.ndarray]:
+        image = np.full((*size, 3), 20 * (seq % 10), np.uint8)
+        return {"camera": "cam1", "seq": seq, "time": seq / 25, "pixel_aspect": (1, 1)}, image
+
+    written = [recording.write(*frame(seq, (48, 64))) for seq in range(20)]
+    written += [recording.write(*frame(seq, (48, 64))) for seq in (18, 19)]  # sent again
+    written += [recording.write(*frame(seq, (96, 128))) for seq in range(20)]  # the camera attached again
+    recording.close()
+    assert written == [True] * 20 + [False] * 2 + [True] * 20
+    with av.open(str(tmp_path / "rec.mp4")) as container:
+        frames = list(container.decode(video=0))
+    times = [float(f.time) for f in frames]
+    assert len(frames) == 40 and {(f.height, f.width) for f in frames} == {(48, 64)}
+    assert times == sorted(times) and abs(times[-1] - 39 / 25) < 1e-3

@@ -7,7 +7,6 @@ import json
 import logging
 import os
 import sys
-from fractions import Fraction
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -21,7 +20,6 @@ if TYPE_CHECKING:
     from anonengine.config import EngineConfig
 
 CONTROL_TIMEOUT_MS = 5000
-TAP_TIME_BASE = Fraction(1, 90000)
 
 
 def register(sub) -> None:
@@ -167,10 +165,11 @@ def preflight(cfg: EngineConfig):
 
 
 def cmd_tap(args: argparse.Namespace) -> int:
-    from anonengine.tap import SeqGaps, subscribe
+    from anonengine.tap import SeqGaps, TapRecording, subscribe
 
     endpoint, curve = _tap_address(args)
-    gaps, writer, count, recorded = SeqGaps(), None, 0, None
+    gaps, count, recorded = SeqGaps(), 0, None
+    recording = TapRecording(args.record) if args.record else None
     try:
         for meta, image in subscribe(endpoint, tuple(args.camera), timeout_s=args.timeout, curve=curve):
             gap = gaps.see(meta)
@@ -178,21 +177,20 @@ def cmd_tap(args: argparse.Namespace) -> int:
                   f"{' obscured' if meta['obscured'] else ''}{f' missed={gap}' if gap else ''}", flush=True)
             # One camera is recorded: the first heard of, unless --camera said. Another camera's frames, of
             # another size and clock, made the file fail as a whole when the first was 280 frames in.
-            if args.record and recorded in (None, meta["camera"]):
+            if recording is not None and recorded in (None, meta["camera"]):
                 if recorded is None and not args.camera:
                     logging.getLogger("anonengine").info("recording camera %s only (--camera chooses)",
                                                          meta["camera"])
                 recorded = meta["camera"]
-                writer = writer or _tap_writer(args.record, image, meta)
-                writer.write(image, round(meta["time"] * TAP_TIME_BASE.denominator))
+                recording.write(meta, image)
             count += 1
             if args.frames and count >= args.frames:
                 break
     except Interrupted:
         pass
     finally:
-        if writer is not None:
-            writer.close()
+        if recording is not None:
+            recording.close()
     return 0
 
 
@@ -222,14 +220,6 @@ def cmd_keys(args: argparse.Namespace) -> int:
           "tap.curve_clients folder)")
     print(f"secret key: {secret} (keep it private: the server's is tap.curve_server_key, a client's --key)")
     return 0
-
-
-def _tap_writer(path: str, image, meta: dict):
-    from anonengine.video import VideoWriter
-
-    # Frames carry their time in seconds; a 90 kHz base keeps common frame rates exact.
-    return VideoWriter(path, image.shape[1], image.shape[0], Fraction(25), TAP_TIME_BASE,
-                       pixel_aspect=Fraction(*meta.get("pixel_aspect", (1, 1))))
 
 
 def cmd_control(args: argparse.Namespace) -> int:
