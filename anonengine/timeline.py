@@ -35,8 +35,10 @@ class Turn(Generic[Item, Result]):
 
 class Timeline(Generic[Item, Result]):
     def __init__(self, lookahead: int, deadline_s: float = math.inf, next_seq: int = 0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        self.lookahead, self.deadline_s, self.clock = lookahead, deadline_s, clock
+                 clock: Callable[[], float] = time.monotonic, live: bool = False) -> None:
+        """`live`: a live camera's, whose frames may stop coming (the camera dropped): a frame that waited its
+        deadline for the frames after it goes out without those not come yet."""
+        self.lookahead, self.deadline_s, self.clock, self.live = lookahead, deadline_s, clock, live
         self.next_seq = next_seq
         self.end: int | None = None  # no frame has seq >= end
         self.results: dict[int, Result] = {}
@@ -133,10 +135,14 @@ class Timeline(Generic[Item, Result]):
         return offered is not None and self.clock() - offered[1] >= self.deadline_s
 
     def _lookahead_known(self, seq: int) -> bool:
-        """The frames after `seq` are answered, dropped, past the end, or late (late ones hold nobody)."""
+        """The frames after `seq` are answered, dropped, past the end, or late (late ones hold nobody); for a
+        live camera, a frame that waited its deadline does not wait for those not come yet: a camera that
+        dropped held its last 8 frames back for its whole outage, from the recording and the tap."""
+        waited_out = self.live and self._late(seq)
         for ahead in range(seq + 1, seq + 1 + self.lookahead):
             if self.end is not None and ahead >= self.end:
                 return True
             if ahead not in self.results and ahead not in self.dropped and not self._late(ahead):
-                return False
+                if not (waited_out and ahead not in self.offered):
+                    return False
         return True

@@ -140,7 +140,7 @@ class CompositeService(Service):
         )  # one name a stream: the encoder never takes a camera attached again for one that finished
         release = self.socket(zmq.PUSH, self.endpoints.capture(info.camera))
         deadline = self.cfg.engine.live_deadline_s if info.live else self.cfg.engine.deadline_s
-        timeline = Timeline(self.cfg.anonymizer.lookahead(info.live), deadline, info.next_seq)
+        timeline = Timeline(self.cfg.anonymizer.lookahead(info.live), deadline, info.next_seq, live=info.live)
         state = self.cameras[info.camera] = CameraState(info, ring, release, timeline, list(range(slots)))
         state.ahead = self.compositing.start(info.camera, info.live, info.width, info.height)
         for ref in self.orphan_refs.pop(info.camera, []):

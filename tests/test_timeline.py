@@ -125,3 +125,20 @@ def test_a_stream_that_starts_again_after_a_gap_waits_only_for_the_frames_offere
     assert drain(timeline) == [(1, False), (2, True)]  # then 100 waits for 101, its look-ahead
     timeline.end_at(101)
     assert drain(timeline) == [(100, False)] and not timeline.results and not timeline.offered
+
+
+def test_a_live_cameras_frames_wait_their_deadline_at_most_for_frames_that_never_came():
+    """A live camera that dropped held its last frames back for its whole outage (18 s in a user's trial; for
+    ever if it never came back): they waited for look-ahead frames that were not coming. After its deadline a
+    live frame goes out with the look-ahead it has; a recording's waits (its frames do come)."""
+    for live, expected in ((True, [(0, False), (1, False), (2, False)]), (False, [])):
+        clock = Clock()
+        timeline = Timeline(lookahead=8, deadline_s=2, clock=clock, live=live)
+        for seq in range(3):
+            timeline.offer(seq, f"ref{seq}")
+            timeline.answer(seq, f"det{seq}")
+        assert drain(timeline) == []  # frames 3 to 10 may still come
+        clock.now = 1.9
+        assert drain(timeline) == []
+        clock.now = 2
+        assert drain(timeline) == expected
