@@ -26,7 +26,7 @@ from anonengine import messages
 from anonengine.engine.runtime import POLL_MS, Service, receive_waiting, send
 from anonengine.errors import AnonError, ConfigError
 from anonengine.paths import ROTATIONS
-from anonengine.shm import FrameRing, segment_name
+from anonengine.shm import FrameRing, remove_orphaned_segments, segment_name
 from anonengine.sources import LiveFeed, is_live, source_of
 from anonengine.video import StreamInfo, VideoReader
 
@@ -88,6 +88,8 @@ class CaptureService(Service):
         self._position_kept = 0.0
 
     def setup(self) -> None:
+        for name in remove_orphaned_segments(self.instance):
+            self.log.info("removed %s, left by a stage killed outright", name)
         kind = source_of(self.camera_cfg)
         slots = self.cfg.engine.ring_slots
         self.frames_out = self.socket(zmq.PUSH, self.endpoints.frames(self.camera), bind=True, hwm=slots)

@@ -22,7 +22,7 @@ from anonengine import messages
 from anonengine.compositor import Learnt
 from anonengine.detections import Detections
 from anonengine.engine.runtime import POLL_MS, Service, receive_waiting, send
-from anonengine.shm import FrameRing, RingCache, StaleSlot, segment_name
+from anonengine.shm import FrameRing, RingCache, StaleSlot, remove_orphaned_segments, segment_name
 from anonengine.stages import CompositeStage
 from anonengine.timeline import Timeline
 from anonengine.video import Frame
@@ -78,6 +78,8 @@ class CompositeService(Service):
         # it, send from the start; what they sent while nothing was bound here went missing (after the fork server
         # died, a frame's detections, and every frame after it waited 20 s for the capture's redelivery).
         self.inbox = self.socket(zmq.PULL, self.endpoints.composite(self.worker), bind=True)
+        for name in remove_orphaned_segments(self.instance):
+            self.log.info("removed %s, left by a stage killed outright", name)
         self.compositing.setup()
         self.encoder = self.socket(zmq.PUSH, self.endpoints.encode(self.worker % self.cfg.engine.encode_workers))
         self.log.info("ready (pid %d)", os.getpid())

@@ -119,3 +119,34 @@ def test_a_segment_this_user_may_not_remove_is_left_and_the_sweep_goes_on(ring, 
     monkeypatch.setattr(shm.os, "unlink", refuse)
     assert remove_stale_segments(lambda i: i != instance) == []
     assert (SHM_DIR / ring.name).exists()
+
+
+def test_a_stage_starting_removes_the_rings_of_its_instance_whose_maker_is_dead(tmp_path):
+    """Under honcho, which SIGKILLs a stage still draining after 5 s, a capture's 62 MB ring stayed in /dev/shm
+    on every run; a stage starting removes what a dead process made for its instance, and only that. A run
+    folder's socket no one listens at is no engine for `anonengine tap` (it made a live one need naming)."""
+    import socket
+
+    from anonengine.engine.commands import _only_instance
+    from anonengine.shm import remove_orphaned_segments
+
+    instance = f"t{uuid.uuid4().hex[:8]}"
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                          check=True)
+    orphan = FrameRing.create(segment_name(instance, f"lobbyx{int(dead.stdout)}"), 2, 8, 10)
+    mine = FrameRing.create(segment_name(instance, f"lobbyx{os.getpid()}o1"), 2, 8, 10)
+    try:
+        assert remove_orphaned_segments(instance) == [orphan.name]
+        assert instance_segments(instance) == [mine.name]
+    finally:
+        for ring in (orphan, mine):
+            ring.close()
+            if (SHM_DIR / ring.name).exists():
+                ring.unlink()
+    for name in ("stale", "live"):
+        (tmp_path / name).mkdir()
+    (tmp_path / "stale" / "tap.sock").touch()  # left by stages killed outright
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as server:
+        server.bind(str(tmp_path / "live" / "tap.sock"))
+        server.listen()
+        assert _only_instance(tmp_path, "tap.sock") == "live"

@@ -279,9 +279,23 @@ def _engines_folder(run_dir: str | None) -> Path:
     return folder
 
 
+def _listened_at(path: Path) -> bool:
+    """Whether a process listens at the Unix socket `path`."""
+    import socket as sockets
+
+    with sockets.socket(sockets.AF_UNIX, sockets.SOCK_STREAM) as probe:
+        try:
+            probe.connect(str(path))
+        except OSError:
+            return False
+    return True
+
+
 def _only_instance(run_dir: Path, socket: str = "control.sock") -> str:
     """The one instance in `run_dir` that has `socket` (control: every launcher; tap.sock: an ipc tap)."""
-    found = sorted(p.parent.name for p in run_dir.glob(f"*/{socket}")) if run_dir.is_dir() else []
+    # A folder left by stages killed outright (honcho SIGKILLs one still draining) keeps a socket no one listens
+    # at: taken for an engine, it made a second, live one need naming, and a tap on it received nothing.
+    found = sorted(p.parent.name for p in run_dir.glob(f"*/{socket}") if _listened_at(p)) if run_dir.is_dir() else []
     tapped = " with an ipc tap" if socket == "tap.sock" else ""
     if not found:
         raise InputError(f"no engine{tapped} running in {run_dir} (another run_dir? give it with --run-dir)")
