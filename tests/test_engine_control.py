@@ -242,16 +242,16 @@ def test_tap_record_keeps_one_camera_when_the_engine_has_two(models_dir, tmp_pat
 
 def test_validate_config_accepts_valid_files_and_starts_nothing(models_dir, tmp_path):
     # The shipped file's cameras read out/sample/sample.mp4 (`anonengine sample --out out/sample`), relative to
-    # where it runs; validation checks, as launch does, that it is there. Nothing reads it here.
+    # where it runs; validation checks, as launch does, that it is there and holds a video.
     (tmp_path / "shipped/out/sample").mkdir(parents=True)
-    (tmp_path / "shipped/out/sample/sample.mp4").touch()
+    tiny_video(tmp_path / "shipped/out/sample/sample.mp4")
     (tmp_path / "shipped/config").mkdir()
     (tmp_path / "shipped/config/engine.yaml").write_text((REPO / "config/engine.yaml").read_text())
     shipped = cli("launch", "--validate-config", "config/engine.yaml", cwd=tmp_path / "shipped")
     assert shipped.returncode == 0, shipped.stderr
     assert shipped.stdout.strip() == "config/engine.yaml: valid (2 camera(s))"
 
-    (tmp_path / "source.mp4").touch()  # never opened: a file source is checked to be there
+    tiny_video(tmp_path / "source.mp4")
     cfg = engine_config(tmp_path, models_dir, {"a": tmp_path / "source.mp4", "b": tmp_path / "source.mp4"})
     path = tmp_path / "engine.yaml"
     path.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
@@ -288,10 +288,24 @@ def test_validate_config_names_the_bad_key_and_its_line(case, tmp_path):
     assert key in lines[0] and f"line {line}:" in lines[0], lines[0]
 
 
+def tiny_video(path: Path) -> Path:
+    """Two frames of 64x64 H.264: a file FFmpeg opens as a video (a check opens each camera's file)."""
+    import av
+    import numpy as np
+
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 64, 64, "yuv420p"
+        for _ in range(2):
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(np.zeros((64, 64, 3), np.uint8), format="bgr24")))
+        container.mux(stream.encode(None))
+    return path
+
+
 def _two_cameras(tmp_path: Path) -> dict:
-    """A valid config of two cameras whose source files are there (nothing is read: no stage starts)."""
+    """A valid config of two cameras whose source files are there (no stage starts)."""
     for name in ("a", "b"):
-        (tmp_path / f"{name}-source.mp4").touch()
+        tiny_video(tmp_path / f"{name}-source.mp4")
     return {"engine": {"run_dir": str(tmp_path / "run")}, "tap": {"endpoint": ""}, "http": {"listen": "off"},
             "cameras": [{"name": name, "source": str(tmp_path / f"{name}-source.mp4"),
                          "output": str(tmp_path / f"{name}.mp4"), "metadata": str(tmp_path / f"{name}.jsonl")}
@@ -457,7 +471,7 @@ class FakeClock:
 
 
 def fake_launcher(tmp_path: Path, spawn: FakeSpawn, restart_limit: int = 3, job: bool = False) -> Launcher:
-    (tmp_path / "never-opened.mp4").touch()  # the launcher checks that a file source exists; none is read
+    tiny_video(tmp_path / "never-opened.mp4")  # the launcher checks that a file source holds a video
     cfg = EngineConfig(cameras=[CameraConfig(name="cam", source=str(tmp_path / "never-opened.mp4"))])
     cfg.engine.run_dir = str(tmp_path / "run")
     cfg.engine.exit_when_done = job

@@ -1414,7 +1414,7 @@ def test_a_running_engine_whose_one_output_fills_its_disk_fails_that_camera_alon
         assert wait_for(lambda: len(stage_pids(f"p{proc.pid}")) == 3, 15), stage_pids(f"p{proc.pid}")
         assert list(disk.iterdir()) == []
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(30) == 0
+        assert proc.wait(30) == 1  # a camera failed: the others went on, and the exit says it (it was 0)
     finally:
         if proc is not None and proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)

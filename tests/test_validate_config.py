@@ -217,3 +217,14 @@ def test_a_tap_on_the_http_port_is_refused(tmp_path, curve_tap):
     cfg = config(tmp_path, http={"listen": f"127.0.0.1:{port}"}, tap={"endpoint": f"tcp://127.0.0.1:{port}", **curve_tap})
     assert refusal(validate(tmp_path, cfg)) == (f"anonengine: error: tap.endpoint tcp://127.0.0.1:{port}: its port is "
                                                 f"http.listen's (127.0.0.1:{port}): give the two different ports")
+
+
+def test_a_camera_file_that_holds_no_video_is_refused(tmp_path):
+    """A text file, or a song, as a camera's source passed `--validate-config` and `attach` ("attach: ok"), and
+    its camera failed once started."""
+    cfg = config(tmp_path)
+    (tmp_path / "notes.mp4").write_text("not a video\n")
+    cfg["cameras"][0]["source"] = str(tmp_path / "notes.mp4")
+    assert refusal(validate(tmp_path, cfg)) == (
+        f"anonengine: error: camera a: {tmp_path / 'notes.mp4'} is not a video FFmpeg can read: Invalid data found "
+        "when processing input")

@@ -35,13 +35,13 @@ from anonengine.curve import CurveClient, curve_clients_folder, load_key, write_
 from anonengine.engine import metrics, stagehost
 from anonengine.engine.runtime import Endpoints, bind_tap, log_malformed, receive_waiting
 from anonengine.errors import AnonError, ConfigError, InputError, ModelError, OutputError
-from anonengine.interrupts import STOP_SIGNALS
+from anonengine.interrupts import STOP_SIGNALS, plural
 from anonengine.locks import FileLock, LockBusy, is_locked
 from anonengine.paths import partial_metadata_path, partial_path, redacted
 from anonengine.recording import segments_folder
 from anonengine.rundir import private_dir, run_dir_path
 from anonengine.shm import SHM_DIR, instance_segments, made_by, remove_stale_segments, unlink
-from anonengine.sources import classify, is_live, resolve_stream
+from anonengine.sources import SourceKind, classify, is_live, resolve_stream
 from anonengine.tap import MAX_TAP_MESSAGE_BYTES
 from anonengine.video import claim_output, refuse_unreplaceable
 
@@ -419,6 +419,10 @@ class Launcher:
                       discard=failed and self.cfg.engine.exit_when_done)
         if self.failure:
             raise EngineFailed(self.failure)
+        if self.failed_cameras:  # the others went on; the engine's exit says it all the same (it was 0)
+            log.error("%s failed: %s", plural(len(self.failed_cameras), "camera"),
+                      "; ".join(f"{name} ({reason})" for name, reason in self.failed_cameras.items()))
+            return 1
         return 0
 
     def _say_idle(self) -> None:
@@ -896,7 +900,9 @@ def check_camera(camera: CameraConfig) -> None:
                               "Latin-1?), which the engine's processes cannot pass on: rename it, or run with "
                               "--inline") from None
     try:
-        classify(camera.source)
+        source = classify(camera.source)
+        if source.kind is SourceKind.FILE:
+            holds_video(camera.source)
     except InputError as exc:
         raise InputError(f"camera {camera.name}: {exc}") from None
     try:
@@ -906,6 +912,22 @@ def check_camera(camera: CameraConfig) -> None:
             refuse_unreplaceable(Path(camera.metadata), "metadata ")
     except OutputError as exc:
         raise OutputError(f"camera {camera.name}: {exc}") from None
+
+
+def holds_video(path: str) -> None:
+    """InputError unless FFmpeg opens the file `path` and finds a video stream in it. A file that holds none
+    (text, a song) passed `--validate-config` and `attach` ("attach: ok"), and failed its camera once started."""
+    import av
+
+    from anonengine.video import main_video
+
+    try:
+        with av.open(path) as container:
+            main_video(container)
+    except (av.FFmpegError, UnicodeDecodeError, ValueError) as exc:
+        raise InputError(f"{path} is not a video FFmpeg can read: {getattr(exc, 'strerror', None) or exc}") from None
+    except IndexError:
+        raise InputError(f"{path} holds no video stream") from None
 
 
 def refuse_shared_files(camera: CameraConfig, others: list[CameraConfig]) -> None:
