@@ -32,6 +32,7 @@ class Output:
     recording: SegmentedRecording | None
     next_seq: int  # the first frame not received yet: those before it come again only as duplicates
     written_seq: int  # the first frame not on disk yet (x264 holds a dozen): where a restarted capture resumes
+    frames: int = 0  # frames out (to the file, the tap, or both)
 
 
 class EncodeService(Service):
@@ -172,6 +173,7 @@ class EncodeService(Service):
                 output.written_seq = max(output.written_seq, durable.seq + 1)
         self._publish(out, output, image)
         output.next_seq = ref.seq + 1
+        output.frames += 1
         self.count("frames", camera=ref.camera)
 
     def _output_failed(self, camera: str, output: Output, error: str) -> None:
@@ -229,7 +231,7 @@ class EncodeService(Service):
 
     def _finish(self, camera: str, output: Output, complete: bool) -> None:
         """Finalises the output, playable: under its final name only when `complete`."""
-        path, frames, error = None, 0, None
+        path, frames, error = None, output.frames, None
         if output.recording is not None:
             try:
                 for ref in output.recording.cut():  # every frame on disk: the compositor can let go
@@ -254,8 +256,10 @@ class EncodeService(Service):
             self.log.warning("%s: its output failed: %s", camera, error)
         elif path is None and recorded:  # stopped before its first frame: no file at all
             self.log.info("%s: stopped before its first frame; no output written", camera)
-        else:
-            self.log.info("%s: %d frames written to %s", camera, frames, path or "(tap only)")
+        elif path is not None:
+            self.log.info("%s: %d frames written to %s", camera, frames, path)
+        else:  # it said "0 frames written to (tap only)" of a camera whose 200 frames went out on the tap
+            self.log.info("%s: %d frames out on the tap (no output file)", camera, frames)
 
     def close(self) -> None:
         # On SIGTERM with streams still open: a live camera's stop is its end (final name); a file not
