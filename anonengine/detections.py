@@ -107,6 +107,22 @@ class Detections:
             detected=self.detected,
         )
 
+    def turned_over(self) -> Detections:
+        """These persons, found in the picture turned upside down (180 degrees), in the picture as it is."""
+        h, w = self.frame_shape
+        boxes = np.stack([w - self.boxes[:, 2], h - self.boxes[:, 3], w - self.boxes[:, 0], h - self.boxes[:, 1]],
+                         axis=1).astype(np.float32)
+        keypoints = self.keypoints.copy()
+        keypoints[..., 0], keypoints[..., 1] = w - keypoints[..., 0], h - keypoints[..., 1]
+        masks = None if self.masks is None else np.ascontiguousarray(self.masks[:, ::-1, ::-1])
+        return Detections(self.frame_shape, boxes, self.scores, keypoints, masks, self.detected)
+
+    def confident(self, score: float) -> Detections:
+        """Those of these persons scored `score` or more."""
+        keep = self.scores >= score
+        return Detections(self.frame_shape, self.boxes[keep], self.scores[keep], self.keypoints[keep],
+                          None if self.masks is None else self.masks[keep], self.detected)
+
     def adding(self, other: Detections, same_iou: float = 0.7) -> Detections:
         """These persons and those of `other` (the same picture looked at again, or by another model) that none
         of these is, as box-only persons: a box overlapping one of these by `same_iou` or more is the same
