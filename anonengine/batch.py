@@ -41,7 +41,7 @@ from anonengine.config import AnonymizerConfig, CameraConfig, EngineConfig
 from anonengine.errors import AnonError, ConfigError, InputError, ModelError, OutputError
 from anonengine.interrupts import INTERRUPTS, Interrupted, plural
 from anonengine.locks import FileLock, LockBusy
-from anonengine.manifest import Fingerprint, Manifest, Record, file_sha256, settings_key, utc_now
+from anonengine.manifest import MANIFEST_NAME, Fingerprint, Manifest, Record, file_sha256, settings_key, utc_now
 from anonengine.paths import (
     FFMPEG_PHOTO_SUFFIXES,
     PHOTO_SUFFIXES,
@@ -122,8 +122,14 @@ def find_jobs(spec: str, output_dir: Path) -> list[Job]:
         if holds(output_dir, path):
             # Its outputs would land among its inputs, and its own outputs are left out: nothing was found.
             raise ConfigError(f"--output-dir {output_dir} is {spec} or holds it: give a folder outside it")
-        media = [p for p in files_under(path) if p.is_file() and media_kind(p)]
+        files = [p for p in files_under(path) if p.is_file()]
+        media = [p for p in files if media_kind(p)]
         found = [p for p in media if not any(part.startswith(".") for part in p.relative_to(root).parts)]
+        others = sorted(set(files) - set(media) - {p for p in files if p.name == MANIFEST_NAME})
+        others = [p for p in others if not any(part.startswith(".") for part in p.relative_to(root).parts)]
+        if others:  # said, as the hidden ones are: an archivist missed them in the mirrored tree and the summary
+            log.info("batch: %d other file(s), neither video nor photo, left out (such as %s)", len(others),
+                     others[0].relative_to(root))
         if len(found) < len(media):  # a Finder's `._` copies, a hidden `.thumbnails/`: said, not done
             hidden = sorted(set(media) - set(found))
             log.warning("batch: %d video(s) or photo(s) under hidden names left out (such as %s): give one as the "

@@ -743,3 +743,9 @@ def test_a_second_archive_into_the_same_folder_is_refused_and_a_damaged_output_i
     assert again.returncode == 0 and "1 file(s) anonymized, 0 skipped" in again.stdout, again.stdout
     with av.open(str(tmp_path / "out" / "clip.mp4")) as container:
         assert container.streams.video[0].frames == FRAMES
+
+
+def test_files_neither_video_nor_photo_are_said_to_be_left_out(first_run):
+    """They were missing from the mirrored tree, and counted nowhere (an archivist's trial)."""
+    _, _, result = first_run
+    assert "batch: 1 other file(s), neither video nor photo, left out (such as notes.txt)" in result.stderr

@@ -304,7 +304,8 @@ def test_python_dash_m_runs_the_cli(anonengine_cli):
 
 
 def flaky_detect_after_first_frame(monkeypatch, frame_shape: tuple[int, int]) -> None:
-    """Makes PersonDetector.detect raise on every video frame after the first (warm-up calls pass)."""
+    """Makes PersonDetector.detect raise on every video frame after the first (warm-up calls pass, and the first
+    frame's two looks: upright, then upside down)."""
     from anonengine.detector import PersonDetector
 
     real_detect = PersonDetector.detect
@@ -314,7 +315,7 @@ def flaky_detect_after_first_frame(monkeypatch, frame_shape: tuple[int, int]) ->
         nonlocal video_calls
         if frames and frames[0].shape[:2] == frame_shape:  # the warm-up frame is imgsz x imgsz
             video_calls += 1
-            if video_calls > 1:
+            if video_calls > 2:
                 raise RuntimeError("simulated detector crash")
         return real_detect(self, frames)
 
