@@ -45,8 +45,9 @@ DRAWN_PERSON_SCORE = 0.7
 # The upside-down view is there for footage that is (a camera mounted so, a phone's video whose turn was lost):
 # its persons scored 0.86 to 0.87 there. Textures took for persons upside down scored 0.21 to 0.53 (a bus's leaf
 # logo in 16 of 39 outputs of an archivist's trial, each failed and told to run again with --rotate 180; a
-# panorama's blurred crowd): below this, an upside-down find is not counted.
-UPSIDE_DOWN_SCORE = 0.6
+# panorama's blurred crowd): below this, an upside-down find is not counted. The run's own look upside down
+# hides what it finds from the same score (`stages.TURNED_PERSON_CONF`).
+UPSIDE_DOWN_SCORE = 0.5
 SAME_FIND_IOU = 0.5  # a find in another view this close to one already made is the same person
 TURN_FRAMES = 125  # frames looked at, until one tells how the output was turned (a first may be black, or obscured)
 # Pixels kept as filmed differ by x264's noise only: within 4 levels, a right copy keeps 7% of a frame where two

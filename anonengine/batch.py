@@ -23,6 +23,7 @@ import argparse
 import contextlib
 import errno
 import glob
+import itertools
 import logging
 import os
 import signal
@@ -46,6 +47,7 @@ from anonengine.paths import (
     FFMPEG_PHOTO_SUFFIXES,
     PHOTO_SUFFIXES,
     UNREADABLE_PHOTO_SUFFIXES,
+    VIDEO_SUFFIXES,
     partial_path,
     photo_output,
     working_name,
@@ -56,10 +58,6 @@ from anonengine.video import Frame, main_video
 
 log = logging.getLogger("anonengine")
 
-VIDEO_SUFFIXES = frozenset({".mp4", ".m4v", ".mov", ".mkv", ".avi", ".webm", ".ts", ".mts", ".m2ts", ".mpg",
-                            ".mpeg", ".wmv", ".flv", ".3gp", ".3g2", ".gif", ".mxf", ".vob", ".y4m", ".ogv", ".dv",
-                            ".m2v", ".asf", ".f4v", ".nut", ".h264", ".264", ".hevc", ".265", ".mjpeg", ".mjpg",
-                            ".lrv", ".insv"})
 # Files named otherwise that are surely not video: not opened to find out.
 NOT_VIDEO_SUFFIXES = frozenset({".txt", ".md", ".json", ".jsonl", ".xml", ".csv", ".srt", ".vtt", ".ass", ".db",
                                 ".ini", ".log", ".pdf", ".zip", ".mp3", ".wav", ".flac", ".m4a", ".aac", ".ogg",
@@ -124,14 +122,14 @@ def find_jobs(spec: str, output_dir: Path) -> list[Job]:
             raise ConfigError(f"--output-dir {output_dir} is {spec} or holds it: give a folder outside it")
         files = [p for p in files_under(path) if p.is_file()]
         media = [p for p in files if media_kind(p)]
-        found = [p for p in media if not any(part.startswith(".") for part in p.relative_to(root).parts)]
-        others = sorted(set(files) - set(media) - {p for p in files if p.name == MANIFEST_NAME})
-        others = [p for p in others if not any(part.startswith(".") for part in p.relative_to(root).parts)]
+        found = [p for p in media if not hidden_in(p, root)]
+        others = [p for p in sorted(set(files) - set(media)) if p.name != MANIFEST_NAME and not hidden_in(p, root)]
         if others:  # said, as the hidden ones are: an archivist missed them in the mirrored tree and the summary
             log.info("batch: %d other file(s), neither video nor photo, left out (such as %s)", len(others),
                      others[0].relative_to(root))
-        if len(found) < len(media):  # a Finder's `._` copies, a hidden `.thumbnails/`: said, not done
-            hidden = sorted(set(media) - set(found))
+        taken = {p.resolve() for p in found}
+        hidden = sorted(p for p in set(media) - set(found) if p.resolve() not in taken)  # not done by another path
+        if hidden:  # a Finder's `._` copies, a hidden `.thumbnails/`: said, not done
             log.warning("batch: %d video(s) or photo(s) under hidden names left out (such as %s): give one as the "
                         "source to take it", len(hidden), hidden[0].relative_to(root))
     elif path.is_file():
@@ -160,30 +158,43 @@ def find_jobs(spec: str, output_dir: Path) -> list[Job]:
 
 
 def files_under(root: Path) -> list[Path]:
-    """Every file under `root`, folders reached by a symbolic link included, each folder once (a link back up
-    is a loop). `Path.rglob` left out a linked folder (an archive's second disk) without a word: its videos
-    stayed as filmed while the summary counted the others."""
-    found, seen = [], set()
-    for folder, folders, files in os.walk(root, followlinks=True):
+    """Every file under `root`, folders reached by a symbolic link included, except a link back to a folder it
+    is in (a loop). `Path.rglob` left out a linked folder (an archive's second disk) without a word: its videos
+    stayed as filmed while the summary counted the others. A file reached by several paths is in each
+    (`once_each` keeps one)."""
+    found: list[Path] = []
+
+    def walk(folder: str, above: frozenset) -> None:
         try:
-            stat = os.stat(folder)
+            entries = sorted(os.scandir(folder), key=lambda entry: entry.name)
         except OSError:
-            folders[:] = []
-            continue
-        if (stat.st_dev, stat.st_ino) in seen:
-            folders[:] = []
-            continue
-        seen.add((stat.st_dev, stat.st_ino))
-        folders.sort()
-        found.extend(Path(folder) / name for name in files)
+            return
+        for entry in entries:
+            try:
+                if entry.is_dir():
+                    stat = entry.stat()
+                    if (stat.st_dev, stat.st_ino) not in above:
+                        walk(entry.path, above | {(stat.st_dev, stat.st_ino)})
+                    continue
+            except OSError:
+                continue
+            found.append(Path(entry.path))
+
+    top = os.stat(root)
+    walk(str(root), frozenset({(top.st_dev, top.st_ino)}))
     return found
 
 
+def hidden_in(path: Path, root: Path) -> bool:
+    """Whether `path` is under a hidden name (its own, or a folder's) below `root`."""
+    return any(part.startswith(".") for part in path.relative_to(root).parts)
+
+
 def once_each(paths) -> list[Path]:
-    """`paths` sorted, each file once: by its shortest path where links lead to it by several (a glob's `**`
-    followed a link back up 40 folders deep, and one file became 40 outputs)."""
+    """`paths` sorted, each file once where links lead to it by several: by a path without hidden names if it
+    has one, then its shortest (a glob's `**` followed a link back up 40 folders deep: one file, 40 outputs)."""
     first: dict[Path, Path] = {}
-    for path in sorted(paths, key=lambda p: (len(p.parts), p)):
+    for path in sorted(paths, key=lambda p: (any(part.startswith(".") for part in p.parts[1:]), len(p.parts), p)):
         first.setdefault(path.resolve(), path)
     return sorted(first.values())
 
@@ -230,7 +241,10 @@ def media_kind(path: Path) -> str | None:
             if not any(av.stream.Disposition.attached_pic not in stream.disposition
                        for stream in container.streams.video):
                 return None
-            return "photo" if container.format.name in IMAGE_DEMUXERS or container.format.name.endswith("_pipe") else "video"
+            picture = container.format.name in IMAGE_DEMUXERS or container.format.name.endswith("_pipe")
+            if picture and sum(1 for _ in itertools.islice(container.decode(main_video(container)), 2)) < 2:
+                return "photo"
+            return "video"  # JPEGs one after another (a camera's MJPEG): each a frame
     except (av.FFmpegError, OSError, UnicodeDecodeError, ValueError):
         return None
 

@@ -164,15 +164,21 @@ def _run_tap(args: argparse.Namespace) -> dict:
 def photo_in_and_out(source: str, output: str | None) -> bool:
     """Whether `source` is a photo, by its name or, named otherwise (none at all: a camera's `IMG_0001`), by
     what it holds, to be written as a photo: unless `output` names a video."""
-    from anonengine.paths import PHOTO_SIGNATURES, is_photo
+    from anonengine.paths import PHOTO_SIGNATURES, VIDEO_SUFFIXES, is_photo
 
     if not is_photo(source):
+        if Path(source).suffix.lower() in VIDEO_SUFFIXES or not Path(source).is_file():
+            return False  # a camera's MJPEG starts as a JPEG does; a device is not read
         try:
             with open(source, "rb") as file:
                 head = file.read(16)
         except OSError:
             return False
         if not any(head.startswith(signature) for signature, _ in PHOTO_SIGNATURES):
+            return False
+        from anonengine.batch import media_kind
+
+        if media_kind(Path(source)) != "photo":  # JPEGs one after another: a video
             return False
     return output is None or is_photo(output) or not Path(output).suffix
 

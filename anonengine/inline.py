@@ -128,8 +128,8 @@ def anonymize_frames(frames: Iterable[Frame], detect: DetectStage, composite: Co
     def detect_wanted() -> None:
         if not wanted:
             return
-        for frame, detections in zip(wanted, detect.process([f.image for f in wanted],
-                                                            [f.pixel_aspect for f in wanted])):
+        for frame, detections in zip(wanted, detect.process([f.image for f in wanted], [f.pixel_aspect for f in wanted],
+                                                            [f.camera for f in wanted])):
             schedule.saw(frame.seq, detections)
             timeline.offer(frame.seq, frame)
             timeline.answer(frame.seq, (detections, True))

@@ -10,7 +10,7 @@ from pathlib import Path
 
 URL_SCHEME = re.compile(r"^([a-z][a-z0-9+.-]*)://", re.IGNORECASE)
 # A URL's password (`rtsp://admin:PASSWORD@cam/...`) and credentials in its query (`?password=...`, `&token=...`).
-URL_PASSWORD = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://[^/@\s:]*):[^@\s/]*@")
+URL_WITH_USER = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)(\S*@)")  # to a URL's last @ (a password may hold / or @)
 QUERY_SECRET = re.compile(r"(?i)([?&](?:password|passwd|pwd|pass|token|auth|key|secret|signature)=)[^&\s]+")
 ROTATIONS = (0, 90, 180, 270)  # the turns, degrees clockwise, a camera's picture may take (`cameras[].rotate`)
 # The containers an output video is written in, by its name's suffix (none: MP4). Each keeps every frame's
@@ -22,6 +22,11 @@ OUTPUT_CONTAINERS = {"": "mp4", ".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".m
 # `.ppm`, went the videos' way: a one-frame MP4 detected at the videos' 640, a 3200x2136 crowd all shown.
 PHOTO_SUFFIXES = frozenset({".jpg", ".jpeg", ".jpe", ".jfif", ".jif", ".png", ".webp", ".bmp", ".dib", ".tif", ".tiff",
                             ".avif", ".jp2", ".ppm", ".pgm", ".pnm", ".pam", ".ras", ".sr"})
+# Videos by their names (a batch opens a file named otherwise to find out what it holds).
+VIDEO_SUFFIXES = frozenset({".mp4", ".m4v", ".mov", ".mkv", ".avi", ".webm", ".ts", ".mts", ".m2ts", ".mpg",
+                            ".mpeg", ".wmv", ".flv", ".3gp", ".3g2", ".gif", ".mxf", ".vob", ".y4m", ".ogv", ".dv",
+                            ".m2v", ".asf", ".f4v", ".nut", ".h264", ".264", ".hevc", ".265", ".mjpeg", ".mjpg",
+                            ".lrv", ".insv"})
 # What a photo file holds, by its first bytes, as the suffix OpenCV encodes it by: a camera's or an app's JPEG
 # without a suffix went the videos' way, as a one-frame MP4 detected at the videos' 640.
 PHOTO_SIGNATURES = ((b"\xff\xd8\xff", ".jpg"), (b"\x89PNG\r\n\x1a\n", ".png"))
@@ -53,7 +58,13 @@ def working_name(head: str, stem: str, tail: str) -> str:
 def redacted(text: str) -> str:
     """`text` with the passwords and secrets of the URLs in it as `***`: a camera's URL in an error went out on
     the engine's unauthenticated `/readyz`, in `/api/status` and in every log (`rtsp://admin:***@cam/stream`)."""
-    return QUERY_SECRET.sub(r"\1***", URL_PASSWORD.sub(r"\1:***@", text))
+    def without_password(match: re.Match) -> str:
+        user, colon, _ = match.group(2)[:-1].partition(":")
+        if not colon or "/" in user:  # no password; or the @ is a path's or a query's (`/?mail=a@b`)
+            return match.group(0)
+        return f"{match.group(1)}{user}:***@"
+
+    return QUERY_SECRET.sub(r"\1***", URL_WITH_USER.sub(without_password, text))
 
 
 def partial_path(output: str | Path) -> Path:
@@ -129,5 +140,8 @@ def is_photo(spec: str) -> bool:
 
 def photo_output(path: Path) -> Path:
     """The name a photo's anonymized copy takes, for the name `path` (its own, or the photo's): the same, but
-    `.png` for a format only FFmpeg reads, which it is written as."""
-    return path.with_suffix(".png") if path.suffix.lower() in FFMPEG_PHOTO_SUFFIXES else path
+    `.png` for a format only FFmpeg reads (a TGA; one named otherwise, a `.jxl`), which it is written as."""
+    suffix = path.suffix.lower()
+    if not suffix or suffix in PHOTO_SUFFIXES or suffix in UNREADABLE_PHOTO_SUFFIXES:
+        return path
+    return path.with_suffix(".png")

@@ -157,11 +157,19 @@ def unlink(name: str) -> None:
         pass
 
 
+MAKER = re.compile(r"x(\d+)(o\d+)?$")  # a segment's name ends with its maker's pid: `CAMERAx{pid}`, `CAMERAx{pid}o{n}`
+
+
+def maker(name: str) -> int | None:
+    """The pid of the process that made the segment `name`."""
+    found = MAKER.search(name)
+    return int(found.group(1)) if found else None
+
+
 def made_by(instance: str, pid: int) -> list[str]:
     """The segments process `pid` made for `instance`, which it alone would have unlinked: a capture's ring
     (`CAMERAx{pid}`), a compositor's output rings (`CAMERAx{pid}o{n}`)."""
-    owned = re.compile(rf"x{pid}(o\d+)?$")
-    return [name for name in instance_segments(instance) if owned.search(name)]
+    return [name for name in instance_segments(instance) if maker(name) == pid]
 
 
 def remove_orphaned_segments(instance: str) -> list[str]:
@@ -170,11 +178,11 @@ def remove_orphaned_segments(instance: str) -> list[str]:
     honcho, which SIGKILLs a stage still draining after 5 s: 62 MB left in /dev/shm each run)."""
     removed = []
     for name in instance_segments(instance):
-        maker = re.search(r"x(\d+)(o\d+)?$", name)
-        if maker is None:
+        pid = maker(name)
+        if pid is None:
             continue
         try:
-            os.kill(int(maker.group(1)), 0)
+            os.kill(pid, 0)
         except ProcessLookupError:
             with contextlib.suppress(FileNotFoundError, PermissionError):
                 unlink(name)

@@ -38,11 +38,11 @@ STRETCHED_SAME_IOU = 0.9  # a person found as shown and as stored: one box, only
 # The picture upside down (`DetectStage._upside_down`): one frame in so many is looked at so, and every frame for
 # so many after one showed a person so. A find counts from TURNED_PERSON_CONF (textures taken for persons
 # upside down, a bus's leaf logo, scored 0.21 to 0.37 at 960; upside-down footage's persons 0.86 and more), and
-# one over a person found upright (TURNED_SAME_IOU) is that person.
+# one over a person found upright by TURNED_SAME_IOU is that person (below, both are hidden, as `adding` keeps them).
 TURNED_LOOK_EVERY = 25
 TURNED_WATCH_FRAMES = 250
 TURNED_PERSON_CONF = 0.5
-TURNED_SAME_IOU = 0.3
+TURNED_SAME_IOU = 0.7
 FEED_CLOSE_S = 2.0  # a live source's reading thread, stopped, ends at its next frame or read timeout
 
 
@@ -122,8 +122,10 @@ class DetectStage(Stage):
         caught in."""
         self.cfg, self.max_batch, self.cpu_share, self.photos = cfg, max_batch, cpu_share, photos
         self.detector = None
-        self.since_turned_look = TURNED_LOOK_EVERY  # frames since one was looked at upside down: the first is
-        self.turned_watch = 0  # frames left during which every frame is looked at upside down too
+        # A camera's frames since one was looked at upside down (the first is), and the frames left during which
+        # every one is looked at so: each camera its own, or one camera's would decide for all of a worker's.
+        self.since_turned_look: dict[str | None, int] = {}
+        self.turned_watch: dict[str | None, int] = {}
         self.turned_told = False
 
     def setup(self) -> None:
@@ -140,10 +142,11 @@ class DetectStage(Stage):
         return DetectionSchedule(detector.stride, detector.stride_mode == "adaptive", self.cfg.mask.edge_snap,
                                  in_flight, recording=ahead > 0)
 
-    def process(self, images: list[np.ndarray], pixel_aspects: list[Fraction] | None = None
-                ) -> list[Detections | None]:
+    def process(self, images: list[np.ndarray], pixel_aspects: list[Fraction] | None = None,
+                cameras: list[str] | None = None) -> list[Detections | None]:
         """The persons in each image; `pixel_aspects`: each image's (`StreamInfo.pixel_aspect`), which the
-        detector looks at it with (`as_shown`), its persons then given in the image's own pixels."""
+        detector looks at it with (`as_shown`), its persons then given in the image's own pixels; `cameras`:
+        each image's camera (when to look at it upside down is the camera's own: `_upside_down`)."""
         try:
             aspects = pixel_aspects or [Fraction(1)] * len(images)
             shown = [as_shown(image, aspect) for image, aspect in zip(images, aspects, strict=True)]
@@ -156,14 +159,15 @@ class DetectStage(Stage):
                 for i, stored in zip(stretched, self.detector.detect([images[i] for i in stretched])):
                     # A person's two boxes differ (found stretched, one was cut short at the feet): both kept.
                     found[i] = found[i].adding(stored, same_iou=STRETCHED_SAME_IOU)
-            return self._upside_down(images, found)
+            return self._upside_down(images, found, cameras or [None] * len(images))
         except Exception as exc:  # noqa: BLE001 - whatever broke, the frame must not go out raw
             if self.cfg.on_detector_error == "stop":
                 raise DetectionError(f"detection failed: {type(exc).__name__}: {exc}") from exc
             log.warning("detection failed, obscuring %d frame(s): %s", len(images), exc)
             return [None] * len(images)
 
-    def _upside_down(self, images: list[np.ndarray], found: list[Detections]) -> list[Detections]:
+    def _upside_down(self, images: list[np.ndarray], found: list[Detections], cameras: list[str | None]
+                     ) -> list[Detections]:
         """`found` with the persons found in the pictures turned upside down, where they are looked at so: every
         photo, one frame in `TURNED_LOOK_EVERY`, and every frame for `TURNED_WATCH_FRAMES` after one showed a
         person upside down. The pose model finds few persons upside down (bus.jpg turned over: 1 of 4): a
@@ -171,12 +175,13 @@ class DetectStage(Stage):
         person shown, exit 0 (an archivist's trial). They are hidden now, and said once: `--rotate 180` finds
         them at half the cost."""
         due = []
-        for i in range(len(images)):
-            self.since_turned_look += 1
-            if self.photos or self.turned_watch > 0 or self.since_turned_look >= TURNED_LOOK_EVERY:
+        for i, camera in enumerate(cameras):
+            since = self.since_turned_look.get(camera, TURNED_LOOK_EVERY - 1) + 1
+            watch = self.turned_watch.get(camera, 0)
+            if self.photos or watch > 0 or since >= TURNED_LOOK_EVERY:
                 due.append(i)
-                self.since_turned_look = 0
-            self.turned_watch = max(0, self.turned_watch - 1)
+                since = 0
+            self.since_turned_look[camera], self.turned_watch[camera] = since, max(0, watch - 1)
         if not due:
             return found
         turned = self.detector.detect([np.ascontiguousarray(images[i][::-1, ::-1]) for i in due])
@@ -186,7 +191,7 @@ class DetectStage(Stage):
                 continue
             added = found[i].adding(persons, same_iou=TURNED_SAME_IOU)
             if len(added) > len(found[i]):
-                self.turned_watch = TURNED_WATCH_FRAMES
+                self.turned_watch[cameras[i]] = TURNED_WATCH_FRAMES
                 if not self.turned_told:
                     self.turned_told = True
                     log.warning("persons found upside down (the picture looked at turned over): hidden; if the "

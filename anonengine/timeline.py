@@ -39,6 +39,7 @@ class Timeline(Generic[Item, Result]):
         """`live`: a live camera's, whose frames may stop coming (the camera dropped): a frame that waited its
         deadline for the frames after it goes out without those not come yet."""
         self.lookahead, self.deadline_s, self.clock, self.live = lookahead, deadline_s, clock, live
+        self.last_offer = clock()  # when the newest frame was offered: a live camera quiet since is down
         self.next_seq = next_seq
         self.end: int | None = None  # no frame has seq >= end
         self.results: dict[int, Result] = {}
@@ -50,6 +51,7 @@ class Timeline(Generic[Item, Result]):
         """Frame `seq` exists; its deadline runs from now (a frame offered again keeps its first time)."""
         if seq >= self.next_seq and seq not in self.dropped:
             self.offered.setdefault(seq, (item, self.clock()))
+            self.last_offer = self.clock()
 
     def answer(self, seq: int, result: Result) -> bool:
         """Its detections; False for a frame that went out already (a duplicate), or never comes."""
@@ -136,13 +138,14 @@ class Timeline(Generic[Item, Result]):
 
     def _lookahead_known(self, seq: int) -> bool:
         """The frames after `seq` are answered, dropped, past the end, or late (late ones hold nobody); for a
-        live camera, a frame that waited its deadline does not wait for those not come yet: a camera that
-        dropped held its last 8 frames back for its whole outage, from the recording and the tap."""
-        waited_out = self.live and self._late(seq)
+        live camera that sent nothing for its deadline (it dropped), a frame does not wait for those not come
+        yet: it held its last 8 frames back for its whole outage, from the recording and the tap. (A camera
+        slower than the look-ahead a deadline, 4 frames/s, keeps its look-ahead: it is not quiet.)"""
+        waited_out = self.live and self.clock() - self.last_offer >= self.deadline_s
         for ahead in range(seq + 1, seq + 1 + self.lookahead):
             if self.end is not None and ahead >= self.end:
                 return True
-            if ahead not in self.results and ahead not in self.dropped and not self._late(ahead):
-                if not (waited_out and ahead not in self.offered):
-                    return False
+            known = ahead in self.results or ahead in self.dropped or self._late(ahead)
+            if not known and not (waited_out and ahead not in self.offered):
+                return False
         return True

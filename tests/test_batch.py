@@ -717,6 +717,7 @@ def test_linked_folders_are_taken_once_each_and_a_link_back_up_is_no_loop(inputs
     shutil.copy(inputs["clip"], disk / "b.mp4")
     (source / "disk2").symlink_to(disk)
     (source / "day1" / "loop").symlink_to("..")
+    (source / ".snapshot").symlink_to("day1")  # a hidden way to the same folder: it is done by its own path
     by_folder = find_jobs(str(source), tmp_path / "out")
     assert sorted(job.rel for job in by_folder) == ["day1/a.mp4", "disk2/b.mp4"]
     by_glob = find_jobs(str(source / "**" / "*.mp4"), tmp_path / "out")
@@ -749,3 +750,22 @@ def test_files_neither_video_nor_photo_are_said_to_be_left_out(first_run):
     """They were missing from the mirrored tree, and counted nowhere (an archivist's trial)."""
     _, _, result = first_run
     assert "batch: 1 other file(s), neither video nor photo, left out (such as notes.txt)" in result.stderr
+
+
+def test_a_cameras_mjpeg_without_a_suffix_is_a_video_not_its_first_picture(inputs, tmp_path):
+    """JPEGs one after another start as a photo does: taken for one by its first bytes, a camera's MJPEG came
+    out as its first frame alone."""
+    from anonengine.batch import media_kind
+    from anonengine.cli import photo_in_and_out
+
+    with av.open(str(tmp_path / "cam"), "w", format="mjpeg") as mjpeg:
+        stream = mjpeg.add_stream("mjpeg", rate=25)
+        height, width = inputs["zidane"].shape[:2]
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuvj420p"
+        for _ in range(3):
+            frame = av.VideoFrame.from_ndarray(inputs["zidane"], format="bgr24").reformat(format="yuvj420p")
+            mjpeg.mux(stream.encode(frame))
+        mjpeg.mux(stream.encode(None))
+    (tmp_path / "IMG_0001").write_bytes(zidane_jpeg(inputs))
+    assert (media_kind(tmp_path / "cam"), media_kind(tmp_path / "IMG_0001")) == ("video", "photo")
+    assert not photo_in_and_out(str(tmp_path / "cam"), None) and photo_in_and_out(str(tmp_path / "IMG_0001"), None)

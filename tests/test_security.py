@@ -568,3 +568,18 @@ def test_a_tap_recording_goes_on_across_a_new_stream_and_writes_a_frame_sent_aga
     times = [float(f.time) for f in frames]
     assert len(frames) == 40 and {(f.height, f.width) for f in frames} == {(48, 64)}
     assert times == sorted(times) and abs(times[-1] - 39 / 25) < 1e-3
+
+
+@pytest.mark.parametrize(("said", "shown"), [
+    ("cannot open video rtsp://admin:S3cret@cam:554/s: refused", "cannot open video rtsp://admin:***@cam:554/s: refused"),
+    ("rtsp://admin:pa/ss@cam/x", "rtsp://admin:***@cam/x"),  # a password holding / or @
+    ("rtsp://admin:p@ss@cam/x", "rtsp://admin:***@cam/x"),
+    ("https://cam/live.m3u8?user=a&token=abc&x=1", "https://cam/live.m3u8?user=a&token=***&x=1"),
+    ("rtsp://viewer@cam/s", "rtsp://viewer@cam/s"),  # no password
+    ("http://host/p?mail=a@b.c", "http://host/p?mail=a@b.c"),
+    ("clip.mp4: frame 12:30", "clip.mp4: frame 12:30"),
+])
+def test_a_urls_password_is_redacted_wherever_it_stands(said, shown):
+    from anonengine.paths import redacted
+
+    assert redacted(said) == shown

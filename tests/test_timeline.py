@@ -142,3 +142,17 @@ def test_a_live_cameras_frames_wait_their_deadline_at_most_for_frames_that_never
         assert drain(timeline) == []
         clock.now = 2
         assert drain(timeline) == expected
+
+
+def test_a_slow_live_camera_keeps_its_look_ahead():
+    """One frame a second (slower than the look-ahead's 8 frames in the 2-s deadline): each frame still waits for
+    the 8 after it, since frames keep coming; only a camera quiet for its deadline stops the wait."""
+    clock = Clock()
+    timeline = Timeline(lookahead=8, deadline_s=2, clock=clock, live=True)
+    out = []
+    for seq in range(12):
+        clock.now = float(seq)
+        timeline.offer(seq, f"ref{seq}")
+        timeline.answer(seq, f"det{seq}")
+        out += drain(timeline)
+    assert out == [(seq, False) for seq in range(4)]  # frame 3 went out when frame 11 came
