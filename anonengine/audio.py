@@ -62,6 +62,7 @@ class SourceExtras:
     audio: list[str] = field(default_factory=list)
     tags: dict[str, str] = field(default_factory=dict)  # all of them, location included
     stripped: list[str] = field(default_factory=list)  # tag keys `carry_over` leaves out (location)
+    subtitles: list[str] = field(default_factory=list)  # subtitle streams (codec names): never carried over
 
     @property
     def has_audio(self) -> bool:
@@ -78,15 +79,23 @@ def probe(source: str | os.PathLike) -> SourceExtras:
         with av.open(str(source)) as container:
             tags = dict(container.metadata)
             audio = [stream.codec_context.name for stream in container.streams.audio]
+            subtitles = [stream.codec_context.name for stream in container.streams.subtitles]
     except (av.FFmpegError, OSError) as exc:
         raise InputError(f"cannot open {source}: {exc}") from None
-    return SourceExtras(audio, tags, sorted(k for k, v in tags.items() if k not in MUXER_TAGS and is_location_tag(k, v)))
+    return SourceExtras(audio, tags, sorted(k for k, v in tags.items() if k not in MUXER_TAGS and is_location_tag(k, v)),
+                        subtitles)
 
 
 def dropped_line(name: str, extras: SourceExtras) -> str:
     """The one line said when a source's audio is left out."""
     return (f"anonengine: {name}: audio dropped ({', '.join(extras.audio)}; voices identify people; "
             f"--audio keep copies it unchanged)")
+
+
+def subtitles_line(name: str, extras: SourceExtras) -> str:
+    """The one line said of a source's subtitles, which no output carries (they were left out without a word)."""
+    return (f"anonengine: {name}: subtitles left out ({', '.join(extras.subtitles)}; their text may name people; "
+            "the output has none)")
 
 
 # The containers by the name a user knows them by, and the suffix that asks for each.
@@ -284,6 +293,8 @@ def finish_single_file(camera, audio: AudioPolicy) -> Callable[[], int]:
         source, output = Path(camera.source), Path(camera.output)
         if extras.has_audio and audio == "drop":
             print(dropped_line(source.name, extras), file=sys.stderr)
+        if extras.subtitles:
+            print(subtitles_line(source.name, extras), file=sys.stderr)
         if extras.needs_remux(audio) and output.is_file():
             try:
                 with INTERRUPTS.deferred():  # short (0.11 s for a 60 s 720p file): a stop waits for it

@@ -37,7 +37,7 @@ from pathlib import Path
 import av
 import numpy as np
 
-from anonengine.audio import AudioPolicy, carry_over, check_audio_fits, dropped_line, probe
+from anonengine.audio import AudioPolicy, carry_over, check_audio_fits, dropped_line, probe, subtitles_line
 from anonengine.config import AnonymizerConfig, CameraConfig, EngineConfig
 from anonengine.errors import AnonError, ConfigError, InputError, ModelError, OutputError
 from anonengine.interrupts import INTERRUPTS, Interrupted, plural
@@ -403,6 +403,8 @@ class FileRunner:
             extras = probe(job.source)
             if extras.has_audio and self.audio == "drop":
                 self.say(dropped_line(job.rel, extras))
+            if extras.subtitles:
+                self.say(subtitles_line(job.rel, extras))
             if extras.needs_remux(self.audio):
                 carry_over(job.staged, job.source, job.output, self.audio, write_to=partial_path(job.output))
                 job.staged.unlink()

@@ -185,3 +185,18 @@ def test_a_batch_refuses_a_file_whose_audio_mp4_cannot_hold_before_its_frames(so
     finally:
         runner.close()
     assert frames == [] and not (tmp_path / "out" / "door.mp4").exists()
+
+
+def test_subtitles_left_out_are_said_by_a_run_and_a_batch(sources, anonengine_cli, tmp_path):
+    """A source's subtitles (`John Smith, 12 Elm St` in an archivist's trial) are never carried over, which was
+    right, but went without a word, unlike its audio."""
+    (tmp_path / "subs.srt").write_text("1\n00:00:00,000 --> 00:00:00,900\nJohn Smith, 12 Elm St\n")
+    (tmp_path / "in").mkdir()
+    with_subs = tmp_path / "in" / "talk.mkv"
+    subprocess.run(["ffmpeg", "-v", "error", "-y", "-i", str(sources["video"]), "-i", str(tmp_path / "subs.srt"),
+                    "-map", "0:v", "-map", "1:s", "-c:v", "copy", "-c:s", "srt", str(with_subs)], check=True)
+    single = anonengine_cli("run", "--video-source", with_subs, "--output-video", tmp_path / "talk.mp4", *FAST)
+    batch = anonengine_cli("run", "--video-source", tmp_path / "in", "--output-dir", tmp_path / "out", *FAST)
+    line = "subtitles left out (srt; their text may name people; the output has none)"
+    assert single.returncode == 0 and f"anonengine: talk.mkv: {line}" in single.stderr, single.stderr
+    assert batch.returncode == 0 and f"anonengine: talk.mkv: {line}" in batch.stderr, batch.stderr
