@@ -121,7 +121,8 @@ def find_jobs(spec: str, output_dir: Path) -> list[Job]:
             # Its outputs would land among its inputs, and its own outputs are left out: nothing was found.
             raise ConfigError(f"--output-dir {output_dir} is {spec} or holds it: give a folder outside it")
         files = [p for p in files_under(path) if p.is_file()]
-        media = [p for p in files if media_kind(p)]
+        kinds = {p: media_kind(p) for p in files}  # each file opened once to be told, if its name does not say
+        media = [p for p in files if kinds[p]]
         found = [p for p in media if not hidden_in(p, root)]
         others = [p for p in sorted(set(files) - set(media)) if p.name != MANIFEST_NAME and not hidden_in(p, root)]
         if others:  # said, as the hidden ones are: an archivist missed them in the mirrored tree and the summary
@@ -133,13 +134,13 @@ def find_jobs(spec: str, output_dir: Path) -> list[Job]:
             log.warning("batch: %d video(s) or photo(s) under hidden names left out (such as %s): give one as the "
                         "source to take it", len(hidden), hidden[0].relative_to(root))
     elif path.is_file():
-        root, found = path.parent, [path]
+        root, found, kinds = path.parent, [path], {}
     elif glob.has_magic(spec):
         root = _glob_root(spec)
         if holds(output_dir, root):  # each photo's output would be the photo itself
             raise ConfigError(f"--output-dir {output_dir} is {root} or holds it, where {spec} finds its files: give "
                               "a folder outside it")
-        found = [Path(p) for p in glob.glob(spec, recursive=True) if Path(p).is_file()]
+        found, kinds = [Path(p) for p in glob.glob(spec, recursive=True) if Path(p).is_file()], {}
     else:
         raise InputError(f"video source not found: {spec}")
     found = once_each(p for p in found if not holds(output_dir, p.parent))  # not our own outputs
@@ -148,7 +149,7 @@ def find_jobs(spec: str, output_dir: Path) -> list[Job]:
     jobs, taken = [], {}
     for source in found:
         rel = source.relative_to(root)
-        photo = media_kind(source) == "photo"
+        photo = (kinds[source] if source in kinds else media_kind(source)) == "photo"
         output = output_dir / (photo_output(rel) if photo else rel.with_suffix(".mp4"))
         if output in taken:
             raise ConfigError(f"{taken[output]} and {rel.as_posix()} would both be written to {output}: rename one")

@@ -161,26 +161,32 @@ def _run_tap(args: argparse.Namespace) -> dict:
     return _drop_none(endpoint=args.tap or "", curve_server_key=args.tap_server_key, curve_clients=args.tap_clients)
 
 
-def photo_in_and_out(source: str, output: str | None) -> bool:
+def holds_photo(source: str) -> bool:
     """Whether `source` is a photo, by its name or, named otherwise (none at all: a camera's `IMG_0001`), by
-    what it holds, to be written as a photo: unless `output` names a video."""
+    what it holds."""
     from anonengine.paths import PHOTO_SIGNATURES, VIDEO_SUFFIXES, is_photo
 
-    if not is_photo(source):
-        if Path(source).suffix.lower() in VIDEO_SUFFIXES or not Path(source).is_file():
-            return False  # a camera's MJPEG starts as a JPEG does; a device is not read
-        try:
-            with open(source, "rb") as file:
-                head = file.read(16)
-        except OSError:
-            return False
-        if not any(head.startswith(signature) for signature, _ in PHOTO_SIGNATURES):
-            return False
-        from anonengine.batch import media_kind
+    if is_photo(source):
+        return True
+    if Path(source).suffix.lower() in VIDEO_SUFFIXES or not Path(source).is_file():
+        return False  # a camera's MJPEG starts as a JPEG does; a device is not read
+    try:
+        with open(source, "rb") as file:
+            head = file.read(16)
+    except OSError:
+        return False
+    if not any(head.startswith(signature) for signature, _ in PHOTO_SIGNATURES):
+        return False
+    from anonengine.batch import media_kind
 
-        if media_kind(Path(source)) != "photo":  # JPEGs one after another: a video
-            return False
-    return output is None or is_photo(output) or not Path(output).suffix
+    return media_kind(Path(source)) == "photo"  # not JPEGs one after another: a video
+
+
+def photo_in_and_out(source: str, output: str | None) -> bool:
+    """Whether `source` is a photo (`holds_photo`) to be written as a photo: unless `output` names a video."""
+    from anonengine.paths import is_photo
+
+    return holds_photo(source) and (output is None or is_photo(output) or not Path(output).suffix)
 
 
 def default_output(source: str) -> str:
@@ -193,10 +199,10 @@ def default_output(source: str) -> str:
         stem = Path(urllib.parse.unquote(url.path)).stem or url.hostname or ""
         stem = re.sub(r"[^A-Za-z0-9._-]+", "_", stem).strip("._")
     else:
-        from anonengine.paths import is_photo, is_sequence, photo_output, sequence_stem
+        from anonengine.paths import is_sequence, photo_output, sequence_stem
 
         stem = sequence_stem(source) if is_sequence(source) else Path(source).stem
-        if is_photo(source) or photo_in_and_out(source, None):  # a photo stays one
+        if holds_photo(source):  # a photo stays one
             return f"{stem}_anonymized{photo_output(Path(source)).suffix}"
     return f"{stem or 'stream'}_anonymized.mp4"
 

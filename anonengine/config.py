@@ -29,6 +29,7 @@ from anonengine.paths import (
     PHOTO_SUFFIXES,
     ROTATIONS,
     URL_SCHEME,
+    as_text,
     in_sequence,
     is_photo,
     is_sequence,
@@ -52,9 +53,9 @@ def _file_name(value, handler):
     try:
         return handler(value)
     except ValidationError:
-        if not isinstance(value, str) or value.encode("utf-8", "surrogatepass").decode("utf-8", "replace") == value:
+        if not isinstance(value, str) or as_text(value) == value:
             raise
-        handler(value.encode("utf-8", "surrogateescape").decode("utf-8", "replace"))
+        handler(as_text(value))
         return value
 
 

@@ -55,6 +55,16 @@ def working_name(head: str, stem: str, tail: str) -> str:
     return f"{head}{cut}{digest}{tail}"
 
 
+def as_text(name: str) -> str:
+    """A name as the system gave it, as text: the bytes of it that are not UTF-8 (an old archive's Latin-1,
+    which Python carries as surrogate escapes) replaced, as a message or a check of text can take them."""
+    try:
+        data = name.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a surrogate no system name holds (a YAML escape): replaced all the same
+        data = name.encode("utf-8", "surrogatepass")
+    return data.decode("utf-8", "replace")
+
+
 def redacted(text: str) -> str:
     """`text` with the passwords and secrets of the URLs in it as `***`: a camera's URL in an error went out on
     the engine's unauthenticated `/readyz`, in `/api/status` and in every log (`rtsp://admin:***@cam/stream`)."""

@@ -48,10 +48,10 @@ class Photo:
 
     @classmethod
     def read(cls, path: Path, with_alpha: bool = False) -> Photo:
-        encoding = photo_encoding(path)
         # Decoded from its bytes, read once: OpenCV's reading by name takes the name as UTF-8, and one that is
         # not (an old archive's Latin-1 names) crashed the process, the whole batch with it, on every run.
         data = path.read_bytes()
+        encoding = photo_encoding(path, data[:16])
         if not data:
             raise InputError(f"cannot read image {path}: the file is empty")
         buffer = np.frombuffer(data, np.uint8)
@@ -115,17 +115,15 @@ class Photo:
         path.write_bytes(data.tobytes())
 
 
-def photo_encoding(path: Path) -> str:
+def photo_encoding(path: Path, head: bytes) -> str:
     """The suffix a photo is encoded by: its own, or where OpenCV writes nothing by that name (a HEIF-named
-    JPEG, a `.jfif`, a camera's file without a suffix) what it holds, a JPEG or a PNG; PNG for anything else
-    (a TGA, read by FFmpeg)."""
+    JPEG, a `.jfif`, a camera's file without a suffix) what it holds by its first bytes, `head`, a JPEG or a
+    PNG; PNG for anything else (a TGA, read by FFmpeg)."""
     suffix = path.suffix.lower()
     if suffix in UNREADABLE_PHOTO_SUFFIXES and suffix not in MISNAMED_SUFFIXES:
         raise _unreadable(suffix)
     if suffix not in MISNAMED_SUFFIXES and writable(suffix):
         return suffix
-    with open(path, "rb") as file:
-        head = file.read(16)
     for signature, encoding in PHOTO_SIGNATURES:
         if head.startswith(signature):
             return encoding

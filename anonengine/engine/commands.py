@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from anonengine.argparsing import Redacting
+from anonengine.argparsing import redact_logs
 from anonengine.engine import stagehost
 from anonengine.errors import ConfigError, InputError
 from anonengine.interrupts import Interrupted, interrupted_line, plural
@@ -86,7 +86,8 @@ def cmd_launch(args: argparse.Namespace) -> int:
         return 0
     # A long-running engine's log: the launcher's lines stamped as the stages' are (they were not, alone).
     for handler in logging.getLogger().handlers:
-        handler.setFormatter(Redacting(logging.Formatter("%(asctime)s launcher %(levelname)s %(message)s")))
+        handler.setFormatter(logging.Formatter("%(asctime)s launcher %(levelname)s %(message)s"))
+    redact_logs()
     stagehost.warm_up()
     resolve_models(cfg)
     return launch(cfg).run()

@@ -37,7 +37,7 @@ from anonengine.engine.runtime import Endpoints, bind_tap, log_malformed, receiv
 from anonengine.errors import AnonError, ConfigError, InputError, ModelError, OutputError
 from anonengine.interrupts import STOP_SIGNALS, plural
 from anonengine.locks import FileLock, LockBusy, is_locked
-from anonengine.paths import partial_metadata_path, partial_path, redacted
+from anonengine.paths import as_text, partial_metadata_path, partial_path, redacted
 from anonengine.recording import segments_folder
 from anonengine.rundir import private_dir, run_dir_path
 from anonengine.shm import SHM_DIR, instance_segments, made_by, remove_stale_segments, unlink
@@ -890,15 +890,12 @@ def check_camera(camera: CameraConfig) -> None:
     """A camera's file source is there and its output and metadata can be written (nothing is opened or taken).
     A live source may be down now and come later: it is not asked here."""
     for what in ("source", "output", "metadata"):
-        name = getattr(camera, what)
-        try:
-            (name or "").encode("utf-8")
-        except UnicodeEncodeError:
+        name = getattr(camera, what) or ""
+        if as_text(name) != name:
             # The stages' messages carry names as UTF-8: the capture died on its first message, 6 times.
-            shown = name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
-            raise ConfigError(f"camera {camera.name}: the {what} {shown} is not named in UTF-8 (an old archive's "
-                              "Latin-1?), which the engine's processes cannot pass on: rename it, or run with "
-                              "--inline") from None
+            raise ConfigError(f"camera {camera.name}: the {what} {as_text(name)} is not named in UTF-8 (an old "
+                              "archive's Latin-1?), which the engine's processes cannot pass on: rename it, or run "
+                              "with --inline")
     try:
         source = classify(camera.source)
         if source.kind is SourceKind.FILE:
