@@ -188,6 +188,20 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-9)
 
 
+def box_covered(a: np.ndarray, by: np.ndarray) -> np.ndarray:
+    """The share of each xyxy box of `a` that the boxes `by` cover together (to the whole pixel), shape (len(a),):
+    a person found split into overlapping boxes covers what none of them does alone."""
+    shares = np.zeros(len(a))
+    for i, (x0, y0, x1, y1) in enumerate(a):
+        left, top = int(np.floor(x0)), int(np.floor(y0))
+        inside = np.zeros((max(int(np.ceil(y1)) - top, 1), max(int(np.ceil(x1)) - left, 1)), bool)
+        for bx0, by0, bx1, by1 in by:
+            inside[max(int(np.floor(by0)) - top, 0):max(int(np.ceil(by1)) - top, 0),
+                   max(int(np.floor(bx0)) - left, 0):max(int(np.ceil(bx1)) - left, 0)] = True
+        shares[i] = inside.mean()
+    return shares
+
+
 def _masks_at_frame_size(masks: np.ndarray, frame_shape: tuple[int, int]) -> np.ndarray:
     """Resizes (N, h, w) masks to the frame; callers ask Ultralytics for retina masks, so this is rare."""
     import cv2

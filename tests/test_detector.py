@@ -1,5 +1,6 @@
 """Detection with the real pose model, and the seg path on the real segmentation architecture."""
 
+import itertools
 import os
 import subprocess
 import sys
@@ -106,6 +107,28 @@ def test_persons_in_a_video_tagged_far_from_square_are_looked_for_as_stored_too(
     (found,) = stage.process([image], [pixel_aspect])
     assert found.frame_shape == image.shape[:2]
     assert box_iou(square.boxes, found.boxes).max(axis=1).min() > 0.9
+
+
+def test_a_part_of_persons_found_upright_seen_upside_down_hides_it_and_sets_no_watch_off(detect_stage, caplog):
+    """The street clip's frame 65 (bench/perf.py's, as rendered): the person filling the frame is found upright
+    as three overlapping boxes, and turned over his legs score 0.71 as a person. That find set off the watch
+    (every frame looked at twice for 250 frames: the detector's work on the clip doubled with --int8) and told
+    the user to turn the video round. It is hidden still, and neither now; a person found upside down only
+    still sets it off (tests/test_privacy.py)."""
+    from anonengine.sample import render_frames
+
+    street = (("zidane", 0.95, (0.30, 0.50), (0.42, 0.50)), ("bus_left", 0.60, (0.05, 0.55), (0.85, 0.55)),
+              ("bus_right", 0.50, (0.72, 0.58), (0.72, 0.58)), ("bus_left", 0.20, (0.95, 0.45), (0.45, 0.45)),
+              ("zidane", 0.14, (0.60, 0.42), (0.15, 0.42)))
+    frames = render_frames(1280, 720, 200, actors=street, scene="street", pan=0.15, shake=1.5)
+    image = next(itertools.islice(frames, 65, None))[0]
+    (upright,) = detect_stage.detector.detect([image])
+    (turned,) = detect_stage.detector.detect([np.ascontiguousarray(image[::-1, ::-1])])
+    legs = turned.confident(0.5).turned_over()
+    assert len(legs) == 1 and box_iou(legs.boxes, upright.boxes).max() < 0.7  # not any one upright box
+    (found,) = detect_stage.process([image], cameras=["street65"])
+    assert len(found) == len(upright) + 1 and box_iou(legs.boxes, found.boxes).max() == pytest.approx(1)
+    assert detect_stage.turned_watch["street65"] == 0 and "upside down" not in caplog.text
 
 
 def test_pulled_pose_model_is_the_official_file(models_dir):
