@@ -401,8 +401,12 @@ class CaptureService(Service):
             send(self.downstream, self.end)
 
     def reports(self, force: bool) -> list:
-        """A live source's state, when it changed."""
+        """A live source's state, when it changed; at the end, a camera done that never sent a frame."""
         self.gauge("in_flight", len(self.inflight))
+        if force and self.ended and self.ring is None and not self.continues:
+            # Detached before its source ever answered: no stream was announced, so no encoder will say the
+            # camera is done, and it stayed "stopping" (readiness 503) until the engine stopped.
+            return [messages.CameraDone(self.camera, 0, None)]
         if self.feed is None:
             return []
         status = self.feed.status

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers import records_so_far, stage_pids
+from helpers import free_port, records_so_far, stage_pids
 from test_engine import engine_config, wait_for
 
 from anonengine.config import CameraConfig, EngineConfig
@@ -148,6 +148,16 @@ def test_attach_detach_and_status_on_a_running_engine(models_dir, tmp_path):
         assert (turned.info.width, turned.info.height) == (HEIGHT, WIDTH)
         turned.close()
         assert len(seqs(a_out)) == written
+        # A camera detached before its source ever answered is done, not "stopping" for good (readiness 503,
+        # and detach refused it as not attached: an operator's trial).
+        nobody = f"http://127.0.0.1:{free_port()}/none.ts"
+        ghost = cli("attach", "--run-dir", run_dir, "--camera", "ghost", "--source", nobody, "--output", "g.mp4")
+        assert ghost.returncode == 0, ghost.stderr
+        assert wait_for(lambda: status()["cameras"].get("ghost", {}).get("state") == "connecting", 15)
+        assert cli("detach", "--run-dir", run_dir, "--camera", "ghost").returncode == 0
+        assert wait_for(lambda: status()["cameras"]["ghost"]["state"] == "done", 15), status()["cameras"]["ghost"]
+        assert status()["cameras"]["ghost"]["reason"] == "ended before its first frame: no output"
+        assert "ghost" in status()["done"] and not (tmp_path / "g.mp4").exists()
 
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0

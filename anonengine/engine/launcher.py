@@ -459,6 +459,8 @@ class Launcher:
                 if not message.complete:
                     log.info("camera %s stopped after %d frames; its partial output: %s", message.camera,
                              message.frames, message.output or "(none)")
+                elif message.output is None:
+                    log.info("camera %s ended before its first frame: no output", message.camera)
             elif isinstance(message, messages.Progress):
                 self.progress[message.camera] = max(self.progress.get(message.camera, 0), message.next_seq)
             elif isinstance(message, messages.SourceStatus):
@@ -585,7 +587,10 @@ class Launcher:
         if name in self.failed_cameras:
             return metrics.FAILED, self.failed_cameras[name]
         if name in self.done:
-            return metrics.DONE, "" if self.done[name].complete else "stopped before the end of its stream"
+            done = self.done[name]
+            if done.output is None and done.frames == 0:
+                return metrics.DONE, "ended before its first frame: no output"
+            return metrics.DONE, "" if done.complete else "stopped before the end of its stream"
         if self.stop_requested:
             return metrics.STOPPING, ""
         if capture is None or capture.restart_at is not None:
