@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 import cv2
+import numpy as np
 
 from anonengine.config import SourcesConfig
 from anonengine.errors import InputError, SourceNotOpenable
@@ -254,6 +255,7 @@ class LiveFeed:
         self.frames: queue.Queue = queue.Queue()  # (arrival, frame), bounded in `_put`
         self.info = None  # StreamInfo of the first connection: size and time base of every frame out
         self.dropped = 0  # frames dropped here because the consumer was behind (live: never wait)
+        self._sizes_told: set[tuple[int, int]] = set()  # sizes other than the first connection's, said once each
         self._stop = threading.Event()
         self._connected = threading.Event()
         self._settled = threading.Event()  # connected, or failed as no retry is likely to mend (SourceNotOpenable)
@@ -381,8 +383,13 @@ class LiveFeed:
         frame.pts = round(seconds / tick)
         frame.time_base = info.time_base
         frame.pixel_aspect = info.pixel_aspect
-        if frame.image.shape[1::-1] != (info.width, info.height):
-            frame.image = cv2.resize(frame.image, (info.width, info.height), interpolation=cv2.INTER_AREA)
+        size = frame.image.shape[1::-1]
+        if size != (info.width, info.height):
+            if size not in self._sizes_told:  # a camera reconfigured: it was scaled without a word
+                self._sizes_told.add(size)
+                log.warning("%s: the source came back at %dx%d; fitted into the stream's %dx%d", self.camera,
+                            *size, info.width, info.height)
+            frame.image = fitted(frame.image, info.width, info.height)
         return frame
 
     def _put(self, frame, now: float) -> None:
@@ -398,3 +405,15 @@ class LiveFeed:
                 # `at_break` goes with it), or the time between the frames kept passes the stride's.
                 (waiting[0][1] if waiting else frame).at_break = True
         self.frames.put_nowait((now, frame))
+
+
+def fitted(image: np.ndarray, width: int, height: int) -> np.ndarray:
+    """`image` scaled to fit `width` x `height` whole, its shape kept, with black bars where it does not fill it:
+    a 4:3 camera come back into a 16:9 stream was stretched, its persons a third wider than the detector knows."""
+    h, w = image.shape[:2]
+    scale = min(width / w, height / h)
+    inner_w, inner_h = min(max(round(w * scale), 1), width), min(max(round(h * scale), 1), height)
+    inner = cv2.resize(image, (inner_w, inner_h), interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
+    left, top = (width - inner_w) // 2, (height - inner_h) // 2
+    return cv2.copyMakeBorder(inner, top, height - inner_h - top, left, width - inner_w - left, cv2.BORDER_CONSTANT,
+                              value=(0, 0, 0))

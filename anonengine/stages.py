@@ -39,16 +39,17 @@ STRETCHED_SAME_IOU = 0.9  # a person found as shown and as stored: one box, only
 # so many after one showed a person so. A find counts from TURNED_PERSON_CONF (textures taken for persons
 # upside down, a bus's leaf logo, scored 0.21 to 0.37 at 960; upside-down footage's persons 0.86 and more), and
 # one over a person found upright by TURNED_SAME_IOU is that person (below, both are hidden, as `adding` keeps them).
-# A find covered half or more (TURNED_PART_COVERED) by persons found upright is mostly a part of them seen again:
-# the street clip's person filling the frame, found upright as overlapping boxes, turned over gave his legs as a
-# person (0.44 to 0.71, 72 to 97% under the upright boxes, the rest a neighbour's arm at the sprite's edge). It is
-# hidden, but it neither sets the watch off (which doubled the detector's work on that clip with --int8) nor says
-# the advice; a person upside down that the upright look missed lies mostly outside what it found.
+# A find a quarter or more under persons found upright (TURNED_PART_COVERED) is taken for one of them seen again,
+# better or worse: the street clip's person filling the frame, found upright as overlapping boxes, turned over gave
+# his legs as a person (0.44 to 0.71, 72 to 97% under the upright boxes); a person cut by a frame's edge, found
+# upright as a narrow box, was found whole upside down (34 to 40% under it). Such a find is hidden, but it neither
+# sets the watch off (which doubled the detector's work on both clips: every live run of an operator's trial said
+# the advice) nor says the advice; a person upside down that the upright look missed lies outside what it found.
 TURNED_LOOK_EVERY = 25
 TURNED_WATCH_FRAMES = 250
 TURNED_PERSON_CONF = 0.5
 TURNED_SAME_IOU = 0.7
-TURNED_PART_COVERED = 0.5
+TURNED_PART_COVERED = 0.25
 FEED_CLOSE_S = 2.0  # a live source's reading thread, stopped, ends at its next frame or read timeout
 
 
@@ -132,7 +133,7 @@ class DetectStage(Stage):
         # every one is looked at so: each camera its own, or one camera's would decide for all of a worker's.
         self.since_turned_look: dict[str | None, int] = {}
         self.turned_watch: dict[str | None, int] = {}
-        self.turned_told = False
+        self.turned_told: set[str | None] = set()  # the cameras the log named so
 
     def setup(self) -> None:
         from anonengine.detector import PersonDetector
@@ -199,10 +200,12 @@ class DetectStage(Stage):
             new, upright = added.boxes[len(found[i]):], found[i].boxes
             if len(new) and box_covered(new, upright).min() < TURNED_PART_COVERED:
                 self.turned_watch[cameras[i]] = TURNED_WATCH_FRAMES
-                if not self.turned_told:
-                    self.turned_told = True
-                    log.warning("persons found upside down (the picture looked at turned over): hidden; if the "
-                                "camera is mounted so or the video plays so, --rotate 180 finds them at half the cost")
+                if cameras[i] not in self.turned_told:
+                    self.turned_told.add(cameras[i])
+                    log.warning("%spersons found upside down (the picture looked at turned over): hidden; if the "
+                                "camera is mounted so or the video plays so, turning it (--rotate 180, or the "
+                                "camera's rotate: 180) finds them at half the cost",
+                                f"{cameras[i]}: " if cameras[i] else "")
             found[i] = added
         return found
 

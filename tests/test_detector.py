@@ -131,6 +131,40 @@ def test_a_part_of_persons_found_upright_seen_upside_down_hides_it_and_sets_no_w
     assert detect_stage.turned_watch["street65"] == 0 and "upside down" not in caplog.text
 
 
+class AnsweringDetector:
+    """Gives the persons it is told, one answer a call (a frame's upright look, then its upside-down one)."""
+
+    def __init__(self, *answers: list[tuple[list[float], float]]) -> None:
+        self.answers = list(answers)
+
+    def detect(self, images, imgsz=None):
+        persons = self.answers.pop(0)
+        boxes = np.float32([box for box, _ in persons]).reshape(-1, 4)
+        return [Detections(images[0].shape[:2], boxes, np.float32([score for _, score in persons]),
+                           np.zeros((len(persons), 17, 3), np.float32))]
+
+
+def test_a_person_found_narrow_upright_and_whole_upside_down_sets_no_watch_off(models_dir, caplog):
+    """An operator's live bus camera (bus.jpg cropped, 320x180, frame 81; the boxes the pose model gave): the
+    person cut by the right edge, found upright as a narrow box (0.41), was found whole upside down (0.60), 34%
+    of it under the upright boxes. Every live run said "persons found upside down" and looked at every frame
+    twice for 250 frames. The whole box is hidden; the watch stays off. A find under none of them sets it off."""
+    upright = [([22.0, 72.5, 79.5, 179.0], 0.91), ([91.3, 75.5, 135.1, 179.5], 0.86),
+               ([287.4, 61.8, 320.0, 178.5], 0.41), ([0.0, 65.5, 15.8, 180.0], 0.17)]
+    whole = ([0.0, 0.0, 63.5, 178.0], 0.60)  # as found in the picture turned over: x 256.5..320, y 2..180
+    stage = DetectStage(pose_config(models_dir))
+    stage.detector = AnsweringDetector(upright, [whole])
+    image = np.zeros((180, 320, 3), np.uint8)
+    (found,) = stage.process([image], cameras=["bus"])
+    assert len(found) == 5 and found.boxes[4].tolist() == [256.5, 2.0, 320.0, 180.0]
+    assert stage.turned_watch["bus"] == 0 and "upside down" not in caplog.text
+    stage.detector = AnsweringDetector(upright[:2], [whole])  # the edge's person missed upright: upside down only
+    stage.since_turned_look["bus"] = 24
+    (found,) = stage.process([image], cameras=["bus"])
+    assert len(found) == 3 and stage.turned_watch["bus"] == 250
+    assert "bus: persons found upside down" in caplog.text and "rotate: 180" in caplog.text
+
+
 def test_pulled_pose_model_is_the_official_file(models_dir):
     assert models.sha256(models_dir / "yolo11n-pose.pt") == models.KNOWN_SHA256["yolo11n-pose.pt"]
 

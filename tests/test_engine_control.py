@@ -620,6 +620,21 @@ def test_a_bad_camera_of_a_running_engine_stops_alone(tmp_path, launchers):
     assert spawn.count("capture-cam") == 1 and "capture-cam" not in launcher.children
 
 
+def test_an_engine_that_is_stopping_refuses_an_attach(tmp_path, launchers):
+    """An attach 0.5 s after a SIGTERM answered "attach: ok": its capture was started during the stop, found the
+    launcher gone and left, and no output was ever made (an operator's trial)."""
+    from anonengine import messages
+
+    spawn = FakeSpawn(lambda name: None)
+    launcher = fake_launcher(tmp_path, spawn, job=False)
+    launchers.append(launcher)
+    camera = {"name": "late", "source": str(tmp_path / "late.mp4"), "output": str(tmp_path / "late_out.mp4")}
+    launcher.request_stop(signal.SIGTERM)
+    reply = launcher._on_control(messages.Attach(camera))
+    assert not reply.ok and reply.error == "the engine is stopping: no camera can be attached"
+    assert "capture-late" not in launcher.children and spawn.count("capture-late") == 0
+
+
 def test_user_error_without_a_message_still_names_the_stage(tmp_path, launchers):
     spawn = FakeSpawn(lambda name: 2 if name == "detect0" else None)
     launcher = fake_launcher(tmp_path, spawn)

@@ -9,6 +9,7 @@ these tests skip here and fail in CI.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -473,6 +474,29 @@ def test_the_feed_reconnects_and_keeps_time_increasing():
     assert all(f.image.shape == (48, 64, 3) for f in got)  # the first connection's size
     assert feed.status.reconnects >= 2 and feed.status.last_error
     assert feed.status.state is SourceState.STOPPED
+
+
+def test_a_camera_back_in_another_shape_is_fitted_into_the_stream_with_bars_and_said_once(caplog):
+    """A camera reconfigured from 16:9 to 4:3 was stretched into the stream's size without a word (its persons a
+    third wider than the detector knows them; an operator's trial): it is fitted whole, with black bars, and
+    the log says so once for each size."""
+    opens = []
+
+    def opener(source):
+        opens.append(time.monotonic())
+        return FlakyReader(5, size=(64, 48) if len(opens) == 1 else (48, 48))
+
+    cfg = SourcesConfig(reconnect_initial_s=0.05, reconnect_max_s=0.1, reconnect_jitter=0)
+    with caplog.at_level(logging.WARNING, logger="anonengine.sources"):
+        feed = LiveFeed(Source("rtsp://fake", SourceKind.RTSP), "side", cfg, opener=opener, queue_size=100).start()
+        got = take(feed, 15)
+    assert len(got) == 15 and all(f.image.shape == (48, 64, 3) for f in got)
+    for frame in got[5:]:  # 48x48 into 64x48: the picture whole in the middle, 8 px of black either side
+        assert (frame.image[:, 8:56] == frame.image[24, 32, 0]).all()
+        assert not frame.image[:, :8].any() and not frame.image[:, 56:].any()
+    assert max(frame.image[24, 32, 0] for frame in got[5:]) > 0
+    said = [r.getMessage() for r in caplog.records if "came back at" in r.getMessage()]
+    assert said == ["side: the source came back at 48x48; fitted into the stream's 64x48"]
 
 
 def test_a_feed_that_cannot_be_opened_as_named_says_so_at_once_and_tries_on():

@@ -504,6 +504,8 @@ class Launcher:
     def _on_control(self, request: messages.Message) -> messages.Reply:
         try:
             if isinstance(request, messages.Attach):
+                if self.stop_requested:  # its capture started, found the launcher gone and left: "ok" for nothing
+                    return messages.Reply(False, "the engine is stopping: no camera can be attached")
                 self.attach(CameraConfig.model_validate(request.camera))
                 return messages.Reply(True)
             if isinstance(request, messages.Detach):
@@ -708,6 +710,8 @@ class Launcher:
         """
         grace_s = grace_s or self.cfg.engine.stop_timeout_s
         self.stop_requested = True  # a job that ended stops too: its cameras say "stopping" from now
+        if self.stop_signal is not None:  # an operator's log ended with the stages' last lines, no reason
+            log.info("stopping on %s", signal.Signals(self.stop_signal).name)
         self.take_snapshot()
         order = [(stage,) for stage in STOP_ORDER]
         if self._all_cameras_done() or (
@@ -748,6 +752,7 @@ class Launcher:
             self.tap_relay.close()
         self.context.destroy(linger=0)
         self._remove_instance(discard)
+        log.info("stopped")
 
     def _remove_instance(self, discard: bool = False) -> None:
         """Once no stage runs: the instance's shared memory and sockets go, then its locks."""
