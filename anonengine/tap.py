@@ -20,6 +20,7 @@ import logging
 import threading
 import time
 from fractions import Fraction
+from pathlib import Path
 from typing import Iterator
 
 import cv2
@@ -178,9 +179,12 @@ class TapRecording:
     A camera attached again, or an engine started again, sends a new stream whose time starts at 0 again: its
     frames follow the last one written, a frame's time apart (they made the muxer fail, and the file, 200 good
     frames in it, was lost). A frame sent again (an encoder's restart sends its last frames again) is written
-    once; one of another size is scaled to the recording's (a camera that came back at another resolution)."""
+    once; one of another size is fitted into the recording's (a camera that came back at another resolution)."""
 
     def __init__(self, path: str) -> None:
+        from anonengine.video import claim_output
+
+        claim_output(Path(path), lock=False)  # a folder that is not there: said before the first frame, not after
         self.path = path
         self.writer = None
         self.offset = 0.0  # added to a frame's time: the streams before it
@@ -204,7 +208,9 @@ class TapRecording:
             self.writer = VideoWriter(self.path, image.shape[1], image.shape[0], Fraction(25), TAP_TIME_BASE,
                                       pixel_aspect=Fraction(*meta.get("pixel_aspect", (1, 1))))
         elif image.shape[:2] != (self.writer.height, self.writer.width):
-            image = cv2.resize(image, (self.writer.width, self.writer.height), interpolation=cv2.INTER_AREA)
+            from anonengine.sources import fitted
+
+            image = fitted(image, self.writer.width, self.writer.height)
         self.writer.write(image, round(when * TAP_TIME_BASE.denominator))
         if self.last is not None:
             self.step = when - self.last

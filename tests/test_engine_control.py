@@ -238,6 +238,10 @@ def test_tap_record_keeps_one_camera_when_the_engine_has_two(models_dir, tmp_pat
         assert wait_for(lambda: list((tmp_path / "run").glob("*/tap.sock")) or proc.poll() is not None, 60)
         recorded = cli("tap", "--run-dir", tmp_path / "run", "--record", tmp_path / "tap.mp4", "--frames", "40",
                        "--timeout", "20")
+        # A camera no engine sends (mistyped) exited 0 without a word once its timeout passed.
+        mistyped = cli("tap", "--run-dir", tmp_path / "run", "--camera", "c", "--timeout", "2")
+        assert mistyped.returncode == 1 and mistyped.stdout == ""
+        assert mistyped.stderr.strip() == "anonengine: tap: no frame of camera c in 2 s"
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(30)

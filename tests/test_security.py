@@ -547,7 +547,7 @@ def test_a_tap_recording_goes_on_across_a_new_stream_and_writes_a_frame_sent_aga
     """`anonengine tap --record`: a camera attached again starts at seq 0, time 0 again, and the file failed as a
     whole ("cannot finish rec.mp4: Invalid argument", its 200 good frames lost); an encoder's restart sends its
     last frames again. The new stream follows on, the frames sent again are written once, and a stream of
-    another size is scaled to the recording's."""
+    another size is fitted into the recording's."""
     import av
 
     from anonengine.tap import TapRecording
@@ -568,6 +568,11 @@ def test_a_tap_recording_goes_on_across_a_new_stream_and_writes_a_frame_sent_aga
     times = [float(f.time) for f in frames]
     assert len(frames) == 40 and {(f.height, f.width) for f in frames} == {(48, 64)}
     assert times == sorted(times) and abs(times[-1] - 39 / 25) < 1e-3
+    # A folder that is not there is said at once (the tap printed a frame's line before its error).
+    from anonengine.errors import OutputError
+
+    with pytest.raises(OutputError, match="folder .*none does not exist"):
+        TapRecording(str(tmp_path / "none" / "rec.mp4"))
 
 
 @pytest.mark.parametrize(("said", "shown"), [

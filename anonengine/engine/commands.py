@@ -187,6 +187,12 @@ def cmd_tap(args: argparse.Namespace) -> int:
             count += 1
             if args.frames and count >= args.frames:
                 break
+        else:  # --timeout passed without a frame
+            which = f"camera {', '.join(args.camera)}" if args.camera else "any camera"
+            if not count:  # a mistyped camera, or an engine sending nothing, exited 0 without a word
+                print(f"anonengine: tap: no frame of {which} in {args.timeout:g} s", file=sys.stderr)
+                return 1
+            print(f"anonengine: tap: {count} frames, then none of {which} for {args.timeout:g} s", file=sys.stderr)
     except Interrupted:
         pass
     finally:

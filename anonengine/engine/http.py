@@ -354,7 +354,7 @@ class SnapshotCollector:
         frames = CounterMetricFamily("anonengine_frames", "Frames of each camera: in (captured), out (written "
                                      "anonymized), dropped, late (past their deadline), obscured (hidden whole).",
                                      labels=["camera", "status"])
-        fps = GaugeMetricFamily("anonengine_camera_fps", "Frames out a second, over the last 5 s.", labels=["camera"])
+        fps = GaugeMetricFamily("anonengine_camera_fps", "Frames out a second, over the last 10 s.", labels=["camera"])
         ready = GaugeMetricFamily("anonengine_camera_ready", "1 when the camera runs (or its file is done).",
                                   labels=["camera"])
         state = GaugeMetricFamily("anonengine_camera_state", "1 for the camera's current state.",
@@ -402,7 +402,7 @@ class SnapshotCollector:
                                 value=s.shared_memory_bytes)
         yield CounterMetricFamily("anonengine_malformed_messages", "Messages dropped as garbage on the engine's "
                                   "sockets.", value=s.malformed)
-        yield CounterMetricFamily("anonengine_tap_dropped_frames", "Tap frames a slow subscriber missed.",
+        yield CounterMetricFamily("anonengine_tap_dropped_frames", "Tap frames the encoder could not hand to the tap (a subscriber's own misses show in its seq).",
                                   value=s.tap_dropped)
         yield GaugeMetricFamily("anonengine_ready", "1 when every camera runs (what /readyz says).",
                                 value=1.0 if s.ready else 0.0)
