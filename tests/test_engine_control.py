@@ -150,6 +150,8 @@ def test_attach_detach_and_status_on_a_running_engine(models_dir, tmp_path):
         assert len(seqs(a_out)) == written
         # A camera detached before its source ever answered is done, not "stopping" for good (readiness 503,
         # and detach refused it as not attached: an operator's trial).
+        empty = cli("attach", "--run-dir", run_dir, "--camera", "e", "--source", "", "--output", "e.mp4")
+        assert empty.returncode == 2 and "--source is empty" in empty.stderr, empty.stderr  # was "not a file: <cwd>"
         nobody = f"http://127.0.0.1:{free_port()}/none.ts"
         ghost = cli("attach", "--run-dir", run_dir, "--camera", "ghost", "--source", nobody, "--output", "g.mp4")
         assert ghost.returncode == 0, ghost.stderr

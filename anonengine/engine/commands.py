@@ -272,6 +272,8 @@ def _absolute(path: str | None) -> str | None:
 
 def _absolute_source(source: str) -> str:
     """A file path made absolute; a webcam index or a stream URL as it is."""
+    if not source.strip():  # made absolute, it named the current folder: "video source is not a file: /home/..."
+        raise ConfigError("--source is empty: a video file, a camera's URL or a webcam's number")
     return source if source.isdigit() or "://" in source else os.path.abspath(source)
 
 
