@@ -293,6 +293,26 @@ class VideoReader:
                     return f" ({path.name} cannot be read)"
         return ""
 
+    def _packets(self) -> Iterator[av.Packet]:
+        """The video stream's packets. A stream that begins in the middle of the file (MPEG-TS files joined with
+        other PIDs, an HLS discontinuity) is none the container listed when opened: PyAV fails on it with an
+        IndexError, which crashed the capture 6 times, a traceback each, every frame before it lost."""
+        packets, seconds = self.container.demux(self.stream), 0.0
+        while True:
+            try:
+                packet = next(packets)
+            except StopIteration:
+                return
+            except IndexError:
+                raise InputError(
+                    f"cannot decode {self.source} past {seconds:.2f} s: a new stream begins there (files joined, a "
+                    "broadcast's new program), which its start did not list: cut it there (ffmpeg -t, -ss) and "
+                    "anonymize each part") from None
+            if packet.pts is not None and packet.time_base:
+                seconds = max(seconds, float(packet.pts * packet.time_base) - float(self.stream.start_time or 0)
+                              * float(self.stream.time_base or 0))
+            yield packet
+
     def _decode(self) -> Iterator[DecodedImage]:
         decoded = damaged_count = 0
         deinterlacer = Deinterlacer(self.stream.time_base or Fraction(1, 90000))
@@ -302,7 +322,7 @@ class VideoReader:
         # missing part grey-green or the photo before's: a sequence's photos are checked for their end.
         jpegs, cut_short = self.numbers is not None and self.stream.codec_context.name == "mjpeg", []
         try:
-            for packet in self.container.demux(self.stream):
+            for packet in self._packets():
                 # FFmpeg flags a packet cut short by the end of the file as corrupt and decodes what is
                 # there without an error. A fragmented MP4 declares no frame count, so for a file this
                 # flag is the only sign that it was truncated: its last packet corrupt, the file is refused.

@@ -664,6 +664,29 @@ def test_mpeg_ts_recordings_joined_at_another_size_come_out_whole(mode, sample, 
     assert ground_truth_leaks(sample, output, source=joined, truth=sample.boxes() * 2) == []
 
 
+def test_mpeg_ts_files_joined_with_other_pids_are_refused_in_one_line(anonengine_cli, tmp_path):
+    """Two MPEG-TS files joined (`cat`) whose streams have other PIDs, as an HLS discontinuity's: the second
+    stream begins where the container's start did not list it, and PyAV failed on it with an IndexError: the
+    capture crashed 6 times with a traceback each, `--inline` said "internal error" (a format red team's trial).
+    One line now, exit 2, saying where."""
+
+    def segment(path: Path, pid: int, frames: int) -> bytes:
+        with av.open(str(path), "w", format="mpegts", options={"mpegts_start_pid": str(pid),
+                                                                 "mpegts_pmt_start_pid": str(pid + 0x1000)}) as out:
+            stream = out.add_stream("libx264", rate=25)
+            stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+            mux_all(out, stream, [np.full((48, 64, 3), 50 + i % 7, np.uint8) for i in range(frames)])
+        return path.read_bytes()
+
+    joined = tmp_path / "joined.ts"  # 2.4 s first: past what FFmpeg probes when it opens the file
+    joined.write_bytes(segment(tmp_path / "a.ts", 0x100, 60) + segment(tmp_path / "b.ts", 0x200, 10))
+    for mode in ([], ["--inline"]):
+        result = anonengine_cli("run", *mode, "--video-source", joined, "--output-video", tmp_path / "out.mp4")
+        assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+        assert "cannot decode" in result.stderr and "past 2.36 s: a new stream begins there" in result.stderr
+        assert "Traceback" not in result.stderr and not (tmp_path / "out.mp4").exists()
+
+
 @pytest.mark.skipif(shutil.which("ffmpeg") is None and not os.environ.get("CI"),
                     reason="the ffmpeg command makes the cut (Debian package ffmpeg)")
 def test_a_cut_made_without_reencoding_is_not_taken_for_a_truncated_file(sample, anonengine_cli, tmp_path):
