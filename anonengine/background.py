@@ -25,6 +25,7 @@ import cv2
 import numpy as np
 
 from anonengine.config import BackgroundConfig
+from anonengine.video import CUT_SHARE, CutFinder
 
 SOLID_GREY = 128
 CUT_SAMPLES = 10_000  # pixels a cut is judged on, whatever the frame's size (a grid, every few pixels)
@@ -191,6 +192,7 @@ class BackgroundModel:
         self.scene: Scene | None = None
         self._recent: deque[View] = deque(maxlen=keep_frames + 1)  # the last is the current frame's
         self._frames = 0
+        self._changes = CutFinder()  # the whole picture against the frame before: a cut where little was learnt
 
     @property
     def view(self) -> View | None:
@@ -209,6 +211,7 @@ class BackgroundModel:
     def reset(self) -> None:
         self.scene = None
         self._recent.clear()
+        self._changes = CutFinder()
         if self.motion is not None:
             self.motion.reset()
 
@@ -223,6 +226,7 @@ class BackgroundModel:
         """
         cut = False
         self._frames += 1
+        changed = self._changes.share(frame) if self.cfg.cut_threshold > 0 else 0.0
         moved = self.motion.estimate(frame, person_mask) if self.motion is not None else None
         view = self.view
         if view is None or view.shape != frame.shape:
@@ -234,7 +238,7 @@ class BackgroundModel:
             self._recent.append(View(self.scene, to_scene, frame.shape))
             if moved is not None:
                 self._keep_on_canvas()
-            if self.cfg.cut_threshold > 0 and self._is_cut(frame, person_mask):
+            if self.cfg.cut_threshold > 0 and self._is_cut(frame, person_mask, changed):
                 # What was learnt shows another scene: nothing of it may fill this one.
                 self._start(frame.shape, to_scene=to_scene, origin=self.scene.origin)
                 cut = True
@@ -397,14 +401,19 @@ class BackgroundModel:
         return cv2.warpAffine(canvas_image, inverse, size, flags=interpolation | cv2.WARP_INVERSE_MAP,
                               borderMode=cv2.BORDER_CONSTANT, borderValue=0)
 
-    def _is_cut(self, frame: np.ndarray, person_mask: np.ndarray) -> bool:
-        """Most of the seen, person-free background changed at once (sampled on a grid, for speed)."""
+    def _is_cut(self, frame: np.ndarray, person_mask: np.ndarray, changed: float) -> bool:
+        """Most of the seen, person-free background changed at once (sampled on a grid, for speed); where too
+        little of it was seen to tell, most of the whole picture (`changed`, its share since the frame before).
+        A first shot of persons filling the frame had learnt next to nothing: its cut went unseen, and the next
+        shot's background filled the frames waiting for the look-ahead (a format red team's clip: a bus in front
+        of a football bench for the 30 frames before the cut). The reader takes the same change for a cut (the
+        frames either side are detected); a person moving on changes a band of the picture a frame, not most."""
         step = cut_sample_step(frame.shape)
         seen = self._to_frame(self.scene.seen, cv2.INTER_NEAREST, step=step)
         usable = cv2.bitwise_and(seen, cv2.bitwise_not(person_mask[::step, ::step]))
         samples = cv2.countNonZero(usable)
         if samples < 100:
-            return False
+            return changed >= CUT_SHARE
         mean = self._to_frame(self.scene.mean, cv2.INTER_NEAREST, step=step)
         diff = cv2.absdiff(np.ascontiguousarray(frame[::step, ::step]), cv2.convertScaleAbs(mean))
         channels = cv2.split(diff)

@@ -35,6 +35,7 @@ from anonengine.background import (
 )
 from anonengine.config import BackgroundConfig
 from anonengine.errors import ConfigError
+from anonengine.video import CUT_SHARE
 
 LANCZOS_TAPS = torch.arange(-3, 5)  # OpenCV's INTER_LANCZOS4: 8 taps, from 3 before the position to 4 after
 
@@ -85,13 +86,13 @@ class TorchBackgroundModel(BackgroundModel):
         mean.copy_(torch.where(first_seen.unsqueeze(-1), image, mean))
         seen |= first_seen
 
-    def _is_cut(self, frame: np.ndarray, person_mask: np.ndarray) -> bool:
+    def _is_cut(self, frame: np.ndarray, person_mask: np.ndarray, changed: float) -> bool:
         step = cut_sample_step(frame.shape)
         seen = self._to_frame(self.scene.seen, cv2.INTER_NEAREST, step=step)
         usable = seen & (self._upload(person_mask[::step, ::step]) == 0)
         samples = int(usable.sum())
         if samples < 100:
-            return False
+            return changed >= CUT_SHARE
         mean = to_uint8(self._to_frame(self.scene.mean, cv2.INTER_NEAREST, step=step)).float()
         largest = (self._upload(frame[::step, ::step]).float() - mean).abs().amax(dim=-1)
         changed = largest > CUT_PIXEL_CHANGE
