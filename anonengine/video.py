@@ -25,7 +25,7 @@ from anonengine.paths import OUTPUT_CONTAINERS, partial_path, sequence_photo
 from anonengine.sources import Source, classify
 
 CUT_SHORT_TOLD = 5  # photos cut short named one by one; past this, counted
-log = logging.getLogger("anonengine")
+log = logging.getLogger("anonengine.video")
 
 
 @dataclass

@@ -157,12 +157,20 @@ def preflight(cfg: EngineConfig):
     from anonengine.stages import CaptureStage, EncodeStage
 
     cam = cfg.cameras[0]
-    with CaptureStage(cam, cfg.sources) as capture:
-        if cam.output:
-            encode = EncodeStage(cam.output, capture.info, cfg.encoder, cam.metadata)
-            encode.setup()
-            encode.abort()
-        return capture.info
+    # What the reader warns of (a second video stream left out, a pixel aspect taken as square) the capture says
+    # again: said twice before.
+    reader_log = logging.getLogger("anonengine.video")
+    level = reader_log.level
+    reader_log.setLevel(logging.ERROR)
+    try:
+        with CaptureStage(cam, cfg.sources) as capture:
+            if cam.output:
+                encode = EncodeStage(cam.output, capture.info, cfg.encoder, cam.metadata)
+                encode.setup()
+                encode.abort()
+            return capture.info
+    finally:
+        reader_log.setLevel(level)
 
 
 def cmd_tap(args: argparse.Namespace) -> int:
