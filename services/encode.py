@@ -175,6 +175,8 @@ class EncodeService(Service):
         output.next_seq = ref.seq + 1
         output.frames += 1
         self.count("frames", camera=ref.camera)
+        if output.recording is not None:  # its frames on disk from before a restart: counted by no report
+            self.gauge("recorded", output.recording.frames, camera=ref.camera)
 
     def _output_failed(self, camera: str, output: Output, error: str) -> None:
         """A camera's output cannot be written (its disk filled up): that camera fails, its segments go, and the

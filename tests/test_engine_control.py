@@ -626,6 +626,23 @@ def test_a_bad_camera_of_a_running_engine_stops_alone(tmp_path, launchers):
     assert spawn.count("capture-cam") == 1 and "capture-cam" not in launcher.children
 
 
+def test_frames_out_count_an_encoder_killed_outright_wrote_and_never_go_back(tmp_path, launchers):
+    """An encoder killed outright took the frames it wrote since its last report out of the count: status said
+    in 168, out 166, nothing in flight, 168 frames in the recording (an operator's trial). Its successor reports
+    the frames its recording holds, those found on disk with them; and the count never goes back."""
+    from anonengine import messages
+
+    launcher = fake_launcher(tmp_path, FakeSpawn(lambda name: None), job=False)
+    launchers.append(launcher)
+    camera = launcher.cfg.cameras[0]
+    launcher.tally.add(messages.Stats("capture", "cam", {"frames": 168}, pid=11))
+    launcher.tally.add(messages.Stats("encode", "w0", {}, pid=10, cameras={"cam": {"frames": 120, "recorded": 120}}))
+    launcher.tally.add(messages.Stats("encode", "w0", {}, pid=12, cameras={"cam": {"frames": 46, "recorded": 168}}))
+    assert launcher._camera_view(camera).frames["out"] == 168 == launcher._camera_view(camera).frames["in"]
+    launcher.tally.add(messages.Stats("encode", "w0", {}, pid=14, cameras={}))  # killed again: nothing from it yet
+    assert launcher._camera_view(camera).frames["out"] == 168
+
+
 def test_an_engine_that_is_stopping_refuses_an_attach(tmp_path, launchers):
     """An attach 0.5 s after a SIGTERM answered "attach: ok": its capture was started during the stop, found the
     launcher gone and left, and no output was ever made (an operator's trial)."""

@@ -129,6 +129,7 @@ class Launcher:
         # Counters that outlive the processes counting them (a restarted or re-attached capture counts from 0;
         # a Prometheus counter must never go back): reconnects of the cameras' earlier captures, restarts.
         self.earlier_reconnects: dict[str, int] = {}
+        self.frames_out: dict[str, int] = {}  # each camera's most frames out said: a count never goes back
         self.restart_totals: dict[str, int] = {}
         self.malformed = 0  # messages dropped as garbage, on the events and control sockets
         self.progress: dict[str, int] = {}  # camera -> frames its encoder has written: where a capture resumes
@@ -559,7 +560,11 @@ class Launcher:
 
     def _camera_view(self, camera: CameraConfig) -> metrics.CameraView:
         name, tally = camera.name, self.tally
-        out = tally.camera_total("encode", "frames", name)
+        # An encoder killed outright took the frames it wrote since its last report out of the count; its
+        # successor finds them on disk (status said in 168, out 166, with 168 frames in the recording).
+        out = max(tally.camera_total("encode", "frames", name), tally.camera_total("encode", "recorded", name),
+                  self.frames_out.get(name, 0))
+        self.frames_out[name] = out
         frames = {
             # A capture killed outright takes the frames it sent since its last report out of its count, not out
             # of the engine: every frame out came in (status showed 453 out of 418 in).

@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 from anonengine import messages
 
 # Counters that are levels, not totals: only a process's latest report counts, a dead one's none.
-GAUGES = frozenset({"in_flight", "waiting"})
+GAUGES = frozenset({"in_flight", "waiting", "recorded"})  # "recorded": the frames in a camera's recording, those of
+# encoders killed outright since their last report too
 FPS_WINDOW_S = 10.0  # frames out over this window make a camera's frames per second
 DEGRADED_WINDOW_S = 10.0  # a camera that obscured a frame this recently is degraded
 
