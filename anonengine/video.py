@@ -22,7 +22,7 @@ from anonengine.config import EncoderConfig, SourcesConfig
 from anonengine.errors import ConfigError, InputError, OutputError, SourceNotOpenable
 from anonengine.locks import FileLock, LockBusy, output_lock_path
 from anonengine.paths import OUTPUT_CONTAINERS, partial_path, sequence_photo
-from anonengine.sources import Source, classify
+from anonengine.sources import Source, classify, fitted
 
 CUT_SHORT_TOLD = 5  # photos cut short named one by one; past this, counted
 log = logging.getLogger("anonengine.video")
@@ -314,7 +314,7 @@ class VideoReader:
             yield packet
 
     def _decode(self) -> Iterator[DecodedImage]:
-        decoded = damaged_count = 0
+        decoded = damaged_count = corrupt = 0
         deinterlacer = Deinterlacer(self.stream.time_base or Fraction(1, 90000))
         stored_aspect = self._stored_pixel_aspect()
         damaged = None  # a file's packet flagged corrupt, held until what follows tells whether the file ends there
@@ -351,6 +351,12 @@ class VideoReader:
                                     "of its picture made up", self.source, Path(cut_short[-1]).name)
                 for held in packets:
                     for av_frame in itertools.chain.from_iterable(map(deinterlacer.take, held.decode())):
+                        if av_frame.is_corrupt:
+                            # Damage inside an MP4's packet is flagged on the picture only: it went without a word.
+                            corrupt += 1
+                            if corrupt == 1 and not damaged_count:
+                                log.warning("%s: a damaged picture at frame %d, decoded as FFmpeg can", self.source,
+                                            decoded)
                         yield self._image(av_frame, stored_aspect)
                         decoded += 1
             if damaged is None:  # the end: the deinterlacer's last frame
@@ -370,6 +376,8 @@ class VideoReader:
             raise InputError(f"{self.source} is truncated or corrupt at frame {decoded}")
         if damaged_count > 1:
             log.warning("%s: %d damaged packets in all, decoded as FFmpeg can", self.source, damaged_count)
+        elif corrupt > 1 and not damaged_count:
+            log.warning("%s: %d damaged pictures in all, decoded as FFmpeg can", self.source, corrupt)
         if len(cut_short) > CUT_SHORT_TOLD:
             log.warning("%s: %d photos cut short in all, decoded as FFmpeg can", self.source, len(cut_short))
 
@@ -408,13 +416,14 @@ class VideoReader:
                 image = item.image
                 if image.shape[1::-1] != decoded_size:  # another size than the frame before's
                     at_break, decoded_size = True, image.shape[1::-1]
-                    if decoded_size != size:  # said: a portrait photo among landscape ones comes out squashed
-                        log.warning("%s: frame %d is %dx%d, scaled to the first frame's %dx%d", self.source, seq,
+                    if decoded_size != size:  # said: a portrait photo among landscape ones comes out smaller
+                        log.warning("%s: frame %d is %dx%d, fitted into the first frame's %dx%d", self.source, seq,
                                     *decoded_size, *size)
                 if image.shape[1::-1] != size:
-                    # A stream that changes resolution midway (a camera reconfigured): every stage was set
-                    # up for the first size, so later frames are scaled to it rather than refused.
-                    image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+                    # A stream that changes resolution midway (a camera reconfigured): every stage was set up for
+                    # the first size, so later frames are fitted into it whole (black bars where the shapes
+                    # differ) rather than refused; stretched, a 4:3 part's persons were a third wider.
+                    image = fitted(image, *size)
                 changed = changes.share(image)
                 at_break = changed >= CUT_SHARE or at_break  # a cut: likewise
                 frame = Frame(self.camera, seq, int(pts), self.info.time_base, image, guessed, at_break=at_break,
