@@ -298,6 +298,7 @@ class VideoReader:
         other PIDs, an HLS discontinuity) is none the container listed when opened: PyAV fails on it with an
         IndexError, which crashed the capture 6 times, a traceback each, every frame before it lost."""
         packets, seconds = self.container.demux(self.stream), 0.0
+        start = float((self.stream.start_time or 0) * (self.stream.time_base or 0))
         while True:
             try:
                 packet = next(packets)
@@ -309,8 +310,7 @@ class VideoReader:
                     "broadcast's new program), which its start did not list: cut it there (ffmpeg -t, -ss) and "
                     "anonymize each part") from None
             if packet.pts is not None and packet.time_base:
-                seconds = max(seconds, float(packet.pts * packet.time_base) - float(self.stream.start_time or 0)
-                              * float(self.stream.time_base or 0))
+                seconds = max(seconds, float(packet.pts * packet.time_base) - start)
             yield packet
 
     def _decode(self) -> Iterator[DecodedImage]:

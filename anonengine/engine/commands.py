@@ -160,17 +160,20 @@ def preflight(cfg: EngineConfig):
     # What the reader warns of (a second video stream left out, a pixel aspect taken as square) the capture says
     # again: said twice before.
     reader_log = logging.getLogger("anonengine.video")
-    level = reader_log.level
+    capture, level = CaptureStage(cam, cfg.sources), reader_log.level
     reader_log.setLevel(logging.ERROR)
     try:
-        with CaptureStage(cam, cfg.sources) as capture:
-            if cam.output:
-                encode = EncodeStage(cam.output, capture.info, cfg.encoder, cam.metadata)
-                encode.setup()
-                encode.abort()
-            return capture.info
+        capture.setup()
     finally:
-        reader_log.setLevel(level)
+        reader_log.setLevel(level)  # the output's own lines (an earlier partial output kept as ...) are said
+    try:
+        if cam.output:
+            encode = EncodeStage(cam.output, capture.info, cfg.encoder, cam.metadata)
+            encode.setup()
+            encode.abort()
+        return capture.info
+    finally:
+        capture.close()
 
 
 def cmd_tap(args: argparse.Namespace) -> int:

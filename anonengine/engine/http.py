@@ -402,8 +402,8 @@ class SnapshotCollector:
                                 value=s.shared_memory_bytes)
         yield CounterMetricFamily("anonengine_malformed_messages", "Messages dropped as garbage on the engine's "
                                   "sockets.", value=s.malformed)
-        yield CounterMetricFamily("anonengine_tap_dropped_frames", "Tap frames the encoder could not hand to the tap (a subscriber's own misses show in its seq).",
-                                  value=s.tap_dropped)
+        yield CounterMetricFamily("anonengine_tap_dropped_frames", "Tap frames the encoder could not hand to the tap "
+                                  "(a subscriber's own misses show in its seq).", value=s.tap_dropped)
         yield GaugeMetricFamily("anonengine_ready", "1 when every camera runs (what /readyz says).",
                                 value=1.0 if s.ready else 0.0)
 
