@@ -107,15 +107,28 @@ class Detections:
             detected=self.detected,
         )
 
-    def turned_over(self) -> Detections:
-        """These persons, found in the picture turned upside down (180 degrees), in the picture as it is."""
-        h, w = self.frame_shape
-        boxes = np.stack([w - self.boxes[:, 2], h - self.boxes[:, 3], w - self.boxes[:, 0], h - self.boxes[:, 1]],
+    def turned_back(self, degrees: int) -> Detections:
+        """These persons, found in the picture turned clockwise by `degrees` (90, 180 or 270), in the picture as
+        it is (its shape `frame_shape` turned back)."""
+        turned_h, turned_w = self.frame_shape
+        h, w = (turned_w, turned_h) if degrees in (90, 270) else (turned_h, turned_w)
+
+        def back(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            if degrees == 90:  # the picture turned clockwise: its (x, y) was (h - y, x)
+                return y, h - x
+            if degrees == 270:
+                return w - y, x
+            return w - x, h - y
+
+        x0, y0 = back(self.boxes[:, 0], self.boxes[:, 1])
+        x1, y1 = back(self.boxes[:, 2], self.boxes[:, 3])
+        boxes = np.stack([np.minimum(x0, x1), np.minimum(y0, y1), np.maximum(x0, x1), np.maximum(y0, y1)],
                          axis=1).astype(np.float32)
         keypoints = self.keypoints.copy()
-        keypoints[..., 0], keypoints[..., 1] = w - keypoints[..., 0], h - keypoints[..., 1]
-        masks = None if self.masks is None else np.ascontiguousarray(self.masks[:, ::-1, ::-1])
-        return Detections(self.frame_shape, boxes, self.scores, keypoints, masks, self.detected)
+        keypoints[..., 0], keypoints[..., 1] = back(self.keypoints[..., 0], self.keypoints[..., 1])
+        masks = None if self.masks is None else np.ascontiguousarray(
+            np.rot90(self.masks, {90: 1, 180: 2, 270: -1}[degrees], axes=(1, 2)))
+        return Detections((h, w), boxes, self.scores, keypoints, masks, self.detected)
 
     def confident(self, score: float) -> Detections:
         """Those of these persons scored `score` or more."""

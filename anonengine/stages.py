@@ -31,12 +31,13 @@ from anonengine.video import (
     as_shown,
     far_from_square,
     refuse_unreplaceable,
+    turn,
 )
 
 log = logging.getLogger(__name__)
 STRETCHED_SAME_IOU = 0.9  # a person found as shown and as stored: one box, only where the two nearly agree
-# The picture upside down (`DetectStage._upside_down`): one frame in so many is looked at so, and every frame for
-# so many after one showed a person so. A find counts from TURNED_PERSON_CONF (textures taken for persons
+# The picture turned (`DetectStage._turned`): one frame in so many is looked at one more way round, and every frame
+# for so many after one showed a person so. A find counts from TURNED_PERSON_CONF (textures taken for persons
 # upside down, a bus's leaf logo, scored 0.21 to 0.37 at 960; upside-down footage's persons 0.86 and more), and
 # one over a person found upright by TURNED_SAME_IOU is that person (below, both are hidden, as `adding` keeps them).
 # A find a quarter or more under persons found upright (TURNED_PART_COVERED) is taken for one of them seen again,
@@ -45,6 +46,7 @@ STRETCHED_SAME_IOU = 0.9  # a person found as shown and as stored: one box, only
 # upright as a narrow box, was found whole upside down (34 to 40% under it). Such a find is hidden, but it neither
 # sets the watch off (which doubled the detector's work on both clips: every live run of an operator's trial said
 # the advice) nor says the advice; a person upside down that the upright look missed lies outside what it found.
+TURNS = (180, 90, 270)  # clockwise: upside down first (a camera mounted so), then on either side
 TURNED_LOOK_EVERY = 25
 TURNED_WATCH_FRAMES = 250
 TURNED_PERSON_CONF = 0.5
@@ -132,8 +134,9 @@ class DetectStage(Stage):
         # A camera's frames since one was looked at upside down (the first is), and the frames left during which
         # every one is looked at so: each camera its own, or one camera's would decide for all of a worker's.
         self.since_turned_look: dict[str | None, int] = {}
-        self.turned_watch: dict[str | None, int] = {}
-        self.turned_told: set[str | None] = set()  # the cameras the log named so
+        self.next_turn: dict[str | None, int] = {}  # the way round a camera's next look takes (of TURNS)
+        self.turned_watch: dict[tuple[str | None, int], int] = {}  # (camera, turn): frames left looked at so
+        self.turned_told: set[tuple[str | None, int]] = set()  # the cameras and turns the log named
 
     def setup(self) -> None:
         from anonengine.detector import PersonDetector
@@ -153,7 +156,7 @@ class DetectStage(Stage):
                 cameras: list[str] | None = None) -> list[Detections | None]:
         """The persons in each image; `pixel_aspects`: each image's (`StreamInfo.pixel_aspect`), which the
         detector looks at it with (`as_shown`), its persons then given in the image's own pixels; `cameras`:
-        each image's camera (when to look at it upside down is the camera's own: `_upside_down`)."""
+        each image's camera (when to look at it turned is the camera's own: `_turned`)."""
         try:
             aspects = pixel_aspects or [Fraction(1)] * len(images)
             shown = [as_shown(image, aspect) for image, aspect in zip(images, aspects, strict=True)]
@@ -166,47 +169,61 @@ class DetectStage(Stage):
                 for i, stored in zip(stretched, self.detector.detect([images[i] for i in stretched])):
                     # A person's two boxes differ (found stretched, one was cut short at the feet): both kept.
                     found[i] = found[i].adding(stored, same_iou=STRETCHED_SAME_IOU)
-            return self._upside_down(images, found, cameras or [None] * len(images))
+            return self._turned(images, found, cameras or [None] * len(images))
         except Exception as exc:  # noqa: BLE001 - whatever broke, the frame must not go out raw
             if self.cfg.on_detector_error == "stop":
                 raise DetectionError(f"detection failed: {type(exc).__name__}: {exc}") from exc
             log.warning("detection failed, obscuring %d frame(s): %s", len(images), exc)
             return [None] * len(images)
 
-    def _upside_down(self, images: list[np.ndarray], found: list[Detections], cameras: list[str | None]
-                     ) -> list[Detections]:
-        """`found` with the persons found in the pictures turned upside down, where they are looked at so: every
-        photo, one frame in `TURNED_LOOK_EVERY`, and every frame for `TURNED_WATCH_FRAMES` after one showed a
-        person upside down. The pose model finds few persons upside down (bus.jpg turned over: 1 of 4): a
-        video that plays upside down (a camera mounted so, a phone's whose turn was lost) came out with every
-        person shown, exit 0 (an archivist's trial). They are hidden now, and said once: `--rotate 180` finds
-        them at half the cost."""
-        due = []
+    def _turned(self, images: list[np.ndarray], found: list[Detections], cameras: list[str | None]
+                ) -> list[Detections]:
+        """`found` with the persons found in the pictures turned (upside down, or on either side: `TURNS`), where
+        they are looked at so: every photo and a camera's first frame every way; then one frame in
+        `TURNED_LOOK_EVERY`, each time the next way round; and every frame for `TURNED_WATCH_FRAMES` the way
+        round that showed a person. The pose model finds few persons upside down (bus.jpg turned over: 1 of 4)
+        or lying on their side: a video that plays upside down (a camera mounted so, a phone's whose turn was
+        lost) came out with every person shown, exit 0 (an archivist's trial); one on its side, the persons it
+        missed lying so (the demo clip turned 90 degrees: 48 of 48 frames showed one). They are hidden now, and
+        said once a camera: turning the video finds them at a fraction of the cost."""
+        due: dict[int, list[int]] = {way: [] for way in TURNS}  # the images to look at each way round
         for i, camera in enumerate(cameras):
-            since = self.since_turned_look.get(camera, TURNED_LOOK_EVERY - 1) + 1
-            watch = self.turned_watch.get(camera, 0)
-            if self.photos or watch > 0 or since >= TURNED_LOOK_EVERY:
-                due.append(i)
+            first = camera not in self.since_turned_look
+            since = self.since_turned_look.get(camera, 0) + 1
+            looks = {way for way in TURNS if self.turned_watch.get((camera, way), 0) > 0}
+            if self.photos or first:
+                looks = set(TURNS)
                 since = 0
-            self.since_turned_look[camera], self.turned_watch[camera] = since, max(0, watch - 1)
-        if not due:
-            return found
-        turned = self.detector.detect([np.ascontiguousarray(images[i][::-1, ::-1]) for i in due])
-        for i, persons in zip(due, turned):
-            persons = persons.confident(TURNED_PERSON_CONF).turned_over()
-            if len(persons) == 0:
+            elif since >= TURNED_LOOK_EVERY:
+                next_way = self.next_turn.get(camera, 0)
+                looks.add(TURNS[next_way % len(TURNS)])
+                self.next_turn[camera] = next_way + 1
+                since = 0
+            self.since_turned_look[camera] = since
+            for way in TURNS:
+                self.turned_watch[camera, way] = max(0, self.turned_watch.get((camera, way), 0) - 1)
+                if way in looks:
+                    due[way].append(i)
+        for way, indices in due.items():
+            if not indices:
                 continue
-            added = found[i].adding(persons, same_iou=TURNED_SAME_IOU)
-            new, upright = added.boxes[len(found[i]):], found[i].boxes
-            if len(new) and box_covered(new, upright).min() < TURNED_PART_COVERED:
-                self.turned_watch[cameras[i]] = TURNED_WATCH_FRAMES
-                if cameras[i] not in self.turned_told:
-                    self.turned_told.add(cameras[i])
-                    log.warning("%spersons found upside down (the picture looked at turned over): hidden; if the "
-                                "camera is mounted so or the video plays so, turning it (--rotate 180, or the "
-                                "camera's rotate: 180) finds them at half the cost",
-                                f"{cameras[i]}: " if cameras[i] else "")
-            found[i] = added
+            seen = self.detector.detect([np.ascontiguousarray(turn(images[i], way)) for i in indices])
+            for i, persons in zip(indices, seen):
+                persons = persons.confident(TURNED_PERSON_CONF).turned_back(way)
+                if len(persons) == 0:
+                    continue
+                added = found[i].adding(persons, same_iou=TURNED_SAME_IOU)
+                new, upright = added.boxes[len(found[i]):], found[i].boxes
+                if len(new) and box_covered(new, upright).min() < TURNED_PART_COVERED:
+                    self.turned_watch[cameras[i], way] = TURNED_WATCH_FRAMES
+                    if (cameras[i], way) not in self.turned_told:
+                        self.turned_told.add((cameras[i], way))
+                        log.warning("%spersons found %s (the picture looked at turned %d degrees): hidden; if the "
+                                    "camera is mounted so or the video plays so, turning it (--rotate %d, or the "
+                                    "camera's rotate: %d) finds them at a fraction of the cost",
+                                    f"{cameras[i]}: " if cameras[i] else "",
+                                    "upside down" if way == 180 else "on their side", way, way, way)
+                found[i] = added
         return found
 
     def _closer(self, image: np.ndarray, found: Detections) -> Detections:

@@ -124,15 +124,15 @@ def test_a_part_of_persons_found_upright_seen_upside_down_hides_it_and_sets_no_w
     image = next(itertools.islice(frames, 65, None))[0]
     (upright,) = detect_stage.detector.detect([image])
     (turned,) = detect_stage.detector.detect([np.ascontiguousarray(image[::-1, ::-1])])
-    legs = turned.confident(0.5).turned_over()
+    legs = turned.confident(0.5).turned_back(180)
     assert len(legs) == 1 and box_iou(legs.boxes, upright.boxes).max() < 0.7  # not any one upright box
     (found,) = detect_stage.process([image], cameras=["street65"])
     assert len(found) == len(upright) + 1 and box_iou(legs.boxes, found.boxes).max() == pytest.approx(1)
-    assert detect_stage.turned_watch["street65"] == 0 and "upside down" not in caplog.text
+    assert detect_stage.turned_watch["street65", 180] == 0 and "upside down" not in caplog.text
 
 
 class AnsweringDetector:
-    """Gives the persons it is told, one answer a call (a frame's upright look, then its upside-down one)."""
+    """Gives the persons it is told, one answer a call (a frame's upright look, then its turned ones)."""
 
     def __init__(self, *answers: list[tuple[list[float], float]]) -> None:
         self.answers = list(answers)
@@ -153,15 +153,15 @@ def test_a_person_found_narrow_upright_and_whole_upside_down_sets_no_watch_off(m
                ([287.4, 61.8, 320.0, 178.5], 0.41), ([0.0, 65.5, 15.8, 180.0], 0.17)]
     whole = ([0.0, 0.0, 63.5, 178.0], 0.60)  # as found in the picture turned over: x 256.5..320, y 2..180
     stage = DetectStage(pose_config(models_dir))
-    stage.detector = AnsweringDetector(upright, [whole])
+    stage.detector = AnsweringDetector(upright, [whole], [], [])  # upright, upside down, on either side
     image = np.zeros((180, 320, 3), np.uint8)
     (found,) = stage.process([image], cameras=["bus"])
     assert len(found) == 5 and found.boxes[4].tolist() == [256.5, 2.0, 320.0, 180.0]
-    assert stage.turned_watch["bus"] == 0 and "upside down" not in caplog.text
+    assert stage.turned_watch["bus", 180] == 0 and "upside down" not in caplog.text
     stage.detector = AnsweringDetector(upright[:2], [whole])  # the edge's person missed upright: upside down only
-    stage.since_turned_look["bus"] = 24
+    stage.since_turned_look["bus"] = 24  # the next look, upside down first
     (found,) = stage.process([image], cameras=["bus"])
-    assert len(found) == 3 and stage.turned_watch["bus"] == 250
+    assert len(found) == 3 and stage.turned_watch["bus", 180] == 250
     assert "bus: persons found upside down" in caplog.text and "rotate: 180" in caplog.text
 
 
