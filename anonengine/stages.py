@@ -179,22 +179,23 @@ class DetectStage(Stage):
     def _turned(self, images: list[np.ndarray], found: list[Detections], cameras: list[str | None]
                 ) -> list[Detections]:
         """`found` with the persons found in the pictures turned (upside down, or on either side: `TURNS`), where
-        they are looked at so: every photo and a camera's first frame every way; then one frame in
-        `TURNED_LOOK_EVERY`, each time the next way round; and every frame for `TURNED_WATCH_FRAMES` the way
-        round that showed a person. The pose model finds few persons upside down (bus.jpg turned over: 1 of 4)
+        they are looked at so: every photo every way; a camera's first frames each the next way round, then one
+        frame in `TURNED_LOOK_EVERY`; and every frame for `TURNED_WATCH_FRAMES` the way round that showed a
+        person. The pose model finds few persons upside down (bus.jpg turned over: 1 of 4)
         or lying on their side: a video that plays upside down (a camera mounted so, a phone's whose turn was
         lost) came out with every person shown, exit 0 (an archivist's trial); one on its side, the persons it
         missed lying so (the demo clip turned 90 degrees: 48 of 48 frames showed one). They are hidden now, and
         said once a camera: turning the video finds them at a fraction of the cost."""
         due: dict[int, list[int]] = {way: [] for way in TURNS}  # the images to look at each way round
         for i, camera in enumerate(cameras):
-            first = camera not in self.since_turned_look
-            since = self.since_turned_look.get(camera, 0) + 1
+            since = self.since_turned_look.get(camera, TURNED_LOOK_EVERY - 1) + 1
             looks = {way for way in TURNS if self.turned_watch.get((camera, way), 0) > 0}
-            if self.photos or first:
+            if self.photos:
                 looks = set(TURNS)
                 since = 0
-            elif since >= TURNED_LOOK_EVERY:
+            elif since >= TURNED_LOOK_EVERY or self.next_turn.get(camera, 0) < len(TURNS):
+                # A camera's first frames looked at each one more way round: its first frame looked at every way
+                # came out 0.55 s later (a portrait input's model loaded for it), which a live camera waits for.
                 next_way = self.next_turn.get(camera, 0)
                 looks.add(TURNS[next_way % len(TURNS)])
                 self.next_turn[camera] = next_way + 1

@@ -153,13 +153,13 @@ def test_a_person_found_narrow_upright_and_whole_upside_down_sets_no_watch_off(m
                ([287.4, 61.8, 320.0, 178.5], 0.41), ([0.0, 65.5, 15.8, 180.0], 0.17)]
     whole = ([0.0, 0.0, 63.5, 178.0], 0.60)  # as found in the picture turned over: x 256.5..320, y 2..180
     stage = DetectStage(pose_config(models_dir))
-    stage.detector = AnsweringDetector(upright, [whole], [], [])  # upright, upside down, on either side
+    stage.detector = AnsweringDetector(upright, [whole])  # upright, then upside down (a first frame's first look)
     image = np.zeros((180, 320, 3), np.uint8)
     (found,) = stage.process([image], cameras=["bus"])
     assert len(found) == 5 and found.boxes[4].tolist() == [256.5, 2.0, 320.0, 180.0]
     assert stage.turned_watch["bus", 180] == 0 and "upside down" not in caplog.text
     stage.detector = AnsweringDetector(upright[:2], [whole])  # the edge's person missed upright: upside down only
-    stage.since_turned_look["bus"] = 24  # the next look, upside down first
+    stage.since_turned_look["bus"], stage.next_turn["bus"] = 24, 3  # the next look, upside down again
     (found,) = stage.process([image], cameras=["bus"])
     assert len(found) == 3 and stage.turned_watch["bus", 180] == 250
     assert "bus: persons found upside down" in caplog.text and "rotate: 180" in caplog.text

@@ -419,8 +419,8 @@ def test_a_video_that_plays_upside_down_or_on_its_side_is_hidden_and_said(degree
                                                                           tmp_path):
     """A video upside down (a camera mounted so, a phone's whose turn was lost) came out with every person the
     pose model missed upside down shown, exit 0 (an archivist's trial: 24 of 24 frames); on its side, the demo
-    clip showed a person lying so in 48 of 48 frames. A camera's first frame is looked at every way round, one
-    frame in 25 the next way, and every frame for 250 the way that showed a person."""
+    clip showed a person lying so in 48 of 48 frames. A camera's first frames are looked at each one more way
+    round, then one frame in 25 the next way, and every frame for 250 the way that showed a person."""
     from anonengine.audit import audit
     from anonengine.config import EncoderConfig
     from anonengine.video import VideoWriter, turn
