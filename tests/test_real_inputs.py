@@ -493,7 +493,7 @@ def test_the_audit_looks_upside_down_for_persons_a_forgotten_rotate_left(sample,
     finds more of them than the frame and its mirror alone."""
     from anonengine.stages import DetectStage
 
-    monkeypatch.setattr(DetectStage, "_upside_down", lambda self, images, found, cameras: found)
+    monkeypatch.setattr(DetectStage, "_turned", lambda self, images, found, cameras: found)
     source, output = untagged_turns[180], tmp_path / "forgot.mp4"
     run_inline(inline_config(source, output, models_dir))
     model = str(models_dir / "yolo11n-pose.pt")
