@@ -92,6 +92,17 @@ def is_locked(path: str | os.PathLike) -> bool:
         os.close(fd)
 
 
+def process_alive(pid: int) -> bool:
+    """Whether process `pid` runs (another user's counts: it is there, though not ours to signal)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def output_lock_path(output: str | os.PathLike) -> Path:
     """The lock of an output file: a hidden file beside it (`.NAME.lock`)."""
     path = Path(output)

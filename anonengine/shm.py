@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from anonengine.errors import ResourceError
+from anonengine.locks import process_alive
 
 SHM_DIR = Path("/dev/shm")
 PREFIX = "anonengine"
@@ -179,16 +180,11 @@ def remove_orphaned_segments(instance: str) -> list[str]:
     removed = []
     for name in instance_segments(instance):
         pid = maker(name)
-        if pid is None:
+        if pid is None or process_alive(pid):  # another user's process counts as alive: not ours
             continue
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            with contextlib.suppress(FileNotFoundError, PermissionError):
-                unlink(name)
-                removed.append(name)
-        except PermissionError:
-            pass  # another user's process: alive, and not ours
+        with contextlib.suppress(FileNotFoundError, PermissionError):
+            unlink(name)
+            removed.append(name)
     return removed
 
 

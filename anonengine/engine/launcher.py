@@ -36,7 +36,7 @@ from anonengine.engine import metrics, stagehost
 from anonengine.engine.runtime import Endpoints, bind_tap, log_malformed, receive_waiting
 from anonengine.errors import AnonError, ConfigError, InputError, ModelError, OutputError
 from anonengine.interrupts import STOP_SIGNALS, plural
-from anonengine.locks import FileLock, LockBusy, is_locked
+from anonengine.locks import FileLock, LockBusy, is_locked, process_alive
 from anonengine.paths import as_text, partial_metadata_path, partial_path, redacted
 from anonengine.recording import segments_folder
 from anonengine.rundir import private_dir, run_dir_path
@@ -96,13 +96,7 @@ def instance_alive(instance: str, run_dir: str | Path | None = None) -> bool:
         return is_locked(instance_lock_path(run_dir, instance))
     if not (instance.startswith("p") and instance[1:].isdigit()):
         return True
-    try:
-        os.kill(int(instance[1:]), 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return process_alive(int(instance[1:]))
 
 
 class Launcher:
