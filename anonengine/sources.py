@@ -259,6 +259,7 @@ class LiveFeed:
         self._stop = threading.Event()
         self._connected = threading.Event()
         self._settled = threading.Event()  # connected, or failed as no retry is likely to mend (SourceNotOpenable)
+        self.answered = threading.Event()  # the try under way opened the source (its first picture may be to come)
         self._thread = threading.Thread(target=self._run, name=f"feed-{camera}", daemon=True)
         self._last_time: float | None = None  # seconds, of the last frame handed out
         self._last_wall: float | None = None
@@ -271,8 +272,13 @@ class LiveFeed:
 
     def wait_connected(self, timeout: float) -> bool:
         """Whether the source connected within `timeout` seconds; False as soon as it answered that it cannot
-        be opened as named (`SourceNotOpenable`, the reason in `status.last_error`) before it ever connected."""
-        self._settled.wait(timeout)
+        be opened as named (`SourceNotOpenable`, the reason in `status.last_error`) before it ever connected. One
+        that answered and has yet to give its first picture (joined between two keyframes, 10 s apart with x264's
+        defaults) is waited for as long as the reader waits for a picture."""
+        from anonengine.video import LIVE_UNDECODABLE_S
+
+        if not self._settled.wait(timeout) and self.answered.is_set():
+            self._settled.wait(LIVE_UNDECODABLE_S)
         return self._connected.is_set()
 
     def get(self, timeout: float):
@@ -293,7 +299,7 @@ class LiveFeed:
     def _open(self, source: Source):
         from anonengine.video import VideoReader
 
-        return VideoReader(source.spec, self.camera, kind=source, sources_cfg=self.cfg)
+        return VideoReader(source.spec, self.camera, kind=source, sources_cfg=self.cfg, on_answer=self.answered.set)
 
     def _run(self) -> None:
         delays = backoff_delays(self.cfg)
@@ -303,6 +309,7 @@ class LiveFeed:
             try:
                 reader = self.opener(self.source)
             except InputError as exc:
+                self.answered.clear()  # whatever it answered, no picture came of it: no reason to wait on
                 self._failed(str(exc))
                 if isinstance(exc, SourceNotOpenable) and self.info is None:
                     # Never connected: more likely a typo than a camera that is down, so whoever waits for
@@ -311,6 +318,7 @@ class LiveFeed:
                 self._stop.wait(next(delays))
                 continue
             except Exception as exc:  # noqa: BLE001 - any failure of a live source is retried
+                self.answered.clear()
                 self._failed(f"{type(exc).__name__}: {exc}")
                 self._stop.wait(next(delays))
                 continue

@@ -7,10 +7,11 @@ import itertools
 import logging
 import os
 import struct
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Iterator
 
 import av
 import cv2
@@ -156,6 +157,10 @@ def _unfinished_file(path: str) -> str | None:
     return None
 
 
+# A live stream's packets FFmpeg cannot decode are skipped (joined between two keyframes) until no picture came for
+# this long: then the connection is given up, and tried again.
+LIVE_UNDECODABLE_S = 30.0
+
 # What FFmpeg answers when the source as named cannot be opened, now or later: no such protocol or demuxer,
 # no such device or path, no access, credentials refused. A camera that is off or still booting answers
 # otherwise (connection refused, timed out, no route) and is waited for.
@@ -206,13 +211,17 @@ class VideoReader:
     """
 
     def __init__(self, source: str, camera: str = "cam0", *, kind: Source | None = None,
-                 sources_cfg: SourcesConfig | None = None) -> None:
+                 sources_cfg: SourcesConfig | None = None, on_answer: Callable[[], None] | None = None) -> None:
+        """`on_answer`: called once the source is open, before its first picture is decoded (a live stream joined
+        between two keyframes decodes nothing until the next)."""
         self.source = source
         self.camera = camera
         kind = kind or classify(source)
         self.rotate = kind.rotate
         self.numbers = kind.numbers  # an image sequence's photos' numbers: its frames
         self.container = open_source(kind, sources_cfg or SourcesConfig())
+        if on_answer is not None:
+            on_answer()
         try:
             self.info = self._open(kind.live)
         except BaseException:
@@ -314,7 +323,8 @@ class VideoReader:
             yield packet
 
     def _decode(self) -> Iterator[DecodedImage]:
-        decoded = damaged_count = corrupt = 0
+        decoded = damaged_count = corrupt = undecodable = 0
+        last_picture = time.monotonic()
         deinterlacer = Deinterlacer(self.stream.time_base or Fraction(1, 90000))
         stored_aspect = self._stored_pixel_aspect()
         damaged = None  # a file's packet flagged corrupt, held until what follows tells whether the file ends there
@@ -350,7 +360,22 @@ class VideoReader:
                         log.warning("%s: %s is cut short (a copy stopped midway?): decoded as FFmpeg can, the rest "
                                     "of its picture made up", self.source, Path(cut_short[-1]).name)
                 for held in packets:
-                    for av_frame in itertools.chain.from_iterable(map(deinterlacer.take, held.decode())):
+                    try:
+                        pictures = held.decode()
+                    except av.InvalidDataError:
+                        # A live stream joined between two keyframes (UDP, RTP: a camera's keyframe every 10 s)
+                        # has none of the parameters its pictures need until the next: FFmpeg refuses them, and the
+                        # connection was given up, for ever where each try came mid-way (a user's first trial).
+                        # They are lost, as packets of a live stream are, unless no picture comes for so long.
+                        if not self.live or time.monotonic() - last_picture > LIVE_UNDECODABLE_S:
+                            raise
+                        undecodable += 1
+                        if undecodable == 1:
+                            log.warning("%s: packets FFmpeg cannot decode skipped (joined between two keyframes?) "
+                                        "until a picture decodes", self.source)
+                        continue
+                    for av_frame in itertools.chain.from_iterable(map(deinterlacer.take, pictures)):
+                        last_picture = time.monotonic()
                         if av_frame.is_corrupt:
                             # Damage inside an MP4's packet is flagged on the picture only: it went without a word.
                             corrupt += 1

@@ -401,6 +401,62 @@ def test_a_path_the_rtsp_server_does_not_serve_is_an_error_at_once_and_a_camera_
 # --- the feed's logic, on a fake source --------------------------------------------------------------
 
 
+def keyframes_apart_ts(path: Path, seconds: int, gop_s: int, fps: int = 25) -> Path:
+    """An MPEG-TS of H.264 with a keyframe every `gop_s` seconds (x264's default is 250 frames: 10 s at 25)."""
+    import av
+
+    with av.open(str(path), "w", format="mpegts") as out:
+        stream = out.add_stream("libx264", rate=fps, options={"preset": "ultrafast", "g": str(gop_s * fps),
+                                                             "keyint_min": str(gop_s * fps), "sc_threshold": "0"})
+        stream.width, stream.height, stream.pix_fmt = 160, 96, "yuv420p"
+        for i in range(seconds * fps):
+            image = np.full((96, 160, 3), (i * 3) % 256, np.uint8)
+            image[:, (i * 2) % 160] = 255
+            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="bgr24")):
+                out.mux(packet)
+        for packet in stream.encode(None):
+            out.mux(packet)
+    return path
+
+
+def test_a_udp_stream_joined_between_two_keyframes_starts_at_the_next(tmp_path):
+    """A stream sent over UDP (`ffmpeg ... -f mpegts udp://...`, x264's keyframe every 10 s) joined after a keyframe:
+    FFmpeg's look at the stream sees no keyframe, and every packet before the next fails to decode ("Invalid data").
+    The connection was given up at its first packet, for ever where each try came mid-way (a user's first trial:
+    27 s, no frame). The packets are skipped until a picture decodes, as FFmpeg's own command does."""
+    import socket
+    import threading
+
+    ts = keyframes_apart_ts(tmp_path / "gop.ts", seconds=24, gop_s=8).read_bytes()
+    port = free_port()
+    stop = threading.Event()
+
+    def send() -> None:  # from 1 s in (after the first keyframe), at 4 times real time, 7 TS packets a datagram
+        sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        chunk, start = 188 * 7, len(ts) // 24 // (188 * 7) * (188 * 7)
+        per_second = len(ts) / 24 * 4
+        began = time.monotonic()
+        for offset in range(start, len(ts), chunk):
+            if stop.is_set():
+                break
+            sender.sendto(ts[offset:offset + chunk], ("127.0.0.1", port))
+            wait = began + (offset - start) / per_second - time.monotonic()
+            if wait > 0:
+                time.sleep(wait)
+        sender.close()
+
+    sender = threading.Thread(target=send, daemon=True)
+    sender.start()
+    try:
+        reader = VideoReader(f"udp://127.0.0.1:{port}")
+        frames = [f for _, f in zip(range(20), reader)]
+        reader.close()
+    finally:
+        stop.set()
+        sender.join(5)
+    assert len(frames) == 20 and frames[0].image.shape == (96, 160, 3)
+
+
 def test_sources_are_told_apart_in_one_place(tmp_path):
     clip = tmp_path / "a.mp4"
     clip.touch()
