@@ -1,8 +1,9 @@
 """A source's audio and container tags, carried to its anonymized video by remuxing (no re-encoding).
 
 The anonymizer writes a video-only file. `carry_over` joins it with what else the source holds: its
-container tags (creation time, title, the camera's make and model...) less any that say where it was
-filmed, and, with `audio="keep"`, its audio streams, packet for packet. Audio is dropped by default:
+container tags that say when and with what it was filmed (creation time, the camera's make and model:
+`tags="basic"`; every tag but where it was filmed with `tags="all"`), and, with `audio="keep"`, its audio
+streams, packet for packet. Audio is dropped by default:
 voices identify people as well as faces do. Frames keep their source timestamps through the
 anonymizer, so audio packets copied with theirs stay in sync.
 
@@ -35,8 +36,21 @@ from anonengine.video import container_format, copied_video_stream, main_video
 log = logging.getLogger(__name__)
 
 AudioPolicy = Literal["drop", "keep"]
+TagPolicy = Literal["basic", "all", "none"]
 
-# Written by the MP4 muxer itself; the source's values would describe the source's file, not ours.
+
+@dataclass(frozen=True)
+class CarryPolicy:
+    """What of a source besides its video its anonymized copy takes: its audio, and which of its tags."""
+
+    audio: AudioPolicy = "drop"
+    tags: TagPolicy = "basic"
+
+
+DEFAULT_CARRY = CarryPolicy()
+
+
+# Written by the muxer itself (Matroska's as ENCODER); the source's values would describe the source's file, not ours.
 MUXER_TAGS = frozenset({"major_brand", "minor_version", "compatible_brands", "encoder"})
 # Keys that place the recording on a map: `location` (QuickTime's ©xyz, also as `location-eng`),
 # `com.apple.quicktime.location.ISO6709`, Android's `com.android.gps...`, and the like.
@@ -50,9 +64,29 @@ def is_location_tag(key: str, value: str) -> bool:
     return bool(LOCATION_KEY.search(key) or ISO6709_VALUE.match(str(value)))
 
 
-def kept_tags(tags: dict[str, str]) -> dict[str, str]:
-    """The tags worth carrying: all but the muxer's own and the location ones."""
-    return {k: v for k, v in tags.items() if k not in MUXER_TAGS and not is_location_tag(k, v)}
+# What `tags="basic"` keeps: when, and with what, the recording was made. Free text (a title, a comment, an author,
+# an artist, a description, keywords; a stream's title) may name the persons the video no longer shows: a privacy
+# red team's file was titled "Surveillance of John Smith", its comment a phone number, its audio "Jane voice".
+BASIC_TAGS = frozenset({
+    "creation_time", "date", "date_recorded", "timecode", "language", "make", "model", "software", "firmware",
+    "com.apple.quicktime.creationdate", "com.apple.quicktime.make", "com.apple.quicktime.model",
+    "com.apple.quicktime.software", "com.android.version", "com.android.capture.fps", "com.android.manufacturer",
+    "com.android.model",
+})
+
+
+def kept_tags(tags: dict[str, str], policy: TagPolicy = "basic") -> dict[str, str]:
+    """The tags `policy` carries over: none; `basic` ones; or all. Never the muxer's own, never a location."""
+    if policy == "none":
+        return {}
+    return {k: v for k, v in tags.items() if k.lower() not in MUXER_TAGS and not is_location_tag(k, v)
+            and (policy == "all" or k.lower() in BASIC_TAGS)}
+
+
+def left_out_tags(tags: dict[str, str], policy: TagPolicy) -> list[str]:
+    """The keys of the source's tags `policy` leaves out, but for the muxer's own."""
+    kept = kept_tags(tags, policy)
+    return sorted(k for k in tags if k.lower() not in MUXER_TAGS and k not in kept)
 
 
 @dataclass
@@ -68,9 +102,9 @@ class SourceExtras:
     def has_audio(self) -> bool:
         return bool(self.audio)
 
-    def needs_remux(self, audio: AudioPolicy) -> bool:
+    def needs_remux(self, policy: CarryPolicy) -> bool:
         """Whether the video-only output lacks something of the source that `carry_over` would add."""
-        return (audio == "keep" and self.has_audio) or bool(kept_tags(self.tags))
+        return (policy.audio == "keep" and self.has_audio) or bool(kept_tags(self.tags, policy.tags))
 
 
 def probe(source: str | os.PathLike) -> SourceExtras:
@@ -82,14 +116,25 @@ def probe(source: str | os.PathLike) -> SourceExtras:
             subtitles = [stream.codec_context.name for stream in container.streams.subtitles]
     except (av.FFmpegError, OSError) as exc:
         raise InputError(f"cannot open {source}: {exc}") from None
-    return SourceExtras(audio, tags, sorted(k for k, v in tags.items() if k not in MUXER_TAGS and is_location_tag(k, v)),
-                        subtitles)
+    located = sorted(k for k, v in tags.items() if k.lower() not in MUXER_TAGS and is_location_tag(k, v))
+    return SourceExtras(audio, tags, located, subtitles)
 
 
 def dropped_line(name: str, extras: SourceExtras) -> str:
     """The one line said when a source's audio is left out."""
     return (f"anonengine: {name}: audio dropped ({', '.join(extras.audio)}; voices identify people; "
             f"--audio keep copies it unchanged)")
+
+
+def tags_line(name: str, extras: SourceExtras, policy: TagPolicy) -> str | None:
+    """The one line said of a source's free-text tags that `basic` leaves out (None: it left none out). Location
+    tags go whatever the policy, without a word (README, Batches)."""
+    if policy != "basic":
+        return None
+    free = [k for k in left_out_tags(extras.tags, policy) if k not in extras.stripped]
+    if not free:
+        return None
+    return f"anonengine: {name}: tags left out ({', '.join(free)}: free text may name people; --tags all keeps them)"
 
 
 def subtitles_line(name: str, extras: SourceExtras) -> str:
@@ -174,9 +219,9 @@ def _or(words: list[str]) -> str:
     return words[0] if len(words) == 1 else f"{', '.join(words[:-1])} or {words[-1]}"
 
 
-def carry_over(video: Path, source: Path, output: Path, audio: AudioPolicy, write_to: Path | None = None) -> int:
+def carry_over(video: Path, source: Path, output: Path, policy: CarryPolicy, write_to: Path | None = None) -> int:
     """Writes `output`: the packets of `video` (video-only, the anonymized frames), plus the source's
-    container tags less location ones and, with `audio="keep"`, its audio packets unchanged.
+    container tags `policy.tags` keeps and, with `policy.audio="keep"`, its audio packets unchanged.
 
     Written to `write_to` (default: `output`'s `.partial` name) and renamed to `output` when complete; the caller
     removes `video` if it is another file. Returns the audio packets copied. OutputError, one line, when
@@ -184,12 +229,13 @@ def carry_over(video: Path, source: Path, output: Path, audio: AudioPolicy, writ
     """
     staged = write_to or partial_path(output)
     keep_audio: list = []
+    audio = policy.audio
     if audio == "keep":
         check_audio_fits(source, output)  # before: MPEG-TS took PCM as a data stream, the audio silently lost
     try:
         with av.open(str(video)) as anonymized, av.open(str(source)) as original:
             keep_audio = list(original.streams.audio) if audio == "keep" else []
-            tags = kept_tags(dict(original.metadata))
+            tags = kept_tags(dict(original.metadata), policy.tags)
             container = container_format(output)
             # QuickTime's own keys (com.apple.quicktime.make, ...) are written only in the `mdta` form.
             options = {"movflags": "use_metadata_tags"} if tags and container in ("mp4", "mov") else {}
@@ -202,7 +248,7 @@ def carry_over(video: Path, source: Path, output: Path, audio: AudioPolicy, writ
                 for n, stream in enumerate(keep_audio, start=1):
                     copied = out.add_stream_from_template(stream)
                     copied.metadata.clear()
-                    copied.metadata.update(kept_tags(dict(stream.metadata)))
+                    copied.metadata.update(kept_tags(dict(stream.metadata), policy.tags))
                     audio_pairs[stream.index] = (n, copied)
                 # The anonymized video starts at 0 (`VideoWriter`): the audio moves with it.
                 shift = (_first_frame_time(video) - _first_frame_time(source)) if keep_audio else Fraction(0)
@@ -258,9 +304,9 @@ def _mux_in_time_order(out, sources: list[Iterator]) -> int:
     return audio
 
 
-def finish_single_file(camera, audio: AudioPolicy) -> Callable[[], int]:
+def finish_single_file(camera, policy: CarryPolicy) -> Callable[[], int]:
     """For `anonengine run` on one file: looks at its source now, and returns what to do once its output is
-    complete (say that the audio is dropped; add the audio and tags). Returns the exit code, 0.
+    complete (say what of the source is left out; add the audio and tags). Returns the exit code, 0.
 
     A live source has no audio read: `--audio keep` is refused for it. The output takes its audio and tags
     in place (remuxed to a hidden file, renamed over it), so between the two it is the complete video
@@ -277,7 +323,7 @@ def finish_single_file(camera, audio: AudioPolicy) -> Callable[[], int]:
     except AnonError:
         return nothing
     if live:
-        if audio == "keep":
+        if policy.audio == "keep":
             raise ConfigError("--audio keep needs a file: a live source's audio is not recorded")
         return nothing
     if not camera.output:
@@ -286,19 +332,20 @@ def finish_single_file(camera, audio: AudioPolicy) -> Callable[[], int]:
         extras = probe(camera.source)
     except InputError:
         return nothing
-    if audio == "keep" and extras.has_audio:
+    if policy.audio == "keep" and extras.has_audio:
         check_audio_fits(camera.source, camera.output)  # before any work: one line, nothing written
 
     def finish() -> int:
         source, output = Path(camera.source), Path(camera.output)
-        if extras.has_audio and audio == "drop":
-            print(dropped_line(source.name, extras), file=sys.stderr)
-        if extras.subtitles:
-            print(subtitles_line(source.name, extras), file=sys.stderr)
-        if extras.needs_remux(audio) and output.is_file():
+        said = [dropped_line(source.name, extras) if extras.has_audio and policy.audio == "drop" else None,
+                tags_line(source.name, extras, policy.tags),
+                subtitles_line(source.name, extras) if extras.subtitles else None]
+        for line in filter(None, said):
+            print(line, file=sys.stderr)
+        if extras.needs_remux(policy) and output.is_file():
             try:
                 with INTERRUPTS.deferred():  # short (0.11 s for a 60 s 720p file): a stop waits for it
-                    carry_over(output, source, output, audio, write_to=output.with_name(f".{output.name}.remux.mp4"))
+                    carry_over(output, source, output, policy, write_to=output.with_name(f".{output.name}.remux.mp4"))
             except BaseException as exc:
                 # Without its audio (or tags) the output is not complete, and must not stand at its final name
                 # (before, a silent video did, exit 2): it goes, as a failed run's output does, and its
@@ -314,4 +361,5 @@ def finish_single_file(camera, audio: AudioPolicy) -> Callable[[], int]:
     return finish
 
 
-__all__ = ["AudioPolicy", "SourceExtras", "carry_over", "check_audio_fits", "dropped_line", "finish_single_file", "is_location_tag", "kept_tags", "probe"]
+__all__ = ["DEFAULT_CARRY", "AudioPolicy", "CarryPolicy", "SourceExtras", "TagPolicy", "carry_over", "check_audio_fits",
+           "dropped_line", "finish_single_file", "is_location_tag", "kept_tags", "probe", "tags_line"]

@@ -37,7 +37,16 @@ from pathlib import Path
 import av
 import numpy as np
 
-from anonengine.audio import AudioPolicy, carry_over, check_audio_fits, dropped_line, probe, subtitles_line
+from anonengine.audio import (
+    DEFAULT_CARRY,
+    CarryPolicy,
+    carry_over,
+    check_audio_fits,
+    dropped_line,
+    probe,
+    subtitles_line,
+    tags_line,
+)
 from anonengine.config import AnonymizerConfig, CameraConfig, EngineConfig
 from anonengine.errors import AnonError, ConfigError, InputError, ModelError, OutputError
 from anonengine.interrupts import INTERRUPTS, Interrupted, plural
@@ -260,13 +269,13 @@ def _glob_root(pattern: str) -> Path:
     return Path(*parts) if parts else Path(".")
 
 
-def output_settings(cfg: EngineConfig, audio: AudioPolicy) -> dict:
+def output_settings(cfg: EngineConfig, policy: CarryPolicy) -> dict:
     """What shapes a batch's outputs, as {"key": its digest, "settings": the anonymizer (less the device it
-    runs on), the encoder, the audio}."""
+    runs on), the encoder, the audio and tags}."""
     anonymizer = cfg.anonymizer.model_dump(mode="json")
     anonymizer["detector"].pop("device", None)
     settings = {"version": SETTINGS_VERSION, "anonymizer": anonymizer, "encoder": cfg.encoder.model_dump(mode="json"),
-                "audio": audio, "photo_imgsz": photo_config(cfg.anonymizer).detector.imgsz}
+                "audio": policy.audio, "tags": policy.tags, "photo_imgsz": photo_config(cfg.anonymizer).detector.imgsz}
     rotate = batch_rotate(cfg)
     if rotate:  # only then: the outputs of batches from before the option keep their key
         settings["rotate"] = rotate
@@ -352,11 +361,11 @@ class FileRunner:
     leaves none of its files. `on_frame`: called per frame written; `say`: prints a line (audio dropped).
     """
 
-    def __init__(self, cfg: EngineConfig, audio: AudioPolicy = "drop", camera: str = "cam0",
+    def __init__(self, cfg: EngineConfig, policy: CarryPolicy = DEFAULT_CARRY, camera: str = "cam0",
                  on_frame: Callable[[], object] | None = None, say: Callable[[str], None] | None = None) -> None:
         from anonengine.stages import DetectStage
 
-        self.cfg, self.audio, self.camera = cfg, audio, camera
+        self.cfg, self.policy, self.camera = cfg, policy, camera
         self.rotate = batch_rotate(cfg)
         self.on_frame = on_frame or (lambda: None)
         self.say = say or (lambda line: print(line, file=sys.stderr))
@@ -393,7 +402,7 @@ class FileRunner:
     def _video(self, job: Job) -> tuple[int, str]:
         from anonengine.inline import run_inline
 
-        if self.audio == "keep":
+        if self.policy.audio == "keep":
             check_audio_fits(job.source, job.output)  # before its frames: an IP camera's mu-law sound in an MP4
         camera = CameraConfig(name=self.camera, source=str(job.source), output=str(job.staged), rotate=self.rotate)
         cfg = self.cfg.model_copy(update={"cameras": [camera]})
@@ -402,16 +411,17 @@ class FileRunner:
             raise Interrupted(result.interrupted_by)
         with INTERRUPTS.deferred():  # short: a signal now waits until this file is whole
             extras = probe(job.source)
-            if extras.has_audio and self.audio == "drop":
-                self.say(dropped_line(job.rel, extras))
-            if extras.subtitles:
-                self.say(subtitles_line(job.rel, extras))
-            if extras.needs_remux(self.audio):
-                carry_over(job.staged, job.source, job.output, self.audio, write_to=partial_path(job.output))
+            said = [dropped_line(job.rel, extras) if extras.has_audio and self.policy.audio == "drop" else None,
+                    tags_line(job.rel, extras, self.policy.tags),
+                    subtitles_line(job.rel, extras) if extras.subtitles else None]
+            for line in filter(None, said):
+                self.say(line)
+            if extras.needs_remux(self.policy):
+                carry_over(job.staged, job.source, job.output, self.policy, write_to=partial_path(job.output))
                 job.staged.unlink()
             else:
                 os.replace(job.staged, job.output)
-        return result.frames, ("kept" if self.audio == "keep" else "dropped") if extras.has_audio else "none"
+        return result.frames, ("kept" if self.policy.audio == "keep" else "dropped") if extras.has_audio else "none"
 
     def _photo(self, job: Job) -> tuple[int, str]:
         # Its alpha read only where the output keeps one (a JPEG, most photos, has none to keep).
@@ -438,11 +448,11 @@ class FileRunner:
 class Batch:
     """Runs the jobs not done yet here, one at a time, with one `FileRunner`; `run` returns the summary."""
 
-    def __init__(self, cfg: EngineConfig, jobs: list[Job], output_dir: Path, audio: AudioPolicy = "drop",
+    def __init__(self, cfg: EngineConfig, jobs: list[Job], output_dir: Path, policy: CarryPolicy = DEFAULT_CARRY,
                  progress: bool = True, camera: str = "cam0") -> None:
-        self.cfg, self.jobs, self.output_dir, self.audio = cfg, jobs, output_dir, audio
+        self.cfg, self.jobs, self.output_dir, self.policy = cfg, jobs, output_dir, policy
         self.progress, self.camera = progress, camera
-        self.settings = output_settings(cfg, audio)
+        self.settings = output_settings(cfg, policy)
         self.summary = Summary()
         self.bar = None
 
@@ -461,7 +471,7 @@ class Batch:
             manifest = Manifest(self.output_dir)
             todo, self.summary.skipped = pending_jobs(self.jobs, manifest, self.settings)
             self.bar = self._progress_bar(sum(frames for _, frames in todo), len(todo))
-            runner = FileRunner(self.cfg, self.audio, self.camera, on_frame=self.bar.update, say=self._say)
+            runner = FileRunner(self.cfg, self.policy, self.camera, on_frame=self.bar.update, say=self._say)
             for n, (job, frames) in enumerate(todo, start=1):
                 if INTERRUPTS.requested:
                     break
@@ -531,7 +541,8 @@ def cmd_batch(args: argparse.Namespace) -> int:
                           "give --output-dir OUT)")
     for flag, value in (("--output-video", args.output_video), ("--metadata", args.metadata),
                         ("--live", args.live), ("--tap", args.tap),
-                        ("--http", args.http if args.http != "off" else None)):  # off: what a batch does anyway
+                        ("--http", args.http if args.http != "off" else None),  # off: what a batch does anyway
+                        ("--http-token-file", args.http_token_file)):
         if value:
             raise ConfigError(f"{flag} is for a single file, not a batch (--output-dir)")
     output_dir = Path(args.output_dir)
@@ -542,13 +553,14 @@ def cmd_batch(args: argparse.Namespace) -> int:
     from anonengine.engine.commands import resolve_models
 
     resolve_models(cfg)
+    policy = CarryPolicy(args.audio, args.tags)
     if args.ray is not None:
         from anonengine.cluster import run_on_ray
 
-        summary = run_on_ray(cfg, jobs, output_dir, args.audio, None if args.ray == "local" else args.ray,
+        summary = run_on_ray(cfg, jobs, output_dir, policy, None if args.ray == "local" else args.ray,
                              progress=not args.quiet)
     else:
-        summary = Batch(cfg, jobs, output_dir, args.audio, progress=not args.quiet, camera=args.camera).run()
+        summary = Batch(cfg, jobs, output_dir, policy, progress=not args.quiet, camera=args.camera).run()
     print(summary.line(output_dir), flush=True)
     if summary.stopped:
         print(f"anonengine: {summary.stopped}", file=sys.stderr)

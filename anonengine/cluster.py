@@ -26,6 +26,7 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from anonengine.audio import CarryPolicy
 from anonengine.batch import FileRunner, Job, Summary, output_settings, pending_jobs, record_of
 from anonengine.config import EngineConfig
 from anonengine.errors import AnonError, ConfigError
@@ -53,7 +54,7 @@ class Outcome:
 _runner: tuple[str, FileRunner] | None = None  # this worker process's runner, by the settings it serves
 
 
-def anonymize_job(cfg_json: str, settings_key: str, audio: str, job: Job) -> Outcome:
+def anonymize_job(cfg_json: str, settings_key: str, policy: CarryPolicy, job: Job) -> Outcome:
     """One file, in a Ray worker: the local batch's runner, kept for the next file of the same job."""
     import ray
 
@@ -61,7 +62,7 @@ def anonymize_job(cfg_json: str, settings_key: str, audio: str, job: Job) -> Out
     if _runner is None or _runner[0] != settings_key:
         if _runner is not None:
             _runner[1].close()
-        _runner = (settings_key, FileRunner(EngineConfig.model_validate(json.loads(cfg_json)), audio))
+        _runner = (settings_key, FileRunner(EngineConfig.model_validate(json.loads(cfg_json)), policy))
     context = ray.get_runtime_context()
     node = context.get_node_id()
     gpus = tuple(str(gpu) for gpu in context.get_accelerator_ids().get("GPU", []))
@@ -73,7 +74,7 @@ def anonymize_job(cfg_json: str, settings_key: str, audio: str, job: Job) -> Out
     return Outcome(job.rel, frames, audio_state, digest, round(time.monotonic() - started, 3), node, gpus)
 
 
-def run_on_ray(cfg: EngineConfig, jobs: list[Job], output_dir: Path, audio: str, address: str | None,
+def run_on_ray(cfg: EngineConfig, jobs: list[Job], output_dir: Path, policy: CarryPolicy, address: str | None,
                progress: bool = True) -> Summary:
     """Runs the batch's pending jobs as Ray tasks; returns the same summary as a local batch."""
     try:
@@ -86,7 +87,7 @@ def run_on_ray(cfg: EngineConfig, jobs: list[Job], output_dir: Path, audio: str,
     cfg = with_absolute_models(cfg)
     output_dir = output_dir.resolve()
     jobs = [replace(job, source=job.source.resolve(), output=job.output.resolve()) for job in jobs]
-    settings = output_settings(cfg, audio)
+    settings = output_settings(cfg, policy)
     manifest = Manifest(output_dir)
     todo, summary.skipped = pending_jobs(jobs, manifest, settings)
     if not todo:
@@ -107,7 +108,7 @@ def run_on_ray(cfg: EngineConfig, jobs: list[Job], output_dir: Path, audio: str,
         task = ray.remote(anonymize_job).options(max_retries=TASK_RETRIES, retry_exceptions=False, num_gpus=gpus,
                                                  num_cpus=1)
         cfg_json = json.dumps(cfg.model_dump(mode="json"))
-        pending = {task.remote(cfg_json, settings["key"], audio, job): job for job, _ in todo}
+        pending = {task.remote(cfg_json, settings["key"], policy, job): job for job, _ in todo}
         while pending:
             if INTERRUPTS.requested:
                 raise Interrupted(INTERRUPTS.signum)

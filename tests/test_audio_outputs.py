@@ -26,7 +26,7 @@ import av
 import pytest
 
 from anonengine import audio as audio_module
-from anonengine.audio import carry_over, check_audio_fits, finish_single_file
+from anonengine.audio import CarryPolicy, carry_over, check_audio_fits, finish_single_file
 from anonengine.config import CameraConfig
 from anonengine.errors import OutputError
 
@@ -94,19 +94,19 @@ def test_the_check_agrees_with_a_real_remux(codec, suffix, sources, tmp_path, mo
         assert not fits
 
     if fits:
-        assert carry_over(video, source, output, "keep") == len(audio_packets(source))
+        assert carry_over(video, source, output, CarryPolicy("keep")) == len(audio_packets(source))
         assert written_audio(output) == [f"audio:{codec_id}"]
         copied, original = audio_packets(output), audio_packets(source)
         # Unchanged: MPEG-TS carries AAC with an ADTS header before each packet (the muxer adds it).
         assert len(copied) == len(original) and all(c.endswith(o) for c, o in zip(copied, original, strict=True))
     else:
         with pytest.raises(OutputError):
-            carry_over(video, source, output, "keep")
+            carry_over(video, source, output, CarryPolicy("keep"))
         assert list(tmp_path.iterdir()) == []
         # Without the check, FFmpeg refuses the pair or writes the audio as something no player plays.
         monkeypatch.setattr(audio_module, "check_audio_fits", lambda *_: None)
         try:
-            carry_over(video, source, output, "keep")
+            carry_over(video, source, output, CarryPolicy("keep"))
         except OutputError:
             assert not output.exists()
         else:
@@ -152,7 +152,7 @@ def test_a_failed_audio_copy_leaves_nothing_at_the_final_name(sources, tmp_path,
     output, metadata = tmp_path / "clip.mov", tmp_path / "clip.jsonl"
     camera = CameraConfig(source=str(sources["opus"]), output=str(output), metadata=str(metadata))
     monkeypatch.setattr(audio_module, "check_audio_fits", lambda *_: None)
-    finish = finish_single_file(camera, "keep")
+    finish = finish_single_file(camera, CarryPolicy("keep"))
     shutil.copy(sources["video"], output)  # what the run wrote: the anonymized video, without audio
     metadata.write_text("{}\n")
     with pytest.raises(OutputError) as failed:
@@ -178,7 +178,7 @@ def test_a_batch_refuses_a_file_whose_audio_mp4_cannot_hold_before_its_frames(so
     cfg.anonymizer.detector.pose_model = str(models_dir / "yolo11n-pose.pt")
     cfg.anonymizer.detector.device, cfg.anonymizer.detector.imgsz = "cpu", 320
     frames = []
-    runner = FileRunner(cfg, audio="keep", on_frame=lambda: frames.append(1))
+    runner = FileRunner(cfg, CarryPolicy("keep"), on_frame=lambda: frames.append(1))
     try:
         with pytest.raises(AnonError, match="cannot hold the pcm_mulaw audio of door.mkv"):
             runner.run(Job(source, "door.mkv", tmp_path / "out" / "door.mp4"))

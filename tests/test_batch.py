@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from helpers import LEAK_SHARE, shown_share
 
-from anonengine.audio import is_location_tag, kept_tags
+from anonengine.audio import CarryPolicy, carry_over, is_location_tag, kept_tags
 from anonengine.batch import find_jobs
 from anonengine.cli import is_batch_source
 from anonengine.errors import ConfigError
@@ -202,14 +202,53 @@ def test_audio_dropped_by_default_with_one_line(first_run):
     assert records(out)["day1/voiced.mp4"]["audio"] == "dropped"
 
 
-def test_location_tags_stripped_creation_time_kept(first_run):
-    _, out, _ = first_run
+def test_location_and_free_text_tags_left_out_creation_time_and_make_kept(first_run):
+    """Free text may name the persons the video no longer shows (a privacy red team's file was titled "Surveillance
+    of John Smith", its comment a phone number): by default only when and with what it was filmed is kept."""
+    _, out, result = first_run
     with av.open(str(out / "day1" / "voiced.mp4")) as c:
         tags = dict(c.metadata)
-    assert tags["creation_time"] == CREATION_TIME
-    assert tags["title"] == "Trip" and tags["com.apple.quicktime.make"] == "Apple"
+    assert tags["creation_time"] == CREATION_TIME and tags["com.apple.quicktime.make"] == "Apple"
+    assert "title" not in tags
     assert not [k for k, v in tags.items() if is_location_tag(k, v)], tags
     assert PARIS not in (out / "day1" / "voiced.mp4").read_bytes().decode("latin-1")
+    said = [line for line in result.stderr.splitlines() if "tags left out" in line]
+    assert len(said) == 1 and "day1/voiced.mp4" in said[0] and "(title:" in said[0], result.stderr
+    assert "--tags all" in said[0] and "location" not in said[0]
+
+
+@pytest.mark.parametrize("policy", ["basic", "all", "none"])
+def test_the_tag_policy_decides_which_tags_an_output_takes_a_streams_title_too(policy, inputs, tmp_path):
+    source = tmp_path / "named.mp4"
+    with_audio_and_tags(inputs["clip"], source, {"creation_time": CREATION_TIME, "title": "Surveillance of John Smith",
+                                                 "comment": "phone 555 0100", "location": PARIS,
+                                                 "com.apple.quicktime.model": "X1"})
+    with av.open(str(source)) as c:
+        assert c.metadata["title"].startswith("Surveillance")
+    named = tmp_path / "named_voice.mkv"  # Matroska keeps a stream's title
+    with av.open(str(source)) as inp, av.open(str(named), "w") as dst:
+        dst.metadata.update(inp.metadata)
+        pairs = {s.index: dst.add_stream_from_template(s) for s in inp.streams}
+        pairs[inp.streams.audio[0].index].metadata["title"] = "Jane voice"
+        for packet in inp.demux():
+            if packet.dts is not None:
+                packet.stream = pairs[packet.stream.index]
+                dst.mux(packet)
+    output = tmp_path / "out.mkv"
+    carry_over(inputs["clip"], named, output, CarryPolicy("keep", policy))
+    with av.open(str(output)) as c:
+        tags = {k.lower(): v for k, v in c.metadata.items()}
+        stream_title = c.streams.audio[0].metadata.get("title")
+    assert PARIS not in output.read_bytes().decode("latin-1")
+    if policy == "none":
+        assert "creation_time" not in tags and "com.apple.quicktime.model" not in tags
+    else:
+        assert tags["com.apple.quicktime.model"] == "X1" and "creation_time" in tags
+    free = {"title": tags.get("title"), "comment": tags.get("comment"), "stream": stream_title}
+    if policy == "all":
+        assert free == {"title": "Surveillance of John Smith", "comment": "phone 555 0100", "stream": "Jane voice"}
+    else:
+        assert free == {"title": None, "comment": None, "stream": None}
 
 
 # --- reruns --------------------------------------------------------------------------------------
@@ -352,13 +391,11 @@ def test_audio_keep_copies_the_packets_unchanged(mode, inputs, anonengine_cli, t
 
 def test_audio_kept_from_a_source_whose_stream_0_is_audio(inputs, tmp_path):
     """Stream indexes belong to each file: the source's audio at index 0 is not the video's 0."""
-    from anonengine.audio import carry_over
-
     source = with_audio_and_tags(inputs["clip"], tmp_path / "audio_first.mp4", {}, audio_first=True)
     with av.open(str(source)) as c:
         assert c.streams[0].type == "audio"
     output = tmp_path / "out.mp4"
-    copied = carry_over(inputs["clip"], source, output, "keep")
+    copied = carry_over(inputs["clip"], source, output, CarryPolicy("keep"))
     assert copied == len(audio_packets(source)) and audio_packets(output) == audio_packets(source)
     assert frame_times(output) == frame_times(inputs["clip"])
     assert not (tmp_path / "out.partial.mp4").exists()
@@ -374,7 +411,7 @@ def test_audio_kept_from_a_source_whose_stream_0_is_audio(inputs, tmp_path):
 ])
 def test_location_tags_are_told_apart(key, value, location):
     assert is_location_tag(key, value) is location
-    assert (key in kept_tags({key: value})) is not location
+    assert (key in kept_tags({key: value}, "all")) is not location
 
 
 @pytest.mark.parametrize(("spec", "batch"), [

@@ -21,6 +21,7 @@ import pytest
 ray = pytest.importorskip("ray", reason="Ray is the extra anonengine[cluster]")
 from ray.cluster_utils import Cluster
 
+from anonengine.audio import CarryPolicy
 from anonengine.batch import find_jobs
 from anonengine.cluster import run_on_ray
 from anonengine.config import EngineConfig
@@ -109,7 +110,7 @@ def batch_with_a_death(head: Cluster, models_dir: Path, inputs: Path, output_dir
     watcher = threading.Thread(target=watch, daemon=True)
     watcher.start()
     try:
-        summary = run_on_ray(config(models_dir), find_jobs(str(inputs), output_dir), output_dir, "drop",
+        summary = run_on_ray(config(models_dir), find_jobs(str(inputs), output_dir), output_dir, CarryPolicy(),
                              head.address, progress=False)
     finally:
         done.set()
@@ -135,7 +136,7 @@ def test_on_a_cluster_with_gpus_every_task_reserves_one(inputs, models_dir, tmp_
     counter = threading.Thread(target=count_running, daemon=True)
     counter.start()
     try:
-        summary = run_on_ray(cfg, find_jobs(str(inputs), output_dir), output_dir, "drop", head.address,
+        summary = run_on_ray(cfg, find_jobs(str(inputs), output_dir), output_dir, CarryPolicy(), head.address,
                              progress=False)
     finally:
         done.set()
@@ -165,7 +166,7 @@ def test_a_worker_killed_mid_file_has_its_file_redone_and_every_file_recorded_on
     check_done_once(inputs, output_dir)
 
     # A rerun finds everything done: nothing is sent to the cluster.
-    again = run_on_ray(config(models_dir), find_jobs(str(inputs), output_dir), output_dir, "drop", head.address,
+    again = run_on_ray(config(models_dir), find_jobs(str(inputs), output_dir), output_dir, CarryPolicy(), head.address,
                        progress=False)
     assert (again.done, again.skipped) == (0, FILES)
 

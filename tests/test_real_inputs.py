@@ -510,6 +510,7 @@ def test_a_photo_from_an_upside_down_camera_comes_out_upright_and_a_batch_redoes
     import cv2
     import ultralytics
 
+    from anonengine.audio import CarryPolicy
     from anonengine.batch import output_settings
 
     zidane = cv2.imread(str(Path(ultralytics.__file__).parent / "assets" / "zidane.jpg"))
@@ -537,9 +538,9 @@ def test_a_photo_from_an_upside_down_camera_comes_out_upright_and_a_batch_redoes
     batch_out = cv2.imread(str(out_dir / "zidane.png")).astype(int)
     assert np.abs(batch_out - out).mean() < 2
     plain, turned = (EngineConfig(cameras=[CameraConfig(source="x", rotate=r)]) for r in (0, 180))
-    assert "rotate" not in output_settings(plain, "drop")["settings"]
-    assert output_settings(plain, "drop")["key"] == output_settings(EngineConfig(), "drop")["key"]
-    assert output_settings(turned, "drop")["key"] != output_settings(plain, "drop")["key"]
+    assert "rotate" not in output_settings(plain, CarryPolicy())["settings"]
+    assert output_settings(plain, CarryPolicy())["key"] == output_settings(EngineConfig(), CarryPolicy())["key"]
+    assert output_settings(turned, CarryPolicy())["key"] != output_settings(plain, CarryPolicy())["key"]
 
 
 def test_the_audit_asks_for_the_turn_where_the_pixels_cannot_tell(tmp_path):
