@@ -23,6 +23,7 @@ import argparse
 import glob
 import logging
 import re
+import select
 import urllib.parse
 from pathlib import Path
 
@@ -51,6 +52,10 @@ def add_run_flags(p: argparse.ArgumentParser) -> None:
                         "a running cluster, 'auto' for this node's, none: a cluster of this machine alone")
     p.add_argument("--audio", choices=["drop", "keep"], default="drop",
                    help="the source's audio: drop (default: voices identify people) or keep (copied unchanged)")
+    p.add_argument("--tags", choices=["basic", "all", "none"], default="basic",
+                   help="the source's container tags: basic (default: when and with what it was filmed: creation "
+                        "time, the camera's make, model and software), all (free text too: title, comment, author, "
+                        "which may name people) or none; where it was filmed is never kept")
     p.add_argument("--output-video", metavar="FILE",
                    help="the anonymized video (H.264) to write, in the container its suffix names: "
                         f"{', '.join(_SUFFIXES[:-1])} or {_SUFFIXES[-1]} (none: MP4); default "
@@ -109,6 +114,9 @@ def add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--http", default=None, metavar="HOST:PORT",
                    help="serve metrics, health and a live preview page here while it runs (default 127.0.0.1:8080 "
                         "when free; 'off': none; not with --inline)")
+    p.add_argument("--http-token-file", default=None, metavar="FILE",
+                   help="a file holding the token every request but the health checks must carry; needed to serve "
+                        "--http beyond this machine (README: Operations)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -139,7 +147,7 @@ def config_from_run_flags(args: argparse.Namespace):
         "anonymizer": anonymizer,
         "encoder": _drop_none(crf=args.crf, preset=args.preset),
         "sources": _drop_none(decoder=args.decoder),
-        "http": _drop_none(listen=args.http),
+        "http": _drop_none(listen=args.http, token_file=args.http_token_file),
         "tap": _run_tap(args),
         "cameras": [{"name": args.camera, "source": args.video_source, "output": output, "metadata": args.metadata,
                      **_drop_none(live=args.live, rotate=args.rotate, fps=args.fps)}],
@@ -262,9 +270,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
         stagehost.warm_up()  # the stages' imports, while this process checks the inputs
     cfg = config_from_run_flags(args)
-    from anonengine.audio import finish_single_file
+    from anonengine.audio import CarryPolicy, finish_single_file
 
-    finish = finish_single_file(cfg.cameras[0], args.audio)
+    finish = finish_single_file(cfg.cameras[0], CarryPolicy(args.audio, args.tags))
     if not args.inline:
         from anonengine.engine.commands import run_engine
 
@@ -292,7 +300,8 @@ def check_inline_flags(args: argparse.Namespace) -> None:
     server, exit 0)."""
     if not args.inline:
         return
-    for flag, value in (("--tap", args.tap), ("--http", args.http if args.http != "off" else None)):
+    for flag, value in (("--tap", args.tap), ("--http", args.http if args.http != "off" else None),
+                        ("--http-token-file", args.http_token_file)):
         if value:
             raise ConfigError(f"{flag} needs the engine, which --inline does without: run without --inline")
 
@@ -387,10 +396,12 @@ def cmd_audit(args: argparse.Namespace) -> int:
         print(f"{report.drawn_persons} of those frames show a person the adversary is sure of over pixels the run "
               f"replaced: a person drawn back from the background, or were the two files given the other way "
               f"round? (anonengine audit ORIGINAL ANONYMIZED)")
-    if report.upside_down:
-        print(f"{report.upside_down} of those frames show a person found only upside down: if the camera is "
-              f"mounted so, run again with --rotate {(report.rotate + 180) % 360} (the detector misses most "
-              "persons upside down)")
+    for degrees, frames in report.found_turned.items():
+        if frames:
+            way = "upside down" if degrees == 180 else f"in the picture turned {degrees} degrees (on their side)"
+            print(f"{frames} of those frames show a person found only {way}: if the camera is mounted so or the "
+                  f"video plays so, run again with --rotate {(report.rotate + degrees) % 360} (the detector misses "
+                  "most persons turned)")
     return 1 if report.flagged else 0
 
 
@@ -432,11 +443,13 @@ def build_parser() -> argparse.ArgumentParser:
     audit.add_argument("original")
     audit.add_argument("anonymized")
     audit.add_argument("--json", default=None, help="report file (default: <anonymized>.audit.json)")
-    audit.add_argument("--sheet", default=None, help="worst frames PNG (default: <anonymized>.audit.png)")
+    audit.add_argument("--sheet", default=None,
+                       help="worst frames PNG, written when a leak is found (default: <anonymized>.audit.png)")
     audit.add_argument("--conf", type=float, default=0.2, help="adversary's person threshold")
     audit.add_argument("--imgsz", type=int, default=960, help="adversary's input size")
     audit.add_argument("--no-augment", action="store_true",
-                       help="look at the frame only, not also its mirror image and upside down (3 times as fast)")
+                       help="look at the frame only, not also its mirror image, upside down and on either side (5 "
+                       "times as fast)")
     audit.add_argument("--rotate", type=int, choices=ROTATIONS, default=None,
                        help="the run's --rotate, by which the original is turned to be compared (default: found "
                        "from the pixels)")
@@ -477,6 +490,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"anonengine: interrupted by {stop.name}", file=sys.stderr)
         return stop.exit_code
     except Exception as exc:  # noqa: BLE001 - one line for the user; the traceback on request
+        if isinstance(exc, BrokenPipeError) and _stdout_gone():
+            # Whoever read the output left (`anonengine status | head -3`): it said "internal error: BrokenPipeError".
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # what is still buffered goes nowhere
+            return 128 + signal.SIGPIPE
         if INTERRUPTS.raised is not None and not os.environ.get("ANONENGINE_DEBUG"):
             # The stop, made another error by the code it landed in: pydantic, building a schema as the
             # config module loads (a Ctrl-C 0.3 s after the command), reports it as a SchemaError.
@@ -487,6 +504,16 @@ def main(argv: list[str] | None = None) -> int:
         reason = redacted(f"{type(exc).__name__}: {exc}".splitlines()[0])
         print(f"anonengine: internal error: {reason} (ANONENGINE_DEBUG=1 shows where)", file=sys.stderr)
         return 1
+
+
+def _stdout_gone() -> bool:
+    """Whether standard output is a pipe whose reader has gone (the write end polls as an error)."""
+    try:
+        poll = select.poll()
+        poll.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & select.POLLERR for _, events in poll.poll(0))
+    except (OSError, ValueError, AttributeError):  # no file descriptor (captured), or no poll on this system
+        return False
 
 
 def entry_point(argv: list[str] | None = None) -> None:

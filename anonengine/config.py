@@ -468,7 +468,7 @@ class CameraConfig(StrictModel):
                              f"{self.source} keeps its own")
         if self.output and is_sequence(self.output):
             raise ValueError(f"output {self.output}: an image sequence is read, not written: name a video "
-                             "(.mp4, .mov, .mkv or .ts)")
+                             "(.mp4, .m4v, .mov, .mkv or .ts)")
         suffix = Path(self.output).suffix.lower() if self.output else ""
         if suffix not in OUTPUT_CONTAINERS and not (is_photo(self.source) and suffix in PHOTO_SUFFIXES):
             kinds = ", ".join(s for s in OUTPUT_CONTAINERS if s)
@@ -579,7 +579,8 @@ class HttpConfig(StrictModel):
             host, _ = split_listen(self.listen)
             if host not in LOOPBACK_HOSTS and not self.token_file:
                 raise ValueError(f"http.listen {self.listen} is reachable from other hosts: set http.token_file "
-                                 "(a file holding a long random token) or listen on 127.0.0.1")
+                                 "(`anonengine run --http-token-file`: a file holding a long random token) or listen "
+                                 "on 127.0.0.1")
         return self
 
 

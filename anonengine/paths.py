@@ -11,7 +11,10 @@ from pathlib import Path
 URL_SCHEME = re.compile(r"^([a-z][a-z0-9+.-]*)://", re.IGNORECASE)
 # A URL's password (`rtsp://admin:PASSWORD@cam/...`) and credentials in its query (`?password=...`, `&token=...`).
 URL_WITH_USER = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)(\S*@)")  # to a URL's last @ (a password may hold / or @)
-QUERY_SECRET = re.compile(r"(?i)([?&](?:password|passwd|pwd|pass|token|auth|key|secret|signature)=)[^&\s]+")
+# A secret ends at the next parameter, a space, or a colon before a space or the end: the ": why" of an error after the
+# URL (`?token=abc: Connection refused` lost its colon to the secret's ***).
+QUERY_SECRET = re.compile(
+    r"(?i)([?&](?:password|passwd|pwd|pass|token|auth|key|secret|signature)=)(?:[^&\s:]|:(?!\s|$))+")
 ROTATIONS = (0, 90, 180, 270)  # the turns, degrees clockwise, a camera's picture may take (`cameras[].rotate`)
 # The containers an output video is written in, by its name's suffix (none: MP4). Each keeps every frame's
 # time; AVI does not (it counts frames: a camera's or a phone's varying rate, or a gap, cannot be told) and

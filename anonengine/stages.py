@@ -13,6 +13,7 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Iterator
 
+import cv2
 import numpy as np
 
 from anonengine.backends import STRIDE
@@ -55,6 +56,14 @@ TURNED_PERSON_CONF = 0.5
 SIDEWAYS_PERSON_CONF = 0.65
 TURNED_SAME_IOU = 0.7
 TURNED_PART_COVERED = 0.25
+# Night footage: the pose model misses persons in a dark picture that it finds brightened. A red team's dark clip (mean
+# luma 22): a dark-suited person standing still, found at no score down to 0.1 as it is and at 0.47 to 0.65 with gamma
+# 0.5, came out as filmed in 75 of 75 frames. Generated street clips darkened to 0.3 and 0.15 of their light, sensor
+# noise added (mean luma about 35 and 18): persons found in 69% and 63% of their frames as they are, 88% and 85%
+# brightened (93% in daylight). A picture this dark on average is looked at brightened (`lit_for_detection`).
+DARK_MEAN_LUMA = 60
+DARK_GAMMA = 0.5
+_BRIGHTENED = np.round(255 * (np.arange(256) / 255) ** DARK_GAMMA).astype(np.uint8)
 FEED_CLOSE_S = 2.0  # a live source's reading thread, stopped, ends at its next frame or read timeout
 
 
@@ -97,7 +106,9 @@ class CaptureStage(Stage):
         self.feed = LiveFeed(kind, self.camera, self.cfg).start()
         if not self.feed.wait_connected(self.cfg.connect_timeout_s):
             self.feed.stop()
-            reason = self.feed.status.last_error or f"no answer in {self.cfg.connect_timeout_s:g} s"
+            reason = self.feed.status.last_error or (
+                "it answers, but no picture decoded" if self.feed.answered.is_set() else
+                f"no answer in {self.cfg.connect_timeout_s:g} s")
             raise InputError(reason if reason.startswith("cannot") else f"cannot open video {self.source}: {reason}")
 
     @property
@@ -161,6 +172,7 @@ class DetectStage(Stage):
         detector looks at it with (`as_shown`), its persons then given in the image's own pixels; `cameras`:
         each image's camera (when to look at it turned is the camera's own: `_turned`)."""
         try:
+            images = [lit_for_detection(image) for image in images]
             aspects = pixel_aspects or [Fraction(1)] * len(images)
             shown = [as_shown(image, aspect) for image, aspect in zip(images, aspects, strict=True)]
             found = self.detector.detect(shown)
@@ -237,6 +249,14 @@ class DetectStage(Stage):
             (more,) = self.detector.detect([image], imgsz)
             found = found.adding(more)
         return found
+
+
+def lit_for_detection(image: np.ndarray) -> np.ndarray:
+    """`image` as the detector looks at it: brightened (gamma `DARK_GAMMA`) where it is dark on average
+    (`DARK_MEAN_LUMA`, from every 8th pixel each way: 0.02 ms a 720p frame), else itself."""
+    sample = image[::8, ::8]
+    luma = cv2.mean(cv2.cvtColor(sample, cv2.COLOR_BGR2GRAY) if sample.ndim == 3 else sample)[0]
+    return cv2.LUT(image, _BRIGHTENED) if luma < DARK_MEAN_LUMA else image
 
 
 def closer_sizes(shape: tuple[int, int], imgsz: int, most: int) -> list[int]:

@@ -594,3 +594,23 @@ def test_run_help_names_every_output_container_and_what_a_detector_error_does(an
     assert all(suffix in output for suffix in OUTPUT_CONTAINERS if suffix), output
     errors = text[text.index("--on-detector-error {stop,obscure} "):text.index("--crf CRF")]
     assert "stop (default)" in errors and "obscure" in errors.split("{stop,obscure}", 1)[1], errors
+
+
+def test_output_read_by_a_reader_that_left_ends_quietly(small_sample_clip, tmp_path):
+    """`anonengine status | head -3` ended with "internal error: BrokenPipeError": the reader had left, nothing
+    was wrong. Exit 128 + SIGPIPE, as a shell's own commands, and nothing said."""
+    import signal
+    import subprocess
+    import sys
+
+    config = tmp_path / "engine.yaml"
+    config.write_text(f"cameras:\n  - name: a\n    source: {small_sample_clip.video}\n"
+                      f"    output: {tmp_path / 'o.mp4'}\n")
+    reader, writer = os.pipe()
+    os.close(reader)  # gone before the first line
+    try:
+        result = subprocess.run([sys.executable, "-m", "anonengine.cli", "launch", "--validate-config", str(config)],
+                                stdout=writer, stderr=subprocess.PIPE, text=True, timeout=120, check=False)
+    finally:
+        os.close(writer)
+    assert result.returncode == 128 + signal.SIGPIPE and result.stderr == "", result.stderr

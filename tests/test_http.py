@@ -353,3 +353,26 @@ def test_a_cameras_password_is_in_no_answer_and_no_log(models_dir, tmp_path):
         log = proc.communicate(timeout=60)[1]
     assert "http://admin:***@127.0.0.1" in ready and "http://admin:***@" in status and "admin:***@" in log
     assert secret not in ready + status + log
+
+
+def test_run_serves_beyond_this_machine_with_a_token_file(live_clip, models_dir, tmp_path):
+    """`anonengine run --http 0.0.0.0:PORT` is refused without a token (right), and `run` had no way to give one: its
+    page could be served on 127.0.0.1 only. `--http-token-file` is `http.token_file`."""
+    token = "run-" + "t" * 28
+    (tmp_path / "token").write_text(token + "\n")
+    port = free_port()
+    env = {**os.environ, "ANONENGINE_MODELS": str(models_dir)}
+    command = [sys.executable, "-m", "anonengine.cli", "run", "--video-source", str(live_clip.video), "--live",
+               "--output-video", str(tmp_path / "o.mp4"), "--device", "cpu", "--quiet", "--http", f"0.0.0.0:{port}"]
+    refused = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120, check=False)
+    assert refused.returncode == 2 and "--http-token-file" in refused.stderr, refused.stderr
+    proc = subprocess.Popen([*command, "--http-token-file", str(tmp_path / "token")], env=env, stdin=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        assert wait_for(lambda: _try(f"{base}/healthz") is not None or proc.poll() is not None, 60)
+        answers = get(f"{base}/api/status")[0], get(f"{base}/api/status", token=token)[0]
+    finally:
+        os.killpg(proc.pid, signal.SIGINT)
+        proc.communicate(timeout=60)
+    assert answers == (401, 200)

@@ -580,6 +580,9 @@ def test_a_tap_recording_goes_on_across_a_new_stream_and_writes_a_frame_sent_aga
     ("rtsp://admin:pa/ss@cam/x", "rtsp://admin:***@cam/x"),  # a password holding / or @
     ("rtsp://admin:p@ss@cam/x", "rtsp://admin:***@cam/x"),
     ("https://cam/live.m3u8?user=a&token=abc&x=1", "https://cam/live.m3u8?user=a&token=***&x=1"),
+    # The error's own colon stays (/readyz said `...?token=*** Connection refused`); one inside a secret goes with it.
+    ("open rtsp://cam/s?token=abc: Connection refused", "open rtsp://cam/s?token=***: Connection refused"),
+    ("rtsp://cam/s?key=a:b:c&x=1", "rtsp://cam/s?key=***&x=1"),
     ("rtsp://viewer@cam/s", "rtsp://viewer@cam/s"),  # no password
     ("http://host/p?mail=a@b.c", "http://host/p?mail=a@b.c"),
     ("clip.mp4: frame 12:30", "clip.mp4: frame 12:30"),
