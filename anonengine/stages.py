@@ -253,9 +253,9 @@ class DetectStage(Stage):
 
 def lit_for_detection(image: np.ndarray) -> np.ndarray:
     """`image` as the detector looks at it: brightened (gamma `DARK_GAMMA`) where it is dark on average
-    (`DARK_MEAN_LUMA`, from every 8th pixel each way: 0.02 ms a 720p frame), else itself."""
-    sample = image[::8, ::8]
-    luma = cv2.mean(cv2.cvtColor(sample, cv2.COLOR_BGR2GRAY) if sample.ndim == 3 else sample)[0]
+    (`DARK_MEAN_LUMA`, from every 8th pixel each way: 0.07 ms a 720p frame), else itself."""
+    means = cv2.mean(image[::8, ::8])
+    luma = means[0] if image.ndim == 2 else 0.114 * means[0] + 0.587 * means[1] + 0.299 * means[2]  # BGR
     return cv2.LUT(image, _BRIGHTENED) if luma < DARK_MEAN_LUMA else image
 
 
