@@ -302,6 +302,16 @@ class VideoReader:
                     return f" ({path.name} cannot be read)"
         return ""
 
+    def _index_out_of_reach(self, decoded: int) -> str:
+        """Why an MP4 or MOV on a web server may fail at its first frame, for the user's error: its index (`moov`) is
+        at its end, where FFmpeg reads it only with byte ranges, which some servers (Python's `http.server`) do not
+        serve ("Input/output error"); "" otherwise."""
+        if decoded or not self.source.lower().startswith(("http://", "https://")) or \
+                "mp4" not in self.container.format.name:
+            return ""
+        return ("; if its index is at its end, the server must serve byte ranges, or the file be made to start with "
+                "it: ffmpeg -i IN -c copy -movflags +faststart OUT")
+
     def _packets(self) -> Iterator[av.Packet]:
         """The video stream's packets. A stream that begins in the middle of the file (MPEG-TS files joined with
         other PIDs, an HLS discontinuity) is none the container listed when opened: PyAV fails on it with an
@@ -396,7 +406,7 @@ class VideoReader:
             for av_frame in held_back:
                 yield self._image(av_frame, stored_aspect)
             raise InputError(f"cannot decode {self.source} at frame {decoded}{self._bad_photo(decoded)}: "
-                             f"{_ffmpeg_reason(exc)}") from None
+                             f"{_ffmpeg_reason(exc)}{self._index_out_of_reach(decoded)}") from None
         if damaged is not None:
             raise InputError(f"{self.source} is truncated or corrupt at frame {decoded}")
         if damaged_count > 1:

@@ -457,6 +457,35 @@ def test_a_udp_stream_joined_between_two_keyframes_starts_at_the_next(tmp_path):
     assert len(frames) == 20 and frames[0].image.shape == (96, 160, 3)
 
 
+def test_an_mp4_from_a_web_server_without_byte_ranges_says_what_would_serve_it(tmp_path):
+    """An MP4 whose index is at its end (as most cameras and phones write it), served by Python's `http.server`, which
+    serves no byte ranges: FFmpeg finds the index by reading on, and cannot go back to the first frame ("cannot
+    decode http://.../clip.mp4 at frame 0: Input/output error", a first-time user's trial). The error says what would
+    serve it; the same file made to start with its index is read whole."""
+    import functools
+    import http.server
+    import threading
+
+    import av
+
+    clip = make_sample(tmp_path / "clip", width=640, height=360, frames=24).video  # past FFmpeg's read buffer
+    with av.open(str(clip)) as c:
+        assert c.format.name.startswith("mov") and b"moov" not in Path(clip).read_bytes()[:4096]
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(Path(clip).parent))
+    handler.log_message = lambda *args: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/{Path(clip).name}"
+        with pytest.raises(InputError, match=r"at frame 0: .*byte ranges.*-movflags \+faststart"):
+            list(VideoReader(url))
+        subprocess.run(["ffmpeg", "-loglevel", "error", "-i", str(clip), "-c", "copy", "-movflags", "+faststart",
+                        str(Path(clip).parent / "fast.mp4")], check=True)
+        assert len(list(VideoReader(url.replace(Path(clip).name, "fast.mp4")))) == 24
+    finally:
+        server.shutdown()
+
+
 def test_sources_are_told_apart_in_one_place(tmp_path):
     clip = tmp_path / "a.mp4"
     clip.touch()
