@@ -457,7 +457,8 @@ class CameraConfig(StrictModel):
                 itself = "one of the source's photos" if is_sequence(self.source) else "the source itself"
                 raise ValueError(f"{field} {target} is {itself}: writing it would destroy the original")
             # An earlier run's working file is set aside (renamed) before the run: the source itself went so.
-            if target and _same_file(self.source, str(working(target))):
+            # (A source that is not there has nothing to lose: "video source not found" says what is wrong.)
+            if target and working(target).exists() and _same_file(self.source, str(working(target))):
                 raise ValueError(f"{field} {target} is written as {working(target).name} until complete, which is "
                                  f"the source itself: give the {field} another name")
         if self.output and self.metadata and _same_file(self.output, self.metadata):

@@ -614,3 +614,13 @@ def test_output_read_by_a_reader_that_left_ends_quietly(small_sample_clip, tmp_p
     finally:
         os.close(writer)
     assert result.returncode == 128 + signal.SIGPIPE and result.stderr == "", result.stderr
+
+
+def test_a_missing_source_is_said_missing_whatever_its_name(anonengine_cli, tmp_path):
+    """A source that is not there, named as its output's working file would be (`a.partial.mp4` for `a.mp4`), was
+    refused as that clash (a first-time user's trial): nothing to destroy; the one line says it is missing."""
+    result = anonengine_cli("run", "--video-source", tmp_path / "a.partial.mp4", "--output-video", tmp_path / "a.mp4",
+                            "--inline", "--quiet")
+    assert result.returncode == 2
+    missing = f"anonengine: error: video source not found: {tmp_path / 'a.partial.mp4'}"
+    assert result.stderr.strip().splitlines() == [missing], result.stderr
