@@ -278,6 +278,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
         code = run_engine(cfg, progress=not args.quiet, tap=args.tap)
         return finish() if code == 0 else code
+    from anonengine.config import small_input_warning
     from anonengine.inline import run_inline
 
     try:
@@ -292,6 +293,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             return 128 + r.interrupted_by
         log.info("%s: %s anonymized (%d obscured%s) -> %s", r.camera, plural(r.frames, "frame"), r.obscured,
                  f", {r.dropped} dropped: this was behind the camera" if r.dropped else "", r.output)
+    if (warning := small_input_warning(cfg.anonymizer.detector)) is not None:
+        log.warning("%s", warning)
     return finish()
 
 

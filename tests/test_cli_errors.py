@@ -624,3 +624,15 @@ def test_a_missing_source_is_said_missing_whatever_its_name(anonengine_cli, tmp_
     assert result.returncode == 2
     missing = f"anonengine: error: video source not found: {tmp_path / 'a.partial.mp4'}"
     assert result.stderr.strip().splitlines() == [missing], result.stderr
+
+
+@pytest.mark.parametrize("inline", [False, True], ids=["engine", "inline"])
+def test_a_run_at_a_detector_input_under_640_says_what_it_misses(inline, small_sample_clip, anonengine_cli, tmp_path):
+    """`--imgsz 480` showed a near person (198 px of a 360-px frame) in 250 of 250 frames, exit 0, without a word (a
+    red team's trial); the README said only that far persons leak at 512."""
+    mode = ["--inline"] if inline else ["--http", "off"]
+    result = anonengine_cli("run", *mode, "--quiet", "--imgsz", "320", "--video-source", small_sample_clip.video,
+                            "--output-video", tmp_path / "o.mp4", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    said = result.stderr.strip().splitlines()[-1]
+    assert said.startswith("anonengine: detector.imgsz 320 is under the 640") and "anonengine audit" in said, said

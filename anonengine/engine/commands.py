@@ -99,6 +99,7 @@ def run_engine(cfg: EngineConfig, progress: bool, tap: str | None) -> int:
     A stop signal ends a live source as its end would (exit 0); a file keeps the frames done so far,
     playable, under the `.partial` name, and the exit code says which signal stopped it (128 + signal).
     """
+    from anonengine.config import small_input_warning
     from anonengine.engine.launcher import EngineFailed, launch, stage_total
 
     cam = cfg.cameras[0]
@@ -131,6 +132,8 @@ def run_engine(cfg: EngineConfig, progress: bool, tap: str | None) -> int:
             logging.getLogger("anonengine").info("%s: %s anonymized%s -> %s", cam.name, plural(done.frames, "frame"),
                                                  f" ({dropped} dropped: the engine was behind)" if dropped else "",
                                                  done.output)
+            if (warning := small_input_warning(cfg.anonymizer.detector)) is not None:
+                logging.getLogger("anonengine").warning("%s", warning)
         return 0
     if launcher.stop_signal is None:
         raise EngineFailed(f"{cam.name} ended without finishing its output")
