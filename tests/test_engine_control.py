@@ -772,3 +772,42 @@ def test_cameras_are_shared_out_to_the_least_busy_compositor_and_keep_it_when_at
     assert launcher.compositor_of["b"] == 1  # its encoder may still be finishing its file
     argv = launcher.children["capture-b"].argv
     assert argv[argv.index("--stream") + 1] != first_stream  # a stream of its own
+
+
+def test_the_tap_command_says_how_many_frames_it_missed(tmp_path):
+    """A subscriber that fell behind saw `missed=N` on a frame's line only: a recording 11 frames short of 193
+    ended with "182 frames" (a red team's trial). The count is said at the end."""
+    import threading
+
+    import numpy as np
+    import zmq
+
+    from anonengine import messages
+
+    endpoint = f"ipc://{tmp_path / 'tap.sock'}"
+    context = zmq.Context.instance()
+    publisher = context.socket(zmq.XPUB)  # XPUB: the subscriber's arrival is heard, so no frame goes before it
+    publisher.setsockopt(zmq.LINGER, 0)
+    publisher.bind(endpoint)
+
+    def publish() -> None:
+        if publisher.poll(60_000):
+            publisher.recv()  # the subscription
+            image = np.zeros((16, 16, 3), np.uint8)
+            for seq in (0, 1, 2, 5, 6, 7):  # 3 and 4 never reach this subscriber
+                header = messages.TapHeader(camera="cam1", seq=seq, pts=seq, time=seq / 25, width=16, height=16,
+                                            format="raw", obscured=False)
+                publisher.send_multipart([b"cam1", messages.encode(header), image.tobytes()])
+
+    sender = threading.Thread(target=publish, daemon=True)
+    sender.start()
+    try:
+        result = subprocess.run([sys.executable, "-m", "anonengine.cli", "tap", endpoint, "--frames", "6",
+                                 "--timeout", "30"], capture_output=True, text=True, timeout=90, check=False)
+    finally:
+        sender.join(5)
+        publisher.close()
+    assert result.returncode == 0, result.stderr
+    assert "cam1 seq=5" in result.stdout and "missed=2" in result.stdout
+    said = result.stderr.strip().splitlines()[-1]
+    assert said.startswith("anonengine: tap: 2 frames missed (gaps in seq"), result.stderr
