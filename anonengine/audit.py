@@ -1,7 +1,7 @@
 """An independent adversary over anonymized video: does a detector still find anyone?
 
 It runs the pose model harder than the engine does (low threshold, larger input, the frame, its
-mirror image, the frame upside down and on either side; a dark frame brightened too, as the run looks at it)
+mirror image, the frame upside down and on either side; one with much dark brightened too, as the run does)
 on every anonymized frame. The pose model misses
 most persons turned (on `bus.jpg` upside down, 1 of 4), as the engine does on a camera mounted so without
 its `--rotate`: the turned views are what find them then. A find whose pixels are still the original's
@@ -31,7 +31,7 @@ from anonengine.detector import load_yolo, select_device
 from anonengine.errors import InputError, ModelError, first_line
 from anonengine.paths import ROTATIONS, is_photo
 from anonengine.sources import classify
-from anonengine.stages import SIDEWAYS_PERSON_CONF, TURNED_PERSON_CONF, closer_sizes, lit_for_detection
+from anonengine.stages import SIDEWAYS_PERSON_CONF, TURNED_PERSON_CONF, brightened, closer_sizes, has_much_dark
 from anonengine.video import VideoReader, as_shown, far_from_square, turn
 
 UNCHANGED_SHARE = 0.6
@@ -278,9 +278,9 @@ def adversary_finds(model, image: np.ndarray, imgsz: int, conf: float, device: s
     person a detector misses one way round is often found another.
     """
     views = {"frame": (lambda image: image, None, 0.0), **(AUGMENTED_VIEWS if augmented else {})}
-    if augmented and lit_for_detection(image) is not image:
-        # A dark picture brightened, as the run looks at it too: its persons the pose model misses as they are.
-        views["brightened"] = (lit_for_detection, None, 0.0)
+    if augmented and has_much_dark(image):
+        # A picture with much dark in it brightened, as the run looks at it too: persons the pose model misses there.
+        views["brightened"] = (brightened, None, 0.0)
     height, width = image.shape[:2]
     looks = {view: np.ascontiguousarray(look(image)) for view, (look, _, _) in views.items()}
     results = {}

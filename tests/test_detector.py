@@ -154,7 +154,7 @@ def test_a_person_found_narrow_upright_and_whole_upside_down_sets_no_watch_off(m
     whole = ([0.0, 0.0, 63.5, 178.0], 0.60)  # as found in the picture turned over: x 256.5..320, y 2..180
     stage = DetectStage(pose_config(models_dir))
     stage.detector = AnsweringDetector(upright, [whole])  # upright, then upside down (a first frame's first look)
-    image = np.zeros((180, 320, 3), np.uint8)
+    image = np.full((180, 320, 3), 128, np.uint8)  # grey: a black picture is looked at brightened too
     (found,) = stage.process([image], cameras=["bus"])
     assert len(found) == 5 and found.boxes[4].tolist() == [256.5, 2.0, 320.0, 180.0]
     assert stage.turned_watch["bus", 180] == 0 and "upside down" not in caplog.text
