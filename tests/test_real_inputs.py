@@ -1148,7 +1148,8 @@ def test_ctrl_c_during_start_up_ends_the_run_at_once_with_one_line(after_s, long
                      temp=tmp_path / "temp")
     time.sleep(after_s)
     code, stderr, took = stop_and_wait(proc, signal.SIGINT, group=True)
-    lines = stderr.strip().splitlines()
+    # (A run that got frames and ended says too that its --imgsz 320 is under the model's 640.)
+    lines = [line for line in stderr.strip().splitlines() if "detector.imgsz 320 is under" not in line]
     assert len(lines) == 1 and "Traceback" not in stderr, stderr
     # Before any frame: interrupted (130) or, once the engine runs, a live camera's stop (0).
     assert (code, "interrupted by SIGINT" in lines[0] or "stopped before its first frame" in lines[0]) in (
