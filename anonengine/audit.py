@@ -26,7 +26,7 @@ import numpy as np
 from anonengine.backends import detector_long_side
 from anonengine.config import DetectorConfig
 from anonengine.contact_sheet import _panel
-from anonengine.detections import box_iou
+from anonengine.detections import box_iou, turned_back_boxes
 from anonengine.detector import load_yolo, select_device
 from anonengine.errors import InputError, ModelError, first_line
 from anonengine.paths import ROTATIONS, is_photo
@@ -53,7 +53,6 @@ TURNED_DRAWN_PERSON_SCORE = 0.85
 # panorama's blurred crowd): below this, an upside-down find is not counted. The run's own look upside down
 # hides what it finds from the same score (`stages.TURNED_PERSON_CONF`).
 UPSIDE_DOWN_SCORE = TURNED_PERSON_CONF
-SIDEWAYS_SCORE = SIDEWAYS_PERSON_CONF  # on either side (a phone's video whose turn was lost): see `stages`
 SAME_FIND_IOU = 0.5  # a find in another view this close to one already made is the same person
 TURN_FRAMES = 125  # frames looked at, until one tells how the output was turned (a first may be black, or obscured)
 # Pixels kept as filmed differ by x264's noise only: within 4 levels, a right copy keeps 7% of a frame where two
@@ -257,16 +256,20 @@ def turned_original(original: str, rotate: int) -> VideoReader:
 # (w, h), and the score from which a find there counts. Turned over or on its side, textures pass for persons more
 # often than upright, so the run's own turned looks' thresholds hold here too (`stages.TURNED_PERSON_CONF`,
 # `SIDEWAYS_PERSON_CONF`).
+TURNED_VIEWS = {180: "upside down", 90: "turned 90", 270: "turned 270"}  # by the degrees turned clockwise
+
+
+def _turned_view(degrees: int) -> tuple:
+    """The view of the picture turned clockwise by `degrees`: its look, its boxes back, its least score."""
+    return (lambda image: turn(image, degrees),
+            lambda b, w, h: turned_back_boxes(np.float32([b]), degrees, (h, w))[0],
+            UPSIDE_DOWN_SCORE if degrees == 180 else SIDEWAYS_PERSON_CONF)
+
+
 AUGMENTED_VIEWS = {
     "mirror": (lambda image: image[:, ::-1], lambda b, w, h: (w - b[2], b[1], w - b[0], b[3]), 0.0),
-    "upside down": (lambda image: image[::-1, ::-1], lambda b, w, h: (w - b[2], h - b[3], w - b[0], h - b[1]),
-                    UPSIDE_DOWN_SCORE),
-    # Turned clockwise by 90 (270): a pixel (x, y) of the frame is at (h - y, x) there ((y, w - x)).
-    "turned 90": (lambda image: turn(image, 90), lambda b, w, h: (b[1], h - b[2], b[3], h - b[0]), SIDEWAYS_SCORE),
-    "turned 270": (lambda image: turn(image, 270), lambda b, w, h: (w - b[3], b[0], w - b[1], b[2]),
-                   SIDEWAYS_SCORE),
+    **{view: _turned_view(degrees) for degrees, view in TURNED_VIEWS.items()},
 }
-TURNED_VIEWS = {180: "upside down", 90: "turned 90", 270: "turned 270"}  # by the degrees turned clockwise
 
 
 def adversary_finds(model, image: np.ndarray, imgsz: int, conf: float, device: str, augmented: bool):

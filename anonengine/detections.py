@@ -19,6 +19,27 @@ COCO_SKELETON = (
 )  # fmt: skip
 
 
+def turned_back_points(x: np.ndarray, y: np.ndarray, degrees: int, shape: tuple[int, int]
+                       ) -> tuple[np.ndarray, np.ndarray]:
+    """Points (x, y) of a picture turned clockwise by `degrees` (90, 180 or 270), in the picture as it is, whose
+    shape is `shape` (h, w)."""
+    h, w = shape
+    if degrees == 90:  # the picture turned clockwise: its (x, y) was (h - y, x)
+        return y, h - x
+    if degrees == 270:
+        return w - y, x
+    return w - x, h - y
+
+
+def turned_back_boxes(boxes: np.ndarray, degrees: int, shape: tuple[int, int]) -> np.ndarray:
+    """Boxes (N, 4: x0, y0, x1, y1) found in a picture turned clockwise by `degrees`, in the picture as it is, whose
+    shape is `shape` (h, w)."""
+    x0, y0 = turned_back_points(boxes[:, 0], boxes[:, 1], degrees, shape)
+    x1, y1 = turned_back_points(boxes[:, 2], boxes[:, 3], degrees, shape)
+    return np.stack([np.minimum(x0, x1), np.minimum(y0, y1), np.maximum(x0, x1), np.maximum(y0, y1)],
+                    axis=1).astype(np.float32)
+
+
 @dataclass(frozen=True)
 class Detections:
     """Persons in one frame, in that frame's pixel coordinates.
@@ -111,24 +132,14 @@ class Detections:
         """These persons, found in the picture turned clockwise by `degrees` (90, 180 or 270), in the picture as
         it is (its shape `frame_shape` turned back)."""
         turned_h, turned_w = self.frame_shape
-        h, w = (turned_w, turned_h) if degrees in (90, 270) else (turned_h, turned_w)
-
-        def back(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-            if degrees == 90:  # the picture turned clockwise: its (x, y) was (h - y, x)
-                return y, h - x
-            if degrees == 270:
-                return w - y, x
-            return w - x, h - y
-
-        x0, y0 = back(self.boxes[:, 0], self.boxes[:, 1])
-        x1, y1 = back(self.boxes[:, 2], self.boxes[:, 3])
-        boxes = np.stack([np.minimum(x0, x1), np.minimum(y0, y1), np.maximum(x0, x1), np.maximum(y0, y1)],
-                         axis=1).astype(np.float32)
+        shape = (turned_w, turned_h) if degrees in (90, 270) else (turned_h, turned_w)
         keypoints = self.keypoints.copy()
-        keypoints[..., 0], keypoints[..., 1] = back(self.keypoints[..., 0], self.keypoints[..., 1])
+        keypoints[..., 0], keypoints[..., 1] = turned_back_points(self.keypoints[..., 0], self.keypoints[..., 1],
+                                                                  degrees, shape)
         masks = None if self.masks is None else np.ascontiguousarray(
             np.rot90(self.masks, {90: 1, 180: 2, 270: -1}[degrees], axes=(1, 2)))
-        return Detections((h, w), boxes, self.scores, keypoints, masks, self.detected)
+        return Detections(shape, turned_back_boxes(self.boxes, degrees, shape), self.scores, keypoints, masks,
+                          self.detected)
 
     def confident(self, score: float) -> Detections:
         """Those of these persons scored `score` or more."""
