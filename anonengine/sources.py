@@ -281,6 +281,17 @@ class LiveFeed:
             self._settled.wait(LIVE_UNDECODABLE_S)
         return self._connected.is_set()
 
+    def first_picture(self, timeout: float) -> None:
+        """Returns once the source connected (`wait_connected`); else stops the feed and raises InputError, the
+        source's own answer its reason where it gave one. A job on a live source (`anonengine run`) waits so,
+        where an engine's camera tries for ever."""
+        if self.wait_connected(timeout):
+            return
+        self.stop()
+        reason = self.status.last_error or (
+            "it answers, but no picture decoded" if self.answered.is_set() else f"no answer in {timeout:g} s")
+        raise InputError(reason if reason.startswith("cannot") else f"cannot open video {self.source.spec}: {reason}")
+
     def get(self, timeout: float):
         """The next frame, or None if none came within `timeout` seconds."""
         try:

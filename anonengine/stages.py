@@ -20,7 +20,7 @@ from anonengine.backends import STRIDE
 from anonengine.compositor import Compositor, FuturePixels, Learnt, obscured_frame
 from anonengine.config import AnonymizerConfig, CameraConfig, EncoderConfig, SourcesConfig
 from anonengine.detections import Detections, box_covered
-from anonengine.errors import DetectionError, InputError, OutputError
+from anonengine.errors import DetectionError, OutputError
 from anonengine.paths import partial_metadata_path
 from anonengine.schedule import REMEMBERED, DetectionSchedule
 from anonengine.sources import LiveFeed, source_of
@@ -110,12 +110,7 @@ class CaptureStage(Stage):
             self.reader = VideoReader(self.source, self.camera, kind=kind, sources_cfg=self.cfg)
             return
         self.feed = LiveFeed(kind, self.camera, self.cfg).start()
-        if not self.feed.wait_connected(self.cfg.connect_timeout_s):
-            self.feed.stop()
-            reason = self.feed.status.last_error or (
-                "it answers, but no picture decoded" if self.feed.answered.is_set() else
-                f"no answer in {self.cfg.connect_timeout_s:g} s")
-            raise InputError(reason if reason.startswith("cannot") else f"cannot open video {self.source}: {reason}")
+        self.feed.first_picture(self.cfg.connect_timeout_s)
 
     @property
     def info(self) -> StreamInfo:

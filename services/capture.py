@@ -102,6 +102,11 @@ class CaptureService(Service):
             follows = self._take_over_position()
             self.feed = LiveFeed(kind, self.camera, self.cfg.sources, follows=follows).start()
             self.log.info("%s: connecting", self.source)
+            if self.cfg.engine.exit_when_done and not self.continues:
+                # A job (`anonengine run`) on a source that never gives a picture fails, as it said before its
+                # stages started: that check opened the source once more, and a stream joined between two
+                # keyframes (10 s apart with x264's defaults) waited for two of them.
+                self.feed.first_picture(self.cfg.sources.connect_timeout_s)
             return
         self.reader = VideoReader(self.source, self.camera, kind=kind, sources_cfg=self.cfg.sources)
         # A file replayed as a live camera (`live: true`): never waits for downstream, drops instead.

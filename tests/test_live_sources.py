@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -376,7 +377,8 @@ def test_run_on_a_source_that_cannot_be_opened_as_named_is_one_line_at_once(anon
     took = time.monotonic() - started
     assert result.returncode == 2
     said = f"cannot open video {spec}{'' if reason.startswith('(') else ':'} {reason}"
-    assert result.stderr.strip().splitlines() == [f"anonengine: error: {said}"], result.stderr
+    # Said by the engine's capture (opened once: `preflight` leaves a live source to it), as its stages say theirs.
+    assert result.stderr.strip().splitlines() == [f"anonengine: error: capture[cam0]: {said}"], result.stderr
     assert took < SourcesConfig().connect_timeout_s - 1, took
     assert not list(tmp_path.iterdir())
 
@@ -419,33 +421,38 @@ def keyframes_apart_ts(path: Path, seconds: int, gop_s: int, fps: int = 25) -> P
     return path
 
 
+def send_over_udp(ts: bytes, seconds: int, port: int, start_s: float, speed: float, stop) -> None:
+    """Sends an MPEG-TS of `seconds` to 127.0.0.1:`port` as a camera would (7 TS packets a datagram), from `start_s`
+    into it, at `speed` times real time, until its end or `stop` is set."""
+    import socket
+
+    sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    chunk = 188 * 7
+    start = int(len(ts) * start_s / seconds) // chunk * chunk
+    per_second = len(ts) / seconds * speed
+    began = time.monotonic()
+    for offset in range(start, len(ts), chunk):
+        if stop.is_set():
+            break
+        sender.sendto(ts[offset:offset + chunk], ("127.0.0.1", port))
+        wait = began + (offset - start) / per_second - time.monotonic()
+        if wait > 0:
+            time.sleep(wait)
+    sender.close()
+
+
 def test_a_udp_stream_joined_between_two_keyframes_starts_at_the_next(tmp_path):
     """A stream sent over UDP (`ffmpeg ... -f mpegts udp://...`, x264's keyframe every 10 s) joined after a keyframe:
     FFmpeg's look at the stream sees no keyframe, and every packet before the next fails to decode ("Invalid data").
     The connection was given up at its first packet, for ever where each try came mid-way (a user's first trial:
     27 s, no frame). The packets are skipped until a picture decodes, as FFmpeg's own command does."""
-    import socket
     import threading
 
     ts = keyframes_apart_ts(tmp_path / "gop.ts", seconds=24, gop_s=8).read_bytes()
     port = free_port()
     stop = threading.Event()
-
-    def send() -> None:  # from 1 s in (after the first keyframe), at 4 times real time, 7 TS packets a datagram
-        sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        chunk, start = 188 * 7, len(ts) // 24 // (188 * 7) * (188 * 7)
-        per_second = len(ts) / 24 * 4
-        began = time.monotonic()
-        for offset in range(start, len(ts), chunk):
-            if stop.is_set():
-                break
-            sender.sendto(ts[offset:offset + chunk], ("127.0.0.1", port))
-            wait = began + (offset - start) / per_second - time.monotonic()
-            if wait > 0:
-                time.sleep(wait)
-        sender.close()
-
-    sender = threading.Thread(target=send, daemon=True)
+    # From 1 s in (after the first keyframe), at 4 times real time.
+    sender = threading.Thread(target=send_over_udp, args=(ts, 24, port, 1, 4, stop), daemon=True)
     sender.start()
     try:
         reader = VideoReader(f"udp://127.0.0.1:{port}")
@@ -455,6 +462,42 @@ def test_a_udp_stream_joined_between_two_keyframes_starts_at_the_next(tmp_path):
         stop.set()
         sender.join(5)
     assert len(frames) == 20 and frames[0].image.shape == (96, 160, 3)
+
+
+def test_run_on_a_udp_stream_waits_for_one_keyframe_not_two(models_dir, tmp_path):
+    """`anonengine run` opened a live source twice before its first frame: a check before the stages started, then
+    the capture. A stream joined between two keyframes (10 s apart with x264's defaults) gave its first picture
+    to the check, and the capture waited for the next (a user's UDP trial: its first 10 s of frames lost). The
+    capture opens it alone now. Here keyframes come 8 s apart, the stream sent at its own pace from 1 s in:
+    the frames from its second keyframe (7 s after the run starts) on are in the output, not from its third."""
+    import threading
+
+    import av
+
+    seconds, fps = 26, 10
+    ts = keyframes_apart_ts(tmp_path / "gop.ts", seconds=seconds, gop_s=8, fps=fps).read_bytes()
+    port = free_port()
+    output = tmp_path / "o.mp4"
+    env = {k: v for k, v in os.environ.items() if k != "ANONENGINE_DEBUG"} | {"ANONENGINE_MODELS": str(models_dir)}
+    proc = subprocess.Popen([sys.executable, "-m", "anonengine.cli", "run", "--video-source", f"udp://127.0.0.1:{port}",
+                             "--output-video", str(output), "--quiet"], env=env, stderr=subprocess.PIPE, text=True)
+    stop = threading.Event()
+    try:
+        send_over_udp(ts, seconds, port, 1, 1, stop)
+        time.sleep(1)
+        proc.send_signal(signal.SIGINT)  # a live source's end: its output complete
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, stderr
+    with av.open(str(output)) as container:
+        frames = sum(1 for _ in container.decode(video=0))
+    # Frames the capture got while the stages were behind (a model still loading) are dropped, and said.
+    dropped = re.search(r"\((\d+) dropped", stderr)
+    # From the second keyframe: 18 s (180 frames); from the third, 10 s (100).
+    assert frames + (int(dropped[1]) if dropped else 0) > 150, (frames, stderr)
 
 
 def test_an_mp4_from_a_web_server_without_byte_ranges_says_what_would_serve_it(tmp_path):

@@ -155,11 +155,22 @@ def resolve_models(cfg: EngineConfig) -> None:
 def preflight(cfg: EngineConfig):
     """Opens the source and the outputs as the stages will, reporting bad ones before any process starts.
 
-    Returns the source's StreamInfo.
+    Returns the source's StreamInfo. A live source is left to the capture, which fails the job as this would
+    (`LiveFeed.first_picture`): opened here too, a stream joined between two keyframes waited for two. Its
+    output is checked as a VGA stream's (its size comes with the first picture).
     """
-    from anonengine.stages import CaptureStage, EncodeStage
+    from fractions import Fraction
+
+    from anonengine.sources import source_of
+    from anonengine.stages import CaptureStage
+    from anonengine.video import StreamInfo
 
     cam = cfg.cameras[0]
+    if source_of(cam).live:
+        stand_in = StreamInfo(width=640, height=480, rate=Fraction(25), time_base=Fraction(1, 90000), frames=0,
+                              live=True)
+        _check_output(cam, stand_in, cfg)
+        return stand_in
     # What the reader warns of (a second video stream left out, a pixel aspect taken as square) the capture says
     # again: said twice before.
     reader_log = logging.getLogger("anonengine.video")
@@ -170,13 +181,19 @@ def preflight(cfg: EngineConfig):
     finally:
         reader_log.setLevel(level)  # the output's own lines (an earlier partial output kept as ...) are said
     try:
-        if cam.output:
-            encode = EncodeStage(cam.output, capture.info, cfg.encoder, cam.metadata)
-            encode.setup()
-            encode.abort()
+        _check_output(cam, capture.info, cfg)
         return capture.info
     finally:
         capture.close()
+
+
+def _check_output(cam, info, cfg: EngineConfig) -> None:
+    from anonengine.stages import EncodeStage
+
+    if cam.output:
+        encode = EncodeStage(cam.output, info, cfg.encoder, cam.metadata)
+        encode.setup()
+        encode.abort()
 
 
 def cmd_tap(args: argparse.Namespace) -> int:
