@@ -20,6 +20,11 @@ class SourceNotOpenable(InputError):
     the server, credentials refused. `anonengine run` does not wait for a live source that answers so."""
 
 
+class UnknownProtocol(SourceNotOpenable):
+    """FFmpeg has no such protocol or format (`rtps://`, a typo): no retry can mend it, so an engine's camera
+    fails at once, where for a camera that answers otherwise it tries on."""
+
+
 class OutputError(AnonError):
     """The output cannot be written."""
 

@@ -30,7 +30,7 @@ import cv2
 import numpy as np
 
 from anonengine.config import SourcesConfig
-from anonengine.errors import InputError, SourceNotOpenable
+from anonengine.errors import InputError, SourceNotOpenable, UnknownProtocol
 from anonengine.messages import SourceState
 from anonengine.paths import URL_SCHEME, is_sequence, sequence_number, sequence_parts, sequence_photo
 
@@ -260,6 +260,7 @@ class LiveFeed:
         self._connected = threading.Event()
         self._settled = threading.Event()  # connected, or failed as no retry is likely to mend (SourceNotOpenable)
         self.answered = threading.Event()  # the try under way opened the source (its first picture may be to come)
+        self.hopeless: UnknownProtocol | None = None  # why it stopped trying: no try can mend it
         self._thread = threading.Thread(target=self._run, name=f"feed-{camera}", daemon=True)
         self._last_time: float | None = None  # seconds, of the last frame handed out
         self._last_wall: float | None = None
@@ -293,7 +294,10 @@ class LiveFeed:
         raise InputError(reason if reason.startswith("cannot") else f"cannot open video {self.source.spec}: {reason}")
 
     def get(self, timeout: float):
-        """The next frame, or None if none came within `timeout` seconds."""
+        """The next frame, or None if none came within `timeout` seconds; UnknownProtocol where FFmpeg has none
+        such (the feed stopped trying)."""
+        if self.hopeless is not None:
+            raise self.hopeless
         try:
             return self.frames.get(timeout=timeout)[1]
         except queue.Empty:
@@ -324,8 +328,12 @@ class LiveFeed:
                 self._failed(str(exc))
                 if isinstance(exc, SourceNotOpenable) and self.info is None:
                     # Never connected: more likely a typo than a camera that is down, so whoever waits for
-                    # the first connection hears it now. The feed itself tries on, as for any camera.
+                    # the first connection hears it now. The feed itself tries on, as for any camera, unless
+                    # FFmpeg has no such protocol: then it is over (`get` raises it).
                     self._settled.set()
+                    if isinstance(exc, UnknownProtocol):
+                        self.hopeless, self.status.state = exc, SourceState.STOPPED  # not "trying again"
+                        return
                 self._stop.wait(next(delays))
                 continue
             except Exception as exc:  # noqa: BLE001 - any failure of a live source is retried

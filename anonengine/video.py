@@ -20,7 +20,7 @@ from av.codec.hwaccel import HWAccel
 from av.sidedata.sidedata import Type as SideDataType
 
 from anonengine.config import EncoderConfig, SourcesConfig
-from anonengine.errors import ConfigError, InputError, OutputError, SourceNotOpenable
+from anonengine.errors import ConfigError, InputError, OutputError, SourceNotOpenable, UnknownProtocol
 from anonengine.locks import FileLock, LockBusy, output_lock_path
 from anonengine.paths import OUTPUT_CONTAINERS, partial_path, sequence_photo
 from anonengine.sources import Source, classify, fitted
@@ -125,7 +125,8 @@ def open_source(source: Source, cfg: SourcesConfig) -> av.container.InputContain
     try:
         return av.open(url, format=fmt, options=options, timeout=timeout, hwaccel=hwaccel)
     except av.FFmpegError as exc:
-        error = SourceNotOpenable if isinstance(exc, NOT_OPENABLE) else InputError
+        error = (UnknownProtocol if isinstance(exc, UNKNOWN_TO_FFMPEG) else
+                 SourceNotOpenable if isinstance(exc, NOT_OPENABLE) else InputError)
         named = source.spec if url == source.spec else f"{source.spec} ({url})"
         reason = _unfinished_file(url) if isinstance(exc, av.InvalidDataError) else None
         raise error(f"cannot open video {named}: {reason or _ffmpeg_reason(exc)}") from None
@@ -164,6 +165,7 @@ LIVE_UNDECODABLE_S = 30.0
 # What FFmpeg answers when the source as named cannot be opened, now or later: no such protocol or demuxer,
 # no such device or path, no access, credentials refused. A camera that is off or still booting answers
 # otherwise (connection refused, timed out, no route) and is waited for.
+UNKNOWN_TO_FFMPEG = (av.error.ProtocolNotFoundError, av.error.DemuxerNotFoundError)
 NOT_OPENABLE = (av.error.ProtocolNotFoundError, av.error.DemuxerNotFoundError, av.error.FileNotFoundError,
                 av.error.PermissionError, av.error.HTTPNotFoundError, av.error.HTTPUnauthorizedError,
                 av.error.HTTPForbiddenError, av.error.HTTPBadRequestError)

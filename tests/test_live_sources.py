@@ -651,6 +651,32 @@ def test_a_feed_that_cannot_be_opened_as_named_says_so_at_once_and_tries_on():
         feed.stop()
 
 
+def test_an_engines_camera_whose_protocol_ffmpeg_does_not_know_fails_alone_at_once(models_dir, tmp_path):
+    """`rtps://` for `rtsp://`: its capture said "cannot connect yet (...Protocol not found); trying again" and
+    tried for ever, the camera listed as connecting. No retry can mend it: the camera fails at once, its reason in
+    `anonengine status` and the log, and the other cameras go on (the engine's exit then says one failed)."""
+    make_sample(tmp_path / "good", width=WIDTH, height=HEIGHT, frames=24)
+    typo = "rtps://127.0.0.1:8554/cam"
+    cfg = EngineConfig(cameras=[CameraConfig(name="good", source=str(tmp_path / "good" / "sample.mp4"),
+                                             output=str(tmp_path / "good.mp4")),
+                                CameraConfig(name="typo", source=typo, output=str(tmp_path / "typo.mp4"))])
+    cfg.anonymizer.detector.pose_model = str(models_dir / "yolo11n-pose.pt")
+    cfg.anonymizer.detector.imgsz = 320
+    cfg.engine.run_dir, cfg.tap.endpoint, cfg.http.listen = str(tmp_path / "run"), "", "off"
+    (tmp_path / "engine.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
+    proc = subprocess.Popen([sys.executable, "-m", "anonengine.cli", "launch", str(tmp_path / "engine.yaml")],
+                            stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        assert wait_for(lambda: "typo" in status(tmp_path / "run").get("failed", {}), 60, proc), "typo never failed"
+        assert wait_for(lambda: (tmp_path / "good.mp4").exists(), 60, proc), "the good camera did not go on"
+    finally:
+        stderr = stop(proc)
+    reason = f"capture[typo]: cannot open video {typo}: Protocol not found"
+    assert f"camera typo stopped: {reason}" in stderr, stderr
+    assert proc.returncode == 1, stderr
+    assert "trying again" not in stderr, stderr
+
+
 def test_a_live_cameras_numbers_are_reserved_on_disk_before_a_frame_goes_out(tmp_path):
     """What a restarted capture carries on from (`messages.LivePosition` in the run folder); a frame whose
     number cannot be reserved there (the folder cannot be written) does not go out: a successor could give
