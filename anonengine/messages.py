@@ -142,6 +142,39 @@ class LivePosition(Message):
     wall: float  # time.monotonic() when it was taken (one clock for every process of the machine)
 
 
+class KeptTrack(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """One of a mask hold's tracks (`tracking.Track`), its look and where its look last found it."""
+
+    state: tuple[float, ...]  # 8: the corners' places, then their speeds
+    covariance: tuple[float, ...]  # 4
+    matched_at: int
+    matched_box: tuple[float, ...]  # 4
+    hits: int
+    weak: bool
+    confirmed: bool
+    seen_at: int
+    look: bytes | None = None  # `tracking.Look.picture`, grey uint8
+    look_shape: tuple[int, int] = (0, 0)
+    look_size: tuple[float, float] = (0.0, 0.0)
+    look_at: int = 0  # `Look.detected_at`
+    standing: tuple[float, ...] | None = None  # 4: where its look found it (`MaskHold.standing`)
+
+
+class HoldState(Message):
+    """A camera's mask hold (`tracking.MaskHold`) after frame `seq`, kept in the run folder by its compositor for the
+    one that takes over if it dies: not sent on a socket. Without it the successor knew no one: a person half
+    behind another, whose box the detector drew too narrow, showed a strip (held wider, as they had been seen
+    before), and someone standing still whom only their look kept hidden was shown."""
+
+    camera: str
+    stream: str  # `StreamInfoMsg.stream`: a camera attached again takes no earlier attachment's
+    seq: int
+    frame: int  # the hold's clock
+    tracker_frame: int | None
+    coasted: int
+    tracks: tuple[KeptTrack, ...]
+
+
 class StreamEnd(Message):
     """No frame of `camera` has seq >= `frames`. With `error`, the stream failed: discard its output.
 
@@ -279,7 +312,7 @@ class TapHeader(Message):
 
 AnyMessage = Union[StreamInfoMsg, FrameRef, Detected, StreamEnd, Release, Received, Progress, Redeliver,
                    OutFrame, CameraDone, SourceStatus, Stats, Attach, Detach, StatusRequest, Reply, TapHeader,
-                   ScheduleState, LivePosition]
+                   ScheduleState, LivePosition, HoldState]
 MESSAGE_TYPES = {cls.__name__: cls for cls in AnyMessage.__args__}
 
 _encoder = msgspec.msgpack.Encoder()

@@ -21,6 +21,7 @@ from anonengine.compositor import Compositor, FuturePixels, Learnt, obscured_fra
 from anonengine.config import AnonymizerConfig, CameraConfig, EncoderConfig, SourcesConfig
 from anonengine.detections import Detections, box_covered
 from anonengine.errors import DetectionError, OutputError
+from anonengine.messages import HoldState
 from anonengine.paths import partial_metadata_path
 from anonengine.schedule import REMEMBERED, DetectionSchedule
 from anonengine.sources import LiveFeed, source_of
@@ -304,12 +305,30 @@ class CompositeStage(Stage):
         # frames wait on it.
         Compositor(self.cfg)
 
-    def start(self, camera: str, live: bool, width: int, height: int) -> int:
+    def start(self, camera: str, live: bool, width: int, height: int, hold: HoldState | None = None,
+              next_seq: int = 0) -> int:
         """A camera's stream begins (again: its model starts afresh); returns how many frames after a
-        frame must be learnt before it is rendered."""
+        frame must be learnt before it is rendered. `hold`: a predecessor's mask hold to go on from, its
+        first frame here `next_seq` (`MaskHold.take_over`)."""
         self.forget(camera)
         self.ahead[camera] = self.cfg.background.frames_ahead(live, width, height)
+        if hold is not None:
+            compositor = self._compositor(camera)
+            if compositor.hold is not None:
+                compositor.hold.take_over(hold, next_seq)
         return self.ahead[camera]
+
+    def kept_hold(self, camera: str, stream: str, seq: int) -> HoldState | None:
+        """The camera's mask hold after frame `seq`, for a successor (None: it holds no one by config)."""
+        compositor = self.compositors.get(camera)
+        if compositor is None or compositor.hold is None:
+            return None
+        return compositor.hold.kept(camera, stream, seq)
+
+    def _compositor(self, camera: str) -> Compositor:
+        if camera not in self.compositors:
+            self.compositors[camera] = Compositor(self.cfg, self.privacy_zones.get(camera), self.ahead.get(camera, 0))
+        return self.compositors[camera]
 
     def learn(self, frame: Frame, detections: Detections | None, future: list[Detections | None] = (),
               future_pixels: FuturePixels | None = None) -> Learnt | None:
@@ -320,10 +339,7 @@ class CompositeStage(Stage):
         in order; None for a frame whose detection failed, which tells as little as one not detected.
         `future_pixels`: those frames' pixels (`Compositor.learn`).
         """
-        compositor = self.compositors.get(frame.camera)
-        if compositor is None:
-            compositor = self.compositors[frame.camera] = Compositor(
-                self.cfg, self.privacy_zones.get(frame.camera), self.ahead.get(frame.camera, 0))
+        compositor = self._compositor(frame.camera)
         shape = frame.image.shape[:2]
         if detections is None:
             compositor.pass_obscured(detection_lost=True)

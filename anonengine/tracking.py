@@ -28,6 +28,7 @@ import numpy as np
 
 from anonengine.config import HoldConfig
 from anonengine.detections import NUM_KEYPOINTS, Detections, box_iou
+from anonengine.messages import HoldState, KeptTrack
 
 LOOKAHEAD_MIN_IOU = 0.2
 EDGE_PX = 2  # a box this close to the frame's edge meets it (a person partly out of the picture)
@@ -345,6 +346,39 @@ class MaskHold:
         self.tracker.reset()
         self.looks, self.standing = {}, {}
         self.coasted = 0
+
+    def kept(self, camera: str, stream: str, seq: int) -> HoldState:
+        """This hold as of frame `seq`, for a successor to take over (`take_over`)."""
+        tracks = []
+        for track in self.tracker.tracks:
+            look, standing = self.looks.get(track), self.standing.get(track)
+            tracks.append(KeptTrack(
+                tuple(map(float, track.state.ravel())), tuple(map(float, track.covariance.ravel())), track.matched_at,
+                tuple(map(float, track.matched_box)), track.hits, track.weak, track.confirmed, track.seen_at,
+                look=None if look is None else look.picture.tobytes(),
+                look_shape=(0, 0) if look is None else look.picture.shape,
+                look_size=(0.0, 0.0) if look is None else tuple(map(float, look.size)),
+                look_at=0 if look is None else look.detected_at,
+                standing=None if standing is None else tuple(map(float, standing))))
+        return HoldState(camera, stream, seq, self.frame, self.tracker.frame, self.coasted, tuple(tracks))
+
+    def take_over(self, state: HoldState, next_seq: int) -> None:
+        """Goes on from a predecessor's hold (`kept`), its next frame `next_seq`: its frames since `state.seq`
+        are time gone by for its tracks (frames it learnt after that and did not hand on are learnt again here:
+        taken as the next frame)."""
+        self.reset()
+        for kept in state.tracks:
+            track = Track(np.array(kept.state, np.float64).reshape(2, 4), kept.matched_at,
+                          np.array(kept.matched_box, np.float64), np.array(kept.covariance, np.float64).reshape(2, 2),
+                          kept.hits, kept.weak, kept.confirmed, kept.seen_at)
+            self.tracker.tracks.append(track)
+            if kept.look is not None:
+                picture = np.frombuffer(kept.look, np.uint8).reshape(kept.look_shape).copy()
+                self.looks[track] = Look(picture, np.array(kept.look_size, np.float64), kept.look_at)
+            if kept.standing is not None:
+                self.standing[track] = np.array(kept.standing, np.float32)
+        self.tracker.frame, self.coasted = state.tracker_frame, state.coasted
+        self.frame = state.frame + max(1, next_seq - state.seq) - 1
 
 
 def with_extra_boxes(detections: Detections, boxes: np.ndarray) -> Detections:

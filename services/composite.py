@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import time
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -26,6 +27,11 @@ from anonengine.shm import FrameRing, RingCache, StaleSlot, remove_orphaned_segm
 from anonengine.stages import CompositeStage
 from anonengine.timeline import Timeline
 from anonengine.video import Frame
+
+
+# A compositor keeps its cameras' mask holds for a successor this often at most: a write took 0.3 ms here (6
+# persons), and a hold a few frames old is taken over as one that much older (its lost persons held grown).
+HOLD_KEEP_EVERY_S = 0.2
 
 
 @dataclass
@@ -53,6 +59,7 @@ class CameraState:
     waiting: deque[Waiting] = field(default_factory=deque)  # learnt, not rendered yet, in order
     end_sent: bool = False
     whole: bool = False  # its end is sent, and is the stream's own (not a failure's, nor a stop's)
+    hold_kept_at: float = -HOLD_KEEP_EVERY_S  # time.monotonic() of the last `_keep_hold`
 
 
 class CompositeService(Service):
@@ -144,13 +151,37 @@ class CompositeService(Service):
         deadline = self.cfg.engine.live_deadline_s if info.live else self.cfg.engine.deadline_s
         timeline = Timeline(self.cfg.anonymizer.lookahead(info.live), deadline, info.next_seq, live=info.live)
         state = self.cameras[info.camera] = CameraState(info, ring, release, timeline, list(range(slots)))
-        state.ahead = self.compositing.start(info.camera, info.live, info.width, info.height)
+        state.ahead = self.compositing.start(info.camera, info.live, info.width, info.height,
+                                             self._kept_hold(info) if info.next_seq > 0 else None, info.next_seq)
         for ref in self.orphan_refs.pop(info.camera, []):
             timeline.offer(ref.seq, ref)
         for result in self.orphans.pop(info.camera, {}).values():
             timeline.answer(result.frame.seq, result)
         self._announce_out(state, next_seq=info.next_seq)
         self._drain(state)
+
+    def _kept_hold(self, info: messages.StreamInfoMsg) -> messages.HoldState | None:
+        """The mask hold a dead compositor kept for the stream (`_keep_hold`), if any."""
+        hold = self.kept(self._hold_name(info.camera), messages.HoldState, "hold")
+        if hold is None or (hold.camera, hold.stream) != (info.camera, info.stream):
+            return None
+        self.log.info("%s: mask hold taken over from frame %d (%d tracks)", info.camera, hold.seq, len(hold.tracks))
+        return hold
+
+    def _keep_hold(self, state: CameraState, seq: int) -> None:
+        """After a detection is learnt: the camera's mask hold, where a successor finds it, every HOLD_KEEP_EVERY_S
+        at most. One that cannot be written (a full disk) costs a successor what the hold knew: persons are then
+        held from its own detections."""
+        now = time.monotonic()
+        if now - state.hold_kept_at < HOLD_KEEP_EVERY_S:
+            return
+        hold = self.compositing.kept_hold(state.info.camera, state.info.stream, seq)
+        if hold is not None and self.keep(self._hold_name(state.info.camera), hold, "hold"):
+            state.hold_kept_at = now
+
+    @staticmethod
+    def _hold_name(camera: str) -> str:
+        return f"hold-{camera}"
 
     def _reannounce(self, state: CameraState) -> None:
         """A stage restarted: a restarted encoder learns the stream, from the first frame it has not
@@ -302,6 +333,8 @@ class CompositeService(Service):
                                         [self._detections_of(state, r, image_in.shape[:2]) for r in future],
                                         self._future_pixels(future))
         persons = learnt.persons.to_meta() if learnt is not None else []
+        if learnt is not None and detections is not None and detections.detected:
+            self._keep_hold(state, ref.seq)
         state.waiting.append(Waiting(ref, frame, learnt, persons))
         state.inputs_held[ref.seq] = ref.slot
         state.timeline.done(ref.seq)
@@ -365,6 +398,7 @@ class CompositeService(Service):
             state.ring.close()
             state.release.close(linger=1000)
             self.compositing.forget(camera)
+            (self.endpoints.dir / self._hold_name(camera)).unlink(missing_ok=True)
             del self.cameras[camera]
             if state.whole:
                 self.finished_streams.add((camera, state.info.stream))

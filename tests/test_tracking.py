@@ -272,3 +272,45 @@ def test_someone_crossing_fast_is_hidden_along_their_path_before_they_are_found(
     assert len(boxes) == 3, boxes  # and where found again at frame 6 (no overlap with frame 4's: new to it)
     fast = [(1, at(67, width=98)), (2, at(200, width=98))]  # 1.4 widths a frame: followed
     assert any(box[0] == 0 and 20 < box[2] < 67 for box in lookahead_boxes(nobody, fast, near=8))
+
+
+def test_a_successor_takes_over_the_mask_hold_and_holds_as_its_predecessor_would_have():
+    """A compositor killed and restarted began with a hold that knew no one: a person half behind another, whose box
+    the detector drew too narrow, showed a strip (a live camera, a shoe and lower leg, after kill -9), and someone
+    standing still whom only their look kept hidden would have been shown. The hold is kept for a successor
+    (`MaskHold.kept`, through the messages' codec as the run folder keeps it) and taken over: from there on it
+    hides what its predecessor would have hidden, to the float."""
+    import cv2
+
+    from anonengine import messages
+    from anonengine.config import HoldConfig
+    from anonengine.sample import assets_dir
+    from anonengine.tracking import MaskHold
+
+    bus = cv2.imread(str(assets_dir() / "bus.jpg"))
+    shape = bus.shape[:2]
+    standing = np.array([[223, 405, 344, 859]], np.float32)  # detected at frames 0-2, then missed
+    kps = np.zeros((2, 17, 3), np.float32)
+
+    def detections(frame: int) -> Detections:
+        walking = walker(frame)[0].astype(np.float32)
+        if frame >= 8:  # behind someone from frame 8: its box a third narrower
+            walking[2] -= 20
+        boxes = np.concatenate([standing, walking[None]]) if frame < 3 else walking[None]
+        return Detections(shape, boxes, np.full(len(boxes), 0.9, np.float32), kps[:len(boxes)])
+
+    predecessor = MaskHold(HoldConfig())
+    for frame in range(10):
+        predecessor.update(detections(frame), bus)
+    kept = messages.decode(messages.encode(predecessor.kept("cam", "", seq=9)))
+    successor, fresh = MaskHold(HoldConfig()), MaskHold(HoldConfig())
+    successor.take_over(kept, next_seq=10)
+    for frame in range(10, 40):
+        expected = predecessor.update(detections(frame), bus).boxes
+        np.testing.assert_array_equal(successor.update(detections(frame), bus).boxes, expected)
+        if frame == 10:
+            started = fresh.update(detections(frame), bus).boxes
+            assert box_iou(standing, expected).max() > 0.7  # he is still hidden by his look
+            assert not len(started) or box_iou(standing, started).max() < 0.1  # a hold that knew no one shows him
+            walked = walker(frame)[0]
+            assert expected[:, 2].max() > started[:, 2].max() >= walked[2] - 20  # the narrow box held wider
