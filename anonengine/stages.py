@@ -71,6 +71,9 @@ DARK_LUMA = 40
 DARK_SHARE = 0.3
 DARK_GAMMA = 0.5
 _BRIGHTENED = np.round(255 * (np.arange(256) / 255) ** DARK_GAMMA).astype(np.uint8)
+# A compositor that takes over a stream learns no pixel near a person for this many frames (`FIRST_SEEN_GUARD`):
+# long enough for persons in view at the restart to move on (10 s at 25 frames/s).
+TAKEN_OVER_GUARD_FRAMES = 250
 FEED_CLOSE_S = 2.0  # a live source's reading thread, stopped, ends at its next frame or read timeout
 
 
@@ -308,13 +311,15 @@ class CompositeStage(Stage):
     def start(self, camera: str, live: bool, width: int, height: int, hold: HoldState | None = None,
               next_seq: int = 0) -> int:
         """A camera's stream begins (again: its model starts afresh); returns how many frames after a
-        frame must be learnt before it is rendered. `hold`: a predecessor's mask hold to go on from, its
-        first frame here `next_seq` (`MaskHold.take_over`)."""
+        frame must be learnt before it is rendered. `next_seq`: its first frame here; past 0, a dead compositor's
+        stream, whose mask `hold` (kept by it) this goes on from (`MaskHold.take_over`), and whose background
+        model, lost, starts guarded (`BackgroundModel.guard`)."""
         self.forget(camera)
         self.ahead[camera] = self.cfg.background.frames_ahead(live, width, height)
-        if hold is not None:
+        if next_seq > 0:  # a dead compositor's stream: its background model is lost, its hold kept
             compositor = self._compositor(camera)
-            if compositor.hold is not None:
+            compositor.background.guard(TAKEN_OVER_GUARD_FRAMES)
+            if hold is not None and compositor.hold is not None:
                 compositor.hold.take_over(hold, next_seq)
         return self.ahead[camera]
 
