@@ -158,6 +158,7 @@ class KeptTrack(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     look_size: tuple[float, float] = (0.0, 0.0)
     look_at: int = 0  # `Look.detected_at`
     standing: tuple[float, ...] | None = None  # 4: where its look found it (`MaskHold.standing`)
+    recent: tuple[tuple[float, ...], ...] = ()  # (frame, x0, y0, x1, y1) of its recent matches (`Track.recent`)
 
 
 class HoldState(Message):
