@@ -469,17 +469,26 @@ def first_sightings(current: Detections, future: list[tuple[int, Detections]]) -
 
 
 def _same_person(box: np.ndarray, boxes: np.ndarray, frames: int) -> np.ndarray | None:
-    """The box of `boxes` that is `box`'s person `frames` frames later: the one overlapping it most, at
-    LOOKAHEAD_MIN_IOU at least; else, for someone moving faster than their width in that time (a 98-px-wide
-    person crossing at 72 px a frame overlapped their next box by 0.14, and was not followed), the nearest of
-    about their height whose middle moved by no more than FAST_FOLLOW_WIDTHS of their width a frame (160 px a
-    frame at 640x360, a sprint close by, is 1.6 widths), and half their height, over
-    at most FAST_FOLLOW_FRAMES (15 frames on, any box of a person's height was near enough: another person's
-    was taken, and the path traced back missed the one it was for)."""
+    """The box of `boxes` that is `box`'s person `frames` frames later (`same_person`), or None."""
+    found = same_person(box, boxes, frames)
+    return None if found is None else boxes[found]
+
+
+def same_person(box: np.ndarray, boxes: np.ndarray, frames: int, min_iou: float = LOOKAHEAD_MIN_IOU,
+                max_frames: int = FAST_FOLLOW_FRAMES) -> int | None:
+    """Which of `boxes` is `box`'s person `frames` frames later: the one overlapping it most, at `min_iou`
+    at least; else, for someone moving faster than their width in that time (a 98-px-wide person crossing at
+    72 px a frame overlapped their next box by 0.14, and was not followed), the nearest of about their height
+    whose middle moved by no more than FAST_FOLLOW_WIDTHS of their width a frame (160 px a frame at 640x360, a
+    sprint close by, is 1.6 widths), and half their height, over at most `max_frames` (15 frames on, any box of
+    a person's height was near enough: another person's was taken, and the path traced back missed the one it
+    was for). None: no one."""
+    if not len(boxes):
+        return None
     overlap = box_iou(box[None], boxes)[0]
-    if overlap.max() >= LOOKAHEAD_MIN_IOU:
-        return boxes[overlap.argmax()]
-    if frames > FAST_FOLLOW_FRAMES:
+    if overlap.max() >= min_iou:
+        return int(overlap.argmax())
+    if frames > max_frames:
         return None
     width, height = box[2] - box[0], box[3] - box[1]
     heights = boxes[:, 3] - boxes[:, 1]
@@ -489,7 +498,7 @@ def _same_person(box: np.ndarray, boxes: np.ndarray, frames: int) -> np.ndarray 
             & (dy <= height * frames / 2))
     if not near.any():
         return None
-    return boxes[np.flatnonzero(near)[np.argmin(dx[near] + dy[near])]]
+    return int(np.flatnonzero(near)[np.argmin(dx[near] + dy[near])])
 
 
 def traced_back(boxes: np.ndarray, ahead: int, later: list[tuple[int, Detections]],

@@ -196,6 +196,21 @@ def test_frames_between_detections_show_the_skeleton_moved_on_not_blinking():
     assert abs(joints[:, 1].mean() - 140) < 3  # a third of the way from x=130 to x=160
 
 
+def test_a_fast_walkers_skeleton_moves_on_between_detections_though_their_boxes_hardly_overlap():
+    """A user's trial: a walker at 19 px a frame, looked at every 3rd frame, overlapped their next box by 0.30,
+    under SAME_PERSON_IOU: taken for someone else, they were drawn where last seen, the skeleton stuttering."""
+    cfg = AnonymizerConfig()
+    cfg.detector.stride = 3
+    compositor = Compositor(cfg)
+    frame = np.full((*SHAPE, 3), 90, np.uint8)
+    undetected = Detections.undetected(SHAPE)
+    before, after = persons([100, 50, 169, 250]), persons([157, 50, 226, 250])  # 57 px on, IoU 0.10
+    compositor.learn(frame, before)
+    learnt = compositor.learn(frame, undetected, [undetected, after])  # 1 of the 3 frames to `after`
+    joints = np.argwhere(np.abs(compositor.render(frame, learnt).astype(int) - JOINT_COLOR).max(axis=2) < 40)
+    assert abs(joints[:, 1].mean() - (134.5 + 19)) < 3, joints[:, 1].mean()  # a third of the way, not held
+
+
 def test_a_frame_between_detections_without_one_on_either_side_is_obscured():
     """A frame the schedule skipped needs a detection on either side: without one (a live camera stopped,
     a detection failed or came late, a compositor restarted), the frame goes out obscured, not guessed."""
