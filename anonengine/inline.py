@@ -149,27 +149,33 @@ def anonymize_frames(frames: Iterable[Frame], detect: DetectStage, composite: Co
             detect_wanted()
             timeline.offer(frame.seq, frame)
             timeline.answer(frame.seq, (Detections.undetected(frame.image.shape[:2]), False))
-        _learn_turns(timeline, composite, waiting)
-        while len(waiting) > ahead:
-            yield _rendered(composite, *waiting.popleft())
+        yield from _learn_turns(timeline, composite, waiting, ahead)
     if stop() and not flush_on_stop:
         return
     detect_wanted()
     timeline.end_at(frames_seen)
-    _learn_turns(timeline, composite, waiting)
+    yield from _learn_turns(timeline, composite, waiting, ahead)
     while waiting:
         yield _rendered(composite, *waiting.popleft())
 
 
-def _learn_turns(timeline: Timeline, composite: CompositeStage, waiting: deque) -> None:
-    while (turn := timeline.next()) is not None:
+def _learn_turns(timeline: Timeline, composite: CompositeStage, waiting: deque, ahead: int):
+    """Learns the frames whose turn it is, rendering each frame as soon as `ahead` frames after it were learnt, as
+    the engine's compositor does: a batch of detections let many through at once, all learnt before the first
+    was rendered, and its fill came of frames further on than the engine's (the same persons hidden, a strip of
+    the fill unlike in 23 of a lamp clip's 100 frames)."""
+    while True:
+        while len(waiting) > ahead:
+            yield _rendered(composite, *waiting.popleft())
+        if (turn := timeline.next()) is None:
+            return
         detections, _ = turn.result
         upcoming = timeline.upcoming(turn.seq)
         future = [found for _, (found, _) in upcoming]
         frames_after = [frame for frame, _ in upcoming]
 
-        def future_pixels(ahead: int, box: tuple[int, int, int, int], frames_after=frames_after):
-            after = frames_after[ahead - 1]
+        def future_pixels(frames_on: int, box: tuple[int, int, int, int], frames_after=frames_after):
+            after = frames_after[frames_on - 1]
             return None if after is None else after.image[box[1] : box[3], box[0] : box[2]]
 
         waiting.append((turn.item, composite.learn(turn.item, detections, future, future_pixels)))
