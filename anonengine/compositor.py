@@ -18,8 +18,14 @@ from anonengine.config import AnonymizerConfig
 from anonengine.detections import COCO_SKELETON, Detections
 from anonengine.masks import Region, frame_diagonal, person_mask, soft_regions, zones_mask
 from anonengine.schedule import SAME_PERSON_IOU
-from anonengine.tracking import (FOLLOW_GAP_FRAMES, MaskHold, first_sightings, lookahead_boxes, same_person,
-                                 with_extra_boxes)
+from anonengine.tracking import (
+    FOLLOW_GAP_FRAMES,
+    MaskHold,
+    first_sightings,
+    lookahead_boxes,
+    same_person,
+    with_extra_boxes,
+)
 
 LIMB_COLOR = (255, 170, 0)  # BGR
 JOINT_COLOR = (0, 220, 255)

@@ -28,7 +28,6 @@ from anonengine.stages import CompositeStage
 from anonengine.timeline import Timeline
 from anonengine.video import Frame
 
-
 # A compositor keeps its cameras' mask holds for a successor this often at most: a write took 0.3 ms here (6
 # persons), and a hold a few frames old is taken over as one that much older (its lost persons held grown).
 HOLD_KEEP_EVERY_S = 0.2

@@ -149,8 +149,10 @@ def test_inline_detects_a_files_frames_in_batches_where_the_schedule_lets_them_w
             ahead = composite.start("cam", False, WIDTH, HEIGHT)
             learnt, learnt_at_render = [], []
             learn, render = composite.learn, composite.render
-            composite.learn = lambda frame, *rest: learnt.append(frame.seq) or learn(frame, *rest)
-            composite.render = lambda frame, *rest: learnt_at_render.append(len(learnt)) or render(frame, *rest)
+            composite.learn = lambda frame, *rest, learnt=learnt, learn=learn: learnt.append(frame.seq) or learn(
+                frame, *rest)
+            composite.render = lambda frame, *rest, at=learnt_at_render, learnt=learnt, render=render: at.append(
+                len(learnt)) or render(frame, *rest)
             outputs[batch] = [image for _, image, _ in anonymize_frames(
                 frames, detect, composite, cfg.anonymizer.lookahead(False), ahead=ahead, batch=batch)]
             # Each frame drawn once the `ahead` frames after it were learnt, as the engine's compositor draws it:

@@ -26,9 +26,9 @@ from helpers import LEAK_SHARE, free_port, records_so_far, shown_share, stage_pi
 
 from anonengine.config import CameraConfig, EngineConfig, SourcesConfig
 from anonengine.errors import InputError, SourceNotOpenable
+from anonengine.messages import SourceState
 from anonengine.sample import make_sample
 from anonengine.shm import SHM_DIR, made_by, segment_name
-from anonengine.messages import SourceState
 from anonengine.sources import LiveFeed, Source, SourceKind, backoff_delays, classify
 from anonengine.stages import CaptureStage
 from anonengine.video import Frame, StreamInfo, VideoReader

@@ -332,7 +332,7 @@ def test_a_person_standing_behind_someone_walking_past_stays_hidden_at_their_ful
     looked = sorted(set(range(0, 63, 3)) | {65, 68, 70, 72, 74, 77, 80, 83})
     hold = MaskHold(HoldConfig(), hidden_from=0.15)
     shown = []
-    for frame in range(0, 86):
+    for frame in range(86):
         walker = [frame * 5.6 - 130, 117, frame * 5.6 - 62, 315]  # 5.6 px a frame, in front
         if frame in looked:
             boxes, scores = [walker], [0.89]
@@ -347,7 +347,7 @@ def test_a_person_standing_behind_someone_walking_past_stays_hidden_at_their_ful
         # His left strip (289 to 306: the walker's box covered it from frame 66), once the walker's box leaves it:
         # hidden by a box the hold gave.
         strip = (289.0, min(306.0, walker[0]))
-        if frame >= 66 and strip[1] - strip[0] > 2:
-            if not any(b[0] <= strip[0] and b[2] >= strip[1] and b[1] <= 120 and b[3] >= 300 for b in held):
-                shown.append(frame)
+        if frame >= 66 and strip[1] - strip[0] > 2 and not any(
+                b[0] <= strip[0] and b[2] >= strip[1] and b[1] <= 120 and b[3] >= 300 for b in held):
+            shown.append(frame)
     assert not shown, f"his left strip was shown in frames {shown}"
