@@ -231,6 +231,11 @@ def backoff_delays(cfg: SourcesConfig, rng: random.Random | None = None) -> Iter
         delay = min(cfg.reconnect_max_s, delay * 2)
 
 
+# A live frame whose time by its stream's clock is this much later than the wall clock since the last frame allows
+# is taken for a jump of that clock (`LiveFeed._follows_on`).
+CLOCK_JUMP_S = 10.0
+
+
 class LiveFeed:
     """Frames of a live source for ever (until `stop`), read in a thread that reconnects as needed.
 
@@ -367,24 +372,25 @@ class LiveFeed:
         self.status.connected_at = self.clock()
         self._connected.set()
         self._settled.set()
-        session_start: float | None = None
-        offset = 0.0
+        anchor: tuple[float, float] | None = None  # (a frame's stream time, its time on the timeline)
         try:
             for frame in reader:
                 if self._stop.is_set():
                     return "stopped"
-                if session_start is None and frame.pts_guessed:
+                if anchor is None and frame.pts_guessed:
                     # RTSP's first frame often comes before the first timestamp: its time is unknown, and
                     # a guess would shift every frame after it. A live source loses nothing by skipping it.
                     continue
                 now = self.clock()
-                if session_start is None:
-                    session_start = frame.time
+                seconds = None if anchor is None else anchor[1] + frame.time - anchor[0]
+                if seconds is None or not self._follows_on(seconds, now):
+                    # A connection's first frame, or the stream's clock jumped (its sender restarted, the
+                    # connection kept: UDP): after the last frame, by the wall-clock time since it.
+                    seconds = 0.0 if self._last_time is None else self._last_time + max(
+                        now - self._last_wall, float(1 / self.info.rate))
                     frame.at_break = self._last_time is not None  # after an outage: anyone may be anywhere
-                    # Continue the timeline: after the last frame, by the wall-clock time since it.
-                    offset = 0.0 if self._last_time is None else self._last_time + max(
-                        now - self._last_wall, float(1 / self.info.rate)) - session_start
-                self._put(self._conform(frame, offset + frame.time - session_start), now)
+                    anchor = (frame.time, seconds)
+                self._put(self._conform(frame, seconds), now)
             return "the stream ended"
         except InputError as exc:
             return str(exc)
@@ -399,6 +405,15 @@ class LiveFeed:
             # which a process that allocates little may not run for hours: measured, each reconnection
             # kept about 10 MB. A reconnection is rare; a collection is cheap beside it.
             gc.collect()
+
+    def _follows_on(self, seconds: float, now: float) -> bool:
+        """Whether a frame at `seconds` on the timeline (by its connection's clock) follows the last one: later, and
+        not later than the wall clock allows (a network delivers in bursts: CLOCK_JUMP_S more). A stream's clock
+        that went back (a sender restarted: its times from 0 again, or from 1.4 s as FFmpeg's MPEG-TS) or leapt
+        ahead is taken up again from the wall clock."""
+        if self._last_time is None:
+            return True
+        return self._last_time < seconds <= self._last_time + (now - self._last_wall) + CLOCK_JUMP_S
 
     def _conform(self, frame, seconds: float):
         """The frame at the first connection's size, at `seconds` in its time base, after the last one."""

@@ -553,15 +553,19 @@ def test_backoff_doubles_to_its_cap_with_jitter():
 
 
 class FlakyReader:
-    """A source whose connections give `frames` frames each, from pts 0, then fail."""
+    """A source whose connections give `frames` frames each, from pts `start` (0; a stream joined mid-way, as UDP's
+    MPEG-TS is, later), then fail; with `restart_at`, its clock starts again from 0 at that frame (its sender
+    restarted, the connection kept)."""
 
-    def __init__(self, frames: int, fail_opens: int = 0, size=(64, 48)) -> None:
-        self.frames, self.size = frames, size
+    def __init__(self, frames: int, fail_opens: int = 0, size=(64, 48), start: int = 0,
+                 restart_at: int | None = None) -> None:
+        self.frames, self.size, self.start, self.restart_at = frames, size, start, restart_at
         self.info = StreamInfo(size[0], size[1], Fraction(25), Fraction(1, 25), 0, True)
 
     def __iter__(self):
         for i in range(self.frames):
-            yield Frame("fake", i, i, Fraction(1, 25), np.full((self.size[1], self.size[0], 3), i, np.uint8))
+            pts = i - self.restart_at if self.restart_at is not None and i >= self.restart_at else self.start + i
+            yield Frame("fake", i, pts, Fraction(1, 25), np.full((self.size[1], self.size[0], 3), i, np.uint8))
             time.sleep(0.005)
         raise InputError("connection reset by peer")
 
@@ -604,6 +608,37 @@ def test_the_feed_reconnects_and_keeps_time_increasing():
     assert all(f.image.shape == (48, 64, 3) for f in got)  # the first connection's size
     assert feed.status.reconnects >= 2 and feed.status.last_error
     assert feed.status.state is SourceState.STOPPED
+
+
+def test_a_feed_taking_over_a_stream_joined_mid_way_goes_on_after_its_predecessors_last_frame():
+    """A restarted capture of a UDP camera (MPEG-TS: its times are the sender's, 60 s in) gave every frame after the
+    restart the same time, just after its predecessor's last (the stream's own start subtracted twice, the times
+    then held back to stay increasing): the encoder failed on them ("Invalid argument") and the camera's whole
+    recording was removed (a soak trial). Its frames follow the last by the wall-clock time since, a frame apart."""
+    cfg = SourcesConfig(reconnect_initial_s=0.05, reconnect_max_s=0.1, reconnect_jitter=0)
+    last_wall = time.monotonic() - 2.0  # the dead capture's last frame, at 100 s, 2 s ago
+    feed = LiveFeed(Source("udp://fake", SourceKind.STREAM), "fake", cfg, follows=(100.0, last_wall), queue_size=100,
+                    opener=lambda source: FlakyReader(10, start=1500)).start()  # 60 s into the sender's stream
+    times = [f.time for f in take(feed, 10)]
+    assert len(times) == 10
+    assert 102.0 <= times[0] < 104.0, times
+    np.testing.assert_allclose(np.diff(times), 1 / 25, atol=1e-6)
+
+
+def test_a_streams_clock_going_back_on_one_connection_is_taken_up_from_the_wall_clock():
+    """A sender restarted within the stall time (UDP: no connection to lose): its times start again from 0, or
+    1.4 s, and every frame after was held at the last time (increasing by one tick of the time base) until the
+    stream's clock caught up. They go on after the last frame, by the wall-clock time since, at a break."""
+    cfg = SourcesConfig(reconnect_initial_s=0.05, reconnect_max_s=0.1, reconnect_jitter=0)
+    feed = LiveFeed(Source("udp://fake", SourceKind.STREAM), "fake", cfg, queue_size=100,
+                    opener=lambda source: FlakyReader(20, start=1500, restart_at=10)).start()
+    got = take(feed, 20)
+    times = [f.time for f in got]
+    assert len(times) == 20
+    steps = np.diff(times)
+    np.testing.assert_allclose(np.delete(steps, 9), 1 / 25, atol=1e-6)
+    assert 1 / 25 - 1e-6 <= steps[9] < 1.0, steps  # the wall-clock time between the two frames
+    assert [i for i, f in enumerate(got) if f.at_break] == [10]
 
 
 def test_a_camera_back_in_another_shape_is_fitted_into_the_stream_with_bars_and_said_once(caplog):
