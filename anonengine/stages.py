@@ -320,7 +320,11 @@ class CompositeStage(Stage):
             compositor = self._compositor(camera)
             compositor.background.guard(TAKEN_OVER_GUARD_FRAMES)
             if hold is not None and compositor.hold is not None:
-                compositor.hold.take_over(hold, next_seq)
+                try:
+                    compositor.hold.take_over(hold, next_seq)
+                except Exception as exc:  # noqa: BLE001 - inconsistent (a torn or foreign file): it knows no one
+                    compositor.hold.reset()
+                    log.warning("%s: predecessor's mask hold unusable (%s); starting without it", camera, exc)
         return self.ahead[camera]
 
     def kept_hold(self, camera: str, stream: str, seq: int) -> HoldState | None:

@@ -351,3 +351,16 @@ def test_a_person_standing_behind_someone_walking_past_stays_hidden_at_their_ful
                 b[0] <= strip[0] and b[2] >= strip[1] and b[1] <= 120 and b[3] >= 300 for b in held):
             shown.append(frame)
     assert not shown, f"his left strip was shown in frames {shown}"
+
+
+def test_a_kept_hold_that_does_not_fit_is_left_and_the_successor_knows_no_one():
+    """A kept hold of the right schema whose look is torn: taken over, it would fail the successor's start, every
+    restart (until the engine stopped); it starts without it, as before the hold was kept."""
+    from anonengine import messages
+    from anonengine.config import AnonymizerConfig
+    from anonengine.stages import CompositeStage
+
+    torn = messages.KeptTrack((1.0,) * 8, (1.0,) * 4, 5, (1.0,) * 4, 2, False, True, -1, look=b"xx", look_shape=(4, 4))
+    composite = CompositeStage(AnonymizerConfig())
+    composite.start("cam", True, 640, 360, messages.HoldState("cam", "", 5, 5, 5, 0, (torn,)), next_seq=10)
+    assert composite.compositors["cam"].hold.tracker.tracks == []
