@@ -1300,8 +1300,8 @@ def test_a_recording_served_over_http_replayed_as_a_camera_is_read_once_at_its_r
 def test_a_live_http_stream_is_asked_once_whether_it_is_live_for_the_whole_engine(web, models_dir, tmp_path):
     """Each process asked the URL itself whether it serves a recording (the command, then the capture,
     besides their connections to read it): 4 connections for one run, which a camera taking one client at a
-    time refuses. The launcher says it in the capture's config: 3 (the command's question, its check that
-    the stream opens, the capture's)."""
+    time refuses. The launcher says it in the capture's config: 2 (the command's question, the capture's; the
+    command's check that the stream opens, a third, is the capture's own now: `preflight`)."""
     LIVE_TS_GETS.clear()
     output = tmp_path / "live.mp4"
     proc = start_run(models_dir, "--video-source", f"{web}/live.ts", "--output-video", output,
@@ -1311,7 +1311,7 @@ def test_a_live_http_stream_is_asked_once_whether_it_is_live_for_the_whole_engin
     finally:  # a live run never ends by itself: a failed wait left it running, its stages and port with it
         code, stderr, _ = stop_and_wait(proc, signal.SIGINT, group=True)
     assert code == 0 and "frames anonymized" in stderr, stderr
-    assert len(LIVE_TS_GETS) == 3, LIVE_TS_GETS
+    assert len(LIVE_TS_GETS) == 2, LIVE_TS_GETS
 
 
 def test_a_urls_default_output_is_named_after_its_last_part():
