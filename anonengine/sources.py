@@ -372,7 +372,7 @@ class LiveFeed:
         self.status.connected_at = self.clock()
         self._connected.set()
         self._settled.set()
-        anchor: tuple[float, float] | None = None  # (a frame's stream time, its time on the timeline)
+        anchor: tuple[float, float, float] | None = None  # (a frame's stream time, its time on the timeline, its wall)
         try:
             for frame in reader:
                 if self._stop.is_set():
@@ -389,8 +389,12 @@ class LiveFeed:
                     seconds = 0.0 if self._last_time is None else self._last_time + max(
                         now - self._last_wall, float(1 / self.info.rate))
                     frame.at_break = self._last_time is not None  # after an outage: anyone may be anywhere
-                    anchor = (frame.time, seconds)
+                    anchor = (frame.time, seconds, now)
                 self._put(self._conform(frame, seconds), now)
+                # When it came, by the stream's clock: the decoder's threads hold the last frames before a sender
+                # stops until the stall ends the connection (20 s), and that late a wall clock shortened the outage
+                # in the timeline by as much (a soak: 20 to 27 s of recorded time lost at each).
+                self._last_wall = min(now, anchor[2] + self._last_time - anchor[1])
             return "the stream ended"
         except InputError as exc:
             return str(exc)

@@ -641,6 +641,36 @@ def test_a_streams_clock_going_back_on_one_connection_is_taken_up_from_the_wall_
     assert [i for i, f in enumerate(got) if f.at_break] == [10]
 
 
+def test_an_outage_is_as_long_in_the_timeline_as_on_the_wall_clock_though_the_decoder_held_the_last_frames():
+    """FFmpeg's frame threads hold the last frames before a sender stops until the stall ends the connection (20 s
+    later); taken for frames that came then, they shortened the outage in the timeline by as much (a soak: 20 to
+    27 s of recorded time lost at each outage; a 30-s outage here was 11.9 s). Here they come 1 s late, and the
+    sender is back 2 s after it stopped."""
+
+    class HeldBack(FlakyReader):
+        def __iter__(self):
+            for i in range(10):
+                if i == 8:
+                    time.sleep(1.0)  # the stall: the decoder lets its last two frames go
+                yield Frame("fake", i, i, Fraction(1, 25), np.zeros((48, 64, 3), np.uint8))
+                time.sleep(0.04)
+            raise InputError("no frame for 20 s")
+
+    opens = []
+
+    def opener(source):
+        opens.append(time.monotonic())
+        if len(opens) == 2:
+            time.sleep(1.0)  # the sender is back 2 s after it stopped
+        return HeldBack(10)
+
+    cfg = SourcesConfig(reconnect_initial_s=0.05, reconnect_max_s=0.1, reconnect_jitter=0)
+    feed = LiveFeed(Source("udp://fake", SourceKind.STREAM), "fake", cfg, opener=opener, queue_size=100).start()
+    times = [f.time for f in take(feed, 12)]
+    assert len(times) == 12
+    assert times[10] - times[9] >= 1.9, times  # stopped at frame 8's time, back 2 s later
+
+
 def test_a_camera_back_in_another_shape_is_fitted_into_the_stream_with_bars_and_said_once(caplog):
     """A camera reconfigured from 16:9 to 4:3 was stretched into the stream's size without a word (its persons a
     third wider than the detector knows them; an operator's trial): it is fitted whole, with black bars, and
