@@ -49,8 +49,8 @@ CANVAS_MARGIN = 0.25  # of the frame's size, on each side
 # far from every person's mask, as a share of the frame's diagonal. A mask drawn too tight (the detector's box of
 # a person half behind another) leaves a strip of them just outside it: the dead model had learnt that place
 # before the person came, and goes on learning at `alpha`; a new one copied the strip at weight 1, and the fill
-# drew from it (a shoe mirrored into the hole, 1% of the person, in 2 of 10 kills of a live camera's compositor;
-# 0 of 5 undisturbed). Not for every model: bench/privacy.py's background error rose from 13.5 to 20.6 grey levels
+# drew from it (a shoe mirrored into the hole, 1% of the person, in 2 of 7 kills of a live camera's compositor that
+# took over the hold; 0 of 6 with this; 0 of 5 undisturbed). Not for every model: bench/privacy.py's background error rose from 13.5 to 20.6 grey levels
 # (a street with persons in view all along, file mode) and 3.2 to 7.7 (crossing, live) with the guard always on.
 FIRST_SEEN_GUARD = 0.03
 MIRROR_SEAM_PX = 4.0  # where a hole's two mirror images meet, they cross-fade over this width
