@@ -126,6 +126,14 @@ def dropped_line(name: str, extras: SourceExtras) -> str:
             f"--audio keep copies it unchanged)")
 
 
+def left_out_lines(name: str, extras: SourceExtras, policy: CarryPolicy) -> list[str]:
+    """What is said of the source `name` its anonymized copy leaves out: its audio, free-text tags, subtitles."""
+    said = [dropped_line(name, extras) if extras.has_audio and policy.audio == "drop" else None,
+            tags_line(name, extras, policy.tags),
+            subtitles_line(name, extras) if extras.subtitles else None]
+    return [line for line in said if line is not None]
+
+
 def tags_line(name: str, extras: SourceExtras, policy: TagPolicy) -> str | None:
     """The one line said of a source's free-text tags that `basic` leaves out (None: it left none out). Location
     tags go whatever the policy, without a word (README, Batches)."""
@@ -337,10 +345,7 @@ def finish_single_file(camera, policy: CarryPolicy) -> Callable[[], int]:
 
     def finish() -> int:
         source, output = Path(camera.source), Path(camera.output)
-        said = [dropped_line(source.name, extras) if extras.has_audio and policy.audio == "drop" else None,
-                tags_line(source.name, extras, policy.tags),
-                subtitles_line(source.name, extras) if extras.subtitles else None]
-        for line in filter(None, said):
+        for line in left_out_lines(source.name, extras, policy):
             print(line, file=sys.stderr)
         if extras.needs_remux(policy) and output.is_file():
             try:
@@ -362,4 +367,4 @@ def finish_single_file(camera, policy: CarryPolicy) -> Callable[[], int]:
 
 
 __all__ = ["DEFAULT_CARRY", "AudioPolicy", "CarryPolicy", "SourceExtras", "TagPolicy", "carry_over", "check_audio_fits",
-           "dropped_line", "finish_single_file", "is_location_tag", "kept_tags", "probe", "tags_line"]
+           "dropped_line", "finish_single_file", "is_location_tag", "kept_tags", "left_out_lines", "probe", "tags_line"]

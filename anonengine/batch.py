@@ -42,10 +42,8 @@ from anonengine.audio import (
     CarryPolicy,
     carry_over,
     check_audio_fits,
-    dropped_line,
+    left_out_lines,
     probe,
-    subtitles_line,
-    tags_line,
 )
 from anonengine.config import AnonymizerConfig, CameraConfig, EngineConfig
 from anonengine.errors import AnonError, ConfigError, InputError, ModelError, OutputError
@@ -411,10 +409,7 @@ class FileRunner:
             raise Interrupted(result.interrupted_by)
         with INTERRUPTS.deferred():  # short: a signal now waits until this file is whole
             extras = probe(job.source)
-            said = [dropped_line(job.rel, extras) if extras.has_audio and self.policy.audio == "drop" else None,
-                    tags_line(job.rel, extras, self.policy.tags),
-                    subtitles_line(job.rel, extras) if extras.subtitles else None]
-            for line in filter(None, said):
+            for line in left_out_lines(job.rel, extras, self.policy):
                 self.say(line)
             if extras.needs_remux(self.policy):
                 carry_over(job.staged, job.source, job.output, self.policy, write_to=partial_path(job.output))

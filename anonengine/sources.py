@@ -439,7 +439,6 @@ class LiveFeed:
         return frame
 
     def _put(self, frame, now: float) -> None:
-        self._last_wall = now
         with self.frames.mutex:  # the consumer takes from the front meanwhile
             waiting, dropped = self.frames.queue, 0
             while waiting and (len(waiting) >= self.queue_size or now - waiting[0][0] > self.cfg.buffer_s):
