@@ -53,6 +53,16 @@ CANVAS_MARGIN = 0.25  # of the frame's size, on each side
 # took over the hold; 0 of 6 with this; 0 of 5 undisturbed). Not for every model: bench/privacy.py's background error rose from 13.5 to 20.6 grey levels
 # (a street with persons in view all along, file mode) and 3.2 to 7.7 (crossing, live) with the guard always on.
 FIRST_SEEN_GUARD = 0.03
+# A still camera's background takes on a lasting change at once, where `alpha` would take seconds: a door opened, a
+# van gone, a light switched on. A cell of CHANGE_CELL_PX square, seen free and away from persons (FIRST_SEEN_GUARD),
+# whose mean colour stays CHANGE_LEVELS off the model's and within CHANGE_STEADY_LEVELS of how it looked when the
+# change began, for `background.adopt_after` frames learnt from in a row, is copied as the first sight of a place
+# is. A person the detector misses standing there is shown by the frame anyway, and once found is forgotten by the
+# model (`forget_where_learnt`); someone walking is no lasting change. (The background reviewer's door, opened 24
+# frames before someone passed it, live: filled closed at alpha 0.05.)
+CHANGE_CELL_PX = 8
+CHANGE_LEVELS = 20.0
+CHANGE_STEADY_LEVELS = 10.0
 MIRROR_SEAM_PX = 4.0  # where a hole's two mirror images meet, they cross-fade over this width
 # Rows are mirror-filled in bands of about this many pixels: the per-pixel index arrays of a band stay in
 # the CPU's cache (a 48-MP photo's at once were gigabytes, 3.8 s; 0.8 s in bands; 720p 30 -> 15 ms).
@@ -190,6 +200,56 @@ class View:
         return np.stack([corners.min(axis=0), corners.max(axis=0)])
 
 
+class LastingChanges:
+    """Which cells of a still camera's frame changed for good (`CHANGE_*`), frame after frame learnt from."""
+
+    def __init__(self, frames: int) -> None:
+        self.frames = frames
+        self._place: tuple | None = None  # the scene and canvas box the counts belong to
+        self._counts = np.zeros((0, 0), np.uint16)
+        self._began = np.zeros((0, 0, 3), np.float32)
+
+    def reset(self) -> None:
+        self._place = None
+
+    def update(self, place: tuple, frame_cells: np.ndarray, model_cells: np.ndarray, usable: np.ndarray
+               ) -> np.ndarray:
+        """The cells to copy now (bool), given the frame's and the model's mean colour per cell (float32, h x w x 3)
+        and which cells are seen and free of persons (bool). A new `place` (a cut, the camera moved) starts over."""
+        if place != self._place or self._counts.shape != usable.shape:
+            self._place = place
+            self._counts = np.zeros(usable.shape, np.uint16)
+            self._began = frame_cells.copy()
+        changed = (largest_difference(frame_cells, model_cells) > CHANGE_LEVELS) & usable
+        steady = largest_difference(frame_cells, self._began) <= CHANGE_STEADY_LEVELS
+        going_on = changed & steady & (self._counts > 0)
+        beginning = changed & ~going_on
+        self._counts = np.where(going_on, self._counts + 1, beginning.astype(np.uint16))
+        self._began[beginning] = frame_cells[beginning]
+        lasting = self._counts >= self.frames
+        self._counts[lasting] = 0
+        return lasting
+
+
+def largest_difference(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Per pixel, the largest difference of a channel between two colour images (numpy's max over the channel
+    axis takes 0.6 ms on a 160x90 image, this 0.05)."""
+    difference = cv2.absdiff(a, b)
+    return np.maximum(np.maximum(difference[..., 0], difference[..., 1]), difference[..., 2])
+
+
+def cell_grid(shape: tuple[int, ...]) -> tuple[int, int]:
+    """How many whole CHANGE_CELL_PX cells (rows, columns) a frame of `shape` holds."""
+    return shape[0] // CHANGE_CELL_PX, shape[1] // CHANGE_CELL_PX
+
+
+def usable_cells(all_free_and_seen: np.ndarray, band: int) -> np.ndarray:
+    """The cells (bool) wholly seen and free of persons, and `band` pixels or more from any person's."""
+    reach = -(-band // CHANGE_CELL_PX)
+    kernel = cv2.getStructuringElement(cv2.MORPH_RECT, (2 * reach + 1, 2 * reach + 1))
+    return cv2.erode(all_free_and_seen.astype(np.uint8), kernel, borderType=cv2.BORDER_REPLICATE) > 0
+
+
 class BackgroundModel:
     """`keep_frames`: views this many frames old may still be rendered (a recording's frames waiting for
     their future): their part of the scene stays on the canvas, and the fill covers it."""
@@ -202,6 +262,7 @@ class BackgroundModel:
         self._frames = 0
         self._changes = CutFinder()  # the whole picture against the frame before: a cut where little was learnt
         self.guarded = 0  # frames learnt from with FIRST_SEEN_GUARD still to come (`guard`)
+        self._lasting = LastingChanges(cfg.adopt_after) if cfg.adopt_after else None
 
     @property
     def view(self) -> View | None:
@@ -226,6 +287,8 @@ class BackgroundModel:
         self.scene = None
         self._recent.clear()
         self._changes = CutFinder()
+        if self._lasting is not None:
+            self._lasting.reset()
         if self.motion is not None:
             self.motion.reset()
 
@@ -277,18 +340,56 @@ class BackgroundModel:
             free = cv2.warpAffine(free, to_box, size, flags=cv2.INTER_NEAREST, borderValue=0)
             free = cv2.erode(free, np.ones((3, 3), np.uint8))
         mean, seen = scene.mean[roi], scene.seen[roi]
-        cv2.accumulateWeighted(image, mean, self.cfg.alpha, mask=cv2.bitwise_and(free, seen))
+        learnable = cv2.bitwise_and(free, seen)
+        if to_box is None and self._lasting is not None:
+            lasting = self._lasting_cells(image, mean, learnable, (id(scene), box))
+            if lasting is not None:
+                cv2.accumulateWeighted(image, mean, 1.0, mask=lasting)  # weight 1: a copy
+        cv2.accumulateWeighted(image, mean, self.cfg.alpha, mask=learnable)
         first_seen = cv2.bitwise_and(free, cv2.bitwise_not(seen))
         x, y, w, h = cv2.boundingRect(first_seen)  # newly uncovered pixels lie around persons: work there
         if w:
             part = slice(y, y + h), slice(x, x + w)
-            first_seen = first_seen[part]
-            if self.guarded > 0:
-                band = round(FIRST_SEEN_GUARD * float(np.hypot(*frame.shape[:2])))
-                first_seen = cv2.bitwise_and(first_seen, away_from_persons(free, band, part))
+            first_seen = self._first_seen_guarded(first_seen[part], free, part, frame.shape)
             cv2.accumulateWeighted(image[part], mean[part], 1.0, mask=first_seen)  # weight 1: a copy
             cv2.bitwise_or(seen[part], first_seen, dst=seen[part])
         self.guarded = max(0, self.guarded - 1)
+
+    def _first_seen_guarded(self, first_seen: np.ndarray, free: np.ndarray, part: tuple[slice, slice],
+                            frame_shape: tuple[int, ...]) -> np.ndarray:
+        """`first_seen` (of `part`), less its pixels near persons while the model is guarded (`guard`)."""
+        if self.guarded <= 0:
+            return first_seen
+        band = round(FIRST_SEEN_GUARD * float(np.hypot(*frame_shape[:2])))
+        return cv2.bitwise_and(first_seen, away_from_persons(free, band, part))
+
+    def _lasting_cells(self, image: np.ndarray, mean: np.ndarray, learnable: np.ndarray, place: tuple
+                       ) -> np.ndarray | None:
+        """Where a still camera's frame changed for good (`LastingChanges`): a mask of the frame's pixels (uint8,
+        255) to copy into the model, or None. `mean` and `learnable` (255: seen and free) are the frame's place on
+        the canvas."""
+        rows, cols = cell_grid(image.shape)
+        if not rows or not cols:
+            return None
+        whole = slice(0, rows * CHANGE_CELL_PX), slice(0, cols * CHANGE_CELL_PX)
+        cells = (cols, rows)
+        # uint8: each cell's mean rounded half up (integer sums), as the tensor model rounds it
+        frame_cells = cv2.resize(image[whole], cells, interpolation=cv2.INTER_AREA).astype(np.float32)
+        model_cells = cv2.resize(mean[whole], cells, interpolation=cv2.INTER_AREA)
+        all_learnable = cv2.resize(learnable[whole], cells, interpolation=cv2.INTER_AREA) == 255
+        return self._lasting_mask(frame_cells, model_cells, all_learnable, place, image.shape)
+
+    def _lasting_mask(self, frame_cells: np.ndarray, model_cells: np.ndarray, all_learnable: np.ndarray,
+                      place: tuple, frame_shape: tuple[int, ...]) -> np.ndarray | None:
+        band = round(FIRST_SEEN_GUARD * float(np.hypot(*frame_shape[:2])))
+        lasting = self._lasting.update(place, frame_cells, model_cells, usable_cells(all_learnable, band))
+        if not lasting.any():
+            return None
+        mask = np.zeros(frame_shape[:2], np.uint8)
+        rows, cols = lasting.shape
+        mask[: rows * CHANGE_CELL_PX, : cols * CHANGE_CELL_PX] = np.kron(
+            lasting, np.ones((CHANGE_CELL_PX, CHANGE_CELL_PX), bool)) * np.uint8(255)
+        return mask
 
     def _start(self, shape: tuple[int, ...], to_scene: np.ndarray | None = None,
                origin: np.ndarray | None = None) -> None:

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from anonengine.background import (
+    CHANGE_CELL_PX,
     CUT_PIXEL_CHANGE,
     RENDER_RESAMPLE,
     RESAMPLE,
@@ -30,6 +31,7 @@ from anonengine.background import (
     BackgroundModel,
     Scene,
     View,
+    cell_grid,
     cut_sample_step,
     warp_interpolation,
 )
@@ -80,11 +82,40 @@ class TorchBackgroundModel(BackgroundModel):
             free = resample(free.float(), inverse, size, cv2.INTER_NEAREST) > 0.5
             free = erode3(free)
         mean, seen = scene.mean[roi], scene.seen[roi]
-        learnt = (free & seen).unsqueeze(-1)
+        learnable = free & seen
+        if to_box is None and self._lasting is not None:
+            lasting = self._lasting_cells(image, mean, learnable, (id(scene), box))
+            if lasting is not None:
+                mean.copy_(torch.where(self._upload(lasting).bool().unsqueeze(-1), image, mean))
+        learnt = learnable.unsqueeze(-1)
         mean.copy_(torch.where(learnt, mean * (1 - self.cfg.alpha) + image * self.cfg.alpha, mean))
         first_seen = free & ~seen
+        if self.guarded > 0:  # the CPU model's guard, on the CPU (a successor's first frames only)
+            first_seen_np = first_seen.cpu().numpy().astype(np.uint8) * np.uint8(255)
+            x, y, w, h = cv2.boundingRect(first_seen_np)
+            if w:
+                part = slice(y, y + h), slice(x, x + w)
+                free_np = free.cpu().numpy().astype(np.uint8) * np.uint8(255)
+                first_seen_np[part] = self._first_seen_guarded(first_seen_np[part], free_np, part, frame.shape)
+                first_seen = self._upload(first_seen_np) > 0
         mean.copy_(torch.where(first_seen.unsqueeze(-1), image, mean))
         seen |= first_seen
+        self.guarded = max(0, self.guarded - 1)
+
+    def _lasting_cells(self, image: torch.Tensor, mean: torch.Tensor, learnable: torch.Tensor, place: tuple
+                       ) -> np.ndarray | None:
+        rows, cols = cell_grid(image.shape)
+        if not rows or not cols:
+            return None
+        whole = slice(0, rows * CHANGE_CELL_PX), slice(0, cols * CHANGE_CELL_PX)
+
+        def cells(pixels: torch.Tensor) -> torch.Tensor:  # h x w x c -> rows x cols x c, each cell's mean
+            return F.avg_pool2d(pixels[whole].permute(2, 0, 1).unsqueeze(0), CHANGE_CELL_PX)[0].permute(1, 2, 0)
+
+        all_learnable = cells(learnable.float().unsqueeze(-1))[..., 0] == 1
+        frame_cells = torch.floor(cells(image) + 0.5)  # OpenCV's uint8 cell means, rounded half up
+        return self._lasting_mask(frame_cells.cpu().numpy(), cells(mean).cpu().numpy(),
+                                  all_learnable.cpu().numpy(), place, image.shape)
 
     def _is_cut(self, frame: np.ndarray, person_mask: np.ndarray, changed: float) -> bool:
         step = cut_sample_step(frame.shape)

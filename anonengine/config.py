@@ -169,6 +169,12 @@ class BackgroundConfig(StrictModel):
         description="Learning rate of the running-average background (seed's --alpha), per frame learnt from: "
         "those the detector looked at (detector.stride); the others' masks are guesses.",
     )
+    adopt_after: int = Field(
+        8, ge=0, le=10000,
+        description="A still camera's background takes on at once a change that lasted this many frames learnt "
+        "from, away from persons (a door opened, a car gone, a light switched on), where `alpha` would take "
+        "seconds; 0 = at `alpha` only.",
+    )
     fill: Literal["mirror", "inpaint", "solid"] = Field(
         "mirror",
         description="How background never seen free of persons is filled: the seen background on either side "

@@ -64,6 +64,25 @@ def test_the_tensor_model_draws_what_the_opencv_model_draws(camera, resample):
     assert (opencv.seen == tensors.seen).mean() > 0.999
 
 
+def test_the_tensor_model_takes_on_lasting_changes_and_guards_as_opencv_does():
+    """A door opened away from the person (`background.adopt_after`), and a successor's guard (`guard`: first
+    learnt only away from persons): the same pixels (within the running average's rounding: a grey level), the
+    same seen places."""
+    from test_background import door_frames
+
+    cfg = BackgroundConfig(cut_threshold=0)
+    for guarded in (0, 10):
+        opencv, tensors = BackgroundModel(cfg), TorchBackgroundModel(cfg, device="cpu")
+        opencv.guard(guarded)
+        tensors.guard(guarded)
+        for frame, mask, _ in door_frames(opened_at=3, frames=13):
+            opencv.update(frame, mask)
+            tensors.update(frame, mask)
+            assert np.abs(opencv.render().astype(int) - tensors.render()).max() <= 1
+            assert np.array_equal(opencv.seen, tensors.seen)
+        assert np.array_equal(opencv.render(), tensors.render())  # the door copied by both
+
+
 def test_the_tensor_model_blends_as_opencv_does():
     """The blend of a region on the device (the frame's pixels up, the blended ones down) gives the very
     pixels OpenCV's blendLinear gives with the same background: soft edges, the background alone where the
