@@ -129,7 +129,7 @@ def open_source(source: Source, cfg: SourcesConfig) -> av.container.InputContain
                  SourceNotOpenable if isinstance(exc, NOT_OPENABLE) else InputError)
         named = source.spec if url == source.spec else f"{source.spec} ({url})"
         reason = _unfinished_file(url) if isinstance(exc, av.InvalidDataError) else None
-        raise error(f"cannot open video {named}: {reason or _ffmpeg_reason(exc)}") from None
+        raise error(f"cannot open video {named}: {reason or _ffmpeg_reason(exc, waited_s=timeout[0] if timeout else None)}") from None
 
 
 def _unfinished_file(path: str) -> str | None:
@@ -221,7 +221,9 @@ class VideoReader:
         kind = kind or classify(source)
         self.rotate = kind.rotate
         self.numbers = kind.numbers  # an image sequence's photos' numbers: its frames
-        self.container = open_source(kind, sources_cfg or SourcesConfig())
+        sources_cfg = sources_cfg or SourcesConfig()
+        self.stall_s = sources_cfg.stall_s if kind.live else None  # what a read may wait (PyAV's timeout)
+        self.container = open_source(kind, sources_cfg)
         if on_answer is not None:
             on_answer()
         try:
@@ -408,7 +410,7 @@ class VideoReader:
             for av_frame in held_back:
                 yield self._image(av_frame, stored_aspect)
             raise InputError(f"cannot decode {self.source} at frame {decoded}{self._bad_photo(decoded)}: "
-                             f"{_ffmpeg_reason(exc)}{self._index_out_of_reach(decoded)}") from None
+                             f"{_ffmpeg_reason(exc, waited_s=self.stall_s)}{self._index_out_of_reach(decoded)}") from None
         if damaged is not None:
             raise InputError(f"{self.source} is truncated or corrupt at frame {decoded}")
         if damaged_count > 1:
@@ -1037,6 +1039,10 @@ def container_format(path: Path) -> str:
     return OUTPUT_CONTAINERS.get(Path(path).suffix.lower(), "mp4")
 
 
-def _ffmpeg_reason(exc: Exception) -> str:
+def _ffmpeg_reason(exc: Exception, waited_s: float | None = None) -> str:
+    """FFmpeg's words for a failure; `waited_s`: the timeout PyAV had (its timeout interrupts FFmpeg, which then
+    says "Immediate exit requested", all an operator saw of a stream that stopped sending)."""
+    if waited_s is not None and isinstance(exc, av.ExitError):
+        return f"nothing came for {waited_s:g} s"
     reason = getattr(exc, "strerror", None) or str(exc)
     return str(reason).split(": '")[0].strip()

@@ -188,7 +188,8 @@ class CaptureService(Service):
             if interrupted:
                 self.log.info("stopped at frame %d, before the end of the file", self.seq)
                 return False
-            self.log.info("end of stream after %d frames; waiting for %d in flight", self.seq, len(self.inflight))
+            self.log.info("%s after %d frames; waiting for %d in flight", "stopped" if self.stopping else "end of stream",
+                          self.seq, len(self.inflight))
             self._released_at = time.monotonic()
         if (self.ended and self.stopping and self.inflight
                 and time.monotonic() - self._released_at > STOP_DRAIN_IDLE_S):

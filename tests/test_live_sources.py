@@ -466,6 +466,27 @@ def test_a_udp_stream_joined_between_two_keyframes_starts_at_the_next(tmp_path):
     assert len(frames) == 20 and frames[0].image.shape == (96, 160, 3)
 
 
+def test_a_udp_sender_that_stops_is_said_to_have_sent_nothing_for_the_stall_time(tmp_path):
+    """PyAV's timeout interrupts FFmpeg, which then says "Immediate exit requested": all an operator read of a
+    camera whose sender stopped (an overload trial's log: "cannot decode udp://...: Immediate exit requested")."""
+    import threading
+
+    ts = keyframes_apart_ts(tmp_path / "short.ts", seconds=2, gop_s=1).read_bytes()
+    port = free_port()
+    stop = threading.Event()
+    sender = threading.Thread(target=send_over_udp, args=(ts, 2, port, 0, 2, stop), daemon=True)
+    sender.start()
+    reader = VideoReader(f"udp://127.0.0.1:{port}", sources_cfg=SourcesConfig(stall_s=1.5))
+    try:
+        with pytest.raises(InputError, match=r"cannot decode udp://127\.0\.0\.1:\d+ at frame \d+: nothing came for 1\.5 s"):
+            for _ in reader:
+                pass
+    finally:
+        reader.close()
+        stop.set()
+        sender.join(5)
+
+
 def test_run_on_a_udp_stream_waits_for_one_keyframe_not_two(models_dir, tmp_path):
     """`anonengine run` opened a live source twice before its first frame: a check before the stages started, then
     the capture. A stream joined between two keyframes (10 s apart with x264's defaults) gave its first picture

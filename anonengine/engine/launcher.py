@@ -52,6 +52,7 @@ STOP_ORDER = ("capture", "detect", "composite", "encode")
 FAILED_GRACE_S = 3.0
 RESTART_BACKOFF_MAX_S = 10.0
 SNAPSHOT_EVERY_S = 0.5
+DEGRADED_SAY_EVERY_S = 60.0
 
 
 @dataclass
@@ -140,6 +141,8 @@ class Launcher:
         self.tally = metrics.Tally()  # every stage process's counters, for metrics and status
         self.frame_rates = metrics.FrameRates(lambda: self.clock())
         self.obscuring = metrics.Obscuring(lambda: self.clock())
+        self.dropping = metrics.Dropping(lambda: self.clock())
+        self.degraded_said: dict[str, float] = {}  # camera -> when its being degraded was last logged
         self.snapshot: metrics.Snapshot | None = None  # replaced whole every SNAPSHOT_EVERY_S (HTTP thread reads it)
         self._snapshot_at = float("-inf")
 
@@ -451,6 +454,9 @@ class Launcher:
                         self.failure = message.error
                     else:
                         self._camera_failed(message.camera, message.error)
+                if (dropped := self.dropped_frames(message.camera)) and message.error is None:
+                    log.info("camera %s: %d of its frames dropped in all: the engine was behind it", message.camera,
+                             dropped)
                 if not message.complete:
                     log.info("camera %s stopped after %d frames; its partial output: %s", message.camera,
                              message.frames, message.output or "(none)")
@@ -545,7 +551,22 @@ class Launcher:
                         if (h := self.tally.histogram("detect", name)) is not None},
             tap_dropped=self.tally.total("encode", "tap_dropped"),
         )  # fmt: skip
+        self._say_degraded(self.snapshot)
         return self.snapshot
+
+    def _say_degraded(self, snapshot: metrics.Snapshot) -> None:
+        """Logs a camera becoming degraded, and again every DEGRADED_SAY_EVERY_S while it stays so, and its
+        running well again: the log had said nothing of 13 minutes with most frames dropped."""
+        now = self.clock()
+        for camera in snapshot.cameras:
+            said = self.degraded_said.get(camera.name)
+            if camera.state == metrics.DEGRADED:
+                if said is None or now - said >= DEGRADED_SAY_EVERY_S:
+                    log.warning("camera %s: degraded: %s", camera.name, camera.reason)
+                    self.degraded_said[camera.name] = now
+            elif said is not None and camera.state == metrics.RUNNING:
+                log.info("camera %s: running well again", camera.name)
+                del self.degraded_said[camera.name]
 
     def dropped_frames(self, camera: str) -> int:
         """A live camera's frames never numbered: the engine was behind it, or its number could not be kept."""
@@ -570,8 +591,9 @@ class Launcher:
         }
         fps = self.frame_rates.rate(name)
         obscuring = self.obscuring.recent(name, frames["obscured"])
+        dropping = self.dropping.share(name, frames["in"] + frames["dropped"], frames["dropped"])
         source = self.sources.get(name)
-        state, reason = self._camera_state(name, source, frames["out"], obscuring)
+        state, reason = self._camera_state(name, source, frames["out"], obscuring, dropping)
         error = self.failed_cameras.get(name) or (source.error if source else None)
         return metrics.CameraView(
             name=name, state=state, reason=redacted(reason), live=self._is_live(camera), frames=frames, fps=fps,
@@ -579,11 +601,11 @@ class Launcher:
             in_flight=tally.camera_total("capture", "in_flight", name),
             waiting=tally.camera_total("composite", "waiting", name),
             last_error=redacted(error) if error else None,
-            source=source.state.value if source else None,
+            source=source.state.value if source else None, dropping=dropping,
         )  # fmt: skip
 
     def _camera_state(self, name: str, source: messages.SourceStatus | None, frames_out: int,
-                      obscuring: bool) -> tuple[str, str]:
+                      obscuring: bool, dropping: float = 0.0) -> tuple[str, str]:
         capture = self.children.get(f"capture-{name}")
         if name in self.failed_cameras:
             return metrics.FAILED, self.failed_cameras[name]
@@ -602,8 +624,12 @@ class Launcher:
             return source.state.value, source.error or ""
         if frames_out == 0:
             return metrics.STARTING, "no frame out yet"
-        if obscuring:
-            return metrics.DEGRADED, f"frames obscured in the last {metrics.DEGRADED_WINDOW_S:g} s (detections late or failed)"
+        troubles = [f"frames obscured in the last {metrics.DEGRADED_WINDOW_S:g} s (detections late or failed)"] if obscuring else []
+        if dropping >= metrics.BEHIND_SHARE:
+            troubles.append(f"{dropping:.0%} of its frames dropped in the last {metrics.DEGRADED_WINDOW_S:g} s, the "
+                            "engine behind it: more cameras, frames a second or pixels than this machine keeps up with")
+        if troubles:
+            return metrics.DEGRADED, "; ".join(troubles)
         return metrics.RUNNING, ""
 
     def _on_heartbeat(self, pid: int) -> None:
