@@ -144,20 +144,37 @@ class ByteTrack:
         # Weak tracks are matched to weak detections only: matched to a strong one they took it from the strong
         # track of the person beside them, which then was held and grown where it was.
         left, taken = self._match([t for t in self.tracks if not t.weak], boxes[high], frame)
+        # A track matched once has no speed yet: someone crossing a low-rate stream (3 frames/s, or a live camera
+        # thinned by an overloaded machine) moved most of their width since, and overlaps it too little (55 px a
+        # frame, 58 px wide: 0.02). Each detection of them started a track, none confirmed, none held: the frame
+        # after they stepped out at an edge showed the strip of them still in it. Such a track is also matched
+        # as someone moving fast (`same_person`) to the strong detections left.
+        young = [t for t in left if not t.confirmed]
+        if young and not taken.all():
+            untaken = np.flatnonzero(~taken)
+            still_young, taken_fast = self._match(young, boxes[high][untaken], frame, fast=True)
+            taken[untaken[taken_fast]] = True
+            left = [t for t in left if t.confirmed or t in still_young]
         _, taken_low = self._match(left + [t for t in self.tracks if t.weak], boxes[~high], frame)
         self.tracks = [t for t in self.tracks if t.confirmed or t.matched_at == frame]
         self.tracks += [Track.start(box, frame) for box in boxes[high][~taken]]
         weak_starts = ~taken_low & (scores[~high] >= self.start_score)
         self.tracks += [Track.start(box, frame, weak=True) for box in boxes[~high][weak_starts]]
 
-    def _match(self, tracks: list[Track], boxes: np.ndarray, frame: int) -> tuple[list[Track], np.ndarray]:
-        """Matches `boxes` to `tracks` (the most overlap in all, each pair at least `min_iou`) and corrects
-        the matched tracks: the tracks left, and which boxes were taken."""
+    def _match(self, tracks: list[Track], boxes: np.ndarray, frame: int, fast: bool = False
+               ) -> tuple[list[Track], np.ndarray]:
+        """Matches `boxes` to `tracks` (the most overlap in all, each pair at least `min_iou`; `fast`: the least
+        `fast_follow_cost`) and corrects the matched tracks: the tracks left, and which boxes were taken."""
         taken = np.zeros(len(boxes), bool)
         if not tracks or not len(boxes):
             return tracks, taken
-        cost = 1 - box_iou(np.array([t.box for t in tracks]), boxes)
-        _, box_of_track, _ = lap.lapjv(cost, extend_cost=True, cost_limit=1 - self.min_iou)
+        if fast:
+            cost = np.stack([fast_follow_cost(t.box, boxes, frame - t.matched_at) for t in tracks])
+            cost = np.where(np.isfinite(cost), cost, 2.0)
+            _, box_of_track, _ = lap.lapjv(cost, extend_cost=True, cost_limit=1.0)
+        else:
+            cost = 1 - box_iou(np.array([t.box for t in tracks]), boxes)
+            _, box_of_track, _ = lap.lapjv(cost, extend_cost=True, cost_limit=1 - self.min_iou)
         left = []
         for track, b in zip(tracks, box_of_track):
             if b < 0:
@@ -490,15 +507,22 @@ def same_person(box: np.ndarray, boxes: np.ndarray, frames: int, min_iou: float 
         return int(overlap.argmax())
     if frames > max_frames:
         return None
+    cost = fast_follow_cost(box, boxes, frames)
+    if not np.isfinite(cost).any():
+        return None
+    return int(np.argmin(cost))
+
+
+def fast_follow_cost(box: np.ndarray, boxes: np.ndarray, frames: int) -> np.ndarray:
+    """How far each of `boxes` is from being `box`'s person `frames` frames later, moving fast (`same_person`):
+    the distance their middle moved over the most it may (0 to 1), inf where it may not be them."""
     width, height = box[2] - box[0], box[3] - box[1]
     heights = boxes[:, 3] - boxes[:, 1]
     dx = np.abs((boxes[:, 0] + boxes[:, 2]) - (box[0] + box[2])) / 2
     dy = np.abs((boxes[:, 1] + boxes[:, 3]) - (box[1] + box[3])) / 2
-    near = ((heights >= 0.8 * height) & (heights <= 1.25 * height) & (dx <= FAST_FOLLOW_WIDTHS * width * frames)
-            & (dy <= height * frames / 2))
-    if not near.any():
-        return None
-    return int(np.flatnonzero(near)[np.argmin(dx[near] + dy[near])])
+    reach_x, reach_y = FAST_FOLLOW_WIDTHS * width * frames, height * frames / 2
+    near = (heights >= 0.8 * height) & (heights <= 1.25 * height) & (dx <= reach_x) & (dy <= reach_y)
+    return np.where(near, (dx + dy) / max(reach_x + reach_y, 1e-9), np.inf)
 
 
 def traced_back(boxes: np.ndarray, ahead: int, later: list[tuple[int, Detections]],

@@ -364,3 +364,38 @@ def test_a_kept_hold_that_does_not_fit_is_left_and_the_successor_knows_no_one():
     composite = CompositeStage(AnonymizerConfig())
     composite.start("cam", True, 640, 360, messages.HoldState("cam", "", 5, 5, 5, 0, (torn,)), next_seq=10)
     assert composite.compositors["cam"].hold.tracker.tracks == []
+
+
+def test_someone_crossing_a_low_rate_stream_is_held_as_they_step_out_at_an_edge():
+    """An overloaded engine's live camera (4 cameras on 2 cores: 3 of 12 frames/s admitted): a person walked
+    55 px a frame, 58 px wide, so that no two of their boxes overlapped enough to be one track; none was
+    confirmed, and the frame after they stepped out at the right edge showed the 10-px strip of them still in
+    it (95% of what was left of them), in the recording, the tap and the preview. The boxes the pose model gave
+    (frames 66 to 72 of that stream): followed as someone moving fast, they are held at the edge."""
+    from anonengine.config import HoldConfig
+    from anonengine.tracking import MaskHold
+
+    shape = (360, 640)
+    found = {66: [294, 111, 355, 306], 67: [301, 110, 363, 305], 68: [356, 112, 414, 306], 69: [412, 111, 470, 307],
+             70: [464, 119, 523, 306], 71: [522, 108, 580, 306], 72: [577, 115, 638, 307], 73: None}
+    hold = MaskHold(HoldConfig(), hidden_from=0.15)
+    for box in found.values():
+        boxes = np.array([box] if box else [], np.float32).reshape(-1, 4)
+        held = hold.update(Detections(shape, boxes, np.full(len(boxes), 0.8, np.float32),
+                                      np.zeros((len(boxes), 17, 3), np.float32)), None).boxes
+    strip = (630, 115, 640, 307)  # what was left of them in frame 73
+    assert any(b[0] <= strip[0] and b[1] <= strip[1] and b[2] >= strip[2] and b[3] >= strip[3] for b in held), held
+
+
+def test_a_fast_match_is_for_a_track_with_no_speed_yet_and_takes_no_confirmed_ones_person():
+    """The fast match is for young tracks only: a confirmed track lost where someone else is then found near it
+    keeps being held for its own person (another's detection does not carry it off), as before."""
+    tracker = ByteTrack(high_score=0.25, min_iou=0.2, max_lost_frames=15)
+    for frame in range(4):
+        tracker.update(walker(frame, (0.0, 0.0)), np.array([0.9]), frame)
+    (standing,) = tracker.tracks
+    tracker.update(walker(0, (0.0, 0.0)) + [[90, 0, 90, 0]], np.array([0.9]), 4)  # someone else, 90 px on
+    assert standing in tracker.tracks and standing.matched_at == 3
+    newcomer = next(t for t in tracker.tracks if t is not standing)
+    tracker.update(walker(0, (0.0, 0.0)) + [[150, 0, 150, 0]], np.array([0.9]), 5)  # they walk on fast
+    assert newcomer.matched_at == 5 and newcomer.confirmed and standing.matched_at == 3
