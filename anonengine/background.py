@@ -239,8 +239,19 @@ def largest_difference(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def cell_grid(shape: tuple[int, ...]) -> tuple[int, int]:
-    """How many whole CHANGE_CELL_PX cells (rows, columns) a frame of `shape` holds."""
-    return shape[0] // CHANGE_CELL_PX, shape[1] // CHANGE_CELL_PX
+    """How many CHANGE_CELL_PX cells (rows, columns) cover a frame of `shape`: the last row and column of cells
+    may be partial (a frame 367 px wide), judged by the pixels they have (`padded_for_cells`)."""
+    return -(-shape[0] // CHANGE_CELL_PX), -(-shape[1] // CHANGE_CELL_PX)
+
+
+def padded_for_cells(image: np.ndarray) -> np.ndarray:
+    """`image` grown to whole cells by repeating its last row and column: a partial cell's mean is its own
+    pixels' (their edge weighed more), and a person in it counts, as in any other."""
+    rows, cols = cell_grid(image.shape)
+    bottom, right = rows * CHANGE_CELL_PX - image.shape[0], cols * CHANGE_CELL_PX - image.shape[1]
+    if not bottom and not right:
+        return image
+    return cv2.copyMakeBorder(image, 0, bottom, 0, right, cv2.BORDER_REPLICATE)
 
 
 def usable_cells(all_free_and_seen: np.ndarray, band: int) -> np.ndarray:
@@ -341,8 +352,9 @@ class BackgroundModel:
             free = cv2.erode(free, np.ones((3, 3), np.uint8))
         mean, seen = scene.mean[roi], scene.seen[roi]
         learnable = cv2.bitwise_and(free, seen)
-        if to_box is None and self._lasting is not None:
-            lasting = self._lasting_cells(image, mean, learnable, (id(scene), box))
+        if self._lasting is not None:
+            place = (id(scene), box, None if to_box is None else to_box.tobytes())
+            lasting = self._lasting_cells(image, mean, learnable, place)
             if lasting is not None:
                 cv2.accumulateWeighted(image, mean, 1.0, mask=lasting)  # weight 1: a copy
         cv2.accumulateWeighted(image, mean, self.cfg.alpha, mask=learnable)
@@ -366,17 +378,15 @@ class BackgroundModel:
     def _lasting_cells(self, image: np.ndarray, mean: np.ndarray, learnable: np.ndarray, place: tuple
                        ) -> np.ndarray | None:
         """Where a still camera's frame changed for good (`LastingChanges`): a mask of the frame's pixels (uint8,
-        255) to copy into the model, or None. `mean` and `learnable` (255: seen and free) are the frame's place on
-        the canvas."""
+        255) to copy into the model, or None. `image`, `mean` and `learnable` (255: seen and free) are the frame's
+        place on the canvas; `place` says where that is (the camera moved: it is another, and the counts start
+        over)."""
         rows, cols = cell_grid(image.shape)
-        if not rows or not cols:
-            return None
-        whole = slice(0, rows * CHANGE_CELL_PX), slice(0, cols * CHANGE_CELL_PX)
         cells = (cols, rows)
         # uint8: each cell's mean rounded half up (integer sums), as the tensor model rounds it
-        frame_cells = cv2.resize(image[whole], cells, interpolation=cv2.INTER_AREA).astype(np.float32)
-        model_cells = cv2.resize(mean[whole], cells, interpolation=cv2.INTER_AREA)
-        all_learnable = cv2.resize(learnable[whole], cells, interpolation=cv2.INTER_AREA) == 255
+        frame_cells = cv2.resize(padded_for_cells(image), cells, interpolation=cv2.INTER_AREA).astype(np.float32)
+        model_cells = cv2.resize(padded_for_cells(mean), cells, interpolation=cv2.INTER_AREA)
+        all_learnable = cv2.resize(padded_for_cells(learnable), cells, interpolation=cv2.INTER_AREA) == 255
         return self._lasting_mask(frame_cells, model_cells, all_learnable, place, image.shape)
 
     def _lasting_mask(self, frame_cells: np.ndarray, model_cells: np.ndarray, all_learnable: np.ndarray,
@@ -385,11 +395,8 @@ class BackgroundModel:
         lasting = self._lasting.update(place, frame_cells, model_cells, usable_cells(all_learnable, band))
         if not lasting.any():
             return None
-        mask = np.zeros(frame_shape[:2], np.uint8)
-        rows, cols = lasting.shape
-        mask[: rows * CHANGE_CELL_PX, : cols * CHANGE_CELL_PX] = np.kron(
-            lasting, np.ones((CHANGE_CELL_PX, CHANGE_CELL_PX), bool)) * np.uint8(255)
-        return mask
+        whole = np.kron(lasting, np.ones((CHANGE_CELL_PX, CHANGE_CELL_PX), bool)) * np.uint8(255)
+        return np.ascontiguousarray(whole[: frame_shape[0], : frame_shape[1]])
 
     def _start(self, shape: tuple[int, ...], to_scene: np.ndarray | None = None,
                origin: np.ndarray | None = None) -> None:

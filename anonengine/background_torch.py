@@ -83,8 +83,9 @@ class TorchBackgroundModel(BackgroundModel):
             free = erode3(free)
         mean, seen = scene.mean[roi], scene.seen[roi]
         learnable = free & seen
-        if to_box is None and self._lasting is not None:
-            lasting = self._lasting_cells(image, mean, learnable, (id(scene), box))
+        if self._lasting is not None:
+            place = (id(scene), box, None if to_box is None else to_box.tobytes())
+            lasting = self._lasting_cells(image, mean, learnable, place)
             if lasting is not None:
                 mean.copy_(torch.where(self._upload(lasting).bool().unsqueeze(-1), image, mean))
         learnt = learnable.unsqueeze(-1)
@@ -105,14 +106,15 @@ class TorchBackgroundModel(BackgroundModel):
     def _lasting_cells(self, image: torch.Tensor, mean: torch.Tensor, learnable: torch.Tensor, place: tuple
                        ) -> np.ndarray | None:
         rows, cols = cell_grid(image.shape)
-        if not rows or not cols:
-            return None
-        whole = slice(0, rows * CHANGE_CELL_PX), slice(0, cols * CHANGE_CELL_PX)
+        bottom, right = rows * CHANGE_CELL_PX - image.shape[0], cols * CHANGE_CELL_PX - image.shape[1]
 
-        def cells(pixels: torch.Tensor) -> torch.Tensor:  # h x w x c -> rows x cols x c, each cell's mean
-            return F.avg_pool2d(pixels[whole].permute(2, 0, 1).unsqueeze(0), CHANGE_CELL_PX)[0].permute(1, 2, 0)
+        def cells(pixels: torch.Tensor) -> torch.Tensor:  # h x w x c -> rows x cols x c, as `padded_for_cells`
+            planes = pixels.permute(2, 0, 1).unsqueeze(0).float()
+            if bottom or right:
+                planes = F.pad(planes, (0, right, 0, bottom), mode="replicate")
+            return F.avg_pool2d(planes, CHANGE_CELL_PX)[0].permute(1, 2, 0)
 
-        all_learnable = cells(learnable.float().unsqueeze(-1))[..., 0] == 1
+        all_learnable = cells(learnable.unsqueeze(-1))[..., 0] == 1
         frame_cells = torch.floor(cells(image) + 0.5)  # OpenCV's uint8 cell means, rounded half up
         return self._lasting_mask(frame_cells.cpu().numpy(), cells(mean).cpu().numpy(),
                                   all_learnable.cpu().numpy(), place, image.shape)

@@ -129,7 +129,8 @@ def open_source(source: Source, cfg: SourcesConfig) -> av.container.InputContain
                  SourceNotOpenable if isinstance(exc, NOT_OPENABLE) else InputError)
         named = source.spec if url == source.spec else f"{source.spec} ({url})"
         reason = _unfinished_file(url) if isinstance(exc, av.InvalidDataError) else None
-        raise error(f"cannot open video {named}: {reason or _ffmpeg_reason(exc, waited_s=timeout[0] if timeout else None)}") from None
+        timed_out = f"no answer in {timeout[0]:g} s" if timeout else None
+        raise error(f"cannot open video {named}: {reason or _ffmpeg_reason(exc, timed_out)}") from None
 
 
 def _unfinished_file(path: str) -> str | None:
@@ -222,7 +223,8 @@ class VideoReader:
         self.rotate = kind.rotate
         self.numbers = kind.numbers  # an image sequence's photos' numbers: its frames
         sources_cfg = sources_cfg or SourcesConfig()
-        self.stall_s = sources_cfg.stall_s if kind.live else None  # what a read may wait (PyAV's timeout)
+        # What a read that waited for PyAV's timeout means: the stream stopped sending.
+        self.stalled = f"nothing came for {sources_cfg.stall_s:g} s" if kind.live else None
         self.container = open_source(kind, sources_cfg)
         if on_answer is not None:
             on_answer()
@@ -410,7 +412,7 @@ class VideoReader:
             for av_frame in held_back:
                 yield self._image(av_frame, stored_aspect)
             raise InputError(f"cannot decode {self.source} at frame {decoded}{self._bad_photo(decoded)}: "
-                             f"{_ffmpeg_reason(exc, waited_s=self.stall_s)}{self._index_out_of_reach(decoded)}") from None
+                             f"{_ffmpeg_reason(exc, timed_out=self.stalled)}{self._index_out_of_reach(decoded)}") from None
         if damaged is not None:
             raise InputError(f"{self.source} is truncated or corrupt at frame {decoded}")
         if damaged_count > 1:
@@ -1039,10 +1041,10 @@ def container_format(path: Path) -> str:
     return OUTPUT_CONTAINERS.get(Path(path).suffix.lower(), "mp4")
 
 
-def _ffmpeg_reason(exc: Exception, waited_s: float | None = None) -> str:
-    """FFmpeg's words for a failure; `waited_s`: the timeout PyAV had (its timeout interrupts FFmpeg, which then
-    says "Immediate exit requested", all an operator saw of a stream that stopped sending)."""
-    if waited_s is not None and isinstance(exc, av.ExitError):
-        return f"nothing came for {waited_s:g} s"
+def _ffmpeg_reason(exc: Exception, timed_out: str | None = None) -> str:
+    """FFmpeg's words for a failure; `timed_out`: what it means where PyAV's timeout ended it (the timeout interrupts
+    FFmpeg, which then says "Immediate exit requested", all an operator saw of a stream that stopped sending)."""
+    if timed_out is not None and isinstance(exc, av.ExitError):
+        return timed_out
     reason = getattr(exc, "strerror", None) or str(exc)
     return str(reason).split(": '")[0].strip()

@@ -142,7 +142,9 @@ class Launcher:
         self.frame_rates = metrics.FrameRates(lambda: self.clock())
         self.obscuring = metrics.Obscuring(lambda: self.clock())
         self.dropping = metrics.Dropping(lambda: self.clock())
+        self.behind: set[str] = set()  # cameras the engine is behind (`metrics.BEHIND_SHARE`, with hysteresis)
         self.degraded_said: dict[str, float] = {}  # camera -> when its being degraded was last logged
+        self.degraded_told: set[str] = set()  # cameras whose being degraded was logged, and not its end yet
         self.snapshot: metrics.Snapshot | None = None  # replaced whole every SNAPSHOT_EVERY_S (HTTP thread reads it)
         self._snapshot_at = float("-inf")
 
@@ -455,8 +457,7 @@ class Launcher:
                     else:
                         self._camera_failed(message.camera, message.error)
                 if (dropped := self.dropped_frames(message.camera)) and message.error is None:
-                    log.info("camera %s: %d of its frames dropped in all: the engine was behind it", message.camera,
-                             dropped)
+                    log.info("camera %s: %d of its frames dropped in all", message.camera, dropped)
                 if not message.complete:
                     log.info("camera %s stopped after %d frames; its partial output: %s", message.camera,
                              message.frames, message.output or "(none)")
@@ -555,18 +556,18 @@ class Launcher:
         return self.snapshot
 
     def _say_degraded(self, snapshot: metrics.Snapshot) -> None:
-        """Logs a camera becoming degraded, and again every DEGRADED_SAY_EVERY_S while it stays so, and its
-        running well again: the log had said nothing of 13 minutes with most frames dropped."""
+        """Logs a camera becoming degraded, once every DEGRADED_SAY_EVERY_S at most, and its running well again
+        after a time said: the log had said nothing of 13 minutes with most frames dropped."""
         now = self.clock()
         for camera in snapshot.cameras:
-            said = self.degraded_said.get(camera.name)
             if camera.state == metrics.DEGRADED:
-                if said is None or now - said >= DEGRADED_SAY_EVERY_S:
+                if now - self.degraded_said.get(camera.name, float("-inf")) >= DEGRADED_SAY_EVERY_S:
                     log.warning("camera %s: degraded: %s", camera.name, camera.reason)
                     self.degraded_said[camera.name] = now
-            elif said is not None and camera.state == metrics.RUNNING:
+                    self.degraded_told.add(camera.name)
+            elif camera.name in self.degraded_told and camera.state == metrics.RUNNING:
                 log.info("camera %s: running well again", camera.name)
-                del self.degraded_said[camera.name]
+                self.degraded_told.discard(camera.name)
 
     def dropped_frames(self, camera: str) -> int:
         """A live camera's frames never numbered: the engine was behind it, or its number could not be kept."""
@@ -591,9 +592,18 @@ class Launcher:
         }
         fps = self.frame_rates.rate(name)
         obscuring = self.obscuring.recent(name, frames["obscured"])
-        dropping = self.dropping.share(name, frames["in"] + frames["dropped"], frames["dropped"])
+        # Behind it: frames dropped at the door (not those whose number a restarted capture could not keep).
+        thinned = sum(tally.camera_total("capture", counter, name) for counter in ("dropped_busy", "dropped_at_source"))
+        dropping = self.dropping.share(name, frames["in"] + thinned, thinned)
+        # Behind from a tenth dropped, caught up under a twentieth: a camera about a tenth behind flipped
+        # between the two every few seconds, /readyz with it.
+        if dropping >= metrics.BEHIND_SHARE or (name in self.behind and dropping >= metrics.BEHIND_SHARE / 2):
+            self.behind.add(name)
+        else:
+            self.behind.discard(name)
         source = self.sources.get(name)
-        state, reason = self._camera_state(name, source, frames["out"], obscuring, dropping)
+        state, reason = self._camera_state(name, source, frames["out"], obscuring,
+                                           dropping if name in self.behind else None)
         error = self.failed_cameras.get(name) or (source.error if source else None)
         return metrics.CameraView(
             name=name, state=state, reason=redacted(reason), live=self._is_live(camera), frames=frames, fps=fps,
@@ -605,7 +615,8 @@ class Launcher:
         )  # fmt: skip
 
     def _camera_state(self, name: str, source: messages.SourceStatus | None, frames_out: int,
-                      obscuring: bool, dropping: float = 0.0) -> tuple[str, str]:
+                      obscuring: bool, behind_by: float | None = None) -> tuple[str, str]:
+        """`behind_by`: the share of a camera's frames dropped lately, where the engine is behind it."""
         capture = self.children.get(f"capture-{name}")
         if name in self.failed_cameras:
             return metrics.FAILED, self.failed_cameras[name]
@@ -625,8 +636,8 @@ class Launcher:
         if frames_out == 0:
             return metrics.STARTING, "no frame out yet"
         troubles = [f"frames obscured in the last {metrics.DEGRADED_WINDOW_S:g} s (detections late or failed)"] if obscuring else []
-        if dropping >= metrics.BEHIND_SHARE:
-            troubles.append(f"{dropping:.0%} of its frames dropped in the last {metrics.DEGRADED_WINDOW_S:g} s, the "
+        if behind_by is not None:
+            troubles.append(f"{behind_by:.0%} of its frames dropped in the last {metrics.DEGRADED_WINDOW_S:g} s, the "
                             "engine behind it: more cameras, frames a second or pixels than this machine keeps up with")
         if troubles:
             return metrics.DEGRADED, "; ".join(troubles)
