@@ -172,7 +172,8 @@ def _page_tiles_move(base: str, cameras: list[str], screenshot: Path) -> Path:
 def snapshot(**camera) -> metrics.Snapshot:
     view = metrics.CameraView(name="gate", state=camera.get("state", metrics.RUNNING), reason=camera.get("reason", ""),
                               live=True, frames={"in": 10, "out": 9, "dropped": 1, "late": 0, "obscured": 0}, fps=25.0,
-                              reconnects=camera.get("reconnects", 0), in_flight=3, waiting=0, last_error=None)
+                              reconnects=camera.get("reconnects", 0), in_flight=3, waiting=0, last_error=None,
+                              dropping=camera.get("dropping", 0.0))
     return metrics.Snapshot(instance="t", taken=time.time(), stopping=False, cameras=(view,),
                             stages=(metrics.StageView("detect0", "detect", True, 0),),
                             malformed=0, shared_memory_bytes=1000)
@@ -207,7 +208,7 @@ def test_a_token_guards_everything_but_the_probes(tmp_path):
 def test_readyz_names_what_is_wrong_and_metrics_follow_prometheus_conventions(tmp_path):
     """A reconnecting camera makes /readyz 503 with one line naming it; every metric is an anonengine_
     name, counters end in _total, and a stale snapshot (a stuck launcher loop) fails /healthz."""
-    current = {"s": snapshot(state=metrics.RECONNECTING, reason="connection refused", reconnects=3)}
+    current = {"s": snapshot(state=metrics.RECONNECTING, reason="connection refused", reconnects=3, dropping=0.25)}
     server = HttpServer(HttpConfig(listen=f"127.0.0.1:{free_port()}"), lambda: current["s"], None)
     try:
         assert get(server.url + "/readyz")[:2] == (503, "camera gate: reconnecting (connection refused)\n")
@@ -219,6 +220,7 @@ def test_readyz_names_what_is_wrong_and_metrics_follow_prometheus_conventions(tm
         reconnects = samples(get(server.url + "/metrics")[1])
         assert reconnects[("anonengine_source_reconnects_total", (("camera", "gate"),))] == 3
         assert reconnects[("anonengine_camera_state", (("camera", "gate"), ("state", "reconnecting")))] == 1
+        assert reconnects[("anonengine_camera_dropped_ratio", (("camera", "gate"),))] == 0.25
         status = json.loads(get(server.url + "/api/status")[1])
         assert status["ready"] is False and status["cameras"]["gate"]["state"] == "reconnecting"
         assert get(server.url + "/cameras/gate/preview.jpg")[0] == 503  # no tap: no preview, never an original

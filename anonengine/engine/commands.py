@@ -271,6 +271,8 @@ def cmd_control(args: argparse.Namespace) -> int:
 
     run_dir = _engines_folder(args.run_dir)
     instance = args.instance or _only_instance(run_dir)
+    if not _listened_at(run_dir / instance / "control.sock"):  # stopped, or never was: not a hung engine
+        raise InputError(f"no engine {instance} running in {run_dir}")
     if args.command == "attach":
         # The engine runs in another folder than this command: relative paths are made absolute here.
         request = messages.Attach({"name": args.camera, "source": _absolute_source(args.source),

@@ -355,6 +355,9 @@ class SnapshotCollector:
                                      "anonymized), dropped, late (past their deadline), obscured (hidden whole).",
                                      labels=["camera", "status"])
         fps = GaugeMetricFamily("anonengine_camera_fps", "Frames out a second, over the last 10 s.", labels=["camera"])
+        dropping = GaugeMetricFamily("anonengine_camera_dropped_ratio", "Of a live camera's frames that came over the "
+                                     "last 10 s, the share dropped at the capture (the engine behind it).",
+                                     labels=["camera"])
         ready = GaugeMetricFamily("anonengine_camera_ready", "1 when the camera runs (or its file is done).",
                                   labels=["camera"])
         state = GaugeMetricFamily("anonengine_camera_state", "1 for the camera's current state.",
@@ -368,13 +371,14 @@ class SnapshotCollector:
             for status, n in c.frames.items():
                 frames.add_metric([c.name, status], n)
             fps.add_metric([c.name], c.fps)
+            dropping.add_metric([c.name], c.dropping)
             ready.add_metric([c.name], 1.0 if c.ready else 0.0)
             for name in metrics.CAMERA_STATES:
                 state.add_metric([c.name, name], 1.0 if c.state == name else 0.0)
             reconnects.add_metric([c.name], c.reconnects)
             queue.add_metric([c.name, "in_flight"], c.in_flight)
             queue.add_metric([c.name, "future_wait"], c.waiting)
-        yield from (frames, fps, ready, state, reconnects, queue)
+        yield from (frames, fps, dropping, ready, state, reconnects, queue)
 
         up = GaugeMetricFamily("anonengine_stage_up", "1 for a stage process running and heard from.",
                                labels=["stage", "process"])

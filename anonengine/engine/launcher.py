@@ -14,6 +14,7 @@ import errno
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 import socket
@@ -143,7 +144,7 @@ class Launcher:
         self.obscuring = metrics.Obscuring(lambda: self.clock())
         self.dropping = metrics.Dropping(lambda: self.clock())
         self.behind: set[str] = set()  # cameras the engine is behind (`metrics.BEHIND_SHARE`, with hysteresis)
-        self.degraded_said: dict[str, float] = {}  # camera -> when its being degraded was last logged
+        self.degraded_said: dict[str, tuple[float, str]] = {}  # camera -> when its being degraded was last logged, why
         self.degraded_told: set[str] = set()  # cameras whose being degraded was logged, and not its end yet
         self.snapshot: metrics.Snapshot | None = None  # replaced whole every SNAPSHOT_EVERY_S (HTTP thread reads it)
         self._snapshot_at = float("-inf")
@@ -556,14 +557,17 @@ class Launcher:
         return self.snapshot
 
     def _say_degraded(self, snapshot: metrics.Snapshot) -> None:
-        """Logs a camera becoming degraded, once every DEGRADED_SAY_EVERY_S at most, and its running well again
-        after a time said: the log had said nothing of 13 minutes with most frames dropped."""
+        """Logs a camera becoming degraded, and why, again when the why changes and at most every
+        DEGRADED_SAY_EVERY_S while it does not, and its running well again after a time said: the log had said
+        nothing of 13 minutes with most frames dropped."""
         now = self.clock()
         for camera in snapshot.cameras:
             if camera.state == metrics.DEGRADED:
-                if now - self.degraded_said.get(camera.name, float("-inf")) >= DEGRADED_SAY_EVERY_S:
+                said_at, said = self.degraded_said.get(camera.name, (float("-inf"), ""))
+                why = re.sub(r"\d+", "N", camera.reason)  # the troubles, whatever their figures
+                if why != said or now - said_at >= DEGRADED_SAY_EVERY_S:
                     log.warning("camera %s: degraded: %s", camera.name, camera.reason)
-                    self.degraded_said[camera.name] = now
+                    self.degraded_said[camera.name] = (now, why)
                     self.degraded_told.add(camera.name)
             elif camera.name in self.degraded_told and camera.state == metrics.RUNNING:
                 log.info("camera %s: running well again", camera.name)
@@ -602,8 +606,9 @@ class Launcher:
         else:
             self.behind.discard(name)
         source = self.sources.get(name)
+        silent = self.dropping.idle_s(name) if self._is_live(camera) else 0.0
         state, reason = self._camera_state(name, source, frames["out"], obscuring,
-                                           dropping if name in self.behind else None)
+                                           dropping if name in self.behind else None, silent)
         error = self.failed_cameras.get(name) or (source.error if source else None)
         return metrics.CameraView(
             name=name, state=state, reason=redacted(reason), live=self._is_live(camera), frames=frames, fps=fps,
@@ -615,8 +620,9 @@ class Launcher:
         )  # fmt: skip
 
     def _camera_state(self, name: str, source: messages.SourceStatus | None, frames_out: int,
-                      obscuring: bool, behind_by: float | None = None) -> tuple[str, str]:
-        """`behind_by`: the share of a camera's frames dropped lately, where the engine is behind it."""
+                      obscuring: bool, behind_by: float | None = None, silent_s: float = 0.0) -> tuple[str, str]:
+        """`behind_by`: the share of a camera's frames dropped lately, where the engine is behind it; `silent_s`:
+        how long since a frame of it came (a live camera's)."""
         capture = self.children.get(f"capture-{name}")
         if name in self.failed_cameras:
             return metrics.FAILED, self.failed_cameras[name]
@@ -636,6 +642,8 @@ class Launcher:
         if frames_out == 0:
             return metrics.STARTING, "no frame out yet"
         troubles = [f"frames obscured in the last {metrics.DEGRADED_WINDOW_S:g} s (detections late or failed)"] if obscuring else []
+        if silent_s >= metrics.SILENT_S:
+            troubles.append(f"no frame from it for {silent_s:.0f} s")
         if behind_by is not None:
             troubles.append(f"{behind_by:.0%} of its frames dropped in the last {metrics.DEGRADED_WINDOW_S:g} s, the "
                             "engine behind it: more cameras, frames a second or pixels than this machine keeps up with")

@@ -21,6 +21,9 @@ DEGRADED_WINDOW_S = 10.0  # a camera that obscured a frame this recently is degr
 # behind it. (Four live cameras on two cores: 70 to 86% of their frames dropped for 13 minutes, every frame counted,
 # while status, /readyz and the log said all was well.)
 BEHIND_SHARE = 0.1
+# A live camera from which no frame came for this long is degraded, though its source is not lost yet (that takes
+# `sources.stall_s`, 20 s): a camera whose sender stopped was said to run well, /readyz 200, for those 20 s.
+SILENT_S = 5.0
 
 # Camera states; a camera is ready in the first two.
 RUNNING, DONE = "running", "done"
@@ -183,9 +186,16 @@ class Dropping:
     def __init__(self, clock=time.monotonic) -> None:
         self.clock = clock
         self.samples: dict[str, collections.deque] = {}
+        self.came_at: dict[str, tuple[int, float]] = {}  # camera -> (frames come, when that count was first seen)
+
+    def idle_s(self, camera: str) -> float:
+        """Seconds since a frame of the camera last came (as of the last `share`)."""
+        return self.clock() - self.came_at[camera][1] if camera in self.came_at else 0.0
 
     def share(self, camera: str, came: int, dropped: int) -> float:
         now = self.clock()
+        if camera not in self.came_at or came > self.came_at[camera][0]:
+            self.came_at[camera] = (came, now)
         samples = self.samples.setdefault(camera, collections.deque())
         samples.append((now, came, dropped))
         while len(samples) > 2 and now - samples[1][0] >= DEGRADED_WINDOW_S:
