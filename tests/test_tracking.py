@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from anonengine.detections import Detections, box_iou
-from anonengine.tracking import MIN_HITS, ByteTrack, lookahead_boxes
+from anonengine.tracking import MIN_HITS, YOUNG_LOST_FRAMES, ByteTrack, lookahead_boxes
 
 
 def walker(frame: int, speed=(6.0, 1.0)) -> np.ndarray:
@@ -38,14 +38,38 @@ def test_a_low_scoring_detection_keeps_its_person_followed_but_starts_no_one():
 def test_a_lone_detection_is_forgotten_and_a_confirmed_track_is_kept_for_its_budget():
     tracker = ByteTrack(high_score=0.25, min_iou=0.2, max_lost_frames=4)
     tracker.update(walker(0) + 700, np.array([0.9]), 0)  # once: a false detection, never confirmed
-    tracker.update(np.zeros((0, 4)), np.zeros(0), 1)
-    assert tracker.tracks == []
-    for frame in range(2, 2 + MIN_HITS):
+    for frame in range(1, YOUNG_LOST_FRAMES + 2):
+        tracker.update(np.zeros((0, 4)), np.zeros(0), frame)
+        assert len(tracker.tracks) == (frame <= YOUNG_LOST_FRAMES) and not any(t.confirmed for t in tracker.tracks)
+    start = YOUNG_LOST_FRAMES + 2
+    for frame in range(start, start + MIN_HITS):
         tracker.update(walker(frame), np.array([0.9]), frame)
     assert tracker.tracks[0].confirmed
-    for frame in range(4, 9):
+    last = start + MIN_HITS - 1
+    for frame in range(last + 1, last + 6):
         tracker.update(np.zeros((0, 4)), np.zeros(0), frame)
-        assert len(tracker.tracks) == (1 if frame - 3 <= 4 else 0), frame
+        assert len(tracker.tracks) == (1 if frame - last <= 4 else 0), frame
+
+
+def test_a_person_found_every_other_time_after_a_cut_is_confirmed_and_held():
+    """After a live camera's loop cut back (the hold starts anew), the street clip's standing figure was found at 7
+    of 11 detections, never twice running, and scored 0.17 to 0.5: dropped at each miss, and a weak track and a
+    strong one by turns, it was never confirmed, never held, and shown whole in the 4 frames after its last find
+    (an overload trial). The boxes and scores the pose model gave there, one a frame."""
+    from anonengine.config import HoldConfig
+    from anonengine.tracking import MaskHold
+
+    shape = (720, 1280)
+    found = {0: ([872, 240, 991, 594], 0.4), 2: ([874, 240, 986, 594], 0.51), 5: ([875, 240, 997, 594], 0.17),
+             6: ([875, 240, 994, 594], 0.29), 8: ([874, 242, 988, 592], 0.17), 9: ([877, 244, 986, 594], 0.35)}
+    hold = MaskHold(HoldConfig(), hidden_from=0.15)
+    for frame in range(16):
+        box, score = found.get(frame, (None, None))
+        boxes = np.array([box] if box else [], np.float32).reshape(-1, 4)
+        held = hold.update(Detections(shape, boxes, np.float32([score] if box else []),
+                                      np.zeros((len(boxes), 17, 3), np.float32)), None).boxes
+        # all of what every one of their boxes has
+        assert any(b[0] <= 877 and b[1] <= 244 and b[2] >= 986 and b[3] >= 592 for b in held), (frame, held)
 
 
 def test_crossing_persons_keep_their_own_tracks():
@@ -220,7 +244,8 @@ def test_a_person_hidden_but_scored_under_track_thresh_is_held_weak_ungrown_and_
     assert track.weak and track.confirmed
     held = hold.update(detected(np.zeros((0, 4)), []))  # missed: still hidden, where they walk on, not grown
     assert len(held) == 1 and np.abs(held.boxes[0] - walker(4)[0]).max() < 3
-    # A strong detection where the weak track is starts its own track: the weak one is left to its own.
+    # A strong detection where the weak track is starts its own track: the weak one is left to its own (made
+    # strong, a small person's jittery track grown in a pan raised the street's background error from 0.7 to 18).
     hold.update(detected(walker(5), [0.9]))
     assert sorted(t.weak for t in hold.tracker.tracks) == [False, True]
     assert ByteTrack(0.25, 0.2, 15).start_score == 0.25  # without `start_score`, as before: no weak tracks
@@ -399,3 +424,24 @@ def test_a_fast_match_is_for_a_track_with_no_speed_yet_and_takes_no_confirmed_on
     newcomer = next(t for t in tracker.tracks if t is not standing)
     tracker.update(walker(0, (0.0, 0.0)) + [[150, 0, 150, 0]], np.array([0.9]), 5)  # they walk on fast
     assert newcomer.matched_at == 5 and newcomer.confirmed and standing.matched_at == 3
+
+
+def test_two_fast_walkers_on_a_low_rate_stream_are_held_where_they_walk_on_when_missed():
+    """Two persons crossing at 55 px a frame, seen twice, then missed: held where they walked on (the filter corrected
+    from no speed took half of theirs, and the held boxes lagged them: 28% and 0% of one covered, a review found)."""
+    from anonengine.config import HoldConfig
+    from anonengine.tracking import MaskHold
+
+    shape = (360, 640)
+
+    def at(frame: int, start: int, step: int) -> list[float]:
+        return [start + step * frame, 110, start + step * frame + 58, 306]
+
+    hold = MaskHold(HoldConfig(), hidden_from=0.15)
+    for frame in range(4):
+        boxes = np.array([] if frame >= 2 else [at(frame, 200, 55), at(frame, 440, -55)], np.float32).reshape(-1, 4)
+        held = hold.update(Detections(shape, boxes, np.full(len(boxes), 0.8, np.float32),
+                                      np.zeros((len(boxes), 17, 3), np.float32)), None).boxes
+        for person in (at(frame, 200, 55), at(frame, 440, -55)) if frame >= 2 else ():
+            assert any(b[0] <= person[0] and b[2] >= person[2] and b[1] <= person[1] and b[3] >= person[3]
+                       for b in held), (frame, person, held)
