@@ -212,12 +212,18 @@ class LastingChanges:
     def reset(self) -> None:
         self._place = None
 
-    def update(self, place: tuple, frame_cells: np.ndarray, model_cells: np.ndarray, usable: np.ndarray
-               ) -> np.ndarray:
+    def stays(self, place: tuple) -> bool:
+        """Whether the frame is where the last one was (`place`: the scene and where on its canvas); if not, the
+        counts start over, and this frame (the first there) has nothing to compare: the camera moves, or a cut."""
+        if place == self._place:
+            return True
+        self._place, self._counts = place, np.zeros((0, 0), np.uint16)
+        return False
+
+    def update(self, frame_cells: np.ndarray, model_cells: np.ndarray, usable: np.ndarray) -> np.ndarray:
         """The cells to copy now (bool), given the frame's and the model's mean colour per cell (float32, h x w x 3)
-        and which cells are seen and free of persons (bool). A new `place` (a cut, the camera moved) starts over."""
-        if place != self._place or self._counts.shape != usable.shape:
-            self._place = place
+        and which cells are seen and free of persons (bool), the frame where the last one was (`stays`)."""
+        if self._counts.shape != usable.shape:
             self._counts = np.zeros(usable.shape, np.uint16)
             self._began = frame_cells.copy()
         changed = (largest_difference(frame_cells, model_cells) > CHANGE_LEVELS) & usable
@@ -381,18 +387,20 @@ class BackgroundModel:
         255) to copy into the model, or None. `image`, `mean` and `learnable` (255: seen and free) are the frame's
         place on the canvas; `place` says where that is (the camera moved: it is another, and the counts start
         over)."""
+        if not self._lasting.stays(place):  # the camera moves: no cell is compared (3 to 5 ms a 720p frame)
+            return None
         rows, cols = cell_grid(image.shape)
         cells = (cols, rows)
         # uint8: each cell's mean rounded half up (integer sums), as the tensor model rounds it
         frame_cells = cv2.resize(padded_for_cells(image), cells, interpolation=cv2.INTER_AREA).astype(np.float32)
         model_cells = cv2.resize(padded_for_cells(mean), cells, interpolation=cv2.INTER_AREA)
         all_learnable = cv2.resize(padded_for_cells(learnable), cells, interpolation=cv2.INTER_AREA) == 255
-        return self._lasting_mask(frame_cells, model_cells, all_learnable, place, image.shape)
+        return self._lasting_mask(frame_cells, model_cells, all_learnable, image.shape)
 
     def _lasting_mask(self, frame_cells: np.ndarray, model_cells: np.ndarray, all_learnable: np.ndarray,
-                      place: tuple, frame_shape: tuple[int, ...]) -> np.ndarray | None:
+                      frame_shape: tuple[int, ...]) -> np.ndarray | None:
         band = round(FIRST_SEEN_GUARD * float(np.hypot(*frame_shape[:2])))
-        lasting = self._lasting.update(place, frame_cells, model_cells, usable_cells(all_learnable, band))
+        lasting = self._lasting.update(frame_cells, model_cells, usable_cells(all_learnable, band))
         if not lasting.any():
             return None
         whole = np.kron(lasting, np.ones((CHANGE_CELL_PX, CHANGE_CELL_PX), bool)) * np.uint8(255)

@@ -105,6 +105,8 @@ class TorchBackgroundModel(BackgroundModel):
 
     def _lasting_cells(self, image: torch.Tensor, mean: torch.Tensor, learnable: torch.Tensor, place: tuple
                        ) -> np.ndarray | None:
+        if not self._lasting.stays(place):
+            return None
         rows, cols = cell_grid(image.shape)
         bottom, right = rows * CHANGE_CELL_PX - image.shape[0], cols * CHANGE_CELL_PX - image.shape[1]
 
@@ -117,7 +119,7 @@ class TorchBackgroundModel(BackgroundModel):
         all_learnable = cells(learnable.unsqueeze(-1))[..., 0] == 1
         frame_cells = torch.floor(cells(image) + 0.5)  # OpenCV's uint8 cell means, rounded half up
         return self._lasting_mask(frame_cells.cpu().numpy(), cells(mean).cpu().numpy(),
-                                  all_learnable.cpu().numpy(), place, image.shape)
+                                  all_learnable.cpu().numpy(), image.shape)
 
     def _is_cut(self, frame: np.ndarray, person_mask: np.ndarray, changed: float) -> bool:
         step = cut_sample_step(frame.shape)
