@@ -173,9 +173,7 @@ class ByteTrack:
         if not tracks or not len(boxes):
             return tracks, taken
         if fast:
-            cost = np.stack([fast_follow_cost(t.box, boxes, frame - t.matched_at)
-                             if frame - t.matched_at <= FAST_FOLLOW_FRAMES else np.full(len(boxes), np.inf)
-                             for t in tracks])
+            cost = np.stack([fast_follow_cost(t.box, boxes, frame - t.matched_at) for t in tracks])
             cost = np.where(np.isfinite(cost), cost, 2.0)
             _, box_of_track, _ = lap.lapjv(cost, extend_cost=True, cost_limit=1.0)
         else:
@@ -516,17 +514,19 @@ def same_person(box: np.ndarray, boxes: np.ndarray, frames: int, min_iou: float 
     overlap = box_iou(box[None], boxes)[0]
     if overlap.max() >= min_iou:
         return int(overlap.argmax())
-    if frames > max_frames:
-        return None
-    cost = fast_follow_cost(box, boxes, frames)
+    cost = fast_follow_cost(box, boxes, frames, max_frames)
     if not np.isfinite(cost).any():
         return None
     return int(np.argmin(cost))
 
 
-def fast_follow_cost(box: np.ndarray, boxes: np.ndarray, frames: int) -> np.ndarray:
+def fast_follow_cost(box: np.ndarray, boxes: np.ndarray, frames: int, max_frames: int = FAST_FOLLOW_FRAMES
+                     ) -> np.ndarray:
     """How far each of `boxes` is from being `box`'s person `frames` frames later, moving fast (`same_person`):
-    the distance their middle moved over the most it may (0 to 1), inf where it may not be them."""
+    the distance their middle moved over the most it may (0 to 1), inf where it may not be them (all of them
+    past `max_frames`)."""
+    if frames > max_frames:
+        return np.full(len(boxes), np.inf)
     width, height = box[2] - box[0], box[3] - box[1]
     heights = boxes[:, 3] - boxes[:, 1]
     dx = np.abs((boxes[:, 0] + boxes[:, 2]) - (box[0] + box[2])) / 2
