@@ -606,12 +606,13 @@ class Launcher:
         else:
             self.behind.discard(name)
         source = self.sources.get(name)
-        silent = self.dropping.idle_s(name) if self._is_live(camera) else 0.0
+        live = self._is_live(camera)
+        silent = self.dropping.idle_s(name) if live else 0.0
         state, reason = self._camera_state(name, source, frames["out"], obscuring,
                                            dropping if name in self.behind else None, silent)
         error = self.failed_cameras.get(name) or (source.error if source else None)
         return metrics.CameraView(
-            name=name, state=state, reason=redacted(reason), live=self._is_live(camera), frames=frames, fps=fps,
+            name=name, state=state, reason=redacted(reason), live=live, frames=frames, fps=fps,
             reconnects=self.earlier_reconnects.get(name, 0) + (source.reconnects if source else 0),
             in_flight=tally.camera_total("capture", "in_flight", name),
             waiting=tally.camera_total("composite", "waiting", name),

@@ -155,6 +155,15 @@ class Snapshot:
         }
 
 
+def _keep_window(samples: collections.deque, sample: tuple, window_s: float) -> collections.deque:
+    """`samples` ((time, ...) in order) with `sample` added, less those before the last that still spans
+    `window_s` to it."""
+    samples.append(sample)
+    while len(samples) > 2 and sample[0] - samples[1][0] >= window_s:
+        samples.popleft()
+    return samples
+
+
 class FrameRates:
     """Frames out per second for each camera, over the last FPS_WINDOW_S, from the counts its encoder reported
     and when each report came (`report`). Sampled when read instead, between reports that come every
@@ -166,10 +175,7 @@ class FrameRates:
 
     def report(self, camera: str, frames_out: int) -> None:
         now = self.clock()
-        samples = self.samples.setdefault(camera, collections.deque())
-        samples.append((now, frames_out))
-        while len(samples) > 2 and now - samples[1][0] >= FPS_WINDOW_S:
-            samples.popleft()
+        _keep_window(self.samples.setdefault(camera, collections.deque()), (now, frames_out), FPS_WINDOW_S)
 
     def rate(self, camera: str) -> float:
         samples = self.samples.get(camera)
@@ -196,10 +202,8 @@ class Dropping:
         now = self.clock()
         if camera not in self.came_at or came > self.came_at[camera][0]:
             self.came_at[camera] = (came, now)
-        samples = self.samples.setdefault(camera, collections.deque())
-        samples.append((now, came, dropped))
-        while len(samples) > 2 and now - samples[1][0] >= DEGRADED_WINDOW_S:
-            samples.popleft()
+        samples = _keep_window(self.samples.setdefault(camera, collections.deque()), (now, came, dropped),
+                               DEGRADED_WINDOW_S)
         (_, came0, dropped0), (_, came1, dropped1) = samples[0], samples[-1]
         return (dropped1 - dropped0) / (came1 - came0) if came1 > came0 else 0.0
 
