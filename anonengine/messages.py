@@ -234,6 +234,9 @@ class CameraDone(Message):
     output: str | None
     complete: bool = True  # False: the stream was interrupted and `output` is the `.partial` file
     error: str | None = None  # the output could not be finished (a full disk): why, in one line
+    # Of `frames`, those that went out obscured whole (their detections late or failed) as far as the encoder
+    # knows: a predecessor's frames count only where their metadata was kept.
+    obscured: int = 0
 
 
 class SourceStatus(Message):

@@ -222,6 +222,7 @@ class Pending:
     seq: int
     pts: int
     record: dict | None
+    obscured: bool = False
 
 
 class SegmentedRecording:
@@ -251,6 +252,7 @@ class SegmentedRecording:
         # Records are written in frame order, once a frame is on disk: up to here they are all there.
         self.recorded_through = -1
         self.frames = 0
+        self.obscured = 0  # of `frames`, those obscured whole (a predecessor's: where their metadata says)
         self.counter = 0
         self._cut_warned = False
 
@@ -287,6 +289,8 @@ class SegmentedRecording:
             for segment in ours[-2:]:
                 for line in _lines(segment.metadata):
                     self.recorded_through = max(self.recorded_through, json.loads(line)["index"])
+            # As `frame_record` writes it: a look for the words, not a parse of every line of a long run.
+            self.obscured = sum('"obscured": true' in line for segment in ours for line in _lines(segment.metadata))
             log.info("%s: resuming the recording after %d frames on disk", self.camera, self.frames)
 
     def _run_segments(self) -> list[Segment]:
@@ -315,12 +319,14 @@ class SegmentedRecording:
                 meta.unlink()
 
     # --- writing -------------------------------------------------------------------------------
-    def add(self, token, seq: int, pts: int, image: np.ndarray, record: dict | None) -> list:
+    def add(self, token, seq: int, pts: int, image: np.ndarray, record: dict | None, obscured: bool = False) -> list:
         """Encodes a frame (unless this run already has it on disk); returns the tokens of the frames
-        that are now durable, in order."""
+        that are now durable, in order. `obscured`: the frame went out obscured whole."""
         if self.durable_pts is not None and pts <= self.durable_pts:
-            if record is not None and seq > self.recorded_through:
-                self._record(record)  # the video had it; its metadata died with the encoder
+            if seq > self.recorded_through:  # the video had it; its metadata died with the encoder, or was none
+                self.obscured += obscured
+                if record is not None:
+                    self._record(record)
             return [token]
         if self.writer is not None and (pts - self.segment_first_pts) * self.stream.time_base >= self.cfg.segment_s:
             durable = self.cut()
@@ -328,7 +334,7 @@ class SegmentedRecording:
             durable = []
         if self.writer is None:
             self._open_segment(seq, pts)
-        self.pending.append(Pending(token, seq, pts, record))
+        self.pending.append(Pending(token, seq, pts, record, obscured))
         self._muxed(self.writer.write(image, pts))
         durable += self._take_durable()
         if len(self.pending) >= self.max_pending:
@@ -372,6 +378,7 @@ class SegmentedRecording:
                 self._record(frame.record)
             self.durable_pts = frame.pts
             self.frames += 1
+            self.obscured += frame.obscured
             durable.append(frame.token)
         return durable
 

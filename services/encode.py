@@ -33,6 +33,7 @@ class Output:
     next_seq: int  # the first frame not received yet: those before it come again only as duplicates
     written_seq: int  # the first frame not on disk yet (x264 holds a dozen): where a restarted capture resumes
     frames: int = 0  # frames out (to the file, the tap, or both)
+    obscured: int = 0  # of them, obscured whole
 
 
 class EncodeService(Service):
@@ -163,7 +164,7 @@ class EncodeService(Service):
             record = frame_record(frame, None if out.obscured else out.persons)
             try:
                 durables = output.recording.add(ref, ref.seq, ref.pts, image,
-                                                record if output.info.metadata else None)
+                                                record if output.info.metadata else None, out.obscured)
             except AnonError as exc:
                 self._output_failed(ref.camera, output, str(exc))
                 self._release(ref)
@@ -174,6 +175,7 @@ class EncodeService(Service):
         self._publish(out, output, image)
         output.next_seq = ref.seq + 1
         output.frames += 1
+        output.obscured += out.obscured
         self.count("frames", camera=ref.camera)
         if output.recording is not None:  # its frames on disk from before a restart: counted by no report
             self.gauge("recorded", output.recording.frames, camera=ref.camera)
@@ -233,33 +235,33 @@ class EncodeService(Service):
 
     def _finish(self, camera: str, output: Output, complete: bool) -> None:
         """Finalises the output, playable: under its final name only when `complete`."""
-        path, frames, error = None, output.frames, None
+        path, frames, obscured, error = None, output.frames, output.obscured, None
         if output.recording is not None:
             try:
                 for ref in output.recording.cut():  # every frame on disk: the compositor can let go
                     if not self.stopping:  # else it is gone already: a message to it would hold our exit
                         self._release(ref)
                 path = output.recording.close(complete)  # None: nothing written, no file at all
-                frames = output.recording.frames
+                frames, obscured = output.recording.frames, output.recording.obscured
             except AnonError as exc:
                 error = str(exc)
                 # What failed to finish is no output: its working segments go (a disk that filled up kept
                 # them, the frames' metadata with them, in a hidden folder beside the output).
                 output.recording.abort()
-        self._done(camera, frames, path, complete, error, recorded=output.recording is not None)
+        self._done(camera, frames, path, complete, error, recorded=output.recording is not None, obscured=obscured)
 
-    def _done(self, camera: str, frames: int, path, complete: bool, error: str | None, recorded: bool = True
-              ) -> None:
+    def _done(self, camera: str, frames: int, path, complete: bool, error: str | None, recorded: bool = True,
+              obscured: int = 0) -> None:
         """Tells the launcher a camera's output is done (made, or failed), and says so in the log. `recorded`:
         the camera has an output file (else the tap alone)."""
-        send(self.events, messages.CameraDone(camera, frames, str(path) if path else None, complete, error),
-             block=False)
+        send(self.events, messages.CameraDone(camera, frames, str(path) if path else None, complete, error,
+                                              obscured), block=False)
         if error is not None:  # "0 frames written to (tap only)" was all it said of a camera with an output
             self.log.warning("%s: its output failed: %s", camera, error)
         elif path is None and recorded:  # stopped before its first frame: no file at all
             self.log.info("%s: stopped before its first frame; no output written", camera)
         elif path is not None:
-            self.log.info("%s: %d frames written to %s", camera, frames, path)
+            self.log.info("%s: %d frames (%d obscured) written to %s", camera, frames, obscured, path)
         else:  # it said "0 frames written to (tap only)" of a camera whose 200 frames went out on the tap
             self.log.info("%s: %d frames out on the tap (no output file)", camera, frames)
 

@@ -466,6 +466,8 @@ def test_a_stalled_detector_leads_to_obscured_frames_never_raw_ones(models_dir, 
     obscured = [r["index"] for r in records if r["obscured"]]
     stats = launcher.stats[("composite", "w0")]
     assert obscured and stats["obscured"] == len(obscured)
+    # The count `anonengine run` says in its last line, the encoder's of its output.
+    assert launcher.done["cam"].obscured == launcher.obscured_frames("cam") == len(obscured)
     # The late frames, and before them at most one frame between detections (detector.stride 2) whose next
     # detection came late: nothing told where a person went from the last one.
     assert stats["late"] <= len(obscured) <= stats["late"] + cfg.anonymizer.detector.stride - 1

@@ -11,6 +11,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -1312,6 +1313,10 @@ def test_a_live_http_stream_is_asked_once_whether_it_is_live_for_the_whole_engin
         code, stderr, _ = stop_and_wait(proc, signal.SIGINT, group=True)
     assert code == 0 and "frames anonymized" in stderr, stderr
     assert len(LIVE_TS_GETS) == 2, LIVE_TS_GETS
+    # The last line counts the frames obscured, as the output's metadata does.
+    records = [json.loads(line) for line in (tmp_path / "live.jsonl").read_text().splitlines()]
+    said = re.search(r"(\d+) frames anonymized \((\d+) obscured", stderr)
+    assert said and tuple(map(int, said.groups())) == (len(records), sum(r["obscured"] for r in records)), stderr
 
 
 def test_a_urls_default_output_is_named_after_its_last_part():

@@ -94,7 +94,9 @@ WRITER = textwrap.dedent("""
     recording.setup()
     durable = []
     for i, (image, _, _) in zip(range(count), render_frames(320, 192, 120, seed=3)):
-        durable += recording.add(i, i, i * 512, image, {"camera": "cam", "index": i, "pts": i * 512, "persons": []})
+        obscured = i % 7 == 0
+        durable += recording.add(i, i, i * 512, image, {"camera": "cam", "index": i, "pts": i * 512,
+                                                        "obscured": obscured, "persons": []}, obscured)
     print(len(durable), flush=True)
     os.kill(os.getpid(), signal.SIGKILL)
 """)
@@ -113,8 +115,10 @@ def test_an_encoder_killed_with_9_loses_nothing_its_successor_cannot_write(image
     successor.setup()
     assert successor.frames >= durable
     for i in range(durable, 120):
-        successor.add(i, i, i * TICKS, images[i], record(i))
+        successor.add(i, i, i * TICKS, images[i], record(i) | {"obscured": i % 7 == 0}, i % 7 == 0)
     output = successor.close()
+    # Every frame obscured whole is counted once: the dead one's from the metadata it left, the rest as written.
+    assert successor.obscured == len(range(0, 120, 7))
     frames = list(VideoReader(str(output)))
     assert [f.pts for f in frames] == [i * TICKS for i in range(120)]
     records = [json.loads(line)["index"] for line in (tmp_path / "out.jsonl").read_text().splitlines()]

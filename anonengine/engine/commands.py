@@ -129,9 +129,10 @@ def run_engine(cfg: EngineConfig, progress: bool, tap: str | None) -> int:
             logging.getLogger("anonengine").info("%s: stopped before its first frame; nothing written", cam.name)
         else:
             dropped = launcher.dropped_frames(cam.name)
-            logging.getLogger("anonengine").info("%s: %s anonymized%s -> %s", cam.name, plural(done.frames, "frame"),
-                                                 f" ({dropped} dropped: the engine was behind)" if dropped else "",
-                                                 done.output)
+            logging.getLogger("anonengine").info(
+                "%s: %s anonymized (%d obscured%s) -> %s", cam.name, plural(done.frames, "frame"),
+                launcher.obscured_frames(cam.name), f", {dropped} dropped: the engine was behind" if dropped else "",
+                done.output)
             if (warning := small_input_warning(cfg.anonymizer.detector)) is not None:
                 logging.getLogger("anonengine").warning("%s", warning)
         return 0

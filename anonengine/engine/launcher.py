@@ -573,6 +573,13 @@ class Launcher:
                 log.info("camera %s: running well again", camera.name)
                 self.degraded_told.discard(camera.name)
 
+    def obscured_frames(self, camera: str) -> int:
+        """A camera's frames that went out obscured whole: as its encoder counted them in its output, or as its
+        compositors reported them, whichever knows more (an encoder's successor counts its predecessor's only
+        from their metadata; a compositor's last report may come after the camera's end)."""
+        done = self.done.get(camera)
+        return max(done.obscured if done is not None else 0, self.tally.camera_total("composite", "obscured", camera))
+
     def dropped_frames(self, camera: str) -> int:
         """A live camera's frames never numbered: the engine was behind it, or its number could not be kept."""
         return sum(self.tally.camera_total("capture", counter, camera)
