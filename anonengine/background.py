@@ -44,6 +44,15 @@ GHOST_LEVELS = 6.0
 # Lanczos's; its checks' time 0.30 s against 0.36).
 GHOST_RESAMPLE = cv2.INTER_NEAREST
 GHOST_SEEN = 0.5  # of the middle seen free before: less, and the model has too little of the place to show anyone
+# The model may show a person found now beside where they are: learnt there before the detector first found them,
+# and they or the camera moved since (an operator's trial: a person a panning camera followed, missed for 16 frames,
+# was held 16 to 33 px aside and drawn back into the masks of those who passed for 4 s). Their middle is looked for
+# in the model within GHOST_SEARCH_X of their box's width each way across and GHOST_SEARCH_Y of its height up and
+# down, at most GHOST_SEARCH_PLACES places (each a match of GHOST_NCC), shrunk to about GHOST_SEARCH_SIZE (w, h).
+GHOST_SEARCH_X = 1.0
+GHOST_SEARCH_Y = 0.25
+GHOST_SEARCH_PLACES = 3
+GHOST_SEARCH_SIZE = (24, 48)
 CANVAS_MARGIN = 0.25  # of the frame's size, on each side
 # A model that takes over from a dead compositor's (`BackgroundModel.guard`) first learns (copies) a pixel only this
 # far from every person's mask, as a share of the frame's diagonal. A mask drawn too tight (the detector's box of
@@ -558,17 +567,19 @@ class BackgroundModel:
         changed = cv2.compare(largest, CUT_PIXEL_CHANGE, cv2.CMP_GT)
         return cv2.countNonZero(cv2.bitwise_and(changed, usable)) > self.cfg.cut_threshold * samples
 
-    def forget_where_learnt(self, frame: np.ndarray, boxes: np.ndarray, view: View | None = None) -> int:
+    def forget_where_learnt(self, frame: np.ndarray, boxes: np.ndarray, view: View | None = None,
+                            nearby: np.ndarray | None = None) -> int:
         """Forgets the places of the persons in `boxes` (of `frame`, whose view is `view`, default the latest)
         that the model learnt with them there: someone standing still before the detector first found them
         (small, half hidden, in a pose it missed) was learnt into the background, and once found was hidden
         behind their own picture. Forgotten, their place is never-seen (filled from around, learnt afresh once
-        they leave). Returns how many were."""
+        they leave). `nearby`: for each box, whether the places around it are looked at too (`_learnt_nearby`:
+        for persons just found; the default, none). Returns how many places were forgotten."""
         return self.forget_where_shown(boxes, lambda core: frame[core[1] : core[3], core[0] : core[2]],
-                                       frame.shape[:2], view)
+                                       frame.shape[:2], view, nearby)
 
     def forget_where_shown(self, boxes: np.ndarray, picture, frame_shape: tuple[int, int],
-                           view: View | None = None) -> int:
+                           view: View | None = None, nearby: np.ndarray | None = None) -> int:
         """`forget_where_learnt` with the persons' pictures from elsewhere: `picture(core)` gives the pixels of
         a box's middle (x0, y0, x1, y1) as the person was found there (in a frame to come), or None where they
         cannot be had, and the place is forgotten unchecked (drawn from the fill: never the person)."""
@@ -576,20 +587,64 @@ class BackgroundModel:
             return 0
         view, forgotten = view or self.view, 0
         h, w = frame_shape
-        for box in boxes:
+        for i, box in enumerate(boxes):
             bw, bh = box[2] - box[0], box[3] - box[1]
             core = (int(max(0, box[0] + GHOST_CORE * bw)), int(max(0, box[1] + GHOST_CORE * bh)),
                     int(min(w, box[2] - GHOST_CORE * bw)), int(min(h, box[3] - GHOST_CORE * bh)))
             x0, y0, x1, y1 = core
             if x1 - x0 < 4 or y1 - y0 < 4:
                 continue
-            if cv2.countNonZero(self.seen_in(core, view)) < GHOST_SEEN * (x1 - x0) * (y1 - y0):
-                continue
             pixels = picture(core)
-            if pixels is None or looks_alike(pixels, self.render(core, view, GHOST_RESAMPLE)):
+            if cv2.countNonZero(self.seen_in(core, view)) >= GHOST_SEEN * (x1 - x0) * (y1 - y0) and (
+                    pixels is None or looks_alike(pixels, self.render(core, view, GHOST_RESAMPLE))):
                 self._forget(box, view)
                 forgotten += 1
+            if pixels is None or nearby is None or not nearby[i]:
+                continue
+            for dx, dy in self._learnt_nearby(pixels, core, box, view, frame_shape):
+                # A copy of the person, or what is there? Background that looks like their middle (a pillar like
+                # a narrow person's legs) is shown as it is by the frame there too.
+                there = (x0 + dx, y0 + dy, x1 + dx, y1 + dy)
+                now = picture(there)
+                if now is None or not looks_alike(now, self.render(there, view, GHOST_RESAMPLE)):
+                    self._forget(np.float32(box) + np.float32([dx, dy, dx, dy]), view)
+                    forgotten += 1
         return forgotten
+
+    def _learnt_nearby(self, pixels: np.ndarray, core: tuple[int, int, int, int], box: np.ndarray, view: View,
+                       frame_shape: tuple[int, int]) -> list[tuple[int, int]]:
+        """The shifts (dx, dy) from `core` (a found person's middle, `pixels` as found) to the places around it
+        where the model shows those pixels (`GHOST_SEARCH_*`; a flat middle has nothing to be found by)."""
+        x0, y0, x1, y1 = core
+        h, w = frame_shape
+        reach_x, reach_y = int(GHOST_SEARCH_X * (box[2] - box[0])), int(GHOST_SEARCH_Y * (box[3] - box[1]))
+        window = (max(0, x0 - reach_x), max(0, y0 - reach_y), min(w, x1 + reach_x), min(h, y1 + reach_y))
+        # Drawn at every `step`-th pixel (nearest: cheap) and shrunk by `scale` more (averaged: no aliasing between
+        # the two pictures, taken at different places), to about GHOST_SEARCH_SIZE.
+        shrink = max(1.0, min((x1 - x0) / GHOST_SEARCH_SIZE[0], (y1 - y0) / GHOST_SEARCH_SIZE[1]))
+        step = max(1, int(shrink / 2))
+        scale = step / shrink
+
+        def grey(image: np.ndarray) -> np.ndarray:
+            image = cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_BGR2GRAY)
+            return cv2.resize(image, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA) if scale < 1 else image
+
+        template = grey(pixels[::step, ::step])
+        if template.std() < GHOST_LEVELS or min(template.shape) < 4:
+            return []
+        model = grey(self.render(window, view, GHOST_RESAMPLE, step, fill=False))  # learnt: the seen pixels
+        if model.shape[0] < template.shape[0] or model.shape[1] < template.shape[1]:
+            return []
+        scores = cv2.matchTemplate(model, template, cv2.TM_CCOEFF_NORMED)
+        th, tw = template.shape
+        shifts = []
+        for _ in range(GHOST_SEARCH_PLACES):
+            _, best, _, (bx, by) = cv2.minMaxLoc(scores)
+            if best < GHOST_NCC:
+                break
+            shifts.append((round(window[0] + bx / scale * step) - x0, round(window[1] + by / scale * step) - y0))
+            scores[max(0, by - th // 2) : by + th // 2 + 1, max(0, bx - tw // 2) : bx + tw // 2 + 1] = -1
+        return shifts
 
     def _forget(self, box: np.ndarray, view: View) -> None:
         """The canvas under `box` of `view`'s frame is never-seen again (and the fill is made anew: it was
@@ -604,11 +659,11 @@ class BackgroundModel:
         scene.fill = None
 
     def render(self, box: tuple[int, int, int, int] | None = None, view: View | None = None,
-               interpolation: int | None = None) -> np.ndarray:
+               interpolation: int | None = None, step: int = 1, fill: bool = True) -> np.ndarray:
         """The background (uint8 BGR) in `box` (x0, y0, x1, y1; default the whole frame) of `view`'s frame
-        (default the latest), with all that is learnt by now.
+        (default the latest), with all that is learnt by now; every `step`-th pixel.
 
-        Pixels never seen free of persons come from the fill, never from a frame.
+        Pixels never seen free of persons come from the fill, never from a frame (without `fill`: black).
         """
         if self.scene is None:
             raise RuntimeError("BackgroundModel.render() before the first update()")
@@ -616,10 +671,12 @@ class BackgroundModel:
         scene = view.scene
         if interpolation is None:
             interpolation = RENDER_RESAMPLE[self.cfg.resample]
-        image = cv2.convertScaleAbs(self._to_frame(scene.mean, interpolation, box, view=view))
-        unseen = cv2.compare(self._to_frame(scene.seen, cv2.INTER_NEAREST, box, view=view), 0, cv2.CMP_EQ)
-        if cv2.countNonZero(unseen):
-            cv2.copyTo(self._to_frame(self._current_fill(scene), cv2.INTER_LINEAR, box, view=view), unseen, image)
+        image = cv2.convertScaleAbs(self._to_frame(scene.mean, interpolation, box, step, view))
+        unseen = cv2.compare(self._to_frame(scene.seen, cv2.INTER_NEAREST, box, step, view), 0, cv2.CMP_EQ)
+        if not fill:
+            image[unseen > 0] = 0
+        elif cv2.countNonZero(unseen):
+            cv2.copyTo(self._to_frame(self._current_fill(scene), cv2.INTER_LINEAR, box, step, view), unseen, image)
         return image
 
     def blend_into(self, out: np.ndarray, box: tuple[int, int, int, int], view: View, alpha: np.ndarray) -> None:

@@ -142,21 +142,23 @@ class TorchBackgroundModel(BackgroundModel):
         return resample(canvas_image.float(), inverse, size, interpolation, shift_border="replicate")
 
     def render(self, box: tuple[int, int, int, int] | None = None, view: View | None = None,
-               interpolation: int | None = None) -> np.ndarray:
+               interpolation: int | None = None, step: int = 1, fill: bool = True) -> np.ndarray:
         if self.scene is None:
             raise RuntimeError("BackgroundModel.render() before the first update()")
-        return self._drawn(box, view or self.view, interpolation).cpu().numpy()
+        return self._drawn(box, view or self.view, interpolation, step, fill).cpu().numpy()
 
-    def _drawn(self, box: tuple[int, int, int, int] | None, view: View, interpolation: int | None = None
-               ) -> torch.Tensor:
+    def _drawn(self, box: tuple[int, int, int, int] | None, view: View, interpolation: int | None = None,
+               step: int = 1, fill: bool = True) -> torch.Tensor:
         """`render`'s image, left on the device."""
         scene = view.scene
         if interpolation is None:
             interpolation = RENDER_RESAMPLE[self.cfg.resample]
-        image = to_uint8(self._to_frame(scene.mean, interpolation, box, view=view))
-        unseen = ~self._to_frame(scene.seen, cv2.INTER_NEAREST, box, view=view)
+        image = to_uint8(self._to_frame(scene.mean, interpolation, box, step, view))
+        unseen = ~self._to_frame(scene.seen, cv2.INTER_NEAREST, box, step, view)
+        if not fill:
+            return torch.where(unseen.unsqueeze(-1), torch.zeros_like(image), image)
         if bool(unseen.any()):
-            fill = to_uint8(self._to_frame(self._current_fill(scene), cv2.INTER_LINEAR, box, view=view))
+            fill = to_uint8(self._to_frame(self._current_fill(scene), cv2.INTER_LINEAR, box, step, view))
             image = torch.where(unseen.unsqueeze(-1), fill, image)
         return image
 
