@@ -629,6 +629,50 @@ def test_a_bad_camera_of_a_running_engine_stops_alone(tmp_path, launchers):
     assert spawn.count("capture-cam") == 1 and "capture-cam" not in launcher.children
 
 
+def test_a_failed_camera_can_be_detached_and_attached_again(tmp_path, launchers):
+    """`attach --source rtps://...` answered ok and its camera failed at once; `detach` then said "camera typo is
+    not attached", and the failure stayed in `status` (and /readyz at 503) until the engine restarted (an
+    operator's trial). Detached, it is off the list; attached again, it starts anew."""
+    from anonengine import messages
+
+    message = "capture[cam]: cannot open video rtps://127.0.0.1/cam: Protocol not found"
+    fate = {"capture-cam": 2}
+    spawn = FakeSpawn(lambda name: fate.get(name), error=lambda name: message if name == "capture-cam" else None)
+    launcher = fake_launcher(tmp_path, spawn, job=False)
+    launchers.append(launcher)
+    launcher._supervise()
+    assert [c.state for c in launcher.take_snapshot().cameras] == ["failed"]
+    assert launcher._on_control(messages.Detach("cam")).ok
+    assert launcher.take_snapshot().cameras == () and launcher.failed_cameras == {}
+    assert launcher._on_control(messages.Detach("cam")).error == "camera cam is not attached"
+    fate.clear()
+    assert launcher._on_control(messages.Attach({"name": "cam", "source": str(tmp_path / "never-opened.mp4")})).ok
+    assert spawn.count("capture-cam") == 2 and [c.name for c in launcher.take_snapshot().cameras] == ["cam"]
+
+
+def test_a_live_cameras_capture_stopped_from_outside_fails_its_camera(tmp_path, launchers):
+    """A SIGTERM to a live camera's capture alone (an operator's `kill`) drained it and ended its stream, as a
+    detach does: `status` called the camera done and /metrics ready, while its sender went on and nothing was
+    recorded (an operator's trial). It is a failed camera now, said so; a detach is not, nor is the engine's
+    own stop."""
+    from anonengine import messages
+
+    spawn = FakeSpawn(lambda name: None)
+    launcher = fake_launcher(tmp_path, spawn, job=False)
+    launchers.append(launcher)
+    launcher._on_source_status(messages.SourceStatus("cam", messages.SourceState.RUNNING, None, 0))
+    launcher.children["capture-cam"].process.returncode = 0  # drained and left on a signal of its own
+    launcher._supervise()
+    assert "signal from outside the engine" in launcher.failed_cameras["cam"]
+    assert [c.state for c in launcher.take_snapshot().cameras] == ["failed"]
+    assert launcher._on_control(messages.Attach({"name": "cam", "source": str(tmp_path / "never-opened.mp4")})).ok
+    assert launcher.failed_cameras == {} and spawn.count("capture-cam") == 2
+    assert launcher._on_control(messages.Detach("cam")).ok  # told to stop: it ends as a detached camera does
+    launcher.children["capture-cam"].process.returncode = 0
+    launcher._supervise()
+    assert launcher.failed_cameras == {}
+
+
 def test_frames_out_count_an_encoder_killed_outright_wrote_and_never_go_back(tmp_path, launchers):
     """An encoder killed outright took the frames it wrote since its last report out of the count: status said
     in 168, out 166, nothing in flight, 168 frames in the recording (an operator's trial). Its successor reports
@@ -858,3 +902,31 @@ def test_a_live_camera_the_engine_is_behind_is_degraded_said_in_the_log_and_well
     assert len(warned) == 2 and "75% of its frames dropped" in warned[0], said
     assert warned[1] == "camera cam: degraded: no frame from it for 5 s", said
     assert said.count("camera cam: running well again") == 2, said
+
+
+def test_a_live_camera_whose_sender_stopped_is_not_said_well_again_by_the_frames_its_stall_lets_out(
+        tmp_path, launchers, caplog):
+    """A UDP sender stopped: the camera was said degraded (no frame for 5 s), then "running well again" as the
+    stall let out the two frames FFmpeg held, 1.5 s before its capture's word of the loss came (an operator's
+    trial). Well again is said after 3 s of running well."""
+    from anonengine import messages
+    from anonengine.engine import metrics
+
+    launcher = fake_launcher(tmp_path, FakeSpawn(lambda name: None), job=False)
+    launchers.append(launcher)
+    launcher.cfg.cameras[0].live = True
+    came = 0
+    # 12 frames a second for 5 s, none for 8, the two held frames, a second on; then the loss is said
+    for second, frames in enumerate([12] * 5 + [0] * 8 + [2, 0, 0]):
+        came += frames
+        if second == 15:
+            launcher._on_source_status(messages.SourceStatus("cam", messages.SourceState.RECONNECTING, "lost", 1))
+        launcher.tally.add(messages.Stats("capture", "cam", {"frames": came}, pid=11))
+        launcher.tally.add(messages.Stats("encode", "w0", {}, pid=10, cameras={"cam": {"frames": came}}))
+        launcher.clock.now += 1
+        with caplog.at_level("INFO", logger="anonengine.launcher"):
+            (camera,) = launcher.take_snapshot().cameras
+        assert camera.state == (metrics.DEGRADED if 9 <= second <= 12 else metrics.RECONNECTING if second == 15
+                                else metrics.RUNNING), (second, camera)
+    said = [r.getMessage() for r in caplog.records if r.name == "anonengine.launcher"]
+    assert "camera cam: degraded: no frame from it for 5 s" in said and "running well again" not in " ".join(said)

@@ -54,6 +54,9 @@ FAILED_GRACE_S = 3.0
 RESTART_BACKOFF_MAX_S = 10.0
 SNAPSHOT_EVERY_S = 0.5
 DEGRADED_SAY_EVERY_S = 60.0
+# "Running well again" is said once a camera has run well this long: a live camera whose sender stopped was said
+# well again when the stall let out the two frames FFmpeg held, 1.5 s before its capture's word of the loss came.
+WELL_AGAIN_AFTER_S = 3.0
 
 
 @dataclass
@@ -131,6 +134,7 @@ class Launcher:
         self.progress: dict[str, int] = {}  # camera -> frames its encoder has written: where a capture resumes
         self.failure: str | None = None
         self.failed_cameras: dict[str, str] = {}
+        self.detached: set[str] = set()  # cameras whose capture the launcher told to stop (`detach`)
         self.stop_requested = False
         self.stop_signal: int | None = None  # the signal that asked for the stop, if one did
         self.spawn = stagehost.StageHost(_project_root()) if stagehost.available() else subprocess.Popen  # tests swap it
@@ -146,6 +150,7 @@ class Launcher:
         self.behind: set[str] = set()  # cameras the engine is behind (`metrics.BEHIND_SHARE`, with hysteresis)
         self.degraded_said: dict[str, tuple[float, str]] = {}  # camera -> when its being degraded was last logged, why
         self.degraded_told: set[str] = set()  # cameras whose being degraded was logged, and not its end yet
+        self.running_since: dict[str, float] = {}  # camera -> when it was last seen running well after trouble
         self.snapshot: metrics.Snapshot | None = None  # replaced whole every SNAPSHOT_EVERY_S (HTTP thread reads it)
         self._snapshot_at = float("-inf")
 
@@ -270,7 +275,7 @@ class Launcher:
         on; the camera is reported, in the log and in its status, and lets go of its output."""
         log.error("camera %s stopped: %s", camera, reason)
         self.failed_cameras[camera] = reason
-        self.detach(camera)  # its output failed while it ran: nothing more of it can be written
+        self._stop_capture(camera)  # its output failed while it ran: nothing more of it can be written
         self._release_output(camera)
 
     def _release_outputs(self, discard: bool = False) -> None:
@@ -370,6 +375,7 @@ class Launcher:
         if camera.name not in self.output_locks:  # the cameras of the config were claimed at start
             self._claim_camera(camera)
         self.failed_cameras.pop(camera.name, None)
+        self.detached.discard(camera.name)
         self.done.pop(camera.name, None)  # a camera detached or ended before comes back as a new stream
         # A camera attached again keeps its compositor (and so its encoder, which may still be finishing
         # the same output file).
@@ -389,9 +395,22 @@ class Launcher:
         return load.index(min(load))
 
     def detach(self, camera: str) -> bool:
+        """Stops a camera's capture (its stream ends normally), or takes a failed camera off the engine's list
+        (its failure stayed in `status` and held /readyz at 503 until the engine restarted); False: neither."""
+        if self._stop_capture(camera):
+            return True
+        if camera not in self.failed_cameras:
+            return False
+        del self.failed_cameras[camera]
+        self.cfg.cameras = [c for c in self.cfg.cameras if c.name != camera]
+        log.info("camera %s, which had failed, is detached", camera)
+        return True
+
+    def _stop_capture(self, camera: str) -> bool:
         child = self.children.get(f"capture-{camera}")
         if child is None or child.process.poll() is not None:
             return False
+        self.detached.add(camera)
         child.process.send_signal(signal.SIGTERM)  # the capture drains, its stream ends normally
         return True
 
@@ -558,8 +577,8 @@ class Launcher:
 
     def _say_degraded(self, snapshot: metrics.Snapshot) -> None:
         """Logs a camera becoming degraded, and why, again when the why changes and at most every
-        DEGRADED_SAY_EVERY_S while it does not, and its running well again after a time said: the log had said
-        nothing of 13 minutes with most frames dropped."""
+        DEGRADED_SAY_EVERY_S while it does not, and its running well again (for WELL_AGAIN_AFTER_S) after a time
+        said: the log had said nothing of 13 minutes with most frames dropped."""
         now = self.clock()
         for camera in snapshot.cameras:
             if camera.state == metrics.DEGRADED:
@@ -569,7 +588,9 @@ class Launcher:
                     log.warning("camera %s: degraded: %s", camera.name, camera.reason)
                     self.degraded_said[camera.name] = (now, why)
                     self.degraded_told.add(camera.name)
-            elif camera.name in self.degraded_told and camera.state == metrics.RUNNING:
+            if camera.state != metrics.RUNNING or camera.name not in self.degraded_told:
+                self.running_since.pop(camera.name, None)
+            elif now - self.running_since.setdefault(camera.name, now) >= WELL_AGAIN_AFTER_S:
                 log.info("camera %s: running well again", camera.name)
                 self.degraded_told.discard(camera.name)
 
@@ -687,6 +708,12 @@ class Launcher:
                 self._watch(child)
                 continue
             if child.stage == "capture" and code == 0:
+                if self._stopped_from_outside(child):
+                    # A live source never ends: a signal to its capture alone (an operator's `kill`) ended the
+                    # camera, which status then called done and /readyz ready, while its sender went on.
+                    self._camera_failed(child.camera, "its capture was stopped by a signal from outside the engine "
+                                        "(`anonengine detach` stops a camera); `anonengine attach` starts it again")
+                    del self.children[child.name]
                 continue  # its stream ended
             # Its rings (a capture's frames, a compositor's output), which only it would have unlinked: freed
             # once the stages reading them let go (they drop the rings whose segment is gone).
@@ -813,6 +840,12 @@ class Launcher:
         shutil.rmtree(self.endpoints.dir, ignore_errors=True)
         self._release_outputs(discard)
         self.instance_lock.release()
+
+    def _stopped_from_outside(self, capture: Child) -> bool:
+        """Whether a capture that ended normally was a live source's (`sources`: it reported its feed) that
+        neither the launcher nor a job's end stopped."""
+        return (capture.camera in self.sources and capture.camera not in self.detached and not self.stop_requested
+                and not self.cfg.engine.exit_when_done and capture.camera not in self.failed_cameras)
 
     @staticmethod
     def _is_live(camera: CameraConfig) -> bool:
