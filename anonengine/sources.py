@@ -159,6 +159,53 @@ def source_of(camera) -> Source:
     return classify(camera.source, camera.rtsp_transport, camera.stream, fps=camera.fps).turned(camera.rotate)
 
 
+# URL schemes FFmpeg reads through a demuxer of their own rather than a protocol (`avio_enum_protocols` lists none).
+DEMUXER_SCHEMES = frozenset({"rtsp", "rtsps", "satip"})
+
+
+@functools.lru_cache(maxsize=1)
+def ffmpeg_protocols() -> frozenset[str]:
+    """The input protocols of the FFmpeg PyAV carries (its `avio_enum_protocols`); empty where that library
+    cannot be found to ask."""
+    import ctypes
+    import re
+
+    import av  # noqa: F401 - loads the library asked below
+
+    try:
+        with open("/proc/self/maps") as maps:
+            library = next(iter(sorted(set(re.findall(r"(/\S*libavformat[^/\s]*\.so[^/\s]*)", maps.read())))), None)
+        if library is None:
+            return frozenset()
+        enum_protocols = ctypes.CDLL(library).avio_enum_protocols
+    except (OSError, AttributeError):
+        return frozenset()
+    enum_protocols.restype, enum_protocols.argtypes = ctypes.c_char_p, [ctypes.POINTER(ctypes.c_void_p), ctypes.c_int]
+    opaque, names = ctypes.c_void_p(None), []
+    while (name := enum_protocols(ctypes.byref(opaque), 0)) is not None:
+        names.append(name.decode())
+    return frozenset(names)
+
+
+def unknown_protocol(spec: str) -> str | None:
+    """Why FFmpeg cannot read the URL `spec` whatever the network does (a scheme it knows nothing of: `rtps://`,
+    `udpp://`), with what it may have meant; None when it may (or where the protocols cannot be asked). An
+    engine's camera so named fails once started (`UnknownProtocol`); `launch --validate-config` and `attach`
+    say it first (validation passed `udpp://`, attach answered ok)."""
+    match = URL_SCHEME.match(spec)
+    known = ffmpeg_protocols() | DEMUXER_SCHEMES
+    if not match or known == DEMUXER_SCHEMES:
+        return None
+    scheme = match.group(1).lower()
+    if scheme in known:
+        return None
+    # A typo's usual shapes: two letters swapped (rtps), one too many (udpp). Not one missing: srt:// is a protocol
+    # this FFmpeg lacks, not a misspelt srtp://.
+    near = (sorted(k for k in known if len(k) == len(scheme) and sorted(k) == sorted(scheme))
+            + sorted(k for k in known if any(scheme[:i] + scheme[i + 1 :] == k for i in range(len(scheme)))))
+    return f"cannot open video {spec}: Protocol not found{f' ({near[0]}:// meant?)' if near else ''}"
+
+
 def classify(spec: str, rtsp_transport: str = "tcp", stream: bool | None = None, fps: float | None = None) -> Source:
     """What kind of source `spec` names; a file path is checked to exist, an image sequence to be whole. `stream`:
     whether an http(s) source is a live stream rather than a recording, as its camera's config says (None:

@@ -650,6 +650,19 @@ def test_a_failed_camera_can_be_detached_and_attached_again(tmp_path, launchers)
     assert spawn.count("capture-cam") == 2 and [c.name for c in launcher.take_snapshot().cameras] == ["cam"]
 
 
+def test_an_attach_of_a_protocol_ffmpeg_does_not_know_is_refused_at_once(tmp_path, launchers):
+    """`attach --source rtps://...` answered "attach: ok", and the camera failed 0.1 s later (an operator's trial)."""
+    from anonengine import messages
+
+    spawn = FakeSpawn(lambda name: None)
+    launcher = fake_launcher(tmp_path, spawn, job=False)
+    launchers.append(launcher)
+    reply = launcher._on_control(messages.Attach({"name": "typo", "source": "rtps://127.0.0.1/cam"}))
+    said = "camera typo: cannot open video rtps://127.0.0.1/cam: Protocol not found (rtsp:// meant?)"
+    assert (reply.ok, reply.error) == (False, said)
+    assert spawn.count("capture-typo") == 0
+
+
 def test_a_live_cameras_capture_stopped_from_outside_fails_its_camera(tmp_path, launchers):
     """A SIGTERM to a live camera's capture alone (an operator's `kill`) drained it and ended its stream, as a
     detach does: `status` called the camera done and /metrics ready, while its sender went on and nothing was

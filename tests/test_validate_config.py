@@ -228,3 +228,27 @@ def test_a_camera_file_that_holds_no_video_is_refused(tmp_path):
     assert refusal(validate(tmp_path, cfg)) == (
         f"anonengine: error: camera a: {tmp_path / 'notes.mp4'} is not a video FFmpeg can read: Invalid data found "
         "when processing input")
+
+
+@pytest.mark.parametrize(("source", "said"), [("udpp://127.0.0.1:5609", " (udp:// meant?)"),
+                                              ("rtps://cam.local/live", " (rtsp:// meant?)"),
+                                              ("foo://bar", "")])
+def test_a_camera_whose_protocol_ffmpeg_does_not_know_is_refused(source, said, tmp_path):
+    """`udpp://` passed `--validate-config` ("valid (3 camera(s))"), and its camera failed at once on launch (an
+    operator's trial). The protocols are this FFmpeg's own (`avio_enum_protocols`); `rtsp://` is a demuxer's."""
+    cfg = config(tmp_path)
+    cfg["cameras"][0]["source"] = source
+    said = f"anonengine: error: camera a: cannot open video {source}: Protocol not found{said}"
+    assert refusal(validate(tmp_path, cfg)) == said
+    cfg["cameras"][0]["source"] = "rtsp://cam.local/live"  # down now, maybe up later: not asked
+    assert_valid(validate(tmp_path, cfg), [])
+
+
+def test_a_detector_input_under_640_is_said(tmp_path):
+    """An operator's engine at imgsz 320 (as the README's soak) showed persons 50 to 72 px tall as filmed, and
+    nothing said so: `anonengine run` said it when done; validation and launch say it now."""
+    cfg = config(tmp_path)
+    cfg["anonymizer"]["detector"]["imgsz"] = 320
+    note = ("detector.imgsz 320 is under the 640 the pose model was trained at: it misses persons it finds at 640, "
+            "near ones too (README, Speed); check the output with anonengine audit")
+    assert_valid(validate(tmp_path, cfg), [note])

@@ -69,8 +69,10 @@ def register(sub) -> None:
 
 
 def cmd_launch(args: argparse.Namespace) -> int:
-    from anonengine.config import EngineConfig, load_yaml
+    from anonengine.config import EngineConfig, load_yaml, small_input_warning
     from anonengine.engine.launcher import check_config, check_models, check_ports, launch
+    from anonengine.errors import ConfigError
+    from anonengine.sources import unknown_protocol
 
     cfg = load_yaml(Path(args.config), EngineConfig)
     if args.validate_config:
@@ -78,8 +80,14 @@ def cmd_launch(args: argparse.Namespace) -> int:
         # (it said "valid" of files whose source was missing). Then what launch finds only as it goes: models it
         # could not have (none is downloaded here), and ports another program listens at (tried here only).
         check_config(cfg)
+        for camera in cfg.cameras:
+            # Launch starts such a camera and fails it alone at once; a config that names one is not valid.
+            if (hopeless := unknown_protocol(camera.source)) is not None:
+                raise ConfigError(f"camera {camera.name}: {hopeless}")
         notes = check_models(cfg)
         check_ports(cfg)
+        if (small := small_input_warning(cfg.anonymizer.detector)) is not None:
+            notes.append(small)
         for note in notes:
             print(f"anonengine: note: {note}", file=sys.stderr)
         print(f"{args.config}: valid ({len(cfg.cameras)} camera(s))")
@@ -88,6 +96,8 @@ def cmd_launch(args: argparse.Namespace) -> int:
     for handler in logging.getLogger().handlers:
         handler.setFormatter(logging.Formatter("%(asctime)s launcher %(levelname)s %(message)s"))
     redact_logs()
+    if (small := small_input_warning(cfg.anonymizer.detector)) is not None:
+        logging.getLogger("anonengine.launcher").warning("%s", small)  # a run says it when done; an engine: at start
     stagehost.warm_up()
     resolve_models(cfg)
     return launch(cfg).run()

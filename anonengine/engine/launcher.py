@@ -42,7 +42,7 @@ from anonengine.paths import as_text, partial_metadata_path, partial_path, redac
 from anonengine.recording import segments_folder
 from anonengine.rundir import private_dir, run_dir_path
 from anonengine.shm import SHM_DIR, instance_segments, made_by, remove_stale_segments, unlink
-from anonengine.sources import SourceKind, classify, is_live, resolve_stream
+from anonengine.sources import SourceKind, classify, is_live, resolve_stream, unknown_protocol
 from anonengine.tap import MAX_TAP_MESSAGE_BYTES
 from anonengine.video import claim_output, refuse_unreplaceable
 
@@ -528,7 +528,11 @@ class Launcher:
             if isinstance(request, messages.Attach):
                 if self.stop_requested:  # its capture started, found the launcher gone and left: "ok" for nothing
                     return messages.Reply(False, "the engine is stopping: no camera can be attached")
-                self.attach(CameraConfig.model_validate(request.camera))
+                camera = CameraConfig.model_validate(request.camera)
+                if (hopeless := unknown_protocol(camera.source)) is not None:
+                    # Its capture would fail at once: "attach: ok" for a camera failed 0.1 s later.
+                    return messages.Reply(False, f"camera {camera.name}: {hopeless}")
+                self.attach(camera)
                 return messages.Reply(True)
             if isinstance(request, messages.Detach):
                 if self.detach(request.camera):
