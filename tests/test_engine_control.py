@@ -586,6 +586,19 @@ def test_a_crash_loop_after_the_code_changed_on_disk_says_so(tmp_path, launchers
     assert launcher.failure.endswith("; the engine's code changed since it started (services/encode.py): start it again")
 
 
+def test_a_stage_restarted_after_the_code_changed_on_disk_says_so(tmp_path, launchers, caplog):
+    """Each restart said "encode0 exited with 1; restarting in 0.5 s", the camera stayed `stopping`, and nothing
+    named the upgrade under the engine until it gave up (an operator's trial)."""
+    spawn = FakeSpawn(lambda name: 1 if name == "encode" else None)
+    launcher = fake_launcher(tmp_path, spawn, restart_limit=3)
+    launchers.append(launcher)
+    launcher.code["services/encode.py"] -= 1
+    with caplog.at_level("WARNING", logger="anonengine.launcher"):
+        launcher._supervise()
+    assert "encode0 exited with 1; restarting; the engine's code changed since it started (services/encode.py): " \
+           "start it again" in caplog.text
+
+
 def test_restart_and_reconnect_counters_outlive_the_processes_that_counted_them(tmp_path, launchers):
     """A soak saw `anonengine_source_reconnects_total` go 5 -> 0 after its capture was killed and
     `anonengine_stage_restarts_total` 2 -> 1 after an attach: counted by processes that had gone."""
@@ -915,6 +928,34 @@ def test_a_live_camera_the_engine_is_behind_is_degraded_said_in_the_log_and_well
     assert len(warned) == 2 and "75% of its frames dropped" in warned[0], said
     assert warned[1] == "camera cam: degraded: no frame from it for 5 s", said
     assert said.count("camera cam: running well again") == 2, said
+
+
+def test_frames_dropped_behind_a_stage_that_stopped_name_it_not_the_load(tmp_path, launchers):
+    """`kill -STOP` of the detector: for the 4 s before it was killed as hung, the camera's frames dropped were
+    said to be "more cameras, frames a second or pixels than this machine keeps up with" (an operator's trial).
+    A frames' stage that missed 2.5 of its heartbeats is named instead."""
+    from anonengine import messages
+
+    launcher = fake_launcher(tmp_path, FakeSpawn(lambda name: None), job=False)
+    launchers.append(launcher)
+    launcher.cfg.cameras[0].live = True
+    for child in launcher.children.values():
+        child.last_beat = launcher.clock.now
+    came = dropped = 0
+    for second in range(8):
+        came, dropped = came + 12, dropped + (0 if second < 3 else 9)
+        launcher.tally.add(messages.Stats("capture", "cam", {"frames": came - dropped, "dropped_at_source": dropped},
+                                          pid=11))
+        launcher.tally.add(messages.Stats("encode", "w0", {}, pid=10, cameras={"cam": {"frames": came - dropped}}))
+        launcher.clock.now += 1
+        for child in launcher.children.values():
+            if child.name != "detect0" or second < 2:
+                child.last_beat = launcher.clock.now
+        (camera,) = launcher.take_snapshot().cameras
+    assert camera.reason.endswith("of its frames dropped in the last 10 s, the engine behind it: detect0 silent for "
+                                  "6 s"), camera.reason
+    launcher.children["detect0"].last_beat = launcher.clock.now  # it beats again: the load it is
+    assert launcher.take_snapshot().cameras[0].reason.endswith("than this machine keeps up with")
 
 
 def test_a_live_camera_whose_sender_stopped_is_not_said_well_again_by_the_frames_its_stall_lets_out(

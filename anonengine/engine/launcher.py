@@ -57,6 +57,7 @@ DEGRADED_SAY_EVERY_S = 60.0
 # "Running well again" is said once a camera has run well this long: a live camera whose sender stopped was said
 # well again when the stall let out the two frames FFmpeg held, 1.5 s before its capture's word of the loss came.
 WELL_AGAIN_AFTER_S = 3.0
+QUIET_BEATS = 2.5  # a stage that missed this many heartbeats is named as the cause of a camera's frames dropped
 
 
 @dataclass
@@ -678,8 +679,13 @@ class Launcher:
         if silent_s >= metrics.SILENT_S:
             troubles.append(f"no frame from it for {silent_s:.0f} s")
         if behind_by is not None:
+            # A stage that stopped (a hung driver, SIGSTOP) holds every frame up too: the advice to lighten the load
+            # was said for the 4 s before the stage was killed as hung (an operator's trial).
+            quiet = self._quiet_stages()
+            why = (f"{', '.join(quiet)} silent for {self.clock() - min(c.last_beat for c in quiet.values()):.0f} s"
+                   if quiet else "more cameras, frames a second or pixels than this machine keeps up with")
             troubles.append(f"{behind_by:.0%} of its frames dropped in the last {metrics.DEGRADED_WINDOW_S:g} s, the "
-                            "engine behind it: more cameras, frames a second or pixels than this machine keeps up with")
+                            f"engine behind it: {why}")
         if troubles:
             return metrics.DEGRADED, "; ".join(troubles)
         return metrics.RUNNING, ""
@@ -736,17 +742,15 @@ class Launcher:
             child.restarts = [t for t in child.restarts if now - t < 60] + [now]
             child.restarted += 1
             self.restart_totals[child.stage] = self.restart_totals.get(child.stage, 0) + 1
+            changed = self._code_changed()
             if len(child.restarts) > self.cfg.engine.restart_limit:
-                self.failure = f"{child.name} died {len(child.restarts)} times within a minute (exit {code})"
-                changed = sorted(path for path, stamp in code_files().items() if self.code.get(path) != stamp)
-                if changed:  # an upgrade under the running engine: a restarted stage meets code of two versions
-                    shown = ", ".join(changed[:3]) + (f" and {len(changed) - 3} more" if len(changed) > 3 else "")
-                    self.failure += f"; the engine's code changed since it started ({shown}): start it again"
+                self.failure = f"{child.name} died {len(child.restarts)} times within a minute (exit {code}){changed}"
                 return
             # The first restart is at once; deaths that follow in the minute wait 0.5 s, 1 s, 2 s... (at
             # most 10 s), so a stage that cannot start does not spin.
             delay = 0.0 if len(child.restarts) == 1 else min(RESTART_BACKOFF_MAX_S, 0.5 * 2 ** (len(child.restarts) - 2))
-            log.warning("%s exited with %s; restarting%s", child.name, code, f" in {delay:g} s" if delay else "")
+            log.warning("%s exited with %s; restarting%s%s", child.name, code, f" in {delay:g} s" if delay else "",
+                        changed)
             if delay:
                 child.restart_at = now + delay
             else:
@@ -844,6 +848,24 @@ class Launcher:
         shutil.rmtree(self.endpoints.dir, ignore_errors=True)
         self._release_outputs(discard)
         self.instance_lock.release()
+
+    def _quiet_stages(self) -> dict[str, Child]:
+        """The frames' stages (detect, composite, encode) running that sent no heartbeat for QUIET_BEATS of their
+        beats (well before `engine.stall_s` kills them as hung), by name."""
+        beat_s = min(self.cfg.engine.stats_interval_s, self.cfg.engine.stall_s / 4)  # `Service.heartbeat_s`
+        return {c.name: c for c in self.children.values() if c.stage in ("detect", "composite", "encode")
+                and c.last_beat is not None and self.clock() - c.last_beat > QUIET_BEATS * beat_s
+                and c.process.poll() is None}
+
+    def _code_changed(self) -> str:
+        """"; the engine's code changed since it started (...): start it again" where its files on disk did (an
+        upgrade under the running engine: a restarted stage meets code of two versions, and may die of it), else
+        "" (an operator's trial: "encode0 exited with 1; restarting in 0.5 s", again and again, and no word why)."""
+        changed = sorted(path for path, stamp in code_files().items() if self.code.get(path) != stamp)
+        if not changed:
+            return ""
+        shown = ", ".join(changed[:3]) + (f" and {len(changed) - 3} more" if len(changed) > 3 else "")
+        return f"; the engine's code changed since it started ({shown}): start it again"
 
     def _stopped_from_outside(self, capture: Child) -> bool:
         """Whether a capture that ended normally was a live source's (`sources`: it reported its feed) that
