@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 import itertools
 import logging
@@ -130,7 +131,30 @@ def open_source(source: Source, cfg: SourcesConfig) -> av.container.InputContain
         named = source.spec if url == source.spec else f"{source.spec} ({url})"
         reason = _unfinished_file(url) if isinstance(exc, av.InvalidDataError) else None
         timed_out = f"no answer in {timeout[0]:g} s" if timeout else None
-        raise error(f"cannot open video {named}: {reason or _ffmpeg_reason(exc, timed_out)}") from None
+        unresolved = _unresolved_host(url) if isinstance(exc, OSError) and exc.errno == errno.EIO else None
+        raise error(f"cannot open video {named}: {reason or unresolved or _ffmpeg_reason(exc, timed_out)}") from None
+
+
+def _unresolved_host(url: str) -> str | None:
+    """Why a network URL failed where FFmpeg says only "Input/output error" (its UDP and RTP protocols of a name
+    that does not resolve, as an operator's `udp://nosuchhost.invalid:5607`): the name's lookup failing; None
+    where it resolves, or names no host."""
+    import socket
+    from urllib.parse import urlsplit
+
+    try:
+        host = urlsplit(url).hostname
+    except ValueError:
+        return None
+    if not host:
+        return None
+    try:
+        socket.getaddrinfo(host, None)
+    except socket.gaierror as exc:
+        return f"the host name {host} does not resolve ({exc.strerror})"
+    except (OSError, UnicodeError):
+        return None
+    return None
 
 
 def _unfinished_file(path: str) -> str | None:

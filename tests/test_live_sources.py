@@ -837,3 +837,14 @@ def test_a_live_stream_delivered_in_bursts_loses_no_frame_to_a_consumer_that_kee
     got = take(feed, 60, pause=1 / 30)  # a consumer a little faster than the camera, never faster than that
     assert feed.dropped == 0
     assert [int(f.image[0, 0, 0]) for f in got] == list(range(60))
+
+
+@pytest.mark.parametrize("url", ["udp://nosuchhost.invalid:5607", "rtsp://nosuchhost.invalid/cam"])
+def test_a_host_name_that_does_not_resolve_is_said_so(url):
+    """`udp://nosuchhost.invalid:5607` read "cannot open video ...: Input/output error" in the log and `status`,
+    and nothing said the name did not resolve (an operator's trial). `.invalid` never resolves (RFC 2606)."""
+    from anonengine.video import open_source
+
+    with pytest.raises(InputError) as raised:
+        open_source(classify(url), SourcesConfig(connect_timeout_s=5))
+    assert str(raised.value).startswith(f"cannot open video {url}: the host name nosuchhost.invalid does not resolve (")
