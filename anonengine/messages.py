@@ -312,6 +312,9 @@ class TapHeader(Message):
     obscured: bool
     persons: list[dict] = msgspec.field(default_factory=list)
     pixel_aspect: tuple[int, int] = (1, 1)  # a pixel's width and height as shown (anamorphic video: not square)
+    # This frame's number among the camera's frames its encoder offered the tap, from 0 (-1: not counted): frames a
+    # subscriber missed are the gaps in it, where `seq` also jumps when a live camera's capture restarts.
+    offered: int = -1
 
 
 AnyMessage = Union[StreamInfoMsg, FrameRef, Detected, StreamEnd, Release, Received, Progress, Redeliver,

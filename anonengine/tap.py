@@ -232,15 +232,26 @@ def decode_payload(meta: dict, payload: bytes) -> np.ndarray:
 
 
 class SeqGaps:
-    """Counts frames a subscriber missed, from the per-camera seq numbers."""
+    """Counts frames a subscriber missed: the gaps in each camera's frames offered the tap (`offered`), or where
+    an engine does not count them, or its encoder restarted and counts anew, in their `seq`. A `seq` that jumps
+    where none was missed is a live camera's capture that restarted and numbered on (`renumbered`): counted as
+    missed frames, 1022 of them, by a subscriber that had missed none (an operator's trial)."""
 
     def __init__(self) -> None:
-        self.last: dict[str, int] = {}
+        self.last: dict[str, tuple[int, int]] = {}  # camera -> (seq, offered) of the last frame seen
         self.missed = 0
+        self.renumbered = 0
 
     def see(self, meta: dict) -> int:
+        seq, offered = meta["seq"], meta.get("offered", -1)
         last = self.last.get(meta["camera"])
-        gap = 0 if last is None else max(0, meta["seq"] - last - 1)
-        self.last[meta["camera"]] = meta["seq"]
+        self.last[meta["camera"]] = (seq, offered)
+        if last is None:
+            return 0
+        if offered >= 0 and last[1] >= 0 and offered > last[1]:
+            gap = offered - last[1] - 1
+            self.renumbered += seq - last[0] - 1 > gap
+        else:
+            gap = max(0, seq - last[0] - 1)
         self.missed += gap
         return gap

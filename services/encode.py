@@ -45,6 +45,7 @@ class EncodeService(Service):
         self.rings = RingCache()
         self.outputs: dict[str, Output] = {}
         self.subscribers = 0
+        self.tap_offered: dict[str, int] = {}  # camera -> frames offered the tap (`TapHeader.offered`)
         self.tap_curve = None  # the ZAP handler of a CURVE tap this encoder binds
         self.finished_rings: set[str] = set()  # streams whose output is final: never begun again
         # (camera, stream) of the streams whose whole output this encoder made final, or that failed
@@ -207,7 +208,9 @@ class EncodeService(Service):
             camera=ref.camera, seq=ref.seq, pts=ref.pts, time=float(ref.pts * output.info.time_base_fraction),
             width=image.shape[1], height=image.shape[0], format=tap.format, obscured=out.obscured,
             persons=out.persons, pixel_aspect=output.info.pixel_aspect,
+            offered=self.tap_offered.get(ref.camera, 0),
         )  # fmt: skip
+        self.tap_offered[ref.camera] = header.offered + 1
         try:
             self.tap.send_multipart([ref.camera.encode(), messages.encode(header), payload], zmq.NOBLOCK, copy=False)
         except zmq.Again:

@@ -871,19 +871,29 @@ def test_the_tap_command_says_how_many_frames_it_missed(tmp_path):
                 header = messages.TapHeader(camera="cam1", seq=seq, pts=seq, time=seq / 25, width=16, height=16,
                                             format="raw", obscured=False)
                 publisher.send_multipart([b"cam1", messages.encode(header), image.tobytes()])
+            # As an engine counts the frames it offers: a capture restarted after seq 1 and numbered on from 1026,
+            # which missed nothing; the frame offered fifth never reaches this subscriber.
+            for seq, offered in ((0, 0), (1, 1), (1026, 2), (1027, 3), (1029, 5)):
+                header = messages.TapHeader(camera="cam2", seq=seq, pts=seq, time=seq / 25, width=16, height=16,
+                                            format="raw", obscured=False, offered=offered)
+                publisher.send_multipart([b"cam2", messages.encode(header), image.tobytes()])
 
     sender = threading.Thread(target=publish, daemon=True)
     sender.start()
     try:
-        result = subprocess.run([sys.executable, "-m", "anonengine.cli", "tap", endpoint, "--frames", "6",
+        result = subprocess.run([sys.executable, "-m", "anonengine.cli", "tap", endpoint, "--frames", "11",
                                  "--timeout", "30"], capture_output=True, text=True, timeout=90, check=False)
     finally:
         sender.join(5)
         publisher.close()
     assert result.returncode == 0, result.stderr
-    assert "cam1 seq=5" in result.stdout and "missed=2" in result.stdout
-    said = result.stderr.strip().splitlines()[-1]
-    assert said.startswith("anonengine: tap: 2 frames missed (gaps in seq"), result.stderr
+    lines = result.stdout.splitlines()
+    assert "cam1 seq=5" in result.stdout and "missed=2" in lines[3]
+    assert "missed" not in lines[8] and lines[8].startswith("cam2 seq=1026") and lines[10].endswith("missed=1")
+    assert result.stderr.strip().splitlines()[-2:] == [
+        "anonengine: tap: 3 frames missed (this subscriber fell behind the engine by more than tap.hwm)",
+        "anonengine: tap: seq jumped 1 time where no frame was missed (a live camera's capture restarted and numbered "
+        "on)"], result.stderr
 
 
 def test_a_live_camera_the_engine_is_behind_is_degraded_said_in_the_log_and_well_again_once_it_keeps_up(

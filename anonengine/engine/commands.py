@@ -241,8 +241,11 @@ def cmd_tap(args: argparse.Namespace) -> int:
         if recording is not None:
             recording.close()
         if gaps.missed:  # said per frame only: a recording 11 frames short of 193 ended with "182 frames"
-            print(f"anonengine: tap: {plural(gaps.missed, 'frame')} missed (gaps in seq: this subscriber fell behind "
-                  "the engine by more than tap.hwm, or a camera's capture restarted and numbered on)", file=sys.stderr)
+            print(f"anonengine: tap: {plural(gaps.missed, 'frame')} missed (this subscriber fell behind the engine by "
+                  "more than tap.hwm)", file=sys.stderr)
+        if gaps.renumbered:
+            print(f"anonengine: tap: seq jumped {plural(gaps.renumbered, 'time')} where no frame was missed (a live "
+                  "camera's capture restarted and numbered on)", file=sys.stderr)
     return 0
 
 
