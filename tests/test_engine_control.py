@@ -642,7 +642,7 @@ def test_a_bad_camera_of_a_running_engine_stops_alone(tmp_path, launchers):
     assert spawn.count("capture-cam") == 1 and "capture-cam" not in launcher.children
 
 
-def test_a_failed_camera_can_be_detached_and_attached_again(tmp_path, launchers):
+def test_a_failed_camera_can_be_detached_and_attached_again(tmp_path, launchers, caplog):
     """`attach --source rtps://...` answered ok and its camera failed at once; `detach` then said "camera typo is
     not attached", and the failure stayed in `status` (and /readyz at 503) until the engine restarted (an
     operator's trial). Detached, it is off the list; attached again, it starts anew."""
@@ -655,7 +655,9 @@ def test_a_failed_camera_can_be_detached_and_attached_again(tmp_path, launchers)
     launchers.append(launcher)
     launcher._supervise()
     assert [c.state for c in launcher.take_snapshot().cameras] == ["failed"]
-    assert launcher._on_control(messages.Detach("cam")).ok
+    with caplog.at_level("INFO", logger="anonengine.launcher"):
+        assert launcher._on_control(messages.Detach("cam")).ok
+    assert "camera cam detached" in caplog.text  # the log had no word of an operator's attach or detach
     assert launcher.take_snapshot().cameras == () and launcher.failed_cameras == {}
     assert launcher._on_control(messages.Detach("cam")).error == "camera cam is not attached"
     fate.clear()

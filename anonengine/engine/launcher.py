@@ -404,7 +404,6 @@ class Launcher:
             return False
         del self.failed_cameras[camera]
         self.cfg.cameras = [c for c in self.cfg.cameras if c.name != camera]
-        log.info("camera %s, which had failed, is detached", camera)
         return True
 
     def _stop_capture(self, camera: str) -> bool:
@@ -534,9 +533,12 @@ class Launcher:
                     # Its capture would fail at once: "attach: ok" for a camera failed 0.1 s later.
                     return messages.Reply(False, f"camera {camera.name}: {hopeless}")
                 self.attach(camera)
+                # The log had no word of an operator's attach or detach, only of what followed.
+                log.info("camera %s attached: %s", camera.name, redacted(camera.source))
                 return messages.Reply(True)
             if isinstance(request, messages.Detach):
                 if self.detach(request.camera):
+                    log.info("camera %s detached", request.camera)
                     return messages.Reply(True)
                 return messages.Reply(False, f"camera {request.camera} is not attached")
             if isinstance(request, messages.StatusRequest):
