@@ -15,28 +15,20 @@ import numpy as np
 
 from anonengine.background import BackgroundModel, View, blend_into
 from anonengine.config import AnonymizerConfig
-from anonengine.detections import COCO_SKELETON, Detections, box_iou
+from anonengine.detections import COCO_SKELETON, Detections
 from anonengine.masks import Region, frame_diagonal, person_mask, soft_regions, zones_mask
 from anonengine.schedule import SAME_PERSON_IOU
 from anonengine.tracking import (
     FOLLOW_GAP_FRAMES,
-    LOOKAHEAD_MIN_IOU,
     MaskHold,
     first_sightings,
     lookahead_boxes,
+    newly_found,
     same_person,
     with_extra_boxes,
 )
 
 LIMB_COLOR = (255, 170, 0)  # BGR
-
-
-def newly_found(found: Detections, before: Detections | None) -> np.ndarray:
-    """Which of the persons `found` were not in the detection `before` (None: none was): as `first_sightings`
-    tells them."""
-    if before is None or not len(before) or not len(found):
-        return np.ones(len(found), bool)
-    return box_iou(found.boxes, before.boxes).max(axis=1) < LOOKAHEAD_MIN_IOU
 JOINT_COLOR = (0, 220, 255)
 PERSON_LINE = 0.02  # a limb at most this share of the person's extent (6 px for a person 300 px tall)
 OBSCURED_GREY = 128
@@ -115,7 +107,7 @@ class Compositor:
         sighted = [(i + 1, f) for i, f in enumerate(future) if f.detected]
         upcoming = sighted[0] if sighted else None
         reported, detected = detections, detections.detected
-        found_before = self._last_found if self.has_detection(detections.frame_shape) else None
+        found_before = self._last_found.boxes if self.has_detection(detections.frame_shape) else None
         if detected:
             self._last_found, self._since_found = detections, 0
         else:
@@ -157,7 +149,7 @@ class Compositor:
             # (standing still): their own picture would be drawn over them. Every person, each detection: a
             # place forgotten is copied again from the first frame that misses them there. Those new since the
             # detection before are looked for around their place too (learnt there before, `_learnt_nearby`).
-            self.background.forget_where_learnt(frame, reported.boxes, nearby=newly_found(reported, found_before))
+            self.background.forget_where_learnt(frame, reported.boxes, nearby=newly_found(reported.boxes, found_before))
         if found_later and future_pixels is not None and not cut:
             self._forget_found_later(found_later, future_pixels, frame.shape[:2])
         # Only confident persons get a skeleton; weaker ones (and held tracks) are hidden, not drawn.

@@ -478,6 +478,13 @@ def lookahead_boxes(current: Detections, future: list[tuple[int, Detections]], n
     return np.concatenate(new).astype(np.float32) if new else np.zeros((0, 4), np.float32)
 
 
+def newly_found(boxes: np.ndarray, before: np.ndarray | None) -> np.ndarray:
+    """Which of `boxes` (a detection's) were not in the detection `before` (its boxes; None: there was none)."""
+    if before is None or not len(before) or not len(boxes):
+        return np.ones(len(boxes), bool)
+    return box_iou(boxes, before).max(axis=1) < LOOKAHEAD_MIN_IOU
+
+
 def first_sightings(current: Detections, future: list[tuple[int, Detections]]) -> list[tuple[int, int, np.ndarray]]:
     """(index in `future`, frames ahead, boxes) of the persons found in the next frames the detector looked at
     and not in the one before (`current` for the first): where `lookahead_boxes` hides someone before they
@@ -485,9 +492,7 @@ def first_sightings(current: Detections, future: list[tuple[int, Detections]]) -
     sightings = []
     before = current.boxes
     for index, (ahead, frame) in enumerate(future):
-        fresh = frame.boxes
-        if len(fresh) and len(before):
-            fresh = fresh[box_iou(fresh, before).max(axis=1) < LOOKAHEAD_MIN_IOU]
+        fresh = frame.boxes[newly_found(frame.boxes, before)]
         if len(fresh):
             sightings.append((index, ahead, fresh))
         before = frame.boxes
