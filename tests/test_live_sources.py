@@ -234,7 +234,8 @@ def test_a_file_replayed_as_a_camera_whose_capture_is_killed_with_9_carries_on_a
         stderr = stop(proc)
     assert proc.returncode == 0, stderr
     assert "capture-door exited with -9; restarting" in stderr and "carrying on at frame" in stderr, stderr
-    assert "failed" not in stderr, stderr
+    # No camera or output failed (frames obscured while the capture restarted are said "late or failed": fine).
+    assert "failed" not in stderr.replace("detections late or failed", ""), stderr
     indices, times = in_order_nobody_shown(long_clip, tmp_path)
     restart = next(i for i in range(1, len(indices)) if indices[i] - indices[i - 1] > 100)
     # On the file's own schedule: the frames due while the capture restarted are lost, no more.
