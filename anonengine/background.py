@@ -606,7 +606,8 @@ class BackgroundModel:
                 # a narrow person's legs) is shown as it is by the frame there too.
                 there = (x0 + dx, y0 + dy, x1 + dx, y1 + dy)
                 now = picture(there)
-                if now is None or not looks_alike(now, self.render(there, view, GHOST_RESAMPLE)):
+                # Without the fill: a forget just made is not worth a fill of the whole canvas made anew.
+                if now is None or not looks_alike(now, self.render(there, view, GHOST_RESAMPLE, fill=False)):
                     self._forget(np.float32(box) + np.float32([dx, dy, dx, dy]), view)
                     forgotten += 1
         return forgotten

@@ -160,24 +160,26 @@ def source_of(camera) -> Source:
 
 
 # URL schemes FFmpeg reads through a demuxer of their own rather than a protocol (`avio_enum_protocols` lists none).
-DEMUXER_SCHEMES = frozenset({"rtsp", "rtsps", "satip"})
+DEMUXER_SCHEMES = frozenset({"rtsp", "rtsps", "satip", "sap"})
 
 
 @functools.lru_cache(maxsize=1)
 def ffmpeg_protocols() -> frozenset[str]:
     """The input protocols of the FFmpeg PyAV carries (its `avio_enum_protocols`); empty where that library
-    cannot be found to ask."""
+    cannot be told for sure (OpenCV's wheel loads an FFmpeg of its own, with other protocols)."""
     import ctypes
     import re
 
-    import av  # noqa: F401 - loads the library asked below
+    import av
 
     try:
         with open("/proc/self/maps") as maps:
-            library = next(iter(sorted(set(re.findall(r"(/\S*libavformat[^/\s]*\.so[^/\s]*)", maps.read())))), None)
-        if library is None:
+            mapped = set(re.findall(r"(/\S*libavformat[^/\s]*\.so[^/\s]*)", maps.read()))
+        wheel = str(Path(av.__file__).resolve().parent.parent / "av.libs") + os.sep
+        ours = [path for path in mapped if path.startswith(wheel)] or (list(mapped) if len(mapped) == 1 else [])
+        if len(ours) != 1:
             return frozenset()
-        enum_protocols = ctypes.CDLL(library).avio_enum_protocols
+        enum_protocols = ctypes.CDLL(ours[0]).avio_enum_protocols
     except (OSError, AttributeError):
         return frozenset()
     enum_protocols.restype, enum_protocols.argtypes = ctypes.c_char_p, [ctypes.POINTER(ctypes.c_void_p), ctypes.c_int]
@@ -196,7 +198,7 @@ def unknown_protocol(spec: str) -> str | None:
     known = ffmpeg_protocols() | DEMUXER_SCHEMES
     if not match or known == DEMUXER_SCHEMES:
         return None
-    scheme = match.group(1).lower()
+    scheme = match.group(1).lower().split("+")[0]  # `crypto+https://`: FFmpeg goes by the first
     if scheme in known:
         return None
     # A typo's usual shapes: two letters swapped (rtps), one too many (udpp). Not one missing: srt:// is a protocol

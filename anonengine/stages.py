@@ -252,6 +252,8 @@ class DetectStage(Stage):
                 added = found[i].adding(persons, same_iou=TURNED_SAME_IOU)
                 new, upright = added.boxes[len(found[i]):], found[i].boxes
                 if len(new) and box_covered(new, upright).min() < TURNED_PART_COVERED:
+                    if not self.turned_watch.get((cameras[i], way)):
+                        tally[:] = [0, 1]  # a watch starts: counted from here (a camera turned over after months)
                     self.turned_watch[cameras[i], way] = TURNED_WATCH_FRAMES
                     tally[0] += 1
                     # Photos are each looked at every way: a batch whose photos show persons only so is told at

@@ -192,6 +192,13 @@ def test_a_person_an_upright_camera_missed_found_upside_down_is_hidden_without_a
         (found,) = stage.process([image], cameras=["B"])
         assert len(found) == 1 + (frame in (10, 20))
     assert stage.turned_tally["B", 180] == [3, 41] and "upside down" not in caplog.text
+    # The watch over, the camera is turned over (months later): counted from the watch that starts then.
+    stage.turned_watch["B", 180] = 0
+    for frame in range(3):
+        stage.since_turned_look["B"], stage.next_turn["B"] = 24, 3  # looked at upside down (the first; then watched)
+        stage.detector = AnsweringDetector([], [walker], [], [])
+        stage.process([image], cameras=["B"])
+    assert stage.turned_tally["B", 180] == [3, 3] and "B: persons found upside down" in caplog.text
 
 
 def test_pulled_pose_model_is_the_official_file(models_dir):

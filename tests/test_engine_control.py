@@ -699,6 +699,11 @@ def test_a_live_cameras_capture_stopped_from_outside_fails_its_camera(tmp_path, 
     launcher.children["capture-cam"].process.returncode = 0
     launcher._supervise()
     assert launcher.failed_cameras == {}
+    # Attached again from a file, which ends: no live source's any more (a review found it taken for one)
+    assert launcher._on_control(messages.Attach({"name": "cam", "source": str(tmp_path / "never-opened.mp4")})).ok
+    launcher.children["capture-cam"].process.returncode = 0
+    launcher._supervise()
+    assert launcher.failed_cameras == {} and launcher.take_snapshot().cameras[0].reconnects == 0
 
 
 def test_frames_out_count_an_encoder_killed_outright_wrote_and_never_go_back(tmp_path, launchers):
@@ -893,7 +898,7 @@ def test_the_tap_command_says_how_many_frames_it_missed(tmp_path):
     assert "cam1 seq=5" in result.stdout and "missed=2" in lines[3]
     assert "missed" not in lines[8] and lines[8].startswith("cam2 seq=1026") and lines[10].endswith("missed=1")
     jumped = ("anonengine: tap: seq jumped 1 time where no frame was missed (a live camera's capture restarted and "
-              "numbered on)")
+              "numbered on, or the engine dropped late frames: engine.late_frames)")
     assert result.stderr.strip().splitlines()[-2:] == [
         "anonengine: tap: 3 frames missed (this subscriber fell behind the engine by more than tap.hwm)", jumped
     ], result.stderr

@@ -849,3 +849,14 @@ def test_a_host_name_that_does_not_resolve_is_said_so(url):
     with pytest.raises(InputError) as raised:
         open_source(classify(url), SourcesConfig(connect_timeout_s=5))
     assert str(raised.value).startswith(f"cannot open video {url}: the host name nosuchhost.invalid does not resolve (")
+
+
+def test_urls_of_protocols_ffmpeg_reads_otherwise_are_not_refused():
+    """`unknown_protocol` asks the FFmpeg PyAV carries; a nested scheme goes by its first part (`crypto+https`), and
+    `rtsp`, `sap` are demuxers' (a review found `crypto+https://` and `sap://` refused)."""
+    from anonengine.sources import ffmpeg_protocols, unknown_protocol
+
+    assert {"udp", "http", "file"} <= ffmpeg_protocols()
+    for url in ("crypto+https://cam.local/a.ts", "sap://239.255.255.255", "rtsp://cam.local/live", "udp://:5600"):
+        assert unknown_protocol(url) is None, url
+    assert unknown_protocol("udpp://:5600").endswith("Protocol not found (udp:// meant?)")

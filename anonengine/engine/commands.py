@@ -245,7 +245,8 @@ def cmd_tap(args: argparse.Namespace) -> int:
                   "more than tap.hwm)", file=sys.stderr)
         if gaps.renumbered:
             print(f"anonengine: tap: seq jumped {plural(gaps.renumbered, 'time')} where no frame was missed (a live "
-                  "camera's capture restarted and numbered on)", file=sys.stderr)
+                  "camera's capture restarted and numbered on, or the engine dropped late frames: "
+                  "engine.late_frames)", file=sys.stderr)
     return 0
 
 

@@ -378,6 +378,8 @@ class Launcher:
         self.failed_cameras.pop(camera.name, None)
         self.detached.discard(camera.name)
         self.done.pop(camera.name, None)  # a camera detached or ended before comes back as a new stream
+        if (source := self.sources.pop(camera.name, None)) is not None:  # and its source, if any, anew
+            self.earlier_reconnects[camera.name] = self.earlier_reconnects.get(camera.name, 0) + source.reconnects
         # A camera attached again keeps its compositor (and so its encoder, which may still be finishing
         # the same output file).
         compositor = self.compositor_of.setdefault(camera.name, self._least_busy_compositor())
@@ -398,11 +400,10 @@ class Launcher:
     def detach(self, camera: str) -> bool:
         """Stops a camera's capture (its stream ends normally), or takes a failed camera off the engine's list
         (its failure stayed in `status` and held /readyz at 503 until the engine restarted); False: neither."""
-        if self._stop_capture(camera):
-            return True
+        stopped = self._stop_capture(camera)
         if camera not in self.failed_cameras:
-            return False
-        del self.failed_cameras[camera]
+            return stopped
+        del self.failed_cameras[camera]  # its capture may be draining still: off the list all the same
         self.cfg.cameras = [c for c in self.cfg.cameras if c.name != camera]
         return True
 
