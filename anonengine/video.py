@@ -24,7 +24,7 @@ from anonengine.config import EncoderConfig, SourcesConfig
 from anonengine.errors import ConfigError, InputError, OutputError, SourceNotOpenable, UnknownProtocol
 from anonengine.locks import FileLock, LockBusy, output_lock_path
 from anonengine.paths import OUTPUT_CONTAINERS, partial_path, sequence_photo
-from anonengine.sources import Source, classify, fitted
+from anonengine.sources import Source, classify, fitted, unknown_protocol
 
 CUT_SHORT_TOLD = 5  # photos cut short named one by one; past this, counted
 log = logging.getLogger("anonengine.video")
@@ -132,6 +132,8 @@ def open_source(source: Source, cfg: SourcesConfig) -> av.container.InputContain
         reason = _unfinished_file(url) if isinstance(exc, av.InvalidDataError) else None
         timed_out = f"no answer in {timeout[0]:g} s" if timeout else None
         unresolved = _unresolved_host(url) if isinstance(exc, OSError) and exc.errno == errno.EIO else None
+        if error is UnknownProtocol:  # with a swapped or doubled letter named, as validation and attach say it
+            reason = (unknown_protocol(url) or "").removeprefix(f"cannot open video {url}: ") or None
         raise error(f"cannot open video {named}: {reason or unresolved or _ffmpeg_reason(exc, timed_out)}") from None
 
 

@@ -152,6 +152,7 @@ class Launcher:
         self.degraded_said: dict[str, tuple[float, str]] = {}  # camera -> when its being degraded was last logged, why
         self.degraded_told: set[str] = set()  # cameras whose being degraded was logged, and not its end yet
         self.running_since: dict[str, float] = {}  # camera -> when it was last seen running well after trouble
+        self.quiet_spells: dict[str, tuple[float, float]] = {}  # stage -> (when last seen silent, for how long)
         self.snapshot: metrics.Snapshot | None = None  # replaced whole every SNAPSHOT_EVERY_S (HTTP thread reads it)
         self._snapshot_at = float("-inf")
 
@@ -684,9 +685,7 @@ class Launcher:
         if behind_by is not None:
             # A stage that stopped (a hung driver, SIGSTOP) holds every frame up too: the advice to lighten the load
             # was said for the 4 s before the stage was killed as hung (an operator's trial).
-            quiet = self._quiet_stages()
-            why = (f"{', '.join(quiet)} silent for {self.clock() - min(c.last_beat for c in quiet.values()):.0f} s"
-                   if quiet else "more cameras, frames a second or pixels than this machine keeps up with")
+            why = self._quiet_stages() or "more cameras, frames a second or pixels than this machine keeps up with"
             troubles.append(f"{behind_by:.0%} of its frames dropped in the last {metrics.DEGRADED_WINDOW_S:g} s, the "
                             f"engine behind it: {why}")
         if troubles:
@@ -852,13 +851,21 @@ class Launcher:
         self._release_outputs(discard)
         self.instance_lock.release()
 
-    def _quiet_stages(self) -> dict[str, Child]:
-        """The frames' stages (detect, composite, encode) running that sent no heartbeat for QUIET_BEATS of their
-        beats (well before `engine.stall_s` kills them as hung), by name."""
+    def _quiet_stages(self) -> str:
+        """The frames' stages (detect, composite, encode) that sent no heartbeat for QUIET_BEATS of their beats (well
+        before `engine.stall_s` kills them as hung), now or within the last DEGRADED_WINDOW_S, whose frames dropped
+        meanwhile are in the window still (once woken, the detector's stop was blamed on the load): "detect0 silent
+        for 5 s", "detect0 was silent for 6 s"; "" where none."""
+        now = self.clock()
         beat_s = min(self.cfg.engine.stats_interval_s, self.cfg.engine.stall_s / 4)  # `Service.heartbeat_s`
-        return {c.name: c for c in self.children.values() if c.stage in ("detect", "composite", "encode")
-                and c.last_beat is not None and self.clock() - c.last_beat > QUIET_BEATS * beat_s
-                and c.process.poll() is None}
+        quiet = {c.name for c in self.children.values() if c.stage in ("detect", "composite", "encode")
+                 and c.last_beat is not None and now - c.last_beat > QUIET_BEATS * beat_s and c.process.poll() is None}
+        for name in quiet:
+            self.quiet_spells[name] = (now, now - self.children[name].last_beat)
+        self.quiet_spells = {name: spell for name, spell in self.quiet_spells.items()
+                             if now - spell[0] < metrics.DEGRADED_WINDOW_S}
+        return ", ".join(f"{name} {'silent' if name in quiet else 'was silent'} for {silent:.0f} s"
+                         for name, (_, silent) in sorted(self.quiet_spells.items()))
 
     def _code_changed(self) -> str:
         """"; the engine's code changed since it started (...): start it again" where its files on disk did (an
