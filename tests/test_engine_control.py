@@ -980,6 +980,37 @@ def test_frames_dropped_behind_a_stage_that_stopped_name_it_not_the_load(tmp_pat
     assert launcher._quiet_stages() == ""
 
 
+def test_a_camera_attached_again_counts_its_frames_dropped_from_its_first_frame_out(tmp_path, launchers):
+    """Attached again, its counters carried on, a camera was said degraded at once by the frames dropped as it
+    connected (7 of 35: 20%), /readyz 503 for 13 s, where at the engine's start it is `starting` until its first
+    frame out (a second operator trial). It is now so after every attach."""
+    from anonengine import messages
+    from anonengine.engine import metrics
+
+    launcher = fake_launcher(tmp_path, FakeSpawn(lambda name: None), job=False)
+    launchers.append(launcher)
+    launcher.cfg.cameras[0].live = True
+    came = dropped = out = 0
+    states = []
+
+    def second(new: int, lost: int, written: int) -> str:
+        nonlocal came, dropped, out
+        came, dropped, out = came + new, dropped + lost, out + written
+        launcher.tally.add(messages.Stats("capture", "cam", {"frames": came - dropped, "dropped_at_source": dropped},
+                                          pid=11))
+        launcher.tally.add(messages.Stats("encode", "w0", {}, pid=10, cameras={"cam": {"frames": out}}))
+        launcher.clock.now += 1
+        return launcher.take_snapshot().cameras[0].state
+
+    states += [second(12, 0, 12) for _ in range(10)]  # running well
+    launcher.children["capture-cam"].process.kill()  # detached; 15 s on, attached again
+    launcher.clock.now += 15
+    launcher.attach(CameraConfig(name="cam", source=str(tmp_path / "never-opened.mp4"), live=True))
+    states += [second(35, 7, 0)]  # connecting: 7 of 35 dropped before its first frame out
+    states += [second(12, 0, 12) for _ in range(5)]
+    assert states == [metrics.RUNNING] * 10 + [metrics.STARTING] + [metrics.RUNNING] * 5, states
+
+
 def test_a_live_camera_whose_sender_stopped_is_not_said_well_again_by_the_frames_its_stall_lets_out(
         tmp_path, launchers, caplog):
     """A UDP sender stopped: the camera was said degraded (no frame for 5 s), then "running well again" as the

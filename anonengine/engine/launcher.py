@@ -130,6 +130,7 @@ class Launcher:
         # a Prometheus counter must never go back): reconnects of the cameras' earlier captures, restarts.
         self.earlier_reconnects: dict[str, int] = {}
         self.frames_out: dict[str, int] = {}  # each camera's most frames out said: a count never goes back
+        self.out_at_attach: dict[str, int] = {}  # each camera's frames out when it was last attached
         self.restart_totals: dict[str, int] = {}
         self.malformed = 0  # messages dropped as garbage, on the events and control sockets
         self.progress: dict[str, int] = {}  # camera -> frames its encoder has written: where a capture resumes
@@ -379,6 +380,8 @@ class Launcher:
         self.failed_cameras.pop(camera.name, None)
         self.detached.discard(camera.name)
         self.done.pop(camera.name, None)  # a camera detached or ended before comes back as a new stream
+        self.out_at_attach[camera.name] = self.frames_out.get(camera.name, 0)
+        self.behind.discard(camera.name)
         if (source := self.sources.pop(camera.name, None)) is not None:  # and its source, if any, anew
             self.earlier_reconnects[camera.name] = self.earlier_reconnects.get(camera.name, 0) + source.reconnects
         # A camera attached again keeps its compositor (and so its encoder, which may still be finishing
@@ -635,6 +638,11 @@ class Launcher:
         obscuring = self.obscuring.recent(name, frames["obscured"])
         # Behind it: frames dropped at the door (not those whose number a restarted capture could not keep).
         thinned = sum(tally.camera_total("capture", counter, name) for counter in ("dropped_busy", "dropped_at_source"))
+        started = out > self.out_at_attach.get(name, 0)
+        if not started:
+            # Counted from its first frame out, as at the engine's start (a camera attached again, its counters
+            # carried on, was said degraded at once by 7 frames dropped as it connected: /readyz 503 for 13 s).
+            self.dropping.samples.pop(name, None)
         dropping = self.dropping.share(name, frames["in"] + thinned, thinned)
         # Behind from a tenth dropped, caught up under a twentieth: a camera about a tenth behind flipped
         # between the two every few seconds, /readyz with it.
@@ -645,7 +653,7 @@ class Launcher:
         source = self.sources.get(name)
         live = self._is_live(camera)
         silent = self.dropping.idle_s(name) if live else 0.0
-        state, reason = self._camera_state(name, source, frames["out"], obscuring,
+        state, reason = self._camera_state(name, source, started, obscuring,
                                            dropping if name in self.behind else None, silent)
         error = self.failed_cameras.get(name) or (source.error if source else None)
         return metrics.CameraView(
@@ -657,7 +665,7 @@ class Launcher:
             source=source.state.value if source else None, dropping=dropping,
         )  # fmt: skip
 
-    def _camera_state(self, name: str, source: messages.SourceStatus | None, frames_out: int,
+    def _camera_state(self, name: str, source: messages.SourceStatus | None, started: bool,
                       obscuring: bool, behind_by: float | None = None, silent_s: float = 0.0) -> tuple[str, str]:
         """`behind_by`: the share of a camera's frames dropped lately, where the engine is behind it; `silent_s`:
         how long since a frame of it came (a live camera's)."""
@@ -677,7 +685,7 @@ class Launcher:
             return metrics.STOPPING, "stream ended; finishing its output"
         if source is not None and source.state.value in (metrics.CONNECTING, metrics.RECONNECTING):
             return source.state.value, source.error or ""
-        if frames_out == 0:
+        if not started:  # since it was attached
             return metrics.STARTING, "no frame out yet"
         troubles = [f"frames obscured in the last {metrics.DEGRADED_WINDOW_S:g} s (detections late or failed)"] if obscuring else []
         if silent_s >= metrics.SILENT_S:
