@@ -191,7 +191,8 @@ def ffmpeg_protocols() -> frozenset[str]:
 
 def unknown_protocol(spec: str) -> str | None:
     """Why FFmpeg cannot read the URL `spec` whatever the network does (a scheme it knows nothing of: `rtps://`,
-    `udpp://`), with what it may have meant; None when it may (or where the protocols cannot be asked). An
+    `udpp://`), as FFmpeg says it, with what it may have meant: "Protocol not found (udp:// meant?)"; None when it
+    may (or where the protocols cannot be asked). An
     engine's camera so named fails once started (`UnknownProtocol`); `launch --validate-config` and `attach`
     say it first (validation passed `udpp://`, attach answered ok)."""
     match = URL_SCHEME.match(spec)
@@ -205,7 +206,7 @@ def unknown_protocol(spec: str) -> str | None:
     # this FFmpeg lacks, not a misspelt srtp://.
     near = (sorted(k for k in known if len(k) == len(scheme) and sorted(k) == sorted(scheme))
             + sorted(k for k in known if any(scheme[:i] + scheme[i + 1 :] == k for i in range(len(scheme)))))
-    return f"cannot open video {spec}: Protocol not found{f' ({near[0]}:// meant?)' if near else ''}"
+    return f"Protocol not found{f' ({near[0]}:// meant?)' if near else ''}"
 
 
 def classify(spec: str, rtsp_transport: str = "tcp", stream: bool | None = None, fps: float | None = None) -> Source:

@@ -133,7 +133,7 @@ def open_source(source: Source, cfg: SourcesConfig) -> av.container.InputContain
         timed_out = f"no answer in {timeout[0]:g} s" if timeout else None
         unresolved = _unresolved_host(url) if isinstance(exc, OSError) and exc.errno == errno.EIO else None
         if error is UnknownProtocol:  # with a swapped or doubled letter named, as validation and attach say it
-            reason = (unknown_protocol(url) or "").removeprefix(f"cannot open video {url}: ") or None
+            reason = unknown_protocol(url)
         raise error(f"cannot open video {named}: {reason or unresolved or _ffmpeg_reason(exc, timed_out)}") from None
 
 

@@ -83,7 +83,7 @@ def cmd_launch(args: argparse.Namespace) -> int:
         for camera in cfg.cameras:
             # Launch starts such a camera and fails it alone at once; a config that names one is not valid.
             if (hopeless := unknown_protocol(camera.source)) is not None:
-                raise ConfigError(f"camera {camera.name}: {hopeless}")
+                raise ConfigError(f"camera {camera.name}: cannot open video {camera.source}: {hopeless}")
         notes = check_models(cfg)
         check_ports(cfg)
         if (small := small_input_warning(cfg.anonymizer.detector)) is not None:

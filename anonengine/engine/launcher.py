@@ -34,7 +34,7 @@ from anonengine import messages, models
 from anonengine.config import CameraConfig, EngineConfig, HttpConfig, error_text, split_listen
 from anonengine.curve import CurveClient, curve_clients_folder, load_key, write_public_key
 from anonengine.engine import metrics, stagehost
-from anonengine.engine.runtime import Endpoints, bind_tap, log_malformed, receive_waiting
+from anonengine.engine.runtime import Endpoints, bind_tap, heartbeat_s, log_malformed, receive_waiting
 from anonengine.errors import AnonError, ConfigError, InputError, ModelError, OutputError
 from anonengine.interrupts import STOP_SIGNALS, plural
 from anonengine.locks import FileLock, LockBusy, is_locked, process_alive
@@ -536,7 +536,7 @@ class Launcher:
                 camera = CameraConfig.model_validate(request.camera)
                 if (hopeless := unknown_protocol(camera.source)) is not None:
                     # Its capture would fail at once: "attach: ok" for a camera failed 0.1 s later.
-                    return messages.Reply(False, f"camera {camera.name}: {hopeless}")
+                    return messages.Reply(False, f"camera {camera.name}: cannot open video {camera.source}: {hopeless}")
                 self.attach(camera)
                 # The log had no word of an operator's attach or detach, only of what followed.
                 log.info("camera %s attached: %s", camera.name, redacted(camera.source))
@@ -642,7 +642,7 @@ class Launcher:
         if not started:
             # Counted from its first frame out, as at the engine's start (a camera attached again, its counters
             # carried on, was said degraded at once by 7 frames dropped as it connected: /readyz 503 for 13 s).
-            self.dropping.samples.pop(name, None)
+            self.dropping.restart(name)
         dropping = self.dropping.share(name, frames["in"] + thinned, thinned)
         # Behind from a tenth dropped, caught up under a twentieth: a camera about a tenth behind flipped
         # between the two every few seconds, /readyz with it.
@@ -865,7 +865,7 @@ class Launcher:
         meanwhile are in the window still (once woken, the detector's stop was blamed on the load): "detect0 silent
         for 5 s", "detect0 was silent for 6 s"; "" where none."""
         now = self.clock()
-        beat_s = min(self.cfg.engine.stats_interval_s, self.cfg.engine.stall_s / 4)  # `Service.heartbeat_s`
+        beat_s = heartbeat_s(self.cfg)
         quiet = {c.name for c in self.children.values() if c.stage in ("detect", "composite", "encode")
                  and c.last_beat is not None and now - c.last_beat > QUIET_BEATS * beat_s and c.process.poll() is None}
         for name in quiet:

@@ -198,6 +198,10 @@ class Dropping:
         """Seconds since a frame of the camera last came (as of the last `share`)."""
         return self.clock() - self.came_at[camera][1] if camera in self.came_at else 0.0
 
+    def restart(self, camera: str) -> None:
+        """Forgets the camera's samples: its share is counted from its next."""
+        self.samples.pop(camera, None)
+
     def share(self, camera: str, came: int, dropped: int) -> float:
         now = self.clock()
         if camera not in self.came_at or came > self.came_at[camera][0]:

@@ -226,8 +226,7 @@ class Service:
 
     @property
     def heartbeat_s(self) -> float:
-        """How often the stage reports: every `stats_interval_s`, and at least four times a `stall_s`."""
-        return min(self.cfg.engine.stats_interval_s, self.cfg.engine.stall_s / 4)
+        return heartbeat_s(self.cfg)
 
     def report(self, force: bool = False) -> None:
         """Sends counters to the launcher every `stats_interval_s`, which are also the stage's heartbeat:
@@ -253,6 +252,11 @@ class Service:
             self.report(force=True)
         finally:
             self.context.destroy(linger=1000)
+
+
+def heartbeat_s(cfg: EngineConfig) -> float:
+    """How often a stage reports: every `stats_interval_s`, and at least four times a `stall_s`."""
+    return min(cfg.engine.stats_interval_s, cfg.engine.stall_s / 4)
 
 
 def send(sock: zmq.Socket, message, block: bool = True) -> bool:
