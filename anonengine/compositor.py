@@ -15,7 +15,7 @@ import numpy as np
 
 from anonengine.background import BackgroundModel, View, blend_into
 from anonengine.config import AnonymizerConfig
-from anonengine.detections import COCO_SKELETON, Detections
+from anonengine.detections import COCO_SKELETON, Detections, box_covered
 from anonengine.masks import Region, frame_diagonal, person_mask, soft_regions, zones_mask
 from anonengine.schedule import SAME_PERSON_IOU
 from anonengine.tracking import (
@@ -32,6 +32,9 @@ LIMB_COLOR = (255, 170, 0)  # BGR
 JOINT_COLOR = (0, 220, 255)
 PERSON_LINE = 0.02  # a limb at most this share of the person's extent (6 px for a person 300 px tall)
 OBSCURED_GREY = 128
+# A held person's skeleton is left out where this share of their box is under those drawn from the detections (a
+# person standing behind a walker: 51%; a second box on one person: 89 to 92%)
+SKELETON_COVERED = 0.75
 # Letterbox bars: lines along the frame's edges that are dark and flat. A bar whose pixels all differ by no more
 # than BAR_SPREAD levels holds no picture, and so nobody: it is kept as filmed (a faint silhouette in the dark
 # would differ by more).
@@ -52,6 +55,11 @@ class Learnt:
     keypoints: np.ndarray
     view: View
     persons: Detections  # what the frame's metadata reports: the detector's persons, or moved on between two
+    held: Detections | None = None  # and the persons hidden by the hold with the skeleton they last had
+
+    def meta(self) -> list[dict]:
+        """The frame's persons as its metadata gives them."""
+        return self.persons.to_meta() + (self.held.to_meta(held=True) if self.held is not None else [])
 
 
 class Compositor:
@@ -65,7 +73,8 @@ class Compositor:
         self.cfg = cfg
         self.background = background_model(cfg.background, future_frames)
         self.future_frames = future_frames
-        self.hold = (MaskHold(cfg.hold, cfg.detector.person_conf) if cfg.hold.enabled and cfg.hold.hold_frames > 0
+        self.hold = (MaskHold(cfg.hold, cfg.detector.person_conf, cfg.pose.person_conf if cfg.pose.enabled else None)
+                     if cfg.hold.enabled and cfg.hold.hold_frames > 0
                      else None)
         self.privacy_zones = privacy_zones or []
         self._last_found: Detections | None = None  # the last frame the detector looked at
@@ -107,6 +116,9 @@ class Compositor:
         sighted = [(i + 1, f) for i, f in enumerate(future) if f.detected]
         upcoming = sighted[0] if sighted else None
         reported, detected = detections, detections.detected
+        # The boxes, as the last detection found them, of the persons drawn from it now (the others' skeletons
+        # are the hold's to draw: `held_skeletons`)
+        skeleton_of = detections.boxes[detections.scores >= self.cfg.pose.person_conf]
         found_before = self._last_found.boxes if self.has_detection(detections.frame_shape) else None
         if detected:
             self._last_found, self._since_found = detections, 0
@@ -123,6 +135,9 @@ class Compositor:
                 between = in_between(last, upcoming, self._since_found)
                 detections = detections.with_persons(between.boxes, between.scores, between.keypoints)
                 reported = replace(between, detected=False)
+                skeleton_of = last.boxes[between.scores >= self.cfg.pose.person_conf]
+            else:
+                skeleton_of = skeleton_of[:0]
         if self.hold is not None:
             detections = self.hold.update(detections, frame)
         # Who is new in the frames to come is told against who is here now as found or moved on between two
@@ -152,10 +167,19 @@ class Compositor:
             self.background.forget_where_learnt(frame, reported.boxes, nearby=newly_found(reported.boxes, found_before))
         if found_later and future_pixels is not None and not cut:
             self._forget_found_later(found_later, future_pixels, frame.shape[:2])
-        # Only confident persons get a skeleton; weaker ones (and held tracks) are hidden, not drawn.
+        # Only confident persons get a skeleton; weaker ones are hidden, drawn with the confident skeleton they
+        # had while the hold can believe it (lost ones too: `held_skeletons`).
         posed = (detections.scores >= self.cfg.pose.person_conf) & self.cfg.pose.enabled
-        return Learnt(soft_regions(mask, self.cfg.mask), detections.boxes[posed], detections.keypoints[posed],
-                      self.background.view, reported)
+        boxes, keypoints = detections.boxes[posed], detections.keypoints[posed]
+        held = self.hold.held_skeletons(frame.shape[:2], skeleton_of) if self.hold is not None else None
+        if held is not None and len(held) and len(boxes):
+            # A second box the detector once drew on someone (their legs alone; a box that jumped, whose old track
+            # lived on) drew a second skeleton over them: the street clip, 3 to 14 frames at a time.
+            apart = box_covered(held.boxes, boxes) < SKELETON_COVERED
+            held = replace(held, boxes=held.boxes[apart], scores=held.scores[apart], keypoints=held.keypoints[apart])
+        if held is not None and len(held):
+            boxes, keypoints = np.concatenate([boxes, held.boxes]), np.concatenate([keypoints, held.keypoints])
+        return Learnt(soft_regions(mask, self.cfg.mask), boxes, keypoints, self.background.view, reported, held)
 
     def _forget_found_later(self, found_later: list[tuple[int, int, np.ndarray]], future_pixels: FuturePixels,
                             shape: tuple[int, int]) -> None:

@@ -187,10 +187,12 @@ class Detections:
                 out[i] = self.keypoints[j]
         return out
 
-    def to_meta(self) -> list[dict]:
+    def to_meta(self, held: bool = False) -> list[dict]:
         """Per-person metadata as plain lists (JSON and msgpack friendly). On a frame the detector did not
-        look at, persons are `interpolated`: where they are between the detections on either side."""
-        extra = {} if self.detected else {"interpolated": True}
+        look at, persons are `interpolated`: where they are between the detections on either side; `held`
+        persons are where the mask hold hides someone the detector did not find (or scored too low for a
+        skeleton), with the skeleton they last had (`MaskHold.held_skeletons`)."""
+        extra = {"held": True} if held else {} if self.detected else {"interpolated": True}
         return [
             {
                 "box": [round(float(v), 1) for v in box],

@@ -80,14 +80,14 @@ def _run_camera(cam: CameraConfig, cfg: EngineConfig, detect: DetectStage, progr
                 frames = capture.frames(should_stop=stop)
                 # A live source's stop is its end; a file's frames still waiting for their look-ahead are
                 # not done, and stay out of the partial output.
-                for frame, image, detections in anonymize_frames(frames, detect, composite,
-                                                                  cfg.anonymizer.lookahead(live),
-                                                                  stop=stop, flush_on_stop=live, ahead=ahead,
-                                                                  batch=1 if live else detect.max_batch):
-                    encode.process(frame, image, detections.to_meta() if detections is not None else None)
+                for frame, image, learnt in anonymize_frames(frames, detect, composite,
+                                                              cfg.anonymizer.lookahead(live),
+                                                              stop=stop, flush_on_stop=live, ahead=ahead,
+                                                              batch=1 if live else detect.max_batch):
+                    encode.process(frame, image, learnt.meta() if learnt is not None else None)
                     result.frames += 1
-                    result.obscured += detections is None
-                    result.persons += len(detections) if detections is not None else 0
+                    result.obscured += learnt is None
+                    result.persons += len(learnt.persons) if learnt is not None else 0
                     bar.update()
                     if on_frame is not None:
                         on_frame()
@@ -109,8 +109,8 @@ def _run_camera(cam: CameraConfig, cfg: EngineConfig, detect: DetectStage, progr
 
 def anonymize_frames(frames: Iterable[Frame], detect: DetectStage, composite: CompositeStage, lookahead: int,
                      stop: Callable[[], bool] = lambda: False, flush_on_stop: bool = True, ahead: int = 0,
-                     batch: int = 1) -> Iterator[tuple[Frame, np.ndarray, Detections | None]]:
-    """(frame, anonymized image, the persons it reports or None when obscured) for each frame, in order.
+                     batch: int = 1) -> Iterator[tuple[Frame, np.ndarray, Learnt | None]]:
+    """(frame, anonymized image, what was learnt of it or None when obscured) for each frame, in order.
 
     The same timeline as the engine's compositor: a frame is learnt once the detections of the next
     `lookahead` frames are known (here, right after they are detected), and rendered once `ahead` more
@@ -183,9 +183,8 @@ def _learn_turns(timeline: Timeline, composite: CompositeStage, waiting: deque, 
 
 
 def _rendered(composite: CompositeStage, frame: Frame, learnt: Learnt | None):
-    """(frame, its image, its persons: the detector's, or between two detections those moved on; None when
-    it is obscured)."""
-    return frame, composite.render(frame, learnt), None if learnt is None else learnt.persons
+    """(frame, its image, what was learnt of it: its persons and skeletons; None when it is obscured)."""
+    return frame, composite.render(frame, learnt), learnt
 
 
 def _progress_bar(total: int, camera: str, enabled: bool):

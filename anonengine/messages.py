@@ -159,6 +159,10 @@ class KeptTrack(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     look_at: int = 0  # `Look.detected_at`
     standing: tuple[float, ...] | None = None  # 4: where its look found it (`MaskHold.standing`)
     recent: tuple[tuple[float, ...], ...] = ()  # (frame, x0, y0, x1, y1) of its recent matches (`Track.recent`)
+    pose: tuple[float, ...] | None = None  # 51: its last confident skeleton's keypoints (`Track.pose`)
+    pose_box: tuple[float, ...] = ()  # 4
+    pose_score: float = 0.0
+    pose_at: int = -1
 
 
 class HoldState(Message):

@@ -6,7 +6,8 @@ Kalman-predicted box is added to the frame's persons as a box-only person, grown
 of its size for every frame it has been lost, since the prediction gets less sure.
 A person still tracked is also hidden at their previous box, so that a box shrinking suddenly (the
 one behind, where two overlap) never uncovers them.
-It is hidden like any detection (for `bbox` and `seg` alike) but gets no skeleton.
+It is hidden like any detection (for `bbox` and `seg` alike), and keeps the skeleton it last had, moved with
+it (`held_skeletons`).
 A person standing still whom the detector loses for longer (turned away, half hidden, blending into what is
 behind them) stays hidden while their place still looks as it did at their last detection (`Look`), for up
 to `still_frames` frames: before, such a person was dropped after `hold_frames`, learnt into the background
@@ -56,6 +57,11 @@ MEASUREMENT_NOISE = 0.1
 # frames), 0.16 to 0.78 where the background was drawn in their place.
 LOOK_SIDE = 64
 STILL_MATCH = 0.8
+# A held person's last confident skeleton is drawn, moved with them, while it can be believed: for `hold_frames`
+# after it was found, or for as long as they stay where it was found (their box's middle within this share of its
+# size of where it was, its height within this share of what it was): someone standing keeps their posture.
+POSE_STILL_SHARE = 0.25
+PREDICTED_POSE_FRAMES = 5
 # A person's box that shrank to under SHRUNK of the largest it had within FULL_WINDOW frames (the one behind, where
 # two overlap: the detector's box loses the hidden side, then the person) is also hidden at that largest box, moved
 # as the edge of each axis that moved least (the side no one covered). Before, the box of a person standing behind
@@ -84,6 +90,12 @@ class Track:
     seen_at: int = -1  # the last frame it was found by its looks, the detector having lost it (`MaskHold`)
     # (frame, box as detected) of its matches within FULL_WINDOW frames of the last: its size before it shrank
     recent: list[tuple[int, np.ndarray]] = field(default_factory=list)
+    # Its last confident skeleton (`MaskHold`'s `posed_from`): keypoints (17, 3), the box they were found in and
+    # that box's score, and the frame
+    pose: np.ndarray | None = None
+    pose_box: np.ndarray | None = None
+    pose_score: float = 0.0
+    pose_at: int = -1
 
     @classmethod
     def start(cls, box: np.ndarray, frame: int, weak: bool = False) -> Track:
@@ -260,14 +272,16 @@ def _grey_crop(image: np.ndarray, box: np.ndarray, margin_x: float, margin_y: fl
 
 
 class MaskHold:
-    def __init__(self, cfg: HoldConfig, hidden_from: float | None = None) -> None:
-        """`hidden_from`: the score from which a person is hidden (`detector.person_conf`), which starts a
+    def __init__(self, cfg: HoldConfig, hidden_from: float | None = None, posed_from: float | None = None) -> None:
+        """`posed_from`: the score from which a detection's skeleton is drawn (`pose.person_conf`; None: no skeletons
+        are kept). `hidden_from`: the score from which a person is hidden (`detector.person_conf`), which starts a
         track too where it is under `track_thresh`: a person hidden but scored 0.15 to 0.25 (small, half seen)
         was never held, and the first detection that missed them showed them. Such a weak track is held
         where the filter predicts it, not grown: a weak detection's box jitters, and grown from it the held
         boxes of a small person in a fast pan hid so much that the street's background error went from 0.5
         to 17 grey levels (`bench/privacy.py`); not grown, 0.5."""
         self.cfg = cfg
+        self.posed_from = posed_from
         # Ages count frames, not detections: with a stride the tracker hears of every 2nd or 3rd frame, and
         # a lost person held for `hold_frames` detections would stay hidden two or three times as long, over
         # a background never learnt again. So the tracker is told each detection's frame number.
@@ -299,6 +313,7 @@ class MaskHold:
 
         before = {t: t.box.copy() for t in self.tracker.tracks if t.matched_at == self.tracker.frame}
         self.tracker.update(detections.boxes, detections.scores, self.frame)
+        self._keep_poses(detections)
         if image is not None and self.cfg.still_frames:
             self._look(image)
         # A person found again is also hidden where they were the frame before: where persons overlap,
@@ -336,6 +351,56 @@ class MaskHold:
                 track.seen_at = self.frame
                 self.standing[track] = found.clip(0, [image.shape[1], image.shape[0]] * 2)
         self.looks = {t: self.looks[t] for t in self.tracker.tracks if t in self.looks}
+
+    def _keep_poses(self, detections: Detections) -> None:
+        """Each track matched now by a confident detection keeps that detection's skeleton."""
+        if self.posed_from is None or not len(detections):
+            return
+        for track in self.tracker.tracks:
+            if track.matched_at != self.frame:
+                continue
+            found = int(box_iou(track.recent[-1][1][None], detections.boxes.astype(np.float64))[0].argmax())
+            if detections.scores[found] >= self.posed_from:
+                track.pose, track.pose_box = detections.keypoints[found].copy(), detections.boxes[found].astype(np.float64)
+                track.pose_score, track.pose_at = float(detections.scores[found]), self.frame
+
+    def held_skeletons(self, shape: tuple[int, int], drawn: np.ndarray) -> Detections:
+        """The persons hidden now without a confident skeleton of their own, with the last confident one their track
+        had, moved with the middle of their box: a skeleton blinked out whenever the detector scored someone low
+        or missed them for a frame or two (on the street clip, 221 of its 1,000 person-frames had none; 86 now).
+        Only where it can be believed: where the last detection found them (too weak for a skeleton of its own) or
+        their look found them standing then, while it was found within `hold_frames` or they stayed where it was found
+        (POSE_STILL_SHARE: someone standing keeps their posture); and, lost, where the hold predicts them, for
+        PREDICTED_POSE_FRAMES (the filter's guess drifts: a box predicted rising off a person took their skeleton
+        up with it). Confirmed tracks only: a box the detector drew once on part of someone (their legs) drew a
+        second, small skeleton on them.
+
+        `drawn`: the boxes, as the last detection found them, of the persons whose own skeleton is drawn now
+        (from this frame's detection, or moved on from the last one between two: `in_between`, whose score is
+        the lower of the two detections')."""
+        boxes, scores, keypoints = [], [], []
+        for track in self.tracker.tracks if self.posed_from is not None else ():
+            found_last = track.matched_at == self.tracker.frame
+            if track.pose is None or not track.confirmed or (
+                    found_last and (np.abs(drawn - track.recent[-1][1]).max(axis=1) < 1e-3).any()):
+                continue
+            if track in self.standing and track.seen_at == self.tracker.frame:
+                box = np.asarray(self.standing[track], np.float64)
+            elif found_last:
+                box = track.recent[-1][1]
+            elif self.frame - track.matched_at <= PREDICTED_POSE_FRAMES:
+                box = self._held_box(track)
+            else:
+                continue
+            if self.frame - track.pose_at > self.cfg.hold_frames and not _stayed(track.pose_box, box):
+                continue
+            moved = track.pose.copy()
+            moved[:, :2] += (box[:2] + box[2:] - track.pose_box[:2] - track.pose_box[2:]) / 2
+            boxes.append(box)
+            scores.append(track.pose_score)
+            keypoints.append(moved)
+        return Detections(shape, np.float32(boxes).reshape(-1, 4), np.float32(scores),
+                          np.float32(keypoints).reshape(-1, NUM_KEYPOINTS, 3), detected=False)
 
     def _standing_boxes(self, shape: tuple[int, int]) -> np.ndarray:
         """Where lost persons were last found by their looks, grown for each frame since, as a lost track's."""
@@ -423,7 +488,10 @@ class MaskHold:
                 look_size=(0.0, 0.0) if look is None else tuple(map(float, look.size)),
                 look_at=0 if look is None else look.detected_at,
                 standing=None if standing is None else tuple(map(float, standing)),
-                recent=tuple((f, *map(float, b)) for f, b in track.recent)))
+                recent=tuple((f, *map(float, b)) for f, b in track.recent),
+                pose=None if track.pose is None else tuple(map(float, track.pose.ravel())),
+                pose_box=() if track.pose_box is None else tuple(map(float, track.pose_box)),
+                pose_score=track.pose_score, pose_at=track.pose_at))
         return HoldState(camera, stream, seq, self.frame, self.tracker.frame, self.coasted, tuple(tracks))
 
     def take_over(self, state: HoldState, next_seq: int) -> None:
@@ -436,6 +504,10 @@ class MaskHold:
                           np.array(kept.matched_box, np.float64), np.array(kept.covariance, np.float64).reshape(2, 2),
                           kept.hits, kept.weak, kept.confirmed, kept.seen_at,
                           [(int(r[0]), np.array(r[1:], np.float64)) for r in kept.recent])
+            if kept.pose is not None:
+                track.pose = np.array(kept.pose, np.float32).reshape(NUM_KEYPOINTS, 3)
+                track.pose_box, track.pose_score = np.array(kept.pose_box, np.float64), kept.pose_score
+                track.pose_at = kept.pose_at
             self.tracker.tracks.append(track)
             if kept.look is not None:
                 picture = np.frombuffer(kept.look, np.uint8).reshape(kept.look_shape).copy()
@@ -444,6 +516,15 @@ class MaskHold:
                 self.standing[track] = np.array(kept.standing, np.float32)
         self.tracker.frame, self.coasted = state.tracker_frame, state.coasted
         self.frame = state.frame + max(1, next_seq - state.seq) - 1
+
+
+def _stayed(was: np.ndarray, now: np.ndarray) -> bool:
+    """Whether a box `now` is where `was` was (POSE_STILL_SHARE)."""
+    size = was[2:] - was[:2]
+    middle_moved = np.abs((now[:2] + now[2:]) - (was[:2] + was[2:])) / 2
+    height = (now[3] - now[1]) / max(size[1], 1e-6)
+    return bool((middle_moved <= POSE_STILL_SHARE * size).all()
+                and 1 - POSE_STILL_SHARE <= height <= 1 / (1 - POSE_STILL_SHARE))
 
 
 def _area(box: np.ndarray) -> float:

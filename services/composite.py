@@ -331,7 +331,7 @@ class CompositeService(Service):
         learnt = self.compositing.learn(frame, detections,
                                         [self._detections_of(state, r, image_in.shape[:2]) for r in future],
                                         self._future_pixels(future))
-        persons = learnt.persons.to_meta() if learnt is not None else []
+        persons = learnt.meta() if learnt is not None else []
         if learnt is not None and detections is not None and detections.detected:
             self._keep_hold(state, ref.seq)
         state.waiting.append(Waiting(ref, frame, learnt, persons))
