@@ -179,7 +179,8 @@ class Compositor:
             held = replace(held, boxes=held.boxes[apart], scores=held.scores[apart], keypoints=held.keypoints[apart])
         if held is not None and len(held):
             boxes, keypoints = np.concatenate([boxes, held.boxes]), np.concatenate([keypoints, held.keypoints])
-        return Learnt(soft_regions(mask, self.cfg.mask), boxes, keypoints, self.background.view, reported, held)
+        return Learnt(soft_regions(mask, self.cfg.mask), boxes, keypoints, self.background.view, reported,
+                      None if held is None else replace(held, detected=detected))
 
     def _forget_found_later(self, found_later: list[tuple[int, int, np.ndarray]], future_pixels: FuturePixels,
                             shape: tuple[int, int]) -> None:

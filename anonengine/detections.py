@@ -192,7 +192,7 @@ class Detections:
         look at, persons are `interpolated`: where they are between the detections on either side; `held`
         persons are where the mask hold hides someone the detector did not find (or scored too low for a
         skeleton), with the skeleton they last had (`MaskHold.held_skeletons`)."""
-        extra = {"held": True} if held else {} if self.detected else {"interpolated": True}
+        extra = ({} if self.detected else {"interpolated": True}) | ({"held": True} if held else {})
         return [
             {
                 "box": [round(float(v), 1) for v in box],
