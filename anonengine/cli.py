@@ -487,7 +487,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except AnonError as exc:
-        print(f"anonengine: error: {redacted(str(exc))}", file=sys.stderr)
+        for line in exc.lines():  # several where checks found several (Problems)
+            print(f"anonengine: error: {redacted(line)}", file=sys.stderr)
         return exc.exit_code
     except Interrupted as stop:
         print(f"anonengine: interrupted by {stop.name}", file=sys.stderr)

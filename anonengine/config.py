@@ -6,6 +6,7 @@ YAML file is an error that names the key instead of a silently ignored setting.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from fractions import Fraction
 from pathlib import Path
 from typing import Annotated, Literal
@@ -23,7 +24,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from anonengine.errors import ConfigError
+from anonengine.errors import ConfigError, raise_all
 from anonengine.paths import (
     OUTPUT_CONTAINERS,
     PHOTO_SUFFIXES,
@@ -711,45 +712,45 @@ def load_yaml(path: Path, model: type[BaseModel]) -> BaseModel:
         raw = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: invalid YAML: {exc}".replace("\n", " ")) from None
-    duplicate = _duplicate_key(data)
-    if duplicate:
-        key, line, first = duplicate
-        raise ConfigError(f"{path}: line {line}: {key}: duplicate key (first at line {first}; YAML would keep only "
-                          "the last): give it once")
+    # Every mistake found, one line each (a key given twice, then what the schema refuses): a config with several
+    # was mended one run at a time.
+    problems = [ConfigError(f"{path}: line {line}: {key}: duplicate key (first at line {first}; YAML would keep only "
+                            "the last): give it once") for key, line, first in _duplicate_keys(data)]
     try:
-        return model.model_validate(raw)
+        validated = model.model_validate(raw)
     except ValidationError as exc:
-        # A misspelt key also makes its right spelling "missing": name the unknown key, the actual mistake.
-        err = sorted(exc.errors(), key=lambda e: e["type"] != "extra_forbidden")[0]
-        loc = [str(p) for p in err["loc"]]
-        line = _line_of(data, err["loc"])
-        where = f"line {line}: " if line else ""
-        raise ConfigError(f"{path}: {where}{'.'.join(loc) or '(top)'}: {error_text(err)}") from None
+        # In the file's order (a key that is missing goes by its parent's line); on one line an unknown key first:
+        # a misspelt key makes its right spelling "missing", and is the actual mistake.
+        located = [(_line_of(data, err["loc"]), err) for err in exc.errors()]
+        located.sort(key=lambda pair: (pair[0] or 0, pair[1]["type"] != "extra_forbidden"))
+        for line, err in located:
+            where = f"line {line}: " if line else ""
+            loc = ".".join(str(p) for p in err["loc"]) or "(top)"
+            problems.append(ConfigError(f"{path}: {where}{loc}: {error_text(err)}"))
+    raise_all(problems)
+    return validated
 
 
-def _duplicate_key(node, where: tuple[str, ...] = (), seen: set[int] | None = None) -> tuple[str, int, int] | None:
-    """The first key given twice in one mapping of a composed YAML document, as (dotted path, its line, the line
-    of its first), else None: PyYAML keeps the last silently."""
+def _duplicate_keys(node, where: tuple[str, ...] = (),
+                    seen: set[int] | None = None) -> Iterator[tuple[str, int, int]]:
+    """Each key given twice in one mapping of a composed YAML document, as (dotted path, its line, the line of its
+    first): PyYAML keeps the last silently."""
     seen = set() if seen is None else seen
     if node is None or id(node) in seen:  # an alias: its node is checked where it is defined
-        return None
+        return
     seen.add(id(node))
     if isinstance(node, yaml.MappingNode):
         first: dict[tuple[str, str], int] = {}  # (tag, text): `1` and `"1"` are two keys
         for key, value in node.value:
             if isinstance(key, yaml.ScalarNode) and key.tag != "tag:yaml.org,2002:merge":
                 if (key.tag, key.value) in first:
-                    return ".".join((*where, key.value)), key.start_mark.line + 1, first[key.tag, key.value]
-                first[key.tag, key.value] = key.start_mark.line + 1
-            found = _duplicate_key(value, (*where, str(key.value)), seen)
-            if found:
-                return found
+                    yield ".".join((*where, key.value)), key.start_mark.line + 1, first[key.tag, key.value]
+                else:
+                    first[key.tag, key.value] = key.start_mark.line + 1
+            yield from _duplicate_keys(value, (*where, str(key.value)), seen)
     elif isinstance(node, yaml.SequenceNode):
         for index, item in enumerate(node.value):
-            found = _duplicate_key(item, (*where, str(index)), seen)
-            if found:
-                return found
-    return None
+            yield from _duplicate_keys(item, (*where, str(index)), seen)
 
 
 def _line_of(node, loc) -> int | None:

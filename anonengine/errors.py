@@ -1,10 +1,41 @@
 """Errors a user can act on. The CLI prints each as one line and exits non-zero."""
 
+from __future__ import annotations
+
+from collections.abc import Iterable
+
 
 class AnonError(Exception):
     """Base of every error that is reported to the user as one line."""
 
     exit_code = 2
+
+    def lines(self) -> list[str]:
+        """What the CLI prints, one line each: this error's one."""
+        return [str(self)]
+
+
+class Problems(AnonError):
+    """Several of the user's errors found in one pass (a config's schema, `launch --validate-config`), so that a
+    config with several mistakes is mended in one run, not one run each. The CLI prints each as its own line;
+    elsewhere (a reply, a log) it is one line, the problems joined by "; "."""
+
+    def __init__(self, problems: list[AnonError]):
+        super().__init__("; ".join(str(problem) for problem in problems))
+        self.problems = problems
+        self.exit_code = max(problem.exit_code for problem in problems)
+
+    def lines(self) -> list[str]:
+        return [line for problem in self.problems for line in problem.lines()]
+
+
+def raise_all(problems: Iterable[AnonError]) -> None:
+    """Raises what checks found: nothing for none, the one problem itself, or Problems for several."""
+    found = list(problems)
+    if len(found) == 1:
+        raise found[0]
+    if found:
+        raise Problems(found)
 
 
 class ConfigError(AnonError):

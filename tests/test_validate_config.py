@@ -22,6 +22,9 @@ from helpers import free_port
 from test_engine_control import _two_cameras
 
 from anonengine import models
+from anonengine.config import EngineConfig, load_yaml
+from anonengine.engine.launcher import check_config
+from anonengine.errors import Problems
 
 TIMEOUT_S = 30
 # `anonengine launch --validate-config FILE` in this process, with every outgoing connection refused: a download,
@@ -46,10 +49,11 @@ sys.exit(code)
 """
 
 
-def validate(tmp_path: Path, cfg: dict) -> subprocess.CompletedProcess:
-    """Writes `cfg` to engine.yaml and validates it, in `tmp_path`, with `tmp_path/models` as the models folder."""
+def validate(tmp_path: Path, cfg: dict | str) -> subprocess.CompletedProcess:
+    """Writes `cfg` (or the YAML text) to engine.yaml and validates it, in `tmp_path`, with `tmp_path/models` as the
+    models folder."""
     path = tmp_path / "engine.yaml"
-    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    path.write_text(cfg if isinstance(cfg, str) else yaml.safe_dump(cfg, sort_keys=False))
     env = {k: v for k, v in os.environ.items() if k != "ANONENGINE_DEBUG"}
     env["ANONENGINE_MODELS"] = str(tmp_path / "models")
     return subprocess.run([sys.executable, "-c", SHUT_AND_RUN, path.name], cwd=tmp_path, env=env,
@@ -67,11 +71,18 @@ def config(tmp_path: Path, pose_model: str | None = None, **sections) -> dict:
     return cfg
 
 
-def refusal(result: subprocess.CompletedProcess) -> str:
-    """The one line a refusal says (exit 2, nothing on stdout, no traceback)."""
+def refusals(result: subprocess.CompletedProcess) -> list[str]:
+    """The lines a refusal says (exit 2, nothing on stdout, no traceback), each an error's."""
     assert (result.returncode, result.stdout) == (2, ""), result.stdout + result.stderr
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("anonengine: error: "), result.stderr
+    assert lines and all(line.startswith("anonengine: error: ") for line in lines), result.stderr
+    return lines
+
+
+def refusal(result: subprocess.CompletedProcess) -> str:
+    """The one line a refusal of one mistake says."""
+    lines = refusals(result)
+    assert len(lines) == 1, result.stderr
     return lines[0]
 
 
@@ -252,3 +263,43 @@ def test_a_detector_input_under_640_is_said(tmp_path):
     note = ("detector.imgsz 320 is under the 640 the pose model was trained at: it misses persons it finds at 640, "
             "near ones too (README, Speed); check the output with anonengine audit")
     assert_valid(validate(tmp_path, cfg), [note])
+
+
+# --- every problem in one run --------------------------------------------------------------------------------------
+
+
+def test_every_mistake_of_the_schema_is_said_in_one_run(tmp_path):
+    """An operator's config with three mistakes was refused for the first alone: mended, the next was said, and so
+    on, a run each. Every one the schema finds is a line now, in the file's order, each naming its line."""
+    text = ("anonymizer:\n"
+            "  method: blur\n"
+            "  detector:\n"
+            "    imgsz: 333\n"
+            "    stridee: 2\n"
+            "cameras:\n"
+            "  - name: a\n"
+            f"    source: {tmp_path / 'a.mp4'}\n"
+            "    rotate: 45\n")
+    assert refusals(validate(tmp_path, text)) == [
+        "anonengine: error: engine.yaml: line 2: anonymizer.method: Input should be 'bbox' or 'seg'",
+        "anonengine: error: engine.yaml: line 4: anonymizer.detector.imgsz: Input should be a multiple of 32",
+        "anonengine: error: engine.yaml: line 5: anonymizer.detector.stridee: Extra inputs are not permitted",
+        "anonengine: error: engine.yaml: line 9: cameras.0.rotate: Input should be 0, 90, 180 or 270"]
+
+
+def test_every_bad_camera_is_said_in_one_run(tmp_path):
+    """Two cameras wrong (a source not there, a protocol FFmpeg does not know, an output in no folder) were said
+    a run each; all are said now, each naming its camera."""
+    cfg = config(tmp_path)
+    cfg["cameras"][0]["source"] = str(tmp_path / "gone.mp4")
+    cfg["cameras"][1]["source"] = "udpp://127.0.0.1:5609"
+    cfg["cameras"][1]["output"] = str(tmp_path / "nowhere/b.mp4")
+    missing = f"camera a: video source not found: {tmp_path / 'gone.mp4'}"
+    nowhere = f"camera b: cannot write {tmp_path / 'nowhere/b.mp4'}: folder {tmp_path / 'nowhere'} does not exist"
+    assert refusals(validate(tmp_path, cfg)) == [
+        f"anonengine: error: {missing}", f"anonengine: error: {nowhere}",
+        "anonengine: error: camera b: cannot open video udpp://127.0.0.1:5609: Protocol not found (udp:// meant?)"]
+    # Launch's own checks (`Launcher.start`) say both of theirs too; the protocol it leaves to the camera.
+    with pytest.raises(Problems) as refused:
+        check_config(load_yaml(tmp_path / "engine.yaml", EngineConfig))
+    assert refused.value.lines() == [missing, nowhere]

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from anonengine.argparsing import redact_logs
 from anonengine.engine import stagehost
-from anonengine.errors import ConfigError, InputError
+from anonengine.errors import ConfigError, InputError, raise_all
 from anonengine.interrupts import Interrupted, interrupted_line, plural
 from anonengine.paths import ROTATIONS
 
@@ -70,8 +70,7 @@ def register(sub) -> None:
 
 def cmd_launch(args: argparse.Namespace) -> int:
     from anonengine.config import EngineConfig, load_yaml, small_input_warning
-    from anonengine.engine.launcher import check_config, check_models, check_ports, launch
-    from anonengine.errors import ConfigError
+    from anonengine.engine.launcher import check_models, check_ports, config_problems, launch
     from anonengine.sources import unknown_protocol
 
     cfg = load_yaml(Path(args.config), EngineConfig)
@@ -79,13 +78,16 @@ def cmd_launch(args: argparse.Namespace) -> int:
         # The checks `Launcher.start` makes before it starts anything: validation says what launch would say
         # (it said "valid" of files whose source was missing). Then what launch finds only as it goes: models it
         # could not have (none is downloaded here), and ports another program listens at (tried here only).
-        check_config(cfg)
-        for camera in cfg.cameras:
-            # Launch starts such a camera and fails it alone at once; a config that names one is not valid.
-            if (hopeless := unknown_protocol(camera.source)) is not None:
-                raise ConfigError(f"camera {camera.name}: cannot open video {camera.source}: {hopeless}")
-        notes = check_models(cfg)
-        check_ports(cfg)
+        # Every problem found is said, a line each (it stopped at the first: several mistakes, several runs).
+        problems = list(config_problems(cfg))
+        # Launch starts a camera whose protocol FFmpeg does not know and fails it alone at once; a config that
+        # names one is not valid.
+        problems += [ConfigError(f"camera {camera.name}: cannot open video {camera.source}: {hopeless}")
+                     for camera in cfg.cameras if (hopeless := unknown_protocol(camera.source)) is not None]
+        notes, unusable = check_models(cfg)
+        problems += unusable
+        problems += check_ports(cfg)
+        raise_all(problems)
         if (small := small_input_warning(cfg.anonymizer.detector)) is not None:
             notes.append(small)
         for note in notes:

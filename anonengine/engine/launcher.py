@@ -23,6 +23,7 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,7 +36,7 @@ from anonengine.config import CameraConfig, EngineConfig, HttpConfig, error_text
 from anonengine.curve import CurveClient, curve_clients_folder, load_key, write_public_key
 from anonengine.engine import metrics, stagehost
 from anonengine.engine.runtime import Endpoints, bind_tap, heartbeat_s, log_malformed, receive_waiting
-from anonengine.errors import AnonError, ConfigError, InputError, ModelError, OutputError
+from anonengine.errors import AnonError, ConfigError, InputError, ModelError, OutputError, raise_all
 from anonengine.interrupts import STOP_SIGNALS, plural
 from anonengine.locks import FileLock, LockBusy, is_locked, process_alive
 from anonengine.paths import as_text, partial_metadata_path, partial_path, redacted
@@ -248,7 +249,7 @@ class Launcher:
         """Checks what can be known of a camera before its capture starts (a file source exists, its output
         can be written) and takes its output's lock, held until the camera is done: the encoder writes
         under it, and a second engine or run on the same output is refused at once."""
-        check_camera(camera)
+        raise_all(camera_problems(camera))
         try:
             # An http(s) source is asked here, once, whether it is a stream: the capture reads that from its
             # camera's config.
@@ -257,7 +258,7 @@ class Launcher:
             raise InputError(f"camera {camera.name}: {exc}") from None
         running = [other for other in self.cfg.cameras
                    if (child := self.children.get(f"capture-{other.name}")) is not None and child.process.poll() is None]
-        refuse_shared_files(camera, running)
+        raise_all(shared_file_problems(camera, running))
         if not camera.output:
             return
         output = Path(camera.output)
@@ -907,19 +908,33 @@ class Launcher:
 def check_config(cfg: EngineConfig) -> None:
     """What can be known of a config before anything starts, found without starting, binding, locking or writing
     anything: `launch --validate-config` checks this, and `Launcher.start` (`launch`, `run`) before it takes its
-    instance. Raises the user's one-line error (AnonError)."""
+    instance. Raises every problem found (`config_problems`): the one line of one, or Problems, a line each."""
+    raise_all(config_problems(cfg))
+
+
+def config_problems(cfg: EngineConfig) -> Iterator[AnonError]:
+    """The user's one-line errors `check_config` finds, each camera's and the HTTP token's and tap keys', all of
+    them: a config with several mistakes was mended one run at a time."""
     for number, camera in enumerate(cfg.cameras):
-        check_camera(camera)
-        refuse_shared_files(camera, cfg.cameras[:number])
+        yield from camera_problems(camera)
+        yield from shared_file_problems(camera, cfg.cameras[:number])
     if cfg.http.listen != "off" and cfg.http.token_file:
         # Also on the default address, where a busy port only costs the engine its server (a warning): a token
         # that cannot be read is a mistake in the config.
         from anonengine.engine.http import read_token
 
-        read_token(cfg.http.token_file)
+        yield from _problem_of(read_token, cfg.http.token_file)
     if cfg.tap.endpoint and cfg.tap.curve:
-        load_key(cfg.tap.curve_server_key, secret=True)
-        curve_clients_folder(cfg.tap.curve_clients)
+        yield from _problem_of(load_key, cfg.tap.curve_server_key, secret=True)
+        yield from _problem_of(curve_clients_folder, cfg.tap.curve_clients)
+
+
+def _problem_of(check, *args, **kwargs) -> Iterator[AnonError]:
+    """The user's error a check that raises it raises, as a problem found; nothing where it passes."""
+    try:
+        check(*args, **kwargs)
+    except AnonError as exc:
+        yield exc
 
 
 def config_models(cfg: EngineConfig) -> list[tuple[str, str]]:
@@ -932,11 +947,11 @@ def config_models(cfg: EngineConfig) -> list[tuple[str, str]]:
     return [(setting, spec) for setting, spec in named if spec]
 
 
-def check_models(cfg: EngineConfig) -> list[str]:
+def check_models(cfg: EngineConfig) -> tuple[list[str], list[AnonError]]:
     """`launch --validate-config`: every model the config needs is a readable file, or official weights launch
     will download (`models.plan`: nothing is downloaded, copied or loaded). Returns a note for each model launch
-    will fetch; raises the user's one line (ModelError, named by its setting) for one it could not have."""
-    notes, seen = [], set()
+    will fetch, and the user's one line (ModelError, named by its setting) for each it could not have."""
+    notes, problems, seen = [], [], set()
     for setting, spec in config_models(cfg):
         if spec in seen:
             continue
@@ -944,24 +959,26 @@ def check_models(cfg: EngineConfig) -> list[str]:
         try:
             note = models.plan(spec)
         except ModelError as exc:
-            raise ModelError(f"{setting}: {exc}") from None
+            problems.append(ModelError(f"{setting}: {exc}"))
+            continue
         if note:
             notes.append(f"{setting}: {note}")
-    return notes
+    return notes, problems
 
 
 PORT_IN_USE = "the port is in use (another program listens there)"
 
 
-def check_ports(cfg: EngineConfig) -> None:
+def check_ports(cfg: EngineConfig) -> list[ConfigError]:
     """`launch --validate-config` only: binds each TCP address the config makes the engine listen at (http.listen,
     a tcp:// tap.endpoint) and lets it go at once, so a busy port is found now rather than at launch. Launch does not
     run this: it binds these itself (`Launcher._check_tap_endpoint`, `_start_http`), and a probe of its own
     before would only race them.
 
-    Raises the user's one line (ConfigError, naming the setting and the address) for an address launch would
+    Returns the user's one line (ConfigError, naming the setting and the address) for each address launch would
     refuse. The default HTTP address busy is not one: launch goes on without HTTP then, and says so (not said
     here: it is busy whenever another engine runs on this host)."""
+    problems = []
     http = None  # held while the tap's address is tried: the two on one port are found too
     try:
         if cfg.http.listen != "off":
@@ -969,20 +986,20 @@ def check_ports(cfg: EngineConfig) -> None:
                 http = _listen(cfg.http.listen)
             except OSError as exc:
                 if cfg.http.listen != HttpConfig.model_fields["listen"].default:
-                    raise ConfigError(f"http.listen {cfg.http.listen}: {_bind_error(exc)}") from None
+                    problems.append(ConfigError(f"http.listen {cfg.http.listen}: {_bind_error(exc)}"))
         if cfg.tap.endpoint.startswith("tcp://"):
             error = _zmq_bind_error(cfg.tap.endpoint)
             if error is not None and http is not None:
                 http.close()
                 http = None
                 if _zmq_bind_error(cfg.tap.endpoint) is None:
-                    raise ConfigError(f"tap.endpoint {cfg.tap.endpoint}: its port is http.listen's "
-                                      f"({cfg.http.listen}): give the two different ports")
+                    error = f"its port is http.listen's ({cfg.http.listen}): give the two different ports"
             if error is not None:
-                raise ConfigError(f"tap.endpoint {cfg.tap.endpoint}: {error}")
+                problems.append(ConfigError(f"tap.endpoint {cfg.tap.endpoint}: {error}"))
     finally:
         if http is not None:
             http.close()
+    return problems
 
 
 def _listen(listen: str) -> socket.socket:
@@ -1025,29 +1042,31 @@ def _zmq_bind_error(endpoint: str) -> str | None:
     return None
 
 
-def check_camera(camera: CameraConfig) -> None:
-    """A camera's file source is there and its output and metadata can be written (nothing is opened or taken).
-    A live source may be down now and come later: it is not asked here."""
+def camera_problems(camera: CameraConfig) -> Iterator[AnonError]:
+    """Each of a camera's source, output and metadata that cannot be used, a line each: a file source is there and
+    holds a video, the output and metadata can be written (nothing is opened or taken). A live source may be down
+    now and come later: it is not asked here."""
     for what in ("source", "output", "metadata"):
         name = getattr(camera, what) or ""
         if as_text(name) != name:
             # The stages' messages carry names as UTF-8: the capture died on its first message, 6 times.
-            raise ConfigError(f"camera {camera.name}: the {what} {as_text(name)} is not named in UTF-8 (an old "
+            yield ConfigError(f"camera {camera.name}: the {what} {as_text(name)} is not named in UTF-8 (an old "
                               "archive's Latin-1?), which the engine's processes cannot pass on: rename it, or run "
                               "with --inline")
-    try:
-        source = classify(camera.source)
-        if source.kind is SourceKind.FILE:
-            holds_video(camera.source)
-    except InputError as exc:
-        raise InputError(f"camera {camera.name}: {exc}") from None
-    try:
-        if camera.output:
-            claim_output(Path(camera.output), lock=False)
-        if camera.metadata:
-            refuse_unreplaceable(Path(camera.metadata), "metadata ")
-    except OutputError as exc:
-        raise OutputError(f"camera {camera.name}: {exc}") from None
+        elif what == "source":
+            try:
+                if classify(name).kind is SourceKind.FILE:
+                    holds_video(name)
+            except InputError as exc:
+                yield InputError(f"camera {camera.name}: {exc}")
+        elif name:
+            try:
+                if what == "output":
+                    claim_output(Path(name), lock=False)
+                else:
+                    refuse_unreplaceable(Path(name), "metadata ")
+            except OutputError as exc:
+                yield OutputError(f"camera {camera.name}: {exc}")
 
 
 def holds_video(path: str) -> None:
@@ -1066,8 +1085,8 @@ def holds_video(path: str) -> None:
         raise InputError(f"{path} holds no video stream") from None
 
 
-def refuse_shared_files(camera: CameraConfig, others: list[CameraConfig]) -> None:
-    """OutputError where `camera` would write a file (output or metadata) that another of `others` writes: two
+def shared_file_problems(camera: CameraConfig, others: list[CameraConfig]) -> Iterator[OutputError]:
+    """An OutputError for each file (output or metadata) `camera` would write that another of `others` writes: two
     writers of one file. (At launch the second camera's output lock was refused, "another anonengine is writing
     it", naming the launcher's own pid.)"""
     mine = [Path(path) for path in (camera.output, camera.metadata) if path]
@@ -1077,7 +1096,7 @@ def refuse_shared_files(camera: CameraConfig, others: list[CameraConfig]) -> Non
         theirs = {Path(path).resolve(): what for what in ("output", "metadata") if (path := getattr(other, what))}
         for path in mine:
             if path.resolve() in theirs:
-                raise OutputError(f"camera {camera.name}: {path} is already the {theirs[path.resolve()]} of camera "
+                yield OutputError(f"camera {camera.name}: {path} is already the {theirs[path.resolve()]} of camera "
                                   f"{other.name}")
 
 
