@@ -243,10 +243,19 @@ def test_tap_record_keeps_one_camera_when_the_engine_has_two(models_dir, tmp_pat
         assert wait_for(lambda: list((tmp_path / "run").glob("*/tap.sock")) or proc.poll() is not None, 60)
         recorded = cli("tap", "--run-dir", tmp_path / "run", "--record", tmp_path / "tap.mp4", "--frames", "40",
                        "--timeout", "20")
-        # A camera no engine sends (mistyped) exited 0 without a word once its timeout passed.
+        # A camera no engine sends (mistyped) exited 0 without a word once its timeout passed; then said only that
+        # no frame came. The engine is asked which it has (one of that name may be attached later: waited for).
         mistyped = cli("tap", "--run-dir", tmp_path / "run", "--camera", "c", "--timeout", "2")
         assert mistyped.returncode == 1 and mistyped.stdout == ""
-        assert mistyped.stderr.strip() == "anonengine: tap: no frame of camera c in 2 s"
+        instance = next((tmp_path / "run").glob("*/tap.sock")).parent.name
+        assert mistyped.stderr.strip().splitlines() == [
+            f"anonengine: tap: engine {instance} has no camera c; its cameras: a, b (waiting for one of that name all "
+            "the same: `anonengine attach` may add it)",
+            "anonengine: tap: no frame of camera c in 2 s"]
+        swapped = cli("tap", "--run-dir", tmp_path / "run", "--camera", "aa", "--camera", "b", "--frames", "1",
+                      "--timeout", "20")
+        assert swapped.returncode == 0 and swapped.stdout.startswith("b "), swapped.stdout
+        assert f"engine {instance} has no camera aa (a meant?); its cameras: a, b" in swapped.stderr
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(30)

@@ -213,6 +213,7 @@ def cmd_tap(args: argparse.Namespace) -> int:
     from anonengine.tap import SeqGaps, TapRecording, subscribe
 
     endpoint, curve = _tap_address(args)
+    _say_unknown_cameras(args)
     gaps, count, recorded = SeqGaps(), 0, None
     recording = TapRecording(args.record) if args.record else None
     try:
@@ -252,6 +253,31 @@ def cmd_tap(args: argparse.Namespace) -> int:
     return 0
 
 
+def _say_unknown_cameras(args: argparse.Namespace) -> None:
+    """Warns of each `--camera` the local engine does not have (it may be attached later: the tap waits all the same).
+    A mistyped name received nothing, said nothing, and with --timeout only that no frame came (an operator's
+    trial). A tap on another host's engine cannot ask it: a tcp:// tap has no control socket there."""
+    from difflib import get_close_matches
+
+    from anonengine import messages
+
+    if not args.camera or (args.endpoint and args.endpoint != "ipc"):
+        return
+    run_dir = _engines_folder(args.run_dir)
+    instance = args.instance or _only_instance(run_dir, "tap.sock")
+    try:
+        cameras = list(_ask_engine(run_dir, instance, messages.StatusRequest()).status.get("cameras", {}))
+    except ConfigError:
+        return  # the tap says what comes of it
+    for camera in args.camera:
+        if camera not in cameras:
+            close = get_close_matches(camera, cameras, n=1)
+            print(f"anonengine: tap: engine {instance} has no camera {camera}"
+                  f"{f' ({close[0]} meant?)' if close else ''}; its cameras: {', '.join(cameras) or 'none'} "
+                  "(waiting for one of that name all the same: `anonengine attach` may add it)", file=sys.stderr,
+                  flush=True)
+
+
 def _tap_address(args: argparse.Namespace):
     """The endpoint `anonengine tap` subscribes to and its CURVE keys (None: none given)."""
     from anonengine.curve import CurveClient
@@ -281,10 +307,7 @@ def cmd_keys(args: argparse.Namespace) -> int:
 
 
 def cmd_control(args: argparse.Namespace) -> int:
-    import zmq
-
     from anonengine import messages
-    from anonengine.engine.runtime import Endpoints
 
     run_dir = _engines_folder(args.run_dir)
     instance = args.instance or _only_instance(run_dir)
@@ -299,24 +322,37 @@ def cmd_control(args: argparse.Namespace) -> int:
         request = messages.Detach(args.camera)
     else:
         request = messages.StatusRequest()
-    ctx = zmq.Context.instance()
-    sock = ctx.socket(zmq.REQ)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.setsockopt(zmq.MAXMSGSIZE, messages.MAX_MESSAGE_BYTES)
-    sock.connect(Endpoints(str(run_dir), instance).control)
-    sock.send(messages.encode(request))
-    if not sock.poll(CONTROL_TIMEOUT_MS):
-        raise ConfigError(f"engine {instance} in {run_dir} does not answer")
-    try:
-        answer = messages.decode(sock.recv())
-    except messages.MessageError as exc:
-        raise ConfigError(f"engine {instance} answered garbage: {exc}") from None
-    if not isinstance(answer, messages.Reply):
-        raise ConfigError(f"engine {instance} answered a {type(answer).__name__}")
+    answer = _ask_engine(run_dir, instance, request)
     if not answer.ok:
         raise ConfigError(answer.error or f"{args.command} refused")
     print(json.dumps(answer.status, indent=1) if args.command == "status" else f"{args.command}: ok")
     return 0
+
+
+def _ask_engine(run_dir: Path, instance: str, request):
+    """The engine's `messages.Reply` to a control request; ConfigError where it does not answer, or not so."""
+    import zmq
+
+    from anonengine import messages
+    from anonengine.engine.runtime import Endpoints
+
+    sock = zmq.Context.instance().socket(zmq.REQ)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.MAXMSGSIZE, messages.MAX_MESSAGE_BYTES)
+    try:
+        sock.connect(Endpoints(str(run_dir), instance).control)
+        sock.send(messages.encode(request))
+        if not sock.poll(CONTROL_TIMEOUT_MS):
+            raise ConfigError(f"engine {instance} in {run_dir} does not answer")
+        try:
+            answer = messages.decode(sock.recv())
+        except messages.MessageError as exc:
+            raise ConfigError(f"engine {instance} answered garbage: {exc}") from None
+    finally:
+        sock.close()
+    if not isinstance(answer, messages.Reply):
+        raise ConfigError(f"engine {instance} answered a {type(answer).__name__}")
+    return answer
 
 
 def _absolute(path: str | None) -> str | None:
