@@ -925,7 +925,7 @@ def test_a_live_camera_the_engine_is_behind_is_degraded_said_in_the_log_and_well
     launcher = fake_launcher(tmp_path, FakeSpawn(lambda name: None), job=False)
     launchers.append(launcher)
     launcher.cfg.cameras[0].live = True
-    states = []
+    states, reasons = [], []
     came = dropped = 0
     # 12 frames a second: 9 dropped for 10 s, then 1 (8%) for 10 s, none for 12 s, 6 for 3 s, none for 15 s; then
     # nothing comes for 8 s (its sender stopped; the stall is not declared yet), and frames again for 5 s
@@ -940,12 +940,15 @@ def test_a_live_camera_the_engine_is_behind_is_degraded_said_in_the_log_and_well
         with caplog.at_level("INFO", logger="anonengine.launcher"):
             (camera,) = launcher.take_snapshot().cameras
         states.append(camera.state)
+        reasons.append(camera.reason)
         if second == 5:
             assert camera.state == metrics.DEGRADED and camera.reason.startswith(
                 "75% of its frames dropped in the last 10 s, the engine behind it")
             assert launcher.snapshot.as_status()["cameras"]["cam"]["dropping"] == 0.75
             assert f"camera cam: degraded ({camera.reason})" in launcher.snapshot.reasons()
-    assert states[21] == metrics.DEGRADED  # under a tenth, not yet under a twentieth
+    assert states[21] == metrics.DEGRADED  # under a tenth, not yet under a twentieth, and said so
+    assert reasons[21].startswith("8% of its frames dropped in the last 10 s (degraded from 10%, until under 5%), "
+                                  "the engine behind it"), reasons[21]
     assert states[26] == metrics.RUNNING and states[36] == metrics.DEGRADED and states[49] == metrics.RUNNING
     assert states[50:58] == [metrics.RUNNING] * 4 + [metrics.DEGRADED] * 4 and states[-1] == metrics.RUNNING
     assert camera.reason == "" and launcher.take_snapshot().cameras[0].state == metrics.RUNNING
