@@ -253,6 +253,7 @@ class SegmentedRecording:
         self.recorded_through = -1
         self.frames = 0
         self.obscured = 0  # of `frames`, those obscured whole (a predecessor's: where their metadata says)
+        self.pruned = 0  # segments retention removed, by this recording
         self.counter = 0
         self._cut_warned = False
 
@@ -493,6 +494,7 @@ class SegmentedRecording:
             path.unlink(missing_ok=True)
             metadata_path(path).unlink(missing_ok=True)
             log.info("%s: retention removed %s", self.camera, path.name)
+            self.pruned += 1
 
     def _remove(self, segment: Segment) -> None:
         segment.path.unlink(missing_ok=True)

@@ -238,7 +238,7 @@ class EncodeService(Service):
 
     def _finish(self, camera: str, output: Output, complete: bool) -> None:
         """Finalises the output, playable: under its final name only when `complete`."""
-        path, frames, obscured, error = None, output.frames, output.obscured, None
+        path, frames, obscured, error, pruned = None, output.frames, output.obscured, None, 0
         if output.recording is not None:
             try:
                 for ref in output.recording.cut():  # every frame on disk: the compositor can let go
@@ -246,17 +246,19 @@ class EncodeService(Service):
                         self._release(ref)
                 path = output.recording.close(complete)  # None: nothing written, no file at all
                 frames, obscured = output.recording.frames, output.recording.obscured
+                pruned = output.recording.pruned
             except AnonError as exc:
                 error = str(exc)
                 # What failed to finish is no output: its working segments go (a disk that filled up kept
                 # them, the frames' metadata with them, in a hidden folder beside the output).
                 output.recording.abort()
-        self._done(camera, frames, path, complete, error, recorded=output.recording is not None, obscured=obscured)
+        self._done(camera, frames, path, complete, error, recorded=output.recording is not None, obscured=obscured,
+                   pruned=pruned)
 
     def _done(self, camera: str, frames: int, path, complete: bool, error: str | None, recorded: bool = True,
-              obscured: int = 0) -> None:
+              obscured: int = 0, pruned: int = 0) -> None:
         """Tells the launcher a camera's output is done (made, or failed), and says so in the log. `recorded`:
-        the camera has an output file (else the tap alone)."""
+        the camera has an output file (else the tap alone); `pruned`: the segments of it retention removed."""
         send(self.events, messages.CameraDone(camera, frames, str(path) if path else None, complete, error,
                                               obscured), block=False)
         if error is not None:  # "0 frames written to (tap only)" was all it said of a camera with an output
@@ -264,7 +266,9 @@ class EncodeService(Service):
         elif path is None and recorded:  # stopped before its first frame: no file at all
             self.log.info("%s: stopped before its first frame; no output written", camera)
         elif path is not None:
-            self.log.info("%s: %d frames (%d obscured) written to %s", camera, frames, obscured, path)
+            # An NVR's frames written are not those kept: it read as if all 197 were there, in 4 segments left.
+            kept = f"; retention removed the oldest {pruned} of its segments" if pruned else ""
+            self.log.info("%s: %d frames (%d obscured) written to %s%s", camera, frames, obscured, path, kept)
         else:  # it said "0 frames written to (tap only)" of a camera whose 200 frames went out on the tap
             self.log.info("%s: %d frames out on the tap (no output file)", camera, frames)
 

@@ -148,6 +148,7 @@ def test_kept_segments_are_the_recording_and_retention_removes_the_oldest(images
     kept = list_segments(folder)
     sizes = [s.path.stat().st_size for s in kept]
     assert len(kept) < 12 and sum(sizes) <= 250_000 + max(sizes)  # the newest always stays
+    assert recording.pruned + len(kept) == kept[-1].counter  # numbered from 1; the encoder's last line says so (frames written are not kept)
     assert [s.first_seq for s in kept] == sorted(s.first_seq for s in kept)
     assert kept[-1].first_seq == 110  # the newest are kept, each playable on its own
     assert len(list(VideoReader(str(kept[-1].path)))) == 10
