@@ -8,14 +8,14 @@ composite stage use the same class, so their outputs are the same.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import cv2
 import numpy as np
 
 from anonengine.background import BackgroundModel, View, blend_into
 from anonengine.config import AnonymizerConfig
-from anonengine.detections import COCO_SKELETON, Detections, box_covered
+from anonengine.detections import COCO_SKELETON, Detections
 from anonengine.masks import Region, frame_diagonal, person_mask, soft_regions, zones_mask
 from anonengine.schedule import SAME_PERSON_IOU
 from anonengine.tracking import (
@@ -32,9 +32,11 @@ LIMB_COLOR = (255, 170, 0)  # BGR
 JOINT_COLOR = (0, 220, 255)
 PERSON_LINE = 0.02  # a limb at most this share of the person's extent (6 px for a person 300 px tall)
 OBSCURED_GREY = 128
-# A held person's skeleton is left out where this share of their box is under those drawn from the detections (a
-# person standing behind a walker: 51%; a second box on one person: 89 to 92%)
-SKELETON_COVERED = 0.75
+# A held person's skeleton is left out where their box and one with a skeleton drawn (from the detections, or held
+# before it) overlap by this share of the smaller: a second box the detector drew on one person (taller, taking in
+# what is below them), or a track left on one when its box jumped, drew a second skeleton on them (the street
+# clip: 26 of 141)
+SAME_SKELETON_OVERLAP = 0.8
 # Letterbox bars: lines along the frame's edges that are dark and flat. A bar whose pixels all differ by no more
 # than BAR_SPREAD levels holds no picture, and so nobody: it is kept as filmed (a faint silhouette in the dark
 # would differ by more).
@@ -55,11 +57,22 @@ class Learnt:
     keypoints: np.ndarray
     view: View
     persons: Detections  # what the frame's metadata reports: the detector's persons, or moved on between two
-    held: Detections | None = None  # and the persons hidden by the hold with the skeleton they last had
+    # The persons the hold hides with the skeleton they last had (`MaskHold.held_skeletons`), and which of `persons`
+    # each is (-1: none, the detector did not find them)
+    held: Detections | None = None
+    held_of: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
 
     def meta(self) -> list[dict]:
-        """The frame's persons as its metadata gives them."""
-        return self.persons.to_meta() + (self.held.to_meta(held=True) if self.held is not None else [])
+        """The frame's persons as its metadata gives them: a person found too weakly for a skeleton of their own
+        and drawn with the one they last had is `held`, with that one's keypoints; one not found, an entry of
+        their own (score 0). (Listed twice, they were counted twice.)"""
+        entries = self.persons.to_meta()
+        for index, held in zip(self.held_of, self.held.to_meta(held=True) if self.held is not None else []):
+            if index >= 0:
+                entries[index].update(keypoints=held["keypoints"], held=True)
+            else:
+                entries.append(held)
+        return entries
 
 
 class Compositor:
@@ -116,9 +129,7 @@ class Compositor:
         sighted = [(i + 1, f) for i, f in enumerate(future) if f.detected]
         upcoming = sighted[0] if sighted else None
         reported, detected = detections, detections.detected
-        # The boxes, as the last detection found them, of the persons drawn from it now (the others' skeletons
-        # are the hold's to draw: `held_skeletons`)
-        skeleton_of = detections.boxes[detections.scores >= self.cfg.pose.person_conf]
+        found_last = detections.boxes  # the last detection's boxes as found, in the order `reported` gives them
         found_before = self._last_found.boxes if self.has_detection(detections.frame_shape) else None
         if detected:
             self._last_found, self._since_found = detections, 0
@@ -134,10 +145,7 @@ class Compositor:
             if last is not None:
                 between = in_between(last, upcoming, self._since_found)
                 detections = detections.with_persons(between.boxes, between.scores, between.keypoints)
-                reported = replace(between, detected=False)
-                skeleton_of = last.boxes[between.scores >= self.cfg.pose.person_conf]
-            else:
-                skeleton_of = skeleton_of[:0]
+                reported, found_last = replace(between, detected=False), last.boxes
         if self.hold is not None:
             detections = self.hold.update(detections, frame)
         # Who is new in the frames to come is told against who is here now as found or moved on between two
@@ -168,19 +176,29 @@ class Compositor:
         if found_later and future_pixels is not None and not cut:
             self._forget_found_later(found_later, future_pixels, frame.shape[:2])
         # Only confident persons get a skeleton; weaker ones are hidden, drawn with the confident skeleton they
-        # had while the hold can believe it (lost ones too: `held_skeletons`).
+        # had while the hold can believe it (lost ones too).
         posed = (detections.scores >= self.cfg.pose.person_conf) & self.cfg.pose.enabled
         boxes, keypoints = detections.boxes[posed], detections.keypoints[posed]
-        held = self.hold.held_skeletons(frame.shape[:2], skeleton_of) if self.hold is not None else None
-        if held is not None and len(held) and len(boxes):
-            # A second box the detector once drew on someone (their legs alone; a box that jumped, whose old track
-            # lived on) drew a second skeleton over them: the street clip, 3 to 14 frames at a time.
-            apart = box_covered(held.boxes, boxes) < SKELETON_COVERED
-            held = replace(held, boxes=held.boxes[apart], scores=held.scores[apart], keypoints=held.keypoints[apart])
-        if held is not None and len(held):
-            boxes, keypoints = np.concatenate([boxes, held.boxes]), np.concatenate([keypoints, held.keypoints])
-        return Learnt(soft_regions(mask, self.cfg.mask), boxes, keypoints, self.background.view, reported,
-                      None if held is None else replace(held, detected=detected))
+        learnt = Learnt(soft_regions(mask, self.cfg.mask), boxes, keypoints, self.background.view, reported)
+        if self.hold is None:
+            return learnt
+        held, held_of = self.hold.held_skeletons(frame.shape[:2], found_last,
+                                                 reported.scores >= self.cfg.pose.person_conf)
+        held = _moved_on(held, held_of, reported)
+        # One skeleton a person: none where one is drawn from the detection, and one of two held there (two tracks
+        # on one person, a box the detector drew twice on them), the one the last detection found first.
+        kept: list[int] = []
+        for i in np.argsort(held_of < 0, kind="stable"):
+            others = np.concatenate([boxes, held.boxes[kept]])
+            if not len(others) or overlap_of_smaller(held.boxes[i : i + 1], others).max() < SAME_SKELETON_OVERLAP:
+                kept.append(i)
+        held, held_of = replace(held, boxes=held.boxes[kept], scores=held.scores[kept],
+                                keypoints=held.keypoints[kept]), held_of[kept]
+        if not len(held):
+            return learnt
+        return replace(learnt, boxes=np.concatenate([boxes, held.boxes]),
+                       keypoints=np.concatenate([keypoints, held.keypoints]),
+                       held=replace(held, detected=detected), held_of=held_of)
 
     def _forget_found_later(self, found_later: list[tuple[int, int, np.ndarray]], future_pixels: FuturePixels,
                             shape: tuple[int, int]) -> None:
@@ -309,6 +327,28 @@ def draw_skeletons(
                 cv2.line(out, tuple(map(int, pts[a])), tuple(map(int, pts[b])), LIMB_COLOR, line, cv2.LINE_AA)
         for i in np.flatnonzero(visible):
             cv2.circle(out, tuple(map(int, pts[i])), radius, JOINT_COLOR, -1, cv2.LINE_AA)
+
+
+def _moved_on(held: Detections, held_of: np.ndarray, reported: Detections) -> Detections:
+    """Held skeletons of persons the last detection found (too weakly for a skeleton of their own) placed in their
+    box as reported now: between two detections, moved on (`in_between`) as the others are, not left behind."""
+    if not (held_of >= 0).any():
+        return held
+    boxes, keypoints = held.boxes.copy(), held.keypoints.copy()
+    for i in np.flatnonzero(held_of >= 0):
+        now = reported.boxes[held_of[i]]
+        keypoints[i, :, :2] += (now[:2] + now[2:] - boxes[i, :2] - boxes[i, 2:]) / 2
+        boxes[i] = now
+    return replace(held, boxes=boxes, keypoints=keypoints)
+
+
+def overlap_of_smaller(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Pairwise area of intersection of xyxy boxes over the smaller one's, shape (len(a), len(b))."""
+    tl = np.maximum(a[:, None, :2], b[None, :, :2])
+    br = np.minimum(a[:, None, 2:], b[None, :, 2:])
+    inter = np.prod(np.clip(br - tl, 0, None), axis=2)
+    area_a, area_b = (np.prod(np.clip(x[:, 2:] - x[:, :2], 0, None), axis=1) for x in (a, b))
+    return inter / np.maximum(np.minimum(area_a[:, None], area_b[None, :]), 1e-9)
 
 
 def in_between(before: Detections, upcoming: tuple[int, Detections] | None, since: int) -> Detections:

@@ -161,7 +161,6 @@ class KeptTrack(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     recent: tuple[tuple[float, ...], ...] = ()  # (frame, x0, y0, x1, y1) of its recent matches (`Track.recent`)
     pose: tuple[float, ...] | None = None  # 51: its last confident skeleton's keypoints (`Track.pose`)
     pose_box: tuple[float, ...] = ()  # 4
-    pose_score: float = 0.0
     pose_at: int = -1
 
 

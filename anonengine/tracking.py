@@ -61,7 +61,10 @@ STILL_MATCH = 0.8
 # after it was found, or for as long as they stay where it was found (their box's middle within this share of its
 # size of where it was, its height within this share of what it was): someone standing keeps their posture.
 POSE_STILL_SHARE = 0.25
+# A lost person's skeleton is drawn where the hold predicts them for this many frames: the filter's guess drifts (a
+# box predicted rising off a person took their skeleton up with it, its first frame lost on the street clip)
 PREDICTED_POSE_FRAMES = 5
+MIN_POSE_KEYPOINTS = 3  # a skeleton kept has at least this many keypoints the pose model placed
 # A person's box that shrank to under SHRUNK of the largest it had within FULL_WINDOW frames (the one behind, where
 # two overlap: the detector's box loses the hidden side, then the person) is also hidden at that largest box, moved
 # as the edge of each axis that moved least (the side no one covered). Before, the box of a person standing behind
@@ -90,11 +93,10 @@ class Track:
     seen_at: int = -1  # the last frame it was found by its looks, the detector having lost it (`MaskHold`)
     # (frame, box as detected) of its matches within FULL_WINDOW frames of the last: its size before it shrank
     recent: list[tuple[int, np.ndarray]] = field(default_factory=list)
-    # Its last confident skeleton (`MaskHold`'s `posed_from`): keypoints (17, 3), the box they were found in and
-    # that box's score, and the frame
+    # Its last confident skeleton (`MaskHold`'s `posed_from`): keypoints (17, 3), the box they were found in, and
+    # the frame
     pose: np.ndarray | None = None
     pose_box: np.ndarray | None = None
-    pose_score: float = 0.0
     pose_at: int = -1
 
     @classmethod
@@ -353,54 +355,65 @@ class MaskHold:
         self.looks = {t: self.looks[t] for t in self.tracker.tracks if t in self.looks}
 
     def _keep_poses(self, detections: Detections) -> None:
-        """Each track matched now by a confident detection keeps that detection's skeleton."""
+        """Each track matched now by a confident detection with a skeleton keeps that skeleton (a box the pose
+        model gave no keypoints, a segmentation model's person, has none to keep)."""
         if self.posed_from is None or not len(detections):
             return
         for track in self.tracker.tracks:
             if track.matched_at != self.frame:
                 continue
-            found = int(box_iou(track.recent[-1][1][None], detections.boxes.astype(np.float64))[0].argmax())
-            if detections.scores[found] >= self.posed_from:
-                track.pose, track.pose_box = detections.keypoints[found].copy(), detections.boxes[found].astype(np.float64)
-                track.pose_score, track.pose_at = float(detections.scores[found]), self.frame
+            found = _index_of(detections.boxes, track.recent[-1][1])
+            if found < 0:
+                continue
+            keypoints = detections.keypoints[found]
+            if detections.scores[found] >= self.posed_from and (keypoints[:, 2] > 0).sum() >= MIN_POSE_KEYPOINTS:
+                track.pose, track.pose_box = keypoints.copy(), detections.boxes[found].astype(np.float64)
+                track.pose_at = self.frame
 
-    def held_skeletons(self, shape: tuple[int, int], drawn: np.ndarray) -> Detections:
+    def held_skeletons(self, shape: tuple[int, int], found: np.ndarray, posed: np.ndarray
+                       ) -> tuple[Detections, np.ndarray]:
         """The persons hidden now without a confident skeleton of their own, with the last confident one their track
         had, moved with the middle of their box: a skeleton blinked out whenever the detector scored someone low
-        or missed them for a frame or two (on the street clip, 221 of its 1,000 person-frames had none; 86 now).
+        or missed them for a frame or two (on the street clip, 221 of its 1,000 person-frames had none).
         Only where it can be believed: where the last detection found them (too weak for a skeleton of its own) or
-        their look found them standing then, while it was found within `hold_frames` or they stayed where it was found
-        (POSE_STILL_SHARE: someone standing keeps their posture); and, lost, where the hold predicts them, for
-        PREDICTED_POSE_FRAMES (the filter's guess drifts: a box predicted rising off a person took their skeleton
-        up with it). Confirmed tracks only: a box the detector drew once on part of someone (their legs) drew a
-        second, small skeleton on them.
+        their look found them standing then, or, lost, where the hold predicts them for PREDICTED_POSE_FRAMES;
+        at about the height it was found at (POSE_STILL_SHARE: a track whose box jumped onto a larger person
+        walking past drew a small skeleton across them); and found within `hold_frames`, unless they stayed
+        where it was found (someone standing keeps their posture). Confirmed tracks only: a box the detector drew
+        once on part of someone (their legs) drew a second, small skeleton on them.
 
-        `drawn`: the boxes, as the last detection found them, of the persons whose own skeleton is drawn now
-        (from this frame's detection, or moved on from the last one between two: `in_between`, whose score is
-        the lower of the two detections')."""
-        boxes, scores, keypoints = [], [], []
+        `found`: the boxes of the last detection, as found; `posed`: which of them get a skeleton of their own now
+        (from this frame's detection, or moved on from the last one between two: `in_between`, whose score is the
+        lower of the two detections'). Returns the skeletons (score 0: not found now), and for each the index in
+        `found` of their person where the last detection found them (-1: it did not)."""
+        boxes, keypoints, of_found = [], [], []
         for track in self.tracker.tracks if self.posed_from is not None else ():
-            found_last = track.matched_at == self.tracker.frame
-            if track.pose is None or not track.confirmed or (
-                    found_last and (np.abs(drawn - track.recent[-1][1]).max(axis=1) < 1e-3).any()):
+            if track.pose is None or not track.confirmed:
                 continue
+            index = -1
+            if track.matched_at == self.tracker.frame:
+                index = _index_of(found, track.recent[-1][1])
+                if index >= 0 and posed[index]:
+                    continue  # drawn from the detection itself
             if track in self.standing and track.seen_at == self.tracker.frame:
                 box = np.asarray(self.standing[track], np.float64)
-            elif found_last:
+            elif index >= 0:
                 box = track.recent[-1][1]
             elif self.frame - track.matched_at <= PREDICTED_POSE_FRAMES:
                 box = self._held_box(track)
             else:
                 continue
-            if self.frame - track.pose_at > self.cfg.hold_frames and not _stayed(track.pose_box, box):
+            if not _about_as_tall(track.pose_box, box) or (
+                    self.frame - track.pose_at > self.cfg.hold_frames and not _stayed(track.pose_box, box)):
                 continue
             moved = track.pose.copy()
             moved[:, :2] += (box[:2] + box[2:] - track.pose_box[:2] - track.pose_box[2:]) / 2
             boxes.append(box)
-            scores.append(track.pose_score)
             keypoints.append(moved)
-        return Detections(shape, np.float32(boxes).reshape(-1, 4), np.float32(scores),
-                          np.float32(keypoints).reshape(-1, NUM_KEYPOINTS, 3), detected=False)
+            of_found.append(index)
+        skeletons = Detections(shape, np.float32(boxes).reshape(-1, 4), np.zeros(len(boxes), np.float32),
+                               np.float32(keypoints).reshape(-1, NUM_KEYPOINTS, 3), detected=False)
+        return skeletons, np.array(of_found, np.int64)
 
     def _standing_boxes(self, shape: tuple[int, int]) -> np.ndarray:
         """Where lost persons were last found by their looks, grown for each frame since, as a lost track's."""
@@ -491,7 +504,7 @@ class MaskHold:
                 recent=tuple((f, *map(float, b)) for f, b in track.recent),
                 pose=None if track.pose is None else tuple(map(float, track.pose.ravel())),
                 pose_box=() if track.pose_box is None else tuple(map(float, track.pose_box)),
-                pose_score=track.pose_score, pose_at=track.pose_at))
+                pose_at=track.pose_at))
         return HoldState(camera, stream, seq, self.frame, self.tracker.frame, self.coasted, tuple(tracks))
 
     def take_over(self, state: HoldState, next_seq: int) -> None:
@@ -506,8 +519,7 @@ class MaskHold:
                           [(int(r[0]), np.array(r[1:], np.float64)) for r in kept.recent])
             if kept.pose is not None:
                 track.pose = np.array(kept.pose, np.float32).reshape(NUM_KEYPOINTS, 3)
-                track.pose_box, track.pose_score = np.array(kept.pose_box, np.float64), kept.pose_score
-                track.pose_at = kept.pose_at
+                track.pose_box, track.pose_at = np.array(kept.pose_box, np.float64), kept.pose_at
             self.tracker.tracks.append(track)
             if kept.look is not None:
                 picture = np.frombuffer(kept.look, np.uint8).reshape(kept.look_shape).copy()
@@ -519,12 +531,21 @@ class MaskHold:
 
 
 def _stayed(was: np.ndarray, now: np.ndarray) -> bool:
-    """Whether a box `now` is where `was` was (POSE_STILL_SHARE)."""
-    size = was[2:] - was[:2]
+    """Whether a box `now` is where `was` was, its middle within POSE_STILL_SHARE of its size."""
     middle_moved = np.abs((now[:2] + now[2:]) - (was[:2] + was[2:])) / 2
-    height = (now[3] - now[1]) / max(size[1], 1e-6)
-    return bool((middle_moved <= POSE_STILL_SHARE * size).all()
-                and 1 - POSE_STILL_SHARE <= height <= 1 / (1 - POSE_STILL_SHARE))
+    return bool((middle_moved <= POSE_STILL_SHARE * (was[2:] - was[:2])).all())
+
+
+def _about_as_tall(was: np.ndarray, now: np.ndarray) -> bool:
+    """Whether a box `now` is as tall as `was`, to POSE_STILL_SHARE."""
+    height = (now[3] - now[1]) / max(was[3] - was[1], 1e-6)
+    return 1 - POSE_STILL_SHARE <= height <= 1 / (1 - POSE_STILL_SHARE)
+
+
+def _index_of(boxes: np.ndarray, box: np.ndarray) -> int:
+    """Which of `boxes` is `box` (a track keeps its detection's box: the same to float precision); -1: none."""
+    same = np.flatnonzero(np.abs(np.asarray(boxes, np.float64).reshape(-1, 4) - box).max(axis=1, initial=0.0) < 1e-3)
+    return int(same[0]) if len(same) else -1
 
 
 def _area(box: np.ndarray) -> float:
