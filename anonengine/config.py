@@ -719,11 +719,13 @@ def load_yaml(path: Path, model: type[BaseModel]) -> BaseModel:
     try:
         validated = model.model_validate(raw)
     except ValidationError as exc:
-        # In the file's order (a key that is missing goes by its parent's line); on one line an unknown key first:
-        # a misspelt key makes its right spelling "missing", and is the actual mistake.
-        located = [(_line_of(data, err["loc"]), err) for err in exc.errors()]
-        located.sort(key=lambda pair: (pair[0] or 0, pair[1]["type"] != "extra_forbidden"))
-        for line, err in located:
+        errors = exc.errors()
+        # A misspelt key (`sorce:`) also makes its right spelling "missing": the unknown key is the mistake, said
+        # alone (a review: "cameras.0.source: Field required" came first, at its parent's line).
+        misspelt = {tuple(err["loc"][:-1]) for err in errors if err["type"] == "extra_forbidden"}
+        errors = [err for err in errors if err["type"] != "missing" or tuple(err["loc"][:-1]) not in misspelt]
+        located = sorted(((_line_of(data, err["loc"]), err) for err in errors), key=lambda pair: pair[0] or 0)
+        for line, err in located:  # in the file's order (a key that is missing goes by its parent's line)
             where = f"line {line}: " if line else ""
             loc = ".".join(str(p) for p in err["loc"]) or "(top)"
             problems.append(ConfigError(f"{path}: {where}{loc}: {error_text(err)}"))

@@ -285,6 +285,9 @@ def test_every_mistake_of_the_schema_is_said_in_one_run(tmp_path):
         "anonengine: error: engine.yaml: line 4: anonymizer.detector.imgsz: Input should be a multiple of 32",
         "anonengine: error: engine.yaml: line 5: anonymizer.detector.stridee: Extra inputs are not permitted",
         "anonengine: error: engine.yaml: line 9: cameras.0.rotate: Input should be 0, 90, 180 or 270"]
+    # A misspelt key is the mistake, not its right spelling missing (said first, at its parent's line: a review)
+    assert refusals(validate(tmp_path, "cameras:\n  - name: a\n    sorce: a.mp4\n")) == [
+        "anonengine: error: engine.yaml: line 3: cameras.0.sorce: Extra inputs are not permitted"]
 
 
 def test_every_bad_camera_is_said_in_one_run(tmp_path):

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from anonengine.argparsing import redact_logs
 from anonengine.engine import stagehost
-from anonengine.errors import ConfigError, InputError, raise_all
+from anonengine.errors import AnonError, ConfigError, InputError, raise_all
 from anonengine.interrupts import Interrupted, interrupted_line, plural
 from anonengine.paths import ROTATIONS
 
@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from anonengine.config import EngineConfig
 
 CONTROL_TIMEOUT_MS = 5000
+CAMERAS_ASKED_MS = 500  # `tap --camera`: how long the engine is given to say which cameras it has
 
 
 def register(sub) -> None:
@@ -266,9 +267,13 @@ def _say_unknown_cameras(args: argparse.Namespace) -> None:
     run_dir = _engines_folder(args.run_dir)
     instance = args.instance or _only_instance(run_dir, "tap.sock")
     try:
-        cameras = list(_ask_engine(run_dir, instance, messages.StatusRequest()).status.get("cameras", {}))
-    except ConfigError:
+        # A moment only: an engine too busy to answer at once is not worth the frames a tap misses meanwhile
+        answer = _ask_engine(run_dir, instance, messages.StatusRequest(), timeout_ms=CAMERAS_ASKED_MS)
+    except AnonError:
         return  # the tap says what comes of it
+    if not answer.ok or not isinstance(answer.status, dict):
+        return
+    cameras = list(answer.status.get("cameras", {}))
     for camera in args.camera:
         if camera not in cameras:
             close = get_close_matches(camera, cameras, n=1)
@@ -329,7 +334,7 @@ def cmd_control(args: argparse.Namespace) -> int:
     return 0
 
 
-def _ask_engine(run_dir: Path, instance: str, request):
+def _ask_engine(run_dir: Path, instance: str, request, timeout_ms: int = CONTROL_TIMEOUT_MS):
     """The engine's `messages.Reply` to a control request; ConfigError where it does not answer, or not so."""
     import zmq
 
@@ -342,7 +347,7 @@ def _ask_engine(run_dir: Path, instance: str, request):
     try:
         sock.connect(Endpoints(str(run_dir), instance).control)
         sock.send(messages.encode(request))
-        if not sock.poll(CONTROL_TIMEOUT_MS):
+        if not sock.poll(timeout_ms):
             raise ConfigError(f"engine {instance} in {run_dir} does not answer")
         try:
             answer = messages.decode(sock.recv())
