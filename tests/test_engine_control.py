@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import signal
 import stat
@@ -249,8 +250,8 @@ def test_tap_record_keeps_one_camera_when_the_engine_has_two(models_dir, tmp_pat
         assert mistyped.returncode == 1 and mistyped.stdout == ""
         instance = next((tmp_path / "run").glob("*/tap.sock")).parent.name
         assert mistyped.stderr.strip().splitlines() == [
-            f"anonengine: tap: engine {instance} has no camera c; its cameras: a, b (waiting for one of that name all "
-            "the same: `anonengine attach` may add it)",
+            (f"anonengine: tap: engine {instance} has no camera c; its cameras: a, b (waiting for one of that name all "
+             "the same: `anonengine attach` may add it)"),
             "anonengine: tap: no frame of camera c in 2 s"]
         swapped = cli("tap", "--run-dir", tmp_path / "run", "--camera", "aa", "--camera", "b", "--frames", "1",
                       "--timeout", "20")
@@ -947,8 +948,8 @@ def test_a_live_camera_the_engine_is_behind_is_degraded_said_in_the_log_and_well
             assert launcher.snapshot.as_status()["cameras"]["cam"]["dropping"] == 0.75
             assert f"camera cam: degraded ({camera.reason})" in launcher.snapshot.reasons()
     assert states[21] == metrics.DEGRADED  # under a tenth, not yet under a twentieth, and said so
-    assert reasons[21].startswith("8% of its frames dropped in the last 10 s (degraded from 10%, until under 5%), "
-                                  "the engine behind it"), reasons[21]
+    assert re.match(r"[5-9]% of its frames dropped in the last 10 s \(degraded from 10%, until under 5%\), the engine "
+                    "behind it", reasons[21]), reasons[21]
     assert states[26] == metrics.RUNNING and states[36] == metrics.DEGRADED and states[49] == metrics.RUNNING
     assert states[50:58] == [metrics.RUNNING] * 4 + [metrics.DEGRADED] * 4 and states[-1] == metrics.RUNNING
     assert camera.reason == "" and launcher.take_snapshot().cameras[0].state == metrics.RUNNING
