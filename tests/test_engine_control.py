@@ -944,11 +944,11 @@ def test_a_live_camera_the_engine_is_behind_is_degraded_said_in_the_log_and_well
         reasons.append(camera.reason)
         if second == 5:
             assert camera.state == metrics.DEGRADED and camera.reason.startswith(
-                "75% of its frames dropped in the last 10 s, the engine behind it")
+                "75% of its frames dropped in the last 10 s (degraded from 10% until under 5%), the engine behind it")
             assert launcher.snapshot.as_status()["cameras"]["cam"]["dropping"] == 0.75
             assert f"camera cam: degraded ({camera.reason})" in launcher.snapshot.reasons()
     assert states[21] == metrics.DEGRADED  # under a tenth, not yet under a twentieth, and said so
-    assert re.match(r"[5-9]% of its frames dropped in the last 10 s \(degraded from 10%, until under 5%\), the engine "
+    assert re.match(r"[5-9]% of its frames dropped in the last 10 s \(degraded from 10% until under 5%\), the engine "
                     "behind it", reasons[21]), reasons[21]
     assert states[26] == metrics.RUNNING and states[36] == metrics.DEGRADED and states[49] == metrics.RUNNING
     assert states[50:58] == [metrics.RUNNING] * 4 + [metrics.DEGRADED] * 4 and states[-1] == metrics.RUNNING
@@ -983,8 +983,8 @@ def test_frames_dropped_behind_a_stage_that_stopped_name_it_not_the_load(tmp_pat
             if child.name != "detect0" or second < 2:
                 child.last_beat = launcher.clock.now
         (camera,) = launcher.take_snapshot().cameras
-    assert camera.reason.endswith("of its frames dropped in the last 10 s, the engine behind it: detect0 silent for "
-                                  "6 s"), camera.reason
+    assert camera.reason.endswith("of its frames dropped in the last 10 s (degraded from 10% until under 5%), the engine "
+                                  "behind it: detect0 silent for 6 s"), camera.reason
     launcher.children["detect0"].last_beat = launcher.clock.now  # it beats again: its frames dropped are its
     assert launcher.take_snapshot().cameras[0].reason.endswith("behind it: detect0 was silent for 6 s")
     launcher.clock.now += 10  # out of the window: the load it is, if frames are dropped still
