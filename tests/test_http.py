@@ -167,7 +167,9 @@ def _page_tiles_move(base: str, cameras: list[str], screenshot: Path) -> Path:
             second = [page.locator(f".tile[data-camera='{c}'] img").screenshot() for c in cameras]
             same = [c for c, a, b in zip(cameras, first, second) if a == b]
             assert not same, f"the image of {same} did not change"
-            assert page.locator("#summary").text_content() == "ready"
+            # Ready, once the engine keeps up with both cameras again: Chromium starting on the same two cores had
+            # it drop 7 to 8% of their frames in a fresh-clone run (degraded until under 5%)
+            page.wait_for_function("document.querySelector('#summary').textContent == 'ready'", timeout=30000)
             page.screenshot(path=str(screenshot))
         finally:
             browser.close()
