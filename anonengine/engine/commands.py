@@ -71,8 +71,7 @@ def register(sub) -> None:
 
 def cmd_launch(args: argparse.Namespace) -> int:
     from anonengine.config import EngineConfig, load_yaml, small_input_warning
-    from anonengine.engine.launcher import check_models, check_ports, config_problems, launch
-    from anonengine.sources import unknown_protocol
+    from anonengine.engine.launcher import check_models, check_ports, config_problems, launch, protocol_problem
 
     cfg = load_yaml(Path(args.config), EngineConfig)
     if args.validate_config:
@@ -83,8 +82,7 @@ def cmd_launch(args: argparse.Namespace) -> int:
         problems = list(config_problems(cfg))
         # Launch starts a camera whose protocol FFmpeg does not know and fails it alone at once; a config that
         # names one is not valid.
-        problems += [ConfigError(f"camera {camera.name}: cannot open video {camera.source}: {hopeless}")
-                     for camera in cfg.cameras if (hopeless := unknown_protocol(camera.source)) is not None]
+        problems += [problem for camera in cfg.cameras if (problem := protocol_problem(camera)) is not None]
         notes, unusable = check_models(cfg)
         problems += unusable
         problems += check_ports(cfg)
@@ -213,8 +211,9 @@ def _check_output(cam, info, cfg: EngineConfig) -> None:
 def cmd_tap(args: argparse.Namespace) -> int:
     from anonengine.tap import SeqGaps, TapRecording, subscribe
 
-    endpoint, curve = _tap_address(args)
-    _say_unknown_cameras(args)
+    endpoint, curve, engine = _tap_address(args)
+    if engine is not None and args.camera:
+        _say_unknown_cameras(args.camera, *engine)
     gaps, count, recorded = SeqGaps(), 0, None
     recording = TapRecording(args.record) if args.record else None
     try:
@@ -254,18 +253,15 @@ def cmd_tap(args: argparse.Namespace) -> int:
     return 0
 
 
-def _say_unknown_cameras(args: argparse.Namespace) -> None:
-    """Warns of each `--camera` the local engine does not have (it may be attached later: the tap waits all the same).
-    A mistyped name received nothing, said nothing, and with --timeout only that no frame came (an operator's
-    trial). A tap on another host's engine cannot ask it: a tcp:// tap has no control socket there."""
+def _say_unknown_cameras(wanted: list[str], run_dir: Path, instance: str) -> None:
+    """Warns of each camera `wanted` that the local engine (`instance` in `run_dir`) does not have (it may be attached
+    later: the tap waits all the same). A mistyped name received nothing, said nothing, and with --timeout only that
+    no frame came (an operator's trial). A tap on another host's engine cannot ask it: a tcp:// tap has no control
+    socket there."""
     from difflib import get_close_matches
 
     from anonengine import messages
 
-    if not args.camera or (args.endpoint and args.endpoint != "ipc"):
-        return
-    run_dir = _engines_folder(args.run_dir)
-    instance = args.instance or _only_instance(run_dir, "tap.sock")
     try:
         # A moment only: an engine too busy to answer at once is not worth the frames a tap misses meanwhile
         answer = _ask_engine(run_dir, instance, messages.StatusRequest(), timeout_ms=CAMERAS_ASKED_MS)
@@ -274,7 +270,7 @@ def _say_unknown_cameras(args: argparse.Namespace) -> None:
     if not answer.ok or not isinstance(answer.status, dict):
         return
     cameras = list(answer.status.get("cameras", {}))
-    for camera in args.camera:
+    for camera in wanted:
         if camera not in cameras:
             close = get_close_matches(camera, cameras, n=1)
             print(f"anonengine: tap: engine {instance} has no camera {camera}"
@@ -284,7 +280,8 @@ def _say_unknown_cameras(args: argparse.Namespace) -> None:
 
 
 def _tap_address(args: argparse.Namespace):
-    """The endpoint `anonengine tap` subscribes to and its CURVE keys (None: none given)."""
+    """The endpoint `anonengine tap` subscribes to, its CURVE keys (None: none given), and the local engine's
+    (run folder, instance) whose ipc tap it is (None: an address given)."""
     from anonengine.curve import CurveClient
     from anonengine.engine.runtime import Endpoints
 
@@ -295,10 +292,10 @@ def _tap_address(args: argparse.Namespace):
         if args.endpoint.startswith("tcp://") and curve is None:
             raise ConfigError("a tcp:// tap takes CURVE clients only: give --key CLIENT.key_secret and --server-key "
                               "SERVER.key (make a pair with `anonengine keys DIR --name NAME`)")
-        return args.endpoint, curve
+        return args.endpoint, curve, None
     run_dir = _engines_folder(args.run_dir)
     instance = args.instance or _only_instance(run_dir, "tap.sock")
-    return Endpoints(str(run_dir), instance).tap, curve
+    return Endpoints(str(run_dir), instance).tap, curve, (run_dir, instance)
 
 
 def cmd_keys(args: argparse.Namespace) -> int:

@@ -535,9 +535,9 @@ class Launcher:
                 if self.stop_requested:  # its capture started, found the launcher gone and left: "ok" for nothing
                     return messages.Reply(False, "the engine is stopping: no camera can be attached")
                 camera = CameraConfig.model_validate(request.camera)
-                if (hopeless := unknown_protocol(camera.source)) is not None:
+                if (problem := protocol_problem(camera)) is not None:
                     # Its capture would fail at once: "attach: ok" for a camera failed 0.1 s later.
-                    return messages.Reply(False, f"camera {camera.name}: cannot open video {camera.source}: {hopeless}")
+                    return messages.Reply(False, str(problem))
                 self.attach(camera)
                 # The log had no word of an operator's attach or detach, only of what followed.
                 log.info("camera %s attached: %s", camera.name, redacted(camera.source))
@@ -1070,6 +1070,15 @@ def camera_problems(camera: CameraConfig) -> Iterator[AnonError]:
                     refuse_unreplaceable(Path(name), "metadata ")
             except OutputError as exc:
                 yield OutputError(f"camera {camera.name}: {exc}")
+
+
+def protocol_problem(camera: CameraConfig) -> ConfigError | None:
+    """A camera whose URL names a protocol FFmpeg does not know (`unknown_protocol`), which `launch --validate-config`
+    and `attach` refuse. Not among `camera_problems`: launch starts such a camera and fails it alone, the engine
+    going on with the others."""
+    if (hopeless := unknown_protocol(camera.source)) is None:
+        return None
+    return ConfigError(f"camera {camera.name}: cannot open video {camera.source}: {hopeless}")
 
 
 def holds_video(path: str) -> None:
