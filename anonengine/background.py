@@ -594,12 +594,15 @@ class BackgroundModel:
             x0, y0, x1, y1 = core
             if x1 - x0 < 4 or y1 - y0 < 4:
                 continue
+            seen = cv2.countNonZero(self.seen_in(core, view)) >= GHOST_SEEN * (x1 - x0) * (y1 - y0)
+            look_around = nearby is not None and bool(nearby[i])
+            if not (seen or look_around):
+                continue
             pixels = picture(core)
-            if cv2.countNonZero(self.seen_in(core, view)) >= GHOST_SEEN * (x1 - x0) * (y1 - y0) and (
-                    pixels is None or looks_alike(pixels, self.render(core, view, GHOST_RESAMPLE))):
+            if seen and (pixels is None or looks_alike(pixels, self.render(core, view, GHOST_RESAMPLE))):
                 self._forget(box, view)
                 forgotten += 1
-            if pixels is None or nearby is None or not nearby[i]:
+            if pixels is None or not look_around:
                 continue
             for dx, dy in self._learnt_nearby(pixels, core, box, view, frame_shape):
                 # A copy of the person, or what is there? Background that looks like their middle (a pillar like

@@ -266,7 +266,7 @@ class EncodeService(Service):
         elif path is None and recorded:  # stopped before its first frame: no file at all
             self.log.info("%s: stopped before its first frame; no output written", camera)
         elif path is not None:
-            # An NVR's frames written are not those kept: it read as if all 197 were there, in 4 segments left.
+            # An NVR's frames written are not those kept: it read as if all of them were there.
             kept = f"; retention removed the oldest {pruned} of its segments" if pruned else ""
             self.log.info("%s: %d frames (%d obscured) written to %s%s", camera, frames, obscured, path, kept)
         else:  # it said "0 frames written to (tap only)" of a camera whose 200 frames went out on the tap
