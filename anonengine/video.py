@@ -24,7 +24,7 @@ from anonengine.config import EncoderConfig, SourcesConfig
 from anonengine.errors import ConfigError, InputError, OutputError, SourceNotOpenable, UnknownProtocol
 from anonengine.locks import FileLock, LockBusy, output_lock_path
 from anonengine.paths import OUTPUT_CONTAINERS, partial_path, sequence_photo
-from anonengine.sources import Source, classify, fitted, unknown_protocol
+from anonengine.sources import Source, SourceKind, classify, fitted, unknown_protocol
 
 CUT_SHORT_TOLD = 5  # photos cut short named one by one; past this, counted
 log = logging.getLogger("anonengine.video")
@@ -248,6 +248,7 @@ class VideoReader:
         kind = kind or classify(source)
         self.rotate = kind.rotate
         self.numbers = kind.numbers  # an image sequence's photos' numbers: its frames
+        self.local_file = kind.url if kind.kind is SourceKind.FILE else None
         sources_cfg = sources_cfg or SourcesConfig()
         # What a read that waited for PyAV's timeout means: the stream stopped sending.
         self.stalled = f"nothing came for {sources_cfg.stall_s:g} s" if kind.live else None
@@ -346,23 +347,46 @@ class VideoReader:
 
     def _packets(self) -> Iterator[av.Packet]:
         """The video stream's packets. A stream that begins in the middle of the file (MPEG-TS files joined with
-        other PIDs, an HLS discontinuity) is none the container listed when opened: PyAV fails on it with an
-        IndexError, which crashed the capture 6 times, a traceback each, every frame before it lost."""
-        packets, seconds = self.container.demux(self.stream), 0.0
+        other PIDs, an HLS discontinuity) is none the container listed when opened: PyAV skips its packets without
+        a word, so every frame after the listed stream's end would be lost. PyAV then fails at the file's end
+        (IndexError) only where a byte past its own list of streams, read out of bounds, happens not to be 0: the
+        end of a file that can start streams midway is opened apart to tell."""
+        packets, seconds, position = self.container.demux(self.stream), 0.0, -1
         start = float((self.stream.start_time or 0) * (self.stream.time_base or 0))
         while True:
             try:
                 packet = next(packets)
             except StopIteration:
-                return
+                new_stream = self._new_stream_follows(position)
             except IndexError:
+                new_stream = True
+            else:
+                if packet.pts is not None and packet.time_base:
+                    seconds = max(seconds, float(packet.pts * packet.time_base) - start)
+                if packet.pos is not None and packet.pos >= 0:
+                    position = max(position, packet.pos)
+                yield packet
+                continue
+            if new_stream:
                 raise InputError(
                     f"cannot decode {self.source} past {seconds:.2f} s: a new stream begins there (files joined, a "
                     "broadcast's new program), which its start did not list: cut it there (ffmpeg -t, -ss) and "
                     "anonymize each part") from None
-            if packet.pts is not None and packet.time_base:
-                seconds = max(seconds, float(packet.pts * packet.time_base) - start)
-            yield packet
+            return
+
+    def _new_stream_follows(self, position: int) -> bool:
+        """Whether a file goes on, past the anonymized stream's last packet (at byte `position`), with video of a
+        stream the container did not list when it was opened. Only MPEG-TS starts streams midway in a file; its
+        end is probed from that packet on, which reads little past the stream's end."""
+        if self.local_file is None or position < 0 or "mpegts" not in self.container.format.name:
+            return False
+        listed = {stream.id for stream in self.container.streams}
+        try:
+            with av.open(self.local_file, options={"skip_initial_bytes": str(position)}) as end:
+                new = [stream for stream in end.streams.video if stream.id not in listed]
+                return bool(new) and any(packet.size for packet in end.demux(new[0]))
+        except (av.FFmpegError, OSError, IndexError):
+            return False
 
     def _decode(self) -> Iterator[DecodedImage]:
         decoded = damaged_count = corrupt = undecodable = 0
