@@ -37,6 +37,13 @@ OBSCURED_GREY = 128
 # what is below them), or a track left on one when its box jumped, drew a second skeleton on them (the street
 # clip: 26 of 141)
 SAME_SKELETON_OVERLAP = 0.8
+# Two confident boxes of one detection on one person (a second box, taller or cut short, NMS let through) each drew
+# a skeleton on them, one over the other (the street clip: 7 frames). Such a box lies within the other by
+# SAME_SKELETON_OVERLAP of the smaller, and the joints both see are a median of at most SAME_SKELETON_SPREAD of the
+# smaller box's height apart (on that clip at most 0.095 for the same person, at least 0.28 for a person behind
+# another); at least MIN_SHARED_JOINTS of them.
+SAME_SKELETON_SPREAD = 0.15
+MIN_SHARED_JOINTS = 3
 # Letterbox bars: lines along the frame's edges that are dark and flat. A bar whose pixels all differ by no more
 # than BAR_SPREAD levels holds no picture, and so nobody: it is kept as filmed (a faint silhouette in the dark
 # would differ by more).
@@ -177,7 +184,9 @@ class Compositor:
             self._forget_found_later(found_later, future_pixels, frame.shape[:2])
         # Only confident persons get a skeleton; weaker ones are hidden, drawn with the confident skeleton they
         # had while the hold can believe it (lost ones too).
-        posed = (detections.scores >= self.cfg.pose.person_conf) & self.cfg.pose.enabled
+        posed = np.flatnonzero((detections.scores >= self.cfg.pose.person_conf) & self.cfg.pose.enabled)
+        posed = posed[one_skeleton_a_person(detections.boxes[posed], detections.keypoints[posed],
+                                            detections.scores[posed], self.cfg.pose.keypoint_conf)]
         boxes, keypoints = detections.boxes[posed], detections.keypoints[posed]
         learnt = Learnt(soft_regions(mask, self.cfg.mask), boxes, keypoints, self.background.view, reported)
         if self.hold is None:
@@ -340,6 +349,30 @@ def _moved_on(held: Detections, held_of: np.ndarray, reported: Detections) -> De
         keypoints[i, :, :2] += (now[:2] + now[2:] - boxes[i, :2] - boxes[i, 2:]) / 2
         boxes[i] = now
     return replace(held, boxes=boxes, keypoints=keypoints)
+
+
+def one_skeleton_a_person(boxes: np.ndarray, keypoints: np.ndarray, scores: np.ndarray, min_conf: float
+                          ) -> np.ndarray:
+    """Which of the skeletons of one detection to draw (indices, in order): of two on one person, the more
+    confident (SAME_SKELETON_SPREAD)."""
+    if len(boxes) < 2:
+        return np.arange(len(boxes))
+    overlaps, heights = overlap_of_smaller(boxes, boxes), boxes[:, 3] - boxes[:, 1]
+    kept: list[int] = []
+    for i in np.argsort(-scores, kind="stable"):
+        if not any(overlaps[i, j] >= SAME_SKELETON_OVERLAP and _same_joints(keypoints[i], keypoints[j], min_conf,
+                                                                               min(heights[i], heights[j]))
+                   for j in kept):
+            kept.append(int(i))
+    return np.sort(np.asarray(kept, np.int64))
+
+
+def _same_joints(a: np.ndarray, b: np.ndarray, min_conf: float, height: float) -> bool:
+    shared = (a[:, 2] >= min_conf) & (b[:, 2] >= min_conf)
+    if shared.sum() < MIN_SHARED_JOINTS:
+        return False
+    apart = np.hypot(*(a[shared, :2] - b[shared, :2]).T)
+    return float(np.median(apart)) <= SAME_SKELETON_SPREAD * height
 
 
 def overlap_of_smaller(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -515,6 +515,32 @@ def test_a_person_scored_low_or_missed_keeps_the_skeleton_they_last_had_moved_wi
     assert joints_at(compositor.render(picture(1, there=False), learnt)) is None
 
 
+def test_two_boxes_the_detector_put_on_one_person_draw_one_skeleton_and_a_person_behind_keeps_theirs():
+    """The detector's second confident box on one person (cut short at the hips, or taller), its joints on theirs,
+    drew a second skeleton over the first (the street clip: 7 frames). The more confident one is drawn. A smaller
+    person behind a larger one, their box as much inside it, has joints of their own: both are drawn. The
+    metadata keeps every box the detector found."""
+    from anonengine.compositor import Compositor
+    from anonengine.config import AnonymizerConfig
+
+    cfg = AnonymizerConfig()
+    cfg.hold.enabled = False
+    frame = np.full((360, 640, 3), 90, np.uint8)
+    person = posed([[100, 40, 200, 340]], 0.9)
+    behind = posed([[130, 60, 170, 140]], 0.7)  # far away, the box within the person's
+    cut_short = person.keypoints.copy()
+    cut_short[0, :, :2] += 3  # its joints within a few pixels of the person's
+    cut_short[0, 9:, 2] = 0.1  # no legs: the box ends at the hips
+    detections = Detections((360, 640), np.float32([[100, 40, 200, 340], [102, 42, 198, 200], [130, 60, 170, 140]]),
+                            np.float32([0.9, 0.6, 0.7]),
+                            np.concatenate([person.keypoints, cut_short, behind.keypoints]))
+    learnt = Compositor(cfg).learn(frame, detections)
+    assert learnt.boxes.tolist() == [[100, 40, 200, 340], [130, 60, 170, 140]]
+    assert len(learnt.meta()) == 3
+    detections.scores[1] = 0.95  # the box cut short the more confident: its skeleton is drawn
+    assert Compositor(cfg).learn(frame, detections).boxes.tolist() == [[102, 42, 198, 200], [130, 60, 170, 140]]
+
+
 def test_someone_standing_keeps_their_skeleton_for_as_long_as_their_look_finds_them():
     """A person standing whom the detector misses for longer than the hold stays hidden by their look (`Look`), and
     keeps the skeleton of their last confident detection for as long (they stayed where it was found); once they
