@@ -72,6 +72,11 @@ class DetectionError(AnonError):
     """The detector failed on a frame; the frame must not be emitted raw."""
 
 
+class StartAfresh(Exception):
+    """A stage cannot go on in its process (a live source's reading thread stuck inside FFmpeg, which nothing
+    interrupts): it exits, said in one line, for the launcher to start it again. Not the user's error."""
+
+
 def first_line(exc: BaseException) -> str:
     """What a library's exception says, as one line: its message's first line, or its type when it has none."""
     return str(exc).splitlines()[0] if str(exc) else type(exc).__name__

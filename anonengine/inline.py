@@ -16,6 +16,7 @@ import numpy as np
 from anonengine.compositor import Learnt
 from anonengine.config import CameraConfig, EngineConfig
 from anonengine.detections import Detections
+from anonengine.errors import InputError
 from anonengine.interrupts import INTERRUPTS
 from anonengine.sources import is_live
 from anonengine.stages import CaptureStage, CompositeStage, DetectStage, EncodeStage
@@ -104,6 +105,8 @@ def _run_camera(cam: CameraConfig, cfg: EngineConfig, detect: DetectStage, progr
         else:
             result.output = encode.close(complete)
         result.interrupted_by = None if complete else stopped
+        if capture.stuck is not None:
+            raise InputError(f"{capture.stuck}: its {result.frames} frames before are in {result.output}")
     return result
 
 

@@ -106,6 +106,11 @@ class Source:
 MIN_BUFFER_FRAMES = 4
 MAX_RATE = 120
 BUFFER_MEMORY = 256 * 2**20
+# A connection that runs, yet gave no picture for `stall_s` and this much more, is stuck: data keeps coming, so its
+# read timeout never fires, but none of it is a picture of its stream (a sender over UDP restarted with other
+# MPEG-TS stream ids: FFmpeg adds the new stream, whose packets PyAV's read skips without a word). Nothing
+# interrupts that read; the process reading it must start afresh (`LiveFeed.stuck`).
+STUCK_MARGIN_S = 5.0
 SEQUENCE_FPS = 25.0  # an image sequence's frame rate unless its camera's `fps` says
 PLAYLIST_FORMATS = frozenset({"hls", "dash"})  # FFmpeg's demuxers whose own file is a playlist, not the video
 
@@ -319,6 +324,7 @@ class LiveFeed:
         self._thread = threading.Thread(target=self._run, name=f"feed-{camera}", daemon=True)
         self._last_time: float | None = None  # seconds, of the last frame handed out
         self._last_wall: float | None = None
+        self._last_picture: float | None = None  # clock, of the last picture of the connection under way
         if follows is not None:
             self._last_time, self._last_wall = follows
 
@@ -357,6 +363,17 @@ class LiveFeed:
             return self.frames.get(timeout=timeout)[1]
         except queue.Empty:
             return None
+
+    def stuck(self) -> str | None:
+        """Why the connection under way is stuck (STUCK_MARGIN_S), or None. Its reading thread cannot be stopped:
+        whoever reads the feed must leave, and a camera's capture starts afresh."""
+        if self.status.state is not SourceState.RUNNING or self._last_picture is None:
+            return None
+        silent = self.clock() - self._last_picture
+        if silent <= self.cfg.stall_s + STUCK_MARGIN_S:
+            return None
+        return (f"{self.camera}: data comes from {self.source.spec}, but no picture for {silent:.0f} s (its sender "
+                "restarted with other stream ids?)")
 
     def stop(self) -> None:
         self._stop.set()
@@ -419,7 +436,7 @@ class LiveFeed:
                                                                        * self.cfg.buffer_s),
                                                              BUFFER_MEMORY // frame_bytes))
         self.status.state = SourceState.RUNNING
-        self.status.connected_at = self.clock()
+        self.status.connected_at = self._last_picture = self.clock()
         self._connected.set()
         self._settled.set()
         anchor: tuple[float, float, float] | None = None  # (a frame's stream time, its time on the timeline, its wall)
@@ -427,6 +444,7 @@ class LiveFeed:
             for frame in reader:
                 if self._stop.is_set():
                     return "stopped"
+                self._last_picture = self.clock()
                 if anchor is None and frame.pts_guessed:
                     # RTSP's first frame often comes before the first timestamp: its time is unknown, and
                     # a guess would shift every frame after it. A live source loses nothing by skipping it.

@@ -115,6 +115,7 @@ class CaptureStage(Stage):
         self.cfg = cfg or SourcesConfig()
         self.reader: VideoReader | None = None
         self.feed: LiveFeed | None = None
+        self.stuck: str | None = None  # why a live source's frames ended: its connection stuck (`LiveFeed.stuck`)
 
     def setup(self) -> None:
         kind = source_of(self.camera_cfg)
@@ -136,6 +137,11 @@ class CaptureStage(Stage):
         seq = 0
         while not should_stop():
             frame = self.feed.get(timeout=0.2)
+            if frame is None and (stuck := self.feed.stuck()) is not None:
+                # An engine's capture starts afresh; here the process is the job's, and a UDP source's port stays
+                # taken by the stuck read: the source ends, as at a stop, and the job says why (`stuck`).
+                self.stuck = stuck
+                return
             if frame is not None:
                 frame.seq = seq
                 seq += 1

@@ -24,7 +24,7 @@ import zmq
 
 from anonengine import messages
 from anonengine.engine.runtime import POLL_MS, Service, receive_waiting, send
-from anonengine.errors import AnonError, ConfigError
+from anonengine.errors import AnonError, ConfigError, StartAfresh
 from anonengine.paths import ROTATIONS
 from anonengine.shm import FrameRing, remove_orphaned_segments, segment_name
 from anonengine.sources import LiveFeed, is_live, source_of
@@ -201,7 +201,10 @@ class CaptureService(Service):
     def _next_frame(self):
         """The next frame; None while a live source has none; StopIteration at the end of a file."""
         if self.feed is not None:
-            return self.feed.get(timeout=POLL_MS / 1000)
+            frame = self.feed.get(timeout=POLL_MS / 1000)
+            if frame is None and (stuck := self.feed.stuck()) is not None:
+                raise StartAfresh(stuck)  # its connection freed as the process ends; the next sees the new stream
+            return frame
         return next(self.frames_iter)
 
     def _behind(self) -> bool:

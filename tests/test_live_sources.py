@@ -97,13 +97,15 @@ def server(gstreamer, long_clip):
     made.stop()
 
 
-def launch(tmp_path: Path, models_dir: Path, url: str, live: bool | None = None,
+def launch(tmp_path: Path, models_dir: Path, url: str, live: bool | None = None, sources: dict | None = None,
            **detector) -> tuple[subprocess.Popen, Path]:
     cfg = EngineConfig(cameras=[CameraConfig(name="door", source=url, output=str(tmp_path / "door.mp4"),
                                              metadata=str(tmp_path / "door.jsonl"), live=live)])
     cfg.anonymizer.detector.pose_model = str(models_dir / "yolo11n-pose.pt")
     for key, value in detector.items():
         setattr(cfg.anonymizer.detector, key, value)
+    for key, value in (sources or {}).items():
+        setattr(cfg.sources, key, value)
     # imgsz 640 (the default): at 320 the detector misses the smallest person of this 320x192 clip in most
     # frames, and a person never detected cannot be hidden (a detector limit, not the reconnection's).
     cfg.engine.run_dir, cfg.tap.endpoint = str(tmp_path / "run"), ""
@@ -406,11 +408,15 @@ def test_a_path_the_rtsp_server_does_not_serve_is_an_error_at_once_and_a_camera_
 # --- the feed's logic, on a fake source --------------------------------------------------------------
 
 
-def keyframes_apart_ts(path: Path, seconds: int, gop_s: int, fps: int = 25) -> Path:
-    """An MPEG-TS of H.264 with a keyframe every `gop_s` seconds (x264's default is 250 frames: 10 s at 25)."""
+def keyframes_apart_ts(path: Path, seconds: int, gop_s: int, fps: int = 25, stream_ids: tuple[int, int] | None = None
+                       ) -> Path:
+    """An MPEG-TS of H.264 with a keyframe every `gop_s` seconds (x264's default is 250 frames: 10 s at 25);
+    `stream_ids`: its video's PID and its program map's (FFmpeg's are 0x100 and 0x1000)."""
     import av
 
-    with av.open(str(path), "w", format="mpegts") as out:
+    options = {} if stream_ids is None else {"mpegts_start_pid": str(stream_ids[0]),
+                                             "mpegts_pmt_start_pid": str(stream_ids[1])}
+    with av.open(str(path), "w", format="mpegts", options=options) as out:
         stream = out.add_stream("libx264", rate=fps, options={"preset": "ultrafast", "g": str(gop_s * fps),
                                                              "keyint_min": str(gop_s * fps), "sc_threshold": "0"})
         stream.width, stream.height, stream.pix_fmt = 160, 96, "yuv420p"
@@ -486,6 +492,106 @@ def test_a_udp_sender_that_stops_is_said_to_have_sent_nothing_for_the_stall_time
         reader.close()
         stop.set()
         sender.join(5)
+
+
+def send_in_turn(streams: list[tuple[bytes, int]], port: int, stop) -> None:
+    """`send_over_udp` of each (MPEG-TS, its seconds) in turn, at real time: a sender restarted."""
+    for ts, seconds in streams:
+        send_over_udp(ts, seconds, port, 0, 1, stop)
+
+
+def test_a_udp_sender_restarted_with_other_stream_ids_is_stuck_and_said_so(tmp_path):
+    """A sender over UDP restarted with other MPEG-TS stream ids (another encoder): FFmpeg starts the new stream,
+    whose packets PyAV's read skips without a word, and as data keeps coming its read timeout never fires: the
+    camera gave no frame, for ever, and its connection was never tried again (a user's trial: 108 frames, then
+    nothing for as long as the sender sent). No picture for `stall_s` and STUCK_MARGIN_S more, the feed says it
+    is stuck (its reader then leaves; an engine's capture starts afresh)."""
+    import threading
+
+    from anonengine.sources import STUCK_MARGIN_S
+
+    first = keyframes_apart_ts(tmp_path / "a.ts", seconds=2, gop_s=1).read_bytes()
+    second = keyframes_apart_ts(tmp_path / "b.ts", seconds=12, gop_s=1, stream_ids=(0x200, 0x1200)).read_bytes()
+    port, stop = free_port(), threading.Event()
+    sender = threading.Thread(target=send_in_turn, args=([(first, 2), (second, 12)], port, stop), daemon=True)
+    sender.start()
+    feed = LiveFeed(classify(f"udp://127.0.0.1:{port}"), "door", SourcesConfig(stall_s=1.5)).start()
+    try:
+        assert feed.wait_connected(10)
+        frames, stuck, last_frame, deadline = 0, None, time.monotonic(), time.monotonic() + 15
+        while stuck is None and time.monotonic() < deadline:
+            if feed.get(0.1) is not None:
+                frames, last_frame = frames + 1, time.monotonic()
+            stuck = feed.stuck()
+        last_frame_ago = time.monotonic() - last_frame
+        assert frames >= 10 and feed.status.state is SourceState.RUNNING and feed.status.reconnects == 0
+        assert re.fullmatch(r"door: data comes from udp://127\.0\.0\.1:\d+, but no picture for \d+ s \(its sender "
+                            r"restarted with other stream ids\?\)", stuck or ""), stuck
+        assert 1.5 + STUCK_MARGIN_S < last_frame_ago < 1.5 + STUCK_MARGIN_S + 1
+    finally:
+        feed.stop()
+        stop.set()
+        sender.join(5)
+
+
+@pytest.mark.slow  # a live sender at its own pace, and the capture's new start
+def test_an_engines_capture_stuck_on_a_sender_restarted_with_other_stream_ids_starts_afresh(models_dir, tmp_path):
+    """The engine's side of the stuck feed: the capture exits, saying why in the launcher's restart line, and its
+    new start reads the sender's new stream; the camera's frames carry on in one recording, in time order."""
+    import threading
+
+    first = keyframes_apart_ts(tmp_path / "a.ts", seconds=6, gop_s=1).read_bytes()
+    second = keyframes_apart_ts(tmp_path / "b.ts", seconds=40, gop_s=1, stream_ids=(0x200, 0x1200)).read_bytes()
+    port, halt = free_port(), threading.Event()
+    proc, run_dir = launch(tmp_path, models_dir, f"udp://127.0.0.1:{port}", sources={"stall_s": 2})
+    sender = threading.Thread(target=send_in_turn, args=([(first, 6), (second, 40)], port, halt), daemon=True)
+    try:
+        assert wait_for(lambda: source_state(run_dir).get("state") == "connecting", 60, proc)  # listening
+        sender.start()
+        assert wait_for(lambda: records_so_far(tmp_path / "door.mp4") >= 25, 30, proc), "no frame of the first stream"
+        before = records_so_far(tmp_path / "door.mp4")
+        assert wait_for(lambda: records_so_far(tmp_path / "door.mp4") >= before + 50, 40, proc), \
+            "no frame of the sender's new stream"
+    finally:
+        halt.set()
+        stderr = stop(proc)
+        sender.join(5)
+    assert proc.returncode == 0, stderr
+    assert re.search(r"capture-door exited with 1 \(door: data comes from udp://127\.0\.0\.1:\d+, but no picture for "
+                     r"\d+ s \(its sender restarted with other stream ids\?\)\); restarting", stderr), stderr
+    times = [json.loads(line)["time"] for line in (tmp_path / "door.jsonl").read_text().splitlines()]
+    assert all(b > a for a, b in zip(times, times[1:])), "timestamps went back"
+
+
+@pytest.mark.slow  # a live sender at its own pace
+def test_an_inline_run_stuck_on_a_sender_restarted_with_other_stream_ids_keeps_its_frames_and_says_why(models_dir,
+                                                                                                     tmp_path):
+    """`--inline` reads in its own process, where the stuck read keeps a UDP source's port: the source ends there as
+    at a stop, its frames written, and the run says why."""
+    import threading
+
+    from anonengine.inline import run_inline
+
+    # 8 s of the first: the detector loads meanwhile (seconds, cold), the feed keeping `sources.buffer_s` of them
+    first = keyframes_apart_ts(tmp_path / "a.ts", seconds=8, gop_s=1).read_bytes()
+    second = keyframes_apart_ts(tmp_path / "b.ts", seconds=20, gop_s=1, stream_ids=(0x200, 0x1200)).read_bytes()
+    port, halt = free_port(), threading.Event()
+    cfg = EngineConfig(cameras=[CameraConfig(name="door", source=f"udp://127.0.0.1:{port}",
+                                             output=str(tmp_path / "door.mp4"))])
+    cfg.anonymizer.detector.pose_model = str(models_dir / "yolo11n-pose.pt")
+    cfg.sources.stall_s = 1.5
+    sender = threading.Thread(target=send_in_turn, args=([(first, 8), (second, 20)], port, halt), daemon=True)
+    sender.start()
+    try:
+        with pytest.raises(InputError, match=r"door: data comes from udp://127\.0\.0\.1:\d+, but no picture for \d+ s "
+                                             r"\(its sender restarted with other stream ids\?\): its (\d+) frames "
+                                             r"before are in .*door\.mp4$") as raised:
+            run_inline(cfg)
+    finally:
+        halt.set()
+        sender.join(5)
+    written = int(re.search(r"its (\d+) frames", str(raised.value)).group(1))
+    assert written >= 25 and sum(1 for _ in VideoReader(str(tmp_path / "door.mp4"))) == written
 
 
 def test_run_on_a_udp_stream_waits_for_one_keyframe_not_two(models_dir, tmp_path):

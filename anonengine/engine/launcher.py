@@ -757,14 +757,18 @@ class Launcher:
             child.restarted += 1
             self.restart_totals[child.stage] = self.restart_totals.get(child.stage, 0) + 1
             changed = self._code_changed()
+            error = self._error_file(child)  # why it left, where it said (`StartAfresh`)
+            reason = f" ({error.read_text()})" if error.is_file() else ""
+            error.unlink(missing_ok=True)
             if len(child.restarts) > self.cfg.engine.restart_limit:
-                self.failure = f"{child.name} died {len(child.restarts)} times within a minute (exit {code}){changed}"
+                self.failure = (f"{child.name} died {len(child.restarts)} times within a minute (exit {code})"
+                                f"{reason}{changed}")
                 return
             # The first restart is at once; deaths that follow in the minute wait 0.5 s, 1 s, 2 s... (at
             # most 10 s), so a stage that cannot start does not spin.
             delay = 0.0 if len(child.restarts) == 1 else min(RESTART_BACKOFF_MAX_S, 0.5 * 2 ** (len(child.restarts) - 2))
-            log.warning("%s exited with %s; restarting%s%s", child.name, code, f" in {delay:g} s" if delay else "",
-                        changed)
+            log.warning("%s exited with %s%s; restarting%s%s", child.name, code, reason,
+                        f" in {delay:g} s" if delay else "", changed)
             if delay:
                 child.restart_at = now + delay
             else:

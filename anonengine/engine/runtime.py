@@ -24,7 +24,7 @@ from anonengine.argparsing import OneLineParser, log_level_from_env, redact_logs
 from anonengine.config import AUTO_TAP, EngineConfig, TapConfig, load_yaml
 from anonengine.curve import CurveServer, curve_clients_folder
 from anonengine.engine.stagehost import exited
-from anonengine.errors import AnonError, OutputError
+from anonengine.errors import AnonError, OutputError, StartAfresh
 from anonengine.interrupts import INTERRUPTS, STOP_SIGNALS, Interrupted
 from anonengine.rundir import private_dir, run_dir_path
 
@@ -320,6 +320,15 @@ def service_args(argv: list[str] | None, extra=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def report_exit_reason(reason: str) -> None:
+    """Why a stage exits to be started again (`StartAfresh`): under the launcher, said in its restart's line."""
+    path = os.environ.get("ANONENGINE_ERROR_FILE")
+    if path:
+        Path(path).write_text(reason)
+    else:
+        print(f"anonengine: {reason}; exiting to be started afresh", file=sys.stderr)
+
+
 def report_user_error(message: str) -> None:
     """Under the launcher, the error goes to a file it reads and reports as its own one line."""
     path = os.environ.get("ANONENGINE_ERROR_FILE")
@@ -480,6 +489,9 @@ def run_service(factory, argv: list[str] | None = None, extra_args=None) -> int:
     except AnonError as exc:
         report_user_error(f"{service.stage}[{service.camera}]: {exc}")
         return 2
+    except StartAfresh as exc:
+        report_exit_reason(str(exc))
+        return 1
     except Exception:
         service.log.exception("crashed")
         return 1
