@@ -320,22 +320,18 @@ def service_args(argv: list[str] | None, extra=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def report_exit_reason(reason: str) -> None:
-    """Why a stage exits to be started again (`StartAfresh`): under the launcher, said in its restart's line."""
-    path = os.environ.get("ANONENGINE_ERROR_FILE")
-    if path:
-        Path(path).write_text(reason)
-    else:
-        print(f"anonengine: {reason}; exiting to be started afresh", file=sys.stderr)
-
-
-def report_user_error(message: str) -> None:
-    """Under the launcher, the error goes to a file it reads and reports as its own one line."""
+def report_exit(message: str, alone: str) -> None:
+    """Why the stage exits. Under the launcher, `message` goes to a file it reads and reports as its own one line
+    (a user's error, or a restart's reason: `StartAfresh`); a stage started by itself says `alone`."""
     path = os.environ.get("ANONENGINE_ERROR_FILE")
     if path:
         Path(path).write_text(message)
     else:
-        print(f"anonengine: error: {message}", file=sys.stderr)
+        print(alone, file=sys.stderr)
+
+
+def report_user_error(message: str) -> None:
+    report_exit(message, f"anonengine: error: {message}")
 
 
 def make_endpoints_dir(endpoints: Endpoints) -> None:
@@ -490,7 +486,7 @@ def run_service(factory, argv: list[str] | None = None, extra_args=None) -> int:
         report_user_error(f"{service.stage}[{service.camera}]: {exc}")
         return 2
     except StartAfresh as exc:
-        report_exit_reason(str(exc))
+        report_exit(str(exc), f"anonengine: {exc}; exiting to be started afresh")
         return 1
     except Exception:
         service.log.exception("crashed")
