@@ -38,7 +38,7 @@ OBSCURED_GREY = 128
 # clip: 26 of 141)
 SAME_SKELETON_OVERLAP = 0.8
 # Two confident boxes of one detection on one person (a second box, taller or cut short, NMS let through) each drew
-# a skeleton on them, one over the other (the street clip: 7 frames). Such a box lies within the other by
+# a skeleton on them, one over the other (the street clip: 6 frames). Such a box lies within the other by
 # SAME_SKELETON_OVERLAP of the smaller, and the joints both see are a median of at most SAME_SKELETON_SPREAD of the
 # smaller box's height apart (on that clip at most 0.095 for the same person, at least 0.28 for a person behind
 # another); at least MIN_SHARED_JOINTS of them.
@@ -354,7 +354,8 @@ def _moved_on(held: Detections, held_of: np.ndarray, reported: Detections) -> De
 def one_skeleton_a_person(boxes: np.ndarray, keypoints: np.ndarray, scores: np.ndarray, min_conf: float
                           ) -> np.ndarray:
     """Which of the skeletons of one detection to draw (indices, in order): of two on one person, the more
-    confident (SAME_SKELETON_SPREAD)."""
+    confident (SAME_SKELETON_SPREAD), whose joints agree with the other's where both see them; the model is surer
+    of it, though its box may see fewer (cut short at the hips, no legs)."""
     if len(boxes) < 2:
         return np.arange(len(boxes))
     overlaps, heights = overlap_of_smaller(boxes, boxes), boxes[:, 3] - boxes[:, 1]

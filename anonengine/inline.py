@@ -38,7 +38,8 @@ class CameraResult:
 
 def run_inline(cfg: EngineConfig, progress: bool = False, detect: DetectStage | None = None,
                on_frame: Callable[[], None] | None = None) -> list[CameraResult]:
-    """Anonymizes each camera of `cfg` in turn; raises AnonError on bad input, leaving no output.
+    """Anonymizes each camera of `cfg` in turn; raises AnonError on bad input, leaving no output (a live source
+    whose connection got stuck, `LiveFeed.stuck`, ends there: its frames are kept, and the error says so).
 
     `detect`: a set-up detect stage to reuse (several runs, one model load); else one is made.
     `on_frame`: called after each frame written (a batch's progress bar).
@@ -106,7 +107,8 @@ def _run_camera(cam: CameraConfig, cfg: EngineConfig, detect: DetectStage, progr
             result.output = encode.close(complete)
         result.interrupted_by = None if complete else stopped
         if capture.stuck is not None:
-            raise InputError(f"{capture.stuck}: its {result.frames} frames before are in {result.output}")
+            kept = f"its {result.frames} frames before are in {result.output}" if result.frames else "no frame before"
+            raise InputError(f"{capture.stuck}: {kept}")
     return result
 
 

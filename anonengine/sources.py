@@ -109,7 +109,9 @@ BUFFER_MEMORY = 256 * 2**20
 # A connection that runs, yet gave no picture for `stall_s` and this much more, is stuck: data keeps coming, so its
 # read timeout never fires, but none of it is a picture of its stream (a sender over UDP restarted with other
 # MPEG-TS stream ids: FFmpeg adds the new stream, whose packets PyAV's read skips without a word). Nothing
-# interrupts that read; the process reading it must start afresh (`LiveFeed.stuck`).
+# interrupts that read; the process reading it must start afresh (`LiveFeed.stuck`). A camera that sends a picture
+# less often than that (a time-lapse) needs a `stall_s` longer than its pictures' interval, as it did for its
+# stalls.
 STUCK_MARGIN_S = 5.0
 SEQUENCE_FPS = 25.0  # an image sequence's frame rate unless its camera's `fps` says
 PLAYLIST_FORMATS = frozenset({"hls", "dash"})  # FFmpeg's demuxers whose own file is a playlist, not the video
@@ -373,7 +375,7 @@ class LiveFeed:
         if silent <= self.cfg.stall_s + STUCK_MARGIN_S:
             return None
         return (f"{self.camera}: data comes from {self.source.spec}, but no picture for {silent:.0f} s (its sender "
-                "restarted with other stream ids?)")
+                "restarted with other stream ids? undecodable?)")
 
     def stop(self) -> None:
         self._stop.set()
@@ -435,8 +437,8 @@ class LiveFeed:
                 self.queue_size = max(MIN_BUFFER_FRAMES, min(math.ceil(min(float(self.info.rate), MAX_RATE)
                                                                        * self.cfg.buffer_s),
                                                              BUFFER_MEMORY // frame_bytes))
+        self._last_picture = self.status.connected_at = self.clock()  # before RUNNING: `stuck` reads them together
         self.status.state = SourceState.RUNNING
-        self.status.connected_at = self._last_picture = self.clock()
         self._connected.set()
         self._settled.set()
         anchor: tuple[float, float, float] | None = None  # (a frame's stream time, its time on the timeline, its wall)

@@ -26,6 +26,10 @@ from anonengine.locks import FileLock, LockBusy, output_lock_path
 from anonengine.paths import OUTPUT_CONTAINERS, partial_path, sequence_photo
 from anonengine.sources import Source, SourceKind, classify, fitted, unknown_protocol
 
+# The end of an MPEG-TS file is probed for a stream begun past its anonymized one (`_new_stream_follows`) as far as
+# this; such a stream goes on for this many packets at least.
+NEW_STREAM_PROBE_BYTES = 64 * 2**20
+NEW_STREAM_PACKETS = 3
 CUT_SHORT_TOLD = 5  # photos cut short named one by one; past this, counted
 log = logging.getLogger("anonengine.video")
 
@@ -376,15 +380,21 @@ class VideoReader:
 
     def _new_stream_follows(self, position: int) -> bool:
         """Whether a file goes on, past the anonymized stream's last packet (at byte `position`), with video of a
-        stream the container did not list when it was opened. Only MPEG-TS starts streams midway in a file; its
-        end is probed from that packet on, which reads little past the stream's end."""
+        stream the container did not list when it was opened. Of the formats FFmpeg reads as files, MPEG-TS is the
+        one whose streams begin anywhere (its programs are announced again and again, and may change). Its end is
+        probed from that packet on, as far as it goes (up to NEW_STREAM_PROBE_BYTES: an audio track may run on
+        for seconds, past what FFmpeg probes by default); a stream found there is new if it is video, unlisted,
+        and goes on for NEW_STREAM_PACKETS (a second program begun midway, which ends with this one, is not)."""
         if self.local_file is None or position < 0 or "mpegts" not in self.container.format.name:
             return False
-        listed = {stream.id for stream in self.container.streams}
+        listed = {stream.id for stream in self.container.streams.video}
         try:
-            with av.open(self.local_file, options={"skip_initial_bytes": str(position)}) as end:
+            probe = str(min(max(os.path.getsize(self.local_file) - position, 1), NEW_STREAM_PROBE_BYTES))
+            options = {"skip_initial_bytes": str(position), "probesize": probe, "analyzeduration": str(2**62)}
+            with av.open(self.local_file, format="mpegts", options=options) as end:
                 new = [stream for stream in end.streams.video if stream.id not in listed]
-                return bool(new) and any(packet.size for packet in end.demux(new[0]))
+                packets = (packet for packet in end.demux(new[0]) if packet.size) if new else iter(())
+                return sum(1 for _ in itertools.islice(packets, NEW_STREAM_PACKETS)) == NEW_STREAM_PACKETS
         except (av.FFmpegError, OSError, IndexError):
             return False
 

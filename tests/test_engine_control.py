@@ -609,6 +609,26 @@ def test_a_stage_restarted_after_the_code_changed_on_disk_says_so(tmp_path, laun
            "start it again" in caplog.text
 
 
+def test_a_stage_that_exits_to_start_afresh_says_why_in_its_restart_line_once(tmp_path, launchers, caplog):
+    """A capture stuck on a source (`StartAfresh`) says why in the launcher's restart line. The reason is its
+    process's alone: a camera that failed on an error, attached again, whose new capture then died, was not to
+    be told that error again."""
+    stuck = "cam: data comes from udp://127.0.0.1:5600, but no picture for 25 s"
+    fates = {1: (1, stuck), 2: (2, "capture[cam]: cannot open video udp://127.0.0.1:5600"), 3: (1, None)}
+    spawn = FakeSpawn(lambda name: fates.get(spawn.count(name), (None, None))[0] if name == "capture-cam" else None,
+                      lambda name: fates.get(spawn.count(name), (None, None))[1] if name == "capture-cam" else None)
+    launcher = fake_launcher(tmp_path, spawn)
+    launchers.append(launcher)
+    with caplog.at_level("WARNING", logger="anonengine.launcher"):
+        launcher._supervise()  # the first exits to start afresh; the second fails on the user's error
+        launcher._supervise()
+        assert "capture-cam" not in launcher.children
+        launcher.attach(launcher.cfg.cameras[0])  # its third dies without a word
+        launcher._supervise()
+    restarts = [r.getMessage() for r in caplog.records if "restarting" in r.getMessage()]
+    assert restarts == [f"capture-cam exited with 1 ({stuck}); restarting", "capture-cam exited with 1; restarting"]
+
+
 def test_restart_and_reconnect_counters_outlive_the_processes_that_counted_them(tmp_path, launchers):
     """A soak saw `anonengine_source_reconnects_total` go 5 -> 0 after its capture was killed and
     `anonengine_stage_restarts_total` 2 -> 1 after an attach: counted by processes that had gone."""

@@ -691,20 +691,28 @@ def test_damage_inside_an_mp4_is_said_as_a_ts_s_is(tmp_path, caplog):
     assert "damaged" not in caplog.text
 
 
-def joined_transport_streams(folder: Path) -> Path:
+def joined_transport_streams(folder: Path, sound_s: float = 0.0) -> Path:
     """Two MPEG-TS files joined (`cat`) whose streams have other PIDs, as an HLS discontinuity's: 60 frames,
-    then 10 of a stream that begins past what FFmpeg probes when it opens the file (2.4 s)."""
+    then 10 of a stream that begins past what FFmpeg probes when it opens the file (2.4 s); `sound_s`: the first
+    file's sound, as long (past its 2.4 s of video, a silence)."""
 
-    def segment(path: Path, pid: int, frames: int) -> bytes:
+    def segment(path: Path, pid: int, frames: int, sound_s: float = 0.0) -> bytes:
         with av.open(str(path), "w", format="mpegts", options={"mpegts_start_pid": str(pid),
                                                                  "mpegts_pmt_start_pid": str(pid + 0x1000)}) as out:
             stream = out.add_stream("libx264", rate=25)
             stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+            sound = out.add_stream("mp2", rate=48000) if sound_s else None  # every stream before the first packet
             mux_all(out, stream, [np.full((48, 64, 3), 50 + i % 7, np.uint8) for i in range(frames)])
+            if sound is not None:
+                for k in range(int(sound_s * 48000 / 1152)):
+                    samples = av.AudioFrame.from_ndarray(np.zeros((1, 1152), np.int16), format="s16", layout="mono")
+                    samples.sample_rate, samples.pts = 48000, k * 1152
+                    out.mux(sound.encode(samples))
+                out.mux(sound.encode(None))
         return path.read_bytes()
 
     joined = folder / "joined.ts"
-    joined.write_bytes(segment(folder / "a.ts", 0x100, 60) + segment(folder / "b.ts", 0x200, 10))
+    joined.write_bytes(segment(folder / "a.ts", 0x100, 60, sound_s) + segment(folder / "b.ts", 0x200, 10))
     return joined
 
 
@@ -738,12 +746,15 @@ def test_a_stream_begun_midway_is_refused_where_pyav_skips_it_without_failing(tm
                 yield from self.container.demux(*streams)
 
     monkeypatch.setattr("anonengine.video.open_source", lambda *args: QuietEnd(open_source(*args)))
-    reader = VideoReader(str(joined_transport_streams(tmp_path)))
-    with pytest.raises(InputError, match="past 2.36 s: a new stream begins there"):
-        for _ in reader:
-            pass
-    reader.close()
-    assert sum(1 for _ in VideoReader(str(tmp_path / "a.ts"))) == 60  # the first file alone reads to its end
+    # The first file's sound 10 s long, its last 7.6 s past its video's end: past what FFmpeg's look at the end
+    # would see by default (a review's case, read to the end without a word).
+    for sound_s in (0.0, 10.0):
+        reader = VideoReader(str(joined_transport_streams(tmp_path, sound_s)))
+        with pytest.raises(InputError, match="past 2.36 s: a new stream begins there"):
+            for _ in reader:
+                pass
+        reader.close()
+        assert sum(1 for _ in VideoReader(str(tmp_path / "a.ts"))) == 60  # the first file alone reads to its end
 
 
 @pytest.mark.skipif(shutil.which("ffmpeg") is None and not os.environ.get("CI"),

@@ -356,6 +356,8 @@ class Launcher:
         # Stages run in the launcher's folder, so relative paths (sources, outputs, run_dir, models) mean
         # what they mean to the user; services/ is found through PYTHONPATH, not a same-named local folder.
         pythonpath = os.pathsep.join(filter(None, (_project_root(), os.environ.get("PYTHONPATH"))))
+        # What an earlier process of that name said (a camera that failed, attached again) is not this one's.
+        self._error_file(child).unlink(missing_ok=True)
         env = {**os.environ, "ANONENGINE_INSTANCE": self.instance, "PYTHONUNBUFFERED": "1",
                "ANONENGINE_ERROR_FILE": str(self._error_file(child)), "PYTHONPATH": pythonpath,
                "ANONENGINE_OUTPUTS_LOCKED": "1",  # the launcher holds every output's lock for its encoders
