@@ -107,11 +107,23 @@ class SourceExtras:
         return (policy.audio == "keep" and self.has_audio) or bool(kept_tags(self.tags, policy.tags))
 
 
+def source_tags(container) -> dict[str, str]:
+    """A source's tags: its container's, and its video's timecode, which QuickTime keeps with the video (and its
+    `tmcd` track) rather than the file: left out without a word even with `--tags all` (a user's trial). Put
+    with the file's tags, an MP4 or MOV muxer writes it as the anonymized video's timecode again."""
+    tags = dict(container.metadata)
+    if container.streams.video and "timecode" not in tags:
+        timecode = main_video(container).metadata.get("timecode")
+        if timecode:
+            tags["timecode"] = timecode
+    return tags
+
+
 def probe(source: str | os.PathLike) -> SourceExtras:
     """The audio streams and tags of a file; InputError when it cannot be opened."""
     try:
         with av.open(str(source)) as container:
-            tags = dict(container.metadata)
+            tags = source_tags(container)
             audio = [stream.codec_context.name for stream in container.streams.audio]
             subtitles = [stream.codec_context.name for stream in container.streams.subtitles]
     except (av.FFmpegError, OSError) as exc:
@@ -243,7 +255,7 @@ def carry_over(video: Path, source: Path, output: Path, policy: CarryPolicy, wri
     try:
         with av.open(str(video)) as anonymized, av.open(str(source)) as original:
             keep_audio = list(original.streams.audio) if audio == "keep" else []
-            tags = kept_tags(dict(original.metadata), policy.tags)
+            tags = kept_tags(source_tags(original), policy.tags)
             container = container_format(output)
             # QuickTime's own keys (com.apple.quicktime.make, ...) are written only in the `mdta` form.
             options = {"movflags": "use_metadata_tags"} if tags and container in ("mp4", "mov") else {}

@@ -30,6 +30,7 @@ from anonengine.sources import Source, SourceKind, classify, fitted, unknown_pro
 # this; such a stream goes on for this many packets at least.
 NEW_STREAM_PROBE_BYTES = 64 * 2**20
 NEW_STREAM_PACKETS = 3
+TYPICAL_OVER_AVERAGE = 1.5  # `frame_rate`: a spacing's rate this far over the average tells of gaps
 CUT_SHORT_TOLD = 5  # photos cut short named one by one; past this, counted
 log = logging.getLogger("anonengine.video")
 
@@ -281,7 +282,7 @@ class VideoReader:
         if self._first is None:
             raise InputError(f"no decodable video frames in {self.source}")
         height, width = self._first.image.shape[:2]
-        rate = self.stream.average_rate or self.stream.guessed_rate or Fraction(25)
+        rate = frame_rate(self.stream)
         return StreamInfo(
             width=width,
             height=height,
@@ -1047,6 +1048,17 @@ class VideoWriter:
             pass
         self.partial.unlink(missing_ok=True)
         self.lock.release()
+
+
+def frame_rate(stream) -> Fraction:
+    """The rate a video's frames come at, where they come. FFmpeg's average counts the gaps: a recording paused
+    for an hour (a camera that records on motion) averaged 0.02 frames/s, and its output's last frame lasted
+    48 s, the rate's one frame. The rate of its frames' spacing (`guessed_rate`, FFmpeg's from the first
+    frames) is taken where it is more than TYPICAL_OVER_AVERAGE times the average."""
+    average, spacing = stream.average_rate, stream.guessed_rate
+    if spacing and (not average or spacing > TYPICAL_OVER_AVERAGE * average):
+        return Fraction(spacing)
+    return Fraction(average or Fraction(25))
 
 
 def copied_video_stream(out: av.container.OutputContainer, template, rate: Fraction | None = None):

@@ -200,3 +200,31 @@ def test_subtitles_left_out_are_said_by_a_run_and_a_batch(sources, anonengine_cl
     line = "subtitles left out (srt; their text may name people; the output has none)"
     assert single.returncode == 0 and f"anonengine: talk.mkv: {line}" in single.stderr, single.stderr
     assert batch.returncode == 0 and f"anonengine: talk.mkv: {line}" in batch.stderr, batch.stderr
+
+
+def test_a_quicktime_timecode_is_kept_as_the_videos_and_left_out_with_tags_none(sources, anonengine_cli, tmp_path):
+    """QuickTime keeps a timecode with the video (and its `tmcd` track), not with the file: it was left out without a
+    word, even with `--tags all` (a user's trial). It is kept as the anonymized video's, as `basic` keeps when the
+    recording was made."""
+    source = tmp_path / "timecoded.mov"
+    with av.open(str(sources["video"])) as inp, av.open(str(source), "w") as dst:
+        video = dst.add_stream("libx264", rate=24)
+        video.width, video.height, video.pix_fmt = 640, 360, "yuv420p"
+        video.metadata["timecode"] = "01:00:00:00"
+        for i, decoded in enumerate(inp.decode(video=0)):
+            frame = av.VideoFrame.from_ndarray(decoded.to_ndarray(format="bgr24"), format="bgr24")
+            frame.pts = i
+            dst.mux(video.encode(frame))
+        dst.mux(video.encode(None))
+
+    def timecodes(path: Path) -> list[str | None]:
+        with av.open(str(path)) as c:
+            return [s.metadata.get("timecode") for s in c.streams]
+
+    assert timecodes(source) == ["01:00:00:00", "01:00:00:00"]  # the video's, and its tmcd track's
+    for name, tags in (("out.mov", "basic"), ("out.mp4", "basic"), ("none.mov", "none")):
+        output = tmp_path / name
+        result = anonengine_cli("run", "--inline", "--video-source", source, "--output-video", output, "--tags", tags,
+                                *FAST)
+        assert result.returncode == 0, result.stderr
+        assert timecodes(output) == (["01:00:00:00", "01:00:00:00"] if tags == "basic" else [None]), name

@@ -691,6 +691,35 @@ def test_damage_inside_an_mp4_is_said_as_a_ts_s_is(tmp_path, caplog):
     assert "damaged" not in caplog.text
 
 
+def test_a_recording_paused_for_a_while_ends_with_its_last_frame_not_the_average_frames_length(anonengine_cli,
+                                                                                            tmp_path):
+    """A camera that records on motion: 25 frames, 10 s of nothing, 25 more. Its average rate (50 frames in 12 s)
+    was taken as its frame rate, and the output's last frame lasted a 4.2-frame/s frame; an hour's pause made a
+    3-s clip's copy 48 s too long (a user's trial). A frame lasts as its frames are spaced."""
+    source = tmp_path / "paused.mp4"
+    with av.open(str(source), "w") as out:
+        stream = out.add_stream("libx264", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        stream.codec_context.time_base = Fraction(1, 1000)
+        for i in range(50):
+            frame = av.VideoFrame.from_ndarray(np.full((48, 64, 3), 40 + 3 * i, np.uint8), format="bgr24")
+            frame.pts, frame.time_base = i * 40 + (10_000 if i >= 25 else 0), Fraction(1, 1000)
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode(None))
+
+    def seconds(path: Path) -> float:
+        with av.open(str(path)) as opened:
+            return opened.duration / av.time_base
+
+    assert abs(seconds(source) - 12.0) < 0.01
+    for mode in ([], ["--inline"]):
+        output = tmp_path / "out.mp4"
+        output.unlink(missing_ok=True)
+        result = anonengine_cli("run", *mode, "--video-source", source, "--output-video", output)
+        assert result.returncode == 0, result.stderr
+        assert abs(seconds(output) - 12.0) < 0.05, (mode, seconds(output))
+
+
 def joined_transport_streams(folder: Path, sound_s: float = 0.0) -> Path:
     """Two MPEG-TS files joined (`cat`) whose streams have other PIDs, as an HLS discontinuity's: 60 frames,
     then 10 of a stream that begins past what FFmpeg probes when it opens the file (2.4 s); `sound_s`: the first
