@@ -34,6 +34,7 @@ from anonengine.video import (
     far_from_square,
     refuse_unreplaceable,
     turn,
+    wide_tag_lost,
 )
 
 log = logging.getLogger(__name__)
@@ -208,6 +209,12 @@ class DetectStage(Stage):
                 for i, stored in zip(stretched, self.detector.detect([images[i] for i in stretched])):
                     # A person's two boxes differ (found stretched, one was cut short at the feet): both kept.
                     found[i] = found[i].adding(stored, same_iou=STRETCHED_SAME_IOU)
+            wide = [(i, aspect) for i, (image, shown_as) in enumerate(zip(images, aspects))
+                    if (aspect := wide_tag_lost(image.shape, shown_as)) is not None]
+            if wide:  # as 16:9 too, whose tag a copy lost
+                looks = [as_shown(images[i], aspect) for i, aspect in wide]
+                for (i, _), more in zip(wide, self.detector.detect(looks)):
+                    found[i] = found[i].adding(more.resized(images[i].shape[:2]), same_iou=STRETCHED_SAME_IOU)
             return self._turned(images, found, cameras or [None] * len(images))
         except Exception as exc:  # noqa: BLE001 - whatever broke, the frame must not go out raw
             if self.cfg.on_detector_error == "stop":

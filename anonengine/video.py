@@ -837,6 +837,19 @@ def far_from_square(pixel_aspect: Fraction) -> bool:
     return not Fraction(2, 3) <= pixel_aspect <= Fraction(3, 2)
 
 
+# Standard definition's 16:9 pixel aspects (PAL 576 lines, NTSC 480), by a frame's height.
+WIDE_SD_PIXEL_ASPECT = {576: Fraction(64, 45), 480: Fraction(32, 27)}
+
+
+def wide_tag_lost(shape: tuple[int, ...], pixel_aspect: Fraction) -> Fraction | None:
+    """The pixel aspect a standard-definition frame in square pixels (720 or 704 by 576 or 480) would have as 16:9
+    video, whose tag a copy lost (a DVD's or a capture card's); None for any other frame. Shown so, its persons
+    are 1.42 times as tall as they are, thinner than the detector finds: a walker was found in 6 of 75 frames (a
+    user's trial, the audit passing it); looked at as a 16:9 player shows it, in every one."""
+    h, w = shape[:2]
+    return WIDE_SD_PIXEL_ASPECT.get(h) if pixel_aspect == 1 and w in (704, 720) else None
+
+
 def turn(image: np.ndarray, degrees: int) -> np.ndarray:
     """`image` turned clockwise by 0, 90, 180 or 270 degrees."""
     return image if degrees == 0 else cv2.rotate(image, _ROTATE_CODE[degrees])
