@@ -37,7 +37,9 @@ ENCODERS = {"aac": "aac", "mp3": "libmp3lame", "opus": "libopus", "pcm_s16le": "
             "flac": "flac", "vorbis": "libvorbis"}
 SUFFIXES = (".mp4", ".mov", ".mkv", ".ts")
 # Pairs a user's trial met, which must stay refused whatever else FFmpeg comes to take.
-REFUSED = {("pcm_s16le", ".ts"), ("opus", ".mov")}
+REFUSED = {("pcm_s16le", ".ts"), ("opus", ".mov"), ("pcm_s16le", ".mp4")}
+# Pairs FFmpeg writes and reads back, refused for the players that do not read them (`audio._held`).
+FEW_PLAYERS = {("pcm_s16le", ".mp4")}
 
 
 @pytest.fixture(scope="module")
@@ -103,14 +105,15 @@ def test_the_check_agrees_with_a_real_remux(codec, suffix, sources, tmp_path, mo
         with pytest.raises(OutputError):
             carry_over(video, source, output, CarryPolicy("keep"))
         assert list(tmp_path.iterdir()) == []
-        # Without the check, FFmpeg refuses the pair or writes the audio as something no player plays.
+        # Without the check, FFmpeg refuses the pair or writes the audio as something no player plays, or as
+        # what few players read.
         monkeypatch.setattr(audio_module, "check_audio_fits", lambda *_: None)
         try:
             carry_over(video, source, output, CarryPolicy("keep"))
         except OutputError:
             assert not output.exists()
         else:
-            assert f"audio:{codec_id}" not in written_audio(output)
+            assert (f"audio:{codec_id}" not in written_audio(output)) == ((codec, suffix) not in FEW_PLAYERS)
 
 
 @pytest.mark.parametrize(("codec", "suffix"), sorted(REFUSED))
