@@ -382,22 +382,39 @@ class VideoReader:
     def _new_stream_follows(self, position: int) -> bool:
         """Whether a file goes on, past the anonymized stream's last packet (at byte `position`), with video of a
         stream the container did not list when it was opened. Of the formats FFmpeg reads as files, MPEG-TS is the
-        one whose streams begin anywhere (its programs are announced again and again, and may change). Its end is
-        probed from that packet on, as far as it goes (up to NEW_STREAM_PROBE_BYTES: an audio track may run on
-        for seconds, past what FFmpeg probes by default); a stream found there is new if it is video, unlisted,
-        and goes on for NEW_STREAM_PACKETS (a second program begun midway, which ends with this one, is not)."""
-        if self.local_file is None or position < 0 or "mpegts" not in self.container.format.name:
+        one whose streams begin anywhere (its programs are announced again and again, and may change), and an HLS
+        playlist's segments are MPEG-TS (`_playlist_stream_changes`)."""
+        if self.local_file is None:
             return False
-        listed = {stream.id for stream in self.container.streams.video}
+        if self.container.format.name == "hls":
+            return self._playlist_stream_changes()
+        if position < 0 or "mpegts" not in self.container.format.name:
+            return False
+        return _new_stream_in_end(self.local_file, position, {stream.id for stream in self.container.streams.video})
+
+    def _playlist_stream_changes(self) -> bool:
+        """Whether a local HLS playlist's video goes on in other MPEG-TS streams past a discontinuity (another
+        encoder's segments, joined in the playlist): its segment after each `#EXT-X-DISCONTINUITY` is probed
+        for video of stream ids its first segment has none of."""
+        folder, segments, after_break = Path(self.local_file).parent, [], False
         try:
-            probe = str(min(max(os.path.getsize(self.local_file) - position, 1), NEW_STREAM_PROBE_BYTES))
-            options = {"skip_initial_bytes": str(position), "probesize": probe, "analyzeduration": str(2**62)}
-            with av.open(self.local_file, format="mpegts", options=options) as end:
-                new = [stream for stream in end.streams.video if stream.id not in listed]
-                packets = (packet for packet in end.demux(new[0]) if packet.size) if new else iter(())
-                return sum(1 for _ in itertools.islice(packets, NEW_STREAM_PACKETS)) == NEW_STREAM_PACKETS
-        except (av.FFmpegError, OSError, IndexError):
+            lines = Path(self.local_file).read_text(errors="replace").splitlines()
+        except OSError:
             return False
+        for line in map(str.strip, lines):
+            if line.startswith("#EXT-X-DISCONTINUITY"):
+                after_break = True
+            elif line and not line.startswith("#"):
+                segments.append((folder / line, after_break))
+                after_break = False
+        if not any(after for _, after in segments) or segments[0][0].suffix.lower() == ".m3u8":
+            return False  # no discontinuity; or a playlist of playlists (variants), read by FFmpeg as one
+        try:
+            with av.open(str(segments[0][0])) as first:
+                listed = {stream.id for stream in first.streams.video}
+        except (av.FFmpegError, OSError):
+            return False
+        return any(_new_stream_in_end(str(segment), 0, listed) for segment, after in segments if after)
 
     def _decode(self) -> Iterator[DecodedImage]:
         decoded = damaged_count = corrupt = undecodable = 0
@@ -1061,6 +1078,22 @@ class VideoWriter:
             pass
         self.partial.unlink(missing_ok=True)
         self.lock.release()
+
+
+def _new_stream_in_end(path: str, position: int, listed: set[int]) -> bool:
+    """Whether an MPEG-TS file from byte `position` on holds video of a stream whose id is not `listed`, going on
+    for NEW_STREAM_PACKETS (a second program begun midway, which ends with the listed one, is not). Probed as far
+    as the file goes (up to NEW_STREAM_PROBE_BYTES: an audio track may run on for seconds past the video, past
+    what FFmpeg probes by default)."""
+    try:
+        probe = str(min(max(os.path.getsize(path) - position, 1), NEW_STREAM_PROBE_BYTES))
+        options = {"skip_initial_bytes": str(position), "probesize": probe, "analyzeduration": str(2**62)}
+        with av.open(path, format="mpegts", options=options) as end:
+            new = [stream for stream in end.streams.video if stream.id not in listed]
+            packets = (packet for packet in end.demux(new[0]) if packet.size) if new else iter(())
+            return sum(1 for _ in itertools.islice(packets, NEW_STREAM_PACKETS)) == NEW_STREAM_PACKETS
+    except (av.FFmpegError, OSError, IndexError):
+        return False
 
 
 def frame_rate(stream) -> Fraction:

@@ -775,6 +775,20 @@ def test_a_stream_begun_midway_is_refused_where_pyav_skips_it_without_failing(tm
                 yield from self.container.demux(*streams)
 
     monkeypatch.setattr("anonengine.video.open_source", lambda *args: QuietEnd(open_source(*args)))
+    # The two as an HLS playlist's segments, a discontinuity between them (another encoder's): the same.
+    joined_transport_streams(tmp_path)
+    segment = "#EXTINF:{},\n{}\n"
+    head = "#EXTM3U\n#EXT-X-VERSION:3\n#EXT-X-TARGETDURATION:3\n#EXT-X-MEDIA-SEQUENCE:0\n"
+    (tmp_path / "joined.m3u8").write_text(head + segment.format(2.4, "a.ts") + "#EXT-X-DISCONTINUITY\n"
+                                          + segment.format(0.4, "b.ts") + "#EXT-X-ENDLIST\n")
+    (tmp_path / "again.m3u8").write_text(head + segment.format(2.4, "a.ts") + "#EXT-X-DISCONTINUITY\n"
+                                         + segment.format(2.4, "a.ts") + "#EXT-X-ENDLIST\n")
+    reader = VideoReader(str(tmp_path / "joined.m3u8"))
+    with pytest.raises(InputError, match="past 2.36 s: a new stream begins there"):
+        for _ in reader:
+            pass
+    reader.close()
+    assert sum(1 for _ in VideoReader(str(tmp_path / "again.m3u8"))) == 120  # the same stream ids after it: read on
     # The first file's sound 10 s long, its last 7.6 s past its video's end: past what FFmpeg's look at the end
     # would see by default (a review's case, read to the end without a word).
     for sound_s in (0.0, 10.0):
