@@ -168,7 +168,7 @@ CONTAINER_NAMES = {"mp4": "MP4", "mov": "MOV", "matroska": "Matroska", "mpegts":
 TRIAL_PACKETS = 16  # packets of each audio stream remuxed to see whether a container holds it
 
 
-def _held(source: Path, stream_index: int, codec: str, container: str) -> str | None:
+def _cannot_hold(source: Path, stream_index: int, codec: str, container: str) -> str | None:
     """Why `container` cannot hold the source's audio stream `stream_index` (`codec`) as it is, for every player
     (None: it can). FFmpeg writes PCM into MP4 as `ipcm`, which it reads back right, but few players read at all,
     and FFmpeg before 6.1 (Debian 12's 5.1) reads 24-bit as 16: a camera's MOV kept into `.mp4` played as
@@ -235,11 +235,11 @@ def check_audio_fits(source: str | os.PathLike, output: str | os.PathLike) -> No
     except (av.FFmpegError, OSError):
         return
     for index, codec in streams:
-        reason = _held(source, index, codec, container)
+        reason = _cannot_hold(source, index, codec, container)
         if reason is None:
             continue
         suffix = {c: s for s, c in reversed(OUTPUT_CONTAINERS.items()) if s}  # each container's first: .mp4
-        holders = [suffix[f] for f in CONTAINER_NAMES if f != container and _held(source, index, codec, f) is None]
+        holders = [suffix[f] for f in CONTAINER_NAMES if f != container and _cannot_hold(source, index, codec, f) is None]
         can = f"{_or(holders)} can hold it" if holders else "no output container can hold it"
         raise OutputError(f"{CONTAINER_NAMES.get(container, container)} ({output.name}) cannot hold the {codec} audio "
                           f"of {source.name} unchanged ({reason}): {can}, or --audio drop leaves it out")

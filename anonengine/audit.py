@@ -32,7 +32,7 @@ from anonengine.errors import InputError, ModelError, first_line
 from anonengine.paths import ROTATIONS, is_photo
 from anonengine.sources import classify
 from anonengine.stages import SIDEWAYS_PERSON_CONF, TURNED_PERSON_CONF, brightened, closer_sizes, has_much_dark
-from anonengine.video import VideoReader, as_shown, far_from_square, turn, wide_tag_lost
+from anonengine.video import VideoReader, as_shown, other_looks, turn
 
 UNCHANGED_SHARE = 0.6
 # The pose model finds a whole person about this tall in its input and taller (measured on 720p street clips: 91
@@ -165,14 +165,11 @@ def audit(original: str, anonymized: str, pose_model: str = "yolo11n-pose.pt", c
                 finds += adversary_finds(model, shown, size, conf, device, augmented=False)
                 closest = size
         finds = [(box * to_stored, score, view) for box, score, view in finds]
-        if far_from_square(frame.pixel_aspect):  # as stored too, as the run looked at it
-            finds += adversary_finds(model, frame.image, imgsz, conf, device, augment)
-        wide = wide_tag_lost(frame.image.shape, frame.pixel_aspect)
-        if wide is not None:  # as 16:9 too, as the run looked at it
-            widened = as_shown(frame.image, wide)
-            to_frame = np.float32([frame.image.shape[1] / widened.shape[1], 1] * 2)
+        for aspect in other_looks(frame.image.shape, frame.pixel_aspect):  # as the run looked at it too
+            look = as_shown(frame.image, aspect)
+            to_frame = np.float32([frame.image.shape[1] / look.shape[1], frame.image.shape[0] / look.shape[0]] * 2)
             finds += [(box * to_frame, score, view)
-                      for box, score, view in adversary_finds(model, widened, imgsz, conf, device, augment)]
+                      for box, score, view in adversary_finds(model, look, imgsz, conf, device, augment)]
         for box, score, view in finds:
             find = {"box": [round(float(v), 1) for v in box], "score": round(float(score), 3)}
             if view != "frame":

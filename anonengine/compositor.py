@@ -15,7 +15,7 @@ import numpy as np
 
 from anonengine.background import BackgroundModel, View, blend_into
 from anonengine.config import AnonymizerConfig
-from anonengine.detections import COCO_SKELETON, Detections
+from anonengine.detections import COCO_SKELETON, Detections, overlap_of_smaller
 from anonengine.masks import Region, frame_diagonal, person_mask, soft_regions, zones_mask
 from anonengine.schedule import SAME_PERSON_IOU
 from anonengine.tracking import (
@@ -374,15 +374,6 @@ def _same_joints(a: np.ndarray, b: np.ndarray, min_conf: float, height: float) -
         return False
     apart = np.hypot(*(a[shared, :2] - b[shared, :2]).T)
     return float(np.median(apart)) <= SAME_SKELETON_SPREAD * height
-
-
-def overlap_of_smaller(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Pairwise area of intersection of xyxy boxes over the smaller one's, shape (len(a), len(b))."""
-    tl = np.maximum(a[:, None, :2], b[None, :, :2])
-    br = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = np.prod(np.clip(br - tl, 0, None), axis=2)
-    area_a, area_b = (np.prod(np.clip(x[:, 2:] - x[:, :2], 0, None), axis=1) for x in (a, b))
-    return inter / np.maximum(np.minimum(area_a[:, None], area_b[None, :]), 1e-9)
 
 
 def in_between(before: Detections, upcoming: tuple[int, Detections] | None, since: int) -> Detections:

@@ -204,14 +204,25 @@ class Detections:
         ]
 
 
-def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Pairwise IoU of xyxy boxes, shape (len(a), len(b))."""
+def _intersections(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Pairwise areas where xyxy boxes meet, shape (len(a), len(b))."""
     tl = np.maximum(a[:, None, :2], b[None, :, :2])
     br = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = np.prod(np.clip(br - tl, 0, None), axis=2)
+    return np.prod(np.clip(br - tl, 0, None), axis=2)
+
+
+def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Pairwise IoU of xyxy boxes, shape (len(a), len(b))."""
+    inter = _intersections(a, b)
     area_a = np.prod(a[:, 2:] - a[:, :2], axis=1)
     area_b = np.prod(b[:, 2:] - b[:, :2], axis=1)
     return inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-9)
+
+
+def overlap_of_smaller(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Pairwise area of intersection of xyxy boxes over the smaller one's, shape (len(a), len(b))."""
+    area_a, area_b = (np.prod(np.clip(x[:, 2:] - x[:, :2], 0, None), axis=1) for x in (a, b))
+    return _intersections(a, b) / np.maximum(np.minimum(area_a[:, None], area_b[None, :]), 1e-9)
 
 
 def box_covered(a: np.ndarray, by: np.ndarray) -> np.ndarray:

@@ -31,10 +31,9 @@ from anonengine.video import (
     VideoReader,
     VideoWriter,
     as_shown,
-    far_from_square,
+    other_looks,
     refuse_unreplaceable,
     turn,
-    wide_tag_lost,
 )
 
 log = logging.getLogger(__name__)
@@ -204,17 +203,15 @@ class DetectStage(Stage):
             if self.photos:
                 found = [self._closer(image, persons) for image, persons in zip(shown, found)]
             found = [d if seen is image else d.resized(image.shape[:2]) for d, seen, image in zip(found, shown, images)]
-            stretched = [i for i, aspect in enumerate(aspects) if far_from_square(aspect)]
-            if stretched:  # whichever of the two pictures shows persons as they are: both looked at
-                for i, stored in zip(stretched, self.detector.detect([images[i] for i in stretched])):
-                    # A person's two boxes differ (found stretched, one was cut short at the feet): both kept.
-                    found[i] = found[i].adding(stored, same_iou=STRETCHED_SAME_IOU)
-            wide = [(i, aspect) for i, (image, shown_as) in enumerate(zip(images, aspects))
-                    if (aspect := wide_tag_lost(image.shape, shown_as)) is not None]
-            if wide:  # as 16:9 too, whose tag a copy lost
-                looks = [as_shown(images[i], aspect) for i, aspect in wide]
-                for (i, _), more in zip(wide, self.detector.detect(looks)):
-                    found[i] = found[i].adding(more.resized(images[i].shape[:2]), same_iou=STRETCHED_SAME_IOU)
+            # Whichever picture shows persons as they are (stored or shown, far from square; 16:9, whose tag a copy
+            # lost): each looked at. A person's boxes from two looks differ (found stretched, one was cut short at the
+            # feet): both kept.
+            more = [(i, aspect) for i, (image, own) in enumerate(zip(images, aspects))
+                    for aspect in other_looks(image.shape, own)]
+            if more:
+                looks = [as_shown(images[i], aspect) for i, aspect in more]
+                for (i, _), persons in zip(more, self.detector.detect(looks)):
+                    found[i] = found[i].adding(persons.resized(images[i].shape[:2]), same_iou=STRETCHED_SAME_IOU)
             return self._turned(images, found, cameras or [None] * len(images))
         except Exception as exc:  # noqa: BLE001 - whatever broke, the frame must not go out raw
             if self.cfg.on_detector_error == "stop":

@@ -867,6 +867,14 @@ def wide_tag_lost(shape: tuple[int, ...], pixel_aspect: Fraction) -> Fraction | 
     return WIDE_SD_PIXEL_ASPECT.get(h) if pixel_aspect == 1 and w in (704, 720) else None
 
 
+def other_looks(shape: tuple[int, ...], pixel_aspect: Fraction) -> tuple[Fraction, ...]:
+    """The pixel aspects a frame is looked at with besides its own (`as_shown`), the persons of every look kept:
+    as stored too where its pixels are far from square (`far_from_square`), as 16:9 too where a standard-definition
+    frame's tag may have been lost (`wide_tag_lost`)."""
+    wide = wide_tag_lost(shape, pixel_aspect)
+    return ((Fraction(1),) if far_from_square(pixel_aspect) else ()) + ((wide,) if wide is not None else ())
+
+
 def turn(image: np.ndarray, degrees: int) -> np.ndarray:
     """`image` turned clockwise by 0, 90, 180 or 270 degrees."""
     return image if degrees == 0 else cv2.rotate(image, _ROTATE_CODE[degrees])

@@ -38,7 +38,7 @@ ENCODERS = {"aac": "aac", "mp3": "libmp3lame", "opus": "libopus", "pcm_s16le": "
 SUFFIXES = (".mp4", ".mov", ".mkv", ".ts")
 # Pairs a user's trial met, which must stay refused whatever else FFmpeg comes to take.
 REFUSED = {("pcm_s16le", ".ts"), ("opus", ".mov"), ("pcm_s16le", ".mp4")}
-# Pairs FFmpeg writes and reads back, refused for the players that do not read them (`audio._held`).
+# Pairs FFmpeg writes and reads back, refused for the players that do not read them (`audio._cannot_hold`).
 FEW_PLAYERS = {("pcm_s16le", ".mp4")}
 
 

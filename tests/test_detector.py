@@ -114,7 +114,7 @@ def test_a_16_9_picture_in_standard_definition_whose_tag_was_lost_is_looked_at_a
     """A 16:9 street stored at 720x576 in square pixels (a DVD's or a capture card's copy that lost its 64:45 tag):
     its persons 1.42 times as tall as they are. A user's trial: a walker found in 6 of 75 frames, shown in the
     others, the audit passing it. Looked at as a 16:9 player shows it too, the persons are found as in 16:9."""
-    from anonengine import stages
+    from anonengine import video
     from anonengine.sample import render_frames
 
     street = (("zidane", 0.95, (0.30, 0.50), (0.42, 0.50)), ("bus_left", 0.60, (0.05, 0.55), (0.85, 0.55)),
@@ -137,11 +137,11 @@ def test_a_16_9_picture_in_standard_definition_whose_tag_was_lost_is_looked_at_a
                 count += not ((across > 0.5 * (t[2] - t[0])) & (down > 0.5 * (t[3] - t[1]))).any()
         return count
 
-    assert stages.wide_tag_lost((576, 720, 3), Fraction(1)) == Fraction(64, 45)
-    assert stages.wide_tag_lost((576, 720, 3), Fraction(64, 45)) is None  # tagged: shown so already
-    assert stages.wide_tag_lost((360, 640, 3), Fraction(1)) is None
+    assert video.wide_tag_lost((576, 720, 3), Fraction(1)) == Fraction(64, 45)
+    assert video.wide_tag_lost((576, 720, 3), Fraction(64, 45)) is None  # tagged: shown so already
+    assert video.wide_tag_lost((360, 640, 3), Fraction(1)) is None
     with_look = missed()
-    monkeypatch.setattr(stages, "wide_tag_lost", lambda *_: None)
+    monkeypatch.setattr(video, "wide_tag_lost", lambda *_: None)
     without = missed()
     assert without >= 8 and with_look <= without / 2, (with_look, without)
 

@@ -745,9 +745,10 @@ class Launcher:
             # once the stages reading them let go (they drop the rings whose segment is gone).
             for name in made_by(self.instance, child.process.pid):
                 unlink(name)
+            error = self._error_file(child)  # what it said of why it left: a user's error, a restart's reason
+            said = error.read_text() if error.is_file() else None
             if code == USER_ERROR:
-                error = self._error_file(child)
-                message = error.read_text() if error.is_file() else f"{child.name} stopped on an error"
+                message = said if said is not None else f"{child.name} stopped on an error"
                 if child.stage == "capture" and not self.cfg.engine.exit_when_done:
                     self._camera_failed(child.camera, message)
                     del self.children[child.name]
@@ -759,9 +760,7 @@ class Launcher:
             child.restarted += 1
             self.restart_totals[child.stage] = self.restart_totals.get(child.stage, 0) + 1
             changed = self._code_changed()
-            error = self._error_file(child)  # why it left, where it said (`StartAfresh`)
-            reason = f" ({error.read_text()})" if error.is_file() else ""
-            error.unlink(missing_ok=True)
+            reason = f" ({said})" if said is not None else ""
             if len(child.restarts) > self.cfg.engine.restart_limit:
                 self.failure = (f"{child.name} died {len(child.restarts)} times within a minute (exit {code})"
                                 f"{reason}{changed}")
