@@ -441,7 +441,8 @@ class LiveFeed:
         self.status.state = SourceState.RUNNING
         self._connected.set()
         self._settled.set()
-        anchor: tuple[float, float, float] | None = None  # (a frame's stream time, its time on the timeline, its wall)
+        anchor: tuple[float, float] | None = None  # (a frame's stream time, its time on the timeline)
+        lag = 0.0  # the least wall clock less timeline time of the frames since the anchor: when a frame's moment came
         try:
             for frame in reader:
                 if self._stop.is_set():
@@ -459,12 +460,15 @@ class LiveFeed:
                     seconds = 0.0 if self._last_time is None else self._last_time + max(
                         now - self._last_wall, float(1 / self.info.rate))
                     frame.at_break = self._last_time is not None  # after an outage: anyone may be anywhere
-                    anchor = (frame.time, seconds, now)
+                    anchor, lag = (frame.time, seconds), now - seconds
                 self._put(self._conform(frame, seconds), now)
-                # When it came, by the stream's clock: the decoder's threads hold the last frames before a sender
-                # stops until the stall ends the connection (20 s), and that late a wall clock shortened the outage
-                # in the timeline by as much (a soak: 20 to 27 s of recorded time lost at each).
-                self._last_wall = min(now, anchor[2] + self._last_time - anchor[1])
+                # When it came, by the stream's clock and its least delay yet: the decoder's threads hold the last
+                # frames before a sender stops until the stall ends the connection (20 s), and that late a wall
+                # clock shortened the outage in the timeline by as much (a soak: 20 to 27 s of recorded time lost
+                # at each); a connection's first frame waits for FFmpeg's look at the stream, and the frames
+                # after it come in a burst: anchored at that first frame, a 3-s pause came out as 2.3 s.
+                lag = min(lag, now - self._last_time)
+                self._last_wall = self._last_time + lag
             return "the stream ended"
         except InputError as exc:
             return str(exc)

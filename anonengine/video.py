@@ -524,6 +524,11 @@ class VideoReader:
                     # the frames after keep their own times. (Taken for time starting again, every such frame
                     # pushed the rest a frame later: a 2-s clip of doubled timestamps came out 4 s long.)
                     pts = last_pts + 1 - restart
+                elif last_pts is not None and pts + restart <= last_pts and self.info.live:
+                    # A live sender restarted (UDP: no connection to lose): its time is left to go back, for the
+                    # feed takes it up from the wall clock (`LiveFeed._follows_on`). Rebased here to go on a frame
+                    # after the last, a sender's pause was lost from the output's time.
+                    at_break = True
                 elif last_pts is not None and pts + restart <= last_pts:
                     # Time starts again (MPEG-TS files joined, a camera's recorder restarted): what follows
                     # keeps its own pace, from a frame after the last; every stage and muxer needs time to go on.

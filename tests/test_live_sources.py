@@ -535,6 +535,42 @@ def test_a_udp_sender_restarted_with_other_stream_ids_is_stuck_and_said_so(tmp_p
         sender.join(5)
 
 
+def send_with_a_pause(ts: bytes, seconds: int, pause_s: float, port: int, stop) -> None:
+    """`send_over_udp` of `ts` at real time, then again after `pause_s`: a sender that paused and restarted its file."""
+    send_over_udp(ts, seconds, port, 0, 1, stop)
+    if not stop.wait(pause_s):
+        send_over_udp(ts, seconds, port, 0, 1, stop)
+
+
+def test_a_udp_senders_pause_shorter_than_the_stall_is_as_long_in_the_timeline(tmp_path):
+    """A UDP sender that pauses for less than `stall_s` and restarts its file (its clock from the start again): the
+    reader rebased the times that went back to go on a frame after the last, so the feed never saw the clock go
+    back, and the pause was lost from the output's time (a user's trial: 24 s of wall clock came out as 15.6 s,
+    every frame 1/12 s after the one before). The frames after the pause follow the last by the wall-clock time
+    since it, at a break."""
+    import threading
+
+    ts = keyframes_apart_ts(tmp_path / "a.ts", seconds=2, gop_s=1).read_bytes()
+    port, stop = free_port(), threading.Event()
+    sender = threading.Thread(target=send_with_a_pause, args=(ts, 2, 3.0, port, stop), daemon=True)
+    feed = LiveFeed(classify(f"udp://127.0.0.1:{port}"), "door", SourcesConfig(stall_s=6)).start()
+    time.sleep(0.5)  # its socket open before the first stream goes
+    sender.start()
+    try:
+        assert feed.wait_connected(10)
+        got = take(feed, 90, timeout=12)  # of 100 (the first frames wait for a keyframe)
+    finally:
+        feed.stop()
+        stop.set()
+        sender.join(5)
+    steps = np.diff([f.time for f in got])
+    assert len(got) == 90 and feed.status.reconnects == 0, (len(got), feed.status.reconnects)
+    gap = int(np.argmax(steps))
+    assert 2.5 < steps[gap] < 4.5, steps[gap]  # the 3-s pause, give or take the network and decoder's delays
+    assert got[gap + 1].at_break
+    np.testing.assert_allclose(np.delete(steps, gap), 1 / 25, atol=1e-6)
+
+
 @pytest.mark.slow  # a live sender at its own pace, and the capture's new start
 def test_an_engines_capture_stuck_on_a_sender_restarted_with_other_stream_ids_starts_afresh(models_dir, tmp_path):
     """The engine's side of the stuck feed: the capture exits, saying why in the launcher's restart line, and its
