@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import itertools
@@ -483,12 +484,11 @@ class VideoReader:
                     yield self._image(av_frame, stored_aspect)
                     decoded += 1
         except av.FFmpegError as exc:
-            try:  # what bwdif holds was decoded: it goes out before the failure is told
-                held_back = deinterlacer.flush()
-            except av.FFmpegError:
-                held_back = []
-            for av_frame in held_back:
+            # What the decoder's threads and bwdif hold was decoded: it goes out before the failure is told (a
+            # live sender that stopped: its last two frames were lost at the stall).
+            for av_frame in self._held_back(deinterlacer):
                 yield self._image(av_frame, stored_aspect)
+                decoded += 1
             raise InputError(f"cannot decode {self.source} at frame {decoded}{self._bad_photo(decoded)}: "
                              f"{_ffmpeg_reason(exc, timed_out=self.stalled)}{self._index_out_of_reach(decoded)}") from None
         if damaged is not None:
@@ -499,6 +499,16 @@ class VideoReader:
             log.warning("%s: %d damaged pictures in all, decoded as FFmpeg can", self.source, corrupt)
         if len(cut_short) > CUT_SHORT_TOLD:
             log.warning("%s: %d photos cut short in all, decoded as FFmpeg can", self.source, len(cut_short))
+
+    def _held_back(self, deinterlacer) -> list:
+        """The pictures the decoder and the deinterlacer hold, at a failure after which nothing more is read."""
+        held = []
+        with contextlib.suppress(av.FFmpegError):  # a decoder that cannot drain: what it holds is lost, as before
+            for picture in self.stream.codec_context.decode(None):
+                held += deinterlacer.take(picture)
+        with contextlib.suppress(av.FFmpegError):
+            held += deinterlacer.flush()
+        return held
 
     def __iter__(self) -> Iterator[Frame]:
         seq = 0

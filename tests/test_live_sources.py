@@ -475,23 +475,28 @@ def test_a_udp_stream_joined_between_two_keyframes_starts_at_the_next(tmp_path):
 
 def test_a_udp_sender_that_stops_is_said_to_have_sent_nothing_for_the_stall_time(tmp_path):
     """PyAV's timeout interrupts FFmpeg, which then says "Immediate exit requested": all an operator read of a
-    camera whose sender stopped (an overload trial's log: "cannot decode udp://...: Immediate exit requested")."""
+    camera whose sender stopped (an overload trial's log: "cannot decode udp://...: Immediate exit requested").
+    The frames the decoder holds at the stall go out before it is told."""
     import threading
 
     ts = keyframes_apart_ts(tmp_path / "short.ts", seconds=2, gop_s=1).read_bytes()
     port = free_port()
     stop = threading.Event()
-    sender = threading.Thread(target=send_over_udp, args=(ts, 2, port, 0, 2, stop), daemon=True)
+    # 1 s late: the reader's socket is open by then, and it misses nothing.
+    sender = threading.Timer(1.0, send_over_udp, args=(ts, 2, port, 0, 2, stop))
     sender.start()
     reader = VideoReader(f"udp://127.0.0.1:{port}", sources_cfg=SourcesConfig(stall_s=1.5))
+    frames = 0
     try:
-        with pytest.raises(InputError, match=r"cannot decode udp://127\.0\.0\.1:\d+ at frame \d+: nothing came for 1\.5 s"):
+        with pytest.raises(InputError, match=r"cannot decode udp://127\.0\.0\.1:\d+ at frame 50: nothing came for 1\.5 s"):
             for _ in reader:
-                pass
+                frames += 1
     finally:
         reader.close()
         stop.set()
         sender.join(5)
+    # Every frame sent, the decoder's threads' last two too: they were lost at the stall.
+    assert frames == 50
 
 
 def send_in_turn(streams: list[tuple[bytes, int]], port: int, stop) -> None:
