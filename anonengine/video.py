@@ -10,6 +10,8 @@ import logging
 import os
 import struct
 import time
+import urllib.parse
+import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from fractions import Fraction
@@ -24,7 +26,7 @@ from av.sidedata.sidedata import Type as SideDataType
 from anonengine.config import EncoderConfig, SourcesConfig
 from anonengine.errors import ConfigError, InputError, OutputError, SourceNotOpenable, UnknownProtocol
 from anonengine.locks import FileLock, LockBusy, output_lock_path
-from anonengine.paths import OUTPUT_CONTAINERS, partial_path, sequence_photo
+from anonengine.paths import OUTPUT_CONTAINERS, URL_SCHEME, partial_path, sequence_photo
 from anonengine.sources import Source, SourceKind, classify, fitted, unknown_protocol
 
 # The end of an MPEG-TS file is probed for a stream begun past its anonymized one (`_new_stream_follows`) as far as
@@ -254,8 +256,12 @@ class VideoReader:
         kind = kind or classify(source)
         self.rotate = kind.rotate
         self.numbers = kind.numbers  # an image sequence's photos' numbers: its frames
-        self.local_file = kind.url if kind.kind is SourceKind.FILE else None
         sources_cfg = sources_cfg or SourcesConfig()
+        # Where a recording is read again for what PyAV cannot tell while reading it (`_new_stream_follows`): its
+        # file, or its URL on a web server.
+        self.recording: Recorded | None = None
+        if kind.kind is SourceKind.FILE or (kind.kind is SourceKind.HTTP and not kind.live):
+            self.recording = Recorded(kind.url, sources_cfg)
         # What a read that waited for PyAV's timeout means: the stream stopped sending.
         self.stalled = f"nothing came for {sources_cfg.stall_s:g} s" if kind.live else None
         self.container = open_source(kind, sources_cfg)
@@ -381,41 +387,35 @@ class VideoReader:
             return
 
     def _new_stream_follows(self, position: int) -> bool:
-        """Whether a file goes on, past the anonymized stream's last packet (at byte `position`), with video of a
-        stream the container did not list when it was opened. Of the formats FFmpeg reads as files, MPEG-TS is the
-        one whose streams begin anywhere (its programs are announced again and again, and may change), and an HLS
-        playlist's segments are MPEG-TS (`_playlist_stream_changes`)."""
-        if self.local_file is None:
+        """Whether a recording goes on, past the anonymized stream's last packet (at byte `position`), with video of
+        a stream the container did not list when it was opened. Of the formats FFmpeg reads as files, MPEG-TS is
+        the one whose streams begin anywhere (its programs are announced again and again, and may change), and an
+        HLS playlist's segments are MPEG-TS (`_playlist_stream_changes`)."""
+        if self.recording is None:
             return False
         if self.container.format.name == "hls":
             return self._playlist_stream_changes()
         if position < 0 or "mpegts" not in self.container.format.name:
             return False
-        return _new_stream_in_end(self.local_file, position, {stream.id for stream in self.container.streams.video})
+        return self.recording.new_stream_in_end(position, {stream.id for stream in self.container.streams.video})
 
     def _playlist_stream_changes(self) -> bool:
-        """Whether a local HLS playlist's video goes on in other MPEG-TS streams past a discontinuity (another
-        encoder's segments, joined in the playlist): its segment after each `#EXT-X-DISCONTINUITY` is probed
-        for video of stream ids its first segment has none of."""
-        folder, segments, after_break = Path(self.local_file).parent, [], False
-        try:
-            lines = Path(self.local_file).read_text(errors="replace").splitlines()
-        except OSError:
-            return False
-        for line in map(str.strip, lines):
+        """Whether an HLS playlist's video goes on in other MPEG-TS streams past a discontinuity (another encoder's
+        segments, joined in the playlist): its segment after each `#EXT-X-DISCONTINUITY` is probed for video of
+        stream ids its first segment has none of."""
+        segments, after_break = [], False
+        for line in map(str.strip, self.recording.text().splitlines()):
             if line.startswith("#EXT-X-DISCONTINUITY"):
                 after_break = True
             elif line and not line.startswith("#"):
-                segments.append((folder / line, after_break))
+                segments.append((self.recording.beside(line), after_break))
                 after_break = False
-        if not any(after for _, after in segments) or segments[0][0].suffix.lower() == ".m3u8":
+        if not any(after for _, after in segments) or segments[0][0].location.lower().endswith(".m3u8"):
             return False  # no discontinuity; or a playlist of playlists (variants), read by FFmpeg as one
-        try:
-            with av.open(str(segments[0][0])) as first:
-                listed = {stream.id for stream in first.streams.video}
-        except (av.FFmpegError, OSError):
+        listed = segments[0][0].video_ids()
+        if listed is None:
             return False
-        return any(_new_stream_in_end(str(segment), 0, listed) for segment, after in segments if after)
+        return any(segment.new_stream_in_end(0, listed) for segment, after in segments if after)
 
     def _decode(self) -> Iterator[DecodedImage]:
         decoded = damaged_count = corrupt = undecodable = 0
@@ -1103,20 +1103,62 @@ class VideoWriter:
         self.lock.release()
 
 
-def _new_stream_in_end(path: str, position: int, listed: set[int]) -> bool:
-    """Whether an MPEG-TS file from byte `position` on holds video of a stream whose id is not `listed`, going on
-    for NEW_STREAM_PACKETS (a second program begun midway, which ends with the listed one, is not). Probed as far
-    as the file goes (up to NEW_STREAM_PROBE_BYTES: an audio track may run on for seconds past the video, past
-    what FFmpeg probes by default)."""
-    try:
-        probe = str(min(max(os.path.getsize(path) - position, 1), NEW_STREAM_PROBE_BYTES))
-        options = {"skip_initial_bytes": str(position), "probesize": probe, "analyzeduration": str(2**62)}
-        with av.open(path, format="mpegts", options=options) as end:
-            new = [stream for stream in end.streams.video if stream.id not in listed]
-            packets = (packet for packet in end.demux(new[0]) if packet.size) if new else iter(())
-            return sum(1 for _ in itertools.islice(packets, NEW_STREAM_PACKETS)) == NEW_STREAM_PACKETS
-    except (av.FFmpegError, OSError, IndexError):
-        return False
+@dataclass(frozen=True)
+class Recorded:
+    """A recording's file, or its URL on a web server (http, https), opened again apart from its reader."""
+
+    location: str
+    cfg: SourcesConfig
+
+    @property
+    def remote(self) -> bool:
+        return URL_SCHEME.match(self.location) is not None
+
+    def beside(self, name: str) -> Recorded:
+        """What a playlist names: a URL as it is, or relative to the playlist, as FFmpeg resolves it."""
+        if URL_SCHEME.match(name) or not self.remote:
+            return Recorded(name if URL_SCHEME.match(name) else str(Path(self.location).parent / name), self.cfg)
+        return Recorded(urllib.parse.urljoin(self.location, name), self.cfg)
+
+    def text(self) -> str:
+        """Its content as text ("" where it cannot be read)."""
+        try:
+            if not self.remote:
+                return Path(self.location).read_text(errors="replace")
+            with urllib.request.urlopen(self.location, timeout=self.cfg.connect_timeout_s) as answer:
+                return answer.read(NEW_STREAM_PROBE_BYTES).decode(errors="replace")
+        except (OSError, ValueError):
+            return ""
+
+    def open(self, fmt: str | None = None, options: dict[str, str] | None = None) -> av.container.InputContainer:
+        if not self.remote:
+            return av.open(self.location, format=fmt, options=options or {})
+        options = {"rw_timeout": str(int(self.cfg.stall_s * 1e6)), **(options or {})}
+        return av.open(self.location, format=fmt, options=options,
+                       timeout=(self.cfg.connect_timeout_s, self.cfg.stall_s))
+
+    def video_ids(self) -> set[int] | None:
+        try:
+            with self.open() as opened:
+                return {stream.id for stream in opened.streams.video}
+        except (av.FFmpegError, OSError):
+            return None
+
+    def new_stream_in_end(self, position: int, listed: set[int]) -> bool:
+        """Whether this MPEG-TS from byte `position` on holds video of a stream whose id is not `listed`, going on
+        for NEW_STREAM_PACKETS (a second program begun midway, which ends with the listed one, is not). Probed as
+        far as it goes (up to NEW_STREAM_PROBE_BYTES: an audio track may run on for seconds past the video, past
+        what FFmpeg probes by default). On a web server that serves no byte ranges, FFmpeg reads its way there."""
+        try:
+            size = NEW_STREAM_PROBE_BYTES if self.remote else os.path.getsize(self.location) - position
+            options = {"skip_initial_bytes": str(position), "analyzeduration": str(2**62),
+                       "probesize": str(min(max(size, 1), NEW_STREAM_PROBE_BYTES))}
+            with self.open("mpegts", options) as end:
+                new = [stream for stream in end.streams.video if stream.id not in listed]
+                packets = (packet for packet in end.demux(new[0]) if packet.size) if new else iter(())
+                return sum(1 for _ in itertools.islice(packets, NEW_STREAM_PACKETS)) == NEW_STREAM_PACKETS
+        except (av.FFmpegError, OSError, IndexError):
+            return False
 
 
 def frame_rate(stream) -> Fraction:

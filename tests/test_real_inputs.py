@@ -757,11 +757,33 @@ def test_mpeg_ts_files_joined_with_other_pids_are_refused_in_one_line(anonengine
         assert "Traceback" not in result.stderr and not (tmp_path / "out.mp4").exists()
 
 
-def test_a_stream_begun_midway_is_refused_where_pyav_skips_it_without_failing(tmp_path, monkeypatch):
+@contextlib.contextmanager
+def served(folder: Path):
+    """`folder` on Python's web server on 127.0.0.1 (which serves no byte ranges): its URL."""
+    import functools
+    import http.server
+    import threading
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(folder)))
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+
+
+@pytest.mark.parametrize("where", ["file", "web server"])
+def test_a_stream_begun_midway_is_refused_where_pyav_skips_it_without_failing(where, tmp_path, monkeypatch):
     """PyAV skips the packets of a stream its container did not list, and fails (IndexError) at the file's end
     only where a byte past its list of streams, read out of bounds, is not 0: on the CI machine it was 0 once, and
     the joined files' run wrote their first 60 frames and said nothing of the 10 after. Their reader is given
-    PyAV's quiet end here."""
+    PyAV's quiet end here. The same files and playlists on a web server: read again there (first 60 frames, then
+    nothing said, before)."""
 
     class QuietEnd:
         def __init__(self, container):
@@ -783,21 +805,23 @@ def test_a_stream_begun_midway_is_refused_where_pyav_skips_it_without_failing(tm
                                           + segment.format(0.4, "b.ts") + "#EXT-X-ENDLIST\n")
     (tmp_path / "again.m3u8").write_text(head + segment.format(2.4, "a.ts") + "#EXT-X-DISCONTINUITY\n"
                                          + segment.format(2.4, "a.ts") + "#EXT-X-ENDLIST\n")
-    reader = VideoReader(str(tmp_path / "joined.m3u8"))
-    with pytest.raises(InputError, match="past 2.36 s: a new stream begins there"):
-        for _ in reader:
-            pass
-    reader.close()
-    assert sum(1 for _ in VideoReader(str(tmp_path / "again.m3u8"))) == 120  # the same stream ids after it: read on
-    # The first file's sound 10 s long, its last 7.6 s past its video's end: past what FFmpeg's look at the end
-    # would see by default (a review's case, read to the end without a word).
-    for sound_s in (0.0, 10.0):
-        reader = VideoReader(str(joined_transport_streams(tmp_path, sound_s)))
+    with served(tmp_path) if where == "web server" else contextlib.nullcontext(str(tmp_path)) as folder:
+        reader = VideoReader(f"{folder}/joined.m3u8")
         with pytest.raises(InputError, match="past 2.36 s: a new stream begins there"):
             for _ in reader:
                 pass
         reader.close()
-        assert sum(1 for _ in VideoReader(str(tmp_path / "a.ts"))) == 60  # the first file alone reads to its end
+        assert sum(1 for _ in VideoReader(f"{folder}/again.m3u8")) == 120  # the same stream ids after it: read on
+        # The first file's sound 10 s long, its last 7.6 s past its video's end: past what FFmpeg's look at the end
+        # would see by default (a review's case, read to the end without a word).
+        for sound_s in (0.0, 10.0):
+            joined_transport_streams(tmp_path, sound_s)
+            reader = VideoReader(f"{folder}/joined.ts")
+            with pytest.raises(InputError, match="past 2.36 s: a new stream begins there"):
+                for _ in reader:
+                    pass
+            reader.close()
+            assert sum(1 for _ in VideoReader(f"{folder}/a.ts")) == 60  # the first file alone reads to its end
 
 
 @pytest.mark.skipif(shutil.which("ffmpeg") is None and not os.environ.get("CI"),
