@@ -278,6 +278,7 @@ def test_persons_in_a_dark_scene_are_looked_for_brightened(models_dir, anonengin
     assert report.leak_rate == 0, [(f.index, f.persons) for f in report.flagged]
 
 
+@pytest.mark.slow  # 34 s here: its darker twin (a dark scene) stays in the default run
 def test_persons_in_the_dark_beside_a_street_lamp_are_looked_for_brightened(models_dir, anonengine_cli, tmp_path):
     """A night team's street lamp (a glow at the top, the sides at a tenth of the light): the lamp lifts the mean
     luma to 71, over the 60 the first dark look switched on, while a person stood in the dark at the side, found at
@@ -479,7 +480,8 @@ def test_the_audit_takes_no_logo_for_a_person_upside_down_and_an_upside_down_pho
     assert turned.leak_rate == 0 and turned.upside_down == 0
 
 
-@pytest.mark.parametrize(("degrees", "said"), [(180, "upside down"), (90, "on their side")])
+@pytest.mark.parametrize(("degrees", "said"), [(180, "upside down"),
+                                               pytest.param(90, "on their side", marks=pytest.mark.slow)])  # 50 s
 def test_a_video_that_plays_upside_down_or_on_its_side_is_hidden_and_said(degrees, said, models_dir, anonengine_cli,
                                                                           tmp_path):
     """A video upside down (a camera mounted so, a phone's whose turn was lost) came out with every person the
