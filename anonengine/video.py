@@ -8,10 +8,10 @@ import functools
 import itertools
 import logging
 import os
+import statistics
 import struct
 import time
 import urllib.parse
-import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from fractions import Fraction
@@ -27,7 +27,7 @@ from anonengine.config import EncoderConfig, SourcesConfig
 from anonengine.errors import ConfigError, InputError, OutputError, SourceNotOpenable, UnknownProtocol
 from anonengine.locks import FileLock, LockBusy, output_lock_path
 from anonengine.paths import OUTPUT_CONTAINERS, URL_SCHEME, partial_path, sequence_photo
-from anonengine.sources import Source, SourceKind, classify, fitted, unknown_protocol
+from anonengine.sources import PLAYLIST_FORMATS, Source, SourceKind, classify, fitted, unknown_protocol
 
 # The end of an MPEG-TS file is probed for a stream begun past its anonymized one (`_new_stream_follows`) as far as
 # this; such a stream goes on for this many packets at least.
@@ -390,31 +390,43 @@ class VideoReader:
         """Whether a recording goes on, past the anonymized stream's last packet (at byte `position`), with video of
         a stream the container did not list when it was opened. Of the formats FFmpeg reads as files, MPEG-TS is
         the one whose streams begin anywhere (its programs are announced again and again, and may change), and an
-        HLS playlist's segments are MPEG-TS (`_playlist_stream_changes`)."""
+        HLS playlist's segments are MPEG-TS (`_playlist_stream_changes`). Where that cannot be read again, it is
+        said."""
         if self.recording is None:
             return False
-        if self.container.format.name == "hls":
-            return self._playlist_stream_changes()
-        if position < 0 or "mpegts" not in self.container.format.name:
+        try:
+            if self.container.format.name == "hls":
+                return self._playlist_stream_changes(self.recording)
+            if position < 0 or "mpegts" not in self.container.format.name:
+                return False
+            return self.recording.new_stream_in_end(position, {stream.id for stream in self.container.streams.video})
+        except Unreadable as exc:
+            log.warning("%s: not checked for a stream begun midway, which would be left out: %s cannot be read "
+                        "again", self.source, exc)
             return False
-        return self.recording.new_stream_in_end(position, {stream.id for stream in self.container.streams.video})
 
-    def _playlist_stream_changes(self) -> bool:
+    def _playlist_stream_changes(self, playlist: Recorded, variants: bool = True) -> bool:
         """Whether an HLS playlist's video goes on in other MPEG-TS streams past a discontinuity (another encoder's
         segments, joined in the playlist): its segment after each `#EXT-X-DISCONTINUITY` is probed for video of
-        stream ids its first segment has none of."""
-        segments, after_break = [], False
-        for line in map(str.strip, self.recording.text().splitlines()):
+        stream ids its first segment has none of. A playlist of playlists (one for each bit rate, as a web server's
+        usually is; FFmpeg reads them as one) has each of them checked."""
+        segments, named, after_break, variant_next = [], [], False, False
+        for line in map(str.strip, playlist.text().splitlines()):
             if line.startswith("#EXT-X-DISCONTINUITY"):
                 after_break = True
+            elif line.startswith("#EXT-X-STREAM-INF"):
+                variant_next = True
             elif line and not line.startswith("#"):
-                segments.append((self.recording.beside(line), after_break))
-                after_break = False
-        if not any(after for _, after in segments) or segments[0][0].location.lower().endswith(".m3u8"):
-            return False  # no discontinuity; or a playlist of playlists (variants), read by FFmpeg as one
-        listed = segments[0][0].video_ids()
-        if listed is None:
+                if variant_next:
+                    named.append(playlist.beside(line))
+                else:
+                    segments.append((playlist.beside(line), after_break))
+                after_break = variant_next = False
+        if named:
+            return variants and any(self._playlist_stream_changes(each, variants=False) for each in named)
+        if not any(after for _, after in segments):
             return False
+        listed = segments[0][0].video_ids()
         return any(segment.new_stream_in_end(0, listed) for segment, after in segments if after)
 
     def _decode(self) -> Iterator[DecodedImage]:
@@ -484,9 +496,10 @@ class VideoReader:
                     yield self._image(av_frame, stored_aspect)
                     decoded += 1
         except av.FFmpegError as exc:
-            # What the decoder's threads and bwdif hold was decoded: it goes out before the failure is told (a
-            # live sender that stopped: its last two frames were lost at the stall).
-            for av_frame in self._held_back(deinterlacer):
+            # What a live source's decoder threads and bwdif hold was decoded: it goes out before the failure is
+            # told (a sender that stopped: its last two frames were lost at the stall). A file's output is given up
+            # at a failure, and its decoder may hold pictures from after the failed one.
+            for av_frame in self._held_back(deinterlacer) if self.live else self._flushed(deinterlacer):
                 yield self._image(av_frame, stored_aspect)
                 decoded += 1
             raise InputError(f"cannot decode {self.source} at frame {decoded}{self._bad_photo(decoded)}: "
@@ -500,15 +513,26 @@ class VideoReader:
         if len(cut_short) > CUT_SHORT_TOLD:
             log.warning("%s: %d photos cut short in all, decoded as FFmpeg can", self.source, len(cut_short))
 
+    @property
+    def live_paced(self) -> bool:
+        """A live source whose frames come as they are filmed, so that their arrival tells their time; not a live
+        playlist's (HLS, DASH), which come a segment at a time."""
+        return self.info.live and self.container.format.name not in PLAYLIST_FORMATS
+
     def _held_back(self, deinterlacer) -> list:
         """The pictures the decoder and the deinterlacer hold, at a failure after which nothing more is read."""
         held = []
         with contextlib.suppress(av.FFmpegError):  # a decoder that cannot drain: what it holds is lost, as before
             for picture in self.stream.codec_context.decode(None):
                 held += deinterlacer.take(picture)
+        return held + self._flushed(deinterlacer)
+
+    @staticmethod
+    def _flushed(deinterlacer) -> list:
+        """What the deinterlacer holds, at a failure."""
         with contextlib.suppress(av.FFmpegError):
-            held += deinterlacer.flush()
-        return held
+            return deinterlacer.flush()
+        return []
 
     def __iter__(self) -> Iterator[Frame]:
         seq = 0
@@ -534,7 +558,7 @@ class VideoReader:
                     # the frames after keep their own times. (Taken for time starting again, every such frame
                     # pushed the rest a frame later: a 2-s clip of doubled timestamps came out 4 s long.)
                     pts = last_pts + 1 - restart
-                elif last_pts is not None and pts + restart <= last_pts and self.info.live:
+                elif last_pts is not None and pts + restart <= last_pts and self.live_paced:
                     # A live sender restarted (UDP: no connection to lose): its time is left to go back, for the
                     # feed takes it up from the wall clock (`LiveFeed._follows_on`). Rebased here to go on a frame
                     # after the last, a sender's pause was lost from the output's time.
@@ -583,12 +607,30 @@ class VideoReader:
                 f"{self.source} is truncated: {seq} of {self.info.frames} frames could be decoded"
                 f"{self._bad_photo(seq)}"
             )
+        if not self.info.live and self.recording is not None and self.container.format.name == "hls":
+            self._whole_playlist_read(seq)
         declared = None if self.info.live or self.info.frames or restart else self._declared_end()
         if declared is not None and last_pts is not None:
             ends = float((last_pts + frame_ticks) * self.info.time_base)
             if ends < declared - max(TRUNCATED_SLACK_S, 2 * frame_ticks * self.info.time_base):
                 raise InputError(f"{self.source} is truncated: its frames end at {ends:.2f} s of the "
                                  f"{declared:.2f} s it declares")
+
+    def _whole_playlist_read(self, frames: int) -> None:
+        """Raises InputError where a playlist's frames fall short of its segments' durations: FFmpeg skips a segment
+        it cannot read with a warning alone (a web server's 404, a file gone), and 60 frames of 180 were lost
+        without a word (a review's trial). Short by half a segment (the median's) and 3 frames at least."""
+        try:
+            durations = _segment_durations(self.recording)
+        except Unreadable as exc:
+            log.warning("%s: not checked for segments left out: %s cannot be read again", self.source, exc)
+            return
+        if not durations:
+            return
+        listed, decoded = sum(durations), frames / float(self.info.rate)
+        if listed - decoded > max(3 / float(self.info.rate), 0.5 * statistics.median(durations)):
+            raise InputError(f"{self.source} is incomplete: its frames last {decoded:.2f} s of the {listed:.2f} s its "
+                             "segments do (one missing, or unreadable?)")
 
     def _declared_end(self) -> float | None:
         """When the video ends as a Matroska file's header states it (its `DURATION` tag, which FFmpeg's and
@@ -1103,9 +1145,33 @@ class VideoWriter:
         self.lock.release()
 
 
+def _segment_durations(playlist: Recorded) -> list[float]:
+    """The durations (`#EXTINF`) of an HLS playlist's segments, or of its first variant's (a playlist of playlists);
+    none for a playlist that may go on (no `#EXT-X-ENDLIST`)."""
+    text = playlist.text()
+    if "#EXT-X-ENDLIST" not in text and "#EXT-X-STREAM-INF" not in text:
+        return []
+    durations, variant_next = [], False
+    for line in map(str.strip, text.splitlines()):
+        if line.startswith("#EXT-X-STREAM-INF"):
+            variant_next = True
+        elif line.startswith("#EXTINF:"):
+            with contextlib.suppress(ValueError):
+                durations.append(float(line[len("#EXTINF:"):].split(",")[0]))
+        elif line and not line.startswith("#") and variant_next:
+            return _segment_durations(playlist.beside(line))
+    return durations
+
+
+class Unreadable(Exception):
+    """A recording read again apart from its reader (`Recorded`) could not be: why."""
+
+
 @dataclass(frozen=True)
 class Recorded:
-    """A recording's file, or its URL on a web server (http, https), opened again apart from its reader."""
+    """A recording's file, or its URL on a web server (http, https), read again apart from its reader, as FFmpeg
+    reads it (a server's self-signed certificate, credentials in the URL: Python's own client refused both, and
+    the check was skipped without a word)."""
 
     location: str
     cfg: SourcesConfig
@@ -1121,28 +1187,37 @@ class Recorded:
         return Recorded(urllib.parse.urljoin(self.location, name), self.cfg)
 
     def text(self) -> str:
-        """Its content as text ("" where it cannot be read)."""
+        """Its content (a playlist) as text, up to NEW_STREAM_PROBE_BYTES."""
         try:
             if not self.remote:
                 return Path(self.location).read_text(errors="replace")
-            with urllib.request.urlopen(self.location, timeout=self.cfg.connect_timeout_s) as answer:
-                return answer.read(NEW_STREAM_PROBE_BYTES).decode(errors="replace")
-        except (OSError, ValueError):
-            return ""
+            with self.open("data") as data:
+                kept, size = [], 0
+                for packet in data.demux():
+                    kept.append(bytes(packet))
+                    size += packet.size
+                    if size >= NEW_STREAM_PROBE_BYTES:
+                        break
+                return b"".join(kept).decode(errors="replace")
+        except (av.FFmpegError, OSError) as exc:
+            raise Unreadable(f"{self.location}: {_ffmpeg_reason(exc) if isinstance(exc, av.FFmpegError) else exc}"
+                             ) from None
 
     def open(self, fmt: str | None = None, options: dict[str, str] | None = None) -> av.container.InputContainer:
         if not self.remote:
             return av.open(self.location, format=fmt, options=options or {})
-        options = {"rw_timeout": str(int(self.cfg.stall_s * 1e6)), **(options or {})}
-        return av.open(self.location, format=fmt, options=options,
-                       timeout=(self.cfg.connect_timeout_s, self.cfg.stall_s))
+        # No limit on the whole open, only on a stalled read: a web server without byte ranges is read from the
+        # start up to a probe's place, which on a slow link outlasts any such limit (PyAV's stopped it without an
+        # error, the probe listing only the streams it had seen).
+        return av.open(self.location, format=fmt, options={"rw_timeout": str(int(self.cfg.stall_s * 1e6)),
+                                                           **(options or {})})
 
-    def video_ids(self) -> set[int] | None:
+    def video_ids(self) -> set[int]:
         try:
             with self.open() as opened:
                 return {stream.id for stream in opened.streams.video}
-        except (av.FFmpegError, OSError):
-            return None
+        except (av.FFmpegError, OSError) as exc:
+            raise Unreadable(f"{self.location}: {exc}") from None
 
     def new_stream_in_end(self, position: int, listed: set[int]) -> bool:
         """Whether this MPEG-TS from byte `position` on holds video of a stream whose id is not `listed`, going on
@@ -1157,8 +1232,10 @@ class Recorded:
                 new = [stream for stream in end.streams.video if stream.id not in listed]
                 packets = (packet for packet in end.demux(new[0]) if packet.size) if new else iter(())
                 return sum(1 for _ in itertools.islice(packets, NEW_STREAM_PACKETS)) == NEW_STREAM_PACKETS
-        except (av.FFmpegError, OSError, IndexError):
+        except IndexError:
             return False
+        except (av.FFmpegError, OSError) as exc:
+            raise Unreadable(f"{self.location}: {exc}") from None
 
 
 def frame_rate(stream) -> Fraction:

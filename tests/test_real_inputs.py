@@ -758,13 +758,23 @@ def test_mpeg_ts_files_joined_with_other_pids_are_refused_in_one_line(anonengine
 
 
 @contextlib.contextmanager
-def served(folder: Path):
-    """`folder` on Python's web server on 127.0.0.1 (which serves no byte ranges): its URL."""
+def served(folder: Path, credentials: str | None = None):
+    """`folder` on Python's web server on 127.0.0.1 (which serves no byte ranges): its URL. `credentials`
+    ("user:password"): asked for (HTTP basic authentication), and named in the URL."""
+    import base64
     import functools
     import http.server
     import threading
 
     class Quiet(http.server.SimpleHTTPRequestHandler):
+        def do_GET(self):
+            if credentials and self.headers.get("Authorization") != f"Basic {base64.b64encode(credentials.encode()).decode()}":
+                self.send_response(401)
+                self.send_header("WWW-Authenticate", 'Basic realm="recordings"')
+                self.end_headers()
+                return None
+            return super().do_GET()
+
         def log_message(self, *args):
             pass
 
@@ -772,7 +782,7 @@ def served(folder: Path):
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
+        yield f"http://{credentials + '@' if credentials else ''}127.0.0.1:{server.server_address[1]}"
     finally:
         server.shutdown()
 
@@ -782,7 +792,9 @@ def test_a_stream_begun_midway_is_refused_where_pyav_skips_it_without_failing(wh
     """PyAV skips the packets of a stream its container did not list, and fails (IndexError) at the file's end
     only where a byte past its list of streams, read out of bounds, is not 0: on the CI machine it was 0 once, and
     the joined files' run wrote their first 60 frames and said nothing of the 10 after. Their reader is given
-    PyAV's quiet end here. The same files and playlists on a web server: read again there (first 60 frames, then
+    PyAV's quiet end here. The same files and playlists on a web server that asks for the credentials in the URL
+    (Python's own client, which does not take them, had the check skipped), and through a playlist of playlists
+    (a web server's usual, which was not looked into): read again there as FFmpeg reads them (the first 60 frames,
     nothing said, before)."""
 
     class QuietEnd:
@@ -805,12 +817,16 @@ def test_a_stream_begun_midway_is_refused_where_pyav_skips_it_without_failing(wh
                                           + segment.format(0.4, "b.ts") + "#EXT-X-ENDLIST\n")
     (tmp_path / "again.m3u8").write_text(head + segment.format(2.4, "a.ts") + "#EXT-X-DISCONTINUITY\n"
                                          + segment.format(2.4, "a.ts") + "#EXT-X-ENDLIST\n")
-    with served(tmp_path) if where == "web server" else contextlib.nullcontext(str(tmp_path)) as folder:
-        reader = VideoReader(f"{folder}/joined.m3u8")
-        with pytest.raises(InputError, match="past 2.36 s: a new stream begins there"):
-            for _ in reader:
-                pass
-        reader.close()
+    (tmp_path / "master.m3u8").write_text("#EXTM3U\n#EXT-X-STREAM-INF:BANDWIDTH=200000,RESOLUTION=64x48\n"
+                                          "joined.m3u8\n")
+    with served(tmp_path, "viewer:secret") if where == "web server" else contextlib.nullcontext(str(tmp_path)) \
+            as folder:
+        for playlist in ("joined.m3u8", "master.m3u8"):
+            reader = VideoReader(f"{folder}/{playlist}")
+            with pytest.raises(InputError, match="past 2.36 s: a new stream begins there"):
+                for _ in reader:
+                    pass
+            reader.close()
         assert sum(1 for _ in VideoReader(f"{folder}/again.m3u8")) == 120  # the same stream ids after it: read on
         # The first file's sound 10 s long, its last 7.6 s past its video's end: past what FFmpeg's look at the end
         # would see by default (a review's case, read to the end without a word).
@@ -822,6 +838,46 @@ def test_a_stream_begun_midway_is_refused_where_pyav_skips_it_without_failing(wh
                     pass
             reader.close()
             assert sum(1 for _ in VideoReader(f"{folder}/a.ts")) == 60  # the first file alone reads to its end
+
+
+def test_a_live_playlists_time_going_back_at_a_discontinuity_goes_on_without_a_gap(tmp_path):
+    """A live HLS playlist comes a segment at a time, so its frames' arrival tells nothing of their time: where its
+    time goes back (an encoder restarted, an ad), the reader keeps it going on a frame after the last, as for a file.
+    (A live sender's own pace is taken up by the feed from the wall clock instead: a whole segment's wait came out
+    as a gap in the output's time.)"""
+    joined_transport_streams(tmp_path)
+    segment = "#EXTINF:2.4,\n{}\n"
+    (tmp_path / "live.m3u8").write_text("#EXTM3U\n#EXT-X-VERSION:3\n#EXT-X-TARGETDURATION:3\n#EXT-X-MEDIA-SEQUENCE:0\n"
+                                        + segment.format("a.ts") + "#EXT-X-DISCONTINUITY\n" + segment.format("a.ts"))
+    with served(tmp_path) as url:
+        reader = VideoReader(f"{url}/live.m3u8", kind=classify(f"{url}/live.m3u8", stream=True))
+        frames = [frame for _, frame in zip(range(100), reader)]
+        reader.close()
+    assert len(frames) == 100 and reader.info.live
+    np.testing.assert_allclose(np.diff([frame.time for frame in frames]), 1 / 25, atol=1e-4)
+    assert frames[60].at_break
+
+
+@pytest.mark.parametrize("where", ["file", "web server"])
+def test_a_playlist_whose_segment_cannot_be_read_is_refused_in_one_line(where, tmp_path):
+    """FFmpeg skips a playlist's segment it cannot read (a web server's 404, a file gone) with a warning alone: 120
+    frames of 180 came out, nothing said (a review's trial). The frames are counted against the segments'
+    durations."""
+    joined_transport_streams(tmp_path)
+    segment = "#EXTINF:2.4,\n{}\n"
+    head = "#EXTM3U\n#EXT-X-VERSION:3\n#EXT-X-TARGETDURATION:3\n#EXT-X-MEDIA-SEQUENCE:0\n"
+    (tmp_path / "gap.m3u8").write_text(head + segment.format("a.ts") + segment.format("gone.ts")
+                                       + segment.format("a.ts") + "#EXT-X-ENDLIST\n")
+    (tmp_path / "whole.m3u8").write_text(head + segment.format("a.ts") * 3 + "#EXT-X-ENDLIST\n")
+    with served(tmp_path) if where == "web server" else contextlib.nullcontext(str(tmp_path)) as folder:
+        reader, frames = VideoReader(f"{folder}/gap.m3u8"), 0
+        with pytest.raises(InputError, match=r"gap\.m3u8 is incomplete: its frames last 4\.80 s of the 7\.20 s its "
+                                             r"segments do \(one missing, or unreadable\?\)"):
+            for _ in reader:
+                frames += 1
+        reader.close()
+        assert frames == 120
+        assert sum(1 for _ in VideoReader(f"{folder}/whole.m3u8")) == 180
 
 
 @pytest.mark.skipif(shutil.which("ffmpeg") is None and not os.environ.get("CI"),
