@@ -401,8 +401,7 @@ class VideoReader:
                 return False
             return self.recording.new_stream_in_end(position, {stream.id for stream in self.container.streams.video})
         except Unreadable as exc:
-            log.warning("%s: not checked for a stream begun midway, which would be left out: %s cannot be read "
-                        "again", self.source, exc)
+            log.warning("%s: not checked for a stream begun midway, which would be left out (%s)", self.source, exc)
             return False
 
     def _playlist_stream_changes(self, playlist: Recorded, variants: bool = True) -> bool:
@@ -623,7 +622,7 @@ class VideoReader:
         try:
             durations = _segment_durations(self.recording)
         except Unreadable as exc:
-            log.warning("%s: not checked for segments left out: %s cannot be read again", self.source, exc)
+            log.warning("%s: not checked for segments left out (%s)", self.source, exc)
             return
         if not durations:
             return
@@ -1200,8 +1199,8 @@ class Recorded:
                         break
                 return b"".join(kept).decode(errors="replace")
         except (av.FFmpegError, OSError) as exc:
-            raise Unreadable(f"{self.location}: {_ffmpeg_reason(exc) if isinstance(exc, av.FFmpegError) else exc}"
-                             ) from None
+            raise Unreadable(f"{self.location} could not be read again: "
+                             f"{_ffmpeg_reason(exc) if isinstance(exc, av.FFmpegError) else exc}") from None
 
     def open(self, fmt: str | None = None, options: dict[str, str] | None = None) -> av.container.InputContainer:
         if not self.remote:
@@ -1217,7 +1216,7 @@ class Recorded:
             with self.open() as opened:
                 return {stream.id for stream in opened.streams.video}
         except (av.FFmpegError, OSError) as exc:
-            raise Unreadable(f"{self.location}: {exc}") from None
+            raise Unreadable(f"{self.location} could not be read again: {exc}") from None
 
     def new_stream_in_end(self, position: int, listed: set[int]) -> bool:
         """Whether this MPEG-TS from byte `position` on holds video of a stream whose id is not `listed`, going on
@@ -1235,7 +1234,7 @@ class Recorded:
         except IndexError:
             return False
         except (av.FFmpegError, OSError) as exc:
-            raise Unreadable(f"{self.location}: {exc}") from None
+            raise Unreadable(f"{self.location} could not be read again: {exc}") from None
 
 
 def frame_rate(stream) -> Fraction:

@@ -880,6 +880,27 @@ def test_a_playlist_whose_segment_cannot_be_read_is_refused_in_one_line(where, t
         assert sum(1 for _ in VideoReader(f"{folder}/whole.m3u8")) == 180
 
 
+def test_a_recording_that_cannot_be_read_again_for_its_checks_is_said_in_a_line(tmp_path, monkeypatch, caplog):
+    """Its checks (a stream begun midway, a segment skipped) read a recording again: where that fails (the server
+    gone meanwhile), the run says what was not checked."""
+    from anonengine.video import Recorded, Unreadable
+
+    joined_transport_streams(tmp_path)
+    (tmp_path / "a.m3u8").write_text("#EXTM3U\n#EXT-X-TARGETDURATION:3\n#EXTINF:2.4,\na.ts\n#EXT-X-DISCONTINUITY\n"
+                                     "#EXTINF:2.4,\na.ts\n#EXT-X-ENDLIST\n")
+
+    def gone(self):
+        raise Unreadable(f"{self.location} could not be read again: Server returned 404 Not Found")
+
+    monkeypatch.setattr(Recorded, "text", gone)
+    with caplog.at_level(logging.WARNING, logger="anonengine.video"):
+        assert sum(1 for _ in VideoReader(str(tmp_path / "a.m3u8"))) == 120
+    why = f"({tmp_path}/a.m3u8 could not be read again: Server returned 404 Not Found)"
+    said = [r.getMessage() for r in caplog.records if "not checked" in r.getMessage()]
+    assert said == [f"{tmp_path}/a.m3u8: not checked for a stream begun midway, which would be left out {why}",
+                    f"{tmp_path}/a.m3u8: not checked for segments left out {why}"], said
+
+
 @pytest.mark.skipif(shutil.which("ffmpeg") is None and not os.environ.get("CI"),
                     reason="the ffmpeg command makes the cut (Debian package ffmpeg)")
 def test_a_cut_made_without_reencoding_is_not_taken_for_a_truncated_file(sample, anonengine_cli, tmp_path):
