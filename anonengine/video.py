@@ -404,29 +404,19 @@ class VideoReader:
             log.warning("%s: not checked for a stream begun midway, which would be left out (%s)", self.source, exc)
             return False
 
-    def _playlist_stream_changes(self, playlist: Recorded, variants: bool = True) -> bool:
+    def _playlist_stream_changes(self, where: Recorded, variants: bool = True) -> bool:
         """Whether an HLS playlist's video goes on in other MPEG-TS streams past a discontinuity (another encoder's
         segments, joined in the playlist): its segment after each `#EXT-X-DISCONTINUITY` is probed for video of
         stream ids its first segment has none of. A playlist of playlists (one for each bit rate, as a web server's
         usually is; FFmpeg reads them as one) has each of them checked."""
-        segments, named, after_break, variant_next = [], [], False, False
-        for line in map(str.strip, playlist.text().splitlines()):
-            if line.startswith("#EXT-X-DISCONTINUITY"):
-                after_break = True
-            elif line.startswith("#EXT-X-STREAM-INF"):
-                variant_next = True
-            elif line and not line.startswith("#"):
-                if variant_next:
-                    named.append(playlist.beside(line))
-                else:
-                    segments.append((playlist.beside(line), after_break))
-                after_break = variant_next = False
-        if named:
-            return variants and any(self._playlist_stream_changes(each, variants=False) for each in named)
-        if not any(after for _, after in segments):
+        playlist = Playlist.read(where)
+        if playlist.variants:
+            return variants and any(self._playlist_stream_changes(each, variants=False) for each in playlist.variants)
+        after = [segment for segment, after_break, _ in playlist.segments if after_break]
+        if not after:
             return False
-        listed = segments[0][0].video_ids()
-        return any(segment.new_stream_in_end(0, listed) for segment, after in segments if after)
+        listed = playlist.segments[0][0].video_ids()
+        return any(segment.new_stream_in_end(0, listed) for segment in after)
 
     def _decode(self) -> Iterator[DecodedImage]:
         decoded = damaged_count = corrupt = undecodable = 0
@@ -620,11 +610,14 @@ class VideoReader:
         it cannot read with a warning alone (a web server's 404, a file gone), and 60 frames of 180 were lost
         without a word (a review's trial). Short by half a segment (the median's) and 3 frames at least."""
         try:
-            durations = _segment_durations(self.recording)
+            playlist = Playlist.read(self.recording)
+            if playlist.variants:  # a playlist of playlists: they last alike
+                playlist = Playlist.read(playlist.variants[0])
         except Unreadable as exc:
             log.warning("%s: not checked for segments left out (%s)", self.source, exc)
             return
-        if not durations:
+        durations = [seconds for _, _, seconds in playlist.segments if seconds is not None]
+        if not playlist.ends or not durations:
             return
         listed, decoded = sum(durations), frames / float(self.info.rate)
         if listed - decoded > max(3 / float(self.info.rate), 0.5 * statistics.median(durations)):
@@ -1144,22 +1137,35 @@ class VideoWriter:
         self.lock.release()
 
 
-def _segment_durations(playlist: Recorded) -> list[float]:
-    """The durations (`#EXTINF`) of an HLS playlist's segments, or of its first variant's (a playlist of playlists);
-    none for a playlist that may go on (no `#EXT-X-ENDLIST`)."""
-    text = playlist.text()
-    if "#EXT-X-ENDLIST" not in text and "#EXT-X-STREAM-INF" not in text:
-        return []
-    durations, variant_next = [], False
-    for line in map(str.strip, text.splitlines()):
-        if line.startswith("#EXT-X-STREAM-INF"):
-            variant_next = True
-        elif line.startswith("#EXTINF:"):
-            with contextlib.suppress(ValueError):
-                durations.append(float(line[len("#EXTINF:"):].split(",")[0]))
-        elif line and not line.startswith("#") and variant_next:
-            return _segment_durations(playlist.beside(line))
-    return durations
+@dataclass
+class Playlist:
+    """What an HLS playlist lists: its segments (each `(where, after a discontinuity, seconds)`), or the playlists
+    of a playlist of playlists (one for each bit rate); and whether it ends (`#EXT-X-ENDLIST`: none is added)."""
+
+    segments: list[tuple[Recorded, bool, float | None]]
+    variants: list[Recorded]
+    ends: bool
+
+    @classmethod
+    def read(cls, where: Recorded) -> Playlist:
+        playlist, after_break, variant_next, seconds = cls([], [], False), False, False, None
+        for line in map(str.strip, where.text().splitlines()):
+            if line.startswith("#EXT-X-DISCONTINUITY"):
+                after_break = True
+            elif line.startswith("#EXT-X-STREAM-INF"):
+                variant_next = True
+            elif line.startswith("#EXTINF:"):
+                with contextlib.suppress(ValueError):
+                    seconds = float(line[len("#EXTINF:"):].split(",")[0])
+            elif line.startswith("#EXT-X-ENDLIST"):
+                playlist.ends = True
+            elif line and not line.startswith("#"):
+                if variant_next:
+                    playlist.variants.append(where.beside(line))
+                else:
+                    playlist.segments.append((where.beside(line), after_break, seconds))
+                after_break, variant_next, seconds = False, False, None
+        return playlist
 
 
 class Unreadable(Exception):
