@@ -113,6 +113,7 @@ BUFFER_MEMORY = 256 * 2**20
 # less often than that (a time-lapse) needs a `stall_s` longer than its pictures' interval, as it did for its
 # stalls.
 STUCK_MARGIN_S = 5.0
+ENDED = "the stream ended"  # why a live connection ended where its source said it had
 SEQUENCE_FPS = 25.0  # an image sequence's frame rate unless its camera's `fps` says
 PLAYLIST_FORMATS = frozenset({"hls", "dash"})  # FFmpeg's demuxers whose own file is a playlist, not the video
 
@@ -327,6 +328,11 @@ class LiveFeed:
         self._last_time: float | None = None  # seconds, of the last frame handed out
         self._last_wall: float | None = None
         self._last_picture: float | None = None  # clock, of the last picture of the connection under way
+        # A live playlist's text when it ended (`#EXT-X-ENDLIST`: its publisher stopped): opened again, FFmpeg reads
+        # it as a recording, from its first segment, and a user's engine replayed its last 12 s three times, each
+        # under new times. It is opened again once it has changed.
+        self._ended_as: str | None = None
+        self._playlist = False  # the connection under way is a live playlist's (`_read`)
         if follows is not None:
             self._last_time, self._last_wall = follows
 
@@ -395,6 +401,12 @@ class LiveFeed:
         while not self._stop.is_set():
             self.status.attempts = [t for t in self.status.attempts if self.clock() - t < 600][-20:]
             self.status.attempts.append(self.clock())
+            if self._ended_as is not None:
+                if self._playlist_text() == self._ended_as:
+                    self._failed(f"{ENDED}; its playlist says so, unchanged since")
+                    self._stop.wait(next(delays))
+                    continue
+                self._ended_as = None
             try:
                 reader = self.opener(self.source)
             except InputError as exc:
@@ -419,10 +431,20 @@ class LiveFeed:
             error = self._read(reader)
             if self._stop.is_set():
                 break
+            if self._playlist and error == ENDED:
+                self._ended_as = self._playlist_text()
             self.status.reconnects += 1
             self._failed(error)
             log.warning("%s: source lost (%s); reconnecting", self.camera, error)
             self._stop.wait(next(delays))
+
+    def _playlist_text(self) -> str | None:
+        from anonengine.video import Recorded, Unreadable
+
+        try:
+            return Recorded(self.source.url, self.cfg).text()
+        except Unreadable:
+            return None
 
     def _failed(self, error: str) -> None:
         self.status.last_error = error
@@ -442,6 +464,8 @@ class LiveFeed:
         self._connected.set()
         self._settled.set()
         anchor: tuple[float, float] | None = None  # (a frame's stream time, its time on the timeline)
+        paced = getattr(reader, "live_paced", True)  # frames that come as filmed, not a playlist's segment at a time
+        self._playlist = not paced
         lag = 0.0  # the least wall clock less timeline time of the frames since the anchor: when a frame's moment came
         try:
             for frame in reader:
@@ -461,7 +485,7 @@ class LiveFeed:
                         now - self._last_wall, float(1 / self.info.rate))
                     frame.at_break = self._last_time is not None  # after an outage: anyone may be anywhere
                     anchor, lag = (frame.time, seconds), now - seconds
-                self._put(self._conform(frame, seconds), now)
+                self._put(self._conform(frame, seconds), now, paced)
                 # When it came, by the stream's clock and its least delay yet: the decoder's threads hold the last
                 # frames before a sender stops until the stall ends the connection (20 s), and that late a wall
                 # clock shortened the outage in the timeline by as much (a soak: 20 to 27 s of recorded time lost
@@ -469,7 +493,7 @@ class LiveFeed:
                 # after it come in a burst: anchored at that first frame, a 3-s pause came out as 2.3 s.
                 lag = min(lag, now - self._last_time)
                 self._last_wall = self._last_time + lag
-            return "the stream ended"
+            return ENDED
         except InputError as exc:
             return str(exc)
         except Exception as exc:  # noqa: BLE001 - a broken connection, whatever FFmpeg calls it
@@ -512,7 +536,17 @@ class LiveFeed:
             frame.image = fitted(frame.image, info.width, info.height)
         return frame
 
-    def _put(self, frame, now: float) -> None:
+    def _put(self, frame, now: float, paced: bool = True) -> None:
+        if not paced:
+            # A live playlist's frames come a segment at a time, seconds of them at once: how long they wait here
+            # is the segment's length, not the engine's lag, and dropped past `buffer_s` they were 22 of every 50
+            # (2-s segments) on a machine that kept up. They are read no faster than they are taken: FFmpeg then
+            # fetches the next segment later, and skips one that expired meanwhile (an engine truly behind).
+            while self.frames.qsize() >= self.queue_size and not self._stop.is_set():
+                self._last_picture = self.clock()  # waiting on the engine, not stuck (`stuck`)
+                self._stop.wait(0.01)
+            self.frames.put_nowait((now, frame))
+            return
         with self.frames.mutex:  # the consumer takes from the front meanwhile
             waiting, dropped = self.frames.queue, 0
             while waiting and (len(waiting) >= self.queue_size or now - waiting[0][0] > self.cfg.buffer_s):

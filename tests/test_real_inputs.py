@@ -858,6 +858,67 @@ def test_a_live_playlists_time_going_back_at_a_discontinuity_goes_on_without_a_g
     assert frames[60].at_break
 
 
+def test_a_live_playlists_segments_are_taken_whole_by_an_engine_that_keeps_up(tmp_path):
+    """A live HLS playlist comes a segment at a time (FFmpeg starts three from its live end: here 7.2 s of frames
+    at once): its frames waited in the feed longer than `sources.buffer_s` and were dropped, 22 of every 50 of a
+    user's 2-s segments on a machine that kept up with the stream, a 0.9-s hole every 2 s, and the detector saw
+    that much less of its persons. They are read no faster than they are taken."""
+    from anonengine.config import SourcesConfig
+    from anonengine.sources import LiveFeed
+
+    joined_transport_streams(tmp_path)
+    (tmp_path / "live.m3u8").write_text("#EXTM3U\n#EXT-X-VERSION:3\n#EXT-X-TARGETDURATION:3\n#EXT-X-MEDIA-SEQUENCE:0\n"
+                                        + "#EXTINF:2.4,\na.ts\n#EXT-X-DISCONTINUITY\n" * 3)
+    with served(tmp_path) as url:
+        # Its last frames, which the decoder holds until more comes, go out at the stall (3 s here).
+        feed = LiveFeed(classify(f"{url}/live.m3u8", stream=True), "door", SourcesConfig(stall_s=3)).start()
+        frames, deadline = [], time.monotonic() + 20
+        try:
+            while len(frames) < 180 and time.monotonic() < deadline:
+                frame = feed.get(0.1)
+                if frame is not None:
+                    frames.append(frame)
+                    time.sleep(1 / 25)  # an engine that keeps up with 25 frames/s, no faster
+        finally:
+            feed.stop()
+    assert len(frames) == 180 and feed.dropped == 0, (len(frames), feed.dropped)
+    np.testing.assert_allclose(np.diff([frame.time for frame in frames]), 1 / 25, atol=1e-4)
+
+
+def test_a_live_playlist_that_ended_is_not_read_again_until_it_goes_on(tmp_path):
+    """A live HLS publisher that stops writes `#EXT-X-ENDLIST`: the feed reconnected, and FFmpeg read the playlist
+    again as a recording, from its first segment, so a user's engine replayed its last 12 s three times, each under
+    new times. An ended playlist is opened again once it has changed (its publisher back)."""
+    from anonengine.config import SourcesConfig
+    from anonengine.sources import LiveFeed
+
+    joined_transport_streams(tmp_path)
+    head = "#EXTM3U\n#EXT-X-VERSION:3\n#EXT-X-TARGETDURATION:3\n#EXT-X-MEDIA-SEQUENCE:{}\n"
+    playlist = tmp_path / "live.m3u8"
+    playlist.write_text(head.format(0) + "#EXTINF:2.4,\na.ts\n#EXT-X-ENDLIST\n")
+    cfg = SourcesConfig(stall_s=3, reconnect_initial_s=0.2, reconnect_max_s=0.4)
+
+    def frames_within(feed, seconds: float) -> list:
+        got, deadline = [], time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            frame = feed.get(0.1)
+            if frame is not None:
+                got.append(frame)
+        return got
+
+    with served(tmp_path) as url:
+        feed = LiveFeed(classify(f"{url}/live.m3u8", stream=True), "door", cfg).start()
+        try:
+            first = frames_within(feed, 5)
+            assert len(first) == 60 and feed.status.last_error.startswith("the stream ended"), feed.status
+            # Its publisher back: a playlist of its own, going on.
+            playlist.write_text(head.format(1) + "#EXTINF:2.4,\na.ts\n" * 2)
+            again = frames_within(feed, 6)
+        finally:
+            feed.stop()
+    assert len(again) >= 100 and again[0].time - first[-1].time > 4.5, (len(again), again[0].time, first[-1].time)
+
+
 @pytest.mark.parametrize("where", ["file", "web server"])
 def test_a_playlist_whose_segment_cannot_be_read_is_refused_in_one_line(where, tmp_path):
     """FFmpeg skips a playlist's segment it cannot read (a web server's 404, a file gone) with a warning alone: 120
