@@ -491,8 +491,11 @@ class VideoReader:
             for av_frame in self._held_back(deinterlacer) if self.live else self._flushed(deinterlacer):
                 yield self._image(av_frame, stored_aspect)
                 decoded += 1
+            reason = _ffmpeg_reason(exc, timed_out=self.stalled)
+            if reason == self.stalled:  # a sender that stopped: nothing failed to decode
+                raise InputError(f"{self.source}: {reason} after frame {decoded}") from None
             raise InputError(f"cannot decode {self.source} at frame {decoded}{self._bad_photo(decoded)}: "
-                             f"{_ffmpeg_reason(exc, timed_out=self.stalled)}{self._index_out_of_reach(decoded)}") from None
+                             f"{reason}{self._index_out_of_reach(decoded)}") from None
         if damaged is not None:
             raise InputError(f"{self.source} is truncated or corrupt at frame {decoded}")
         if damaged_count > 1:
