@@ -332,7 +332,6 @@ class LiveFeed:
         # it as a recording, from its first segment, and a user's engine replayed its last 12 s three times, each
         # under new times. It is opened again once it has changed.
         self._ended_as: str | None = None
-        self._playlist = False  # the connection under way is a live playlist's (`_read`)
         if follows is not None:
             self._last_time, self._last_wall = follows
 
@@ -431,8 +430,6 @@ class LiveFeed:
             error = self._read(reader)
             if self._stop.is_set():
                 break
-            if self._playlist and error == ENDED:
-                self._ended_as = self._playlist_text()
             self.status.reconnects += 1
             self._failed(error)
             log.warning("%s: source lost (%s); reconnecting", self.camera, error)
@@ -465,7 +462,6 @@ class LiveFeed:
         self._settled.set()
         anchor: tuple[float, float] | None = None  # (a frame's stream time, its time on the timeline)
         paced = getattr(reader, "live_paced", True)  # frames that come as filmed, not a playlist's segment at a time
-        self._playlist = not paced
         lag = 0.0  # the least wall clock less timeline time of the frames since the anchor: when a frame's moment came
         try:
             for frame in reader:
@@ -493,6 +489,8 @@ class LiveFeed:
                 # after it come in a burst: anchored at that first frame, a 3-s pause came out as 2.3 s.
                 lag = min(lag, now - self._last_time)
                 self._last_wall = self._last_time + lag
+            if not paced:
+                self._ended_as = self._playlist_text()
             return ENDED
         except InputError as exc:
             return str(exc)

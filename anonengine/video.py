@@ -599,7 +599,7 @@ class VideoReader:
                 f"{self.source} is truncated: {seq} of {self.info.frames} frames could be decoded"
                 f"{self._bad_photo(seq)}"
             )
-        if not self.info.live and self.recording is not None and self.container.format.name == "hls":
+        if self.recording is not None and self.container.format.name == "hls":  # a recording: never live
             self._whole_playlist_read(seq)
         declared = None if self.info.live or self.info.frames or restart else self._declared_end()
         if declared is not None and last_pts is not None:
@@ -1208,8 +1208,11 @@ class Recorded:
                         break
                 return b"".join(kept).decode(errors="replace")
         except (av.FFmpegError, OSError) as exc:
-            raise Unreadable(f"{self.location} could not be read again: "
-                             f"{_ffmpeg_reason(exc) if isinstance(exc, av.FFmpegError) else exc}") from None
+            raise self._unreadable(exc) from None
+
+    def _unreadable(self, exc: Exception) -> Unreadable:
+        reason = _ffmpeg_reason(exc) if isinstance(exc, av.FFmpegError) else exc
+        return Unreadable(f"{self.location} could not be read again: {reason}")
 
     def open(self, fmt: str | None = None, options: dict[str, str] | None = None) -> av.container.InputContainer:
         if not self.remote:
@@ -1225,7 +1228,7 @@ class Recorded:
             with self.open() as opened:
                 return {stream.id for stream in opened.streams.video}
         except (av.FFmpegError, OSError) as exc:
-            raise Unreadable(f"{self.location} could not be read again: {exc}") from None
+            raise self._unreadable(exc) from None
 
     def new_stream_in_end(self, position: int, listed: set[int]) -> bool:
         """Whether this MPEG-TS from byte `position` on holds video of a stream whose id is not `listed`, going on
@@ -1243,7 +1246,7 @@ class Recorded:
         except IndexError:
             return False
         except (av.FFmpegError, OSError) as exc:
-            raise Unreadable(f"{self.location} could not be read again: {exc}") from None
+            raise self._unreadable(exc) from None
 
 
 def frame_rate(stream) -> Fraction:
