@@ -52,9 +52,12 @@ from anonengine.locks import FileLock, LockBusy
 from anonengine.manifest import MANIFEST_NAME, Fingerprint, Manifest, Record, file_sha256, settings_key, utc_now
 from anonengine.paths import (
     FFMPEG_PHOTO_SUFFIXES,
+    PHOTO_SIGNATURES,
     PHOTO_SUFFIXES,
     UNREADABLE_PHOTO_SUFFIXES,
+    URL_SCHEME,
     VIDEO_SUFFIXES,
+    is_photo,
     partial_path,
     photo_output,
     working_name,
@@ -76,6 +79,7 @@ IMAGE_DEMUXERS = frozenset({"image2", "ico"})  # and every `*_pipe`: FFmpeg's de
 # at 960 found. On this 2-core machine: 0.2 s a photo (0.4 s at 1280), after a first export per shape.
 PHOTO_IMGSZ = 960
 BATCH_LOCK = ".anonengine-batch.lock"
+STILL_RATE = 25  # frames/s of a photo written as a video of one frame
 SETTINGS_VERSION = 1  # raise when the same settings would make different outputs
 
 
@@ -127,14 +131,11 @@ def find_jobs(spec: str, output_dir: Path) -> list[Job]:
         if holds(output_dir, path):
             # Its outputs would land among its inputs, and its own outputs are left out: nothing was found.
             raise ConfigError(f"--output-dir {output_dir} is {spec} or holds it: give a folder outside it")
-        files = [p for p in files_under(path) if p.is_file()]
-        kinds = {p: media_kind(p) for p in files}  # each file opened once to be told, if its name does not say
+        files = [p for p in files_under(path) if p.is_file() or p.is_symlink()]
+        kinds = kinds_of(files)
         media = [p for p in files if kinds[p]]
         found = [p for p in media if not hidden_in(p, root)]
-        others = [p for p in sorted(set(files) - set(media)) if p.name != MANIFEST_NAME and not hidden_in(p, root)]
-        if others:  # said, as the hidden ones are: an archivist missed them in the mirrored tree and the summary
-            log.info("batch: %d other file(s), neither video nor photo, left out (such as %s)", len(others),
-                     others[0].relative_to(root))
+        say_left_out([p for p in set(files) - set(media) if p.name != MANIFEST_NAME and not hidden_in(p, root)], root)
         taken = {p.resolve() for p in found}
         hidden = sorted(p for p in set(media) - set(found) if p.resolve() not in taken)  # not done by another path
         if hidden:  # a Finder's `._` copies, a hidden `.thumbnails/`: said, not done
@@ -147,22 +148,51 @@ def find_jobs(spec: str, output_dir: Path) -> list[Job]:
         if holds(output_dir, root):  # each photo's output would be the photo itself
             raise ConfigError(f"--output-dir {output_dir} is {root} or holds it, where {spec} finds its files: give "
                               "a folder outside it")
-        found, kinds = [Path(p) for p in glob.glob(spec, recursive=True) if Path(p).is_file()], {}
+        matches = [Path(p) for p in glob.glob(spec, recursive=True) if Path(p).is_file() or Path(p).is_symlink()]
+        kinds = kinds_of(matches)
+        found = [p for p in matches if kinds[p]]
+        say_left_out(set(matches) - set(found), root)  # as a folder's: a song matched by `*.m*` failed the batch
     else:
         raise InputError(f"video source not found: {spec}")
-    found = once_each(p for p in found if not holds(output_dir, p.parent))  # not our own outputs
+    candidates = [p for p in found if not holds(output_dir, p.parent)]  # not our own outputs
+    found = once_each(candidates)
+    if len(found) < len(candidates):  # links to a file of the tree: its output is where its own path says
+        kept = {p.resolve(): p for p in found}
+        link = next(p for p in sorted(candidates) if p not in set(found))
+        log.info("batch: %d file(s) reached by more than one path (links), each anonymized once (such as %s, as %s)",
+                 len(candidates) - len(found), link.relative_to(root), kept[link.resolve()].relative_to(root))
     if not found:
         raise InputError(f"no videos or photos in {spec}")
-    jobs, taken = [], {}
+    jobs, sources = [], {}
     for source in found:
         rel = source.relative_to(root)
-        photo = (kinds[source] if source in kinds else media_kind(source)) == "photo"
+        kind = kinds[source] if source in kinds else media_kind(source)
+        photo = kind == "photo"
         output = output_dir / (photo_output(rel) if photo else rel.with_suffix(".mp4"))
-        if output in taken:
-            raise ConfigError(f"{taken[output]} and {rel.as_posix()} would both be written to {output}: rename one")
-        taken[output] = rel.as_posix()
+        if (note := misnamed(source, kind)) is not None:
+            log.warning("batch: %s%s -> %s", rel.as_posix(), note, output.relative_to(output_dir).as_posix())
+        sources.setdefault(output, []).append(rel.as_posix())
         jobs.append(Job(source, rel.as_posix(), output, photo))
+    clashes = [(names, output) for output, names in sources.items() if len(names) > 1]
+    if clashes:  # all of them at once: one a run, an archive's took as many runs as it had
+        raise ConfigError("; ".join(f"{', '.join(names[:-1])} and {names[-1]} would all be written to {output}"
+                                    if len(names) > 2 else f"{names[0]} and {names[1]} would both be written to {output}"
+                                    for names, output in clashes) + ": rename one of each")
     return jobs
+
+
+def kinds_of(files: list[Path]) -> dict[Path, str | None]:
+    """Each file's `media_kind`, each opened once. A link to nothing (an archive's second disk, not mounted; a
+    folder's link too) is taken for a video, to fail with its reason: left out, it went without a word."""
+    return {p: media_kind(p) or ("video" if not p.exists() else None) for p in files}
+
+
+def say_left_out(others, root: Path) -> None:
+    """Files neither video nor photo, said as the hidden ones are: an archivist missed them in the mirrored tree
+    and the summary."""
+    if others:
+        log.info("batch: %d other file(s), neither video nor photo, left out (such as %s)", len(others),
+                 min(others).relative_to(root))
 
 
 def files_under(root: Path) -> list[Path]:
@@ -231,30 +261,67 @@ def disk_full(reason: str) -> bool:
     return any(os.strerror(code) in reason for code in (errno.ENOSPC, errno.EDQUOT))
 
 
-def media_kind(path: Path) -> str | None:
-    """"video", "photo" or None (neither): by its name; for a file named otherwise (none at all, `.mod`, a
-    camera's own), by what FFmpeg finds in it: a picture (its image demuxers: a JPEG without a suffix) is a
-    photo, a video stream a video, a picture attached to a song neither. Left out by its name alone, a batch's
-    `.gif`, `.mxf`, `.vob` and suffix-less videos stayed as filmed while the summary said nothing failed; taken
-    for a video, a suffix-less JPEG was detected at the videos' 640 and its crowd came out as photographed."""
+def named_kind(path: Path) -> str | None:
+    """"video" or "photo" as `path`'s suffix names it; None for a suffix that names neither."""
     suffix = path.suffix.lower()
-    if suffix in VIDEO_SUFFIXES:
-        return "video"
-    if suffix in PHOTO_INPUTS:
-        return "photo"
+    return "video" if suffix in VIDEO_SUFFIXES else "photo" if suffix in PHOTO_INPUTS else None
+
+
+def media_kind(path: Path) -> str | None:
+    """"video", "photo" or None (neither), by what the file holds where its name could be wrong: what FFmpeg
+    finds in it. A single picture (one of its image demuxers': a JPEG, a PNG...) is a photo, whatever its name;
+    moving pictures are a video, named as a photo too; a picture attached to a song is neither. A file whose
+    name says neither is told so too: left out by its name alone, a batch's `.gif`, `.mxf`, `.vob` and
+    suffix-less videos stayed as filmed while the summary said nothing failed; taken for a video, a
+    suffix-less JPEG was detected at the videos' 640 and its crowd came out as photographed. Trusted for its
+    name, a crowd's JPEG named `.mp4` came out so, exit 0, and a video named `.jpg` as its first frame alone
+    (an archivist's trial). Files FFmpeg cannot read keep their name's kind (and fail with their reason)."""
+    suffix, named = path.suffix.lower(), named_kind(path)
     if suffix in NOT_VIDEO_SUFFIXES:
         return None
+    if suffix in UNREADABLE_PHOTO_SUFFIXES:
+        return "photo"  # reported as failed by name (FFmpeg reads an iPhone's HEIF as a video of its tiles)
+    if named == "photo" and starts_as_photo(path):
+        return "photo"  # a JPEG or PNG named so: not opened (an animated PNG's first picture is the photo)
     try:
         with av.open(str(path)) as container:
             if not any(av.stream.Disposition.attached_pic not in stream.disposition
                        for stream in container.streams.video):
-                return None
+                return named if named == "video" else None  # a video without pictures fails with its reason
             picture = container.format.name in IMAGE_DEMUXERS or container.format.name.endswith("_pipe")
-            if picture and sum(1 for _ in itertools.islice(container.decode(main_video(container)), 2)) < 2:
-                return "photo"
-            return "video"  # JPEGs one after another (a camera's MJPEG): each a frame
+            if not picture and named != "photo":
+                return "video"
+            # JPEGs one after another (a camera's MJPEG) are a video, each a frame; a one-picture AVIF a photo.
+            pictures = sum(1 for _ in itertools.islice(container.decode(main_video(container)), 2))
+            return "photo" if pictures < 2 or (picture and named == "photo") else "video"
     except (av.FFmpegError, OSError, UnicodeDecodeError, ValueError):
+        return named
+
+
+def holds_photo(source: str) -> bool:
+    """Whether `source` is a photo: a file by what it holds (`media_kind`: a JPEG named `.mp4` is one, a video
+    named `.jpg` is not, nor a camera's MJPEG); anything else (a URL, a device, a file not there) by its name."""
+    if URL_SCHEME.match(source) or not Path(source).is_file():
+        return is_photo(source)
+    return media_kind(Path(source)) == "photo"
+
+
+def misnamed(path: Path, kind: str | None) -> str | None:
+    """What to say of a file that holds another kind than its name says (`media_kind`), or None."""
+    named = named_kind(path)
+    if kind is None or named is None or kind == named:
         return None
+    return f" holds a {kind}, not a {named} as its name says: anonymized as a {kind}"
+
+
+def starts_as_photo(path: Path) -> bool:
+    """Whether the file begins as a JPEG or PNG does."""
+    try:
+        with open(path, "rb") as file:
+            head = file.read(16)
+    except OSError:
+        return False
+    return any(head.startswith(signature) for signature, _ in PHOTO_SIGNATURES)
 
 
 def _glob_root(pattern: str) -> Path:
@@ -330,7 +397,10 @@ def pending_jobs(jobs: list[Job], manifest: Manifest, settings: dict) -> tuple[l
     many it has."""
     todo, skipped = [], 0
     for job in jobs:
-        done, _ = manifest.done(job.rel, job.source, settings["key"], job.output)
+        try:
+            done, _ = manifest.done(job.rel, job.source, settings["key"], job.output)
+        except OSError:  # the input cannot be read to be checked (a link to a disk not mounted): it fails, named
+            done = False
         if done:
             skipped += 1
             continue
@@ -381,6 +451,8 @@ class FileRunner:
                                   "written over")
             for leftover in job.leftovers():  # an earlier job's, killed outright
                 leftover.unlink(missing_ok=True)
+            if job.source.is_symlink() and not job.source.exists():
+                raise InputError(f"a link to {os.readlink(job.source)}, which is not there (a disk not mounted?)")
             before = Fingerprint.of(job.source)
             digest = file_sha256(job.source)
             frames, audio = self._photo(job) if job.photo else self._video(job)
@@ -402,6 +474,7 @@ class FileRunner:
 
         if self.policy.audio == "keep":
             check_audio_fits(job.source, job.output)  # before its frames: an IP camera's mu-law sound in an MP4
+        self.detect.begin(self.camera, job.rel)  # each file a video of its own, named in what is said of it
         camera = CameraConfig(name=self.camera, source=str(job.source), output=str(job.staged), rotate=self.rotate)
         cfg = self.cfg.model_copy(update={"cameras": [camera]})
         (result,) = run_inline(cfg, detect=self.detect, on_frame=self.on_frame)
@@ -428,16 +501,37 @@ class FileRunner:
                 self.detect_photos.detector = self.detect.detector  # the same model: loaded once
             elif self.detect_photos.detector is None:
                 self.detect_photos.setup()
+            # Told once a batch, at the first photo that shows persons only turned: its `--rotate` turns them all.
+            self.detect_photos.begin(self.camera, job.rel, again=False)
             anonymized = anonymize_photo(photo.picture, self.detect_photos, self.photo_cfg, self.camera)
-            partial = partial_path(job.output)
-            photo.write(anonymized, partial, job.output)
-            os.replace(partial, job.output)
+            if named_kind(job.output) == "video":
+                write_still(anonymized, job.output, self.cfg)
+            else:
+                partial = partial_path(job.output)
+                photo.write(anonymized, partial, job.output)
+                os.replace(partial, job.output)
         self.on_frame()
         return 1, "none"
 
     def close(self) -> None:
         self.detect.close()
         self.detect_photos.close()
+
+
+def write_still(picture: np.ndarray, output: Path, cfg: EngineConfig) -> None:
+    """A photo's anonymized picture as a video of one frame (`run --video-source IMG.jpg --output-video x.mp4`),
+    at the encoder's settings; the caller holds the output's lock. Before, such a photo went the videos' way:
+    detected at the videos' 640 and never looked at closer, a crowd's far persons came out as photographed."""
+    from anonengine.video import VideoWriter
+
+    height, width = picture.shape[:2]
+    writer = VideoWriter(output, width, height, Fraction(STILL_RATE), Fraction(1, STILL_RATE), cfg.encoder, lock=False)
+    try:
+        writer.write(picture, 0)
+    except BaseException:
+        writer.abort()
+        raise
+    writer.close()
 
 
 class Batch:

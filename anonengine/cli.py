@@ -169,34 +169,6 @@ def _run_tap(args: argparse.Namespace) -> dict:
     return _drop_none(endpoint=args.tap or "", curve_server_key=args.tap_server_key, curve_clients=args.tap_clients)
 
 
-def holds_photo(source: str) -> bool:
-    """Whether `source` is a photo, by its name or, named otherwise (none at all: a camera's `IMG_0001`), by
-    what it holds."""
-    from anonengine.paths import PHOTO_SIGNATURES, VIDEO_SUFFIXES, is_photo
-
-    if is_photo(source):
-        return True
-    if Path(source).suffix.lower() in VIDEO_SUFFIXES or not Path(source).is_file():
-        return False  # a camera's MJPEG starts as a JPEG does; a device is not read
-    try:
-        with open(source, "rb") as file:
-            head = file.read(16)
-    except OSError:
-        return False
-    if not any(head.startswith(signature) for signature, _ in PHOTO_SIGNATURES):
-        return False
-    from anonengine.batch import media_kind
-
-    return media_kind(Path(source)) == "photo"  # not JPEGs one after another: a video
-
-
-def photo_in_and_out(source: str, output: str | None) -> bool:
-    """Whether `source` is a photo (`holds_photo`) to be written as a photo: unless `output` names a video."""
-    from anonengine.paths import is_photo
-
-    return holds_photo(source) and (output is None or is_photo(output) or not Path(output).suffix)
-
-
 def default_output(source: str) -> str:
     """`<name>_anonymized.mp4` in the current folder: a file's stem, a webcam's `camera<N>`, a URL's last
     path part (`rtsp://cam/stream1`: `stream1`) or else its host, in letters a file name can hold."""
@@ -207,6 +179,7 @@ def default_output(source: str) -> str:
         stem = Path(urllib.parse.unquote(url.path)).stem or url.hostname or ""
         stem = re.sub(r"[^A-Za-z0-9._-]+", "_", stem).strip("._")
     else:
+        from anonengine.batch import holds_photo
         from anonengine.paths import is_sequence, photo_output, sequence_stem
 
         stem = sequence_stem(source) if is_sequence(source) else Path(source).stem
@@ -261,8 +234,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         args.camera = DEFAULT_CAMERA
         return cmd_batch(args)
     args.camera = DEFAULT_CAMERA if args.camera is None else args.camera
-    if photo_in_and_out(args.video_source, args.output_video):
-        from anonengine.batch import cmd_photo  # a photo in, a photo out (`--output-video x.mp4`: a video)
+    from anonengine.batch import holds_photo, media_kind, misnamed
+
+    if Path(args.video_source).is_file() and (note := misnamed(Path(args.video_source),
+                                                               media_kind(Path(args.video_source)))):
+        log.warning("%s%s", args.video_source, note)
+    if holds_photo(args.video_source):
+        from anonengine.batch import cmd_photo  # anonymized as a photo (`--output-video x.mp4`: written as a video)
 
         return cmd_photo(args)
     if not args.inline:

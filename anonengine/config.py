@@ -32,7 +32,6 @@ from anonengine.paths import (
     URL_SCHEME,
     as_text,
     in_sequence,
-    is_photo,
     is_sequence,
     partial_metadata_path,
     partial_path,
@@ -385,6 +384,12 @@ def error_text(err: dict) -> str:
     return str(err["ctx"]["error"]) if err["type"] == "value_error" and "ctx" in err else err["msg"]
 
 
+def _holds_photo(source: str) -> bool:
+    from anonengine.batch import holds_photo  # it opens the file: imported where a photo's output is named
+
+    return holds_photo(source)
+
+
 def _same_file(source: str, target: str) -> bool:
     """Whether `target` names the file `source` names (a URL other than file:// names none), or one of its
     photos where `source` is an image sequence."""
@@ -492,7 +497,7 @@ class CameraConfig(StrictModel):
             raise ValueError(f"output {self.output}: an image sequence is read, not written: name a video "
                              "(.mp4, .m4v, .mov, .mkv or .ts)")
         suffix = Path(self.output).suffix.lower() if self.output else ""
-        if suffix not in OUTPUT_CONTAINERS and not (is_photo(self.source) and suffix in PHOTO_SUFFIXES):
+        if suffix not in OUTPUT_CONTAINERS and not (suffix in PHOTO_SUFFIXES and _holds_photo(self.source)):
             kinds = ", ".join(s for s in OUTPUT_CONTAINERS if s)
             raise ValueError(f"output {self.output}: a video is written as {kinds} (its name says which), not {suffix}")
         return self

@@ -172,6 +172,19 @@ class DetectStage(Stage):
         self.turned_told: set[tuple[str | None, int]] = set()  # the cameras and turns the log named
         # (camera, turn) -> [frames looked at so with persons found only so, frames looked at so that showed anyone]
         self.turned_tally: dict[tuple[str | None, int], list[int]] = {}
+        self.names: dict[str | None, str] = {}  # what the log calls a camera, where not by its name (a batch's file)
+
+    def begin(self, camera: str | None, name: str, again: bool = True) -> None:
+        """`camera`'s frames are now of `name` (a batch's next file, looked at under the batch's one camera name):
+        the log names it, and, `again`, its frames are looked at turned as a new camera's are."""
+        self.names[camera] = name
+        if again:
+            for state in (self.since_turned_look, self.next_turn):
+                state.pop(camera, None)
+            for state in (self.turned_watch, self.turned_tally):
+                for key in [key for key in state if key[0] == camera]:
+                    del state[key]
+            self.turned_told = {key for key in self.turned_told if key[0] != camera}
 
     def setup(self) -> None:
         from anonengine.detector import PersonDetector
@@ -274,7 +287,7 @@ class DetectStage(Stage):
                         log.warning("%spersons found %s (the picture looked at turned %d degrees): hidden; if the "
                                     "camera is mounted so or the video plays so, turning it (--rotate %d, or the "
                                     "camera's rotate: %d) finds them at a fraction of the cost",
-                                    f"{cameras[i]}: " if cameras[i] else "",
+                                    f"{self.names.get(cameras[i], cameras[i])}: " if cameras[i] else "",
                                     "upside down" if way == 180 else "on their side", way, way, way)
                 found[i] = added
         return found

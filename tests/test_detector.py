@@ -238,6 +238,24 @@ def test_a_person_an_upright_camera_missed_found_upside_down_is_hidden_without_a
     assert stage.turned_tally["B", 180] == [3, 3] and "B: persons found upside down" in caplog.text
 
 
+def test_a_batchs_files_are_each_looked_at_turned_anew_and_named_in_the_advice(models_dir, caplog):
+    """A batch runs its files one after another under one camera name: the advice to turn a video named no file
+    ("cam0: persons found on their side", an archivist's trial: which of 25?), and the tally and watch of one
+    file ran on into the next, whose own persons found only turned went unsaid."""
+    walker = ([28.0, 55.0, 93.0, 271.0], 0.54)
+    stage = DetectStage(pose_config(models_dir))
+    image = np.full((360, 640, 3), 128, np.uint8)
+    for name in ("day1/a.mp4", "day2/b.mp4"):
+        stage.begin("cam0", name)
+        for frame in range(3):
+            stage.since_turned_look["cam0"], stage.next_turn["cam0"] = 24, 3  # the next look, upside down
+            stage.detector = AnsweringDetector([], [walker], [], [])
+            stage.process([image], cameras=["cam0"])
+        assert stage.turned_tally["cam0", 180] == [3, 3]
+        assert f"{name}: persons found upside down" in caplog.text
+    assert "cam0: persons found" not in caplog.text
+
+
 def test_pulled_pose_model_is_the_official_file(models_dir):
     assert models.sha256(models_dir / "yolo11n-pose.pt") == models.KNOWN_SHA256["yolo11n-pose.pt"]
 
