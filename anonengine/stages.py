@@ -31,6 +31,7 @@ from anonengine.video import (
     VideoReader,
     VideoWriter,
     as_shown,
+    earlier_recording,
     other_looks,
     refuse_unreplaceable,
     turn,
@@ -434,10 +435,12 @@ class EncodeStage(Stage):
     """
 
     def __init__(
-        self, output: str, info: StreamInfo, cfg: EncoderConfig, metadata: str | None = None, lock: bool = True
+        self, output: str, info: StreamInfo, cfg: EncoderConfig, metadata: str | None = None, lock: bool = True,
+        live: bool = False,
     ) -> None:
         self.output, self.info, self.cfg, self.metadata = output, info, cfg, metadata
         self.lock = lock  # False: the caller holds the output's lock (see VideoWriter)
+        self.live = live  # a live camera's: an earlier recording is kept (`claim_output`), not written over
         self.writer: VideoWriter | None = None
         self._meta_file = None
         self._meta_partial: Path | None = None
@@ -447,7 +450,7 @@ class EncodeStage(Stage):
         self.writer = VideoWriter(
             self.output, self.info.width, self.info.height, self.info.rate, self.info.time_base, self.cfg,
             lock=self.lock, partials=(meta_partial,) if meta_partial else (), colour=self.info.colour,
-            pixel_aspect=self.info.pixel_aspect,
+            pixel_aspect=self.info.pixel_aspect, keep=earlier_recording(self.metadata) if self.live else None,
         )
         if self.metadata:
             path = Path(self.metadata)

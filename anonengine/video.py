@@ -942,10 +942,14 @@ class HeldElsewhere:
         pass
 
 
-def claim_output(path: Path, lock: bool = True, partials: tuple[Path, ...] = ()) -> FileLock | HeldElsewhere:
+def claim_output(path: Path, lock: bool = True, partials: tuple[Path, ...] = (),
+                 keep: tuple[Path, ...] | None = None) -> FileLock | HeldElsewhere:
     """Checks that `path` can be written and takes its lock (`lock=False`: the caller holds it);
     OutputError, one line, if not. Taking the lock, it also sets aside an earlier run's partial files
-    (`set_aside`): the video's, and the `partials` given (its metadata's)."""
+    (`set_aside`): the video's, and the `partials` given (its metadata's). `keep`: a live camera's earlier
+    recording is set aside too, the video and these files with it (its metadata), under one number: restarted,
+    an engine wrote a camera's recording of hours over with its first seconds, without a word (an operator's
+    trial). A file's output is replaced, as a command run again is expected to."""
     if not path.parent.is_dir():
         raise OutputError(f"cannot write {path}: folder {path.parent} does not exist")
     refuse_unreplaceable(path)
@@ -958,13 +962,21 @@ def claim_output(path: Path, lock: bool = True, partials: tuple[Path, ...] = ())
         raise OutputError(f"cannot write {path}: another anonengine is writing it{busy.owner}") from None
     except OSError as exc:
         raise OutputError(f"cannot write {path}: {exc.strerror}") from None
-    for partial in (partial_path(path), *partials):
+    earlier = [[partial] for partial in (partial_path(path), *partials)]
+    if keep is not None:
+        earlier.append([path, *keep])
+    for files in earlier:
         try:
-            set_aside(partial)
+            set_aside(*files)
         except OSError as exc:
             claimed.release()
-            raise OutputError(f"cannot write {path}: cannot keep an earlier {partial.name}: {exc.strerror}") from None
+            raise OutputError(f"cannot write {path}: cannot keep an earlier {files[0].name}: {exc.strerror}") from None
     return claimed
+
+
+def earlier_recording(metadata: str | None) -> tuple[Path, ...]:
+    """What is kept with a live camera's earlier recording, besides its video (`claim_output`): its metadata."""
+    return (Path(metadata),) if metadata else ()
 
 
 def refuse_unreplaceable(path: Path, what: str = "") -> None:
@@ -980,18 +992,25 @@ def refuse_unreplaceable(path: Path, what: str = "") -> None:
         raise OutputError(f"cannot write {what}{path}: it is not a regular file (a device, a pipe or a socket)")
 
 
-def set_aside(path: Path) -> Path | None:
+def set_aside(path: Path, *together: Path) -> Path | None:
     """Moves an earlier run's file at `path` (an interrupted run's playable partial, which the user was
     told to find there) to the first free `STEM.N.SUFFIX`, so this run, which writes `path` and removes
-    it if it fails, cannot destroy it. Call with the output's lock held. Returns where it went."""
+    it if it fails, cannot destroy it; and the files `together` with it, under the same N, where there.
+    Call with the output's lock held. Returns where `path` went."""
     if not path.exists():
         return None
     n = 1
-    while (kept := path.with_name(f"{path.stem}.{n}{path.suffix}")).exists():
+    while any(numbered(file, n).exists() for file in (path, *together)):
         n += 1
-    os.replace(path, kept)
-    log.warning("an earlier run's %s is kept as %s", path.name, kept)
-    return kept
+    for file in (path, *together):
+        if file.exists():
+            os.replace(file, numbered(file, n))
+            log.warning("an earlier run's %s is kept as %s", file.name, numbered(file, n))
+    return numbered(path, n)
+
+
+def numbered(path: Path, n: int) -> Path:
+    return path.with_name(f"{path.stem}.{n}{path.suffix}")
 
 
 class VideoWriter:
@@ -1001,7 +1020,8 @@ class VideoWriter:
     failed or interrupted run never leaves an output that looks complete. One writer at a time: the
     output's lock (`.NAME.lock` beside it) is held from the start until `close` or `abort`; with
     `lock=False` the caller holds it (the engine's launcher, for its encoders). `partials`: files written
-    beside it (its metadata's partial), whose earlier run's copies are set aside with its own.
+    beside it (its metadata's partial), whose earlier run's copies are set aside with its own; `keep`: a live
+    camera's, whose earlier recording is set aside too, these files with it (`claim_output`).
 
     The file's time 0 is its first frame, whatever the source's clock said: an MP4's frames at negative times
     (a stream cut from a TS) are muxed behind an edit list that starts at 0, and players and FFmpeg skipped
@@ -1027,6 +1047,7 @@ class VideoWriter:
         source_clock: bool = False,
         colour: Colour = Colour(),
         pixel_aspect: Fraction = Fraction(1),
+        keep: tuple[Path, ...] | None = None,
     ) -> None:
         cfg = cfg or EncoderConfig()
         self.colour, self.pixel_aspect = colour, pixel_aspect
@@ -1036,7 +1057,7 @@ class VideoWriter:
         self.path = Path(path)
         self.partial = partial_path(self.path)
         self.width, self.height = width, height
-        self.lock = claim_output(self.path, lock, partials)
+        self.lock = claim_output(self.path, lock, partials, keep)
         try:
             self._open(rate, time_base, cfg)
         except BaseException:  # an error, or a stop signal while the encoder starts

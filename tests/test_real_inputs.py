@@ -1390,6 +1390,32 @@ def test_a_stopped_run_keeps_an_earlier_runs_partial_output(path, long_clip, mod
     assert "kept as" in stderr and len([f.seq for f in VideoReader(str(tmp_path / "out.partial.mp4"))]) > 0
 
 
+@pytest.mark.parametrize("path", ["engine", "inline"])
+def test_a_live_cameras_earlier_recording_is_kept_and_a_files_output_replaced(path, sample, anonengine_cli, tmp_path):
+    """An operator's trial: the engine started again on its cameras wrote each recording over, 18 minutes of a
+    camera (12,871 frames) replaced by the next run's 257, without a word. A live camera's earlier recording
+    and its metadata are set aside under one number now, and said; a file's output is replaced, as a command
+    run again is expected to."""
+    output, metadata = tmp_path / "out.mp4", tmp_path / "out.jsonl"
+    earlier = {output: b"an earlier run's hours", metadata: b'{"seq": 0}\n'}
+    for file, content in earlier.items():
+        file.write_bytes(content)
+    (tmp_path / "out.1.jsonl").write_bytes(b"a metadata file of its own")  # the next number free for both: 2
+    inline = ("--inline",) if path == "inline" else ()
+    live = anonengine_cli("run", "--video-source", sample.video, "--live", "--output-video", output, "--metadata",
+                          metadata, *inline, "--quiet", timeout=90)
+    assert live.returncode == 0, live.stderr
+    assert (tmp_path / "out.2.mp4").read_bytes() == earlier[output]
+    assert (tmp_path / "out.2.jsonl").read_bytes() == earlier[metadata]
+    assert f"an earlier run's out.mp4 is kept as {tmp_path / 'out.2.mp4'}" in live.stderr, live.stderr
+    assert len([f.seq for f in VideoReader(str(output))]) > 0.9 * FRAMES
+    again = anonengine_cli("run", "--video-source", sample.video, "--output-video", output, "--metadata", metadata,
+                           *inline, "--quiet", timeout=90)
+    assert again.returncode == 0, again.stderr
+    assert [f.seq for f in VideoReader(str(output))] == list(range(FRAMES))
+    assert not (tmp_path / "out.3.mp4").exists() and "kept as" not in again.stderr
+
+
 @pytest.mark.parametrize("after_s", [0.3, 2.5])
 def test_ctrl_c_during_start_up_ends_the_run_at_once_with_one_line(after_s, long_clip, models_dir, tmp_path):
     """While Python imports (0.3 s) and while the stages load the model (2.5 s): no traceback, no wait for

@@ -45,7 +45,7 @@ from anonengine.rundir import private_dir, run_dir_path
 from anonengine.shm import SHM_DIR, instance_segments, made_by, remove_stale_segments, unlink
 from anonengine.sources import SourceKind, classify, is_live, resolve_stream, unknown_protocol
 from anonengine.tap import MAX_TAP_MESSAGE_BYTES
-from anonengine.video import claim_output, refuse_unreplaceable
+from anonengine.video import claim_output, earlier_recording, refuse_unreplaceable
 
 log = logging.getLogger("anonengine.launcher")
 
@@ -265,7 +265,8 @@ class Launcher:
         # A failed run removes its partial files: an earlier run's, there before it, are set aside first.
         partials = (partial_metadata_path(camera.metadata),) if camera.metadata else ()
         try:
-            self.output_locks[camera.name] = claim_output(output, partials=partials)
+            keep = earlier_recording(camera.metadata) if self._is_live(camera) else None
+            self.output_locks[camera.name] = claim_output(output, partials=partials, keep=keep)
         except OutputError as exc:
             raise OutputError(f"camera {camera.name}: {exc}") from None
 
