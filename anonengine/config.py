@@ -438,10 +438,17 @@ def frame_rate(value):
 PrivacyZone = Annotated[list[Annotated[tuple[float, float], AfterValidator(_in_the_frame)]], AfterValidator(_a_polygon)]
 
 
+def _webcam_index(value):
+    """A webcam's index as YAML gives it unquoted (`source: 0`, as the README writes it): a number, which was
+    refused ("Input should be a valid string")."""
+    return str(value) if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else value
+
+
 class CameraConfig(StrictModel):
     name: str = Field("cam0", pattern=r"^[A-Za-z0-9_-]{1,32}$", description="Camera name, unique in the engine.")
-    source: FileName = Field(..., min_length=1, description="Video file, image sequence (`frames/%06d.png`: photos "
-                        "numbered so, read as a video), webcam index (0) or stream URL.")
+    source: Annotated[FileName, BeforeValidator(_webcam_index)] = Field(
+        ..., min_length=1, description="Video file, image sequence (`frames/%06d.png`: photos numbered so, read as a "
+        "video), webcam index (0) or stream URL.")
     output: FileName | None = Field(
         None, description="Anonymized video file to write, in the container its suffix names (`.mp4`, `.m4v`, `.mov`, "
         "`.mkv`, `.ts`; none: MP4); none = tap only.")

@@ -20,6 +20,7 @@ import queue
 import random
 import threading
 import time
+import urllib.parse
 from collections import Counter
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -93,8 +94,12 @@ class Source:
             return self.url, "v4l2", {}, timeouts
         options: dict[str, str] = {}
         if self.kind is SourceKind.RTSP:
-            # FFmpeg's RTSP socket timeout (microseconds): a server that stops sending is noticed.
-            options = {"rtsp_transport": self.rtsp_transport, "timeout": str(int(cfg.stall_s * 1e6))}
+            # FFmpeg's RTSP socket timeout (microseconds): a server that stops sending is noticed. Its look at the
+            # stream before the first frame comes out, no longer than the feed keeps (`buffer_s`): all its frames
+            # come out at once after it, and a look of 20 frames (2.5 s of a 10-frames/s camera, FFmpeg's own) lost
+            # 16 of them at every connection. The stream's size and rate come with its description (SDP).
+            options = {"rtsp_transport": self.rtsp_transport, "timeout": str(int(cfg.stall_s * 1e6)),
+                       "analyzeduration": str(int(max(cfg.buffer_s, MIN_PROBE_S) * 1e6))}
         elif self.kind is SourceKind.HTTP:
             options = {"rw_timeout": str(int(cfg.stall_s * 1e6))}
         return self.url, None, options, timeouts
@@ -104,6 +109,7 @@ class Source:
 # what its frame rate gives for that long (at least MIN_BUFFER_FRAMES; FFmpeg's rate of an MJPEG or RTSP stream
 # can be 25 for a 5-fps camera, or 90000, so it is taken up to MAX_RATE only) and BUFFER_MEMORY bytes.
 MIN_BUFFER_FRAMES = 4
+MIN_PROBE_S = 0.5
 MAX_RATE = 120
 BUFFER_MEMORY = 256 * 2**20
 # A connection that runs, yet gave no picture for `stall_s` and this much more, is stuck: data keeps coming, so its
@@ -215,6 +221,28 @@ def unknown_protocol(spec: str) -> str | None:
     near = (sorted(k for k in known if len(k) == len(scheme) and sorted(k) == sorted(scheme))
             + sorted(k for k in known if any(scheme[:i] + scheme[i + 1 :] == k for i in range(len(scheme)))))
     return f"Protocol not found{f' ({near[0]}:// meant?)' if near else ''}"
+
+
+# Protocols whose URL must name a host: `rtsp://` alone was tried for ever ("Connection refused").
+NEEDS_HOST = frozenset({"rtsp", "rtsps", "rtmp", "rtmps", "http", "https", "tcp", "srt"})
+
+
+def malformed_url(spec: str) -> str | None:
+    """Why the URL `spec` names no source whatever the network does (a port out of range, no host where its
+    protocol needs one), or None. An operator's `udp://127.0.0.1:99999` passed validation and attach, and said
+    "no answer in 10 s" for ever."""
+    match = URL_SCHEME.match(spec)
+    if not match:
+        return None
+    try:
+        parts = urllib.parse.urlsplit(spec)
+        parts.port  # noqa: B018 - raises where the port is out of range or no number
+    except ValueError as exc:
+        return f"its port is wrong ({exc})"
+    scheme = match.group(1).lower().split("+")[0]
+    if scheme in NEEDS_HOST and not parts.hostname:
+        return f"it names no host ({scheme}://HOST/...)"
+    return None
 
 
 def classify(spec: str, rtsp_transport: str = "tcp", stream: bool | None = None, fps: float | None = None) -> Source:

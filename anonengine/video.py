@@ -27,7 +27,15 @@ from anonengine.config import EncoderConfig, SourcesConfig
 from anonengine.errors import ConfigError, InputError, OutputError, SourceNotOpenable, UnknownProtocol
 from anonengine.locks import FileLock, LockBusy, output_lock_path
 from anonengine.paths import OUTPUT_CONTAINERS, URL_SCHEME, partial_path, sequence_photo
-from anonengine.sources import PLAYLIST_FORMATS, Source, SourceKind, classify, fitted, unknown_protocol
+from anonengine.sources import (
+    PLAYLIST_FORMATS,
+    Source,
+    SourceKind,
+    classify,
+    fitted,
+    malformed_url,
+    unknown_protocol,
+)
 
 # The end of an MPEG-TS file is probed for a stream begun past its anonymized one (`_new_stream_follows`) as far as
 # this; such a stream goes on for this many packets at least.
@@ -126,6 +134,8 @@ def open_source(source: Source, cfg: SourcesConfig) -> av.container.InputContain
     """Opens a classified source (file, webcam, stream URL) with the timeouts a live source needs, to be
     decoded where `cfg.decoder` says."""
     url, fmt, options, timeout = source.open_arguments(cfg)
+    if (malformed := malformed_url(url)) is not None:  # no retry can mend it: an engine's camera fails at once
+        raise UnknownProtocol(f"cannot open video {source.spec}: {malformed}")
     # NVDEC's frames come down to memory as NV12 with their properties: PyAV copies them, a phone's display
     # matrix with them, since 18.1 (PyAV#2321; before, only the timestamp, and a portrait video stayed on
     # its side for the detector).
@@ -493,7 +503,9 @@ class VideoReader:
                 decoded += 1
             reason = _ffmpeg_reason(exc, timed_out=self.stalled)
             if reason == self.stalled:  # a sender that stopped: nothing failed to decode
-                raise InputError(f"{self.source}: {reason} after frame {decoded}") from None
+                # Counted on this connection: the camera's own numbers run on across connections and captures (an
+                # operator read "after frame 269" of a camera at frame 4250).
+                raise InputError(f"{self.source}: {reason}, after {decoded} frames on this connection") from None
             raise InputError(f"cannot decode {self.source} at frame {decoded}{self._bad_photo(decoded)}: "
                              f"{reason}{self._index_out_of_reach(decoded)}") from None
         if damaged is not None:

@@ -255,6 +255,33 @@ def test_a_camera_whose_protocol_ffmpeg_does_not_know_is_refused(source, said, t
     assert_valid(validate(tmp_path, cfg), [])
 
 
+@pytest.mark.parametrize(("source", "said"), [("udp://127.0.0.1:99999", "its port is wrong (Port out of range 0-65535)"),
+                                              ("rtsp://", "it names no host (rtsp://HOST/...)"),
+                                              ("rtsp://:8554/cam", "it names no host (rtsp://HOST/...)")])
+def test_a_camera_whose_url_names_no_source_is_refused_and_fails_at_once(source, said, tmp_path, anonengine_cli):
+    """An operator's trial: `udp://127.0.0.1:99999` and a bare `rtsp://` passed validation and attach, and each
+    camera then said "no answer in 10 s" or "Connection refused" for ever. `udp://:5000` (any address) is one."""
+    cfg = config(tmp_path)
+    cfg["cameras"][0]["source"] = source
+    assert refusal(validate(tmp_path, cfg)) == f"anonengine: error: camera a: cannot open video {source}: {said}"
+    cfg["cameras"][0]["source"] = "udp://:5000"
+    assert_valid(validate(tmp_path, cfg), [])
+    result = anonengine_cli("run", "--video-source", source, "--output-video", tmp_path / "out.mp4", "--http", "off",
+                            timeout=60)
+    assert result.returncode == 2 and result.stderr.strip().splitlines()[-1] == (
+        f"anonengine: error: capture[cam0]: cannot open video {source}: {said}"), result.stderr
+
+
+def test_a_webcams_index_unquoted_in_yaml_is_its_source():
+    """`source: 0`, as the README writes a webcam, is a number in YAML: it was refused ("Input should be a valid
+    string", an operator's trial). A flag is still no source."""
+    from anonengine.config import CameraConfig
+
+    assert CameraConfig.model_validate(yaml.safe_load("source: 0")).source == "0"
+    with pytest.raises(ValueError, match="valid string"):
+        CameraConfig.model_validate(yaml.safe_load("source: true"))
+
+
 def test_a_detector_input_under_640_is_said(tmp_path):
     """An operator's engine at imgsz 320 (as the README's soak) showed persons 50 to 72 px tall as filmed, and
     nothing said so: `anonengine run` said it when done; validation and launch say it now."""

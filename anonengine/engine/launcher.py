@@ -43,7 +43,7 @@ from anonengine.paths import as_text, partial_metadata_path, partial_path, redac
 from anonengine.recording import segments_folder
 from anonengine.rundir import private_dir, run_dir_path
 from anonengine.shm import SHM_DIR, instance_segments, made_by, remove_stale_segments, unlink
-from anonengine.sources import SourceKind, classify, is_live, resolve_stream, unknown_protocol
+from anonengine.sources import SourceKind, classify, is_live, malformed_url, resolve_stream, unknown_protocol
 from anonengine.tap import MAX_TAP_MESSAGE_BYTES
 from anonengine.video import claim_output, earlier_recording, refuse_unreplaceable
 
@@ -1082,7 +1082,7 @@ def protocol_problem(camera: CameraConfig) -> ConfigError | None:
     """A camera whose URL names a protocol FFmpeg does not know (`unknown_protocol`), which `launch --validate-config`
     and `attach` refuse. Not among `camera_problems`: launch starts such a camera and fails it alone, the engine
     going on with the others."""
-    if (hopeless := unknown_protocol(camera.source)) is None:
+    if (hopeless := unknown_protocol(camera.source) or malformed_url(camera.source)) is None:
         return None
     return ConfigError(f"camera {camera.name}: cannot open video {camera.source}: {hopeless}")
 
