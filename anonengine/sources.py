@@ -92,14 +92,14 @@ class Source:
         timeouts = (cfg.connect_timeout_s, cfg.stall_s)
         if self.kind is SourceKind.V4L2:
             return self.url, "v4l2", {}, timeouts
-        options: dict[str, str] = {}
+        # FFmpeg's look at a stream before its first frame comes out, no longer than the feed keeps (`buffer_s`):
+        # all the frames it looked at come out at once after it, and a look of 20 frames (FFmpeg's own: 2.5 s of a
+        # 10-frames/s camera) lost 16 of them at every connection of an RTSP camera, 4 of a UDP stream's. A frame's
+        # size is its own, told by the frames themselves.
+        options: dict[str, str] = {"analyzeduration": str(int(max(cfg.buffer_s, MIN_PROBE_S) * 1e6))}
         if self.kind is SourceKind.RTSP:
-            # FFmpeg's RTSP socket timeout (microseconds): a server that stops sending is noticed. Its look at the
-            # stream before the first frame comes out, no longer than the feed keeps (`buffer_s`): all its frames
-            # come out at once after it, and a look of 20 frames (2.5 s of a 10-frames/s camera, FFmpeg's own) lost
-            # 16 of them at every connection. The stream's size and rate come with its description (SDP).
-            options = {"rtsp_transport": self.rtsp_transport, "timeout": str(int(cfg.stall_s * 1e6)),
-                       "analyzeduration": str(int(max(cfg.buffer_s, MIN_PROBE_S) * 1e6))}
+            # FFmpeg's RTSP socket timeout (microseconds): a server that stops sending is noticed.
+            options |= {"rtsp_transport": self.rtsp_transport, "timeout": str(int(cfg.stall_s * 1e6))}
         elif self.kind is SourceKind.HTTP:
             options = {"rw_timeout": str(int(cfg.stall_s * 1e6))}
         return self.url, None, options, timeouts

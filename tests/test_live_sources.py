@@ -340,12 +340,11 @@ def test_rtsp_over_udp_where_asked(server):
 
 
 def test_an_rtsp_cameras_first_frames_are_not_dropped_for_ffmpegs_look_at_the_stream(gstreamer, tmp_path):
-    """FFmpeg looked at an RTSP stream for 20 frames before its first came out, all then at once: 2.5 s of a
+    """FFmpeg looked at a stream for 20 frames before its first came out, all then at once: 2.5 s of a
     10-frames/s camera, and the feed, which keeps `sources.buffer_s` of frames (10 here), dropped 16 at every
-    connection and reconnection (an operator's trial: 7 at each of 10 reconnections, and each said "degraded,
-    the engine behind it" on a quiet machine). The look is now `buffer_s` long: its frames fit."""
-    clip = make_sample(tmp_path, width=WIDTH, height=HEIGHT, frames=100, fps=10)
-    server = RtspServer(clip.video, free_port())
+    connection and reconnection of an RTSP camera (an operator's trial: 7 at each of 10 reconnections, each said
+    "degraded, the engine behind it" on a quiet machine). The look is now `buffer_s` long: its frames fit."""
+    server = RtspServer(make_sample(tmp_path, width=WIDTH, height=HEIGHT, frames=100, fps=10).video, free_port())
     server.start()
     feed = LiveFeed(classify(server.url), "slow", SourcesConfig()).start()
     try:
