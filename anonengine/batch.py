@@ -23,7 +23,6 @@ import argparse
 import contextlib
 import errno
 import glob
-import itertools
 import logging
 import os
 import signal
@@ -49,15 +48,18 @@ from anonengine.config import AnonymizerConfig, CameraConfig, EngineConfig
 from anonengine.errors import AnonError, ConfigError, InputError, ModelError, OutputError
 from anonengine.interrupts import INTERRUPTS, Interrupted, plural
 from anonengine.locks import FileLock, LockBusy
-from anonengine.manifest import MANIFEST_NAME, Fingerprint, Manifest, Record, file_sha256, settings_key, utc_now
+from anonengine.manifest import (
+    MANIFEST_NAME,
+    Fingerprint,
+    Manifest,
+    ManifestUnwritable,
+    Record,
+    file_sha256,
+    settings_key,
+    utc_now,
+)
+from anonengine.media import media_kind, misnamed, named_kind
 from anonengine.paths import (
-    FFMPEG_PHOTO_SUFFIXES,
-    PHOTO_SIGNATURES,
-    PHOTO_SUFFIXES,
-    UNREADABLE_PHOTO_SUFFIXES,
-    URL_SCHEME,
-    VIDEO_SUFFIXES,
-    is_photo,
     partial_path,
     photo_output,
     working_name,
@@ -68,12 +70,6 @@ from anonengine.video import Frame, main_video
 
 log = logging.getLogger("anonengine")
 
-# Files named otherwise that are surely not video: not opened to find out.
-NOT_VIDEO_SUFFIXES = frozenset({".txt", ".md", ".json", ".jsonl", ".xml", ".csv", ".srt", ".vtt", ".ass", ".db",
-                                ".ini", ".log", ".pdf", ".zip", ".mp3", ".wav", ".flac", ".m4a", ".aac", ".ogg",
-                                ".opus", ".py", ".yaml", ".yml", ".html", ".thm", ".lock", ".partial"})
-PHOTO_INPUTS = PHOTO_SUFFIXES | FFMPEG_PHOTO_SUFFIXES | UNREADABLE_PHOTO_SUFFIXES  # those it reads, and reports
-IMAGE_DEMUXERS = frozenset({"image2", "ico"})  # and every `*_pipe`: FFmpeg's demuxers of one picture
 # A photo's persons have no other frame to be caught in (no hold, no look-ahead): it is detected at least
 # at the audit adversary's size. At the videos' 320, a 31x106-px person in a 320x192 photo is missed;
 # at 960 found. On this 2-core machine: 0.2 s a photo (0.4 s at 1280), after a first export per shape.
@@ -259,69 +255,6 @@ def holds(folder: Path, inner: Path) -> bool:
 def disk_full(reason: str) -> bool:
     """Whether a file failed for want of room (the disk full, or the user's quota), by what the failure says."""
     return any(os.strerror(code) in reason for code in (errno.ENOSPC, errno.EDQUOT))
-
-
-def named_kind(path: Path) -> str | None:
-    """"video" or "photo" as `path`'s suffix names it; None for a suffix that names neither."""
-    suffix = path.suffix.lower()
-    return "video" if suffix in VIDEO_SUFFIXES else "photo" if suffix in PHOTO_INPUTS else None
-
-
-def media_kind(path: Path) -> str | None:
-    """"video", "photo" or None (neither), by what the file holds where its name could be wrong: what FFmpeg
-    finds in it. A single picture (one of its image demuxers': a JPEG, a PNG...) is a photo, whatever its name;
-    moving pictures are a video, named as a photo too; a picture attached to a song is neither. A file whose
-    name says neither is told so too: left out by its name alone, a batch's `.gif`, `.mxf`, `.vob` and
-    suffix-less videos stayed as filmed while the summary said nothing failed; taken for a video, a
-    suffix-less JPEG was detected at the videos' 640 and its crowd came out as photographed. Trusted for its
-    name, a crowd's JPEG named `.mp4` came out so, exit 0, and a video named `.jpg` as its first frame alone
-    (an archivist's trial). Files FFmpeg cannot read keep their name's kind (and fail with their reason)."""
-    suffix, named = path.suffix.lower(), named_kind(path)
-    if suffix in NOT_VIDEO_SUFFIXES:
-        return None
-    if suffix in UNREADABLE_PHOTO_SUFFIXES:
-        return "photo"  # reported as failed by name (FFmpeg reads an iPhone's HEIF as a video of its tiles)
-    if named == "photo" and starts_as_photo(path):
-        return "photo"  # a JPEG or PNG named so: not opened (an animated PNG's first picture is the photo)
-    try:
-        with av.open(str(path)) as container:
-            if not any(av.stream.Disposition.attached_pic not in stream.disposition
-                       for stream in container.streams.video):
-                return named if named == "video" else None  # a video without pictures fails with its reason
-            picture = container.format.name in IMAGE_DEMUXERS or container.format.name.endswith("_pipe")
-            if not picture and named != "photo":
-                return "video"
-            # JPEGs one after another (a camera's MJPEG) are a video, each a frame; a one-picture AVIF a photo.
-            pictures = sum(1 for _ in itertools.islice(container.decode(main_video(container)), 2))
-            return "photo" if pictures < 2 or (picture and named == "photo") else "video"
-    except (av.FFmpegError, OSError, UnicodeDecodeError, ValueError):
-        return named
-
-
-def holds_photo(source: str) -> bool:
-    """Whether `source` is a photo: a file by what it holds (`media_kind`: a JPEG named `.mp4` is one, a video
-    named `.jpg` is not, nor a camera's MJPEG); anything else (a URL, a device, a file not there) by its name."""
-    if URL_SCHEME.match(source) or not Path(source).is_file():
-        return is_photo(source)
-    return media_kind(Path(source)) == "photo"
-
-
-def misnamed(path: Path, kind: str | None) -> str | None:
-    """What to say of a file that holds another kind than its name says (`media_kind`), or None."""
-    named = named_kind(path)
-    if kind is None or named is None or kind == named:
-        return None
-    return f" holds a {kind}, not a {named} as its name says: anonymized as a {kind}"
-
-
-def starts_as_photo(path: Path) -> bool:
-    """Whether the file begins as a JPEG or PNG does."""
-    try:
-        with open(path, "rb") as file:
-            head = file.read(16)
-    except OSError:
-        return False
-    return any(head.startswith(signature) for signature, _ in PHOTO_SIGNATURES)
 
 
 def _glob_root(pattern: str) -> Path:
@@ -518,6 +451,12 @@ class FileRunner:
         self.detect_photos.close()
 
 
+def not_recorded(exc: ManifestUnwritable, left: int) -> str:
+    """Why a batch stopped whose manifest could not be written, for its summary."""
+    return (f"stopped: {exc}; {left} file(s) not done (the first of them anonymized, not recorded). Make it "
+            "writable, then run the same command again (what is recorded is kept)")
+
+
 def write_still(picture: np.ndarray, output: Path, cfg: EngineConfig) -> None:
     """A photo's anonymized picture as a video of one frame (`run --video-source IMG.jpg --output-video x.mp4`),
     at the encoder's settings; the caller holds the output's lock. Before, such a photo went the videos' way:
@@ -572,6 +511,8 @@ class Batch:
                                             "file(s) not started. Make room, then run the same command again "
                                             "(what is done is kept)")
                     break
+        except ManifestUnwritable as exc:
+            self.summary.stopped = not_recorded(exc, len(todo) - self.summary.done - len(self.summary.failed))
         except Interrupted as stop:
             self.summary.interrupted_by = stop.signum
         finally:
@@ -593,7 +534,7 @@ class Batch:
                                        time.monotonic() - started), self.settings["settings"])
             self.summary.done += 1
             self.summary.frames += frames
-        except ModelError:
+        except (ModelError, ManifestUnwritable):
             raise  # every file would fail the same way: the job ends, in one line
         except AnonError as exc:
             self._failed(job, str(exc))
@@ -620,7 +561,7 @@ class Batch:
 
 def cmd_batch(args: argparse.Namespace) -> int:
     """`anonengine run` on a folder or a glob: the summary on stdout, a line per failed file on stderr;
-    exit 1 when any failed, 128 + signal when stopped."""
+    exit 1 when any failed or the batch stopped before its end, 128 + signal when a signal stopped it."""
     from anonengine.cli import config_from_run_flags
 
     if args.ray is not None and not args.output_dir:
@@ -657,7 +598,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
         print(f"anonengine: interrupted by {signal.Signals(summary.interrupted_by).name} after {summary.done} "
               f"file(s); the same command does the rest (the file in flight is redone)", file=sys.stderr)
         return 128 + summary.interrupted_by
-    return 1 if summary.failed else 0
+    return 1 if summary.failed or summary.stopped else 0
 
 
 def cmd_photo(args: argparse.Namespace) -> int:

@@ -30,7 +30,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from anonengine.argparsing import LOG_LEVEL_VARIABLE, OneLineParser, frame_rate, log_level_from_env, redact_logs
-from anonengine.errors import AnonError, ConfigError
+from anonengine.errors import AnonError, ConfigError, InputError
 from anonengine.interrupts import INTERRUPTS, Interrupted, interrupted_line, plural
 from anonengine.paths import OUTPUT_CONTAINERS, ROTATIONS, redacted
 
@@ -179,7 +179,7 @@ def default_output(source: str) -> str:
         stem = Path(urllib.parse.unquote(url.path)).stem or url.hostname or ""
         stem = re.sub(r"[^A-Za-z0-9._-]+", "_", stem).strip("._")
     else:
-        from anonengine.batch import holds_photo
+        from anonengine.media import holds_photo
         from anonengine.paths import is_sequence, photo_output, sequence_stem
 
         stem = sequence_stem(source) if is_sequence(source) else Path(source).stem
@@ -234,7 +234,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         args.camera = DEFAULT_CAMERA
         return cmd_batch(args)
     args.camera = DEFAULT_CAMERA if args.camera is None else args.camera
-    from anonengine.batch import holds_photo, media_kind, misnamed
+    from anonengine.media import holds_photo, media_kind, misnamed
 
     if Path(args.video_source).is_file() and (note := misnamed(Path(args.video_source),
                                                                media_kind(Path(args.video_source)))):
@@ -351,6 +351,12 @@ def cmd_audit(args: argparse.Namespace) -> int:
         raise ConfigError(f"--conf {args.conf:g}: a person score in (0, 1]")
     if args.imgsz < 32 or args.imgsz % 32:
         raise ConfigError(f"--imgsz {args.imgsz}: a multiple of 32, at least 32 (the default 960)")
+    for role, given in (("original", args.original), ("anonymized", args.anonymized)):
+        # Named by its part: "video source not found" said neither which of the two, nor that a folder was given.
+        if not Path(given).exists():
+            raise InputError(f"the {role} {given} is not there")
+        if not Path(given).is_file():
+            raise InputError(f"the {role} {given} is not a file (a folder?)")
     json_path = Path(args.json or f"{args.anonymized}.audit.json")
     sheet_path = Path(args.sheet or f"{args.anonymized}.audit.png")
     for path in (json_path, sheet_path):

@@ -21,20 +21,22 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import sys
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from anonengine.audio import CarryPolicy
-from anonengine.batch import FileRunner, Job, Summary, output_settings, pending_jobs, record_of
+from anonengine.batch import FileRunner, Job, Summary, not_recorded, output_settings, pending_jobs, record_of
 from anonengine.config import EngineConfig
 from anonengine.errors import AnonError, ConfigError
 from anonengine.interrupts import INTERRUPTS, Interrupted
-from anonengine.manifest import Manifest
+from anonengine.manifest import Manifest, ManifestUnwritable
 
 TASK_RETRIES = 3  # a file's task is run again this often when its worker or node dies
 WAIT_S = 0.5  # how often the driver looks for finished tasks (and a stop signal)
+CONNECT_S = 10  # a cluster's address answers within this, or the batch is refused
 
 
 @dataclass(frozen=True)
@@ -74,6 +76,21 @@ def anonymize_job(cfg_json: str, settings_key: str, policy: CarryPolicy, job: Jo
     return Outcome(job.rel, frames, audio_state, digest, round(time.monotonic() - started, 3), node, gpus)
 
 
+def reachable(address: str | None) -> None:
+    """ConfigError, in one line, where the cluster's `address` (HOST:PORT, or ray://HOST:PORT) takes no connection
+    within CONNECT_S. Ray's own client tried a port nobody listened on, or a host name that does not resolve, for
+    minutes without end, naming another address (a user's trial: killed after 180 s)."""
+    if address in (None, "", "auto", "local"):
+        return
+    host, _, port = address.split("://", 1)[-1].rpartition(":")
+    if not host or not port.isdigit():
+        return  # Ray says what it makes of it
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_S).close()
+    except OSError as exc:
+        raise ConfigError(f"cannot reach the Ray cluster at {address}: {exc.strerror or exc or 'no answer'}") from None
+
+
 def run_on_ray(cfg: EngineConfig, jobs: list[Job], output_dir: Path, policy: CarryPolicy, address: str | None,
                progress: bool = True) -> Summary:
     """Runs the batch's pending jobs as Ray tasks; returns the same summary as a local batch."""
@@ -93,6 +110,7 @@ def run_on_ray(cfg: EngineConfig, jobs: list[Job], output_dir: Path, policy: Car
     if not todo:
         summary.seconds = time.monotonic() - started
         return summary
+    reachable(address)
     try:
         ray.init(address=address, log_to_driver=False, configure_logging=False,
                  runtime_env={"env_vars": {"ANONENGINE_LOG_LEVEL": os.environ.get("ANONENGINE_LOG_LEVEL", "ERROR")}})
@@ -116,6 +134,10 @@ def run_on_ray(cfg: EngineConfig, jobs: list[Job], output_dir: Path, policy: Car
             for ref in ready:
                 job = pending.pop(ref)
                 _record(ray, ref, job, manifest, settings, summary, bar)
+    except ManifestUnwritable as exc:
+        summary.stopped = not_recorded(exc, len(pending) + 1)
+        for ref in pending:
+            ray.cancel(ref, force=True)
     except Interrupted as stop:
         summary.interrupted_by = stop.signum
         for ref in pending:  # the files in flight are redone by the next run

@@ -385,7 +385,7 @@ def error_text(err: dict) -> str:
 
 
 def _holds_photo(source: str) -> bool:
-    from anonengine.batch import holds_photo  # it opens the file: imported where a photo's output is named
+    from anonengine.media import holds_photo  # it reads the file: imported where a photo's output is named
 
     return holds_photo(source)
 

@@ -20,6 +20,8 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from anonengine.errors import OutputError
+
 MANIFEST_NAME = "anonengine-manifest.jsonl"
 
 
@@ -76,6 +78,10 @@ class Record:
         return Fingerprint(self.size, self.mtime_ns)
 
 
+class ManifestUnwritable(OutputError):
+    """The manifest cannot be written (a full disk, a permission taken away mid-batch)."""
+
+
 class Manifest:
     """The records of `folder`'s manifest file, the last one of each input winning."""
 
@@ -89,7 +95,10 @@ class Manifest:
             self._read()
 
     def _read(self) -> None:
-        text = self.path.read_text(errors="replace")
+        try:
+            text = self.path.read_text(errors="replace")
+        except OSError as exc:  # a folder of that name, a file this user may not read: it was an internal error
+            raise OutputError(f"cannot read {self.path}: {exc.strerror or exc}") from None
         self._torn = bool(text) and not text.endswith("\n")
         for line in text.splitlines():
             try:
@@ -124,10 +133,13 @@ class Manifest:
             self.settings[record.settings] = settings
             lines.append(json.dumps({"settings_key": record.settings, "settings": settings}, sort_keys=True))
         lines.append(json.dumps(asdict(record)))
-        with open(self.path, "a") as f:
-            f.write("".join(line + "\n" for line in lines))
-            f.flush()
-            os.fsync(f.fileno())
+        try:
+            with open(self.path, "a") as f:
+                f.write("".join(line + "\n" for line in lines))
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as exc:  # every file after would be done for nothing: the batch stops (an internal error before)
+            raise ManifestUnwritable(f"cannot write {self.path}: {exc.strerror or exc}") from None
         self._torn = False
         self.records[record.input] = record
 

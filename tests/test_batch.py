@@ -789,6 +789,34 @@ def test_a_full_disk_stops_the_batch_and_a_read_only_one_is_one_line(inputs, ano
         "anonengine: error: cannot write small/other: Read-only file system"), read_only.stderr
 
 
+def test_a_manifest_that_cannot_be_written_mid_batch_stops_it_in_one_line(inputs, models_dir, tmp_path):
+    """A permission taken away from the manifest mid-batch (a user's trial: `chattr +i`) ended the batch as an
+    "internal error: PermissionError", with no summary. It stops the batch now, said with what is left; the file
+    whose record failed is redone by the next run."""
+    source = tmp_path / "in"
+    source.mkdir()
+    for n in range(4):
+        shutil.copy(inputs["clip"], source / f"clip{n}.mp4")
+    manifest = tmp_path / "out" / MANIFEST_NAME
+    proc = subprocess.Popen([sys.executable, "-m", "anonengine.cli", "run", "--video-source", "in", "--output-dir",
+                             "out", *FAST], cwd=tmp_path, env=cli_env(models_dir), stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (manifest.exists() and '"input"' in manifest.read_text()) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    manifest.unlink()
+    manifest.mkdir()  # a first record is in: the next one cannot be written
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 1, stderr
+    assert "internal error" not in stderr and "Traceback" not in stderr, stderr
+    assert stderr.splitlines()[-1] == (f"anonengine: stopped: cannot write out/{MANIFEST_NAME}: Is a directory; 3 file(s) "
+                                       "not done (the first of them anonymized, not recorded). Make it writable, then "
+                                       "run the same command again (what is recorded is kept)"), stderr
+    again = subprocess.run([sys.executable, "-m", "anonengine.cli", "run", "--video-source", "in", "--output-dir",
+                            "out", *FAST], cwd=tmp_path, env=cli_env(models_dir), capture_output=True, text=True)
+    assert again.returncode == 2 and again.stderr.strip() == (
+        f"anonengine: error: cannot read out/{MANIFEST_NAME}: Is a directory"), again.stderr  # not "internal error"
+
+
 def test_linked_folders_are_taken_once_each_and_a_link_back_up_is_no_loop(inputs, tmp_path):
     """A folder reached by a symbolic link (an archive's second disk) was left out without a word while the
     summary counted the rest; a glob's `**` followed a link back up 40 folders deep, one file 40 outputs."""
@@ -834,10 +862,27 @@ def test_files_neither_video_nor_photo_are_said_to_be_left_out(first_run):
     assert "batch: 1 other file(s), neither video nor photo, left out (such as notes.txt)" in result.stderr
 
 
+def test_a_video_or_photo_named_as_it_is_is_told_by_its_first_bytes_without_ffmpeg(inputs, tmp_path):
+    """Told apart by what it holds, every run's source was opened with FFmpeg, whose import (PyAV, OpenCV, NumPy:
+    0.36 s here) then came before the engine's fork server started. A file whose name and first bytes agree is
+    not opened; MP4, Matroska, MPEG-TS and JPEG are told by their bytes, as an AVIF (ISO media too) is a photo."""
+    shutil.copy(inputs["clip"], tmp_path / "a.mp4")
+    for name, fmt in (("b.mkv", "matroska"), ("c.ts", "mpegts")):
+        subprocess.run(["ffmpeg", "-v", "error", "-i", str(inputs["clip"]), "-c", "copy", "-f", fmt, str(tmp_path / name)],
+                       check=True)
+    (tmp_path / "d.jpg").write_bytes(zidane_jpeg(inputs))
+    script = ("import sys; from pathlib import Path; from anonengine.media import media_kind, sniffed_kind; "
+              "print([(media_kind(Path(p)), sniffed_kind(Path(p))) for p in sys.argv[1:]], 'av' in sys.modules)")
+    paths = [str(tmp_path / name) for name in ("a.mp4", "b.mkv", "c.ts", "d.jpg")]
+    done = subprocess.run([sys.executable, "-c", script, *paths], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == ("[('video', 'video'), ('video', 'video'), ('video', 'video'), ('photo', 'photo')] "
+                                   "False"), done
+
+
 def test_a_cameras_mjpeg_without_a_suffix_is_a_video_not_its_first_picture(inputs, tmp_path):
     """JPEGs one after another start as a photo does: taken for one by its first bytes, a camera's MJPEG came
     out as its first frame alone."""
-    from anonengine.batch import holds_photo, media_kind
+    from anonengine.media import holds_photo, media_kind
 
     with av.open(str(tmp_path / "cam"), "w", format="mjpeg") as mjpeg:
         stream = mjpeg.add_stream("mjpeg", rate=25)

@@ -118,6 +118,20 @@ def batch_with_a_death(head: Cluster, models_dir: Path, inputs: Path, output_dir
     return summary, victims
 
 
+@pytest.mark.parametrize("address", ["127.0.0.1:{port}", "ray://127.0.0.1:{port}"])
+def test_a_cluster_address_nobody_answers_at_is_one_line_at_once(address, inputs, anonengine_cli, tmp_path):
+    """A wrong port: Ray's client tried it for minutes without end, naming another address (a user's trial,
+    killed after 180 s). Nothing is written."""
+    from helpers import free_port
+
+    address = address.format(port=free_port())
+    result = anonengine_cli("run", "--ray", address, "--video-source", inputs, "--output-dir", tmp_path / "out",
+                            timeout=60)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip() == f"anonengine: error: cannot reach the Ray cluster at {address}: Connection refused"
+    assert not (tmp_path / "out" / MANIFEST_NAME).exists()
+
+
 def test_on_a_cluster_with_gpus_every_task_reserves_one(inputs, models_dir, tmp_path, cluster):
     """Two nodes of two CPUs and one GPU each (this machine has none, so the detector, on `auto`, runs on the
     CPU). A task takes a GPU, so a node runs one file at a time, not two."""

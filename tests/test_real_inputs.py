@@ -598,6 +598,14 @@ def test_an_audit_whose_report_would_mean_nothing_is_refused_at_once(flags, said
     assert said in line, line
 
 
+def test_an_audit_names_which_of_its_two_files_is_not_there(sample, anonengine_cli, tmp_path):
+    """"video source not found: nope.mp4" said neither which of the two it was, nor that a folder was given."""
+    for args, said in (((tmp_path / "nope.mp4", sample.video), f"the original {tmp_path / 'nope.mp4'} is not there"),
+                       ((sample.video, tmp_path), f"the anonymized {tmp_path} is not a file (a folder?)")):
+        result = anonengine_cli("audit", *args, "--device", "cpu", cwd=tmp_path)
+        assert result.returncode == 2 and result.stderr.strip() == f"anonengine: error: {said}", result.stderr
+
+
 def test_a_rotate_the_engine_does_not_know_is_one_line(sample, anonengine_cli, tmp_path):
     result = anonengine_cli("run", "--video-source", sample.video, "--output-video", tmp_path / "o.mp4",
                             "--rotate", "45")
