@@ -152,11 +152,10 @@ def find_jobs(spec: str, output_dir: Path) -> list[Job]:
         raise InputError(f"video source not found: {spec}")
     candidates = [p for p in found if not holds(output_dir, p.parent)]  # not our own outputs
     found = once_each(candidates)
-    if len(found) < len(candidates):  # links to a file of the tree: its output is where its own path says
+    if dropped := sorted(set(candidates) - set(found)):  # links to a file of the tree: done under its own path
         kept = {p.resolve(): p for p in found}
-        link = next(p for p in sorted(candidates) if p not in set(found))
         log.info("batch: %d file(s) reached by more than one path (links), each anonymized once (such as %s, as %s)",
-                 len(candidates) - len(found), link.relative_to(root), kept[link.resolve()].relative_to(root))
+                 len(dropped), dropped[0].relative_to(root), kept[dropped[0].resolve()].relative_to(root))
     if not found:
         raise InputError(f"no videos or photos in {spec}")
     jobs, sources = [], {}

@@ -42,6 +42,7 @@ from anonengine.video import (
     claim_output,
     container_format,
     copied_video_stream,
+    earlier_recording,
     encoder_options,
 )
 
@@ -260,7 +261,8 @@ class SegmentedRecording:
     # --- lifecycle -----------------------------------------------------------------------------
     def setup(self) -> None:
         partials = (partial_metadata_path(self.metadata),) if self.metadata else ()
-        self.lock = claim_output(self.output, self.hold_lock, partials)
+        keep = earlier_recording(str(self.metadata) if self.metadata else None) if self.stream.live else None
+        self.lock = claim_output(self.output, self.hold_lock, partials, keep)  # held here: no launcher (Procfile)
         try:
             self.folder.mkdir(exist_ok=True)
             self._recover()

@@ -13,6 +13,7 @@ import sys
 import textwrap
 import time
 from fractions import Fraction
+from pathlib import Path
 
 import cv2
 import pytest
@@ -39,6 +40,25 @@ def worst_psnr(images, frames) -> float:
 
 def record(i: int) -> dict:
     return {"camera": "cam", "index": i, "pts": i * TICKS, "persons": []}
+
+
+@pytest.mark.parametrize("live", [True, False])
+def test_an_encoder_on_its_own_keeps_a_live_cameras_earlier_recording(live, images, tmp_path):
+    """Stages run by the Procfile (no launcher to claim the output): the encoder claims it, and sets a live
+    camera's earlier recording aside with its metadata, as the launcher does; a file's is replaced."""
+    earlier = {tmp_path / "out.mp4": b"an earlier run's hours", tmp_path / "out.jsonl": b"{}\n"}
+    for file, content in earlier.items():
+        file.write_bytes(content)
+    info = StreamInfo(WIDTH, HEIGHT, Fraction(FPS), TIME_BASE, 0, live)
+    recording = SegmentedRecording(tmp_path / "out.mp4", info, EncoderConfig(), "cam", "run1",
+                                   str(tmp_path / "out.jsonl"), max_pending=10)
+    recording.setup()
+    for i, image in enumerate(images[:5]):
+        recording.add(i, i, i * TICKS, image, record(i))
+    output = recording.close()
+    assert len(list(VideoReader(str(output)))) == 5
+    kept = {tmp_path / "out.1.mp4": earlier[tmp_path / "out.mp4"], tmp_path / "out.1.jsonl": earlier[tmp_path / "out.jsonl"]}
+    assert ({file: file.read_bytes() for file in kept if file.exists()} == kept) if live else not any(map(Path.exists, kept))
 
 
 def test_frames_are_durable_as_they_leave_the_encoder_and_the_open_segment_plays(images, tmp_path):
