@@ -18,6 +18,9 @@ class OneLineParser(argparse.ArgumentParser):
     """argparse, but a usage error is one line (no usage dump)."""
 
     def error(self, message: str):
+        if message.endswith("expected one argument"):
+            # A value that begins with a dash (`--video-source -dash.mp4`) is taken for a flag.
+            message += " (a value beginning with '-' is given as --flag=VALUE, or a file as ./-name)"
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 

@@ -627,6 +627,14 @@ def test_a_missing_source_is_said_missing_whatever_its_name(anonengine_cli, tmp_
     assert result.stderr.strip().splitlines() == [missing], result.stderr
 
 
+def test_a_name_beginning_with_a_dash_is_told_how_to_give_it(anonengine_cli, tmp_path):
+    """argparse takes `-dash.mp4` for a flag: "expected one argument" alone left an archivist guessing."""
+    result = anonengine_cli("run", "--video-source", "-dash.mp4", cwd=tmp_path)
+    assert result.returncode == 2 and result.stderr.strip() == (
+        "anonengine run: error: argument --video-source: expected one argument (a value beginning with '-' is given "
+        "as --flag=VALUE, or a file as ./-name)"), result.stderr
+
+
 @pytest.mark.parametrize("inline", [False, True], ids=["engine", "inline"])
 def test_a_run_at_a_detector_input_under_640_says_what_it_misses(inline, small_sample_clip, anonengine_cli, tmp_path):
     """`--imgsz 480` showed a near person (198 px of a 360-px frame) in 250 of 250 frames, exit 0, without a word (a
