@@ -86,6 +86,7 @@ class AuditReport:
     shown_size: tuple[int, int] = (0, 0)  # (width, height) of the frames as the adversary looked at them
     closest: int = 0  # a photo larger than `imgsz`: the largest size it was also looked at (`closer_sizes`)
     cut_short: bool = False  # the anonymized video ends before the original: its `frames` were audited
+    skipped: int = 0  # the original's frames that are not in the anonymized video midway (a live run's dropped)
 
     @property
     def smallest_person(self) -> int:
@@ -146,7 +147,15 @@ def audit(original: str, anonymized: str, pose_model: str = "yolo11n-pose.pt", c
     flagged, drawn, count, shown_size, closest = [], [], 0, (0, 0), 0
     photo = is_photo(original)
     original_frames, anonymized_frames = iter(originals), iter(anonymizeds)
-    while (source := next(original_frames, None)) is not None and (frame := next(anonymized_frames, None)) is not None:
+    # Paired by time, not by order: a live run's frames dropped midway (the engine behind) put every later frame
+    # against an earlier original's, whose persons were elsewhere (a red team's trial: a skeleton over a hidden
+    # walker flagged as shown; a leak could as well pass as replaced pixels).
+    ahead, start, skipped = next(original_frames, None), None, 0  # the next original not paired yet
+    while ahead is not None and (frame := next(anonymized_frames, None)) is not None:
+        source, ahead = ahead, next(original_frames, None)
+        start = source.time - frame.time if start is None else start  # each file's first frame at its own time
+        while ahead is not None and abs(ahead.time - start - frame.time) < abs(source.time - start - frame.time):
+            source, ahead, skipped = ahead, next(original_frames, None), skipped + 1
         count += 1
         # An odd-sized original is encoded one pixel larger (its edge repeated): compare the same pixels.
         frame.image = frame.image[: source.image.shape[0], : source.image.shape[1]]
@@ -188,12 +197,12 @@ def audit(original: str, anonymized: str, pose_model: str = "yolo11n-pose.pt", c
             flagged.append(AuditFrame(frame.seq, round(frame.time, 6), leaks))
         elif others:
             drawn.append(AuditFrame(frame.seq, round(frame.time, 6), others))
-    if source is None and next(anonymized_frames, None) is not None:
+    if ahead is None and next(anonymized_frames, None) is not None:
         # Its frames past the original's would go unaudited: a clean report of a video it was not compared with.
         raise InputError(f"{anonymized} goes on after the {count} frames of {original}: it is not that original's "
                          "anonymized copy (its other frames could not be audited)")
     return AuditReport(original, anonymized, count, conf, imgsz, flagged, drawn, rotate, shown_size, closest,
-                       cut_short=source is not None)
+                       cut_short=ahead is not None, skipped=skipped)
 
 
 def matching_turn(original: str, anonymized: str, rotate: int | None = None) -> int:

@@ -370,6 +370,9 @@ def cmd_audit(args: argparse.Namespace) -> int:
     print(f"{len(report.flagged)} of {report.frames} frames show a person as filmed{turned} (leak rate "
           f"{report.leak_rate:.1%}); {report.skeleton_only} more with finds over anonymized areas only "
           f"(skeletons); report: {json_path}" + (f", worst frames: {sheet}" if sheet else ""))
+    if report.skipped:
+        print(f"{plural(report.skipped, 'frame')} of the original are not in the anonymized video midway (a live run "
+              "dropped them: the engine behind?); each of its frames was compared with the original's at its time")
     if report.cut_short:
         print(f"The anonymized video ends before the original: its {report.frames} frames were audited, the "
               "original's later ones are not in it")

@@ -488,6 +488,30 @@ def test_rotate_90_in_the_engine_and_the_audit_given_the_same(sample, untagged_t
         assert said in line, line
 
 
+def test_the_audit_pairs_frames_by_time_where_a_live_run_dropped_some_midway(models_dir, anonengine_cli, tmp_path):
+    """A red team's trial: a `--live` run dropped frames midway (the engine behind), and the audit, pairing the
+    frames by order, compared every later frame with an earlier original's, whose persons were elsewhere (a
+    skeleton over a hidden walker flagged as shown), then said the video "ends before the original"."""
+    clip = make_sample(tmp_path / "clip", width=WIDTH, height=HEIGHT, frames=24)
+    output = tmp_path / "out.mp4"
+    result = anonengine_cli("run", "--video-source", clip.video, "--output-video", output, "--inline", "--quiet")
+    assert result.returncode == 0, result.stderr
+    dropped = tmp_path / "dropped.mp4"  # frames 8 to 11 left out, the others at their times
+    with av.open(str(output)) as inp, av.open(str(dropped), "w") as out:
+        source = inp.streams.video[0]
+        stream = out.add_stream("libx264", rate=25, options={"crf": "12"})
+        stream.width, stream.height, stream.pix_fmt, stream.time_base = WIDTH, HEIGHT, "yuv420p", source.time_base
+        for i, frame in enumerate(inp.decode(source)):
+            if not 8 <= i < 12:
+                picture = av.VideoFrame.from_ndarray(frame.to_ndarray(format="bgr24"), format="bgr24")
+                picture.pts, picture.time_base = frame.pts, source.time_base
+                out.mux(stream.encode(picture.reformat(format="yuv420p")))
+        out.mux(stream.encode(None))
+    report = audit(str(clip.video), str(dropped), str(models_dir / "yolo11n-pose.pt"), imgsz=320, device="cpu",
+                   augment=False)
+    assert (report.frames, report.skipped, report.cut_short, report.flagged) == (20, 4, False, [])
+
+
 def test_the_audit_looks_upside_down_for_persons_a_forgotten_rotate_left(sample, untagged_turns, models_dir,
                                                                        tmp_path, monkeypatch):
     """Run without `--rotate 180` and without the detector's own look upside down (as before it), an
