@@ -29,7 +29,7 @@ from anonengine.contact_sheet import _panel
 from anonengine.detections import box_iou, turned_back_boxes
 from anonengine.detector import load_yolo, select_device
 from anonengine.errors import InputError, ModelError, first_line
-from anonengine.paths import ROTATIONS, is_photo
+from anonengine.paths import ROTATIONS, is_photo, is_sequence
 from anonengine.sources import classify
 from anonengine.stages import SIDEWAYS_PERSON_CONF, TURNED_PERSON_CONF, brightened, closer_sizes, has_much_dark
 from anonengine.video import VideoReader, as_shown, other_looks, turn
@@ -136,8 +136,10 @@ def audit(original: str, anonymized: str, pose_model: str = "yolo11n-pose.pt", c
     """`rotate`: the run's `--rotate`, by which the original is turned to be compared with the output; None:
     found from the pixels (`matching_turn`)."""
     rotate = matching_turn(original, anonymized, rotate)
-    originals = turned_original(original, rotate)
     anonymizeds = VideoReader(anonymized)
+    # Frames are paired by time (below): an image sequence has none of its own, and its run's (`--fps`) is the
+    # output's rate.
+    originals = turned_original(original, rotate, anonymizeds.info.rate if is_sequence(original) else None)
     model = load_yolo(pose_model, "pose")
     device = select_device(device)
     try:  # Ultralytics loads a file of another format only at the first prediction
@@ -259,9 +261,10 @@ def matching_turn(original: str, anonymized: str, rotate: int | None = None) -> 
     return best if rotate is None else rotate
 
 
-def turned_original(original: str, rotate: int) -> VideoReader:
-    """The original's frames turned as the run turned them (`--rotate`), to be compared with its output's."""
-    return VideoReader(original, kind=classify(original).turned(rotate))
+def turned_original(original: str, rotate: int, fps: float | None = None) -> VideoReader:
+    """The original's frames turned as the run turned them (`--rotate`), to be compared with its output's; `fps`: an
+    image sequence's frame rate."""
+    return VideoReader(original, kind=classify(original, fps=fps).turned(rotate))
 
 
 # The views the adversary looks at besides the frame: each view's look, how a box found in it maps back to the frame
