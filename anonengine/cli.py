@@ -236,10 +236,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     args.camera = DEFAULT_CAMERA if args.camera is None else args.camera
     from anonengine.media import holds_photo, media_kind, misnamed
 
-    if Path(args.video_source).is_file() and (note := misnamed(Path(args.video_source),
-                                                               media_kind(Path(args.video_source)))):
+    source = Path(args.video_source)
+    kind = media_kind(source) if source.is_file() else None  # read once: what it holds, whatever its name says
+    if (note := misnamed(source, kind)) is not None:
         log.warning("%s%s", args.video_source, note)
-    if holds_photo(args.video_source):
+    photo = kind == "photo" if source.is_file() else holds_photo(args.video_source)  # not a file: by its name
+    if photo:
         from anonengine.batch import cmd_photo  # anonymized as a photo (`--output-video x.mp4`: written as a video)
 
         return cmd_photo(args)

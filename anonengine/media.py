@@ -12,6 +12,7 @@ from pathlib import Path
 
 from anonengine.paths import (
     FFMPEG_PHOTO_SUFFIXES,
+    PHOTO_SIGNATURES,
     PHOTO_SUFFIXES,
     UNREADABLE_PHOTO_SUFFIXES,
     URL_SCHEME,
@@ -27,8 +28,9 @@ PHOTO_INPUTS = PHOTO_SUFFIXES | FFMPEG_PHOTO_SUFFIXES | UNREADABLE_PHOTO_SUFFIXE
 IMAGE_DEMUXERS = frozenset({"image2", "ico"})  # and every `*_pipe`: FFmpeg's demuxers of one picture
 # First bytes (at an offset) of pictures, and of video containers. ISO media (`ftyp`) is either, by its brand: an
 # AVIF or HEIF is a picture.
-PICTURE_MAGIC = ((0, b"\xff\xd8\xff"), (0, b"\x89PNG\r\n\x1a\n"), (0, b"BM"), (0, b"II*\x00"), (0, b"MM\x00*"),
-                 (8, b"WEBP"), (0, b"\x00\x00\x00\x0cjP  "), (0, b"qoif"))
+PICTURE_MAGIC = (*((0, signature) for signature, _ in PHOTO_SIGNATURES), (0, b"BM"), (0, b"II*\x00"),
+                 (0, b"MM\x00*"), (8, b"WEBP"), (0, b"\x00\x00\x00\x0cjP  "), (0, b"qoif"))
+JPEG_MAGIC = b"\xff\xd8\xff"  # a camera's MJPEG (JPEGs one after another) begins so too
 VIDEO_MAGIC = ((0, b"\x1a\x45\xdf\xa3"), (0, b"\x00\x00\x01\xba"), (8, b"AVI "), (0, b"FLV"), (0, b"OggS"),
                (0, b"\x30\x26\xb2\x75\x8e\x66\xcf\x11"))
 PICTURE_BRANDS = frozenset({b"avif", b"avis", b"heic", b"heix", b"hevc", b"heim", b"heis", b"mif1", b"msf1"})
@@ -44,11 +46,20 @@ def named_kind(path: Path) -> str | None:
 
 def sniffed_kind(path: Path) -> str | None:
     """"video" or "photo" by the file's first bytes, where they tell; None where they do not (or it cannot be read)."""
+    return kind_of_head(first_bytes(path))
+
+
+def first_bytes(path: Path) -> bytes:
+    """As many of the file's first bytes as `kind_of_head` looks at; none where it cannot be read."""
     try:
         with open(path, "rb") as file:
-            head = file.read(TS_PACKET + 1)
+            return file.read(TS_PACKET + 1)
     except OSError:
-        return None
+        return b""
+
+
+def kind_of_head(head: bytes) -> str | None:
+    """"video" or "photo" by a file's first bytes (`first_bytes`), where they tell."""
     if head[4:8] in ISO_BOXES:
         return "photo" if head[4:8] == b"ftyp" and head[8:12] in PICTURE_BRANDS else "video"
     if any(head[at : at + len(magic)] == magic for at, magic in PICTURE_MAGIC):
@@ -73,19 +84,10 @@ def media_kind(path: Path) -> str | None:
         return None
     if suffix in UNREADABLE_PHOTO_SUFFIXES:
         return "photo"  # reported as failed by name (FFmpeg reads an iPhone's HEIF as a video of its tiles)
-    sniffed = sniffed_kind(path)
-    if named is not None and sniffed == named and not (named == "video" and sniffed_as_jpeg(path)):
+    head = first_bytes(path)
+    if named is not None and kind_of_head(head) == named and not (named == "video" and head.startswith(JPEG_MAGIC)):
         return named  # not opened: the name and the first bytes agree
     return _found_by_ffmpeg(path, named)
-
-
-def sniffed_as_jpeg(path: Path) -> bool:
-    """Whether the file begins as a JPEG does, which a camera's MJPEG (JPEGs one after another) does too."""
-    try:
-        with open(path, "rb") as file:
-            return file.read(3) == b"\xff\xd8\xff"
-    except OSError:
-        return False
 
 
 def _found_by_ffmpeg(path: Path, named: str | None) -> str | None:
