@@ -25,7 +25,7 @@ import cv2
 import numpy as np
 
 from anonengine.config import BackgroundConfig
-from anonengine.video import CUT_SHARE, CutFinder
+from anonengine.video import CUT_SHARE, ChangeFinder
 
 SOLID_GREY = 128
 CUT_SAMPLES = 10_000  # pixels a cut is judged on, whatever the frame's size (a grid, every few pixels)
@@ -286,7 +286,7 @@ class BackgroundModel:
         self.scene: Scene | None = None
         self._recent: deque[View] = deque(maxlen=keep_frames + 1)  # the last is the current frame's
         self._frames = 0
-        self._changes = CutFinder()  # the whole picture against the frame before: a cut where little was learnt
+        self._changes = ChangeFinder()  # the whole picture against the frame before: a cut where little was learnt
         self.guarded = 0  # frames learnt from with FIRST_SEEN_GUARD still to come (`guard`)
         self._lasting = LastingChanges(cfg.adopt_after) if cfg.adopt_after else None
 
@@ -312,7 +312,7 @@ class BackgroundModel:
     def reset(self) -> None:
         self.scene = None
         self._recent.clear()
-        self._changes = CutFinder()
+        self._changes = ChangeFinder()
         if self._lasting is not None:
             self._lasting.reset()
         if self.motion is not None:
@@ -329,7 +329,7 @@ class BackgroundModel:
         """
         cut = False
         self._frames += 1
-        changed = self._changes.share(frame) if self.cfg.cut_threshold > 0 else 0.0
+        changed = self._changes.look(frame).share if self.cfg.cut_threshold > 0 else 0.0
         moved = self.motion.estimate(frame, person_mask) if self.motion is not None else None
         view = self.view
         if view is None or view.shape != frame.shape:

@@ -133,8 +133,9 @@ class DetectorConfig(StrictModel):
     stride_mode: Literal["adaptive", "fixed"] = Field(
         "adaptive",
         description="adaptive: every frame while the last detection shows persons entering, leaving or "
-        "appearing (or failed), every 2nd while someone moves fast or persons overlap, every `stride`-th "
-        "otherwise; fixed: every `stride`-th frame always.",
+        "appearing (or failed), and where part of the picture changed at once or something came away from the "
+        "persons known; every 2nd while someone moves fast or persons overlap; every `stride`-th otherwise. "
+        "fixed: every `stride`-th frame always (a person cut in between detections shows).",
     )
 
     @model_validator(mode="after")

@@ -144,7 +144,7 @@ def anonymize_frames(frames: Iterable[Frame], detect: DetectStage, composite: Co
         if stop():
             break
         frames_seen = frame.seq + 1
-        if schedule.wants(frame.seq, frame.pts, frame.last, frame.at_break, frame.changed):
+        if schedule.wants(frame.seq, frame.pts, frame.last, frame.at_break, frame.changed, frame.came):
             wanted.append(frame)
             # With a stride, the frames the schedule wants next depend on this detection: it runs now.
             if len(wanted) < batch and not schedule.pending:

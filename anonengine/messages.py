@@ -56,6 +56,13 @@ class PackedDetections(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     masks: bytes | None = None
 
 
+class PackedCells(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A bool map of a frame's cells (`Frame.came`) as packed bits, rows first."""
+
+    shape: tuple[int, int]
+    bits: bytes
+
+
 class StreamInfoMsg(Message):
     """A camera starts: what downstream stages need to read its frames and write its output."""
 
@@ -109,6 +116,7 @@ class FrameRef(Message):
     at_break: bool = False  # beside a break in the stream (`Frame.at_break`): always detected
     changed: bool = False  # part of the picture changed at once (`Frame.changed`): detected
     pixel_aspect: tuple[int, int] = (1, 1)  # the detector looks at the frame as shown (`StreamInfo.pixel_aspect`)
+    came: PackedCells | None = None  # where something came since the frame before (`Frame.came`)
 
 
 class Detected(Message):
@@ -348,6 +356,22 @@ def pack_detections(det: Detections) -> PackedDetections:
         masks = np.packbits(det.masks.reshape(len(det), -1), axis=1).tobytes()
     return PackedDetections(tuple(det.frame_shape), det.boxes.tobytes(), det.scores.tobytes(),
                             det.keypoints.tobytes(), masks)
+
+
+def pack_cells(cells: np.ndarray | None) -> PackedCells | None:
+    return None if cells is None else PackedCells(cells.shape, np.packbits(cells).tobytes())
+
+
+def unpack_cells(packed: PackedCells | None) -> np.ndarray | None:
+    """The map; None for none. Bits that do not fill their shape (a sender's fault) are read as something come in
+    every cell of a 32x18 map: the frame is detected, unless the persons known cover all of it."""
+    if packed is None:
+        return None
+    rows, columns = packed.shape
+    bits = np.unpackbits(np.frombuffer(packed.bits, np.uint8))
+    if rows < 1 or columns < 1 or len(bits) < rows * columns or len(bits) - rows * columns >= 8:
+        return np.ones((18, 32), bool)
+    return bits[: rows * columns].reshape(rows, columns).astype(bool)
 
 
 def unpack_detections(packed: PackedDetections) -> Detections:

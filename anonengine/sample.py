@@ -131,9 +131,9 @@ def render_frames(width: int, height: int, frames: int, seed: int = 0, actors=AC
                   cut_at: int | None = None, shake: float = 0.0, zoom: float = 1.0, scene: str = "studio"):
     """Yields (image, true background, persons) for each frame.
 
-    `actors`: (sprite, height share, start centre, end centre[, (t0, t1)]), centres in shares of the
-    frame; the person stands at the start until t0, walks to the end by t1 (shares of the clip, default
-    0 and 1) and stays there. A centre outside 0..1 puts the person partly or wholly out of the picture
+    `actors`: (sprite, height share, start centre, end centre[, (t0, t1)[, frames]]), centres in shares of
+    the frame; the person stands at the start until t0, walks to the end by t1 (shares of the clip, default
+    0 and 1) and stays there; with `frames`, they are in those frames only (cut in). A centre outside 0..1 puts the person partly or wholly out of the picture
     (entering, leaving). `pan`: the camera turns over the clip by this share of the frame width.
     `cut_at`: from that frame on, the other scene. `shake`: a hand-held camera, each frame shifted by up
     to this many pixels (sub-pixel, at random). `zoom`: the camera zooms in to this factor by the end.
@@ -147,8 +147,10 @@ def render_frames(width: int, height: int, frames: int, seed: int = 0, actors=AC
         scenes.reverse()
     if cut_at is None:
         scenes.pop()
-    sprites = [(name, _load_sprite(name, round(hf * height)), start, end, (timing or [(0.0, 1.0)])[0])
-               for name, hf, start, end, *timing in actors]
+    sprites = []
+    for name, hf, start, end, *timing in actors:
+        walk, shown = timing[0] if timing else (0.0, 1.0), timing[1] if len(timing) > 1 else None
+        sprites.append((name, _load_sprite(name, round(hf * height)), start, end, walk, shown))
     for i in range(frames):
         t = i / max(1, frames - 1)
         canvas = scenes[1 if cut_at is not None and i >= cut_at else 0]
@@ -164,7 +166,9 @@ def render_frames(width: int, height: int, frames: int, seed: int = 0, actors=AC
         scale = 1 / to_scene[0, 0]
         centre = np.float64([width / 2, height / 2])
         jitter = centre - centre / scale + (round(pan * width * t), 0) - to_scene[:, 2]  # the shake, x scale
-        for name, sprite, start, end, (t0, t1) in sprites:
+        for name, sprite, start, end, (t0, t1), shown in sprites:
+            if shown is not None and i not in shown:
+                continue
             if scale != 1:
                 sprite = cv2.resize(sprite, (max(2, round(sprite.shape[1] * scale)), max(2, round(sprite.shape[0] * scale))),
                                     interpolation=cv2.INTER_AREA)

@@ -20,6 +20,7 @@ frame and timestamp, and a detector that restarts reads back its predecessor's s
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from dataclasses import replace
 
@@ -83,7 +84,8 @@ class DetectionSchedule:
         the frame was decided before (offered again; it may be the very frame awaited)."""
         return not self.pending or (seq, pts) in self.decided or self._forgotten(seq)
 
-    def wants(self, seq: int, pts: int, last: bool = False, at_break: bool = False, changed: bool = False) -> bool:
+    def wants(self, seq: int, pts: int, last: bool = False, at_break: bool = False, changed: bool = False,
+              came: np.ndarray | None = None) -> bool:
         """Whether to detect frame `seq` (at `pts`). A frame offered again gets the decision it got before; one
         decided so long ago that its decision is forgotten is looked at, the schedule unmoved. An earlier frame
         not seen before (a stream that began again) is looked at, as what follows it is, until the detections
@@ -91,7 +93,9 @@ class DetectionSchedule:
         and a frame `at_break` (either side of a break in the stream), after which the schedule starts over:
         persons jump across a break, and boxes from either side of it do not cover them. An adaptive schedule looks
         at a frame where part of the picture `changed` at once too (`Frame.changed`): someone cut in for two frames
-        over the same scene, or sprinting across it, was between two detections and in neither."""
+        over the same scene, or sprinting across it, was between two detections and in neither; and at a frame where
+        something `came` (`Frame.came`) away from the persons known (`came_apart`): a person a third of the
+        picture's height cut in for a frame changes too little of it to be `changed`."""
         key = (seq, pts)
         if key in self.decided:
             return self.decided[key]
@@ -104,7 +108,8 @@ class DetectionSchedule:
         if (self.last_seq is not None and seq <= self.last_seq) or at_break:
             self.known, self.gap = None, 1  # what came before is not what comes now: start over
             self.recent.clear()
-        if self.stride == 1 or self.known is None or last or (changed and self.adaptive):
+        if (self.stride == 1 or self.known is None or last
+                or self.adaptive and (changed or came_apart(came, self.known, seq - self.known_seq))):
             wanted = True
         elif not self.adaptive:
             wanted = seq % self.stride == 0
@@ -174,6 +179,22 @@ class DetectionSchedule:
         self.forgotten_to = min((seq for seq, _ in self.decided), default=0) - 1
         self.last_decided = max((seq for seq, _ in self.decided), default=None)
         self.awaiting = None
+
+
+def came_apart(came: np.ndarray | None, known: Detections, frames: int) -> bool:
+    """Whether something came (`Frame.came`, a bool map of the frame's cells) in a cell that no person known
+    `frames` frames before could have reached: none's box, grown by FAST_MOTION of its width a frame, touches it.
+    Where the persons known walk, their cells change; elsewhere, something came that the detector has not seen."""
+    if came is None or not came.any():
+        return False
+    rows, columns = came.shape
+    height, width = known.frame_shape
+    apart = came.copy()
+    for x0, y0, x1, y1 in known.boxes.reshape(-1, 4):
+        reach = FAST_MOTION * (x1 - x0) * max(1, frames)
+        apart[max(0, int((y0 - reach) * rows // height)) : max(0, math.ceil((y1 + reach) * rows / height)),
+              max(0, int((x0 - reach) * columns // width)) : max(0, math.ceil((x1 + reach) * columns / width))] = False
+    return bool(apart.any())
 
 
 def changing(before: Detections, now: Detections, edge: float, recent: tuple[np.ndarray, ...] | None = None) -> bool:

@@ -6,10 +6,10 @@
 Each case is a clip generated from real person images with known truth (persons' boxes, the true
 background of every frame and the camera's path). Scenes are "studio" (generated) or "street" (real
 brick, windows, a bus and cobbles cut from Ultralytics' bus.jpg where nobody stands); persons large and
-small stand, cross, enter, or stand and then leave; the camera pans, shakes or zooms. Every method gets
-the same detections from the real pose model, with the same detector faults injected (every person
-missed for a tenth of the frames, or, standing, for longer than the hold), so the difference is what each
-does with them:
+small stand, cross, enter, or stand and then leave, or are cut in for a frame or two (an edit's jump cut);
+the camera pans, shakes or zooms. Every method gets the same detections from the real pose model, with
+the same detector faults injected (every person missed for a tenth of the frames, or, standing, for
+longer than the hold), so the difference is what each does with them:
 - seed: background initialised from frame 0, running average outside per-frame dilated boxes,
   Gaussian-blurred mask, alpha blend (the algorithm of ../shared/SEED.md);
 - before: anonengine before issue 11 (the camera's motion not followed, no future, Telea fill);
@@ -19,7 +19,8 @@ does with them:
   show (`background.future_frames`, the default);
 - perfect: the true background under the file mode's masks: what a perfect reconstruction scores;
 - fixed N, adaptive N: file mode detecting on every Nth frame only, or on every frame while persons
-  enter, leave or appear and on every Nth otherwise (`detector.stride`, `stride_mode`; with --strides);
+  enter, leave or appear, or something came in the picture away from them, and on every Nth otherwise
+  (`detector.stride`, `stride_mode`; with --strides; what changed is told as the reader tells the engine);
   "live" after them: the same as a live camera gets it;
 Skeletons are off for all, so that bg err measures the reconstruction alone.
 
@@ -61,7 +62,7 @@ from anonengine.detections import Detections
 from anonengine.detector import PersonDetector
 from anonengine.sample import ACTORS, camera_path, render_frames
 from anonengine.stages import DetectStage
-from anonengine.video import VideoWriter
+from anonengine.video import CHANGE_SHARE, CUT_SHARE, ChangeFinder, VideoWriter
 
 LOOKAHEAD = HoldConfig().lookahead_frames  # the default
 ENTERING = (
@@ -84,6 +85,16 @@ CROSSING = (
 )
 
 
+def blinking(frames: int) -> tuple:
+    """The sample's persons, and five more a third of the frame tall, each cut in for a frame or two (an edit's
+    jump cut): one over a walker's path, four away from everyone; each changes under 2% of the picture."""
+    f = frames
+    cut_in = (("bus_left", (0.50, 0.20), (f // 6,)), ("zidane", (0.71, 0.72), (f // 3, f // 3 + 1)),
+              ("bus_left", (0.91, 0.22), (f // 2 - 1,)), ("zidane", (0.37, 0.78), (2 * f // 3, 2 * f // 3 + 1)),
+              ("bus_left", (0.05, 0.20), (5 * f // 6,)))
+    return ACTORS + tuple((sprite, 0.33, at, at, (0.0, 1.0), shown) for sprite, at, shown in cut_in)
+
+
 def cases(frames: int) -> dict[str, dict]:
     k = max(2, frames // 10)
     return {
@@ -103,6 +114,7 @@ def cases(frames: int) -> dict[str, dict]:
         "street: fast pan": {"actors": CROSSING, "scene": "street", "pan": 1.0},
         "street: shake": {"actors": CROSSING, "scene": "street", "shake": 3.0},
         "street: zoom in 1.4x": {"actors": STAND_THEN_LEAVE, "scene": "street", "zoom": 1.4},
+        "street: cut in for 1-2 frames": {"actors": blinking(frames), "scene": "street"},
     }
 
 
@@ -121,14 +133,20 @@ def seed_algorithm(images: list[np.ndarray], detections: list[Detections], alpha
     return out
 
 
-def scheduled(detections: list[Detections], cfg: AnonymizerConfig, ahead: int) -> list[Detections]:
+def scheduled(images: list[np.ndarray], detections: list[Detections], cfg: AnonymizerConfig,
+              ahead: int) -> list[Detections]:
     """The detections as `detector.stride` and `stride_mode` let the detector see them (the engine's and
-    the inline path's schedule, for frames that wait for `ahead` after them); the frames between are
-    undetected."""
+    the inline path's schedule, for frames that wait for `ahead` after them, with what changed in the
+    picture as the reader tells it); the frames between are undetected."""
     schedule = DetectStage(cfg).schedule(ahead=ahead)
+    finder = ChangeFinder()
+    changes = [finder.look(image) for image in images]
+    cuts = [change.share >= CUT_SHARE for change in changes] + [False]
     out = []
-    for seq, found in enumerate(detections):
-        if schedule.wants(seq, seq, last=seq == len(detections) - 1):
+    for seq, (change, found) in enumerate(zip(changes, detections)):
+        at_break = cuts[seq] or (ahead > 0 and cuts[seq + 1])  # a file's reader flags the frame before a cut too
+        if schedule.wants(seq, seq, last=seq == len(detections) - 1, at_break=at_break,
+                          changed=change.share >= CHANGE_SHARE, came=change.cells):
             schedule.saw(seq, found)
             out.append(found)
         else:
@@ -309,7 +327,7 @@ def main() -> None:
                     strided_cfg = live.model_copy(deep=True)
                     strided_cfg.detector.stride, strided_cfg.detector.stride_mode = stride, mode
                     for suffix, frames_ahead in (("", ahead), (" live", 0)):
-                        strided = scheduled(detections, strided_cfg, frames_ahead)
+                        strided = scheduled(images, detections, strided_cfg, frames_ahead)
                         runs.append((f"{mode} {stride}{suffix}", partial(anonengine_algorithm, images, strided,
                                                                          strided_cfg, ahead=frames_ahead)))
                         detected_share[f"{mode} {stride}{suffix}"] = np.mean([d.detected for d in strided])

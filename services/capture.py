@@ -281,7 +281,8 @@ class CaptureService(Service):
         ref = messages.FrameRef(self.camera, self.seq, frame.pts, self.ring.name, slot, self.ring.slots,
                                 self.ring.height, self.ring.width, self.composite_worker, last=frame.last,
                                 continues=self.continues, live=self.live, at_break=frame.at_break,
-                                changed=frame.changed, pixel_aspect=self.pixel_aspect)
+                                changed=frame.changed, pixel_aspect=self.pixel_aspect,
+                                came=messages.pack_cells(frame.came))
         # In flight before it is announced: its release can come back before the offer returns.
         self.inflight[self.seq] = InFlight(ref, time.monotonic())
         self.seq += 1

@@ -125,7 +125,8 @@ class DetectService(Service):
             if not schedule.can_decide(ref.seq, ref.pts) or self._out_of_order(ref, schedule):
                 self.held.append(ref)
                 continue
-            if not schedule.wants(ref.seq, ref.pts, ref.last, ref.at_break, ref.changed):
+            if not schedule.wants(ref.seq, ref.pts, ref.last, ref.at_break, ref.changed,
+                                  messages.unpack_cells(ref.came)):
                 self._answer(ref, "skipped", None, 0)
                 continue
             try:

@@ -123,6 +123,75 @@ def test_in_a_recording_a_person_gone_at_an_edge_or_new_mid_frame_has_every_fram
     assert not schedule.wants(7, 7)
 
 
+def came_at(*cells) -> np.ndarray:
+    """A `Frame.came` map (36x64 cells of 10x10 px at SHAPE) with something come at each (column, row)."""
+    came = np.zeros((36, 64), bool)
+    for column, row in cells:
+        came[row, column] = True
+    return came
+
+
+def test_adaptive_looks_at_a_frame_where_something_came_away_from_the_persons_known():
+    # A person a third of the frame tall cut in for a frame changes under 2% of the picture (not `changed`);
+    # where they came is away from the walker, whom nothing that far from their box could be.
+    schedule = DetectionSchedule(3, True, 0.03)
+    assert looked_at(schedule, walker, 5) == [0, 1, 4]
+    assert schedule.wants(5, 5, came=came_at((50, 5), (50, 6)))
+    schedule.saw(5, walker(5))
+    # Where the walker walks (their box at frame 5 is x 210 to 270, y 100 to 300), their cells change: the stride
+    # goes on. A cell just past their box is within the tenth of their width a frame they could have moved.
+    assert not schedule.wants(6, 6, came=came_at((21, 12), (27, 20), (27, 29)))
+    assert not schedule.wants(7, 7, came=came_at((28, 15)))
+    assert schedule.wants(8, 8)
+    schedule.saw(8, walker(8))
+    assert schedule.wants(9, 9, came=came_at((40, 15)))  # 13 cells from them: someone else
+    # A fixed stride is every Nth frame whatever changed.
+    fixed = DetectionSchedule(3, False, 0.03)
+    assert looked_at(fixed, walker, 3) == [0]
+    assert not fixed.wants(4, 4, came=came_at((50, 5)))
+
+
+def test_where_something_came_is_told_apart_from_a_moving_camera_on_real_texture():
+    """Brick, windows, a bus and cobbles (bus.jpg) shaken by 1.5 px and panned by 6 px: nothing came. A person a
+    third of the frame tall cut in over them changes under 2% of the picture, too little to be `changed`; where
+    they came is told."""
+    import cv2
+
+    from anonengine.sample import _load_sprite, make_street
+    from anonengine.video import CHANGE_SHARE, ChangeFinder
+
+    street = make_street(1280, 720)
+
+    def view(dx: float, dy: float) -> np.ndarray:
+        return cv2.warpAffine(street, np.float32([[1, 0, dx], [0, 1, dy]]), (1280, 720), borderMode=cv2.BORDER_REFLECT)
+
+    finder = ChangeFinder()
+    assert finder.look(view(0, 0)).cells is None  # a first frame: nothing to compare with
+    for dx, dy in ((1.5, -1.5), (-1.5, 0.75), (6, 0), (12, 1.5), (18, 0)):
+        change = finder.look(view(dx, dy))
+        assert not change.cells.any() and change.share < CHANGE_SHARE, (dx, dy)
+    person = _load_sprite("bus_left", 240)
+    cut_in = view(18, 0)
+    cut_in[100:340, 900 : 900 + person.shape[1]] = person
+    change = finder.look(cut_in)
+    assert change.share < CHANGE_SHARE
+    rows, columns = np.nonzero(change.cells)
+    assert len(rows) and rows.min() >= 100 * 36 // 720 and rows.max() <= 340 * 36 // 720, rows
+    assert columns.min() >= 900 * 64 // 1280 and columns.max() <= (900 + person.shape[1]) * 64 // 1280, columns
+
+
+def test_a_came_map_that_does_not_fill_its_shape_has_the_frame_looked_at():
+    from anonengine.messages import PackedCells, pack_cells, unpack_cells
+
+    came = came_at((3, 4))
+    assert np.array_equal(unpack_cells(pack_cells(came)), came)
+    assert unpack_cells(pack_cells(None)) is None
+    for broken in (PackedCells((36, 64), b"\x00" * 10), PackedCells((10**6, 10**6), b""), PackedCells((0, 5), b"")):
+        schedule = DetectionSchedule(3, True, 0.03)
+        looked_at(schedule, walker, 2)
+        assert schedule.wants(2, 2, came=unpack_cells(broken)), broken.shape
+
+
 def test_a_files_last_frame_is_looked_at():
     schedule = DetectionSchedule(3, False, 0.03)
     assert looked_at(schedule, walker, 8) == [0, 3, 6]
