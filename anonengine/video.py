@@ -297,6 +297,7 @@ class VideoReader:
         self.stream.thread_type = "AUTO"
         self.live = live
         self.discarded = 0  # packets an edit list leaves out (decoded, never shown)
+        self.undecodable = 0  # packets FFmpeg could not decode (damaged), left out
         self._decoded = self._decode()
         self._first = next(self._decoded, None)
         if self._first is None:
@@ -432,7 +433,8 @@ class VideoReader:
         return any(segment.new_stream_in_end(0, listed) for segment in after)
 
     def _decode(self) -> Iterator[DecodedImage]:
-        decoded = damaged_count = corrupt = undecodable = 0
+        decoded = damaged_count = corrupt = 0
+        undecodable_reason = ""  # why the last packet left out was
         last_picture = time.monotonic()
         deinterlacer = Deinterlacer(self.stream.time_base or Fraction(1, 90000))
         stored_aspect = self._stored_pixel_aspect()
@@ -471,17 +473,26 @@ class VideoReader:
                 for held in packets:
                     try:
                         pictures = held.decode()
-                    except av.InvalidDataError:
-                        # A live stream joined between two keyframes (UDP, RTP: a camera's keyframe every 10 s)
-                        # has none of the parameters its pictures need until the next: FFmpeg refuses them, and the
-                        # connection was given up, for ever where each try came mid-way (a user's first trial).
-                        # They are lost, as packets of a live stream are, unless no picture comes for so long.
-                        if not self.live or time.monotonic() - last_picture > LIVE_UNDECODABLE_S:
+                    except av.InvalidDataError as exc:
+                        # A packet damaged past decoding: a file's bit rot, or a live stream joined between two
+                        # keyframes (UDP, RTP: a camera's keyframe every 10 s), whose pictures lack the parameters
+                        # they need until the next one. It is left out, and the picture after the hole is detected
+                        # (`__iter__`); FFmpeg decodes the ones that referred to it as it can.
+                        # A file's was refused whole, where FFmpeg's own tools decode every other picture (47 of 48
+                        # of a clip with 4 kB of it overwritten); a live connection was given up, for ever where
+                        # each try came mid-way (a user's first trial). A live one is given up once no picture
+                        # came for LIVE_UNDECODABLE_S; a file where no picture decodes at all is refused, and so is an
+                        # image sequence's photo that does not (named, `_bad_photo`: it can be mended and run again).
+                        if (self.live and time.monotonic() - last_picture > LIVE_UNDECODABLE_S
+                                or not self.live and self.numbers is not None):
                             raise
-                        undecodable += 1
-                        if undecodable == 1:
-                            log.warning("%s: packets FFmpeg cannot decode skipped (joined between two keyframes?) "
-                                        "until a picture decodes", self.source)
+                        self.undecodable += 1
+                        undecodable_reason = _ffmpeg_reason(exc)
+                        if self.undecodable == 1:  # decoder threads tell it a few packets late: near, not at
+                            at = "" if held.pts is None else f" near {float(held.pts * held.time_base):.2f} s"
+                            log.warning("%s: a packet FFmpeg cannot decode%s (%s): left out, the pictures after it "
+                                        "decoded as FFmpeg can", self.source,
+                                        " (joined between two keyframes?)" if self.live else at, undecodable_reason)
                         continue
                     for av_frame in itertools.chain.from_iterable(map(deinterlacer.take, pictures)):
                         last_picture = time.monotonic()
@@ -513,6 +524,10 @@ class VideoReader:
                              f"{reason}{self._index_out_of_reach(decoded)}") from None
         if damaged is not None:
             raise InputError(f"{self.source} is truncated or corrupt at frame {decoded}")
+        if self.undecodable and not decoded:
+            raise InputError(f"cannot decode {self.source}: none of its pictures decodes ({undecodable_reason})")
+        if self.undecodable > 1:
+            log.warning("%s: %d packets FFmpeg cannot decode left out in all", self.source, self.undecodable)
         if damaged_count > 1:
             log.warning("%s: %d damaged packets in all, decoded as FFmpeg can", self.source, damaged_count)
         elif corrupt > 1 and not damaged_count:
@@ -553,6 +568,7 @@ class VideoReader:
         # detector stride, it is detected: no detection comes after it to hide a person moving on).
         held: Frame | None = None
         changes = ChangeFinder()
+        losses_told = 0  # packets left out (`undecodable`) whose hole a frame was detected after
         try:
             for item in decoded:
                 pts, guessed = item.pts, item.pts is None
@@ -575,8 +591,12 @@ class VideoReader:
                     # keeps its own pace, from a frame after the last; every stage and muxer needs time to go on.
                     restart, at_break = last_pts + frame_ticks - pts, True
                 pts = pts if guessed else pts + restart
-                # Frames far apart in time: what the detector saw before tells nothing of this frame.
+                # Frames far apart in time: what the detector saw before tells nothing of this frame. Nor does it of
+                # the frame after a hole a packet left out leaves (`_decode`; decoder threads tell the loss a few
+                # pictures late, so the hole in the times tells where it was).
                 at_break |= last_pts is not None and (pts - last_pts) * self.info.time_base > MAX_FRAME_GAP_S
+                if self.undecodable > losses_told and last_pts is not None and pts - last_pts > 1.5 * frame_ticks:
+                    at_break, losses_told = True, self.undecodable
                 last_pts = pts
                 image = item.image
                 if image.shape[1::-1] != decoded_size:  # another size than the frame before's
@@ -610,7 +630,7 @@ class VideoReader:
         if held is not None:
             held.last = True
             yield held
-        if not self.info.live and self.info.frames and seq + self.discarded < self.info.frames:
+        if not self.info.live and self.info.frames and seq + self.discarded + self.undecodable < self.info.frames:
             raise InputError(
                 f"{self.source} is truncated: {seq} of {self.info.frames} frames could be decoded"
                 f"{self._bad_photo(seq)}"
@@ -679,33 +699,34 @@ CUT_SHARE = 0.3  # a frame with this share of its cells changed since the frame 
 # a hand-held shake of 6 px a frame, up to 13% (its frames are detected more often)
 CHANGE_SHARE = 0.04
 CELLS = (64, 36)  # the grey copy whose cells tell where something came (`PictureChange.cells`), as (width, height)
-# A cell came when it is this many grey levels brighter or darker than every cell within NEAR_CELLS of it in the
-# frame before: a moving camera only brings nearby cells there (up to 2 cells a frame: a 32nd of the picture).
+# A cell of it changed by more than this came: a person a fifth of the picture tall cut in over the street (brick,
+# windows, a bus) changes 10 to 29 of its cells by more, by 84 to 173 at most; a 1.5-px shake, none by more than 15.
 CAME_LEVELS = 25
-NEAR_CELLS = 2
 
 
 @dataclass(frozen=True)
 class PictureChange:
     """What changed since the frame before (`ChangeFinder`): the `share` of the 32x18 grey copy's cells changed by
-    more than CUT_LEVELS, and the `cells` of the 64x36 copy where something came that the camera's moving does
-    not explain (a bool map, rows first; None for a first frame)."""
+    more than CUT_LEVELS, and the `cells` of the 64x36 copy changed by more than CAME_LEVELS, where something came
+    (a bool map, rows first; None for a first frame)."""
 
     share: float
     cells: np.ndarray | None
 
 
 class ChangeFinder:
-    """How much of the picture changed at once since the frame before, and where something came: at CUT_SHARE a cut
-    (`at_break`: the frames on either side of it are detected), at CHANGE_SHARE someone came or went
-    (`Frame.changed`: it is detected). At the detector's stride, a shot of a frame or two between detections was
-    never looked at, and whoever was in it came out as filmed (8 of 50 frames of a clip with such shots cut in); so
-    was a person cut in for two frames over the same scene, or sprinting across it. A person of a third of the
-    picture's height cut in for a frame or two changes only 0.3 to 1.7% of the cells, too little to tell from
-    walkers and a shaking camera: where they came is told instead (`cells`, `Frame.came`), and a frame where
-    something came away from the persons known is detected (`schedule.came_apart`). Compared on grey copies
-    averaged over every pixel, so a shaking or panning camera's texture does not count (a copy of every 8th pixel
-    costs a fifth as much, but aliases: the street's texture shaken by 1.5 px brought cells): 0.5 ms a 720p frame,
+    """How much of the picture changed at once since the frame before, and where: at CUT_SHARE a cut (`at_break`:
+    the frames on either side of it are detected), at CHANGE_SHARE someone came or went (`Frame.changed`: it is
+    detected). At the detector's stride, a shot of a frame or two between detections was never looked at, and
+    whoever was in it came out as filmed (8 of 50 frames of a clip with such shots cut in); so was a person cut in
+    for two frames over the same scene, or sprinting across it. A person of a third of the picture's height cut in
+    for a frame or two changes only 0.3 to 1.7% of the cells, too little to tell from walkers and a shaking camera:
+    where something came is told too (`cells`, `Frame.came`), and a frame where that is away from the persons known
+    is detected (`schedule.came_apart`). A moving camera brings cells too, where the scene has edges: its frames
+    are detected more often. (Cells allowed to match any cell near them in the frame before, to let a moving camera
+    by, let a person over brick and windows by as well: a red team's crops showed, up to 99.9% of them.) Compared
+    on grey copies averaged over every pixel, so that a shaking camera's texture changes them as little as it can
+    (a copy of every 8th pixel aliases: 1.5 px of shake brought cells all over a street): 0.5 ms a 720p frame,
     1.0 ms at 1080p."""
 
     def __init__(self) -> None:
@@ -720,10 +741,7 @@ class ChangeFinder:
         coarse = cv2.resize(fine, (CELLS[0] // 2, CELLS[1] // 2), interpolation=cv2.INTER_AREA)
         coarse_before = cv2.resize(previous, (CELLS[0] // 2, CELLS[1] // 2), interpolation=cv2.INTER_AREA)
         share = float((cv2.absdiff(coarse, coarse_before) > CUT_LEVELS).mean())
-        near = np.ones((2 * NEAR_CELLS + 1, 2 * NEAR_CELLS + 1), np.uint8)
-        brightest, darkest = cv2.dilate(previous, near), cv2.erode(previous, near)
-        came = (cv2.subtract(fine, brightest) > CAME_LEVELS) | (cv2.subtract(darkest, fine) > CAME_LEVELS)
-        return PictureChange(share, came)
+        return PictureChange(share, cv2.absdiff(fine, previous) > CAME_LEVELS)
 
 
 class Deinterlacer:
