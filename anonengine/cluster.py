@@ -37,6 +37,9 @@ from anonengine.manifest import Manifest, ManifestUnwritable
 TASK_RETRIES = 3  # a file's task is run again this often when its worker or node dies
 WAIT_S = 0.5  # how often the driver looks for finished tasks (and a stop signal)
 CONNECT_S = 10  # a cluster's address answers within this, or the batch is refused
+# While no file finishes, the cluster's address is tried this often: one that takes no connection went away (Ray's
+# driver gives up 60 s after its cluster's control store went, and ends the process, before any summary).
+GONE_CHECK_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -80,15 +83,24 @@ def reachable(address: str | None) -> None:
     """ConfigError, in one line, where the cluster's `address` (HOST:PORT, or ray://HOST:PORT) takes no connection
     within CONNECT_S. Ray's own client tried a port nobody listened on, or a host name that does not resolve, for
     minutes without end, naming another address (a user's trial: killed after 180 s)."""
+    problem = unanswered(address, CONNECT_S)
+    if problem is not None:
+        raise ConfigError(f"cannot reach the Ray cluster at {address}: {problem}")
+
+
+def unanswered(address: str | None, timeout: float) -> str | None:
+    """Why the cluster's `address` takes no connection within `timeout`; None where it does, or where it names no
+    HOST:PORT (a cluster this process starts, or one Ray finds itself)."""
     if address in (None, "", "auto", "local"):
-        return
+        return None
     host, _, port = address.split("://", 1)[-1].rpartition(":")
     if not host or not port.isdigit():
-        return  # Ray says what it makes of it
+        return None  # Ray says what it makes of it
     try:
-        socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_S).close()
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
     except OSError as exc:
-        raise ConfigError(f"cannot reach the Ray cluster at {address}: {exc.strerror or exc or 'no answer'}") from None
+        return exc.strerror or str(exc) or "no answer"
+    return None
 
 
 def run_on_ray(cfg: EngineConfig, jobs: list[Job], output_dir: Path, policy: CarryPolicy, address: str | None,
@@ -127,17 +139,26 @@ def run_on_ray(cfg: EngineConfig, jobs: list[Job], output_dir: Path, policy: Car
                                                  num_cpus=1)
         cfg_json = json.dumps(cfg.model_dump(mode="json"))
         pending = {task.remote(cfg_json, settings["key"], policy, job): job for job, _ in todo}
+        checked = time.monotonic()
         while pending:
             if INTERRUPTS.requested:
                 raise Interrupted(INTERRUPTS.signum)
             ready, _ = ray.wait(list(pending), num_returns=1, timeout=WAIT_S)
+            if not ready and time.monotonic() - checked >= GONE_CHECK_S:
+                checked = time.monotonic()
+                if (problem := unanswered(address, GONE_CHECK_S)) is not None:
+                    raise ClusterGone(f"its address: {problem}")
             for ref in ready:
-                job = pending.pop(ref)
-                _record(ray, ref, job, manifest, settings, summary, bar)
+                _record(ray, ref, pending[ref], manifest, settings, summary, bar)
+                del pending[ref]  # after: a file whose record failed is one not done
     except ManifestUnwritable as exc:
-        summary.stopped = not_recorded(exc, len(pending) + 1)
+        summary.stopped = not_recorded(exc, len(pending))
         for ref in pending:
             ray.cancel(ref, force=True)
+    except ClusterGone as exc:
+        summary.stopped = (f"stopped: the Ray cluster at {address or 'this machine'} went away ({exc}); "
+                           f"{len(pending)} file(s) not done. Run the same command again once it is back "
+                           "(what is recorded is kept)")
     except Interrupted as stop:
         summary.interrupted_by = stop.signum
         for ref in pending:  # the files in flight are redone by the next run
@@ -162,9 +183,18 @@ def with_absolute_models(cfg: EngineConfig) -> EngineConfig:
     return cfg.model_copy(update={"anonymizer": cfg.anonymizer.model_copy(update={"detector": detector})})
 
 
+class ClusterGone(Exception):
+    """The cluster stopped under the batch (`ray stop`, its head's machine down): every file still to come would
+    fail alike, and none is at fault."""
+
+
 def _record(ray, ref, job: Job, manifest: Manifest, settings: dict, summary: Summary, bar) -> None:
     try:
         outcome: Outcome = ray.get(ref)
+    except ray.exceptions.LocalRayletDiedError as exc:
+        # Said of every file left, each as "its workers died 4 times", and counted as failed files (a studio's
+        # trial): the batch stops, and says why.
+        raise ClusterGone(type(exc).__name__) from None
     except ray.exceptions.RayTaskError as exc:  # the task raised what is not the input's fault: not retried
         outcome = Outcome(job.rel, error=f"internal error: {type(exc.cause).__name__}: {exc.cause}".splitlines()[0])
     except ray.exceptions.RayError as exc:  # its retries spent: every worker that took it died

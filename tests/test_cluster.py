@@ -8,6 +8,7 @@ with every file done once, recorded once, and no half file left.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -197,3 +198,28 @@ def test_a_node_lost_mid_job_has_its_files_done_on_the_other(inputs, models_dir,
     assert removed, "the node was not removed in the middle of a file"
     assert (summary.done, summary.failed) == (FILES, [])
     check_done_once(inputs, output_dir)
+
+
+def test_a_cluster_gone_mid_batch_stops_it_and_says_so(inputs, models_dir, tmp_path):
+    """The cluster stopped under the batch (`ray stop` on its machines): every file left failed, each said as "its
+    workers died 4 times: LocalRayletDiedError", and counted as a failed file (a studio's trial). The batch stops
+    and says that the cluster went away; what was done is recorded, and nothing is counted as failed."""
+    head = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
+    node = head.add_node(num_cpus=1)
+    head.wait_for_nodes()
+    address, output_dir = head.address, tmp_path / "out"
+
+    def stop_the_cluster():  # as `ray stop --force` does, on this cluster alone
+        for each in (node, head.head_node):
+            each.kill_all_processes(check_alive=False, allow_graceful=False)
+        return head
+
+    try:
+        summary, stopped = batch_with_a_death(head, models_dir, inputs, output_dir, stop_the_cluster)
+    finally:
+        with contextlib.suppress(Exception):
+            head.shutdown()
+    assert stopped, "the cluster was not stopped in the middle of a file"
+    assert summary.failed == [] and summary.done < FILES
+    assert summary.stopped.startswith(f"stopped: the Ray cluster at {address} went away"), summary.stopped
+    assert f"{FILES - summary.done} file(s) not done" in summary.stopped
