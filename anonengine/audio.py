@@ -34,6 +34,9 @@ from anonengine.paths import OUTPUT_CONTAINERS, partial_path
 from anonengine.video import container_format, copied_video_stream, main_video
 
 log = logging.getLogger(__name__)
+# Audio packets the muxer refuses before it takes one, at most, before the audio is deemed not copyable at all (not
+# damaged here and there): `_mux_in_time_order`.
+DAMAGED_AUDIO_FIRST = 8
 
 AudioPolicy = Literal["drop", "keep"]
 TagPolicy = Literal["basic", "all", "none"]
@@ -282,8 +285,10 @@ def carry_over(video: Path, source: Path, output: Path, policy: CarryPolicy, wri
                     audio_pairs[stream.index] = (n, copied)
                 # The anonymized video starts at 0 (`VideoWriter`): the audio moves with it.
                 shift = (_first_frame_time(video) - _first_frame_time(source)) if keep_audio else Fraction(0)
-                copied_audio = _mux_in_time_order(out, [_packets(anonymized, [video_in], video_pairs),
-                                                        _packets(original, keep_audio, audio_pairs, shift)])
+                copied_audio, damaged = _mux_in_time_order(out, [_packets(anonymized, [video_in], video_pairs),
+                                                                 _packets(original, keep_audio, audio_pairs, shift)])
+                if damaged:
+                    log.warning("%s: %d damaged audio packet(s) left out (the sound skips there)", source, damaged)
     except (av.FFmpegError, ValueError) as exc:
         staged.unlink(missing_ok=True)
         what = f"audio ({', '.join(s.codec_context.name for s in keep_audio)})" if audio == "keep" else "tags"
@@ -324,14 +329,23 @@ def _packets(container, streams: list, pairs: dict, shift: Fraction = Fraction(0
         yield time, order, packet
 
 
-def _mux_in_time_order(out, sources: list[Iterator]) -> int:
+def _mux_in_time_order(out, sources: list[Iterator]) -> tuple[int, int]:
     """Muxes the packets of several demuxers interleaved by time (a player reads the file front to back);
-    returns how many were audio."""
-    audio = 0
+    returns how many were audio, and how many audio packets were left out as damaged: the muxer refuses an AAC
+    packet whose ADTS header is damaged (as an MPEG-TS's bit rot leaves it: "Invalid data", "Not yet implemented"),
+    and the output, its frames all anonymized, was removed for it. Where it refuses every audio packet, the audio
+    cannot be copied at all: that is the error."""
+    audio = damaged = 0
     for _, order, packet in heapq.merge(*sources, key=lambda item: (item[0], item[1])):
-        out.mux(packet)
+        try:
+            out.mux(packet)
+        except av.FFmpegError:
+            if order == 0 or not audio and damaged >= DAMAGED_AUDIO_FIRST:
+                raise  # the anonymized video's own; or no audio packet at all taken
+            damaged += 1
+            continue
         audio += order > 0
-    return audio
+    return audio, damaged
 
 
 def finish_single_file(camera, policy: CarryPolicy) -> Callable[[], int]:

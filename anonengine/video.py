@@ -298,6 +298,7 @@ class VideoReader:
         self.live = live
         self.discarded = 0  # packets an edit list leaves out (decoded, never shown)
         self.undecodable = 0  # packets FFmpeg could not decode (damaged), left out
+        self.demuxed = 0  # the video's packets read (not empty)
         self._decoded = self._decode()
         self._first = next(self._decoded, None)
         if self._first is None:
@@ -391,6 +392,7 @@ class VideoReader:
                     seconds = max(seconds, float(packet.pts * packet.time_base) - start)
                 if packet.pos is not None and packet.pos >= 0:
                     position = max(position, packet.pos)
+                self.demuxed += bool(packet.size)
                 yield packet
                 continue
             if new_stream:
@@ -568,7 +570,7 @@ class VideoReader:
         # detector stride, it is detected: no detection comes after it to hide a person moving on).
         held: Frame | None = None
         changes = ChangeFinder()
-        losses_told = 0  # packets left out (`undecodable`) whose hole a frame was detected after
+        holes: list[tuple[float, float]] = []  # (from, seconds) of a file's times with no picture
         try:
             for item in decoded:
                 pts, guessed = item.pts, item.pts is None
@@ -595,8 +597,10 @@ class VideoReader:
                 # the frame after a hole a packet left out leaves (`_decode`; decoder threads tell the loss a few
                 # pictures late, so the hole in the times tells where it was).
                 at_break |= last_pts is not None and (pts - last_pts) * self.info.time_base > MAX_FRAME_GAP_S
-                if self.undecodable > losses_told and last_pts is not None and pts - last_pts > 1.5 * frame_ticks:
-                    at_break, losses_told = True, self.undecodable
+                if last_pts is not None and pts - last_pts > HOLE_FRAMES * frame_ticks and not self.info.live:
+                    at_break = True
+                    if pts - last_pts >= TOLD_HOLE_FRAMES * frame_ticks:
+                        holes.append((float(last_pts * self.info.time_base), float((pts - last_pts) * self.info.time_base)))
                 last_pts = pts
                 image = item.image
                 if image.shape[1::-1] != decoded_size:  # another size than the frame before's
@@ -630,19 +634,40 @@ class VideoReader:
         if held is not None:
             held.last = True
             yield held
-        if not self.info.live and self.info.frames and seq + self.discarded + self.undecodable < self.info.frames:
+        if not self.info.live and self.info.frames and self.demuxed < self.info.frames:
             raise InputError(
                 f"{self.source} is truncated: {seq} of {self.info.frames} frames could be decoded"
                 f"{self._bad_photo(seq)}"
             )
+        damaged = not self.info.live and self._tell_losses(seq, holes)
         if self.recording is not None and self.container.format.name == "hls":  # a recording: never live
             self._whole_playlist_read(seq)
         declared = None if self.info.live or self.info.frames or restart else self._declared_end()
         if declared is not None and last_pts is not None:
             ends = float((last_pts + frame_ticks) * self.info.time_base)
             if ends < declared - max(TRUNCATED_SLACK_S, 2 * frame_ticks * self.info.time_base):
-                raise InputError(f"{self.source} is truncated: its frames end at {ends:.2f} s of the "
-                                 f"{declared:.2f} s it declares")
+                said = f"{self.source} is truncated: its frames end at {ends:.2f} s of the {declared:.2f} s it declares"
+                if not damaged:
+                    raise InputError(said)
+                # Damaged throughout, its last pictures among those lost: it was refused, all its other frames with it.
+                log.warning("%s (damaged there too?)", said)
+
+    def _tell_losses(self, shown: int, holes: list[tuple[float, float]]) -> bool:
+        """Warns of a file's pictures read and not decoded (damaged: a decoder drops the pictures that refer to one
+        it could not decode, to the next keyframe; a damaged file was refused as truncated, 215 of 240 frames there
+        after its first keyframe was damaged) and of holes in its times (a Matroska demuxer skips a damaged block to
+        the next cluster without a word: 0.64 s lost, exit 0, nothing said). Whether it was damaged (a hole counts:
+        a recording paused is told, and cannot be told apart)."""
+        lost = self.demuxed - self.discarded - shown
+        if lost > 0:
+            log.warning("%s: %d of its %d pictures could not be decoded (damaged?): left out", self.source, lost,
+                        self.demuxed - self.discarded)
+        if holes:
+            start, seconds = max(holes, key=lambda hole: hole[1])
+            log.warning("%s: %d hole(s) in its times where no picture is (a recording paused, or parts damaged or "
+                        "missing?), the longest %.2f s after %.2f s: the picture before is shown meanwhile",
+                        self.source, len(holes), seconds, start)
+        return bool(self.undecodable or lost > 0 or holes)
 
     def _whole_playlist_read(self, frames: int) -> None:
         """Raises InputError where a playlist's frames fall short of its segments' durations: FFmpeg skips a segment
@@ -690,6 +715,11 @@ MAX_PIXEL_ASPECT = 4  # wider or narrower pixels than this are a damaged header'
 # A frame more than this after the one before it (a camera at under 10 frames/s, a gap in a variable-rate stream)
 # is detected whatever the detector's stride: over such a time a person can come and go between two detections.
 MAX_FRAME_GAP_S = 0.1
+# A file's frames further apart than this many frame times have a hole between them (a picture lost: damaged, or
+# cut out): the one after it is detected. Holes of TOLD_HOLE_FRAMES frame times and more are told (a variable-rate
+# phone video's frames are up to twice as far apart as its average here and there).
+HOLE_FRAMES = 1.5
+TOLD_HOLE_FRAMES = 2.5
 # A Matroska file whose frames end this much (or 2 frames) before its stated length is cut short.
 TRUNCATED_SLACK_S = 0.25
 CUT_LEVELS = 40  # a cell of the 32x18 grey copy changed by more than this changed

@@ -18,6 +18,8 @@ gave when tried:
 
 from __future__ import annotations
 
+import logging
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -231,3 +233,23 @@ def test_a_quicktime_timecode_is_kept_as_the_videos_and_left_out_with_tags_none(
                                 *FAST)
         assert result.returncode == 0, result.stderr
         assert timecodes(output) == (["01:00:00:00", "01:00:00:00"] if tags == "basic" else [None]), name
+
+
+def test_a_damaged_audio_packet_is_left_out_and_said_not_the_whole_output_removed(sources, tmp_path, caplog):
+    """Bit rot in an MPEG-TS recording hit an AAC packet's header (its sampling rate index made invalid): MP4's
+    muxer refused the packet, and with `--audio keep` the output, its frames all anonymized, was removed (an
+    archivist's trial). The packet is left out and said; the rest of the sound is copied."""
+    if "aac" not in sources:
+        pytest.skip("this ffmpeg has no aac encoder")
+    recording = tmp_path / "recording.ts"
+    subprocess.run(["ffmpeg", "-v", "error", "-i", str(sources["aac"]), "-c", "copy", "-f", "mpegts", str(recording)],
+                   check=True)
+    data = bytearray(recording.read_bytes())
+    headers = [m.start() for m in re.finditer(rb"\xff\xf1", bytes(data))]  # ADTS: each AAC packet's sync word
+    data[headers[len(headers) // 2] + 2] |= 0x3C  # sampling frequency index 15: none
+    recording.write_bytes(bytes(data))
+    whole = len(audio_packets(recording))
+    with caplog.at_level(logging.WARNING, logger="anonengine.audio"):
+        copied = carry_over(sources["video"], recording, tmp_path / "out.mp4", CarryPolicy("keep"))
+    assert whole - 4 <= copied < whole and copied == len(audio_packets(tmp_path / "out.mp4"))
+    assert f"recording.ts: {whole - copied} damaged audio packet(s) left out" in caplog.text
