@@ -109,11 +109,21 @@ class Summary:
     stopped: str = ""  # why the batch ended before its last file, when not by a signal
     nodes: set[str] = field(default_factory=set)  # on a cluster: the nodes that did the files
     gpus: set[str] = field(default_factory=set)  # and the GPUs (node:id) their tasks reserved
+    damaged: list[str] = field(default_factory=list)  # files done whose input lost pictures to damage
+
+    def add(self, job: Job, done: Done) -> None:
+        self.done += 1
+        self.frames += done.frames
+        if done.damage:
+            self.damaged.append(job.rel)
 
     def line(self, output_dir: Path) -> str:
         rate = f" ({60 * self.done / self.seconds:.1f} files/min)" if self.done and self.seconds else ""
         where = f" on {len(self.nodes)} node(s), {len(self.gpus)} GPU(s)" if self.nodes else ""
-        return (f"anonengine: batch: {self.done} file(s) anonymized, {self.skipped} skipped (done before), "
+        # An archive's damaged inputs come out short of pictures, each said as it ran: counted here, and named by
+        # their manifest records' "damage", to be told apart from whole ones (an archivist's trial).
+        damaged = f" ({len(self.damaged)} damaged: see \"damage\" in the manifest)" if self.damaged else ""
+        return (f"anonengine: batch: {self.done} file(s) anonymized{damaged}, {self.skipped} skipped (done before), "
                 f"{len(self.failed)} failed; {plural(self.frames, 'frame')} in {self.seconds:.1f} s{where}{rate} "
                 f"-> {output_dir}")
 
@@ -345,13 +355,24 @@ def pending_jobs(jobs: list[Job], manifest: Manifest, settings: dict) -> tuple[l
     return todo, skipped
 
 
-def record_of(job: Job, output_dir: Path, frames: int, audio: str, digest: str, key: str, seconds: float) -> Record:
+def record_of(job: Job, output_dir: Path, done: Done, key: str, seconds: float) -> Record:
     """The manifest record of a finished job (its input's size and mtime as they are now: `FileRunner.run`
     fails a file that changed while it ran)."""
     stat = job.source.stat()
-    return Record(job.rel, job.output.relative_to(output_dir).as_posix(), stat.st_size, stat.st_mtime_ns, digest,
-                  key, frames, audio, round(seconds, 3), utc_now(), str(job.source.resolve()),
-                  job.output.stat().st_size)
+    return Record(job.rel, job.output.relative_to(output_dir).as_posix(), stat.st_size, stat.st_mtime_ns, done.digest,
+                  key, done.frames, done.audio, round(seconds, 3), utc_now(), str(job.source.resolve()),
+                  job.output.stat().st_size, done.damage)
+
+
+@dataclass(frozen=True)
+class Done:
+    """A job done: its frames, its audio ("kept", "dropped" or "none"), its input's sha256, and what its input lost
+    to damage (`VideoReader.damage`; "" where nothing)."""
+
+    frames: int
+    audio: str
+    digest: str
+    damage: str = ""
 
 
 class FileRunner:
@@ -373,8 +394,8 @@ class FileRunner:
         self.photo_cfg = photo_config(cfg.anonymizer)
         self.detect_photos = DetectStage(self.photo_cfg, photos=True)
 
-    def run(self, job: Job) -> tuple[int, str, str]:
-        """(frames, audio: "kept", "dropped" or "none", the input's sha256) of a job now done."""
+    def run(self, job: Job) -> Done:
+        """What a job now done made."""
         finished = False
         try:
             job.output.parent.mkdir(parents=True, exist_ok=True)
@@ -387,12 +408,12 @@ class FileRunner:
                 raise InputError(f"a link to {os.readlink(job.source)}, which is not there (a disk not mounted?)")
             before = Fingerprint.of(job.source)
             digest = file_sha256(job.source)
-            frames, audio = self._photo(job) if job.photo else self._video(job)
+            frames, audio, damage = self._photo(job) if job.photo else self._video(job)
             if Fingerprint.of(job.source) != before:
                 job.output.unlink(missing_ok=True)
                 raise InputError(f"{job.source} changed while it was anonymized")
             finished = True
-            return frames, audio, digest
+            return Done(frames, audio, digest, damage)
         except OSError as exc:  # the input gone, a folder that cannot be made: one line, the job goes on
             raise AnonError(f"{exc.filename or job.rel}: {exc.strerror or exc}") from None
         finally:
@@ -401,7 +422,7 @@ class FileRunner:
                     with contextlib.suppress(OSError):  # not made (its folder could not be): nothing to remove
                         leftover.unlink(missing_ok=True)
 
-    def _video(self, job: Job) -> tuple[int, str]:
+    def _video(self, job: Job) -> tuple[int, str, str]:
         from anonengine.inline import run_inline
 
         if self.policy.audio == "keep":
@@ -421,9 +442,10 @@ class FileRunner:
                 job.staged.unlink()
             else:
                 os.replace(job.staged, job.output)
-        return result.frames, ("kept" if self.policy.audio == "keep" else "dropped") if extras.has_audio else "none"
+        audio = ("kept" if self.policy.audio == "keep" else "dropped") if extras.has_audio else "none"
+        return result.frames, audio, result.damage
 
-    def _photo(self, job: Job) -> tuple[int, str]:
+    def _photo(self, job: Job) -> tuple[int, str, str]:
         # Its alpha read only where the output keeps one (a JPEG, most photos, has none to keep).
         photo = Photo.read(job.source, with_alpha=job.output.suffix.lower() in ALPHA_SUFFIXES).turned(self.rotate)
         if photo.pages > 1:  # a multi-page TIFF, an animated WebP: its other pictures were left out without a word
@@ -443,7 +465,7 @@ class FileRunner:
                 photo.write(anonymized, partial, job.output)
                 os.replace(partial, job.output)
         self.on_frame()
-        return 1, "none"
+        return 1, "none", ""
 
     def close(self) -> None:
         self.detect.close()
@@ -527,12 +549,11 @@ class Batch:
     def _run_job(self, runner: FileRunner, job: Job, expected: int, manifest: Manifest) -> None:
         started, before = time.monotonic(), self.bar.n
         try:
-            frames, audio, digest = runner.run(job)
+            done = runner.run(job)
             with INTERRUPTS.deferred():  # the record follows the output, or neither is there
-                manifest.add(record_of(job, self.output_dir, frames, audio, digest, self.settings["key"],
-                                       time.monotonic() - started), self.settings["settings"])
-            self.summary.done += 1
-            self.summary.frames += frames
+                manifest.add(record_of(job, self.output_dir, done, self.settings["key"], time.monotonic() - started),
+                             self.settings["settings"])
+            self.summary.add(job, done)
         except (ModelError, ManifestUnwritable):
             raise  # every file would fail the same way: the job ends, in one line
         except AnonError as exc:
@@ -628,4 +649,4 @@ def cmd_photo(args: argparse.Namespace) -> int:
 
 
 __all__ = ["Batch", "FileRunner", "Job", "Summary", "anonymize_photo", "cmd_batch", "cmd_photo", "find_jobs",
-           "output_settings", "pending_jobs", "record_of"]
+           "output_settings", "pending_jobs", "record_of", "Done"]

@@ -28,7 +28,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from anonengine.audio import CarryPolicy
-from anonengine.batch import FileRunner, Job, Summary, not_recorded, output_settings, pending_jobs, record_of
+from anonengine.batch import Done, FileRunner, Job, Summary, not_recorded, output_settings, pending_jobs, record_of
 from anonengine.config import EngineConfig
 from anonengine.errors import AnonError, ConfigError
 from anonengine.interrupts import INTERRUPTS, Interrupted
@@ -54,6 +54,7 @@ class Outcome:
     node: str = ""
     gpus: tuple[str, ...] = ()  # the GPUs Ray reserved for the task (its detector's CUDA devices)
     error: str | None = None
+    damage: str = ""  # what the input lost to damage (`batch.Done.damage`)
 
 
 _runner: tuple[str, FileRunner] | None = None  # this worker process's runner, by the settings it serves
@@ -73,10 +74,11 @@ def anonymize_job(cfg_json: str, settings_key: str, policy: CarryPolicy, job: Jo
     gpus = tuple(str(gpu) for gpu in context.get_accelerator_ids().get("GPU", []))
     started = time.monotonic()
     try:
-        frames, audio_state, digest = _runner[1].run(job)
+        done = _runner[1].run(job)
     except AnonError as exc:
         return Outcome(job.rel, error=str(exc).splitlines()[0], node=node, gpus=gpus)
-    return Outcome(job.rel, frames, audio_state, digest, round(time.monotonic() - started, 3), node, gpus)
+    return Outcome(job.rel, done.frames, done.audio, done.digest, round(time.monotonic() - started, 3), node, gpus,
+                   damage=done.damage)
 
 
 def reachable(address: str | None) -> None:
@@ -203,11 +205,10 @@ def _record(ray, ref, job: Job, manifest: Manifest, settings: dict, summary: Sum
         summary.failed.append((job.rel, outcome.error))
         bar.write(f"anonengine: failed: {job.rel}: {outcome.error}", file=sys.stderr)
         return
+    done = Done(outcome.frames, outcome.audio, outcome.digest, outcome.damage)
     with INTERRUPTS.deferred():
-        manifest.add(record_of(job, manifest.folder, outcome.frames, outcome.audio, outcome.digest,
-                               settings["key"], outcome.seconds), settings["settings"])
-    summary.done += 1
-    summary.frames += outcome.frames
+        manifest.add(record_of(job, manifest.folder, done, settings["key"], outcome.seconds), settings["settings"])
+    summary.add(job, done)
     summary.nodes.add(outcome.node)
     summary.gpus.update(f"{outcome.node}:{gpu}" for gpu in outcome.gpus)
     bar.update(outcome.frames)

@@ -34,6 +34,7 @@ class CameraResult:
     dropped: int = 0  # a live source's frames dropped while this was behind it (`sources.buffer_s`)
     output: Path | None = None  # where the video is: its final name, or its `.partial` one if interrupted
     interrupted_by: int | None = None  # the signal that stopped a file before its end
+    damage: str = ""  # what the source lost to damage (`VideoReader.damage`): "" where nothing
 
 
 def run_inline(cfg: EngineConfig, progress: bool = False, detect: DetectStage | None = None,
@@ -95,6 +96,7 @@ def _run_camera(cam: CameraConfig, cfg: EngineConfig, detect: DetectStage, progr
                         on_frame()
                 stopped = INTERRUPTS.signum
                 result.dropped = capture.feed.dropped if capture.feed is not None else 0
+                result.damage = capture.reader.damage if capture.reader is not None else ""
         except BaseException:
             encode.abort()
             raise

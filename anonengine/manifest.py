@@ -62,6 +62,7 @@ class Record:
     finished: str  # UTC, ISO 8601
     source: str = ""  # the input's absolute path ("" in records from before it was kept)
     output_size: int = -1  # the output's size when done (-1: not kept): one damaged or cut since is redone
+    damage: str = ""  # what the input lost to damage (pictures that could not be decoded, holes): "" where nothing
 
     def made_from_elsewhere(self, path: Path, output: Path) -> bool:
         """Whether the output this record made, still there, came from another input than `path`, itself still

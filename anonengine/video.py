@@ -299,6 +299,7 @@ class VideoReader:
         self.discarded = 0  # packets an edit list leaves out (decoded, never shown)
         self.undecodable = 0  # packets FFmpeg could not decode (damaged), left out
         self.demuxed = 0  # the video's packets read (not empty)
+        self.damage = ""  # what a file read to its end lost (`_tell_losses`): "" where nothing
         self._decoded = self._decode()
         self._first = next(self._decoded, None)
         if self._first is None:
@@ -651,6 +652,7 @@ class VideoReader:
                     raise InputError(said)
                 # Damaged throughout, its last pictures among those lost: it was refused, all its other frames with it.
                 log.warning("%s (damaged there too?)", said)
+                self.damage += f"; its frames end at {ends:.2f} s of the {declared:.2f} s it declares"
 
     def _tell_losses(self, shown: int, holes: list[tuple[float, float]]) -> bool:
         """Warns of a file's pictures read and not decoded (damaged: a decoder drops the pictures that refer to one
@@ -659,14 +661,19 @@ class VideoReader:
         the next cluster without a word: 0.64 s lost, exit 0, nothing said). Whether it was damaged (a hole counts:
         a recording paused is told, and cannot be told apart)."""
         lost = self.demuxed - self.discarded - shown
+        lost_said = said = ""
         if lost > 0:
-            log.warning("%s: %d of its %d pictures could not be decoded (damaged?): left out", self.source, lost,
-                        self.demuxed - self.discarded)
+            lost_said = f"{lost} of its {self.demuxed - self.discarded} pictures could not be decoded (damaged?)"
+            log.warning("%s: %s: left out", self.source, lost_said)
         if holes:
             start, seconds = max(holes, key=lambda hole: hole[1])
+            said = f"{len(holes)} hole(s) in its times, the longest {seconds:.2f} s after {start:.2f} s"
             log.warning("%s: %d hole(s) in its times where no picture is (a recording paused, or parts damaged or "
                         "missing?), the longest %.2f s after %.2f s: the picture before is shown meanwhile",
                         self.source, len(holes), seconds, start)
+        self.damage = "; ".join(part for part in (lost_said, said) if part)
+        if self.undecodable and not self.damage:
+            self.damage = f"{self.undecodable} packet(s) could not be decoded"
         return bool(self.undecodable or lost > 0 or holes)
 
     def _whole_playlist_read(self, frames: int) -> None:

@@ -895,3 +895,25 @@ def test_a_cameras_mjpeg_without_a_suffix_is_a_video_not_its_first_picture(input
     (tmp_path / "IMG_0001").write_bytes(zidane_jpeg(inputs))
     assert (media_kind(tmp_path / "cam"), media_kind(tmp_path / "IMG_0001")) == ("video", "photo")
     assert not holds_photo(str(tmp_path / "cam")) and holds_photo(str(tmp_path / "IMG_0001"))
+
+
+def test_a_damaged_file_is_anonymized_but_for_what_it_lost_and_its_record_says_so(inputs, anonengine_cli, tmp_path):
+    """Bit rot in an archive: one packet's NAL length overwritten. The file was refused whole; it comes out but
+    for the picture lost, and the batch's summary and the file's manifest record tell it apart from a whole one
+    (an archivist's trial: damaged and whole outputs looked alike)."""
+    tree = tmp_path / "in"
+    tree.mkdir()
+    shutil.copy(inputs["clip"], tree / "good.mp4")
+    with av.open(str(inputs["clip"])) as clip:
+        packets = sorted((p for p in clip.demux(video=0) if p.size), key=lambda p: p.pts)
+    data = bytearray(inputs["clip"].read_bytes())
+    data[packets[3].pos : packets[3].pos + 4] = b"\x7f\xff\xff\xff"
+    (tree / "rotten.mp4").write_bytes(bytes(data))
+    out = tmp_path / "out"
+    result = anonengine_cli("run", "--video-source", tree, "--output-dir", out, *FAST)
+    assert result.returncode == 0, result.stderr
+    assert '2 file(s) anonymized (1 damaged: see "damage" in the manifest), 0 skipped' in result.stdout, result.stdout
+    done = records(out)
+    assert done["good.mp4"]["damage"] == "" and done["good.mp4"]["frames"] == FRAMES
+    assert done["rotten.mp4"]["damage"].startswith(f"1 of its {FRAMES} pictures could not be decoded"), done
+    assert done["rotten.mp4"]["frames"] == FRAMES - 1
