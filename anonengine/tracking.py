@@ -577,7 +577,18 @@ def lookahead_boxes(current: Detections, future: list[tuple[int, Detections]], n
     for index, ahead, fresh in first_sightings(current, future) if sightings is None else sightings:
         traced = traced_back(fresh, ahead, future[index + 1:], current.frame_shape)
         new += [fresh, traced] if ahead <= near else [traced]
+    # A person here partly out of the picture, found further in later: as tall (or wide) as found then. Someone
+    # stepping in at 1.5 px a frame was found by their legs first, and their head showed over those frames.
+    coming_in = current.boxes[[meets_edge(box, current.frame_shape) for box in current.boxes]]
+    if len(coming_in):
+        new.append(traced_back(coming_in, 0, future, current.frame_shape))
     return np.concatenate(new).astype(np.float32) if new else np.zeros((0, 4), np.float32)
+
+
+def meets_edge(box: np.ndarray, frame_shape: tuple[int, int]) -> bool:
+    """Whether the box meets an edge of the frame (within EDGE_PX): its person is partly out of the picture."""
+    h, w = frame_shape
+    return bool(box[0] <= EDGE_PX or box[1] <= EDGE_PX or box[2] >= w - EDGE_PX or box[3] >= h - EDGE_PX)
 
 
 def newly_found(boxes: np.ndarray, before: np.ndarray | None) -> np.ndarray:
@@ -651,7 +662,8 @@ def traced_back(boxes: np.ndarray, ahead: int, later: list[tuple[int, Detections
     a person not seen again, or out of the frame now. Across an axis on which the box meets the frame's edge
     (a person coming in), its inner side is traced and it stays at the edge: the box's middle moves at half
     their pace, as it grows while they come in, and a box traced by it lay over the edge for frames before
-    they came. Otherwise the middle is traced, the box as large as at either end of the path."""
+    they came; across the other axis it spans both ends' boxes. Otherwise the middle is traced, the box as large
+    as at either end of the path. `ahead` 0: the persons of this frame, as large as found later."""
     h, w = frame_shape
     traced = []
     for box in boxes:
@@ -672,6 +684,10 @@ def traced_back(boxes: np.ndarray, ahead: int, later: list[tuple[int, Detections
                 now.append((box[low] - (last[low] - box[low]) * back, size))
             elif box[low] <= EDGE_PX and box[high] < size - EDGE_PX:  # at the near edge
                 now.append((0, box[high] - (last[high] - box[high]) * back))
+            elif meets_edge(box, frame_shape):
+                # Coming in across the other axis: a part of them found (their legs), the whole of them later;
+                # the part's middle is not theirs, so this axis spans both boxes.
+                now.append((min(box[low], last[low]), max(box[high], last[high])))
             else:
                 middle = (box[low] + box[high]) / 2
                 half = max(box[high] - box[low], last[high] - last[low]) / 2

@@ -341,7 +341,7 @@ def test_a_person_cut_in_for_two_frames_over_the_same_scene_is_looked_at(mode, s
         assert shown_share(frames[i], outs[i], background, [200, 24, 264, 168]) <= LEAK_SHARE, i
 
 
-@pytest.mark.parametrize("mode", ["engine", "live"])
+@pytest.mark.parametrize("mode", ["engine", pytest.param("live", marks=pytest.mark.slow)])
 def test_a_person_cut_in_for_a_frame_away_from_the_walkers_is_looked_at(mode, anonengine_cli, tmp_path):
     """A person a third of the frame tall cut in for one frame, over the street's real texture, while another walks:
     0.3 to 1.7% of the picture changes, too little to tell from walkers (`Frame.changed`), and at the detector's
@@ -372,7 +372,8 @@ DAMAGED = {  # where bit rot hit: (container, the packet, in order shown), and w
 }
 
 
-@pytest.mark.parametrize("where", DAMAGED)
+@pytest.mark.parametrize("where", [where if where == "a P-frame" else pytest.param(where, marks=pytest.mark.slow)
+                                   for where in DAMAGED])
 def test_a_video_with_packets_damaged_past_decoding_comes_out_whole_but_for_them(where, anonengine_cli, tmp_path):
     """Bit rot in an archive: 4 bytes of one packet overwritten (a NAL unit's length, or a Matroska block's header),
     as 4 kB of noise or a zeroed sector do. The whole file was refused ("cannot decode ... Invalid data"), or as

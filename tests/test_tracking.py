@@ -639,3 +639,23 @@ def test_a_held_skeleton_is_one_per_person_at_their_height_and_moves_on_between_
     assert abs(joints(out)[:, 1].mean() - (130 + 10)) < 2  # a third of the way, as the hidden box
     (held,) = learnt.meta()
     assert held["held"] and held["interpolated"] and held["box"] == [110, 60, 170, 200]
+
+
+def test_a_person_partly_in_the_picture_is_hidden_as_large_as_found_further_in():
+    """Stepping in at the right edge at 1.5 px a frame, a person was found by their legs first (a sliver of a box,
+    y 158 to 264), and a detection on every frame after followed them: the box found further in (y 72 to 271) was
+    no new sighting, and their head showed over 8 frames (bench clip of tests/test_privacy.py, once the stride
+    looked at those frames). A person at an edge is hidden as tall as found later, at the edge where they are."""
+    shape = (360, 640)
+
+    def found(*boxes):
+        b = np.float32(boxes).reshape(-1, 4)
+        return Detections(shape, b, np.full(len(b), 0.3, np.float32), np.zeros((len(b), 17, 3), np.float32))
+
+    now = found([629.4, 158.8, 640.0, 264.0])
+    later = [(1, found([628.9, 165.5, 640.0, 263.8])), (3, found([627.9, 165.5, 640.0, 263.8])),
+             (6, found([621.9, 72.5, 640.0, 271.5]))]  # as the detector found them at frames 10, 12 and 15
+    hidden = lookahead_boxes(now, later, near=8)
+    assert any(b[1] <= 72.5 and b[3] >= 271.5 and b[0] <= 629.4 and b[2] == 640 and b[0] > 621 for b in hidden), hidden
+    # Not at an edge, a person keeps their own box (their middle is theirs).
+    assert len(lookahead_boxes(found([300, 158, 340, 264]), [(3, found([300, 72, 345, 271]))], near=8)) == 0
