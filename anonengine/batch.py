@@ -109,20 +109,19 @@ class Summary:
     stopped: str = ""  # why the batch ended before its last file, when not by a signal
     nodes: set[str] = field(default_factory=set)  # on a cluster: the nodes that did the files
     gpus: set[str] = field(default_factory=set)  # and the GPUs (node:id) their tasks reserved
-    damaged: list[str] = field(default_factory=list)  # files done whose input lost pictures to damage
+    damaged: int = 0  # files done whose input lost pictures to damage
 
-    def add(self, job: Job, done: Done) -> None:
+    def add(self, done: Done) -> None:
         self.done += 1
         self.frames += done.frames
-        if done.damage:
-            self.damaged.append(job.rel)
+        self.damaged += bool(done.damage)
 
     def line(self, output_dir: Path) -> str:
         rate = f" ({60 * self.done / self.seconds:.1f} files/min)" if self.done and self.seconds else ""
         where = f" on {len(self.nodes)} node(s), {len(self.gpus)} GPU(s)" if self.nodes else ""
         # An archive's damaged inputs come out short of pictures, each said as it ran: counted here, and named by
         # their manifest records' "damage", to be told apart from whole ones (an archivist's trial).
-        damaged = f" ({len(self.damaged)} damaged: see \"damage\" in the manifest)" if self.damaged else ""
+        damaged = f" ({self.damaged} damaged: see \"damage\" in the manifest)" if self.damaged else ""
         return (f"anonengine: batch: {self.done} file(s) anonymized{damaged}, {self.skipped} skipped (done before), "
                 f"{len(self.failed)} failed; {plural(self.frames, 'frame')} in {self.seconds:.1f} s{where}{rate} "
                 f"-> {output_dir}")
@@ -553,7 +552,7 @@ class Batch:
             with INTERRUPTS.deferred():  # the record follows the output, or neither is there
                 manifest.add(record_of(job, self.output_dir, done, self.settings["key"], time.monotonic() - started),
                              self.settings["settings"])
-            self.summary.add(job, done)
+            self.summary.add(done)
         except (ModelError, ManifestUnwritable):
             raise  # every file would fail the same way: the job ends, in one line
         except AnonError as exc:
@@ -648,5 +647,5 @@ def cmd_photo(args: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = ["Batch", "FileRunner", "Job", "Summary", "anonymize_photo", "cmd_batch", "cmd_photo", "find_jobs",
-           "output_settings", "pending_jobs", "record_of", "Done"]
+__all__ = ["Batch", "Done", "FileRunner", "Job", "Summary", "anonymize_photo", "cmd_batch", "cmd_photo", "find_jobs",
+           "output_settings", "pending_jobs", "record_of"]

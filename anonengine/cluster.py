@@ -208,7 +208,7 @@ def _record(ray, ref, job: Job, manifest: Manifest, settings: dict, summary: Sum
     done = Done(outcome.frames, outcome.audio, outcome.digest, outcome.damage)
     with INTERRUPTS.deferred():
         manifest.add(record_of(job, manifest.folder, done, settings["key"], outcome.seconds), settings["settings"])
-    summary.add(job, done)
+    summary.add(done)
     summary.nodes.add(outcome.node)
     summary.gpus.update(f"{outcome.node}:{gpu}" for gpu in outcome.gpus)
     bar.update(outcome.frames)

@@ -640,7 +640,8 @@ class VideoReader:
                 f"{self.source} is truncated: {seq} of {self.info.frames} frames could be decoded"
                 f"{self._bad_photo(seq)}"
             )
-        damaged = not self.info.live and self._tell_losses(seq, holes)
+        if not self.info.live:
+            self._tell_losses(seq, holes)
         if self.recording is not None and self.container.format.name == "hls":  # a recording: never live
             self._whole_playlist_read(seq)
         declared = None if self.info.live or self.info.frames or restart else self._declared_end()
@@ -648,18 +649,18 @@ class VideoReader:
             ends = float((last_pts + frame_ticks) * self.info.time_base)
             if ends < declared - max(TRUNCATED_SLACK_S, 2 * frame_ticks * self.info.time_base):
                 said = f"{self.source} is truncated: its frames end at {ends:.2f} s of the {declared:.2f} s it declares"
-                if not damaged:
+                if not self.damage:
                     raise InputError(said)
                 # Damaged throughout, its last pictures among those lost: it was refused, all its other frames with it.
                 log.warning("%s (damaged there too?)", said)
                 self.damage += f"; its frames end at {ends:.2f} s of the {declared:.2f} s it declares"
 
-    def _tell_losses(self, shown: int, holes: list[tuple[float, float]]) -> bool:
+    def _tell_losses(self, shown: int, holes: list[tuple[float, float]]) -> None:
         """Warns of a file's pictures read and not decoded (damaged: a decoder drops the pictures that refer to one
         it could not decode, to the next keyframe; a damaged file was refused as truncated, 215 of 240 frames there
         after its first keyframe was damaged) and of holes in its times (a Matroska demuxer skips a damaged block to
-        the next cluster without a word: 0.64 s lost, exit 0, nothing said). Whether it was damaged (a hole counts:
-        a recording paused is told, and cannot be told apart)."""
+        the next cluster without a word: 0.64 s lost, exit 0, nothing said), and keeps what was lost in `damage` (a
+        hole counts: a recording paused is told, and cannot be told apart)."""
         lost = self.demuxed - self.discarded - shown
         lost_said = said = ""
         if lost > 0:
@@ -674,7 +675,6 @@ class VideoReader:
         self.damage = "; ".join(part for part in (lost_said, said) if part)
         if self.undecodable and not self.damage:
             self.damage = f"{self.undecodable} packet(s) could not be decoded"
-        return bool(self.undecodable or lost > 0 or holes)
 
     def _whole_playlist_read(self, frames: int) -> None:
         """Raises InputError where a playlist's frames fall short of its segments' durations: FFmpeg skips a segment
@@ -767,18 +767,18 @@ class ChangeFinder:
     1.0 ms at 1080p."""
 
     def __init__(self) -> None:
-        self.previous: np.ndarray | None = None
+        self.previous: tuple[np.ndarray, np.ndarray] | None = None  # the frame before's copies: 64x36, 32x18
 
     def look(self, image: np.ndarray) -> PictureChange:
         grey = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY) if image.ndim == 3 else image
         fine = cv2.resize(grey, CELLS, interpolation=cv2.INTER_AREA)
-        previous, self.previous = self.previous, fine
+        coarse = cv2.resize(fine, (CELLS[0] // 2, CELLS[1] // 2), interpolation=cv2.INTER_AREA)
+        previous, self.previous = self.previous, (fine, coarse)
         if previous is None:
             return PictureChange(0.0, None)
-        coarse = cv2.resize(fine, (CELLS[0] // 2, CELLS[1] // 2), interpolation=cv2.INTER_AREA)
-        coarse_before = cv2.resize(previous, (CELLS[0] // 2, CELLS[1] // 2), interpolation=cv2.INTER_AREA)
+        fine_before, coarse_before = previous
         share = float((cv2.absdiff(coarse, coarse_before) > CUT_LEVELS).mean())
-        return PictureChange(share, cv2.absdiff(fine, previous) > CAME_LEVELS)
+        return PictureChange(share, cv2.absdiff(fine, fine_before) > CAME_LEVELS)
 
 
 class Deinterlacer:
