@@ -455,6 +455,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class UserFormatter(logging.Formatter):
+    """Every line of ours begins `anonengine:`, a library's with its name: a batch's damaged files were told as
+    `anonengine.video: ...` among `anonengine: ...` lines (`--verbose` keeps the module's name)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        if record.name.startswith("anonengine."):
+            record = logging.makeLogRecord({**record.__dict__, "name": "anonengine"})
+        return super().format(record)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -467,10 +477,9 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.pop(LOG_LEVEL_VARIABLE, None)  # empty: unset, as the engine's default takes it
     else:
         os.environ[LOG_LEVEL_VARIABLE] = level  # spelled as `logging` wants it, for the stages
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else level or logging.INFO, format="%(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    to_stderr = logging.StreamHandler(sys.stderr)
+    to_stderr.setFormatter((logging.Formatter if args.verbose else UserFormatter)("%(name)s: %(message)s"))
+    logging.basicConfig(level=logging.DEBUG if args.verbose else level or logging.INFO, handlers=[to_stderr])
     redact_logs()
     INTERRUPTS.install()
     try:

@@ -913,6 +913,9 @@ def test_a_damaged_file_is_anonymized_but_for_what_it_lost_and_its_record_says_s
     result = anonengine_cli("run", "--video-source", tree, "--output-dir", out, *FAST)
     assert result.returncode == 0, result.stderr
     assert '2 file(s) anonymized (1 damaged: see "damage" in the manifest), 0 skipped' in result.stdout, result.stdout
+    # Told in the batch's own words: the lines had begun `anonengine.video:`, the reader's module.
+    told = [line for line in result.stderr.splitlines() if "rotten.mp4" in line]
+    assert told and all(line.startswith(f"anonengine: {tree / 'rotten.mp4'}: ") for line in told), result.stderr
     done = records(out)
     assert done["good.mp4"]["damage"] == "" and done["good.mp4"]["frames"] == FRAMES
     assert done["rotten.mp4"]["damage"].startswith(f"1 of its {FRAMES} pictures could not be decoded"), done
