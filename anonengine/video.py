@@ -12,6 +12,7 @@ import statistics
 import struct
 import time
 import urllib.parse
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from fractions import Fraction
@@ -571,7 +572,7 @@ class VideoReader:
         # detector stride, it is detected: no detection comes after it to hide a person moving on).
         held: Frame | None = None
         changes = ChangeFinder()
-        holes: list[tuple[float, float]] = []  # (from, seconds) of a file's times with no picture
+        holes = HoleFinder(frame_ticks)  # of a file's times with no picture
         try:
             for item in decoded:
                 pts, guessed = item.pts, item.pts is None
@@ -598,10 +599,9 @@ class VideoReader:
                 # the frame after a hole a packet left out leaves (`_decode`; decoder threads tell the loss a few
                 # pictures late, so the hole in the times tells where it was).
                 at_break |= last_pts is not None and (pts - last_pts) * self.info.time_base > MAX_FRAME_GAP_S
-                if last_pts is not None and pts - last_pts > HOLE_FRAMES * frame_ticks and not self.info.live:
-                    at_break = True
-                    if pts - last_pts >= TOLD_HOLE_FRAMES * frame_ticks:
-                        holes.append((float(last_pts * self.info.time_base), float((pts - last_pts) * self.info.time_base)))
+                if last_pts is not None and not self.info.live:
+                    at_break |= pts - last_pts > HOLE_FRAMES * frame_ticks
+                    holes.add(last_pts, pts)
                 last_pts = pts
                 image = item.image
                 if image.shape[1::-1] != decoded_size:  # another size than the frame before's
@@ -641,7 +641,8 @@ class VideoReader:
                 f"{self._bad_photo(seq)}"
             )
         if not self.info.live:
-            self._tell_losses(seq, holes)
+            self._tell_losses(seq, [(float(start * self.info.time_base), float(ticks * self.info.time_base))
+                                    for start, ticks in holes.found()])
         if self.recording is not None and self.container.format.name == "hls":  # a recording: never live
             self._whole_playlist_read(seq)
         declared = None if self.info.live or self.info.frames or restart else self._declared_end()
@@ -724,9 +725,11 @@ MAX_PIXEL_ASPECT = 4  # wider or narrower pixels than this are a damaged header'
 MAX_FRAME_GAP_S = 0.1
 # A file's frames further apart than this many frame times have a hole between them (a picture lost: damaged, or
 # cut out): the one after it is detected. Holes of TOLD_HOLE_FRAMES frame times and more are told (a variable-rate
-# phone video's frames are up to twice as far apart as its average here and there).
+# phone video's frames are up to twice as far apart as its average here and there), and as many times the pace
+# around them (HoleFinder).
 HOLE_FRAMES = 1.5
 TOLD_HOLE_FRAMES = 2.5
+HOLE_PACE_GAPS = 4  # the gaps on either side of one that give the pace around it
 # A Matroska file whose frames end this much (or 2 frames) before its stated length is cut short.
 TRUNCATED_SLACK_S = 0.25
 CUT_LEVELS = 40  # a cell of the 32x18 grey copy changed by more than this changed
@@ -749,6 +752,40 @@ class PictureChange:
 
     share: float
     cells: np.ndarray | None
+
+
+class HoleFinder:
+    """The holes in a file's times that are told: gaps of TOLD_HOLE_FRAMES frame times and more, and as many times
+    the median of the HOLE_PACE_GAPS gaps on either side. A phone video slows down where light is low, 10 frames/s
+    for a 25 frames/s rate: each of those frames had been told as a hole, and a batch recorded the file as damaged."""
+
+    def __init__(self, frame_ticks: int):
+        self.frame_ticks = frame_ticks
+        self._gaps: deque[tuple[int, int]] = deque()  # (from, ticks) of the gaps still to judge, and those around
+        self._judged = 0  # of `_gaps`, those judged already (the gaps before the one to judge next)
+        self._holes: list[tuple[int, int]] = []
+
+    def add(self, last_pts: int, pts: int) -> None:
+        self._gaps.append((last_pts, pts - last_pts))
+        while len(self._gaps) - self._judged > HOLE_PACE_GAPS:
+            self._judge()
+
+    def found(self) -> list[tuple[int, int]]:
+        """The holes, (from, ticks) each, once every gap is added."""
+        while self._judged < len(self._gaps):
+            self._judge()
+        return self._holes
+
+    def _judge(self) -> None:
+        start, ticks = self._gaps[self._judged]
+        if ticks >= TOLD_HOLE_FRAMES * self.frame_ticks:
+            around = [gap for i, (_, gap) in enumerate(self._gaps) if i != self._judged]
+            if not around or ticks >= TOLD_HOLE_FRAMES * statistics.median(around):
+                self._holes.append((start, ticks))
+        self._judged += 1
+        if self._judged > HOLE_PACE_GAPS:
+            self._gaps.popleft()
+            self._judged -= 1
 
 
 class ChangeFinder:

@@ -408,6 +408,33 @@ def test_a_video_with_packets_damaged_past_decoding_comes_out_whole_but_for_them
             assert shown_share(frames[i], image, rendered[i][1], person["box"]) <= LEAK_SHARE, (i, person)
 
 
+def test_a_phone_videos_slow_stretch_is_no_hole_and_its_real_holes_are_told(tmp_path, caplog):
+    """A phone slows down where light is low: 25 frames/s, then 10. Each of the slow frames, 2.5 frame times
+    apart, was told as a hole ("27 hole(s) in its times") and made the file "damaged" in a batch's manifest. Holes
+    are judged against the pace around them: the two real ones (3 pictures cut out of each stretch) are told."""
+    times = [i * 40 for i in range(30)] + [1200 + i * 100 for i in range(30)]  # ms
+    kept = [t for i, t in enumerate(times) if i not in (12, 13, 14, 45, 46, 47)]
+    image = next(iter(render_frames(WIDTH, HEIGHT, 1)))[0]
+    source = tmp_path / "phone.mp4"
+    with av.open(str(source), "w") as container:
+        stream = container.add_stream("libx264", rate=25, options={"preset": "ultrafast"})
+        stream.width, stream.height, stream.pix_fmt = WIDTH, HEIGHT, "yuv420p"
+        stream.codec_context.time_base = Fraction(1, 1000)
+        for t in kept:
+            frame = av.VideoFrame.from_ndarray(image, format="bgr24")
+            frame.pts, frame.time_base = t, Fraction(1, 1000)
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+    reader = VideoReader(str(source))
+    with caplog.at_level(logging.WARNING, logger="anonengine"):
+        frames = list(reader)
+    assert len(frames) == len(kept)
+    assert "phone.mp4: 2 hole(s) in its times where no picture is" in caplog.text, caplog.text
+    assert reader.damage.startswith("2 hole(s) in its times, the longest 0.40 s after 2.60 s"), reader.damage
+    # Every frame after a gap of more than 1.5 frame times is still detected: a person may come and go meanwhile.
+    assert all(f.at_break for f in frames[len([t for t in kept if t < 1200]) + 1 :]) and frames[12].at_break
+
+
 def test_a_camera_at_a_few_frames_a_second_has_every_frame_detected(sample, anonengine_cli, tmp_path):
     """At 5 frames/s, the stride's every 3rd frame is 0.6 s apart: long enough for a person to come and go
     unseen. Frames more than 0.1 s apart are each detected."""
