@@ -25,7 +25,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
 import cv2
 import numpy as np
@@ -34,6 +34,9 @@ from anonengine.config import SourcesConfig
 from anonengine.errors import InputError, SourceNotOpenable, UnknownProtocol
 from anonengine.messages import SourceState
 from anonengine.paths import URL_SCHEME, is_sequence, sequence_number, sequence_parts, sequence_photo
+
+if TYPE_CHECKING:
+    from anonengine.video import Frame
 
 log = logging.getLogger("anonengine.sources")
 
@@ -69,6 +72,12 @@ class Source:
                 return self.said_stream
             return not serves_recording(self.url, SourcesConfig().connect_timeout_s)
         return self.kind not in (SourceKind.FILE, SourceKind.SEQUENCE)
+
+    @property
+    def looked_at(self) -> bool:
+        """Whether FFmpeg looks at the stream for `buffer_s` before its first frame (`open_arguments`): the frames of
+        that look come out at once after it (`LiveFeed._burst_over`)."""
+        return self.kind in (SourceKind.RTSP, SourceKind.STREAM)
 
     def turned(self, rotate: int) -> Source:
         return dataclasses.replace(self, rotate=rotate)
@@ -320,6 +329,10 @@ def backoff_delays(cfg: SourcesConfig, rng: random.Random | None = None) -> Iter
 # A live frame whose time by its stream's clock is this much later than the wall clock since the last frame allows
 # is taken for a jump of that clock (`LiveFeed._follows_on`).
 CLOCK_JUMP_S = 10.0
+# A connection's first frames are held until one comes at the stream's pace (BURST_SLACK_S sooner at most), or for
+# BURST_WAIT_S (`LiveFeed._burst_over`).
+BURST_SLACK_S = 0.005
+BURST_WAIT_S = 2.0
 
 
 class LiveFeed:
@@ -491,30 +504,36 @@ class LiveFeed:
         anchor: tuple[float, float] | None = None  # (a frame's stream time, its time on the timeline)
         paced = getattr(reader, "live_paced", True)  # frames that come as filmed, not a playlist's segment at a time
         lag = 0.0  # the least wall clock less timeline time of the frames since the anchor: when a frame's moment came
+        # A connection's first frames, (frame, when it came), until the burst FFmpeg's look at the stream gathered has
+        # passed: the first of them came that look late (`_anchored`).
+        first: list[tuple[Frame, float]] = []
         try:
             for frame in reader:
                 if self._stop.is_set():
                     return "stopped"
-                self._last_picture = self.clock()
-                if anchor is None and frame.pts_guessed:
-                    # RTSP's first frame often comes before the first timestamp: its time is unknown, and
-                    # a guess would shift every frame after it. A live source loses nothing by skipping it.
+                self._last_picture = now = self.clock()
+                if anchor is None:
+                    if frame.pts_guessed:
+                        # RTSP's first frame often comes before the first timestamp: its time is unknown, and
+                        # a guess would shift every frame after it. A live source loses nothing by skipping it.
+                        continue
+                    first.append((frame, now))
+                    if paced and self.source.looked_at and not self._burst_over(first):
+                        continue
+                    anchor, lag = self._anchored(first, paced)
+                    first = []
                     continue
-                now = self.clock()
-                seconds = None if anchor is None else anchor[1] + frame.time - anchor[0]
-                if seconds is None or not self._follows_on(seconds, now):
-                    # A connection's first frame, or the stream's clock jumped (its sender restarted, the
-                    # connection kept: UDP): after the last frame, by the wall-clock time since it.
-                    seconds = 0.0 if self._last_time is None else self._last_time + max(
-                        now - self._last_wall, float(1 / self.info.rate))
-                    frame.at_break = self._last_time is not None  # after an outage: anyone may be anywhere
-                    anchor, lag = (frame.time, seconds), now - seconds
+                seconds = anchor[1] + frame.time - anchor[0]
+                if not self._follows_on(seconds, now):
+                    # The stream's clock jumped (its sender restarted, the connection kept: UDP): after the last
+                    # frame, by the wall-clock time since it.
+                    anchor, lag = self._anchored([(frame, now)], paced)
+                    continue
                 self._put(self._conform(frame, seconds), now, paced)
                 # When it came, by the stream's clock and its least delay yet: the decoder's threads hold the last
                 # frames before a sender stops until the stall ends the connection (20 s), and that late a wall
                 # clock shortened the outage in the timeline by as much (a soak: 20 to 27 s of recorded time lost
-                # at each); a connection's first frame waits for FFmpeg's look at the stream, and the frames
-                # after it come in a burst: anchored at that first frame, a 3-s pause came out as 2.3 s.
+                # at each).
                 lag = min(lag, now - self._last_time)
                 self._last_wall = self._last_time + lag
             if not paced:
@@ -525,6 +544,8 @@ class LiveFeed:
         except Exception as exc:  # noqa: BLE001 - a broken connection, whatever FFmpeg calls it
             return f"{type(exc).__name__}: {exc}"
         finally:
+            if first and not self._stop.is_set():  # a connection that ended within its first burst
+                self._anchored(first, paced)
             try:
                 reader.close()
             except Exception:  # noqa: BLE001 - the connection is being dropped anyway
@@ -533,6 +554,36 @@ class LiveFeed:
             # which a process that allocates little may not run for hours: measured, each reconnection
             # kept about 10 MB. A reconnection is rare; a collection is cheap beside it.
             gc.collect()
+
+    def _burst_over(self, first: list[tuple[Frame, float]]) -> bool:
+        """Whether a connection's first frames (`_read`) are all here: the last came at the pace of the stream (no
+        sooner after the one before than half their time apart, less a few ms), or they span BURST_WAIT_S."""
+        if len(first) < 2:
+            return False
+        (before, came_before), (last, came) = first[-2:]
+        return (came - came_before >= (last.time - before.time) / 2 - BURST_SLACK_S
+                or came - first[0][1] >= BURST_WAIT_S or len(first) >= self.queue_size)
+
+    def _anchored(self, first: list[tuple[Frame, float]], paced: bool) -> tuple[tuple[float, float], float]:
+        """Places a connection's first frames (or those after its clock jumped) after the last frame, by the
+        wall-clock time since it, and hands them out; returns the anchor and the lag (`_read`).
+
+        When the first was filmed is told by the least delay among them: each came no sooner than it was filmed,
+        so the first was filmed no later than any one's coming less the stream time between them. FFmpeg looks at a
+        stream for `buffer_s` before handing out its first frame, then the ones it saw meanwhile come at once:
+        placed by when it came, every reconnection added that look to the timeline (an operator's cameras,
+        reconnecting every 5 s: their recordings 17% longer than the wall clock, a segment's UTC name 48 s off its
+        frames after 5 minutes)."""
+        start = first[0][0].time
+        filmed = min(came - (frame.time - start) for frame, came in first)
+        seconds = 0.0 if self._last_time is None else self._last_time + max(
+            filmed - self._last_wall, float(1 / self.info.rate))
+        anchor, lag = (start, seconds), filmed - seconds
+        first[0][0].at_break = self._last_time is not None  # after an outage: anyone may be anywhere
+        for frame, came in first:
+            self._put(self._conform(frame, seconds + frame.time - start), came, paced)
+        self._last_wall = self._last_time + lag
+        return anchor, lag
 
     def _follows_on(self, seconds: float, now: float) -> bool:
         """Whether a frame at `seconds` on the timeline (by its connection's clock) follows the last one: later, and

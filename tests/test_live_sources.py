@@ -758,7 +758,7 @@ class FlakyReader:
         for i in range(self.frames):
             pts = i - self.restart_at if self.restart_at is not None and i >= self.restart_at else self.start + i
             yield Frame("fake", i, pts, Fraction(1, 25), np.full((self.size[1], self.size[0], 3), i, np.uint8))
-            time.sleep(0.005)
+            time.sleep(1 / 25)  # as filmed: a live source gives no frame before its moment
         raise InputError("connection reset by peer")
 
     def close(self) -> None:
@@ -861,6 +861,40 @@ def test_an_outage_is_as_long_in_the_timeline_as_on_the_wall_clock_though_the_de
     times = [f.time for f in take(feed, 12)]
     assert len(times) == 12
     assert times[10] - times[9] >= 1.9, times  # stopped at frame 8's time, back 2 s later
+
+
+def test_reconnections_add_nothing_to_the_timeline_though_ffmpeg_looks_at_each_connection_first():
+    """FFmpeg looks at an RTSP stream for `buffer_s` before its first frame comes out, then hands out the frames it
+    looked at all at once. Placed by when it came, a connection's first frame was that look late, and so was every
+    frame after it: an operator's cameras, reconnecting every 5 s, had recordings 17% longer than the wall clock
+    (a 5-minute run's segments named 48 s off their frames). Here each connection's look is 0.6 s (15 frames), and
+    the frames come at 25 a second after it; the gaps in the timeline are the wall clock's between the frames'
+    moments."""
+    look, frames = 15, 25
+    opens = []
+
+    class LookedAt(FlakyReader):
+        def __iter__(self):
+            time.sleep(look / 25)  # filmed meanwhile, handed out after
+            for i in range(self.frames):
+                if i > look:
+                    time.sleep(1 / 25)
+                yield Frame("fake", i, i, Fraction(1, 25), np.zeros((48, 64, 3), np.uint8))
+            raise InputError("the stream ended")
+
+    def opener(source):
+        opens.append(time.monotonic())  # frame 0 of the connection is filmed now
+        return LookedAt(frames)
+
+    cfg = SourcesConfig(reconnect_initial_s=0.3, reconnect_max_s=0.3, reconnect_jitter=0)
+    feed = LiveFeed(Source("rtsp://fake", SourceKind.RTSP), "fake", cfg, opener=opener, queue_size=100).start()
+    times = [f.time for f in take(feed, 4 * frames, timeout=20)]
+    assert len(times) == 4 * frames
+    for k in range(1, 4):
+        filmed_gap = opens[k] - (opens[k - 1] + (frames - 1) / 25)
+        placed_gap = times[k * frames] - times[k * frames - 1]
+        assert abs(placed_gap - filmed_gap) < 0.1, (k, placed_gap, filmed_gap)
+    np.testing.assert_allclose(times[-1] - times[0], opens[3] - opens[0] + (frames - 1) / 25, atol=0.15)
 
 
 def test_a_camera_back_in_another_shape_is_fitted_into_the_stream_with_bars_and_said_once(caplog):
