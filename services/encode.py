@@ -10,7 +10,6 @@ high-water mark drops frames for a slow subscriber instead of slowing the engine
 from __future__ import annotations
 
 import os
-import uuid
 from dataclasses import dataclass
 from fractions import Fraction
 
@@ -18,7 +17,7 @@ import cv2
 import zmq
 
 from anonengine import messages
-from anonengine.engine.runtime import POLL_MS, Service, ToCompositors, bind_tap, receive_waiting, send
+from anonengine.engine.runtime import POLL_MS, Service, ToCompositors, bind_tap, receive_waiting, run_id, send
 from anonengine.errors import AnonError
 from anonengine.recording import SegmentedRecording
 from anonengine.shm import RingCache, StaleSlot
@@ -52,7 +51,7 @@ class EncodeService(Service):
         # (`StreamInfoMsg.stream`: a camera attached again is a stream of its own).
         self.finished_streams: set[tuple[str, str]] = set()
         # Which segments are this run's: a restarted encoder resumes them (see anonengine.recording).
-        self.run = os.environ.get("ANONENGINE_RUN_ID") or uuid.uuid4().hex
+        self.run = run_id()
         # The frames a camera may have in this encoder before they are on disk: the compositor's output
         # ring, less one on its way here and one spare (the capture's slots went when they arrived).
         self.max_pending = cfg.engine.ring_slots - 2

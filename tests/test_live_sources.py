@@ -994,6 +994,32 @@ def test_a_live_cameras_numbers_are_reserved_on_disk_before_a_frame_goes_out(tmp
     assert not dead._keep_position(13.5)
 
 
+def test_a_capture_takes_over_its_own_runs_position_only(tmp_path, monkeypatch):
+    """honcho kills a capture still draining after 5 s, and its position stays in the run folder. The Procfile's
+    stages started again took that killed run's for theirs: the new recording began at frame 1175, 32.9 s in, its
+    first 22 frames grey (an operator's trial). What a stage keeps for its successor is its run's: the launcher's,
+    which it restarts stages in, or the process's own where no launcher started it."""
+    from anonengine.engine import runtime
+    from services.capture import SEQ_BLOCK, CaptureService
+
+    cfg = EngineConfig()
+    cfg.engine.run_dir = str(tmp_path)
+    camera = CameraConfig(name="door", source="rtsp://127.0.0.1:9/cam")
+    monkeypatch.setenv("ANONENGINE_RUN_ID", "killed")
+    dead = CaptureService(cfg, "ptest", camera)
+    dead.endpoints.dir.mkdir(parents=True)
+    dead.seq = 1175
+    assert dead._keep_position(32.9)
+    restarted = CaptureService(cfg, "ptest", camera)  # by the same run's launcher
+    assert restarted._take_over_position() is not None and restarted.seq == 1175 + SEQ_BLOCK
+    monkeypatch.setenv("ANONENGINE_RUN_ID", "next")  # another launch
+    assert CaptureService(cfg, "ptest", camera)._take_over_position() is None
+    monkeypatch.delenv("ANONENGINE_RUN_ID")  # a Procfile's stage: a run of its own
+    monkeypatch.setattr(runtime, "_own_run", None)
+    fresh = CaptureService(cfg, "ptest", camera)
+    assert fresh._take_over_position() is None and fresh.seq == 0
+
+
 def test_a_live_frame_after_one_dropped_is_detected():
     """A consumer behind a live source loses the oldest frame: it may have been a cut's (`at_break`), which the
     next frame then owes, or the time between the frames kept passes the stride's. The frame queued in its place

@@ -15,6 +15,7 @@ import os
 import signal
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import zmq
@@ -29,6 +30,7 @@ from anonengine.interrupts import INTERRUPTS, STOP_SIGNALS, Interrupted
 from anonengine.rundir import private_dir, run_dir_path
 
 POLL_MS = 100
+_own_run: str | None = None  # `run_id` where no launcher names the run
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 TAP_SOCKET_BUFFER = 256 * 1024  # a tap's kernel buffer: small, so the high-water mark is what bounds a backlog
 
@@ -94,6 +96,18 @@ class ToCompositors:
 
     def send(self, worker: int, message, block: bool = True) -> bool:
         return send(self.sockets[worker], message, block)
+
+
+def run_id() -> str:
+    """The run this process is part of: the launcher's (ANONENGINE_RUN_ID, given to every stage it starts and restarts),
+    or this process's own where no launcher started it (a Procfile's stages: honcho restarts none of them)."""
+    global _own_run
+    launched = os.environ.get("ANONENGINE_RUN_ID")
+    if launched:
+        return launched
+    if _own_run is None:
+        _own_run = uuid.uuid4().hex
+    return _own_run
 
 
 class Service:
@@ -174,12 +188,12 @@ class Service:
 
     # --- what a stage keeps in the run folder for its successor (it may die at any time) ---------------------
     def keep(self, name: str, state: messages.Message, what: str) -> bool:
-        """Writes `state` to the run folder as `name`, whole or not at all; False when it cannot (a full disk):
-        counted as `<what>_not_kept`, logged the first time."""
+        """Writes `state` to the run folder as `name`, whole or not at all, for this run (`run_id`); False when it
+        cannot (a full disk): counted as `<what>_not_kept`, logged the first time."""
         path = self.endpoints.dir / name
         staged = path.with_name(f"{name}.partial")
         try:
-            staged.write_bytes(messages.encode(state))
+            staged.write_bytes(messages.encode(messages.Kept(run_id(), state)))
             os.replace(staged, path)
         except OSError as exc:
             counter = f"{what}_not_kept"
@@ -190,18 +204,23 @@ class Service:
         return True
 
     def kept(self, name: str, kind: type[messages.Message], what: str) -> messages.Message | None:
-        """What a predecessor kept as `name` (`keep`): None when it kept nothing, or something unreadable
-        (torn, or foreign: logged)."""
+        """What a predecessor of this run kept as `name` (`keep`): None when it kept nothing, when another run kept
+        it (one killed before it could clear its folder: said), or something unreadable (torn, or foreign: logged)."""
         try:
-            state = messages.decode((self.endpoints.dir / name).read_bytes())
-            if not isinstance(state, kind):
-                raise messages.MessageError(f"a {type(state).__name__}, not a {kind.__name__}")
+            kept = messages.decode((self.endpoints.dir / name).read_bytes())
+            if not isinstance(kept, messages.Kept) or not isinstance(kept.state, kind):
+                found = type(kept.state if isinstance(kept, messages.Kept) else kept).__name__
+                raise messages.MessageError(f"a {found}, not a {kind.__name__}")
         except FileNotFoundError:
             return None
         except Exception as exc:  # noqa: BLE001 - whatever is there, the successor starts without it
             self.log.warning("%s: predecessor's %s unreadable (%s); starting without it", self.camera, what, exc)
             return None
-        return state
+        if kept.run != run_id():
+            self.log.info("%s: an earlier run's %s is in the run folder (it was killed); starting afresh", self.camera,
+                          what)
+            return None
+        return kept.state
 
     def malformed(self, error: Exception) -> None:
         """Garbage on a socket (a stray client, a version mismatch): logged, counted, dropped; never fatal."""
