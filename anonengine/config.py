@@ -20,6 +20,7 @@ from pydantic import (
     Field,
     ValidationError,
     WrapValidator,
+    field_validator,
     model_validator,
 )
 from pydantic_core import PydanticCustomError
@@ -608,8 +609,15 @@ class HttpConfig(StrictModel):
     preview_fps: float = Field(4, gt=0, le=30, description="Frames a second each preview tile shows, at most.")
     preview_width: int = Field(640, ge=64, le=3840, description="Preview images are scaled down to this width.")
 
+    @field_validator("listen")
+    @classmethod
+    def _listen_is_an_address(cls, listen: str) -> str:
+        if listen != "off":  # said of `listen` itself, on its own line (it had been said of `http`, a line above)
+            split_listen(listen)
+        return listen
+
     @model_validator(mode="after")
-    def _listen_is_an_address(self):
+    def _reachable_needs_a_token(self):
         if self.listen != "off":
             host, _ = split_listen(self.listen)
             if host not in LOOPBACK_HOSTS and not self.token_file:

@@ -315,6 +315,10 @@ def test_every_mistake_of_the_schema_is_said_in_one_run(tmp_path):
     # A misspelt key is the mistake, not its right spelling missing (said first, at its parent's line: a review)
     assert refusals(validate(tmp_path, "cameras:\n  - name: a\n    sorce: a.mp4\n")) == [
         "anonengine: error: engine.yaml: line 3: cameras.0.sorce: Extra inputs are not permitted"]
+    # An address that is none is said at its own line (it was said of `http`, at the line above: an operator's trial)
+    assert refusals(validate(tmp_path, "http:\n  listen: 127.0.0.1:99999\n")) == [
+        "anonengine: error: engine.yaml: line 2: http.listen: expected HOST:PORT (e.g. 127.0.0.1:8080) or 'off', "
+        "got '127.0.0.1:99999'"]
 
 
 def test_every_bad_camera_is_said_in_one_run(tmp_path):
