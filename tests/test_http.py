@@ -278,6 +278,15 @@ def test_a_preview_that_cannot_be_had_says_why_and_never_hangs(preview):
                 assert status_of(f"{tap_on.url}/cameras/gate/{preview}")[0] == 200
             else:
                 assert status_of(f"{tap_on.url}/cameras/gate/{preview}") == (503, "no frame of this camera yet\n")
+            # A file's camera done before anyone looked: none will come (it said "yet", and to ask again; an MJPEG
+            # stream never sent one)
+            done = HttpServer(HttpConfig(listen=f"127.0.0.1:{free_port()}"), lambda: snapshot(state=metrics.DONE),
+                              subscribe)
+            try:
+                assert status_of(f"{done.url}/cameras/gate/{preview}") == (
+                    404, "camera 'gate' is done: no frame of it to preview\n")
+            finally:
+                done.close()
         finally:
             tap_on.close()
             tap_off.close()

@@ -271,6 +271,12 @@ class HttpServer:
         snapshot = self.snapshot()
         return snapshot is not None and all(c.name != camera for c in snapshot.cameras)
 
+    def _done(self, camera: str) -> bool:
+        """The camera's file is done: no frame will come (its preview had said "no frame of this camera yet", and
+        to ask again, for ever; its MJPEG was a stream that never sent one)."""
+        snapshot = self.snapshot()
+        return snapshot is not None and any(c.name == camera and c.state == metrics.DONE for c in snapshot.cameras)
+
     def _no_preview(self, camera: str):
         """The answer for a preview that cannot be had (404: no such camera; 503: none now, and why), or None.
         Before, an unknown camera's MJPEG, or any while the tap was off, was a 200 stream that never sent a
@@ -283,6 +289,8 @@ class HttpServer:
             return web.Response(status=503, text=f"{TAP_OFF}\n")
         if self.snapshot() is None:
             return web.Response(status=503, text="starting\n", headers={"Retry-After": "1"})
+        if self._done(camera) and self.preview.latest(camera) is None:  # a file's, ended before anyone looked
+            return web.Response(status=404, text=f"camera {camera!r} is done: no frame of it to preview\n")
         return None
 
     async def _preview_jpeg(self, request):
