@@ -180,6 +180,8 @@ class CaptureService(Service):
             self._end_live_with()
         if not self.ended and (stopped_before or not self._capture_one()):
             self.ended = True
+            if self.feed is not None:  # read no more: it went on reconnecting while the frames in flight drained
+                self.feed.stop()
             # Stopped before the end of a file: what is done is kept as a partial output, and nothing in
             # flight is waited for. A live camera's stop is its normal end: the frames in flight go out.
             interrupted = self.stopping and not self.live

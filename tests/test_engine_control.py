@@ -865,6 +865,30 @@ def test_honcho_runs_the_stages_from_a_procfile(models_dir, tmp_path):
     assert not instance_segments(HONCHO_INSTANCE)
 
 
+def test_a_stage_already_running_in_the_instance_refuses_a_second_one(models_dir, tmp_path):
+    """A Procfile started twice (honcho has no instance lock): the two runs' stages took each other's frames, and a
+    camera's recordings piled up as camA.1 to camA.4 (an operator's trial). A stage holds its part of the instance
+    (its stage and camera or worker) while it runs: a second says so in one line and exits 2, the first goes on."""
+    cfg = small_and_fast(engine_config(tmp_path, models_dir, {"hc": tmp_path / "never-opened.mp4"}))
+    config = tmp_path / "engine.yaml"
+    config.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
+    instance = f"twice{os.getpid()}"
+    argv = [sys.executable, "-m", "services.encode", "--config", str(config), "--instance", instance, "--worker", "0"]
+    first = subprocess.Popen(argv, cwd=REPO, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        assert wait_for(lambda: (Path(cfg.engine.run_dir) / instance / "encode-0.sock").exists() or first.poll(), 60)
+        assert first.poll() is None, first.stderr.read()
+        second = subprocess.run(argv, cwd=REPO, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60)
+        assert second.returncode == 2, second.stderr
+        assert second.stderr == (f"anonengine: error: encode[w0]: another encode of w0 runs in instance {instance} "
+                                 f"(pid {first.pid}): two engines under one instance id?\n")
+        assert first.poll() is None  # undisturbed
+    finally:
+        first.send_signal(signal.SIGTERM)
+        first.wait(timeout=30)
+
+
 def test_cameras_are_shared_out_to_the_least_busy_compositor_and_keep_it_when_attached_again(tmp_path, launchers):
     spawn = FakeSpawn(lambda name: None)
     launcher = fake_launcher(tmp_path, spawn)

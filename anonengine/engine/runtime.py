@@ -27,6 +27,7 @@ from anonengine.curve import CurveServer, curve_clients_folder
 from anonengine.engine.stagehost import exited
 from anonengine.errors import AnonError, OutputError, StartAfresh
 from anonengine.interrupts import INTERRUPTS, STOP_SIGNALS, Interrupted
+from anonengine.locks import FileLock, LockBusy
 from anonengine.rundir import private_dir, run_dir_path
 
 POLL_MS = 100
@@ -461,6 +462,19 @@ def run_service(factory, argv: list[str] | None = None, extra_args=None) -> int:
     configure_logging(service.stage, service.camera, level or "INFO", job=cfg.engine.exit_when_done)
     faulthandler.enable()
     try:
+        make_endpoints_dir(service.endpoints)
+        _held = FileLock(service.endpoints.dir / f"{service.stage}-{service.camera}.lock").acquire()  # till it ends
+    except LockBusy as busy:
+        # Two engines under one instance id (a Procfile started twice: honcho has no instance lock): their stages
+        # took each other's frames, and recordings piled up as camA.1 to camA.4 (an operator's trial). The
+        # launcher restarts a stage once its predecessor is dead, which lets go of this by dying.
+        report_user_error(f"{service.stage}[{service.camera}]: another {service.stage} of {service.camera} runs in "
+                          f"instance {args.instance}{busy.owner}: two engines under one instance id?")
+        return 2
+    except AnonError as exc:
+        report_user_error(f"{service.stage}[{service.camera}]: {exc}")
+        return 2
+    try:
         import setproctitle
 
         setproctitle.setproctitle(f"anonengine-{service.stage}[{service.camera}] {args.instance}")
@@ -475,7 +489,6 @@ def run_service(factory, argv: list[str] | None = None, extra_args=None) -> int:
     INTERRUPTS.install()
     service.watch_stop_signals()
     try:
-        make_endpoints_dir(service.endpoints)
         service.setup()
         for sig in STOP_SIGNALS:
             signal.signal(sig, lambda *_: stop_unless_lost(service, parent))
