@@ -1106,6 +1106,25 @@ def test_a_cut_made_without_reencoding_is_not_taken_for_a_truncated_file(sample,
     assert len(list(VideoReader(str(output)))) == shown
 
 
+def test_an_mp4_whose_index_is_damaged_is_not_called_truncated(sample, tmp_path):
+    """Bit rot in an MP4's sample table (its index: the sizes of pictures 3 and 4 overwritten) makes FFmpeg find
+    data past the file's end for the pictures after; the file was refused as "truncated", which a whole file is
+    not (an archivist's trial). Its boxes span it to its last byte: it is said to be damaged."""
+    from anonengine.video import boxes_whole
+
+    data = bytearray(sample.video.read_bytes())
+    sizes = data.find(b"stsz")
+    data[sizes + 16 + 4 * 3 : sizes + 16 + 4 * 5] = b"\xff" * 8
+    damaged = tmp_path / "rotten.mp4"
+    damaged.write_bytes(bytes(data))
+    with pytest.raises(InputError, match=r"rotten.mp4 is damaged: its index lists \d+ pictures, of which \d+ could be "
+                                         r"read \(\d+ decoded\); the file is whole to its end"):
+        list(VideoReader(str(damaged)))
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(bytes(data[: len(data) - 1000]))
+    assert boxes_whole(str(sample.video)) and boxes_whole(str(damaged)) and not boxes_whole(str(cut))
+
+
 @pytest.mark.parametrize("late_start", [False, True])
 def test_a_matroska_file_cut_short_is_refused_in_one_line(late_start, sample, anonengine_cli, tmp_path):
     """A Matroska file states its length (and no frame count): a copy cut at half its length decoded to its end
