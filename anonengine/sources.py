@@ -329,10 +329,12 @@ def backoff_delays(cfg: SourcesConfig, rng: random.Random | None = None) -> Iter
 # A live frame whose time by its stream's clock is this much later than the wall clock since the last frame allows
 # is taken for a jump of that clock (`LiveFeed._follows_on`).
 CLOCK_JUMP_S = 10.0
-# A connection's first frames are held until one comes at the stream's pace (BURST_SLACK_S sooner at most), or for
-# BURST_WAIT_S (`LiveFeed._burst_over`).
+# A connection's first frames are held until one comes at the stream's pace (BURST_SLACK_S sooner at most), for
+# BURST_WAIT_S, or BURST_FRAMES times the feed's queue (`LiveFeed._burst_over`): FFmpeg's look at a stream gathers
+# a little more than `buffer_s` of frames, as long as it takes to decode the first.
 BURST_SLACK_S = 0.005
 BURST_WAIT_S = 2.0
+BURST_FRAMES = 2
 
 
 class LiveFeed:
@@ -369,6 +371,8 @@ class LiveFeed:
         self._last_time: float | None = None  # seconds, of the last frame handed out
         self._last_wall: float | None = None
         self._last_picture: float | None = None  # clock, of the last picture of the connection under way
+        self._anchor_lag: float | None = None  # the lag its first frames gave the connection under way (`_anchored`)
+        self._ahead = 0.0  # seconds the timeline is known to run ahead of the wall clock, to be paid back
         # A live playlist's text when it ended (`#EXT-X-ENDLIST`: its publisher stopped): opened again, FFmpeg reads
         # it as a recording, from its first segment, and a user's engine replayed its last 12 s three times, each
         # under new times. It is opened again once it has changed.
@@ -557,12 +561,14 @@ class LiveFeed:
 
     def _burst_over(self, first: list[tuple[Frame, float]]) -> bool:
         """Whether a connection's first frames (`_read`) are all here: the last came at the pace of the stream (no
-        sooner after the one before than half their time apart, less a few ms), or they span BURST_WAIT_S."""
+        sooner after the one before than half their time apart, less a few ms), or they span BURST_WAIT_S or
+        BURST_FRAMES times the queue. Ended early (a hiccup of the decoder within them), the connection is dated a
+        little late, which the next connection's gap pays back (`_anchored`)."""
         if len(first) < 2:
             return False
         (before, came_before), (last, came) = first[-2:]
         return (came - came_before >= (last.time - before.time) / 2 - BURST_SLACK_S
-                or came - first[0][1] >= BURST_WAIT_S or len(first) >= self.queue_size)
+                or came - first[0][1] >= BURST_WAIT_S or len(first) >= BURST_FRAMES * self.queue_size)
 
     def _anchored(self, first: list[tuple[Frame, float]], paced: bool) -> tuple[tuple[float, float], float]:
         """Places a connection's first frames (or those after its clock jumped) after the last frame, by the
@@ -576,12 +582,25 @@ class LiveFeed:
         frames after 5 minutes)."""
         start = first[0][0].time
         filmed = min(came - (frame.time - start) for frame, came in first)
-        seconds = 0.0 if self._last_time is None else self._last_time + max(
-            filmed - self._last_wall, float(1 / self.info.rate))
+        seconds = 0.0
+        if self._last_time is not None:
+            if self._anchor_lag is not None:
+                # Frames of the connection before came sooner still, by the stream's clock, than its first ones
+                # told (FFmpeg's queues let its early frames out late; a sender's clock a little fast): it was
+                # dated late by as much, paid back from this gap, so that the timeline keeps to the wall clock.
+                self._ahead += max(0.0, self._anchor_lag - (self._last_wall - self._last_time))
+            tick, gap = float(1 / self.info.rate), filmed - self._last_wall
+            paid = min(self._ahead, max(0.0, gap - tick))
+            self._ahead -= paid
+            seconds = self._last_time + max(gap - paid, tick)
         anchor, lag = (start, seconds), filmed - seconds
+        self._anchor_lag = lag
         first[0][0].at_break = self._last_time is not None  # after an outage: anyone may be anywhere
-        for frame, came in first:
-            self._put(self._conform(frame, seconds + frame.time - start), came, paced)
+        # All of them, as come now: they waited here, not for the consumer (held up to BURST_WAIT_S, those that had
+        # come first would be dropped as waiting too long).
+        now, room = self.clock(), max(len(first), self.queue_size)
+        for frame, _ in first:
+            self._put(self._conform(frame, seconds + frame.time - start), now, paced, room)
         self._last_wall = self._last_time + lag
         return anchor, lag
 
@@ -613,7 +632,9 @@ class LiveFeed:
             frame.image = fitted(frame.image, info.width, info.height)
         return frame
 
-    def _put(self, frame, now: float, paced: bool = True) -> None:
+    def _put(self, frame, now: float, paced: bool = True, room: int | None = None) -> None:
+        """Queues a frame that came `now`; past `room` frames waiting (default `queue_size`), or `buffer_s` of
+        them, the oldest go."""
         if not paced:
             # A live playlist's frames come a segment at a time, seconds of them at once: how long they wait here
             # is the segment's length, not the engine's lag, and dropped past `buffer_s` they were 22 of every 50
@@ -626,7 +647,7 @@ class LiveFeed:
             return
         with self.frames.mutex:  # the consumer takes from the front meanwhile
             waiting, dropped = self.frames.queue, 0
-            while waiting and (len(waiting) >= self.queue_size or now - waiting[0][0] > self.cfg.buffer_s):
+            while waiting and (len(waiting) >= (room or self.queue_size) or now - waiting[0][0] > self.cfg.buffer_s):
                 waiting.popleft()  # a live source waits no longer than that: the oldest goes
                 dropped += 1
             if dropped:
