@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 from anonengine.argparsing import redact_logs
 from anonengine.engine import stagehost
 from anonengine.errors import AnonError, ConfigError, InputError, raise_all
-from anonengine.interrupts import Interrupted, interrupted_line, plural
+from anonengine.interrupts import INTERRUPTS, Interrupted, interrupted_line, plural
 from anonengine.paths import ROTATIONS
 
 if TYPE_CHECKING:
@@ -242,7 +242,10 @@ def cmd_tap(args: argparse.Namespace) -> int:
         pass
     finally:
         if recording is not None:
-            recording.close()
+            # Short (x264's last frames, the MP4's index): a second Ctrl-C waits for it. It had landed in it and left
+            # a partial file without an index, every frame of the recording lost (an operator's trial).
+            with INTERRUPTS.deferred():
+                recording.close()
         if gaps.missed:  # said per frame only: a recording 11 frames short of 193 ended with "182 frames"
             print(f"anonengine: tap: {plural(gaps.missed, 'frame')} missed (this subscriber fell behind the engine by "
                   "more than tap.hwm)", file=sys.stderr)

@@ -490,7 +490,7 @@ class Launcher:
                 if not message.complete:
                     log.info("camera %s stopped after %d frames; its partial output: %s", message.camera,
                              message.frames, message.output or "(none)")
-                elif message.output is None:
+                elif message.output is None and not message.frames:  # a tap-only camera's frames have none either
                     log.info("camera %s ended before its first frame: no output", message.camera)
             elif isinstance(message, messages.Progress):
                 self.progress[message.camera] = max(self.progress.get(message.camera, 0), message.next_seq)
