@@ -594,7 +594,9 @@ class LiveFeed:
             self._ahead -= paid
             seconds = self._last_time + max(gap - paid, tick)
         anchor, lag = (start, seconds), filmed - seconds
-        self._anchor_lag = lag
+        # A live playlist's frames come a segment at a time, sooner than filmed by its clock as they should: nothing
+        # of that is paid back.
+        self._anchor_lag = lag if paced else None
         first[0][0].at_break = self._last_time is not None  # after an outage: anyone may be anywhere
         # All of them, as come now: they waited here, not for the consumer (held up to BURST_WAIT_S, those that had
         # come first would be dropped as waiting too long).
