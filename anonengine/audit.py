@@ -98,8 +98,14 @@ class AuditReport:
     @property
     def found_turned(self) -> dict[int, int]:
         """Frames with a leak found only in the picture turned, by the degrees (clockwise) it was turned: footage
-        that plays so (a camera mounted so, a phone's video whose turn was lost), run without its `--rotate`?"""
-        return {degrees: sum(any(p.get("view") == view for p in f.persons) for f in self.flagged)
+        that plays so (a camera mounted so, a phone's video whose turn was lost), run without its `--rotate`? A turned
+        find mostly within one made upright (or mirrored) is a part of that person seen again: a user's upright leaks
+        were each told to be run again with `--rotate 180` (19 of 48 frames of a copy of the original)."""
+        def only_turned(persons: list[dict], view: str) -> bool:
+            upright = [p["box"] for p in persons if p.get("view") not in TURNED_VIEWS.values()]
+            return any(p.get("view") == view and not mostly_within(p["box"], upright) for p in persons)
+
+        return {degrees: sum(only_turned(f.persons, view) for f in self.flagged)
                 for degrees, view in TURNED_VIEWS.items()}
 
     @property
@@ -324,6 +330,13 @@ def overlaps(find: dict, others: list[dict]) -> bool:
     if not others:
         return False
     return box_iou(np.float32([find["box"]]), np.float32([o["box"] for o in others])).max() >= SAME_FIND_IOU
+
+
+def mostly_within(box, others: list) -> bool:
+    """Whether most of `box` (x0, y0, x1, y1) lies within one of `others`."""
+    area = max(1e-6, (box[2] - box[0]) * (box[3] - box[1]))
+    return any(max(0.0, min(box[2], o[2]) - max(box[0], o[0])) * max(0.0, min(box[3], o[3]) - max(box[1], o[1]))
+               >= 0.5 * area for o in others)
 
 
 def once_each(finds: list[dict]) -> list[dict]:

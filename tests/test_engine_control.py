@@ -285,40 +285,41 @@ def test_a_tap_only_camera_that_sent_frames_is_not_said_to_have_ended_before_its
     assert "ended before its first frame" not in result.stderr, result.stderr
 
 
-def test_a_second_ctrl_c_while_tap_record_closes_its_file_waits_for_it(tmp_path, monkeypatch, capsys):
+TAP_CLOSED_UNDER_CTRL_C = """
+import argparse, os, signal, sys
+import numpy as np
+from anonengine import tap
+from anonengine.engine import commands
+from anonengine.interrupts import INTERRUPTS, Interrupted
+
+image = np.full((192, 320, 3), 90, np.uint8)
+
+def subscribe(*_args, **_kwargs):
+    for seq in range(10):
+        yield {"camera": "a", "seq": seq, "offered": seq, "time": seq / 25, "persons": [], "obscured": False}, image
+    raise Interrupted(signal.SIGINT)  # the first Ctrl-C, in the loop
+
+class ClosedUnderCtrlC(tap.TapRecording):
+    def close(self):
+        os.kill(os.getpid(), signal.SIGINT)  # the second, as it closes
+        super().close()
+
+tap.subscribe, tap.TapRecording = subscribe, ClosedUnderCtrlC
+commands._tap_address = lambda args: ("ipc:///nowhere", None, None)
+INTERRUPTS.install()
+sys.exit(commands.cmd_tap(argparse.Namespace(camera=[], record=sys.argv[1], timeout=None, frames=0)))
+"""
+
+
+def test_a_second_ctrl_c_while_tap_record_closes_its_file_waits_for_it(tmp_path):
     """Ctrl-C twice: the first ends `anonengine tap --record`'s loop, the second landed while the recording was
     closed (x264's last frames, the MP4's index) and left a partial file without an index, every frame lost (an
-    operator's trial: 4 of 4 times). The close waits for it now."""
-    import argparse
-
-    from anonengine import tap
-    from anonengine.engine import commands
-    from anonengine.interrupts import INTERRUPTS, STOP_SIGNALS, Interrupted
-
-    image = np.full((HEIGHT, WIDTH, 3), 90, np.uint8)
-
-    def subscribe(*_args, **_kwargs):
-        for seq in range(10):
-            yield {"camera": "a", "seq": seq, "offered": seq, "time": seq / 25, "persons": [], "obscured": False}, image
-        raise Interrupted(signal.SIGINT)  # the first Ctrl-C, in the loop
-
-    class ClosedUnderCtrlC(tap.TapRecording):
-        def close(self):
-            os.kill(os.getpid(), signal.SIGINT)  # the second, as it closes
-            super().close()
-
-    monkeypatch.setattr(tap, "subscribe", subscribe)
-    monkeypatch.setattr(tap, "TapRecording", ClosedUnderCtrlC)
-    monkeypatch.setattr(commands, "_tap_address", lambda args: ("ipc:///nowhere", None, None))
-    handlers = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
-    INTERRUPTS.install()
-    try:
-        args = argparse.Namespace(camera=[], record=str(tmp_path / "tap.mp4"), timeout=None, frames=0)
-        assert commands.cmd_tap(args) == 0
-    finally:
-        for sig, handler in handlers.items():
-            signal.signal(sig, handler)
-        INTERRUPTS.signum = None
+    operator's trial: 4 of 4 times). The close waits for it now. (In a process of its own: its signals.)"""
+    script = tmp_path / "closed_under_ctrl_c.py"
+    script.write_text(TAP_CLOSED_UNDER_CTRL_C)
+    result = subprocess.run([sys.executable, str(script), str(tmp_path / "tap.mp4")], cwd=REPO, capture_output=True,
+                            text=True, timeout=120, check=False)
+    assert result.returncode == 0, result.stderr
     assert len(list(VideoReader(str(tmp_path / "tap.mp4")))) == 10
     assert not (tmp_path / "tap.partial.mp4").exists()
 

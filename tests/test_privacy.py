@@ -455,6 +455,23 @@ def test_a_recordings_frame_drawn_after_a_miss_taught_the_person_again_does_not_
     assert shown_share(frame, out, scene, [130, 60, 190, 180]) <= LEAK_SHARE
 
 
+def test_the_audit_advises_a_turn_only_for_persons_found_only_turned():
+    """A copy of an upright original, audited: 19 of its 48 frames were said to show a person "found only upside
+    down", and the user told to run again with `--rotate 180`, where the upside-down view had seen a part of a
+    person found upright too (a user's evaluation of the audit). Only a turned find that no upright one holds
+    counts."""
+    from anonengine.audit import AuditFrame, AuditReport
+
+    upright = {"box": [100, 40, 160, 300], "score": 0.9}
+    part_seen_turned = {"box": [110, 150, 158, 296], "score": 0.4, "view": "upside down"}
+    elsewhere_turned = {"box": [400, 40, 460, 300], "score": 0.8, "view": "upside down"}
+    report = AuditReport("a.mp4", "b.mp4", 3, 0.2, 960, flagged=[
+        AuditFrame(0, 0.0, [upright, part_seen_turned]),
+        AuditFrame(1, 0.04, [upright, elsewhere_turned]),
+        AuditFrame(2, 0.08, [elsewhere_turned])])
+    assert report.found_turned[180] == 2 and report.upside_down == 2
+
+
 def test_the_audit_takes_no_logo_for_a_person_upside_down_and_an_upside_down_photo_is_hidden(
         models_dir, anonengine_cli, tmp_path):
     """Its upside-down view took the bus's leaf logo for a person (0.21 to 0.37): 16 of 39 outputs of an
