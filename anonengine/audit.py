@@ -26,7 +26,7 @@ import numpy as np
 from anonengine.backends import detector_long_side
 from anonengine.config import DetectorConfig
 from anonengine.contact_sheet import _panel
-from anonengine.detections import box_iou, turned_back_boxes
+from anonengine.detections import box_iou, share_within, turned_back_boxes
 from anonengine.detector import load_yolo, select_device
 from anonengine.errors import InputError, ModelError, first_line
 from anonengine.paths import ROTATIONS, is_photo, is_sequence
@@ -334,9 +334,7 @@ def overlaps(find: dict, others: list[dict]) -> bool:
 
 def mostly_within(box, others: list) -> bool:
     """Whether most of `box` (x0, y0, x1, y1) lies within one of `others`."""
-    area = max(1e-6, (box[2] - box[0]) * (box[3] - box[1]))
-    return any(max(0.0, min(box[2], o[2]) - max(box[0], o[0])) * max(0.0, min(box[3], o[3]) - max(box[1], o[1]))
-               >= 0.5 * area for o in others)
+    return bool(others) and bool((share_within(np.float32([box]), np.float32(others)) >= 0.5).any())
 
 
 def once_each(finds: list[dict]) -> list[dict]:

@@ -225,6 +225,12 @@ def overlap_of_smaller(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return _intersections(a, b) / np.maximum(np.minimum(area_a[:, None], area_b[None, :]), 1e-9)
 
 
+def share_within(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Pairwise share of each xyxy box of `a` that lies within each of `b`, shape (len(a), len(b))."""
+    area_a = np.prod(np.clip(a[:, 2:] - a[:, :2], 0, None), axis=1)
+    return _intersections(a, b) / np.maximum(area_a[:, None], 1e-9)
+
+
 def box_covered(a: np.ndarray, by: np.ndarray) -> np.ndarray:
     """The share of each xyxy box of `a` that the boxes `by` cover together (to the whole pixel), shape (len(a),):
     a person found split into overlapping boxes covers what none of them does alone."""

@@ -134,7 +134,8 @@ def render_frames(width: int, height: int, frames: int, seed: int = 0, actors=AC
     `actors`: (sprite, height share, start centre, end centre[, (t0, t1)[, frames]]), centres in shares of
     the frame; the person stands at the start until t0, walks to the end by t1 (shares of the clip, default
     0 and 1) and stays there; with `frames`, they are in those frames only (cut in). A centre outside 0..1
-    puts the person partly or wholly out of the picture (entering, leaving). `pan`: the camera turns over the clip by this share of the frame width.
+    puts the person partly or wholly out of the picture (entering, leaving). `pan`: the camera turns over the
+    clip by this share of the frame width.
     `cut_at`: from that frame on, the other scene. `shake`: a hand-held camera, each frame shifted by up
     to this many pixels (sub-pixel, at random). `zoom`: the camera zooms in to this factor by the end.
     `scene`: "studio" (generated) or "street" (real textures, `make_street`). Persons' boxes are

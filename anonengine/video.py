@@ -189,22 +189,31 @@ def _unfinished_file(path: str) -> str | None:
             size = os.fstat(file.fileno()).st_size
             if size == 0:
                 return "the file is empty (0 bytes)"
-            boxes, offset = [], 0
-            while offset + 8 <= size and len(boxes) < 64:
-                file.seek(offset)
-                length, kind = struct.unpack(">I4s", file.read(8))
-                if length == 1 and offset + 16 <= size:
-                    length = struct.unpack(">Q", file.read(8))[0]
-                boxes.append(kind)
-                if length < 8:
-                    break
-                offset += length
+            boxes, _ = top_level_boxes(file, size, most=64)
     except (OSError, struct.error):
         return None
     if boxes and boxes[0] == b"ftyp" and b"moov" not in boxes:
         return ("an MP4/MOV without its index (no moov box): a recording cut short before it was finished (the "
                 "camera stopped, the copy was cut); tools such as untrunc rebuild one from a good file of the same camera")
     return None
+
+
+def top_level_boxes(file, size: int, most: int | None = None) -> tuple[list[bytes], int | None]:
+    """The kinds of an MP4's or MOV's top-level boxes in order (at most `most`), read from the open `file` of `size`
+    bytes, and the offset where the last one read ends (None where one is malformed: a length under 8)."""
+    kinds, offset = [], 0
+    while offset + 8 <= size and (most is None or len(kinds) < most):
+        file.seek(offset)
+        length, kind = struct.unpack(">I4s", file.read(8))
+        if length == 1 and offset + 16 <= size:
+            length = struct.unpack(">Q", file.read(8))[0]
+        elif length == 0:  # to the file's end
+            length = size - offset
+        kinds.append(kind)
+        if length < 8:
+            return kinds, None
+        offset += length
+    return kinds, offset
 
 
 # A live stream's packets FFmpeg cannot decode are skipped (joined between two keyframes) until no picture came for
@@ -931,25 +940,12 @@ def boxes_whole(path: str) -> bool:
     and data (`mdat`) among them: a file cut short ends within one. An archivist's trial had one whose index was
     damaged called "truncated"."""
     try:
-        size, at, seen = os.path.getsize(path), 0, set()
+        size = os.path.getsize(path)
         with open(path, "rb") as f:
-            while at < size:
-                f.seek(at)
-                header = f.read(16)
-                if len(header) < 8:
-                    return False
-                length, kind = struct.unpack(">I4s", header[:8])
-                if length == 1 and len(header) == 16:
-                    length = struct.unpack(">Q", header[8:16])[0]
-                elif length == 0:
-                    length = size - at
-                if length < 8:
-                    return False
-                seen.add(kind)
-                at += length
-    except OSError:
+            kinds, end = top_level_boxes(f, size)
+    except (OSError, struct.error):
         return False
-    return at == size and {b"moov", b"mdat"} <= seen
+    return end == size and {b"moov", b"mdat"} <= set(kinds)
 
 
 def to_bgr(av_frame: av.VideoFrame) -> np.ndarray:
