@@ -170,6 +170,7 @@ class KeptTrack(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     pose: tuple[float, ...] | None = None  # 51: its last confident skeleton's keypoints (`Track.pose`)
     pose_box: tuple[float, ...] = ()  # 4
     pose_at: int = -1
+    clear_at: int = -1  # `Track.clear_at`; -1: its last match (a predecessor that did not keep it)
 
 
 class HoldState(Message):

@@ -39,6 +39,11 @@ FAST_FOLLOW_WIDTHS = 2.0  # and moved by at most this many of their widths a fra
 # a person crossing fast left, another coming back overlapped their last box, and was taken for them.
 FOLLOW_GAP_FRAMES = 3
 TRACK_MIN_IOU = 0.2  # what ByteTrack matches on (its match_thresh 0.8 is a cost, 1 - IoU)
+# ByteTrack's second association, a strong track to a low detection, asks more (its reference code and Ultralytics':
+# a cost of at most 0.5). At 0.2, the track of a person standing in front of a walker took a weak box the detector drew
+# on the walker's chest, a third of their height: its filter flew up off them after it, the picture that finds a
+# standing person became the walker's, and their legs were shown once the walker had passed (the street clip).
+LOW_MATCH_MIN_IOU = 0.5
 MIN_HITS = 2  # matches that confirm a track: a lone false detection is never held for long
 # A track not confirmed yet lives this many frames past its last match (and is hidden meanwhile, as a lost one):
 # a detection missed in between (two detections apart at the default stride) no longer ends it. Dropped at its
@@ -73,6 +78,14 @@ MIN_POSE_KEYPOINTS = 3  # a skeleton kept has at least this many keypoints the p
 # whose fill then showed it for the rest of the clip (a user's trial, `still_plain`: 120 of 150 frames).
 FULL_WINDOW = 25
 SHRUNK = 0.85
+# While someone else's box overlaps a person's (within OVERLAP_REACH of their width), the boxes they had before are kept
+# back to FULL_WINDOW frames before it began (for at most OCCLUDED_FRAMES), those of about their height now
+# (OCCLUDED_HEIGHT_SHARE) counted as their fullest: a walker crossing in front of someone standing took 100 frames,
+# their box narrowed from the walker's side all the while, and 25 frames on its fullest was as narrow (the street clip
+# at 720p: more than 1% of the one standing behind shown beside the walker in 95 of its 200 frames, up to 19%).
+OVERLAP_REACH = 0.05
+OCCLUDED_HEIGHT_SHARE = 0.1
+OCCLUDED_FRAMES = 150
 
 
 @dataclass(eq=False)
@@ -91,8 +104,10 @@ class Track:
     weak: bool = False  # started by a detection under the tracker's `high_score`: matched to such ones only
     confirmed: bool = False
     seen_at: int = -1  # the last frame it was found by its looks, the detector having lost it (`MaskHold`)
-    # (frame, box as detected) of its matches within FULL_WINDOW frames of the last: its size before it shrank
+    # (frame, box as detected) of its matches within FULL_WINDOW frames of the last, or of `clear_at`: its size before
+    # it shrank
     recent: list[tuple[int, np.ndarray]] = field(default_factory=list)
+    clear_at: int = -1  # the last frame it was matched with no one else's box overlapping its own (`OVERLAP_REACH`)
     # Its last confident skeleton (`MaskHold`'s `posed_from`): keypoints (17, 3), the box they were found in, and
     # the frame
     pose: np.ndarray | None = None
@@ -102,13 +117,18 @@ class Track:
     @classmethod
     def start(cls, box: np.ndarray, frame: int, weak: bool = False) -> Track:
         box = np.asarray(box, np.float64)
-        return cls(np.stack([box, np.zeros(4)]), frame, box.copy(), weak=weak, recent=[(frame, box.copy())])
+        return cls(np.stack([box, np.zeros(4)]), frame, box.copy(), weak=weak, recent=[(frame, box.copy())],
+                   clear_at=frame)
 
     def fullest(self) -> np.ndarray | None:
-        """The largest of its recent boxes as detected (`recent`)."""
+        """The largest of its recent boxes as detected (`recent`): of those within FULL_WINDOW frames of the last, and
+        of those kept from before while someone overlapped it, of about its height now."""
         if not self.recent:
             return None
-        return max((box for _, box in self.recent), key=lambda b: (b[2] - b[0]) * (b[3] - b[1]))
+        last, now = self.recent[-1]
+        height = now[3] - now[1]
+        return max((box for frame, box in self.recent if last - frame <= FULL_WINDOW
+                    or abs(box[3] - box[1] - height) <= OCCLUDED_HEIGHT_SHARE * height), key=_area)
 
     @property
     def box(self) -> np.ndarray:
@@ -121,12 +141,17 @@ class Track:
         noise = ACCELERATION_NOISE * np.array([[frames**4 / 4, frames**3 / 2], [frames**3 / 2, frames**2]])
         self.covariance = transition @ self.covariance @ transition.T + noise
 
-    def correct(self, box: np.ndarray, frame: int) -> None:
+    def correct(self, box: np.ndarray, frame: int, overlapped: bool = False) -> None:
+        """`overlapped`: someone else's box overlaps `box` (`clear_at`)."""
         gain = self.covariance[:, 0] / (self.covariance[0, 0] + MEASUREMENT_NOISE)
         self.state = self.state + np.outer(gain, box - self.state[0])
         self.covariance = self.covariance - np.outer(gain, self.covariance[0])
         self.matched_at, self.matched_box = frame, self.state[0].copy()
-        self.recent = [(f, b) for f, b in self.recent if frame - f <= FULL_WINDOW] + [(frame, np.array(box, np.float64))]
+        if not overlapped:
+            self.clear_at = frame
+        kept_from = max(min(frame, self.clear_at) - FULL_WINDOW, frame - OCCLUDED_FRAMES)
+        self.recent = [(f, b) for f, b in self.recent if f >= kept_from]
+        self.recent.append((frame, np.array(box, np.float64)))
         self.hits += 1
         self.confirmed = self.confirmed or self.hits >= MIN_HITS
 
@@ -149,6 +174,7 @@ class ByteTrack:
         self.start_score = high_score if start_score is None else min(start_score, high_score)
         self.tracks: list[Track] = []
         self.frame: int | None = None  # of the last update
+        self._boxes = np.zeros((0, 4))  # the last update's
 
     def update(self, boxes: np.ndarray, scores: np.ndarray, frame: int) -> None:
         """`boxes` (N, 4) xyxy and their `scores`, found in frame number `frame` (later than the last)."""
@@ -159,6 +185,7 @@ class ByteTrack:
         self.tracks = [t for t in self.tracks if frame - max(t.matched_at, t.seen_at)
                        <= (self.max_lost_frames if t.confirmed else YOUNG_LOST_FRAMES)]
         boxes, scores = np.asarray(boxes, np.float64).reshape(-1, 4), np.asarray(scores, np.float64).reshape(-1)
+        self._boxes = boxes
         high = scores >= self.high_score
         # Weak tracks are matched to weak detections only: matched to a strong one they took it from the strong
         # track of the person beside them, which then was held and grown where it was.
@@ -174,15 +201,19 @@ class ByteTrack:
             still_young, taken_fast = self._match(young, boxes[high][untaken], frame, fast=True)
             taken[untaken[taken_fast]] = True
             left = [t for t in left if t.confirmed or t in still_young]
-        _, taken_low = self._match(left + [t for t in self.tracks if t.weak], boxes[~high], frame)
+        low = np.flatnonzero(~high)
+        _, taken_low = self._match(left, boxes[low], frame, min_iou=max(self.min_iou, LOW_MATCH_MIN_IOU))
+        _, taken_weak = self._match([t for t in self.tracks if t.weak], boxes[low[~taken_low]], frame)
+        taken_low[np.flatnonzero(~taken_low)[taken_weak]] = True
         self.tracks += [Track.start(box, frame) for box in boxes[high][~taken]]
         weak_starts = ~taken_low & (scores[~high] >= self.start_score)
         self.tracks += [Track.start(box, frame, weak=True) for box in boxes[~high][weak_starts]]
 
-    def _match(self, tracks: list[Track], boxes: np.ndarray, frame: int, fast: bool = False
-               ) -> tuple[list[Track], np.ndarray]:
-        """Matches `boxes` to `tracks` (the most overlap in all, each pair at least `min_iou`; `fast`: the least
-        `fast_follow_cost`) and corrects the matched tracks: the tracks left, and which boxes were taken."""
+    def _match(self, tracks: list[Track], boxes: np.ndarray, frame: int, fast: bool = False,
+               min_iou: float | None = None) -> tuple[list[Track], np.ndarray]:
+        """Matches `boxes` to `tracks` (the most overlap in all, each pair at least `min_iou`, default the tracker's;
+        `fast`: the least `fast_follow_cost`) and corrects the matched tracks: the tracks left, and which boxes were
+        taken."""
         taken = np.zeros(len(boxes), bool)
         if not tracks or not len(boxes):
             return tracks, taken
@@ -192,14 +223,14 @@ class ByteTrack:
             _, box_of_track, _ = lap.lapjv(cost, extend_cost=True, cost_limit=1.0)
         else:
             cost = 1 - box_iou(np.array([t.box for t in tracks]), boxes)
-            _, box_of_track, _ = lap.lapjv(cost, extend_cost=True, cost_limit=1 - self.min_iou)
+            _, box_of_track, _ = lap.lapjv(cost, extend_cost=True, cost_limit=1 - (self.min_iou if min_iou is None else min_iou))
         left = []
         for track, b in zip(tracks, box_of_track):
             if b < 0:
                 left.append(track)
                 continue
             step = boxes[b] - track.matched_box, frame - track.matched_at
-            track.correct(boxes[b], frame)
+            track.correct(boxes[b], frame, overlapped=overlaps_another(boxes[b], self._boxes))
             if fast:
                 # Its speed is the step between its two boxes: corrected from none, the filter's was half of it
                 # (55 px a frame taken for 26), and where the person was missed next their held box lagged them.
@@ -504,7 +535,7 @@ class MaskHold:
                 recent=tuple((f, *map(float, b)) for f, b in track.recent),
                 pose=None if track.pose is None else tuple(map(float, track.pose.ravel())),
                 pose_box=() if track.pose_box is None else tuple(map(float, track.pose_box)),
-                pose_at=track.pose_at))
+                pose_at=track.pose_at, clear_at=track.clear_at))
         return HoldState(camera, stream, seq, self.frame, self.tracker.frame, self.coasted, tuple(tracks))
 
     def take_over(self, state: HoldState, next_seq: int) -> None:
@@ -516,7 +547,8 @@ class MaskHold:
             track = Track(np.array(kept.state, np.float64).reshape(2, 4), kept.matched_at,
                           np.array(kept.matched_box, np.float64), np.array(kept.covariance, np.float64).reshape(2, 2),
                           kept.hits, kept.weak, kept.confirmed, kept.seen_at,
-                          [(int(r[0]), np.array(r[1:], np.float64)) for r in kept.recent])
+                          [(int(r[0]), np.array(r[1:], np.float64)) for r in kept.recent],
+                          kept.clear_at if kept.clear_at >= 0 else kept.matched_at)
             if kept.pose is not None:
                 track.pose = np.array(kept.pose, np.float32).reshape(NUM_KEYPOINTS, 3)
                 track.pose_box, track.pose_at = np.array(kept.pose_box, np.float64), kept.pose_at
@@ -546,6 +578,14 @@ def _index_of(boxes: np.ndarray, box: np.ndarray) -> int:
     """Which of `boxes` is `box` (a track keeps its detection's box: the same to float precision); -1: none."""
     same = np.flatnonzero(np.abs(np.asarray(boxes, np.float64).reshape(-1, 4) - box).max(axis=1, initial=0.0) < 1e-3)
     return int(same[0]) if len(same) else -1
+
+
+def overlaps_another(box: np.ndarray, boxes: np.ndarray) -> bool:
+    """Whether a box of `boxes` other than `box` (one of them) overlaps it, grown by OVERLAP_REACH of its width."""
+    reach = OVERLAP_REACH * (box[2] - box[0])
+    meets = ((boxes[:, 0] < box[2] + reach) & (boxes[:, 2] > box[0] - reach)
+             & (boxes[:, 1] < box[3] + reach) & (boxes[:, 3] > box[1] - reach))
+    return int(meets.sum()) > 1
 
 
 def _area(box: np.ndarray) -> float:
