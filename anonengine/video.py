@@ -1122,12 +1122,12 @@ def claim_output(path: Path, lock: bool = True, partials: tuple[Path, ...] = (),
         raise OutputError(f"cannot write {path}: another anonengine is writing it{busy.owner}") from None
     except OSError as exc:
         raise OutputError(f"cannot write {path}: {exc.strerror}") from None
-    earlier = [[partial] for partial in (partial_path(path), *partials)]
-    if keep is not None:
-        earlier.append([path, *keep])
-    for files in earlier:
+    earlier = [("an earlier run's {}", [partial]) for partial in (partial_path(path), *partials)]
+    if keep is not None:  # this engine's too, a camera detached and attached again
+        earlier.append(("{}, an earlier recording,", [path, *keep]))
+    for what, files in earlier:
         try:
-            set_aside(*files)
+            set_aside(*files, what=what)
         except OSError as exc:
             claimed.release()
             raise OutputError(f"cannot write {path}: cannot keep an earlier {files[0].name}: {exc.strerror}") from None
@@ -1152,11 +1152,11 @@ def refuse_unreplaceable(path: Path, what: str = "") -> None:
         raise OutputError(f"cannot write {what}{path}: it is not a regular file (a device, a pipe or a socket)")
 
 
-def set_aside(path: Path, *together: Path) -> Path | None:
+def set_aside(path: Path, *together: Path, what: str = "an earlier run's {}") -> Path | None:
     """Moves an earlier run's file at `path` (an interrupted run's playable partial, which the user was
     told to find there) to the first free `STEM.N.SUFFIX`, so this run, which writes `path` and removes
-    it if it fails, cannot destroy it; and the files `together` with it, under the same N, where there.
-    Call with the output's lock held. Returns where `path` went."""
+    it if it fails, cannot destroy it; and the files `together` with it, under the same N, where there;
+    said as `what` it is (of the file's name). Call with the output's lock held. Returns where `path` went."""
     if not path.exists():
         return None
     n = 1
@@ -1165,7 +1165,7 @@ def set_aside(path: Path, *together: Path) -> Path | None:
     for file in (path, *together):
         if file.exists():
             os.replace(file, numbered(file, n))
-            log.warning("an earlier run's %s is kept as %s", file.name, numbered(file, n))
+            log.warning("%s is kept as %s", what.format(file.name), numbered(file, n))
     return numbered(path, n)
 
 

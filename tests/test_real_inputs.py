@@ -1552,7 +1552,7 @@ def test_a_live_cameras_earlier_recording_is_kept_and_a_files_output_replaced(pa
     assert live.returncode == 0, live.stderr
     assert (tmp_path / "out.2.mp4").read_bytes() == earlier[output]
     assert (tmp_path / "out.2.jsonl").read_bytes() == earlier[metadata]
-    assert f"an earlier run's out.mp4 is kept as {tmp_path / 'out.2.mp4'}" in live.stderr, live.stderr
+    assert f"out.mp4, an earlier recording, is kept as {tmp_path / 'out.2.mp4'}" in live.stderr, live.stderr
     assert len([f.seq for f in VideoReader(str(output))]) > 0.9 * FRAMES
     again = anonengine_cli("run", "--video-source", sample.video, "--output-video", output, "--metadata", metadata,
                            *inline, "--quiet", timeout=90)
