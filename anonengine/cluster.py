@@ -44,17 +44,14 @@ GONE_CHECK_S = 2.0
 
 @dataclass(frozen=True)
 class Outcome:
-    """What a task hands back: the file done (frames, audio, its input's sha256), or why it failed."""
+    """What a task hands back: the file done (`batch.Done`), or why it failed."""
 
     rel: str
-    frames: int = 0
-    audio: str = "none"
-    digest: str = ""
+    done: Done | None = None
     seconds: float = 0.0
     node: str = ""
     gpus: tuple[str, ...] = ()  # the GPUs Ray reserved for the task (its detector's CUDA devices)
     error: str | None = None
-    damage: str = ""  # what the input lost to damage (`batch.Done.damage`)
 
 
 _runner: tuple[str, FileRunner] | None = None  # this worker process's runner, by the settings it serves
@@ -77,8 +74,7 @@ def anonymize_job(cfg_json: str, settings_key: str, policy: CarryPolicy, job: Jo
         done = _runner[1].run(job)
     except AnonError as exc:
         return Outcome(job.rel, error=str(exc).splitlines()[0], node=node, gpus=gpus)
-    return Outcome(job.rel, done.frames, done.audio, done.digest, round(time.monotonic() - started, 3), node, gpus,
-                   damage=done.damage)
+    return Outcome(job.rel, done, round(time.monotonic() - started, 3), node, gpus)
 
 
 def reachable(address: str | None) -> None:
@@ -201,14 +197,14 @@ def _record(ray, ref, job: Job, manifest: Manifest, settings: dict, summary: Sum
         outcome = Outcome(job.rel, error=f"internal error: {type(exc.cause).__name__}: {exc.cause}".splitlines()[0])
     except ray.exceptions.RayError as exc:  # its retries spent: every worker that took it died
         outcome = Outcome(job.rel, error=f"its workers died {TASK_RETRIES + 1} times: {type(exc).__name__}")
-    if outcome.error is not None:
+    done = outcome.done
+    if done is None:
         summary.failed.append((job.rel, outcome.error))
         bar.write(f"anonengine: failed: {job.rel}: {outcome.error}", file=sys.stderr)
         return
-    done = Done(outcome.frames, outcome.audio, outcome.digest, outcome.damage)
     with INTERRUPTS.deferred():
         manifest.add(record_of(job, manifest.folder, done, settings["key"], outcome.seconds), settings["settings"])
     summary.add(done)
     summary.nodes.add(outcome.node)
     summary.gpus.update(f"{outcome.node}:{gpu}" for gpu in outcome.gpus)
-    bar.update(outcome.frames)
+    bar.update(done.frames)
