@@ -160,6 +160,7 @@ def find_jobs(spec: str, output_dir: Path) -> list[Job]:
     else:
         raise InputError(f"video source not found: {spec}")
     candidates = [p for p in found if not holds(output_dir, p.parent)]  # not our own outputs
+    refuse_originals_among_outputs(sorted(set(found) - set(candidates)), output_dir, root)
     found = once_each(candidates)
     if dropped := sorted(set(candidates) - set(found)):  # links to a file of the tree: done under its own path
         kept = {p.resolve(): p for p in found}
@@ -183,6 +184,21 @@ def find_jobs(spec: str, output_dir: Path) -> list[Job]:
                                     if len(names) > 2 else f"{names[0]} and {names[1]} would both be written to {output}"
                                     for names, output in clashes) + ": rename one of each")
     return jobs
+
+
+def refuse_originals_among_outputs(inside: list[Path], output_dir: Path, root: Path) -> None:
+    """ConfigError, one line, where the videos and photos found in the output folder (`inside`, left out as this
+    batch's outputs: it is in the source's tree) are not all outputs its manifest recorded. A user's trial:
+    `--output-dir arcT/sub` of `arcT/`, whose sub/p.jpg was an original, left it out without a word and wrote
+    p.jpg's output over it."""
+    if not inside:
+        return
+    recorded = {(output_dir / record.output).resolve() for record in Manifest(output_dir).records.values()}
+    originals = [p for p in inside if p.resolve() not in recorded]
+    if originals:
+        raise ConfigError(f"--output-dir {output_dir} is in {root} and holds {len(originals)} video(s) or photo(s) no "
+                          f"batch wrote there (such as {originals[0].relative_to(root)}): they would be left out, and "
+                          f"written over; give a folder outside {root}, or a new one")
 
 
 def kinds_of(files: list[Path]) -> dict[Path, str | None]:

@@ -765,6 +765,29 @@ def test_an_output_folder_that_is_the_source_by_another_path_is_refused(inputs, 
     assert {p.name: p.read_bytes() for p in source.iterdir()} == before
 
 
+def test_an_output_folder_in_the_source_holding_originals_is_refused_and_a_new_one_works(inputs, anonengine_cli,
+                                                                                        tmp_path):
+    """A user's trial: `--output-dir arcT/sub` of `arcT/`, whose sub/p.jpg was an original, left it out (taken for an
+    output) and wrote p.jpg's output over it, exit 0. An output folder in the source holds only what a batch wrote
+    there; one made for the outputs is taken, and its outputs left out again the next time."""
+    source = tmp_path / "in"
+    (source / "sub").mkdir(parents=True)
+    (source / "p.jpg").write_bytes(zidane_jpeg(inputs))
+    cv2.imwrite(str(source / "sub" / "p.jpg"), inputs["photo"])
+    before = {p: p.read_bytes() for p in source.rglob("*") if p.is_file()}
+    for spec in ("in", "in/**/*.jpg"):
+        result = anonengine_cli("run", "--video-source", spec, "--output-dir", "in/sub", *FAST, cwd=tmp_path)
+        assert result.returncode == 2 and result.stderr.strip() == (
+            "anonengine: error: --output-dir in/sub is in in and holds 1 video(s) or photo(s) no batch wrote there "
+            "(such as sub/p.jpg): they would be left out, and written over; give a folder outside in, or a new one"
+        ), result.stderr
+    assert {p: p.read_bytes() for p in source.rglob("*") if p.is_file()} == before
+    for done, skipped in ((2, 0), (0, 2)):
+        result = anonengine_cli("run", "--video-source", "in", "--output-dir", "in/anonymized", *FAST, cwd=tmp_path)
+        assert result.returncode == 0 and f"{done} file(s) anonymized, {skipped} skipped" in result.stdout, result
+    assert final_outputs(source / "anonymized") == {"p.jpg", "sub/p.jpg"}
+
+
 def test_a_full_disk_stops_the_batch_and_a_read_only_one_is_one_line(inputs, anonengine_cli, tmp_path):
     """On a full disk every file after the first failed the same way, each after its work, a line each (an
     archive's hours); a read-only output folder was an internal error. Both end in one line now."""
