@@ -110,11 +110,13 @@ def run_on_ray(cfg: EngineConfig, jobs: list[Job], output_dir: Path, policy: Car
         raise ConfigError("--ray needs Ray: pip install 'anonengine[cluster]'") from None
     started = time.monotonic()
     summary = Summary()
+    # Keyed as a local batch keys them, models by the names given: keyed after the paths below, a local batch and
+    # one on Ray each redid the other's files (a user's trial).
+    settings = output_settings(cfg, policy)
     # Workers run in folders of their own, maybe on other machines: every path they get is absolute.
     cfg = with_absolute_models(cfg)
     output_dir = output_dir.resolve()
     jobs = [replace(job, source=job.source.resolve(), output=job.output.resolve()) for job in jobs]
-    settings = output_settings(cfg, policy)
     manifest = Manifest(output_dir)
     todo, summary.skipped = pending_jobs(jobs, manifest, settings)
     if not todo:

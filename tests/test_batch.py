@@ -788,6 +788,19 @@ def test_an_output_folder_in_the_source_holding_originals_is_refused_and_a_new_o
     assert final_outputs(source / "anonymized") == {"p.jpg", "sub/p.jpg"}
 
 
+def test_a_batch_on_ray_skips_what_a_local_one_did(inputs, anonengine_cli, tmp_path):
+    """A user's trial: the settings key of a batch on Ray named the models by their absolute paths, a local
+    batch's by the names given: each redid the other's files ("the same resume rules hold", the README says)."""
+    pytest.importorskip("ray")
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "p.jpg").write_bytes(zidane_jpeg(inputs))
+    local = anonengine_cli("run", "--video-source", "in", "--output-dir", "out", *FAST, cwd=tmp_path)
+    assert local.returncode == 0 and "1 file(s) anonymized, 0 skipped" in local.stdout, local
+    on_ray = anonengine_cli("run", "--video-source", "in", "--output-dir", "out", "--ray", "local", *FAST,
+                            cwd=tmp_path)
+    assert on_ray.returncode == 0 and "0 file(s) anonymized, 1 skipped" in on_ray.stdout, on_ray
+
+
 def test_a_full_disk_stops_the_batch_and_a_read_only_one_is_one_line(inputs, anonengine_cli, tmp_path):
     """On a full disk every file after the first failed the same way, each after its work, a line each (an
     archive's hours); a read-only output folder was an internal error. Both end in one line now."""
