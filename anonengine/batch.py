@@ -408,6 +408,8 @@ class FileRunner:
         self.detect = DetectStage(cfg.anonymizer, cfg.engine.max_batch)
         self.photo_cfg = photo_config(cfg.anonymizer)
         self.detect_photos = DetectStage(self.photo_cfg, photos=True)
+        for stage in (self.detect, self.detect_photos):
+            stage.turned_by[camera] = self.rotate
 
     def run(self, job: Job) -> Done:
         """What a job now done made."""

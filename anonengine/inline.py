@@ -72,6 +72,7 @@ def _run_camera(cam: CameraConfig, cfg: EngineConfig, detect: DetectStage, progr
         live = is_live(cam.source, cam.live, cam.stream)
         result.total = capture.info.frames
         ahead = composite.start(cam.name, live, capture.info.width, capture.info.height)
+        detect.turned_by[cam.name] = cam.rotate
         encode = EncodeStage(cam.output, capture.info, cfg.encoder, cam.metadata, live=live)
         encode.setup()
         bar = _progress_bar(capture.info.frames, cam.name, progress)

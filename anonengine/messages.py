@@ -117,6 +117,7 @@ class FrameRef(Message):
     changed: bool = False  # part of the picture changed at once (`Frame.changed`): detected
     pixel_aspect: tuple[int, int] = (1, 1)  # the detector looks at the frame as shown (`StreamInfo.pixel_aspect`)
     came: PackedCells | None = None  # where something came since the frame before (`Frame.came`)
+    turned: int = 0  # degrees the capture turned the picture (`CameraConfig.rotate`): advice to turn counts from it
 
 
 class Detected(Message):

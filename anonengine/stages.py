@@ -174,6 +174,10 @@ class DetectStage(Stage):
         # (camera, turn) -> [frames looked at so with persons found only so, frames looked at so that showed anyone]
         self.turned_tally: dict[tuple[str | None, int], list[int]] = {}
         self.names: dict[str | None, str] = {}  # what the log calls a camera, where not by its name (a batch's file)
+        # Degrees each camera's frames were turned before they came (`CameraConfig.rotate`): the turn advised counts
+        # from the source's picture. Advised from the frames', a run with --rotate 90 was told --rotate 270, then
+        # with that, --rotate 90 (a user's trial).
+        self.turned_by: dict[str | None, int] = {}
 
     def begin(self, camera: str | None, name: str, again: bool = True) -> None:
         """`camera`'s frames are now of `name` (a batch's next file, looked at under the batch's one camera name):
@@ -202,10 +206,13 @@ class DetectStage(Stage):
                                  in_flight, recording=ahead > 0)
 
     def process(self, images: list[np.ndarray], pixel_aspects: list[Fraction] | None = None,
-                cameras: list[str] | None = None) -> list[Detections | None]:
+                cameras: list[str] | None = None, turned: list[int] | None = None) -> list[Detections | None]:
         """The persons in each image; `pixel_aspects`: each image's (`StreamInfo.pixel_aspect`), which the
         detector looks at it with (`as_shown`), its persons then given in the image's own pixels; `cameras`:
-        each image's camera (when to look at it turned is the camera's own: `_turned`)."""
+        each image's camera (when to look at it turned is the camera's own: `_turned`); `turned`: how each was
+        turned before it came (`turned_by`)."""
+        for camera, degrees in zip(cameras or (), turned or ()):
+            self.turned_by[camera] = degrees
         try:
             aspects = pixel_aspects or [Fraction(1)] * len(images)
             shown = [as_shown(image, aspect) for image, aspect in zip(images, aspects, strict=True)]
@@ -285,11 +292,13 @@ class DetectStage(Stage):
                     enough = tally[0] >= max(1 if self.photos else TURNED_TELL_FRAMES, TURNED_TELL_SHARE * tally[1])
                     if enough and (cameras[i], way) not in self.turned_told:
                         self.turned_told.add((cameras[i], way))
+                        total = (self.turned_by.get(cameras[i], 0) + way) % 360
                         log.warning("%spersons found %s (the picture looked at turned %d degrees): hidden; if the "
-                                    "camera is mounted so or the video plays so, turning it (--rotate %d, or the "
+                                    "camera is mounted so or the video plays so, %s it (--rotate %d, or the "
                                     "camera's rotate: %d) finds them at a fraction of the cost",
                                     f"{self.names.get(cameras[i], cameras[i])}: " if cameras[i] else "",
-                                    "upside down" if way == 180 else "on their side", way, way, way)
+                                    "upside down" if way == 180 else "on their side", way,
+                                    "turning" if total else "not turning", total, total)
                 found[i] = added
         return found
 

@@ -284,7 +284,7 @@ class CaptureService(Service):
                                 self.ring.height, self.ring.width, self.composite_worker, last=frame.last,
                                 continues=self.continues, live=self.live, at_break=frame.at_break,
                                 changed=frame.changed, pixel_aspect=self.pixel_aspect,
-                                came=messages.pack_cells(frame.came))
+                                came=messages.pack_cells(frame.came), turned=self.camera_cfg.rotate)
         # In flight before it is announced: its release can come back before the offer returns.
         self.inflight[self.seq] = InFlight(ref, time.monotonic())
         self.seq += 1

@@ -146,7 +146,7 @@ class DetectService(Service):
             return
         started = time.perf_counter()
         found = self.detector.process(views, [Fraction(*ref.pixel_aspect) for ref in readable],
-                                      [ref.camera for ref in readable])
+                                      [ref.camera for ref in readable], [ref.turned for ref in readable])
         self.observe("latency_seconds", time.perf_counter() - started, LATENCY_BOUNDS_S)
         self.observe("batch_size", len(readable), BATCH_BOUNDS)
         self.count("batches")

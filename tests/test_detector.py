@@ -209,6 +209,22 @@ def test_a_person_found_narrow_upright_and_whole_upside_down_sets_no_watch_off(m
     assert "bus: persons found upside down" in caplog.text and "rotate: 180" in caplog.text
 
 
+@pytest.mark.parametrize(("turned", "advice"), [(90, "turning it (--rotate 270, or the camera's rotate: 270)"),
+                                                 (180, "not turning it (--rotate 0, or the camera's rotate: 0)")])
+def test_the_turn_advised_counts_from_the_sources_picture(turned, advice, models_dir, caplog):
+    """A user's trial: run with --rotate 90, persons found upside down were advised --rotate 180, a turn of the
+    picture the detector looked at, not of the source's: followed, the advice came back the other way."""
+    upright = [([22.0, 72.5, 79.5, 179.0], 0.91), ([91.3, 75.5, 135.1, 179.5], 0.86)]
+    whole = ([0.0, 0.0, 63.5, 178.0], 0.60)
+    stage = DetectStage(pose_config(models_dir))
+    image = np.full((180, 320, 3), 128, np.uint8)
+    for _ in range(3):
+        stage.since_turned_look["bus"], stage.next_turn["bus"] = 24, 3  # the next look, upside down
+        stage.detector = AnsweringDetector(upright, [whole])
+        stage.process([image], cameras=["bus"], turned=[turned])
+    assert "bus: persons found upside down" in caplog.text and advice in caplog.text, caplog.text
+
+
 def test_a_person_an_upright_camera_missed_found_upside_down_is_hidden_without_advice_to_turn_it(models_dir, caplog):
     """A soak's live street camera (trialS B, 640x360, frame 159; the boxes the pose model gave): a walker cut
     by the right edge was missed upright, beside a person found at 0.89, and found upside down at 0.54. The log
