@@ -30,7 +30,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from anonengine.argparsing import LOG_LEVEL_VARIABLE, OneLineParser, frame_rate, log_level_from_env, redact_logs
-from anonengine.errors import AnonError, ConfigError, InputError
+from anonengine.errors import AnonError, ConfigError, InputError, OutputError
 from anonengine.interrupts import INTERRUPTS, Interrupted, interrupted_line, plural
 from anonengine.paths import OUTPUT_CONTAINERS, ROTATIONS, redacted
 
@@ -306,6 +306,14 @@ def check_sample_args(args: argparse.Namespace) -> None:
         raise ConfigError("--frames and --fps: 1 or more")
     if Path(args.out).exists() and not Path(args.out).is_dir():
         raise ConfigError(f"--out {args.out}: a folder to write in, not a file")
+    # A folder that cannot be made or written in (a read-only disk, a file on its way) was an internal error.
+    import tempfile
+
+    try:
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=args.out).close()
+    except OSError as exc:
+        raise OutputError(f"cannot write in {args.out}: {exc.strerror or exc}") from None
 
 
 def cmd_sample(args: argparse.Namespace) -> int:

@@ -488,6 +488,8 @@ class CameraConfig(StrictModel):
         """Writing over the source destroys the original footage (a symbolic or hard link to it too)."""
         for field, working in (("output", partial_path), ("metadata", partial_metadata_path)):
             target = getattr(self, field)
+            if target and not Path(target).name:  # `.`, `/`: its working file's name is made from it
+                raise ValueError(f"{field} {target} is a folder: give a file's name")
             if target and _same_file(self.source, target):
                 itself = "one of the source's photos" if is_sequence(self.source) else "the source itself"
                 raise ValueError(f"{field} {target} is {itself}: writing it would destroy the original")

@@ -492,7 +492,10 @@ def test_an_output_that_would_destroy_something_is_refused_and_all_stays_as_it_w
     (("sample", "--out", "taken.mp4"), "a folder to write in, not a file"),
     (("run", "--video-source", "videos", "--output-dir", "videos"), "is videos or holds it"),
     (("run", "--video-source", "videos", "--output-dir", "."), "is videos or holds it"),
-], ids=["empty source", "sample frames 0", "sample odd size", "sample out a file", "batch into its source", "batch around its source"])
+    (("sample", "--out", "taken.mp4/sub"), "cannot write in taken.mp4/sub: Not a directory"),
+    (("run", "--video-source", "taken.mp4", "--output-video", "."), "output . is a folder: give a file's name"),
+], ids=["empty source", "sample frames 0", "sample odd size", "sample out a file", "batch into its source",
+        "batch around its source", "sample out under a file", "output the current folder"])
 def test_what_the_sample_and_a_batch_cannot_do_is_one_line(args, said, small_sample_clip, anonengine_cli, tmp_path):
     """Before: internal errors (sample --frames 0: UnboundLocalError; --out a file: FileExistsError), and a
     batch written into its own source folder said "no videos or photos in videos"."""
