@@ -447,7 +447,10 @@ class FileRunner:
         self.detect.begin(self.camera, job.rel)  # each file a video of its own, named in what is said of it
         camera = CameraConfig(name=self.camera, source=str(job.source), output=str(job.staged), rotate=self.rotate)
         cfg = self.cfg.model_copy(update={"cameras": [camera]})
-        (result,) = run_inline(cfg, detect=self.detect, on_frame=self.on_frame)
+        try:
+            (result,) = run_inline(cfg, detect=self.detect, on_frame=self.on_frame)
+        except OutputError as exc:  # said of the staged video, a hidden working name: the output is the user's
+            raise type(exc)(str(exc).replace(str(job.staged), str(job.output))) from None
         if result.interrupted_by is not None:
             raise Interrupted(result.interrupted_by)
         with INTERRUPTS.deferred():  # short: a signal now waits until this file is whole

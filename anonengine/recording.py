@@ -358,7 +358,8 @@ class SegmentedRecording:
                                   self.cfg, lock=False, muxer_options=SEGMENT_MUXER_OPTIONS,
                                   codec_options=self.codec_options, comment=TAG_PREFIX + json.dumps(tag),
                                   source_clock=True, colour=self.stream.colour,
-                                  pixel_aspect=self.stream.pixel_aspect)
+                                  pixel_aspect=self.stream.pixel_aspect,
+                                  said_as=None if self.cfg.keep_segments else self.output)
         self.segment_first_pts = pts
         if self.metadata is not None:
             try:

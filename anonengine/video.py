@@ -1208,13 +1208,17 @@ class VideoWriter:
         colour: Colour = Colour(),
         pixel_aspect: Fraction = Fraction(1),
         keep: tuple[Path, ...] | None = None,
+        said_as: str | os.PathLike | None = None,
     ) -> None:
+        """`said_as`: what errors call the file (the output the user named, where this is a working file of it: a
+        segment, a batch's staged video; a full disk named those hidden files)."""
         cfg = cfg or EncoderConfig()
         self.colour, self.pixel_aspect = colour, pixel_aspect
         self.origin: int | None = 0 if source_clock else None  # the source's time at the file's 0 (the first frame's)
         self.muxer_options, self.comment = muxer_options or {}, comment
         self.codec_options = codec_options if codec_options is not None else encoder_options(cfg)
         self.path = Path(path)
+        self.said = Path(said_as) if said_as is not None else self.path
         self.partial = partial_path(self.path)
         self.width, self.height = width, height
         self.lock = claim_output(self.path, lock, partials, keep)
@@ -1233,13 +1237,13 @@ class VideoWriter:
             # was decoded and detected; creating it now reports an unwritable path before any work.
             open(self.partial, "wb").close()
         except OSError as exc:
-            raise OutputError(f"cannot write {self.path}: {exc.strerror}") from None
+            raise OutputError(f"cannot write {self.said}: {exc.strerror}") from None
         try:
             self.container = av.open(str(self.partial), mode="w", format=container_format(self.path),
                                      options=self.muxer_options)
         except (av.FFmpegError, OSError) as exc:
             self.partial.unlink(missing_ok=True)
-            raise OutputError(f"cannot write {self.path}: {_ffmpeg_reason(exc)}") from None
+            raise OutputError(f"cannot write {self.said}: {_ffmpeg_reason(exc)}") from None
         if self.comment:
             self.container.metadata["comment"] = self.comment
         try:
@@ -1288,7 +1292,7 @@ class VideoWriter:
         try:
             self.container.mux(packets)
         except (av.FFmpegError, OSError) as exc:
-            raise OutputError(f"cannot write {self.path}: {_ffmpeg_reason(exc)}") from None
+            raise OutputError(f"cannot write {self.said}: {_ffmpeg_reason(exc)}") from None
         return muxed
 
     def close(self, complete: bool = True) -> Path:
@@ -1302,7 +1306,7 @@ class VideoWriter:
             self.container.close()
         except (av.FFmpegError, OSError) as exc:
             self.abort()
-            raise OutputError(f"cannot finish {self.path}: {_ffmpeg_reason(exc)}") from None
+            raise OutputError(f"cannot finish {self.said}: {_ffmpeg_reason(exc)}") from None
         try:
             if not complete:
                 return self.partial

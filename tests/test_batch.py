@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -820,6 +821,7 @@ def test_a_full_disk_stops_the_batch_and_a_read_only_one_is_one_line(inputs, ano
     assert full.returncode == 1
     failed = [line for line in full.stderr.splitlines() if line.startswith("anonengine: failed:")]
     assert len(failed) == 1 and "No space left on device" in failed[0], full.stderr
+    assert re.search(r"cannot write small/out/clip\d\.mp4: No space", failed[0]), failed  # not its staged file, hidden
     assert full.stderr.splitlines()[-1].startswith("anonengine: stopped: the disk of small/out is full; "), full.stderr
     assert read_only.returncode == 2 and read_only.stderr.strip() == (
         "anonengine: error: cannot write small/other: Read-only file system"), read_only.stderr

@@ -1865,6 +1865,8 @@ def _disk_fills_up(engine: bool, small_disk: Path, long_clip, models_dir: Path, 
     assert proc.returncode == 2, stderr
     lines = stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("anonengine: error: ") and "No space left on device" in lines[0], stderr
+    # The output named, not a working file of it (a hidden segment's, as a user's trial found)
+    assert re.search(rf"cannot (write|finish) {re.escape(str(small_disk))}/out\.(mp4|jsonl): ", lines[0]), lines[0]
     assert list(small_disk.iterdir()) == []
     if engine:
         assert_nothing_left(f"p{proc.pid}", tmp_path / "temp")
