@@ -225,11 +225,12 @@ def _reason(exc: Exception) -> str:
     return str(reason).split(": '")[0].strip()
 
 
-def check_audio_fits(source: str | os.PathLike, output: str | os.PathLike) -> None:
+def check_audio_fits(source: str | os.PathLike, output: str | os.PathLike, batch: bool = False) -> None:
     """For `--audio keep`: OutputError, one line, when the output's container cannot hold one of the source's
     audio streams unchanged (the audio is copied, never re-encoded), naming the containers that can. Tried
     on the FFmpeg in use (a few packets remuxed in memory), so it agrees with what `carry_over` would write.
-    A source that cannot be opened is left to the run to report."""
+    A source that cannot be opened is left to the run to report. `batch`: the output's container is not the
+    user's to choose there (a batch writes MP4): the file alone can be."""
     source, output = Path(source), Path(output)
     container = container_format(output)
     try:
@@ -244,6 +245,8 @@ def check_audio_fits(source: str | os.PathLike, output: str | os.PathLike) -> No
         suffix = {c: s for s, c in reversed(OUTPUT_CONTAINERS.items()) if s}  # each container's first: .mp4
         holders = [suffix[f] for f in CONTAINER_NAMES if f != container and _cannot_hold(source, index, codec, f) is None]
         can = f"{_or(holders)} can hold it" if holders else "no output container can hold it"
+        if batch and holders:  # named alone, not in the output folder: a batch's own outputs are MP4
+            can = f"anonymized alone, --output-video {source.stem}_anonymized{holders[0]} can hold it"
         raise OutputError(f"{CONTAINER_NAMES.get(container, container)} ({output.name}) cannot hold the {codec} audio "
                           f"of {source.name} unchanged ({reason}): {can}, or --audio drop leaves it out")
 

@@ -443,7 +443,7 @@ class FileRunner:
         from anonengine.inline import run_inline
 
         if self.policy.audio == "keep":
-            check_audio_fits(job.source, job.output)  # before its frames: an IP camera's mu-law sound in an MP4
+            check_audio_fits(job.source, job.output, batch=True)  # before its frames: an IP camera's mu-law in an MP4
         self.detect.begin(self.camera, job.rel)  # each file a video of its own, named in what is said of it
         camera = CameraConfig(name=self.camera, source=str(job.source), output=str(job.staged), rotate=self.rotate)
         cfg = self.cfg.model_copy(update={"cameras": [camera]})

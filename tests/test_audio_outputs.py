@@ -136,6 +136,25 @@ def test_a_codec_the_container_cannot_hold_is_refused_before_any_work(codec, suf
     assert list(out.iterdir()) == []
 
 
+def test_a_batch_that_cannot_keep_a_files_audio_advises_what_the_user_can_do(sources, anonengine_cli, tmp_path):
+    """A batch writes MP4: told "a .mov or .mkv can hold it", a user could not choose one there. The file alone
+    can be anonymized into one, and following that advice keeps the audio."""
+    if "pcm_s16le" not in sources:
+        pytest.skip("this ffmpeg has no pcm_s16le encoder")
+    (tmp_path / "in").mkdir()
+    shutil.copy(sources["pcm_s16le"], tmp_path / "in" / "clip.mov")
+    result = anonengine_cli("run", "--video-source", "in", "--output-dir", "out", "--audio", "keep", *FAST,
+                            cwd=tmp_path)
+    assert result.returncode == 1
+    (failed,) = [line for line in result.stderr.splitlines() if line.startswith("anonengine: failed: clip.mov: ")]
+    advised = re.search(r"anonymized alone, --output-video (clip_anonymized\.\w+) can hold it, or --audio drop", failed)
+    assert advised, failed
+    alone = anonengine_cli("run", "--video-source", "in/clip.mov", "--output-video", advised[1], "--audio", "keep",
+                           *FAST, cwd=tmp_path)
+    assert alone.returncode == 0, alone.stderr
+    assert audio_packets(tmp_path / advised[1]) == audio_packets(sources["pcm_s16le"])
+
+
 def test_a_codec_the_container_can_hold_is_copied_through_the_cli(sources, anonengine_cli, tmp_path):
     """PCM, which MPEG-TS cannot hold, goes into Matroska packet for packet."""
     if "pcm_s16le" not in sources:
