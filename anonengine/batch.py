@@ -164,7 +164,8 @@ def find_jobs(spec: str, output_dir: Path) -> list[Job]:
     found = once_each(candidates)
     if dropped := sorted(set(candidates) - set(found)):  # links to a file of the tree: done under its own path
         kept = {p.resolve(): p for p in found}
-        log.info("batch: %d file(s) reached by more than one path (links), each anonymized once (such as %s, as %s)",
+        log.info("batch: %d file(s) reached by more than one path (links), each anonymized once (such as %s, done "
+                 "as %s)",
                  len(dropped), dropped[0].relative_to(root), kept[dropped[0].resolve()].relative_to(root))
     if not found:
         raise InputError(f"no videos or photos in {spec}")
@@ -250,11 +251,18 @@ def hidden_in(path: Path, root: Path) -> bool:
 
 def once_each(paths) -> list[Path]:
     """`paths` sorted, each file once where links lead to it by several: by a path without hidden names if it
-    has one, then its shortest (a glob's `**` followed a link back up 40 folders deep: one file, 40 outputs)."""
+    has one, then one without links (a link `zz.mp4` to `day1/a.mp4` made `zz.mp4` its output, a user's trial), then
+    its shortest (a glob's `**` followed a link back up 40 folders deep: one file, 40 outputs)."""
     first: dict[Path, Path] = {}
-    for path in sorted(paths, key=lambda p: (any(part.startswith(".") for part in p.parts[1:]), len(p.parts), p)):
+    for path in sorted(paths, key=lambda p: (any(part.startswith(".") for part in p.parts[1:]), _through_link(p),
+                                             len(p.parts), p)):
         first.setdefault(path.resolve(), path)
     return sorted(first.values())
+
+
+def _through_link(path: Path) -> bool:
+    """Whether `path`, or a folder on its way, is a symbolic link."""
+    return any(p.is_symlink() for p in (path, *path.parents))
 
 
 def holds(folder: Path, inner: Path) -> bool:

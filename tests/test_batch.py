@@ -857,7 +857,8 @@ def test_a_manifest_that_cannot_be_written_mid_batch_stops_it_in_one_line(inputs
 
 def test_linked_folders_are_taken_once_each_and_a_link_back_up_is_no_loop(inputs, tmp_path):
     """A folder reached by a symbolic link (an archive's second disk) was left out without a word while the
-    summary counted the rest; a glob's `**` followed a link back up 40 folders deep, one file 40 outputs."""
+    summary counted the rest; a glob's `**` followed a link back up 40 folders deep, one file 40 outputs. A file
+    reached by several paths is done under the one without links."""
     source, disk = tmp_path / "in", tmp_path / "disk2"
     (source / "day1").mkdir(parents=True)
     disk.mkdir()
@@ -866,6 +867,7 @@ def test_linked_folders_are_taken_once_each_and_a_link_back_up_is_no_loop(inputs
     (source / "disk2").symlink_to(disk)
     (source / "day1" / "loop").symlink_to("..")
     (source / ".snapshot").symlink_to("day1")  # a hidden way to the same folder: it is done by its own path
+    (source / "zz.mp4").symlink_to("day1/a.mp4")  # a shorter way to a file (a user's trial: done as zz.mp4)
     by_folder = find_jobs(str(source), tmp_path / "out")
     assert sorted(job.rel for job in by_folder) == ["day1/a.mp4", "disk2/b.mp4"]
     by_glob = find_jobs(str(source / "**" / "*.mp4"), tmp_path / "out")
