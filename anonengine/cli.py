@@ -120,44 +120,65 @@ def add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
+# Each flag of `run` that sets the config, and the place it sets: what the config is made of, and what a value
+# refused there is said as (`--imgsz 100` was "invalid anonymizer.detector.imgsz", a name the user never gave).
+RUN_FLAG_PLACES: dict[str, tuple] = {
+    "--method": ("anonymizer", "method"),
+    "--pose-model": ("anonymizer", "detector", "pose_model"),
+    "--seg-model": ("anonymizer", "detector", "seg_model"),
+    "--bbox-model": ("anonymizer", "detector", "bbox_model"),
+    "--imgsz": ("anonymizer", "detector", "imgsz"),
+    "--device": ("anonymizer", "detector", "device"),
+    "--backend": ("anonymizer", "detector", "backend"),
+    "--person-conf": ("anonymizer", "detector", "person_conf"),
+    "--int8": ("anonymizer", "detector", "int8"),
+    "--stride": ("anonymizer", "detector", "stride"),
+    "--stride-mode": ("anonymizer", "detector", "stride_mode"),
+    "--alpha": ("anonymizer", "background", "alpha"),
+    "--fill": ("anonymizer", "background", "fill"),
+    "--future-frames": ("anonymizer", "background", "future_frames"),
+    "--resample": ("anonymizer", "background", "resample"),
+    "--pose-conf-threshold": ("anonymizer", "pose", "keypoint_conf"),
+    "--on-detector-error": ("anonymizer", "on_detector_error"),
+    "--crf": ("encoder", "crf"),
+    "--preset": ("encoder", "preset"),
+    "--decoder": ("sources", "decoder"),
+    "--http": ("http", "listen"),
+    "--http-token-file": ("http", "token_file"),
+    "--camera": ("cameras", 0, "name"),
+    "--video-source": ("cameras", 0, "source"),
+    "--output-video": ("cameras", 0, "output"),
+    "--metadata": ("cameras", 0, "metadata"),
+    "--live": ("cameras", 0, "live"),
+    "--rotate": ("cameras", 0, "rotate"),
+    "--fps": ("cameras", 0, "fps"),
+}
+
+
 def config_from_run_flags(args: argparse.Namespace):
     from anonengine.config import EngineConfig, error_text
 
-    output = args.output_video or default_output(args.video_source)
-    anonymizer = {
-        "method": args.method,
-        "detector": _drop_none(
-            pose_model=args.pose_model,
-            seg_model=args.seg_model,
-            bbox_model=args.bbox_model,
-            imgsz=args.imgsz,
-            device=args.device,
-            backend=args.backend,
-            person_conf=args.person_conf,
-            int8=args.int8,
-            stride=args.stride,
-            stride_mode=args.stride_mode,
-        ),
-        "background": _drop_none(alpha=args.alpha, fill=args.fill, future_frames=args.future_frames,
-                                  resample=args.resample),
-        "pose": _drop_none(keypoint_conf=args.pose_conf_threshold),
-        **_drop_none(on_detector_error=args.on_detector_error),
-    }
-    raw = {
-        "anonymizer": anonymizer,
-        "encoder": _drop_none(crf=args.crf, preset=args.preset),
-        "sources": _drop_none(decoder=args.decoder),
-        "http": _drop_none(listen=args.http, token_file=args.http_token_file),
-        "tap": _run_tap(args),
-        "cameras": [{"name": args.camera, "source": args.video_source, "output": output, "metadata": args.metadata,
-                     **_drop_none(live=args.live, rotate=args.rotate, fps=args.fps)}],
-    }
+    given = {flag: getattr(args, flag.lstrip("-").replace("-", "_")) for flag in RUN_FLAG_PLACES}
+    given["--output-video"] = args.output_video or default_output(args.video_source)
+    raw: dict = {"tap": _run_tap(args), "cameras": [{}]}
+    for flag, place in RUN_FLAG_PLACES.items():
+        if given[flag] is None:
+            continue
+        *folders, name = place
+        inner = raw
+        for key in folders:
+            inner = inner[key] if isinstance(key, int) else inner.setdefault(key, {})
+        inner[name] = given[flag]
     try:
         return EngineConfig.model_validate(raw)
     except ValidationError as exc:
         err = exc.errors()[0]
         if err["type"] == "value_error":  # our validators' own sentences, which name what they are about
             raise ConfigError(error_text(err)) from None
+        place = tuple(err["loc"])
+        flag = next((f for f, p in RUN_FLAG_PLACES.items() if p == place), None)
+        if flag is not None:
+            raise ConfigError(f"{flag} {given[flag]}: {err['msg']}") from None
         raise ConfigError(f"invalid {'.'.join(map(str, err['loc']))}: {err['msg']}") from None
 
 

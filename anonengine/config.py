@@ -43,7 +43,7 @@ DEFAULT_SEG_MODEL = "yolo11n-seg.pt"
 
 
 class StrictModel(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 def _file_name(value, handler):
