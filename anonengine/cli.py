@@ -223,6 +223,10 @@ def is_batch_source(spec: str) -> bool:
 def cmd_run(args: argparse.Namespace) -> int:
     if not args.video_source.strip():
         raise ConfigError("--video-source is empty: give a video file, a folder, a webcam index or a stream URL")
+    for flag, value in (("--output-video", args.output_video), ("--output-dir", args.output_dir),
+                        ("--metadata", args.metadata)):
+        if value is not None and not value.strip():  # "" went on as if not given: the default name, or no metadata
+            raise ConfigError(f"{flag} is empty: give a name, or leave the flag out")
     check_inline_flags(args)
     from anonengine.paths import is_sequence, sequence_stem
 

@@ -15,12 +15,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from anonengine.errors import OutputError
+
+log = logging.getLogger(__name__)
 
 MANIFEST_NAME = "anonengine-manifest.jsonl"
 
@@ -101,7 +104,8 @@ class Manifest:
         except OSError as exc:  # a folder of that name, a file this user may not read: it was an internal error
             raise OutputError(f"cannot read {self.path}: {exc.strerror or exc}") from None
         self._torn = bool(text) and not text.endswith("\n")
-        for line in text.splitlines():
+        lines = [line for line in text.splitlines() if line.strip()]
+        for line in lines:
             try:
                 entry = json.loads(line)
                 if "settings_key" in entry:  # a settings line: what a key stands for, for people reading it
@@ -109,8 +113,11 @@ class Manifest:
                     continue
                 record = Record(**entry)
             except (ValueError, TypeError, KeyError):
-                continue  # a torn last line, or a line of another version
+                continue  # a torn line (a batch killed as it wrote), or a line of another version
             self.records[record.input] = record
+        if len(lines) > self._torn and not self.records and not self.settings:
+            # Overwritten with something else: every file was done again without a word (a user's trial)
+            log.warning("%s holds no record this version reads: every file is done again", self.path)
 
     def done(self, rel: str, path: Path, settings: str, output: Path) -> tuple[bool, str | None]:
         """(whether `rel` is done with these settings, its sha256 if it had to be read).

@@ -285,8 +285,8 @@ def sequence_numbers(spec: str) -> range:
     path = Path(spec)
     try:
         names = os.listdir(path.parent)
-    except OSError:
-        names = []
+    except OSError as exc:  # said as "no file in nodir is named as ...": the folder was what was wrong
+        raise InputError(f"image sequence not found: folder {path.parent}: {exc.strerror or exc}") from None
     numbers = {n for n in (sequence_number(spec, name) for name in names) if n is not None}
     prefix, suffix, _ = sequence_parts(spec)
     if not numbers:

@@ -516,6 +516,18 @@ def test_a_torn_manifest_line_is_ignored_and_the_next_record_stays_whole(tmp_pat
     assert set(Manifest(tmp_path).records) == {"a.mp4", "c.mp4"}
 
 
+def test_a_manifest_holding_no_record_is_said_and_a_torn_first_line_is_not(tmp_path, caplog):
+    """A user's trial: a manifest overwritten with something else was taken for an empty one, every file done
+    again without a word. A batch killed as it wrote its first record left a torn line: nothing to say."""
+    (tmp_path / MANIFEST_NAME).write_text("garbage here\n")
+    with caplog.at_level("WARNING", logger="anonengine.manifest"):
+        assert Manifest(tmp_path).records == {}
+        assert "holds no record this version reads: every file is done again" in caplog.text
+        caplog.clear()
+        (tmp_path / MANIFEST_NAME).write_text('{"input": "b.mp4", "outp')
+        assert Manifest(tmp_path).records == {} and caplog.text == ""
+
+
 def test_one_photo_given_to_run_comes_out_a_photo_treated_as_a_batch_treats_it(inputs, anonengine_cli, tmp_path):
     """Before, `run --video-source photo.jpg` wrote a one-frame MP4, detected at the videos' size; a photo's
     persons have no other frame to be caught in. `--output-video NAME.mp4` still asks for a video."""

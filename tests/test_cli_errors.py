@@ -497,8 +497,10 @@ def test_an_output_that_would_destroy_something_is_refused_and_all_stays_as_it_w
     # Said by the flag given, not the config's place ("invalid anonymizer.detector.imgsz")
     (("run", "--video-source", "taken.mp4", "--imgsz", "100"), "error: --imgsz 100: Input should be a multiple of 32"),
     (("run", "--video-source", "taken.mp4", "--alpha", "nan"), "error: --alpha nan: Input should be a finite number"),
+    (("run", "--video-source", "taken.mp4", "--output-video", ""), "--output-video is empty"),  # the default name was used
 ], ids=["empty source", "sample frames 0", "sample odd size", "sample out a file", "batch into its source",
-        "batch around its source", "sample out under a file", "output the current folder", "imgsz", "alpha nan"])
+        "batch around its source", "sample out under a file", "output the current folder", "imgsz", "alpha nan",
+        "empty output"])
 def test_what_the_sample_and_a_batch_cannot_do_is_one_line(args, said, small_sample_clip, anonengine_cli, tmp_path):
     """Before: internal errors (sample --frames 0: UnboundLocalError; --out a file: FileExistsError), and a
     batch written into its own source folder said "no videos or photos in videos"."""

@@ -1250,6 +1250,7 @@ def test_an_image_sequence_is_read_in_its_numbers_order_pixel_for_pixel(tmp_path
 @pytest.mark.parametrize("case, said", [
     ("gap", "f0003.png is missing (4 photos numbered 1 to 5); the sequence would end before it"),
     ("none", "image sequence not found: no file in"),
+    ("no folder", "image sequence not found: folder "),  # "no file in nodir is named as ..." before
     ("padded otherwise", "(such as f1.png); they are numbered 4 digits wide: f%04d.png"),
     ("fps of a video", "--fps is the frame rate of an image sequence"),
     ("no rate", "argument --fps: '0' is no frame rate"),
@@ -1266,6 +1267,7 @@ def test_an_image_sequence_that_cannot_be_read_whole_is_one_line(case, said, sam
     out = ("--output-video", tmp_path / "o.mp4")
     flags = {"gap": ("--video-source", pattern), "none": ("--video-source", str(tmp_path / "g%04d.png"),
                                                           "--output-dir", tmp_path / "out"),
+             "no folder": ("--video-source", str(tmp_path / "nodir" / "f%04d.png")),
              "padded otherwise": ("--video-source", str(frames / "f%d.png")),
              "fps of a video": ("--video-source", sample.video, "--fps", "10"),
              "no rate": ("--video-source", pattern, "--fps", "0"),
