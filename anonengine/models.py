@@ -83,6 +83,12 @@ def check_architecture(spec: str) -> None:
         raise ModelError(f"{spec} is no model architecture: Ultralytics' model YAML names a backbone and a head")
 
 
+# What Ultralytics reads as a model file, by its suffix: weights, or an export of them (others are folders). Any other
+# was taken for an export, exported again from itself (`--backend auto`) and failed at the first frame, three times,
+# leaving a `.exports` folder beside it (a user's trial: /etc/passwd as the pose model made /etc/.exports).
+MODEL_SUFFIXES = frozenset({".pt", ".torchscript", ".onnx", ".engine", ".pb", ".tflite", ".mnn"})
+
+
 def resolve(spec: str) -> str:
     """The local file for a model name or path, pulling a bare name if it is not there yet."""
     if is_architecture(spec):
@@ -98,6 +104,9 @@ def local_file(spec: str) -> Path | None:
     ModelError for a path that is not there."""
     path = Path(spec)
     if path.is_file():
+        if path.suffix.lower() not in MODEL_SUFFIXES:
+            raise ModelError(f"model {spec} is no model file Ultralytics reads: its name ends .pt for weights, or "
+                             f"{', '.join(sorted(MODEL_SUFFIXES - {'.pt'}))} for an export")
         _check_readable(path)
         check_official(path)
         if path.parent == Path(".") and not spec.startswith("./"):

@@ -142,6 +142,14 @@ def missing_model(tmp: Path, clip) -> tuple[list, str]:
     return ["--video-source", clip.video, "--pose-model", "/nonexistent/x.pt"], "model file not found"
 
 
+def model_named_as_no_model(tmp: Path, clip) -> tuple[list, str]:
+    """Taken for an export, it was exported again from itself, failed three times in long lines, and left a
+    `.exports` folder beside it (a user's trial: /etc/passwd as the pose model made /etc/.exports)."""
+    (tmp / "weights").mkdir()
+    (tmp / "weights" / "fake").write_text("x")
+    return ["--video-source", clip.video, "--pose-model", tmp / "weights" / "fake"], "is no model file Ultralytics reads"
+
+
 class _OpensAFile:
     """Unpickled, it creates a file: weights that run code when loaded."""
 
@@ -241,6 +249,7 @@ BAD_RUNS = [
     zero_frame_video,
     unknown_method,
     missing_model,
+    model_named_as_no_model,
     look_alike_weights,
     output_in_missing_folder,
     output_under_proc,
