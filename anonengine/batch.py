@@ -416,8 +416,7 @@ class FileRunner:
         self.detect = DetectStage(cfg.anonymizer, cfg.engine.max_batch)
         self.photo_cfg = photo_config(cfg.anonymizer)
         self.detect_photos = DetectStage(self.photo_cfg, photos=True)
-        for stage in (self.detect, self.detect_photos):
-            stage.turned_by[camera] = self.rotate
+        self.detect_photos.turned_by[camera] = self.rotate  # a video's is told by its camera (`run_inline`)
 
     def run(self, job: Job) -> Done:
         """What a job now done made."""
