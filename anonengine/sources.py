@@ -373,12 +373,16 @@ class LiveFeed:
         self._last_picture: float | None = None  # clock, of the last picture of the connection under way
         self._anchor_lag: float | None = None  # the lag its first frames gave the connection under way (`_anchored`)
         self._ahead = 0.0  # seconds the timeline is known to run ahead of the wall clock, to be paid back
+        self._lost_at: float | None = None  # clock, when the connection under way was lost (until one works again)
         # A live playlist's text when it ended (`#EXT-X-ENDLIST`: its publisher stopped): opened again, FFmpeg reads
         # it as a recording, from its first segment, and a user's engine replayed its last 12 s three times, each
         # under new times. It is opened again once it has changed.
         self._ended_as: str | None = None
         if follows is not None:
+            # Its first connection is a return, said as one after an outage (with the stream's last frame, the clock
+            # is this machine's monotonic one, which other processes share).
             self._last_time, self._last_wall = follows
+            self._lost_at = self._last_wall
 
     def start(self) -> LiveFeed:
         self._thread.start()
@@ -477,7 +481,10 @@ class LiveFeed:
                 break
             self.status.reconnects += 1
             self._failed(error)
-            log.warning("%s: source lost (%s); reconnecting", self.camera, error)
+            # The feed says both its losses and its returns, whoever reads it (an engine's capture, `run --inline`):
+            # the launcher, which hears of them only at its status's pace, missed a loss and return between two.
+            self._lost_at = self.clock()
+            log.warning("camera %s: source lost (%s); reconnecting", self.camera, error)
             self._stop.wait(next(delays))
 
     def _playlist_text(self) -> str | None:
@@ -503,6 +510,9 @@ class LiveFeed:
                                                              BUFFER_MEMORY // frame_bytes))
         self._last_picture = self.status.connected_at = self.clock()  # before RUNNING: `stuck` reads them together
         self.status.state = SourceState.RUNNING
+        if self._lost_at is not None:
+            log.warning("camera %s: source back after %.0f s", self.camera, self.clock() - self._lost_at)
+            self._lost_at = None
         self._connected.set()
         self._settled.set()
         anchor: tuple[float, float] | None = None  # (a frame's stream time, its time on the timeline)

@@ -802,6 +802,37 @@ def test_the_feed_reconnects_and_keeps_time_increasing():
     assert feed.status.state is SourceState.STOPPED
 
 
+def test_the_feed_says_each_loss_of_its_source_and_each_return(caplog):
+    """The launcher said them from its captures' statuses, a second apart: a loss and return between two went
+    unsaid, a loss was said twice (the capture's words and its own), and `run --inline --live` never said "back".
+    The feed says both, once each, in whatever process reads it."""
+    opens = []
+
+    def opener(source):
+        opens.append(time.monotonic())
+        if len(opens) == 2:
+            raise InputError("connection refused")
+        return FlakyReader(5)
+
+    cfg = SourcesConfig(reconnect_initial_s=0.05, reconnect_max_s=0.1, reconnect_jitter=0)
+    with caplog.at_level(logging.WARNING, logger="anonengine"):
+        feed = LiveFeed(Source("rtsp://fake", SourceKind.RTSP), "door", cfg, opener=opener, queue_size=100).start()
+        assert len(take(feed, 12)) == 12
+        feed.join(5)
+    said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("camera door: source")]
+    assert said[:4] == ["camera door: source lost (connection reset by peer); reconnecting", "camera door: source back after 0 s",
+                        "camera door: source lost (connection reset by peer); reconnecting", "camera door: source back after 0 s"], said
+
+
+def test_a_feed_taking_over_from_a_dead_capture_says_its_source_is_back(caplog):
+    cfg = SourcesConfig(reconnect_initial_s=0.05, reconnect_max_s=0.1, reconnect_jitter=0)
+    with caplog.at_level(logging.WARNING, logger="anonengine"):
+        feed = LiveFeed(Source("rtsp://fake", SourceKind.RTSP), "door", cfg, follows=(100.0, time.monotonic() - 3.0),
+                        queue_size=100, opener=lambda source: FlakyReader(10)).start()
+        assert len(take(feed, 3)) == 3
+    assert "camera door: source back after 3 s" in [r.getMessage() for r in caplog.records], caplog.text
+
+
 def test_a_feed_taking_over_a_stream_joined_mid_way_goes_on_after_its_predecessors_last_frame():
     """A restarted capture of a UDP camera (MPEG-TS: its times are the sender's, 60 s in) gave every frame after the
     restart the same time, just after its predecessor's last (the stream's own start subtracted twice, the times

@@ -130,6 +130,7 @@ class Launcher:
         # Counters that outlive the processes counting them (a restarted or re-attached capture counts from 0;
         # a Prometheus counter must never go back): reconnects of the cameras' earlier captures, restarts.
         self.earlier_reconnects: dict[str, int] = {}
+        self.connected: set[str] = set()  # cameras whose live source connected since they were attached
         self.frames_out: dict[str, int] = {}  # each camera's most frames out said: a count never goes back
         self.out_at_attach: dict[str, int] = {}  # each camera's frames out when it was last attached
         self.restart_totals: dict[str, int] = {}
@@ -386,6 +387,7 @@ class Launcher:
         self.done.pop(camera.name, None)  # a camera detached or ended before comes back as a new stream
         self.out_at_attach[camera.name] = self.frames_out.get(camera.name, 0)
         self.behind.discard(camera.name)
+        self.connected.discard(camera.name)
         if (source := self.sources.pop(camera.name, None)) is not None:  # and its source, if any, anew
             self.earlier_reconnects[camera.name] = self.earlier_reconnects.get(camera.name, 0) + source.reconnects
         # A camera attached again keeps its compositor (and so its encoder, which may still be finishing
@@ -523,12 +525,10 @@ class Launcher:
         self.sources[status.camera] = status
         if before is not None and status.reconnects < before.reconnects:  # another capture's feed, from 0
             self.earlier_reconnects[status.camera] = self.earlier_reconnects.get(status.camera, 0) + before.reconnects
-        if status.state == "reconnecting" and (before is None or before.state != "reconnecting"):
-            log.warning("camera %s: source lost (%s); reconnecting", status.camera, status.error)
-        elif status.state == "running" and before is not None and before.state != "running":
-            # Back after an outage pairs with the warning of its loss; a first connection is news, not trouble.
-            log.log(logging.WARNING if before.state == "reconnecting" else logging.INFO, "camera %s: source %s",
-                    status.camera, "back" if before.state == "reconnecting" else "connected")
+        # A live source's losses and returns are said by its capture's feed (`LiveFeed`), which sees each of them.
+        if status.state == "running" and status.camera not in self.connected:
+            self.connected.add(status.camera)
+            log.info("camera %s: source connected", status.camera)
         elif status.state == "connecting" and status.error and (before is None or before.error != status.error):
             log.warning("camera %s: cannot connect yet (%s); trying again", status.camera, status.error)
 
