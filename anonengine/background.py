@@ -30,6 +30,12 @@ from anonengine.video import CUT_SHARE, ChangeFinder
 SOLID_GREY = 128
 CUT_SAMPLES = 10_000  # pixels a cut is judged on, whatever the frame's size (a grid, every few pixels)
 CUT_PIXEL_CHANGE = 40  # grey levels
+# Most of the seen background changed, yet its grey samples still follow the model's this closely (correlation): the
+# same scene in another light, not a cut. A fade from black and an exposure jump were taken for cuts (0.74 to 1.0
+# here), and each dropped the persons the hold kept hidden: one standing there, whom the dark frames had let the
+# detector find only weakly, came out as filmed in the 8 frames after. Cuts between a red team's shots: 0.19 to 0.27.
+SAME_SCENE_CORRELATION = 0.6
+GREY_WEIGHTS = np.float32([0.114, 0.587, 0.299])  # B, G, R: OpenCV's grey
 FILL_REFRESH_FRAMES = 25
 # A found person's middle (GHOST_CORE of their box each way) compared with the model's picture of that place, on
 # grey copies GHOST_SIZE (w, h): alike (GHOST_NCC, or within GHOST_LEVELS where both are flat), the model learnt
@@ -341,10 +347,13 @@ class BackgroundModel:
             self._recent.append(View(self.scene, to_scene, frame.shape))
             if moved is not None:
                 self._keep_on_canvas()
-            if self.cfg.cut_threshold > 0 and self._is_cut(frame, person_mask, changed):
-                # What was learnt shows another scene: nothing of it may fill this one.
-                self._start(frame.shape, to_scene=to_scene, origin=self.scene.origin)
-                cut = True
+            if self.cfg.cut_threshold > 0:
+                cut, light = self._cut_or_relit(frame, person_mask, changed)
+                if cut:
+                    # What was learnt shows another scene: nothing of it may fill this one.
+                    self._start(frame.shape, to_scene=to_scene, origin=self.scene.origin)
+                elif light is not None:
+                    self._relight(light, to_scene, frame.shape)
         if learn:
             box, to_box = self._footprint(self.view)
             self._learn(frame, person_mask, box, to_box)
@@ -545,27 +554,58 @@ class BackgroundModel:
         return cv2.warpAffine(canvas_image, inverse, size, flags=interpolation | cv2.WARP_INVERSE_MAP,
                               borderMode=cv2.BORDER_CONSTANT, borderValue=0)
 
-    def _is_cut(self, frame: np.ndarray, person_mask: np.ndarray, changed: float) -> bool:
-        """Most of the seen, person-free background changed at once (sampled on a grid, for speed); where too
+    def _cut_or_relit(self, frame: np.ndarray, person_mask: np.ndarray, changed: float
+                      ) -> tuple[bool, tuple[np.ndarray, np.ndarray] | None]:
+        """(whether the frame starts another scene, the light it shows this one in where it is this one relit).
+
+        A cut: most of the seen, person-free background changed at once (sampled on a grid, for speed); where too
         little of it was seen to tell, most of the whole picture (`changed`, its share since the frame before).
         A first shot of persons filling the frame had learnt next to nothing: its cut went unseen, and the next
         shot's background filled the frames waiting for the look-ahead (a format red team's clip: a bus in front
         of a football bench for the 30 frames before the cut). The reader takes the same change for a cut (the
-        frames either side are detected); a person moving on changes a band of the picture a frame, not most."""
+        frames either side are detected); a person moving on changes a band of the picture a frame, not most.
+        Most of it changed in a way that follows what was learnt (`relight`) is this scene in another light: a fade
+        or the camera's exposure, not a cut (a cut drops the persons the hold keeps hidden)."""
+        samples = self._cut_samples(frame, person_mask)
+        if samples is None:
+            return changed >= CUT_SHARE, None
+        now, learnt, usable = samples
+        diff = cv2.absdiff(now, learnt)
+        largest = cv2.max(cv2.max(diff[..., 0], diff[..., 1]), diff[..., 2])
+        if np.count_nonzero((largest > CUT_PIXEL_CHANGE) & usable) <= self.cfg.cut_threshold * np.count_nonzero(usable):
+            return False, None
+        light = relight(now, learnt, usable)
+        return light is None, light
+
+    def _cut_samples(self, frame: np.ndarray, person_mask: np.ndarray
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+        """The frame's pixels and the model's (uint8 BGR) on the grid a cut is judged on, and where they are usable
+        (bool: seen, no person); None where fewer than 100 are."""
         step = cut_sample_step(frame.shape)
         seen = self._to_frame(self.scene.seen, cv2.INTER_NEAREST, step=step)
         usable = cv2.bitwise_and(seen, cv2.bitwise_not(person_mask[::step, ::step]))
-        samples = cv2.countNonZero(usable)
-        if samples < 100:
-            return changed >= CUT_SHARE
-        mean = self._to_frame(self.scene.mean, cv2.INTER_NEAREST, step=step)
-        diff = cv2.absdiff(np.ascontiguousarray(frame[::step, ::step]), cv2.convertScaleAbs(mean))
-        channels = cv2.split(diff)
-        largest = channels[0]
-        for channel in channels[1:]:
-            largest = cv2.max(largest, channel)
-        changed = cv2.compare(largest, CUT_PIXEL_CHANGE, cv2.CMP_GT)
-        return cv2.countNonZero(cv2.bitwise_and(changed, usable)) > self.cfg.cut_threshold * samples
+        if cv2.countNonZero(usable) < 100:
+            return None
+        mean = cv2.convertScaleAbs(self._to_frame(self.scene.mean, cv2.INTER_NEAREST, step=step))
+        return np.ascontiguousarray(frame[::step, ::step]), mean, usable > 0
+
+    def _relight(self, light: tuple[np.ndarray, np.ndarray], to_scene: np.ndarray, shape: tuple[int, ...]) -> None:
+        """The frame starts a scene of its own, as at a cut, but from what was learnt of this one in its light
+        (`light`: each channel's gain and offset): what was seen stays seen, and the frames still waiting keep
+        the old light."""
+        old = self.scene
+        self.scene = Scene(self._in_light(old.mean, light), self._copy(old.seen), old.origin.copy())
+        self._recent.pop()
+        self._recent.append(View(self.scene, to_scene, shape))
+
+    @staticmethod
+    def _in_light(mean: np.ndarray, light: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+        relit = mean * light[0] + light[1]
+        return np.clip(relit, 0, 255, out=relit)
+
+    @staticmethod
+    def _copy(image: np.ndarray) -> np.ndarray:
+        return image.copy()
 
     def forget_where_learnt(self, frame: np.ndarray, boxes: np.ndarray, view: View | None = None,
                             nearby: np.ndarray | None = None) -> int:
@@ -777,6 +817,26 @@ def looks_alike(a: np.ndarray, b: np.ndarray) -> bool:
     if spread > 0 and min(da.std(), db.std()) >= GHOST_LEVELS:
         return float((da * db).sum()) / spread >= GHOST_NCC
     return float(np.abs(ga - gb).mean()) <= GHOST_LEVELS
+
+
+def relight(frame: np.ndarray, model: np.ndarray, usable: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """Where `frame`'s pixels (BGR uint8 samples) show the scene `model`'s do, brighter or darker (a fade, the
+    camera's exposure: their grey levels where `usable` (bool) correlated at SAME_SCENE_CORRELATION or more), the
+    light that takes the model's to the frame's: each channel's gain and offset (least squares); else None. Either
+    one flat (a black frame) tells nothing: None."""
+    now, learnt = (image[usable].astype(np.float32) for image in (frame, model))
+    grey = [pixels @ GREY_WEIGHTS for pixels in (now, learnt)]
+    spreads = [float(g.std()) for g in grey]
+    if min(spreads) < 1.0:
+        return None
+    together = float(((grey[0] - grey[0].mean()) * (grey[1] - grey[1].mean())).mean())
+    if together / (spreads[0] * spreads[1]) < SAME_SCENE_CORRELATION:
+        return None
+    now_mean, learnt_mean = now.mean(axis=0), learnt.mean(axis=0)
+    spread = learnt.var(axis=0)
+    gain = np.where(spread >= 1.0, ((now - now_mean) * (learnt - learnt_mean)).mean(axis=0) / np.maximum(spread, 1.0),
+                    1.0)
+    return gain.astype(np.float32), (now_mean - gain * learnt_mean).astype(np.float32)
 
 
 def cut_sample_step(shape: tuple[int, ...]) -> int:

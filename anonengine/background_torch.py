@@ -24,7 +24,6 @@ import torch.nn.functional as F
 
 from anonengine.background import (
     CHANGE_CELL_PX,
-    CUT_PIXEL_CHANGE,
     RENDER_RESAMPLE,
     RESAMPLE,
     SOLID_GREY,
@@ -37,7 +36,6 @@ from anonengine.background import (
 )
 from anonengine.config import BackgroundConfig
 from anonengine.errors import ConfigError
-from anonengine.video import CUT_SHARE
 
 LANCZOS_TAPS = torch.arange(-3, 5)  # OpenCV's INTER_LANCZOS4: 8 taps, from 3 before the position to 4 after
 
@@ -121,17 +119,23 @@ class TorchBackgroundModel(BackgroundModel):
         return self._lasting_mask(frame_cells.cpu().numpy(), cells(mean).cpu().numpy(),
                                   all_learnable.cpu().numpy(), image.shape)
 
-    def _is_cut(self, frame: np.ndarray, person_mask: np.ndarray, changed: float) -> bool:
+    def _cut_samples(self, frame: np.ndarray, person_mask: np.ndarray
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
         step = cut_sample_step(frame.shape)
         seen = self._to_frame(self.scene.seen, cv2.INTER_NEAREST, step=step)
         usable = seen & (self._upload(person_mask[::step, ::step]) == 0)
-        samples = int(usable.sum())
-        if samples < 100:
-            return changed >= CUT_SHARE
-        mean = to_uint8(self._to_frame(self.scene.mean, cv2.INTER_NEAREST, step=step)).float()
-        largest = (self._upload(frame[::step, ::step]).float() - mean).abs().amax(dim=-1)
-        changed = largest > CUT_PIXEL_CHANGE
-        return int((changed & usable).sum()) > self.cfg.cut_threshold * samples
+        if int(usable.sum()) < 100:
+            return None
+        mean = to_uint8(self._to_frame(self.scene.mean, cv2.INTER_NEAREST, step=step))
+        return np.ascontiguousarray(frame[::step, ::step]), mean.cpu().numpy(), usable.cpu().numpy()
+
+    def _in_light(self, mean: torch.Tensor, light: tuple[np.ndarray, np.ndarray]) -> torch.Tensor:
+        gain, offset = (self._upload(np.asarray(x, np.float32)) for x in light)
+        return (mean * gain + offset).clamp_(0, 255)
+
+    @staticmethod
+    def _copy(image: torch.Tensor) -> torch.Tensor:
+        return image.clone()
 
     # --- drawing back ---------------------------------------------------------------------------------------
     @staticmethod

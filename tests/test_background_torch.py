@@ -136,3 +136,24 @@ def test_a_gpu_that_is_not_there_is_one_clear_error():
         pytest.skip("this machine has 8 GPUs")
     with pytest.raises(ConfigError, match=r"background.device cuda:7: no such CUDA device"):
         Compositor(cfg)
+
+
+def test_the_tensor_model_relights_a_scene_as_the_opencv_model_does():
+    """An exposure jump and a fade in (`test_background`): the same decisions, the same relit pixels."""
+    import cv2
+    from test_background import in_light
+
+    from anonengine.sample import make_street
+
+    street = make_street(WIDTH, HEIGHT)
+    mask = np.zeros((HEIGHT, WIDTH), np.uint8)
+    mask[30:130, 150:180] = 255
+    opencv, tensors = BackgroundModel(BackgroundConfig()), TorchBackgroundModel(BackgroundConfig(), device="cpu")
+    lights = [1.0] * 4 + [0.45] * 3 + list(np.linspace(0.1, 1.0, 12))
+    for share in lights:
+        image = in_light(street, share)
+        assert opencv.update(image, mask) is False and tensors.update(image, mask) is False
+        drawn = opencv.render().astype(int), tensors.render().astype(int)
+        assert np.abs(drawn[0] - drawn[1]).max() <= 1
+    other = cv2.flip(street, 0)
+    assert opencv.update(other, mask) is True and tensors.update(other, mask) is True
