@@ -963,6 +963,55 @@ def test_cameras_are_shared_out_to_the_least_busy_compositor_and_keep_it_when_at
     assert argv[argv.index("--stream") + 1] != first_stream  # a stream of its own
 
 
+def publish_as_engine(run_dir: Path, instance: str, frames: int) -> None:
+    """An engine's ipc tap as `instance` in `run_dir`: `frames` frames of cam1 once a subscriber is there, then gone."""
+    import zmq
+
+    from anonengine import messages
+
+    (run_dir / instance).mkdir(mode=0o700, parents=True)
+    publisher = zmq.Context.instance().socket(zmq.XPUB)
+    publisher.setsockopt(zmq.LINGER, 0)
+    publisher.bind(f"ipc://{run_dir / instance / 'tap.sock'}")
+    try:
+        if publisher.poll(60_000):
+            publisher.recv()  # the subscription
+            for seq in range(frames):
+                header = messages.TapHeader(camera="cam1", seq=seq, pts=seq, time=seq / 25, width=16, height=16,
+                                            format="raw", obscured=False)
+                publisher.send_multipart([b"cam1", messages.encode(header), bytes(16 * 16 * 3)])
+            time.sleep(0.5)
+    finally:
+        publisher.close()
+
+
+def test_the_tap_says_its_engine_stopped_and_taps_the_next_one(tmp_path):
+    """A tap left on an engine that stopped waited for ever in silence, and never heard the engine started again
+    (another instance, its ipc tap elsewhere: an operator's trial). It says so, and taps the next engine there."""
+    import threading
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir(mode=0o700)
+    first = threading.Thread(target=publish_as_engine, args=(run_dir, "p1", 3), daemon=True)
+    first.start()
+    assert wait_for(lambda: (run_dir / "p1" / "tap.sock").exists(), 30)
+    tap = subprocess.Popen([sys.executable, "-m", "anonengine.cli", "tap", "--run-dir", str(run_dir), "--frames", "5",
+                            "--timeout", "60"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        first.join(60)
+        time.sleep(2)  # it looks every half second
+        assert tap.poll() is None, tap.communicate()
+        publish_as_engine(run_dir, "p2", 2)
+        out, err = tap.communicate(timeout=60)
+    finally:
+        tap.kill()
+    assert tap.returncode == 0, err
+    assert [line.split()[1] for line in out.splitlines()] == ["seq=0", "seq=1", "seq=2", "seq=0", "seq=1"]
+    assert err.splitlines() == [
+        f"anonengine: tap: engine p1 stopped after 3 frames here; waiting for an engine in {run_dir} (Ctrl-C stops)",
+        "anonengine: tap: tapping engine p2"]
+
+
 def test_the_tap_command_says_how_many_frames_it_missed(tmp_path):
     """A subscriber that fell behind saw `missed=N` on a frame's line only: a recording 11 frames short of 193
     ended with "182 frames" (a red team's trial). The count is said at the end."""

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 
 CONTROL_TIMEOUT_MS = 5000
 CAMERAS_ASKED_MS = 500  # `tap --camera`: how long the engine is given to say which cameras it has
+ENGINE_LOOK_S = 0.5  # `tap` on a local engine: how often it looks whether the engine is still there, or back
 
 
 def register(sub) -> None:
@@ -209,6 +210,12 @@ def _check_output(cam, info, cfg: EngineConfig) -> None:
 
 
 def cmd_tap(args: argparse.Namespace) -> int:
+    """Prints (and records) the frames of the engine's tap. On a local engine's ipc tap it follows the engine: one
+    that stops is said so, and the next engine in the run folder is tapped once it is there. A tap left on a stopped
+    engine had waited for ever in silence, and never heard the engine started again (another instance: its ipc tap
+    elsewhere; an operator's trial)."""
+    import time
+
     from anonengine.tap import SeqGaps, TapRecording, subscribe
 
     endpoint, curve, engine = _tap_address(args)
@@ -216,30 +223,51 @@ def cmd_tap(args: argparse.Namespace) -> int:
         _say_unknown_cameras(args.camera, *engine)
     gaps, count, recorded = SeqGaps(), 0, None
     recording = TapRecording(args.record) if args.record else None
+    heard_at = time.monotonic()  # the last frame, or the start: --timeout counts from there
     try:
-        for meta, image in subscribe(endpoint, tuple(args.camera), timeout_s=args.timeout, curve=curve):
-            gap = gaps.see(meta)
-            print(f"{meta['camera']} seq={meta['seq']} t={meta['time']:.3f} persons={len(meta['persons'])}"
-                  f"{' obscured' if meta['obscured'] else ''}{f' missed={gap}' if gap else ''}", flush=True)
-            # One camera is recorded: the first heard of, unless --camera said. Another camera's frames, of
-            # another size and clock, made the file fail as a whole when the first was 280 frames in.
-            if recording is not None and recorded in (None, meta["camera"]):
-                if recorded is None and not args.camera:
-                    logging.getLogger("anonengine").info("recording camera %s only (--camera chooses)",
-                                                         meta["camera"])
-                recorded = meta["camera"]
-                recording.write(meta, image)
-            count += 1
-            if args.frames and count >= args.frames:
-                break
-        else:  # --timeout passed without a frame
+        while True:
+            watch = EngineWatch(Path(endpoint.removeprefix("ipc://"))) if engine is not None else None
+            left = None if args.timeout is None else max(0.0, heard_at + args.timeout - time.monotonic())
+            try:
+                for meta, image in subscribe(endpoint, tuple(args.camera), timeout_s=left, curve=curve,
+                                             until=watch.gone if watch else None):
+                    heard_at = time.monotonic()
+                    gap = gaps.see(meta)
+                    print(f"{meta['camera']} seq={meta['seq']} t={meta['time']:.3f} persons={len(meta['persons'])}"
+                          f"{' obscured' if meta['obscured'] else ''}{f' missed={gap}' if gap else ''}", flush=True)
+                    # One camera is recorded: the first heard of, unless --camera said. Another camera's frames, of
+                    # another size and clock, made the file fail as a whole when the first was 280 frames in.
+                    if recording is not None and recorded in (None, meta["camera"]):
+                        if recorded is None and not args.camera:
+                            logging.getLogger("anonengine").info("recording camera %s only (--camera chooses)",
+                                                                 meta["camera"])
+                        recorded = meta["camera"]
+                        recording.write(meta, image)
+                    count += 1
+                    if args.frames and count >= args.frames:
+                        return 0
+            finally:
+                if watch is not None:
+                    watch.stop()
+            if watch is not None and watch.gone.is_set():
+                run_dir, instance = engine
+                print(f"anonengine: tap: engine {instance} stopped after {plural(count, 'frame')} here; waiting for "
+                      f"{f'engine {args.instance}' if args.instance else 'an engine'} in {run_dir} (Ctrl-C stops)",
+                      file=sys.stderr, flush=True)
+                instance = _next_engine(run_dir, args.instance, heard_at, args.timeout)
+                if instance is not None:
+                    engine, endpoint = (run_dir, instance), _endpoints(run_dir, instance).tap
+                    print(f"anonengine: tap: tapping engine {instance}", file=sys.stderr, flush=True)
+                    continue
+            # --timeout passed without a frame
             which = f"camera {', '.join(args.camera)}" if args.camera else "any camera"
             if not count:  # a mistyped camera, or an engine sending nothing, exited 0 without a word
                 print(f"anonengine: tap: no frame of {which} in {args.timeout:g} s", file=sys.stderr)
                 return 1
             print(f"anonengine: tap: {count} frames, then none of {which} for {args.timeout:g} s", file=sys.stderr)
+            return 0
     except Interrupted:
-        pass
+        return 0
     finally:
         if recording is not None:
             # Short (x264's last frames, the MP4's index): a second Ctrl-C waits for it. It had landed in it and left
@@ -253,7 +281,52 @@ def cmd_tap(args: argparse.Namespace) -> int:
             print(f"anonengine: tap: seq jumped {plural(gaps.renumbered, 'time')} where no frame was missed (a live "
                   "camera's capture restarted and numbered on, or the engine dropped late frames: "
                   "engine.late_frames)", file=sys.stderr)
-    return 0
+
+
+class EngineWatch:
+    """Sets `gone` once no one listens at a local engine's ipc tap (`socket`) any more: the engine stopped."""
+
+    def __init__(self, socket: Path) -> None:
+        import threading
+
+        self.socket, self.gone, self._stop = socket, threading.Event(), threading.Event()
+        self._thread = threading.Thread(target=self._look, name="engine-watch", daemon=True)
+        self._thread.start()
+
+    def _look(self) -> None:
+        while not self._stop.wait(ENGINE_LOOK_S):
+            if not _listened_at(self.socket):
+                self.gone.set()
+                return
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+
+def _next_engine(run_dir: Path, instance: str | None, heard_at: float, timeout: float | None) -> str | None:
+    """The engine to tap next in `run_dir` (`instance`, or the only one with an ipc tap) once it is there; None once
+    `timeout` seconds passed since `heard_at` without one."""
+    import time
+
+    while timeout is None or time.monotonic() < heard_at + timeout:
+        if instance is not None:
+            if _listened_at(_endpoints(run_dir, instance).dir / "tap.sock"):
+                return instance
+        else:
+            try:
+                return _only_instance(run_dir, "tap.sock")
+            except InputError as exc:
+                if not str(exc).startswith("no engine"):
+                    raise  # several: which one is the user's to say
+        time.sleep(ENGINE_LOOK_S)
+    return None
+
+
+def _endpoints(run_dir: Path, instance: str):
+    from anonengine.engine.runtime import Endpoints
+
+    return Endpoints(str(run_dir), instance)
 
 
 def _say_unknown_cameras(wanted: list[str], run_dir: Path, instance: str) -> None:
@@ -286,7 +359,6 @@ def _tap_address(args: argparse.Namespace):
     """The endpoint `anonengine tap` subscribes to, its CURVE keys (None: none given), and the local engine's
     (run folder, instance) whose ipc tap it is (None: an address given)."""
     from anonengine.curve import CurveClient
-    from anonengine.engine.runtime import Endpoints
 
     if bool(args.key) != bool(args.server_key):
         raise ConfigError("--key and --server-key go together: this client's .key_secret and the tap's .key")
@@ -298,7 +370,7 @@ def _tap_address(args: argparse.Namespace):
         return args.endpoint, curve, None
     run_dir = _engines_folder(args.run_dir)
     instance = args.instance or _only_instance(run_dir, "tap.sock")
-    return Endpoints(str(run_dir), instance).tap, curve, (run_dir, instance)
+    return _endpoints(run_dir, instance).tap, curve, (run_dir, instance)
 
 
 def cmd_keys(args: argparse.Namespace) -> int:
