@@ -521,6 +521,10 @@ class LiveFeed:
         # A connection's first frames, (frame, when it came), until the burst FFmpeg's look at the stream gathered has
         # passed: the first of them came that look late (`_anchored`).
         first: list[tuple[Frame, float]] = []
+        # The connection's newest frame, handed out once the next comes, or marked `at_break` once the connection ends
+        # or its clock jumps: it is detected, and the frames since the detection before are hidden by the boxes on
+        # both sides (`_held_out`).
+        held: Frame | None = None
         try:
             for frame in reader:
                 if self._stop.is_set():
@@ -541,9 +545,12 @@ class LiveFeed:
                 if not self._follows_on(seconds, now):
                     # The stream's clock jumped (its sender restarted, the connection kept: UDP): after the last
                     # frame, by the wall-clock time since it.
+                    held = self._held_out(held, paced)
                     anchor, lag = self._anchored([(frame, now)], paced)
                     continue
-                self._put(self._conform(frame, seconds), now, paced)
+                if held is not None:
+                    self._put(held, now, paced)
+                held = self._conform(frame, seconds)
                 # When it came, by the stream's clock and its least delay yet: the decoder's threads hold the last
                 # frames before a sender stops until the stall ends the connection (20 s), and that late a wall
                 # clock shortened the outage in the timeline by as much (a soak: 20 to 27 s of recorded time lost
@@ -558,6 +565,8 @@ class LiveFeed:
         except Exception as exc:  # noqa: BLE001 - a broken connection, whatever FFmpeg calls it
             return f"{type(exc).__name__}: {exc}"
         finally:
+            if not self._stop.is_set():
+                self._held_out(held, paced)
             if first and not self._stop.is_set():  # a connection that ended within its first burst
                 self._anchored(first, paced)
             try:
@@ -579,6 +588,15 @@ class LiveFeed:
         (before, came_before), (last, came) = first[-2:]
         return (came - came_before >= (last.time - before.time) / 2 - BURST_SLACK_S
                 or came - first[0][1] >= BURST_WAIT_S or len(first) >= BURST_FRAMES * self.queue_size)
+
+    def _held_out(self, held: Frame | None, paced: bool) -> None:
+        """Hands out a connection's last frame before a break (it ended, or its clock jumped), marked `at_break`:
+        the detector looks at it. The frames since the detection before waited for one after them, which came only
+        after the outage: past their deadline, they went out obscured, the whole picture filled (the last 2 frames of
+        every reconnection, an operator's trial), and the camera was said degraded, "detections late or failed"."""
+        if held is not None:
+            held.at_break = True
+            self._put(held, self.clock(), paced)
 
     def _anchored(self, first: list[tuple[Frame, float]], paced: bool) -> tuple[tuple[float, float], float]:
         """Places a connection's first frames (or those after its clock jumped) after the last frame, by the

@@ -800,8 +800,9 @@ def test_the_feed_reconnects_and_keeps_time_increasing():
     pts = [f.pts for f in got]
     assert all(b > a for a, b in zip(pts, pts[1:])), pts  # across the reconnections too
     assert pts[5] - pts[4] >= 2  # the outage shows as a gap: no frame invented for it
-    # Each connection's first frame but the very first is at a break: persons may be anywhere after an outage.
-    assert [i for i, f in enumerate(got) if f.at_break] == [5, 10]
+    # Each connection's first frame but the very first is at a break: persons may be anywhere after an outage. So is
+    # each connection's last: it is detected, and hides the frames since the detection before (`LiveFeed._held_out`).
+    assert [i for i, f in enumerate(got) if f.at_break] == [4, 5, 9, 10, 14]
     assert all(f.image.shape == (48, 64, 3) for f in got)  # the first connection's size
     assert feed.status.reconnects >= 2 and feed.status.last_error
     assert feed.status.state is SourceState.STOPPED
@@ -866,7 +867,8 @@ def test_a_streams_clock_going_back_on_one_connection_is_taken_up_from_the_wall_
     steps = np.diff(times)
     np.testing.assert_allclose(np.delete(steps, 9), 1 / 25, atol=1e-6)
     assert 1 / 25 - 1e-6 <= steps[9] < 1.0, steps  # the wall-clock time between the two frames
-    assert [i for i, f in enumerate(got) if f.at_break] == [10]
+    # Either side of the jump, and the connection's last frame (`LiveFeed._held_out`).
+    assert [i for i, f in enumerate(got) if f.at_break] == [9, 10, 19]
 
 
 def test_an_outage_is_as_long_in_the_timeline_as_on_the_wall_clock_though_the_decoder_held_the_last_frames():
