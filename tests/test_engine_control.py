@@ -1171,6 +1171,23 @@ def test_a_camera_attached_again_counts_its_frames_dropped_from_its_first_frame_
     assert states == [metrics.RUNNING] * 10 + [metrics.STARTING] + [metrics.RUNNING] * 5, states
 
 
+def test_an_output_this_engine_wrote_is_kept_when_a_camera_is_attached_to_it_again(tmp_path, launchers, caplog):
+    """A live camera detached, then attached again with a file to the same output: its recording was replaced,
+    without a word (an operator's trial). What this engine wrote is kept, as a live camera's earlier recording is."""
+    launcher = fake_launcher(tmp_path, FakeSpawn(lambda name: None), job=False)
+    launchers.append(launcher)
+    output = tmp_path / "lobby.mp4"
+    launcher.attach(CameraConfig(name="lobby", source="rtsp://127.0.0.1:9/lobby", output=str(output)))
+    output.write_bytes(b"the camera's recording")  # its encoder's work
+    launcher.children["capture-lobby"].process.kill()  # detached, and done: its output let go
+    launcher._release_output("lobby")
+    with caplog.at_level("WARNING"):
+        launcher.attach(CameraConfig(name="lobby", source=str(tmp_path / "never-opened.mp4"), output=str(output)))
+    kept = output.with_name(f"{output.stem}.1{output.suffix}")
+    assert kept.read_bytes() == b"the camera's recording" and not output.exists()
+    assert f"{output.name}, an earlier recording, is kept as {kept}" in caplog.text
+
+
 def test_a_live_camera_whose_sender_stopped_is_not_said_well_again_by_the_frames_its_stall_lets_out(
         tmp_path, launchers, caplog):
     """A UDP sender stopped: the camera was said degraded (no frame for 5 s), then "running well again" as the

@@ -131,6 +131,7 @@ class Launcher:
         # a Prometheus counter must never go back): reconnects of the cameras' earlier captures, restarts.
         self.earlier_reconnects: dict[str, int] = {}
         self.connected: set[str] = set()  # cameras whose live source connected since they were attached
+        self.outputs_written: set[Path] = set()  # every camera output this engine claimed (`_claim_camera`)
         self.frames_out: dict[str, int] = {}  # each camera's most frames out said: a count never goes back
         self.out_at_attach: dict[str, int] = {}  # each camera's frames out when it was last attached
         self.restart_totals: dict[str, int] = {}
@@ -265,11 +266,16 @@ class Launcher:
         output = Path(camera.output)
         # A failed run removes its partial files: an earlier run's, there before it, are set aside first.
         partials = (partial_metadata_path(camera.metadata),) if camera.metadata else ()
+        # A live camera's earlier recording is kept, and so is an output this engine wrote already, whatever comes
+        # next: a live camera detached and attached again with a file had its recording replaced, without a word (an
+        # operator's trial).
+        wrote = output.resolve() in self.outputs_written
         try:
-            keep = earlier_recording(camera.metadata) if self._is_live(camera) else None
+            keep = earlier_recording(camera.metadata) if self._is_live(camera) or wrote else None
             self.output_locks[camera.name] = claim_output(output, partials=partials, keep=keep)
         except OutputError as exc:
             raise OutputError(f"camera {camera.name}: {exc}") from None
+        self.outputs_written.add(output.resolve())
 
     def _release_output(self, camera: str) -> None:
         lock = self.output_locks.pop(camera, None)
