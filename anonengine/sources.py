@@ -483,7 +483,9 @@ class LiveFeed:
             self._failed(error)
             # The feed says both its losses and its returns, whoever reads it (an engine's capture, `run --inline`):
             # the launcher, which hears of them only at its status's pace, missed a loss and return between two.
-            self._lost_at = self.clock()
+            # The outage is counted from its last picture: a stall is told only `stall_s` later (a UDP sender down
+            # for 31 s was said back after 15 s).
+            self._lost_at = self._last_picture if self._last_picture is not None else self.clock()
             log.warning("camera %s: source lost (%s); reconnecting", self.camera, error)
             self._stop.wait(next(delays))
 

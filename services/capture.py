@@ -190,7 +190,9 @@ class CaptureService(Service):
             if interrupted:
                 self.log.info("stopped at frame %d, before the end of the file", self.seq)
                 return False
-            self.log.info("%s after %d frames; waiting for %d in flight", "stopped" if self.stopping else "end of stream",
+            # At a frame's number, not after a count: a restarted live capture numbers on from a reserved block, and
+            # "stopped after 4437 frames" stood beside the encoder's 3422 written (an operator's trial).
+            self.log.info("%s at frame %d; waiting for %d in flight", "stopped" if self.stopping else "end of stream",
                           self.seq, len(self.inflight))
             self._released_at = time.monotonic()
         if (self.ended and self.stopping and self.inflight

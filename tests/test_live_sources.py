@@ -830,6 +830,39 @@ def test_the_feed_says_each_loss_of_its_source_and_each_return(caplog):
     assert said[:4] == [lost, back, lost, back], said
 
 
+class StallingReader(FlakyReader):
+    """A connection whose frames stop `stall` seconds before it is given up (a UDP sender that stopped: the loss is
+    told only `stall_s` later)."""
+
+    def __init__(self, frames: int, stall: float) -> None:
+        super().__init__(frames)
+        self.stall = stall
+
+    def __iter__(self):
+        iterator = super().__iter__()
+        for _ in range(self.frames):
+            yield next(iterator)
+        time.sleep(self.stall)
+        raise InputError("nothing came for 1.5 s")
+
+
+def test_an_outage_is_said_as_long_as_it_was_from_its_last_picture(caplog):
+    """A UDP sender down for 31 s was said back after 15 s: counted from when the stall was told."""
+    opens = []
+
+    def opener(source):
+        opens.append(time.monotonic())
+        return StallingReader(3, 1.5) if len(opens) == 1 else FlakyReader(5)
+
+    cfg = SourcesConfig(reconnect_initial_s=0.05, reconnect_max_s=0.1, reconnect_jitter=0)
+    with caplog.at_level(logging.WARNING, logger="anonengine"):
+        feed = LiveFeed(Source("rtsp://fake", SourceKind.RTSP), "door", cfg, opener=opener, queue_size=100).start()
+        assert len(take(feed, 5)) == 5
+    said = [re.fullmatch(r"camera door: source back after (\d+) s", r.getMessage()) for r in caplog.records]
+    back = [int(m[1]) for m in said if m]
+    assert back and back[0] >= 2, caplog.text  # 1.5 s of stall and more; before, 0
+
+
 def test_a_feed_taking_over_from_a_dead_capture_says_its_source_is_back(caplog):
     cfg = SourcesConfig(reconnect_initial_s=0.05, reconnect_max_s=0.1, reconnect_jitter=0)
     with caplog.at_level(logging.WARNING, logger="anonengine"):

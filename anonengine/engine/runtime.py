@@ -397,7 +397,11 @@ class Parent:
 
     def __init__(self) -> None:
         self.pid = os.getppid()
-        launcher = int(os.environ.get("ANONENGINE_LAUNCHER_PID") or self.pid)
+        named = os.environ.get("ANONENGINE_LAUNCHER_PID")
+        launcher = int(named or self.pid)
+        # What the log calls it: a stage started by a Procfile's runner (honcho) has no launcher, and said "the
+        # launcher is gone" as the runner stopped (an operator's trial).
+        self.name = "the launcher" if named else f"the process that started it (pid {self.pid})"
         try:
             import ctypes
 
@@ -504,12 +508,12 @@ def run_service(factory, argv: list[str] | None = None, extra_args=None) -> int:
             # on any stop, but what it waits for may never come (its peers went with the launcher), and no
             # launcher will kill it after the grace period: it leaves by itself then.
             if orphaned_at is None:
-                service.log.warning("the launcher is gone; stopping")
+                service.log.warning("%s is gone; stopping", parent.name)
                 service.request_stop()
                 orphaned_at = time.monotonic()
             elif time.monotonic() - orphaned_at > cfg.engine.stop_timeout_s:
-                service.log.warning("the launcher is gone and what is in flight did not drain in %.0f s; leaving",
-                                    cfg.engine.stop_timeout_s)
+                service.log.warning("%s is gone and what is in flight did not drain in %.0f s; leaving",
+                                    parent.name, cfg.engine.stop_timeout_s)
                 break
         return 0
     except Interrupted:
