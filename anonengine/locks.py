@@ -79,15 +79,21 @@ class FileLock:
 
 def is_locked(path: str | os.PathLike) -> bool:
     """True while some process holds the lock at `path` (a probe: takes and drops it when free)."""
+    return holder(path) is not None
+
+
+def holder(path: str | os.PathLike) -> LockBusy | None:
+    """Who holds the lock at `path` (LockBusy, with their pid where the file tells it), or None where no one does:
+    a probe that takes nothing and makes no file."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except FileNotFoundError:
-        return False
+        return None
     try:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        return False
+        return None
     except BlockingIOError:
-        return True
+        return LockBusy(Path(path), _read_pid(fd))
     finally:
         os.close(fd)
 

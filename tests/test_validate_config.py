@@ -337,3 +337,23 @@ def test_every_bad_camera_is_said_in_one_run(tmp_path):
     with pytest.raises(Problems) as refused:
         check_config(load_yaml(tmp_path / "engine.yaml", EngineConfig))
     assert refused.value.lines() == [missing, nowhere]
+
+
+def test_outputs_another_engine_writes_are_refused_every_one_by_validation_and_by_launch(tmp_path):
+    """With an engine writing a config's outputs, validation said "valid", and launch refused the first camera's
+    alone (an operator's trial). Both say every output held, with the holder."""
+    from anonengine.locks import FileLock, output_lock_path
+
+    cfg = config(tmp_path)
+    held = [FileLock(output_lock_path(tmp_path / f"{name}.mp4")).acquire() for name in ("a", "b")]
+    said = [f"anonengine: error: camera {name}: cannot write {tmp_path / f'{name}.mp4'}: another anonengine is writing "
+            f"it (pid {os.getpid()})" for name in ("a", "b")]
+    try:
+        assert refusals(validate(tmp_path, cfg)) == said
+        launched = subprocess.run([sys.executable, "-m", "anonengine.cli", "launch", "engine.yaml"], cwd=tmp_path,
+                                  stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120, check=False)
+        assert refusals(launched) == said
+    finally:
+        for lock in held:
+            lock.release()
+    assert_valid(validate(tmp_path, cfg), [])

@@ -72,7 +72,14 @@ def register(sub) -> None:
 
 def cmd_launch(args: argparse.Namespace) -> int:
     from anonengine.config import EngineConfig, load_yaml, small_input_warning
-    from anonengine.engine.launcher import check_models, check_ports, config_problems, launch, protocol_problem
+    from anonengine.engine.launcher import (
+        check_models,
+        check_ports,
+        config_problems,
+        launch,
+        output_lock_problems,
+        protocol_problem,
+    )
 
     cfg = load_yaml(Path(args.config), EngineConfig)
     if args.validate_config:
@@ -87,6 +94,7 @@ def cmd_launch(args: argparse.Namespace) -> int:
         notes, unusable = check_models(cfg)
         problems += unusable
         problems += check_ports(cfg)
+        problems += output_lock_problems(cfg)
         raise_all(problems)
         if (small := small_input_warning(cfg.anonymizer.detector)) is not None:
             notes.append(small)

@@ -38,7 +38,7 @@ from anonengine.engine import metrics, stagehost
 from anonengine.engine.runtime import Endpoints, bind_tap, heartbeat_s, log_malformed, receive_waiting
 from anonengine.errors import AnonError, ConfigError, InputError, ModelError, OutputError, raise_all
 from anonengine.interrupts import STOP_SIGNALS, plural
-from anonengine.locks import FileLock, LockBusy, is_locked, process_alive
+from anonengine.locks import FileLock, LockBusy, holder, is_locked, output_lock_path, process_alive
 from anonengine.paths import as_text, partial_metadata_path, partial_path, redacted
 from anonengine.recording import segments_folder
 from anonengine.rundir import private_dir, run_dir_path
@@ -171,8 +171,8 @@ class Launcher:
         try:
             self._check_tap_endpoint()
             self._start_http()
-            for camera in self.cfg.cameras:
-                self._claim_camera(camera)
+            # Every camera's output: a second engine on a config's outputs was told of the first camera's alone.
+            raise_all(list(self._claimed_all(self.cfg.cameras)))
             if self.http is not None:  # said once the cameras are taken: a second run on an output fails first
                 log.info("metrics, health and previews at %s", self.http.url)
             self._start()
@@ -246,6 +246,14 @@ class Launcher:
             raise EngineFailed(f"cannot open the tap at {self.tap_endpoint}: {zmq.strerror(exc.errno)}") from None
         finally:
             probe.close(linger=0)
+
+    def _claimed_all(self, cameras: list[CameraConfig]) -> Iterator[AnonError]:
+        """Claims each camera's output (`_claim_camera`); the problems found, every one."""
+        for camera in cameras:
+            try:
+                self._claim_camera(camera)
+            except AnonError as exc:
+                yield exc
 
     def _claim_camera(self, camera: CameraConfig) -> None:
         """Checks what can be known of a camera before its capture starts (a file source exists, its output
@@ -942,6 +950,15 @@ def config_problems(cfg: EngineConfig) -> Iterator[AnonError]:
     if cfg.tap.endpoint and cfg.tap.curve:
         yield from _problem_of(load_key, cfg.tap.curve_server_key, secret=True)
         yield from _problem_of(curve_clients_folder, cfg.tap.curve_clients)
+
+
+def output_lock_problems(cfg: EngineConfig) -> Iterator[AnonError]:
+    """`launch --validate-config`: each camera's output another anonengine is writing (launch refuses it when it
+    claims the output; validation had said "valid"). A probe: nothing is taken, no file made."""
+    for camera in cfg.cameras:
+        if camera.output and (busy := holder(output_lock_path(Path(camera.output)))) is not None:
+            yield OutputError(f"camera {camera.name}: cannot write {camera.output}: another anonengine is writing "
+                              f"it{busy.owner}")
 
 
 def _problem_of(check, *args, **kwargs) -> Iterator[AnonError]:
