@@ -1012,6 +1012,21 @@ def test_the_tap_says_its_engine_stopped_and_taps_the_next_one(tmp_path):
         "anonengine: tap: tapping engine p2"]
 
 
+def test_a_tap_on_an_engine_without_an_ipc_tap_says_so(tmp_path):
+    """It said "no engine with an ipc tap running" of an engine running without one (an operator's trial)."""
+    import socket
+
+    run_dir = tmp_path / "run"
+    (run_dir / "p7").mkdir(mode=0o700, parents=True)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as control:  # the engine's control socket, no tap
+        control.bind(str(run_dir / "p7" / "control.sock"))
+        control.listen()
+        result = cli("tap", "--run-dir", run_dir, "--timeout", "5")
+    assert (result.returncode, result.stderr.strip()) == (
+        2, f"anonengine: error: engine p7 in {run_dir} has no ipc tap (its tap.endpoint is off, or an address: give "
+           "that address)"), result.stderr
+
+
 def test_the_tap_command_says_how_many_frames_it_missed(tmp_path):
     """A subscriber that fell behind saw `missed=N` on a frame's line only: a recording 11 frames short of 193
     ended with "182 frames" (a red team's trial). The count is said at the end."""

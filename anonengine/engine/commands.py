@@ -377,7 +377,15 @@ def _tap_address(args: argparse.Namespace):
                               "SERVER.key (make a pair with `anonengine keys DIR --name NAME`)")
         return args.endpoint, curve, None
     run_dir = _engines_folder(args.run_dir)
-    instance = args.instance or _only_instance(run_dir, "tap.sock")
+    try:
+        instance = args.instance or _only_instance(run_dir, "tap.sock")
+    except InputError:
+        # An engine without an ipc tap was said to be no engine at all (an operator's trial).
+        engines = sorted(p.parent.name for p in run_dir.glob("*/control.sock") if _listened_at(p))
+        if len(engines) == 1:
+            raise InputError(f"engine {engines[0]} in {run_dir} has no ipc tap (its tap.endpoint is off, or an address: "
+                             "give that address)") from None
+        raise
     return _endpoints(run_dir, instance).tap, curve, (run_dir, instance)
 
 
