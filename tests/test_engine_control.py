@@ -1017,7 +1017,8 @@ def test_a_tap_on_an_engine_without_an_ipc_tap_says_so(tmp_path):
     import socket
 
     run_dir = tmp_path / "run"
-    (run_dir / "p7").mkdir(mode=0o700, parents=True)
+    run_dir.mkdir(mode=0o700)
+    (run_dir / "p7").mkdir(mode=0o700)
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as control:  # the engine's control socket, no tap
         control.bind(str(run_dir / "p7" / "control.sock"))
         control.listen()
