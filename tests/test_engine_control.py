@@ -161,6 +161,8 @@ def test_attach_detach_and_status_on_a_running_engine(models_dir, tmp_path):
         assert cli("detach", "--run-dir", run_dir, "--camera", "ghost").returncode == 0
         assert wait_for(lambda: status()["cameras"]["ghost"]["state"] == "done", 15), status()["cameras"]["ghost"]
         assert status()["cameras"]["ghost"]["reason"] == "ended before its first frame: no output"
+        # Its source is read no more: it said "connecting", with the error of its last try.
+        assert (status()["cameras"]["ghost"]["source"], status()["cameras"]["ghost"]["last_error"]) == ("stopped", None)
         assert "ghost" in status()["done"] and not (tmp_path / "g.mp4").exists()
 
         proc.send_signal(signal.SIGTERM)

@@ -27,6 +27,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import msgspec
 import yaml
 import zmq
 from pydantic import ValidationError
@@ -674,6 +675,11 @@ class Launcher:
         state, reason = self._camera_state(name, source, started, obscuring,
                                            dropping if name in self.behind else None, silent)
         error = self.failed_cameras.get(name) or (source.error if source else None)
+        if state == metrics.DONE and source is not None:
+            # Its source is read no more: a camera detached before it ever connected stayed "connecting", with the
+            # last error of its tries (an operator's trial).
+            source = msgspec.structs.replace(source, state=messages.SourceState.STOPPED)
+            error = self.failed_cameras.get(name)
         return metrics.CameraView(
             name=name, state=state, reason=redacted(reason), live=live, frames=frames, fps=fps,
             reconnects=self.earlier_reconnects.get(name, 0) + (source.reconnects if source else 0),
