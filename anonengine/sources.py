@@ -547,7 +547,8 @@ class LiveFeed:
                 if not self._follows_on(seconds, now):
                     # The stream's clock jumped (its sender restarted, the connection kept: UDP): after the last
                     # frame, by the wall-clock time since it.
-                    held = self._held_out(held, paced)
+                    self._held_out(held, paced)
+                    held = None
                     anchor, lag = self._anchored([(frame, now)], paced)
                     continue
                 if held is not None:
