@@ -1206,6 +1206,19 @@ def test_an_output_this_engine_wrote_is_kept_when_a_camera_is_attached_to_it_aga
     assert f"{output.name}, an earlier recording, is kept as {kept}" in caplog.text
 
 
+def test_an_engine_keeping_segments_leaves_a_flat_recording_of_that_name_as_it_is(tmp_path, launchers, caplog):
+    """Kept segments are the recording (`rec/door/`): an earlier run's flat `rec/door.mp4` was renamed door.1.mp4
+    for nothing (an operator's trial)."""
+    launcher = fake_launcher(tmp_path, FakeSpawn(lambda name: None), job=False)
+    launchers.append(launcher)
+    launcher.cfg.encoder.keep_segments = True
+    output = tmp_path / "door.mp4"
+    output.write_bytes(b"an earlier run's recording")
+    with caplog.at_level("WARNING"):
+        launcher.attach(CameraConfig(name="door", source="rtsp://127.0.0.1:9/door", output=str(output)))
+    assert output.read_bytes() == b"an earlier run's recording" and "an earlier recording" not in caplog.text
+
+
 def test_a_live_camera_whose_sender_stopped_is_not_said_well_again_by_the_frames_its_stall_lets_out(
         tmp_path, launchers, caplog):
     """A UDP sender stopped: the camera was said degraded (no frame for 5 s), then "running well again" as the
