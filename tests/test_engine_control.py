@@ -973,7 +973,7 @@ def publish_as_engine(run_dir: Path, instance: str, frames: int) -> None:
 
     (run_dir / instance).mkdir(mode=0o700, parents=True)
     publisher = zmq.Context.instance().socket(zmq.XPUB)
-    publisher.setsockopt(zmq.LINGER, 0)
+    publisher.setsockopt(zmq.LINGER, 10_000)  # its frames delivered before it goes, however slow the machine
     publisher.bind(f"ipc://{run_dir / instance / 'tap.sock'}")
     try:
         if publisher.poll(60_000):

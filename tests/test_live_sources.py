@@ -825,8 +825,10 @@ def test_the_feed_says_each_loss_of_its_source_and_each_return(caplog):
         feed = LiveFeed(Source("rtsp://fake", SourceKind.RTSP), "door", cfg, opener=opener, queue_size=100).start()
         assert len(take(feed, 12)) == 12
         feed.join(5)
-    said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("camera door: source")]
-    lost, back = "camera door: source lost (connection reset by peer); reconnecting", "camera door: source back after 0 s"
+    # How long each outage took is the machine's (under load, a second): the words, in order, are the test's.
+    said = [re.sub(r"after \d+ s$", "after N s", r.getMessage()) for r in caplog.records
+            if r.getMessage().startswith("camera door: source")]
+    lost, back = "camera door: source lost (connection reset by peer); reconnecting", "camera door: source back after N s"
     assert said[:4] == [lost, back, lost, back], said
 
 
@@ -869,7 +871,8 @@ def test_a_feed_taking_over_from_a_dead_capture_says_its_source_is_back(caplog):
         feed = LiveFeed(Source("rtsp://fake", SourceKind.RTSP), "door", cfg, follows=(100.0, time.monotonic() - 3.0),
                         queue_size=100, opener=lambda source: FlakyReader(10)).start()
         assert len(take(feed, 3)) == 3
-    assert "camera door: source back after 3 s" in [r.getMessage() for r in caplog.records], caplog.text
+    said = [re.fullmatch(r"camera door: source back after (\d+) s", r.getMessage()) for r in caplog.records]
+    assert [int(m[1]) >= 3 for m in said if m] == [True], caplog.text  # its last frame 3 s before, or more
 
 
 def test_a_feed_taking_over_a_stream_joined_mid_way_goes_on_after_its_predecessors_last_frame():
