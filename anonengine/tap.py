@@ -192,6 +192,11 @@ class TapRecording:
         self.step = 1 / 25  # between the last two frames written: how far a new stream's first follows
         self.recent: collections.deque[tuple[int, float]] = collections.deque(maxlen=RECENT_FRAMES)
 
+    def another_engine(self) -> None:
+        """The frames from here on are another engine's: none is one sent again, though its seq and time may be those
+        of a frame of the engine before (both streams from 0: a short one's were all still remembered)."""
+        self.recent.clear()
+
     def write(self, meta: dict, image: np.ndarray) -> bool:
         """Writes a frame; False for one written before."""
         from anonengine.video import VideoWriter

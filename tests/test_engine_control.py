@@ -998,7 +998,8 @@ def test_the_tap_says_its_engine_stopped_and_taps_the_next_one(tmp_path):
     first.start()
     assert wait_for(lambda: (run_dir / "p1" / "tap.sock").exists(), 30)
     tap = subprocess.Popen([sys.executable, "-m", "anonengine.cli", "tap", "--run-dir", str(run_dir), "--frames", "5",
-                            "--timeout", "60"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            "--timeout", "60", "--record", str(tmp_path / "tap.mp4")],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         first.join(60)
         time.sleep(2)  # it looks every half second
@@ -1010,8 +1011,12 @@ def test_the_tap_says_its_engine_stopped_and_taps_the_next_one(tmp_path):
     assert tap.returncode == 0, err
     assert [line.split()[1] for line in out.splitlines()] == ["seq=0", "seq=1", "seq=2", "seq=0", "seq=1"]
     assert err.splitlines() == [
+        "anonengine: recording camera cam1 only (--camera chooses)",
         f"anonengine: tap: engine p1 stopped after 3 frames here; waiting for an engine in {run_dir} (Ctrl-C stops)",
         "anonengine: tap: tapping engine p2"]
+    # Both engines' frames in one recording: the second's, at the same seq and time as the first's, are no frames
+    # sent again (they were left out).
+    assert len(list(VideoReader(str(tmp_path / "tap.mp4")))) == 5
 
 
 def test_a_tap_on_an_engine_without_an_ipc_tap_says_so(tmp_path):
@@ -1025,9 +1030,9 @@ def test_a_tap_on_an_engine_without_an_ipc_tap_says_so(tmp_path):
         control.bind(str(run_dir / "p7" / "control.sock"))
         control.listen()
         result = cli("tap", "--run-dir", run_dir, "--timeout", "5")
-    assert (result.returncode, result.stderr.strip()) == (
-        2, f"anonengine: error: engine p7 in {run_dir} has no ipc tap (its tap.endpoint is off, or an address: give "
-           "that address)"), result.stderr
+    said = (f"anonengine: error: engine p7 in {run_dir} has no ipc tap (its tap.endpoint is off, or an address: give "
+            "that address)")
+    assert (result.returncode, result.stderr.strip()) == (2, said), result.stderr
 
 
 def test_the_tap_command_says_how_many_frames_it_missed(tmp_path):

@@ -266,6 +266,8 @@ def cmd_tap(args: argparse.Namespace) -> int:
                 if instance is not None:
                     engine, endpoint = (run_dir, instance), _endpoints(run_dir, instance).tap
                     print(f"anonengine: tap: tapping engine {instance}", file=sys.stderr, flush=True)
+                    if recording is not None:
+                        recording.another_engine()
                     continue
             # --timeout passed without a frame
             which = f"camera {', '.join(args.camera)}" if args.camera else "any camera"
