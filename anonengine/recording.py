@@ -261,9 +261,8 @@ class SegmentedRecording:
     # --- lifecycle -----------------------------------------------------------------------------
     def setup(self) -> None:
         partials = (partial_metadata_path(self.metadata),) if self.metadata else ()
-        # Kept segments are the recording: a flat file at the output's name is not this one's to set aside.
-        keep = (earlier_recording(str(self.metadata) if self.metadata else None)
-                if self.stream.live and not self.cfg.keep_segments else None)
+        metadata = str(self.metadata) if self.metadata else None
+        keep = earlier_recording(metadata, self.stream.live, self.cfg.keep_segments)
         self.lock = claim_output(self.output, self.hold_lock, partials, keep)  # held here: no launcher (Procfile)
         try:
             self.folder.mkdir(exist_ok=True)

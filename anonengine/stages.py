@@ -459,7 +459,7 @@ class EncodeStage(Stage):
         self.writer = VideoWriter(
             self.output, self.info.width, self.info.height, self.info.rate, self.info.time_base, self.cfg,
             lock=self.lock, partials=(meta_partial,) if meta_partial else (), colour=self.info.colour,
-            pixel_aspect=self.info.pixel_aspect, keep=earlier_recording(self.metadata) if self.live else None,
+            pixel_aspect=self.info.pixel_aspect, keep=earlier_recording(self.metadata, self.live),
         )
         if self.metadata:
             path = Path(self.metadata)

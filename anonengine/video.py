@@ -1134,8 +1134,13 @@ def claim_output(path: Path, lock: bool = True, partials: tuple[Path, ...] = (),
     return claimed
 
 
-def earlier_recording(metadata: str | None) -> tuple[Path, ...]:
-    """What is kept with a live camera's earlier recording, besides its video (`claim_output`): its metadata."""
+def earlier_recording(metadata: str | None, kept: bool, segments: bool = False) -> tuple[Path, ...] | None:
+    """`claim_output`'s `keep`: where an earlier recording at the output's name is `kept` (a live camera's), what is
+    kept with its video: its metadata. None where the output is replaced (a file's, run again), and with `segments`
+    (`encoder.keep_segments`: the segments are the recording, a flat file of that name none of its own; an earlier
+    run's was renamed for nothing)."""
+    if not kept or segments:
+        return None
     return (Path(metadata),) if metadata else ()
 
 

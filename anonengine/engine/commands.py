@@ -320,15 +320,11 @@ def _next_engine(run_dir: Path, instance: str | None, heard_at: float, timeout: 
     import time
 
     while timeout is None or time.monotonic() < heard_at + timeout:
-        if instance is not None:
-            if _listened_at(_endpoints(run_dir, instance).dir / "tap.sock"):
-                return instance
-        else:
-            try:
-                return _only_instance(run_dir, "tap.sock")
-            except InputError as exc:
-                if not str(exc).startswith("no engine"):
-                    raise  # several: which one is the user's to say
+        tapped = _listening(run_dir, "tap.sock")
+        if instance is not None and instance in tapped:
+            return instance
+        if instance is None and tapped:
+            return _only_instance(run_dir, "tap.sock", tapped)  # several: which one is the user's to say
         time.sleep(ENGINE_LOOK_S)
     return None
 
@@ -379,15 +375,14 @@ def _tap_address(args: argparse.Namespace):
                               "SERVER.key (make a pair with `anonengine keys DIR --name NAME`)")
         return args.endpoint, curve, None
     run_dir = _engines_folder(args.run_dir)
-    try:
-        instance = args.instance or _only_instance(run_dir, "tap.sock")
-    except InputError:
-        # An engine without an ipc tap was said to be no engine at all (an operator's trial).
-        engines = sorted(p.parent.name for p in run_dir.glob("*/control.sock") if _listened_at(p))
-        if len(engines) == 1:
-            raise InputError(f"engine {engines[0]} in {run_dir} has no ipc tap (its tap.endpoint is off, or an address: "
-                             "give that address)") from None
-        raise
+    instance = args.instance
+    if instance is None:
+        tapped = _listening(run_dir, "tap.sock")
+        engines = [] if tapped else _listening(run_dir, "control.sock")
+        if len(engines) == 1:  # it was said to be no engine at all (an operator's trial)
+            raise InputError(f"engine {engines[0]} in {run_dir} has no ipc tap (its tap.endpoint is off, or an "
+                             "address: give that address)")
+        instance = _only_instance(run_dir, "tap.sock", tapped)
     return _endpoints(run_dir, instance).tap, curve, (run_dir, instance)
 
 
@@ -487,11 +482,17 @@ def _listened_at(path: Path) -> bool:
     return True
 
 
-def _only_instance(run_dir: Path, socket: str = "control.sock") -> str:
-    """The one instance in `run_dir` that has `socket` (control: every launcher; tap.sock: an ipc tap)."""
+def _listening(run_dir: Path, socket: str) -> list[str]:
+    """The instances in `run_dir` at whose `socket` a process listens."""
     # A folder left by stages killed outright (honcho SIGKILLs one still draining) keeps a socket no one listens
     # at: taken for an engine, it made a second, live one need naming, and a tap on it received nothing.
-    found = sorted(p.parent.name for p in run_dir.glob(f"*/{socket}") if _listened_at(p)) if run_dir.is_dir() else []
+    return sorted(p.parent.name for p in run_dir.glob(f"*/{socket}") if _listened_at(p)) if run_dir.is_dir() else []
+
+
+def _only_instance(run_dir: Path, socket: str = "control.sock", found: list[str] | None = None) -> str:
+    """The one instance in `run_dir` that has `socket` (control: every launcher; tap.sock: an ipc tap); `found`: those
+    `_listening` gave already."""
+    found = _listening(run_dir, socket) if found is None else found
     tapped = " with an ipc tap" if socket == "tap.sock" else ""
     if not found:
         raise InputError(f"no engine{tapped} running in {run_dir} (another run_dir? give it with --run-dir)")

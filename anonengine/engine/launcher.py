@@ -278,12 +278,9 @@ class Launcher:
         # A live camera's earlier recording is kept, and so is an output this engine wrote already, whatever comes
         # next: a live camera detached and attached again with a file had its recording replaced, without a word (an
         # operator's trial).
-        # Kept segments are the recording (`encoder.keep_segments`): a flat file there is none of this engine's to
-        # set aside (an earlier run's was renamed for nothing).
         wrote = output.resolve() in self.outputs_written
         try:
-            keep = (earlier_recording(camera.metadata)
-                    if (self._is_live(camera) or wrote) and not self.cfg.encoder.keep_segments else None)
+            keep = earlier_recording(camera.metadata, self._is_live(camera) or wrote, self.cfg.encoder.keep_segments)
             self.output_locks[camera.name] = claim_output(output, partials=partials, keep=keep)
         except OutputError as exc:
             raise OutputError(f"camera {camera.name}: {exc}") from None
