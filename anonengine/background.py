@@ -78,6 +78,13 @@ FIRST_SEEN_GUARD = 0.03
 CHANGE_CELL_PX = 8
 CHANGE_LEVELS = 20.0
 CHANGE_STEADY_LEVELS = 10.0
+# Something moving the detector did not find (`BackgroundModel.moving`, `masks.grow_into_motion`): cells of
+# MOTION_CELL_PX square whose mean colour is more than MOTION_LEVELS off the model's, from every MOTION_SAMPLE_STEP-th
+# pixel each way (a 720p frame: 1.3 ms here).
+MOTION_CELL_PX = 8
+MOTION_SAMPLE_STEP = 4
+MOTION_LEVELS = 25.0
+MOTION_GAINS = (0.5, 2.0)
 MIRROR_SEAM_PX = 4.0  # where a hole's two mirror images meet, they cross-fade over this width
 # Rows are mirror-filled in bands of about this many pixels: the per-pixel index arrays of a band stay in
 # the CPU's cache (a 48-MP photo's at once were gigabytes, 3.8 s; 0.8 s in bands; 720p 30 -> 15 ms).
@@ -325,10 +332,26 @@ class BackgroundModel:
             self.motion.reset()
 
     def update(self, frame: np.ndarray, person_mask: np.ndarray, learn: bool = True) -> bool:
-        """Learns from the pixels of `frame` outside `person_mask` (uint8, 255 = person).
+        """Places `frame` (`place`) and learns from its pixels outside `person_mask` (uint8, 255 = person).
 
         Without `learn`, the frame is placed (the camera's motion, a cut) but not learnt from (the compositor
         learns from the frames the detector looked at: the others' masks are guesses).
+
+        Returns True when the frame was a scene cut.
+        """
+        cut = self.place(frame, person_mask)
+        if learn:
+            self.learn(frame, person_mask)
+        return cut
+
+    def learn(self, frame: np.ndarray, person_mask: np.ndarray) -> None:
+        """Learns from the pixels of the frame just placed outside `person_mask` (uint8, 255 = person)."""
+        box, to_box = self._footprint(self.view)
+        self._learn(frame, person_mask, box, to_box)
+
+    def place(self, frame: np.ndarray, person_mask: np.ndarray) -> bool:
+        """Puts `frame` in its scene: the camera's motion since the frame before (estimated where `person_mask`
+        shows no person), and a scene cut or a change of light.
 
         Returns True when the frame was a scene cut: the frame starts a new scene (frames of the old one
         still waiting keep theirs).
@@ -354,10 +377,35 @@ class BackgroundModel:
                     self._start(frame.shape, to_scene=to_scene, origin=self.scene.origin)
                 elif light is not None:
                     self._relight(light, to_scene, frame.shape)
-        if learn:
-            box, to_box = self._footprint(self.view)
-            self._learn(frame, person_mask, box, to_box)
         return cut
+
+    def moving(self, frame: np.ndarray) -> np.ndarray | None:
+        """Which cells (MOTION_CELL_PX square, rows x columns, bool) of the frame just placed differ from what the
+        model learnt there (MOTION_LEVELS): something moves there, or came since. Only cells the model has wholly
+        seen are told; None where it has seen none of the frame."""
+        step = MOTION_SAMPLE_STEP
+        now, learnt, seen = self._samples(frame, step)
+        rows, cols = -(-frame.shape[0] // MOTION_CELL_PX), -(-frame.shape[1] // MOTION_CELL_PX)
+        if not seen.any():
+            return None
+        per_cell = MOTION_CELL_PX // step
+
+        def cells(image: np.ndarray) -> np.ndarray:
+            grown = cv2.copyMakeBorder(image, 0, rows * per_cell - image.shape[0], 0, cols * per_cell - image.shape[1],
+                                       cv2.BORDER_REPLICATE)
+            return cv2.resize(grown, (cols, rows), interpolation=cv2.INTER_AREA)
+
+        all_seen = cells(seen.astype(np.uint8) * np.uint8(255)) == 255
+        if not all_seen.any():
+            return None
+        now, learnt = cells(now).astype(np.float32), cells(learnt).astype(np.float32)
+        # The camera's exposure, or a light's flicker, changes every cell alike, too little to be relit
+        # (`_cut_or_relit`): told in the frame's light, each channel's median ratio over the cells seen (every
+        # other cell each way: 0.1 against 0.5 ms).
+        some = all_seen[::2, ::2]
+        ratios = (now[::2, ::2][some] + 1) / (learnt[::2, ::2][some] + 1) if some.any() else np.ones((1, 3), np.float32)
+        gain = np.median(ratios, axis=0).clip(*MOTION_GAINS)
+        return (largest_difference(now, learnt * gain.astype(np.float32)) > MOTION_LEVELS) & all_seen
 
     def _learn(self, frame: np.ndarray, person_mask: np.ndarray, box: tuple[int, int, int, int],
                to_box: np.ndarray | None) -> None:
@@ -582,12 +630,18 @@ class BackgroundModel:
         """The frame's pixels and the model's (uint8 BGR) on the grid a cut is judged on, and where they are usable
         (bool: seen, no person); None where fewer than 100 are."""
         step = cut_sample_step(frame.shape)
-        seen = self._to_frame(self.scene.seen, cv2.INTER_NEAREST, step=step)
-        usable = cv2.bitwise_and(seen, cv2.bitwise_not(person_mask[::step, ::step]))
-        if cv2.countNonZero(usable) < 100:
+        now, learnt, seen = self._samples(frame, step)
+        usable = seen & (person_mask[::step, ::step] == 0)
+        if np.count_nonzero(usable) < 100:
             return None
+        return now, learnt, usable
+
+    def _samples(self, frame: np.ndarray, step: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Every `step`-th pixel each way of the frame just placed and of the model's picture of it (uint8 BGR, the
+        model's at the nearest pixel), and which of them the model has seen (bool)."""
+        seen = self._to_frame(self.scene.seen, cv2.INTER_NEAREST, step=step)
         mean = cv2.convertScaleAbs(self._to_frame(self.scene.mean, cv2.INTER_NEAREST, step=step))
-        return np.ascontiguousarray(frame[::step, ::step]), mean, usable > 0
+        return np.ascontiguousarray(frame[::step, ::step]), mean, seen > 0
 
     def _relight(self, light: tuple[np.ndarray, np.ndarray], to_scene: np.ndarray, shape: tuple[int, ...]) -> None:
         """The frame starts a scene of its own, as at a cut, but from what was learnt of this one in its light

@@ -31,7 +31,6 @@ from anonengine.background import (
     Scene,
     View,
     cell_grid,
-    cut_sample_step,
     warp_interpolation,
 )
 from anonengine.config import BackgroundConfig
@@ -119,15 +118,10 @@ class TorchBackgroundModel(BackgroundModel):
         return self._lasting_mask(frame_cells.cpu().numpy(), cells(mean).cpu().numpy(),
                                   all_learnable.cpu().numpy(), image.shape)
 
-    def _cut_samples(self, frame: np.ndarray, person_mask: np.ndarray
-                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
-        step = cut_sample_step(frame.shape)
+    def _samples(self, frame: np.ndarray, step: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         seen = self._to_frame(self.scene.seen, cv2.INTER_NEAREST, step=step)
-        usable = seen & (self._upload(person_mask[::step, ::step]) == 0)
-        if int(usable.sum()) < 100:
-            return None
         mean = to_uint8(self._to_frame(self.scene.mean, cv2.INTER_NEAREST, step=step))
-        return np.ascontiguousarray(frame[::step, ::step]), mean.cpu().numpy(), usable.cpu().numpy()
+        return np.ascontiguousarray(frame[::step, ::step]), mean.cpu().numpy(), seen.cpu().numpy()
 
     def _in_light(self, mean: torch.Tensor, light: tuple[np.ndarray, np.ndarray]) -> torch.Tensor:
         gain, offset = (self._upload(np.asarray(x, np.float32)) for x in light)

@@ -79,6 +79,9 @@ def add_run_flags(p: argparse.ArgumentParser) -> None:
                    help="adaptive (default): every frame while persons enter, leave or appear, every 2nd while one moves "
                         "fast or two overlap; fixed: every Nth")
     p.add_argument("--fill", choices=["mirror", "inpaint", "solid"], default=None, help="fill for never-seen background")
+    p.add_argument("--motion", choices=["off", "touching", "all"], default=None,
+                   help="hide what moves unexplained by the persons found: touching (default) where joined to one, "
+                   "all anywhere (someone the detector missed; cars too), off")
     p.add_argument("--resample", choices=["linear", "cubic", "lanczos"], default=None,
                    help="how a moving camera's frames enter the background: lanczos (default, sharpest), cubic, linear")
     p.add_argument("--future-frames", type=int, default=None,
@@ -136,6 +139,7 @@ RUN_FLAG_PLACES: dict[str, tuple] = {
     "--stride-mode": ("anonymizer", "detector", "stride_mode"),
     "--alpha": ("anonymizer", "background", "alpha"),
     "--fill": ("anonymizer", "background", "fill"),
+    "--motion": ("anonymizer", "mask", "motion"),
     "--future-frames": ("anonymizer", "background", "future_frames"),
     "--resample": ("anonymizer", "background", "resample"),
     "--pose-conf-threshold": ("anonymizer", "pose", "keypoint_conf"),

@@ -163,6 +163,13 @@ class MaskConfig(StrictModel):
     feather: float = Field(
         0.01, ge=0.0, le=0.2, description="Width of the soft edge outside the mask, as a share of the frame diagonal."
     )
+    motion: Literal["off", "touching", "all"] = Field(
+        "touching",
+        description="What moves where the background model has seen the scene, and the detector's persons do "
+        "not explain: touching = hidden where joined to a hidden person, within their height of their box (a "
+        "leg of someone behind them, a hand past their box, a bag, a shadow); all = also every other moving patch "
+        "(someone the detector missed altogether; cars and trees too); off = only the detector's persons.",
+    )
 
 
 class BackgroundConfig(StrictModel):

@@ -17,6 +17,11 @@ from anonengine.config import MaskConfig
 from anonengine.detections import Detections
 
 FEATHER_MAX_DOWNSCALE = 4
+# What moves beside a hidden person is hidden within this share of their height around their box
+# (`grow_into_motion`): a box that ends at the hips is as tall as the legs below it. With `mask.motion: all`, a
+# moving patch of this many cells or more anywhere.
+MOTION_REACH = 1.0
+MOTION_MIN_CELLS = 3
 
 
 def frame_diagonal(shape: tuple[int, int]) -> float:
@@ -101,6 +106,52 @@ class Region:
     @property
     def slices(self) -> tuple[slice, slice]:
         return slice(self.y0, self.y1), slice(self.x0, self.x1)
+
+
+def grow_into_motion(mask: np.ndarray, moving: np.ndarray, cell: int, boxes: np.ndarray, cfg: MaskConfig
+                     ) -> np.ndarray:
+    """`mask` (uint8, 255 = hidden) and what moves that it does not explain (`mask.motion`), as a new mask.
+
+    `moving`: which cells of the frame (rows x columns, bool, each `cell` px square) differ from the background
+    model (`BackgroundModel.moving`); `boxes`: the persons the mask hides. A patch of moving cells joined to a
+    hidden person (the leg of someone behind them the detector lost, a hand past their box) is hidden as far as
+    MOTION_REACH of that person's height around their box; with `all`, every patch of MOTION_MIN_CELLS or more
+    anywhere (someone the detector missed altogether; a car too). Grown by a cell, for the edge cells a moving
+    thing covers only in part."""
+    rows, cols = moving.shape
+    h, w = mask.shape
+    coverage = cv2.resize(cv2.copyMakeBorder(mask, 0, rows * cell - h, 0, cols * cell - w, cv2.BORDER_CONSTANT,
+                                             value=0), (cols, rows), interpolation=cv2.INTER_AREA)
+    hidden = coverage > 0
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(moving.astype(np.uint8), connectivity=8)
+    if count <= 1:
+        return mask
+    near = cv2.dilate(hidden.astype(np.uint8), np.ones((3, 3), np.uint8)) > 0
+    joined = np.zeros(count, bool)
+    joined[labels[near & moving]] = True
+    joined[0] = False
+    grown = np.zeros((rows, cols), np.uint8)
+    if joined.any() and len(boxes):
+        reach = np.zeros((rows, cols), bool)
+        heights = boxes[:, 3] - boxes[:, 1]
+        for (x0, y0, x1, y1), height in zip(boxes, heights):
+            pad = MOTION_REACH * height
+            reach[max(0, int((y0 - pad) // cell)) : int(np.ceil((y1 + pad) / cell)),
+                  max(0, int((x0 - pad) // cell)) : int(np.ceil((x1 + pad) / cell))] = True
+        grown[joined[labels] & reach] = 255
+    if cfg.motion == "all":
+        large = stats[:, cv2.CC_STAT_AREA] >= MOTION_MIN_CELLS
+        large[0] = False
+        grown[large[labels]] = 255
+    # A hidden person moving changes the cells of their mask and those their outline crosses: grown from, a halo
+    # of a cell or two around everyone who moves (a `seg` mask, made to follow them, grew blocky). What lies wholly
+    # outside the mask is added, and its growth by a cell covers where it crosses into the mask.
+    grown[coverage > 0] = 0
+    if not grown.any():
+        return mask
+    grown = cv2.dilate(grown, np.ones((3, 3), np.uint8))
+    pixels = cv2.resize(grown, (cols * cell, rows * cell), interpolation=cv2.INTER_NEAREST)[:h, :w]
+    return cv2.bitwise_or(mask, pixels)
 
 
 def soft_regions(mask: np.ndarray, cfg: MaskConfig) -> list[Region]:

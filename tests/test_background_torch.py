@@ -83,6 +83,27 @@ def test_the_tensor_model_takes_on_lasting_changes_and_guards_as_opencv_does():
         assert np.array_equal(opencv.render(), tensors.render())  # the door copied by both
 
 
+@pytest.mark.parametrize("camera", ["still", "shake"])
+def test_the_tensor_model_tells_what_moves_as_opencv_does(camera):
+    """`moving` (what `mask.motion` hides) from the tensors' samples: the same cells but now and then one at the
+    threshold, where the shaking camera's resampling rounds the other way."""
+    cfg = BackgroundConfig()
+    opencv, tensors = BackgroundModel(cfg), TorchBackgroundModel(cfg, device="cpu")
+    told, differ = 0, 0
+    for image, _, persons in render_frames(WIDTH, HEIGHT, FRAMES, **CAMERAS[camera]):
+        found = person_mask([p for p in persons if p["actor"] != persons[0]["actor"]], image.shape)  # one missed
+        assert opencv.place(image, found) == tensors.place(image, found)
+        moving = opencv.moving(image), tensors.moving(image)
+        assert (moving[0] is None) == (moving[1] is None)
+        if moving[0] is not None:
+            told += np.count_nonzero(moving[0])
+            differ += np.count_nonzero(moving[0] != moving[1])
+        opencv.learn(image, found)
+        tensors.learn(image, found)
+    assert told > 50  # the missed person, moving
+    assert differ <= (0 if camera == "still" else 0.02 * told), (differ, told)
+
+
 def test_the_tensor_model_blends_as_opencv_does():
     """The blend of a region on the device (the frame's pixels up, the blended ones down) gives the very
     pixels OpenCV's blendLinear gives with the same background: soft edges, the background alone where the
