@@ -398,14 +398,20 @@ class BackgroundModel:
         all_seen = cells(seen.astype(np.uint8) * np.uint8(255)) == 255
         if not all_seen.any():
             return None
-        now, learnt = cells(now).astype(np.float32), cells(learnt).astype(np.float32)
+        now_cells, learnt_cells = cells(now).astype(np.float32), cells(learnt).astype(np.float32)
         # The camera's exposure, or a light's flicker, changes every cell alike, too little to be relit
         # (`_cut_or_relit`): told in the frame's light, each channel's median ratio over the cells seen (every
         # other cell each way: 0.1 against 0.5 ms).
         some = all_seen[::2, ::2]
-        ratios = (now[::2, ::2][some] + 1) / (learnt[::2, ::2][some] + 1) if some.any() else np.ones((1, 3), np.float32)
-        gain = np.median(ratios, axis=0).clip(*MOTION_GAINS)
-        return (largest_difference(now, learnt * gain.astype(np.float32)) > MOTION_LEVELS) & all_seen
+        ratios = ((now_cells[::2, ::2][some] + 1) / (learnt_cells[::2, ::2][some] + 1) if some.any()
+                  else np.ones((1, 3), np.float32))
+        gain = np.median(ratios, axis=0).clip(*MOTION_GAINS).astype(np.float32)
+        # A moving camera's frame lies on the model to a pixel or so, and differs from it along the scene's sharp
+        # edges: a shake hid 0.45% of the frame more than the persons' masks, drawn there from the model, which shows
+        # the scene. Told against the model moved by 4 or 8 px each way as well (the nearest of them), 0.05%; but the
+        # edges of persons were lost with the scene's: of a red team's clips' (frame, person) pairs shown, a walker
+        # smeared in a pan 22 -> 33 (off: 36), small walkers at crf 40 with a shake 20 -> 30 (off: 42).
+        return (largest_difference(now_cells, learnt_cells * gain) > MOTION_LEVELS) & all_seen
 
     def _learn(self, frame: np.ndarray, person_mask: np.ndarray, box: tuple[int, int, int, int],
                to_box: np.ndarray | None) -> None:

@@ -14,7 +14,7 @@ from anonengine.compositor import Compositor
 from anonengine.config import AnonymizerConfig, BackgroundConfig
 from anonengine.detections import Detections
 from anonengine.masks import grow_into_motion
-from anonengine.sample import assets_dir, make_street
+from anonengine.sample import assets_dir, make_street, render_frames
 
 WIDTH, HEIGHT = 640, 360
 PERSON_W, PERSON_H = 70, 170
@@ -114,6 +114,28 @@ def test_what_moves_away_from_persons_or_only_in_light_is_left_as_filmed(walker)
         assert not (more & ~near).any(), t
         assert not more.any() or t < 16 or t > 17, t  # the step of light itself grows nothing
         assert (out[250:330, x + 60 : x + 200] == frame[250:330, x + 60 : x + 200]).all()
+
+
+@pytest.mark.parametrize("camera", [{"shake": 2.0}, {"pan": 0.6, "shake": 2.0}, {"zoom": 1.3}])
+def test_a_moving_cameras_scene_is_hardly_taken_for_motion(camera):
+    """A moving camera's frame is placed on the model to a pixel or so, and differs from it along the scene's sharp
+    edges: a little more is hidden, drawn from the model, which shows the scene there (measured: a shake 0.45% of the
+    frame on average, 2.9% at most; the pan 0.33% and 2.9%, the zoom 0.37% and 4.1%). The sample's walkers given their true boxes,
+    nothing else moving."""
+    compositors = {motion: Compositor(AnonymizerConfig.model_validate({"mask": {"motion": motion}}))
+                   for motion in ("off", "touching")}
+    more = []
+    for image, _, persons in render_frames(WIDTH, HEIGHT, 48, scene="street", **camera):
+        boxes = np.array([p["box"] for p in persons], np.float32).reshape(-1, 4)
+        hidden = {}
+        for motion, compositor in compositors.items():
+            hidden[motion] = np.zeros((HEIGHT, WIDTH), bool)
+            found = Detections((HEIGHT, WIDTH), boxes, np.full(len(boxes), 0.9, np.float32),
+                               np.zeros((len(boxes), 17, 3), np.float32))
+            for region in compositor.learn(image, found).regions:
+                hidden[motion][region.slices] |= region.alpha > 0
+        more.append((hidden["touching"] & ~hidden["off"]).mean())
+    assert np.mean(more) < 0.006 and max(more) < 0.05, (np.mean(more), max(more))
 
 
 def test_moving_cells_are_those_the_model_did_not_learn():
