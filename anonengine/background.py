@@ -379,12 +379,12 @@ class BackgroundModel:
                     self._relight(light, to_scene, frame.shape)
         return cut
 
-    def moving(self, frame: np.ndarray) -> np.ndarray | None:
-        """Which cells (MOTION_CELL_PX square, rows x columns, bool) of the frame just placed differ from what the
-        model learnt there (MOTION_LEVELS): something moves there, or came since. Only cells the model has wholly
-        seen are told; None where it has seen none of the frame."""
+    def moving(self, frame: np.ndarray, view: View | None = None) -> np.ndarray | None:
+        """Which cells (MOTION_CELL_PX square, rows x columns, bool) of `frame`, whose view is `view` (default the
+        frame just placed), differ from what the model learnt there (MOTION_LEVELS): something moves there, or came
+        since. Only cells the model has wholly seen are told; None where it has seen none of the frame."""
         step = MOTION_SAMPLE_STEP
-        now, learnt, seen = self._samples(frame, step)
+        now, learnt, seen = self._samples(frame, step, view or self.view)
         rows, cols = -(-frame.shape[0] // MOTION_CELL_PX), -(-frame.shape[1] // MOTION_CELL_PX)
         if not seen.any():
             return None
@@ -636,17 +636,17 @@ class BackgroundModel:
         """The frame's pixels and the model's (uint8 BGR) on the grid a cut is judged on, and where they are usable
         (bool: seen, no person); None where fewer than 100 are."""
         step = cut_sample_step(frame.shape)
-        now, learnt, seen = self._samples(frame, step)
+        now, learnt, seen = self._samples(frame, step, self.view)
         usable = seen & (person_mask[::step, ::step] == 0)
         if np.count_nonzero(usable) < 100:
             return None
         return now, learnt, usable
 
-    def _samples(self, frame: np.ndarray, step: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Every `step`-th pixel each way of the frame just placed and of the model's picture of it (uint8 BGR, the
-        model's at the nearest pixel), and which of them the model has seen (bool)."""
-        seen = self._to_frame(self.scene.seen, cv2.INTER_NEAREST, step=step)
-        mean = cv2.convertScaleAbs(self._to_frame(self.scene.mean, cv2.INTER_NEAREST, step=step))
+    def _samples(self, frame: np.ndarray, step: int, view: View) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Every `step`-th pixel each way of `frame` and of the model's picture of its `view` (uint8 BGR, the model's
+        at the nearest pixel), and which of them the model has seen (bool)."""
+        seen = self._to_frame(view.scene.seen, cv2.INTER_NEAREST, step=step, view=view)
+        mean = cv2.convertScaleAbs(self._to_frame(view.scene.mean, cv2.INTER_NEAREST, step=step, view=view))
         return np.ascontiguousarray(frame[::step, ::step]), mean, seen > 0
 
     def _relight(self, light: tuple[np.ndarray, np.ndarray], to_scene: np.ndarray, shape: tuple[int, ...]) -> None:

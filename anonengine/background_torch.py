@@ -118,9 +118,9 @@ class TorchBackgroundModel(BackgroundModel):
         return self._lasting_mask(frame_cells.cpu().numpy(), cells(mean).cpu().numpy(),
                                   all_learnable.cpu().numpy(), image.shape)
 
-    def _samples(self, frame: np.ndarray, step: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        seen = self._to_frame(self.scene.seen, cv2.INTER_NEAREST, step=step)
-        mean = to_uint8(self._to_frame(self.scene.mean, cv2.INTER_NEAREST, step=step))
+    def _samples(self, frame: np.ndarray, step: int, view: View) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        seen = self._to_frame(view.scene.seen, cv2.INTER_NEAREST, step=step, view=view)
+        mean = to_uint8(self._to_frame(view.scene.mean, cv2.INTER_NEAREST, step=step, view=view))
         return np.ascontiguousarray(frame[::step, ::step]), mean.cpu().numpy(), seen.cpu().numpy()
 
     def _in_light(self, mean: torch.Tensor, light: tuple[np.ndarray, np.ndarray]) -> torch.Tensor:

@@ -596,9 +596,11 @@ def test_a_udp_senders_pause_shorter_than_the_stall_is_as_long_in_the_timeline(t
     # Every other step a frame's time, or as many more as the feed said it dropped: a test thread starved of CPU
     # took the first burst late once (a fresh clone's run: the third frame gone, 0.08 s between two). A frame
     # missing from the timeline that the feed did not count is a failure, as is any step off the frames' times.
+    # (The feed may drop more after the 90th frame was taken, before it stops: frames never taken, 2 in a run
+    # beside a busy test suite, with no frame missing.)
     frames_apart = np.delete(steps, gap) * 25
     np.testing.assert_allclose(frames_apart, np.round(frames_apart), atol=25e-6)
-    assert round(frames_apart.sum()) - len(frames_apart) == feed.dropped, (frames_apart, feed.dropped)
+    assert round(frames_apart.sum()) - len(frames_apart) <= feed.dropped, (frames_apart, feed.dropped)
 
 
 @pytest.mark.slow  # a live sender at its own pace, and the capture's new start

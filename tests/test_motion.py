@@ -116,6 +116,31 @@ def test_what_moves_away_from_persons_or_only_in_light_is_left_as_filmed(walker)
         assert (out[250:330, x + 60 : x + 200] == frame[250:330, x + 60 : x + 200]).all()
 
 
+@pytest.mark.parametrize("motion", ["touching", "all"])
+def test_a_recordings_first_frames_are_told_what_moves_once_the_frames_after_them_are_learnt(walker, motion):
+    """At a clip's first frame the model has seen nothing to tell a person by: someone standing there whom the
+    detector misses showed as filmed until they moved. A recording's frames are drawn once the frames after them
+    were learnt (`background.future_frames`), and are told what moves again then: the walker who stood beside
+    someone found (`touching`), or anywhere (`all`), is hidden from the first frame. Live, that first frame cannot
+    be (nothing learnt yet)."""
+    street = make_street(WIDTH, HEIGHT)
+    frames = []
+    for t in range(31):
+        frame = street.copy()
+        frame[150:320, 230:300] = walker  # found, standing
+        x = 305 + max(0, t - 5) * 8  # missed, beside them: stands for 6 frames, then walks off to the right
+        frame[150:320, x : x + PERSON_W] = walker
+        frames.append((frame, (x, 150, x + PERSON_W, 320)))
+    standing = found([(230, 150, 300, 320)])
+    cfg = AnonymizerConfig.model_validate({"mask": {"motion": motion}})
+    for ahead, hidden in ((30, True), (0, False)):
+        compositor = Compositor(cfg, future_frames=ahead)
+        learnt = [compositor.learn(frame, standing) for frame, _ in frames[: ahead + 1]]
+        first, box = frames[0]
+        shown = shown_share(first, compositor.render(first, learnt[0]), street, box)
+        assert (shown <= LEAK_SHARE) if hidden else (shown > 0.5), (ahead, shown)
+
+
 @pytest.mark.parametrize("camera", [{"shake": 2.0}, {"pan": 0.6, "shake": 2.0}, {"zoom": 1.3}])
 def test_a_moving_cameras_scene_is_hardly_taken_for_motion(camera):
     """A moving camera's frame is placed on the model to a pixel or so, and differs from it along the scene's sharp
