@@ -266,10 +266,10 @@ def largest_difference(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.maximum(np.maximum(difference[..., 0], difference[..., 1]), difference[..., 2])
 
 
-def cell_grid(shape: tuple[int, ...]) -> tuple[int, int]:
-    """How many CHANGE_CELL_PX cells (rows, columns) cover a frame of `shape`: the last row and column of cells
+def cell_grid(shape: tuple[int, ...], cell: int = CHANGE_CELL_PX) -> tuple[int, int]:
+    """How many cells `cell` px square (rows, columns) cover a frame of `shape`: the last row and column of cells
     may be partial (a frame 367 px wide), judged by the pixels they have (`padded_for_cells`)."""
-    return -(-shape[0] // CHANGE_CELL_PX), -(-shape[1] // CHANGE_CELL_PX)
+    return -(-shape[0] // cell), -(-shape[1] // cell)
 
 
 def padded_for_cells(image: np.ndarray) -> np.ndarray:
@@ -385,7 +385,7 @@ class BackgroundModel:
         since. Only cells the model has wholly seen are told; None where it has seen none of the frame."""
         step = MOTION_SAMPLE_STEP
         now, learnt, seen = self._samples(frame, step, view or self.view)
-        rows, cols = -(-frame.shape[0] // MOTION_CELL_PX), -(-frame.shape[1] // MOTION_CELL_PX)
+        rows, cols = cell_grid(frame.shape, MOTION_CELL_PX)
         if not seen.any():
             return None
         per_cell = MOTION_CELL_PX // step
