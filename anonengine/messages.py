@@ -144,11 +144,11 @@ class ScheduleState(Message):
 class LivePosition(Message):
     """Where a live camera's stream stands, kept in the run folder by its capture for the one that takes over
     if it dies, so that its frames carry on after the dead one's (numbers, timestamps): not sent on a socket.
-    Every frame numbered so far is below `next_seq` (numbers are reserved ahead)."""
+    Every frame numbered so far is below `next_seq`, and none is later than `time` (both are reserved ahead)."""
 
     next_seq: int
-    time: float  # seconds: the stream time of the last frame taken
-    wall: float  # time.monotonic() when it was taken (one clock for every process of the machine)
+    time: float  # seconds on the stream's timeline
+    wall: float  # time.monotonic() when a frame at `time` is due (one clock for every process of the machine)
 
 
 class KeptTrack(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

@@ -420,6 +420,13 @@ class LiveFeed:
         except queue.Empty:
             return None
 
+    def filmed(self, seconds: float) -> float:
+        """The clock when a frame at `seconds` on the timeline is filmed, by the connection under way (read from
+        its reading thread's last frame: a frame's time off at most)."""
+        if self._last_time is None or self._last_wall is None:
+            return self.clock()
+        return self._last_wall + seconds - self._last_time
+
     def stuck(self) -> str | None:
         """Why the connection under way is stuck (STUCK_MARGIN_S), or None. Its reading thread cannot be stopped:
         whoever reads the feed must leave, and a camera's capture starts afresh."""
@@ -622,7 +629,9 @@ class LiveFeed:
                 self._ahead += max(0.0, self._anchor_lag - (self._last_wall - self._last_time))
             tick, gap = float(1 / self.info.rate), filmed - self._last_wall
             paid = min(self._ahead, max(0.0, gap - tick))
-            self._ahead -= paid
+            # No sooner than a frame after the last: a timeline that ends ahead of the wall clock (a dead capture's
+            # reserved time, `LivePosition`) carries on that much ahead, paid back from later gaps.
+            self._ahead += max(0.0, tick - gap) - paid
             seconds = self._last_time + max(gap - paid, tick)
         anchor, lag = (start, seconds), filmed - seconds
         # A live playlist's frames come a segment at a time, sooner than filmed by its clock as they should: nothing

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import os
 import time
 from dataclasses import dataclass
@@ -33,6 +34,9 @@ from anonengine.video import StreamInfo, VideoReader
 # A live camera's frame numbers are reserved this far ahead in the run folder (`messages.LivePosition`), its
 # timeline kept there this often: a restarted capture carries on after its predecessor's frames.
 SEQ_BLOCK = 1024
+# Seconds of a live camera's timeline reserved ahead with its frame numbers: a capture's successor starts after
+# them (ahead of the camera's clock by what was left of them, which later reconnections pay back).
+TIME_BLOCK_S = 1.0
 POSITION_EVERY_S = 1.0
 # A stopped live camera's frames in flight still go out while its peers handle them. Stopped at once with
 # it (a service manager signalling every process of the engine), they never come back: past this long
@@ -83,6 +87,7 @@ class CaptureService(Service):
         self.end: messages.StreamEnd | None = None  # sent once the stream ended; again to a restarted compositor
         self._released_at = 0.0  # when a frame in flight last came back
         self._reserved = 0  # a live camera's frame numbers below this are kept in the run folder as taken
+        self._reserved_time = -math.inf  # and its frames' times up to this
         self.paced = False  # a file replayed as a live camera: each frame read at its time (setup)
         self._clock_start: tuple[float, float] | None = None  # (clock, stream time) of a replay's schedule
         self._position_kept = 0.0
@@ -132,9 +137,11 @@ class CaptureService(Service):
         follows = self._take_over_position()
         if follows is None:
             return False
-        last_time, due_at = follows  # kept with the time the frame was due, not when it went out (below)
+        last_time, due_at = follows  # kept with the time it is due, not when it was kept (`_keep_position`)
         self._clock_start = (due_at, last_time)
-        now_time = last_time + time.monotonic() - due_at
+        # The frames due while it was down are lost, and those of the dead one's reserved time too (it may have
+        # sent them): the schedule's now can be before its end.
+        now_time = max(last_time, last_time + time.monotonic() - due_at)
         for frame in self.frames_iter:
             if frame.time > now_time:
                 self.frames_iter = itertools.chain((frame,), self.frames_iter)
@@ -300,29 +307,38 @@ class CaptureService(Service):
     def _take_over_position(self) -> tuple[float, float] | None:
         """A live camera's capture that died left where its stream stood: this one numbers its frames after
         every frame the dead one sent (downstream takes a number it has seen for a frame offered again, and
-        drops it), at timestamps after them. (time, clock) of its last frame, for the feed to follow. Without
-        it, frames from 0, which downstream drops."""
+        drops it), at timestamps after them. (time, clock) where the dead one's reserved timeline ended, for
+        the feed to follow. Without it, frames from 0, which downstream drops."""
         position = self.kept(self._position_name(), messages.LivePosition, "position")
         if position is None:
             return None
         self.seq = self._reserved = position.next_seq
+        self._reserved_time = position.time
         self.log.info("restarted: carrying on at frame %d", self.seq)
         return position.time, position.wall
 
     def _keep_position(self, frame_time: float) -> bool:
-        """Before frame `self.seq` goes out: its number reserved, and now and then the stream's timeline. False
-        when its number is not reserved (the run folder cannot be written): the frame must not go out, or a
-        successor could give its number to another frame, which downstream would take for this one."""
+        """Before frame `self.seq`, at `frame_time`, goes out: its number and its time reserved (a successor
+        carries on after both), and now and then the stream's timeline. False when they are not reserved (the run
+        folder cannot be written): the frame must not go out, or a successor could give its number to another
+        frame, which downstream would take for this one, or a time before it, which the encoder cannot write."""
         now = time.monotonic()
-        if self.seq < self._reserved and now - self._position_kept < POSITION_EVERY_S:
+        reserved_ahead = self.seq < self._reserved and frame_time <= self._reserved_time
+        if reserved_ahead and now - self._position_kept < POSITION_EVERY_S:
             return True
         reserved = max(self._reserved, self.seq + SEQ_BLOCK)
-        # A replayed file's frame is kept with the time it was due: every frame sent after it was due no
-        # earlier than by the schedule, so a successor that skips to the schedule's now never goes back.
-        wall = now if not self.paced else self._clock_start[0] + frame_time - self._clock_start[1]
-        if not self.keep(self._position_name(), messages.LivePosition(reserved, frame_time, wall), "position"):
-            return self.seq < self._reserved
-        self._reserved, self._position_kept = reserved, now
+        reserved_time = max(self._reserved_time, frame_time + TIME_BLOCK_S)
+        # The clock when a frame at `reserved_time` is due: a replay's schedule; a camera's, when it would be
+        # filmed. (Kept with the clock of its sending, a frame's wait in the feed while the engine was behind went
+        # out of the successor's timeline: its frames came before the dead one's last, which the encoder refused,
+        # and the camera's recording failed.)
+        if self.paced:
+            wall = self._clock_start[0] + reserved_time - self._clock_start[1]
+        else:
+            wall = self.feed.filmed(reserved_time)
+        if not self.keep(self._position_name(), messages.LivePosition(reserved, reserved_time, wall), "position"):
+            return reserved_ahead
+        self._reserved, self._reserved_time, self._position_kept = reserved, reserved_time, now
         return True
 
     def _wait_until_due(self, frame_time: float) -> None:

@@ -152,8 +152,12 @@ def still_person_shown(sample, output: Path) -> list[float]:
 
 
 def stop(proc: subprocess.Popen) -> str:
+    """Stops the engine; its stderr. Called while a test's failure is raised (a `finally`), that stderr goes with
+    the failure: what the engine said of it."""
     proc.send_signal(signal.SIGTERM)
     _, stderr = proc.communicate(timeout=60)
+    if (failure := sys.exc_info()[1]) is not None:
+        failure.add_note(f"the engine's stderr:\n{stderr}")
     return stderr
 
 
@@ -1045,28 +1049,62 @@ def test_an_engines_camera_whose_protocol_ffmpeg_does_not_know_fails_alone_at_on
     assert "trying again" not in stderr, stderr
 
 
+def capture_of(cfg: EngineConfig, camera: CameraConfig):
+    """A camera's capture, as set up but for its feed's thread: its frames are handed to it by the test."""
+    from services.capture import CaptureService
+
+    capture = CaptureService(cfg, "ptest", camera)
+    capture.endpoints.dir.mkdir(parents=True, exist_ok=True)
+    capture.live, capture.feed = True, LiveFeed(classify(camera.source), camera.name, cfg.sources, queue_size=100)
+    return capture
+
+
 def test_a_live_cameras_numbers_are_reserved_on_disk_before_a_frame_goes_out(tmp_path):
     """What a restarted capture carries on from (`messages.LivePosition` in the run folder); a frame whose
-    number cannot be reserved there (the folder cannot be written) does not go out: a successor could give
-    its number to another frame, which downstream would take for this one."""
-    from services.capture import SEQ_BLOCK, CaptureService
+    number, or time, cannot be reserved there (the folder cannot be written) does not go out: a successor could
+    give its number to another frame, which downstream would take for this one, or a time before it."""
+    from services.capture import SEQ_BLOCK, TIME_BLOCK_S
 
     cfg = EngineConfig()
     cfg.engine.run_dir = str(tmp_path)
     camera = CameraConfig(name="door", source="rtsp://127.0.0.1:9/cam")
-    dead = CaptureService(cfg, "ptest", camera)
-    dead.endpoints.dir.mkdir(parents=True)
+    dead = capture_of(cfg, camera)
     assert dead._keep_position(12.5) and dead._reserved == SEQ_BLOCK
     dead.seq = 700
-    successor = CaptureService(cfg, "ptest", camera)
+    successor = capture_of(cfg, camera)
     follows = successor._take_over_position()
-    assert successor.seq == SEQ_BLOCK and follows[0] == 12.5  # after every number the dead one could use
+    # After every number and time the dead one could use.
+    assert successor.seq == SEQ_BLOCK and follows[0] == 12.5 + TIME_BLOCK_S
     path = dead.endpoints.dir / dead._position_name()
     path.unlink()
     path.mkdir()  # cannot be replaced any more
-    assert dead._keep_position(13.0)  # 700 was reserved already
+    assert dead._keep_position(12.5 + TIME_BLOCK_S)  # 700 and its time were reserved already
+    assert not dead._keep_position(12.6 + TIME_BLOCK_S)
     dead.seq = SEQ_BLOCK
-    assert not dead._keep_position(13.5)
+    assert not dead._keep_position(13.0)
+
+
+def test_a_successors_frames_come_after_every_frame_its_dead_capture_sent(tmp_path):
+    """A camera's frames wait in its feed while the engine is behind (here 2 s). Its position was kept with the
+    clock when a frame went out, which its successor took for when it was filmed: its frames came up to that wait
+    before the dead one's last, the encoder refused them ("Invalid argument"), and the camera's recording failed (a
+    slow test, now and then). Times are reserved ahead with the numbers, and the clock is the frame's filming."""
+    cfg = EngineConfig()
+    cfg.engine.run_dir = str(tmp_path)
+    camera = CameraConfig(name="door", source="rtsp://127.0.0.1:9/cam")
+    dead = capture_of(cfg, camera)
+    dead.feed._last_time, dead.feed._last_wall = 12.0, time.monotonic()  # its newest frame, at 12 s: filmed now
+    sent = [10.0 + i / 25 for i in range(50)]  # each went out 2 s after it was filmed
+    for frame_time in sent:
+        assert dead._keep_position(frame_time)
+        dead.seq += 1
+    successor = capture_of(cfg, camera)
+    follows = successor._take_over_position()
+    feed = LiveFeed(classify(camera.source), "door", cfg.sources, follows=follows, queue_size=100,
+                    opener=lambda source: FlakyReader(10)).start()
+    times = [f.time for f in take(feed, 5)]
+    assert len(times) == 5 and times[0] > sent[-1], (times, sent[-1])
+    assert times[0] < sent[-1] + 1.5  # as far as the dead one's reserved time, and a frame, at most
 
 
 def test_a_capture_takes_over_its_own_runs_position_only(tmp_path, monkeypatch):
@@ -1075,23 +1113,22 @@ def test_a_capture_takes_over_its_own_runs_position_only(tmp_path, monkeypatch):
     first 22 frames grey (an operator's trial). What a stage keeps for its successor is its run's: the launcher's,
     which it restarts stages in, or the process's own where no launcher started it."""
     from anonengine.engine import runtime
-    from services.capture import SEQ_BLOCK, CaptureService
+    from services.capture import SEQ_BLOCK
 
     cfg = EngineConfig()
     cfg.engine.run_dir = str(tmp_path)
     camera = CameraConfig(name="door", source="rtsp://127.0.0.1:9/cam")
     monkeypatch.setenv("ANONENGINE_RUN_ID", "killed")
-    dead = CaptureService(cfg, "ptest", camera)
-    dead.endpoints.dir.mkdir(parents=True)
+    dead = capture_of(cfg, camera)
     dead.seq = 1175
     assert dead._keep_position(32.9)
-    restarted = CaptureService(cfg, "ptest", camera)  # by the same run's launcher
+    restarted = capture_of(cfg, camera)  # by the same run's launcher
     assert restarted._take_over_position() is not None and restarted.seq == 1175 + SEQ_BLOCK
     monkeypatch.setenv("ANONENGINE_RUN_ID", "next")  # another launch
-    assert CaptureService(cfg, "ptest", camera)._take_over_position() is None
+    assert capture_of(cfg, camera)._take_over_position() is None
     monkeypatch.delenv("ANONENGINE_RUN_ID")  # a Procfile's stage: a run of its own
     monkeypatch.setattr(runtime, "_own_run", None)
-    fresh = CaptureService(cfg, "ptest", camera)
+    fresh = capture_of(cfg, camera)
     assert fresh._take_over_position() is None and fresh.seq == 0
 
 
