@@ -31,6 +31,7 @@ from anonengine.background import (
     Scene,
     View,
     cell_grid,
+    every_nth,
     warp_interpolation,
 )
 from anonengine.config import BackgroundConfig
@@ -121,7 +122,7 @@ class TorchBackgroundModel(BackgroundModel):
     def _samples(self, frame: np.ndarray, step: int, view: View) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         seen = self._to_frame(view.scene.seen, cv2.INTER_NEAREST, step=step, view=view)
         mean = to_uint8(self._to_frame(view.scene.mean, cv2.INTER_NEAREST, step=step, view=view))
-        return np.ascontiguousarray(frame[::step, ::step]), mean.cpu().numpy(), seen.cpu().numpy()
+        return every_nth(frame, step), mean.cpu().numpy(), seen.cpu().numpy()
 
     def _in_light(self, mean: torch.Tensor, light: tuple[np.ndarray, np.ndarray]) -> torch.Tensor:
         gain, offset = (self._upload(np.asarray(x, np.float32)) for x in light)
@@ -130,6 +131,10 @@ class TorchBackgroundModel(BackgroundModel):
     @staticmethod
     def _copy(image: torch.Tensor) -> torch.Tensor:
         return image.clone()
+
+    @staticmethod
+    def _every_nth(image: torch.Tensor, step: int) -> torch.Tensor:
+        return image[::step, ::step]
 
     # --- drawing back ---------------------------------------------------------------------------------------
     @staticmethod
