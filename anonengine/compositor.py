@@ -69,6 +69,8 @@ class Learnt:
     held: Detections | None = None
     held_of: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     hidden: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), np.float32))  # the boxes the mask hides
+    # The patches hidden for what moves there beyond them (`mask.motion`), each look's (`grow_into_motion`)
+    moved: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), np.float32))
 
     def meta(self) -> list[dict]:
         """The frame's persons as its metadata gives them: a person found too weakly for a skeleton of their own
@@ -81,6 +83,11 @@ class Learnt:
             else:
                 entries.append(held)
         return entries
+
+    def motion_meta(self) -> list[list[int]]:
+        """The patches hidden for what moves there alone, as the frame's metadata gives them: [x0, y0, x1, y1] in
+        pixels (a consumer counting persons sees who the detector found; these are the rest of what was hidden)."""
+        return np.round(self.moved).astype(int).tolist()
 
 
 class Compositor:
@@ -174,11 +181,11 @@ class Compositor:
         # either side, and a person it missed would be learnt into the background. (It also saves the warp
         # onto the canvas: the engine's compositor took 40 against 44 ms a frame of the street clip.)
         cut = self.background.place(frame, found_mask)
-        motion = self.cfg.mask.motion
+        motion, moved = self.cfg.mask.motion, np.zeros((0, 4), np.float32)
         if not cut and (motion == "all" or (motion == "touching" and len(detections))):
             moving = self.background.moving(frame)
             if moving is not None:
-                mask = grow_into_motion(mask, moving, MOTION_CELL_PX, detections.boxes, self.cfg.mask)
+                mask, moved = grow_into_motion(mask, moving, MOTION_CELL_PX, detections.boxes, self.cfg.mask)
         if zones is not None:
             cv2.bitwise_or(mask, zones, dst=mask)
         if detected:
@@ -203,7 +210,7 @@ class Compositor:
                                             detections.scores[posed], self.cfg.pose.keypoint_conf)]
         boxes, keypoints = detections.boxes[posed], detections.keypoints[posed]
         learnt = Learnt(soft_regions(mask, self.cfg.mask), boxes, keypoints, self.background.view, reported,
-                        hidden=detections.boxes)
+                        hidden=detections.boxes, moved=moved)
         if self.hold is None:
             return learnt
         held, held_of = self.hold.held_skeletons(frame.shape[:2], found_last,
@@ -239,6 +246,10 @@ class Compositor:
 
     def render(self, frame: np.ndarray, learnt: Learnt) -> np.ndarray:
         """The anonymized copy of a learnt frame, with the background as known now."""
+        return self.drawn(frame, learnt)[0]
+
+    def drawn(self, frame: np.ndarray, learnt: Learnt) -> tuple[np.ndarray, Learnt]:
+        """`render`, and what was learnt of the frame as drawn (a recording's is told what moves again then)."""
         if self.future_frames and learnt.regions:
             # Drawn after later frames were learnt: one that missed a person found here may have taught them
             # to the background again since, and the next detection has not forgotten it yet. (The check at
@@ -259,7 +270,7 @@ class Compositor:
                       & (boxes[:, 1] < region.y1) & (boxes[:, 3] > region.y0))
             if inside.any():
                 self._draw_pose(roi, region, keypoints[inside], frame.shape[:2])
-        return out
+        return out, learnt
 
     def _moving_since(self, frame: np.ndarray, learnt: Learnt) -> Learnt:
         """A recording's frame, drawn once the frames after it were learnt, is told what moves again (`mask.motion`):
@@ -277,10 +288,10 @@ class Compositor:
         hidden = np.zeros(frame.shape[:2], np.uint8)
         for region in learnt.regions:
             hidden[region.slices][region.alpha == 255] = 255
-        grown = grow_into_motion(hidden, moving, MOTION_CELL_PX, learnt.hidden, self.cfg.mask)
+        grown, moved = grow_into_motion(hidden, moving, MOTION_CELL_PX, learnt.hidden, self.cfg.mask)
         if grown is hidden:
             return learnt
-        return replace(learnt, regions=soft_regions(grown, self.cfg.mask))
+        return replace(learnt, regions=soft_regions(grown, self.cfg.mask), moved=np.concatenate([learnt.moved, moved]))
 
     def _zones(self, shape: tuple[int, int]) -> np.ndarray | None:
         if self.privacy_zones and (self._zones_mask is None or self._zones_mask.shape != shape):

@@ -88,7 +88,8 @@ def _run_camera(cam: CameraConfig, cfg: EngineConfig, detect: DetectStage, progr
                                                               cfg.anonymizer.lookahead(live),
                                                               stop=stop, flush_on_stop=live, ahead=ahead,
                                                               batch=1 if live else detect.max_batch):
-                    encode.process(frame, image, learnt.meta() if learnt is not None else None)
+                    meta = (learnt.meta(), learnt.motion_meta()) if learnt is not None else (None, None)
+                    encode.process(frame, image, *meta)
                     result.frames += 1
                     result.obscured += learnt is None
                     result.persons += len(learnt.persons) if learnt is not None else 0
@@ -191,8 +192,8 @@ def _learn_turns(timeline: Timeline, composite: CompositeStage, waiting: deque, 
 
 
 def _rendered(composite: CompositeStage, frame: Frame, learnt: Learnt | None):
-    """(frame, its image, what was learnt of it: its persons and skeletons; None when it is obscured)."""
-    return frame, composite.render(frame, learnt), learnt
+    """(frame, its image, what was learnt of it as drawn: its persons and skeletons; None when it is obscured)."""
+    return frame, *composite.render(frame, learnt)
 
 
 def _progress_bar(total: int, camera: str, enabled: bool):

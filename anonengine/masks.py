@@ -109,8 +109,9 @@ class Region:
 
 
 def grow_into_motion(mask: np.ndarray, moving: np.ndarray, cell: int, boxes: np.ndarray, cfg: MaskConfig
-                     ) -> np.ndarray:
-    """`mask` (uint8, 255 = hidden) and what moves that it does not explain (`mask.motion`), as a new mask.
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """`mask` (uint8, 255 = hidden) and what moves that it does not explain (`mask.motion`), as a new mask; and the
+    boxes (x0, y0, x1, y1, float32) of the patches added, for the frame's metadata.
 
     `moving`: which cells of the frame (rows x columns, bool, each `cell` px square) differ from the background
     model (`BackgroundModel.moving`); `boxes`: the persons the mask hides. A patch of moving cells joined to a
@@ -118,6 +119,7 @@ def grow_into_motion(mask: np.ndarray, moving: np.ndarray, cell: int, boxes: np.
     MOTION_REACH of that person's height around their box; with `all`, every patch of MOTION_MIN_CELLS or more
     anywhere (someone the detector missed altogether; a car too). Grown by a cell, for the edge cells a moving
     thing covers only in part."""
+    none = np.zeros((0, 4), np.float32)
     rows, cols = moving.shape
     h, w = mask.shape
     padded = mask
@@ -127,7 +129,7 @@ def grow_into_motion(mask: np.ndarray, moving: np.ndarray, cell: int, boxes: np.
     hidden = coverage > 0
     count, labels, stats, _ = cv2.connectedComponentsWithStats(moving.astype(np.uint8), connectivity=8)
     if count <= 1:
-        return mask
+        return mask, none
     near = cv2.dilate(hidden.astype(np.uint8), np.ones((3, 3), np.uint8)) > 0
     joined = np.zeros(count, bool)
     joined[labels[near & moving]] = True
@@ -150,7 +152,7 @@ def grow_into_motion(mask: np.ndarray, moving: np.ndarray, cell: int, boxes: np.
     # outside the mask is added, and its growth by a cell covers where it crosses into the mask.
     grown[coverage > 0] = 0
     if not grown.any():
-        return mask
+        return mask, none
     grown = cv2.dilate(grown, np.ones((3, 3), np.uint8))
     # Drawn into the mask where it grew only (a patch or two: a fifth of the time of the whole frame's cells).
     x, y, gw, gh = cv2.boundingRect(grown)
@@ -158,7 +160,9 @@ def grow_into_motion(mask: np.ndarray, moving: np.ndarray, cell: int, boxes: np.
     part = out[y * cell : (y + gh) * cell, x * cell : (x + gw) * cell]
     pixels = cv2.resize(grown[y : y + gh, x : x + gw], (gw * cell, gh * cell), interpolation=cv2.INTER_NEAREST)
     cv2.bitwise_or(part, pixels[: part.shape[0], : part.shape[1]], dst=part)
-    return out
+    _, _, stats, _ = cv2.connectedComponentsWithStats(grown, connectivity=8)
+    x, y, gw, gh = (stats[1:, i].astype(np.float32) * cell for i in range(4))
+    return out, np.stack([x, y, np.minimum(x + gw, w), np.minimum(y + gh, h)], axis=1).reshape(-1, 4)
 
 
 def soft_regions(mask: np.ndarray, cfg: MaskConfig) -> list[Region]:

@@ -237,6 +237,7 @@ class OutFrame(Message):
     frame: FrameRef
     obscured: bool
     persons: list[dict] = msgspec.field(default_factory=list)
+    motion: list[list[int]] = msgspec.field(default_factory=list)  # patches hidden for what moves there (x0, y0, x1, y1)
 
 
 class CameraDone(Message):
@@ -324,6 +325,7 @@ class TapHeader(Message):
     format: str
     obscured: bool
     persons: list[dict] = msgspec.field(default_factory=list)
+    motion: list[list[int]] = msgspec.field(default_factory=list)  # patches hidden for what moves there (x0, y0, x1, y1)
     pixel_aspect: tuple[int, int] = (1, 1)  # a pixel's width and height as shown (anamorphic video: not square)
     # This frame's number among the camera's frames its encoder offered the tap, from 0 (-1: not counted): frames a
     # subscriber missed are the gaps in it, where `seq` also jumps when a live camera's capture restarts.

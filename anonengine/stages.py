@@ -414,19 +414,20 @@ class CompositeStage(Stage):
         return compositor.learn(frame.image, detections,
                                 [Detections.undetected(shape) if f is None else f for f in future], future_pixels)
 
-    def render(self, frame: Frame, learnt: Learnt | None) -> np.ndarray:
-        """The anonymized image of a learnt frame."""
+    def render(self, frame: Frame, learnt: Learnt | None) -> tuple[np.ndarray, Learnt | None]:
+        """The anonymized image of a learnt frame, and what was learnt of it as drawn (`Compositor.drawn`)."""
         if learnt is None:
-            return obscured_frame(frame.image.shape)
-        return self.compositors[frame.camera].render(frame.image, learnt)
+            return obscured_frame(frame.image.shape), None
+        return self.compositors[frame.camera].drawn(frame.image, learnt)
 
     def forget(self, camera: str) -> None:
         self.compositors.pop(camera, None)
         self.ahead.pop(camera, None)
 
 
-def frame_record(frame: Frame, persons: list[dict] | None) -> dict:
-    """A frame's metadata line; `persons` is None for an obscured frame."""
+def frame_record(frame: Frame, persons: list[dict] | None, motion: list[list[int]] | None = None) -> dict:
+    """A frame's metadata line; `persons` is None for an obscured frame; `motion`: the patches hidden for what moves
+    there beyond the persons (`Learnt.motion_meta`)."""
     return {
         "camera": frame.camera,
         "index": frame.seq,
@@ -434,6 +435,7 @@ def frame_record(frame: Frame, persons: list[dict] | None) -> dict:
         "time": round(frame.time, 6),
         "obscured": persons is None,
         "persons": persons or [],
+        "motion": motion or [],
     }
 
 
@@ -479,12 +481,14 @@ class EncodeStage(Stage):
     def frames(self) -> int:
         return self.writer.frames if self.writer else 0
 
-    def process(self, frame: Frame, image: np.ndarray, persons: list[dict] | None) -> None:
-        """Writes `image` at the frame's time; `persons` is None for an obscured frame."""
+    def process(self, frame: Frame, image: np.ndarray, persons: list[dict] | None,
+                motion: list[list[int]] | None = None) -> None:
+        """Writes `image` at the frame's time, and its record (`frame_record`); `persons` is None for an obscured
+        frame."""
         self.writer.write(image, frame.pts)
         if self._meta_file is not None:
             try:
-                self._meta_file.write(json.dumps(frame_record(frame, persons)) + "\n")
+                self._meta_file.write(json.dumps(frame_record(frame, persons, motion)) + "\n")
             except OSError as exc:  # a full disk
                 raise OutputError(f"cannot write metadata {self.metadata}: {exc.strerror}") from None
 

@@ -344,13 +344,14 @@ class CompositeService(Service):
         while state.waiting and state.free_slots and (len(state.waiting) > state.ahead or state.timeline.finished):
             waited = state.waiting.popleft()
             ref = waited.ref
-            image = self.compositing.render(waited.frame, waited.learnt)
+            image, drawn = self.compositing.render(waited.frame, waited.learnt)
             self.report()
             out_slot = state.free_slots.pop()
             state.ring.write(out_slot, ref.seq, image)
             out_ref = messages.FrameRef(ref.camera, ref.seq, ref.pts, state.ring.name, out_slot, state.ring.slots,
                                         state.ring.height, state.ring.width, self.worker)
-            out = messages.OutFrame(out_ref, obscured=waited.learnt is None, persons=waited.persons)
+            out = messages.OutFrame(out_ref, obscured=drawn is None, persons=waited.persons,
+                                    motion=drawn.motion_meta() if drawn is not None else [])
             send(self.encoder, out)
             state.sent[ref.seq] = out
             self.count("frames", camera=ref.camera)

@@ -161,7 +161,7 @@ class EncodeService(Service):
         else:
             self.releases.send(ref.composite, messages.Received(ref.camera, ref.seq))
             frame = Frame(ref.camera, ref.seq, ref.pts, output.info.time_base_fraction, image)
-            record = frame_record(frame, None if out.obscured else out.persons)
+            record = frame_record(frame, None if out.obscured else out.persons, out.motion)
             try:
                 durables = output.recording.add(ref, ref.seq, ref.pts, image,
                                                 record if output.info.metadata else None, out.obscured)
@@ -206,7 +206,7 @@ class EncodeService(Service):
         header = messages.TapHeader(
             camera=ref.camera, seq=ref.seq, pts=ref.pts, time=float(ref.pts * output.info.time_base_fraction),
             width=image.shape[1], height=image.shape[0], format=tap.format, obscured=out.obscured,
-            persons=out.persons, pixel_aspect=output.info.pixel_aspect,
+            persons=out.persons, motion=out.motion, pixel_aspect=output.info.pixel_aspect,
             offered=self.tap_offered.get(ref.camera, 0),
         )  # fmt: skip
         self.tap_offered[ref.camera] = header.offered + 1

@@ -76,6 +76,27 @@ def test_a_leg_past_a_box_cut_short_is_hidden_where_it_moves(walker):
     assert shown["touching"] <= LEAK_SHARE
 
 
+def test_a_frames_metadata_names_the_patches_hidden_for_motion(walker):
+    """A consumer of the metadata counting persons sees who the detector found: what else was hidden, and where, is
+    the record's `motion` (`Learnt.motion_meta`), from both looks at a recording's frame."""
+    street = make_street(WIDTH, HEIGHT)
+    for motion in ("off", "touching"):
+        compositor = Compositor(AnonymizerConfig.model_validate({"mask": {"motion": motion}}))
+        patches = []
+        for frame, boxes in walk(street, walker, 20, [(40, 150)]):
+            x0, y0, x1, y1 = boxes[0]
+            _, drawn = compositor.drawn(frame, compositor.learn(frame, found([(x0, y0, x1, y0 + 0.55 * (y1 - y0))])))
+            patches.append(drawn.motion_meta())
+        if motion == "off":
+            assert not any(patches)
+            continue
+        # Each frame's legs (below the box cut at the hips) lie in a patch it names, once the street there was seen.
+        for t, named in enumerate(patches[12:], 12):
+            legs = (40 + STEP * t + 10, 150 + 0.6 * PERSON_H, 40 + STEP * t + PERSON_W - 10, 150 + PERSON_H - 5)
+            assert any(p[0] <= legs[0] and p[1] <= legs[1] and p[2] >= legs[2] and p[3] >= legs[3] for p in named), (
+                t, named)
+
+
 def test_someone_missed_altogether_is_hidden_where_motion_is_all(walker):
     """The detector finds one walker and never the other (too small, blurred, crushed by compression: a red team's
     clips). Away from anyone found, only `all` hides what moves."""
@@ -187,11 +208,16 @@ def test_growth_reaches_a_persons_height_from_their_box_and_stops_there():
     box = np.array([[170, 80, 190, 160]], np.float32)  # 80 px tall: reach 80 px, to y 240
     mask[80:160, 170:190] = 255
     cfg = AnonymizerConfig().mask
-    grown = grow_into_motion(mask, moving, 8, box, cfg)
+    grown, patches = grow_into_motion(mask, moving, 8, box, cfg)
     assert grown[160:240, 160:192].all()  # the strip below the box, grown by a cell
     assert not grown[256:, :].any()  # past the reach (and its cell of growth), left as filmed
+    # The patch added, for the metadata: from a cell above the strip to a cell past the reach (y 240).
+    np.testing.assert_array_equal(patches, [[152, 72, 200, 248]])
     away = np.zeros((45, 80), bool)
     away[30:35, 60:64] = True
-    assert (grow_into_motion(mask, away, 8, box, cfg) == mask).all()
+    grown, patches = grow_into_motion(mask, away, 8, box, cfg)
+    assert grown is mask and not len(patches)
     cfg.motion = "all"
-    assert grow_into_motion(mask, away, 8, box, cfg)[240:280, 480:512].all()
+    grown, patches = grow_into_motion(mask, away, 8, box, cfg)
+    assert grown[240:280, 480:512].all()
+    np.testing.assert_array_equal(patches, [[472, 232, 520, 288]])
