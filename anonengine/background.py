@@ -500,13 +500,17 @@ class BackgroundModel:
             origin = np.array([[1.0, 0, margin_x], [0, 1.0, margin_y], [0, 0, 1]])
         else:
             canvas = self.scene.seen.shape
-        self.scene = Scene(*self._blank(canvas), origin.copy())
         if to_scene is None:
-            to_scene = np.eye(3)
             self._recent.clear()
-        else:
+        self._take_up(Scene(*self._blank(canvas), origin.copy()), np.eye(3) if to_scene is None else to_scene, shape)
+
+    def _take_up(self, scene: Scene, to_scene: np.ndarray, shape: tuple[int, ...]) -> None:
+        """`scene` is the one learnt from now on, the frame just placed its first (its view replaces the one it had
+        in the scene before, if any)."""
+        self.scene = scene
+        if self._recent:
             self._recent.pop()
-        self._recent.append(View(self.scene, to_scene, shape))
+        self._recent.append(View(scene, to_scene, shape))
 
     @staticmethod
     def _placement(view: View) -> tuple[int, int] | None:
@@ -668,9 +672,7 @@ class BackgroundModel:
         (`light`: each channel's gain and offset): what was seen stays seen, and the frames still waiting keep
         the old light."""
         old = self.scene
-        self.scene = Scene(self._in_light(old.mean, light), self._copy(old.seen), old.origin.copy())
-        self._recent.pop()
-        self._recent.append(View(self.scene, to_scene, shape))
+        self._take_up(Scene(self._in_light(old.mean, light), self._copy(old.seen), old.origin.copy()), to_scene, shape)
 
     @staticmethod
     def _in_light(mean: np.ndarray, light: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
