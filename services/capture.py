@@ -271,8 +271,9 @@ class CaptureService(Service):
         """A live camera stopped: one frame more, marked last, which the detector looks at. The frames since its
         last detection are hidden by the boxes on both sides of them; without one after them, they went out
         obscured (the 1 or 2 frames of every detach, by where the stride stood). No frame at hand, or no room
-        for it: they are obscured, as before."""
-        if not self.live or self.ring is None or not self.free_slots:
+        for it: they are obscured, as before. A replay stopped before its first frame was due has no schedule to
+        give one its time by (it crashed on it): none."""
+        if not self.live or self.ring is None or not self.free_slots or (self.paced and self._clock_start is None):
             return
         if frame is None:
             try:

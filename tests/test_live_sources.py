@@ -1107,6 +1107,22 @@ def test_a_successors_frames_come_after_every_frame_its_dead_capture_sent(tmp_pa
     assert times[0] < sent[-1] + 1.5  # as far as the dead one's reserved time, and a frame, at most
 
 
+def test_a_replay_stopped_before_its_first_frame_was_due_ends_without_one(tmp_path):
+    """A file replayed as a camera, stopped before its schedule began (a Ctrl-C as the engine started): the last
+    frame a stopped camera gives had no time on the schedule to be kept at, and the capture crashed on it."""
+    from services.capture import CaptureService
+
+    cfg = EngineConfig()
+    cfg.engine.run_dir = str(tmp_path)
+    capture = CaptureService(cfg, "ptest", CameraConfig(name="door", source=str(tmp_path / "door.mp4"), live=True))
+    capture.endpoints.dir.mkdir(parents=True)
+    capture.live = capture.paced = True
+    capture.ring, capture.free_slots = object(), [0]  # set up, as a replay's capture is before its first frame
+    capture.frames_iter = iter([Frame("door", 0, 0, Fraction(1, 25), np.zeros((4, 4, 3), np.uint8))])
+    capture._end_live_with()
+    assert capture.seq == 0 and not capture.inflight
+
+
 def test_a_capture_takes_over_its_own_runs_position_only(tmp_path, monkeypatch):
     """honcho kills a capture still draining after 5 s, and its position stays in the run folder. The Procfile's
     stages started again took that killed run's for theirs: the new recording began at frame 1175, 32.9 s in, its
