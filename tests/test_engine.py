@@ -518,6 +518,7 @@ def test_a_live_camera_never_waits_it_drops_new_frames_and_nothing_goes_out_raw(
 PHOTOS = 20
 
 
+@pytest.mark.slow  # 20 12-MP photos through the engine, 22 s (the default run nears its 15 minutes)
 def test_a_compositor_busy_with_large_photos_keeps_its_heartbeat_and_is_not_killed_as_hung(models_dir, tmp_path):
     """A file's last frames go through the compositor together (their look-ahead ends at once), each seconds of
     work at tens of megapixels: a 48-MP sequence's compositor was silent for longer than `stall_s` and killed

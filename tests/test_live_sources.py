@@ -669,6 +669,7 @@ def test_an_inline_run_stuck_on_a_sender_restarted_with_other_stream_ids_keeps_i
     assert written >= 25 and sum(1 for _ in VideoReader(str(tmp_path / "door.mp4"))) == written
 
 
+@pytest.mark.slow  # a 26-s stream at its own pace (the default run nears its 15 minutes)
 def test_run_on_a_udp_stream_waits_for_one_keyframe_not_two(models_dir, tmp_path):
     """`anonengine run` opened a live source twice before its first frame: a check before the stages started, then
     the capture. A stream joined between two keyframes (10 s apart with x264's defaults) gave its first picture
