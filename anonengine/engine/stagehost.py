@@ -44,9 +44,16 @@ def available() -> bool:
     return sys.platform.startswith("linux") and "forkserver" in multiprocessing.get_all_start_methods()
 
 
+_started_here = False  # the fork server was started by this process's main thread, its stop signals ignored
+
+
 def warm_up() -> None:
     """Starts the fork server now (its imports take a while), where it will be used; idempotent."""
-    if not available():
+    global _started_here
+    if not available() or _started_here:
+        # Started: nothing to do. (Its signals were ignored for it at each stage's start: a stop signal that came
+        # meanwhile went to another of the launcher's threads, which do not block it, and was ignored: a Ctrl-C 1.2 s
+        # into `anonengine run`, 1 run in about 20, was lost and the whole file anonymized.)
         return
     multiprocessing.set_forkserver_preload(PRELOAD)
     if threading.current_thread() is not threading.main_thread():
@@ -63,6 +70,7 @@ def warm_up() -> None:
     handlers = {sig: signal.signal(sig, signal.SIG_IGN) for sig in STOP_SIGNALS}
     try:
         multiprocessing.forkserver.ensure_running()
+        _started_here = True
     finally:
         for sig, handler in handlers.items():
             signal.signal(sig, handler)
