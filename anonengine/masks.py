@@ -154,15 +154,16 @@ def grow_into_motion(mask: np.ndarray, moving: np.ndarray, cell: int, boxes: np.
     if not grown.any():
         return mask, none
     grown = cv2.dilate(grown, np.ones((3, 3), np.uint8))
-    # Drawn into the mask where it grew only (a patch or two: a fifth of the time of the whole frame's cells).
-    x, y, gw, gh = cv2.boundingRect(grown)
-    out = mask.copy()
-    part = out[y * cell : (y + gh) * cell, x * cell : (x + gw) * cell]
-    pixels = cv2.resize(grown[y : y + gh, x : x + gw], (gw * cell, gh * cell), interpolation=cv2.INTER_NEAREST)
-    cv2.bitwise_or(part, pixels[: part.shape[0], : part.shape[1]], dst=part)
     _, _, stats, _ = cv2.connectedComponentsWithStats(grown, connectivity=8)
-    x, y, gw, gh = (stats[1:, i].astype(np.float32) * cell for i in range(4))
-    return out, np.stack([x, y, np.minimum(x + gw, w), np.minimum(y + gh, h)], axis=1).reshape(-1, 4)
+    patches = stats[1:, :4].copy()  # in cells: x, y, width, height
+    patches[:, 2:] += patches[:, :2]  # x0, y0, x1, y1
+    # Drawn into the mask where it grew only, the patches' span (a fifth of the time of the whole frame's cells).
+    (c0, r0), (c1, r1) = patches[:, :2].min(axis=0), patches[:, 2:].max(axis=0)
+    out = mask.copy()
+    part = out[r0 * cell : r1 * cell, c0 * cell : c1 * cell]
+    pixels = cv2.resize(grown[r0:r1, c0:c1], ((c1 - c0) * cell, (r1 - r0) * cell), interpolation=cv2.INTER_NEAREST)
+    cv2.bitwise_or(part, pixels[: part.shape[0], : part.shape[1]], dst=part)
+    return out, np.minimum(patches * cell, [w, h, w, h]).astype(np.float32)
 
 
 def soft_regions(mask: np.ndarray, cfg: MaskConfig) -> list[Region]:
