@@ -156,7 +156,8 @@ def serves_recording(url: str, timeout_s: float) -> bool:
                 return False
             if container.duration and container.duration > 0:
                 return True
-            return name not in PLAYLIST_FORMATS and container.size > 0
+            # A size unknown: -1 before PyAV 18.1.1, None since.
+            return name not in PLAYLIST_FORMATS and (container.size or 0) > 0
     except (av.FFmpegError, OSError):
         return False
 

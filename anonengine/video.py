@@ -994,19 +994,19 @@ def display_matrix(av_frame: av.VideoFrame, source: str | None = None) -> Orient
     PyAV cannot read the frame's side data.
     """
     try:
-        entries = av_frame.side_data
+        # Looked up by its type: PyAV 18.1.1 iterates the side data's types (a Mapping), 18.1.0 the entries.
+        matrix = av_frame.side_data.get(SideDataType.DISPLAYMATRIX)
     except ValueError:
         # PyAV 18 names no side data newer than itself, and then reads none: FFmpeg 8.1 gives a photo's EXIF
         # block as a frame's side data (type 31), and every phone photo failed as an internal error.
         return exif_orientation(source)
-    for side_data in entries:
-        if side_data.type == SideDataType.DISPLAYMATRIX:
-            a, b, _, c, d, *_ = struct.unpack("<9i", bytes(side_data))
-            # Cameras write right angles and mirrors only; any other angle is taken to the nearest one.
-            if abs(a) + abs(d) >= abs(b) + abs(c):
-                return (_sign(a), 0, 0, _sign(d))
-            return (0, _sign(b), _sign(c), 0)
-    return None
+    if matrix is None:
+        return None
+    a, b, _, c, d, *_ = struct.unpack("<9i", bytes(matrix))
+    # Cameras write right angles and mirrors only; any other angle is taken to the nearest one.
+    if abs(a) + abs(d) >= abs(b) + abs(c):
+        return (_sign(a), 0, 0, _sign(d))
+    return (0, _sign(b), _sign(c), 0)
 
 
 @functools.lru_cache(maxsize=16)
