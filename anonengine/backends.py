@@ -401,12 +401,31 @@ def openvino_runtime():
 
 
 def openvino_converter() -> None:
-    """Makes `openvino.convert_model` (what Ultralytics' OpenVINO export calls) there after `openvino_runtime`."""
+    """Makes `openvino.convert_model` (what Ultralytics' OpenVINO export calls) there after `openvino_runtime`,
+    without its telemetry (`import_without_telemetry`)."""
     ov = openvino_runtime()
     if not hasattr(ov, "convert_model"):
-        from openvino.tools.ovc import convert_model
+        ov.convert_model = import_without_telemetry("openvino.tools.ovc").convert_model
 
-        ov.convert_model = convert_model
+
+def import_without_telemetry(module: str):
+    """`module` (OpenVINO's model converter, NNCF), imported with openvino-telemetry unimportable: each takes
+    its telemetry stub then, which sends nothing. Otherwise each export and quantization is reported to Google
+    Analytics (on unless the user opted out; off only in CI): a privacy tool does not tell a third party when
+    it is used. Nor does it wait on it: openvino-telemetry 2025.2 sends from processes forked off a thread,
+    which on a machine offline were left asleep for good, holding the files open when they forked (an export's
+    lock among them: the next export in that process waited for ever)."""
+    if module not in sys.modules:
+        telemetry = sys.modules.get("openvino_telemetry")
+        sys.modules["openvino_telemetry"] = None
+        try:
+            __import__(module)
+        finally:
+            if telemetry is None:
+                del sys.modules["openvino_telemetry"]
+            else:
+                sys.modules["openvino_telemetry"] = telemetry
+    return sys.modules[module]
 
 
 def _importable(module: str) -> bool:

@@ -14,7 +14,6 @@ import contextlib
 import io
 import logging
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -39,22 +38,10 @@ def require_nncf() -> None:
 
 
 def import_nncf():
-    """`nncf`, without its usage telemetry. NNCF reports each quantization to Google Analytics through
-    openvino-telemetry (on unless the user opted out; off only in CI or under pytest): a privacy tool does not
-    tell a third party when it is used (the OpenVINO runtime is imported without its converter for the same
-    reason, `backends.openvino_runtime`). With openvino-telemetry unimportable while NNCF is first imported,
-    NNCF takes its stub, which sends nothing."""
-    if "nncf" not in sys.modules:
-        telemetry = sys.modules.get("openvino_telemetry")
-        sys.modules["openvino_telemetry"] = None
-        try:
-            import nncf  # noqa: F401
-        finally:
-            if telemetry is None:
-                del sys.modules["openvino_telemetry"]
-            else:
-                sys.modules["openvino_telemetry"] = telemetry
-    return sys.modules["nncf"]
+    """`nncf`, without its usage telemetry (`backends.import_without_telemetry`)."""
+    from anonengine.backends import import_without_telemetry
+
+    return import_without_telemetry("nncf")
 
 
 def calibration_frames(shape: tuple[int, int], count: int = CALIBRATION_FRAMES, seed: int = CALIBRATION_SEED):

@@ -459,7 +459,8 @@ def test_the_detector_runs_openvino_without_its_telemetry(models_dir, tmp_path):
     """`import openvino` imports its model converter, whose import sends a usage event to Google Analytics
     from a process of its own. The detector runs a cached export without the converter, and makes a new
     input size from the dynamic export without it (nor PyTorch); an export in the same process (weights not
-    exported before) still finds it. In a fresh interpreter, as a detect stage."""
+    exported before) still finds it, without the telemetry (which sent from processes it forked, left asleep
+    here offline, holding the export's lock). In a fresh interpreter, as a detect stage."""
     import shutil
 
     from anonengine.backends import ExportedModels, letterbox_shape
@@ -483,6 +484,8 @@ assert shape == (320, 256) and len(model.detect(image, 0.25, 0.7)) > 0
 assert not {{"openvino_telemetry", "openvino.tools.ovc", "torch", "ultralytics"}} & set(sys.modules)
 model, _ = ExportedModels({str(fresh)!r}, "pose", "openvino", 320, half=False).model_for(image.shape[:2])
 assert len(model.detect(image, 0.25, 0.7)) > 0  # exported here, through the converter
+import multiprocessing
+assert sys.modules.get("openvino_telemetry") is None and not multiprocessing.active_children()  # nothing sent
 """
     run = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, timeout=300, check=False)
     assert run.returncode == 0, run.stderr[-2000:]
