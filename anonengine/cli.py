@@ -14,9 +14,10 @@ def _interrupted_while_starting(signum: int, _frame) -> None:
     os._exit(128 + signum)
 
 
-if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not inside a host that has its own
+if signal.getsignal(signal.SIGINT) in (signal.default_int_handler, signal.SIG_IGN):  # not in a host with its own
     for _sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(_sig, _interrupted_while_starting)
+        if signal.getsignal(_sig) is not signal.SIG_IGN:  # kept so, as the run's own handlers keep it (interrupts)
+            signal.signal(_sig, _interrupted_while_starting)
 
 # The rest is imported after the handlers, which must come first.
 import argparse

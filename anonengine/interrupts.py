@@ -20,6 +20,16 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 REDELIVER_S = 0.001
 
 
+def answered_stop_signals() -> list[int]:
+    """The stop signals this process answers: not those it was started with ignored, which it keeps so.
+
+    Whoever started it asked for that: `nohup` ignores SIGHUP, for a run that outlives its terminal; a shell
+    without job control ignores SIGINT in its background jobs, for a Ctrl-C meant for the script in front.
+    A handler put over that (every run did) stopped a nohup'd run as its terminal closed, and answered a
+    Ctrl-C only once its handler came, 1 s in: one during the imports was lost, and the run went on."""
+    return [sig for sig in STOP_SIGNALS if signal.getsignal(sig) is not signal.SIG_IGN]
+
+
 class Interrupted(BaseException):
     """The process was asked to stop by `signum`; exits with 128 + signum, as a shell reports it."""
 
@@ -43,7 +53,7 @@ class Interrupts:
         self._deferring = 0
 
     def install(self) -> None:
-        for sig in STOP_SIGNALS:
+        for sig in answered_stop_signals():
             signal.signal(sig, self._on_signal)
         if sys.unraisablehook != self._on_unraisable:
             self._unraisable_before = sys.unraisablehook

@@ -1,13 +1,22 @@
-"""Shared fixtures. Nothing here changes the test process's environment or the current folder."""
+"""Shared fixtures. Nothing here changes the test process's environment or the current folder; its stop
+signals only as said below."""
 
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+# The tests stop runs as a terminal's Ctrl-C, a service manager or a hangup would, and a run keeps a stop signal
+# it was started with ignored (a shell's background job is started so: `.ci/run &`). Caught here rather than
+# ignored, the suite stays as it was started, and every process it starts gets them as from a terminal.
+for _sig in (signal.SIGINT, signal.SIGHUP):
+    if signal.getsignal(_sig) is signal.SIG_IGN:
+        signal.signal(_sig, lambda *_: None)
 
 POSE_MODEL = "yolo11n-pose.pt"
 CLI_TIMEOUT_S = 90  # a run on a short clip takes seconds; past this the CLI is taken to hang

@@ -38,7 +38,7 @@ from anonengine.curve import CurveClient, curve_clients_folder, load_key, write_
 from anonengine.engine import metrics, stagehost
 from anonengine.engine.runtime import Endpoints, bind_tap, heartbeat_s, log_malformed, receive_waiting
 from anonengine.errors import AnonError, ConfigError, InputError, ModelError, OutputError, raise_all
-from anonengine.interrupts import STOP_SIGNALS, plural
+from anonengine.interrupts import answered_stop_signals, plural
 from anonengine.locks import FileLock, LockBusy, holder, is_locked, output_lock_path, process_alive
 from anonengine.paths import as_text, partial_metadata_path, partial_path, redacted
 from anonengine.recording import segments_folder
@@ -1222,7 +1222,7 @@ def _project_root() -> str:
 def launch(cfg: EngineConfig) -> Launcher:
     """Starts an engine with SIGINT/SIGTERM wired to an orderly stop; call `.run()` on the result."""
     launcher = Launcher(cfg)
-    for sig in STOP_SIGNALS:
+    for sig in answered_stop_signals():
         signal.signal(sig, lambda signum, _frame: launcher.request_stop(signum))
     launcher.start()
     return launcher

@@ -489,7 +489,11 @@ def run_service(factory, argv: list[str] | None = None, extra_args=None) -> int:
     cv2.setNumThreads(opencv_threads(cfg))
     parent = Parent()
     # Until set up, a stop signal ends the process at once (a model load takes seconds, and nothing is in
-    # hand yet); from then on it asks the service to finish what it holds.
+    # hand yet); from then on it asks the service to finish what it holds. A stage answers each, whatever the
+    # one who started its launcher ignored: the launcher stops it (a stage started as its own program, when the
+    # fork server is broken, would keep a SIGTERM ignored, and be killed, its frames lost).
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_DFL)
     INTERRUPTS.install()
     service.watch_stop_signals()
     try:
