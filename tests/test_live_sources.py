@@ -1194,7 +1194,9 @@ def test_a_live_stream_delivered_in_bursts_loses_no_frame_to_a_consumer_that_kee
     cfg = SourcesConfig(reconnect_initial_s=10)
     feed = LiveFeed(Source("http://fake/live.ts", SourceKind.HTTP), "fake", cfg,
                     opener=lambda source: BurstyReader(bursts=3, burst=20)).start()
-    got = take(feed, 60, pause=1 / 30)  # a consumer a little faster than the camera, never faster than that
+    # A consumer faster than the camera's 25 frames/s, never faster than 40: a burst's 20 frames take it 0.5 s
+    # of the 1 s they may wait (at 30, 0.67 s: under the suite's load a sleep ran long enough to lose one).
+    got = take(feed, 60, pause=1 / 40)
     assert feed.dropped == 0
     assert [int(f.image[0, 0, 0]) for f in got] == list(range(60))
 
