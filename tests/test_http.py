@@ -212,6 +212,26 @@ def test_a_token_guards_everything_but_the_probes(tmp_path):
         HttpServer(HttpConfig(listen=f"127.0.0.1:{free_port()}", token_file=str(short)), lambda: None, None)
 
 
+def test_a_server_closed_as_it_starts_stops_at_once(monkeypatch):
+    """A Ctrl-C 1.6 s into `anonengine run`, 1 run in 2 under load, took 5.5 s to stop: the launcher closed its
+    HTTP server while the server's thread was still importing aiohttp, found no loop to stop, waited 5 s
+    for the thread, which then served on. The thread's start is held up here (its app made 0.5 s late), and
+    closed meanwhile it never serves."""
+    real_app = HttpServer._app
+
+    def late_app(self):
+        time.sleep(0.5)
+        return real_app(self)
+
+    monkeypatch.setattr(HttpServer, "_app", late_app)
+    server = HttpServer(HttpConfig(listen=f"127.0.0.1:{free_port()}"), lambda: snapshot(), None)
+    started = time.monotonic()
+    server.close()
+    assert not server.thread.is_alive() and time.monotonic() - started < 3
+    with pytest.raises(OSError):
+        socket.create_connection(tuple(server.address), timeout=1)
+
+
 def test_readyz_names_what_is_wrong_and_metrics_follow_prometheus_conventions(tmp_path):
     """A reconnecting camera makes /readyz 503 with one line naming it; every metric is an anonengine_
     name, counters end in _total, and a stale snapshot (a stuck launcher loop) fails /healthz."""

@@ -153,8 +153,12 @@ class HttpServer:
         except OSError as exc:
             raise HttpServerError(f"cannot serve HTTP at {cfg.listen}: {os.strerror(exc.errno) if exc.errno else exc}") from None
         self.address = self.sock.getsockname()[:2]
+        # The serving loop once it takes requests, and whether `close` came: one decided under the lock, so a
+        # close before the loop runs (the thread still importing aiohttp) keeps it from running at all. Before,
+        # such a close found no loop to stop, and waited 5 s for a thread that then served on.
+        self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._started = threading.Event()
+        self._closed = False
         self.thread = threading.Thread(target=self._serve, name="http", daemon=True)
         self.thread.start()
 
@@ -166,19 +170,20 @@ class HttpServer:
     def _serve(self) -> None:
         from aiohttp import web
 
-        loop = self._loop = asyncio.new_event_loop()
+        loop = asyncio.new_event_loop()
         asyncio.set_event_loop(loop)
         runner = web.AppRunner(self._app(), handle_signals=False, access_log=None, shutdown_timeout=1.0)
         try:
             loop.run_until_complete(runner.setup())
             loop.run_until_complete(web.SockSite(runner, self.sock).start())
-            self._started.set()
-            loop.run_forever()
+            with self._lock:
+                self._loop = None if self._closed else loop
+            if self._loop is not None:
+                loop.run_forever()  # until `close` stops it (queued before it runs, it stops it at once)
             loop.run_until_complete(runner.cleanup())
         except Exception:  # the engine goes on without its HTTP server, and says so once
             log.exception("the HTTP server stopped")
         finally:
-            self._started.set()
             loop.close()
 
     def _app(self):
@@ -340,9 +345,12 @@ class HttpServer:
 
     def close(self) -> None:
         self.preview.close()
-        if self._loop is not None and self._started.wait(5) and not self._loop.is_closed():
+        with self._lock:
+            self._closed = True
+            loop = self._loop
+        if loop is not None:
             try:
-                self._loop.call_soon_threadsafe(self._loop.stop)
+                loop.call_soon_threadsafe(loop.stop)
             except RuntimeError:  # closed meanwhile
                 pass
         self.thread.join(5)
